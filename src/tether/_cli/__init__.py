@@ -1,0 +1,1 @@
+"""One module per ``tether`` subcommand; see ``tether/cli.py``."""

@@ -1,0 +1,1 @@
+"""The asyncio adapter: the only part of tether that does I/O."""

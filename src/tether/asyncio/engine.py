@@ -1,0 +1,94 @@
+"""The small interface between tether's asyncio adapter and a WebSocket engine.
+
+DESIGN.md §10: the adapter talks to the engine only through :class:`Transport`:
+send a whole message, send a ping, close with (code, reason), abort; and learn of
+a whole message, a pong, and "closed" with the received code or none (1006).
+``websockets_engine.py`` implements it with ``websockets``; a picows transport can
+implement the same class later and pass the same conformance tests.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from dataclasses import dataclass
+
+__all__ = ["ClosedInfo", "Message", "PongHandler", "Transport", "TransportClosed"]
+
+Message = str | bytes
+
+#: Called with (payload, round-trip seconds) when a pong answers one of our pings.
+PongHandler = Callable[[bytes, float], None]
+
+
+@dataclass(frozen=True)
+class ClosedInfo:
+    """How a connection ended, as seen locally.
+
+    Attributes:
+        code: the code received in the peer's Close frame; 1005 if the frame had no
+            code; 1006 if no Close frame arrived (RFC 6455 §7.1.5).
+        reason: the reason received with the code ("" if none).
+        clean: True exactly when a Close frame was received from the peer.
+        sent_code: the code we sent in our Close frame, if we sent one.
+    """
+
+    code: int
+    reason: str
+    clean: bool
+    sent_code: int | None = None
+
+
+class TransportClosed(Exception):
+    """Raised by :meth:`Transport.recv` and :meth:`Transport.send` once the connection is closed.
+
+    Internal to the adapter: user code sees :class:`tether.ConnectionClosed` or events.
+    """
+
+    def __init__(self, info: ClosedInfo) -> None:
+        super().__init__(f"transport closed with {info.code}")
+        self.info = info
+
+
+class Transport(abc.ABC):
+    """One open WebSocket connection, as the adapter needs it."""
+
+    #: The negotiated subprotocol, if any.
+    subprotocol: str | None
+    #: The peer's address as (host, port, ...), if known.
+    remote_address: tuple[object, ...] | None
+    #: Response/request headers of interest (e.g. ``server``), lower-case names.
+    headers: dict[str, str]
+
+    @abc.abstractmethod
+    async def send(self, message: Message) -> None:
+        """Send one whole message: ``str`` as text, ``bytes`` as binary."""
+
+    @abc.abstractmethod
+    async def recv(self) -> Message:
+        """Return the next whole message; raise :class:`TransportClosed` when closed."""
+
+    @abc.abstractmethod
+    async def ping(self, payload: bytes) -> None:
+        """Send a ping frame; its pong is reported to the pong handler."""
+
+    @abc.abstractmethod
+    def on_pong(self, handler: PongHandler) -> None:
+        """Register the function told of pongs that answer our pings."""
+
+    @abc.abstractmethod
+    async def close(self, code: int, reason: str = "") -> ClosedInfo:
+        """Run the closing handshake (bounded by the engine's close timeout)."""
+
+    @abc.abstractmethod
+    def abort(self) -> None:
+        """Drop the TCP connection at once, without a Close frame."""
+
+    @abc.abstractmethod
+    async def wait_closed(self) -> ClosedInfo:
+        """Wait until the connection is closed and say how."""
+
+    @property
+    @abc.abstractmethod
+    def closed(self) -> ClosedInfo | None:
+        """How the connection ended, or None while it is open."""

@@ -1,0 +1,148 @@
+"""Ping/pong deadline machine (DESIGN.md §5), with time as an argument.
+
+The adapter asks :meth:`HeartbeatMachine.next_deadline`, sleeps until then, calls
+:meth:`HeartbeatMachine.handle_timer` with the current time and does what it returns:
+send a ping frame with the given payload, or fail the connection as abnormal (1006).
+When a pong arrives it calls :meth:`HeartbeatMachine.pong_received`.
+
+Worst case, a half-open link is detected ``interval + timeout`` seconds after the
+last pong: the next ping goes out at most ``interval`` later and its pong is
+overdue ``timeout`` after that.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass
+
+from .exceptions import ConfigurationError
+
+__all__ = ["Heartbeat", "HeartbeatMachine", "TimerAction", "TimerResult"]
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """Heartbeat settings, in seconds.
+
+    Attributes:
+        interval: time between pings; 15 s stays under the 30-60 s idle limits of
+            common load balancers and proxies. ``None`` disables the heartbeat.
+        timeout: how long to wait for the pong before declaring the link dead.
+            ``None`` sends pings (keeping the path busy) but never declares death.
+    """
+
+    interval: float | None = 15.0
+    timeout: float | None = 10.0
+
+    def __post_init__(self) -> None:
+        if self.interval is not None and self.interval <= 0:
+            raise ConfigurationError("heartbeat interval must be > 0 seconds or None")
+        if self.timeout is not None and self.timeout <= 0:
+            raise ConfigurationError("heartbeat timeout must be > 0 seconds or None")
+
+    @property
+    def enabled(self) -> bool:
+        """True when pings are sent."""
+        return self.interval is not None
+
+    @property
+    def detection_bound(self) -> float | None:
+        """Worst-case seconds to detect a dead link (``interval + timeout``), if bounded."""
+        if self.interval is None or self.timeout is None:
+            return None
+        return self.interval + self.timeout
+
+
+class TimerAction(str, enum.Enum):
+    """What the adapter must do when a heartbeat deadline passes."""
+
+    SEND_PING = "send_ping"
+    #: No pong within the timeout: fail the connection locally as 1006.
+    DEAD = "dead"
+
+
+@dataclass(frozen=True)
+class TimerResult:
+    """Result of :meth:`HeartbeatMachine.handle_timer`.
+
+    Attributes:
+        action: what to do.
+        payload: the ping payload to send (for ``SEND_PING``).
+    """
+
+    action: TimerAction
+    payload: bytes = b""
+
+
+class HeartbeatMachine:
+    """Tracks when to ping and when a pong is overdue for one connection.
+
+    Args:
+        config: the heartbeat settings.
+        now: the time the connection opened.
+    """
+
+    def __init__(self, config: Heartbeat, now: float) -> None:
+        self.config = config
+        self._next_ping: float | None = None if config.interval is None else now + config.interval
+        self._outstanding: dict[bytes, float] = {}
+        self._pong_deadline: float | None = None
+        self._counter = 0
+        self._dead = False
+        #: Round-trip time of the last answered ping, in seconds.
+        self.last_rtt: float | None = None
+
+    @property
+    def dead(self) -> bool:
+        """True once a pong was overdue."""
+        return self._dead
+
+    def next_deadline(self) -> float | None:
+        """The time at which :meth:`handle_timer` must next be called, or None."""
+        if self._dead:
+            return None
+        candidates = [t for t in (self._next_ping, self._pong_deadline) if t is not None]
+        return min(candidates) if candidates else None
+
+    def handle_timer(self, now: float) -> TimerResult | None:
+        """Act on the deadlines that have passed at ``now``.
+
+        Returns:
+            ``DEAD`` if a pong is overdue (checked first), ``SEND_PING`` with a
+            payload if a ping is due, or None if nothing is due yet.
+        """
+        if self._dead:
+            return None
+        if self._pong_deadline is not None and now >= self._pong_deadline:
+            self._dead = True
+            return TimerResult(TimerAction.DEAD)
+        if self._next_ping is not None and now >= self._next_ping:
+            assert self.config.interval is not None
+            self._counter += 1
+            payload = struct.pack("!Q", self._counter)
+            self._outstanding[payload] = now
+            self._next_ping = now + self.config.interval
+            if self.config.timeout is not None and self._pong_deadline is None:
+                self._pong_deadline = now + self.config.timeout
+            return TimerResult(TimerAction.SEND_PING, payload)
+        return None
+
+    def pong_received(self, now: float, payload: bytes = b"") -> float | None:
+        """Record a pong; return the round-trip time if it answers one of our pings.
+
+        RFC 6455 §5.5.3: a pong answers the most recent ping, and an endpoint may
+        skip answering older ones, so a pong for ping n also settles pings before n.
+        An unsolicited pong (unknown payload) is allowed and changes nothing.
+        """
+        sent = self._outstanding.get(payload)
+        if sent is None:
+            return None
+        for key in [k for k, t in self._outstanding.items() if t <= sent]:
+            del self._outstanding[key]
+        self._pong_deadline = None
+        if self._outstanding and self.config.timeout is not None:
+            oldest = min(self._outstanding.values())
+            self._pong_deadline = oldest + self.config.timeout
+        self.last_rtt = now - sent
+        return self.last_rtt

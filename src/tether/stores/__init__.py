@@ -1,0 +1,1 @@
+"""Session stores (memory, SQLite, Redis) behind one async interface."""
