@@ -8,7 +8,7 @@ asyncio adapter and are imported on first use, so ``import tether`` stays cheap.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .backoff import Backoff, BackoffConfig
 from .closecodes import CloseCode, classify_received, lookup, validate_send
@@ -39,7 +39,16 @@ from .policy import Action, Decision, DelayRule, ReconnectPolicy, Rule
 __version__ = "0.1.0"
 
 #: Names provided by the asyncio adapter, imported lazily: name -> module.
-_LAZY: dict[str, str] = {}
+_LAZY: dict[str, str] = {
+    "Server": "tether.asyncio.server",
+    "Session": "tether.asyncio.session",
+    "serve": "tether.asyncio.server",
+}
+
+if TYPE_CHECKING:
+    from .asyncio.server import Server as Server
+    from .asyncio.server import serve as serve
+    from .asyncio.session import Session as Session
 
 __all__ = [
     "Action",
