@@ -41,7 +41,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.asyncio.server import serve as ws_serve
 from websockets.http11 import Request, Response
 
-from ..closecodes import CloseCode, validate_send
+from ..closecodes import CloseCode, may_send, validate_send
 from ..drain import DrainSchedule
 from ..exceptions import ConfigurationError, ConnectionClosed, ProtocolError
 from ..heartbeat import Heartbeat
@@ -445,9 +445,14 @@ class Server:
             return
         record.session = session
         self._log_open(record, session)
-        pump = asyncio.ensure_future(session.run(transport))
+        pump = session.attach(transport)
         record.tasks.add(pump)
         await self._run_handler(record, session)
+        if transport.closed is None:
+            # The handler is done, so is the connection (whatever the layer kept).
+            ended = session.closed
+            code = ended.code if ended is not None and may_send(ended.code, role="server") else 1000
+            await transport.close(code)
         info = await pump
         self._log_close(record, info)
 

@@ -227,13 +227,17 @@ class Session:
         """The connection currently attached, if any."""
         return self._transport
 
-    async def run(self, transport: Transport) -> ClosedInfo:
-        """Attach ``transport`` and move its messages into the inbox until it closes.
+    def attach(self, transport: Transport) -> asyncio.Task[ClosedInfo]:
+        """Attach ``transport`` and start moving its messages into the inbox.
 
-        Returns when the connection has closed, with how it closed. The session ends
-        with the same code unless the layer keeps it for a later connection.
+        The returned task finishes when the connection has closed, with how it
+        closed. The session ends with the same code unless the layer keeps it for
+        a later connection (:meth:`SessionLayer.connection_lost`).
         """
         self._transport = transport
+        return asyncio.ensure_future(self._pump(transport))
+
+    async def _pump(self, transport: Transport) -> ClosedInfo:
         try:
             while True:
                 try:
