@@ -42,32 +42,39 @@ def wait_healthy(port: int, *, timeout: float = 10.0) -> dict[str, object]:
     raise AssertionError(f"no healthy server on port {port} within {timeout} s")
 
 
+class Servers:
+    """``tether serve`` processes started by one test, logging to files in ``log_dir``."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.procs: list[subprocess.Popen[str]] = []
+        self.logs: dict[int, Path] = {}
+
+    def start(self, *args: str) -> tuple[subprocess.Popen[str], int]:
+        """Start ``tether serve`` on a free port with ``args``; return it once healthy."""
+        port = free_port()
+        log = self.log_dir / f"serve-{port}.log"
+        with log.open("w") as stderr:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "tether", "serve", "--port", str(port), *args],
+                stderr=stderr,
+                text=True,
+            )
+        self.procs.append(proc)
+        self.logs[proc.pid] = log
+        wait_healthy(port)
+        return proc, port
+
+
 @pytest.fixture
-def run_serve(tmp_path: Path) -> Iterator[list[subprocess.Popen[str]]]:
-    """Processes started by a test (stderr in tmp_path/serve-N.log); killed by PID at teardown."""
-    procs: list[subprocess.Popen[str]] = []
-    procs.log_dir = tmp_path  # type: ignore[attr-defined]
-    yield procs
-    for proc in procs:
+def servers(tmp_path: Path) -> Iterator[Servers]:
+    """Start servers; each one still running is killed by PID at teardown."""
+    started = Servers(tmp_path)
+    yield started
+    for proc in started.procs:
         if proc.poll() is None:
             proc.kill()
         proc.wait(5)
-
-
-def start(procs: list[subprocess.Popen[str]], *args: str) -> tuple[subprocess.Popen[str], int]:
-    """Start ``tether serve`` on a free port with ``args``; return it once healthy."""
-    port = free_port()
-    log = procs.log_dir / f"serve-{port}.log"  # type: ignore[attr-defined]
-    with log.open("w") as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tether", "serve", "--port", str(port), *args],
-            stderr=stderr,
-            text=True,
-        )
-    proc.log = log  # type: ignore[attr-defined]
-    procs.append(proc)
-    wait_healthy(port)
-    return proc, port
 
 
 async def _close_code_after(port: int, proc: subprocess.Popen[str], signum: int) -> int | None:
@@ -79,23 +86,23 @@ async def _close_code_after(port: int, proc: subprocess.Popen[str], signum: int)
         return ws.close_code
 
 
-def test_sigterm_closes_with_1012_and_exits_0(run_serve: list[subprocess.Popen[str]]) -> None:
+def test_sigterm_closes_with_1012_and_exits_0(servers: Servers) -> None:
     """SIGTERM drains clients with 1012 (the default shutdown code) and exits 0."""
-    proc, port = start(run_serve, "--drain-window", "0")
+    proc, port = servers.start("--drain-window", "0")
     assert asyncio.run(_close_code_after(port, proc, signal.SIGTERM)) == 1012
     assert proc.wait(10) == 0
 
 
-def test_sigint_closes_with_1001(run_serve: list[subprocess.Popen[str]]) -> None:
+def test_sigint_closes_with_1001(servers: Servers) -> None:
     """SIGINT shuts down with 1001 Going Away and exits 0."""
-    proc, port = start(run_serve, "--drain-window", "0")
+    proc, port = servers.start("--drain-window", "0")
     assert asyncio.run(_close_code_after(port, proc, signal.SIGINT)) == 1001
     assert proc.wait(10) == 0
 
 
-def test_shutdown_code_option(run_serve: list[subprocess.Popen[str]]) -> None:
+def test_shutdown_code_option(servers: Servers) -> None:
     """--shutdown-code 1001 makes SIGTERM close with 1001."""
-    proc, port = start(run_serve, "--drain-window", "0", "--shutdown-code", "1001")
+    proc, port = servers.start("--drain-window", "0", "--shutdown-code", "1001")
     assert asyncio.run(_close_code_after(port, proc, signal.SIGTERM)) == 1001
 
 
@@ -112,13 +119,13 @@ def test_reserved_shutdown_code_is_a_usage_error() -> None:
 
 
 def test_json_logs_one_line_per_connect_and_close(
-    run_serve: list[subprocess.Popen[str]],
+    servers: Servers,
 ) -> None:
     """--json-logs writes a connect and a close line, the close with the code explained."""
-    proc, port = start(run_serve, "--drain-window", "0", "--json-logs")
+    proc, port = servers.start("--drain-window", "0", "--json-logs")
     assert asyncio.run(_close_code_after(port, proc, signal.SIGHUP)) == 1012
     assert proc.wait(10) == 0
-    text = proc.log.read_text()  # type: ignore[attr-defined]
+    text = servers.logs[proc.pid].read_text()
     lines = [json.loads(line) for line in text.splitlines() if line.strip()]
     events = [line.get("event") for line in lines]
     assert events.count("connect") == 1
@@ -128,9 +135,9 @@ def test_json_logs_one_line_per_connect_and_close(
     assert "Service Restart" in close["explanation"]
 
 
-def test_ticker_app_over_the_cli(run_serve: list[subprocess.Popen[str]]) -> None:
+def test_ticker_app_over_the_cli(servers: Servers) -> None:
     """--app ticker --ticker-interval 20 sends numbered messages."""
-    _, port = start(run_serve, "--app", "ticker", "--ticker-interval", "20")
+    _, port = servers.start("--app", "ticker", "--ticker-interval", "20")
 
     async def first_two() -> list[int]:
         async with connect(f"ws://127.0.0.1:{port}/", ping_interval=None) as ws:
