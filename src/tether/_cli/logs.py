@@ -12,7 +12,10 @@ __all__ = ["JsonFormatter", "setup_logging"]
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ``ts``, ``level``, ``logger``, ``msg`` and tether's fields.
+    """One JSON object per line: ``ts``, ``t``, ``level``, ``logger``, ``msg``, tether's fields.
+
+    ``ts`` is Unix time; ``t`` is CLOCK_MONOTONIC seconds (``time.monotonic()``), so
+    log lines can be compared with events from other processes on the same host.
 
     Fields passed as ``extra={"tether": {...}}`` are merged into the object, so a
     close line carries ``event``, ``code``, ``clean``, ``cause``, ``explanation``.
@@ -21,6 +24,9 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "ts": round(record.created, 3),
+            # CLOCK_MONOTONIC seconds, comparable with time.monotonic() in other processes.
+            "t": round(time.monotonic(), 6),
+            "pid": record.process,
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),

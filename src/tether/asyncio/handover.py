@@ -91,12 +91,17 @@ async def start_replacement(
             then killed, so two generations never serve side by side for long).
     """
     command = [sys.executable, "-m", "tether", *argv]
-    process = subprocess.Popen(command)  # noqa: ASYNC220 - returns at once; never waited on here
+    # stdin from /dev/null and stdout onto stderr: the replacement keeps our log stream
+    # (stderr) but holds no pipe of ours open, so whoever started us sees EOF on our
+    # stdout when we exit (asyncio's Process.wait() waits for that EOF, for instance).
+    process = subprocess.Popen(  # noqa: ASYNC220 - returns at once; never waited on here
+        command, stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno()
+    )
     logger.info(
         "started replacement pid %d: %s",
         process.pid,
         " ".join(command),
-        extra={"tether": {"event": "replacement", "pid": process.pid}},
+        extra={"tether": {"event": "replacement", "replacement_pid": process.pid}},
     )
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -112,7 +117,7 @@ async def start_replacement(
             logger.info(
                 "replacement pid %d is healthy",
                 process.pid,
-                extra={"tether": {"event": "replacement_healthy", "pid": process.pid}},
+                extra={"tether": {"event": "replacement_healthy", "replacement_pid": process.pid}},
             )
             return process
         await asyncio.sleep(poll_interval)
