@@ -471,3 +471,19 @@ async def test_client_aborted_is_1006_for_the_handler(
     assert (info.code, info.clean) == (1006, False)
     with pytest.raises(WsConnectionClosed):
         await ws.recv()
+
+
+async def test_cancelling_serve_forever_closes_with_1001() -> None:
+    """Cancelling ``await server`` closes every client with 1001 at once, then re-raises."""
+    server = tether.serve(echo, "127.0.0.1", 0, heartbeat=FAST, drain_window=10.0)
+    forever = asyncio.ensure_future(server.serve_forever())
+    for _ in range(500):  # bounded: the server starts within a few event-loop turns
+        if server.state is ServerState.SERVING:
+            break
+        await asyncio.sleep(0)
+    ws = await _client(server)
+    forever.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await forever
+    assert (await _closed(ws))[0] == 1001
+    assert server.state is ServerState.CLOSED

@@ -215,7 +215,7 @@ class Server:
         try:
             await self._closed.wait()
         except asyncio.CancelledError:
-            await self._drain(CloseCode.GOING_AWAY, "server stopped", window=0.0)
+            await self._start_drain(CloseCode.GOING_AWAY, "server stopped", 0.0)
             raise
 
     async def wait_closed(self) -> None:
