@@ -22,6 +22,7 @@ Public functions (the contract other modules rely on):
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 from dataclasses import dataclass
 from importlib import resources
@@ -77,7 +78,7 @@ def _check_lang(lang: str) -> str:
     return lang
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_texts(lang: str = "en") -> dict[str, Any]:
     """Return the parsed language file for ``lang`` (cached; treat it as read-only).
 
@@ -335,11 +336,11 @@ def _differences(a: Explanation, b: Explanation, texts: dict[str, Any]) -> list[
             )
         )
         for planned, counted in ((a, b), (b, a)):
-            if _is_planned(planned.decision) and counted.decision.reconnect:
-                if not _is_planned(counted.decision):
-                    lines.append(
-                        templates["failure"].format(planned=planned.code, counted=counted.code)
-                    )
+            counts = counted.decision.reconnect and not _is_planned(counted.decision)
+            if _is_planned(planned.decision) and counts:
+                lines.append(
+                    templates["failure"].format(planned=planned.code, counted=counted.code)
+                )
     if len(lines) == structural and a.key != b.key:
         lines.append(templates["none"])
     return lines
@@ -394,7 +395,7 @@ def _segments(info: CodeInfo, policy: ReconnectPolicy) -> tuple[PolicySegment, .
                 edges.add(edge)
     ordered = sorted(edges)
     segments: list[PolicySegment] = []
-    for start, stop in zip(ordered, ordered[1:]):
+    for start, stop in itertools.pairwise(ordered):
         decision = policy.decide(start)
         if segments and segments[-1].decision.rule == decision.rule:
             previous = segments[-1]
