@@ -442,3 +442,18 @@ def test_catalog_splits_the_private_range() -> None:
         (4500, 4999, False),
     ]
     assert row.tether_default == "4000-4499: reconnect, backoff; 4500-4999: final, no reconnect"
+
+
+def test_docs_list_every_json_field() -> None:
+    """docs/close-codes.md documents every field of every JSON shape."""
+    from pathlib import Path
+
+    doc = (Path(__file__).parent.parent / "docs" / "close-codes.md").read_text("utf-8")
+    fields = (
+        set(explain(1006).to_dict())
+        | set(compare(1006, 1012).to_dict())
+        | set(catalog()[0].to_dict())
+        | set(catalog()[0].segments[0].to_dict())
+    )
+    for field in fields:
+        assert f"`{field}`" in doc or f'"{field}"' in doc, field
