@@ -9,7 +9,7 @@ from typing import Any
 from ..knowledge import Explanation, explain, load_texts
 from ._text import Styler, add_common_options, close_code, output_width, print_json, wrap
 
-__all__ = ["register", "render", "run"]
+__all__ = ["category_line", "may_send_line", "register", "render", "run"]
 
 
 def register(subparsers: Any) -> None:
