@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/tether demo
+	$(BIN)/tether compare 1006 1012  # becomes `tether demo` once the server lands (issue 4)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
