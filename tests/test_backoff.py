@@ -20,7 +20,9 @@ DRAWS = 10_000
 BASE, CAP = 0.5, 30.0
 
 
-def draws_at_each_failure_count(counts: int, config: BackoffConfig | None = None) -> list[list[float]]:
+def draws_at_each_failure_count(
+    counts: int, config: BackoffConfig | None = None
+) -> list[list[float]]:
     """``DRAWS`` backoff delays for each failure count 0..counts-1, via the public API.
 
     Uses ``DRAWS`` independent clients in lockstep: the n-th call on each is its n-th failure.
@@ -117,7 +119,8 @@ def test_delay_closes_an_open_connection() -> None:
     backoff.opened(100.0)
     delay = backoff.delay(DelayRule.BACKOFF, 130.0)
     assert backoff.failures == 1
-    assert delay is not None and delay <= BASE
+    assert delay is not None
+    assert delay <= BASE
 
 
 def test_accept_then_close_keeps_growing() -> None:
@@ -201,9 +204,11 @@ def test_restart_window_is_uniform_1_to_5() -> None:
         delay = Backoff(rng=rng).delay(DelayRule.RESTART, 0.0)
         assert delay is not None
         draws.append(delay)
-    assert min(draws) >= 1.0 and max(draws) <= 5.0
+    assert min(draws) >= 1.0
+    assert max(draws) <= 5.0
     assert statistics.fmean(draws) == pytest.approx(3.0, rel=0.02)
-    assert min(draws) < 1.01 and max(draws) > 4.99
+    assert min(draws) < 1.01
+    assert max(draws) > 4.99
 
 
 def test_restart_is_not_a_failure() -> None:
@@ -215,7 +220,8 @@ def test_restart_is_not_a_failure() -> None:
     assert backoff.failures == 2
     assert backoff.ceiling() == BASE * 2**2
     delay = backoff.delay(DelayRule.BACKOFF, 5.0)
-    assert delay is not None and delay <= BASE * 2**2
+    assert delay is not None
+    assert delay <= BASE * 2**2
     assert backoff.failures == 3
 
 
@@ -230,7 +236,8 @@ def test_restart_hint_is_honoured() -> None:
 def test_unusable_hint_is_ignored(hint: float) -> None:
     """A negative or non-finite hint (peer input) falls back to the window."""
     delay = Backoff(rng=random.Random(SEED)).delay(DelayRule.RESTART, 0.0, hint=hint)
-    assert delay is not None and 1.0 <= delay <= 5.0
+    assert delay is not None
+    assert 1.0 <= delay <= 5.0
 
 
 def test_try_again_floor() -> None:
@@ -258,7 +265,8 @@ def test_try_again_hint_above_floor_is_honoured() -> None:
     """A 1013 hint longer than the floor raises the lower bound to the hint."""
     backoff = Backoff(rng=random.Random(SEED))
     delay = backoff.delay(DelayRule.TRY_AGAIN_LATER, 0.0, hint=8.0)
-    assert delay is not None and 8.0 <= delay <= 8.5
+    assert delay is not None
+    assert 8.0 <= delay <= 8.5
 
 
 def test_try_again_hint_beyond_cap_is_exact() -> None:
@@ -293,7 +301,8 @@ def test_delays_always_within_bounds(steps: list[tuple[DelayRule, float]]) -> No
     for rule, gap in steps:
         now += gap
         delay = backoff.delay(rule, now)
-        assert delay is not None and 0.0 <= delay <= CAP
+        assert delay is not None
+        assert 0.0 <= delay <= CAP
 
 
 def test_default_config() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -234,7 +236,7 @@ def test_default_table_covers_every_code_exactly_once() -> None:
     """DEFAULT_RULES' single codes and ranges cover 0-65535, ranges without overlap."""
     ranges = sorted(k for k in DEFAULT_RULES if isinstance(k, tuple))
     singles = {k for k in DEFAULT_RULES if isinstance(k, int)}
-    for (_, high), (low, _) in zip(ranges, ranges[1:]):
+    for (_, high), (low, _) in itertools.pairwise(ranges):
         assert high < low
     covered = set(singles)
     for low, high in ranges:
