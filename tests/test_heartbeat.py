@@ -200,12 +200,6 @@ def test_late_timer_reports_dead_first(machine: HeartbeatMachine) -> None:
     assert machine.handle_timer(START + 100) == TimerResult(TimerAction.DEAD)
 
 
-def test_config_is_keyword_only() -> None:
-    """Positional heartbeat settings are refused."""
-    with pytest.raises(TypeError):
-        Heartbeat(15, 10)  # type: ignore[misc]
-
-
 @pytest.mark.parametrize(
     "kwargs",
     [

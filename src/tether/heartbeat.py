@@ -22,9 +22,9 @@ from .exceptions import ConfigurationError
 __all__ = ["Heartbeat", "HeartbeatMachine", "TimerAction", "TimerResult"]
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True)
 class Heartbeat:
-    """Heartbeat settings, in seconds; keyword-only (``Heartbeat(interval=15, timeout=10)``).
+    """Heartbeat settings, in seconds (write ``Heartbeat(interval=15, timeout=10)``).
 
     Attributes:
         interval: time between pings; 15 s stays under the 30-60 s idle limits of
