@@ -15,10 +15,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 from tests.support.browser import ChromiumWebSocket
 from tests.support.haproxy import HAProxy
-from tests.support.netns import NetNamespace
+from tests.support.netns import NetNamespace, run
 from tests.support.node import PEERS_DIR, NodeWsClients, NodeWsServer
 from tests.support.ports import free_port, wait_for_port
 from tests.support.procs import ExpectTimeout, JsonLineProcess, ProcessExited, python_argv
+from tests.support.require import require
 from tests.support.uvicorn import UvicornServer
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -271,6 +272,35 @@ async def test_uvicorn_sigterm_sends_1012(uvicorn_server: UvicornServer) -> None
         assert ws.protocol.close_rcvd.code == 1012
     # uvicorn re-raises SIGTERM after its graceful shutdown, so the status is -15 (or 0).
     assert await uvicorn_server.wait(timeout=10) in (0, -signal.SIGTERM)
+
+
+@pytest.mark.root
+@pytest.mark.timeout(15)
+async def test_netns_teardown_deletes_namespace_and_processes() -> None:
+    """Leaving a NetNamespace stops its processes and deletes the namespace."""
+    async with NetNamespace() as namespace:
+        sleeper = namespace.python(
+            'import time; print(\'{"event": "up"}\', flush=True); time.sleep(60)'
+        )
+        await sleeper.start()
+        await sleeper.expect_event("up", timeout=10)
+        assert namespace.name in await run("ip", "netns", "list")
+    assert sleeper.returncode is not None
+    assert namespace.name not in await run("ip", "netns", "list")
+
+
+def test_require_fails_in_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With CI=true a missing requirement fails the test instead of skipping it."""
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match=r"fix \.ci/run"):
+        require(False, "needs a unicorn")
+
+
+def test_require_skips_locally_with_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outside CI a missing requirement skips and says what is missing."""
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="needs a unicorn"):
+        require(False, "needs a unicorn")
 
 
 def test_python_argv_uses_this_interpreter() -> None:
