@@ -16,6 +16,7 @@ from tests.support.netns import NetNamespace, missing_netns_requirements
 from tests.support.node import NodeWsClients, NodeWsServer, require_peers
 from tests.support.procs import JsonLineProcess
 from tests.support.require import require, require_root, require_tools
+from tests.support.redis import RedisServer
 from tests.support.uvicorn import UvicornServer
 
 P = TypeVar("P", bound=JsonLineProcess)
@@ -121,4 +122,12 @@ async def netns() -> AsyncIterator[NetNamespace]:
 async def uvicorn_server() -> AsyncIterator[UvicornServer]:
     """uvicorn serving the echo app on a free port; SIGTERM it to get a real 1012."""
     async with UvicornServer() as server:
+        yield server
+
+
+@pytest.fixture
+async def redis_server() -> AsyncIterator[RedisServer]:
+    """A private redis-server on a free loopback port (``.url``), stopped by PID afterwards."""
+    require_tools("redis-server")
+    async with RedisServer() as server:
         yield server

@@ -13,12 +13,16 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+import redis.asyncio
+import redis.exceptions
 from tests.support.browser import ChromiumWebSocket
+from tests.support.faults import kill_tcp_connections
 from tests.support.haproxy import HAProxy
 from tests.support.netns import NetNamespace, run
 from tests.support.node import PEERS_DIR, NodeWsClients, NodeWsServer
 from tests.support.ports import free_port, wait_for_port
 from tests.support.procs import ExpectTimeout, JsonLineProcess, ProcessExited, python_argv
+from tests.support.redis import RedisServer
 from tests.support.require import require
 from tests.support.uvicorn import UvicornServer
 from websockets.asyncio.client import connect
@@ -287,6 +291,35 @@ async def test_netns_teardown_deletes_namespace_and_processes() -> None:
         assert namespace.name in await run("ip", "netns", "list")
     assert sleeper.returncode is not None
     assert namespace.name not in await run("ip", "netns", "list")
+
+
+@pytest.mark.root
+@pytest.mark.timeout(15)
+async def test_ss_kill_gives_1006_and_keeps_listener(echo_server: Server) -> None:
+    """kill_tcp_connections aborts a live connection (1006, no Close frame); new ones still work."""
+    url = f"ws://127.0.0.1:{port_of(echo_server)}/"
+    async with connect(url, ping_interval=None) as ws:
+        assert await kill_tcp_connections(port_of(echo_server)) == 1
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), timeout=5)
+        assert (ws.close_code, ws.protocol.close_rcvd) == (1006, None)
+    async with connect(url, ping_interval=None) as ws:
+        await ws.send("again")
+        assert await asyncio.wait_for(ws.recv(), timeout=5) == "again"
+
+
+@pytest.mark.timeout(15)
+async def test_private_redis_answers_and_dies_on_sigkill(redis_server: RedisServer) -> None:
+    """The private redis-server answers PING, and SIGKILL makes it refuse connections."""
+    client = redis.asyncio.Redis.from_url(redis_server.url)
+    try:
+        assert await client.ping() is True
+        redis_server.signal(signal.SIGKILL)
+        await redis_server.wait(timeout=5)
+        with pytest.raises(redis.exceptions.ConnectionError):
+            await client.ping()
+    finally:
+        await client.aclose()
 
 
 def test_require_fails_in_ci(monkeypatch: pytest.MonkeyPatch) -> None:
