@@ -28,6 +28,12 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         require_root()
 
 
+@pytest.fixture
+def requires_root() -> None:
+    """Fixture form of the ``root`` marker: fail in CI, skip locally with the reason."""
+    require_root()
+
+
 def _node_peers() -> None:
     try:
         require_peers()
