@@ -122,4 +122,8 @@ async def start_replacement(
             return process
         await asyncio.sleep(poll_interval)
     process.kill()
+    for _ in range(250):  # reap it (bounded: 5 s); SIGKILL cannot be ignored
+        if process.poll() is not None:
+            break
+        await asyncio.sleep(0.02)
     raise HandoverFailed(f"replacement pid {process.pid} was not healthy within {timeout:.0f} s")
