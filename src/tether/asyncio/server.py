@@ -147,6 +147,7 @@ class Server:
         self._ws_server: WsServer | None = None
         self._connections: dict[WebsocketsTransport, _Connection] = {}
         self._drain_task: asyncio.Task[None] | None = None
+        self._drain_close: tuple[int, str] | None = None
         self._closed = asyncio.Event()
         self._signals: list[signal.Signals] = []
         self._background_tasks: set[asyncio.Task[Any]] = set()
@@ -272,6 +273,7 @@ class Server:
                 return
             # Stop accepting *now*, before the first await: /healthz turns 503 at once.
             self._state = ServerState.DRAINING
+            self._drain_close = (code, reason)
             self._drain_task = asyncio.ensure_future(self._drain(code, reason, window))
         await asyncio.shield(self._drain_task)
 
@@ -413,9 +415,12 @@ class Server:
         self._connections[transport] = record
         try:
             if self._state is not ServerState.SERVING:
-                # The upgrade passed process_request just before the drain started.
+                # The upgrade passed process_request just before the drain started:
+                # it gets what everybody else gets.
                 record.cause = "draining"
-                await transport.close(self.shutdown_code, "server restarting")
+                code, reason = self._drain_close or (self.shutdown_code, "")
+                await transport.close(code, reason)
+                self._log_close(record, transport.closed)
                 return
             await self._run_connection(record)
         finally:
