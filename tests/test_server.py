@@ -19,6 +19,7 @@ import tether
 from tether.asyncio.apps import echo
 from tether.asyncio.handover import health_check
 from tether.asyncio.server import Server, ServerState
+from tether.asyncio.session import RequestInfo
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
 
@@ -487,3 +488,40 @@ async def test_cancelling_serve_forever_closes_with_1001() -> None:
         await forever
     assert (await _closed(ws))[0] == 1001
     assert server.state is ServerState.CLOSED
+
+
+class _RefusingLayer(tether.asyncio.session.PlainLayer):
+    """A session layer whose handshake fails with a given close code."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__()
+        self.code = code
+
+    async def open(
+        self, transport: tether.asyncio.engine.Transport, request: RequestInfo
+    ) -> tether.Session:
+        raise tether.ProtocolError("bad hello", close_code=self.code)
+
+
+@pytest.mark.parametrize(("layer_code", "wire_code"), [(1008, 1008), (1006, 1002)])
+async def test_layer_handshake_failure_closes_with_a_sendable_code(
+    start: Callable[..., Awaitable[Server]], layer_code: int, wire_code: int
+) -> None:
+    """A layer's ProtocolError closes with its code, or 1002 if that code may not be sent."""
+    server = await start(layer=_RefusingLayer(layer_code))
+    ws = await _client(server)
+    assert (await _closed(ws))[0] == wire_code
+
+
+async def test_sessions_lists_open_sessions(start: Callable[..., Awaitable[Server]]) -> None:
+    """server.sessions holds the session of each open connection."""
+    server = await start()
+    async with await _client(server) as ws:
+        await ws.send("x")
+        await ws.recv()
+        assert len(server.sessions) == 1
+    for _ in range(100):  # bounded: the close is processed within a few loop turns
+        if not server.sessions:
+            break
+        await asyncio.sleep(0.01)
+    assert server.sessions == []

@@ -445,7 +445,9 @@ class Server:
             session = await self.layer.open(transport, record.request)
         except ProtocolError as exc:
             record.cause = "protocol"
-            await transport.close(exc.close_code, str(exc)[:60])
+            # A layer's error code still goes through the wire check (never 1006 & co).
+            code = exc.close_code if may_send(exc.close_code, role="server") else 1002
+            await transport.close(code, str(exc)[:60])
             self._log_close(record, transport.closed)
             return
         record.session = session
