@@ -525,3 +525,25 @@ async def test_sessions_lists_open_sessions(start: Callable[..., Awaitable[Serve
             break
         await asyncio.sleep(0.01)
     assert server.sessions == []
+
+
+async def test_hand_off_moves_new_connections_to_the_replacement() -> None:
+    """hand_off() with reuse_port: 1012 to our clients, new connects reach the other server."""
+    replacement_sessions: list[tether.Session] = []
+
+    async def on_replacement(session: tether.Session) -> None:
+        replacement_sessions.append(session)
+        await echo(session)
+
+    common = {"heartbeat": FAST, "drain_window": 0.2, "close_timeout": 2.0, "reuse_port": True}
+    async with tether.serve(echo, "127.0.0.1", 0, **common) as old:  # type: ignore[arg-type]
+        port = old.port
+        clients = [await _client(old) for _ in range(3)]  # before the replacement exists
+        async with tether.serve(on_replacement, "127.0.0.1", port, **common) as new:  # type: ignore[arg-type]
+            await old.hand_off("deploy")
+            assert [await _closed(ws) for ws in clients] == [(1012, "deploy")] * 3
+            for _ in range(5):  # whichever the kernel would have picked, it is the replacement
+                async with await _client(new) as ws:
+                    await ws.send("here")
+                    assert await ws.recv() == "here"
+            assert len(replacement_sessions) == 5

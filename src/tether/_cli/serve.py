@@ -153,7 +153,7 @@ def _install_handover_signals(server: Any, args: argparse.Namespace) -> None:
             logger.error("handover failed, still serving: %s", exc)
             handing_over = False
             return
-        await server.restart("SIGHUP: handing over to a new process")
+        await server.hand_off("SIGHUP: handing over to a new process")
 
     def spawn(coro: Any) -> None:
         task = asyncio.ensure_future(coro)

@@ -48,6 +48,7 @@ from ..heartbeat import Heartbeat
 from ..knowledge import summary
 from .engine import ClosedInfo
 from .keepalive import keep_alive
+from .reuseport import steer_to_second_listener
 from .session import PlainLayer, RequestInfo, Session, SessionLayer
 from .websockets_engine import WebsocketsTransport
 
@@ -61,6 +62,9 @@ Handler = Callable[[Session], Awaitable[None]]
 #: Default listen backlog. DESIGN.md §10: with the usual 100, the last of 5,000
 #: simultaneous clients waited up to 28 s; a reconnect storm is exactly that.
 DEFAULT_BACKLOG = 4096
+
+#: Seconds a handover keeps accepting what was queued before new connections were steered.
+_STEER_GRACE_S = 0.1
 
 #: Seconds a 503 during the drain asks clients to wait (HTTP ``Retry-After``).
 _RETRY_AFTER_S = 1
@@ -234,6 +238,31 @@ class Server:
             reason: the close reason sent with 1012 (at most 123 bytes of UTF-8).
         """
         await self._start_drain(CloseCode.SERVICE_RESTART, reason, self.drain_window)
+
+    async def hand_off(self, reason: str = "handover") -> None:
+        """Restart into a replacement that already listens on this port (``reuse_port``).
+
+        For the zero-downtime handover (``tether serve --reuse-port`` on SIGHUP),
+        once the replacement is healthy: the kernel is told to send every new
+        connection to the replacement (:mod:`tether.asyncio.reuseport`), the
+        connections already queued for this process are accepted and served, and
+        then :meth:`restart` drains everything with 1012. Without ``reuse_port``,
+        or where steering is not supported, it is :meth:`restart`.
+
+        It assumes exactly two listeners share the port: this one and the replacement.
+
+        Args:
+            reason: the close reason sent with 1012.
+        """
+        if self.reuse_port and self._state is ServerState.SERVING and self._ws_server:
+            steered = all(steer_to_second_listener(s) for s in self._ws_server.sockets)
+            if steered:
+                # Already-queued connections are accepted as soon as the loop runs;
+                # give it a moment, they are then drained like everyone else.
+                await asyncio.sleep(_STEER_GRACE_S)
+            else:
+                logger.warning("could not steer new connections; closing the listener")
+        await self.restart(reason)
 
     async def shutdown(
         self, code: int = 1001, reason: str = "", *, drain_window: float | None = None
