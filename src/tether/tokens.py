@@ -82,6 +82,8 @@ class ResumeCandidate(Protocol):
     @property
     def token_hash(self) -> str: ...
     @property
+    def previous_token_hash(self) -> str | None: ...
+    @property
     def principal(self) -> str | None: ...
     @property
     def expires_at(self) -> float | None: ...
@@ -122,7 +124,13 @@ def judge_resume(
         return LostReason.EPOCH_MISMATCH
     if session is None:
         return LostReason.UNKNOWN
-    if not token_matches(hello.token, session.token_hash):
+    # The token issued last, or the one presented at the previous resume: the
+    # welcome carrying a rotated token can be lost with its connection, and the
+    # client must still be able to resume with the token it holds.
+    previous = session.previous_token_hash
+    if not token_matches(hello.token, session.token_hash) and not (
+        previous is not None and token_matches(hello.token, previous)
+    ):
         return LostReason.TOKEN_INVALID
     if session.principal != principal:
         return LostReason.TOKEN_INVALID

@@ -119,23 +119,24 @@ class StoreConformance:
         """claim() with the current generation bumps it, stores the new hash, re-attaches."""
         await store.create(SID, token_hash=HASH, principal=None, now=0.0)
         await store.detach(SID, 1, expires_at=50.0)
-        record = await store.claim(SID, 1, "b" * 64)
+        record = await store.claim(SID, 1, token_hash="b" * 64, previous_token_hash=HASH)
         assert (record.generation, record.token_hash, record.expires_at) == (2, "b" * 64, None)
+        assert record.previous_token_hash == HASH
         assert await store.load(SID) == record
 
     async def test_claim_with_stale_generation_fenced(self, store: SessionStore) -> None:
         """Two claims from the same generation: the second one is fenced."""
         await store.create(SID, token_hash=HASH, principal=None, now=0.0)
-        await store.claim(SID, 1, "b" * 64)
+        await store.claim(SID, 1, token_hash="b" * 64, previous_token_hash=HASH)
         with pytest.raises(Fenced) as caught:
-            await store.claim(SID, 1, "c" * 64)
+            await store.claim(SID, 1, token_hash="c" * 64, previous_token_hash=HASH)
         assert (caught.value.expected, caught.value.actual) == (1, 2)
 
     async def test_stale_writer_fenced(self, store: SessionStore) -> None:
         """After a takeover, a write with the old generation fails and changes nothing."""
         await store.create(SID, token_hash=HASH, principal=None, now=0.0)
         await store.write(SID, 1, append=batch(1, 2))
-        await store.claim(SID, 1, "b" * 64)
+        await store.claim(SID, 1, token_hash="b" * 64, previous_token_hash=HASH)
         with pytest.raises(Fenced):
             await store.write(SID, 1, append=batch(3, 3), rx=4)
         record = await store.load(SID)
@@ -145,7 +146,7 @@ class StoreConformance:
     async def test_stale_detach_fenced(self, store: SessionStore) -> None:
         """A stale connection cannot start the expiry clock of a session it lost."""
         await store.create(SID, token_hash=HASH, principal=None, now=0.0)
-        await store.claim(SID, 1, "b" * 64)
+        await store.claim(SID, 1, token_hash="b" * 64, previous_token_hash=HASH)
         with pytest.raises(Fenced):
             await store.detach(SID, 1, expires_at=5.0)
         assert (await store.load(SID)).expires_at is None  # type: ignore[union-attr]

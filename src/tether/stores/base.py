@@ -7,7 +7,8 @@ sequence number. The server adapter calls it like this::
     epoch = await store.epoch()
     record = await store.load(sid)                       # hello names a session
     reason = judge_resume(hello, record, epoch=epoch, principal=p, now=now)
-    record = await store.claim(sid, record.generation, new_hash)   # fencing CAS
+    record = await store.claim(sid, record.generation,               # fencing CAS
+                               token_hash=new_hash, previous_token_hash=presented_hash)
     messages = await store.messages(sid, after=hello.rx)           # replay
     ...
     await store.write(sid, generation, append=batch, acked=a, rx=r)  # once per loop turn
@@ -104,7 +105,9 @@ class SessionRecord:
 
     Attributes:
         sid: the session id.
-        token_hash: SHA-256 (hex) of the current resume token.
+        token_hash: SHA-256 (hex) of the resume token issued last.
+        previous_token_hash: hash of the token presented at the last resume, still
+            accepted because the welcome that carried ``token_hash`` may have been lost.
         principal: who the session belongs to (the app's hook), or None.
         generation: fencing number; 1 at creation, +1 per claim.
         created_at: creation time, in seconds.
@@ -121,6 +124,7 @@ class SessionRecord:
     generation: int
     created_at: float
     expires_at: float | None = None
+    previous_token_hash: str | None = None
     tx: int = 0
     acked: int = 0
     rx: int = 0
@@ -158,11 +162,19 @@ class SessionStore(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def claim(self, sid: str, expected_generation: int, token_hash: str) -> SessionRecord:
+    async def claim(
+        self,
+        sid: str,
+        expected_generation: int,
+        *,
+        token_hash: str,
+        previous_token_hash: str,
+    ) -> SessionRecord:
         """Take the session over for a new connection: compare-and-set the generation.
 
         Atomically: if the generation is still ``expected_generation``, bump it,
-        replace the token hash (tokens rotate on every resume) and clear
+        store the two accepted token hashes (the new token, and the one the
+        client just presented, in case the welcome is lost) and clear
         ``expires_at`` (attached again). Returns the new record.
 
         Raises:

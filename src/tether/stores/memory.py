@@ -59,11 +59,22 @@ class MemoryStore(SessionStore):
         """The record for ``sid``, or None."""
         return self._records.get(sid)
 
-    async def claim(self, sid: str, expected_generation: int, token_hash: str) -> SessionRecord:
+    async def claim(
+        self,
+        sid: str,
+        expected_generation: int,
+        *,
+        token_hash: str,
+        previous_token_hash: str,
+    ) -> SessionRecord:
         """Compare-and-set the generation (see :meth:`SessionStore.claim`)."""
         record = self._owned(sid, expected_generation)
         record = dataclasses.replace(
-            record, generation=record.generation + 1, token_hash=token_hash, expires_at=None
+            record,
+            generation=record.generation + 1,
+            token_hash=token_hash,
+            previous_token_hash=previous_token_hash,
+            expires_at=None,
         )
         self._records[sid] = record
         return record
