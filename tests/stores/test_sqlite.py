@@ -93,7 +93,7 @@ async def test_two_stores_on_one_file_fence_each_other(tmp_path: Path) -> None:
     try:
         await node_a.create(SID, token_hash=HASH, principal=None, now=0.0)
         await node_a.write(SID, 1, append=batch(1, 2))
-        await node_b.claim(SID, 1, "b" * 64)
+        await node_b.claim(SID, 1, token_hash="b" * 64, previous_token_hash=HASH)
         with pytest.raises(Fenced):
             await node_a.write(SID, 1, append=batch(3, 3))
         assert (await node_b.write(SID, 2, append=batch(3, 3))).tx == 3

@@ -28,6 +28,7 @@ on the same host (``tether serve`` uses it by default). Choices, and why:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import secrets
 import sqlite3
@@ -61,6 +62,7 @@ CREATE TABLE store_info (
 CREATE TABLE sessions (
     sid TEXT PRIMARY KEY,
     token_hash TEXT NOT NULL,
+    previous_token_hash TEXT,
     principal TEXT,
     generation INTEGER NOT NULL,
     created_at REAL NOT NULL,
@@ -81,7 +83,8 @@ CREATE TABLE messages (
 """
 
 _RECORD_COLUMNS = (
-    "sid, token_hash, principal, generation, created_at, expires_at, tx, acked, rx, lost"
+    "sid, token_hash, previous_token_hash, principal, generation, created_at, expires_at,"
+    " tx, acked, rx, lost"
 )
 
 _T = TypeVar("_T")
@@ -142,15 +145,22 @@ class SQLiteStore(SessionStore):
         """The record for ``sid``, or None."""
         return await self._call("load", lambda db: _select(db, sid), write=False)
 
-    async def claim(self, sid: str, expected_generation: int, token_hash: str) -> SessionRecord:
+    async def claim(
+        self,
+        sid: str,
+        expected_generation: int,
+        *,
+        token_hash: str,
+        previous_token_hash: str,
+    ) -> SessionRecord:
         """Compare-and-set the generation in one transaction (see :meth:`SessionStore.claim`)."""
 
         def swap(db: sqlite3.Connection) -> SessionRecord:
             _owned(db, sid, expected_generation)
             db.execute(
                 "UPDATE sessions SET generation = generation + 1, token_hash = ?,"
-                " expires_at = NULL WHERE sid = ?",
-                (token_hash, sid),
+                " previous_token_hash = ?, expires_at = NULL WHERE sid = ?",
+                (token_hash, previous_token_hash, sid),
             )
             return _require(db, sid)
 
@@ -210,18 +220,7 @@ class SQLiteStore(SessionStore):
                 "UPDATE sessions SET tx = ?, acked = ?, rx = ? WHERE sid = ?",
                 (tx, new_acked, new_rx, sid),
             )
-            return SessionRecord(
-                sid,
-                record.token_hash,
-                record.principal,
-                record.generation,
-                record.created_at,
-                record.expires_at,
-                tx=tx,
-                acked=new_acked,
-                rx=new_rx,
-                lost=record.lost,
-            )
+            return dataclasses.replace(record, tx=tx, acked=new_acked, rx=new_rx)
 
         return await self._call("write", apply)
 
@@ -370,10 +369,12 @@ class SQLiteStore(SessionStore):
 
 
 def _record(row: Any) -> SessionRecord:
-    sid, token_hash, principal, generation, created_at, expires_at, tx, acked, rx, lost = row
+    (sid, token_hash, previous_token_hash, principal, generation, created_at, expires_at) = row[:7]
+    tx, acked, rx, lost = row[7:]
     return SessionRecord(
         sid=str(sid),
         token_hash=str(token_hash),
+        previous_token_hash=None if previous_token_hash is None else str(previous_token_hash),
         principal=None if principal is None else str(principal),
         generation=int(generation),
         created_at=float(created_at),
