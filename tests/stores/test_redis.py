@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
-from collections.abc import AsyncIterator
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
+from redis.crc import key_slot
+from redis.exceptions import RedisError
 
-from tether.stores.base import SessionStore
+from tether.exceptions import StoreError
+from tether.stores.base import Fenced, SessionStore, StoreUnavailable, UnknownSession
 from tether.stores.redis import RedisStore
 
-from .conformance import StoreConformance
+from .conformance import HASH, SID, StoreConformance, batch
 
 SHARED_URL = "redis://127.0.0.1:6379/0"
+REDIS_SERVER = shutil.which("redis-server")
 
 
 async def _remove_prefix(url: str, prefix: str) -> None:
@@ -49,4 +60,288 @@ class TestRedisStore(StoreConformance):
         """A Redis store isolated by a random prefix; its clock is the suite's (0)."""
         store = RedisStore(SHARED_URL, prefix=prefix, timeout=2.0, clock=lambda: 0.0)
         yield store
+        await store.close()
+
+
+@pytest.fixture
+async def store(prefix: str) -> AsyncIterator[RedisStore]:
+    """A Redis store on the machine's Redis whose clock stands at 1000 s."""
+    store = RedisStore(SHARED_URL, prefix=prefix, timeout=2.0, clock=lambda: 1000.0)
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+async def raw() -> AsyncIterator[aioredis.Redis]:
+    """A plain redis-py client on the machine's Redis, to look at the keys."""
+    client = aioredis.Redis.from_url(SHARED_URL)
+    yield client
+    await client.aclose()
+
+
+async def test_stream_ids_are_sequence_numbers(store: RedisStore, raw: aioredis.Redis) -> None:
+    """Each message is a stream entry whose id is ``<seq>-0``."""
+    await store.create(SID, token_hash=HASH, principal=None, now=0.0)
+    await store.write(SID, 1, append=batch(1, 3))
+    entries = await raw.xrange(store.stream_key(SID))
+    assert [entry_id for entry_id, _ in entries] == [b"1-0", b"2-0", b"3-0"]
+
+
+async def test_trim_is_exact(store: RedisStore, raw: aioredis.Redis) -> None:
+    """After an ack, the stream holds exactly the unacknowledged messages (XLEN)."""
+    await store.create(SID, token_hash=HASH, principal=None, now=0.0)
+    await store.write(SID, 1, append=batch(1, 1000))
+    await store.write(SID, 1, acked=997)
+    assert await raw.xlen(store.stream_key(SID)) == 3
+    await store.write(SID, 1, append=batch(1001, 1001), acked=1000)
+    assert await raw.xlen(store.stream_key(SID)) == 1
+
+
+async def test_keys_share_one_hash_slot(store: RedisStore, raw: aioredis.Redis) -> None:
+    """A session's meta hash and stream carry the ``{sid}`` tag: one hash slot."""
+    await store.create(SID, token_hash=HASH, principal=None, now=0.0)
+    await store.write(SID, 1, append=batch(1, 1))
+    keys = sorted([key async for key in raw.scan_iter(match=f"{store.prefix}{{{SID}}}*")])
+    assert keys == [store.meta_key(SID).encode(), store.stream_key(SID).encode()]
+    assert key_slot(keys[0]) == key_slot(keys[1]) == key_slot(SID.encode())
+
+
+async def test_brace_in_sid_refused(store: RedisStore) -> None:
+    """A session id with a brace (which would break the hash tag) is refused."""
+    with pytest.raises(StoreError, match="braces"):
+        await store.create("a}b", token_hash=HASH, principal=None, now=0.0)
+
+
+async def test_detach_sets_ttl_to_the_window(store: RedisStore, raw: aioredis.Redis) -> None:
+    """detach() gives both keys a TTL equal to the resume window (store clock at 1000 s)."""
+    await store.create(SID, token_hash=HASH, principal=None, now=1000.0)
+    await store.write(SID, 1, append=batch(1, 2))
+    await store.detach(SID, 1, expires_at=1120.0)
+    for key in (store.meta_key(SID), store.stream_key(SID)):
+        assert 115_000 < await raw.pttl(key) <= 120_000
+
+
+async def test_claim_removes_ttl(store: RedisStore, raw: aioredis.Redis) -> None:
+    """A claimed (re-attached) session does not expire."""
+    await store.create(SID, token_hash=HASH, principal=None, now=1000.0)
+    await store.write(SID, 1, append=batch(1, 2))
+    await store.detach(SID, 1, expires_at=1120.0)
+    await store.claim(SID, 1, token_hash="b" * 64, previous_token_hash=HASH)
+    assert await raw.pttl(store.meta_key(SID)) == -1
+    assert await raw.pttl(store.stream_key(SID)) == -1
+
+
+async def test_write_while_detached_keeps_ttl(store: RedisStore, raw: aioredis.Redis) -> None:
+    """A stream first created after detach expires with the session, not never."""
+    await store.create(SID, token_hash=HASH, principal=None, now=1000.0)
+    await store.detach(SID, 1, expires_at=1060.0)
+    await store.write(SID, 1, append=batch(1, 1))
+    assert 55_000 < await raw.pttl(store.stream_key(SID)) <= 60_000
+
+
+async def test_fencing_between_two_nodes(prefix: str) -> None:
+    """Node B claims a session node A wrote: A's writes and detach are fenced, B's go on."""
+    node_a = RedisStore(SHARED_URL, prefix=prefix, timeout=2.0)
+    node_b = RedisStore(SHARED_URL, prefix=prefix, timeout=2.0)
+    try:
+        await node_a.create(SID, token_hash=HASH, principal=None, now=0.0)
+        await node_a.write(SID, 1, append=batch(1, 2), rx=5)
+        claimed = await node_b.claim(SID, 1, token_hash="b" * 64, previous_token_hash=HASH)
+        assert (claimed.generation, claimed.tx, claimed.rx) == (2, 2, 5)
+        with pytest.raises(Fenced):
+            await node_a.write(SID, 1, append=batch(3, 3))
+        with pytest.raises(Fenced):
+            await node_a.detach(SID, 1, expires_at=time.time() + 60)
+        assert (await node_b.write(SID, 2, append=batch(3, 3))).tx == 3
+        assert [m.seq for m in await node_a.messages(SID, after=0)] == [1, 2, 3]
+    finally:
+        await node_a.close()
+        await node_b.close()
+
+
+async def test_epoch_shared_by_nodes(prefix: str) -> None:
+    """Two nodes on the same Redis and prefix see the same epoch."""
+    node_a = RedisStore(SHARED_URL, prefix=prefix)
+    node_b = RedisStore(SHARED_URL, prefix=prefix)
+    try:
+        assert await node_a.epoch() == await node_b.epoch()
+    finally:
+        await node_a.close()
+        await node_b.close()
+
+
+# -- tests on a private redis-server (killed, stopped, flushed) -------------------------
+
+
+class PrivateRedis:
+    """A redis-server of our own on a free loopback port, without persistence."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start it (the Popen pid is the server itself) and wait until it answers PING."""
+        self.proc = subprocess.Popen(
+            [
+                REDIS_SERVER,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:  # bounded: 5 s
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as conn:
+                    conn.sendall(b"PING\r\n")
+                    if conn.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.02)
+        raise RuntimeError(f"redis-server on port {self.port} did not start in 5 s")
+
+    def kill(self) -> None:
+        """SIGKILL it (no shutdown, no save) and reap it."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=5)
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A started private redis-server, killed by PID afterwards."""
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is not installed (.ci/run installs it)")
+    server = PrivateRedis(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        if server.proc is not None and server.proc.poll() is None:
+            server.proc.send_signal(signal.SIGCONT)  # in case a test stopped it
+        server.kill()
+
+
+async def test_one_round_trip_per_batch(private_redis: PrivateRedis) -> None:
+    """A write of 100 messages plus ack and rx is one script call on the server."""
+    store = RedisStore(private_redis.url, timeout=2.0)
+    stats = aioredis.Redis.from_url(private_redis.url)
+    try:
+        await store.create(SID, token_hash=HASH, principal=None, now=0.0)
+        await store.write(SID, 1, append=batch(1, 1))  # the script is loaded now
+        await stats.config_resetstat()
+        await store.write(SID, 1, append=batch(2, 101), acked=50, rx=7)
+        info = await stats.info("commandstats")
+        calls = {name: value["calls"] for name, value in info.items()}
+        # commandstats also counts the commands the script ran: 100 XADDs inside one EVALSHA.
+        assert (calls.pop("cmdstat_evalsha"), calls.pop("cmdstat_xadd")) == (1, 100)
+        inside_the_script = {"hget", "hmget", "hset", "hgetall", "xtrim"}
+        ours = {"config|resetstat", "info"}
+        assert {name.removeprefix("cmdstat_") for name in calls} <= inside_the_script | ours
+    finally:
+        await stats.aclose()
+        await store.close()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(20)
+async def test_redis_killed_during_writes(
+    private_redis: PrivateRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis SIGKILLed mid-stream: StoreUnavailable (chained), one log line, no crash."""
+    caplog.set_level(logging.INFO, logger="tether.store")
+    store = RedisStore(private_redis.url, timeout=1.0)
+    try:
+        await store.create(SID, token_hash=HASH, principal=None, now=0.0)
+        tx, failures = 0, []
+        for round_number in range(200):  # bounded: 200 batches
+            if round_number == 50:
+                private_redis.kill()
+            try:
+                tx = (await store.write(SID, 1, append=batch(tx + 1, tx + 10))).tx
+            except StoreUnavailable as exc:
+                failures.append(exc)
+        assert tx == 500
+        assert len(failures) == 150
+        assert all(isinstance(exc.__cause__, (RedisError, OSError)) for exc in failures)
+        errors = [r for r in caplog.records if r.name == "tether.store"]
+        assert [r.levelname for r in errors] == ["ERROR"]
+    finally:
+        await store.close()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(20)
+async def test_recovery_after_restart(
+    private_redis: PrivateRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After Redis restarts (empty), the store recovers: new epoch, new sessions durable."""
+    caplog.set_level(logging.INFO, logger="tether.store")
+    store = RedisStore(private_redis.url, timeout=1.0)
+    try:
+        old_epoch = await store.epoch()
+        await store.create(SID, token_hash=HASH, principal=None, now=0.0)
+        private_redis.kill()
+        with pytest.raises(StoreUnavailable):
+            await store.load(SID)
+        private_redis.start()
+        assert await store.epoch() != old_epoch  # resumes now fail with epoch_mismatch
+        assert await store.load(SID) is None  # the session did not survive
+        await store.create("fresh", token_hash=HASH, principal=None, now=0.0)
+        assert (await store.write("fresh", 1, append=batch(1, 3))).tx == 3
+        levels = [r.levelname for r in caplog.records if r.name == "tether.store"]
+        assert levels == ["ERROR", "WARNING"]
+    finally:
+        await store.close()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(20)
+async def test_hung_redis_times_out(private_redis: PrivateRedis) -> None:
+    """A Redis that stops answering (SIGSTOP) fails the operation within the timeout."""
+    store = RedisStore(private_redis.url, timeout=0.5)
+    try:
+        await store.epoch()
+        assert private_redis.proc is not None
+        private_redis.proc.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable):
+                await store.load(SID)
+            assert time.monotonic() - started < 2.0
+        finally:
+            private_redis.proc.send_signal(signal.SIGCONT)
+    finally:
+        await store.close()
+
+
+async def test_flushall_changes_epoch(private_redis: PrivateRedis) -> None:
+    """Redis flushed: the epoch is new and the sessions are gone (never partial)."""
+    store = RedisStore(private_redis.url, timeout=2.0)
+    admin = aioredis.Redis.from_url(private_redis.url)
+    try:
+        before = await store.epoch()
+        await store.create(SID, token_hash=HASH, principal=None, now=0.0)
+        await store.write(SID, 1, append=batch(1, 3))
+        await admin.flushall()
+        assert await store.epoch() != before
+        assert await store.load(SID) is None
+        with pytest.raises(UnknownSession):
+            await store.messages(SID, after=0)
+    finally:
+        await admin.aclose()
         await store.close()
