@@ -41,7 +41,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-from ..exceptions import StoreError
+from ..exceptions import ConfigurationError, StoreError
 from ._checks import check_batch
 from ._incident import IncidentLog
 from .base import (
@@ -205,6 +205,9 @@ class RedisStore(SessionStore):
         clock: the clock the callers' times (``now``, ``expires_at``) are read
             from; wall-clock time by default, which is what the server adapter
             passes. Only used to turn ``expires_at`` into a TTL.
+
+    Raises:
+        ConfigurationError: the URL or one of its options is not valid.
     """
 
     def __init__(
@@ -218,13 +221,19 @@ class RedisStore(SessionStore):
         self.url = url
         self.prefix = prefix
         self._clock = clock
-        self._client: aioredis.Redis = aioredis.Redis.from_url(
-            url,
-            decode_responses=False,  # payloads are bytes; text is decoded here
-            socket_connect_timeout=timeout,
-            socket_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),  # a lost reply must not apply a write twice
-        )
+        try:
+            self._client: aioredis.Redis = aioredis.Redis.from_url(
+                url,
+                decode_responses=False,  # payloads are bytes; text is decoded here
+                socket_connect_timeout=timeout,
+                socket_timeout=timeout,
+                retry=Retry(NoBackoff(), 0),  # a lost reply must not apply a write twice
+            )
+            # Building (not connecting) a connection checks the URL's options now,
+            # not at the first operation.
+            self._client.connection_pool.make_connection()  # type: ignore[no-untyped-call]
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(f"bad Redis URL {url!r}: {exc}") from None
         kwargs = self._client.connection_pool.connection_kwargs
         where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
         self._incidents = IncidentLog(f"redis {where}/{kwargs.get('db', 0)} ({prefix}*)")
