@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import logging
 import secrets
-import shutil
 import signal
-import socket
-import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 from redis.exceptions import RedisError
+from tests.support.redis import RedisServer
+from tests.support.require import require
 
 from tether.exceptions import StoreError
 from tether.stores.base import Fenced, SessionStore, StoreUnavailable, UnknownSession
@@ -24,7 +22,6 @@ from tether.stores.redis import RedisStore
 from .conformance import HASH, SID, StoreConformance, batch
 
 SHARED_URL = "redis://127.0.0.1:6379/0"
-REDIS_SERVER = shutil.which("redis-server")
 
 
 async def _remove_prefix(url: str, prefix: str) -> None:
@@ -42,11 +39,12 @@ async def prefix() -> AsyncIterator[str]:
     """A random key prefix on the machine's Redis, removed afterwards."""
     client = aioredis.Redis.from_url(SHARED_URL, socket_connect_timeout=2)
     try:
-        await client.ping()
-    except (aioredis.ConnectionError, OSError) as exc:
-        pytest.skip(f"no Redis on 127.0.0.1:6379 ({exc}); .ci/run starts one")
+        answered = bool(await client.ping())
+    except (RedisError, OSError):
+        answered = False
     finally:
         await client.aclose()
+    require(answered, "no Redis answers on 127.0.0.1:6379 (.ci/run starts one)")
     prefix = f"tether-test-{secrets.token_hex(6)}:"
     yield prefix
     await _remove_prefix(SHARED_URL, prefix)
@@ -170,76 +168,13 @@ async def test_epoch_shared_by_nodes(prefix: str) -> None:
         await node_b.close()
 
 
-# -- tests on a private redis-server (killed, stopped, flushed) -------------------------
+# -- tests on a private redis-server (killed, stopped, flushed): the `redis_server` rig --------
 
 
-class PrivateRedis:
-    """A redis-server of our own on a free loopback port, without persistence."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        """Start it (the Popen pid is the server itself) and wait until it answers PING."""
-        self.proc = subprocess.Popen(
-            [
-                REDIS_SERVER,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.directory),
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 5.0
-        while time.monotonic() < deadline:  # bounded: 5 s
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as conn:
-                    conn.sendall(b"PING\r\n")
-                    if conn.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                pass
-            time.sleep(0.02)
-        raise RuntimeError(f"redis-server on port {self.port} did not start in 5 s")
-
-    def kill(self) -> None:
-        """SIGKILL it (no shutdown, no save) and reap it."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=5)
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    """A started private redis-server, killed by PID afterwards."""
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server is not installed (.ci/run installs it)")
-    server = PrivateRedis(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        if server.proc is not None and server.proc.poll() is None:
-            server.proc.send_signal(signal.SIGCONT)  # in case a test stopped it
-        server.kill()
-
-
-async def test_one_round_trip_per_batch(private_redis: PrivateRedis) -> None:
+async def test_one_round_trip_per_batch(redis_server: RedisServer) -> None:
     """A write of 100 messages plus ack and rx is one script call on the server."""
-    store = RedisStore(private_redis.url, timeout=2.0)
-    stats = aioredis.Redis.from_url(private_redis.url)
+    store = RedisStore(redis_server.url, timeout=2.0)
+    stats = aioredis.Redis.from_url(redis_server.url)
     try:
         await store.create(SID, token_hash=HASH, principal=None, now=0.0)
         await store.write(SID, 1, append=batch(1, 1))  # the script is loaded now
@@ -260,17 +195,18 @@ async def test_one_round_trip_per_batch(private_redis: PrivateRedis) -> None:
 @pytest.mark.integration
 @pytest.mark.timeout(20)
 async def test_redis_killed_during_writes(
-    private_redis: PrivateRedis, caplog: pytest.LogCaptureFixture
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Redis SIGKILLed mid-stream: StoreUnavailable (chained), one log line, no crash."""
     caplog.set_level(logging.INFO, logger="tether.store")
-    store = RedisStore(private_redis.url, timeout=1.0)
+    store = RedisStore(redis_server.url, timeout=1.0)
     try:
         await store.create(SID, token_hash=HASH, principal=None, now=0.0)
         tx, failures = 0, []
         for round_number in range(200):  # bounded: 200 batches
             if round_number == 50:
-                private_redis.kill()
+                redis_server.signal(signal.SIGKILL)
+                await redis_server.wait(5.0)
             try:
                 tx = (await store.write(SID, 1, append=batch(tx + 1, tx + 10))).tx
             except StoreUnavailable as exc:
@@ -278,61 +214,64 @@ async def test_redis_killed_during_writes(
         assert tx == 500
         assert len(failures) == 150
         assert all(isinstance(exc.__cause__, (RedisError, OSError)) for exc in failures)
-        errors = [r for r in caplog.records if r.name == "tether.store"]
-        assert [r.levelname for r in errors] == ["ERROR"]
+        logged = [r.levelname for r in caplog.records if r.name == "tether.store"]
+        assert logged == ["ERROR"]
     finally:
         await store.close()
 
 
 @pytest.mark.integration
-@pytest.mark.timeout(20)
+@pytest.mark.timeout(30)
 async def test_recovery_after_restart(
-    private_redis: PrivateRedis, caplog: pytest.LogCaptureFixture
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     """After Redis restarts (empty), the store recovers: new epoch, new sessions durable."""
     caplog.set_level(logging.INFO, logger="tether.store")
-    store = RedisStore(private_redis.url, timeout=1.0)
+    store = RedisStore(redis_server.url, timeout=1.0)
+    restarted = RedisServer(port=redis_server.port)
     try:
         old_epoch = await store.epoch()
         await store.create(SID, token_hash=HASH, principal=None, now=0.0)
-        private_redis.kill()
+        redis_server.signal(signal.SIGKILL)
+        await redis_server.wait(5.0)
         with pytest.raises(StoreUnavailable):
             await store.load(SID)
-        private_redis.start()
+        await restarted.start()
         assert await store.epoch() != old_epoch  # resumes now fail with epoch_mismatch
         assert await store.load(SID) is None  # the session did not survive
         await store.create("fresh", token_hash=HASH, principal=None, now=0.0)
         assert (await store.write("fresh", 1, append=batch(1, 3))).tx == 3
-        levels = [r.levelname for r in caplog.records if r.name == "tether.store"]
-        assert levels == ["ERROR", "WARNING"]
+        logged = [r.levelname for r in caplog.records if r.name == "tether.store"]
+        assert logged == ["ERROR", "WARNING"]
     finally:
         await store.close()
+        await restarted.stop()
 
 
 @pytest.mark.integration
 @pytest.mark.timeout(20)
-async def test_hung_redis_times_out(private_redis: PrivateRedis) -> None:
+async def test_hung_redis_times_out(redis_server: RedisServer) -> None:
     """A Redis that stops answering (SIGSTOP) fails the operation within the timeout."""
-    store = RedisStore(private_redis.url, timeout=0.5)
+    store = RedisStore(redis_server.url, timeout=0.5)
     try:
         await store.epoch()
-        assert private_redis.proc is not None
-        private_redis.proc.send_signal(signal.SIGSTOP)
+        redis_server.signal(signal.SIGSTOP)
         try:
             started = time.monotonic()
-            with pytest.raises(StoreUnavailable):
+            with pytest.raises(StoreUnavailable) as caught:
                 await store.load(SID)
             assert time.monotonic() - started < 2.0
+            assert isinstance(caught.value.__cause__, RedisError)
         finally:
-            private_redis.proc.send_signal(signal.SIGCONT)
+            redis_server.signal(signal.SIGCONT)
     finally:
         await store.close()
 
 
-async def test_flushall_changes_epoch(private_redis: PrivateRedis) -> None:
+async def test_flushall_changes_epoch(redis_server: RedisServer) -> None:
     """Redis flushed: the epoch is new and the sessions are gone (never partial)."""
-    store = RedisStore(private_redis.url, timeout=2.0)
-    admin = aioredis.Redis.from_url(private_redis.url)
+    store = RedisStore(redis_server.url, timeout=2.0)
+    admin = aioredis.Redis.from_url(redis_server.url)
     try:
         before = await store.epoch()
         await store.create(SID, token_hash=HASH, principal=None, now=0.0)
