@@ -239,6 +239,8 @@ async def test_recovery_after_restart(
         await restarted.start()
         assert await store.epoch() != old_epoch  # resumes now fail with epoch_mismatch
         assert await store.load(SID) is None  # the session did not survive
+        with pytest.raises(UnknownSession):
+            await store.write(SID, 1, append=batch(1, 1))
         await store.create("fresh", token_hash=HASH, principal=None, now=0.0)
         assert (await store.write("fresh", 1, append=batch(1, 3))).tx == 3
         logged = [r.levelname for r in caplog.records if r.name == "tether.store"]
