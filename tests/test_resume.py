@@ -29,8 +29,8 @@ from tether.resume import (
     Phase,
     ResumeConfig,
     ServerEndpoint,
+    SessionEnded,
     SessionEstablished,
-    SessionExpired,
 )
 
 CONFIG = ResumeConfig()
@@ -448,7 +448,7 @@ def test_server_window_expiry_reported() -> None:
     server.connection_lost(1.0)
     assert server.next_deadline() == pytest.approx(6.0)
     server.handle_timer(6.0)
-    assert SessionExpired() in server.events_received()
+    assert SessionEnded("expired") in server.events_received()
     with pytest.raises(ConnectionClosedError):
         server.send("late", 6.0)
 
@@ -575,6 +575,23 @@ def test_goaway_with_resume_keeps_session() -> None:
     hello = decode(client.data_to_send()[0])
     assert isinstance(hello, Hello)
     assert hello.sid == "c2lk"
+
+
+def test_normal_close_ends_server_session() -> None:
+    """A 1000 close from the client ends the server session at once."""
+    server = ServerEndpoint("c2lk", "ZXA")
+    server.attach(0.0, token="dG9r", resumed=False)
+    server.connection_lost(1.0, CloseCode.NORMAL_CLOSURE)
+    assert server.events_received()[-1] == SessionEnded("closed")
+    assert server.next_deadline() is None
+
+
+def test_connection_made_twice_is_a_local_error() -> None:
+    """connection_made() without connection_lost() first is refused."""
+    client = ClientEndpoint()
+    client.connection_made(0.0)
+    with pytest.raises(RuntimeError):
+        client.connection_made(0.0)
 
 
 def test_normal_close_ends_client_session() -> None:
