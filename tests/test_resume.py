@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -687,3 +689,18 @@ def test_exactly_once_with_tiny_buffers(ops: list[tuple[str, int]], seed: int) -
     link.settle()
     assert link.app_server.got == link.expected(link.app_client, link.app_server)
     assert link.app_client.got == link.expected(link.app_server, link.app_client)
+
+
+SPEC = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text(encoding="utf-8")
+
+
+def test_spec_documents_defaults() -> None:
+    """The defaults table in docs/protocol.md matches ResumeConfig."""
+    assert f"| `resume_window` | {CONFIG.resume_window:.0f} s |" in SPEC
+    assert f"| replay buffer count | {CONFIG.max_messages:,} messages |" in SPEC
+    assert f"| replay buffer bytes | {CONFIG.max_bytes // 2**20} MiB |" in SPEC
+    delay_ms = round(CONFIG.ack_delay * 1000)  # type: ignore[operator]
+    assert (
+        f"| standalone ack after | {CONFIG.ack_messages} messages / "
+        f"{CONFIG.ack_bytes // 1024} KiB / {delay_ms} ms |"  # type: ignore[operator]
+    ) in SPEC
