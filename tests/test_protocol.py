@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -21,6 +22,7 @@ from tether.protocol import (
     Frame,
     GoAway,
     Hello,
+    LostReason,
     TetherCloseCode,
     Welcome,
     decode,
@@ -240,3 +242,25 @@ def test_fuzz_control_fields(kind: str, fields: dict[str, object]) -> None:
 def test_fuzz_data_round_trip(seq: int, ack: int, payload: str | bytes) -> None:
     """Any valid data frame survives encode/decode with its type."""
     assert decode(encode(Data(seq, ack, payload))) == Data(seq, ack, payload)
+
+
+SPEC = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("code", list(TetherCloseCode), ids=lambda c: c.name)
+def test_spec_documents_every_close_code(code: TetherCloseCode) -> None:
+    """docs/protocol.md has a row for every close code tether.v1 sends."""
+    assert f"| {int(code)} | `{code.name}` |" in SPEC
+
+
+@pytest.mark.parametrize("reason", list(LostReason), ids=lambda r: r.value)
+def test_spec_documents_every_reason(reason: LostReason) -> None:
+    """docs/protocol.md has a row for every failure reason."""
+    assert f"| `{reason.value}` |" in SPEC
+
+
+def test_spec_documents_limits() -> None:
+    """The limits in docs/protocol.md are the ones in the code."""
+    assert f"at most **{MAX_CONTROL_CHARS}** characters" in SPEC
+    assert f"| control frame size | {MAX_CONTROL_CHARS} characters |" in SPEC
+    assert f"in `0 .. 2^53-1`\n({MAX_SEQ})" in SPEC

@@ -59,8 +59,8 @@ __all__ = [
     "Phase",
     "ResumeConfig",
     "ServerEndpoint",
+    "SessionEnded",
     "SessionEstablished",
-    "SessionExpired",
 ]
 
 
@@ -173,8 +173,15 @@ class GoAwayReceived:
 
 
 @dataclass(frozen=True)
-class SessionExpired:
-    """Server: the session stayed disconnected for ``resume_window``; drop it."""
+class SessionEnded:
+    """Server: the session is over; the adapter deletes it from the store.
+
+    Attributes:
+        reason: ``"expired"`` (disconnected for ``resume_window``) or ``"closed"``
+            (the client closed with 1000).
+    """
+
+    reason: str
 
 
 CoreEvent = (
@@ -183,7 +190,7 @@ CoreEvent = (
     | CloseConnection
     | PeerAcked
     | GoAwayReceived
-    | SessionExpired
+    | SessionEnded
     | Resumed
     | SessionLost
 )
@@ -463,9 +470,16 @@ class ClientEndpoint(Endpoint):
         return self._session.sid if self._session else None
 
     def connection_made(self, now: float) -> None:
-        """A tether.v1 connection opened: queue ``hello``."""
+        """A tether.v1 connection opened: queue ``hello``.
+
+        Raises:
+            ConnectionClosedError: the session ended (closed with 1000).
+            RuntimeError: the previous connection was not reported lost.
+        """
         if self.phase is Phase.CLOSED:
             raise ConnectionClosedError(None, "the tether.v1 session has ended")
+        if self.phase is not Phase.DISCONNECTED:
+            raise RuntimeError(f"connection_made() in phase {self.phase.value}")
         self.handle_timer(now)  # a session past its window is lost before asking
         self._out.clear()
         session = self._session
@@ -643,6 +657,14 @@ class ServerEndpoint(Endpoint):
         self._out.clear()
         return self.buffer.clear()
 
+    def connection_lost(self, now: float, code: int | None = None) -> None:
+        """The connection closed; a 1000 from the client ends the session."""
+        was_live = self.phase is Phase.OPEN
+        super().connection_lost(now, code)
+        if was_live and code == CloseCode.NORMAL_CLOSURE:
+            self.phase = Phase.CLOSED
+            self._events.append(SessionEnded("closed"))
+
     def _expire(self) -> None:
         self.phase = Phase.CLOSED
-        self._events.append(SessionExpired())
+        self._events.append(SessionEnded("expired"))
