@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tether.exceptions import StoreError
-from tether.stores.base import Fenced, SessionStore, StoreUnavailable
+from tether.stores.base import Fenced, SessionRecord, SessionStore, StoreUnavailable
 from tether.stores.sqlite import SCHEMA_VERSION, SQLiteStore
 
 from .conformance import HASH, SID, StoreConformance, batch
@@ -198,5 +198,42 @@ async def test_sigkilled_writer_loses_nothing_committed(tmp_path: Path) -> None:
         assert [m.seq for m in held] == list(range(record.acked + 1, record.tx + 1))
         assert all(m.payload == f"m{m.seq}" for m in held)
         assert record.rx == record.tx - 10
+    finally:
+        await store.close()
+
+
+async def test_concurrent_writes_share_commits(tmp_path: Path) -> None:
+    """Writes of 50 sessions queued in one loop turn take far fewer than 50 commits."""
+    store = SQLiteStore(tmp_path / "sessions.db")
+    try:
+        sids = [f"s{number}" for number in range(50)]
+        for sid in sids:
+            await store.create(sid, token_hash=HASH, principal=None, now=0.0)
+        before = store.transactions
+        records = await asyncio.gather(*(store.write(sid, 1, append=batch(1, 3)) for sid in sids))
+        assert [record.tx for record in records] == [3] * 50
+        assert store.transactions - before <= 5
+    finally:
+        await store.close()
+
+
+async def test_refused_operation_in_a_group_is_alone(tmp_path: Path) -> None:
+    """A fenced write committed together with a good one changes nothing; the good one lands."""
+    store = SQLiteStore(tmp_path / "sessions.db")
+    try:
+        for sid in ("stale", "good"):
+            await store.create(sid, token_hash=HASH, principal=None, now=0.0)
+        await store.claim("stale", 1, token_hash="b" * 64, previous_token_hash=HASH)
+        stale, good = await asyncio.gather(
+            store.write("stale", 1, append=batch(1, 2)),
+            store.write("good", 1, append=batch(1, 2)),
+            return_exceptions=True,
+        )
+        assert isinstance(stale, Fenced)
+        assert isinstance(good, SessionRecord)
+        assert good.tx == 2
+        assert (await store.load("stale")).tx == 0  # type: ignore[union-attr]
+        assert await store.messages("stale", after=0) == []
+        assert await store.messages("good", after=0) == batch(1, 2)
     finally:
         await store.close()
