@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import signal
@@ -16,7 +17,7 @@ from tests.support.redis import RedisServer
 from tests.support.require import require
 
 from tether.exceptions import StoreError
-from tether.stores.base import Fenced, SessionStore, StoreUnavailable, UnknownSession
+from tether.stores.base import Fenced, SessionRecord, SessionStore, StoreUnavailable, UnknownSession
 from tether.stores.redis import RedisStore
 
 from .conformance import HASH, SID, StoreConformance, batch
@@ -189,6 +190,57 @@ async def test_one_round_trip_per_batch(redis_server: RedisServer) -> None:
         assert {name.removeprefix("cmdstat_") for name in calls} <= inside_the_script | ours
     finally:
         await stats.aclose()
+        await store.close()
+
+
+async def test_one_pipeline_per_loop_turn(redis_server: RedisServer) -> None:
+    """Writes of 50 sessions made in one loop turn travel together (no new connections)."""
+    store = RedisStore(redis_server.url, timeout=2.0)
+    stats = aioredis.Redis.from_url(redis_server.url)
+    try:
+        sids = [f"s{number}" for number in range(50)]
+        for sid in sids:  # one after the other: one pooled connection
+            await store.create(sid, token_hash=HASH, principal=None, now=0.0)
+        before = (await stats.info("stats"))["total_connections_received"]
+        records = await asyncio.gather(*(store.write(sid, 1, append=batch(1, 2)) for sid in sids))
+        after = (await stats.info("stats"))["total_connections_received"]
+        assert [record.tx for record in records] == [2] * 50
+        # One round trip per request would need 50 connections at once (redis-py's pool
+        # opens one per concurrent command); the pipeline reused the one it had.
+        assert after - before == 0
+    finally:
+        await stats.aclose()
+        await store.close()
+
+
+async def test_pipeline_keeps_calls_apart(store: RedisStore) -> None:
+    """A fenced write pipelined with a good one fails alone; the good one lands."""
+    for sid in ("stale", "good"):
+        await store.create(sid, token_hash=HASH, principal=None, now=0.0)
+    await store.claim("stale", 1, token_hash="b" * 64, previous_token_hash=HASH)
+    stale, good = await asyncio.gather(
+        store.write("stale", 1, append=batch(1, 2)),
+        store.write("good", 1, append=batch(1, 2)),
+        return_exceptions=True,
+    )
+    assert isinstance(stale, Fenced)
+    assert isinstance(good, SessionRecord)
+    assert (await store.load("stale")).tx == 0  # type: ignore[union-attr]
+    assert await store.messages("good", after=0) == batch(1, 2)
+
+
+async def test_scripts_reloaded_after_script_flush(redis_server: RedisServer) -> None:
+    """After Redis forgot the scripts (restart, SCRIPT FLUSH), writes still run, once each."""
+    store = RedisStore(redis_server.url, timeout=2.0)
+    admin = aioredis.Redis.from_url(redis_server.url)
+    try:
+        await store.create(SID, token_hash=HASH, principal=None, now=0.0)
+        await admin.script_flush()
+        record = await store.write(SID, 1, append=batch(1, 3))
+        assert record.tx == 3
+        assert await store.messages(SID, after=0) == batch(1, 3)
+    finally:
+        await admin.aclose()
         await store.close()
 
 

@@ -35,6 +35,8 @@ without raises an ImportError that says so.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import math
 import secrets
 import time
@@ -58,7 +60,8 @@ try:
     import redis.asyncio as aioredis
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
-    from redis.exceptions import RedisError, ResponseError
+    from redis.commands.core import AsyncScript
+    from redis.exceptions import NoScriptError, RedisError, ResponseError
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "the redis session store needs redis-py: pip install 'tether[redis]'"
@@ -237,6 +240,9 @@ class RedisStore(SessionStore):
         kwargs = self._client.connection_pool.connection_kwargs
         where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
         self._incidents = IncidentLog(f"redis {where}/{kwargs.get('db', 0)} ({prefix}*)")
+        self._queue: list[_Call] = []
+        self._flush: asyncio.Handle | None = None
+        self._in_flight: set[asyncio.Future[None]] = set()
         register = self._client.register_script
         self._epoch_script = register(_EPOCH)
         self._create_script = register(_CREATE)
@@ -275,7 +281,10 @@ class RedisStore(SessionStore):
     async def epoch(self) -> str:
         """The epoch key's value, created with ``SET NX`` if missing."""
         value = await self._call(
-            "epoch", lambda: self._epoch_script([self.epoch_key], [secrets.token_urlsafe(16)])
+            "epoch",
+            lambda: self._pipelined(
+                self._epoch_script, [self.epoch_key], [secrets.token_urlsafe(16)]
+            ),
         )
         return _text(value)
 
@@ -285,7 +294,7 @@ class RedisStore(SessionStore):
         """Create a session at generation 1 (see :meth:`SessionStore.create`)."""
         args = [token_hash, repr(now), principal or "", "0" if principal is None else "1"]
         fields = await self._call(
-            "create", lambda: self._create_script(self._keys(sid), args), sid=sid
+            "create", lambda: self._pipelined(self._create_script, self._keys(sid), args), sid=sid
         )
         return _record(sid, fields)
 
@@ -306,7 +315,7 @@ class RedisStore(SessionStore):
         args = [str(expected_generation), token_hash, previous_token_hash]
         fields = await self._call(
             "claim",
-            lambda: self._claim_script(self._keys(sid), args),
+            lambda: self._pipelined(self._claim_script, self._keys(sid), args),
             sid=sid,
             generation=expected_generation,
         )
@@ -315,7 +324,9 @@ class RedisStore(SessionStore):
     async def messages(self, sid: str, *, after: int) -> list[StoredMessage]:
         """Held messages with ``seq > after``: one ``XRANGE`` of the session's stream."""
         entries = await self._call(
-            "messages", lambda: self._messages_script(self._keys(sid), [after + 1]), sid=sid
+            "messages",
+            lambda: self._pipelined(self._messages_script, self._keys(sid), [after + 1]),
+            sid=sid,
         )
         return [_message(entry_id, fields) for entry_id, fields in entries]
 
@@ -344,7 +355,7 @@ class RedisStore(SessionStore):
                 args += ["b", message.payload]
         fields = await self._call(
             "write",
-            lambda: self._write_script(self._keys(sid), args),
+            lambda: self._pipelined(self._write_script, self._keys(sid), args),
             sid=sid,
             generation=generation,
         )
@@ -355,7 +366,9 @@ class RedisStore(SessionStore):
         ttl_ms = max(1, math.ceil((expires_at - self._clock()) * 1000))
         await self._call(
             "detach",
-            lambda: self._detach_script(self._keys(sid), [generation, repr(expires_at), ttl_ms]),
+            lambda: self._pipelined(
+                self._detach_script, self._keys(sid), [generation, repr(expires_at), ttl_ms]
+            ),
             sid=sid,
             generation=generation,
         )
@@ -366,7 +379,7 @@ class RedisStore(SessionStore):
         """Mark the session lost and drop its stream (see :meth:`SessionStore.abandon`)."""
         await self._call(
             "abandon",
-            lambda: self._abandon_script(self._keys(sid), [generation, reason]),
+            lambda: self._pipelined(self._abandon_script, self._keys(sid), [generation, reason]),
             sid=sid,
             generation=generation,
         )
@@ -412,10 +425,75 @@ class RedisStore(SessionStore):
             removed += sum(int(result) for result in results[:-1])
 
     async def close(self) -> None:
-        """Close the connection pool."""
+        """Wait for the pipelines in flight, then close the connection pool."""
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+            self._start_pipeline()
+        if self._in_flight:
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
         await self._client.aclose()
 
     # -- plumbing ----------------------------------------------------------------------
+
+    def _pipelined(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Awaitable[Any]:
+        """Queue one script call; every call queued in this loop turn shares one round trip.
+
+        The calls of all sessions made while the event loop runs one batch of
+        callbacks are sent in one non-transactional pipeline right after it
+        (``call_soon``), so N sessions writing in the same turn cost one round
+        trip, not N. Each script is still atomic on its own; a refused one
+        (fenced, unknown) does not affect the others.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.append(_Call(script, [*keys, *args], len(keys), future))
+        if self._flush is None:
+            self._flush = loop.call_soon(self._start_pipeline)
+        return future
+
+    def _start_pipeline(self) -> None:
+        self._flush = None
+        calls, self._queue = self._queue, []
+        if calls:
+            task = asyncio.ensure_future(self._send_pipeline(calls))
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+
+    async def _send_pipeline(self, calls: list[_Call]) -> None:
+        try:
+            results = await self._execute(calls)
+            missing = [
+                index for index, result in enumerate(results) if isinstance(result, NoScriptError)
+            ]
+            if missing:
+                # Redis restarted (or SCRIPT FLUSH): those calls did not run. Load the
+                # scripts and send exactly those again; the others must not run twice.
+                for script in {id(calls[i].script): calls[i].script for i in missing}.values():
+                    script.sha = await self._client.script_load(script.script)
+                retried = await self._execute([calls[i] for i in missing])
+                for index, result in zip(missing, retried, strict=True):
+                    results[index] = result
+        except BaseException as exc:  # the whole round trip failed: every call did
+            for call in calls:
+                if not call.future.done():
+                    call.future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for call, result in zip(calls, results, strict=True):
+            if call.future.done():  # the caller was cancelled
+                continue
+            if isinstance(result, Exception):
+                call.future.set_exception(result)
+            else:
+                call.future.set_result(result)
+
+    async def _execute(self, calls: list[_Call]) -> list[Any]:
+        async with self._client.pipeline(transaction=False) as pipe:
+            for call in calls:
+                pipe.evalsha(call.script.sha, call.key_count, *call.args)
+            return list(await pipe.execute(raise_on_error=False))
 
     async def _call(
         self,
@@ -440,6 +518,16 @@ class RedisStore(SessionStore):
             raise StoreUnavailable(f"redis store: {operation} failed: {exc}") from exc
         self._incidents.succeeded()
         return result
+
+
+@dataclasses.dataclass
+class _Call:
+    """One script call waiting for the next pipeline."""
+
+    script: AsyncScript
+    args: list[Any]  # keys, then arguments
+    key_count: int
+    future: asyncio.Future[Any]
 
 
 def _text(value: Any) -> str:
