@@ -13,6 +13,9 @@ every operation is one atomic server-side step:
 * **One Lua script per write**: check the generation (fencing), ``XADD`` the
   batch, update ``tx``/``acked``/``rx``, trim exactly with ``XTRIM MINID`` (never
   an approximate ``MAXLEN ~``). Claim is a compare-and-set script.
+* **Pipelining**: the script calls of every session made during one event-loop
+  turn are sent in one non-transactional pipeline, so the round trip is paid
+  per turn, not per session or message.
 * **Expiry**: detach sets both keys' TTL to the resume window with
   ``PEXPIREAT`` (computed on Redis' own clock, so node clocks do not matter)
   and records the session in a sorted set ``<prefix>detached`` that
