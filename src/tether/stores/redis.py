@@ -208,6 +208,7 @@ class RedisStore(SessionStore):
             sharing one Redis database.
         timeout: seconds for connecting and for each reply, unless the URL says
             otherwise; then the operation fails with :class:`StoreUnavailable`.
+            None waits forever (not recommended: a hung Redis then hangs resumes).
         clock: the clock the callers' times (``now``, ``expires_at``) are read
             from; wall-clock time by default, which is what the server adapter
             passes. Only used to turn ``expires_at`` into a TTL.
@@ -221,7 +222,7 @@ class RedisStore(SessionStore):
         url: str = "redis://127.0.0.1:6379/0",
         *,
         prefix: str = DEFAULT_PREFIX,
-        timeout: float = 5.0,
+        timeout: float | None = 5.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.url = url
@@ -477,12 +478,14 @@ class RedisStore(SessionStore):
                 retried = await self._execute([calls[i] for i in missing])
                 for index, result in zip(missing, retried, strict=True):
                     results[index] = result
-        except BaseException as exc:  # the whole round trip failed: every call did
+        except asyncio.CancelledError:  # the loop is shutting down: so are the callers
+            for call in calls:
+                call.future.cancel()
+            raise
+        except Exception as exc:  # the whole round trip failed: every call did
             for call in calls:
                 if not call.future.done():
                     call.future.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
             return
         for call, result in zip(calls, results, strict=True):
             if call.future.done():  # the caller was cancelled
