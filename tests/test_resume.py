@@ -443,6 +443,17 @@ def test_client_window_expiry_loses_session() -> None:
     assert decode(link.c2s[0]) == Hello(rx=0)
 
 
+def test_failed_handshakes_do_not_extend_window() -> None:
+    """The window counts from the last open connection, not from failed handshakes."""
+    client = opened_client(ResumeConfig(resume_window=10.0))
+    client.connection_lost(0.0)
+    client.connection_made(6.0)
+    client.connection_lost(7.0)  # no welcome came
+    assert client.next_deadline() == pytest.approx(10.0)
+    client.handle_timer(10.0)
+    assert [type(e) for e in client.events_received()] == [SessionLost]
+
+
 def test_server_window_expiry_reported() -> None:
     """The server endpoint reports SessionExpired after the window and refuses sends."""
     server = ServerEndpoint("c2lk", "ZXA", ResumeConfig(resume_window=5.0))
@@ -621,7 +632,7 @@ OP_NAMES = [
     "goaway",
 ]
 # (operation, argument): the argument is reduced per operation in run_ops.
-OPS = st.tuples(st.sampled_from(OP_NAMES), st.integers(0, 400))
+OPS = st.tuples(st.sampled_from(OP_NAMES), st.integers(0, 31))
 
 
 def run_ops(link: Link, ops: list[tuple[str, int]]) -> None:
@@ -647,7 +658,7 @@ def run_ops(link: Link, ops: list[tuple[str, int]]) -> None:
         elif op == "connect" and not link.connected:
             link.connect()
         elif op == "tick":
-            link.advance(arg / 1000)
+            link.advance(arg * 0.013)  # 0-403 ms: around the 200 ms ack timer
         elif op == "overflow":
             endpoint = link.client if arg % 2 == 0 else link.server
             if endpoint is not None and len(endpoint.buffer) >= 4:
@@ -659,7 +670,7 @@ def run_ops(link: Link, ops: list[tuple[str, int]]) -> None:
 
 
 @settings(
-    max_examples=2000,
+    max_examples=1500,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
@@ -679,7 +690,7 @@ def test_exactly_once_in_order_over_faulty_link(ops: list[tuple[str, int]], seed
     assert not link.app_server.lost
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops=st.lists(OPS, min_size=20, max_size=100), seed=st.integers(0, 2**32))
 def test_exactly_once_with_tiny_buffers(ops: list[tuple[str, int]], seed: int) -> None:
     """Same property with 4-message buffers, so overflow closes and full buffers happen."""
