@@ -715,3 +715,34 @@ def test_spec_documents_defaults() -> None:
         f"| standalone ack after | {CONFIG.ack_messages} messages / "
         f"{CONFIG.ack_bytes // 1024} KiB / {delay_ms} ms |"  # type: ignore[operator]
     ) in SPEC
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.text(max_size=40),
+            st.binary(max_size=40),
+            st.builds(
+                lambda seq, ack, p: encode(Data(seq, ack, p)),
+                st.integers(1, 6),
+                st.integers(0, 6),
+                st.one_of(st.text(max_size=4), st.binary(max_size=4)),
+            ),
+            st.sampled_from([encode(Ack(1)), encode(Hello()), welcome(), '{"type":"goaway"}']),
+        ),
+        max_size=12,
+    )
+)
+def test_peer_input_never_raises(messages: list[str | bytes]) -> None:
+    """Whatever the peer sends, receive_message returns; violations are close events."""
+    client = opened_client()
+    client.send("mine", 0.0)
+    server = ServerEndpoint("c2lk", "ZXA")
+    server.attach(0.0, token="dG9r", resumed=False)
+    server.send("theirs", 0.0)
+    for endpoint in (client, server):
+        for message in messages:
+            endpoint.receive_message(message, 0.0)
+        closes = [e for e in endpoint.events_received() if isinstance(e, CloseConnection)]
+        assert len(closes) <= 1
