@@ -630,6 +630,7 @@ OP_NAMES = [
     "tick",
     "overflow",
     "goaway",
+    "crash",
 ]
 # (operation, argument): the argument is reduced per operation in run_ops.
 OPS = st.tuples(st.sampled_from(OP_NAMES), st.integers(0, 31))
@@ -664,6 +665,8 @@ def run_ops(link: Link, ops: list[tuple[str, int]]) -> None:
             if endpoint is not None and len(endpoint.buffer) >= 4:
                 endpoint.overflow(link.now)
                 link.pump()
+        elif op == "crash":
+            link.crash_server()  # only with hold_acks (a durable store)
         elif op == "goaway" and link.server is not None and link.server_ready:
             link.server.goaway(retry_ms=1000, resume=True)
             link.pump()
@@ -700,6 +703,19 @@ def test_exactly_once_with_tiny_buffers(ops: list[tuple[str, int]], seed: int) -
     link.settle()
     assert link.app_server.got == link.expected(link.app_client, link.app_server)
     assert link.app_client.got == link.expected(link.app_server, link.app_client)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(OPS, min_size=20, max_size=100), seed=st.integers(0, 2**32))
+def test_exactly_once_with_durable_acks(ops: list[tuple[str, int]], seed: int) -> None:
+    """Same property with a durable server: acks only what is committed, and crashes."""
+    link = Link(ResumeConfig(ack_messages=3), seed=seed, hold_acks=True)
+    link.connect()
+    run_ops(link, ops)
+    link.settle()
+    assert link.app_server.got == link.expected(link.app_client, link.app_server)
+    assert link.app_client.got == link.expected(link.app_server, link.app_client)
+    assert not link.app_client.lost
 
 
 SPEC = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text(encoding="utf-8")

@@ -249,6 +249,11 @@ class Endpoint:
         return self._rx
 
     @property
+    def durable_rx(self) -> int:
+        """Highest peer sequence number this side may acknowledge (== rx without hold_acks)."""
+        return self._ackable
+
+    @property
     def tx(self) -> int:
         """Highest sequence number assigned to an outgoing message."""
         return self.buffer.last_seq
