@@ -101,6 +101,8 @@ class Link:
         self.app_client = Side()
         self.app_server = Side()
         self.last_welcome_token: str | None = None
+        #: Why the server abandoned its session, as its store would record it.
+        self.lost_reason: str | None = None
 
     # --------------------------------------------------------------- helpers
 
@@ -111,14 +113,14 @@ class Link:
     def candidate(self) -> Candidate | None:
         """The server's session as a store would describe it."""
         server = self.server
-        if server is None or server.phase.value == "closed":
+        if server is None or (server.phase.value == "closed" and self.lost_reason is None):
             return None
         return Candidate(
             self.token_hash,
             self.previous_token_hash,
             self.session_principal,
             None,
-            None,
+            self.lost_reason,
             server.tx,
             server.peer_acked,
         )
@@ -145,6 +147,12 @@ class Link:
             self.server.connection_lost(self.now, code)
         self.server_ready = False
         self.pump()
+
+    def abandon_server(self, reason: LostReason) -> None:
+        """The server gives the session up (e.g. its buffer overflowed while away)."""
+        assert self.server is not None
+        self.server.abandon(reason)
+        self.lost_reason = reason.value
 
     def crash_server(self) -> None:
         """The server process dies and restarts from its (simulated) durable store.
@@ -272,6 +280,7 @@ class Link:
         self.last_welcome_token = token
         if hello.sid is not None and reason is None:
             assert hello.token is not None
+            assert self.server is not None
             self.previous_token_hash, self.token_hash = hash_token(hello.token), token_hash
             assert self.server is not None
             self.server.attach(self.now, token=token, resumed=True, peer_rx=hello.rx)
@@ -279,6 +288,7 @@ class Link:
             sid = new_session_id(self.token_source)
             self.server = ServerEndpoint(sid, self.epoch, self.config, hold_acks=self.hold_acks)
             self.session_principal = self.principal
+            self.lost_reason = None
             self.token_hash, self.previous_token_hash = token_hash, None
             self.server.attach(self.now, token=token, resumed=False, reason=reason)
         self.server_ready = True

@@ -17,6 +17,7 @@ from tether.protocol import (
     Data,
     GoAway,
     Hello,
+    LostReason,
     TetherCloseCode,
     Welcome,
     decode,
@@ -506,6 +507,24 @@ def test_forged_token_gets_fresh_session_and_spares_the_real_one() -> None:
     link.settle()
     assert link.app_client.got == ["for the real client"]
     assert not link.app_client.lost
+
+
+def test_server_overflow_while_away_refused() -> None:
+    """A session the server abandoned (overflow) is refused with 'overflow', never partially."""
+    link = open_pair(ResumeConfig(max_messages=2))
+    link.server_send("delivered")
+    link.settle()
+    link.client_send("unacked")
+    link.c2s.clear()
+    link.drop()
+    link.server_send("s1")
+    link.server_send("s2")
+    assert not link.server_send("s3")  # full while the client is away
+    link.abandon_server(LostReason.OVERFLOW)
+    link.settle(complete=False)
+    assert link.app_client.lost == [SessionLost("overflow", ("unacked",))]
+    assert link.app_client.got == ["delivered"]  # s1, s2 never half-delivered
+    assert link.app_server.got == []
 
 
 def test_stale_epoch_refused() -> None:
