@@ -69,10 +69,20 @@ class Link:
         config: resumption settings for both sides.
         seed: seeds the token source.
         epoch: the store epoch the server reports.
+        hold_acks: the server acks only what its (simulated) store committed; the
+            store commits ``rx`` on every clock advance.
     """
 
-    def __init__(self, config: ResumeConfig, *, seed: int = 0, epoch: str = EPOCH) -> None:
+    def __init__(
+        self,
+        config: ResumeConfig,
+        *,
+        seed: int = 0,
+        epoch: str = EPOCH,
+        hold_acks: bool = False,
+    ) -> None:
         self.config = config
+        self.hold_acks = hold_acks
         self.rng = random.Random(seed)
         self.now = 0.0
         self.epoch = epoch
@@ -91,6 +101,8 @@ class Link:
         self.app_client = Side()
         self.app_server = Side()
         self.last_welcome_token: str | None = None
+        #: Why the server abandoned its session, as its store would record it.
+        self.lost_reason: str | None = None
 
     # --------------------------------------------------------------- helpers
 
@@ -101,14 +113,14 @@ class Link:
     def candidate(self) -> Candidate | None:
         """The server's session as a store would describe it."""
         server = self.server
-        if server is None or server.phase.value == "closed":
+        if server is None or (server.phase.value == "closed" and self.lost_reason is None):
             return None
         return Candidate(
             self.token_hash,
             self.previous_token_hash,
             self.session_principal,
             None,
-            None,
+            self.lost_reason,
             server.tx,
             server.peer_acked,
         )
@@ -135,6 +147,31 @@ class Link:
             self.server.connection_lost(self.now, code)
         self.server_ready = False
         self.pump()
+
+    def abandon_server(self, reason: LostReason) -> None:
+        """The server gives the session up (e.g. its buffer overflowed while away)."""
+        assert self.server is not None
+        self.server.abandon(reason)
+        self.lost_reason = reason.value
+
+    def crash_server(self) -> None:
+        """The server process dies and restarts from its (simulated) durable store.
+
+        The store has every message the server app sent (write-through), the
+        client's ack, and ``rx`` as last committed; the app's own state is as of
+        that commit too (the adapter commits rx with the app's replies, atomically).
+        """
+        server = self.server
+        if server is None or not self.hold_acks:
+            return
+        self.drop()
+        durable_rx = server.durable_rx
+        del self.app_server.got[durable_rx:]
+        stored = [(entry.seq, entry.payload) for entry in server.buffer]
+        self.server = ServerEndpoint(
+            server.sid, self.epoch, self.config, hold_acks=True, tx=server.tx, rx=durable_rx
+        )
+        self.server.restore(server.peer_acked, stored, self.now)
 
     def client_send(self, payload: Payload) -> bool:
         """The client app sends ``payload`` if there is room; True if it did."""
@@ -182,6 +219,8 @@ class Link:
     def advance(self, seconds: float) -> None:
         """Move the clock and fire due timers on both sides."""
         self.now += seconds
+        if self.hold_acks and self.server is not None:
+            self.server.rx_persisted(self.server.rx, self.now)
         for endpoint in self._endpoints():
             deadline = endpoint.next_deadline()
             if deadline is not None and deadline <= self.now:
@@ -241,13 +280,15 @@ class Link:
         self.last_welcome_token = token
         if hello.sid is not None and reason is None:
             assert hello.token is not None
+            assert self.server is not None
             self.previous_token_hash, self.token_hash = hash_token(hello.token), token_hash
             assert self.server is not None
             self.server.attach(self.now, token=token, resumed=True, peer_rx=hello.rx)
         else:
             sid = new_session_id(self.token_source)
-            self.server = ServerEndpoint(sid, self.epoch, self.config)
+            self.server = ServerEndpoint(sid, self.epoch, self.config, hold_acks=self.hold_acks)
             self.session_principal = self.principal
+            self.lost_reason = None
             self.token_hash, self.previous_token_hash = token_hash, None
             self.server.attach(self.now, token=token, resumed=False, reason=reason)
         self.server_ready = True

@@ -215,7 +215,7 @@ JSON_VALUES = st.recursive(
 )
 
 
-@settings(max_examples=800, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(
     st.sampled_from(["hello", "welcome", "ack", "goaway", "x"]),
     st.dictionaries(

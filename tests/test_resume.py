@@ -17,6 +17,7 @@ from tether.protocol import (
     Data,
     GoAway,
     Hello,
+    LostReason,
     TetherCloseCode,
     Welcome,
     decode,
@@ -443,6 +444,17 @@ def test_client_window_expiry_loses_session() -> None:
     assert decode(link.c2s[0]) == Hello(rx=0)
 
 
+def test_failed_handshakes_do_not_extend_window() -> None:
+    """The window counts from the last open connection, not from failed handshakes."""
+    client = opened_client(ResumeConfig(resume_window=10.0))
+    client.connection_lost(0.0)
+    client.connection_made(6.0)
+    client.connection_lost(7.0)  # no welcome came
+    assert client.next_deadline() == pytest.approx(10.0)
+    client.handle_timer(10.0)
+    assert [type(e) for e in client.events_received()] == [SessionLost]
+
+
 def test_server_window_expiry_reported() -> None:
     """The server endpoint reports SessionExpired after the window and refuses sends."""
     server = ServerEndpoint("c2lk", "ZXA", ResumeConfig(resume_window=5.0))
@@ -495,6 +507,24 @@ def test_forged_token_gets_fresh_session_and_spares_the_real_one() -> None:
     link.settle()
     assert link.app_client.got == ["for the real client"]
     assert not link.app_client.lost
+
+
+def test_server_overflow_while_away_refused() -> None:
+    """A session the server abandoned (overflow) is refused with 'overflow', never partially."""
+    link = open_pair(ResumeConfig(max_messages=2))
+    link.server_send("delivered")
+    link.settle()
+    link.client_send("unacked")
+    link.c2s.clear()
+    link.drop()
+    link.server_send("s1")
+    link.server_send("s2")
+    assert not link.server_send("s3")  # full while the client is away
+    link.abandon_server(LostReason.OVERFLOW)
+    link.settle(complete=False)
+    assert link.app_client.lost == [SessionLost("overflow", ("unacked",))]
+    assert link.app_client.got == ["delivered"]  # s1, s2 never half-delivered
+    assert link.app_server.got == []
 
 
 def test_stale_epoch_refused() -> None:
@@ -619,9 +649,10 @@ OP_NAMES = [
     "tick",
     "overflow",
     "goaway",
+    "crash",
 ]
 # (operation, argument): the argument is reduced per operation in run_ops.
-OPS = st.tuples(st.sampled_from(OP_NAMES), st.integers(0, 400))
+OPS = st.tuples(st.sampled_from(OP_NAMES), st.integers(0, 31))
 
 
 def run_ops(link: Link, ops: list[tuple[str, int]]) -> None:
@@ -647,19 +678,21 @@ def run_ops(link: Link, ops: list[tuple[str, int]]) -> None:
         elif op == "connect" and not link.connected:
             link.connect()
         elif op == "tick":
-            link.advance(arg / 1000)
+            link.advance(arg * 0.013)  # 0-403 ms: around the 200 ms ack timer
         elif op == "overflow":
             endpoint = link.client if arg % 2 == 0 else link.server
             if endpoint is not None and len(endpoint.buffer) >= 4:
                 endpoint.overflow(link.now)
                 link.pump()
+        elif op == "crash":
+            link.crash_server()  # only with hold_acks (a durable store)
         elif op == "goaway" and link.server is not None and link.server_ready:
             link.server.goaway(retry_ms=1000, resume=True)
             link.pump()
 
 
 @settings(
-    max_examples=2000,
+    max_examples=1500,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
@@ -679,7 +712,7 @@ def test_exactly_once_in_order_over_faulty_link(ops: list[tuple[str, int]], seed
     assert not link.app_server.lost
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops=st.lists(OPS, min_size=20, max_size=100), seed=st.integers(0, 2**32))
 def test_exactly_once_with_tiny_buffers(ops: list[tuple[str, int]], seed: int) -> None:
     """Same property with 4-message buffers, so overflow closes and full buffers happen."""
@@ -689,6 +722,19 @@ def test_exactly_once_with_tiny_buffers(ops: list[tuple[str, int]], seed: int) -
     link.settle()
     assert link.app_server.got == link.expected(link.app_client, link.app_server)
     assert link.app_client.got == link.expected(link.app_server, link.app_client)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(OPS, min_size=20, max_size=100), seed=st.integers(0, 2**32))
+def test_exactly_once_with_durable_acks(ops: list[tuple[str, int]], seed: int) -> None:
+    """Same property with a durable server: acks only what is committed, and crashes."""
+    link = Link(ResumeConfig(ack_messages=3), seed=seed, hold_acks=True)
+    link.connect()
+    run_ops(link, ops)
+    link.settle()
+    assert link.app_server.got == link.expected(link.app_client, link.app_server)
+    assert link.app_client.got == link.expected(link.app_server, link.app_client)
+    assert not link.app_client.lost
 
 
 SPEC = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text(encoding="utf-8")
@@ -704,3 +750,34 @@ def test_spec_documents_defaults() -> None:
         f"| standalone ack after | {CONFIG.ack_messages} messages / "
         f"{CONFIG.ack_bytes // 1024} KiB / {delay_ms} ms |"  # type: ignore[operator]
     ) in SPEC
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.text(max_size=40),
+            st.binary(max_size=40),
+            st.builds(
+                lambda seq, ack, p: encode(Data(seq, ack, p)),
+                st.integers(1, 6),
+                st.integers(0, 6),
+                st.one_of(st.text(max_size=4), st.binary(max_size=4)),
+            ),
+            st.sampled_from([encode(Ack(1)), encode(Hello()), welcome(), '{"type":"goaway"}']),
+        ),
+        max_size=12,
+    )
+)
+def test_peer_input_never_raises(messages: list[str | bytes]) -> None:
+    """Whatever the peer sends, receive_message returns; violations are close events."""
+    client = opened_client()
+    client.send("mine", 0.0)
+    server = ServerEndpoint("c2lk", "ZXA")
+    server.attach(0.0, token="dG9r", resumed=False)
+    server.send("theirs", 0.0)
+    for endpoint in (client, server):
+        for message in messages:
+            endpoint.receive_message(message, 0.0)
+        closes = [e for e in endpoint.events_received() if isinstance(e, CloseConnection)]
+        assert len(closes) <= 1

@@ -249,6 +249,11 @@ class Endpoint:
         return self._rx
 
     @property
+    def durable_rx(self) -> int:
+        """Highest peer sequence number this side may acknowledge (== rx without hold_acks)."""
+        return self._ackable
+
+    @property
     def tx(self) -> int:
         """Highest sequence number assigned to an outgoing message."""
         return self.buffer.last_seq
@@ -317,8 +322,11 @@ class Endpoint:
     def connection_lost(self, now: float, code: int | None = None) -> None:
         """The current connection closed; ``code`` is the close code (None for 1006)."""
         if self.phase in (Phase.OPEN, Phase.HANDSHAKE):
+            # The window runs from the last time the session was open: handshakes
+            # that fail (a server that accepts but never welcomes) do not extend it.
+            if self.phase is Phase.OPEN or self._disconnected_at is None:
+                self._disconnected_at = now
             self.phase = Phase.DISCONNECTED
-            self._disconnected_at = now
         self._out.clear()
         self._ack_due = None
 
