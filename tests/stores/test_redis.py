@@ -21,6 +21,7 @@ from tether.stores.base import Fenced, SessionRecord, SessionStore, StoreUnavail
 from tether.stores.redis import RedisStore
 
 from .conformance import HASH, SID, StoreConformance, batch
+from .restart_scenario import resume_after_restart
 
 SHARED_URL = "redis://127.0.0.1:6379/0"
 
@@ -338,3 +339,15 @@ async def test_flushall_changes_epoch(redis_server: RedisServer) -> None:
     finally:
         await admin.aclose()
         await store.close()
+
+
+async def test_session_resumes_on_another_node(prefix: str) -> None:
+    """A session resumed through another node's Redis client: nothing lost or doubled."""
+
+    async def node_b() -> SessionStore:
+        return RedisStore(SHARED_URL, prefix=prefix, timeout=2.0)
+
+    node_a = RedisStore(SHARED_URL, prefix=prefix, timeout=2.0)
+    got_by_client, got_by_server = await resume_after_restart(node_a, node_b, now=time.time())
+    assert got_by_client == ["s1", b"s2", "s3"]
+    assert got_by_server == ["c1", "c2", "c3"]

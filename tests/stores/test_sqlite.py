@@ -19,6 +19,7 @@ from tether.stores.base import Fenced, SessionRecord, SessionStore, StoreUnavail
 from tether.stores.sqlite import SCHEMA_VERSION, SQLiteStore
 
 from .conformance import HASH, SID, StoreConformance, batch
+from .restart_scenario import resume_after_restart
 
 
 class TestSQLiteStore(StoreConformance):
@@ -237,3 +238,15 @@ async def test_refused_operation_in_a_group_is_alone(tmp_path: Path) -> None:
         assert await store.messages("good", after=0) == batch(1, 2)
     finally:
         await store.close()
+
+
+async def test_session_resumes_after_server_restart(tmp_path: Path) -> None:
+    """A server restarted on the same file resumes the session: nothing lost or doubled."""
+    path = tmp_path / "sessions.db"
+
+    async def reopen() -> SessionStore:
+        return SQLiteStore(path)
+
+    got_by_client, got_by_server = await resume_after_restart(SQLiteStore(path), reopen, now=0.0)
+    assert got_by_client == ["s1", b"s2", "s3"]
+    assert got_by_server == ["c1", "c2", "c3"]
