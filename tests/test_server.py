@@ -547,3 +547,53 @@ async def test_hand_off_moves_new_connections_to_the_replacement() -> None:
                     await ws.send("here")
                     assert await ws.recv() == "here"
             assert len(replacement_sessions) == 5
+
+
+class _KeepingLayer(tether.asyncio.session.PlainLayer):
+    """Keeps one session per request path across connections (a stand-in for tether.v1)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_path: dict[str, tether.Session] = {}
+
+    async def open(
+        self, transport: tether.asyncio.engine.Transport, request: RequestInfo
+    ) -> tether.Session:
+        session = self.by_path.get(request.path)
+        if session is None:
+            session = self.by_path[request.path] = tether.Session(self, request)
+        return session
+
+    def connection_lost(
+        self, session: tether.Session, info: tether.asyncio.engine.ClosedInfo
+    ) -> bool:
+        return False
+
+
+async def test_a_kept_session_runs_one_handler_across_connections(
+    start: Callable[..., Awaitable[Server]],
+) -> None:
+    """A layer that keeps sessions gets one handler run, fed by successive connections."""
+    runs: list[str] = []
+    received: list[str | bytes] = []
+
+    async def handler(session: tether.Session) -> None:
+        runs.append(session.id)
+        async for message in session:
+            received.append(message)
+
+    server = await start(handler, layer=_KeepingLayer())
+    first = await _client(server, "/s")
+    await first.send("a")
+    await first.close(4000)
+    second = await _client(server, "/s")
+    await second.send("b")
+    for _ in range(100):  # bounded: both messages arrive within a few loop turns
+        if len(received) == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert received == ["a", "b"]
+    assert len(runs) == 1
+    await server.restart()
+    assert (await _closed(second))[0] == 1012
+    assert server.state is ServerState.CLOSED

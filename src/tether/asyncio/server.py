@@ -152,6 +152,7 @@ class Server:
         self._connections: dict[WebsocketsTransport, _Connection] = {}
         self._drain_task: asyncio.Task[None] | None = None
         self._drain_close: tuple[int, str] | None = None
+        self._handlers: dict[Session, asyncio.Task[None]] = {}
         self._closed = asyncio.Event()
         self._signals: list[signal.Signals] = []
         self._background_tasks: set[asyncio.Task[Any]] = set()
@@ -337,7 +338,7 @@ class Server:
         if closing:
             # Each close is bounded by the engine's close_timeout; allow a little slack.
             await asyncio.wait(closing, timeout=self.close_timeout + 1.0)
-        await self._stop_listening()
+        await self._stop_listening(code, reason)
         self._remove_signal_handlers()
         self._state = ServerState.CLOSED
         self._closed.set()
@@ -347,27 +348,34 @@ class Server:
         record.cause = "restart" if code == CloseCode.SERVICE_RESTART else "shutdown"
         try:
             if record.session is not None:
-                await record.session.close(code, reason)
+                # Through the layer, which may say goodbye first (tether.v1: goaway) and
+                # may keep the session for a resume elsewhere: only the connection ends.
+                await self.layer.close(record.session, record.transport, code, reason)
             else:
                 await record.transport.close(code, reason)
         except Exception:
             logger.exception("closing a connection failed; aborting it")
             record.transport.abort()
 
-    async def _stop_listening(self) -> None:
+    async def _stop_listening(self, code: int, reason: str) -> None:
         assert self._ws_server is not None
+        # Sessions a layer kept for a later connection end here: this process is done
+        # with them (what must survive is in the layer's store), so their handlers return.
+        for session in list(self._handlers):
+            session.end(ClosedInfo(code, reason, clean=True, sent_code=code))
         self._ws_server.close(close_connections=False)
-        try:
-            await asyncio.wait_for(self._ws_server.wait_closed(), self.close_timeout)
-        except asyncio.TimeoutError:
+        handlers = set(self._handlers.values())
+        waiting = {asyncio.ensure_future(self._ws_server.wait_closed()), *handlers}
+        _, pending = await asyncio.wait(waiting, timeout=self.close_timeout)
+        if pending:
             # Handlers that ignore their session's end would keep us forever: bound it.
-            left = list(self._ws_server.handler_tasks)
+            left = [t for t in (*handlers, *self._ws_server.handler_tasks) if not t.done()]
             logger.warning("cancelling %d handler(s) still running after the drain", len(left))
             for record in list(self._connections.values()):
                 record.transport.abort()
             for task in left:
                 task.cancel()
-            await asyncio.wait(left, timeout=self.close_timeout)
+            await asyncio.wait([*left, *pending], timeout=self.close_timeout)
 
     # -- signals -------------------------------------------------------------------------------
 
@@ -483,8 +491,14 @@ class Server:
         self._log_open(record, session)
         pump = session.attach(transport)
         record.tasks.add(pump)
-        await self._run_handler(record, session)
-        if transport.closed is None:
+        handler = self._handlers.get(session)
+        if handler is None:
+            # One handler per *session*: a session resumed on a new connection keeps its own.
+            handler = asyncio.ensure_future(self._run_handler(session))
+            self._handlers[session] = handler
+            handler.add_done_callback(lambda _: self._handlers.pop(session, None))
+        await asyncio.wait({pump, handler}, return_when=asyncio.FIRST_COMPLETED)
+        if handler.done() and transport.closed is None:
             # The handler is done, so is the connection (whatever the layer kept).
             ended = session.closed
             code = ended.code if ended is not None and may_send(ended.code, role="server") else 1000
@@ -492,27 +506,26 @@ class Server:
         info = await pump
         self._log_close(record, info)
 
-    async def _run_handler(self, record: _Connection, session: Session) -> None:
+    async def _run_handler(self, session: Session) -> None:
         try:
             await self.handler(session)
         except ConnectionClosed:
             if session.closed is None:
-                self._handler_failed(record)
+                self._handler_failed(session)
                 await session.close(CloseCode.INTERNAL_ERROR, "internal error")
         except Exception:
-            self._handler_failed(record)
+            self._handler_failed(session)
             if session.closed is None:
                 await session.close(CloseCode.INTERNAL_ERROR, "internal error")
         else:
             if session.closed is None:
                 await session.close(CloseCode.NORMAL_CLOSURE)
 
-    def _handler_failed(self, record: _Connection) -> None:
-        record.cause = "handler error"
-        logger.exception(
-            "handler failed for session %s; closing with 1011",
-            record.session.id if record.session is not None else "?",
-        )
+    def _handler_failed(self, session: Session) -> None:
+        for record in self._connections.values():
+            if record.session is session and record.transport is session.transport:
+                record.cause = "handler error"
+        logger.exception("handler failed for session %s; closing with 1011", session.id)
 
     # -- logging -------------------------------------------------------------------------------
 

@@ -211,7 +211,7 @@ class Session:
             info = ClosedInfo(code, reason, clean=True, sent_code=code)
         else:
             info = await self._layer.close(self, transport, code, reason)
-        self._end(info)
+        self.end(info)
         return self._closed or info
 
     async def wait_closed(self) -> ClosedInfo:
@@ -251,7 +251,7 @@ class Session:
             if self._transport is transport:
                 self._transport = None
         if self._layer.connection_lost(self, info):
-            self._end(info)
+            self.end(info)
         return info
 
     async def _deliver(self, message: Message) -> None:
@@ -262,8 +262,13 @@ class Session:
         if self._closed is None:
             self._inbox.put_nowait(message)
 
-    def _end(self, info: ClosedInfo) -> None:
-        """Mark the session ended with ``info`` (idempotent: the first end wins)."""
+    def end(self, info: ClosedInfo) -> None:
+        """End the session with ``info`` (idempotent: the first end wins).
+
+        For the server and session layers: the handler's ``recv`` raises and
+        ``async for`` stops once the messages already received are read. Nothing is
+        sent; use :meth:`close` to end a session on the wire.
+        """
         if self._closed is not None:
             return
         self._closed = info
