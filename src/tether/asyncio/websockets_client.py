@@ -8,8 +8,9 @@ Every failure to open becomes a :class:`~tether.reconnect.ConnectFailure` (carri
 * ``OSError`` (refused, unreachable, DNS, reset) and ``InvalidMessage`` caused by
   the server closing mid-handshake → ``NETWORK`` (the 1006 row);
 * ``TimeoutError`` (``open_timeout``) → ``TIMEOUT`` (the 1006 row);
-* any other ``InvalidHandshake`` (not a WebSocket server, negotiation refused)
-  → ``HANDSHAKE``, final: the same request would be refused the same way.
+* any other ``InvalidHandshake`` (a broken upgrade response, a refused
+  negotiation) → ``HANDSHAKE``, which follows the 1006 row: often a proxy or a
+  server mid-restart; backoff keeps retries rare if it persists.
 
 A malformed URL is refused before any I/O by :func:`check_url`.
 """
@@ -54,7 +55,7 @@ def check_url(url: str) -> None:
         raise ConfigurationError(f"url must be a str, not {type(url).__name__}")
     try:
         parse_uri(url)
-    except InvalidURI as exc:
+    except (InvalidURI, ValueError) as exc:  # urllib raises ValueError for e.g. "ws://[bad"
         raise ConfigurationError(f"invalid WebSocket URL {url!r}: {exc}") from exc
 
 
