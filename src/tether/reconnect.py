@@ -336,9 +336,11 @@ class Reconnector:
 
     def _bound_reason(self) -> str:
         cfg = self.backoff.config
-        if cfg.max_attempts is not None and self.backoff.failures > cfg.max_attempts:
-            return f"{cfg.max_attempts} consecutive failed attempts (max_attempts)"
-        return f"failures lasted {cfg.max_elapsed} s (max_elapsed)"
+        if cfg.max_attempts is not None and self.backoff.attempts >= cfg.max_attempts:
+            return (
+                f"{cfg.max_attempts} reconnect attempts without a stable connection (max_attempts)"
+            )
+        return f"no stable connection for {cfg.max_elapsed} s (max_elapsed)"
 
     def _finish(self) -> None:
         self._phase = _Phase.CLOSED
