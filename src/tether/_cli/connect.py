@@ -3,7 +3,10 @@
 Lines read from stdin are sent as text messages; received messages are printed
 to stdout. Every state change goes to stderr as one line with the close code
 explained (``closed 1012 Service Restart — reconnecting in 2.7 s``). With
-``--json``, stdout carries one JSON object per message and per event instead.
+``--json``, stdout carries one JSON object per line instead: ``{"event":
+"message", "data": ..., "binary": false, "t": ...}`` per message and ``{"event":
+"connected" | "disconnected" | "reconnecting" | "gaveup" | ..., <the event's
+fields>, "t": ...}`` per event (``t``: seconds on the monotonic clock).
 End of input closes the connection with 1000 after the queue is flushed.
 
 Exit status: 0 closed normally (end of input, or the server ended with 1000/1001),
@@ -20,6 +23,7 @@ import json
 import logging
 import sys
 import threading
+import time
 from typing import Any, TextIO
 
 __all__ = ["register", "run"]
@@ -53,6 +57,13 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--header", action="append", default=[], metavar="'NAME: VALUE'", help="extra HTTP header"
+    )
+    parser.add_argument(
+        "--open-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="seconds allowed for each opening handshake (default: 10)",
     )
     parser.add_argument(
         "--max-attempts",
@@ -98,6 +109,7 @@ def _make_connection(tether: Any, args: argparse.Namespace) -> Any:
         subprotocols=args.subprotocol or None,
         headers=headers or None,
         backoff=backoff,
+        open_timeout=args.open_timeout,
         lang=args.lang,
     )
 
@@ -114,15 +126,18 @@ class _LineHandler(logging.Handler):
 
 
 def _event_json(event: Any) -> str:
-    body = {"type": type(event).__name__.lower(), **dataclasses.asdict(event)}
+    # "t": seconds on the monotonic clock, for measuring delays between lines.
+    body = {"event": type(event).__name__.lower(), "t": time.monotonic()}
+    body.update(dataclasses.asdict(event))
     return json.dumps(body, ensure_ascii=False, default=str)
 
 
 def _message_json(message: str | bytes) -> str:
+    body: dict[str, Any] = {"event": "message", "t": time.monotonic()}
     if isinstance(message, bytes):
-        body = {"type": "message", "binary": True, "data": base64.b64encode(message).decode()}
+        body.update(binary=True, data=base64.b64encode(message).decode())
     else:
-        body = {"type": "message", "binary": False, "data": message}
+        body.update(binary=False, data=message)
     return json.dumps(body, ensure_ascii=False)
 
 
