@@ -539,3 +539,19 @@ async def _first(events: AsyncIterator[Any], kind: type[Any]) -> Any:
         if isinstance(event, kind):
             return event
     raise AssertionError(f"no {kind.__name__} event")
+
+
+async def test_flush_waits_until_queued_messages_are_sent(
+    scripted: Callable[..., Awaitable[Scripted]],
+) -> None:
+    """flush() right after start returns once the queued messages were written."""
+    server = await scripted(record)
+    conn = tether.connect(server.url, heartbeat=NO_PING)
+    conn.start()
+    await conn.send("early")
+    assert conn.queued == 1
+    await asyncio.wait_for(conn.flush(), 5)
+    assert conn.queued == 0
+    await conn.close()
+    await server.wait_for(lambda: len(server.close_codes) == 1)
+    assert server.connections == [["early"]]

@@ -164,6 +164,9 @@ async def _send_input(conn: Any, lines: asyncio.Queue[str | None], err: TextIO) 
     while True:
         line = await lines.get()
         if line is None:
+            # End of input: deliver what was typed (the connection may not even be
+            # open yet), then close with 1000.
+            await conn.flush()
             await conn.close()
             return
         try:

@@ -146,16 +146,21 @@ def _check_duration(name: str, value: float | None, *, allow_zero: bool) -> None
 
 
 class _Buffer:
-    """A bounded FIFO of received messages that can be ended."""
+    """A bounded FIFO of received messages.
+
+    Once ``unbounded`` is set (the user called close()), ``put`` never waits: the
+    reader must keep draining the engine so that the closing handshake and the
+    TCP close are not stuck behind a full buffer.
+    """
 
     def __init__(self, max_size: int | None) -> None:
         self.max_size = max_size
         self.items: collections.deque[Message] = collections.deque()
-        self.ended = False
+        self.unbounded = False
         self._changed = asyncio.Event()
 
     async def put(self, message: Message) -> None:
-        while self.max_size is not None and len(self.items) >= self.max_size:
+        while not self.unbounded and self.max_size is not None and len(self.items) >= self.max_size:
             await self.wait_changed()
         self.items.append(message)
         self.notify()
@@ -393,6 +398,14 @@ class ClientConnection:
             raise ConnectionClosedOK(code, reason, "close() was called; no more sends")
         await self._queue.put(message, timeout=self._send_timeout)
 
+    async def flush(self) -> None:
+        """Wait until every queued message was handed to the network.
+
+        Returns early, with messages left in :attr:`unsent`, if the connection
+        closes for good meanwhile. Combine with ``asyncio.wait_for`` to bound it.
+        """
+        await self._queue.wait_empty()
+
     async def recv(self) -> Message:
         """Return the next message, waiting across reconnects.
 
@@ -444,6 +457,8 @@ class ClientConnection:
             )
         if self._close_request is None and not self._finished:
             self._close_request = (code, reason)
+            self._inbox.unbounded = True
+            self._inbox.notify()
             loop = asyncio.get_running_loop()
             self._core.close_requested(loop.time())
             self._close_wakeup.set()
@@ -458,6 +473,7 @@ class ClientConnection:
     def _stop_now(self) -> None:
         if self._close_request is None:
             self._close_request = (1000, "")
+            self._inbox.unbounded = True
             self._core.close_requested(asyncio.get_running_loop().time())
         if self._supervisor is not None and not self._supervisor.done():
             self._supervisor.cancel()
@@ -647,14 +663,11 @@ class ClientConnection:
         ]
         try:
             info = await transport.wait_closed()
-            # Messages that arrived before the Close frame are still buffered in the
-            # engine: let the reader hand them all to the inbox before deciding what
-            # comes next (unless the user asked to close: then nobody wants them).
-            woken = loop.create_task(self._close_wakeup.wait())
-            try:
-                await asyncio.wait({reader, woken}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                await _cancel(woken)
+            # Messages that arrived before the Close frame may still be buffered in
+            # the engine: the reader hands every one to the inbox, then ends on
+            # TransportClosed. If the inbox is full this waits for the application
+            # to read (backpressure) or to close (which lifts the bound).
+            await reader
         finally:
             await _cancel(reader, *helpers)
         return info, self._dead_cause
