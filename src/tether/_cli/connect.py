@@ -150,9 +150,13 @@ def _start_stdin_reader(loop: asyncio.AbstractEventLoop) -> asyncio.Queue[str | 
     lines: asyncio.Queue[str | None] = asyncio.Queue()
 
     def pump() -> None:
-        for line in sys.stdin:
-            loop.call_soon_threadsafe(lines.put_nowait, line.rstrip("\r\n"))
-        loop.call_soon_threadsafe(lines.put_nowait, None)
+        try:
+            for line in sys.stdin:
+                loop.call_soon_threadsafe(lines.put_nowait, line.rstrip("\r\n"))
+            loop.call_soon_threadsafe(lines.put_nowait, None)
+        except RuntimeError:
+            # The loop already closed (the connection ended first): nobody is listening.
+            return
 
     threading.Thread(target=pump, name="tether-connect-stdin", daemon=True).start()
     return lines
