@@ -555,3 +555,43 @@ async def test_flush_waits_until_queued_messages_are_sent(
     await conn.close()
     await server.wait_for(lambda: len(server.close_codes) == 1)
     assert server.connections == [["early"]]
+
+
+async def test_accept_then_close_server_is_not_a_tight_loop(
+    scripted: Callable[..., Awaitable[Scripted]],
+) -> None:
+    """A server that accepts then closes at once (1011) sees few connections, not hundreds."""
+    server = await scripted(*[close_with(1011)] * 1000)
+    backoff = BackoffConfig(base=0.05, cap=5.0)
+    conn = tether.connect(server.url, heartbeat=NO_PING, backoff=backoff, rng=random.Random(1))
+    conn.start()
+    await asyncio.sleep(1.0)  # the behaviour under test is how many attempts fit in 1 s
+    await conn.close()
+    # Ceilings 0.05, 0.1, 0.2, 0.4, 0.8 s: at most ~6 connections fit in one second;
+    # resetting the backoff on each handshake would allow hundreds.
+    assert 2 <= len(server.connections) <= 7
+
+
+def test_documented_defaults_match_the_signature() -> None:
+    """The options table in docs/client.md states the defaults connect() really has."""
+    import inspect
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).parent.parent / "docs" / "client.md").read_text()
+    defaults = inspect.signature(tether.connect).parameters
+    documented = {
+        "max_queue": 1000,
+        "send_timeout": 10.0,
+        "open_timeout": 10.0,
+        "close_timeout": 10.0,
+        "max_incoming": 1000,
+    }
+    for name, value in documented.items():
+        assert defaults[name].default == value, name
+        row = re.search(rf"^\| `{name}` \| ([^|]+) \|", doc, re.M)
+        assert row is not None, name
+        assert row.group(1).strip().split()[0] == f"{value:g}", name
+    assert defaults["heartbeat"].default == Heartbeat(interval=15, timeout=10)
+    assert "`Heartbeat(interval=15, timeout=10)`" in doc
+    assert defaults["compression"].default is None

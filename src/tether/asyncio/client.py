@@ -64,7 +64,7 @@ def connect(
     url: str,
     *,
     policy: ReconnectPolicy | None = None,
-    heartbeat: Heartbeat | None = Heartbeat(interval=15.0, timeout=10.0),  # noqa: B008
+    heartbeat: Heartbeat | None = Heartbeat(),  # noqa: B008  (frozen: sharing it is safe)
     max_queue: int | None = 1000,
     send_timeout: float | None = 10.0,
     subprotocols: Sequence[str] | None = None,
