@@ -194,6 +194,13 @@ def test_1012_then_server_not_back_falls_back_to_backoff() -> None:
     assert event.cause_code == 1006
 
 
+def test_1012_with_a_server_hint_waits_exactly_the_hint() -> None:
+    """A goaway's retry hint replaces the random 1012 window."""
+    core = make(HighRng(), restart_window=(1.0, 5.0))
+    opened_at(core, 0.0)
+    assert reconnecting(core.closed(1.0, code=1012, clean=True, hint=0.25)).delay == 0.25
+
+
 def test_1013_respects_the_floor() -> None:
     """1013 Try Again Later never waits less than try_again_floor."""
     core = make(LowRng(), try_again_floor=5.0)

@@ -228,7 +228,14 @@ class Reconnector:
         return Connected(attempt=self._attempt, resumed=resumed)
 
     def closed(
-        self, now: float, *, code: int, reason: str = "", clean: bool, cause: str = ""
+        self,
+        now: float,
+        *,
+        code: int,
+        reason: str = "",
+        clean: bool,
+        cause: str = "",
+        hint: float | None = None,
     ) -> Outcome:
         """The open connection ended.
 
@@ -239,6 +246,8 @@ class Reconnector:
             reason: the reason received with the code.
             clean: True exactly when a Close frame was exchanged.
             cause: a local explanation for the log line (e.g. ``no pong within 2 s``).
+            hint: seconds the server asked to wait (a tether.v1 goaway's ``retry_ms``);
+                the delay after a planned restart, a floor after 1013.
         """
         self._require(_Phase.OPEN, "closed")
         disconnected = Disconnected(
@@ -254,7 +263,7 @@ class Reconnector:
             self._finish()
             return Outcome((disconnected,), None, None, None, f"closed {label}")
         decision = self.policy.decide(code)
-        return self._after(now, decision, code, (disconnected,), f"closed {label}", hint=None)
+        return self._after(now, decision, code, (disconnected,), f"closed {label}", hint=hint)
 
     def connect_failed(self, now: float, failure: ConnectFailure) -> Outcome:
         """The attempt in flight failed before the connection opened."""

@@ -569,9 +569,14 @@ class ClientConnection:
             info, cause = await self._serve(transport)
         finally:
             self._transport = None
-        self._layer.closed(info)
+        self._layer.closed(info, loop.time())
         outcome = self._core.closed(
-            loop.time(), code=info.code, reason=info.reason, clean=info.clean, cause=cause
+            loop.time(),
+            code=info.code,
+            reason=info.reason,
+            clean=info.clean,
+            cause=cause,
+            hint=self._layer.reconnect_hint(),
         )
         self._report(outcome)
 
@@ -685,9 +690,10 @@ class ClientConnection:
             transport.abort()
 
     async def _read(self, transport: Transport) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            message = self._layer.decode(await transport.recv())
-            if message is not None:
+            wire = await transport.recv()
+            for message in self._layer.incoming(wire, loop.time()):
                 await self._inbox.put(message)
 
     async def _write(self, transport: Transport) -> None:
@@ -695,7 +701,8 @@ class ClientConnection:
             message = await self._queue.peek()
             # The message leaves the queue only once the transport took it: a link
             # that fails mid-send keeps it for the next connection (at-least-once).
-            await transport.send(self._layer.encode(message))
+            for wire in self._layer.outgoing(message, asyncio.get_running_loop().time()):
+                await transport.send(wire)
             self._queue.pop()
 
     async def _beat(self, transport: Transport, machine: HeartbeatMachine) -> None:

@@ -38,8 +38,10 @@ class ClientLayer:
 
     The client calls, per connection: :meth:`opened` once the WebSocket handshake
     is done (before the state becomes OPEN; raising fails the attempt), then
-    :meth:`encode` for every queued message it sends and :meth:`decode` for every
-    message it receives, and :meth:`closed` when the transport ended.
+    :meth:`outgoing` for every queued message it sends and :meth:`incoming` for
+    every message it receives, :meth:`closed` when the transport ended, and
+    :meth:`reconnect_hint` before the reconnect decision. ``now`` is the event
+    loop's clock, in seconds.
     """
 
     #: Subprotocols the layer wants offered before the user's own.
@@ -49,16 +51,24 @@ class ClientLayer:
         """Run the layer's handshake on a fresh transport."""
         return LayerOpened()
 
-    def encode(self, message: Message) -> Message:
-        """Turn an application message into what goes on the wire."""
-        return message
+    def outgoing(self, message: Message, now: float) -> Sequence[Message]:
+        """The wire messages to send, in order, for one application message."""
+        return (message,)
 
-    def decode(self, message: Message) -> Message | None:
-        """Turn a wire message into an application message; None if the layer consumed it."""
-        return message
+    def incoming(self, message: Message, now: float) -> Sequence[Message]:
+        """The application messages carried by one wire message (none for control messages)."""
+        return (message,)
 
-    def closed(self, info: ClosedInfo) -> None:
+    def closed(self, info: ClosedInfo, now: float) -> None:
         """The transport ended (called before the reconnect decision)."""
+
+    def reconnect_hint(self) -> float | None:
+        """Seconds the server asked to wait before reconnecting (a goaway's retry), if any.
+
+        Used as the delay when the close is a planned restart (1012); None lets the
+        policy choose.
+        """
+        return None
 
 
 class PlainLayer(ClientLayer):
