@@ -664,3 +664,18 @@ async def test_session_layer_runs_before_open_and_frames_messages(
     assert server.connections == [["d:x"], ["d:y"]]
     assert layer.handshakes == 2
     assert layer.closed_codes[0] == 1006
+
+
+async def test_send_waiting_for_space_fails_when_the_connection_ends() -> None:
+    """A send() blocked on a full queue raises ConnectionClosed at close; nothing is stranded."""
+    conn = tether.connect(refused_url(), heartbeat=NO_PING, max_queue=1, send_timeout=None)
+    conn.start()
+    await conn.send("a")
+    blocked = asyncio.get_running_loop().create_task(conn.send("b"))
+    await asyncio.sleep(0)  # let it reach the wait for space
+    assert not blocked.done()
+    await conn.close()
+    with pytest.raises(tether.ConnectionClosed):
+        await asyncio.wait_for(blocked, 5)
+    assert conn.unsent == ("a",)
+    assert conn.queued == 0

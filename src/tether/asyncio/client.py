@@ -46,7 +46,7 @@ from ..policy import ReconnectPolicy, Rule
 from ..reconnect import ConnectFailure, FailureKind, Outcome, Reconnector
 from .engine import ClosedInfo, Message, Transport, TransportClosed
 from .layer import ClientLayer, LayerOpened, PlainLayer
-from .sendqueue import SendQueue
+from .sendqueue import QueueClosed, SendQueue
 from .websockets_client import OpenFailed, check_url, open_transport
 
 __all__ = ["ClientConnection", "connect"]
@@ -396,14 +396,24 @@ class ClientConnection:
         if self._close_request is not None:
             code, reason = self._close_request
             raise ConnectionClosedOK(code, reason, "close() was called; no more sends")
-        await self._queue.put(message, timeout=self._send_timeout)
+        try:
+            await self._queue.put(message, timeout=self._send_timeout)
+        except QueueClosed:
+            raise self._copy_closed() from None
 
     async def flush(self) -> None:
         """Wait until every queued message was handed to the network.
 
         Returns early, with messages left in :attr:`unsent`, if the connection
         closes for good meanwhile. Combine with ``asyncio.wait_for`` to bound it.
+
+        Raises:
+            ConnectionClosedError: the connection was never started (nothing would send).
         """
+        if self._supervisor is None and self._queue and not self._finished:
+            raise ConnectionClosedError(
+                None, "", "the connection was never started: await it or use `async with`"
+            )
         await self._queue.wait_empty()
 
     async def recv(self) -> Message:

@@ -14,7 +14,11 @@ import collections
 from ..exceptions import ConfigurationError, QueueFull
 from .engine import Message
 
-__all__ = ["SendQueue"]
+__all__ = ["QueueClosed", "SendQueue"]
+
+
+class QueueClosed(Exception):
+    """The queue was drained for good while ``put`` waited (internal to the adapter)."""
 
 
 class SendQueue:
@@ -30,6 +34,7 @@ class SendQueue:
         self.max_size = max_size
         self._items: collections.deque[Message] = collections.deque()
         self._changed = asyncio.Event()
+        self._closed = False
 
     def __len__(self) -> int:
         return len(self._items)
@@ -44,7 +49,10 @@ class SendQueue:
 
         Raises:
             QueueFull: the queue stayed full for ``timeout`` seconds (None: wait forever).
+            QueueClosed: the queue was drained for good (the connection ended) meanwhile.
         """
+        if self._closed:
+            raise QueueClosed
         if self.full:
             try:
                 await asyncio.wait_for(self._wait_for_space(), timeout)
@@ -53,11 +61,15 @@ class SendQueue:
                     f"send queue full ({self.max_size} messages) for {timeout} s; "
                     "the message was not queued"
                 ) from exc
+        if self._closed:
+            # The connection ended while we waited: queueing now would strand the
+            # message where nothing will ever send it.
+            raise QueueClosed
         self._items.append(message)
         self._notify()
 
     async def _wait_for_space(self) -> None:
-        while self.full:
+        while self.full and not self._closed:
             await self._wait_changed()
 
     async def _wait_changed(self) -> None:
@@ -82,7 +94,8 @@ class SendQueue:
             await self._wait_changed()
 
     def drain(self) -> tuple[Message, ...]:
-        """Remove and return everything still queued (used when the connection ends)."""
+        """Remove and return everything still queued; later ``put`` calls raise QueueClosed."""
+        self._closed = True
         items = tuple(self._items)
         self._items.clear()
         self._notify()
