@@ -679,3 +679,23 @@ async def test_send_waiting_for_space_fails_when_the_connection_ends() -> None:
         await asyncio.wait_for(blocked, 5)
     assert conn.unsent == ("a",)
     assert conn.queued == 0
+
+
+async def test_cancelled_await_during_a_hanging_handshake_leaves_nothing_behind() -> None:
+    """Timing out ``await connect`` mid-handshake cancels the attempt too (no orphan task)."""
+    writers: list[asyncio.StreamWriter] = []
+    silent = await asyncio.start_server(lambda _r, w: writers.append(w), "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    try:
+        conn = tether.connect(f"ws://127.0.0.1:{port}/", heartbeat=NO_PING, open_timeout=30)
+        with pytest.raises((asyncio.TimeoutError, TimeoutError)):
+            await asyncio.wait_for(conn._open(), 0.2)
+        await asyncio.sleep(0.05)
+        assert conn.state is State.CLOSED
+        names = [task.get_name() for task in asyncio.all_tasks()]
+        assert not [name for name in names if name.startswith("tether.client")]
+    finally:
+        for writer in writers:
+            writer.close()
+        silent.close()
+        await silent.wait_closed()

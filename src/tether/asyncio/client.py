@@ -540,18 +540,20 @@ class ClientConnection:
 
     async def _run_attempt(self, attempt: int) -> None:
         loop = asyncio.get_running_loop()
-        opening = loop.create_task(self._open_one())
+        opening = loop.create_task(self._open_one(), name=f"tether.client open {self.url}")
         woken = loop.create_task(self._close_wakeup.wait())
         try:
             await asyncio.wait({opening, woken}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
+        except BaseException:
+            # The supervisor itself is being cancelled: leave no attempt behind.
             await _cancel(woken)
+            await _discard_attempt(opening)
+            raise
+        await _cancel(woken)
         if self._core.state is State.CLOSED:
             # close() while connecting: cancel the attempt at once; a connection
             # that opened meanwhile is dropped (the user asked to stop).
-            await _cancel(opening)
-            if opening.done() and not opening.cancelled() and opening.exception() is None:
-                opening.result()[0].abort()
+            await _discard_attempt(opening)
             return
         try:
             transport, opened = opening.result()
@@ -751,6 +753,13 @@ class ClientConnection:
                 self._close_timeout,
             )
         await transport.close(code, reason)
+
+
+async def _discard_attempt(opening: asyncio.Task[tuple[Transport, LayerOpened]]) -> None:
+    """Cancel a connection attempt; drop the connection if it opened anyway."""
+    await _cancel(opening)
+    if not opening.cancelled() and opening.exception() is None:
+        opening.result()[0].abort()
 
 
 async def _cancel(*tasks: asyncio.Task[Any]) -> None:
