@@ -490,7 +490,7 @@ async def test_cancelling_serve_forever_closes_with_1001() -> None:
     assert server.state is ServerState.CLOSED
 
 
-class _RefusingLayer(tether.asyncio.session.PlainLayer):
+class _RefusingLayer(tether.asyncio.session.PlainServerLayer):
     """A session layer whose handshake fails with a given close code."""
 
     def __init__(self, code: int) -> None:
@@ -549,7 +549,7 @@ async def test_hand_off_moves_new_connections_to_the_replacement() -> None:
             assert len(replacement_sessions) == 5
 
 
-class _KeepingLayer(tether.asyncio.session.PlainLayer):
+class _KeepingLayer(tether.asyncio.session.PlainServerLayer):
     """Keeps one session per request path across connections (a stand-in for tether.v1)."""
 
     def __init__(self) -> None:

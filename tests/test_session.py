@@ -8,7 +8,7 @@ import pytest
 
 import tether
 from tether.asyncio.engine import ClosedInfo, Message, PongHandler, Transport, TransportClosed
-from tether.asyncio.session import PlainLayer, RequestInfo, Session, SessionLayer
+from tether.asyncio.session import PlainServerLayer, RequestInfo, ServerLayer, Session
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -70,7 +70,7 @@ class FakeTransport(Transport):
 
 async def _open(max_queue: int = 64) -> tuple[Session, FakeTransport, asyncio.Task[ClosedInfo]]:
     transport = FakeTransport()
-    layer = PlainLayer(max_queue=max_queue)
+    layer = PlainServerLayer(max_queue=max_queue)
     session = await layer.open(transport, RequestInfo("/p", remote_address=("127.0.0.1", 5555)))
     return session, transport, session.attach(transport)
 
@@ -181,7 +181,7 @@ async def test_full_inbox_pauses_reading() -> None:
 async def test_layer_can_keep_a_session_after_its_connection() -> None:
     """A layer whose connection_lost returns False keeps the session open for a new connection."""
 
-    class Keeping(SessionLayer):
+    class Keeping(ServerLayer):
         async def open(self, transport: Transport, request: RequestInfo) -> Session:
             return Session(self, request)
 
@@ -205,7 +205,7 @@ async def test_layer_can_keep_a_session_after_its_connection() -> None:
 async def test_layer_decodes_and_encodes_messages() -> None:
     """The layer's received() and send() sit between the connection and the session."""
 
-    class Upper(PlainLayer):
+    class Upper(PlainServerLayer):
         async def send(self, session: Session, transport: Transport, message: Message) -> None:
             await transport.send(f"<{message!s}>")
 
@@ -233,4 +233,4 @@ async def test_session_ids_are_unique() -> None:
 def test_max_queue_must_be_positive() -> None:
     """A session inbox of size 0 is refused."""
     with pytest.raises(tether.ConfigurationError):
-        Session(PlainLayer(), RequestInfo("/"), max_queue=0)
+        Session(PlainServerLayer(), RequestInfo("/"), max_queue=0)

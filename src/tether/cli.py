@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "compare": "compare",
     "connect": "connect",
     "serve": "serve",
+    "demo": "demo",
 }
 
 

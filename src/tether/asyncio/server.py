@@ -18,7 +18,7 @@ What it adds to the engine's server (DESIGN.md §5, §6, §10):
   listen on the same port while this one drains (see ``docs/server.md``).
 
 Handlers receive a :class:`~tether.asyncio.session.Session`, not a connection;
-the :class:`~tether.asyncio.session.SessionLayer` decides how connections map to
+the :class:`~tether.asyncio.session.ServerLayer` decides how connections map to
 sessions (plain WebSocket: one each).
 """
 
@@ -49,7 +49,7 @@ from ..knowledge import summary
 from .engine import ClosedInfo
 from .keepalive import keep_alive
 from .reuseport import steer_to_second_listener
-from .session import PlainLayer, RequestInfo, Session, SessionLayer
+from .session import PlainServerLayer, RequestInfo, ServerLayer, Session
 from .websockets_engine import WebsocketsTransport
 
 __all__ = ["Handler", "Server", "ServerState", "serve"]
@@ -121,7 +121,7 @@ class Server:
         compression: str | None,
         handle_signals: bool,
         health_path: str | None,
-        layer: SessionLayer | None,
+        layer: ServerLayer | None,
     ) -> None:
         if not drain_window >= 0:
             raise ConfigurationError(f"drain_window must be >= 0 seconds, not {drain_window!r}")
@@ -146,7 +146,7 @@ class Server:
         self.compression = compression
         self.handle_signals = handle_signals
         self.health_path = health_path
-        self.layer: SessionLayer = layer if layer is not None else PlainLayer()
+        self.layer: ServerLayer = layer if layer is not None else PlainServerLayer()
         self._state = ServerState.NEW
         self._ws_server: WsServer | None = None
         self._connections: dict[WebsocketsTransport, _Connection] = {}
@@ -596,7 +596,7 @@ def serve(
     compression: str | None = None,
     handle_signals: bool = False,
     health_path: str | None = "/healthz",
-    layer: SessionLayer | None = None,
+    layer: ServerLayer | None = None,
 ) -> Server:
     """Create a tether WebSocket server; use it with ``async with`` or ``await``.
 

@@ -3,16 +3,16 @@
 A :class:`Session` owns the user-facing side: an inbox of received messages, ``send``,
 ``close`` and how the session ended. A connection (a
 :class:`~tether.asyncio.engine.Transport`) is *attached* to it; messages read from
-the connection pass through a :class:`SessionLayer` into the inbox, and messages the
+the connection pass through a :class:`ServerLayer` into the inbox, and messages the
 handler sends pass through the same layer onto the connection.
 
-The layer is the seam where a session protocol runs. :class:`PlainLayer` (plain
+The layer is the seam where a session protocol runs. :class:`PlainServerLayer` (plain
 WebSocket, what a browser's ``new WebSocket`` speaks) makes one session per
 connection, passes messages through unchanged, and ends the session when its
 connection ends. A tether.v1 layer can run its hello/welcome handshake in
-:meth:`SessionLayer.open`, number and acknowledge messages in
-:meth:`SessionLayer.send` / :meth:`SessionLayer.received`, and keep a session alive
-after its connection is lost (:meth:`SessionLayer.connection_lost` returns False) so
+:meth:`ServerLayer.open`, number and acknowledge messages in
+:meth:`ServerLayer.send` / :meth:`ServerLayer.received`, and keep a session alive
+after its connection is lost (:meth:`ServerLayer.connection_lost` returns False) so
 that a later connection can be attached to it.
 """
 
@@ -34,7 +34,7 @@ from ..exceptions import (
 from ..knowledge import summary
 from .engine import ClosedInfo, Message, Transport, TransportClosed
 
-__all__ = ["PlainLayer", "RequestInfo", "Session", "SessionLayer", "closed_error"]
+__all__ = ["PlainServerLayer", "RequestInfo", "ServerLayer", "Session", "closed_error"]
 
 #: RFC 6455 §5.5: a control frame's payload is at most 125 bytes; 2 carry the code.
 MAX_REASON_BYTES = 123
@@ -88,7 +88,7 @@ class Session:
     :class:`tether.ConnectionClosedError` (any other code, 1006 included) once the
     session has ended.
 
-    Sessions are created by the server (through its :class:`SessionLayer`), not by
+    Sessions are created by the server (through its :class:`ServerLayer`), not by
     applications.
 
     Args:
@@ -101,7 +101,7 @@ class Session:
 
     def __init__(
         self,
-        layer: SessionLayer,
+        layer: ServerLayer,
         request: RequestInfo,
         *,
         session_id: str | None = None,
@@ -232,7 +232,7 @@ class Session:
 
         The returned task finishes when the connection has closed, with how it
         closed. The session ends with the same code unless the layer keeps it for
-        a later connection (:meth:`SessionLayer.connection_lost`).
+        a later connection (:meth:`ServerLayer.connection_lost`).
         """
         self._transport = transport
         return asyncio.ensure_future(self._pump(transport))
@@ -281,7 +281,7 @@ class Session:
         return f"<tether.Session {self.id} {state}>"
 
 
-class SessionLayer(abc.ABC):
+class ServerLayer(abc.ABC):
     """Turns connections into sessions and carries messages between them.
 
     Attributes:
@@ -320,7 +320,7 @@ class SessionLayer(abc.ABC):
         return await transport.close(code, reason)
 
 
-class PlainLayer(SessionLayer):
+class PlainServerLayer(ServerLayer):
     """Plain WebSocket: one session per connection, messages unchanged.
 
     Args:
