@@ -206,7 +206,11 @@ async def replacement_pids() -> AsyncIterator[list[int]]:
     pids: list[int] = []
     yield pids
     for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
+        # Replacements that already handed over have exited; never signal a reused PID.
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                if b"tether" not in cmdline.read():
+                    continue
             os.kill(pid, signal.SIGKILL)
 
 
@@ -249,3 +253,31 @@ async def test_reuse_port_handover_refuses_no_connection(
     assert handed
     assert handed[0]["replacement_pid"] == new_pid
     os.kill(new_pid, signal.SIGTERM)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(90)
+async def test_chained_handovers_refuse_no_connection(
+    spawn: Spawn, replacement_pids: list[int]
+) -> None:
+    """Three SIGHUP handovers in a row (steering left by one must not break the next)."""
+    first, port = await start_server(spawn, "--reuse-port", "--drain-window", "0.3")
+    stop = asyncio.Event()
+    loop = asyncio.ensure_future(_connect_loop(port, stop))
+    current = first.pid
+    for _ in range(3):
+        os.kill(current, signal.SIGHUP)
+        for _ in range(400):  # bounded: 20 s for the replacement to answer /healthz
+            pid = await wait_healthy(port)
+            if pid != current:
+                break
+            await asyncio.sleep(0.05)
+        assert pid != current
+        replacement_pids.append(pid)
+        current = pid
+        await asyncio.sleep(1.0)  # the old one drains (0.3 s) and exits meanwhile
+    stop.set()
+    counts = await asyncio.wait_for(loop, 10)
+    assert counts["refused"] + counts["status"] + counts["other"] == 0, counts
+    assert counts["ok"] >= 40, counts
+    assert await first.wait(10) == 0
