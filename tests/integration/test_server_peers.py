@@ -14,6 +14,7 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -207,11 +208,17 @@ async def replacement_pids() -> AsyncIterator[list[int]]:
     yield pids
     for pid in pids:
         # Replacements that already handed over have exited; never signal a reused PID.
-        with contextlib.suppress(OSError):
-            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-                if b"tether" not in cmdline.read():
-                    continue
-            os.kill(pid, signal.SIGKILL)
+        if _is_tether_process(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _is_tether_process(pid: int) -> bool:
+    """True if ``pid`` runs ``tether`` right now (read from /proc)."""
+    try:
+        return b"tether" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 @pytest.mark.integration
