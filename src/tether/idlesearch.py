@@ -13,12 +13,14 @@ learns, for each one, whether it survived a given idle time:
 
 Survival is monotonic (surviving ``h`` idle seconds implies surviving less), so
 the limit lies in ``(low, high]``. The schedule: while no death has been seen,
-*double* the hold from ``first_hold`` (one slot of every batch reserved for
-``max_idle`` when ``parallel`` > 1, so a path without a limit is settled in one
-batch); once bracketed, split ``(low, high)`` into ``parallel + 1`` parts
-(geometrically when the ratio is large, otherwise evenly), until ``high - low``
-is at most ``resolution``. Each batch runs its trials in parallel; a trial whose
-answer can no longer change the bounds is *moot* and can be cancelled.
+*double* the hold from ``first_hold`` (faster if needed so that one batch spans the
+range, its last slot always ``max_idle`` when ``parallel`` > 1: a path without a
+limit is settled in one batch, and a shorter hold dying silently makes the longer
+ones moot so the batch ends early); once bracketed, split ``(low, high)`` into
+``parallel + 1`` parts (geometrically when the ratio is large, otherwise evenly),
+until ``high - low`` is at most ``resolution``. Each batch runs its trials in
+parallel; a trial whose answer can no longer change the bounds is *moot* and can
+be cancelled.
 
 Bounds: at most ``max_batches`` batches of at most ``parallel`` connections, each
 lasting at most ``max_idle`` plus the pong timeout.
@@ -194,17 +196,20 @@ class IdleSearch:
 
     def _doubling(self) -> list[float]:
         cfg = self.config
-        slots = cfg.parallel - 1 if cfg.parallel > 1 else 1
-        holds: list[float] = []
         hold = min(cfg.first_hold, cfg.max_idle)
         while hold <= self.low:
             hold *= 2
-        while len(holds) < slots and hold < cfg.max_idle:
+        if cfg.parallel == 1:
+            return [min(hold, cfg.max_idle)]
+        # Grow by 2, or faster when that would not reach max_idle within this batch:
+        # the last slot always tries max_idle, so a path without a limit is settled in
+        # one batch, and a shorter hold dying makes the longer ones moot (cancelled).
+        factor = max(2.0, (cfg.max_idle / hold) ** (1 / (cfg.parallel - 1)))
+        holds: list[float] = []
+        while len(holds) < cfg.parallel - 1 and hold < cfg.max_idle:
             holds.append(hold)
-            hold *= 2
-        if cfg.parallel > 1 or not holds:
-            # One slot tries the whole range: if it survives there is no limit to find.
-            holds.append(cfg.max_idle)
+            hold *= factor
+        holds.append(cfg.max_idle)
         return holds
 
     def _split(self, low: float, high: float) -> list[float]:
@@ -252,8 +257,9 @@ class IdleSearch:
             uncertainty = (self.high - self.low) / 2
         code = max(set(self._codes), key=self._codes.count) if self._codes else None
         kill = max(set(self._kills), key=self._kills.count) if self._kills else None
-        converged = not found or (self.high is not None and self.high - self.low <= cfg.resolution)
-        survives = self.low if found else max(self.low, cfg.max_idle)
+        converged = self.low >= cfg.max_idle or (
+            self.high is not None and self.high - self.low <= cfg.resolution
+        )
         return IdleSearchResult(
             found=found,
             low=self.low,
@@ -262,7 +268,7 @@ class IdleSearch:
             uncertainty=uncertainty,
             close_code=code,
             kill=kill,
-            recommended_heartbeat=recommend_heartbeat(survives),
+            recommended_heartbeat=recommend_heartbeat(self.low),
             trials=self.trials,
             batches=self.batches,
             converged=converged,
