@@ -21,6 +21,7 @@ __all__ = ["COMMANDS", "build_parser", "main"]
 #: Subcommand name -> module under tether._cli that implements it.
 COMMANDS: dict[str, str] = {
     "chaos": "chaos",
+    "probe": "probe",
 }
 
 
