@@ -20,8 +20,11 @@ __all__ = ["COMMANDS", "build_parser", "main"]
 
 #: Subcommand name -> module under tether._cli that implements it.
 COMMANDS: dict[str, str] = {
-    "chaos": "chaos",
+    "codes": "codes",
+    "explain": "explain",
+    "compare": "compare",
     "probe": "probe",
+    "chaos": "chaos",
 }
 
 
