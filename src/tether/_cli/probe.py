@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 from dataclasses import asdict, replace
 from typing import Any, TextIO
 
 from ..exceptions import ConfigurationError
 from ..idlesearch import IdleSearchConfig, IdleSearchResult
+from ._text import add_common_options, print_json
 
 __all__ = ["format_report", "register", "run"]
 
@@ -98,7 +98,7 @@ def register(subparsers: Any) -> None:
         metavar="NAME",
         help="offer this subprotocol (repeatable)",
     )
-    parser.add_argument("--json", action="store_true", help="print the full report as JSON")
+    add_common_options(parser)
     parser.set_defaults(func=run)
 
 
@@ -110,7 +110,7 @@ def _seconds(value: float) -> str:
     return f"{value:.3f}".rstrip("0").rstrip(".") + " s"
 
 
-def format_idle_search(result: IdleSearchResult) -> list[str]:
+def format_idle_search(result: IdleSearchResult, lang: str = "en") -> list[str]:
     """Human-readable lines for an idle search result."""
     lines = [
         f"idle search (up to {_seconds(result.max_idle)}, resolution "
@@ -133,7 +133,7 @@ def format_idle_search(result: IdleSearchResult) -> list[str]:
                 if result.kill == "closed"
                 else "silently dropped: no close, no pong"
             )
-            lines.append(f"  close seen      {summary(result.close_code)} ({how})")
+            lines.append(f"  close seen      {summary(result.close_code, lang)} ({how})")
         if not result.converged:
             lines.append("  note            stopped before reaching the resolution (batch budget)")
     elif result.converged:
@@ -151,7 +151,7 @@ def format_idle_search(result: IdleSearchResult) -> list[str]:
     return lines
 
 
-def format_report(report: Any) -> str:
+def format_report(report: Any, lang: str = "en") -> str:
     """Human-readable text for a :class:`tether.asyncio.probe.ProbeReport`."""
     pings = report.pings
     close = report.close
@@ -169,7 +169,7 @@ def format_report(report: Any) -> str:
         + f": {close.explanation}",
     ]
     if report.idle_search is not None:
-        lines.extend(format_idle_search(report.idle_search))
+        lines.extend(format_idle_search(report.idle_search, lang))
     return "\n".join(lines)
 
 
@@ -191,6 +191,7 @@ async def _run(args: argparse.Namespace, config: IdleSearchConfig | None) -> Any
         pings=args.pings,
         open_timeout=args.open_timeout,
         subprotocols=args.subprotocol,
+        lang=args.lang,
     )
     if config is None:
         return report
@@ -233,11 +234,11 @@ def run(args: argparse.Namespace) -> int:
         report = asyncio.run(_run(args, config))
     except ProbeError as exc:
         if args.json:
-            print(json.dumps({"url": args.url, "error": exc.as_dict()}, sort_keys=True))
+            print_json({"url": args.url, "error": exc.as_dict()})
         print(f"tether probe: {args.url}: {exc}", file=sys.stderr)
         return 1
     if args.json:
-        print(json.dumps(asdict(report), sort_keys=True))
+        print_json(asdict(report))
     else:
-        print(format_report(report))
+        print(format_report(report, args.lang))
     return 0

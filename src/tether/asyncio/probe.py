@@ -269,8 +269,10 @@ async def _ping(
     return None
 
 
-def _close_report(by: str, code: int, reason: str, clean: bool) -> CloseReport:
-    return CloseReport(by=by, code=code, reason=reason, clean=clean, explanation=summary(code))
+def _close_report(by: str, code: int, reason: str, clean: bool, lang: str) -> CloseReport:
+    return CloseReport(
+        by=by, code=code, reason=reason, clean=clean, explanation=summary(code, lang)
+    )
 
 
 async def probe(
@@ -281,6 +283,7 @@ async def probe(
     open_timeout: float = 10.0,
     subprotocols: Sequence[str] | None = None,
     compression: bool = True,
+    lang: str = "en",
 ) -> ProbeReport:
     """Connect once to ``url`` and measure it.
 
@@ -291,6 +294,7 @@ async def probe(
         open_timeout: seconds allowed for TCP + TLS + the HTTP upgrade.
         subprotocols: subprotocols to offer (reported: which one the server chose).
         compression: offer permessage-deflate (to report whether the server takes it).
+        lang: language of the close-code explanation (``en`` or ``ja``).
 
     Raises:
         ConfigurationError: ``url`` is not a WebSocket URL, or a setting is invalid.
@@ -317,16 +321,16 @@ async def probe(
                 rtt = await _ping(transport, pongs, struct.pack("!Q", number), ping_timeout)
             except TransportClosed as exc:
                 info = exc.info
-                close = _close_report("server", info.code, info.reason, info.clean)
+                close = _close_report("server", info.code, info.reason, info.clean, lang)
                 break
             if rtt is not None:
                 rtts.append(rtt * 1000.0)
         if close is None and transport.closed is not None:
             info = transport.closed
-            close = _close_report("server", info.code, info.reason, info.clean)
+            close = _close_report("server", info.code, info.reason, info.clean, lang)
         if close is None:
             info = await transport.close(1000, "tether probe done")
-            close = _close_report("client", info.code, info.reason, info.clean)
+            close = _close_report("client", info.code, info.reason, info.clean, lang)
     finally:
         if transport.closed is None:
             transport.abort()
