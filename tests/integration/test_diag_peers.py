@@ -1,0 +1,242 @@
+"""`tether probe` and `tether chaos` against real intermediaries and real peers.
+
+- probe finds the idle limit of `socat -T 3` and of HAProxy `timeout tunnel 3s` (3 s within
+  the stated resolution), and reports "no limit up to MAX_S" straight to a server;
+- chaos faults as seen by a Node `ws` client: kill → 1006, idle kill within 10 %, a blackhole
+  detected only through a heartbeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from tests.support.node import PEERS_DIR, NodeWsServer, node_binary, require_peers
+from tests.support.ports import free_port, wait_for_port
+from tests.support.procs import JsonLineProcess, tether_cli
+from tests.support.require import require, require_tools
+
+from tether.asyncio.probe import find_idle_limit
+from tether.idlesearch import IdleSearchConfig
+
+pytestmark = pytest.mark.integration
+
+Spawn = Callable[[JsonLineProcess], Awaitable[JsonLineProcess]]
+
+#: The idle limit both intermediaries are configured with, and the resolution asked for.
+LIMIT = 3.0
+RESOLUTION = 0.5
+
+
+async def run_tether(*args: str, timeout: float = 30) -> tuple[int, str, str]:
+    """Run ``python -m tether ARGS`` to completion (bounded), killed by PID if it overruns."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tether",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def assert_limit_found(search: dict[str, Any]) -> None:
+    """The idle limit is LIMIT within RESOLUTION, seen as 1006 from a closing path."""
+    assert search["found"], search
+    assert search["converged"], search
+    assert abs(search["limit"] - LIMIT) <= RESOLUTION, search
+    assert search["high"] - search["low"] <= RESOLUTION, search
+    assert search["close_code"] == 1006
+    assert search["kill"] == "closed"
+    assert search["recommended_heartbeat"] <= LIMIT / 2
+
+
+@pytest.mark.timeout(30)
+async def test_probe_finds_socat_idle_limit(node_ws_server: NodeWsServer, spawn: Spawn) -> None:
+    """`tether probe --idle-search` behind `socat -T 3` reports a 3 s limit (± 0.5 s) and 1006."""
+    require_tools("socat")
+    port = free_port()
+    await spawn(
+        JsonLineProcess(
+            [
+                "socat",
+                "-T",
+                str(LIMIT),
+                f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork",
+                f"TCP:127.0.0.1:{node_ws_server.port}",
+            ],
+            name="socat",
+        )
+    )
+    await wait_for_port("127.0.0.1", port, timeout=5)
+    status, out, err = await run_tether(
+        "probe",
+        f"ws://127.0.0.1:{port}/",
+        "--json",
+        "--pings",
+        "2",
+        "--idle-search",
+        "8",
+        "--resolution",
+        str(RESOLUTION),
+    )
+    assert status == 0, err
+    report = json.loads(out)
+    assert report["pings"]["answered"] == 2
+    assert_limit_found(report["idle_search"])
+
+
+@pytest.mark.timeout(30)
+async def test_probe_finds_haproxy_tunnel_timeout(
+    node_ws_server: NodeWsServer, haproxy: Callable[..., Awaitable[Any]]
+) -> None:
+    """Behind HAProxy `timeout tunnel 3s`, the idle search finds 3 s (± 0.5 s)."""
+    proxy = await haproxy([("127.0.0.1", node_ws_server.port)], timeout_tunnel=LIMIT)
+    result = await find_idle_limit(
+        proxy.url, IdleSearchConfig(max_idle=8, resolution=RESOLUTION), pong_timeout=1.0
+    )
+    assert_limit_found(
+        {
+            "found": result.found,
+            "converged": result.converged,
+            "limit": result.limit,
+            "high": result.high,
+            "low": result.low,
+            "close_code": result.close_code,
+            "kill": result.kill,
+            "recommended_heartbeat": result.recommended_heartbeat,
+        }
+    )
+
+
+@pytest.mark.timeout(20)
+async def test_probe_reports_no_limit_up_to_max(node_ws_server: NodeWsServer) -> None:
+    """Straight to a Node ws server, `--idle-search 1.5` says "no limit up to 1.5 s"."""
+    status, out, err = await run_tether(
+        "probe", node_ws_server.url, "--pings", "1", "--idle-search", "1.5", "--resolution", "0.5"
+    )
+    assert status == 0, err
+    assert "no limit up to 1.5 s" in out
+
+
+# -- chaos seen by a Node ws client ----------------------------------------------------------
+
+
+@pytest.fixture
+def node_peers() -> None:
+    try:
+        require_peers()
+    except FileNotFoundError as exc:
+        require(False, str(exc))
+
+
+async def start_chaos(spawn: Spawn, upstream_port: int, *flags: str) -> int:
+    """Start `tether chaos --json` in front of ``upstream_port``; return its listening port."""
+    proc = await spawn(
+        tether_cli(
+            "chaos",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            f"127.0.0.1:{upstream_port}",
+            "--json",
+            *flags,
+        )
+    )
+    listen = await proc.expect_event("listen", timeout=10)
+    return int(str(listen["listen"]).rsplit(":", 1)[1])
+
+
+def heartbeat_client(port: int, *, ping_ms: int = 0, timeout_ms: int = 0) -> JsonLineProcess:
+    """A Node ws client (tests/peers/ws_heartbeat_client.mjs); ping_ms=0: no heartbeat."""
+    return JsonLineProcess(
+        [
+            node_binary(),
+            str(PEERS_DIR / "ws_heartbeat_client.mjs"),
+            "--url",
+            f"ws://127.0.0.1:{port}/",
+            "--ping-ms",
+            str(ping_ms),
+            "--timeout-ms",
+            str(timeout_ms),
+        ],
+        cwd=PEERS_DIR,
+        name="node-heartbeat-client",
+    )
+
+
+@pytest.fixture
+async def node_client(node_peers: None, spawn: Spawn) -> AsyncIterator[Callable[..., Any]]:
+    async def make(port: int, **kwargs: int) -> JsonLineProcess:
+        return await spawn(heartbeat_client(port, **kwargs))
+
+    yield make
+
+
+@pytest.mark.timeout(20)
+async def test_chaos_kill_is_1006_for_node_peers(
+    node_ws_server: NodeWsServer, spawn: Spawn, node_client: Callable[..., Any]
+) -> None:
+    """--kill-after 0.5: the Node client and the Node server both see 1006, not clean."""
+    port = await start_chaos(spawn, node_ws_server.port, "--kill-after", "0.5")
+    client = await node_client(port)
+    opened = await client.expect_event("open", timeout=5)
+    closed = await client.expect_event("close", timeout=5)
+    assert (closed["code"], closed["wasClean"]) == (1006, False)
+    assert closed["t"] - opened["t"] == pytest.approx(0.5, abs=0.15)
+    server_side = await node_ws_server.expect_event("close", timeout=5)
+    assert server_side["code"] == 1006
+
+
+@pytest.mark.timeout(20)
+async def test_chaos_idle_kill_timing_for_node_client(
+    node_ws_server: NodeWsServer, spawn: Spawn, node_client: Callable[..., Any]
+) -> None:
+    """--idle-timeout 1: an idle Node client is dropped (1006) after 1 s, within 10 %."""
+    port = await start_chaos(spawn, node_ws_server.port, "--idle-timeout", "1")
+    client = await node_client(port)
+    opened = await client.expect_event("open", timeout=5)
+    closed = await client.expect_event("close", timeout=5)
+    assert closed["code"] == 1006
+    assert 0.9 <= closed["t"] - opened["t"] <= 1.1
+
+
+@pytest.mark.timeout(20)
+async def test_chaos_blackhole_detected_by_node_heartbeat(
+    node_ws_server: NodeWsServer, spawn: Spawn, node_client: Callable[..., Any]
+) -> None:
+    """--blackhole-after 0.5: a Node client pinging every 200 ms (300 ms timeout) drops it (1006)."""
+    port = await start_chaos(spawn, node_ws_server.port, "--blackhole-after", "0.5")
+    client = await node_client(port, ping_ms=200, timeout_ms=300)
+    opened = await client.expect_event("open", timeout=5)
+    await client.expect_event("pong", timeout=2)  # the heartbeat works before the blackhole
+    dead = await client.expect_event("dead", timeout=5)
+    closed = await client.expect_event("close", timeout=5)
+    assert closed["code"] == 1006
+    # Blackhole at ~0.5 s; worst case one interval plus the timeout (and ticks) later.
+    assert dead["t"] - opened["t"] <= 0.5 + 0.2 + 0.3 + 0.3
+
+
+@pytest.mark.timeout(20)
+async def test_chaos_blackhole_unnoticed_without_heartbeat(
+    node_ws_server: NodeWsServer, spawn: Spawn, node_client: Callable[..., Any]
+) -> None:
+    """Without a heartbeat the blackholed Node client stays open; its message never echoes."""
+    port = await start_chaos(spawn, node_ws_server.port, "--blackhole-after", "0.3")
+    client = await node_client(port)
+    await client.expect_event("open", timeout=5)
+    await asyncio.sleep(0.5)  # past the blackhole (a fault time, not a timer under test)
+    await client.send({"cmd": "send", "data": "anyone there?"})
+    await client.assert_no_event(lambda ev: ev["event"] in ("close", "message"), duration=2.0)
