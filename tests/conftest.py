@@ -15,8 +15,8 @@ from tests.support.haproxy import HAProxy
 from tests.support.netns import NetNamespace, missing_netns_requirements
 from tests.support.node import NodeWsClients, NodeWsServer, require_peers
 from tests.support.procs import JsonLineProcess
-from tests.support.require import require, require_root, require_tools
 from tests.support.redis import RedisServer
+from tests.support.require import require, require_root, require_tools
 from tests.support.uvicorn import UvicornServer
 
 P = TypeVar("P", bound=JsonLineProcess)
