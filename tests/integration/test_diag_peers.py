@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -78,6 +78,7 @@ async def test_probe_finds_socat_idle_limit(node_ws_server: NodeWsServer, spawn:
                 f"TCP:127.0.0.1:{node_ws_server.port}",
             ],
             name="socat",
+            kill_group=True,  # socat forks one child per connection
         )
     )
     await wait_for_port("127.0.0.1", port, timeout=5)
@@ -178,11 +179,13 @@ def heartbeat_client(port: int, *, ping_ms: int = 0, timeout_ms: int = 0) -> Jso
 
 
 @pytest.fixture
-async def node_client(node_peers: None, spawn: Spawn) -> AsyncIterator[Callable[..., Any]]:
+def node_client(node_peers: None, spawn: Spawn) -> Callable[..., Any]:
+    """Factory: ``await node_client(port, ping_ms=, timeout_ms=)``; stopped by ``spawn``."""
+
     async def make(port: int, **kwargs: int) -> JsonLineProcess:
         return await spawn(heartbeat_client(port, **kwargs))
 
-    yield make
+    return make
 
 
 @pytest.mark.timeout(20)
@@ -217,7 +220,7 @@ async def test_chaos_idle_kill_timing_for_node_client(
 async def test_chaos_blackhole_detected_by_node_heartbeat(
     node_ws_server: NodeWsServer, spawn: Spawn, node_client: Callable[..., Any]
 ) -> None:
-    """--blackhole-after 0.5: a Node client pinging every 200 ms (300 ms timeout) drops it (1006)."""
+    """--blackhole-after 0.5: a Node client pinging every 0.2 s (0.3 s timeout) drops it (1006)."""
     port = await start_chaos(spawn, node_ws_server.port, "--blackhole-after", "0.5")
     client = await node_client(port, ping_ms=200, timeout_ms=300)
     opened = await client.expect_event("open", timeout=5)
