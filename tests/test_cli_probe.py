@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import http
+import io
 import json
 import sys
 from collections.abc import AsyncIterator
@@ -15,7 +16,7 @@ import pytest
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Request, Response
 
-from tether._cli.probe import format_idle_search
+from tether._cli.probe import _progress_printer, format_idle_search
 from tether.idlesearch import IdleSearchResult
 
 pytestmark = pytest.mark.timeout(30)
@@ -166,3 +167,18 @@ def test_text_no_limit() -> None:
         )
     )
     assert "no limit up to 10 s" in text
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_goes_to_a_terminal() -> None:
+    """On a terminal, progress lines are printed; elsewhere there is no progress printer."""
+    terminal = _Terminal()
+    show = _progress_printer(terminal)
+    assert show is not None
+    show("batch 1: 4 idle connection(s)")
+    assert terminal.getvalue() == "batch 1: 4 idle connection(s)\n"
+    assert _progress_printer(io.StringIO()) is None

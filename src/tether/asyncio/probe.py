@@ -9,8 +9,8 @@ it holds *idle* connections (websockets' keepalive off, no data, no pings) in
 parallel batches and watches when the path kills them, to find a load balancer's
 or proxy's idle limit.
 
-Failures raise :class:`ProbeError` (with ``kind`` and, for an HTTP refusal, the
-``status``); a bad URL raises :class:`tether.ConfigurationError`.
+Failures raise :class:`tether.ProbeError` (with ``kind`` and, for an HTTP refusal,
+the ``status``); a bad URL raises :class:`tether.ConfigurationError`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
-from ..exceptions import ConfigurationError, TetherError
+from ..exceptions import ConfigurationError, ProbeError
 from ..idlesearch import IdleSearch, IdleSearchConfig, IdleSearchResult, Observation, Outcome
 from ..knowledge import summary
 from .engine import TransportClosed
@@ -52,28 +52,6 @@ DEFAULT_PONG_TIMEOUT = 2.0
 _CLOSE_TIMEOUT = 2.0
 #: Seconds allowed to close a trial that became moot (its link may be dead).
 _MOOT_CLOSE_TIMEOUT = 0.5
-
-
-class ProbeError(TetherError):
-    """The endpoint could not be probed (it is not the caller's input that is wrong).
-
-    Attributes:
-        kind: ``refused``, ``unreachable``, ``timeout``, ``tls``, ``http`` (the
-            server answered the upgrade with another HTTP status) or ``handshake``
-            (the server's answer was not a valid WebSocket handshake).
-        status: the HTTP status, for ``http``.
-        url: the URL probed.
-    """
-
-    def __init__(self, kind: str, message: str, *, url: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.status = status
-        self.url = url
-
-    def as_dict(self) -> dict[str, Any]:
-        """A JSON-ready description of the failure."""
-        return {"kind": self.kind, "message": str(self), "status": self.status, "url": self.url}
 
 
 @dataclass(frozen=True)
