@@ -131,6 +131,23 @@ async def test_json_report_with_idle_search(echo_url: str) -> None:
     assert err == ""
 
 
+@pytest.mark.integration
+async def test_idle_search_skipped_when_the_server_closes() -> None:
+    """If the server closes the probe connection itself, no idle search runs (and it says so)."""
+
+    async def reject(ws: ServerConnection) -> None:
+        await ws.close(1008, "no token")
+
+    async with serve(reject, "127.0.0.1", 0) as server:
+        url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
+        status, out, err = await tether("probe", url, "--json", "--idle-search", "5")
+    assert status == 0
+    report = json.loads(out)
+    assert report["close"]["code"] == 1008
+    assert report["idle_search"] is None
+    assert "idle search skipped" in err
+
+
 def _result(**changes: object) -> IdleSearchResult:
     fields: dict[str, object] = {
         "found": True,

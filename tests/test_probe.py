@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import http
+import ssl
+import subprocess
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
+from tests.support.require import require_tools
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
@@ -120,6 +124,36 @@ async def test_tls_failure(echo_port: int) -> None:
     with pytest.raises(ProbeError) as caught:
         await probe(f"wss://127.0.0.1:{echo_port}/", open_timeout=3)
     assert caught.value.kind == "tls"
+
+
+@pytest.fixture
+def self_signed(tmp_path: Path) -> ssl.SSLContext:
+    """A server TLS context with a fresh self-signed certificate (made by openssl)."""
+    require_tools("openssl")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"),
+            *("-nodes", "-days", "1"),
+            *("-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+async def test_untrusted_certificate_is_a_tls_failure(self_signed: ssl.SSLContext) -> None:
+    """wss:// to a server with a self-signed certificate: ProbeError(kind='tls'), verify failed."""
+    context = self_signed
+    async with serve(_echo, "127.0.0.1", 0, ssl=context) as server:
+        with pytest.raises(ProbeError) as caught:
+            await probe(f"wss://127.0.0.1:{_port(server)}/", open_timeout=3)
+    assert caught.value.kind == "tls"
+    assert "certificate" in str(caught.value).lower()
 
 
 async def test_silent_server_times_out() -> None:

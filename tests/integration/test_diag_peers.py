@@ -20,7 +20,7 @@ from tests.support.ports import free_port, wait_for_port
 from tests.support.procs import JsonLineProcess, tether_cli
 from tests.support.require import require, require_tools
 
-from tether.asyncio.probe import find_idle_limit
+from tether.asyncio.probe import find_idle_limit, probe
 from tether.idlesearch import IdleSearchConfig
 
 pytestmark = pytest.mark.integration
@@ -130,6 +130,16 @@ async def test_probe_reports_no_limit_up_to_max(node_ws_server: NodeWsServer) ->
     )
     assert status == 0, err
     assert "no limit up to 1.5 s" in out
+
+
+@pytest.mark.timeout(20)
+async def test_probe_stops_pinging_a_server_that_ignores_pings(node_peers: None) -> None:
+    """A Node ws server that never answers pings costs one ping timeout, not one per ping."""
+    async with NodeWsServer(auto_pong=False) as server:
+        report = await probe(server.url, pings=5, ping_timeout=0.5)
+    assert (report.pings.sent, report.pings.answered) == (1, 0)
+    assert report.pings.median_ms is None
+    assert report.close.by == "client"
 
 
 # -- chaos seen by a Node ws client ----------------------------------------------------------

@@ -195,6 +195,15 @@ async def _run(args: argparse.Namespace, config: IdleSearchConfig | None) -> Any
     )
     if config is None:
         return report
+    if report.close.by == "server":
+        # The server itself ends connections: an idle search would measure the server's
+        # own policy, not the path's idle limit.
+        print(
+            f"tether probe: idle search skipped: the server closed the probe connection "
+            f"({report.close.code})",
+            file=sys.stderr,
+        )
+        return report
     pong_timeout = args.pong_timeout
     if pong_timeout is None:
         # A pong slower than 4x the worst measured RTT is no pong.

@@ -267,7 +267,8 @@ async def probe(
 
     Args:
         url: a ``ws://`` or ``wss://`` URL.
-        pings: pings to send, one after the other (0 sends none).
+        pings: pings to send, one after the other (0 sends none); pinging stops at
+            the first ping not answered within ``ping_timeout``.
         ping_timeout: seconds to wait for each pong.
         open_timeout: seconds allowed for TCP + TLS + the HTTP upgrade.
         subprotocols: subprotocols to offer (reported: which one the server chose).
@@ -301,8 +302,11 @@ async def probe(
                 info = exc.info
                 close = _close_report("server", info.code, info.reason, info.clean, lang)
                 break
-            if rtt is not None:
-                rtts.append(rtt * 1000.0)
+            if rtt is None:
+                # Unanswered within ping_timeout: the server ignores pings or the link is
+                # stuck; more pings would only add ping_timeout each.
+                break
+            rtts.append(rtt * 1000.0)
         if close is None and transport.closed is not None:
             info = transport.closed
             close = _close_report("server", info.code, info.reason, info.clean, lang)
