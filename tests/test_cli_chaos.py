@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import socket
 import sys
 
 import pytest
@@ -109,3 +110,16 @@ async def test_json_log_reports_kill_and_sigterm_exits_0() -> None:
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
+
+
+def test_port_in_use_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
+    """Listening on a port already taken exits 1 with one 'cannot listen' line."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        status = run_cli(["chaos", "--listen", f"127.0.0.1:{port}", "--upstream", "127.0.0.1:1"])
+    assert status == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "cannot listen" in err

@@ -14,6 +14,7 @@ import logging
 import random
 import signal
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from ..exceptions import ConfigurationError
@@ -99,7 +100,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--bandwidth", type=float, metavar="KBPS", help="per direction per connection"
     )
-    parser.add_argument("--seed", type=int, help="seed the random source (repeatable runs)")
+    parser.add_argument(
+        "--seed", type=int, metavar="N", help="seed the random source (repeatable runs)"
+    )
     parser.add_argument("--json", action="store_true", help="log JSON lines on stdout")
     parser.set_defaults(func=run)
 
@@ -115,7 +118,9 @@ class JsonLines(logging.Formatter):
         return json.dumps(payload, sort_keys=True)
 
 
-def _configure_logging(as_json: bool) -> logging.Handler:
+@contextlib.contextmanager
+def _logging_to(as_json: bool) -> Iterator[None]:
+    """Send ``tether.chaos`` records to stdout as JSON lines, or to stderr as text."""
     logger = logging.getLogger("tether.chaos")
     if as_json:
         handler: logging.Handler = logging.StreamHandler(sys.stdout)
@@ -123,10 +128,16 @@ def _configure_logging(as_json: bool) -> logging.Handler:
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    saved = (logger.level, logger.propagate)
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
-    return handler
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
 
 
 async def _serve(proxy: Any) -> None:
@@ -164,13 +175,11 @@ def run(args: argparse.Namespace) -> int:
     except ConfigurationError as exc:
         print(f"tether chaos: error: {exc}", file=sys.stderr)
         return 2
-    handler = _configure_logging(args.json)
     try:
-        asyncio.run(_serve(proxy))
+        with _logging_to(args.json):
+            asyncio.run(_serve(proxy))
     except OSError as exc:
         host, port = args.listen
         print(f"tether chaos: error: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
         return 1
-    finally:
-        logging.getLogger("tether.chaos").removeHandler(handler)
     return 0
