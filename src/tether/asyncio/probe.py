@@ -174,7 +174,7 @@ async def _open(
         raise ProbeError("refused", f"connection refused: {exc}", url=url) from exc
     except socket.gaierror as exc:
         raise ProbeError("unreachable", f"cannot resolve host: {exc}", url=url) from exc
-    except TimeoutError as exc:
+    except (TimeoutError, asyncio.TimeoutError) as exc:  # distinct classes before 3.11
         raise ProbeError(
             "timeout", f"no WebSocket handshake within {open_timeout:g} s", url=url
         ) from exc
