@@ -9,7 +9,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
@@ -278,3 +278,16 @@ def test_bad_setting_is_a_configuration_error() -> None:
     """Settings are validated when the proxy is built, not when a connection arrives."""
     with pytest.raises(ConfigurationError, match="kill_random"):
         ChaosProxy(("127.0.0.1", 0), ("127.0.0.1", 1), kill_random=2.0)
+
+
+async def test_chaos_proxy_fixture_forwards_and_kills(
+    echo: EchoServer, chaos_proxy: Callable[..., Awaitable[ChaosProxy]]
+) -> None:
+    """The shared chaos_proxy fixture starts a proxy that forwards, then kills on demand."""
+    proxy = await chaos_proxy(echo.port)
+    ws = await client(proxy)
+    await ws.send("through")
+    assert await ws.recv() == "through"
+    proxy.kill_all()
+    await closed_after(ws)
+    assert ws.close_code == 1006
