@@ -147,6 +147,8 @@ async def _serve(proxy: Any) -> None:
     with contextlib.suppress(NotImplementedError):
         # SIGTERM stops the proxy cleanly (exit 0); Ctrl-C stays KeyboardInterrupt (130).
         loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    # Bind before serving so that a bad --listen fails with its OSError (exit 1).
+    await proxy.start()
     try:
         await proxy.serve_forever()
     except asyncio.CancelledError:
