@@ -2,29 +2,37 @@
 
 - probe finds the idle limit of `socat -T 3` and of HAProxy `timeout tunnel 3s` (3 s within
   the stated resolution), and reports "no limit up to MAX_S" straight to a server;
-- chaos faults as seen by a Node `ws` client: kill → 1006, idle kill within 10 %, a blackhole
-  detected only through a heartbeat.
+- chaos faults as seen by a Node `ws` client and by a tether client: kill → 1006, idle kill
+  within 10 %, a blackhole detected only through a heartbeat.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
-from collections.abc import Awaitable, Callable
-from typing import Any
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import pytest
 from tests.support.node import PEERS_DIR, NodeWsServer, node_binary, require_peers
 from tests.support.ports import free_port, wait_for_port
 from tests.support.procs import JsonLineProcess, tether_cli
 from tests.support.require import require, require_tools
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
 
+import tether
+from tether import BackoffConfig, Connected, Disconnected, Event, Heartbeat, State
+from tether.asyncio.chaos import ChaosProxy
 from tether.asyncio.probe import find_idle_limit, probe
 from tether.idlesearch import IdleSearchConfig
 
 pytestmark = pytest.mark.integration
 
+E = TypeVar("E", bound=Event)
 Spawn = Callable[[JsonLineProcess], Awaitable[JsonLineProcess]]
 
 #: The idle limit both intermediaries are configured with, and the resolution asked for.
@@ -253,3 +261,151 @@ async def test_chaos_blackhole_unnoticed_without_heartbeat(
     await asyncio.sleep(0.5)  # past the blackhole (a fault time, not a timer under test)
     await client.send({"cmd": "send", "data": "anyone there?"})
     await client.assert_no_event(lambda ev: ev["event"] in ("close", "message"), duration=2.0)
+
+
+# -- chaos seen by a tether client -------------------------------------------------------------
+
+
+class EventLog:
+    """Collects a tether connection's events with their monotonic arrival time."""
+
+    def __init__(self, conn: tether.ClientConnection) -> None:
+        self.items: list[tuple[float, Event]] = []
+        self._changed = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._run(conn))
+
+    async def _run(self, conn: tether.ClientConnection) -> None:
+        async for event in conn.events():
+            self.items.append((time.monotonic(), event))
+            self._changed.set()
+
+    async def first(self, kind: type[E], timeout: float, after: float = 0.0) -> tuple[float, E]:
+        """The first event of ``kind`` that arrived after monotonic time ``after``."""
+
+        async def wait() -> tuple[float, E]:
+            while True:
+                for stamp, event in self.items:
+                    if stamp >= after and isinstance(event, kind):
+                        return stamp, event
+                self._changed.clear()
+                await self._changed.wait()
+
+        return await asyncio.wait_for(wait(), timeout)
+
+    def count(self, kind: type[Event]) -> int:
+        return sum(isinstance(event, kind) for _, event in self.items)
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+
+@contextlib.asynccontextmanager
+async def tether_client(
+    port: int, heartbeat: Heartbeat
+) -> AsyncIterator[tuple[tether.ClientConnection, EventLog]]:
+    """A tether client through the proxy on ``port``, with its event log."""
+    conn = tether.connect(
+        f"ws://127.0.0.1:{port}/",
+        heartbeat=heartbeat,
+        backoff=BackoffConfig(base=0.05, cap=0.2),
+        close_timeout=1.0,
+    )
+    log = EventLog(conn)
+    try:
+        async with conn:
+            yield conn, log
+    finally:
+        await log.stop()
+
+
+@pytest.fixture
+async def echo_port() -> AsyncIterator[int]:
+    """A plain websockets echo server (tether's client runs in plain mode against it)."""
+
+    async def echo(ws: ServerConnection) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            async for message in ws:
+                await ws.send(message)
+
+    async with serve(echo, "127.0.0.1", 0, ping_interval=None) as server:
+        yield int(server.sockets[0].getsockname()[1])
+
+
+NO_HEARTBEAT = Heartbeat(interval=None, timeout=None)
+ChaosFactory = Callable[..., Awaitable[ChaosProxy]]
+
+
+@pytest.mark.timeout(15)
+async def test_chaos_kill_is_disconnected_1006_for_tether(
+    echo_port: int, chaos_proxy: ChaosFactory
+) -> None:
+    """A chaos kill reaches a tether client as Disconnected(1006, clean=False); it reconnects."""
+    proxy = await chaos_proxy(echo_port)
+    async with tether_client(proxy.port, NO_HEARTBEAT) as (conn, log):
+        await log.first(Connected, timeout=5)
+        killed_at = time.monotonic()
+        proxy.kill_all()
+        _, gone = await log.first(Disconnected, timeout=5)
+        await log.first(Connected, timeout=5, after=killed_at)
+        await conn.send("still here")
+        assert await asyncio.wait_for(conn.recv(), 5) == "still here"
+    assert (gone.code, gone.clean) == (1006, False)
+
+
+@pytest.mark.timeout(15)
+async def test_chaos_blackhole_found_by_tether_heartbeat(
+    echo_port: int, chaos_proxy: ChaosFactory
+) -> None:
+    """A blackholed link is declared dead (1006) by the heartbeat within interval + timeout."""
+    heartbeat = Heartbeat(interval=0.2, timeout=0.3)
+    proxy = await chaos_proxy(echo_port)
+    async with tether_client(proxy.port, heartbeat) as (_, log):
+        await log.first(Connected, timeout=5)
+        proxy.blackhole_all()
+        start = time.monotonic()
+        stamp, gone = await log.first(Disconnected, timeout=5)
+    assert gone.code == 1006
+    assert not gone.clean
+    assert heartbeat.detection_bound is not None
+    assert stamp - start <= heartbeat.detection_bound + 0.3
+
+
+@pytest.mark.timeout(15)
+async def test_chaos_blackhole_unnoticed_without_tether_heartbeat(
+    echo_port: int, chaos_proxy: ChaosFactory
+) -> None:
+    """With the heartbeat off, a tether client does not notice a blackhole for 1.5 s."""
+    proxy = await chaos_proxy(echo_port)
+    async with tether_client(proxy.port, NO_HEARTBEAT) as (conn, log):
+        await log.first(Connected, timeout=5)
+        proxy.blackhole_all()
+        await conn.send("into the void")
+        with pytest.raises(asyncio.TimeoutError):
+            await log.first(Disconnected, timeout=1.5)
+        assert conn.state is State.OPEN
+        proxy.kill_all()  # end it quickly: no closing handshake can cross a blackhole
+
+
+@pytest.mark.timeout(15)
+async def test_chaos_idle_kill_timing_for_tether(echo_port: int, chaos_proxy: ChaosFactory) -> None:
+    """An idle tether client (heartbeat off) is cut after idle_timeout 1 s, within 10 %."""
+    proxy = await chaos_proxy(echo_port, idle_timeout=1.0)
+    async with tether_client(proxy.port, NO_HEARTBEAT) as (_, log):
+        opened, _ = await log.first(Connected, timeout=5)
+        closed, gone = await log.first(Disconnected, timeout=5)
+    assert gone.code == 1006
+    assert 0.9 <= closed - opened <= 1.1
+
+
+@pytest.mark.timeout(15)
+async def test_tether_heartbeat_keeps_an_idle_timeout_at_bay(
+    echo_port: int, chaos_proxy: ChaosFactory
+) -> None:
+    """Pings every 0.3 s keep a 1 s idle timeout from firing for 2.5 s."""
+    proxy = await chaos_proxy(echo_port, idle_timeout=1.0)
+    async with tether_client(proxy.port, Heartbeat(interval=0.3, timeout=1.0)) as (_, log):
+        await log.first(Connected, timeout=5)
+        with pytest.raises(asyncio.TimeoutError):
+            await log.first(Disconnected, timeout=2.5)
+    assert proxy.faults == []
