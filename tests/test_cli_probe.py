@@ -176,6 +176,12 @@ def test_text_idle_limit_found() -> None:
     assert "interval=1.4" in text
 
 
+def test_text_warns_about_server_traffic() -> None:
+    """When the server sent frames to idle trials, the text says the path was not idle."""
+    text = "\n".join(format_idle_search(_result(server_traffic=2)))
+    assert "not idle" in text
+
+
 def test_text_no_limit() -> None:
     """No limit is shown as 'no limit up to MAX_S'."""
     text = "\n".join(

@@ -215,6 +215,14 @@ def test_budget_exhaustion_is_reported_as_not_converged() -> None:
     assert not result.converged
 
 
+def test_server_traffic_is_counted() -> None:
+    """Trials during which the server sent something are counted in the result."""
+    search = IdleSearch(IdleSearchConfig(max_idle=10))
+    search.record(Observation(1, Outcome.SURVIVED, peer_traffic=True))
+    search.record(Observation(2, Outcome.SURVIVED))
+    assert search.result().server_traffic == 1
+
+
 def test_killed_without_time_is_rejected() -> None:
     """A KILLED observation must say when the close arrived."""
     with pytest.raises(ConfigurationError):

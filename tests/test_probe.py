@@ -222,7 +222,20 @@ async def test_idle_search_reports_no_limit(echo_port: int) -> None:
     assert result.converged
     assert result.low == 1.0
     assert result.batches == 1
+    assert result.server_traffic == 0
     assert messages[0].startswith("batch 1")
+
+
+async def test_idle_search_notices_a_server_that_pings() -> None:
+    """A server pinging every 0.2 s makes the trials busy, and the result says so."""
+    async with serve(_echo, "127.0.0.1", 0, ping_interval=0.2) as server:
+        result = await find_idle_limit(
+            f"ws://127.0.0.1:{_port(server)}/",
+            IdleSearchConfig(max_idle=0.6, resolution=0.25, parallel=1, first_hold=0.6),
+            pong_timeout=0.5,
+        )
+    assert not result.found
+    assert result.server_traffic == 1
 
 
 async def test_idle_search_connections_send_nothing() -> None:

@@ -66,6 +66,8 @@ class Observation:
         slack: for ``KILLED``, how much earlier than ``at`` the kill may have
             happened (the time a close takes to reach us), in seconds.
         code: the close code seen (1006 when no Close frame arrived), if any.
+        peer_traffic: True if the server sent pings or messages during the hold:
+            the connection was not really idle (its timer was reset by the server).
     """
 
     hold: float
@@ -73,6 +75,7 @@ class Observation:
     at: float | None = None
     slack: float = 0.0
     code: int | None = None
+    peer_traffic: bool = False
 
     def __post_init__(self) -> None:
         if self.outcome is Outcome.KILLED and self.at is None:
@@ -129,6 +132,9 @@ class IdleSearchResult:
         converged: False if ``max_batches`` ran out before ``resolution`` was met.
         max_idle: the configured ``max_idle``.
         resolution: the configured resolution.
+        server_traffic: trials during which the server sent pings or messages to the
+            idle connection; when not 0, idle limits longer than the server's own
+            ping or message interval cannot be seen from this client.
     """
 
     found: bool
@@ -144,6 +150,7 @@ class IdleSearchResult:
     converged: bool
     max_idle: float
     resolution: float
+    server_traffic: int = 0
 
 
 def recommend_heartbeat(survives: float) -> float:
@@ -170,6 +177,7 @@ class IdleSearch:
     high: float | None = None
     trials: int = 0
     batches: int = 0
+    server_traffic: int = 0
     _codes: list[int] = field(default_factory=list)
     _kills: list[str] = field(default_factory=list)
 
@@ -226,6 +234,8 @@ class IdleSearch:
 
     def record(self, observation: Observation) -> None:
         """Narrow the bounds with one trial's outcome."""
+        if observation.peer_traffic:
+            self.server_traffic += 1
         if observation.outcome is Outcome.SURVIVED:
             self.low = max(self.low, observation.hold)
         elif observation.outcome is Outcome.DEAD:
@@ -274,4 +284,5 @@ class IdleSearch:
             converged=converged,
             max_idle=cfg.max_idle,
             resolution=cfg.resolution,
+            server_traffic=self.server_traffic,
         )

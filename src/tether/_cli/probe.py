@@ -143,6 +143,12 @@ def format_idle_search(result: IdleSearchResult, lang: str = "en") -> list[str]:
             f"  idle limit      none seen; idle connections survived {_seconds(result.low)} "
             "(batch budget spent before max)"
         )
+    if result.server_traffic:
+        lines.append(
+            f"  warning         the server sent pings or messages to {result.server_traffic} idle "
+            "connection(s): the path was not idle, so limits longer than the server's own "
+            "interval cannot be seen"
+        )
     interval = result.recommended_heartbeat
     lines.append(
         f"  recommendation  heartbeat interval <= {_seconds(interval)}: "

@@ -27,6 +27,8 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.frames import DATA_OPCODES, Frame, Opcode
+from websockets.protocol import Event
 from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
@@ -136,12 +138,32 @@ def validate_url(url: str) -> None:
         raise ConfigurationError(f"not a WebSocket URL: {url!r}: {exc}") from exc
 
 
+class _WatchedConnection(ClientConnection):
+    """A websockets client connection that counts what the server sends unprompted.
+
+    A server's pings or messages reset an intermediary's idle timer, so an idle
+    trial must know whether its connection really stayed idle.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.peer_frames = 0
+
+    def process_event(self, event: Event) -> None:
+        unprompted = isinstance(event, Frame) and (
+            event.opcode is Opcode.PING or event.opcode in DATA_OPCODES
+        )
+        if unprompted and self.response is not None:
+            self.peer_frames += 1
+        super().process_event(event)
+
+
 async def _open(
     url: str, *, open_timeout: float, subprotocols: Sequence[str] | None, compression: bool
-) -> ClientConnection:
+) -> _WatchedConnection:
     """Open a connection with websockets' keepalive off; translate failures."""
     try:
-        return await connect(
+        conn = await connect(
             url,
             open_timeout=open_timeout,
             # The probe decides when to ping: an idle connection must stay idle.
@@ -153,7 +175,10 @@ async def _open(
             # Measure the path to the server itself, not through an HTTP proxy from the environment.
             proxy=None,
             max_size=None,
+            create_connection=_WatchedConnection,
         )
+        assert isinstance(conn, _WatchedConnection)
+        return conn
     except InvalidStatus as exc:
         response = exc.response
         phrase = f" {response.reason_phrase}" if response.reason_phrase else ""
@@ -357,20 +382,27 @@ async def _idle_trial(
         else:
             # Closed while idle: the close took at most the handshake time to reach us.
             return Observation(
-                hold, Outcome.KILLED, at=loop.time() - opened, slack=opened - start, code=info.code
+                hold,
+                Outcome.KILLED,
+                at=loop.time() - opened,
+                slack=opened - start,
+                code=info.code,
+                peer_traffic=conn.peer_frames > 0,
             )
+        # Whether the server itself sent something while we held the connection idle.
+        busy = conn.peer_frames > 0
         try:
             rtt = await _ping(transport, pongs, b"tether-idle-probe", pong_timeout)
         except TransportClosed as exc:
             # Our ping made the path reset a connection it had forgotten: a silent kill.
-            return Observation(hold, Outcome.DEAD, code=exc.info.code)
+            return Observation(hold, Outcome.DEAD, code=exc.info.code, peer_traffic=busy)
         if rtt is None:
             # No pong and no close: the path dropped the connection without telling
             # anyone. A closing handshake would only wait for nothing: drop it.
             transport.abort()
-            return Observation(hold, Outcome.DEAD, code=1006)
+            return Observation(hold, Outcome.DEAD, code=1006, peer_traffic=busy)
         await _close_quietly(transport, _CLOSE_TIMEOUT)
-        return Observation(hold, Outcome.SURVIVED)
+        return Observation(hold, Outcome.SURVIVED, peer_traffic=busy)
     finally:
         # Cancelled (the trial became moot) or failed: the link may be dead, so the
         # closing handshake gets a short bound before the connection is dropped.
