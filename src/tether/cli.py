@@ -24,8 +24,10 @@ COMMANDS: dict[str, str] = {
     "explain": "explain",
     "compare": "compare",
     "connect": "connect",
+    "serve": "serve",
     "probe": "probe",
     "chaos": "chaos",
+    "demo": "demo",
 }
 
 
