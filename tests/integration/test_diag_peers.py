@@ -72,10 +72,12 @@ def assert_limit_found(search: dict[str, Any]) -> None:
 
 
 @pytest.mark.timeout(30)
-async def test_probe_finds_socat_idle_limit(node_ws_server: NodeWsServer, spawn: Spawn) -> None:
-    """`tether probe --idle-search` behind `socat -T 3` reports a 3 s limit (± 0.5 s) and 1006."""
+async def test_probe_finds_socat_idle_limit(spawn: Spawn) -> None:
+    """`tether probe --idle-search` via `socat -T 3` to `tether serve`: 3 s (± 0.5 s) and 1006."""
     require_tools("socat")
-    port = free_port()
+    server_port, port = free_port(), free_port()
+    await spawn(tether_cli("serve", "--port", str(server_port), "--json-logs"))
+    await wait_for_port("127.0.0.1", server_port, timeout=10)
     await spawn(
         JsonLineProcess(
             [
@@ -83,7 +85,7 @@ async def test_probe_finds_socat_idle_limit(node_ws_server: NodeWsServer, spawn:
                 "-T",
                 str(LIMIT),
                 f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork",
-                f"TCP:127.0.0.1:{node_ws_server.port}",
+                f"TCP:127.0.0.1:{server_port}",
             ],
             name="socat",
             kill_group=True,  # socat forks one child per connection
@@ -105,6 +107,8 @@ async def test_probe_finds_socat_idle_limit(node_ws_server: NodeWsServer, spawn:
     report = json.loads(out)
     assert report["pings"]["answered"] == 2
     assert_limit_found(report["idle_search"])
+    # tether serve pings every 15 s: far beyond 3 s, so the trials stayed idle.
+    assert report["idle_search"]["server_traffic"] == 0
 
 
 @pytest.mark.timeout(30)
