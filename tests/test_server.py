@@ -53,6 +53,17 @@ def _reads_until_closed() -> tuple[
     return handler, ended
 
 
+async def _serving_forever(*, drain_window: float) -> tuple[Server, asyncio.Future[None]]:
+    """An echo server run by ``serve_forever()`` in a task, returned once it is SERVING."""
+    server = tether.serve(echo, "127.0.0.1", 0, heartbeat=FAST, drain_window=drain_window)
+    forever = asyncio.ensure_future(server.serve_forever())
+    for _ in range(500):  # bounded: the server starts within a few event-loop turns
+        if server.state is ServerState.SERVING:
+            break
+        await asyncio.sleep(0)
+    return server, forever
+
+
 @pytest.fixture
 async def start() -> AsyncIterator[Callable[..., Awaitable[Server]]]:
     """Start servers on free loopback ports; shut down whatever is left at the end."""
@@ -378,12 +389,7 @@ async def test_compression_is_off_by_default(start: Callable[..., Awaitable[Serv
 
 async def test_await_serves_until_shutdown() -> None:
     """``await server`` returns once another task has shut the server down."""
-    server = tether.serve(echo, "127.0.0.1", 0, heartbeat=FAST, drain_window=0.0)
-    forever = asyncio.ensure_future(server.serve_forever())
-    for _ in range(500):  # bounded: the server starts within a few event-loop turns
-        if server.state is ServerState.SERVING:
-            break
-        await asyncio.sleep(0)
+    server, forever = await _serving_forever(drain_window=0.0)
     assert server.state is ServerState.SERVING
     assert not forever.done()
     await server.shutdown()
@@ -470,12 +476,7 @@ async def test_client_aborted_is_1006_for_the_handler(
 
 async def test_cancelling_serve_forever_closes_with_1001() -> None:
     """Cancelling ``await server`` closes every client with 1001 at once, then re-raises."""
-    server = tether.serve(echo, "127.0.0.1", 0, heartbeat=FAST, drain_window=10.0)
-    forever = asyncio.ensure_future(server.serve_forever())
-    for _ in range(500):  # bounded: the server starts within a few event-loop turns
-        if server.state is ServerState.SERVING:
-            break
-        await asyncio.sleep(0)
+    server, forever = await _serving_forever(drain_window=10.0)
     ws = await _client(server)
     forever.cancel()
     with pytest.raises(asyncio.CancelledError):
