@@ -247,7 +247,12 @@ class TetherV1ClientLayer(ClientLayer):
         self._absorb(self.endpoint.events_received())
 
     def reconnect_hint(self) -> float | None:
-        """After a goaway: a uniformly random delay in ``[0, retry_ms]``, in seconds."""
+        """After a goaway: a uniformly random delay in ``[retry_ms/5, retry_ms]``, in seconds.
+
+        The spread keeps clients from coming back at once; the floor of a fifth
+        makes the default ``retry_ms`` of 5000 the 1-5 s of DESIGN.md §4.
+        """
         if self._retry_ms is None:
             return None
-        return self._rng.uniform(0.0, self._retry_ms / 1000.0)
+        retry = self._retry_ms / 1000.0
+        return self._rng.uniform(retry / 5, retry)
