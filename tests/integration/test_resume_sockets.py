@@ -29,6 +29,7 @@ from tether.asyncio.session import Session
 from tether.backoff import BackoffConfig
 from tether.events import Connected, Resumed, SessionLost
 from tether.resume import ResumeConfig
+from tether.stores.base import SessionRecord, StoreUnavailable
 from tether.stores.memory import MemoryStore
 
 pytestmark = pytest.mark.integration
@@ -445,3 +446,49 @@ async def test_client_talks_plain_to_a_node_ws_server(node_ws_server: NodeWsServ
         assert await asyncio.wait_for(conn.recv(), 5) == "plain text"
         await conn.send(b"\x00bytes")
         assert await asyncio.wait_for(conn.recv(), 5) == b"\x00bytes"
+
+
+class FlakyStore(MemoryStore):
+    """A memory store whose backend can be switched off (every call: StoreUnavailable)."""
+
+    down = False
+
+    def _check(self) -> None:
+        if self.down:
+            raise StoreUnavailable("the backend is down (test)")
+
+    async def load(self, sid: str) -> SessionRecord | None:
+        self._check()
+        return await super().load(sid)
+
+    async def write(self, sid: str, generation: int, **kwargs: Any) -> SessionRecord:
+        self._check()
+        return await super().write(sid, generation, **kwargs)
+
+    async def detach(self, sid: str, generation: int, *, expires_at: float) -> None:
+        self._check()
+        await super().detach(sid, generation, expires_at=expires_at)
+
+
+@pytest.mark.timeout(20)
+async def test_store_outage_degrades_the_session_and_refuses_resumes() -> None:
+    """Store down: the session keeps working; a resume gets SessionLost('store_unavailable')."""
+    store = FlakyStore()
+    handler = Echo()
+    server, conn, events = await connected_pair(store, handler)
+    try:
+        await conn.send("c1")
+        assert await asyncio.wait_for(conn.recv(), 5) == "s1"
+        store.down = True
+        await conn.send("c2")  # the write fails: the session goes on, not durable
+        assert await asyncio.wait_for(conn.recv(), 5) == "s2"
+        conn._transport.abort()  # type: ignore[union-attr]
+        lost = await events.wait_for(SessionLost, timeout=5)
+        assert lost[0].reason == "store_unavailable"
+        await conn.send("c3")
+        assert await asyncio.wait_for(conn.recv(), 5) == "s3"
+        assert handler.got == [1, 2, 3]
+    finally:
+        await conn.close()
+        await events.stop()
+        await server.shutdown()
