@@ -85,6 +85,20 @@ def register(subparsers: Any) -> None:
         metavar="S",
         help="seconds allowed for each closing handshake (default 10)",
     )
+    parser.add_argument(
+        "--store",
+        default="memory",
+        metavar="URL",
+        help="tether.v1 session store: memory, sqlite:///path, redis://host:port/db, "
+        "or 'none' for plain WebSocket only (default memory)",
+    )
+    parser.add_argument(
+        "--resume-window",
+        type=float,
+        default=120.0,
+        metavar="S",
+        help="seconds a disconnected tether.v1 session is kept (default 120)",
+    )
     parser.add_argument("--json-logs", action="store_true", help="log JSON lines on stderr")
     parser.set_defaults(func=run)  # fmt: skip
 
@@ -100,6 +114,12 @@ def run(args: argparse.Namespace) -> int:
         heartbeat = Heartbeat(args.ping_interval or None, args.ping_timeout or None)
         if args.drain_window < 0:
             raise ConfigurationError("--drain-window must be >= 0 seconds")
+        if not args.resume_window > 0:
+            raise ConfigurationError("--resume-window must be > 0 seconds")
+        if args.store != "none":
+            from ..stores import open_store
+
+            open_store(args.store)  # checks the URL before anything starts (opens nothing)
     except (ConfigurationError, InvalidCloseCode) as exc:
         print(f"tether serve: error: {exc}", file=sys.stderr)
         return 2
@@ -126,6 +146,8 @@ async def _serve(args: argparse.Namespace, heartbeat: Any) -> int:
         close_timeout=args.close_timeout,
         # With --reuse-port, SIGHUP means a handover, which this command runs itself.
         handle_signals=not args.reuse_port,
+        store=None if args.store == "none" else args.store,
+        resume_window=args.resume_window,
     )
     await server.start()
     if args.reuse_port:
@@ -162,6 +184,7 @@ def _install_handover_signals(server: Any, args: argparse.Namespace) -> None:
 
     def on_signal(signum: signal.Signals) -> None:
         logger.info("received %s", signum.name)
+        server.layer.process_exiting()
         if signum is signal.SIGHUP:
             spawn(hand_over())
         elif signum is signal.SIGTERM:
