@@ -45,7 +45,7 @@ async def _serve_websockets(args: argparse.Namespace) -> None:
         echo,
         args.host,
         args.port,
-        compression=None,
+        compression=args.compression,
         ping_interval=args.ping_interval,
         ping_timeout=args.ping_timeout,
         max_size=args.max_size,
@@ -69,6 +69,7 @@ async def _serve_tether(args: argparse.Namespace) -> None:
         heartbeat=heartbeat,
         max_size=args.max_size,
         open_timeout=args.open_timeout,
+        compression=args.compression,
         handle_signals=True,
     )
     await server.serve_forever()
@@ -84,6 +85,7 @@ def main() -> None:
     parser.add_argument("--open-timeout", type=_seconds, default=10.0, help="s, or 'none'")
     parser.add_argument("--ping-interval", type=_seconds, default=None, help="s, or 'none'")
     parser.add_argument("--ping-timeout", type=_seconds, default=None, help="s, or 'none'")
+    parser.add_argument("--compression", choices=("deflate",), default=None)
     args = parser.parse_args()
     run = _serve_tether if args.engine == "tether" else _serve_websockets
     asyncio.run(run(args))
