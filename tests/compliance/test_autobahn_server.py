@@ -88,6 +88,12 @@ def test_every_9x_case_passes_with_the_limits_raised(launch: Launcher) -> None:
 
 
 @pytest.mark.timeout(900)
+# kosoku's vendored case 12 opens its test-data file without closing it (a ResourceWarning
+# raised inside kosoku, about kosoku's own file); nothing of tether's is silenced.
+@pytest.mark.filterwarnings(
+    "ignore:Exception ignored in: <_io.FileIO name='[^']*/kosoku/"
+    ":pytest.PytestUnraisableExceptionWarning"
+)
 @pytest.mark.skipif(
     not os.environ.get("TETHER_AUTOBAHN_COMPRESSION"),
     reason="12.x/13.x (permessage-deflate, off by default) take ~9 min: "
