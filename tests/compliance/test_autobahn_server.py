@@ -91,7 +91,7 @@ def test_every_9x_case_passes_with_the_limits_raised(launch: Launcher) -> None:
 # kosoku's vendored case 12 opens its test-data file without closing it (a ResourceWarning
 # raised inside kosoku, about kosoku's own file); nothing of tether's is silenced.
 @pytest.mark.filterwarnings(
-    "ignore:Exception ignored in: <_io.FileIO name='[^']*/kosoku/"
+    "ignore:Exception ignored in\\W+<_io.FileIO name='[^']*/kosoku/"
     ":pytest.PytestUnraisableExceptionWarning"
 )
 @pytest.mark.skipif(
