@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "codes": "codes",
     "explain": "explain",
     "compare": "compare",
+    "connect": "connect",
 }
 
 
