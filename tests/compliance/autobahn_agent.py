@@ -48,22 +48,21 @@ def websockets_runner(*, max_size: int | None) -> CaseRunner:
 def tether_runner(*, max_size: int | None) -> CaseRunner:
     """Echo with ``tether.connect`` in plain mode, one connection per case.
 
-    Reconnecting is disabled (every close code final, no connect retries): a case
-    is one connection, and a reconnect would be counted against the next case.
+    Reconnecting is disabled: every close code is final, and a failed connect
+    falls under the 1006 row, final too. A case is one connection; a reconnect
+    would be counted against the next case.
     tether's heartbeat is off because some cases check that no unexpected frame
     (a ping) arrives.
     """
     import tether
 
     never_reconnect = tether.ReconnectPolicy({(0, 65535): tether.Rule.final()})
-    no_retries = tether.BackoffConfig(max_attempts=0)
 
     async def run_case(url: str) -> None:
         with contextlib.suppress(tether.ConnectionClosed):
             async with tether.connect(  # type: ignore[attr-defined]
                 url,
                 policy=never_reconnect,
-                backoff=no_retries,
                 heartbeat=None,
                 max_size=max_size,
             ) as connection:
