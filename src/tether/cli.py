@@ -24,6 +24,8 @@ COMMANDS: dict[str, str] = {
     "explain": "explain",
     "compare": "compare",
     "connect": "connect",
+    "serve": "serve",
+    "demo": "demo",
 }
 
 
