@@ -171,7 +171,8 @@ def _near_misses(token: str) -> st.SearchStrategy[str]:
     )
 
 
-@settings(derandomize=True, max_examples=500)
+# No deadline: this runs next to busy server processes in make test.
+@settings(derandomize=True, max_examples=500, deadline=None)
 @given(st.one_of(st.text(), _near_misses("VGhlLXJlYWwtdG9rZW4tMzItYnl0ZXMtb2YtcmFuZG9tbmVzcw")))
 def test_no_other_string_resumes(presented: str) -> None:
     """Arbitrary text, non-ASCII included, and near misses of the token never resume."""
