@@ -51,3 +51,16 @@ def test_fragment_limit_is_the_documented_one() -> None:
     """The engine's frames-per-message limit is the 4,096 the doc states."""
     assert websockets.asyncio.messages.MAX_FRAGMENTS == 4096
     assert "4,096" in DOC
+
+
+def test_server_max_size_default_is_the_documented_one() -> None:
+    """tether.serve's default max_size is the 1 MiB the doc states."""
+    default = inspect.signature(tether.serve).parameters["max_size"].default
+    assert default == 2**20
+    assert f"{default:,}" in DOC
+
+
+def test_server_open_timeout_default_is_the_documented_one() -> None:
+    """tether.serve bounds the opening handshake at the 10 s the doc states."""
+    assert inspect.signature(tether.serve).parameters["open_timeout"].default == 10.0
+    assert "| opening handshake | 10 s |" in DOC
