@@ -324,3 +324,39 @@ async def test_memory_of_oversized_floods_is_reused_not_leaked(launch: Launcher)
     first_peak = rounds[0][0]
     assert first_peak - baseline_rss >= 30 * 1024  # the partial messages really were buffered
     assert rounds[-1][1] <= first_peak + FLOOD_SLACK_KIB
+
+
+#: Proposed bound (docs/security.md): what one client that sends and never reads may make the
+#: server buffer, in KiB. Measured today: ~86 MiB per connection with max_size=1 MiB.
+NON_READER_BOUND_KIB = 32 * 1024
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="tether.serve buffers ~86 MiB per non-reading client at max_size=1 MiB "
+    "(session inbox of 64 messages + engine queue of 16 frames); proposal in docs/security.md",
+)
+@pytest.mark.timeout(60)
+async def test_a_client_that_never_reads_costs_a_bounded_amount_of_memory(
+    launch: Launcher,
+) -> None:
+    """Three clients send 110 x 1 MiB to the echo app and never read: each costs <= 32 MiB."""
+    server = launch(server_argv())
+    await echo_round_trip(server)
+    baseline_rss = server.rss_kib()
+    message = encode_frame(OP_BINARY, os.urandom(MAX_SIZE))
+    clients = [await RawClient.open("127.0.0.1", server.port) for _ in range(3)]
+    try:
+        for client in clients:
+            # 110 is more than the server's buffers hold (~86 messages), so they fill up.
+            for _ in range(110):
+                client.writer.write(message)
+        # The server stops reading once its buffers are full; writing then stalls here.
+        await asyncio.sleep(3)
+        per_connection = (server.rss_kib() - baseline_rss) / len(clients)
+        print(f"non-reader: +{per_connection / 1024:.1f} MiB per connection")
+        await echo_round_trip(server)
+    finally:
+        for client in clients:
+            client.abort()
+    assert per_connection <= NON_READER_BOUND_KIB
