@@ -12,6 +12,7 @@ import asyncio
 import os
 import struct
 import time
+from collections.abc import Iterator
 
 import pytest
 from rawws import (
@@ -50,9 +51,17 @@ def server_argv(*extra: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def server(launch_module: Launcher) -> ServerProcess:
-    """One ``tether serve --app echo`` with its defaults, shared by the quick tests."""
-    return launch_module(server_argv())
+def server(launch_module: Launcher) -> Iterator[ServerProcess]:
+    """One ``tether serve --app echo`` with its defaults, shared by the quick tests.
+
+    At teardown its log must hold no traceback and no ERROR line: hostile input is
+    a close code for the peer, never an unhandled exception in the server.
+    """
+    shared = launch_module(server_argv())
+    yield shared
+    log = shared.log_text()
+    assert "Traceback" not in log
+    assert " ERROR " not in log
 
 
 async def echo_round_trip(server: ServerProcess) -> None:
