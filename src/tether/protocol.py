@@ -25,7 +25,7 @@ import enum
 import json
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .exceptions import ProtocolError
@@ -135,7 +135,8 @@ class Hello:
     """
 
     sid: str | None = None
-    token: str | None = None
+    # repr=False: a hello written to a log must not leak the token that resumes the session.
+    token: str | None = field(default=None, repr=False)
     epoch: str | None = None
     rx: int = 0
 
@@ -158,7 +159,7 @@ class Welcome:
     resumed: bool
     reason: str | None
     sid: str
-    token: str
+    token: str = field(repr=False)  # never in a log line (docs/security.md)
     epoch: str
     rx: int
     tx: int

@@ -460,7 +460,7 @@ class Endpoint:
 @dataclass
 class _Credentials:
     sid: str
-    token: str
+    token: str = field(repr=False)  # never in a log line (docs/security.md)
     epoch: str
 
 

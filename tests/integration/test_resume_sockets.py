@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import logging
 import random
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -23,6 +24,7 @@ from tests.support.procs import JsonLineProcess, tether_cli
 from websockets.asyncio.client import connect as ws_connect
 
 import tether
+import tether.asyncio.resume_server as resume_server_module
 from tether.asyncio.resume_client import TetherV1ClientLayer
 from tether.asyncio.resume_server import TetherV1ServerLayer
 from tether.asyncio.session import Session
@@ -520,3 +522,48 @@ async def test_store_outage_degrades_the_session_and_refuses_resumes() -> None:
         await conn.close()
         await events.stop()
         await server.shutdown()
+
+
+@pytest.mark.timeout(30)
+async def test_resume_tokens_never_reach_the_debug_log_or_reprs(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session opened and resumed with DEBUG logging on: no token, whole or in part, is logged."""
+    issued: list[str] = []
+    real_new_token = resume_server_module.new_token
+
+    def recording_new_token(*args: Any) -> tuple[str, str]:
+        token, token_hash = real_new_token(*args)
+        issued.append(token)
+        return token, token_hash
+
+    monkeypatch.setattr(resume_server_module, "new_token", recording_new_token)
+    caplog.set_level(logging.DEBUG)
+    store = MemoryStore()
+    handler = Echo()
+    server = await start_server(handler, store)
+    conn = await client(server.port)
+    events = Events(conn)
+    try:
+        await conn.send("c1")
+        assert await asyncio.wait_for(conn.recv(), 5) == "s1"
+        transport = conn._transport
+        assert transport is not None
+        transport.abort()
+        await events.wait_for(Resumed, timeout=10)
+        await conn.send("c2")
+        assert await asyncio.wait_for(conn.recv(), 5) == "s2"
+        layer = conn._layer
+        records = [repr(layer.__dict__), repr(layer.endpoint.__dict__), repr(store.__dict__)]
+    finally:
+        await conn.close()
+        await events.stop()
+        await server.shutdown()
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert len(issued) == 2  # the first welcome's token, then the rotated one
+    assert "< TEXT" in logged  # the engine's frame log was really captured
+    for token in issued:
+        # Any 12 consecutive characters (72 bits) would narrow a guess too much.
+        pieces = {token[i : i + 12] for i in range(len(token) - 11)}
+        assert not [p for p in pieces if p in logged]
+        assert not [p for p in pieces for text in records if p in text]

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..exceptions import StoreError
 from ..protocol import Payload
@@ -119,12 +119,14 @@ class SessionRecord:
     """
 
     sid: str
-    token_hash: str
+    # repr=False: a hash is not a token, but it should not be logged either (it is what
+    # the store compares against; a log is read by more people than the store).
+    token_hash: str = field(repr=False)
     principal: str | None
     generation: int
     created_at: float
     expires_at: float | None = None
-    previous_token_hash: str | None = None
+    previous_token_hash: str | None = field(default=None, repr=False)
     tx: int = 0
     acked: int = 0
     rx: int = 0
