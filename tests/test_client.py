@@ -699,3 +699,32 @@ async def test_cancelled_await_during_a_hanging_handshake_leaves_nothing_behind(
             writer.close()
         silent.close()
         await silent.wait_closed()
+
+
+async def test_incoming_buffer_is_bounded_in_bytes(
+    scripted: Callable[..., Awaitable[Scripted]],
+) -> None:
+    """A server sending 40 x 256 KiB to a client that never reads: at most ~1 MiB is buffered."""
+    sent: list[int] = []
+
+    async def flood(ws: ServerConnection, received: list[Any]) -> None:
+        for n in range(40):
+            await ws.send(b"x" * 2**18)
+            sent.append(n)
+
+    server = await scripted(flood)
+    async with tether.connect(
+        server.url, heartbeat=None, resume=False, max_incoming_bytes=2**20
+    ) as conn:
+        await server.wait_for(lambda: len(sent) > 4)
+        await asyncio.sleep(0.3)  # let the flood reach whatever bound holds it
+        buffered = sum(len(m) for m in conn._inbox.items)
+        assert len(sent) < 40  # the server's sends stalled: TCP back-pressure reached it
+        assert 2**20 <= buffered <= 2**20 + 2**18
+        assert (await conn.recv())[:1] == b"x"
+
+
+def test_incoming_byte_bound_must_be_positive() -> None:
+    """max_incoming_bytes=0 is a ConfigurationError."""
+    with pytest.raises(ConfigurationError):
+        tether.connect("ws://127.0.0.1:1/", max_incoming_bytes=0)

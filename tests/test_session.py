@@ -9,6 +9,7 @@ import pytest
 import tether
 from tether.asyncio.engine import ClosedInfo, Message, PongHandler, Transport, TransportClosed
 from tether.asyncio.session import PlainServerLayer, RequestInfo, ServerLayer, Session
+from tether.exceptions import ConfigurationError
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -68,9 +69,11 @@ class FakeTransport(Transport):
         return self._closed
 
 
-async def _open(max_queue: int = 64) -> tuple[Session, FakeTransport, asyncio.Task[ClosedInfo]]:
+async def _open(
+    max_queue: int = 64, max_queue_bytes: int | None = None
+) -> tuple[Session, FakeTransport, asyncio.Task[ClosedInfo]]:
     transport = FakeTransport()
-    layer = PlainServerLayer(max_queue=max_queue)
+    layer = PlainServerLayer(max_queue=max_queue, max_queue_bytes=max_queue_bytes)
     session = await layer.open(transport, RequestInfo("/p", remote_address=("127.0.0.1", 5555)))
     return session, transport, session.attach(transport)
 
@@ -176,6 +179,33 @@ async def test_full_inbox_pauses_reading() -> None:
     for _ in range(20):
         await asyncio.sleep(0)
     assert transport._incoming.qsize() == 0
+
+
+async def test_inbox_byte_bound_pauses_reading() -> None:
+    """With max_queue_bytes=10, two unread 6-byte messages make the pump hold a third."""
+    session, transport, _ = await _open(max_queue_bytes=10)
+    for message in (b"aaaaaa", b"bbbbbb", b"cccccc", b"dddddd"):
+        transport.feed(message)
+    for _ in range(20):  # let the pump run as far as it can
+        await asyncio.sleep(0)
+    assert transport._incoming.qsize() == 1
+    assert await session.recv() == b"aaaaaa"
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert transport._incoming.qsize() == 0
+
+
+async def test_inbox_byte_bound_admits_one_message_larger_than_it() -> None:
+    """A message over max_queue_bytes still gets in when the inbox is empty."""
+    session, transport, _ = await _open(max_queue_bytes=4)
+    transport.feed("x" * 100)
+    assert await asyncio.wait_for(session.recv(), 1) == "x" * 100
+
+
+def test_inbox_byte_bound_must_be_positive() -> None:
+    """max_queue_bytes=0 is a ConfigurationError."""
+    with pytest.raises(ConfigurationError):
+        Session(PlainServerLayer(), RequestInfo("/p"), max_queue_bytes=0)
 
 
 async def test_layer_can_keep_a_session_after_its_connection() -> None:

@@ -59,6 +59,8 @@ _MAX_REASON_BYTES = 123
 
 #: Codes that end a connection normally (``ConnectionClosedOK``); the rest are errors.
 _OK_CODES = frozenset({1000, 1001})
+#: Default byte bound of the received-message buffer (16 MiB), see ``connect``.
+DEFAULT_MAX_INCOMING_BYTES = 16 * 2**20
 
 
 def connect(
@@ -79,6 +81,7 @@ def connect(
     compression: str | None = None,
     max_size: int | None = 2**20,
     max_incoming: int | None = 1000,
+    max_incoming_bytes: int | None = DEFAULT_MAX_INCOMING_BYTES,
     layer: ClientLayer | None = None,
     lang: str = "en",
 ) -> ClientConnection:
@@ -115,6 +118,11 @@ def connect(
         max_size: largest incoming message in bytes; None: no bound.
         max_incoming: most received messages buffered until :meth:`~ClientConnection.recv`
             takes them; when full, reading from the socket pauses. None: no bound.
+        max_incoming_bytes: the same bound in bytes (characters for text messages),
+            16 MiB by default: reading pauses while the unread messages hold this
+            much or more (one message of any allowed size still gets in). With the
+            engine's 4-message queue this bounds what a server can make the client
+            buffer to about ``max_incoming_bytes + 5 * max_size``. None: no bound.
         layer: session layer between transport and queues (plain WebSocket if None).
         lang: language of ``Disconnected.explanation``.
 
@@ -144,6 +152,7 @@ def connect(
         compression=compression,
         max_size=max_size,
         max_incoming=max_incoming,
+        max_incoming_bytes=max_incoming_bytes,
         layer=layer,
         lang=lang,
     )
@@ -167,17 +176,35 @@ class _Buffer:
     TCP close are not stuck behind a full buffer.
     """
 
-    def __init__(self, max_size: int | None) -> None:
+    def __init__(self, max_size: int | None, max_bytes: int | None = None) -> None:
         self.max_size = max_size
+        self.max_bytes = max_bytes
         self.items: collections.deque[Message] = collections.deque()
+        self.bytes = 0
         self.unbounded = False
         self._changed = asyncio.Event()
 
+    def full(self) -> bool:
+        """True when a further message must wait (a message of any size fits an empty buffer)."""
+        if self.unbounded:
+            return False
+        if self.max_size is not None and len(self.items) >= self.max_size:
+            return True
+        return self.max_bytes is not None and self.bytes >= self.max_bytes
+
     async def put(self, message: Message) -> None:
-        while not self.unbounded and self.max_size is not None and len(self.items) >= self.max_size:
+        while self.full():
             await self.wait_changed()
         self.items.append(message)
+        self.bytes += len(message)
         self.notify()
+
+    def take(self) -> Message:
+        """Remove and return the oldest message (the caller checked there is one)."""
+        message = self.items.popleft()
+        self.bytes -= len(message)
+        self.notify()
+        return message
 
     def notify(self) -> None:
         self._changed.set()
@@ -243,6 +270,7 @@ class ClientConnection:
         max_size: int | None,
         max_incoming: int | None,
         layer: ClientLayer | None,
+        max_incoming_bytes: int | None = DEFAULT_MAX_INCOMING_BYTES,
         lang: str,
     ) -> None:
         check_url(url)
@@ -261,6 +289,12 @@ class ClientConnection:
             raise ConfigurationError(f"compression must be None or 'deflate', not {compression!r}")
         if max_incoming is not None and (isinstance(max_incoming, bool) or max_incoming < 1):
             raise ConfigurationError(f"max_incoming must be >= 1 or None, not {max_incoming!r}")
+        if max_incoming_bytes is not None and (
+            isinstance(max_incoming_bytes, bool) or max_incoming_bytes < 1
+        ):
+            raise ConfigurationError(
+                f"max_incoming_bytes must be >= 1 or None, not {max_incoming_bytes!r}"
+            )
         if max_size is not None and (isinstance(max_size, bool) or max_size < 1):
             raise ConfigurationError(f"max_size must be >= 1 or None, not {max_size!r}")
         if isinstance(subprotocols, str):
@@ -284,7 +318,7 @@ class ClientConnection:
             lang=lang,
         )
         self._queue = SendQueue(max_queue)
-        self._inbox = _Buffer(max_incoming)
+        self._inbox = _Buffer(max_incoming, max_incoming_bytes)
         self._streams: weakref.WeakSet[_EventStream] = weakref.WeakSet()
         self._supervisor: asyncio.Task[None] | None = None
         self._settled = asyncio.Event()  # set on OPEN and when finished
@@ -441,9 +475,7 @@ class ClientConnection:
         """
         while True:
             if self._inbox.items:
-                message = self._inbox.items.popleft()
-                self._inbox.notify()
-                return message
+                return self._inbox.take()
             if self._finished:
                 raise self._copy_closed()
             if self._supervisor is None:

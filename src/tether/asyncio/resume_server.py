@@ -57,7 +57,13 @@ from ..stores.base import Fenced, SessionStore, StoredMessage, UnknownSession
 from ..stores.memory import MemoryStore
 from ..tokens import hash_token, judge_resume, new_session_id, new_token
 from .engine import ClosedInfo, Message, Transport, TransportClosed
-from .session import RequestInfo, ServerLayer, Session, closed_error
+from .session import (
+    DEFAULT_MAX_QUEUE_BYTES,
+    RequestInfo,
+    ServerLayer,
+    Session,
+    closed_error,
+)
 
 __all__ = ["PrincipalHook", "TetherV1ServerLayer"]
 
@@ -119,7 +125,8 @@ class TetherV1ServerLayer(ServerLayer):
         send_timeout: seconds ``Session.send`` waits for room in the replay buffer.
         goaway_retry_ms: the ``retry_ms`` announced before a 1012 (clients wait a
             random time in ``[0, retry_ms]``).
-        max_queue: inbox size of each session.
+        max_queue: inbox size of each session, in messages.
+        max_queue_bytes: inbox size of each session, in bytes (None: no byte bound).
     """
 
     subprotocols: Sequence[str] = (SUBPROTOCOL,)
@@ -136,6 +143,7 @@ class TetherV1ServerLayer(ServerLayer):
         send_timeout: float = 10.0,
         goaway_retry_ms: int = 5000,
         max_queue: int = 64,
+        max_queue_bytes: int | None = DEFAULT_MAX_QUEUE_BYTES,
     ) -> None:
         config = config or ResumeConfig()
         if resume_window is not None:
@@ -167,6 +175,7 @@ class TetherV1ServerLayer(ServerLayer):
         self.send_timeout = send_timeout
         self.goaway_retry_ms = goaway_retry_ms
         self.max_queue = max_queue
+        self.max_queue_bytes = max_queue_bytes
         self._states: dict[Session, _V1] = {}
         self._by_sid: dict[str, _V1] = {}
         self._process_exiting = False
@@ -223,7 +232,9 @@ class TetherV1ServerLayer(ServerLayer):
             ProtocolError: no ``hello`` in time (4203), or a malformed one (1002).
         """
         if transport.subprotocol != SUBPROTOCOL:
-            return Session(self, request, max_queue=self.max_queue)
+            return Session(
+                self, request, max_queue=self.max_queue, max_queue_bytes=self.max_queue_bytes
+            )
         try:
             wire = await asyncio.wait_for(transport.recv(), self.handshake_timeout)
         except (asyncio.TimeoutError, TimeoutError):
@@ -301,7 +312,13 @@ class TetherV1ServerLayer(ServerLayer):
                     hello.sid, epoch, self.config, hold_acks=True, tx=record.tx, rx=record.rx
                 )
                 endpoint.restore(record.acked, [(m.seq, m.payload) for m in stored], loop.time())
-                session = Session(self, request, session_id=hello.sid, max_queue=self.max_queue)
+                session = Session(
+                    self,
+                    request,
+                    session_id=hello.sid,
+                    max_queue=self.max_queue,
+                    max_queue_bytes=self.max_queue_bytes,
+                )
                 state = self._register(session, endpoint, record.generation, durable=True)
                 state.consumed_rx = state.written_rx = record.rx
                 state.written_tx = record.tx
@@ -331,7 +348,13 @@ class TetherV1ServerLayer(ServerLayer):
                 logger.warning("session store unavailable; session %s is not durable: %s", sid, exc)
                 durable, epoch = False, _NO_EPOCH
         endpoint = ServerEndpoint(sid, epoch, self.config, hold_acks=True)
-        session = Session(self, request, session_id=sid, max_queue=self.max_queue)
+        session = Session(
+            self,
+            request,
+            session_id=sid,
+            max_queue=self.max_queue,
+            max_queue_bytes=self.max_queue_bytes,
+        )
         state = self._register(session, endpoint, 1, durable=durable)
         self._attach(state, transport, token, resumed=False, reason=reason)
         return session

@@ -59,6 +59,9 @@ __all__ = ["Handler", "Server", "ServerState", "serve"]
 
 logger = logging.getLogger("tether.server")
 
+#: Messages websockets buffers per connection before it stops reading the socket.
+ENGINE_MAX_QUEUE = 4
+
 #: What a server runs for each session.
 Handler = Callable[[Session], Awaitable[None]]
 
@@ -199,6 +202,10 @@ class Server:
             open_timeout=self.open_timeout,
             close_timeout=self.close_timeout,
             max_size=self.max_size,
+            # Frames the engine buffers before it stops reading (websockets' default is 16):
+            # each may be max_size bytes, so this bounds what a client that never reads
+            # costs, together with the session inbox's byte bound (docs/security.md).
+            max_queue=ENGINE_MAX_QUEUE,
             server_header=None,
             logger=logging.getLogger("tether.server.engine"),
             backlog=self.backlog,

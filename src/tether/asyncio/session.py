@@ -38,6 +38,10 @@ __all__ = ["PlainServerLayer", "RequestInfo", "ServerLayer", "Session", "closed_
 
 #: RFC 6455 §5.5: a control frame's payload is at most 125 bytes; 2 carry the code.
 MAX_REASON_BYTES = 123
+#: Default inbox bound of a session in bytes (4 MiB): with the engine's 4-frame queue and
+#: the 1 MiB default ``max_size``, a client that sends and never reads costs the server
+#: ~10-20 MiB, not ~86 MiB (docs/security.md has the measurements).
+DEFAULT_MAX_QUEUE_BYTES = 4 * 2**20
 
 #: Close codes after which a session counts as ended normally (RFC 6455 §7.4.1).
 _NORMAL_CODES = frozenset({1000, 1001})
@@ -97,6 +101,9 @@ class Session:
         session_id: the session's id; a random URL-safe string by default.
         max_queue: received messages buffered before reading from the connection
             pauses (back-pressure reaches the client through TCP).
+        max_queue_bytes: the same bound in bytes (characters for text messages):
+            reading pauses while the unread messages hold this much or more, so one
+            message of any allowed size still gets in. None: count bound only.
     """
 
     def __init__(
@@ -106,13 +113,18 @@ class Session:
         *,
         session_id: str | None = None,
         max_queue: int = 64,
+        max_queue_bytes: int | None = DEFAULT_MAX_QUEUE_BYTES,
     ) -> None:
         if max_queue < 1:
             raise ConfigurationError("max_queue must be >= 1")
+        if max_queue_bytes is not None and max_queue_bytes < 1:
+            raise ConfigurationError("max_queue_bytes must be >= 1 byte or None")
         self.id = session_id if session_id is not None else secrets.token_urlsafe(12)
         self.request = request
         self._layer = layer
         self._max_queue = max_queue
+        self._max_queue_bytes = max_queue_bytes
+        self._inbox_bytes = 0
         self._inbox: asyncio.Queue[Message | _End] = asyncio.Queue()
         self._space = asyncio.Event()
         self._space.set()
@@ -169,7 +181,8 @@ class Session:
             self._inbox.put_nowait(item)  # keep the end mark for the next caller
             assert self._closed is not None
             raise closed_error(self._closed)
-        if self._inbox.qsize() < self._max_queue:
+        self._inbox_bytes -= len(item)
+        if not self._inbox_full():
             self._space.set()
         self._layer.consumed(self)
         return item
@@ -257,11 +270,17 @@ class Session:
 
     async def _deliver(self, message: Message) -> None:
         # Back-pressure: stop reading from the connection while the inbox is full.
-        while self._inbox.qsize() >= self._max_queue and self._closed is None:
+        while self._inbox_full() and self._closed is None:
             self._space.clear()
             await self._space.wait()
         if self._closed is None:
             self._inbox.put_nowait(message)
+            self._inbox_bytes += len(message)
+
+    def _inbox_full(self) -> bool:
+        if self._inbox.qsize() >= self._max_queue:
+            return True
+        return self._max_queue_bytes is not None and self._inbox_bytes >= self._max_queue_bytes
 
     def end(self, info: ClosedInfo, *, discard_unread: bool = False) -> None:
         """End the session with ``info`` (idempotent: the first end wins).
@@ -276,7 +295,9 @@ class Session:
             return
         self._closed = info
         while discard_unread and not self._inbox.empty():
-            self._inbox.get_nowait()
+            item = self._inbox.get_nowait()
+            if not isinstance(item, _End):
+                self._inbox_bytes -= len(item)
         self._inbox.put_nowait(_END)
         self._space.set()
         self._ended.set()
@@ -359,11 +380,17 @@ class PlainServerLayer(ServerLayer):
     """Plain WebSocket: one session per connection, messages unchanged.
 
     Args:
-        max_queue: inbox size of each session (see :class:`Session`).
+        max_queue: inbox size of each session, in messages (see :class:`Session`).
+        max_queue_bytes: inbox size of each session, in bytes (None: no byte bound).
     """
 
-    def __init__(self, *, max_queue: int = 64) -> None:
+    def __init__(
+        self, *, max_queue: int = 64, max_queue_bytes: int | None = DEFAULT_MAX_QUEUE_BYTES
+    ) -> None:
         self.max_queue = max_queue
+        self.max_queue_bytes = max_queue_bytes
 
     async def open(self, transport: Transport, request: RequestInfo) -> Session:
-        return Session(self, request, max_queue=self.max_queue)
+        return Session(
+            self, request, max_queue=self.max_queue, max_queue_bytes=self.max_queue_bytes
+        )

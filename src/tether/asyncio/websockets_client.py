@@ -127,6 +127,9 @@ async def open_transport(
             ping_timeout=None,
             close_timeout=close_timeout,
             max_size=max_size,
+            # Messages websockets buffers before it stops reading (its default is 16, each
+            # up to max_size): tether's own buffer (max_incoming_bytes) is the main bound.
+            max_queue=4,
         )
     except Exception as exc:
         failure = translate(exc)
