@@ -144,3 +144,74 @@ def test_ticker_app_over_the_cli(servers: Servers) -> None:
             return [json.loads(await ws.recv())["seq"] for _ in range(2)]
 
     assert asyncio.run(first_two()) == [1, 2]
+
+
+async def _handshake_status(port: int, origin: str | None) -> int:
+    """A hand-written opening handshake with ``origin`` (None: no header); the HTTP status."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        header = f"Origin: {origin}\r\n" if origin is not None else ""
+        writer.write(
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            + header.encode()
+            + b"\r\n"
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        return int(head.split(b" ", 2)[1])
+    finally:
+        writer.close()
+
+
+def test_origin_options_admit_listed_origins_only(servers: Servers) -> None:
+    """--origin (twice): listed origins get 101, others and a missing Origin get 403."""
+    _, port = servers.start("--origin", "https://a.example", "--origin", "https://b.example")
+
+    async def statuses() -> list[int]:
+        origins = ["https://a.example", "https://b.example", "https://evil.example", None]
+        return [await _handshake_status(port, origin) for origin in origins]
+
+    assert asyncio.run(statuses()) == [101, 101, 403, 403]
+
+
+def test_allow_no_origin_admits_clients_without_origin(servers: Servers) -> None:
+    """--origin X --allow-no-origin: no Origin header gets 101, a foreign one 403."""
+    _, port = servers.start("--origin", "https://a.example", "--allow-no-origin")
+
+    async def statuses() -> list[int]:
+        return [await _handshake_status(port, None), await _handshake_status(port, "https://x")]
+
+    assert asyncio.run(statuses()) == [101, 403]
+
+
+def test_max_size_option_closes_larger_messages_with_1009(servers: Servers) -> None:
+    """--max-size 100: a 100-byte message is echoed, 101 bytes close with 1009."""
+    _, port = servers.start("--max-size", "100")
+
+    async def exchange() -> tuple[str | bytes, int | None]:
+        async with connect(f"ws://127.0.0.1:{port}/", compression=None) as ws:
+            await ws.send("x" * 100)
+            echoed = await asyncio.wait_for(ws.recv(), 5)
+            await ws.send("x" * 101)
+            await asyncio.wait_for(ws.wait_closed(), 5)
+            rcvd = ws.protocol.close_rcvd
+            return echoed, rcvd.code if rcvd is not None else None
+
+    assert asyncio.run(exchange()) == ("x" * 100, 1009)
+
+
+def test_open_timeout_option_drops_a_stalled_handshake(servers: Servers) -> None:
+    """--open-timeout 0.5: a client that sends half a request is dropped within ~0.5 s."""
+    _, port = servers.start("--open-timeout", "0.5")
+
+    async def stalled() -> float:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(b"GET / HTTP/1.1\r\n")
+            started = time.monotonic()
+            await asyncio.wait_for(reader.read(), 5)  # EOF (or a 4xx) when the server gives up
+            return time.monotonic() - started
+        finally:
+            writer.close()
+
+    assert 0.3 <= asyncio.run(stalled()) <= 3.0

@@ -99,6 +99,33 @@ def register(subparsers: Any) -> None:
         metavar="S",
         help="seconds a disconnected tether.v1 session is kept (default 120)",
     )
+    parser.add_argument(
+        "--origin",
+        action="append",
+        dest="origins",
+        metavar="ORIGIN",
+        help="admit browser pages from this exact Origin (repeatable); with any --origin "
+        "or --allow-no-origin, other handshakes get HTTP 403 (default: no Origin check)",
+    )
+    parser.add_argument(
+        "--allow-no-origin",
+        action="store_true",
+        help="with --origin: also admit clients that send no Origin header (non-browser)",
+    )
+    parser.add_argument(
+        "--max-size",
+        type=int,
+        default=2**20,
+        metavar="BYTES",
+        help="largest incoming message; larger ones close with 1009; 0 disables (default 1048576)",
+    )
+    parser.add_argument(
+        "--open-timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="seconds allowed for the opening handshake; 0 disables (default 10)",
+    )
     parser.add_argument("--json-logs", action="store_true", help="log JSON lines on stderr")
     parser.set_defaults(func=run)  # fmt: skip
 
@@ -116,6 +143,8 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigurationError("--drain-window must be >= 0 seconds")
         if not args.resume_window > 0:
             raise ConfigurationError("--resume-window must be > 0 seconds")
+        if args.max_size < 0 or args.open_timeout < 0:
+            raise ConfigurationError("--max-size and --open-timeout must be >= 0 (0 disables)")
         if args.store != "none":
             from ..stores import open_store
 
@@ -148,12 +177,22 @@ async def _serve(args: argparse.Namespace, heartbeat: Any) -> int:
         handle_signals=not args.reuse_port,
         store=None if args.store == "none" else args.store,
         resume_window=args.resume_window,
+        origins=_origins(args),
+        max_size=args.max_size or None,
+        open_timeout=args.open_timeout or None,
     )
     await server.start()
     if args.reuse_port:
         _install_handover_signals(server, args)
     await server.wait_closed()
     return 0
+
+
+def _origins(args: argparse.Namespace) -> list[str | None] | None:
+    """``serve(origins=)`` from ``--origin`` and ``--allow-no-origin`` (None: no check)."""
+    if not args.origins and not args.allow_no_origin:
+        return None
+    return [*(args.origins or ()), *([None] if args.allow_no_origin else [])]
 
 
 def _install_handover_signals(server: Any, args: argparse.Namespace) -> None:

@@ -30,6 +30,7 @@ import http
 import json
 import logging
 import os
+import re
 import signal
 from collections.abc import Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass, field
@@ -128,6 +129,7 @@ class Server:
         handle_signals: bool,
         health_path: str | None,
         layer: ServerLayer | None,
+        origins: Sequence[str | re.Pattern[str] | None] | None = None,
     ) -> None:
         if not drain_window >= 0:
             raise ConfigurationError(f"drain_window must be >= 0 seconds, not {drain_window!r}")
@@ -138,6 +140,7 @@ class Server:
         if compression not in (None, "deflate"):
             raise ConfigurationError(f"compression must be None or 'deflate', not {compression!r}")
         validate_send(shutdown_code, role="server")
+        self.origins = _check_origins(origins)
         self.handler = handler
         self.host = host
         self.requested_port = port
@@ -206,6 +209,9 @@ class Server:
             # each may be max_size bytes, so this bounds what a client that never reads
             # costs, together with the session inbox's byte bound (docs/security.md).
             max_queue=ENGINE_MAX_QUEUE,
+            # Checked by the engine after process_request (so /healthz is not affected) and
+            # before any handler or session exists: a foreign Origin gets HTTP 403.
+            origins=self.origins,  # type: ignore[arg-type]
             server_header=None,
             logger=logging.getLogger("tether.server.engine"),
             backlog=self.backlog,
@@ -619,6 +625,23 @@ def _address(address: tuple[object, ...] | None) -> str:
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
+def _check_origins(
+    origins: Sequence[str | re.Pattern[str] | None] | None,
+) -> list[str | re.Pattern[str] | None] | None:
+    """Validate ``serve(origins=)``; returns it as a list (None: no check)."""
+    if origins is None:
+        return None
+    if isinstance(origins, (str, re.Pattern)):
+        raise ConfigurationError("origins must be a list of origins, not one origin")
+    checked = list(origins)
+    for origin in checked:
+        if origin is not None and not isinstance(origin, (str, re.Pattern)):
+            raise ConfigurationError(
+                f"origins must hold strings, re.Pattern objects or None, not {origin!r}"
+            )
+    return checked
+
+
 def serve(
     handler: Handler,
     host: str | None = None,
@@ -635,6 +658,7 @@ def serve(
     compression: str | None = None,
     handle_signals: bool = False,
     health_path: str | None = "/healthz",
+    origins: Sequence[str | re.Pattern[str] | None] | None = None,
     layer: ServerLayer | None = None,
     store: str | SessionStore | None = "memory",
     resume_window: float = 120.0,
@@ -664,6 +688,12 @@ def serve(
         handle_signals: install SIGHUP (restart), SIGTERM (shutdown with
             ``shutdown_code``) and SIGINT (shutdown with 1001) handlers.
         health_path: path of the health endpoint (None disables it).
+        origins: ``Origin`` header values admitted to the WebSocket handshake, against
+            cross-site WebSocket hijacking by pages in a victim's browser: exact strings
+            (``"https://app.example"``), compiled ``re.Pattern`` objects (must match the
+            whole header) and None (admits clients that send no ``Origin``, i.e. most
+            non-browser clients). Any other request is answered HTTP 403 before a
+            session or handler exists. None (the default) checks nothing.
         layer: the session layer; overrides ``store``, ``resume_window`` and ``principal``.
         store: where tether.v1 sessions live (``docs/protocol.md``): ``"memory"``
             (this server object only), a URL (``sqlite:///path``, ``redis://host:port/db``)
@@ -697,4 +727,5 @@ def serve(
         handle_signals=handle_signals,
         health_path=health_path,
         layer=layer,
+        origins=origins,
     )
