@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+from tests.support.browser import ChromiumWebSocket
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed as WsConnectionClosed
 from websockets.exceptions import InvalidStatus
@@ -654,3 +655,33 @@ def test_origins_must_be_a_list() -> None:
     """origins="https://app.example" (one string, not a list) is a ConfigurationError."""
     with pytest.raises(tether.ConfigurationError):
         tether.serve(echo, "127.0.0.1", 0, origins="https://app.example")  # type: ignore[arg-type]
+
+
+@pytest.mark.timeout(60)
+async def test_chromium_page_is_admitted_by_its_origin_and_refused_by_another(
+    start: Callable[..., Awaitable[Server]],
+    chromium: Callable[[str], Awaitable[ChromiumWebSocket]],
+) -> None:
+    """A browser page's Origin in origins= opens; the same page against another list fails."""
+    seen: list[str | None] = []
+
+    async def record_origin(session: tether.Session) -> None:
+        seen.append(session.request.headers.get("origin"))
+        async for message in session:
+            await session.send(message)
+
+    open_server = await start(record_origin)
+    browser = await chromium(f"ws://127.0.0.1:{open_server.port}/")
+    await browser.expect_event("open", timeout=20)
+    page_origin = seen[0]  # what this page sends (an opaque about:blank page sends "null")
+    assert page_origin is not None
+
+    admitting = await start(record_origin, origins=[page_origin])
+    admitted = await chromium(f"ws://127.0.0.1:{admitting.port}/")
+    await admitted.expect_event("open", timeout=20)
+
+    refusing = await start(record_origin, origins=["https://app.example"])
+    refused = await chromium(f"ws://127.0.0.1:{refusing.port}/")
+    closed = await refused.expect_event("close", timeout=20)
+    assert closed["code"] == 1006  # the handshake got 403: no WebSocket, no handler
+    assert seen == [page_origin, page_origin]
