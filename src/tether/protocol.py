@@ -104,6 +104,9 @@ class LostReason(str, enum.Enum):
     STORE_UNAVAILABLE = "store_unavailable"
     NOT_RESUMABLE = "not_resumable"
     TAKEN_OVER = "taken_over"
+    #: Too many refused resumes from the client's address (IPv6: its /64) recently;
+    #: the session named in ``hello`` was not looked at (docs/security.md).
+    RATE_LIMITED = "rate_limited"
 
 
 @dataclass(frozen=True)

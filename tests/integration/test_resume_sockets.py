@@ -30,6 +30,7 @@ from tether.asyncio.resume_server import TetherV1ServerLayer
 from tether.asyncio.session import Session
 from tether.backoff import BackoffConfig
 from tether.events import Connected, Resumed, SessionLost
+from tether.ratelimit import ResumeLimit
 from tether.resume import ResumeConfig
 from tether.stores.base import SessionRecord, StoreUnavailable
 from tether.stores.memory import MemoryStore
@@ -567,3 +568,52 @@ async def test_resume_tokens_never_reach_the_debug_log_or_reprs(
         pieces = {token[i : i + 12] for i in range(len(token) - 11)}
         assert not [p for p in pieces if p in logged]
         assert not [p for p in pieces for text in records if p in text]
+
+
+class CountingStore(MemoryStore):
+    """A memory store that counts the sessions it was asked to load."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loads = 0
+
+    async def load(self, sid: str) -> SessionRecord | None:
+        self.loads += 1
+        return await super().load(sid)
+
+
+async def hello_welcome(port: int, hello: dict[str, Any]) -> dict[str, Any]:
+    """Open a tether.v1 connection, send ``hello`` by hand, return the welcome."""
+    async with ws_connect(
+        f"ws://127.0.0.1:{port}/",
+        subprotocols=["tether.v1"],  # type: ignore[list-item]
+        compression=None,
+    ) as ws:
+        await ws.send(json.dumps({"type": "hello", "rx": 0, **hello}))
+        welcome: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        assert welcome["type"] == "welcome"
+        return welcome
+
+
+@pytest.mark.timeout(20)
+async def test_refused_resumes_are_rate_limited_per_address_before_the_store() -> None:
+    """Limit 3 per 60 s: three forged resumes read the store; the next ones get rate_limited."""
+    store = CountingStore()
+    server = tether.serve(
+        Echo(),
+        "127.0.0.1",
+        0,
+        heartbeat=None,
+        layer=TetherV1ServerLayer(store=store, resume_limit=ResumeLimit(max_refused=3)),
+    )
+    await server.start()
+    try:
+        epoch = (await hello_welcome(server.port, {}))["epoch"]
+        reasons = []
+        for n in range(5):
+            forged = {"sid": f"c2lk{n:04d}", "token": "A" * 43, "epoch": epoch}
+            reasons.append((await hello_welcome(server.port, forged))["reason"])
+    finally:
+        await server.shutdown()
+    assert reasons == ["unknown", "unknown", "unknown", "rate_limited", "rate_limited"]
+    assert store.loads == 3  # the limited attempts never reached the store

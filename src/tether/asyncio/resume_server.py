@@ -44,6 +44,7 @@ from ..exceptions import (
     StoreError,
 )
 from ..protocol import SUBPROTOCOL, Hello, LostReason, TetherCloseCode, decode
+from ..ratelimit import ResumeLimit, ResumeLimiter, address_key
 from ..resume import (
     CloseConnection,
     MessageReceived,
@@ -127,6 +128,9 @@ class TetherV1ServerLayer(ServerLayer):
             random time in ``[0, retry_ms]``).
         max_queue: inbox size of each session, in messages.
         max_queue_bytes: inbox size of each session, in bytes (None: no byte bound).
+        resume_limit: refused resumes allowed per remote address (IPv6: per /64) in a
+            sliding window, 20 per 60 s by default; beyond it, resumes from that address
+            are refused with ``rate_limited`` before the store is read. None: no limit.
     """
 
     subprotocols: Sequence[str] = (SUBPROTOCOL,)
@@ -144,6 +148,7 @@ class TetherV1ServerLayer(ServerLayer):
         goaway_retry_ms: int = 5000,
         max_queue: int = 64,
         max_queue_bytes: int | None = DEFAULT_MAX_QUEUE_BYTES,
+        resume_limit: ResumeLimit | None = ResumeLimit(),  # noqa: B008 - frozen, shared safely
     ) -> None:
         config = config or ResumeConfig()
         if resume_window is not None:
@@ -176,6 +181,7 @@ class TetherV1ServerLayer(ServerLayer):
         self.goaway_retry_ms = goaway_retry_ms
         self.max_queue = max_queue
         self.max_queue_bytes = max_queue_bytes
+        self.limiter = ResumeLimiter(resume_limit) if resume_limit is not None else None
         self._states: dict[Session, _V1] = {}
         self._by_sid: dict[str, _V1] = {}
         self._process_exiting = False
@@ -266,6 +272,10 @@ class TetherV1ServerLayer(ServerLayer):
         assert hello.sid is not None
         assert hello.token is not None
         loop = asyncio.get_running_loop()
+        host = request.remote_address[0] if request.remote_address else None
+        if self.limiter is not None and not self.limiter.allowed(host, loop.time()):
+            # Before the store: a limited address learns nothing about the session.
+            return await self._new(transport, request, principal, reason=LostReason.RATE_LIMITED)
         for _ in range(_CLAIM_ATTEMPTS):
             try:
                 epoch = await self.store.epoch()
@@ -277,6 +287,7 @@ class TetherV1ServerLayer(ServerLayer):
                 )
             verdict = judge_resume(hello, record, epoch=epoch, principal=principal, now=time.time())
             if verdict is not None or record is None:
+                self._count_refusal(host, loop.time())
                 return await self._new(transport, request, principal, reason=verdict)
             token, token_hash = new_token(secrets.token_bytes)
             try:
@@ -289,6 +300,7 @@ class TetherV1ServerLayer(ServerLayer):
             except Fenced:
                 continue  # another connection claimed it at the same moment: judge again
             except UnknownSession:
+                self._count_refusal(host, loop.time())
                 return await self._new(transport, request, principal, reason=LostReason.UNKNOWN)
             except StoreError as exc:
                 logger.warning("session store unavailable for a claim: %s", exc)
@@ -325,6 +337,18 @@ class TetherV1ServerLayer(ServerLayer):
             self._attach(state, transport, token, resumed=True, peer_rx=hello.rx)
             return state.session
         return await self._new(transport, request, principal, reason=LostReason.NOT_RESUMABLE)
+
+    def _count_refusal(self, host: object, now: float) -> None:
+        if self.limiter is not None and self.limiter.refused(host, now):
+            limit = self.limiter.limit
+            # Logged when the allowance runs out, so a flood logs once per window (never a token).
+            logger.warning(
+                "resume attempts from %s refused for up to %g s: %d refused within %g s",
+                address_key(host),
+                limit.window,
+                limit.max_refused,
+                limit.window,
+            )
 
     async def _new(
         self,

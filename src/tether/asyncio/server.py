@@ -48,6 +48,7 @@ from ..drain import DrainSchedule
 from ..exceptions import ConfigurationError, ConnectionClosed, ProtocolError
 from ..heartbeat import Heartbeat
 from ..knowledge import summary
+from ..ratelimit import ResumeLimit
 from ..stores.base import SessionStore
 from .engine import ClosedInfo
 from .keepalive import keep_alive
@@ -663,6 +664,7 @@ def serve(
     store: str | SessionStore | None = "memory",
     resume_window: float = 120.0,
     principal: PrincipalHook | None = None,
+    resume_limit: ResumeLimit | None = ResumeLimit(),  # noqa: B008 - frozen, shared safely
 ) -> Server:
     """Create a tether WebSocket server; use it with ``async with`` or ``await``.
 
@@ -704,13 +706,21 @@ def serve(
         resume_window: seconds a disconnected tether.v1 session is kept.
         principal: ``principal(request) -> str | None`` (may be async): who the
             client is; a session can only be resumed by the same principal.
+        resume_limit: refused resumes allowed per remote address (IPv6: per /64), 20 per
+            60 s by default; beyond it resumes are refused with ``rate_limited`` before
+            the store is read (docs/security.md). None: no limit.
 
     Raises:
         ConfigurationError: a bad setting.
         InvalidCloseCode: ``shutdown_code`` may not be sent by a server.
     """
     if layer is None and store is not None:
-        layer = TetherV1ServerLayer(store=store, resume_window=resume_window, principal=principal)
+        layer = TetherV1ServerLayer(
+            store=store,
+            resume_window=resume_window,
+            principal=principal,
+            resume_limit=resume_limit,
+        )
     return Server(
         handler,
         host,
