@@ -187,3 +187,14 @@ def test_sequence_check_finish_charges_the_lost_tail() -> None:
         check.add(seq)
     check.finish(5)
     assert check.missing == 2
+
+
+def test_phase_counts_resumed_clients_and_lost_sessions() -> None:
+    """Resumed events and SessionLost reasons inside the phase are counted."""
+    resumed, lost = _restarted(0), _restarted(1)
+    resumed.resumes.append(7.0)
+    lost.lost.append((7.0, "expired"))
+    phase = summarize_phase(
+        [resumed, lost], name="a", title="A", expected_code=1012, start=4.0, end=11.0
+    )
+    assert (phase.resumed, phase.sessions_lost) == (1, {"expired": 1})

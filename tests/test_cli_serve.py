@@ -59,6 +59,8 @@ class Servers:
                 [sys.executable, "-m", "tether", "serve", "--port", str(port), *args],
                 stderr=stderr,
                 text=True,
+                # The default store is ./tether-sessions.db: keep it in the test's directory.
+                cwd=self.log_dir,
             )
         self.procs.append(proc)
         self.logs[proc.pid] = log
@@ -116,6 +118,28 @@ def test_reserved_shutdown_code_is_a_usage_error() -> None:
     )
     assert result.returncode == 2
     assert "1006" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--store", "postgres://db/x"], "unknown scheme 'postgres'"),
+        (["--store", "sqlite://relative.db"], "sqlite:////absolute/path"),
+        (["--store", "redis://:notaport/0"], "bad store URL"),
+        (["--resume-window", "0"], "--resume-window must be > 0"),
+    ],
+)
+def test_bad_store_options_are_usage_errors(args: list[str], says: str) -> None:
+    """A bad --store URL or --resume-window exits 2 with one line saying why."""
+    result = subprocess.run(
+        [sys.executable, "-m", "tether", "serve", *args],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert result.returncode == 2
+    assert says in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_json_logs_one_line_per_connect_and_close(

@@ -99,7 +99,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the demo; return 0 when every client came back in both phases."""
+    """Run the demo; 0 when every client came back in both phases with nothing lost."""
     if not 1 <= args.clients <= 500:
         print("tether demo: error: --clients must be 1-500", file=sys.stderr)
         return 2
@@ -118,13 +118,16 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2))
     else:
         print(format_table(demo.phases))
-    ok = all(phase.reconnected == phase.disconnected == phase.clients for phase in demo.phases)
-    if ok:
+    back = all(phase.reconnected == phase.disconnected == phase.clients for phase in demo.phases)
+    intact = all(
+        phase.missing == phase.duplicates == phase.out_of_order == 0 for phase in demo.phases
+    )
+    if back and intact:
         os.unlink(demo.log_path)
-    else:
-        print(f"tether demo: not every client came back; server log: {demo.log_path}",
-              file=sys.stderr)  # fmt: skip
-    return 0 if ok else 1
+        return 0
+    problem = "not every client came back" if not back else "messages were lost or duplicated"
+    print(f"tether demo: {problem}; server log: {demo.log_path}", file=sys.stderr)
+    return 1
 
 
 class DemoFailed(Exception):
@@ -320,6 +323,11 @@ class Demo:
                     record.disconnects.append((now, event.code))
                     view.state = "closed"
                     view.last_code = event.code
+                elif isinstance(event, events.Resumed):
+                    record.resumes.append(now)
+                elif isinstance(event, events.SessionLost):
+                    record.lost.append((now, event.reason))
+                    self._note(f"client {record.client_id}: session lost ({event.reason})")
                 elif isinstance(event, events.Reconnecting):
                     record.reconnects.append((now, event.delay, event.cause_code))
                     view.state = "waiting"

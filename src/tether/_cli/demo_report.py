@@ -144,6 +144,8 @@ class ClientRecord:
         disconnects: (time, code) of every ``Disconnected`` event.
         reconnects: (time, delay, cause_code) of every ``Reconnecting`` event.
         connects: time of every ``Connected`` event.
+        resumes: time of every ``Resumed`` event (a tether.v1 session resumed).
+        lost: (time, reason) of every ``SessionLost`` event.
     """
 
     client_id: int
@@ -151,6 +153,8 @@ class ClientRecord:
     disconnects: list[tuple[float, int]] = field(default_factory=list)
     reconnects: list[tuple[float, float, int]] = field(default_factory=list)
     connects: list[float] = field(default_factory=list)
+    resumes: list[float] = field(default_factory=list)
+    lost: list[tuple[float, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -202,6 +206,8 @@ class PhaseSummary:
         out_of_order: messages received after a later one.
         skipped_ticks: ticks for which a client got no message because none
             was sent to it (the server was down or the client away); not a loss.
+        resumed: clients whose session was resumed in the phase.
+        sessions_lost: ``SessionLost`` reason -> count, in the phase.
     """
 
     name: str
@@ -220,6 +226,8 @@ class PhaseSummary:
     duplicates: int
     out_of_order: int = 0
     skipped_ticks: int = 0
+    resumed: int = 0
+    sessions_lost: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, object]:
         """JSON-ready form (the ``tether demo --json`` phase object)."""
@@ -240,6 +248,8 @@ class PhaseSummary:
             "duplicates": self.duplicates,
             "out_of_order": self.out_of_order,
             "skipped_ticks": self.skipped_ticks,
+            "resumed": self.resumed,
+            "sessions_lost": dict(sorted(self.sessions_lost.items())),
         }
 
 
@@ -263,6 +273,8 @@ def summarize_phase(
     back_times: list[float] = []
     disconnected = reconnected = received = attempts = skipped = 0
     totals = Counter[str]()
+    lost: Counter[str] = Counter()
+    resumed = 0
     all_back = True
     for record in records:
         drops = [(t, code) for t, code in record.disconnects if within(t)]
@@ -286,6 +298,8 @@ def summarize_phase(
         before = [tick for tick in record.ticks if tick.time < start]
         during = [tick for tick in record.ticks if within(tick.time)]
         received += len(during)
+        resumed += any(within(t) for t in record.resumes)
+        lost.update(reason for t, reason in record.lost if within(t))
         check = SequenceCheck()
         for tick in before:
             check.add(tick.seq, tick.node)
@@ -311,6 +325,8 @@ def summarize_phase(
         duplicates=totals["duplicates"],
         out_of_order=totals["out_of_order"],
         skipped_ticks=skipped,
+        resumed=resumed,
+        sessions_lost=dict(lost),
     )
 
 
@@ -322,8 +338,8 @@ def _skipped_ticks(ticks: list[int]) -> int:
 def format_table(phases: list[PhaseSummary]) -> str:
     """The summary table printed at the end of the demo."""
     header = (
-        "phase", "close codes", "back", "first delay min/med/max", "all delays min/med/max",
-        "all back after", "received", "missing", "dup", "skipped ticks",
+        "phase", "close codes", "back", "resumed", "first delay min/med/max",
+        "all delays min/med/max", "all back after", "received", "missing", "dup", "skipped ticks",
     )  # fmt: skip
     rows = [header]
     for phase in phases:
@@ -333,6 +349,7 @@ def format_table(phases: list[PhaseSummary]) -> str:
                 phase.title,
                 codes or "-",
                 f"{phase.reconnected}/{phase.disconnected}",
+                f"{phase.resumed}/{phase.disconnected}",
                 _triple(phase.first_delays),
                 _triple(phase.delays),
                 "-" if phase.all_back_s is None else f"{phase.all_back_s:.2f} s",
