@@ -116,3 +116,92 @@ async def test_drained_node_moves_its_clients_to_the_other_node_through_haproxy(
     assert all(client["resumes"] >= 1 for client in moved)
     codes = Counter(ev["code"] for ev in clients.events_named("disconnected", since=drained))
     assert codes == {1012: len(on_a)}
+
+
+async def flushall(url: str) -> None:
+    """FLUSHALL on a private Redis (never the shared one on 6379)."""
+    import redis.asyncio
+
+    client = redis.asyncio.Redis.from_url(url)
+    try:
+        await client.flushall()
+    finally:
+        await client.aclose()
+
+
+async def restart_node(spawn: Spawn[Any], node: TetherNode) -> TetherNode:
+    """SIGKILL ``node`` and start the same command again on its port; return the new one."""
+    node.kill()
+    await node.wait(5)
+    again: TetherNode = await spawn(node.again())
+    await again.wait_healthy(10)
+    return again
+
+
+@pytest.mark.timeout(90)
+async def test_redis_killed_during_traffic_loses_sessions_explicitly_then_recovers(
+    spawn: Spawn[Any], redis_server: RedisServer
+) -> None:
+    """Redis SIGKILLed: no crash, errors logged, resumes fail with store_unavailable; back after."""
+    node = await spawn(TetherNode("--app", "echo", store=redis_server.url))
+    await node.wait_healthy(10)
+    clients = await spawn(StreamClients(node.url, clients=5, rate=20))
+    await clients.wait_connected(timeout=10)
+    await stream_for(1.0)
+
+    redis_server.signal(signal.SIGKILL)
+    await redis_server.wait(5)
+    await stream_for(1.5)
+    assert node.returncode is None  # the server did not crash
+    assert clients.events_named("gave_up") == []
+
+    # A new process: the sessions can only come from the store, which is down.
+    restarted = time.monotonic()
+    node = await restart_node(spawn, node)
+    await clients.wait_reconnected(since=restarted, timeout=20)
+    for _ in range(100):  # bounded: 5 s for every client's SessionLost
+        if len(clients.events_named("session_lost", since=restarted)) >= 5:
+            break
+        await asyncio.sleep(0.05)
+    reasons = Counter(ev["reason"] for ev in clients.events_named("session_lost", since=restarted))
+    assert reasons == {"store_unavailable": 5}
+    assert node.returncode is None
+    assert any('"tether.store"' in line and '"ERROR"' in line for line in node.log_records())
+
+    # Redis is back (empty): new sessions are durable again and survive the next crash.
+    revived = await spawn(RedisServer(port=redis_server.port))
+    assert revived.port == redis_server.port
+    fresh = await spawn(StreamClients(node.url, clients=5, rate=20, seed=2))
+    await fresh.wait_connected(timeout=10)
+    await stream_for(1.0)
+    crashed = time.monotonic()
+    node = await restart_node(spawn, node)
+    await fresh.wait_reconnected(since=crashed, timeout=20)
+    await stream_for(1.0)
+    await fresh.stop_sending()
+    assert_nothing_lost(await fresh.report(settle=10))
+
+
+@pytest.mark.timeout(60)
+async def test_flushed_redis_fails_every_resume_with_epoch_mismatch(
+    spawn: Spawn[Any], redis_server: RedisServer
+) -> None:
+    """FLUSHALL, then a node restart: every resume fails as epoch_mismatch, nothing partial."""
+    node = await spawn(TetherNode("--app", "echo", store=redis_server.url))
+    await node.wait_healthy(10)
+    clients = await spawn(StreamClients(node.url, clients=5, rate=20))
+    await clients.wait_connected(timeout=10)
+    await stream_for(1.0)
+
+    await flushall(redis_server.url)
+    restarted = time.monotonic()
+    node = await restart_node(spawn, node)
+    await clients.wait_reconnected(since=restarted, timeout=20)
+    for _ in range(100):  # bounded: 5 s for every client's SessionLost
+        if len(clients.events_named("session_lost", since=restarted)) >= 5:
+            break
+        await asyncio.sleep(0.05)
+    lost = clients.events_named("session_lost", since=restarted)
+    assert Counter(ev["reason"] for ev in lost) == {"epoch_mismatch": 5}
+    assert not clients.events_named("resumed", since=restarted)
+    assert node.returncode is None
