@@ -168,3 +168,16 @@ def test_ticker_app_over_the_cli(servers: Servers) -> None:
             return [json.loads(await ws.recv())["seq"] for _ in range(2)]
 
     assert asyncio.run(first_two()) == [1, 2]
+
+
+def test_store_defaults_documented() -> None:
+    """docs/server.md and docs/stores.md state the --store and --resume-window defaults."""
+    from tether._cli.serve import DEFAULT_RESUME_WINDOW_S, DEFAULT_STORE
+
+    docs = Path(__file__).parents[1] / "docs"
+    server_doc = (docs / "server.md").read_text(encoding="utf-8")
+    stores_doc = (docs / "stores.md").read_text(encoding="utf-8")
+    assert f"`{DEFAULT_STORE}` by default" in server_doc
+    assert f"`--resume-window S` (default {DEFAULT_RESUME_WINDOW_S:g})" in server_doc
+    assert f"The default is `{DEFAULT_STORE}`" in stores_doc
+    assert f"`--resume-window S` (default {DEFAULT_RESUME_WINDOW_S:g})" in stores_doc
