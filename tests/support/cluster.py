@@ -15,6 +15,8 @@ Every process is a :class:`~tests.support.procs.JsonLineProcess` (stopped by PID
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import signal
 import time
 from pathlib import Path
@@ -92,9 +94,15 @@ class TetherNode(JsonLineProcess):
         """SIGKILL by PID: the process dies without a Close frame (clients see 1006)."""
         self.signal(signal.SIGKILL)
 
-    def log_records(self) -> list[str]:
-        """The JSON log lines written on stderr so far."""
-        return [line for line in self.stderr_text().splitlines() if line.startswith("{")]
+    def log_records(self) -> list[dict[str, Any]]:
+        """The JSON log records (``--json-logs``) written on stderr so far."""
+        records = []
+        for line in self.stderr_text().splitlines():
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if isinstance(record, dict):
+                    records.append(record)
+        return records
 
 
 class StreamClients(JsonLineProcess):
