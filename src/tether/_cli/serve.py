@@ -57,8 +57,8 @@ def register(subparsers: Any) -> None:
         "--store",
         default=DEFAULT_STORE,
         metavar="URL",
-        help=f"session store for resumption: memory, sqlite:///path or redis://host:port/db "
-        f"(default {DEFAULT_STORE})",
+        help="tether.v1 session store: memory, sqlite:///path, redis://host:port/db, or "
+        f"'none' for plain WebSocket only (default {DEFAULT_STORE})",
     )
     parser.add_argument(
         "--resume-window",
@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.resume_window > 0:
             raise ConfigurationError("--resume-window must be > 0 seconds")
         # Opening a store does no I/O: this only checks the URL (and the Redis extra).
-        store = open_store(args.store)
+        store = None if args.store == "none" else open_store(args.store)
     except (ConfigurationError, InvalidCloseCode) as exc:
         print(f"tether serve: error: {exc}", file=sys.stderr)
         return 2
@@ -143,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
 
-async def _serve(args: argparse.Namespace, heartbeat: Any, store: SessionStore) -> int:
+async def _serve(args: argparse.Namespace, heartbeat: Any, store: SessionStore | None) -> int:
     from ..asyncio.apps import make_app
     from ..asyncio.server import serve
 
@@ -159,6 +159,8 @@ async def _serve(args: argparse.Namespace, heartbeat: Any, store: SessionStore) 
         close_timeout=args.close_timeout,
         # With --reuse-port, SIGHUP means a handover, which this command runs itself.
         handle_signals=not args.reuse_port,
+        store=store,
+        resume_window=args.resume_window,
     )
     await server.start()
     if args.reuse_port:
@@ -195,6 +197,7 @@ def _install_handover_signals(server: Any, args: argparse.Namespace) -> None:
 
     def on_signal(signum: signal.Signals) -> None:
         logger.info("received %s", signum.name)
+        server.layer.process_exiting()
         if signum is signal.SIGHUP:
             spawn(hand_over())
         elif signum is signal.SIGTERM:

@@ -267,8 +267,7 @@ class ClientConnection:
             raise ConfigurationError("subprotocols must be a list of names, not one string")
         self.url = url
         self._layer = layer or PlainLayer()
-        offered = [*self._layer.subprotocols, *(subprotocols or ())]
-        self._subprotocols = list(dict.fromkeys(offered)) or None
+        self._user_subprotocols = list(subprotocols or ())
         self._headers = dict(headers) if headers else None
         self._heartbeat = heartbeat if heartbeat is not None else Heartbeat(None, None)
         self._send_timeout = send_timeout
@@ -541,7 +540,8 @@ class ClientConnection:
     async def _open_one(self) -> tuple[Transport, LayerOpened]:
         transport = await open_transport(
             self.url,
-            subprotocols=self._subprotocols,
+            subprotocols=list(dict.fromkeys([*self._layer.subprotocols, *self._user_subprotocols]))
+            or None,
             headers=self._headers,
             open_timeout=self._open_timeout,
             close_timeout=self._close_timeout,
@@ -598,6 +598,8 @@ class ClientConnection:
         if opened.resumed:
             self._emit(Resumed(opened.replayed_in, opened.replayed_out))
         self._settled.set()
+        for message in opened.received:
+            await self._inbox.put(message)
         try:
             info, cause = await self._serve(transport)
         finally:

@@ -27,11 +27,13 @@ class LayerOpened:
         resumed: True when an earlier session continued on this transport.
         replayed_in: messages the peer replayed to us.
         replayed_out: messages we replayed to the peer.
+        received: application messages that arrived during the handshake.
     """
 
     resumed: bool = False
     replayed_in: int = 0
     replayed_out: int = 0
+    received: tuple[Message, ...] = ()
 
 
 class ClientLayer:
@@ -52,7 +54,8 @@ class ClientLayer:
     for :meth:`has_room`, then calls :meth:`overflow`.
     """
 
-    #: Subprotocols the layer wants offered before the user's own.
+    #: Subprotocols the layer wants offered before the user's own (read before
+    #: every attempt: a layer may stop offering one to a server that misuses it).
     subprotocols: Sequence[str] = ()
 
     @property

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from ..closecodes import CloseCode
 from ..events import Event, Resumed, SessionLost
 from ..exceptions import ConnectionClosedError, ProtocolError
-from ..protocol import SUBPROTOCOL, TetherCloseCode
+from ..protocol import SUBPROTOCOL, Hello, TetherCloseCode, decode
 from ..resume import (
     ClientEndpoint,
     CloseConnection,
@@ -32,6 +32,14 @@ from .layer import ClientLayer, LayerOpened
 __all__ = ["TetherV1ClientLayer"]
 
 logger = logging.getLogger("tether.client")
+
+
+class _NotTetherPeer(Exception):
+    """The first answer to hello was not tether.v1: the server only echoed the name."""
+
+    def __init__(self, received: tuple[Message, ...]) -> None:
+        super().__init__("not a tether.v1 server")
+        self.received = received
 
 
 class TetherV1ClientLayer(ClientLayer):
@@ -95,6 +103,18 @@ class TetherV1ClientLayer(ClientLayer):
             established = await asyncio.wait_for(
                 self._await_welcome(transport), self.handshake_timeout
             )
+        except _NotTetherPeer as exc:
+            # The server echoed the offered subprotocol without speaking it (Node ws
+            # picks the first offered one by default): go plain on this connection and
+            # stop offering tether.v1 to it. Our hello already reached its application.
+            logger.warning(
+                "the server selected tether.v1 but does not speak it; continuing in plain mode"
+            )
+            self.endpoint.connection_lost(loop.time(), None)
+            self.endpoint.events_received()
+            self._v1 = False
+            self.subprotocols = ()
+            return LayerOpened(received=exc.received)
         except (asyncio.TimeoutError, TimeoutError):
             self.endpoint.connection_lost(loop.time(), TetherCloseCode.HANDSHAKE_TIMEOUT)
             await transport.close(TetherCloseCode.HANDSHAKE_TIMEOUT, "no welcome")
@@ -116,8 +136,17 @@ class TetherV1ClientLayer(ClientLayer):
 
     async def _await_welcome(self, transport: Transport) -> tuple[bool, int, int]:
         loop = asyncio.get_running_loop()
+        first = True
         while True:
             wire = await transport.recv()
+            if first:
+                first = False
+                try:
+                    frame = decode(wire)
+                except ProtocolError:
+                    raise _NotTetherPeer((wire,)) from None
+                if isinstance(frame, Hello):
+                    raise _NotTetherPeer(())  # our own hello, echoed
             self.endpoint.receive_message(wire, loop.time())
             established = self._absorb(self.endpoint.events_received())
             if self._close is not None:
@@ -218,7 +247,12 @@ class TetherV1ClientLayer(ClientLayer):
         self._absorb(self.endpoint.events_received())
 
     def reconnect_hint(self) -> float | None:
-        """After a goaway: a uniformly random delay in ``[0, retry_ms]``, in seconds."""
+        """After a goaway: a uniformly random delay in ``[retry_ms/5, retry_ms]``, in seconds.
+
+        The spread keeps clients from coming back at once; the floor of a fifth
+        makes the default ``retry_ms`` of 5000 the 1-5 s of DESIGN.md §4.
+        """
         if self._retry_ms is None:
             return None
-        return self._rng.uniform(0.0, self._retry_ms / 1000.0)
+        retry = self._retry_ms / 1000.0
+        return self._rng.uniform(retry / 5, retry)

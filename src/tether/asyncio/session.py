@@ -151,7 +151,7 @@ class Session:
         transport = self._transport
         if self._closed is not None:
             raise closed_error(self._closed)
-        if transport is None:
+        if transport is None and not self._layer.sends_while_detached:
             raise ConnectionClosedError(None, "the session has no connection")
         try:
             await self._layer.send(self, transport, message)
@@ -171,6 +171,7 @@ class Session:
             raise closed_error(self._closed)
         if self._inbox.qsize() < self._max_queue:
             self._space.set()
+        self._layer.consumed(self)
         return item
 
     async def __aiter__(self) -> AsyncIterator[Message]:
@@ -291,6 +292,31 @@ class ServerLayer(abc.ABC):
 
     subprotocols: Sequence[str] = ()
 
+    #: True when :meth:`send` accepts messages while no connection is attached
+    #: (a session layer with a replay buffer); the transport is then None.
+    sends_while_detached: bool = False
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """The server started listening (start background work here)."""
+
+    async def stop(self) -> None:  # noqa: B027 - optional hook
+        """The server finished draining (stop background work, release resources)."""
+
+    def process_exiting(self) -> None:  # noqa: B027 - optional hook
+        """The drain that follows ends this process (a signal), not just this server object."""
+
+    def consumed(self, session: Session) -> None:  # noqa: B027 - optional hook
+        """The handler took one message from ``session`` (``recv`` returned it)."""
+
+    async def finish(self, session: Session) -> None:  # noqa: B027 - optional hook
+        """The handler of ``session`` returned: settle what the layer still owes it."""
+
+    async def drain(
+        self, session: Session, transport: Transport, code: int, reason: str
+    ) -> ClosedInfo:
+        """Close ``session``'s connection for a restart or shutdown (the session may live on)."""
+        return await self.close(session, transport, code, reason)
+
     @abc.abstractmethod
     async def open(self, transport: Transport, request: RequestInfo) -> Session:
         """Run the layer's handshake on a new connection and return its session.
@@ -299,8 +325,13 @@ class ServerLayer(abc.ABC):
         :class:`tether.ProtocolError` fails the connection with its ``close_code``.
         """
 
-    async def send(self, session: Session, transport: Transport, message: Message) -> None:
-        """Put one application message on the connection (encode it as needed)."""
+    async def send(self, session: Session, transport: Transport | None, message: Message) -> None:
+        """Put one application message on the connection (encode it as needed).
+
+        ``transport`` is None only for layers with :attr:`sends_while_detached`.
+        """
+        if transport is None:
+            raise ConnectionClosedError(None, "the session has no connection")
         await transport.send(message)
 
     async def received(
