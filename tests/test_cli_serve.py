@@ -142,6 +142,38 @@ def test_bad_store_options_are_usage_errors(args: list[str], says: str) -> None:
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_default_store_is_a_sqlite_file_in_the_current_directory(
+    servers: Servers, tmp_path: Path
+) -> None:
+    """Without --store, a tether.v1 session is kept in ./tether-sessions.db."""
+    import tether
+
+    _, port = servers.start()
+
+    async def echo_once() -> str | bytes:
+        async with tether.connect(f"ws://127.0.0.1:{port}/", heartbeat=None) as conn:
+            await conn.send("kept")
+            return await asyncio.wait_for(conn.recv(), 10)
+
+    assert asyncio.run(echo_once()) == "kept"
+    assert (tmp_path / "tether-sessions.db").is_file()
+
+
+def test_store_none_serves_plain_websocket(servers: Servers) -> None:
+    """--store none does not select tether.v1: the client stays in plain mode."""
+    from tether.protocol import SUBPROTOCOL
+
+    _, port = servers.start("--store", "none")
+
+    async def negotiated() -> str | None:
+        async with connect(
+            f"ws://127.0.0.1:{port}/", subprotocols=[SUBPROTOCOL], ping_interval=None
+        ) as ws:
+            return ws.subprotocol
+
+    assert asyncio.run(negotiated()) is None
+
+
 def test_json_logs_one_line_per_connect_and_close(
     servers: Servers,
 ) -> None:

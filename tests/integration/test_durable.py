@@ -151,9 +151,17 @@ async def test_redis_killed_during_traffic_loses_sessions_explicitly_then_recove
 
     redis_server.signal(signal.SIGKILL)
     await redis_server.wait(5)
+    before = await clients.report(settle=0)
     await stream_for(1.5)
+    after = await clients.report(settle=0)
     assert node.returncode is None  # the server did not crash
     assert clients.events_named("gave_up") == []
+    # Live traffic goes on without the store: every client still gets its echoes.
+    echoed = [
+        later["up"]["received"] - earlier["up"]["received"]
+        for earlier, later in zip(before["clients"], after["clients"], strict=True)
+    ]
+    assert min(echoed) > 0, echoed
 
     # A new process: the sessions can only come from the store, which is down.
     restarted = time.monotonic()
