@@ -57,7 +57,7 @@ async def test_sigkilled_sqlite_server_restarts_and_every_session_resumes(
     await stream_for(1.5)
 
     crashed = time.monotonic()
-    node.kill()
+    await freeze_then_kill(node)
     assert await node.wait(5) == -signal.SIGKILL
     await stream_for(0.5)  # clients keep sending into their queues while the port is dead
     again = await spawn(node.again())
@@ -71,6 +71,8 @@ async def test_sigkilled_sqlite_server_restarts_and_every_session_resumes(
     assert all(client["resumes"] >= 1 for client in report["clients"])
     codes = Counter(ev["code"] for ev in clients.events_named("disconnected", since=crashed))
     assert set(codes) == {1006}
+    # The frozen server had read nothing for 0.5 s: the clients replayed what it never acked.
+    assert sum(ev["replayed_out"] for ev in clients.events_named("resumed", since=crashed)) > 0
 
 
 @pytest.mark.timeout(90)
@@ -129,9 +131,25 @@ async def flushall(url: str) -> None:
         await client.aclose()
 
 
-async def restart_node(spawn: Spawn[Any], node: TetherNode) -> TetherNode:
-    """SIGKILL ``node`` and start the same command again on its port; return the new one."""
+async def freeze_then_kill(node: TetherNode, frozen: float = 0.5) -> None:
+    """SIGSTOP, let the clients send for ``frozen`` s, SIGKILL: messages die unread in flight.
+
+    A bare SIGKILL only catches a message in flight by chance; a frozen server leaves
+    every client with sent-but-unacknowledged messages, every time.
+    """
+    node.signal(signal.SIGSTOP)
+    await stream_for(frozen)
     node.kill()
+
+
+async def restart_node(
+    spawn: Spawn[Any], node: TetherNode, *, freeze: bool = False
+) -> TetherNode:
+    """SIGKILL ``node`` (frozen first if asked) and start it again on its port; return it."""
+    if freeze:
+        await freeze_then_kill(node)
+    else:
+        node.kill()
     await node.wait(5)
     again: TetherNode = await spawn(node.again())
     await again.wait_healthy(10)
@@ -217,3 +235,23 @@ async def test_flushed_redis_fails_every_resume_with_epoch_mismatch(
     assert Counter(ev["reason"] for ev in lost) == {"epoch_mismatch": 5}
     assert not clients.events_named("resumed", since=restarted)
     assert node.returncode is None
+
+
+@pytest.mark.timeout(60)
+async def test_checker_sees_the_loss_without_resumption(spawn: Spawn[Any]) -> None:
+    """Control: the same crash with --store none (plain WebSocket) is reported as loss."""
+    node = await spawn(TetherNode("--app", "echo", store="none"))
+    await node.wait_healthy(10)
+    clients = await spawn(StreamClients(node.url, clients=5, rate=50))
+    await clients.wait_connected(timeout=10)
+    await stream_for(1.5)
+
+    crashed = time.monotonic()
+    node = await restart_node(spawn, node, freeze=True)
+    await clients.wait_reconnected(since=crashed, timeout=20)
+    await stream_for(1.0)
+    await clients.stop_sending()
+    report = await clients.report(settle=3)
+
+    assert not clients.events_named("resumed")
+    assert report["totals"]["missing"] > 0, report["totals"]
