@@ -142,9 +142,7 @@ async def freeze_then_kill(node: TetherNode, frozen: float = 0.5) -> None:
     node.kill()
 
 
-async def restart_node(
-    spawn: Spawn[Any], node: TetherNode, *, freeze: bool = False
-) -> TetherNode:
+async def restart_node(spawn: Spawn[Any], node: TetherNode, *, freeze: bool = False) -> TetherNode:
     """SIGKILL ``node`` (frozen first if asked) and start it again on its port; return it."""
     if freeze:
         await freeze_then_kill(node)
