@@ -25,6 +25,8 @@ COMMANDS: dict[str, str] = {
     "compare": "compare",
     "connect": "connect",
     "serve": "serve",
+    "probe": "probe",
+    "chaos": "chaos",
     "demo": "demo",
 }
 

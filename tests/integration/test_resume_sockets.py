@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import random
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+from tests.support.node import NodeWsServer
+from tests.support.ports import free_port, wait_for_port
+from tests.support.procs import JsonLineProcess, tether_cli
+from websockets.asyncio.client import connect as ws_connect
+
 import tether
 from tether.asyncio.resume_client import TetherV1ClientLayer
 from tether.asyncio.resume_server import TetherV1ServerLayer
@@ -23,12 +29,8 @@ from tether.asyncio.session import Session
 from tether.backoff import BackoffConfig
 from tether.events import Connected, Resumed, SessionLost
 from tether.resume import ResumeConfig
+from tether.stores.base import SessionRecord, StoreUnavailable
 from tether.stores.memory import MemoryStore
-from websockets.asyncio.client import connect as ws_connect
-
-from tests.support.node import NodeWsServer
-from tests.support.ports import free_port, wait_for_port
-from tests.support.procs import JsonLineProcess, tether_cli
 
 pytestmark = pytest.mark.integration
 
@@ -110,7 +112,7 @@ class Events:
 
     async def wait_for(self, kind: type, count: int = 1, timeout: float = 10.0) -> list[Any]:
         async def poll() -> None:
-            while len(self.of(kind)) < count:
+            while len(self.of(kind)) < count:  # noqa: ASYNC110 - another task fills it
                 await asyncio.sleep(0.01)
 
         await asyncio.wait_for(poll(), timeout)
@@ -125,7 +127,7 @@ async def until(condition: Callable[[], bool], timeout: float) -> None:
     """Poll ``condition`` every 10 ms, at most ``timeout`` seconds."""
 
     async def poll() -> None:
-        while not condition():
+        while not condition():  # noqa: ASYNC110 - conditions on other tasks
             await asyncio.sleep(0.01)
 
     await asyncio.wait_for(poll(), timeout)
@@ -207,7 +209,7 @@ async def test_ten_thousand_each_way_through_five_transport_aborts() -> None:
                 if session.transport is not None:
                     session.transport.abort()
         else:
-            transport = conn._transport  # noqa: SLF001 - the fault is the point
+            transport = conn._transport
             assert transport is not None
             transport.abort()
         await events.wait_for(Resumed, count=len(sides), timeout=10)
@@ -280,9 +282,9 @@ async def test_window_expiry_loses_the_session_with_the_unacked_messages() -> No
     try:
         await conn.send("c1")
         assert await asyncio.wait_for(conn.recv(), 5) == "s1"
-        transport = conn._transport  # noqa: SLF001 - the fault is the point
+        transport = conn._transport
         assert transport is not None
-        await until(lambda: conn._layer.endpoint.peer_acked == 1, 5)  # type: ignore[attr-defined]  # noqa: SLF001
+        await until(lambda: conn._layer.endpoint.peer_acked == 1, 5)  # type: ignore[attr-defined]
         transport.abort()
         await conn.send("c2")  # queued; the reconnect comes 1 s later, after the window
         lost = await events.wait_for(SessionLost, timeout=5)
@@ -323,7 +325,7 @@ async def test_overflow_while_away_is_refused_not_partial() -> None:
     try:
         await conn.send("go")
         await until(lambda: bool(server.sessions), 5)
-        transport = conn._transport  # noqa: SLF001 - the fault is the point
+        transport = conn._transport
         assert transport is not None
         transport.abort()
         await until(lambda: all(s.transport is None for s in server.sessions), 5)
@@ -347,10 +349,10 @@ async def test_forged_token_is_refused_with_token_invalid() -> None:
     try:
         await conn.send("c1")
         assert await asyncio.wait_for(conn.recv(), 5) == "s1"
-        layer = conn._layer  # noqa: SLF001
+        layer = conn._layer
         assert isinstance(layer, TetherV1ClientLayer)
-        layer.endpoint._session.token = "A" * 43  # type: ignore[union-attr]  # noqa: SLF001
-        conn._transport.abort()  # type: ignore[union-attr]  # noqa: SLF001
+        layer.endpoint._session.token = "A" * 43  # type: ignore[union-attr]
+        conn._transport.abort()  # type: ignore[union-attr]
         lost = await events.wait_for(SessionLost, timeout=5)
         assert lost[0].reason == "token_invalid"
         await conn.send("c2")
@@ -393,17 +395,17 @@ async def test_takeover_closes_the_old_connection_with_4901() -> None:
     try:
         await conn.send("c1")
         assert await asyncio.wait_for(conn.recv(), 5) == "s1"
-        layer = conn._layer  # noqa: SLF001
+        layer = conn._layer
         assert isinstance(layer, TetherV1ClientLayer)
-        creds = layer.endpoint._session  # noqa: SLF001
+        creds = layer.endpoint._session
         assert creds is not None
         async with ws_connect(
-            f"ws://127.0.0.1:{server.port}/", subprotocols=["tether.v1"]  # type: ignore[list-item]
+            f"ws://127.0.0.1:{server.port}/",
+            subprotocols=["tether.v1"],  # type: ignore[list-item]
         ) as raw:
-            await raw.send(
-                '{"type":"hello","sid":"%s","token":"%s","epoch":"%s","rx":%d}'
-                % (creds.sid, creds.token, creds.epoch, layer.endpoint.rx)
-            )
+            hello = {"type": "hello", "sid": creds.sid, "token": creds.token,
+                     "epoch": creds.epoch, "rx": layer.endpoint.rx}  # fmt: skip
+            await raw.send(json.dumps(hello))
             welcome = await asyncio.wait_for(raw.recv(), 5)
             assert '"resumed":true' in str(welcome)
             lost = await events.wait_for(SessionLost, timeout=5)
@@ -444,3 +446,49 @@ async def test_client_talks_plain_to_a_node_ws_server(node_ws_server: NodeWsServ
         assert await asyncio.wait_for(conn.recv(), 5) == "plain text"
         await conn.send(b"\x00bytes")
         assert await asyncio.wait_for(conn.recv(), 5) == b"\x00bytes"
+
+
+class FlakyStore(MemoryStore):
+    """A memory store whose backend can be switched off (every call: StoreUnavailable)."""
+
+    down = False
+
+    def _check(self) -> None:
+        if self.down:
+            raise StoreUnavailable("the backend is down (test)")
+
+    async def load(self, sid: str) -> SessionRecord | None:
+        self._check()
+        return await super().load(sid)
+
+    async def write(self, sid: str, generation: int, **kwargs: Any) -> SessionRecord:
+        self._check()
+        return await super().write(sid, generation, **kwargs)
+
+    async def detach(self, sid: str, generation: int, *, expires_at: float) -> None:
+        self._check()
+        await super().detach(sid, generation, expires_at=expires_at)
+
+
+@pytest.mark.timeout(20)
+async def test_store_outage_degrades_the_session_and_refuses_resumes() -> None:
+    """Store down: the session keeps working; a resume gets SessionLost('store_unavailable')."""
+    store = FlakyStore()
+    handler = Echo()
+    server, conn, events = await connected_pair(store, handler)
+    try:
+        await conn.send("c1")
+        assert await asyncio.wait_for(conn.recv(), 5) == "s1"
+        store.down = True
+        await conn.send("c2")  # the write fails: the session goes on, not durable
+        assert await asyncio.wait_for(conn.recv(), 5) == "s2"
+        conn._transport.abort()  # type: ignore[union-attr]
+        lost = await events.wait_for(SessionLost, timeout=5)
+        assert lost[0].reason == "store_unavailable"
+        await conn.send("c3")
+        assert await asyncio.wait_for(conn.recv(), 5) == "s3"
+        assert handler.got == [1, 2, 3]
+    finally:
+        await conn.close()
+        await events.stop()
+        await server.shutdown()

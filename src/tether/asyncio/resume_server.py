@@ -57,7 +57,7 @@ from ..stores.base import Fenced, SessionStore, StoredMessage, UnknownSession
 from ..stores.memory import MemoryStore
 from ..tokens import hash_token, judge_resume, new_session_id, new_token
 from .engine import ClosedInfo, Message, Transport, TransportClosed
-from .session import RequestInfo, ServerLayer, Session
+from .session import RequestInfo, ServerLayer, Session, closed_error
 
 __all__ = ["PrincipalHook", "TetherV1ServerLayer"]
 
@@ -371,17 +371,22 @@ class TetherV1ServerLayer(ServerLayer):
     def _take_over(self, state: _V1) -> None:
         """Fence the connection the session is attached to (a half-open one, say): 4901."""
         old = state.transport
-        if old is None or old.closed is not None:
+        if old is None:
             return
-        logger.info(
-            "session %s taken over by a new connection: closing the old one with 4901",
-            state.session.id,
-        )
         state.transport = None
+        state.closing = False
         state.outq.clear()
+        # The old connection may be closed already without its pump having told us:
+        # either way it is detached now (its late connection_lost is then ignored).
         state.endpoint.connection_lost(asyncio.get_running_loop().time(), None)
-        self._collect(state)
-        self._spawn(self._close_quietly(old, TetherCloseCode.TAKEN_OVER, "taken over"))
+        for event in state.endpoint.events_received():
+            self._handle(state, event)
+        if old.closed is None:
+            logger.info(
+                "session %s taken over by a new connection: closing the old one with 4901",
+                state.session.id,
+            )
+            self._spawn(self._close_quietly(old, TetherCloseCode.TAKEN_OVER, "taken over"))
 
     # -- messages ------------------------------------------------------------------------------
 
@@ -429,6 +434,8 @@ class TetherV1ServerLayer(ServerLayer):
         """
         state = self._states.get(session)
         if state is None:
+            if session.closed is not None:
+                raise closed_error(session.closed)
             await super().send(session, transport, message)
             return
         await self._wait_for_room(state, message)
@@ -665,7 +672,13 @@ class TetherV1ServerLayer(ServerLayer):
             with contextlib.suppress(TransportClosed):
                 for frame in state.endpoint.data_to_send():
                     await transport.send(frame)
-        return await transport.close(code, reason)
+        info = await transport.close(code, reason)
+        # The session lives on in the store, not in this server: what the handler
+        # has not taken yet is not committed, so the client replays it to the
+        # next server; the handler must not see it too. It may still send (its
+        # replies are stored and replayed) until it returns.
+        session.end(ClosedInfo(code, reason, clean=True, sent_code=code), discard_unread=True)
+        return info
 
     async def close(
         self, session: Session, transport: Transport, code: int, reason: str

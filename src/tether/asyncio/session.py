@@ -149,7 +149,7 @@ class Session:
         if not isinstance(message, (str, bytes)):
             raise TypeError(f"a message is str or bytes, not {type(message).__name__}")
         transport = self._transport
-        if self._closed is not None:
+        if self._closed is not None and not self._layer.sends_while_detached:
             raise closed_error(self._closed)
         if transport is None and not self._layer.sends_while_detached:
             raise ConnectionClosedError(None, "the session has no connection")
@@ -263,16 +263,20 @@ class Session:
         if self._closed is None:
             self._inbox.put_nowait(message)
 
-    def end(self, info: ClosedInfo) -> None:
+    def end(self, info: ClosedInfo, *, discard_unread: bool = False) -> None:
         """End the session with ``info`` (idempotent: the first end wins).
 
         For the server and session layers: the handler's ``recv`` raises and
-        ``async for`` stops once the messages already received are read. Nothing is
-        sent; use :meth:`close` to end a session on the wire.
+        ``async for`` stops once the messages already received are read (or at
+        once with ``discard_unread``: a session layer that will have them replayed
+        elsewhere drops them here). Nothing is sent; use :meth:`close` to end a
+        session on the wire.
         """
         if self._closed is not None:
             return
         self._closed = info
+        while discard_unread and not self._inbox.empty():
+            self._inbox.get_nowait()
         self._inbox.put_nowait(_END)
         self._space.set()
         self._ended.set()
