@@ -73,10 +73,10 @@ class SequenceCheck:
     duplicates: int = 0
     out_of_order: int = 0
     runs: int = 0
-    _last: dict[tuple[str, int], int] = field(default_factory=dict, repr=False)
-    _seen: dict[tuple[str, int], set[int]] = field(default_factory=dict, repr=False)
-    _current: tuple[str, int] | None = field(default=None, repr=False)
-    _run_counts: Counter[str] = field(default_factory=Counter, repr=False)
+    _last: dict[tuple[str, int], int] = field(default_factory=dict, init=False, repr=False)
+    _seen: dict[tuple[str, int], set[int]] = field(default_factory=dict, init=False, repr=False)
+    _current: tuple[str, int] | None = field(default=None, init=False, repr=False)
+    _run_counts: Counter[str] = field(default_factory=Counter, init=False, repr=False)
 
     def add(self, seq: int, run: str = "") -> None:
         """Account for one message numbered ``seq`` of run ``run``."""
