@@ -228,6 +228,34 @@ async def test_ten_thousand_each_way_through_five_transport_aborts() -> None:
     assert len(handler.sessions) == 1  # one session, one handler, across every connection
 
 
+@pytest.mark.timeout(60)
+async def test_ten_thousand_each_way_through_five_proxy_kills(chaos_proxy: Any) -> None:
+    """A chaos proxy resets both sides five times (1006 on each end): 0 lost, 0 dup, order."""
+    handler = Echo()
+    server = await start_server(handler, MemoryStore())
+    proxy = await chaos_proxy(server.port)
+    conn = await client(proxy.port)
+    events = Events(conn)
+    kills = 0
+
+    async def kill(_k: int) -> None:
+        nonlocal kills
+        kills += proxy.kill_all()
+        await events.wait_for(Resumed, count=kills, timeout=10)
+
+    try:
+        received = await stream(conn, handler, kill)
+    finally:
+        await conn.close()
+        await events.stop()
+        await server.shutdown()
+    expected = list(range(1, N + 1))
+    assert handler.got == expected
+    assert received == expected
+    assert kills == 5
+    assert events.of(SessionLost) == []
+
+
 @pytest.mark.timeout(30)
 async def test_memory_store_process_restart_says_goaway_resume_false(spawn: Spawn) -> None:
     """`tether serve` (memory store) on SIGHUP: goaway resume false, SessionLost at once."""
