@@ -55,9 +55,8 @@ async def _serve_websockets(args: argparse.Namespace) -> None:
 
 
 async def _serve_tether(args: argparse.Namespace) -> None:
-    from tether.asyncio.apps import echo
-
     import tether
+    from tether.asyncio.apps import echo
 
     heartbeat = None
     if args.ping_interval is not None:

@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 from autobahn_agent import drive, websockets_runner
 from autobahn_support import RAISED_MAX_FRAGMENTS, RAISED_MAX_SIZE
-from conftest import Launcher, peer_server_argv
 from kosoku import FailureError, run_fuzzingclient, run_fuzzingserver
+
+from conftest import Launcher, peer_server_argv
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
