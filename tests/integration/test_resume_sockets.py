@@ -264,8 +264,11 @@ async def test_memory_store_process_restart_says_goaway_resume_false(spawn: Spaw
     """`tether serve` (memory store) on SIGHUP: goaway resume false, SessionLost at once."""
     port = free_port()
     proc = await spawn(
-        tether_cli("serve", "--port", str(port), "--drain-window", "0", "--ping-interval", "0")
-    )
+        tether_cli(
+            "serve", "--port", str(port), "--store", "memory", "--drain-window", "0",
+            "--ping-interval", "0",
+        )
+    )  # fmt: skip
     await wait_for_port("127.0.0.1", port, 10)
     conn = await client(port, backoff=BackoffConfig(base=5.0, cap=5.0, restart_window=(5, 5)))
     events = Events(conn)
