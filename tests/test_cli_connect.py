@@ -103,9 +103,12 @@ async def test_state_change_line_explains_1012(
     node_ws_server: NodeWsServer, spawn: Callable[[JsonLineProcess], object]
 ) -> None:
     """A 1012 prints 'closed 1012 Service Restart — reconnecting in X s' and reconnects."""
-    proc = tether_cli("connect", "--ping-interval", "0", node_ws_server.url)
+    # --no-resume: Node ws accepts the tether.v1 offer without speaking it, and a 1012
+    # arriving during that handshake would be a failed attempt, not a closed connection.
+    proc = tether_cli("connect", "--no-resume", "--ping-interval", "0", node_ws_server.url)
     await spawn(proc)  # type: ignore[misc]
     await node_ws_server.expect_event("connection", timeout=10)
+    await _poll(lambda: "(attempt 1" in proc.stderr_text(), 10)
     await node_ws_server.close_all(1012)
     pattern = re.compile(r"^closed 1012 Service Restart — reconnecting in (\d+\.\d) s$", re.M)
     await _poll(lambda: pattern.search(proc.stderr_text()) is not None, 10)

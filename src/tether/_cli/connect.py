@@ -72,6 +72,12 @@ def register(subparsers: Any) -> None:
         metavar="N",
         help="give up after N consecutive failed attempts (default: never)",
     )
+    parser.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="plain WebSocket only: do not offer the tether.v1 subprotocol (for servers that "
+        "accept any offered subprotocol without speaking it)",
+    )
     parser.add_argument("--lang", choices=("en", "ja"), default="en", help="language of the prose")
     parser.set_defaults(func=run)
 
@@ -110,6 +116,7 @@ def _make_connection(tether: Any, args: argparse.Namespace) -> Any:
         headers=headers or None,
         backoff=backoff,
         open_timeout=args.open_timeout,
+        resume=not args.no_resume,
         lang=args.lang,
     )
 
