@@ -19,7 +19,9 @@ from collections.abc import Sequence
 __all__ = ["COMMANDS", "build_parser", "main"]
 
 #: Subcommand name -> module under tether._cli that implements it.
-COMMANDS: dict[str, str] = {}
+COMMANDS: dict[str, str] = {
+    "bench": "bench",
+}
 
 
 class _Parser(argparse.ArgumentParser):
