@@ -30,7 +30,10 @@ def _run_one(name: str, options: dict[str, Any], progress: Progress) -> tuple[di
         from . import memory
 
         result, text, complete = memory.run(
-            quick=quick, connections=options["connections"], progress=progress
+            quick=quick,
+            connections=options["connections"],
+            progress=progress,
+            runs=int(options["runs"]),
         )
     elif name == "storm":
         from . import storm
