@@ -11,10 +11,19 @@ The failure count resets only after a connection *stayed open* for
 ``stability_period`` seconds. Resetting on every successful handshake (what
 ``websockets`` does) turns a server that accepts then closes at once into a
 tight reconnect loop.
+
+Two counters, both reset by a stable connection:
+
+* *failures* grow the backoff exponent. A planned restart (1012, goaway) is not a
+  failure: it is expected to succeed, so it neither grows nor uses the exponent.
+* *attempts* count every reconnect since the last stable connection, whatever
+  the cause; ``max_attempts`` and ``max_elapsed`` bound them, so even a server
+  that answers every connection with 1012 is given up on eventually.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
@@ -24,17 +33,19 @@ from .policy import DelayRule
 __all__ = ["Backoff", "BackoffConfig"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class BackoffConfig:
-    """Settings for :class:`Backoff`. Every duration is in seconds.
+    """Settings for :class:`Backoff`. Every duration is in seconds; keyword-only.
 
     Attributes:
         base: cap of the first failure's delay.
         factor: growth of the cap per consecutive failure.
-        cap: largest delay ever chosen by backoff.
-        stability_period: a connection open at least this long resets the failure count.
-        max_attempts: give up after this many consecutive failed attempts (None: never).
-        max_elapsed: give up when failures have lasted this long in total (None: never).
+        cap: largest delay ever chosen by backoff (a server hint may exceed it).
+        stability_period: a connection open at least this long resets the counters.
+        max_attempts: give up after this many reconnect attempts since the last
+            stable connection (None: never).
+        max_elapsed: give up once this long has passed since the first close after
+            the last stable connection (None: never).
         restart_window: (low, high) of the uniform delay after 1012 or a goaway.
         try_again_floor: smallest delay after 1013 Try Again Later.
     """
@@ -49,32 +60,74 @@ class BackoffConfig:
     try_again_floor: float = 5.0
 
     def __post_init__(self) -> None:
+        for name in ("base", "factor", "cap", "stability_period", "try_again_floor"):
+            _check_finite(name, getattr(self, name))
         if self.base <= 0 or self.cap <= 0:
-            raise ConfigurationError("backoff base and cap must be > 0 seconds")
+            raise ConfigurationError(
+                f"backoff base and cap must be > 0 seconds, not {self.base!r} and {self.cap!r}"
+            )
         if self.factor < 1:
-            raise ConfigurationError("backoff factor must be >= 1")
+            raise ConfigurationError(f"backoff factor must be >= 1, not {self.factor!r}")
         if self.stability_period < 0:
-            raise ConfigurationError("stability_period must be >= 0 seconds")
-        if self.max_attempts is not None and self.max_attempts < 1:
-            raise ConfigurationError("max_attempts must be >= 1 or None")
-        if self.max_elapsed is not None and self.max_elapsed <= 0:
-            raise ConfigurationError("max_elapsed must be > 0 seconds or None")
-        low, high = self.restart_window
+            raise ConfigurationError(
+                f"stability_period must be >= 0 seconds, not {self.stability_period!r}"
+            )
+        if self.max_attempts is not None and (
+            isinstance(self.max_attempts, bool)
+            or not isinstance(self.max_attempts, int)
+            or self.max_attempts < 1
+        ):
+            raise ConfigurationError(
+                f"max_attempts must be an integer >= 1 or None, not {self.max_attempts!r}"
+            )
+        if self.max_elapsed is not None:
+            _check_finite("max_elapsed", self.max_elapsed)
+            if self.max_elapsed <= 0:
+                raise ConfigurationError(
+                    f"max_elapsed must be > 0 seconds or None, not {self.max_elapsed!r}"
+                )
+        window = self.restart_window
+        if not (isinstance(window, tuple) and len(window) == 2):
+            raise ConfigurationError(
+                f"restart_window must be a (low, high) pair of seconds, not {window!r}"
+            )
+        low, high = window
+        _check_finite("restart_window", low)
+        _check_finite("restart_window", high)
         if not 0 <= low <= high:
-            raise ConfigurationError("restart_window must be (low, high) with 0 <= low <= high")
+            raise ConfigurationError(
+                f"restart_window must be (low, high) with 0 <= low <= high, not {window!r}"
+            )
         if self.try_again_floor < 0:
-            raise ConfigurationError("try_again_floor must be >= 0 seconds")
+            raise ConfigurationError(
+                f"try_again_floor must be >= 0 seconds, not {self.try_again_floor!r}"
+            )
+
+
+def _check_finite(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigurationError(f"{name} must be a finite number of seconds, not {value!r}")
+
+
+def _usable_hint(hint: float | None) -> float | None:
+    """A server hint is peer input: a negative or non-finite one is ignored, not trusted."""
+    if hint is None or isinstance(hint, bool) or not isinstance(hint, (int, float)):
+        return None
+    if not math.isfinite(hint) or hint < 0:
+        return None
+    return float(hint)
 
 
 class Backoff:
     """Chooses the delay before each reconnect attempt and decides when to give up.
 
-    Call :meth:`opened` when a connection opens and :meth:`delay` after it closes (or
-    after a failed attempt). :meth:`delay` returns ``None`` once the attempt or time
-    bound is exhausted.
+    Call :meth:`opened` when a connection opens, :meth:`closed` when it closes
+    (optional: :meth:`delay` does it), and :meth:`delay` before each reconnect
+    attempt, after a close or after a failed connect. :meth:`delay` returns
+    ``None`` once the attempt or time bound is exhausted.
 
     Args:
-        config: the settings.
+        config: the settings (defaults: base 0.5 s, factor 2, cap 30 s, stability 10 s).
         rng: source of randomness; pass ``random.Random(seed)`` in tests.
     """
 
@@ -82,6 +135,7 @@ class Backoff:
         self.config = config or BackoffConfig()
         self._rng = rng
         self._failures = 0
+        self._attempts = 0
         self._failing_since: float | None = None
         self._opened_at: float | None = None
 
@@ -89,6 +143,11 @@ class Backoff:
     def failures(self) -> int:
         """Consecutive failures counted since the last stable connection."""
         return self._failures
+
+    @property
+    def attempts(self) -> int:
+        """Reconnect attempts (delays handed out) since the last stable connection."""
+        return self._attempts
 
     def opened(self, now: float) -> None:
         """Record that a connection opened at ``now``."""
@@ -101,24 +160,30 @@ class Backoff:
         self._opened_at = None
 
     def reset(self) -> None:
-        """Forget every failure (the link is healthy)."""
+        """Forget every failure and attempt (the link is healthy)."""
         self._failures = 0
+        self._attempts = 0
         self._failing_since = None
 
     def ceiling(self, failures: int | None = None) -> float:
-        """Upper bound of the backoff delay after ``failures`` failures (default: current)."""
+        """Upper bound of the backoff delay: ``min(cap, base * factor**n)``.
+
+        Args:
+            failures: ``n``, the number of failures before the delay in question
+                (default: the current count, i.e. the bound of the next backoff delay).
+
+        Raises:
+            ConfigurationError: ``failures`` is negative.
+        """
         n = self._failures if failures is None else failures
+        if n < 0:
+            raise ConfigurationError(f"failures must be >= 0, not {n}")
         cfg = self.config
-        # Compare exponents rather than computing factor**n, which overflows for large n.
-        if cfg.factor > 1 and n > 0:
-            limit = cfg.cap / cfg.base
-            power = 1.0
-            for _ in range(n):
-                power *= cfg.factor
-                if power >= limit:
-                    return cfg.cap
-            return min(cfg.cap, cfg.base * power)
-        return min(cfg.cap, cfg.base)
+        try:
+            grown = cfg.base * cfg.factor**n
+        except OverflowError:  # factor**n beyond a float: far past any cap
+            return cfg.cap
+        return min(cfg.cap, grown)
 
     def delay(self, rule: DelayRule, now: float, *, hint: float | None = None) -> float | None:
         """Choose the delay before the next attempt.
@@ -127,7 +192,7 @@ class Backoff:
             rule: the policy's delay rule for the close that just happened.
             now: the current time.
             hint: a delay suggested by the server (``retry_ms`` of a goaway, or a
-                1013 hint), in seconds.
+                1013 hint), in seconds; ignored if negative or not finite.
 
         Returns:
             Seconds to wait, or ``None`` when the bounds say to give up.
@@ -137,23 +202,46 @@ class Backoff:
         # opened: that is what stops an accept-then-close server from looping.
         if self._opened_at is not None:
             self.closed(now)
-        if rule is DelayRule.RESTART:
-            # Planned restart: expected to succeed, so it is not counted as a failure.
-            if hint is not None and hint >= 0:
-                return float(hint)
-            low, high = cfg.restart_window
-            return self._rng.uniform(low, high)
         if self._failing_since is None:
             self._failing_since = now
-        self._failures += 1
-        if cfg.max_attempts is not None and self._failures > cfg.max_attempts:
+        if cfg.max_attempts is not None and self._attempts >= cfg.max_attempts:
             return None
-        if cfg.max_elapsed is not None and now - self._failing_since >= cfg.max_elapsed:
-            return None
-        chosen = self._rng.uniform(0.0, self.ceiling(self._failures - 1))
-        if rule is DelayRule.TRY_AGAIN_LATER:
-            chosen = max(chosen, cfg.try_again_floor, hint or 0.0)
+        remaining: float | None = None
         if cfg.max_elapsed is not None:
+            remaining = self._failing_since + cfg.max_elapsed - now
+            if remaining <= 0:
+                return None
+        hint = _usable_hint(hint)
+
+        if rule is DelayRule.RESTART:
+            # Planned restart: expected to succeed, so it is not counted as a failure
+            # and does not grow the backoff; a failed attempt after it continues the
+            # backoff where it was.
+            low, high = cfg.restart_window
+            if hint is not None:
+                chosen = lowest = hint
+            else:
+                chosen, lowest = self._rng.uniform(low, high), low
+        else:
+            ceiling = self.ceiling(self._failures)
+            self._failures += 1
+            if rule is DelayRule.TRY_AGAIN_LATER:
+                # 1013: the server is overloaded. Draw above the floor (or the hint)
+                # instead of clamping small draws up to it: a clamp would bring every
+                # client back at the same instant, the herd 1013 asks us to avoid.
+                lowest = max(cfg.try_again_floor, hint or 0.0)
+                highest = max(lowest, min(cfg.cap, lowest + ceiling))
+                chosen = self._rng.uniform(lowest, highest)
+            else:
+                # Full jitter: uniform over [0, ceiling].
+                lowest = 0.0
+                chosen = self._rng.uniform(0.0, ceiling)
+        if remaining is not None:
+            if lowest > remaining:
+                # The server asked for more time than the bound leaves: retrying
+                # sooner would only repeat the refusal.
+                return None
             # Do not sleep past the time bound only to give up afterwards.
-            chosen = min(chosen, max(0.0, self._failing_since + cfg.max_elapsed - now))
+            chosen = min(chosen, remaining)
+        self._attempts += 1
         return chosen

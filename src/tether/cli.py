@@ -20,6 +20,9 @@ __all__ = ["COMMANDS", "build_parser", "main"]
 
 #: Subcommand name -> module under tether._cli that implements it.
 COMMANDS: dict[str, str] = {
+    "codes": "codes",
+    "explain": "explain",
+    "compare": "compare",
     "bench": "bench",
 }
 

@@ -198,12 +198,26 @@ def lookup(code: int) -> CodeInfo:
 
 
 def may_send(code: int, *, role: str | None = None) -> bool:
-    """Whether ``code`` may be put in a Close frame (by ``role``, if given)."""
+    """Whether ``code`` may be put in a Close frame (by ``role``, if given).
+
+    Any value that is not a sendable close code (out of range, not an integer)
+    answers False.
+
+    Raises:
+        ConfigurationError: ``role`` is not ``"client"``, ``"server"`` or None; a
+            misspelt role is a bug in the caller, not a "no".
+    """
+    _check_role(role)
     try:
         validate_send(code, role=role)
-    except (InvalidCloseCode, ConfigurationError):
+    except InvalidCloseCode:
         return False
     return True
+
+
+def _check_role(role: str | None) -> None:
+    if role not in (None, "client", "server"):
+        raise ConfigurationError(f"role must be 'client' or 'server', not {role!r}")
 
 
 def validate_send(code: int, *, role: str | None = None) -> int:
@@ -217,8 +231,7 @@ def validate_send(code: int, *, role: str | None = None) -> int:
         InvalidCloseCode: the code may never be sent, or not by ``role``.
         ConfigurationError: ``role`` is not one of the two sides.
     """
-    if role not in (None, "client", "server"):
-        raise ConfigurationError(f"role must be 'client' or 'server', not {role!r}")
+    _check_role(role)
     if isinstance(code, bool) or not isinstance(code, int):
         raise InvalidCloseCode(code, "a close code is an integer")
     if not 0 <= code <= MAX_CLOSE_CODE:
@@ -272,9 +285,18 @@ def classify_received(code: int | None) -> ReceivedClose:
     A code that may not be sent (1005, 1006, 1015, 1004, 0-999, 1016-2999,
     >= 5000) is a protocol error: RFC 6455 §7.4.1 forbids putting it on the wire,
     so the peer is broken; fail the connection with 1002.
+
+    Args:
+        code: the status code parsed from the Close frame, or None if it had none.
+
+    Raises:
+        ConfigurationError: ``code`` is neither None nor an integer (a caller bug:
+            a frame parser always yields one or the other).
     """
     if code is None:
         return ReceivedClose(CloseCode.NO_STATUS_RECEIVED, valid=True, fail_with=None)
+    if isinstance(code, bool) or not isinstance(code, int):
+        raise ConfigurationError(f"a received close code is an integer or None, not {code!r}")
     if not 0 <= code <= MAX_CLOSE_CODE or lookup(code).sender is Sender.NONE:
         return ReceivedClose(code, valid=False, fail_with=CloseCode.PROTOCOL_ERROR)
     return ReceivedClose(code, valid=True, fail_with=None)

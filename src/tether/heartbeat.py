@@ -13,6 +13,7 @@ overdue ``timeout`` after that.
 from __future__ import annotations
 
 import enum
+import math
 import struct
 from dataclasses import dataclass
 
@@ -23,7 +24,7 @@ __all__ = ["Heartbeat", "HeartbeatMachine", "TimerAction", "TimerResult"]
 
 @dataclass(frozen=True)
 class Heartbeat:
-    """Heartbeat settings, in seconds.
+    """Heartbeat settings, in seconds (write ``Heartbeat(interval=15, timeout=10)``).
 
     Attributes:
         interval: time between pings; 15 s stays under the 30-60 s idle limits of
@@ -36,10 +37,20 @@ class Heartbeat:
     timeout: float | None = 10.0
 
     def __post_init__(self) -> None:
-        if self.interval is not None and self.interval <= 0:
-            raise ConfigurationError("heartbeat interval must be > 0 seconds or None")
-        if self.timeout is not None and self.timeout <= 0:
-            raise ConfigurationError("heartbeat timeout must be > 0 seconds or None")
+        for name in ("interval", "timeout"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or value <= 0
+            ):
+                raise ConfigurationError(
+                    f"heartbeat {name} must be a finite number of seconds > 0, or None; "
+                    f"not {value!r}"
+                )
 
     @property
     def enabled(self) -> bool:
@@ -133,8 +144,12 @@ class HeartbeatMachine:
 
         RFC 6455 §5.5.3: a pong answers the most recent ping, and an endpoint may
         skip answering older ones, so a pong for ping n also settles pings before n.
-        An unsolicited pong (unknown payload) is allowed and changes nothing.
+        An unsolicited pong (unknown payload) is allowed and changes nothing. Once
+        the machine declared the link dead, a late pong changes nothing either: the
+        connection is already being failed, and reviving it would hide the outage.
         """
+        if self._dead:
+            return None
         sent = self._outstanding.get(payload)
         if sent is None:
             return None

@@ -18,6 +18,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from .closecodes import MAX_CLOSE_CODE, CloseCode
 from .exceptions import ConfigurationError
@@ -79,14 +80,37 @@ class Rule:
         return cls(Action.RECONNECT, delay)
 
     def describe(self) -> str:
-        """Short English description, used by the knowledge base and the CLI."""
+        """Short English description, used by the knowledge base and the CLI.
+
+        The numbers come from :class:`tether.backoff.BackoffConfig`'s defaults, so
+        each default is defined once (STYLE.md rule 6).
+        """
         if self.action is Action.FINAL:
             return "final: no reconnect"
+        # Imported here: backoff imports DelayRule from this module.
+        from .backoff import BackoffConfig
+
+        cfg = BackoffConfig()
+        low, high = cfg.restart_window
         return {
-            DelayRule.BACKOFF: "reconnect with exponential backoff (full jitter)",
-            DelayRule.RESTART: "reconnect after a short random delay (1-5 s), not a failure",
-            DelayRule.TRY_AGAIN_LATER: "reconnect with backoff, >= 5 s (server hint honoured)",
+            DelayRule.BACKOFF: (
+                f"reconnect with exponential backoff (full jitter, base {_num(cfg.base)} s, "
+                f"cap {_num(cfg.cap)} s)"
+            ),
+            DelayRule.RESTART: (
+                f"reconnect after a short random delay ({_num(low)}-{_num(high)} s, or the "
+                "server's hint), not counted as a failure"
+            ),
+            DelayRule.TRY_AGAIN_LATER: (
+                f"reconnect with backoff, at least {_num(cfg.try_again_floor)} s "
+                "(server hint honoured)"
+            ),
         }[self.delay]
+
+
+def _num(seconds: float) -> str:
+    """``5.0`` -> ``"5"``, ``0.5`` -> ``"0.5"``."""
+    return f"{seconds:g}"
 
 
 @dataclass(frozen=True)
@@ -171,6 +195,21 @@ def _validate_key(key: object) -> Key:
     raise ConfigurationError(f"policy key must be a code or a (low, high) range, not {key!r}")
 
 
+def _normalise(rules: Mapping[Any, Rule], what: str) -> dict[Key, Rule]:
+    """Validate keys and values; refuse two spellings of the same key (one would be lost)."""
+    table: dict[Key, Rule] = {}
+    for key, rule in rules.items():
+        if not isinstance(rule, Rule):
+            raise ConfigurationError(f"{what} value for {key!r} must be a Rule, not {rule!r}")
+        normal = _validate_key(key)
+        if normal in table:
+            raise ConfigurationError(
+                f"{what} key {key!r} repeats {_key_name(normal)}: give each code or range once"
+            )
+        table[normal] = rule
+    return table
+
+
 def _key_name(key: Key) -> str:
     return str(key) if isinstance(key, int) else f"{key[0]}-{key[1]}"
 
@@ -190,34 +229,42 @@ class ReconnectPolicy:
 
     def __init__(
         self,
-        rules: Mapping[object, Rule] | None = None,
+        rules: Mapping[Any, Rule] | None = None,
         *,
         defaults: Mapping[Key, Rule] = DEFAULT_RULES,
     ) -> None:
-        self._defaults = {_validate_key(k): v for k, v in defaults.items()}
-        self._overrides: dict[Key, Rule] = {}
-        for key, rule in (rules or {}).items():
-            if not isinstance(rule, Rule):
-                raise ConfigurationError(f"policy value for {key!r} must be a Rule, not {rule!r}")
-            self._overrides[_validate_key(key)] = rule
+        self._defaults = _normalise(defaults, "policy default")
+        self._overrides = _normalise(rules or {}, "policy")
 
-    def with_rules(self, rules: Mapping[object, Rule]) -> ReconnectPolicy:
-        """Return a copy with more overrides (the new ones win)."""
-        merged: dict[object, Rule] = {}
-        for table in (self._overrides, rules):
-            for key, rule in table.items():
-                merged[_validate_key(key)] = rule
+    def with_rules(self, rules: Mapping[Any, Rule]) -> ReconnectPolicy:
+        """Return a copy with more overrides (the new ones win over the existing ones).
+
+        Raises:
+            ConfigurationError: as for the constructor.
+        """
+        merged: dict[Key, Rule] = dict(self._overrides)
+        merged.update(_normalise(rules, "policy"))
         return ReconnectPolicy(merged, defaults=self._defaults)
 
     def decide(self, code: int | None) -> Decision:
         """Decide what to do after a close with ``code``.
 
+        Overrides win over the defaults; within one table a single code wins over
+        a range, and a narrower range over a wider one.
+
         Args:
-            code: the close code; ``None`` (no Close frame, or connect failure)
-                is treated as 1006.
+            code: the close code (0-65535); ``None`` (no Close frame, or connect
+                failure) is treated as 1006.
+
+        Raises:
+            ConfigurationError: ``code`` is neither None nor an integer in 0-65535.
         """
         if code is None:
             code = CONNECT_FAILED
+        if isinstance(code, bool) or not isinstance(code, int):
+            raise ConfigurationError(f"a close code is an integer or None, not {code!r}")
+        if not 0 <= code <= MAX_CLOSE_CODE:
+            raise ConfigurationError(f"close code {code} is outside 0-{MAX_CLOSE_CODE}")
         for table in (self._overrides, self._defaults):
             found = _match(table, code)
             if found is not None:
@@ -234,15 +281,14 @@ class ReconnectPolicy:
 
 
 def _match(table: Mapping[Key, Rule], code: int) -> tuple[Key, Rule] | None:
+    """The most specific row for ``code``: the code itself, else the narrowest range."""
     if code in table:
         return code, table[code]
-    best: tuple[Key, Rule] | None = None
+    best: tuple[tuple[int, int], Rule] | None = None
     for key, rule in table.items():
         if isinstance(key, tuple) and key[0] <= code <= key[1]:
-            if best is None:
+            width = key[1] - key[0]
+            # Strictly narrower wins; between equal widths the first given wins.
+            if best is None or width < best[0][1] - best[0][0]:
                 best = (key, rule)
-            else:
-                low, high = best[0]  # type: ignore[misc]
-                if key[1] - key[0] < high - low:
-                    best = (key, rule)
     return best

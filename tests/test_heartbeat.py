@@ -1,0 +1,220 @@
+"""Tests for ``tether.heartbeat``: ping/pong deadlines driven by a fake clock."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from tether.exceptions import ConfigurationError
+from tether.heartbeat import Heartbeat, HeartbeatMachine, TimerAction, TimerResult
+
+INTERVAL, TIMEOUT = 15.0, 10.0
+START = 1000.0
+
+
+@pytest.fixture
+def machine() -> HeartbeatMachine:
+    """A machine with the default settings, opened at ``START``."""
+    return HeartbeatMachine(Heartbeat(), START)
+
+
+def ping(machine: HeartbeatMachine, now: float) -> bytes:
+    """Fire the timer at ``now``, expecting a ping; return its payload."""
+    result = machine.handle_timer(now)
+    assert result is not None
+    assert result.action is TimerAction.SEND_PING
+    return result.payload
+
+
+def run_until_dead(machine: HeartbeatMachine, limit: int = 100) -> float:
+    """Drive the machine from deadline to deadline, never answering; return when it died."""
+    for _ in range(limit):
+        deadline = machine.next_deadline()
+        assert deadline is not None
+        result = machine.handle_timer(deadline)
+        if result is not None and result.action is TimerAction.DEAD:
+            return deadline
+    raise AssertionError("the machine never declared the link dead")
+
+
+def test_defaults() -> None:
+    """The defaults are interval 15 s and timeout 10 s (DESIGN.md §5)."""
+    assert Heartbeat() == Heartbeat(interval=15.0, timeout=10.0)
+
+
+def test_first_ping_at_interval(machine: HeartbeatMachine) -> None:
+    """The first deadline is one interval after opening, and it sends a ping."""
+    assert machine.next_deadline() == START + INTERVAL
+    assert machine.handle_timer(START + INTERVAL - 0.001) is None
+    ping(machine, START + INTERVAL)
+
+
+def test_dead_at_ping_plus_timeout(machine: HeartbeatMachine) -> None:
+    """Without a pong, the link is declared dead exactly ``timeout`` after the ping."""
+    ping(machine, START + INTERVAL)
+    assert machine.next_deadline() == START + INTERVAL + TIMEOUT
+    assert machine.handle_timer(START + INTERVAL + TIMEOUT - 0.001) is None
+    assert machine.handle_timer(START + INTERVAL + TIMEOUT) == TimerResult(TimerAction.DEAD)
+    assert machine.dead
+
+
+def test_dead_machine_stops(machine: HeartbeatMachine) -> None:
+    """After DEAD there is no deadline and the timer does nothing."""
+    run_until_dead(machine)
+    assert machine.next_deadline() is None
+    assert machine.handle_timer(START + 10_000) is None
+
+
+def test_pong_cancels_the_deadline(machine: HeartbeatMachine) -> None:
+    """A pong clears the pong deadline; the next deadline is the next ping."""
+    payload = ping(machine, START + INTERVAL)
+    machine.pong_received(START + INTERVAL + 0.2, payload)
+    assert machine.next_deadline() == START + 2 * INTERVAL
+    assert machine.handle_timer(START + INTERVAL + TIMEOUT) is None
+    assert not machine.dead
+
+
+def test_pong_gives_rtt(machine: HeartbeatMachine) -> None:
+    """``pong_received`` returns the round-trip time and stores it as ``last_rtt``."""
+    payload = ping(machine, START + INTERVAL)
+    assert machine.pong_received(START + INTERVAL + 0.25, payload) == pytest.approx(0.25)
+    assert machine.last_rtt == pytest.approx(0.25)
+
+
+def test_regular_pongs_keep_the_link_alive(machine: HeartbeatMachine) -> None:
+    """100 ping/pong rounds never declare death and keep a fixed cadence."""
+    now = START
+    for _ in range(100):
+        deadline = machine.next_deadline()
+        assert deadline == now + INTERVAL
+        now = deadline
+        machine.pong_received(now + 0.05, ping(machine, now))
+    assert not machine.dead
+
+
+def test_unknown_pong_changes_nothing(machine: HeartbeatMachine) -> None:
+    """RFC 6455 §5.5.3: an unsolicited pong is allowed and does not settle our ping."""
+    ping(machine, START + INTERVAL)
+    assert machine.pong_received(START + INTERVAL + 1, b"not ours") is None
+    assert machine.pong_received(START + INTERVAL + 1) is None
+    assert machine.next_deadline() == START + INTERVAL + TIMEOUT
+    assert machine.last_rtt is None
+
+
+def test_late_pong_settles_older_pings() -> None:
+    """A pong for ping n settles the pings before it (peers may answer only the latest)."""
+    machine = HeartbeatMachine(Heartbeat(interval=5.0, timeout=20.0), START)
+    first = ping(machine, START + 5)
+    second = ping(machine, START + 10)
+    assert machine.next_deadline() == START + 15  # third ping; pong deadline is START + 25
+    assert machine.pong_received(START + 11, second) == pytest.approx(1.0)
+    # The first ping is settled too: its pong, arriving late, is now unknown.
+    assert machine.pong_received(START + 12, first) is None
+    third = ping(machine, START + 15)
+    assert machine.next_deadline() == START + 20  # next ping; the pong is due at START + 35
+    assert third != first
+
+
+def test_late_pong_keeps_the_newer_deadline() -> None:
+    """A pong for an older ping moves the deadline to the oldest ping still unanswered."""
+    machine = HeartbeatMachine(Heartbeat(interval=5.0, timeout=20.0), START)
+    first = ping(machine, START + 5)
+    ping(machine, START + 10)
+    machine.pong_received(START + 12, first)
+    for t in (15, 20, 25):
+        ping(machine, START + t)
+    # The second ping (sent at +10) is still unanswered: dead at +30.
+    assert machine.handle_timer(START + 29.999) is None
+    assert machine.handle_timer(START + 30) == TimerResult(TimerAction.DEAD)
+
+
+def test_pong_after_dead_is_ignored(machine: HeartbeatMachine) -> None:
+    """A pong arriving after DEAD neither revives the link nor reports an RTT."""
+    payload = ping(machine, START + INTERVAL)
+    run_until_dead(machine)
+    assert machine.pong_received(START + 100, payload) is None
+    assert machine.dead
+
+
+def test_payloads_are_unique(machine: HeartbeatMachine) -> None:
+    """1,000 consecutive pings carry 1,000 distinct payloads within the 125-byte limit."""
+    payloads = []
+    now = START
+    for _ in range(1000):
+        now += INTERVAL
+        payload = ping(machine, now)
+        machine.pong_received(now, payload)
+        payloads.append(payload)
+    assert len(set(payloads)) == 1000
+    # RFC 6455 §5.5: control frame payloads are at most 125 bytes.
+    assert max(map(len, payloads)) <= 125
+
+
+def test_interval_none_disables(machine: HeartbeatMachine) -> None:
+    """``interval=None`` sends no ping and has no deadline."""
+    off = HeartbeatMachine(Heartbeat(interval=None), START)
+    assert not off.config.enabled
+    assert off.next_deadline() is None
+    assert off.handle_timer(START + 1e6) is None
+
+
+def test_timeout_none_never_declares_death() -> None:
+    """``timeout=None`` keeps pinging (traffic for idle limits) but never says DEAD."""
+    machine = HeartbeatMachine(Heartbeat(interval=INTERVAL, timeout=None), START)
+    for n in range(1, 50):
+        assert machine.next_deadline() == START + n * INTERVAL
+        ping(machine, START + n * INTERVAL)
+    assert not machine.dead
+
+
+def test_detection_bound_property() -> None:
+    """``detection_bound`` is interval + timeout, or None when either is disabled."""
+    assert Heartbeat().detection_bound == INTERVAL + TIMEOUT
+    assert Heartbeat(timeout=None).detection_bound is None
+    assert Heartbeat(interval=None).detection_bound is None
+
+
+@pytest.mark.parametrize(
+    ("interval", "timeout"), [(15.0, 10.0), (1.0, 2.0), (5.0, 20.0), (30.0, 1.0)]
+)
+def test_worst_case_detection_is_interval_plus_timeout(interval: float, timeout: float) -> None:
+    """A link dying right after a pong is declared dead exactly interval + timeout later."""
+    machine = HeartbeatMachine(Heartbeat(interval=interval, timeout=timeout), START)
+    payload = ping(machine, START + interval)
+    died_at = START + interval
+    machine.pong_received(died_at, payload)  # the last pong, then the link goes silent
+    detected_at = run_until_dead(machine)
+    assert detected_at - died_at == interval + timeout
+
+
+def test_early_death_is_detected_sooner(machine: HeartbeatMachine) -> None:
+    """A link dying just before a ping is detected after only about the timeout."""
+    died_at = START + INTERVAL - 0.001
+    assert run_until_dead(machine) - died_at == pytest.approx(TIMEOUT + 0.001)
+
+
+def test_late_timer_reports_dead_first(machine: HeartbeatMachine) -> None:
+    """When the loop wakes late with both deadlines passed, DEAD wins over a new ping."""
+    ping(machine, START + INTERVAL)
+    assert machine.handle_timer(START + 100) == TimerResult(TimerAction.DEAD)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"interval": 0},
+        {"interval": -1.0},
+        {"interval": math.nan},
+        {"interval": math.inf},
+        {"interval": True},
+        {"timeout": 0},
+        {"timeout": "10"},
+    ],
+)
+def test_config_validation(kwargs: dict[str, object]) -> None:
+    """Each bad setting raises ``ConfigurationError`` naming it."""
+    with pytest.raises(ConfigurationError) as caught:
+        Heartbeat(**kwargs)  # type: ignore[arg-type]
+    (name,) = kwargs
+    assert name in str(caught.value)
