@@ -1,0 +1,568 @@
+"""Scenario ``storm``: N clients on a ticker through a restart; zero-downtime vs naive.
+
+Two runs, each with a fresh ``tether serve --app ticker --reuse-port`` process
+(one message per second per client) and N clients spread over several client
+processes:
+
+* **tether**: ``tether.connect`` clients (default policy: 1012 -> reconnect after a
+  uniform random 1-5 s); the server gets SIGHUP, starts its replacement on the same
+  port (``SO_REUSEPORT``), waits for its ``/healthz``, then drains with 1012 over the
+  default drain window (5 s).
+* **naive**: the same handover with ``--drain-window 0`` (every connection closed
+  at once, as uvicorn does) and raw ``websockets`` clients that reconnect
+  immediately (no delay, no jitter): the thundering herd.
+
+Measured from the SIGHUP (CLOCK_MONOTONIC, shared by all processes): time until
+every client is connected again; each reconnection's handshake latency (naive:
+connect() call to open; tether: from the end of the announced reconnect delay to
+the ``Connected`` event); the peak rate of reconnections completed per second
+(100 ms buckets) as the clients saw them; CPU of the old and new server processes
+(from /proc); and ticks each client missed or got twice (tick numbers are
+wall-clock based and equal in both server processes). In plain mode the ticks sent
+while a client is away are simply not delivered (no resumption): they are counted,
+not hidden.
+
+    python -m benchmarks.storm client {tether|naive} URL --clients N
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+from .common import (
+    Progress,
+    Unavailable,
+    child_env,
+    fmt,
+    python_command,
+    read_line,
+    spawn,
+    stop,
+    table,
+    tether_has,
+)
+from .peers import free_port, raise_nofile_limit
+
+DRAIN_WINDOW_S = 5.0
+TICKER_INTERVAL_MS = 1000.0
+PER_CLIENT_PROCESS = 1000
+#: Targets from issue 7 (the zero-downtime restart).
+TARGET_EXTRA_S = 5.5
+TARGET_P99_HANDSHAKE_S = 0.100
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))
+    return ordered[index]
+
+
+def _healthz(port: int, timeout: float = 1.0) -> tuple[int, dict[str, Any]]:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        chunks = []
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    status = int(head.split()[1])
+    try:
+        return status, json.loads(body or b"{}")
+    except ValueError:
+        return status, {}
+
+
+def _wait_healthy(port: int, proc: subprocess.Popen[bytes], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"tether serve exited with {proc.returncode} before serving")
+        try:
+            if _healthz(port)[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"tether serve was not healthy within {seconds:.0f} s")
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+    # Fields 14 and 15 (utime, stime), counted after the ")" of the command name.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class _CpuSampler(threading.Thread):
+    """Samples CPU use of the old server and of every process it started."""
+
+    def __init__(self, pid: int, period: float = 0.5) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.period = period
+        self.samples: list[tuple[float, float]] = []  # (monotonic, CPU-seconds so far, summed)
+        self.known: set[int] = {pid}
+        self._last: dict[int, float] = {}
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.wait(self.period):
+            self.known.update(_children(self.pid))
+            for pid in list(self.known):
+                value = _cpu_seconds(pid)
+                if value is not None:
+                    self._last[pid] = value
+            self.samples.append((time.monotonic(), sum(self._last.values())))
+
+    def halt(self) -> None:
+        self._halt.set()
+        self.join(5)
+
+
+def run(
+    *, quick: bool, clients: int | None, progress: Progress
+) -> tuple[dict[str, Any], str, bool]:
+    if not (tether_has("connect") and tether_has("serve")):
+        raise Unavailable("tether.connect / tether.serve do not exist on this branch yet")
+    from tether.cli import COMMANDS
+
+    if "serve" not in COMMANDS:
+        raise Unavailable("the `tether serve` command does not exist on this branch yet")
+    n = clients or (1000 if quick else 10_000)
+    limit = raise_nofile_limit()
+    if n + 500 > limit:
+        raise Unavailable(f"{n} clients need more file descriptors than RLIMIT_NOFILE ({limit})")
+    results = {}
+    for mode in ("tether", "naive"):
+        results[mode] = _one(mode, n, progress)
+    progress.done()
+    return _report(n, results)
+
+
+def _one(mode: str, n: int, progress: Progress) -> dict[str, Any]:
+    port = free_port()
+    window = DRAIN_WINDOW_S if mode == "tether" else 0.0
+    command = [
+        sys.executable, "-m", "tether", "serve", "--app", "ticker",
+        "--ticker-interval", str(TICKER_INTERVAL_MS), "--port", str(port),
+        "--reuse-port", "--drain-window", str(window),
+    ]  # fmt: skip
+    log = tempfile.TemporaryFile()
+    server = subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=child_env()
+    )
+    procs: list[subprocess.Popen[str]] = []
+    replacement: int | None = None
+    try:
+        _wait_healthy(port, server, 30)
+        url = f"ws://127.0.0.1:{port}/"
+        count = max(2, math.ceil(n / PER_CLIENT_PROCESS))
+        share = [n // count + (i < n % count) for i in range(count)]
+        for k in share:
+            procs.append(
+                spawn(
+                    python_command("storm", "client", mode, url, "--clients", str(k)),
+                    stdin=subprocess.PIPE,
+                )
+            )
+        progress.update(f"storm ({mode}): connecting {n} clients")
+        failed = 0
+        for proc in procs:
+            failed += int(read_line(proc, "READY ", 120).split()[1])
+        if failed:
+            raise RuntimeError(f"{failed} of {n} clients failed to connect initially")
+        time.sleep(2.5)  # a few ticks before the restart
+        sampler = _CpuSampler(server.pid)
+        sampler.start()
+        progress.update(f"storm ({mode}): restart (SIGHUP), waiting for {n} reconnections")
+        restarted_at = time.monotonic()
+        server.send_signal(signal.SIGHUP)
+        deadline = restarted_at + window + 90
+        complete = True
+        for proc in procs:
+            try:
+                read_line(proc, "DONE", max(1.0, deadline - time.monotonic()))
+            except RuntimeError:
+                complete = False
+        time.sleep(1.0)
+        sampler.halt()
+        replacement = next((p for p in sampler.known if p != server.pid), None)
+        reports = []
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write("report\n")
+            proc.stdin.flush()
+            reports.append(json.loads(read_line(proc, "REPORT ", 60)))
+    finally:
+        for proc in procs:
+            stop(proc, signal.SIGKILL)
+        if replacement is None:
+            replacement = next(iter(_children(server.pid)), None)
+        for pid in (server.pid, replacement):
+            if pid is not None:
+                try:
+                    os.kill(pid, signal.SIGINT)
+                except ProcessLookupError:
+                    pass
+        try:
+            server.wait(15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(5)
+        if replacement is not None:
+            _wait_gone(replacement, 15)
+        log.seek(0)
+        server_log = log.read().decode(errors="replace")
+        log.close()
+    return _merge(mode, n, restarted_at, reports, sampler.samples, complete, server_log, window)
+
+
+def _wait_gone(pid: int, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _merge(
+    mode: str,
+    n: int,
+    t0: float,
+    reports: list[dict[str, Any]],
+    cpu: list[tuple[float, float]],
+    complete: bool,
+    server_log: str,
+    window: float,
+) -> dict[str, Any]:
+    reconnected = [t - t0 for r in reports for t in r["reconnected_at"]]
+    disconnected = [t - t0 for r in reports for t in r["disconnected_at"]]
+    latencies = [x for r in reports for x in r["handshake_s"]]
+    missed = [x for r in reports for x in r["missed_ticks"]]
+    duplicated = sum(r["duplicate_ticks"] for r in reports)
+    codes: Counter[str] = Counter()
+    for r in reports:
+        codes.update(r["codes"])
+    attempts = sum(r["attempts"] for r in reports)
+    buckets = Counter(int(t * 10) for t in reconnected)
+    peak_rate = max(buckets.values()) * 10 if buckets else 0
+    cpu_peak = 0.0
+    for (ta, ca), (tb, cb) in zip(cpu, cpu[1:], strict=False):
+        cpu_peak = max(cpu_peak, (cb - ca) / (tb - ta))
+    all_back = max(reconnected) if len(reconnected) == n else None
+    storm_cpu = cpu[-1][1] - cpu[0][1] if len(cpu) > 1 else math.nan
+    return {
+        "mode": mode,
+        "clients": n,
+        "drain_window_s": window,
+        "complete": complete and len(reconnected) == n,
+        "reconnected": len(reconnected),
+        "all_reconnected_after_s": all_back,
+        "first_disconnect_s": min(disconnected) if disconnected else None,
+        "last_disconnect_s": max(disconnected) if disconnected else None,
+        "reconnect_p50_s": _percentile(reconnected, 50),
+        "handshake_s": {
+            "p50": _percentile(latencies, 50),
+            "p90": _percentile(latencies, 90),
+            "p99": _percentile(latencies, 99),
+            "max": max(latencies) if latencies else math.nan,
+            "samples": len(latencies),
+        },
+        "attempts": attempts,
+        "peak_reconnects_per_s": peak_rate,
+        "server_cpu": {"peak_cores": cpu_peak, "cpu_seconds": storm_cpu},
+        "missed_ticks": {
+            "total": sum(missed),
+            "per_client_p50": _percentile([float(m) for m in missed], 50),
+            "per_client_max": max(missed) if missed else 0,
+        },
+        "duplicate_ticks": duplicated,
+        "close_codes": dict(codes),
+        "server_log_tail": server_log[-1500:] if not complete else "",
+    }
+
+
+def _report(n: int, results: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], str, bool]:
+    tether_run = results["tether"]
+    budget = DRAIN_WINDOW_S + TARGET_EXTRA_S
+    targets = {
+        "all_resumed_within_s": budget,
+        "all_resumed_met": tether_run["all_reconnected_after_s"] is not None
+        and tether_run["all_reconnected_after_s"] <= budget,
+        "p99_handshake_s": TARGET_P99_HANDSHAKE_S,
+        "p99_handshake_met": tether_run["handshake_s"]["p99"] <= TARGET_P99_HANDSHAKE_S,
+        "lost": 0,
+        "lost_met": tether_run["missed_ticks"]["total"] == 0,
+    }
+    result = {"scenario": "storm", "clients": n, "runs": results, "targets": targets}
+
+    def s(value: float | None, unit: str = " s") -> str:
+        return "—" if value is None or value != value else f"{value:.2f}{unit}"
+
+    rows = []
+    for label, key in (("tether (drain 5 s, 1–5 s delay)", "tether"), ("naive", "naive")):
+        r = results[key]
+        rows.append(
+            [
+                label,
+                f"{r['reconnected']}/{n}",
+                s(r["all_reconnected_after_s"]),
+                s(r["reconnect_p50_s"]),
+                f"{r['handshake_s']['p50'] * 1000:.0f}/{r['handshake_s']['p99'] * 1000:.0f}"
+                f"/{r['handshake_s']['max'] * 1000:.0f} ms",
+                fmt(r["peak_reconnects_per_s"]),
+                f"{r['server_cpu']['peak_cores']:.2f}",
+                f"{r['server_cpu']['cpu_seconds']:.1f} s",
+                str(r["attempts"]),
+                f"{r['missed_ticks']['total']} ({r['missed_ticks']['per_client_max']} max)",
+                str(r["duplicate_ticks"]),
+            ]
+        )
+    text = [
+        f"storm: {n} clients on a 1/s ticker, restart by SIGHUP (--reuse-port handover); "
+        "times from the SIGHUP",
+        table(
+            [
+                "restart",
+                "back",
+                "all back after",
+                "p50 back",
+                "handshake p50/p99/max",
+                "peak reconn/s",
+                "server CPU peak (cores)",
+                "server CPU",
+                "attempts",
+                "missed ticks",
+                "dup ticks",
+            ],
+            rows,
+        ),
+        "close codes seen: "
+        + "; ".join(f"{k}: {results[k]['close_codes']}" for k in ("tether", "naive")),
+        f"targets (tether): all back ≤ {budget:g} s: "
+        f"{'yes' if targets['all_resumed_met'] else 'NO'}; p99 handshake ≤ 100 ms: "
+        f"{'yes' if targets['p99_handshake_met'] else 'NO'}; 0 lost: "
+        f"{'yes' if targets['lost_met'] else 'NO (plain mode: no resumption yet)'}",
+    ]
+    complete = all(r["complete"] for r in results.values())
+    return result, "\n".join(text), complete
+
+
+# --------------------------------------------------------------------------- client process
+
+
+class _Tracker:
+    """What one client saw: disconnects, reconnects, handshake latencies, tick gaps."""
+
+    __slots__ = (
+        "attempts",
+        "codes",
+        "connected",
+        "disconnected_at",
+        "duplicates",
+        "handshakes",
+        "last_tick",
+        "missed",
+        "reconnected_at",
+    )
+
+    def __init__(self) -> None:
+        self.connected = False
+        self.disconnected_at: float | None = None
+        self.reconnected_at: float | None = None
+        self.handshakes: list[float] = []
+        self.codes: list[int] = []
+        self.last_tick: int | None = None
+        self.missed = 0
+        self.duplicates = 0
+        self.attempts = 0
+
+    def tick(self, raw: str | bytes) -> None:
+        tick = int(json.loads(raw)["tick"])
+        last = self.last_tick
+        if last is not None:
+            if tick > last + 1:
+                self.missed += tick - last - 1
+            elif tick <= last:
+                self.duplicates += 1
+        self.last_tick = tick if last is None else max(last, tick)
+
+    def closed(self, code: int) -> None:
+        self.connected = False
+        self.codes.append(code)
+        if self.disconnected_at is None:
+            self.disconnected_at = time.monotonic()
+
+    def opened(self) -> None:
+        self.connected = True
+        if self.disconnected_at is not None and self.reconnected_at is None:
+            self.reconnected_at = time.monotonic()
+
+
+async def _naive_client(url: str, tracker: _Tracker, gate: asyncio.Semaphore, first: Any) -> None:
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    initial = True
+    while tracker.attempts < 10_000:  # bounded even if the server never comes back
+        tracker.attempts += 1
+        started = time.monotonic()
+        try:
+            if initial:
+                async with gate:
+                    ws = await connect(
+                        url, compression=None, ping_interval=None, proxy=None, open_timeout=30
+                    )
+            else:
+                ws = await connect(
+                    url, compression=None, ping_interval=None, proxy=None, open_timeout=30
+                )
+        except Exception:
+            if initial:
+                first(False)
+                return
+            await asyncio.sleep(0)  # "immediately": only yield to the loop
+            continue
+        if not initial:
+            tracker.handshakes.append(time.monotonic() - started)
+        tracker.opened()
+        if initial:
+            initial = False
+            first(True)
+        try:
+            async for message in ws:
+                tracker.tick(message)
+        except ConnectionClosed:
+            pass
+        received = ws.protocol.close_rcvd
+        tracker.closed(1006 if received is None else int(received.code))
+
+
+async def _tether_client(url: str, tracker: _Tracker, gate: asyncio.Semaphore, first: Any) -> None:
+    import tether
+
+    conn = tether.connect(url)  # type: ignore[attr-defined]
+    events = conn.events()
+
+    async def watch() -> None:
+        attempt_ready: float | None = None
+        async for event in events:
+            now = time.monotonic()
+            if isinstance(event, tether.Disconnected):
+                tracker.closed(int(event.code))
+            elif isinstance(event, tether.Reconnecting):
+                tracker.attempts += 1
+                attempt_ready = now + float(event.delay)
+            elif isinstance(event, tether.Connected):
+                if attempt_ready is not None:
+                    tracker.handshakes.append(max(0.0, now - attempt_ready))
+                    attempt_ready = None
+                tracker.opened()
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        async with gate:
+            await conn
+    except Exception:
+        first(False)
+        watcher.cancel()
+        return
+    tracker.attempts += 1
+    first(True)
+    try:
+        async for message in conn:
+            tracker.tick(message)
+    finally:
+        watcher.cancel()
+
+
+def _client_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.storm client")
+    parser.add_argument("mode", choices=("tether", "naive"))
+    parser.add_argument("url")
+    parser.add_argument("--clients", type=int, required=True)
+    parser.add_argument("--concurrency", type=int, default=100)
+    args = parser.parse_args(argv)
+    raise_nofile_limit()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        trackers = [_Tracker() for _ in range(args.clients)]
+        gate = asyncio.Semaphore(args.concurrency)
+        outcome = {"ok": 0, "failed": 0}
+        all_first: asyncio.Future[None] = loop.create_future()
+
+        def first(ok: bool) -> None:
+            outcome["ok" if ok else "failed"] += 1
+            if sum(outcome.values()) == args.clients and not all_first.done():
+                all_first.set_result(None)
+
+        client = _tether_client if args.mode == "tether" else _naive_client
+        tasks = [asyncio.ensure_future(client(args.url, t, gate, first)) for t in trackers]
+        await asyncio.wait_for(all_first, 180)
+        print(f"READY {outcome['failed']}", flush=True)
+        reader = asyncio.StreamReader()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        report_requested = asyncio.ensure_future(reader.readline())
+        done_said = False
+        while not report_requested.done():
+            if not done_said and all(t.reconnected_at is not None for t in trackers):
+                print("DONE", flush=True)
+                done_said = True
+            await asyncio.wait([report_requested], timeout=0.1)
+        report = {
+            "disconnected_at": [t.disconnected_at for t in trackers if t.disconnected_at],
+            "reconnected_at": [t.reconnected_at for t in trackers if t.reconnected_at],
+            "handshake_s": [h for t in trackers for h in t.handshakes],
+            "missed_ticks": [t.missed for t in trackers],
+            "duplicate_ticks": sum(t.duplicates for t in trackers),
+            "codes": dict(Counter(str(c) for t in trackers for c in t.codes)),
+            "attempts": sum(t.attempts for t in trackers),
+        }
+        print("REPORT " + json.dumps(report), flush=True)
+        del tasks
+        # Thousands of connections: leave without closing each (the parent kills us).
+        os._exit(0)
+
+    asyncio.run(main())
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2 or sys.argv[1] != "client":
+        sys.exit("usage: python -m benchmarks.storm client {tether|naive} URL --clients N")
+    sys.exit(_client_main(sys.argv[2:]))
