@@ -371,7 +371,7 @@ async def _run_server(impl: str, port: int, reuse_port: bool) -> None:
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    server, bound = await _SERVERS[impl](port, reuse_port)
+    _server, bound = await _SERVERS[impl](port, reuse_port)
     print(f"READY {bound}", flush=True)
     await stop.wait()
     # The benchmark is over: the parent only needs the process gone, and a graceful

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import itertools
 import json
 import math
 import os
@@ -175,7 +177,8 @@ def _one(mode: str, n: int, progress: Progress) -> dict[str, Any]:
         "--ticker-interval", str(TICKER_INTERVAL_MS), "--port", str(port),
         "--reuse-port", "--drain-window", str(window),
     ]  # fmt: skip
-    log = tempfile.TemporaryFile()
+    # Closed in the finally below, once the server processes writing to it are gone.
+    log = tempfile.TemporaryFile()  # noqa: SIM115
     server = subprocess.Popen(
         command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=child_env()
     )
@@ -228,10 +231,8 @@ def _one(mode: str, n: int, progress: Progress) -> dict[str, Any]:
             replacement = next(iter(_children(server.pid)), None)
         for pid in (server.pid, replacement):
             if pid is not None:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGINT)
-                except ProcessLookupError:
-                    pass
         try:
             server.wait(15)
         except subprocess.TimeoutExpired:
@@ -253,10 +254,8 @@ def _wait_gone(pid: int, seconds: float) -> None:
         except ProcessLookupError:
             return
         time.sleep(0.1)
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def _merge(
@@ -281,7 +280,7 @@ def _merge(
     buckets = Counter(int(t * 10) for t in reconnected)
     peak_rate = max(buckets.values()) * 10 if buckets else 0
     cpu_peak = 0.0
-    for (ta, ca), (tb, cb) in zip(cpu, cpu[1:], strict=False):
+    for (ta, ca), (tb, cb) in itertools.pairwise(cpu):
         cpu_peak = max(cpu_peak, (cb - ca) / (tb - ta))
     all_back = max(reconnected) if len(reconnected) == n else None
     storm_cpu = cpu[-1][1] - cpu[0][1] if len(cpu) > 1 else math.nan
