@@ -85,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.profile")
     parser.add_argument("impl", choices=IMPLS)
     parser.add_argument("--side", choices=("server", "client"), default="server")
+    parser.add_argument(
+        "--client", choices=IMPLS, default=None, help="client implementation (default: IMPL)"
+    )
     parser.add_argument("--test", choices=TESTS, default="echo")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=6.0)
@@ -98,8 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     sample_seconds = max(1, int(args.seconds) - 2)
     with server_process(args.impl) as (port, server_pid), tempfile.TemporaryDirectory() as tmp:
         spec = json.dumps([[args.test, args.size, 10**8, args.seconds]])
+        client_impl = args.client or args.impl
         client = spawn(
-            python_command("peers", "client", args.impl, url_for(args.impl, port), "--plan", spec)
+            python_command(
+                "peers", "client", client_impl, url_for(args.impl, port), "--plan", spec
+            )
         )
         try:
             time.sleep(1.0)  # past the warm-up
