@@ -103,9 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = json.dumps([[args.test, args.size, 10**8, args.seconds]])
         client_impl = args.client or args.impl
         client = spawn(
-            python_command(
-                "peers", "client", client_impl, url_for(args.impl, port), "--plan", spec
-            )
+            python_command("peers", "client", client_impl, url_for(args.impl, port), "--plan", spec)
         )
         try:
             time.sleep(1.0)  # past the warm-up
