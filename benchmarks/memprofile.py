@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import gc
 import os
+import re
 import sys
 import tracemalloc
 
@@ -52,11 +53,7 @@ async def _measure(impl: str, connections: int, top: int) -> None:
     print(f"{impl}: Python heap added per idle connection: {total / connections / 1024:.2f} KiB")
     for stat in stats[:top]:
         frame = stat.traceback[0]
-        where = frame.filename
-        for marker in ("site-packages/", "src/", "lib/python3"):
-            if marker in where:
-                where = where.split(marker, 1)[1]
-                break
+        where = re.sub(r"^.*/(site-packages|src|lib/python3\.\d+)/", "", frame.filename)
         print(
             f"{stat.size_diff / connections:8.0f} B {stat.count_diff / connections:5.1f} objects"
             f"  {where}:{frame.lineno}"
