@@ -16,6 +16,8 @@ figures compare the transports and not the apps:
 * a binary message is echoed, unless the connection is in sink mode;
 * text ``sink`` starts sink mode: binary messages are counted, not answered;
 * text ``count`` answers ``<count>`` as text and leaves sink mode;
+* text ``cpu`` answers ``cpu <seconds>``: the server process's CPU time so far, so
+  that a client can report CPU per message for both sides;
 * text ``stream N SIZE SECONDS`` makes the server send N binary messages of SIZE
   bytes (stopping early after SECONDS), then text ``end <sent>``.
 
@@ -83,6 +85,8 @@ async def _generic_server_loop(
         elif message == "count":
             sink = False
             await send(str(count))
+        elif message == "cpu":
+            await send(f"cpu {time.process_time()}")
         elif message.startswith("stream "):
             command = _StreamCommand(message)
             deadline = time.perf_counter() + command.seconds
@@ -125,6 +129,8 @@ class _CallbackServerLogic:
         elif text == "count":
             self._sink = False
             self._send(True, str(self._count).encode())
+        elif text == "cpu":
+            self._send(True, f"cpu {time.process_time()}".encode())
         elif text.startswith("stream "):
             task = asyncio.ensure_future(self._stream(_StreamCommand(text)))
             self._tasks.add(task)
@@ -464,6 +470,35 @@ _GENERIC_TESTS = {
 }
 
 
+async def _generic_run(
+    test: str,
+    send: Callable[[Any], Awaitable[None]],
+    recv: Callable[[], Awaitable[Any]],
+    size: int,
+    count: int,
+    seconds: float,
+) -> _Result:
+    """Run one test, with both processes' CPU time read before and after."""
+    await send("cpu")
+    server_before = float((await recv()).split()[1])
+    client_before = time.process_time()
+    result = await _GENERIC_TESTS[test](send, recv, size, count, seconds)
+    client_cpu = time.process_time() - client_before
+    await send("cpu")
+    server_cpu = float((await recv()).split()[1]) - server_before
+    return _with_cpu(result, test, count, client_cpu, server_cpu)
+
+
+def _with_cpu(
+    result: _Result, test: str, count: int, client_cpu: float, server_cpu: float
+) -> _Result:
+    # The echo warm-up (same path, not timed) ran inside the CPU window: count it.
+    messages = result["count"] + (min(200, count) if test == "echo" else 0)
+    result["client_cpu_us_per_msg"] = client_cpu / messages * 1e6
+    result["server_cpu_us_per_msg"] = server_cpu / messages * 1e6
+    return result
+
+
 async def _client_websockets(url: str, test: str, size: int, count: int, seconds: float) -> _Result:
     from websockets.asyncio.client import connect
 
@@ -475,7 +510,7 @@ async def _client_websockets(url: str, test: str, size: int, count: int, seconds
         proxy=None,
         max_size=2**20,
     ) as ws:
-        return await _GENERIC_TESTS[test](ws.send, ws.recv, size, count, seconds)
+        return await _generic_run(test, ws.send, ws.recv, size, count, seconds)
 
 
 async def _client_aiohttp(url: str, test: str, size: int, count: int, seconds: float) -> _Result:
@@ -495,14 +530,14 @@ async def _client_aiohttp(url: str, test: str, size: int, count: int, seconds: f
         async def recv() -> Any:
             return (await ws.receive()).data
 
-        return await _GENERIC_TESTS[test](send, recv, size, count, seconds)
+        return await _generic_run(test, send, recv, size, count, seconds)
 
 
 async def _client_tether(url: str, test: str, size: int, count: int, seconds: float) -> _Result:
     import tether
 
     async with tether.connect(url) as conn:  # type: ignore[attr-defined]
-        return await _GENERIC_TESTS[test](conn.send, conn.recv, size, count, seconds)
+        return await _generic_run(test, conn.send, conn.recv, size, count, seconds)
 
 
 class _CallbackClientLogic:
@@ -527,7 +562,26 @@ class _CallbackClientLogic:
     def _ignore(self, is_text: bool, data: Any) -> None:
         raise RuntimeError("message outside a test")
 
+    async def _ask_cpu(self) -> float:
+        reply: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+
+        def on_reply(is_text: bool, data: Any) -> None:
+            reply.set_result(float(bytes(data).split()[1]))
+
+        self._on_message = on_reply
+        self._send(True, b"cpu")
+        return await reply
+
     async def run(self, test: str, size: int, count: int, seconds: float) -> _Result:
+        """Run one test, with both processes' CPU time read before and after."""
+        server_before = await self._ask_cpu()
+        client_before = time.process_time()
+        result = await self._run(test, size, count, seconds)
+        client_cpu = time.process_time() - client_before
+        server_cpu = await self._ask_cpu() - server_before
+        return _with_cpu(result, test, count, client_cpu, server_cpu)
+
+    async def _run(self, test: str, size: int, count: int, seconds: float) -> _Result:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[_Result] = loop.create_future()
         if test == "echo":

@@ -76,8 +76,12 @@ def plan(quick: bool) -> list[Test]:
     ]
 
 
-def _round(impl: str, tests: list[Test]) -> dict[str, float]:
-    """One server process and one client process for ``impl``; msgs/s per test key."""
+def _round(impl: str, tests: list[Test]) -> dict[str, dict[str, float]]:
+    """One server process and one client process for ``impl``.
+
+    Returns, per test key: ``rate`` (msgs/s), ``server_cpu`` and ``client_cpu``
+    (CPU microseconds per message of each process).
+    """
     server_impl, client_impl = PAIRS.get(impl, (impl, impl))
     with server_process(server_impl) as (port, _pid):
         spec = json.dumps([[t.kind, t.size, t.count, t.seconds] for t in tests])
@@ -88,10 +92,14 @@ def _round(impl: str, tests: list[Test]) -> dict[str, float]:
             ),
             budget,
         )
-    rates = {}
+    figures = {}
     for test, result in zip(tests, out["results"], strict=True):
-        rates[test.key] = result["count"] / result["seconds"]
-    return rates
+        figures[test.key] = {
+            "rate": result["count"] / result["seconds"],
+            "server_cpu": result["server_cpu_us_per_msg"],
+            "client_cpu": result["client_cpu_us_per_msg"],
+        }
+    return figures
 
 
 def run(*, quick: bool, runs: int, progress: Progress) -> tuple[dict[str, Any], str, bool]:
@@ -108,12 +116,17 @@ def run(*, quick: bool, runs: int, progress: Progress) -> tuple[dict[str, Any], 
     impls[1:1] = tether_rows
     have_tether = available["tether"]
     rates: dict[str, dict[str, list[float]]] = {i: {t.key: [] for t in tests} for i in impls}
+    cpu: dict[str, dict[str, dict[str, list[float]]]] = {
+        side: {i: {t.key: [] for t in tests} for i in impls} for side in ("server", "client")
+    }
     for round_index in range(runs):
         shift = round_index % len(impls)
         for impl in impls[shift:] + impls[:shift]:
             progress.update(f"throughput: round {round_index + 1}/{runs}, {LABELS[impl]}")
-            for key, rate in _round(impl, tests).items():
-                rates[impl][key].append(rate)
+            for key, figure in _round(impl, tests).items():
+                rates[impl][key].append(figure["rate"])
+                cpu["server"][impl][key].append(figure["server_cpu"])
+                cpu["client"][impl][key].append(figure["client_cpu"])
     progress.done()
 
     figures: dict[str, Any] = {}
@@ -121,7 +134,11 @@ def run(*, quick: bool, runs: int, progress: Progress) -> tuple[dict[str, Any], 
         figures[impl] = {}
         for test in tests:
             msgs = Summary.of(rates[impl][test.key])
-            entry = {"msgs_per_s": msgs.as_json()}
+            entry = {
+                "msgs_per_s": msgs.as_json(),
+                "server_cpu_us_per_msg": Summary.of(cpu["server"][impl][test.key]).as_json(),
+                "client_cpu_us_per_msg": Summary.of(cpu["client"][impl][test.key]).as_json(),
+            }
             if test.kind != "echo":
                 mb = Summary.of([r * test.size / 1e6 for r in rates[impl][test.key]])
                 entry["mb_per_s"] = mb.as_json()
@@ -151,7 +168,28 @@ def run(*, quick: bool, runs: int, progress: Progress) -> tuple[dict[str, Any], 
         "missing": None if have_tether else "tether.connect / tether.serve do not exist yet",
     }
     text = _text(tests, impls, tether_rows, rates, ratios, runs, have_tether)
+    text += "\n\n" + _cpu_text(tests, impls, cpu)
     return result, text, have_tether
+
+
+def _cpu_text(
+    tests: list[Test], impls: list[str], cpu: dict[str, dict[str, dict[str, list[float]]]]
+) -> str:
+    """CPU per message of each side: steadier than rates on a busy machine."""
+    rows = []
+    for impl in impls:
+        cells = [LABELS[impl]]
+        for test in tests:
+            server = statistics.median(cpu["server"][impl][test.key])
+            client = statistics.median(cpu["client"][impl][test.key])
+            cells.append(f"{server:.1f} / {client:.1f}")
+        rows.append(cells)
+    return "\n".join(
+        [
+            "CPU µs per message, server / client process (median); an echo counts once",
+            table(["implementation"] + [t.label for t in tests], rows),
+        ]
+    )
 
 
 def _text(
