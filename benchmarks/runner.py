@@ -39,7 +39,10 @@ def _run_one(name: str, options: dict[str, Any], progress: Progress) -> tuple[di
         from . import storm
 
         result, text, complete = storm.run(
-            quick=quick, clients=options["connections"], progress=progress
+            quick=quick,
+            clients=options["connections"],
+            progress=progress,
+            runs=int(options["runs"]),
         )
     elif name == "detect":
         from . import detect
