@@ -134,13 +134,21 @@ def main(argv: list[str] | None = None) -> int:
         summary = summarize(raw_path, args.top)
     result = json.loads(out.strip().splitlines()[-1])["results"][0]
     summary["rate_per_s"] = result["count"] / result["seconds"]
-    summary.update(impl=args.impl, side=args.side, test=args.test, size=args.size)
+    summary.update(
+        impl=args.impl,
+        client=args.client or args.impl,
+        side=args.side,
+        test=args.test,
+        size=args.size,
+    )
     if args.json:
         json.dump(summary, sys.stdout, indent=2)
         print()
         return 0
+    client_impl = args.client or args.impl
     print(
-        f"{args.impl} {args.side}, {args.test} {args.size} B: "
+        f"{args.impl} server, {client_impl} client, sampling the {args.side}; "
+        f"{args.test} {args.size} B: "
         f"{summary['rate_per_s']:.0f}/s while sampled; {summary['samples']} busy samples, "
         f"{summary['waiting_share']:.0%} of all samples waiting in epoll (not counted below)"
     )
