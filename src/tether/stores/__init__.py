@@ -1,1 +1,95 @@
-"""Session stores (memory, SQLite, Redis) behind one async interface."""
+"""Session stores (memory, SQLite, Redis) behind one async interface.
+
+:func:`open_store` turns the URL given to ``tether serve --store`` (or
+``serve(store=...)``) into a store; see ``docs/stores.md``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from ..exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from .base import SessionStore
+
+__all__ = ["open_store"]
+
+_FORMS = "memory, sqlite:///path or redis://host:port/db"
+
+
+def open_store(url: str) -> SessionStore:
+    """Create the session store a URL names; nothing is opened or connected yet.
+
+    Forms:
+
+    * ``memory``: in this process only (:class:`~tether.stores.memory.MemoryStore`).
+    * ``sqlite:///path``: a SQLite file (:class:`~tether.stores.sqlite.SQLiteStore`).
+      Three slashes then a relative path (``sqlite:///./tether-sessions.db``,
+      ``sqlite:///data/s.db``) are relative to the current directory *when
+      open_store is called*; four slashes give an absolute path
+      (``sqlite:////var/lib/tether/s.db``), as in SQLAlchemy.
+    * ``redis://host:port/db`` (also ``rediss://`` with TLS, ``unix:///path.sock?db=0``):
+      :class:`~tether.stores.redis.RedisStore`; needs ``tether[redis]``. A
+      ``prefix=`` query parameter sets the key prefix (default ``tether:``); the
+      other query parameters are redis-py's (``socket_timeout=2``).
+
+    Raises:
+        ConfigurationError: the URL is not one of these forms, or the Redis
+            extra is not installed.
+    """
+    if not isinstance(url, str):
+        raise ConfigurationError(f"store URL must be a string, not {type(url).__name__}")
+    if url == "memory":
+        from .memory import MemoryStore
+
+        return MemoryStore()
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        raise ConfigurationError(f"bad store URL {url!r}: use {_FORMS}")
+    if scheme == "sqlite":
+        return _open_sqlite(url, rest)
+    if scheme in ("redis", "rediss", "unix"):
+        return _open_redis(url)
+    raise ConfigurationError(f"bad store URL {url!r}: unknown scheme {scheme!r}; use {_FORMS}")
+
+
+def _open_sqlite(url: str, rest: str) -> SessionStore:
+    # "sqlite:///x" leaves "/x": the empty host, then the path "x" (relative); "//x" is absolute.
+    if not rest.startswith("/") or len(rest) < 2:
+        raise ConfigurationError(
+            f"bad store URL {url!r}: write sqlite:///relative/path or sqlite:////absolute/path"
+        )
+    if "?" in rest or "#" in rest:
+        raise ConfigurationError(f"bad store URL {url!r}: sqlite URLs take no query or fragment")
+    from .sqlite import SQLiteStore
+
+    # Resolved now, so a later chdir() does not move the database.
+    return SQLiteStore(os.path.abspath(rest[1:]))
+
+
+def _open_redis(url: str) -> SessionStore:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as exc:
+        raise ConfigurationError(f"bad store URL {url!r}: {exc}") from None
+    if parts.scheme != "unix" and not parts.hostname:
+        raise ConfigurationError(f"bad store URL {url!r}: no host (redis://host:port/db)")
+    if parts.scheme != "unix" and parts.path.strip("/") and not parts.path.strip("/").isdigit():
+        raise ConfigurationError(f"bad store URL {url!r}: the database must be a number")
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    prefixes = [value for name, value in query if name == "prefix"]
+    rest = [(name, value) for name, value in query if name != "prefix"]
+    try:
+        from .redis import DEFAULT_PREFIX, RedisStore
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"store URL {url!r} needs redis-py: pip install 'tether[redis]'"
+        ) from exc
+    return RedisStore(
+        urlunsplit(parts._replace(query=urlencode(rest))),
+        prefix=prefixes[-1] if prefixes else DEFAULT_PREFIX,
+    )

@@ -1,0 +1,335 @@
+"""tether.v1 wire format: encode and decode every frame (spec: ``docs/protocol.md``).
+
+One tether.v1 frame is one whole WebSocket message:
+
+* **data**, in the same message type as the application message, so text stays
+  text (the engine still validates UTF-8, a browser still gets a string) and
+  binary stays binary:
+
+  - text: ``"d" SEQ ":" ACK ":" PAYLOAD`` with SEQ and ACK canonical decimal;
+  - binary: ``0x64`` (``"d"``), SEQ as unsigned 64-bit big-endian, ACK likewise,
+    then PAYLOAD (17 bytes of header).
+
+* **control**, a JSON object in a text message: ``hello``, ``welcome``, ``ack``,
+  ``goaway``. A text message starting with ``{`` is control, with ``d`` is data.
+
+:func:`decode` never raises on peer input except :class:`~tether.exceptions.ProtocolError`,
+whose ``close_code`` is the code to fail the connection with (1002 here), and
+never allocates more than the message it was given (control frames are capped
+at :data:`MAX_CONTROL_CHARS` before JSON parsing).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from .exceptions import ProtocolError
+
+__all__ = [
+    "BINARY_DATA_HEADER",
+    "MAX_CONTROL_CHARS",
+    "MAX_SEQ",
+    "SUBPROTOCOL",
+    "Ack",
+    "Data",
+    "Frame",
+    "GoAway",
+    "Hello",
+    "LostReason",
+    "Payload",
+    "TetherCloseCode",
+    "Welcome",
+    "decode",
+    "encode",
+    "encode_data",
+]
+
+#: The ``Sec-WebSocket-Protocol`` value that turns tether.v1 on (RFC 6455 §4.1, §11.3.4).
+SUBPROTOCOL = "tether.v1"
+
+#: Largest sequence number or ack: 2**53 - 1, so JSON and JavaScript numbers hold it
+#: exactly. The binary header has 64 bits of room; a larger value is a protocol error.
+MAX_SEQ = 2**53 - 1
+
+#: Control frames longer than this are refused before parsing (bounded allocation).
+MAX_CONTROL_CHARS = 4096
+
+#: Size of the binary data header: type byte, seq (u64), ack (u64).
+BINARY_DATA_HEADER = 17
+
+_DATA_TAG = 0x64  # "d"
+_HEADER = struct.Struct("!BQQ")
+_MAX_DIGITS = len(str(MAX_SEQ))
+# Canonical decimal: "0" or no leading zero; bounded length so matching is cheap.
+_DECIMAL = re.compile(rf"(?:0|[1-9][0-9]{{0,{_MAX_DIGITS - 1}}})")
+_TEXT_HEADER = re.compile(rf"d({_DECIMAL.pattern}):({_DECIMAL.pattern}):")
+# Identifiers (sid, token, epoch) and reasons: short, printable, URL-safe.
+_IDENT = re.compile(r"[A-Za-z0-9_\-]{1,128}")
+_REASON = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+Payload = str | bytes
+
+
+class TetherCloseCode(enum.IntEnum):
+    """Close codes tether.v1 sends, from the private range (RFC 6455 §7.4.2: 4000-4999).
+
+    The numbers are chosen against tether's reconnect policy: 4000-4499 reconnect
+    with backoff (then resume), 4500-4999 are final.
+    """
+
+    #: A data frame skipped a sequence number; resuming repairs it (never skip).
+    SEQUENCE_GAP = 4201
+    #: The replay buffer stayed full (or unacknowledged for ``resume_window``) for
+    #: ``send_timeout``; reconnecting and resuming re-synchronises the acks.
+    REPLAY_OVERFLOW = 4202
+    #: No ``hello`` (or no ``welcome``) arrived within the handshake timeout.
+    HANDSHAKE_TIMEOUT = 4203
+    #: Another connection resumed this session; this one is fenced off for good.
+    TAKEN_OVER = 4901
+
+
+class LostReason(str, enum.Enum):
+    """Why a resume was refused (``welcome.reason``, ``SessionLost.reason``)."""
+
+    EXPIRED = "expired"
+    UNKNOWN = "unknown"
+    OVERFLOW = "overflow"
+    EPOCH_MISMATCH = "epoch_mismatch"
+    TOKEN_INVALID = "token_invalid"
+    STORE_UNAVAILABLE = "store_unavailable"
+    NOT_RESUMABLE = "not_resumable"
+    TAKEN_OVER = "taken_over"
+
+
+@dataclass(frozen=True)
+class Data:
+    """An application message with its sequence number and a piggybacked ack.
+
+    Attributes:
+        seq: this message's sequence number in its direction (1, 2, ...).
+        ack: the highest sequence number the sender received from the peer, in order.
+        payload: the application message; ``str`` travels as text, ``bytes`` as binary.
+    """
+
+    seq: int
+    ack: int
+    payload: Payload
+
+
+@dataclass(frozen=True)
+class Hello:
+    """Client -> server, first message on a connection.
+
+    ``sid``, ``token`` and ``epoch`` are all None for a new session, all set to resume.
+
+    Attributes:
+        sid: the session id to resume.
+        token: the resume token from the last ``welcome``.
+        epoch: the store epoch from the last ``welcome``.
+        rx: the highest server sequence number the client received in order.
+    """
+
+    sid: str | None = None
+    token: str | None = None
+    epoch: str | None = None
+    rx: int = 0
+
+
+@dataclass(frozen=True)
+class Welcome:
+    """Server -> client, answer to ``hello``.
+
+    Attributes:
+        resumed: True when the session in ``hello`` was resumed.
+        reason: why a requested resume was refused (a :class:`LostReason` value), else None.
+        sid: the session id in force from now on.
+        token: the new resume token (rotated on every welcome).
+        epoch: the store epoch.
+        rx: the highest client sequence number the server holds (durably, if its store is).
+        tx: the highest sequence number the server has assigned so far.
+        window_ms: how long the server keeps a disconnected session, in milliseconds.
+    """
+
+    resumed: bool
+    reason: str | None
+    sid: str
+    token: str
+    epoch: str
+    rx: int
+    tx: int
+    window_ms: int
+
+
+@dataclass(frozen=True)
+class Ack:
+    """Standalone cumulative ack, either direction.
+
+    Attributes:
+        rx: the highest sequence number received in order.
+    """
+
+    rx: int
+
+
+@dataclass(frozen=True)
+class GoAway:
+    """Server -> client: the server is about to close with 1012.
+
+    Attributes:
+        retry_ms: reconnect after a uniformly random delay in [0, retry_ms] milliseconds.
+        resume: False when the session will not survive (memory store, process restart).
+    """
+
+    retry_ms: int
+    resume: bool
+
+
+Frame = Data | Hello | Welcome | Ack | GoAway
+
+
+def encode_data(seq: int, ack: int, payload: Payload) -> Payload:
+    """Encode a data frame, in the message type of ``payload``."""
+    if isinstance(payload, str):
+        return f"d{seq}:{ack}:{payload}"
+    return _HEADER.pack(_DATA_TAG, seq, ack) + payload
+
+
+def encode(frame: Frame) -> Payload:
+    """Encode any frame to the WebSocket message to send (``str``: text, ``bytes``: binary)."""
+    if isinstance(frame, Data):
+        return encode_data(frame.seq, frame.ack, frame.payload)
+    body: dict[str, Any]
+    if isinstance(frame, Hello):
+        body = {"type": "hello", "sid": frame.sid, "token": frame.token}
+        body |= {"epoch": frame.epoch, "rx": frame.rx}
+    elif isinstance(frame, Welcome):
+        body = {"type": "welcome", "resumed": frame.resumed, "reason": frame.reason}
+        body |= {"sid": frame.sid, "token": frame.token, "epoch": frame.epoch}
+        body |= {"rx": frame.rx, "tx": frame.tx, "window_ms": frame.window_ms}
+    elif isinstance(frame, Ack):
+        body = {"type": "ack", "rx": frame.rx}
+    else:
+        body = {"type": "goaway", "retry_ms": frame.retry_ms, "resume": frame.resume}
+    return json.dumps(body, separators=(",", ":"))
+
+
+def decode(message: Payload) -> Frame:
+    """Decode one WebSocket message received on a tether.v1 connection.
+
+    Raises:
+        ProtocolError: the message is not a valid tether.v1 frame (``close_code`` 1002).
+    """
+    if isinstance(message, bytes | bytearray | memoryview):
+        return _decode_binary(bytes(message))
+    if not isinstance(message, str):
+        raise ProtocolError(f"a message is str or bytes, not {type(message).__name__}")
+    if message.startswith("d"):
+        return _decode_text_data(message)
+    if message.startswith("{"):
+        return _decode_control(message)
+    raise ProtocolError("tether.v1 text message must start with 'd' (data) or '{' (control)")
+
+
+def _decode_binary(message: bytes) -> Data:
+    if len(message) < BINARY_DATA_HEADER:
+        raise ProtocolError(f"binary frame of {len(message)} bytes is shorter than its header")
+    tag, seq, ack = _HEADER.unpack_from(message)
+    if tag != _DATA_TAG:
+        raise ProtocolError(f"binary frame type 0x{tag:02x} is not data (0x64)")
+    return Data(_check_seq(seq, "seq", low=1), _check_seq(ack, "ack"), message[BINARY_DATA_HEADER:])
+
+
+def _decode_text_data(message: str) -> Data:
+    # Match only the bounded header prefix; the payload is never scanned.
+    match = _TEXT_HEADER.match(message, 0, 3 + 2 * _MAX_DIGITS)
+    if match is None:
+        raise ProtocolError("text data frame header must be 'd<seq>:<ack>:' in canonical decimal")
+    seq = _check_seq(int(match.group(1)), "seq", low=1)
+    ack = _check_seq(int(match.group(2)), "ack")
+    return Data(seq, ack, message[match.end() :])
+
+
+def _check_seq(value: int, name: str, *, low: int = 0) -> int:
+    if not low <= value <= MAX_SEQ:
+        raise ProtocolError(f"{name} {value} is outside {low}-{MAX_SEQ}")
+    return value
+
+
+def _decode_control(message: str) -> Frame:
+    if len(message) > MAX_CONTROL_CHARS:
+        raise ProtocolError(f"control frame longer than {MAX_CONTROL_CHARS} characters")
+    try:
+        body = json.loads(message)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError(f"control frame is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise ProtocolError("control frame must be a JSON object")
+    kind = body.get("type")
+    if kind == "ack":
+        return Ack(_int(body, "rx"))
+    if kind == "hello":
+        return _decode_hello(body)
+    if kind == "welcome":
+        return Welcome(
+            resumed=_bool(body, "resumed"),
+            reason=_reason(body),
+            sid=_ident(body, "sid"),
+            token=_ident(body, "token"),
+            epoch=_ident(body, "epoch"),
+            rx=_int(body, "rx"),
+            tx=_int(body, "tx"),
+            window_ms=_int(body, "window_ms"),
+        )
+    if kind == "goaway":
+        return GoAway(retry_ms=_int(body, "retry_ms"), resume=_bool(body, "resume"))
+    raise ProtocolError(f"unknown control frame type {str(kind)[:32]!r}")
+
+
+def _decode_hello(body: dict[str, Any]) -> Hello:
+    present = [body.get(key) is not None for key in ("sid", "token", "epoch")]
+    if not any(present):
+        return Hello(rx=_int(body, "rx"))
+    if not all(present):
+        raise ProtocolError("hello must carry sid, token and epoch together, or none of them")
+    return Hello(
+        sid=_ident(body, "sid"),
+        token=_ident(body, "token"),
+        epoch=_ident(body, "epoch"),
+        rx=_int(body, "rx"),
+    )
+
+
+def _int(body: dict[str, Any], key: str) -> int:
+    value = body.get(key)
+    # bool is an int in Python; JSON true is not a number.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ProtocolError(f"field {key!r} must be an integer")
+    return _check_seq(value, key)
+
+
+def _bool(body: dict[str, Any], key: str) -> bool:
+    value = body.get(key)
+    if not isinstance(value, bool):
+        raise ProtocolError(f"field {key!r} must be true or false")
+    return value
+
+
+def _ident(body: dict[str, Any], key: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str) or _IDENT.fullmatch(value) is None:
+        raise ProtocolError(f"field {key!r} must be 1-128 characters of [A-Za-z0-9_-]")
+    return value
+
+
+def _reason(body: dict[str, Any]) -> str | None:
+    value = body.get("reason")
+    if value is None:
+        return None
+    if not isinstance(value, str) or _REASON.fullmatch(value) is None:
+        raise ProtocolError("field 'reason' must be null or a lower-case identifier")
+    return value

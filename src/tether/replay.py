@@ -1,0 +1,148 @@
+"""The replay buffer: outgoing messages kept until the peer acknowledges them.
+
+Bounded by count, by bytes and (checked by :mod:`tether.resume`) by age. Sequence
+numbers are assigned here, at :meth:`ReplayBuffer.push`, so a message keeps its
+number across reconnects and the receiver can drop a replayed duplicate.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from .exceptions import QueueFull
+from .protocol import MAX_SEQ, Payload
+
+__all__ = ["Entry", "ReplayBuffer", "payload_size"]
+
+
+def payload_size(payload: Payload) -> int:
+    """Size of ``payload`` on the wire, in bytes (UTF-8 for text)."""
+    if isinstance(payload, str) and not payload.isascii():
+        return len(payload.encode("utf-8"))
+    return len(payload)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One buffered outgoing message.
+
+    Attributes:
+        seq: its sequence number.
+        payload: the application message.
+        size: its size in bytes.
+        queued_at: when it entered the buffer, in seconds.
+    """
+
+    seq: int
+    payload: Payload
+    size: int
+    queued_at: float
+
+
+class ReplayBuffer:
+    """Unacknowledged outgoing messages, oldest first.
+
+    Args:
+        max_messages: most messages held; None for no count bound.
+        max_bytes: most payload bytes held; None for no byte bound. A single
+            message larger than this is admitted only into an empty buffer, so
+            that it can still be sent.
+        last_seq: the sequence number assigned last (0 for a new session).
+    """
+
+    def __init__(
+        self, *, max_messages: int | None, max_bytes: int | None, last_seq: int = 0
+    ) -> None:
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self._entries: deque[Entry] = deque()
+        self._bytes = 0
+        self._last_seq = last_seq
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __iter__(self) -> Iterator[Entry]:
+        return iter(self._entries)
+
+    @property
+    def bytes(self) -> int:
+        """Payload bytes currently held."""
+        return self._bytes
+
+    @property
+    def last_seq(self) -> int:
+        """The sequence number assigned last (0 before the first message)."""
+        return self._last_seq
+
+    @property
+    def first_seq(self) -> int:
+        """Sequence number of the oldest held message (``last_seq + 1`` when empty)."""
+        return self._entries[0].seq if self._entries else self._last_seq + 1
+
+    @property
+    def oldest_queued_at(self) -> float | None:
+        """When the oldest held message was queued, or None when empty."""
+        return self._entries[0].queued_at if self._entries else None
+
+    def has_room(self, size: int) -> bool:
+        """Whether a message of ``size`` bytes fits now."""
+        if not self._entries:
+            return True
+        if self.max_messages is not None and len(self._entries) >= self.max_messages:
+            return False
+        return self.max_bytes is None or self._bytes + size <= self.max_bytes
+
+    def push(self, payload: Payload, now: float) -> Entry:
+        """Assign the next sequence number to ``payload`` and hold it.
+
+        Raises:
+            QueueFull: no room (see :meth:`has_room`), or the sequence space is used up.
+        """
+        size = payload_size(payload)
+        if not self.has_room(size):
+            raise QueueFull(
+                f"replay buffer full ({len(self._entries)} messages, {self._bytes} bytes)"
+            )
+        if self._last_seq >= MAX_SEQ:
+            raise QueueFull(f"sequence numbers exhausted at {MAX_SEQ}")
+        self._last_seq += 1
+        entry = Entry(self._last_seq, payload, size, now)
+        self._entries.append(entry)
+        self._bytes += size
+        return entry
+
+    def restore(self, entries: Iterable[tuple[int, Payload]], now: float) -> None:
+        """Load messages read back from a store, oldest first, with contiguous seqs.
+
+        Raises:
+            ValueError: the sequence numbers are not contiguous after ``last_seq``
+                or the buffer is not empty.
+        """
+        if self._entries:
+            raise ValueError("restore() needs an empty buffer")
+        for seq, payload in entries:
+            if seq != self._last_seq + 1:
+                raise ValueError(f"stored messages skip from {self._last_seq} to {seq}")
+            entry = Entry(seq, payload, payload_size(payload), now)
+            self._entries.append(entry)
+            self._bytes += entry.size
+            self._last_seq = seq
+
+    def trim(self, acked: int) -> int:
+        """Drop every message with ``seq <= acked``; return how many were dropped."""
+        dropped = 0
+        entries = self._entries
+        while entries and entries[0].seq <= acked:
+            self._bytes -= entries.popleft().size
+            dropped += 1
+        return dropped
+
+    def clear(self) -> tuple[Payload, ...]:
+        """Drop everything; return the payloads, oldest first."""
+        payloads = tuple(entry.payload for entry in self._entries)
+        self._entries.clear()
+        self._bytes = 0
+        return payloads

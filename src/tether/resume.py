@@ -1,0 +1,678 @@
+"""tether.v1 session endpoints, sans-I/O: sequencing, acks, replay, handshake.
+
+A session endpoint outlives connections. The adapter drives it with whole
+WebSocket messages and connection events, and drains two lists, websockets
+style::
+
+    endpoint.connection_made(now)              # client: queues hello
+    endpoint.receive_message(message, now)     # every message on the connection
+    for message in endpoint.data_to_send(): ...      # str: text, bytes: binary
+    for event in endpoint.events_received(): ...     # MessageReceived, CloseConnection, ...
+    endpoint.handle_timer(now)                 # at endpoint.next_deadline()
+    endpoint.connection_lost(now, code=...)    # the connection closed (code None: 1006)
+
+Rules (``docs/protocol.md``): data frame ``s`` is delivered when ``s == rx + 1``,
+dropped as a duplicate when ``s <= rx``, and a gap fails the connection with
+4201 so that a resume repairs it (never skip). Acks are cumulative, piggybacked on
+every data frame and sent alone after ``ack_messages``/``ack_bytes``/``ack_delay``.
+After a (re)connection each side replays everything the other has not
+acknowledged before any new message.
+
+Write-through (server with a store): :meth:`Endpoint.send` queues the data frame;
+the adapter appends the returned sequence numbers to its store *before* draining
+:meth:`Endpoint.data_to_send`, one batch per event-loop turn. With
+``hold_acks=True`` the endpoint advertises only what :meth:`Endpoint.rx_persisted`
+confirmed, so an ack never promises more than the store holds.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from .closecodes import CloseCode
+from .events import Resumed, SessionLost
+from .exceptions import ConfigurationError, ConnectionClosedError, ProtocolError
+from .protocol import (
+    Ack,
+    Data,
+    GoAway,
+    Hello,
+    LostReason,
+    Payload,
+    TetherCloseCode,
+    Welcome,
+    decode,
+    encode,
+    encode_data,
+)
+from .replay import ReplayBuffer, payload_size
+
+__all__ = [
+    "ClientEndpoint",
+    "CloseConnection",
+    "CoreEvent",
+    "Endpoint",
+    "GoAwayReceived",
+    "MessageReceived",
+    "PeerAcked",
+    "Phase",
+    "ResumeConfig",
+    "ServerEndpoint",
+    "SessionEnded",
+    "SessionEstablished",
+]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResumeConfig:
+    """Resumption settings (defaults from DESIGN.md §7).
+
+    Attributes:
+        resume_window: seconds a disconnected session is kept; also the longest a
+            message may stay unacknowledged on an open connection.
+        max_messages: replay buffer bound in messages; None for no count bound.
+        max_bytes: replay buffer bound in payload bytes; None for no byte bound.
+        ack_messages: send a standalone ack after this many unacknowledged
+            received messages; None disables the count trigger.
+        ack_bytes: ... after this many received payload bytes; None disables it.
+        ack_delay: ... at the latest this many seconds after the first
+            unacknowledged message; None disables the timer.
+    """
+
+    resume_window: float = 120.0
+    max_messages: int | None = 10_000
+    max_bytes: int | None = 8 * 1024 * 1024
+    ack_messages: int | None = 32
+    ack_bytes: int | None = 64 * 1024
+    ack_delay: float | None = 0.2
+
+    def __post_init__(self) -> None:
+        if not self.resume_window > 0:
+            raise ConfigurationError("resume_window must be > 0 seconds")
+        for name in ("max_messages", "max_bytes", "ack_messages", "ack_bytes"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or value < 1):
+                raise ConfigurationError(f"{name} must be >= 1 or None")
+        if self.ack_delay is not None and not self.ack_delay > 0:
+            raise ConfigurationError("ack_delay must be > 0 seconds or None")
+        if self.ack_messages is None and self.ack_bytes is None and self.ack_delay is None:
+            raise ConfigurationError(
+                "at least one ack trigger must be enabled, or a one-way stream never acks"
+            )
+
+    @property
+    def window_ms(self) -> int:
+        """``resume_window`` in whole milliseconds, as sent in ``welcome``."""
+        return int(self.resume_window * 1000)
+
+
+class Phase(str, enum.Enum):
+    """Where an endpoint is in its life cycle (state diagram in ``docs/protocol.md``)."""
+
+    #: No connection; messages sent now are buffered and replayed later.
+    DISCONNECTED = "disconnected"
+    #: Client: hello sent, waiting for welcome.
+    HANDSHAKE = "handshake"
+    #: Session established on the current connection.
+    OPEN = "open"
+    #: The session ended (expired, abandoned, or closed normally); it cannot resume.
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class MessageReceived:
+    """An application message, delivered exactly once and in order."""
+
+    payload: Payload
+
+
+@dataclass(frozen=True)
+class SessionEstablished:
+    """The handshake completed on the current connection.
+
+    Attributes:
+        sid: the session id in force.
+        resumed: True when an existing session continued.
+        replayed_out: messages this side re-sent because the peer had not acked them.
+    """
+
+    sid: str
+    resumed: bool
+    replayed_out: int = 0
+
+
+@dataclass(frozen=True)
+class CloseConnection:
+    """The adapter must close the current connection with ``code``.
+
+    Attributes:
+        code: the close code to send.
+        reason: the close reason (short English text).
+        error: the protocol error that caused it, if any.
+    """
+
+    code: int
+    reason: str
+    error: ProtocolError | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class PeerAcked:
+    """The peer acknowledged every message up to ``seq``; a store may trim them."""
+
+    seq: int
+
+
+@dataclass(frozen=True)
+class GoAwayReceived:
+    """The server announced a restart (it will close with 1012)."""
+
+    retry_ms: int
+    resume: bool
+
+
+@dataclass(frozen=True)
+class SessionEnded:
+    """Server: the session is over; the adapter deletes it from the store.
+
+    Attributes:
+        reason: ``"expired"`` (disconnected for ``resume_window``) or ``"closed"``
+            (the client closed with 1000).
+    """
+
+    reason: str
+
+
+CoreEvent = (
+    MessageReceived
+    | SessionEstablished
+    | CloseConnection
+    | PeerAcked
+    | GoAwayReceived
+    | SessionEnded
+    | Resumed
+    | SessionLost
+)
+
+
+class Endpoint:
+    """What both roles share: sequencing, acks, the replay buffer, timers.
+
+    Args:
+        config: the resumption settings.
+        hold_acks: advertise only what :meth:`rx_persisted` confirmed.
+    """
+
+    def __init__(self, config: ResumeConfig, *, hold_acks: bool = False) -> None:
+        self.config = config
+        self.hold_acks = hold_acks
+        self.phase = Phase.DISCONNECTED
+        #: Duplicates dropped so far (``seq <= rx``), for tests and metrics.
+        self.duplicates = 0
+        self._out: list[Payload] = []
+        self._events: list[CoreEvent] = []
+        self._reset_sequences(last_seq=0, rx=0)
+        self._disconnected_at: float | None = None
+        self._opened_at = 0.0
+
+    def _reset_sequences(self, *, last_seq: int, rx: int) -> None:
+        self.buffer = ReplayBuffer(
+            max_messages=self.config.max_messages,
+            max_bytes=self.config.max_bytes,
+            last_seq=last_seq,
+        )
+        self._rx = rx
+        self._ackable = rx
+        self._acked_sent = rx
+        self._peer_acked = last_seq
+        self._highest_sent = last_seq
+        self._in_count = 0
+        self._in_bytes = 0
+        self._ack_due: float | None = None
+
+    # ----------------------------------------------------------------- outputs
+
+    def data_to_send(self) -> list[Payload]:
+        """Messages to send on the current connection, in order; clears the list."""
+        out, self._out = self._out, []
+        return out
+
+    def events_received(self) -> list[CoreEvent]:
+        """Events for the adapter, in order; clears the list."""
+        events, self._events = self._events, []
+        return events
+
+    @property
+    def rx(self) -> int:
+        """Highest peer sequence number delivered in order."""
+        return self._rx
+
+    @property
+    def durable_rx(self) -> int:
+        """Highest peer sequence number this side may acknowledge (== rx without hold_acks)."""
+        return self._ackable
+
+    @property
+    def tx(self) -> int:
+        """Highest sequence number assigned to an outgoing message."""
+        return self.buffer.last_seq
+
+    @property
+    def peer_acked(self) -> int:
+        """Highest outgoing sequence number the peer acknowledged."""
+        return self._peer_acked
+
+    # ------------------------------------------------------------------- input
+
+    def send(self, payload: Payload, now: float) -> int:
+        """Buffer an application message and send it if the session is open.
+
+        Returns:
+            Its sequence number (for a write-through store).
+
+        Raises:
+            QueueFull: the replay buffer has no room (check :meth:`has_room`; the
+                adapter waits up to ``send_timeout`` for acks, then calls :meth:`overflow`).
+            ConnectionClosedError: the session ended.
+        """
+        if self.phase is Phase.CLOSED:
+            raise ConnectionClosedError(None, "the tether.v1 session has ended")
+        entry = self.buffer.push(payload, now)
+        if self.phase is Phase.OPEN:
+            self._transmit(entry.seq, payload)
+        return entry.seq
+
+    def has_room(self, payload: Payload) -> bool:
+        """Whether :meth:`send` would accept ``payload`` now."""
+        return self.buffer.has_room(payload_size(payload))
+
+    def receive_message(self, message: Payload, now: float) -> None:
+        """Process one WebSocket message received on the current connection.
+
+        Never raises on peer input: a violation becomes a :class:`CloseConnection` event.
+        """
+        if self.phase in (Phase.DISCONNECTED, Phase.CLOSED):
+            # The connection is being failed or is gone: nothing more is trusted.
+            return
+        try:
+            frame = decode(message)
+            if isinstance(frame, Data):
+                self._on_data(frame, now)
+            elif isinstance(frame, Ack):
+                self._require_open("ack")
+                self._on_ack(frame.rx)
+            else:
+                self._on_control(frame, now)
+        except ProtocolError as exc:
+            self._fail(exc.close_code, str(exc), now, exc)
+
+    def rx_persisted(self, rx: int, now: float) -> None:
+        """With ``hold_acks``: the store holds everything up to ``rx``; it may be acked."""
+        if rx > self._ackable:
+            self._ackable = min(rx, self._rx)
+            if self.phase is Phase.OPEN:
+                self._maybe_ack(now)
+
+    def overflow(self, now: float) -> None:
+        """The buffer stayed full for ``send_timeout`` while connected: close and resume."""
+        if self.phase in (Phase.OPEN, Phase.HANDSHAKE):
+            self._fail(TetherCloseCode.REPLAY_OVERFLOW, "replay buffer full", now)
+
+    def connection_lost(self, now: float, code: int | None = None) -> None:
+        """The current connection closed; ``code`` is the close code (None for 1006)."""
+        if self.phase in (Phase.OPEN, Phase.HANDSHAKE):
+            # The window runs from the last time the session was open: handshakes
+            # that fail (a server that accepts but never welcomes) do not extend it.
+            if self.phase is Phase.OPEN or self._disconnected_at is None:
+                self._disconnected_at = now
+            self.phase = Phase.DISCONNECTED
+        self._out.clear()
+        self._ack_due = None
+
+    # ------------------------------------------------------------------ timers
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`handle_timer` must next run, or None."""
+        if self.phase is Phase.OPEN:
+            deadlines = [self._ack_due] if self._ack_due is not None else []
+            stall = self._stall_deadline()
+            if stall is not None:
+                deadlines.append(stall)
+            return min(deadlines) if deadlines else None
+        if self.phase is Phase.DISCONNECTED and self._disconnected_at is not None:
+            return self._disconnected_at + self.config.resume_window
+        return None
+
+    def handle_timer(self, now: float) -> None:
+        """Act on the deadlines passed at ``now``: ack, stall, or expiry."""
+        if self.phase is Phase.OPEN:
+            if self._ack_due is not None and now >= self._ack_due:
+                self._maybe_ack(now, force=True)
+            stall = self._stall_deadline()
+            if stall is not None and now >= stall:
+                self._fail(
+                    TetherCloseCode.REPLAY_OVERFLOW,
+                    f"messages unacknowledged for {self.config.resume_window} s",
+                    now,
+                )
+        elif (
+            self.phase is Phase.DISCONNECTED
+            and self._disconnected_at is not None
+            and now >= self._disconnected_at + self.config.resume_window
+        ):
+            self._expire()
+
+    def _stall_deadline(self) -> float | None:
+        oldest = self.buffer.oldest_queued_at
+        if oldest is None:
+            return None
+        return max(oldest, self._opened_at) + self.config.resume_window
+
+    def _expire(self) -> None:
+        raise NotImplementedError
+
+    # --------------------------------------------------------------- internals
+
+    def _transmit(self, seq: int, payload: Payload) -> None:
+        # RFC 6455 §5.6: the data frame keeps the application's message type.
+        self._out.append(encode_data(seq, self._ackable, payload))
+        if seq > self._highest_sent:
+            self._highest_sent = seq
+        self._acked_out()
+
+    def _acked_out(self) -> None:
+        self._acked_sent = self._ackable
+        self._in_count = 0
+        self._in_bytes = 0
+        self._ack_due = None
+
+    def _replay(self) -> int:
+        """Send the whole buffer in order; return how many were re-sends."""
+        replayed = 0
+        for entry in self.buffer:
+            if entry.seq <= self._highest_sent:
+                replayed += 1
+            self._transmit(entry.seq, entry.payload)
+        return replayed
+
+    def _on_data(self, frame: Data, now: float) -> None:
+        self._require_open("data")
+        if frame.seq <= self._rx:
+            self.duplicates += 1
+        elif frame.seq == self._rx + 1:
+            self._rx = frame.seq
+            if not self.hold_acks:
+                self._ackable = frame.seq
+            self._in_count += 1
+            self._in_bytes += payload_size(frame.payload)
+            self._events.append(MessageReceived(frame.payload))
+        else:
+            raise ProtocolError(
+                f"sequence gap: expected {self._rx + 1}, got {frame.seq}",
+                close_code=TetherCloseCode.SEQUENCE_GAP,
+            )
+        self._on_ack(frame.ack)
+        self._maybe_ack(now)
+
+    def _on_ack(self, ack: int) -> None:
+        if ack > self._highest_sent:
+            raise ProtocolError(f"ack {ack} covers messages never sent (last {self._highest_sent})")
+        if ack > self._peer_acked:
+            self._peer_acked = ack
+            self.buffer.trim(ack)
+            self._events.append(PeerAcked(ack))
+
+    def _maybe_ack(self, now: float, *, force: bool = False) -> None:
+        if self._ackable <= self._acked_sent:
+            self._ack_due = None
+            return
+        cfg = self.config
+        if (
+            force
+            or (cfg.ack_messages is not None and self._in_count >= cfg.ack_messages)
+            or (cfg.ack_bytes is not None and self._in_bytes >= cfg.ack_bytes)
+        ):
+            self._out.append(encode(Ack(self._ackable)))
+            self._acked_out()
+        elif self._ack_due is None and cfg.ack_delay is not None:
+            self._ack_due = now + cfg.ack_delay
+
+    def _require_open(self, what: str) -> None:
+        if self.phase is not Phase.OPEN:
+            raise ProtocolError(f"{what} frame before the handshake completed")
+
+    def _on_control(self, frame: Hello | Welcome | GoAway, now: float) -> None:
+        raise ProtocolError(f"unexpected {type(frame).__name__.lower()} frame")
+
+    def _fail(self, code: int, reason: str, now: float, error: ProtocolError | None = None) -> None:
+        # RFC 6455 §5.5: a control frame payload is at most 125 bytes, 2 of them the code.
+        short = reason.encode("utf-8")[:123].decode("utf-8", "ignore")
+        self._events.append(CloseConnection(code, short, error))
+        self.connection_lost(now)
+
+    def _open(self, now: float) -> None:
+        self.phase = Phase.OPEN
+        self._opened_at = now
+        self._disconnected_at = None
+
+
+@dataclass
+class _Credentials:
+    sid: str
+    token: str
+    epoch: str
+
+
+class ClientEndpoint(Endpoint):
+    """The client side of a tether.v1 session."""
+
+    def __init__(self, config: ResumeConfig | None = None) -> None:
+        super().__init__(config or ResumeConfig())
+        self._session: _Credentials | None = None
+        self._doomed = False
+
+    @property
+    def sid(self) -> str | None:
+        """The current session id, or None before the first welcome."""
+        return self._session.sid if self._session else None
+
+    def connection_made(self, now: float) -> None:
+        """A tether.v1 connection opened: queue ``hello``.
+
+        Raises:
+            ConnectionClosedError: the session ended (closed with 1000).
+            RuntimeError: the previous connection was not reported lost.
+        """
+        if self.phase is Phase.CLOSED:
+            raise ConnectionClosedError(None, "the tether.v1 session has ended")
+        if self.phase is not Phase.DISCONNECTED:
+            raise RuntimeError(f"connection_made() in phase {self.phase.value}")
+        self.handle_timer(now)  # a session past its window is lost before asking
+        self._out.clear()
+        session = self._session
+        if session is None:
+            hello = Hello(rx=0)
+        else:
+            hello = Hello(session.sid, session.token, session.epoch, self._rx)
+        self.phase = Phase.HANDSHAKE
+        self._out.append(encode(hello))
+
+    def connection_lost(self, now: float, code: int | None = None) -> None:
+        """The connection closed; a takeover, goaway without resume or 1000 ends the session."""
+        super().connection_lost(now, code)
+        if code == TetherCloseCode.TAKEN_OVER:
+            self._lose(LostReason.TAKEN_OVER)
+        elif self._doomed:
+            self._lose(LostReason.NOT_RESUMABLE)
+        elif code == CloseCode.NORMAL_CLOSURE:
+            self.phase = Phase.CLOSED
+
+    def _expire(self) -> None:
+        self._lose(LostReason.EXPIRED)
+
+    def _lose(self, reason: LostReason | str) -> None:
+        unacked = self.buffer.clear()
+        had_session = self._session is not None
+        self._session = None
+        self._doomed = False
+        self._disconnected_at = None
+        self._reset_sequences(last_seq=0, rx=0)
+        if had_session or unacked:
+            text = reason.value if isinstance(reason, LostReason) else reason
+            self._events.append(SessionLost(text, unacked))
+
+    def _on_control(self, frame: Hello | Welcome | GoAway, now: float) -> None:
+        if isinstance(frame, Welcome) and self.phase is Phase.HANDSHAKE:
+            self._on_welcome(frame, now)
+        elif isinstance(frame, GoAway) and self.phase is Phase.OPEN:
+            # With resume false the session dies with this connection: report it
+            # when the connection closes, instead of a doomed resume attempt.
+            self._doomed = not frame.resume
+            self._events.append(GoAwayReceived(frame.retry_ms, frame.resume))
+        else:
+            super()._on_control(frame, now)
+
+    def _on_welcome(self, welcome: Welcome, now: float) -> None:
+        session = self._session
+        if welcome.resumed:
+            if session is None or welcome.sid != session.sid:
+                raise ProtocolError("welcome resumed a session this client did not ask for")
+            if welcome.tx < self._rx:
+                raise ProtocolError(f"welcome tx {welcome.tx} is behind our rx {self._rx}")
+            self._on_ack(welcome.rx)
+        else:
+            if session is not None:
+                self._lose(welcome.reason or LostReason.NOT_RESUMABLE)
+            if welcome.rx != 0:
+                raise ProtocolError("a new session must start with rx 0")
+        self._session = _Credentials(welcome.sid, welcome.token, welcome.epoch)
+        self._open(now)
+        replayed_out = self._replay()
+        self._events.append(SessionEstablished(welcome.sid, welcome.resumed, replayed_out))
+        if welcome.resumed:
+            self._events.append(Resumed(welcome.tx - self._rx, replayed_out))
+
+
+class ServerEndpoint(Endpoint):
+    """The server side of one tether.v1 session (it outlives connections).
+
+    The adapter parses the ``hello`` (:func:`tether.protocol.decode`), judges it
+    (:func:`tether.tokens.judge_resume`) against its store, and then either
+    attaches the existing endpoint (resume) or creates a new one; see
+    :meth:`attach`. A takeover is: close the old connection with 4901,
+    :meth:`connection_lost`, drop :meth:`data_to_send`, then :meth:`attach`.
+
+    Args:
+        sid: the session id.
+        epoch: the store epoch sent in ``welcome``.
+        config: the resumption settings.
+        hold_acks: see :class:`Endpoint` (True with a durable store).
+        tx: the last sequence number already assigned (from a store), else 0.
+        rx: the last client sequence number already received (from a store), else 0.
+    """
+
+    def __init__(
+        self,
+        sid: str,
+        epoch: str,
+        config: ResumeConfig | None = None,
+        *,
+        hold_acks: bool = False,
+        tx: int = 0,
+        rx: int = 0,
+    ) -> None:
+        super().__init__(config or ResumeConfig(), hold_acks=hold_acks)
+        self.sid = sid
+        self.epoch = epoch
+        self._reset_sequences(last_seq=tx, rx=rx)
+
+    def restore(self, acked: int, messages: list[tuple[int, Payload]], now: float) -> None:
+        """Rebuild from a store: the client acked up to ``acked``; ``messages`` follow it.
+
+        Raises:
+            ValueError: the messages do not continue ``acked`` up to ``tx`` contiguously.
+        """
+        tx = self.buffer.last_seq
+        self._reset_sequences(last_seq=acked, rx=self._rx)
+        self.buffer.restore(messages, now)
+        if self.buffer.last_seq != tx:
+            raise ValueError(f"stored messages end at {self.buffer.last_seq}, expected {tx}")
+        # They may all have been sent by the previous process: count them as sent.
+        self._highest_sent = tx
+
+    def attach(
+        self,
+        now: float,
+        *,
+        token: str,
+        resumed: bool,
+        peer_rx: int = 0,
+        reason: LostReason | None = None,
+    ) -> None:
+        """Bind a new connection: queue ``welcome`` and replay what the client lacks.
+
+        Args:
+            now: current time, in seconds.
+            token: the freshly rotated resume token (its hash is already stored).
+            resumed: True to continue this session, False for a new one.
+            peer_rx: the client's ``hello.rx`` (when resuming).
+            reason: why a requested resume was refused (new session only).
+
+        Raises:
+            RuntimeError: a connection is still attached (call :meth:`connection_lost`).
+
+        A ``peer_rx`` outside what this session sent and still holds cannot come
+        from an honest client (:func:`~tether.tokens.judge_resume` rejects most of
+        it first): it becomes a :class:`CloseConnection` with 1002, no welcome.
+        """
+        if self.phase is not Phase.DISCONNECTED:
+            raise RuntimeError(f"cannot attach a connection in phase {self.phase.value}")
+        if not self.buffer.first_seq - 1 <= peer_rx <= self._highest_sent:
+            low, high = self.buffer.first_seq - 1, self._highest_sent
+            reason_text = f"hello rx {peer_rx} outside {low}-{high}"
+            self._events.append(CloseConnection(CloseCode.PROTOCOL_ERROR, reason_text))
+            return
+        self._on_ack(peer_rx)
+        self._out.clear()
+        self._open(now)
+        self._out.append(
+            encode(
+                Welcome(
+                    resumed=resumed,
+                    reason=None if reason is None else reason.value,
+                    sid=self.sid,
+                    token=token,
+                    epoch=self.epoch,
+                    rx=self._ackable,
+                    tx=self.buffer.last_seq,
+                    window_ms=self.config.window_ms,
+                )
+            )
+        )
+        self._acked_out()
+        replayed = self._replay()
+        self._events.append(SessionEstablished(self.sid, resumed, replayed))
+
+    def goaway(self, *, retry_ms: int, resume: bool) -> None:
+        """Queue ``goaway`` before closing with 1012 (planned restart)."""
+        if self.phase is Phase.OPEN:
+            self._out.append(encode(GoAway(retry_ms=retry_ms, resume=resume)))
+
+    def abandon(self, reason: LostReason) -> tuple[Payload, ...]:
+        """End the session (e.g. ``overflow`` while disconnected); return the unacked payloads."""
+        self.phase = Phase.CLOSED
+        self._out.clear()
+        return self.buffer.clear()
+
+    def connection_lost(self, now: float, code: int | None = None) -> None:
+        """The connection closed; a 1000 from the client ends the session."""
+        was_live = self.phase is Phase.OPEN
+        super().connection_lost(now, code)
+        if was_live and code == CloseCode.NORMAL_CLOSURE:
+            self.phase = Phase.CLOSED
+            self._events.append(SessionEnded("closed"))
+
+    def _expire(self) -> None:
+        self.phase = Phase.CLOSED
+        self._events.append(SessionEnded("expired"))

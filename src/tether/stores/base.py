@@ -1,0 +1,266 @@
+"""The async ``SessionStore`` interface the server side of tether.v1 uses.
+
+One store holds, per session, a meta record (:class:`SessionRecord`) and the
+outgoing (server -> client) messages the client has not acknowledged, keyed by
+sequence number. The server adapter calls it like this::
+
+    epoch = await store.epoch()
+    record = await store.load(sid)                       # hello names a session
+    reason = judge_resume(hello, record, epoch=epoch, principal=p, now=now)
+    record = await store.claim(sid, record.generation,               # fencing CAS
+                               token_hash=new_hash, previous_token_hash=presented_hash)
+    messages = await store.messages(sid, after=hello.rx)           # replay
+    ...
+    await store.write(sid, generation, append=batch, acked=a, rx=r)  # once per loop turn
+    await store.detach(sid, generation, expires_at=now + window)     # connection lost
+
+Design for every implementation (memory, SQLite, Redis; ``docs/protocol.md``):
+
+* **Fencing.** Every session has a ``generation``; :meth:`SessionStore.claim` is
+  a compare-and-set that bumps it, and every write names the generation it
+  believes in. A write with an old generation raises :class:`Fenced`, so a
+  stale connection or node can never write into a session it lost.
+* **Write-through, batched, atomic.** :meth:`SessionStore.write` appends
+  messages, trims by ack and records ``rx`` in one atomic step (one SQLite
+  transaction, one Redis Lua script), so the adapter pays one round trip per
+  event-loop turn, not per message. Appended sequence numbers must continue
+  ``tx`` exactly; trimming is exact (Redis: ``XTRIM MINID``, never approximate).
+* **Epoch.** :meth:`SessionStore.epoch` changes when the store lost its data
+  (Redis flushed or restarted without persistence), so resumes fail with
+  ``epoch_mismatch`` instead of partially.
+* **Expiry.** A detached session carries ``expires_at``; :meth:`load` may still
+  return it after that (the resume is then refused as ``expired``) until
+  :meth:`expire` or the backend's own TTL removes it (then ``unknown``).
+* **Failure.** Backend errors surface as :class:`StoreUnavailable` (a
+  :class:`~tether.exceptions.StoreError`), chained with ``from``.
+
+Times are seconds on the caller's clock (the adapter passes wall-clock time so
+that a durable store outlives the process).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..exceptions import StoreError
+from ..protocol import Payload
+
+__all__ = [
+    "Fenced",
+    "SessionExists",
+    "SessionRecord",
+    "SessionStore",
+    "StoreUnavailable",
+    "StoredMessage",
+    "UnknownSession",
+]
+
+
+class StoreUnavailable(StoreError):
+    """The backend could not be reached or failed; the operation did not happen."""
+
+
+class Fenced(StoreError):
+    """The session's generation moved on: another connection or node owns it now.
+
+    Attributes:
+        sid: the session id.
+        expected: the generation the caller believed in.
+        actual: the generation in the store (None if the session is gone).
+    """
+
+    def __init__(self, sid: str, expected: int, actual: int | None) -> None:
+        super().__init__(f"session {sid} is at generation {actual}, not {expected}")
+        self.sid = sid
+        self.expected = expected
+        self.actual = actual
+
+
+class UnknownSession(StoreError):
+    """The session does not exist (never created, expired and purged, or deleted)."""
+
+
+class SessionExists(StoreError):
+    """:meth:`SessionStore.create` was given an id that is already in use."""
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    """One outgoing message as the store keeps it.
+
+    Attributes:
+        seq: its sequence number (server -> client direction).
+        payload: the application message; str and bytes are kept apart.
+    """
+
+    seq: int
+    payload: Payload
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    """A session's meta data (satisfies :class:`tether.tokens.ResumeCandidate`).
+
+    Attributes:
+        sid: the session id.
+        token_hash: SHA-256 (hex) of the resume token issued last.
+        previous_token_hash: hash of the token presented at the last resume, still
+            accepted because the welcome that carried ``token_hash`` may have been lost.
+        principal: who the session belongs to (the app's hook), or None.
+        generation: fencing number; 1 at creation, +1 per claim.
+        created_at: creation time, in seconds.
+        expires_at: when a detached session stops being resumable; None while attached.
+        tx: last sequence number appended (server -> client).
+        acked: the client acknowledged everything up to here; messages ``acked+1..tx`` are held.
+        rx: last client sequence number the server received, durably.
+        lost: why the session can no longer be resumed (``"overflow"``), else None.
+    """
+
+    sid: str
+    token_hash: str
+    principal: str | None
+    generation: int
+    created_at: float
+    expires_at: float | None = None
+    previous_token_hash: str | None = None
+    tx: int = 0
+    acked: int = 0
+    rx: int = 0
+    lost: str | None = None
+
+
+class SessionStore(abc.ABC):
+    """Where the server side of tether.v1 keeps sessions (async; see the module doc)."""
+
+    @abc.abstractmethod
+    async def epoch(self) -> str:
+        """The store's epoch: an id that changes when the store lost its data.
+
+        Raises:
+            StoreUnavailable: the backend failed.
+        """
+
+    @abc.abstractmethod
+    async def create(
+        self, sid: str, *, token_hash: str, principal: str | None, now: float
+    ) -> SessionRecord:
+        """Create a new attached session at generation 1.
+
+        Raises:
+            SessionExists: ``sid`` is taken.
+            StoreUnavailable: the backend failed.
+        """
+
+    @abc.abstractmethod
+    async def load(self, sid: str) -> SessionRecord | None:
+        """The session's record, or None when the store does not know ``sid``.
+
+        Raises:
+            StoreUnavailable: the backend failed.
+        """
+
+    @abc.abstractmethod
+    async def claim(
+        self,
+        sid: str,
+        expected_generation: int,
+        *,
+        token_hash: str,
+        previous_token_hash: str,
+    ) -> SessionRecord:
+        """Take the session over for a new connection: compare-and-set the generation.
+
+        Atomically: if the generation is still ``expected_generation``, bump it,
+        store the two accepted token hashes (the new token, and the one the
+        client just presented, in case the welcome is lost) and clear
+        ``expires_at`` (attached again). Returns the new record.
+
+        Raises:
+            Fenced: somebody else claimed it first.
+            UnknownSession: the session is gone.
+            StoreUnavailable: the backend failed.
+        """
+
+    @abc.abstractmethod
+    async def messages(self, sid: str, *, after: int) -> list[StoredMessage]:
+        """Held messages with ``seq > after``, oldest first (what a resume replays).
+
+        Raises:
+            UnknownSession: the session is gone.
+            StoreUnavailable: the backend failed.
+        """
+
+    @abc.abstractmethod
+    async def write(
+        self,
+        sid: str,
+        generation: int,
+        *,
+        append: Sequence[StoredMessage] = (),
+        acked: int | None = None,
+        rx: int | None = None,
+    ) -> SessionRecord:
+        """Apply one batch atomically, after checking the generation; return the record.
+
+        Args:
+            sid: the session id.
+            generation: the generation the caller holds.
+            append: new outgoing messages; their seqs must be ``tx+1, tx+2, ...``.
+            acked: the client acked up to here: drop messages ``seq <= acked``.
+                Ignored when not above the stored ``acked``; must not exceed the new ``tx``.
+            rx: the server received client messages up to here. Ignored when not
+                above the stored ``rx``.
+
+        Raises:
+            Fenced: the generation moved on; nothing was written.
+            UnknownSession: the session is gone.
+            StoreError: the batch is inconsistent (non-contiguous seqs, ack beyond tx).
+            StoreUnavailable: the backend failed.
+        """
+
+    @abc.abstractmethod
+    async def detach(self, sid: str, generation: int, *, expires_at: float) -> None:
+        """The connection was lost: the session may be resumed until ``expires_at``.
+
+        Raises:
+            Fenced: the generation moved on (the session lives elsewhere); nothing changed.
+            UnknownSession: the session is gone.
+            StoreUnavailable: the backend failed.
+        """
+
+    @abc.abstractmethod
+    async def abandon(self, sid: str, generation: int, *, reason: str) -> None:
+        """Mark the session as not resumable (``lost = reason``) and drop its messages.
+
+        Used when the server cannot keep a session's promise (its buffer
+        overflowed while the client was away), so the next resume is refused
+        with that reason instead of partially.
+
+        Raises:
+            Fenced: the generation moved on; nothing changed.
+            UnknownSession: the session is gone.
+            StoreUnavailable: the backend failed.
+        """
+
+    @abc.abstractmethod
+    async def delete(self, sid: str) -> None:
+        """Remove the session and its messages (the session ended); absent is fine.
+
+        Raises:
+            StoreUnavailable: the backend failed.
+        """
+
+    @abc.abstractmethod
+    async def expire(self, now: float) -> int:
+        """Remove every detached session with ``expires_at <= now``; return how many.
+
+        Backends with native expiry (Redis) may have removed them already.
+
+        Raises:
+            StoreUnavailable: the backend failed.
+        """
+
+    async def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
+        """Release the backend's resources (connections, files)."""

@@ -1,0 +1,586 @@
+"""Shared session store on Redis (several tether nodes behind a load balancer).
+
+Redis is the distributed engine here; tether only lays its data out so that
+every operation is one atomic server-side step:
+
+* Per session, a **stream** ``<prefix>{<sid>}:out`` holding the unacknowledged
+  outgoing messages, whose entry ids *are* the sequence numbers (``<seq>-0``,
+  written with explicit ids by ``XADD``), so a resume reads exactly
+  ``XRANGE <rx+1>-0 +`` of one key; there is no global stream to scan.
+* A **hash** ``<prefix>{<sid>}:meta`` with the session record. The ``{<sid>}``
+  hash tag puts both keys in the same hash slot, so one Lua script may touch
+  both (and Redis Cluster would keep them on one shard).
+* **One Lua script per write**: check the generation (fencing), ``XADD`` the
+  batch, update ``tx``/``acked``/``rx``, trim exactly with ``XTRIM MINID`` (never
+  an approximate ``MAXLEN ~``). Claim is a compare-and-set script.
+* **Pipelining**: the script calls of every session made during one event-loop
+  turn are sent in one non-transactional pipeline, so the round trip is paid
+  per turn, not per session or message.
+* **Expiry**: detach sets both keys' TTL to the resume window with
+  ``PEXPIREAT`` (computed on Redis' own clock, so node clocks do not matter)
+  and records the session in a sorted set ``<prefix>detached`` that
+  :meth:`RedisStore.expire` uses to remove sessions whose window ended
+  before Redis' TTL fired.
+* **Epoch**: ``<prefix>epoch``, created with ``SET NX`` by the first node that
+  asks. Redis flushed, or restarted without persistence, loses it; the next
+  node creates a new one, so old resume attempts fail with ``epoch_mismatch``.
+
+Failures of Redis (refused, reset, timeout, out of memory, read-only replica)
+raise :class:`~tether.stores.base.StoreUnavailable` chained to redis-py's
+exception and are logged once per incident on ``tether.store``. redis-py's
+connection pool reconnects by itself on the next operation; its automatic
+retries are turned off because retrying a write whose reply was lost would
+apply it twice.
+
+This module needs redis-py (``pip install 'tether[redis]'``); importing it
+without raises an ImportError that says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import math
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+from ..exceptions import ConfigurationError, StoreError
+from ._checks import check_batch
+from ._incident import IncidentLog
+from .base import (
+    Fenced,
+    SessionExists,
+    SessionRecord,
+    SessionStore,
+    StoredMessage,
+    StoreUnavailable,
+    UnknownSession,
+)
+
+try:
+    import redis.asyncio as aioredis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+    from redis.commands.core import AsyncScript
+    from redis.exceptions import NoScriptError, RedisError, ResponseError
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "the redis session store needs redis-py: pip install 'tether[redis]'"
+    ) from exc
+
+__all__ = ["DEFAULT_PREFIX", "RedisStore"]
+
+#: Every key tether writes starts with this (``tether:epoch``, ``tether:{sid}:meta``).
+DEFAULT_PREFIX = "tether:"
+
+_T = TypeVar("_T")
+
+# Errors come back as error replies tagged TETHER_*, translated in _translate().
+_CHECK_GENERATION = """
+local gen = redis.call('HGET', KEYS[1], 'generation')
+if not gen then return redis.error_reply('TETHER_UNKNOWN') end
+if gen ~= ARGV[1] then return redis.error_reply('TETHER_FENCED ' .. gen) end
+"""
+
+_EPOCH = """
+redis.call('SET', KEYS[1], ARGV[1], 'NX')
+return redis.call('GET', KEYS[1])
+"""
+
+# KEYS: meta, out. ARGV: token_hash, created_at, principal, has_principal.
+_CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return redis.error_reply('TETHER_EXISTS') end
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[1], 'token_hash', ARGV[1], 'generation', 1, 'created_at', ARGV[2],
+           'tx', 0, 'acked', 0, 'rx', 0)
+if ARGV[4] == '1' then redis.call('HSET', KEYS[1], 'principal', ARGV[3]) end
+return redis.call('HGETALL', KEYS[1])
+"""
+
+# KEYS: meta, out. ARGV: expected generation, token_hash, previous_token_hash.
+_CLAIM = (
+    _CHECK_GENERATION
+    + """
+redis.call('HINCRBY', KEYS[1], 'generation', 1)
+redis.call('HSET', KEYS[1], 'token_hash', ARGV[2], 'previous_token_hash', ARGV[3])
+redis.call('HDEL', KEYS[1], 'expires_at', 'ttl_at')
+redis.call('PERSIST', KEYS[1])
+redis.call('PERSIST', KEYS[2])
+return redis.call('HGETALL', KEYS[1])
+"""
+)
+
+# KEYS: meta, out. ARGV: generation, acked|'', rx|'', first seq, count, then kind, payload pairs.
+# Everything is validated before the first change: a refused batch changes nothing.
+_WRITE = (
+    _CHECK_GENERATION
+    + """
+local f = redis.call('HMGET', KEYS[1], 'tx', 'acked', 'rx', 'ttl_at')
+local tx, acked, rx = tonumber(f[1]), tonumber(f[2]), tonumber(f[3])
+local n = tonumber(ARGV[5])
+local new_tx = tx
+if n > 0 then
+    local first = tonumber(ARGV[4])
+    if first ~= tx + 1 then
+        return redis.error_reply('TETHER_BATCH appended seq ' .. ARGV[4] .. ', expected '
+                                 .. string.format('%d', tx + 1))
+    end
+    new_tx = tx + n
+end
+local new_acked = acked
+if ARGV[2] ~= '' then new_acked = math.max(acked, tonumber(ARGV[2])) end
+if new_acked > new_tx then
+    return redis.error_reply('TETHER_BATCH ack ' .. string.format('%d', new_acked)
+                             .. ' is beyond tx ' .. string.format('%d', new_tx))
+end
+local new_rx = rx
+if ARGV[3] ~= '' then new_rx = math.max(rx, tonumber(ARGV[3])) end
+for i = 0, n - 1 do
+    redis.call('XADD', KEYS[2], string.format('%d-0', tx + 1 + i), ARGV[6 + 2 * i], ARGV[7 + 2 * i])
+end
+if new_acked > acked then
+    -- Exact trim: MINID with '=' removes every entry below the id, nothing more or less.
+    redis.call('XTRIM', KEYS[2], 'MINID', '=', string.format('%d-0', new_acked + 1))
+end
+redis.call('HSET', KEYS[1], 'tx', string.format('%d', new_tx),
+           'acked', string.format('%d', new_acked), 'rx', string.format('%d', new_rx))
+if f[4] then
+    -- Written while detached: the stream (maybe just created) expires with the session.
+    redis.call('PEXPIREAT', KEYS[2], f[4])
+end
+return redis.call('HGETALL', KEYS[1])
+"""
+)
+
+# KEYS: meta, out. ARGV: after + 1 (first seq wanted).
+_MESSAGES = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return redis.error_reply('TETHER_UNKNOWN') end
+return redis.call('XRANGE', KEYS[2], ARGV[1] .. '-0', '+')
+"""
+
+# KEYS: meta, out. ARGV: generation, expires_at, TTL in ms (the resume window).
+_DETACH = (
+    _CHECK_GENERATION
+    + """
+local now = redis.call('TIME')
+local at = string.format('%d', tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+                               + tonumber(ARGV[3]))
+redis.call('HSET', KEYS[1], 'expires_at', ARGV[2], 'ttl_at', at)
+redis.call('PEXPIREAT', KEYS[1], at)
+redis.call('PEXPIREAT', KEYS[2], at)
+return 1
+"""
+)
+
+# KEYS: meta, out. ARGV: generation, reason.
+_ABANDON = (
+    _CHECK_GENERATION
+    + """
+local tx = redis.call('HGET', KEYS[1], 'tx')
+redis.call('HSET', KEYS[1], 'lost', ARGV[2], 'acked', tx)
+redis.call('DEL', KEYS[2])
+return 1
+"""
+)
+
+# KEYS: meta, out. ARGV: now. Removes the session only if it is detached and its window ended.
+_EXPIRE_IF_ENDED = """
+local e = redis.call('HGET', KEYS[1], 'expires_at')
+if e and tonumber(e) <= tonumber(ARGV[1]) then
+    redis.call('DEL', KEYS[1], KEYS[2])
+    return 1
+end
+return 0
+"""
+
+
+class RedisStore(SessionStore):
+    """Sessions in Redis, shared by every node that uses the same server and prefix.
+
+    No connection is made until the first operation.
+
+    Args:
+        url: ``redis://host:port/db`` (also ``rediss://`` for TLS and ``unix://``);
+            redis-py's query options (``?socket_timeout=...``) are honoured.
+        prefix: prepended to every key; separates several deployments (or tests)
+            sharing one Redis database.
+        timeout: seconds for connecting and for each reply, unless the URL says
+            otherwise; then the operation fails with :class:`StoreUnavailable`.
+            None waits forever (not recommended: a hung Redis then hangs resumes).
+        clock: the clock the callers' times (``now``, ``expires_at``) are read
+            from; wall-clock time by default, which is what the server adapter
+            passes. Only used to turn ``expires_at`` into a TTL.
+
+    Raises:
+        ConfigurationError: the URL or one of its options is not valid.
+    """
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        timeout: float | None = 5.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.url = url
+        self.prefix = prefix
+        self._clock = clock
+        try:
+            self._client: aioredis.Redis = aioredis.Redis.from_url(
+                url,
+                decode_responses=False,  # payloads are bytes; text is decoded here
+                socket_connect_timeout=timeout,
+                socket_timeout=timeout,
+                retry=Retry(NoBackoff(), 0),  # a lost reply must not apply a write twice
+            )
+            # Building (not connecting) a connection checks the URL's options now,
+            # not at the first operation.
+            self._client.connection_pool.make_connection()  # type: ignore[no-untyped-call]
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(f"bad Redis URL {url!r}: {exc}") from None
+        kwargs = self._client.connection_pool.connection_kwargs
+        where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
+        self._incidents = IncidentLog(f"redis {where}/{kwargs.get('db', 0)} ({prefix}*)")
+        self._queue: list[_Call] = []
+        self._flush: asyncio.Handle | None = None
+        self._in_flight: set[asyncio.Future[None]] = set()
+        register = self._client.register_script
+        self._epoch_script = register(_EPOCH)
+        self._create_script = register(_CREATE)
+        self._claim_script = register(_CLAIM)
+        self._write_script = register(_WRITE)
+        self._messages_script = register(_MESSAGES)
+        self._detach_script = register(_DETACH)
+        self._abandon_script = register(_ABANDON)
+        self._expire_script = register(_EXPIRE_IF_ENDED)
+
+    # -- keys --------------------------------------------------------------------------
+
+    def meta_key(self, sid: str) -> str:
+        """The hash holding the session record."""
+        return f"{self.prefix}{{{_tag(sid)}}}:meta"
+
+    def stream_key(self, sid: str) -> str:
+        """The stream holding the session's unacknowledged outgoing messages."""
+        return f"{self.prefix}{{{_tag(sid)}}}:out"
+
+    @property
+    def epoch_key(self) -> str:
+        """The key holding the store epoch."""
+        return f"{self.prefix}epoch"
+
+    @property
+    def detached_key(self) -> str:
+        """The sorted set of detached sessions, scored by ``expires_at``."""
+        return f"{self.prefix}detached"
+
+    def _keys(self, sid: str) -> list[str]:
+        return [self.meta_key(sid), self.stream_key(sid)]
+
+    # -- SessionStore ------------------------------------------------------------------
+
+    async def epoch(self) -> str:
+        """The epoch key's value, created with ``SET NX`` if missing."""
+        value = await self._call(
+            "epoch",
+            lambda: self._pipelined(
+                self._epoch_script, [self.epoch_key], [secrets.token_urlsafe(16)]
+            ),
+        )
+        return _text(value)
+
+    async def create(
+        self, sid: str, *, token_hash: str, principal: str | None, now: float
+    ) -> SessionRecord:
+        """Create a session at generation 1 (see :meth:`SessionStore.create`)."""
+        args = [token_hash, repr(now), principal or "", "0" if principal is None else "1"]
+        fields = await self._call(
+            "create", lambda: self._pipelined(self._create_script, self._keys(sid), args), sid=sid
+        )
+        return _record(sid, fields)
+
+    async def load(self, sid: str) -> SessionRecord | None:
+        """The record for ``sid``, or None."""
+        fields = await self._call("load", lambda: self._client.hgetall(self.meta_key(sid)))
+        return _record(sid, fields) if fields else None
+
+    async def claim(
+        self,
+        sid: str,
+        expected_generation: int,
+        *,
+        token_hash: str,
+        previous_token_hash: str,
+    ) -> SessionRecord:
+        """Compare-and-set the generation in one script (see :meth:`SessionStore.claim`)."""
+        args = [str(expected_generation), token_hash, previous_token_hash]
+        fields = await self._call(
+            "claim",
+            lambda: self._pipelined(self._claim_script, self._keys(sid), args),
+            sid=sid,
+            generation=expected_generation,
+        )
+        return _record(sid, fields)
+
+    async def messages(self, sid: str, *, after: int) -> list[StoredMessage]:
+        """Held messages with ``seq > after``: one ``XRANGE`` of the session's stream."""
+        entries = await self._call(
+            "messages",
+            lambda: self._pipelined(self._messages_script, self._keys(sid), [after + 1]),
+            sid=sid,
+        )
+        return [_message(entry_id, fields) for entry_id, fields in entries]
+
+    async def write(
+        self,
+        sid: str,
+        generation: int,
+        *,
+        append: Sequence[StoredMessage] = (),
+        acked: int | None = None,
+        rx: int | None = None,
+    ) -> SessionRecord:
+        """Append, trim and record rx in one Lua script: one round trip per batch."""
+        check_batch(sid, append)
+        args: list[str | bytes | int] = [
+            generation,
+            "" if acked is None else acked,
+            "" if rx is None else rx,
+            append[0].seq if append else 0,
+            len(append),
+        ]
+        for message in append:
+            if isinstance(message.payload, str):
+                args += ["t", message.payload.encode()]
+            else:
+                args += ["b", message.payload]
+        fields = await self._call(
+            "write",
+            lambda: self._pipelined(self._write_script, self._keys(sid), args),
+            sid=sid,
+            generation=generation,
+        )
+        return _record(sid, fields)
+
+    async def detach(self, sid: str, generation: int, *, expires_at: float) -> None:
+        """Set the keys' TTL to the resume window (see :meth:`SessionStore.detach`)."""
+        ttl_ms = max(1, math.ceil((expires_at - self._clock()) * 1000))
+        await self._call(
+            "detach",
+            lambda: self._pipelined(
+                self._detach_script, self._keys(sid), [generation, repr(expires_at), ttl_ms]
+            ),
+            sid=sid,
+            generation=generation,
+        )
+        # The index is a hint for expire(), which re-checks the record: not part of the step.
+        await self._call("detach", lambda: self._client.zadd(self.detached_key, {sid: expires_at}))
+
+    async def abandon(self, sid: str, generation: int, *, reason: str) -> None:
+        """Mark the session lost and drop its stream (see :meth:`SessionStore.abandon`)."""
+        await self._call(
+            "abandon",
+            lambda: self._pipelined(self._abandon_script, self._keys(sid), [generation, reason]),
+            sid=sid,
+            generation=generation,
+        )
+
+    async def delete(self, sid: str) -> None:
+        """Delete both keys and the index entry (one round trip)."""
+
+        async def remove() -> Any:
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.delete(*self._keys(sid))
+                pipe.zrem(self.detached_key, sid)
+                return await pipe.execute()
+
+        await self._call("delete", remove)
+
+    async def expire(self, now: float, *, batch_size: int = 500) -> int:
+        """Remove detached sessions whose window ended by ``now``; return how many.
+
+        Redis' TTL removes them too (then they are not counted here). Candidates
+        come from the ``detached`` index; each is re-checked atomically against
+        its record, so a session claimed again in the meantime is kept.
+        """
+        removed = 0
+        while True:
+            candidates = await self._call(
+                "expire",
+                lambda: self._client.zrangebyscore(
+                    self.detached_key, "-inf", now, start=0, num=batch_size
+                ),
+            )
+            if not candidates:
+                return removed
+            sids = [_text(candidate) for candidate in candidates]
+
+            async def sweep(sids: list[str] = sids) -> Any:
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for sid in sids:
+                        await self._expire_script(self._keys(sid), [repr(now)], client=pipe)
+                    pipe.zrem(self.detached_key, *sids)
+                    return await pipe.execute()
+
+            results = await self._call("expire", sweep)
+            removed += sum(int(result) for result in results[:-1])
+
+    async def close(self) -> None:
+        """Wait for the pipelines in flight, then close the connection pool."""
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+            self._start_pipeline()
+        if self._in_flight:
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
+        await self._client.aclose()
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    def _pipelined(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Awaitable[Any]:
+        """Queue one script call; every call queued in this loop turn shares one round trip.
+
+        The calls of all sessions made while the event loop runs one batch of
+        callbacks are sent in one non-transactional pipeline right after it
+        (``call_soon``), so N sessions writing in the same turn cost one round
+        trip, not N. Each script is still atomic on its own; a refused one
+        (fenced, unknown) does not affect the others.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.append(_Call(script, [*keys, *args], len(keys), future))
+        if self._flush is None:
+            self._flush = loop.call_soon(self._start_pipeline)
+        return future
+
+    def _start_pipeline(self) -> None:
+        self._flush = None
+        calls, self._queue = self._queue, []
+        if calls:
+            task = asyncio.ensure_future(self._send_pipeline(calls))
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+
+    async def _send_pipeline(self, calls: list[_Call]) -> None:
+        try:
+            results = await self._execute(calls)
+            missing = [
+                index for index, result in enumerate(results) if isinstance(result, NoScriptError)
+            ]
+            if missing:
+                # Redis restarted (or SCRIPT FLUSH): those calls did not run. Load the
+                # scripts and send exactly those again; the others must not run twice.
+                for script in {id(calls[i].script): calls[i].script for i in missing}.values():
+                    script.sha = await self._client.script_load(script.script)
+                retried = await self._execute([calls[i] for i in missing])
+                for index, result in zip(missing, retried, strict=True):
+                    results[index] = result
+        except asyncio.CancelledError:  # the loop is shutting down: so are the callers
+            for call in calls:
+                call.future.cancel()
+            raise
+        except Exception as exc:  # the whole round trip failed: every call did
+            for call in calls:
+                if not call.future.done():
+                    call.future.set_exception(exc)
+            return
+        for call, result in zip(calls, results, strict=True):
+            if call.future.done():  # the caller was cancelled
+                continue
+            if isinstance(result, Exception):
+                call.future.set_exception(result)
+            else:
+                call.future.set_result(result)
+
+    async def _execute(self, calls: list[_Call]) -> list[Any]:
+        async with self._client.pipeline(transaction=False) as pipe:
+            for call in calls:
+                pipe.evalsha(call.script.sha, call.key_count, *call.args)
+            return list(await pipe.execute(raise_on_error=False))
+
+    async def _call(
+        self,
+        operation: str,
+        command: Callable[[], Awaitable[_T]],
+        *,
+        sid: str = "",
+        generation: int = 0,
+    ) -> _T:
+        """Run one Redis round trip; translate tagged script errors and backend failures."""
+        try:
+            result = await command()
+        except ResponseError as exc:
+            translated = _translate(exc, sid, generation)
+            if translated is None:  # Redis refused (OOM, READONLY, ...): the backend failed
+                self._incidents.failed(operation, exc)
+                raise StoreUnavailable(f"redis store: {operation} failed: {exc}") from exc
+            self._incidents.succeeded()
+            raise translated from None
+        except (RedisError, OSError) as exc:
+            self._incidents.failed(operation, exc)
+            raise StoreUnavailable(f"redis store: {operation} failed: {exc}") from exc
+        self._incidents.succeeded()
+        return result
+
+
+@dataclasses.dataclass
+class _Call:
+    """One script call waiting for the next pipeline."""
+
+    script: AsyncScript
+    args: list[Any]  # keys, then arguments
+    key_count: int
+    future: asyncio.Future[Any]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _tag(sid: str) -> str:
+    # A brace in the id would end the hash tag early and split the session's keys.
+    if "{" in sid or "}" in sid:
+        raise StoreError(f"session id {sid!r} may not contain braces")
+    return sid
+
+
+def _translate(exc: ResponseError, sid: str, generation: int) -> StoreError | None:
+    text = str(exc)
+    if text.startswith("TETHER_FENCED"):
+        return Fenced(sid, generation, int(text.split()[1]))
+    if text.startswith("TETHER_UNKNOWN"):
+        return UnknownSession(f"session {sid} is unknown")
+    if text.startswith("TETHER_EXISTS"):
+        return SessionExists(f"session {sid} already exists")
+    if text.startswith("TETHER_BATCH"):
+        return StoreError(f"session {sid}: {text.removeprefix('TETHER_BATCH ')}")
+    return None
+
+
+def _record(sid: str, fields: Any) -> SessionRecord:
+    if isinstance(fields, list):  # a script's HGETALL: flat [field, value, ...]
+        fields = dict(zip(fields[::2], fields[1::2], strict=True))
+    meta = {_text(key): _text(value) for key, value in fields.items()}
+    expires_at = meta.get("expires_at")
+    return SessionRecord(
+        sid=sid,
+        token_hash=meta["token_hash"],
+        previous_token_hash=meta.get("previous_token_hash"),
+        principal=meta.get("principal"),
+        generation=int(meta["generation"]),
+        created_at=float(meta["created_at"]),
+        expires_at=None if expires_at is None else float(expires_at),
+        tx=int(meta["tx"]),
+        acked=int(meta["acked"]),
+        rx=int(meta["rx"]),
+        lost=meta.get("lost"),
+    )
+
+
+def _message(entry_id: bytes, fields: list[bytes]) -> StoredMessage:
+    seq = int(entry_id.split(b"-", 1)[0])
+    kind, data = fields[0], bytes(fields[1])
+    return StoredMessage(seq, data.decode() if kind == b"t" else data)

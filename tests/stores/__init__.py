@@ -1,0 +1,1 @@
+"""Session store tests: one conformance suite, one module per store."""

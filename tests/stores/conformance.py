@@ -1,0 +1,210 @@
+"""The conformance suite every :class:`~tether.stores.base.SessionStore` must pass.
+
+Use it by subclassing :class:`StoreConformance` in ``tests/stores/test_<store>.py``
+and providing a ``store`` fixture that yields a fresh, empty store::
+
+    class TestMemoryStore(StoreConformance):
+        @pytest.fixture
+        async def store(self) -> AsyncIterator[SessionStore]:
+            yield MemoryStore()
+
+Times are plain numbers (a fake clock): the interface takes ``now`` and
+``expires_at`` as arguments, so no test waits.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tether.exceptions import StoreError
+from tether.stores.base import (
+    Fenced,
+    SessionExists,
+    SessionStore,
+    StoredMessage,
+    UnknownSession,
+)
+
+SID = "c2Vzc2lvbi1pZC0wMDAwMQ"
+HASH = "a" * 64
+
+
+def batch(first: int, last: int) -> list[StoredMessage]:
+    """Messages ``first..last``, alternating text and binary payloads."""
+    return [
+        StoredMessage(seq, f"m{seq}" if seq % 2 else f"m{seq}".encode())
+        for seq in range(first, last + 1)
+    ]
+
+
+class StoreConformance:
+    """Behaviour shared by every session store."""
+
+    async def test_epoch_is_stable(self, store: SessionStore) -> None:
+        """The epoch is a non-empty string that does not change between calls."""
+        first = await store.epoch()
+        assert first
+        assert await store.epoch() == first
+
+    async def test_create_then_load(self, store: SessionStore) -> None:
+        """A created session loads back at generation 1 with empty counters."""
+        created = await store.create(SID, token_hash=HASH, principal="alice", now=10.0)
+        loaded = await store.load(SID)
+        assert loaded == created
+        assert (loaded.generation, loaded.tx, loaded.acked, loaded.rx) == (1, 0, 0, 0)
+        assert (loaded.principal, loaded.created_at, loaded.expires_at) == ("alice", 10.0, None)
+
+    async def test_load_unknown_is_none(self, store: SessionStore) -> None:
+        """Loading a session that was never created returns None."""
+        assert await store.load("nope") is None
+
+    async def test_create_twice_refused(self, store: SessionStore) -> None:
+        """Creating an existing session id raises SessionExists."""
+        await store.create(SID, token_hash=HASH, principal=None, now=0.0)
+        with pytest.raises(SessionExists):
+            await store.create(SID, token_hash=HASH, principal=None, now=0.0)
+
+    async def test_append_keeps_payload_types(self, store: SessionStore) -> None:
+        """Appended messages come back in order with str and bytes kept apart."""
+        await store.create(SID, token_hash=HASH, principal=None, now=0.0)
+        record = await store.write(SID, 1, append=batch(1, 4))
+        assert record.tx == 4
+        assert await store.messages(SID, after=0) == batch(1, 4)
+
+    async def test_messages_after(self, store: SessionStore) -> None:
+        """messages(after=n) returns only seq > n."""
+        await store.create(SID, token_hash=HASH, principal=None, now=0.0)
+        await store.write(SID, 1, append=batch(1, 5))
+        assert [m.seq for m in await store.messages(SID, after=3)] == [4, 5]
+
+    async def test_append_must_be_contiguous(self, store: SessionStore) -> None:
+        """A batch that skips a sequence number is refused and changes nothing."""
+        await store.create(SID, token_hash=HASH, principal=None, now=0.0)
+        await store.write(SID, 1, append=batch(1, 2))
+        with pytest.raises(StoreError):
+            await store.write(SID, 1, append=[*batch(3, 3), *batch(5, 5)])
+        assert (await store.load(SID)).tx == 2  # type: ignore[union-attr]
+        assert [m.seq for m in await store.messages(SID, after=0)] == [1, 2]
+
+    async def test_trim_by_ack_is_exact(self, store: SessionStore) -> None:
+        """acked=n drops exactly the messages with seq <= n."""
+        await store.create(SID, token_hash=HASH, principal=None, now=0.0)
+        await store.write(SID, 1, append=batch(1, 10))
+        record = await store.write(SID, 1, acked=7)
+        assert record.acked == 7
+        assert [m.seq for m in await store.messages(SID, after=0)] == [8, 9, 10]
+
+    async def test_append_and_ack_in_one_batch(self, store: SessionStore) -> None:
+        """One write can append, trim and record rx together."""
+        await store.create(SID, token_hash=HASH, principal=None, now=0.0)
+        record = await store.write(SID, 1, append=batch(1, 3), acked=2, rx=5)
+        assert (record.tx, record.acked, record.rx) == (3, 2, 5)
+        assert [m.seq for m in await store.messages(SID, after=0)] == [3]
+
+    async def test_ack_beyond_tx_refused(self, store: SessionStore) -> None:
+        """An ack of a message never appended is refused."""
+        await store.create(SID, token_hash=HASH, principal=None, now=0.0)
+        await store.write(SID, 1, append=batch(1, 2))
+        with pytest.raises(StoreError):
+            await store.write(SID, 1, acked=3)
+
+    async def test_ack_and_rx_never_go_back(self, store: SessionStore) -> None:
+        """A lower acked or rx than stored is ignored (they are cumulative)."""
+        await store.create(SID, token_hash=HASH, principal=None, now=0.0)
+        await store.write(SID, 1, append=batch(1, 4), acked=3, rx=9)
+        record = await store.write(SID, 1, acked=1, rx=2)
+        assert (record.acked, record.rx) == (3, 9)
+
+    async def test_claim_bumps_generation_and_rotates_token(self, store: SessionStore) -> None:
+        """claim() with the current generation bumps it, stores the new hash, re-attaches."""
+        await store.create(SID, token_hash=HASH, principal=None, now=0.0)
+        await store.detach(SID, 1, expires_at=50.0)
+        record = await store.claim(SID, 1, token_hash="b" * 64, previous_token_hash=HASH)
+        assert (record.generation, record.token_hash, record.expires_at) == (2, "b" * 64, None)
+        assert record.previous_token_hash == HASH
+        assert await store.load(SID) == record
+
+    async def test_claim_with_stale_generation_fenced(self, store: SessionStore) -> None:
+        """Two claims from the same generation: the second one is fenced."""
+        await store.create(SID, token_hash=HASH, principal=None, now=0.0)
+        await store.claim(SID, 1, token_hash="b" * 64, previous_token_hash=HASH)
+        with pytest.raises(Fenced) as caught:
+            await store.claim(SID, 1, token_hash="c" * 64, previous_token_hash=HASH)
+        assert (caught.value.expected, caught.value.actual) == (1, 2)
+
+    async def test_stale_writer_fenced(self, store: SessionStore) -> None:
+        """After a takeover, a write with the old generation fails and changes nothing."""
+        await store.create(SID, token_hash=HASH, principal=None, now=0.0)
+        await store.write(SID, 1, append=batch(1, 2))
+        await store.claim(SID, 1, token_hash="b" * 64, previous_token_hash=HASH)
+        with pytest.raises(Fenced):
+            await store.write(SID, 1, append=batch(3, 3), rx=4)
+        record = await store.load(SID)
+        assert record is not None
+        assert (record.tx, record.rx) == (2, 0)
+
+    async def test_stale_detach_fenced(self, store: SessionStore) -> None:
+        """A stale connection cannot start the expiry clock of a session it lost."""
+        await store.create(SID, token_hash=HASH, principal=None, now=0.0)
+        await store.claim(SID, 1, token_hash="b" * 64, previous_token_hash=HASH)
+        with pytest.raises(Fenced):
+            await store.detach(SID, 1, expires_at=5.0)
+        assert (await store.load(SID)).expires_at is None  # type: ignore[union-attr]
+
+    async def test_detach_sets_expiry(self, store: SessionStore) -> None:
+        """detach() records when the session stops being resumable."""
+        await store.create(SID, token_hash=HASH, principal=None, now=0.0)
+        await store.detach(SID, 1, expires_at=120.0)
+        assert (await store.load(SID)).expires_at == 120.0  # type: ignore[union-attr]
+
+    async def test_expire_removes_only_ended_windows(self, store: SessionStore) -> None:
+        """expire(now) removes detached sessions past their window and nothing else."""
+        await store.create("old", token_hash=HASH, principal=None, now=0.0)
+        await store.create("young", token_hash=HASH, principal=None, now=0.0)
+        await store.create("attached", token_hash=HASH, principal=None, now=0.0)
+        await store.write("old", 1, append=batch(1, 2))
+        await store.detach("old", 1, expires_at=100.0)
+        await store.detach("young", 1, expires_at=300.0)
+        assert await store.expire(200.0) == 1
+        assert await store.load("old") is None
+        assert await store.load("young") is not None
+        assert await store.load("attached") is not None
+
+    async def test_expired_session_messages_gone(self, store: SessionStore) -> None:
+        """Once expired, a session's messages are gone too."""
+        await store.create(SID, token_hash=HASH, principal=None, now=0.0)
+        await store.write(SID, 1, append=batch(1, 2))
+        await store.detach(SID, 1, expires_at=1.0)
+        await store.expire(2.0)
+        with pytest.raises(UnknownSession):
+            await store.messages(SID, after=0)
+
+    async def test_abandon_marks_lost(self, store: SessionStore) -> None:
+        """abandon() records the reason and drops the held messages."""
+        await store.create(SID, token_hash=HASH, principal=None, now=0.0)
+        await store.write(SID, 1, append=batch(1, 3))
+        await store.abandon(SID, 1, reason="overflow")
+        record = await store.load(SID)
+        assert record is not None
+        assert record.lost == "overflow"
+        assert await store.messages(SID, after=0) == []
+
+    async def test_delete(self, store: SessionStore) -> None:
+        """delete() forgets the session; deleting twice is fine."""
+        await store.create(SID, token_hash=HASH, principal=None, now=0.0)
+        await store.delete(SID)
+        await store.delete(SID)
+        assert await store.load(SID) is None
+
+    async def test_write_unknown_session(self, store: SessionStore) -> None:
+        """Writing to a session that does not exist raises UnknownSession."""
+        with pytest.raises(UnknownSession):
+            await store.write("nope", 1, append=batch(1, 1))
+
+    async def test_sessions_are_independent(self, store: SessionStore) -> None:
+        """Messages and counters of one session never show up in another."""
+        await store.create("a", token_hash=HASH, principal=None, now=0.0)
+        await store.create("b", token_hash=HASH, principal=None, now=0.0)
+        await store.write("a", 1, append=batch(1, 3), rx=3)
+        assert await store.messages("b", after=0) == []
+        assert (await store.load("b")).rx == 0  # type: ignore[union-attr]

@@ -1,0 +1,353 @@
+"""The Redis store: conformance, layout, TTLs, fencing between nodes, failures, epoch."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import signal
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+from redis.crc import key_slot
+from redis.exceptions import RedisError
+from tests.support.redis import RedisServer
+from tests.support.require import require
+
+from tether.exceptions import StoreError
+from tether.stores.base import Fenced, SessionRecord, SessionStore, StoreUnavailable, UnknownSession
+from tether.stores.redis import RedisStore
+
+from .conformance import HASH, SID, StoreConformance, batch
+from .restart_scenario import resume_after_restart
+
+SHARED_URL = "redis://127.0.0.1:6379/0"
+
+
+async def _remove_prefix(url: str, prefix: str) -> None:
+    client = aioredis.Redis.from_url(url)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=1000)]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def prefix() -> AsyncIterator[str]:
+    """A random key prefix on the machine's Redis, removed afterwards."""
+    client = aioredis.Redis.from_url(SHARED_URL, socket_connect_timeout=2)
+    try:
+        answered = bool(await client.ping())
+    except (RedisError, OSError):
+        answered = False
+    finally:
+        await client.aclose()
+    require(answered, "no Redis answers on 127.0.0.1:6379 (.ci/run starts one)")
+    prefix = f"tether-test-{secrets.token_hex(6)}:"
+    yield prefix
+    await _remove_prefix(SHARED_URL, prefix)
+
+
+class TestRedisStore(StoreConformance):
+    """Conformance of :class:`RedisStore` on the machine's Redis."""
+
+    @pytest.fixture
+    async def store(self, prefix: str) -> AsyncIterator[SessionStore]:
+        """A Redis store isolated by a random prefix; its clock is the suite's (0)."""
+        store = RedisStore(SHARED_URL, prefix=prefix, timeout=2.0, clock=lambda: 0.0)
+        yield store
+        await store.close()
+
+
+@pytest.fixture
+async def store(prefix: str) -> AsyncIterator[RedisStore]:
+    """A Redis store on the machine's Redis whose clock stands at 1000 s."""
+    store = RedisStore(SHARED_URL, prefix=prefix, timeout=2.0, clock=lambda: 1000.0)
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+async def raw() -> AsyncIterator[aioredis.Redis]:
+    """A plain redis-py client on the machine's Redis, to look at the keys."""
+    client = aioredis.Redis.from_url(SHARED_URL)
+    yield client
+    await client.aclose()
+
+
+async def test_stream_ids_are_sequence_numbers(store: RedisStore, raw: aioredis.Redis) -> None:
+    """Each message is a stream entry whose id is ``<seq>-0``."""
+    await store.create(SID, token_hash=HASH, principal=None, now=0.0)
+    await store.write(SID, 1, append=batch(1, 3))
+    entries = await raw.xrange(store.stream_key(SID))
+    assert [entry_id for entry_id, _ in entries] == [b"1-0", b"2-0", b"3-0"]
+
+
+async def test_trim_is_exact(store: RedisStore, raw: aioredis.Redis) -> None:
+    """After an ack, the stream holds exactly the unacknowledged messages (XLEN)."""
+    await store.create(SID, token_hash=HASH, principal=None, now=0.0)
+    await store.write(SID, 1, append=batch(1, 1000))
+    await store.write(SID, 1, acked=997)
+    assert await raw.xlen(store.stream_key(SID)) == 3
+    await store.write(SID, 1, append=batch(1001, 1001), acked=1000)
+    assert await raw.xlen(store.stream_key(SID)) == 1
+
+
+async def test_keys_share_one_hash_slot(store: RedisStore, raw: aioredis.Redis) -> None:
+    """A session's meta hash and stream carry the ``{sid}`` tag: one hash slot."""
+    await store.create(SID, token_hash=HASH, principal=None, now=0.0)
+    await store.write(SID, 1, append=batch(1, 1))
+    keys = sorted([key async for key in raw.scan_iter(match=f"{store.prefix}{{{SID}}}*")])
+    assert keys == [store.meta_key(SID).encode(), store.stream_key(SID).encode()]
+    assert key_slot(keys[0]) == key_slot(keys[1]) == key_slot(SID.encode())
+
+
+async def test_brace_in_sid_refused(store: RedisStore) -> None:
+    """A session id with a brace (which would break the hash tag) is refused."""
+    with pytest.raises(StoreError, match="braces"):
+        await store.create("a}b", token_hash=HASH, principal=None, now=0.0)
+
+
+async def test_detach_sets_ttl_to_the_window(store: RedisStore, raw: aioredis.Redis) -> None:
+    """detach() gives both keys a TTL equal to the resume window (store clock at 1000 s)."""
+    await store.create(SID, token_hash=HASH, principal=None, now=1000.0)
+    await store.write(SID, 1, append=batch(1, 2))
+    await store.detach(SID, 1, expires_at=1120.0)
+    for key in (store.meta_key(SID), store.stream_key(SID)):
+        assert 115_000 < await raw.pttl(key) <= 120_000
+
+
+async def test_claim_removes_ttl(store: RedisStore, raw: aioredis.Redis) -> None:
+    """A claimed (re-attached) session does not expire."""
+    await store.create(SID, token_hash=HASH, principal=None, now=1000.0)
+    await store.write(SID, 1, append=batch(1, 2))
+    await store.detach(SID, 1, expires_at=1120.0)
+    await store.claim(SID, 1, token_hash="b" * 64, previous_token_hash=HASH)
+    assert await raw.pttl(store.meta_key(SID)) == -1
+    assert await raw.pttl(store.stream_key(SID)) == -1
+
+
+async def test_write_while_detached_keeps_ttl(store: RedisStore, raw: aioredis.Redis) -> None:
+    """A stream first created after detach expires with the session, not never."""
+    await store.create(SID, token_hash=HASH, principal=None, now=1000.0)
+    await store.detach(SID, 1, expires_at=1060.0)
+    await store.write(SID, 1, append=batch(1, 1))
+    assert 55_000 < await raw.pttl(store.stream_key(SID)) <= 60_000
+
+
+async def test_fencing_between_two_nodes(prefix: str) -> None:
+    """Node B claims a session node A wrote: A's writes and detach are fenced, B's go on."""
+    node_a = RedisStore(SHARED_URL, prefix=prefix, timeout=2.0)
+    node_b = RedisStore(SHARED_URL, prefix=prefix, timeout=2.0)
+    try:
+        await node_a.create(SID, token_hash=HASH, principal=None, now=0.0)
+        await node_a.write(SID, 1, append=batch(1, 2), rx=5)
+        claimed = await node_b.claim(SID, 1, token_hash="b" * 64, previous_token_hash=HASH)
+        assert (claimed.generation, claimed.tx, claimed.rx) == (2, 2, 5)
+        with pytest.raises(Fenced):
+            await node_a.write(SID, 1, append=batch(3, 3))
+        with pytest.raises(Fenced):
+            await node_a.detach(SID, 1, expires_at=time.time() + 60)
+        assert (await node_b.write(SID, 2, append=batch(3, 3))).tx == 3
+        assert [m.seq for m in await node_a.messages(SID, after=0)] == [1, 2, 3]
+    finally:
+        await node_a.close()
+        await node_b.close()
+
+
+async def test_epoch_shared_by_nodes(prefix: str) -> None:
+    """Two nodes on the same Redis and prefix see the same epoch."""
+    node_a = RedisStore(SHARED_URL, prefix=prefix)
+    node_b = RedisStore(SHARED_URL, prefix=prefix)
+    try:
+        assert await node_a.epoch() == await node_b.epoch()
+    finally:
+        await node_a.close()
+        await node_b.close()
+
+
+# -- tests on a private redis-server (killed, stopped, flushed): the `redis_server` rig --------
+
+
+async def test_one_round_trip_per_batch(redis_server: RedisServer) -> None:
+    """A write of 100 messages plus ack and rx is one script call on the server."""
+    store = RedisStore(redis_server.url, timeout=2.0)
+    stats = aioredis.Redis.from_url(redis_server.url)
+    try:
+        await store.create(SID, token_hash=HASH, principal=None, now=0.0)
+        await store.write(SID, 1, append=batch(1, 1))  # the script is loaded now
+        await stats.config_resetstat()
+        await store.write(SID, 1, append=batch(2, 101), acked=50, rx=7)
+        info = await stats.info("commandstats")
+        calls = {name: value["calls"] for name, value in info.items()}
+        # commandstats also counts the commands the script ran: 100 XADDs inside one EVALSHA.
+        assert (calls.pop("cmdstat_evalsha"), calls.pop("cmdstat_xadd")) == (1, 100)
+        inside_the_script = {"hget", "hmget", "hset", "hgetall", "xtrim"}
+        ours = {"config|resetstat", "info"}
+        assert {name.removeprefix("cmdstat_") for name in calls} <= inside_the_script | ours
+    finally:
+        await stats.aclose()
+        await store.close()
+
+
+async def test_one_pipeline_per_loop_turn(redis_server: RedisServer) -> None:
+    """Writes of 50 sessions made in one loop turn travel together (no new connections)."""
+    store = RedisStore(redis_server.url, timeout=2.0)
+    stats = aioredis.Redis.from_url(redis_server.url)
+    try:
+        sids = [f"s{number}" for number in range(50)]
+        for sid in sids:  # one after the other: one pooled connection
+            await store.create(sid, token_hash=HASH, principal=None, now=0.0)
+        before = (await stats.info("stats"))["total_connections_received"]
+        records = await asyncio.gather(*(store.write(sid, 1, append=batch(1, 2)) for sid in sids))
+        after = (await stats.info("stats"))["total_connections_received"]
+        assert [record.tx for record in records] == [2] * 50
+        # One round trip per request would need 50 connections at once (redis-py's pool
+        # opens one per concurrent command); the pipeline reused the one it had.
+        assert after - before == 0
+    finally:
+        await stats.aclose()
+        await store.close()
+
+
+async def test_pipeline_keeps_calls_apart(store: RedisStore) -> None:
+    """A fenced write pipelined with a good one fails alone; the good one lands."""
+    for sid in ("stale", "good"):
+        await store.create(sid, token_hash=HASH, principal=None, now=0.0)
+    await store.claim("stale", 1, token_hash="b" * 64, previous_token_hash=HASH)
+    stale, good = await asyncio.gather(
+        store.write("stale", 1, append=batch(1, 2)),
+        store.write("good", 1, append=batch(1, 2)),
+        return_exceptions=True,
+    )
+    assert isinstance(stale, Fenced)
+    assert isinstance(good, SessionRecord)
+    assert (await store.load("stale")).tx == 0  # type: ignore[union-attr]
+    assert await store.messages("good", after=0) == batch(1, 2)
+
+
+async def test_scripts_reloaded_after_script_flush(redis_server: RedisServer) -> None:
+    """After Redis forgot the scripts (restart, SCRIPT FLUSH), writes still run, once each."""
+    store = RedisStore(redis_server.url, timeout=2.0)
+    admin = aioredis.Redis.from_url(redis_server.url)
+    try:
+        await store.create(SID, token_hash=HASH, principal=None, now=0.0)
+        await admin.script_flush()
+        record = await store.write(SID, 1, append=batch(1, 3))
+        assert record.tx == 3
+        assert await store.messages(SID, after=0) == batch(1, 3)
+    finally:
+        await admin.aclose()
+        await store.close()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(20)
+async def test_redis_killed_during_writes(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis SIGKILLed mid-stream: StoreUnavailable (chained), one log line, no crash."""
+    caplog.set_level(logging.INFO, logger="tether.store")
+    store = RedisStore(redis_server.url, timeout=1.0)
+    try:
+        await store.create(SID, token_hash=HASH, principal=None, now=0.0)
+        tx, failures = 0, []
+        for round_number in range(200):  # bounded: 200 batches
+            if round_number == 50:
+                redis_server.signal(signal.SIGKILL)
+                await redis_server.wait(5.0)
+            try:
+                tx = (await store.write(SID, 1, append=batch(tx + 1, tx + 10))).tx
+            except StoreUnavailable as exc:
+                failures.append(exc)
+        assert tx == 500
+        assert len(failures) == 150
+        assert all(isinstance(exc.__cause__, (RedisError, OSError)) for exc in failures)
+        logged = [r.levelname for r in caplog.records if r.name == "tether.store"]
+        assert logged == ["ERROR"]
+    finally:
+        await store.close()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(30)
+async def test_recovery_after_restart(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After Redis restarts (empty), the store recovers: new epoch, new sessions durable."""
+    caplog.set_level(logging.INFO, logger="tether.store")
+    store = RedisStore(redis_server.url, timeout=1.0)
+    restarted = RedisServer(port=redis_server.port)
+    try:
+        old_epoch = await store.epoch()
+        await store.create(SID, token_hash=HASH, principal=None, now=0.0)
+        redis_server.signal(signal.SIGKILL)
+        await redis_server.wait(5.0)
+        with pytest.raises(StoreUnavailable):
+            await store.load(SID)
+        await restarted.start()
+        assert await store.epoch() != old_epoch  # resumes now fail with epoch_mismatch
+        assert await store.load(SID) is None  # the session did not survive
+        with pytest.raises(UnknownSession):
+            await store.write(SID, 1, append=batch(1, 1))
+        await store.create("fresh", token_hash=HASH, principal=None, now=0.0)
+        assert (await store.write("fresh", 1, append=batch(1, 3))).tx == 3
+        logged = [r.levelname for r in caplog.records if r.name == "tether.store"]
+        assert logged == ["ERROR", "WARNING"]
+    finally:
+        await store.close()
+        await restarted.stop()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(20)
+async def test_hung_redis_times_out(redis_server: RedisServer) -> None:
+    """A Redis that stops answering (SIGSTOP) fails the operation within the timeout."""
+    store = RedisStore(redis_server.url, timeout=0.5)
+    try:
+        await store.epoch()
+        redis_server.signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable) as caught:
+                await store.load(SID)
+            assert time.monotonic() - started < 2.0
+            assert isinstance(caught.value.__cause__, RedisError)
+        finally:
+            redis_server.signal(signal.SIGCONT)
+    finally:
+        await store.close()
+
+
+async def test_flushall_changes_epoch(redis_server: RedisServer) -> None:
+    """Redis flushed: the epoch is new and the sessions are gone (never partial)."""
+    store = RedisStore(redis_server.url, timeout=2.0)
+    admin = aioredis.Redis.from_url(redis_server.url)
+    try:
+        before = await store.epoch()
+        await store.create(SID, token_hash=HASH, principal=None, now=0.0)
+        await store.write(SID, 1, append=batch(1, 3))
+        await admin.flushall()
+        assert await store.epoch() != before
+        assert await store.load(SID) is None
+        with pytest.raises(UnknownSession):
+            await store.messages(SID, after=0)
+    finally:
+        await admin.aclose()
+        await store.close()
+
+
+async def test_session_resumes_on_another_node(prefix: str) -> None:
+    """A session resumed through another node's Redis client: nothing lost or doubled."""
+
+    async def node_b() -> SessionStore:
+        return RedisStore(SHARED_URL, prefix=prefix, timeout=2.0)
+
+    node_a = RedisStore(SHARED_URL, prefix=prefix, timeout=2.0)
+    got_by_client, got_by_server = await resume_after_restart(node_a, node_b, now=time.time())
+    assert got_by_client == ["s1", b"s2", "s3"]
+    assert got_by_server == ["c1", "c2", "c3"]

@@ -1,0 +1,252 @@
+"""The SQLite store: conformance, durability across reopen and a SIGKILLed writer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import signal
+import sqlite3
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tether.exceptions import StoreError
+from tether.stores.base import Fenced, SessionRecord, SessionStore, StoreUnavailable
+from tether.stores.sqlite import SCHEMA_VERSION, SQLiteStore
+
+from .conformance import HASH, SID, StoreConformance, batch
+from .restart_scenario import resume_after_restart
+
+
+class TestSQLiteStore(StoreConformance):
+    """Conformance of :class:`SQLiteStore`."""
+
+    @pytest.fixture
+    async def store(self, tmp_path: Path) -> AsyncIterator[SessionStore]:
+        """A fresh SQLite store in a temporary file."""
+        store = SQLiteStore(tmp_path / "sessions.db")
+        yield store
+        await store.close()
+
+
+async def test_reopen_keeps_everything(tmp_path: Path) -> None:
+    """Closing and reopening the file gives back the epoch, records and held messages."""
+    path = tmp_path / "sessions.db"
+    first = SQLiteStore(path)
+    await first.create(SID, token_hash=HASH, principal="alice", now=1.5)
+    written = await first.write(SID, 1, append=batch(1, 5), acked=2, rx=7)
+    await first.detach(SID, 1, expires_at=121.5)
+    epoch = await first.epoch()
+    await first.close()
+
+    second = SQLiteStore(path)
+    try:
+        assert await second.epoch() == epoch
+        loaded = await second.load(SID)
+        assert loaded == dataclasses.replace(written, expires_at=121.5)
+        assert await second.messages(SID, after=0) == batch(3, 5)
+    finally:
+        await second.close()
+
+
+async def test_new_file_new_epoch(tmp_path: Path) -> None:
+    """A different (or deleted and recreated) file has a different epoch."""
+    first, second = SQLiteStore(tmp_path / "a.db"), SQLiteStore(tmp_path / "b.db")
+    try:
+        assert await first.epoch() != await second.epoch()
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_file_is_in_wal_mode(tmp_path: Path) -> None:
+    """The database file is switched to write-ahead logging."""
+    path = tmp_path / "sessions.db"
+    store = SQLiteStore(path)
+    await store.epoch()
+    await store.close()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+async def test_newer_schema_refused(tmp_path: Path) -> None:
+    """A file written by a newer schema version is refused, not misread."""
+    path = tmp_path / "sessions.db"
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    store = SQLiteStore(path)
+    try:
+        with pytest.raises(StoreError, match="schema version"):
+            await store.epoch()
+    finally:
+        await store.close()
+
+
+async def test_two_stores_on_one_file_fence_each_other(tmp_path: Path) -> None:
+    """Two processes sharing the file: a claim through one fences writes through the other."""
+    path = tmp_path / "sessions.db"
+    node_a, node_b = SQLiteStore(path), SQLiteStore(path)
+    try:
+        await node_a.create(SID, token_hash=HASH, principal=None, now=0.0)
+        await node_a.write(SID, 1, append=batch(1, 2))
+        await node_b.claim(SID, 1, token_hash="b" * 64, previous_token_hash=HASH)
+        with pytest.raises(Fenced):
+            await node_a.write(SID, 1, append=batch(3, 3))
+        assert (await node_b.write(SID, 2, append=batch(3, 3))).tx == 3
+    finally:
+        await node_a.close()
+        await node_b.close()
+
+
+async def test_unavailable_then_recovered(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A file that cannot be opened raises StoreUnavailable, logged once; it recovers later."""
+    directory = tmp_path / "missing"
+    store = SQLiteStore(directory / "sessions.db")
+    caplog.set_level(logging.WARNING, logger="tether.store")
+    try:
+        for _ in range(3):
+            with pytest.raises(StoreUnavailable) as caught:
+                await store.load(SID)
+            assert isinstance(caught.value.__cause__, sqlite3.Error)
+        directory.mkdir()
+        assert await store.load(SID) is None
+    finally:
+        await store.close()
+    levels = [record.levelname for record in caplog.records]
+    assert levels == ["ERROR", "WARNING"]
+    assert "recovered" in caplog.records[1].getMessage()
+
+
+@pytest.mark.timeout(10)
+async def test_waiting_for_the_lock_does_not_block_the_loop(tmp_path: Path) -> None:
+    """While another process holds the write lock, the event loop keeps running."""
+    path = tmp_path / "sessions.db"
+    store = SQLiteStore(path, busy_timeout=5.0)
+    await store.create(SID, token_hash=HASH, principal=None, now=0.0)
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        write = asyncio.ensure_future(store.write(SID, 1, append=batch(1, 1)))
+        ticks = 0
+        for _ in range(20):  # 20 loop turns of 10 ms while the write waits for the lock
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert not write.done()
+        other.execute("COMMIT")
+        assert (await asyncio.wait_for(write, 5.0)).tx == 1
+        assert ticks == 20
+    finally:
+        other.close()
+        await store.close()
+
+
+# A writer process: appends numbered batches and prints each committed tx, until killed.
+WRITER = """
+import asyncio, sys
+from tether.stores.base import StoredMessage
+from tether.stores.sqlite import SQLiteStore
+
+async def main(path):
+    store = SQLiteStore(path)
+    await store.create("s", token_hash="a" * 64, principal=None, now=0.0)
+    tx = 0
+    while True:
+        batch = [StoredMessage(seq, f"m{seq}") for seq in range(tx + 1, tx + 11)]
+        record = await store.write("s", 1, append=batch, acked=max(0, tx - 50), rx=tx)
+        tx = record.tx
+        print(tx, flush=True)
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(20)
+async def test_sigkilled_writer_loses_nothing_committed(tmp_path: Path) -> None:
+    """A writer SIGKILLed mid-stream: the reopened file holds every write that returned."""
+    path = tmp_path / "sessions.db"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", WRITER, str(path), stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None
+        last_committed = 0
+        while last_committed < 500:  # bounded by the count and by wait_for
+            line = await asyncio.wait_for(proc.stdout.readline(), 10.0)
+            assert line, "the writer exited early"
+            last_committed = int(line)
+        proc.send_signal(signal.SIGKILL)
+        await asyncio.wait_for(proc.wait(), 5.0)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert last_committed >= 500
+
+    store = SQLiteStore(path)
+    try:
+        record = await store.load("s")
+        assert record is not None
+        # Every write that returned is there; at most the one in flight more.
+        assert last_committed <= record.tx <= last_committed + 10
+        held = await store.messages("s", after=0)
+        assert [m.seq for m in held] == list(range(record.acked + 1, record.tx + 1))
+        assert all(m.payload == f"m{m.seq}" for m in held)
+        assert record.rx == record.tx - 10
+    finally:
+        await store.close()
+
+
+async def test_concurrent_writes_share_commits(tmp_path: Path) -> None:
+    """Writes of 50 sessions queued in one loop turn take far fewer than 50 commits."""
+    store = SQLiteStore(tmp_path / "sessions.db")
+    try:
+        sids = [f"s{number}" for number in range(50)]
+        for sid in sids:
+            await store.create(sid, token_hash=HASH, principal=None, now=0.0)
+        before = store.transactions
+        records = await asyncio.gather(*(store.write(sid, 1, append=batch(1, 3)) for sid in sids))
+        assert [record.tx for record in records] == [3] * 50
+        assert store.transactions - before <= 5
+    finally:
+        await store.close()
+
+
+async def test_refused_operation_in_a_group_is_alone(tmp_path: Path) -> None:
+    """A fenced write committed together with a good one changes nothing; the good one lands."""
+    store = SQLiteStore(tmp_path / "sessions.db")
+    try:
+        for sid in ("stale", "good"):
+            await store.create(sid, token_hash=HASH, principal=None, now=0.0)
+        await store.claim("stale", 1, token_hash="b" * 64, previous_token_hash=HASH)
+        stale, good = await asyncio.gather(
+            store.write("stale", 1, append=batch(1, 2)),
+            store.write("good", 1, append=batch(1, 2)),
+            return_exceptions=True,
+        )
+        assert isinstance(stale, Fenced)
+        assert isinstance(good, SessionRecord)
+        assert good.tx == 2
+        assert (await store.load("stale")).tx == 0  # type: ignore[union-attr]
+        assert await store.messages("stale", after=0) == []
+        assert await store.messages("good", after=0) == batch(1, 2)
+    finally:
+        await store.close()
+
+
+async def test_session_resumes_after_server_restart(tmp_path: Path) -> None:
+    """A server restarted on the same file resumes the session: nothing lost or doubled."""
+    path = tmp_path / "sessions.db"
+
+    async def reopen() -> SessionStore:
+        return SQLiteStore(path)
+
+    got_by_client, got_by_server = await resume_after_restart(SQLiteStore(path), reopen, now=0.0)
+    assert got_by_client == ["s1", b"s2", "s3"]
+    assert got_by_server == ["c1", "c2", "c3"]

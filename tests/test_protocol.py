@@ -1,0 +1,266 @@
+"""tether.v1 wire codec: round trips, malformed input, fuzz."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tether.exceptions import ProtocolError
+from tether.policy import ReconnectPolicy
+from tether.protocol import (
+    BINARY_DATA_HEADER,
+    MAX_CONTROL_CHARS,
+    MAX_SEQ,
+    SUBPROTOCOL,
+    Ack,
+    Data,
+    Frame,
+    GoAway,
+    Hello,
+    LostReason,
+    TetherCloseCode,
+    Welcome,
+    decode,
+    encode,
+)
+
+WELCOME = Welcome(
+    resumed=True,
+    reason=None,
+    sid="c2lk",
+    token="dG9rZW4",
+    epoch="ZXBvY2g",
+    rx=5,
+    tx=9,
+    window_ms=120_000,
+)
+
+FRAMES: list[Frame] = [
+    Data(1, 0, "hello"),
+    Data(MAX_SEQ, MAX_SEQ, "x:y:z"),
+    Data(7, 3, ""),
+    Data(2, 1, "日本語"),
+    Data(1, 0, b""),
+    Data(MAX_SEQ, 12, b"\x00\xff binary"),
+    Hello(),
+    Hello("c2lk", "dG9rZW4", "ZXBvY2g", 42),
+    WELCOME,
+    Welcome(False, "epoch_mismatch", "bmV3", "dG9r", "ZXA", 0, 0, 1000),
+    Ack(0),
+    Ack(MAX_SEQ),
+    GoAway(retry_ms=3000, resume=False),
+]
+
+
+def test_subprotocol_name() -> None:
+    """The subprotocol token is tether.v1."""
+    assert SUBPROTOCOL == "tether.v1"
+
+
+@pytest.mark.parametrize("frame", FRAMES, ids=repr)
+def test_round_trip(frame: Frame) -> None:
+    """Every frame decodes back to itself."""
+    assert decode(encode(frame)) == frame
+
+
+def test_text_data_stays_text() -> None:
+    """A text application message travels as a text message."""
+    assert encode(Data(3, 2, "hi")) == "d3:2:hi"
+
+
+def test_binary_data_stays_binary() -> None:
+    """A binary application message travels as binary with a 17-byte header."""
+    message = encode(Data(3, 2, b"hi"))
+    assert isinstance(message, bytes)
+    assert message == b"d" + struct.pack("!QQ", 3, 2) + b"hi"
+    assert len(message) == BINARY_DATA_HEADER + 2
+
+
+def test_control_frames_are_compact_json() -> None:
+    """Control frames are JSON objects in text messages, without spaces."""
+    assert encode(Ack(7)) == '{"type":"ack","rx":7}'
+
+
+MALFORMED: list[str | bytes] = [
+    "",
+    "x",
+    "d",
+    "d1",
+    "d1:",
+    "d1:0",  # no second colon
+    "d0:0:x",  # seq starts at 1
+    "d01:0:x",  # leading zero
+    "d1:00:x",
+    "d-1:0:x",
+    "d+1:0:x",
+    "d 1:0:x",
+    f"d{MAX_SEQ + 1}:0:x",
+    f"d1:{MAX_SEQ + 1}:x",
+    "d" + "9" * 40 + ":0:x",
+    b"",
+    b"d" + b"\x00" * 15,
+    b"x" + struct.pack("!QQ", 1, 0),
+    b"d" + struct.pack("!QQ", 0, 0),
+    b"d" + struct.pack("!QQ", MAX_SEQ + 1, 0),
+    b"d" + struct.pack("!QQ", 1, 2**64 - 1),
+    "{",
+    "{}",
+    "[]",
+    '{"type":"nope"}',
+    '{"type":"ack"}',
+    '{"type":"ack","rx":-1}',
+    '{"type":"ack","rx":1.5}',
+    '{"type":"ack","rx":true}',
+    '{"type":"ack","rx":"1"}',
+    '{"type":"ack","rx":NaN}',
+    f'{{"type":"ack","rx":{MAX_SEQ + 1}}}',
+    '{"type":"hello","sid":"a","token":null,"epoch":"e","rx":0}',
+    '{"type":"hello","sid":"a b","token":"t","epoch":"e","rx":0}',
+    '{"type":"hello","sid":"' + "a" * 129 + '","token":"t","epoch":"e","rx":0}',
+    '{"type":"hello"}',
+    '{"type":"welcome","resumed":1,"reason":null,"sid":"s","token":"t","epoch":"e",'
+    '"rx":0,"tx":0,"window_ms":1}',
+    '{"type":"welcome","resumed":false,"reason":"Bad Reason","sid":"s","token":"t",'
+    '"epoch":"e","rx":0,"tx":0,"window_ms":1}',
+    '{"type":"welcome","resumed":false,"reason":null,"sid":"s","token":"t","epoch":"e"}',
+    '{"type":"goaway","retry_ms":100}',
+    '{"type":"goaway","retry_ms":100,"resume":"yes"}',
+    "{" + " " * MAX_CONTROL_CHARS + "}",
+    "[" * 3000 + "]" * 3000,
+    "{" + '"a":' * 1000 + "1" + "}" * 1000,
+]
+
+
+@pytest.mark.parametrize("message", MALFORMED, ids=lambda m: repr(m)[:40])
+def test_malformed_raises_protocol_error(message: str | bytes) -> None:
+    """Every malformed frame raises ProtocolError with close code 1002."""
+    with pytest.raises(ProtocolError) as caught:
+        decode(message)
+    assert caught.value.close_code == 1002
+
+
+def test_non_message_type_raises_protocol_error() -> None:
+    """Something that is neither str nor bytes is refused as a ProtocolError."""
+    with pytest.raises(ProtocolError):
+        decode(42)  # type: ignore[arg-type]
+
+
+def test_hello_without_session_needs_all_three_absent() -> None:
+    """A hello with only some of sid/token/epoch is refused."""
+    body = {"type": "hello", "sid": "s", "token": "t", "epoch": None, "rx": 0}
+    with pytest.raises(ProtocolError, match="together"):
+        decode(json.dumps(body))
+
+
+def test_unknown_fields_are_ignored() -> None:
+    """Extra JSON fields are ignored, so a later minor revision can add some."""
+    assert decode('{"type":"ack","rx":3,"extra":[1,2]}') == Ack(3)
+
+
+def test_text_payload_may_contain_colons_and_digits() -> None:
+    """Only the header is parsed; the payload is taken verbatim."""
+    assert decode("d12:11:34:56:") == Data(12, 11, "34:56:")
+
+
+@pytest.mark.parametrize(
+    ("code", "reconnect"),
+    [
+        (TetherCloseCode.SEQUENCE_GAP, True),
+        (TetherCloseCode.REPLAY_OVERFLOW, True),
+        (TetherCloseCode.HANDSHAKE_TIMEOUT, True),
+        (TetherCloseCode.TAKEN_OVER, False),
+    ],
+)
+def test_close_codes_match_default_policy(code: TetherCloseCode, reconnect: bool) -> None:
+    """tether's close codes get the documented default reaction: resume, or final."""
+    assert ReconnectPolicy().decide(int(code)).reconnect is reconnect
+
+
+@settings(max_examples=800, deadline=None)
+@given(st.binary(max_size=64))
+def test_fuzz_bytes_decode_or_protocol_error(message: bytes) -> None:
+    """Arbitrary binary messages decode to a frame or raise ProtocolError, nothing else."""
+    try:
+        frame = decode(message)
+    except ProtocolError as exc:
+        code = exc.close_code
+    else:
+        assert isinstance(frame, Data)
+        return
+    assert code == 1002
+
+
+@settings(max_examples=800, deadline=None)
+@given(st.text(max_size=64))
+def test_fuzz_text_decode_or_protocol_error(message: str) -> None:
+    """Arbitrary text messages decode to a frame or raise ProtocolError, nothing else."""
+    try:
+        decode(message)
+    except ProtocolError as exc:
+        code = exc.close_code
+    else:
+        return
+    assert code == 1002
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.sampled_from(["hello", "welcome", "ack", "goaway", "x"]),
+    st.dictionaries(
+        st.sampled_from(["sid", "token", "epoch", "rx", "tx", "resumed", "reason", "window_ms"]),
+        JSON_VALUES,
+    ),
+)
+def test_fuzz_control_fields(kind: str, fields: dict[str, object]) -> None:
+    """Control frames with arbitrary field values decode or raise ProtocolError only."""
+    message = json.dumps({"type": kind, **fields})
+    try:
+        frame = decode(message)
+    except ProtocolError:
+        return
+    assert decode(encode(frame)) == frame
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(1, MAX_SEQ),
+    st.integers(0, MAX_SEQ),
+    st.one_of(st.text(max_size=32), st.binary(max_size=32)),
+)
+def test_fuzz_data_round_trip(seq: int, ack: int, payload: str | bytes) -> None:
+    """Any valid data frame survives encode/decode with its type."""
+    assert decode(encode(Data(seq, ack, payload))) == Data(seq, ack, payload)
+
+
+SPEC = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("code", list(TetherCloseCode), ids=lambda c: c.name)
+def test_spec_documents_every_close_code(code: TetherCloseCode) -> None:
+    """docs/protocol.md has a row for every close code tether.v1 sends."""
+    assert f"| {int(code)} | `{code.name}` |" in SPEC
+
+
+@pytest.mark.parametrize("reason", list(LostReason), ids=lambda r: r.value)
+def test_spec_documents_every_reason(reason: LostReason) -> None:
+    """docs/protocol.md has a row for every failure reason."""
+    assert f"| `{reason.value}` |" in SPEC
+
+
+def test_spec_documents_limits() -> None:
+    """The limits in docs/protocol.md are the ones in the code."""
+    assert f"at most **{MAX_CONTROL_CHARS}** characters" in SPEC
+    assert f"| control frame size | {MAX_CONTROL_CHARS} characters |" in SPEC
+    assert f"in `0 .. 2^53-1`\n({MAX_SEQ})" in SPEC

@@ -1,0 +1,84 @@
+"""The replay buffer: sequence numbers, bounds, trimming, restore."""
+
+from __future__ import annotations
+
+import pytest
+
+from tether.exceptions import QueueFull
+from tether.replay import ReplayBuffer, payload_size
+
+
+def test_sequence_numbers_start_after_last_seq() -> None:
+    """push() assigns last_seq + 1, + 2, ..."""
+    buffer = ReplayBuffer(max_messages=None, max_bytes=None, last_seq=7)
+    assert [buffer.push(p, 0.0).seq for p in "ab"] == [8, 9]
+    assert (buffer.first_seq, buffer.last_seq) == (8, 9)
+
+
+def test_payload_size_counts_utf8_bytes() -> None:
+    """Text is counted in UTF-8 bytes, binary in bytes."""
+    assert (payload_size("abc"), payload_size("日本"), payload_size(b"\x00\x01")) == (3, 6, 2)
+
+
+def test_count_bound() -> None:
+    """A full buffer (by count) refuses the next message with QueueFull."""
+    buffer = ReplayBuffer(max_messages=2, max_bytes=None)
+    buffer.push("a", 0.0)
+    buffer.push("b", 0.0)
+    with pytest.raises(QueueFull):
+        buffer.push("c", 0.0)
+
+
+def test_byte_bound() -> None:
+    """A message that would exceed max_bytes is refused."""
+    buffer = ReplayBuffer(max_messages=None, max_bytes=10)
+    buffer.push(b"x" * 6, 0.0)
+    assert not buffer.has_room(5)
+    assert buffer.has_room(4)
+
+
+def test_oversized_message_fits_empty_buffer() -> None:
+    """A message larger than max_bytes is admitted into an empty buffer, so it can be sent."""
+    buffer = ReplayBuffer(max_messages=None, max_bytes=10)
+    buffer.push(b"x" * 100, 0.0)
+    assert buffer.bytes == 100
+    assert not buffer.has_room(1)
+
+
+def test_trim_drops_acked_and_frees_room() -> None:
+    """trim(n) drops seq <= n and gives the bytes back."""
+    buffer = ReplayBuffer(max_messages=None, max_bytes=None)
+    for payload in ["aa", "bb", "cc"]:
+        buffer.push(payload, 0.0)
+    assert buffer.trim(2) == 2
+    assert [e.seq for e in buffer] == [3]
+    assert buffer.bytes == 2
+
+
+def test_oldest_queued_at() -> None:
+    """oldest_queued_at follows the oldest held message."""
+    buffer = ReplayBuffer(max_messages=None, max_bytes=None)
+    assert buffer.oldest_queued_at is None
+    buffer.push("a", 1.0)
+    buffer.push("b", 2.0)
+    buffer.trim(1)
+    assert buffer.oldest_queued_at == 2.0
+
+
+def test_clear_returns_payloads() -> None:
+    """clear() empties the buffer and returns the payloads in order."""
+    buffer = ReplayBuffer(max_messages=None, max_bytes=None)
+    buffer.push("a", 0.0)
+    buffer.push(b"b", 0.0)
+    assert buffer.clear() == ("a", b"b")
+    assert len(buffer) == 0
+    assert buffer.bytes == 0
+
+
+def test_restore_must_continue_last_seq() -> None:
+    """Restored messages must start at last_seq + 1 and be contiguous."""
+    buffer = ReplayBuffer(max_messages=None, max_bytes=None, last_seq=3)
+    with pytest.raises(ValueError, match="skip"):
+        buffer.restore([(5, "x")], 0.0)
+    buffer.restore([(4, "d"), (5, "e")], 0.0)
+    assert buffer.last_seq == 5
