@@ -55,11 +55,11 @@ def rss_bytes(pid: int) -> int:
 
 
 def _steady_rss(pid: int, seconds: float = 10.0) -> int:
-    """Read RSS until two readings 0.5 s apart differ by < 0.5 % (bounded by ``seconds``)."""
+    """Read RSS until two readings 0.3 s apart differ by < 0.5 % (bounded by ``seconds``)."""
     deadline = time.monotonic() + seconds
     last = rss_bytes(pid)
     while time.monotonic() < deadline:
-        time.sleep(0.5)
+        time.sleep(0.3)
         now = rss_bytes(pid)
         if abs(now - last) < 0.005 * last:
             return now
