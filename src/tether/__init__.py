@@ -8,7 +8,7 @@ asyncio adapter and are imported on first use, so ``import tether`` stays cheap.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .backoff import Backoff, BackoffConfig
 from .closecodes import CloseCode, classify_received, lookup, validate_send
@@ -39,7 +39,14 @@ from .policy import Action, Decision, DelayRule, ReconnectPolicy, Rule
 __version__ = "0.1.0"
 
 #: Names provided by the asyncio adapter, imported lazily: name -> module.
-_LAZY: dict[str, str] = {}
+_LAZY: dict[str, str] = {
+    "ClientConnection": "tether.asyncio.client",
+    "connect": "tether.asyncio.client",
+}
+
+if TYPE_CHECKING:
+    from .asyncio.client import ClientConnection as ClientConnection
+    from .asyncio.client import connect as connect
 
 __all__ = [
     "Action",

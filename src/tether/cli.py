@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "explain": "explain",
     "compare": "compare",
     "bench": "bench",
+    "connect": "connect",
 }
 
 

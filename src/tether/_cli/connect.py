@@ -1,0 +1,223 @@
+"""``tether connect URL``: an interactive client that shows what tether does on each close.
+
+Lines read from stdin are sent as text messages; received messages are printed
+to stdout. Every state change goes to stderr as one line with the close code
+explained (``closed 1012 Service Restart — reconnecting in 2.7 s``). With
+``--json``, stdout carries one JSON object per line instead: ``{"event":
+"message", "data": ..., "binary": false, "t": ...}`` per message and ``{"event":
+"connected" | "disconnected" | "reconnecting" | "gaveup" | ..., <the event's
+fields>, "t": ...}`` per event (``t``: seconds on the monotonic clock).
+End of input closes the connection with 1000 after the queue is flushed.
+
+Exit status: 0 closed normally (end of input, or the server ended with 1000/1001),
+1 closed with an error or gave up, 2 bad URL or option, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import dataclasses
+import json
+import logging
+import sys
+import threading
+import time
+from typing import Any, TextIO
+
+__all__ = ["register", "run"]
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``connect`` subcommand."""
+    parser = subparsers.add_parser(
+        "connect",
+        help="connect to a WebSocket URL; send stdin lines, print messages and state changes",
+        description=__doc__.split("\n\n")[1] if __doc__ else None,
+    )
+    parser.add_argument("url", help="ws:// or wss:// URL")
+    parser.add_argument("--json", action="store_true", help="one JSON object per line on stdout")
+    parser.add_argument(
+        "--ping-interval",
+        type=float,
+        default=15.0,
+        metavar="SECONDS",
+        help="seconds between pings; 0 disables the heartbeat (default: 15)",
+    )
+    parser.add_argument(
+        "--ping-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="seconds to wait for a pong before declaring the link dead; 0: never (default: 10)",
+    )
+    parser.add_argument(
+        "--subprotocol", action="append", default=[], metavar="NAME", help="offer a subprotocol"
+    )
+    parser.add_argument(
+        "--header", action="append", default=[], metavar="'NAME: VALUE'", help="extra HTTP header"
+    )
+    parser.add_argument(
+        "--open-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="seconds allowed for each opening handshake (default: 10)",
+    )
+    parser.add_argument(
+        "--max-attempts",
+        type=int,
+        default=None,
+        metavar="N",
+        help="give up after N consecutive failed attempts (default: never)",
+    )
+    parser.add_argument("--lang", choices=("en", "ja"), default="en", help="language of the prose")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the command; returns the exit status."""
+    import tether
+
+    try:
+        conn = _make_connection(tether, args)
+    except (tether.ConfigurationError, ValueError) as exc:
+        print(f"tether connect: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(_session(conn, as_json=args.json, out=sys.stdout, err=sys.stderr))
+    except KeyboardInterrupt:
+        return 130
+
+
+def _make_connection(tether: Any, args: argparse.Namespace) -> Any:
+    interval = args.ping_interval if args.ping_interval > 0 else None
+    timeout = args.ping_timeout if args.ping_timeout > 0 else None
+    headers: dict[str, str] = {}
+    for header in args.header:
+        name, sep, value = header.partition(":")
+        if not sep or not name.strip():
+            raise tether.ConfigurationError(
+                f"--header must look like 'Name: value', not {header!r}"
+            )
+        headers[name.strip()] = value.strip()
+    backoff = tether.BackoffConfig(max_attempts=args.max_attempts)
+    return tether.connect(
+        args.url,
+        heartbeat=tether.Heartbeat(interval=interval, timeout=timeout),
+        subprotocols=args.subprotocol or None,
+        headers=headers or None,
+        backoff=backoff,
+        open_timeout=args.open_timeout,
+        lang=args.lang,
+    )
+
+
+class _LineHandler(logging.Handler):
+    """Prints each ``tether.client`` log line (one per state change) to a stream."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(logging.INFO)
+        self.stream = stream
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(record.getMessage(), file=self.stream, flush=True)
+
+
+def _event_json(event: Any) -> str:
+    # "t": seconds on the monotonic clock, for measuring delays between lines.
+    body = {"event": type(event).__name__.lower(), "t": time.monotonic()}
+    body.update(dataclasses.asdict(event))
+    return json.dumps(body, ensure_ascii=False, default=str)
+
+
+def _message_json(message: str | bytes) -> str:
+    body: dict[str, Any] = {"event": "message", "t": time.monotonic()}
+    if isinstance(message, bytes):
+        body.update(binary=True, data=base64.b64encode(message).decode())
+    else:
+        body.update(binary=False, data=message)
+    return json.dumps(body, ensure_ascii=False)
+
+
+def _start_stdin_reader(loop: asyncio.AbstractEventLoop) -> asyncio.Queue[str | None]:
+    """Read stdin in a daemon thread (works for ttys, pipes and files alike).
+
+    A daemon thread, not the default executor: a blocked ``readline`` must not
+    keep the process alive once the connection is closed.
+    """
+    lines: asyncio.Queue[str | None] = asyncio.Queue()
+
+    def pump() -> None:
+        try:
+            for line in sys.stdin:
+                loop.call_soon_threadsafe(lines.put_nowait, line.rstrip("\r\n"))
+            loop.call_soon_threadsafe(lines.put_nowait, None)
+        except RuntimeError:
+            # The loop already closed (the connection ended first): nobody is listening.
+            return
+
+    threading.Thread(target=pump, name="tether-connect-stdin", daemon=True).start()
+    return lines
+
+
+async def _send_input(conn: Any, lines: asyncio.Queue[str | None], err: TextIO) -> None:
+    import tether
+
+    while True:
+        line = await lines.get()
+        if line is None:
+            # End of input: deliver what was typed (the connection may not even be
+            # open yet), then close with 1000.
+            await conn.flush()
+            await conn.close()
+            return
+        try:
+            await conn.send(line)
+        except tether.QueueFull as exc:
+            print(f"not sent: {exc}", file=err, flush=True)
+        except tether.ConnectionClosed:
+            return
+
+
+async def _print_events(events: Any, out: TextIO) -> None:
+    async for event in events:
+        print(_event_json(event), file=out, flush=True)
+
+
+async def _session(conn: Any, *, as_json: bool, out: TextIO, err: TextIO) -> int:
+    import tether
+
+    logger = logging.getLogger("tether.client")
+    handler: logging.Handler | None = None
+    if not as_json:
+        handler = _LineHandler(err)
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    events = conn.events()
+    conn.start()
+    loop = asyncio.get_running_loop()
+    helpers = [loop.create_task(_send_input(conn, _start_stdin_reader(loop), err))]
+    if as_json:
+        helpers.append(loop.create_task(_print_events(events, out)))
+    try:
+        async for message in conn:
+            if as_json:
+                print(_message_json(message), file=out, flush=True)
+            elif isinstance(message, bytes):
+                print(f"<binary {len(message)} bytes> {message.hex()}", file=out, flush=True)
+            else:
+                print(message, file=out, flush=True)
+        if as_json:
+            # The event stream ends by itself once the connection is closed.
+            await helpers[-1]
+    finally:
+        for task in helpers:
+            task.cancel()
+        await asyncio.gather(*helpers, return_exceptions=True)
+        await conn.close()
+        if handler is not None:
+            logger.removeHandler(handler)
+    exc = conn.close_exception
+    return 0 if isinstance(exc, tether.ConnectionClosedOK) else 1

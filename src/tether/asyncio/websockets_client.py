@@ -1,0 +1,136 @@
+"""Opening client connections with ``websockets``; its handshake errors translated at the boundary.
+
+Every failure to open becomes a :class:`~tether.reconnect.ConnectFailure` (carried by
+:class:`OpenFailed`, chained ``from`` the engine's exception) that the sans-I/O
+:class:`~tether.reconnect.Reconnector` decides on:
+
+* ``InvalidStatus`` → ``HTTP`` with the status (401/403 final, 5xx backoff, ...);
+* ``OSError`` (refused, unreachable, DNS, reset) and ``InvalidMessage`` caused by
+  the server closing mid-handshake → ``NETWORK`` (the 1006 row);
+* ``TimeoutError`` (``open_timeout``) → ``TIMEOUT`` (the 1006 row);
+* any other ``InvalidHandshake`` (a broken upgrade response, a refused
+  negotiation) → ``HANDSHAKE``, which follows the 1006 row: often a proxy or a
+  server mid-restart; backoff keeps retries rare if it persists.
+
+A malformed URL is refused before any I/O by :func:`check_url`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import (
+    InvalidHandshake,
+    InvalidMessage,
+    InvalidStatus,
+    InvalidURI,
+)
+from websockets.typing import Subprotocol
+from websockets.uri import parse_uri
+
+from ..exceptions import ConfigurationError
+from ..reconnect import ConnectFailure, FailureKind
+from .websockets_engine import WebsocketsTransport
+
+__all__ = ["OpenFailed", "check_url", "open_transport"]
+
+
+class OpenFailed(Exception):
+    """An attempt to open a connection failed; ``failure`` says how (internal to the adapter)."""
+
+    def __init__(self, failure: ConnectFailure) -> None:
+        super().__init__(failure.describe())
+        self.failure = failure
+
+
+def check_url(url: str) -> None:
+    """Refuse a URL that is not a valid ``ws://`` or ``wss://`` URI.
+
+    Raises:
+        ConfigurationError: with the engine's reason, chained from ``InvalidURI``.
+    """
+    if not isinstance(url, str):
+        raise ConfigurationError(f"url must be a str, not {type(url).__name__}")
+    try:
+        parse_uri(url)
+    except (InvalidURI, ValueError) as exc:  # urllib raises ValueError for e.g. "ws://[bad"
+        raise ConfigurationError(f"invalid WebSocket URL {url!r}: {exc}") from exc
+
+
+def _retry_after(exc: InvalidStatus) -> float | None:
+    # RFC 9110 §10.2.3: Retry-After is delay-seconds or an HTTP date; only the
+    # seconds form is honoured (a date would need a wall clock here).
+    value = exc.response.headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 else None
+
+
+def translate(exc: BaseException) -> ConnectFailure | None:
+    """Map an exception raised while opening to a :class:`ConnectFailure`; None if foreign."""
+    if isinstance(exc, InvalidStatus):
+        return ConnectFailure(
+            FailureKind.HTTP,
+            detail=exc.response.reason_phrase,
+            status=exc.response.status_code,
+            retry_after=_retry_after(exc),
+        )
+    if isinstance(exc, InvalidMessage):
+        # Typically the server accepted TCP and closed before answering (EOFError):
+        # a network failure, worth retrying with backoff like websockets does.
+        cause = exc.__cause__
+        detail = f"{exc}: {cause}" if cause is not None else str(exc)
+        kind = (
+            FailureKind.NETWORK if isinstance(cause, (EOFError, OSError)) else FailureKind.HANDSHAKE
+        )
+        return ConnectFailure(kind, detail=detail)
+    if isinstance(exc, InvalidHandshake):
+        return ConnectFailure(FailureKind.HANDSHAKE, detail=str(exc))
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return ConnectFailure(FailureKind.TIMEOUT, detail=str(exc))
+    if isinstance(exc, (OSError, EOFError)):
+        return ConnectFailure(FailureKind.NETWORK, detail=str(exc) or type(exc).__name__)
+    return None
+
+
+async def open_transport(
+    url: str,
+    *,
+    subprotocols: Sequence[str] | None,
+    headers: Mapping[str, str] | None,
+    open_timeout: float | None,
+    close_timeout: float | None,
+    compression: str | None,
+    max_size: int | None,
+) -> WebsocketsTransport:
+    """Open a connection and wrap it; keepalive is off because tether drives the heartbeat.
+
+    Raises:
+        OpenFailed: the attempt failed; ``failure`` classifies it (chained from the cause).
+    """
+    try:
+        connection = await ws_connect(
+            url,
+            subprotocols=[Subprotocol(p) for p in subprotocols] if subprotocols else None,
+            additional_headers=dict(headers) if headers else None,
+            compression=compression,
+            open_timeout=open_timeout,
+            # tether's HeartbeatMachine sends the pings; websockets' own keepalive
+            # would race it and could only be tested in real time.
+            ping_interval=None,
+            ping_timeout=None,
+            close_timeout=close_timeout,
+            max_size=max_size,
+        )
+    except Exception as exc:
+        failure = translate(exc)
+        if failure is None:
+            raise
+        raise OpenFailed(failure) from exc
+    return WebsocketsTransport(connection)

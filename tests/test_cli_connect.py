@@ -1,0 +1,133 @@
+"""``tether connect URL``: sends stdin lines, prints messages and every state change."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import re
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from tests.support.node import NodeWsServer
+from tests.support.procs import JsonLineProcess, tether_cli
+from websockets.asyncio.server import ServerConnection, serve
+
+from tether._cli import connect as connect_cli
+from tether.cli import main
+
+
+def test_bad_url_exits_2_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """A URL that is not ws:// or wss:// is refused before any I/O: exit 2, one line."""
+    assert main(["connect", "http://example.com/"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("tether connect: error: invalid WebSocket URL")
+
+
+def test_bad_header_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """--header without a colon is a usage error."""
+    assert main(["connect", "ws://127.0.0.1:1/", "--header", "nocolon"]) == 2
+    assert "--header must look like" in capsys.readouterr().err
+
+
+@pytest.fixture
+async def echo_url() -> AsyncIterator[str]:
+    """An in-process websockets echo server."""
+
+    async def echo(ws: ServerConnection) -> None:
+        async for message in ws:
+            await ws.send(message)
+
+    async with serve(echo, "127.0.0.1", 0) as server:
+        yield f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
+
+
+def _args(url: str, *extra: str) -> object:
+    parser = connect_cli.argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    connect_cli.register(sub)
+    return parser.parse_args(["connect", url, *extra])
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(20)
+async def test_stdin_lines_are_sent_and_echoes_printed(
+    echo_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each stdin line goes out as a message; replies are printed; end of input exits 0."""
+    import tether
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("one\ntwo\n"))
+    out, err = io.StringIO(), io.StringIO()
+    conn = tether.connect(echo_url, heartbeat=None)
+    status = await connect_cli._session(conn, as_json=False, out=out, err=err)
+    assert status == 0
+    assert out.getvalue() == "one\ntwo\n"
+    assert "connected to" in err.getvalue()
+    assert "closed 1000 Normal Closure" in err.getvalue()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(20)
+async def test_json_mode_prints_one_object_per_line(
+    echo_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--json: every line on stdout is a JSON object with "event" and "t"."""
+    import tether
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("hi\n"))
+    out, err = io.StringIO(), io.StringIO()
+    conn = tether.connect(echo_url, heartbeat=None)
+    assert await connect_cli._session(conn, as_json=True, out=out, err=err) == 0
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [line["event"] for line in lines] == ["connected", "message", "disconnected"]
+    assert lines[1]["data"] == "hi"
+    assert lines[2]["code"] == 1000
+    assert all(isinstance(line["t"], float) for line in lines)
+    assert err.getvalue() == ""
+
+
+async def _poll(condition: Callable[[], bool], timeout: float) -> None:
+    async def wait() -> None:
+        # stderr is text, not JSON events: poll it, bounded by timeout.
+        while not condition():  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(wait(), timeout)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(30)
+async def test_state_change_line_explains_1012(
+    node_ws_server: NodeWsServer, spawn: Callable[[JsonLineProcess], object]
+) -> None:
+    """A 1012 prints 'closed 1012 Service Restart — reconnecting in X s' and reconnects."""
+    proc = tether_cli("connect", "--ping-interval", "0", node_ws_server.url)
+    await spawn(proc)  # type: ignore[misc]
+    await node_ws_server.expect_event("connection", timeout=10)
+    await node_ws_server.close_all(1012)
+    pattern = re.compile(r"^closed 1012 Service Restart — reconnecting in (\d+\.\d) s$", re.M)
+    await _poll(lambda: pattern.search(proc.stderr_text()) is not None, 10)
+    match = pattern.search(proc.stderr_text())
+    assert match is not None
+    assert 1.0 <= float(match.group(1)) <= 5.0
+    await node_ws_server.expect_event("connection", timeout=10)
+    await _poll(lambda: "(attempt 2)" in proc.stderr_text(), 5)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(30)
+async def test_json_mode_reports_final_close_and_exit_status(
+    node_ws_server: NodeWsServer, spawn: Callable[[JsonLineProcess], object]
+) -> None:
+    """--json over a real peer: disconnected 1008 with its explanation, gaveup, exit 1."""
+    proc = tether_cli("connect", "--json", "--ping-interval", "0", node_ws_server.url)
+    await spawn(proc)  # type: ignore[misc]
+    await proc.expect_event("connected", timeout=10)
+    await node_ws_server.close_all(1008, "banned")
+    closed = await proc.expect_event("disconnected", timeout=5)
+    assert (closed["code"], closed["reason"], closed["clean"]) == (1008, "banned", True)
+    assert "Policy Violation" in closed["explanation"]
+    await proc.expect_event("gaveup", timeout=5)
+    assert await proc.wait(10) == 1

@@ -1,0 +1,701 @@
+"""tether.connect against an in-process raw ``websockets`` server on 127.0.0.1.
+
+Real loopback sockets with small time values; every test is bounded by a timeout.
+Each test also fails if anything reached the event loop's exception handler
+("Task exception was never retrieved" is a bug).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from http import HTTPStatus
+from typing import Any
+
+import pytest
+from websockets.asyncio.server import Request, Response, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed as WsConnectionClosed
+from websockets.exceptions import InvalidURI
+
+import tether
+from tether import (
+    BackoffConfig,
+    ConfigurationError,
+    Connected,
+    ConnectionClosedError,
+    ConnectionClosedOK,
+    Disconnected,
+    GaveUp,
+    Heartbeat,
+    InvalidCloseCode,
+    QueueFull,
+    Reconnecting,
+    State,
+)
+from tether.asyncio.engine import ClosedInfo, Transport
+from tether.asyncio.layer import ClientLayer, LayerOpened
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(20)]
+
+#: Small delays so that reconnects take milliseconds.
+FAST = BackoffConfig(base=0.02, cap=0.1, restart_window=(0.02, 0.05), try_again_floor=0.05)
+NO_PING = Heartbeat(interval=None, timeout=None)
+
+Behaviour = Callable[[ServerConnection, list[Any]], Awaitable[None]]
+
+
+async def echo(ws: ServerConnection, received: list[Any]) -> None:
+    """Record and echo every message until the client closes."""
+    async for message in ws:
+        received.append(message)
+        await ws.send(message)
+
+
+def close_with(code: int, *, first: str | None = None) -> Behaviour:
+    """Optionally send ``first``, then close with ``code``."""
+
+    async def behaviour(ws: ServerConnection, received: list[Any]) -> None:
+        if first is not None:
+            await ws.send(first)
+        await ws.close(code, f"test {code}")
+
+    return behaviour
+
+
+async def record(ws: ServerConnection, received: list[Any]) -> None:
+    """Record every message without answering (an echo would block this websockets server's
+    handler in send() while the client closes, until its close_timeout)."""
+    async for message in ws:
+        received.append(message)
+
+
+async def abort(ws: ServerConnection, received: list[Any]) -> None:
+    """Drop the TCP connection without a Close frame (the client must see 1006)."""
+    ws.transport.abort()
+
+
+class Scripted:
+    """A websockets server whose n-th connection follows ``behaviours[n]`` (then echo)."""
+
+    def __init__(self, *behaviours: Behaviour) -> None:
+        self.behaviours = list(behaviours)
+        self.connections: list[list[Any]] = []
+        self.close_codes: list[int | None] = []
+        self.http_statuses: list[int] = []
+        self.port = 0
+        self.live: list[ServerConnection] = []
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/"
+
+    async def handler(self, ws: ServerConnection) -> None:
+        index = len(self.connections)
+        received: list[Any] = []
+        self.connections.append(received)
+        self.live.append(ws)
+        behaviour = self.behaviours[index] if index < len(self.behaviours) else echo
+        try:
+            await behaviour(ws, received)
+        except WsConnectionClosed:
+            pass
+        finally:
+            await ws.wait_closed()
+            rcvd = ws.protocol.close_rcvd
+            self.close_codes.append(rcvd.code if rcvd is not None else None)
+
+    async def wait_for(self, condition: Callable[[], bool], timeout: float = 5.0) -> None:
+        """Poll ``condition`` every 10 ms, bounded by ``timeout`` seconds."""
+
+        async def poll() -> None:
+            # The conditions are about another task's lists; polling keeps the helper simple.
+            while not condition():  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(poll(), timeout)
+
+
+@pytest.fixture(autouse=True)
+async def loop_errors() -> AsyncIterator[list[dict[str, Any]]]:
+    """Collect whatever reaches the loop's exception handler; the test fails if anything did."""
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    yield errors
+    await asyncio.sleep(0.01)
+    gc.collect()
+    assert errors == []
+
+
+async def start(server: Scripted, **kwargs: Any) -> Any:
+    """Start ``server`` on a free port; returns the websockets Server."""
+    ws_server = await serve(server.handler, "127.0.0.1", 0, **kwargs)
+    server.port = ws_server.sockets[0].getsockname()[1]
+    return ws_server
+
+
+@pytest.fixture
+async def scripted() -> AsyncIterator[Callable[..., Awaitable[Scripted]]]:
+    """Factory for Scripted servers, closed at teardown."""
+    servers: list[Any] = []
+
+    async def make(*behaviours: Behaviour, **kwargs: Any) -> Scripted:
+        server = Scripted(*behaviours)
+        servers.append(await start(server, **kwargs))
+        return server
+
+    yield make
+    for ws_server in servers:
+        ws_server.close()
+        await ws_server.wait_closed()
+
+
+def refused_url() -> str:
+    """A loopback URL where nothing listens."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"ws://127.0.0.1:{port}/"
+
+
+async def collect(events: AsyncIterator[Any]) -> list[Any]:
+    return [event async for event in events]
+
+
+# -- the three forms --
+
+
+async def test_await_form_opens_and_echoes(scripted: Callable[..., Awaitable[Scripted]]) -> None:
+    """``await tether.connect(url)`` returns an OPEN connection that sends and receives."""
+    server = await scripted()
+    conn = await tether.connect(server.url, heartbeat=NO_PING)
+    try:
+        assert conn.state is State.OPEN
+        await conn.send("hi")
+        assert await conn.recv() == "hi"
+    finally:
+        await conn.close()
+    assert conn.state is State.CLOSED
+
+
+async def test_async_with_closes_with_1000(scripted: Callable[..., Awaitable[Scripted]]) -> None:
+    """Leaving ``async with`` runs the closing handshake with 1000."""
+    server = await scripted()
+    async with tether.connect(server.url, heartbeat=NO_PING) as conn:
+        await conn.send(b"\x00\x01")
+        assert await conn.recv() == b"\x00\x01"
+    await server.wait_for(lambda: len(server.close_codes) == 1)
+    assert server.close_codes == [1000]
+
+
+async def test_async_for_ends_on_final_close(scripted: Callable[..., Awaitable[Scripted]]) -> None:
+    """``async for`` yields messages and ends when the server closes with 1000."""
+    server = await scripted(close_with(1000, first="only"))
+    async with tether.connect(server.url, heartbeat=NO_PING) as conn:
+        messages = [message async for message in conn]
+    assert messages == ["only"]
+    assert conn.close_code == 1000
+
+
+# -- reconnect per close code --
+
+
+async def test_messages_before_close_are_delivered_then_reconnects(
+    scripted: Callable[..., Awaitable[Scripted]],
+) -> None:
+    """A message sent just before 1012 is received, then the connection comes back."""
+    server = await scripted(close_with(1012, first="before"))
+    conn = tether.connect(server.url, heartbeat=NO_PING, backoff=FAST)
+    events = conn.events()
+    async with conn:
+        assert await conn.recv() == "before"
+        # A send racing the server's Close frame could be written into the closing
+        # connection and discarded by the server (plain mode): send once reconnected.
+        await asyncio.wait_for(_first(events, Reconnecting), 5)
+        await asyncio.wait_for(_first(events, Connected), 5)
+        await conn.send("after")
+        assert await asyncio.wait_for(conn.recv(), 5) == "after"
+        assert conn.attempt == 2
+
+
+async def test_events_sequence_over_a_restart(scripted: Callable[..., Awaitable[Scripted]]) -> None:
+    """Connected, Disconnected(1012), Reconnecting(cause 1012), Connected, Disconnected(1000)."""
+    server = await scripted(close_with(1012))
+    conn = tether.connect(server.url, heartbeat=NO_PING, backoff=FAST)
+    events = conn.events()
+    async with conn:
+        await server.wait_for(lambda: len(server.connections) == 2)
+        await conn.send("x")
+        await conn.recv()
+    seen = await collect(events)
+    assert [type(e) for e in seen] == [
+        Connected,
+        Disconnected,
+        Reconnecting,
+        Connected,
+        Disconnected,
+    ]
+    assert seen[0] == Connected(attempt=1)
+    assert seen[1].code == 1012
+    assert seen[1].clean is True
+    assert seen[1].reason == "test 1012"
+    assert seen[2].cause_code == 1012
+    assert 0.02 <= seen[2].delay <= 0.05
+    assert seen[3] == Connected(attempt=2)
+    assert seen[4].code == 1000
+
+
+async def test_abort_reports_1006_not_clean(scripted: Callable[..., Awaitable[Scripted]]) -> None:
+    """A connection dropped without a Close frame: Disconnected(1006, clean=False), then backoff."""
+    server = await scripted(abort)
+    conn = tether.connect(server.url, heartbeat=NO_PING, backoff=FAST)
+    events = conn.events()
+    async with conn:
+        await server.wait_for(lambda: len(server.connections) == 2)
+    seen = await collect(events)
+    disconnected = next(e for e in seen if isinstance(e, Disconnected))
+    assert (disconnected.code, disconnected.clean) == (1006, False)
+    reconnecting = next(e for e in seen if isinstance(e, Reconnecting))
+    assert reconnecting.cause_code == 1006
+    assert 0 <= reconnecting.delay <= FAST.base
+
+
+@pytest.mark.parametrize(
+    ("code", "exc_type"), [(1008, ConnectionClosedError), (1000, ConnectionClosedOK)]
+)
+async def test_final_close_stops_and_recv_raises(
+    scripted: Callable[..., Awaitable[Scripted]], code: int, exc_type: type[Exception]
+) -> None:
+    """A final code: GaveUp, no reconnect, recv() raises with code and explanation."""
+    server = await scripted(close_with(code))
+    conn = tether.connect(server.url, heartbeat=NO_PING, backoff=FAST)
+    events = conn.events()
+    await conn
+    with pytest.raises(exc_type) as info:
+        await asyncio.wait_for(conn.recv(), 5)
+    assert info.value.code == code  # type: ignore[attr-defined]
+    assert str(code) in info.value.explanation  # type: ignore[attr-defined]
+    assert conn.state is State.CLOSED
+    assert isinstance((await collect(events))[-1], GaveUp)
+    assert len(server.connections) == 1
+
+
+async def test_http_401_is_final(scripted: Callable[..., Awaitable[Scripted]]) -> None:
+    """HTTP 401 at the handshake: ``await connect`` raises after one attempt."""
+
+    def refuse(_conn: ServerConnection, _request: Request) -> Response:
+        return _conn.respond(HTTPStatus.UNAUTHORIZED, "no\n")
+
+    server = await scripted(process_request=refuse)
+    conn = tether.connect(server.url, heartbeat=NO_PING, backoff=FAST)
+    with pytest.raises(ConnectionClosedError, match="HTTP 401"):
+        await conn
+    assert conn.attempt == 1
+
+
+async def test_http_503_backs_off_then_connects(
+    scripted: Callable[..., Awaitable[Scripted]],
+) -> None:
+    """HTTP 503 at the handshake: retried with backoff until the server accepts."""
+    statuses: list[int] = []
+
+    def flaky(_conn: ServerConnection, _request: Request) -> Response | None:
+        if len(statuses) < 2:
+            statuses.append(503)
+            return _conn.respond(HTTPStatus.SERVICE_UNAVAILABLE, "busy\n")
+        return None
+
+    server = await scripted(process_request=flaky)
+    async with tether.connect(server.url, heartbeat=NO_PING, backoff=FAST) as conn:
+        assert conn.attempt == 3
+    assert statuses == [503, 503]
+
+
+# -- send queue --
+
+
+async def test_sends_while_disconnected_arrive_in_order(
+    scripted: Callable[..., Awaitable[Scripted]],
+) -> None:
+    """Messages sent during the reconnect wait are queued and delivered in order afterwards."""
+    server = await scripted(close_with(1012))
+    slow = BackoffConfig(restart_window=(0.3, 0.3))
+    conn = tether.connect(server.url, heartbeat=NO_PING, backoff=slow)
+    events = conn.events()
+    async with conn:
+        while not isinstance(await events.__anext__(), Reconnecting):
+            pass
+        assert conn.state is State.RECONNECTING
+        for n in range(50):
+            await conn.send(f"m{n}")
+        assert conn.queued == 50
+        await server.wait_for(
+            lambda: len(server.connections) == 2 and len(server.connections[1]) == 50
+        )
+    assert server.connections[1] == [f"m{n}" for n in range(50)]
+
+
+async def test_queue_full_raises_after_send_timeout() -> None:
+    """With the queue full, send() raises QueueFull after send_timeout instead of dropping."""
+    conn = tether.connect(refused_url(), heartbeat=NO_PING, max_queue=2, send_timeout=0.05)
+    conn.start()
+    await conn.send("a")
+    await conn.send("b")
+    started = time.monotonic()
+    with pytest.raises(QueueFull, match="not queued"):
+        await conn.send("c")
+    assert time.monotonic() - started >= 0.05
+    assert conn.queued == 2
+    await conn.close()
+    assert conn.unsent == ("a", "b")
+
+
+async def test_close_flushes_the_queue_first(scripted: Callable[..., Awaitable[Scripted]]) -> None:
+    """close() right after many sends: the server gets every message, then 1000."""
+    server = await scripted(record)
+    conn = await tether.connect(server.url, heartbeat=NO_PING)
+    for n in range(200):
+        await conn.send(str(n))
+    await conn.close()
+    await server.wait_for(lambda: len(server.close_codes) == 1)
+    assert server.connections[0] == [str(n) for n in range(200)]
+    assert server.close_codes == [1000]
+
+
+async def test_unsent_messages_are_reported_not_dropped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Closing while disconnected keeps the queued messages in conn.unsent and warns."""
+    conn = tether.connect(refused_url(), heartbeat=NO_PING)
+    conn.start()
+    await conn.send("lost?")
+    with caplog.at_level(logging.WARNING, logger="tether.client"):
+        await conn.close()
+    assert conn.unsent == ("lost?",)
+    assert "1 queued message(s) were never sent" in caplog.text
+
+
+async def test_send_after_close_raises() -> None:
+    """send() on a closed connection raises ConnectionClosed rather than queueing forever."""
+    conn = tether.connect(refused_url(), heartbeat=NO_PING)
+    conn.start()
+    await conn.close()
+    with pytest.raises(tether.ConnectionClosed):
+        await conn.send("late")
+
+
+async def test_send_refuses_other_types() -> None:
+    """Only text and bytes are messages."""
+    conn = tether.connect(refused_url(), heartbeat=NO_PING)
+    with pytest.raises(TypeError, match="str or bytes"):
+        await conn.send(42)  # type: ignore[arg-type]
+
+
+# -- close --
+
+
+async def test_close_during_backoff_returns_promptly() -> None:
+    """close() while waiting for a long backoff returns at once and the state is CLOSED."""
+    rng = random.Random(0)
+    backoff = BackoffConfig(base=60.0, cap=60.0)
+    conn = tether.connect(refused_url(), heartbeat=NO_PING, backoff=backoff, rng=rng)
+    events = conn.events()
+    conn.start()
+    while not isinstance(await events.__anext__(), Reconnecting):
+        pass
+    started = time.monotonic()
+    await conn.close()
+    assert time.monotonic() - started < 0.5
+    assert conn.state is State.CLOSED
+
+
+async def test_close_during_a_hanging_handshake_returns_promptly() -> None:
+    """close() while the server accepted TCP but never answers cancels the attempt at once."""
+    writers: list[asyncio.StreamWriter] = []
+    silent = await asyncio.start_server(lambda _r, w: writers.append(w), "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    try:
+        conn = tether.connect(f"ws://127.0.0.1:{port}/", heartbeat=NO_PING, open_timeout=30)
+        conn.start()
+        await asyncio.sleep(0.1)
+        assert conn.state is State.CONNECTING
+        started = time.monotonic()
+        await conn.close()
+        assert time.monotonic() - started < 0.5
+        assert conn.state is State.CLOSED
+    finally:
+        for writer in writers:
+            writer.close()
+        silent.close()
+        await silent.wait_closed()
+
+
+@pytest.mark.parametrize("code", [1004, 1005, 1006, 1015, 1012, 1013, 999, 2000, 5000])
+async def test_reserved_close_codes_are_refused_before_io(
+    scripted: Callable[..., Awaitable[Scripted]], code: int
+) -> None:
+    """close(1006) and friends raise InvalidCloseCode; the connection stays OPEN."""
+    server = await scripted()
+    async with tether.connect(server.url, heartbeat=NO_PING) as conn:
+        with pytest.raises(InvalidCloseCode):
+            await conn.close(code)
+        assert conn.state is State.OPEN
+        await conn.send("still")
+        assert await conn.recv() == "still"
+
+
+async def test_close_with_custom_code_reaches_the_server(
+    scripted: Callable[..., Awaitable[Scripted]],
+) -> None:
+    """close(4001, reason) sends that code."""
+    server = await scripted()
+    conn = await tether.connect(server.url, heartbeat=NO_PING)
+    await conn.close(4001, "bye")
+    await server.wait_for(lambda: len(server.close_codes) == 1)
+    assert server.close_codes == [4001]
+
+
+async def test_cancelled_await_stops_the_loop() -> None:
+    """Giving up on ``await connect`` (timeout) leaves no reconnect loop behind."""
+    conn = tether.connect(refused_url(), heartbeat=NO_PING, backoff=FAST)
+    with pytest.raises((asyncio.TimeoutError, TimeoutError)):
+        await asyncio.wait_for(conn._open(), 0.2)
+    await asyncio.sleep(0.05)
+    assert conn.state is State.CLOSED
+
+
+# -- heartbeat --
+
+
+async def test_heartbeat_measures_latency(scripted: Callable[..., Awaitable[Scripted]]) -> None:
+    """Pings go out every interval and pongs give a round-trip time."""
+    server = await scripted()
+    beat = Heartbeat(interval=0.05, timeout=1.0)
+    async with tether.connect(server.url, heartbeat=beat) as conn:
+        for _ in range(100):
+            if conn.latency is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert conn.latency is not None
+        assert 0 <= conn.latency < 1.0
+
+
+async def test_missing_pong_fails_as_1006(scripted: Callable[..., Awaitable[Scripted]]) -> None:
+    """A peer that stops answering pings is declared dead within interval + timeout: 1006."""
+    server = await scripted()
+    beat = Heartbeat(interval=0.1, timeout=0.2)
+    conn = tether.connect(server.url, heartbeat=beat, backoff=FAST)
+    events = conn.events()
+    async with conn:
+        # Stop the server from reading (and so from answering pings) on this connection.
+        await server.wait_for(lambda: len(server.connections) == 1)
+        paused = time.monotonic()
+        server.live[0].transport.pause_reading()
+        event = await asyncio.wait_for(_first(events, Disconnected), 5)
+        elapsed = time.monotonic() - paused
+        server.live[0].transport.abort()  # the server side is stuck on purpose; do not wait
+    assert (event.code, event.clean) == (1006, False)
+    assert elapsed <= (0.1 + 0.2) * 1.1 + 0.05
+
+
+# -- configuration --
+
+
+def test_bad_url_is_a_configuration_error_chained_from_the_engine() -> None:
+    """A malformed URL raises ConfigurationError at call time, chained from InvalidURI."""
+    with pytest.raises(ConfigurationError, match="invalid WebSocket URL") as info:
+        tether.connect("http://example.com/")
+    assert isinstance(info.value.__cause__, InvalidURI)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"max_queue": 0},
+        {"send_timeout": -1},
+        {"open_timeout": 0},
+        {"heartbeat": (1, 2)},
+        {"compression": "zstd"},
+        {"subprotocols": "chat"},
+    ],
+)
+def test_bad_options_are_configuration_errors(kwargs: dict[str, Any]) -> None:
+    """Each invalid option is refused with ConfigurationError before any I/O."""
+    with pytest.raises(ConfigurationError):
+        tether.connect("ws://127.0.0.1:1/", **kwargs)
+
+
+def test_connect_is_exported_lazily() -> None:
+    """tether.connect and tether.ClientConnection come from the asyncio adapter."""
+    from tether.asyncio.client import ClientConnection, connect
+
+    assert tether.connect is connect
+    assert tether.ClientConnection is ClientConnection
+
+
+# -- helpers --
+
+
+async def _first(events: AsyncIterator[Any], kind: type[Any]) -> Any:
+    async for event in events:
+        if isinstance(event, kind):
+            return event
+    raise AssertionError(f"no {kind.__name__} event")
+
+
+async def test_flush_waits_until_queued_messages_are_sent(
+    scripted: Callable[..., Awaitable[Scripted]],
+) -> None:
+    """flush() right after start returns once the queued messages were written."""
+    server = await scripted(record)
+    conn = tether.connect(server.url, heartbeat=NO_PING)
+    conn.start()
+    await conn.send("early")
+    assert conn.queued == 1
+    await asyncio.wait_for(conn.flush(), 5)
+    assert conn.queued == 0
+    await conn.close()
+    await server.wait_for(lambda: len(server.close_codes) == 1)
+    assert server.connections == [["early"]]
+
+
+async def test_accept_then_close_server_is_not_a_tight_loop(
+    scripted: Callable[..., Awaitable[Scripted]],
+) -> None:
+    """A server that accepts then closes at once (1011) sees few connections, not hundreds."""
+    server = await scripted(*[close_with(1011)] * 1000)
+    backoff = BackoffConfig(base=0.05, cap=5.0)
+    conn = tether.connect(server.url, heartbeat=NO_PING, backoff=backoff, rng=random.Random(1))
+    conn.start()
+    await asyncio.sleep(1.0)  # the behaviour under test is how many attempts fit in 1 s
+    await conn.close()
+    # Ceilings 0.05, 0.1, 0.2, 0.4, 0.8 s: at most ~6 connections fit in one second;
+    # resetting the backoff on each handshake would allow hundreds.
+    assert 2 <= len(server.connections) <= 7
+
+
+def test_documented_defaults_match_the_signature() -> None:
+    """The options table in docs/client.md states the defaults connect() really has."""
+    import inspect
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).parent.parent / "docs" / "client.md").read_text()
+    defaults = inspect.signature(tether.connect).parameters
+    documented = {
+        "max_queue": 1000,
+        "send_timeout": 10.0,
+        "open_timeout": 10.0,
+        "close_timeout": 10.0,
+        "max_incoming": 1000,
+    }
+    for name, value in documented.items():
+        assert defaults[name].default == value, name
+        row = re.search(rf"^\| `{name}` \| ([^|]+) \|", doc, re.M)
+        assert row is not None, name
+        assert row.group(1).strip().split()[0] == f"{value:g}", name
+    assert defaults["heartbeat"].default == Heartbeat(interval=15, timeout=10)
+    assert "`Heartbeat(interval=15, timeout=10)`" in doc
+    assert defaults["compression"].default is None
+
+
+class FramingLayer(ClientLayer):
+    """A toy session layer: a hello/welcome handshake, framed data, control messages."""
+
+    subprotocols = ("toy.v1",)
+
+    def __init__(self) -> None:
+        self.handshakes = 0
+        self.closed_codes: list[int] = []
+
+    async def opened(self, transport: Transport) -> LayerOpened:
+        await transport.send("hello")
+        assert await transport.recv() == "welcome"
+        self.handshakes += 1
+        return LayerOpened(resumed=self.handshakes > 1)
+
+    def outgoing(self, message: str | bytes, now: float) -> tuple[str | bytes, ...]:
+        return (f"d:{message!s}",)
+
+    def incoming(self, message: str | bytes, now: float) -> tuple[str | bytes, ...]:
+        text = str(message)
+        return () if text.startswith("ctl:") else (text.removeprefix("d:"),)
+
+    def closed(self, info: ClosedInfo, now: float) -> None:
+        self.closed_codes.append(info.code)
+
+
+async def toy_server(ws: ServerConnection, received: list[Any]) -> None:
+    """Answers the toy handshake, then sends a control message and echoes data framed."""
+    assert await ws.recv() == "hello"
+    await ws.send("welcome")
+    await ws.send("ctl:ack")
+    async for message in ws:
+        received.append(message)
+        await ws.send(message)
+
+
+async def test_session_layer_runs_before_open_and_frames_messages(
+    scripted: Callable[..., Awaitable[Scripted]],
+) -> None:
+    """A ClientLayer handshakes before Connected, frames sends, and consumes control messages."""
+    server = await scripted(toy_server, toy_server)
+    layer = FramingLayer()
+    conn = tether.connect(server.url, heartbeat=NO_PING, backoff=FAST, layer=layer)
+    events = conn.events()
+    async with conn:
+        assert conn.subprotocol is None  # the raw server does not pick one; offering is enough
+        await conn.send("x")
+        assert await conn.recv() == "x"
+        server.live[0].transport.abort()
+        # Plain mode cannot save a message written into a dying socket: wait for the
+        # new connection (the layer's second handshake) before sending again.
+        first = await asyncio.wait_for(_first(events, Connected), 5)
+        second = await asyncio.wait_for(_first(events, Connected), 5)
+        await conn.send("y")
+        assert await asyncio.wait_for(conn.recv(), 5) == "y"
+    assert (first, second) == (Connected(1), Connected(2, resumed=True))
+    assert server.connections == [["d:x"], ["d:y"]]
+    assert layer.handshakes == 2
+    assert layer.closed_codes[0] == 1006
+
+
+async def test_send_waiting_for_space_fails_when_the_connection_ends() -> None:
+    """A send() blocked on a full queue raises ConnectionClosed at close; nothing is stranded."""
+    conn = tether.connect(refused_url(), heartbeat=NO_PING, max_queue=1, send_timeout=None)
+    conn.start()
+    await conn.send("a")
+    blocked = asyncio.get_running_loop().create_task(conn.send("b"))
+    await asyncio.sleep(0)  # let it reach the wait for space
+    assert not blocked.done()
+    await conn.close()
+    with pytest.raises(tether.ConnectionClosed):
+        await asyncio.wait_for(blocked, 5)
+    assert conn.unsent == ("a",)
+    assert conn.queued == 0
+
+
+async def test_cancelled_await_during_a_hanging_handshake_leaves_nothing_behind() -> None:
+    """Timing out ``await connect`` mid-handshake cancels the attempt too (no orphan task)."""
+    writers: list[asyncio.StreamWriter] = []
+    silent = await asyncio.start_server(lambda _r, w: writers.append(w), "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    try:
+        conn = tether.connect(f"ws://127.0.0.1:{port}/", heartbeat=NO_PING, open_timeout=30)
+        with pytest.raises((asyncio.TimeoutError, TimeoutError)):
+            await asyncio.wait_for(conn._open(), 0.2)
+        await asyncio.sleep(0.05)
+        assert conn.state is State.CLOSED
+        names = [task.get_name() for task in asyncio.all_tasks()]
+        assert not [name for name in names if name.startswith("tether.client")]
+    finally:
+        for writer in writers:
+            writer.close()
+        silent.close()
+        await silent.wait_closed()
