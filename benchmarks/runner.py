@@ -66,6 +66,7 @@ def run(
     quick: bool,
     as_json: bool,
     runs: int,
+    save: str | None = None,
     connections: int | None,
 ) -> int:
     """Run ``scenarios`` in order; return the exit status."""
@@ -103,4 +104,7 @@ def run(
     if as_json:
         json.dump(report, sys.stdout, indent=2)
         print()
+    if save is not None:
+        with open(save, "w") as out:
+            json.dump(report, out, indent=2)
     return 1 if failed else 0

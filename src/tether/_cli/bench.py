@@ -50,6 +50,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.add_argument(
+        "--save",
+        metavar="FILE",
+        default=None,
+        help="also write the JSON document to FILE (with the tables on stdout)",
+    )
+    parser.add_argument(
         "--runs",
         type=_positive_int,
         default=5,
@@ -92,6 +98,7 @@ def _run(args: argparse.Namespace) -> int:
         scenarios,
         quick=args.quick,
         as_json=args.json,
+        save=args.save,
         runs=args.runs,
         connections=args.connections,
     )
