@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/tether compare 1006 1012  # becomes `tether demo` once the server lands (issue 4)
+	$(BIN)/tether demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(LINTED)

@@ -41,12 +41,18 @@ __version__ = "0.1.0"
 #: Names provided by the asyncio adapter, imported lazily: name -> module.
 _LAZY: dict[str, str] = {
     "ClientConnection": "tether.asyncio.client",
+    "Server": "tether.asyncio.server",
+    "Session": "tether.asyncio.session",
     "connect": "tether.asyncio.client",
+    "serve": "tether.asyncio.server",
 }
 
 if TYPE_CHECKING:
     from .asyncio.client import ClientConnection as ClientConnection
     from .asyncio.client import connect as connect
+    from .asyncio.server import Server as Server
+    from .asyncio.server import serve as serve
+    from .asyncio.session import Session as Session
 
 __all__ = [
     "Action",

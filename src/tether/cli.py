@@ -25,6 +25,8 @@ COMMANDS: dict[str, str] = {
     "compare": "compare",
     "bench": "bench",
     "connect": "connect",
+    "serve": "serve",
+    "demo": "demo",
 }
 
 

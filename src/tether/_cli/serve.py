@@ -1,0 +1,173 @@
+"""``tether serve``: run an echo, broadcast or ticker server with planned restarts.
+
+Signals: SIGHUP restarts (1012, staged drain; with ``--reuse-port`` it first starts
+a replacement process with the same arguments and waits for its ``/healthz``),
+SIGTERM shuts down with ``--shutdown-code`` (1012 by default: a deploy is a
+restart), SIGINT shuts down with 1001. The process exits 0 after a clean drain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from typing import Any
+
+from ..closecodes import validate_send
+from ..exceptions import ConfigurationError, InvalidCloseCode
+
+__all__ = ["register"]
+
+logger = logging.getLogger("tether.server")
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``serve`` subcommand."""
+    parser = subparsers.add_parser(
+        "serve",
+        help="run a WebSocket server (echo, broadcast or ticker) with planned restarts",
+        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8765, help="TCP port (default 8765)")
+    parser.add_argument(
+        "--app",
+        choices=("echo", "broadcast", "ticker"),
+        default="echo",
+        help="what the server does (default echo)",
+    )
+    parser.add_argument(
+        "--ticker-interval",
+        type=float,
+        default=100.0,
+        metavar="MS",
+        help="ticker: milliseconds between messages (default 100)",
+    )
+    parser.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="bind with SO_REUSEPORT; SIGHUP hands over to a new process",
+    )
+    parser.add_argument(
+        "--drain-window",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="seconds to spread restart closes over (default 5)",
+    )
+    parser.add_argument(
+        "--shutdown-code",
+        type=int,
+        default=1012,
+        metavar="CODE",
+        help="close code on SIGTERM (default 1012 Service Restart)",
+    )
+    parser.add_argument(
+        "--ping-interval",
+        type=float,
+        default=15.0,
+        metavar="S",
+        help="seconds between heartbeat pings; 0 disables (default 15)",
+    )
+    parser.add_argument(
+        "--ping-timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="seconds to wait for a pong; 0 never gives up (default 10)",
+    )
+    parser.add_argument(
+        "--close-timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="seconds allowed for each closing handshake (default 10)",
+    )
+    parser.add_argument("--json-logs", action="store_true", help="log JSON lines on stderr")
+    parser.set_defaults(func=run)  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the server until a restart or shutdown has drained it; return the exit status."""
+    from ..heartbeat import Heartbeat
+    from .logs import setup_logging
+
+    setup_logging(json_lines=args.json_logs)
+    try:
+        validate_send(args.shutdown_code, role="server")
+        heartbeat = Heartbeat(args.ping_interval or None, args.ping_timeout or None)
+        if args.drain_window < 0:
+            raise ConfigurationError("--drain-window must be >= 0 seconds")
+    except (ConfigurationError, InvalidCloseCode) as exc:
+        print(f"tether serve: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(_serve(args, heartbeat))
+    except OSError as exc:
+        print(f"tether serve: error: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _serve(args: argparse.Namespace, heartbeat: Any) -> int:
+    from ..asyncio.apps import make_app
+    from ..asyncio.server import serve
+
+    app = make_app(args.app, ticker_interval_ms=args.ticker_interval)
+    server = serve(
+        app,
+        args.host,
+        args.port,
+        heartbeat=heartbeat,
+        drain_window=args.drain_window,
+        shutdown_code=args.shutdown_code,
+        reuse_port=args.reuse_port,
+        close_timeout=args.close_timeout,
+        # With --reuse-port, SIGHUP means a handover, which this command runs itself.
+        handle_signals=not args.reuse_port,
+    )
+    await server.start()
+    if args.reuse_port:
+        _install_handover_signals(server, args)
+    await server.wait_closed()
+    return 0
+
+
+def _install_handover_signals(server: Any, args: argparse.Namespace) -> None:
+    from ..asyncio.handover import HandoverFailed, start_replacement
+
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task[None]] = set()
+    handing_over = False
+
+    async def hand_over() -> None:
+        nonlocal handing_over
+        if handing_over:
+            return
+        handing_over = True
+        try:
+            await start_replacement(sys.argv[1:], args.host, server.port)
+        except HandoverFailed as exc:
+            # Safe failure: keep serving rather than drain into nothing.
+            logger.error("handover failed, still serving: %s", exc)
+            handing_over = False
+            return
+        await server.hand_off("SIGHUP: handing over to a new process")
+
+    def spawn(coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    def on_signal(signum: signal.Signals) -> None:
+        logger.info("received %s", signum.name)
+        if signum is signal.SIGHUP:
+            spawn(hand_over())
+        elif signum is signal.SIGTERM:
+            spawn(server.shutdown(args.shutdown_code, "SIGTERM: restarting"))
+        else:
+            spawn(server.shutdown(1001, "SIGINT: going away"))
+
+    for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)

@@ -1,0 +1,129 @@
+"""Zero-downtime handover: start a replacement process and wait until it is healthy.
+
+Used by ``tether serve --reuse-port`` on SIGHUP. Both processes bind the same port
+with ``SO_REUSEPORT``, so a health check sent to the port reaches *either* process
+(the kernel picks a listener from a hash of the connection's addresses and ports).
+To know that the *replacement* is healthy, its ``/healthz`` body carries its
+process id: we poll ``GET /healthz`` on the shared port from fresh connections
+(each gets a new source port, so a new pick) until one answers 200 with the
+replacement's pid. With two listeners each poll has an even chance to reach it.
+No environment variable, pipe or extra port is needed, and what is checked is
+exactly what a load balancer would check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import subprocess
+import sys
+from collections.abc import Sequence
+
+__all__ = ["HandoverFailed", "health_check", "probe_host", "start_replacement"]
+
+logger = logging.getLogger("tether.server")
+
+
+class HandoverFailed(Exception):
+    """The replacement did not become healthy; the old process keeps serving."""
+
+
+def probe_host(host: str | None) -> str:
+    """The address to reach a server bound to ``host`` from this machine."""
+    if host in (None, "", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "::1"
+    return host
+
+
+async def health_check(
+    host: str, port: int, *, timeout: float = 1.0
+) -> tuple[int, dict[str, object]]:
+    """``GET /healthz`` once on a new connection; return (HTTP status, JSON body).
+
+    Raises:
+        OSError: the connection failed.
+        asyncio.TimeoutError: no complete answer within ``timeout`` seconds.
+    """
+
+    async def ask() -> bytes:
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            request = f"GET /healthz HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n"
+            writer.write(request.encode())
+            await writer.drain()
+            return await reader.read()
+        finally:
+            writer.close()
+
+    raw = await asyncio.wait_for(ask(), timeout)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line = head.split(b"\r\n", 1)[0].split()
+    status = int(status_line[1]) if len(status_line) >= 2 and status_line[1].isdigit() else 0
+    try:
+        parsed = json.loads(body.decode() or "{}")
+    except ValueError:
+        parsed = {}
+    return status, parsed if isinstance(parsed, dict) else {}
+
+
+async def start_replacement(
+    argv: Sequence[str],
+    host: str | None,
+    port: int,
+    *,
+    timeout: float = 30.0,
+    poll_interval: float = 0.05,
+) -> subprocess.Popen[bytes]:
+    """Start ``tether <argv>`` and return once its ``/healthz`` answers 200.
+
+    Args:
+        argv: the command-line arguments of ``tether`` (without the program name).
+        host: the host the servers bind (used to reach them).
+        port: the shared port.
+        timeout: seconds to wait for the replacement to become healthy.
+        poll_interval: seconds between health checks.
+
+    Raises:
+        HandoverFailed: the replacement exited, or was not healthy in time (it is
+            then killed, so two generations never serve side by side for long).
+    """
+    command = [sys.executable, "-m", "tether", *argv]
+    # stdin from /dev/null and stdout onto stderr: the replacement keeps our log stream
+    # (stderr) but holds no pipe of ours open, so whoever started us sees EOF on our
+    # stdout when we exit (asyncio's Process.wait() waits for that EOF, for instance).
+    process = subprocess.Popen(  # noqa: ASYNC220 - returns at once; never waited on here
+        command, stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno()
+    )
+    logger.info(
+        "started replacement pid %d: %s",
+        process.pid,
+        " ".join(command),
+        extra={"tether": {"event": "replacement", "replacement_pid": process.pid}},
+    )
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    target = probe_host(host)
+    while loop.time() < deadline:
+        if process.poll() is not None:
+            raise HandoverFailed(f"replacement pid {process.pid} exited with {process.returncode}")
+        try:
+            status, body = await health_check(target, port, timeout=min(1.0, timeout))
+        except (OSError, asyncio.TimeoutError):
+            status, body = 0, {}
+        if status == 200 and body.get("pid") == process.pid:
+            logger.info(
+                "replacement pid %d is healthy",
+                process.pid,
+                extra={"tether": {"event": "replacement_healthy", "replacement_pid": process.pid}},
+            )
+            return process
+        await asyncio.sleep(poll_interval)
+    process.kill()
+    for _ in range(250):  # reap it (bounded: 5 s); SIGKILL cannot be ignored
+        if process.poll() is not None:
+            break
+        await asyncio.sleep(0.02)
+    raise HandoverFailed(f"replacement pid {process.pid} was not healthy within {timeout:.0f} s")

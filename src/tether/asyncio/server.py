@@ -1,0 +1,647 @@
+"""``tether.serve``: a WebSocket server that restarts without a thundering herd.
+
+What it adds to the engine's server (DESIGN.md §5, §6, §10):
+
+* **Planned restart** (:meth:`Server.restart`, SIGHUP, SIGTERM): stop accepting at
+  once (``/healthz`` answers 503 and WebSocket upgrades get HTTP 503), close every
+  connection with 1012 Service Restart in batches spread evenly over
+  ``drain_window`` (:mod:`tether.drain`), wait for the close handshakes (bounded
+  by ``close_timeout``), return.
+* **Heartbeat**: tether pings every connection (:mod:`tether.asyncio.keepalive`);
+  a connection whose pong is overdue is aborted and its session ends with 1006.
+* **Reserved codes never on the wire**: every close goes through
+  :func:`tether.validate_send`; an exception in a handler closes with 1011 and is
+  logged with its traceback on the ``tether.server`` logger.
+* **Health**: ``GET /healthz`` is 200 while serving, 503 once draining; other
+  plain HTTP requests get 404.
+* ``reuse_port=True`` binds with ``SO_REUSEPORT`` so a replacement process can
+  listen on the same port while this one drains (see ``docs/server.md``).
+
+Handlers receive a :class:`~tether.asyncio.session.Session`, not a connection;
+the :class:`~tether.asyncio.session.ServerLayer` decides how connections map to
+sessions (plain WebSocket: one each).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import http
+import json
+import logging
+import os
+import signal
+from collections.abc import Awaitable, Callable, Generator
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+from websockets.asyncio.server import Server as WsServer
+from websockets.asyncio.server import ServerConnection
+from websockets.asyncio.server import serve as ws_serve
+from websockets.http11 import Request, Response
+
+from ..closecodes import CloseCode, may_send, validate_send
+from ..drain import DrainSchedule
+from ..exceptions import ConfigurationError, ConnectionClosed, ProtocolError
+from ..heartbeat import Heartbeat
+from ..knowledge import summary
+from .engine import ClosedInfo
+from .keepalive import keep_alive
+from .reuseport import steer_to_second_listener
+from .session import PlainServerLayer, RequestInfo, ServerLayer, Session
+from .websockets_engine import WebsocketsTransport
+
+__all__ = ["Handler", "Server", "ServerState", "serve"]
+
+logger = logging.getLogger("tether.server")
+
+#: What a server runs for each session.
+Handler = Callable[[Session], Awaitable[None]]
+
+#: Default listen backlog. DESIGN.md §10: with the usual 100, the last of 5,000
+#: simultaneous clients waited up to 28 s; a reconnect storm is exactly that.
+DEFAULT_BACKLOG = 4096
+
+#: Seconds a handover keeps accepting what was queued before new connections were steered.
+_STEER_GRACE_S = 0.1
+
+#: Seconds a 503 during the drain asks clients to wait (HTTP ``Retry-After``).
+_RETRY_AFTER_S = 1
+
+
+class ServerState(str, enum.Enum):
+    """Life cycle of a :class:`Server`."""
+
+    #: Created, not listening yet.
+    NEW = "new"
+    #: Accepting connections; ``/healthz`` is 200.
+    SERVING = "serving"
+    #: Restart or shutdown in progress: no new sessions; ``/healthz`` is 503.
+    DRAINING = "draining"
+    #: Every connection closed and the listener too.
+    CLOSED = "closed"
+
+
+@dataclass(eq=False)
+class _Connection:
+    """The server's record of one open connection."""
+
+    transport: WebsocketsTransport
+    request: RequestInfo
+    opened_at: float
+    session: Session | None = None
+    #: Why the server closed it, for the log line ("restart", "heartbeat", ...).
+    cause: str | None = None
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+
+class Server:
+    """A running (or ready to run) tether WebSocket server; see :func:`serve`.
+
+    ``async with serve(...) as server`` starts it and shuts it down (1001) on exit;
+    ``await serve(...)`` serves until a restart or shutdown finishes (from a signal
+    or another task).
+    """
+
+    def __init__(
+        self,
+        handler: Handler,
+        host: str | None,
+        port: int | None,
+        *,
+        heartbeat: Heartbeat | None,
+        drain_window: float,
+        shutdown_code: int,
+        reuse_port: bool,
+        backlog: int,
+        max_size: int | None,
+        open_timeout: float | None,
+        close_timeout: float,
+        compression: str | None,
+        handle_signals: bool,
+        health_path: str | None,
+        layer: ServerLayer | None,
+    ) -> None:
+        if not drain_window >= 0:
+            raise ConfigurationError(f"drain_window must be >= 0 seconds, not {drain_window!r}")
+        if not close_timeout > 0:
+            raise ConfigurationError(f"close_timeout must be > 0 seconds, not {close_timeout!r}")
+        if backlog < 1:
+            raise ConfigurationError(f"backlog must be >= 1, not {backlog!r}")
+        if compression not in (None, "deflate"):
+            raise ConfigurationError(f"compression must be None or 'deflate', not {compression!r}")
+        validate_send(shutdown_code, role="server")
+        self.handler = handler
+        self.host = host
+        self.requested_port = port
+        self.heartbeat = heartbeat if heartbeat is not None else Heartbeat(None, None)
+        self.drain_window = drain_window
+        self.shutdown_code = shutdown_code
+        self.reuse_port = reuse_port
+        self.backlog = backlog
+        self.max_size = max_size
+        self.open_timeout = open_timeout
+        self.close_timeout = close_timeout
+        self.compression = compression
+        self.handle_signals = handle_signals
+        self.health_path = health_path
+        self.layer: ServerLayer = layer if layer is not None else PlainServerLayer()
+        self._state = ServerState.NEW
+        self._ws_server: WsServer | None = None
+        self._connections: dict[WebsocketsTransport, _Connection] = {}
+        self._drain_task: asyncio.Task[None] | None = None
+        self._drain_close: tuple[int, str] | None = None
+        self._handlers: dict[Session, asyncio.Task[None]] = {}
+        self._closed = asyncio.Event()
+        self._signals: list[signal.Signals] = []
+        self._background_tasks: set[asyncio.Task[Any]] = set()
+
+    # -- state ---------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> ServerState:
+        """Where the server is in its life cycle."""
+        return self._state
+
+    @property
+    def sessions(self) -> list[Session]:
+        """The sessions of the open connections, oldest first."""
+        return [c.session for c in self._connections.values() if c.session is not None]
+
+    @property
+    def port(self) -> int:
+        """The TCP port the server listens on (useful with ``port=0``)."""
+        if self._ws_server is None or not self._ws_server.sockets:
+            raise ConfigurationError("the server is not listening")
+        return int(self._ws_server.sockets[0].getsockname()[1])
+
+    # -- life cycle ----------------------------------------------------------------------------
+
+    async def start(self) -> Server:
+        """Bind and start accepting connections; return the server."""
+        if self._state is not ServerState.NEW:
+            return self
+        self._ws_server = await ws_serve(
+            self._on_connection,
+            self.host,
+            self.requested_port,
+            process_request=self._process_request,
+            subprotocols=list(self.layer.subprotocols) or None,  # type: ignore[arg-type]
+            compression=self.compression,
+            # tether drives pings itself (keepalive.py) from the sans-I/O heartbeat.
+            ping_interval=None,
+            ping_timeout=None,
+            open_timeout=self.open_timeout,
+            close_timeout=self.close_timeout,
+            max_size=self.max_size,
+            server_header=None,
+            logger=logging.getLogger("tether.server.engine"),
+            backlog=self.backlog,
+            reuse_port=self.reuse_port or None,
+        )
+        self._state = ServerState.SERVING
+        if self.handle_signals:
+            self._install_signal_handlers()
+        logger.info(
+            "serving on %s port %d (pid %d)",
+            self.host or "all interfaces",
+            self.port,
+            os.getpid(),
+            extra={"tether": {"event": "listening", "port": self.port, "pid": os.getpid()}},
+        )
+        return self
+
+    async def serve_forever(self) -> None:
+        """Start if needed, then wait until a restart or shutdown has finished.
+
+        Cancelling it closes every connection with 1001 at once (no drain window).
+        """
+        await self.start()
+        try:
+            await self._closed.wait()
+        except asyncio.CancelledError:
+            await self._start_drain(CloseCode.GOING_AWAY, "server stopped", 0.0)
+            raise
+
+    async def wait_closed(self) -> None:
+        """Wait until the server has closed every connection and its listener."""
+        await self._closed.wait()
+
+    async def restart(self, reason: str = "restart") -> None:
+        """Planned restart: drain every connection with 1012 Service Restart.
+
+        Stops accepting at once, closes connections in batches spread over
+        ``drain_window``, waits for the close handshakes, then returns. Calling it
+        during a drain waits for that drain.
+
+        Args:
+            reason: the close reason sent with 1012 (at most 123 bytes of UTF-8).
+        """
+        await self._start_drain(CloseCode.SERVICE_RESTART, reason, self.drain_window)
+
+    async def hand_off(self, reason: str = "handover") -> None:
+        """Restart into a replacement that already listens on this port (``reuse_port``).
+
+        For the zero-downtime handover (``tether serve --reuse-port`` on SIGHUP),
+        once the replacement is healthy: the kernel is told to send every new
+        connection to the replacement (:mod:`tether.asyncio.reuseport`), the
+        connections already queued for this process are accepted and served, and
+        then :meth:`restart` drains everything with 1012. Without ``reuse_port``,
+        or where steering is not supported, it is :meth:`restart`.
+
+        It assumes exactly two listeners share the port: this one and the replacement.
+
+        Args:
+            reason: the close reason sent with 1012.
+        """
+        if self.reuse_port and self._state is ServerState.SERVING and self._ws_server:
+            steered = all(steer_to_second_listener(s) for s in self._ws_server.sockets)
+            if steered:
+                # Already-queued connections are accepted as soon as the loop runs;
+                # give it a moment, they are then drained like everyone else.
+                await asyncio.sleep(_STEER_GRACE_S)
+            else:
+                logger.warning("could not steer new connections; closing the listener")
+        await self.restart(reason)
+
+    async def shutdown(
+        self, code: int = 1001, reason: str = "", *, drain_window: float | None = None
+    ) -> None:
+        """Going away for good: drain every connection with ``code`` (default 1001).
+
+        Args:
+            code: close code for every connection; validated for the server side.
+            reason: close reason (at most 123 bytes of UTF-8).
+            drain_window: seconds to spread the closes over; the server's by default.
+        """
+        validate_send(code, role="server")
+        window = self.drain_window if drain_window is None else drain_window
+        await self._start_drain(code, reason, window)
+
+    async def __aenter__(self) -> Server:
+        return await self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.shutdown(CloseCode.GOING_AWAY, "server stopped")
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return self.serve_forever().__await__()
+
+    # -- draining ------------------------------------------------------------------------------
+
+    async def _start_drain(self, code: int, reason: str, window: float) -> None:
+        if self._drain_task is None:
+            if self._state is ServerState.NEW:
+                self._state = ServerState.CLOSED
+                self._closed.set()
+                return
+            # Stop accepting *now*, before the first await: /healthz turns 503 at once.
+            self._state = ServerState.DRAINING
+            self._drain_close = (code, reason)
+            self._drain_task = asyncio.ensure_future(self._drain(code, reason, window))
+        await asyncio.shield(self._drain_task)
+
+    async def _drain(self, code: int, reason: str, window: float) -> None:
+        loop = asyncio.get_running_loop()
+        self._state = ServerState.DRAINING
+        assert self._ws_server is not None
+        if self.reuse_port:
+            # Another process shares the port (the handover): close our listener so the
+            # kernel sends every new connection to it instead of to a 503 here.
+            self._ws_server.server.close()
+        records = [r for r in self._connections.values() if r.transport.closed is None]
+        logger.info(
+            "draining %d connection(s) with %d over %.1f s",
+            len(records),
+            code,
+            window,
+            extra={"tether": {"event": "drain", "code": code, "connections": len(records),
+                              "window": window}},
+        )  # fmt: skip
+        closing: list[asyncio.Task[None]] = []
+        schedule = DrainSchedule(len(records), window, loop.time())
+        queue = iter(records)
+        while (deadline := schedule.next_deadline()) is not None:
+            delay = deadline - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            for _ in range(schedule.due(loop.time())):
+                record = next(queue, None)
+                if record is not None and record.transport.closed is None:
+                    closing.append(asyncio.ensure_future(self._close_record(record, code, reason)))
+        if closing:
+            # Each close is bounded by the engine's close_timeout; allow a little slack.
+            await asyncio.wait(closing, timeout=self.close_timeout + 1.0)
+        await self._stop_listening(code, reason)
+        self._remove_signal_handlers()
+        self._state = ServerState.CLOSED
+        self._closed.set()
+        logger.info("server closed", extra={"tether": {"event": "closed"}})
+
+    async def _close_record(self, record: _Connection, code: int, reason: str) -> None:
+        record.cause = "restart" if code == CloseCode.SERVICE_RESTART else "shutdown"
+        try:
+            if record.session is not None:
+                # Through the layer, which may say goodbye first (tether.v1: goaway) and
+                # may keep the session for a resume elsewhere: only the connection ends.
+                await self.layer.close(record.session, record.transport, code, reason)
+            else:
+                await record.transport.close(code, reason)
+        except Exception:
+            logger.exception("closing a connection failed; aborting it")
+            record.transport.abort()
+
+    async def _stop_listening(self, code: int, reason: str) -> None:
+        assert self._ws_server is not None
+        # Sessions a layer kept for a later connection end here: this process is done
+        # with them (what must survive is in the layer's store), so their handlers return.
+        for session in list(self._handlers):
+            session.end(ClosedInfo(code, reason, clean=True, sent_code=code))
+        self._ws_server.close(close_connections=False)
+        handlers = set(self._handlers.values())
+        waiting = {asyncio.ensure_future(self._ws_server.wait_closed()), *handlers}
+        _, pending = await asyncio.wait(waiting, timeout=self.close_timeout)
+        if pending:
+            # Handlers that ignore their session's end would keep us forever: bound it.
+            left = [t for t in (*handlers, *self._ws_server.handler_tasks) if not t.done()]
+            logger.warning("cancelling %d handler(s) still running after the drain", len(left))
+            for record in list(self._connections.values()):
+                record.transport.abort()
+            for task in left:
+                task.cancel()
+            await asyncio.wait([*left, *pending], timeout=self.close_timeout)
+
+    # -- signals -------------------------------------------------------------------------------
+
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        actions: dict[signal.Signals, Callable[[], Awaitable[None]]] = {
+            signal.SIGHUP: lambda: self.restart("SIGHUP: restarting"),
+            signal.SIGTERM: lambda: self.shutdown(self.shutdown_code, "SIGTERM: restarting"),
+            signal.SIGINT: lambda: self.shutdown(CloseCode.GOING_AWAY, "SIGINT: going away"),
+        }
+        for signum, action in actions.items():
+            loop.add_signal_handler(signum, self._on_signal, signum, action)
+            self._signals.append(signum)
+
+    def _on_signal(self, signum: signal.Signals, action: Callable[[], Awaitable[None]]) -> None:
+        extra = {"tether": {"event": "signal", "signal": signum.name}}
+        logger.info("received %s", signum.name, extra=extra)
+        task = asyncio.ensure_future(action())
+        self._background(task)
+
+    def _remove_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in self._signals:
+            loop.remove_signal_handler(signum)
+        self._signals.clear()
+
+    def _background(self, task: asyncio.Task[Any]) -> None:
+        # Keep a reference: the loop holds tasks only weakly.
+        self._background_tasks.add(task)
+        task.add_done_callback(self._background_tasks.discard)
+
+    # -- HTTP ----------------------------------------------------------------------------------
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = request.path.split("?", 1)[0]
+        upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
+        if not upgrade:
+            if self.health_path is not None and path == self.health_path:
+                return self._health_response(connection)
+            return connection.respond(http.HTTPStatus.NOT_FOUND, "Not Found\n")
+        if self._state is not ServerState.SERVING:
+            # Refuse cleanly rather than accept and close at once (which would cost the
+            # client a reconnect attempt) or hang: the client retries elsewhere or later.
+            response = connection.respond(
+                http.HTTPStatus.SERVICE_UNAVAILABLE, "Service restarting.\n"
+            )
+            response.headers["Retry-After"] = str(_RETRY_AFTER_S)
+            return response
+        return None
+
+    def _health_response(self, connection: ServerConnection) -> Response:
+        serving = self._state is ServerState.SERVING
+        status = http.HTTPStatus.OK if serving else http.HTTPStatus.SERVICE_UNAVAILABLE
+        body = json.dumps(
+            {"status": self._state.value, "pid": os.getpid(), "connections": len(self._connections)}
+        )
+        response = connection.respond(status, body + "\n")
+        response.headers["Content-Type"] = "application/json"
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    # -- connections ---------------------------------------------------------------------------
+
+    async def _on_connection(self, connection: ServerConnection) -> None:
+        loop = asyncio.get_running_loop()
+        transport = WebsocketsTransport(connection)
+        request = RequestInfo(
+            path=connection.request.path if connection.request is not None else "/",
+            headers=_headers(connection),
+            remote_address=transport.remote_address,
+            subprotocol=connection.subprotocol,
+        )
+        record = _Connection(transport, request, opened_at=loop.time())
+        self._connections[transport] = record
+        try:
+            if self._state is not ServerState.SERVING:
+                # The upgrade passed process_request just before the drain started:
+                # it gets what everybody else gets.
+                record.cause = "draining"
+                code, reason = self._drain_close or (self.shutdown_code, "")
+                await transport.close(code, reason)
+                self._log_close(record, transport.closed)
+                return
+            await self._run_connection(record)
+        finally:
+            for task in record.tasks:
+                task.cancel()
+            del self._connections[transport]
+
+    async def _run_connection(self, record: _Connection) -> None:
+        transport = record.transport
+
+        def culled() -> None:
+            record.cause = "heartbeat"
+            logger.info(
+                "no pong within %.1f s from %s: dropping the connection (1006)",
+                self.heartbeat.timeout or 0.0,
+                _address(record.request.remote_address),
+            )
+
+        heartbeat = asyncio.ensure_future(keep_alive(transport, self.heartbeat, on_dead=culled))
+        record.tasks.add(heartbeat)
+        try:
+            session = await self.layer.open(transport, record.request)
+        except ProtocolError as exc:
+            record.cause = "protocol"
+            # A layer's error code still goes through the wire check (never 1006 & co).
+            code = exc.close_code if may_send(exc.close_code, role="server") else 1002
+            await transport.close(code, str(exc)[:60])
+            self._log_close(record, transport.closed)
+            return
+        record.session = session
+        self._log_open(record, session)
+        pump = session.attach(transport)
+        record.tasks.add(pump)
+        handler = self._handlers.get(session)
+        if handler is None:
+            # One handler per *session*: a session resumed on a new connection keeps its own.
+            handler = asyncio.ensure_future(self._run_handler(session))
+            self._handlers[session] = handler
+            handler.add_done_callback(lambda _: self._handlers.pop(session, None))
+        await asyncio.wait({pump, handler}, return_when=asyncio.FIRST_COMPLETED)
+        if handler.done() and transport.closed is None:
+            # The handler is done, so is the connection (whatever the layer kept).
+            ended = session.closed
+            code = ended.code if ended is not None and may_send(ended.code, role="server") else 1000
+            await transport.close(code)
+        info = await pump
+        self._log_close(record, info)
+
+    async def _run_handler(self, session: Session) -> None:
+        try:
+            await self.handler(session)
+        except ConnectionClosed:
+            if session.closed is None:
+                self._handler_failed(session)
+                await session.close(CloseCode.INTERNAL_ERROR, "internal error")
+        except Exception:
+            self._handler_failed(session)
+            if session.closed is None:
+                await session.close(CloseCode.INTERNAL_ERROR, "internal error")
+        else:
+            if session.closed is None:
+                await session.close(CloseCode.NORMAL_CLOSURE)
+
+    def _handler_failed(self, session: Session) -> None:
+        for record in self._connections.values():
+            if record.session is session and record.transport is session.transport:
+                record.cause = "handler error"
+        logger.exception("handler failed for session %s; closing with 1011", session.id)
+
+    # -- logging -------------------------------------------------------------------------------
+
+    def _log_open(self, record: _Connection, session: Session) -> None:
+        logger.info(
+            "connect %s session=%s path=%s",
+            _address(record.request.remote_address),
+            session.id,
+            record.request.path,
+            extra={"tether": {"event": "connect", "session": session.id,
+                              "remote": _address(record.request.remote_address),
+                              "path": record.request.path}},
+        )  # fmt: skip
+
+    def _log_close(self, record: _Connection, info: ClosedInfo | None) -> None:
+        duration = asyncio.get_running_loop().time() - record.opened_at
+        code = info.code if info is not None else CloseCode.ABNORMAL_CLOSURE
+        clean = info.clean if info is not None else False
+        sent = info.sent_code if info is not None else None
+        logger.info(
+            "close %s session=%s code=%d (%s) clean=%s sent=%s by=%s after %.1f s",
+            _address(record.request.remote_address),
+            record.session.id if record.session is not None else "-",
+            code,
+            summary(code),
+            "yes" if clean else "no",
+            sent if sent is not None else "-",
+            record.cause or "client",
+            duration,
+            extra={"tether": {"event": "close", "code": code, "clean": clean, "sent": sent,
+                              "cause": record.cause or "client", "duration": round(duration, 3),
+                              "session": record.session.id if record.session else None,
+                              "remote": _address(record.request.remote_address),
+                              "explanation": summary(code)}},
+        )  # fmt: skip
+
+
+def _headers(connection: ServerConnection) -> dict[str, str]:
+    if connection.request is None:
+        return {}
+    headers: dict[str, str] = {}
+    for name, value in connection.request.headers.raw_items():
+        key = name.lower()
+        headers[key] = f"{headers[key]}, {value}" if key in headers else value
+    return headers
+
+
+def _address(address: tuple[object, ...] | None) -> str:
+    if not address:
+        return "?"
+    host, port = address[0], address[1] if len(address) > 1 else "?"
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+def serve(
+    handler: Handler,
+    host: str | None = None,
+    port: int | None = None,
+    *,
+    heartbeat: Heartbeat | None = Heartbeat(15.0, 10.0),  # noqa: B008 - frozen, shared safely
+    drain_window: float = 5.0,
+    shutdown_code: int = 1012,
+    reuse_port: bool = False,
+    backlog: int = DEFAULT_BACKLOG,
+    max_size: int | None = 2**20,
+    open_timeout: float | None = 10.0,
+    close_timeout: float = 10.0,
+    compression: str | None = None,
+    handle_signals: bool = False,
+    health_path: str | None = "/healthz",
+    layer: ServerLayer | None = None,
+) -> Server:
+    """Create a tether WebSocket server; use it with ``async with`` or ``await``.
+
+    Args:
+        handler: coroutine run once per session; it receives the
+            :class:`~tether.Session`.
+        host: interface to bind (None: all).
+        port: TCP port (0: any free port, see :attr:`Server.port`).
+        heartbeat: ping interval and pong timeout in seconds; a connection whose
+            pong is overdue is dropped and its session ends with 1006. None disables.
+        drain_window: seconds over which a restart spreads its closes.
+        shutdown_code: code SIGTERM closes with: 1012 by default, since a deploy
+            is a restart; use 1001 for "going away".
+        reuse_port: bind with ``SO_REUSEPORT`` so another process can share the
+            port during a handover; the drain then closes the listener at once.
+        backlog: listen backlog (DESIGN.md §10: large, for reconnect storms).
+        max_size: largest incoming message in bytes (None: no limit; 1009 beyond).
+        open_timeout: seconds allowed for the opening handshake (None: no limit).
+        close_timeout: seconds allowed for each closing handshake, and for
+            handlers to return after the drain.
+        compression: ``"deflate"`` to offer permessage-deflate; off by default
+            (DESIGN.md §10: 17-45x slower on large messages, 3x the memory).
+        handle_signals: install SIGHUP (restart), SIGTERM (shutdown with
+            ``shutdown_code``) and SIGINT (shutdown with 1001) handlers.
+        health_path: path of the health endpoint (None disables it).
+        layer: the session layer (plain WebSocket by default).
+
+    Raises:
+        ConfigurationError: a bad setting.
+        InvalidCloseCode: ``shutdown_code`` may not be sent by a server.
+    """
+    return Server(
+        handler,
+        host,
+        port,
+        heartbeat=heartbeat,
+        drain_window=drain_window,
+        shutdown_code=shutdown_code,
+        reuse_port=reuse_port,
+        backlog=backlog,
+        max_size=max_size,
+        open_timeout=open_timeout,
+        close_timeout=close_timeout,
+        compression=compression,
+        handle_signals=handle_signals,
+        health_path=health_path,
+        layer=layer,
+    )

@@ -1,0 +1,146 @@
+"""``tether serve`` as a real process: signals, exit status, log lines."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from websockets.asyncio.client import connect
+
+from tether.asyncio.handover import health_check
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_healthy(port: int, *, timeout: float = 10.0) -> dict[str, object]:
+    """Poll /healthz until it answers 200; return its body."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            status, body = asyncio.run(health_check("127.0.0.1", port))
+        except OSError:
+            status, body = 0, {}
+        if status == 200:
+            return body
+        time.sleep(0.05)
+    raise AssertionError(f"no healthy server on port {port} within {timeout} s")
+
+
+class Servers:
+    """``tether serve`` processes started by one test, logging to files in ``log_dir``."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.procs: list[subprocess.Popen[str]] = []
+        self.logs: dict[int, Path] = {}
+
+    def start(self, *args: str) -> tuple[subprocess.Popen[str], int]:
+        """Start ``tether serve`` on a free port with ``args``; return it once healthy."""
+        port = free_port()
+        log = self.log_dir / f"serve-{port}.log"
+        with log.open("w") as stderr:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "tether", "serve", "--port", str(port), *args],
+                stderr=stderr,
+                text=True,
+            )
+        self.procs.append(proc)
+        self.logs[proc.pid] = log
+        wait_healthy(port)
+        return proc, port
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[Servers]:
+    """Start servers; each one still running is killed by PID at teardown."""
+    started = Servers(tmp_path)
+    yield started
+    for proc in started.procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(5)
+
+
+async def _close_code_after(port: int, proc: subprocess.Popen[str], signum: int) -> int | None:
+    async with connect(f"ws://127.0.0.1:{port}/", ping_interval=None) as ws:
+        await ws.send("ping")
+        assert await ws.recv() == "ping"
+        os.kill(proc.pid, signum)
+        await asyncio.wait_for(ws.wait_closed(), 10)
+        return ws.close_code
+
+
+def test_sigterm_closes_with_1012_and_exits_0(servers: Servers) -> None:
+    """SIGTERM drains clients with 1012 (the default shutdown code) and exits 0."""
+    proc, port = servers.start("--drain-window", "0")
+    assert asyncio.run(_close_code_after(port, proc, signal.SIGTERM)) == 1012
+    assert proc.wait(10) == 0
+
+
+def test_sigint_closes_with_1001(servers: Servers) -> None:
+    """SIGINT shuts down with 1001 Going Away and exits 0."""
+    proc, port = servers.start("--drain-window", "0")
+    assert asyncio.run(_close_code_after(port, proc, signal.SIGINT)) == 1001
+    assert proc.wait(10) == 0
+
+
+def test_shutdown_code_option(servers: Servers) -> None:
+    """--shutdown-code 1001 makes SIGTERM close with 1001."""
+    proc, port = servers.start("--drain-window", "0", "--shutdown-code", "1001")
+    assert asyncio.run(_close_code_after(port, proc, signal.SIGTERM)) == 1001
+
+
+def test_reserved_shutdown_code_is_a_usage_error() -> None:
+    """--shutdown-code 1006 exits 2 with a message saying why."""
+    result = subprocess.run(
+        [sys.executable, "-m", "tether", "serve", "--shutdown-code", "1006"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert result.returncode == 2
+    assert "1006" in result.stderr
+
+
+def test_json_logs_one_line_per_connect_and_close(
+    servers: Servers,
+) -> None:
+    """--json-logs writes a connect and a close line, the close with the code explained."""
+    proc, port = servers.start("--drain-window", "0", "--json-logs")
+    assert asyncio.run(_close_code_after(port, proc, signal.SIGHUP)) == 1012
+    assert proc.wait(10) == 0
+    text = servers.logs[proc.pid].read_text()
+    lines = [json.loads(line) for line in text.splitlines() if line.strip()]
+    events = [line.get("event") for line in lines]
+    assert events.count("connect") == 1
+    close = next(line for line in lines if line.get("event") == "close")
+    assert close["code"] == 1012
+    assert close["cause"] == "restart"
+    assert "Service Restart" in close["explanation"]
+
+
+def test_ticker_app_over_the_cli(servers: Servers) -> None:
+    """--app ticker --ticker-interval 20 sends numbered messages."""
+    _, port = servers.start("--app", "ticker", "--ticker-interval", "20")
+
+    async def first_two() -> list[int]:
+        async with connect(f"ws://127.0.0.1:{port}/", ping_interval=None) as ws:
+            return [json.loads(await ws.recv())["seq"] for _ in range(2)]
+
+    assert asyncio.run(first_two()) == [1, 2]

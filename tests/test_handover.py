@@ -1,0 +1,64 @@
+"""Handover helpers (``tether/asyncio/handover.py``): health probe and replacement start."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import tether
+from tether.asyncio.apps import echo
+from tether.asyncio.handover import HandoverFailed, health_check, probe_host, start_replacement
+
+
+@pytest.mark.parametrize(
+    ("bound", "probed"),
+    [(None, "127.0.0.1"), ("", "127.0.0.1"), ("0.0.0.0", "127.0.0.1"), ("::", "::1"),
+     ("127.0.0.5", "127.0.0.5")],
+)  # fmt: skip
+def test_probe_host_reaches_the_bound_address(bound: str | None, probed: str) -> None:
+    """A wildcard bind is probed on loopback; a specific address on itself."""
+    assert probe_host(bound) == probed
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(15)
+async def test_health_check_reports_status_and_pid() -> None:
+    """health_check returns the HTTP status and the JSON body of /healthz."""
+    async with tether.serve(echo, "127.0.0.1", 0, heartbeat=None, drain_window=0.0) as server:
+        status, body = await health_check("127.0.0.1", server.port)
+    assert status == 200
+    assert body["pid"] == os.getpid()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(15)
+async def test_health_check_on_a_closed_port_raises_oserror() -> None:
+    """Nothing listening: the probe raises OSError (refused), it does not hang."""
+    async with tether.serve(echo, "127.0.0.1", 0, heartbeat=None, drain_window=0.0) as server:
+        port = server.port
+    with pytest.raises(ConnectionRefusedError):
+        await health_check("127.0.0.1", port)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(30)
+async def test_replacement_that_exits_fails_the_handover() -> None:
+    """A replacement that exits (bad arguments) raises HandoverFailed instead of draining."""
+    with pytest.raises(HandoverFailed, match="exited with 2"):
+        await start_replacement(["serve", "--shutdown-code", "1006"], "127.0.0.1", 1, timeout=20)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(30)
+async def test_replacement_never_healthy_is_killed() -> None:
+    """A replacement never seen healthy on the shared port is killed; the handover fails."""
+    async with (
+        tether.serve(echo, "127.0.0.1", 0, heartbeat=None, drain_window=0.0) as ours,
+        tether.serve(echo, "127.0.0.1", 0, heartbeat=None, drain_window=0.0) as elsewhere,
+    ):
+        # The replacement serves on another port, so /healthz on ours never shows its pid.
+        other = str(elsewhere.port)
+        await elsewhere.shutdown(drain_window=0.0)
+        with pytest.raises(HandoverFailed, match="not healthy within 3 s"):
+            await start_replacement(["serve", "--port", other], "127.0.0.1", ours.port, timeout=3)

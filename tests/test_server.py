@@ -1,0 +1,599 @@
+"""``tether.serve`` in-process, driven by raw ``websockets`` clients over loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed as WsConnectionClosed
+from websockets.exceptions import InvalidStatus
+
+import tether
+from tether.asyncio.apps import echo
+from tether.asyncio.handover import health_check
+from tether.asyncio.server import Server, ServerState
+from tether.asyncio.session import RequestInfo
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
+
+FAST = tether.Heartbeat(interval=None, timeout=None)
+
+
+def _url(server: Server, path: str = "/") -> str:
+    return f"ws://127.0.0.1:{server.port}{path}"
+
+
+async def _client(server: Server, path: str = "/") -> ClientConnection:
+    return await connect(_url(server, path), ping_interval=None, open_timeout=5)
+
+
+async def _closed(ws: ClientConnection) -> tuple[int | None, str]:
+    await asyncio.wait_for(ws.wait_closed(), 10)
+    return ws.close_code, ws.close_reason
+
+
+@pytest.fixture
+async def start() -> AsyncIterator[Callable[..., Awaitable[Server]]]:
+    """Start servers on free loopback ports; shut down whatever is left at the end."""
+    servers: list[Server] = []
+
+    async def _start(handler: tether.asyncio.server.Handler = echo, **kwargs: object) -> Server:
+        kwargs.setdefault("heartbeat", FAST)
+        kwargs.setdefault("drain_window", 0.0)
+        kwargs.setdefault("close_timeout", 2.0)
+        server = tether.serve(handler, "127.0.0.1", 0, **kwargs)  # type: ignore[arg-type]
+        servers.append(server)
+        return await server.start()
+
+    yield _start
+    for server in servers:
+        await server.shutdown(drain_window=0.0)
+
+
+async def test_echo_round_trip(start: Callable[..., Awaitable[Server]]) -> None:
+    """A message sent to the echo app comes back unchanged, text and binary."""
+    server = await start()
+    async with await _client(server) as ws:
+        await ws.send("hello")
+        await ws.send(b"\x00\x01")
+        assert await ws.recv() == "hello"
+        assert await ws.recv() == b"\x00\x01"
+
+
+async def test_session_knows_path_and_peer(start: Callable[..., Awaitable[Server]]) -> None:
+    """The handler's session carries the request path and the client's address."""
+    seen: list[tether.Session] = []
+
+    async def handler(session: tether.Session) -> None:
+        seen.append(session)
+        await session.send(session.id)
+
+    server = await start(handler)
+    async with await _client(server, "/feed?x=1") as ws:
+        session_id = await ws.recv()
+    assert seen[0].id == session_id
+    assert seen[0].path == "/feed?x=1"
+    assert seen[0].remote_address is not None
+    assert seen[0].remote_address[0] == "127.0.0.1"
+
+
+async def test_healthz_is_200_while_serving(start: Callable[..., Awaitable[Server]]) -> None:
+    """GET /healthz answers 200 with the status and this process's pid."""
+    server = await start()
+    status, body = await health_check("127.0.0.1", server.port)
+    assert status == 200
+    assert body["status"] == "serving"
+    assert body["pid"] == os.getpid()
+
+
+async def test_unknown_plain_http_path_is_404(start: Callable[..., Awaitable[Server]]) -> None:
+    """A plain HTTP request to a path the server does not know gets 404."""
+    server = await start()
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    response = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert response.startswith(b"HTTP/1.1 404")
+
+
+async def test_restart_closes_every_client_with_1012(
+    start: Callable[..., Awaitable[Server]],
+) -> None:
+    """restart() closes each connection with 1012 and the given reason."""
+    server = await start()
+    clients = [await _client(server) for _ in range(5)]
+    await server.restart("deploy 42")
+    results = await asyncio.gather(*(_closed(ws) for ws in clients))
+    assert results == [(1012, "deploy 42")] * 5
+    assert server.state is ServerState.CLOSED
+
+
+async def test_restart_spreads_closes_over_the_window(
+    start: Callable[..., Awaitable[Server]],
+) -> None:
+    """With 20 clients and a 1 s window, first and last 1012 arrive >= 0.5 s apart."""
+    server = await start(drain_window=1.0)
+    clients = [await _client(server) for _ in range(20)]
+    stamps: list[float] = []
+
+    async def stamp(ws: ClientConnection) -> None:
+        await _closed(ws)
+        stamps.append(time.monotonic())
+
+    watchers = [asyncio.ensure_future(stamp(ws)) for ws in clients]
+    await server.restart()
+    await asyncio.gather(*watchers)
+    assert max(stamps) - min(stamps) >= 0.5
+    assert max(stamps) - min(stamps) < 2.0
+
+
+async def test_health_and_upgrades_get_503_during_drain(
+    start: Callable[..., Awaitable[Server]],
+) -> None:
+    """While draining, /healthz answers 503 and a new WebSocket upgrade gets HTTP 503."""
+    server = await start(drain_window=1.0)
+    clients = [await _client(server) for _ in range(3)]
+    drain = asyncio.ensure_future(server.restart())
+    await asyncio.sleep(0)  # the drain has started: the state flips before any await
+    assert server.state is ServerState.DRAINING
+    status, body = await health_check("127.0.0.1", server.port)
+    assert (status, body["status"]) == (503, "draining")
+    with pytest.raises(InvalidStatus) as refused:
+        await _client(server)
+    assert refused.value.response.status_code == 503
+    await drain
+    for ws in clients:
+        await ws.close()
+
+
+async def test_shutdown_uses_the_given_code(start: Callable[..., Awaitable[Server]]) -> None:
+    """shutdown(code=1001) closes clients with 1001 Going Away."""
+    server = await start()
+    ws = await _client(server)
+    await server.shutdown(1001, "bye")
+    assert await _closed(ws) == (1001, "bye")
+
+
+async def test_shutdown_refuses_a_reserved_code(start: Callable[..., Awaitable[Server]]) -> None:
+    """shutdown(1006) raises InvalidCloseCode and keeps serving."""
+    server = await start()
+    with pytest.raises(tether.InvalidCloseCode):
+        await server.shutdown(1006)
+    assert server.state is ServerState.SERVING
+
+
+def test_serve_refuses_a_reserved_shutdown_code() -> None:
+    """A shutdown_code that a server may not send is refused when the server is made."""
+    with pytest.raises(tether.InvalidCloseCode):
+        tether.serve(echo, "127.0.0.1", 0, shutdown_code=1006)
+
+
+async def test_handler_return_closes_with_1000(start: Callable[..., Awaitable[Server]]) -> None:
+    """When the handler returns, the client sees 1000 Normal Closure."""
+
+    async def handler(session: tether.Session) -> None:
+        await session.send("done")
+
+    server = await start(handler)
+    ws = await _client(server)
+    assert await ws.recv() == "done"
+    assert (await _closed(ws))[0] == 1000
+
+
+async def test_handler_exception_closes_with_1011_and_logs(
+    start: Callable[..., Awaitable[Server]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """An exception in the handler closes with 1011 and is logged with its traceback."""
+
+    async def handler(session: tether.Session) -> None:
+        await session.recv()
+        raise RuntimeError("boom")
+
+    server = await start(handler)
+    caplog.set_level(logging.INFO, logger="tether.server")
+    ws = await _client(server)
+    await ws.send("go")
+    assert (await _closed(ws))[0] == 1011
+    failures = [r for r in caplog.records if r.name == "tether.server" and r.exc_info]
+    assert failures
+    assert "boom" in str(failures[0].exc_info[1])  # type: ignore[index]
+
+
+async def test_session_close_refuses_reserved_codes(
+    start: Callable[..., Awaitable[Server]],
+) -> None:
+    """session.close(1006) and close(1010) raise; nothing reaches the wire, the close is 1000."""
+    errors: list[str] = []
+
+    async def handler(session: tether.Session) -> None:
+        for code in (1005, 1006, 1015, 1010, 2000, 999):
+            try:
+                await session.close(code)
+            except tether.InvalidCloseCode:
+                errors.append(str(code))
+        await session.send("still open")
+
+    server = await start(handler)
+    ws = await _client(server)
+    assert await ws.recv() == "still open"
+    assert (await _closed(ws))[0] == 1000
+    assert errors == ["1005", "1006", "1015", "1010", "2000", "999"]
+
+
+async def test_session_close_sends_code_and_reason(
+    start: Callable[..., Awaitable[Server]],
+) -> None:
+    """session.close(4001, reason) reaches the client as 4001 with the reason."""
+
+    async def handler(session: tether.Session) -> None:
+        info = await session.close(4001, "go away")
+        assert info.code == 4001
+
+    server = await start(handler)
+    ws = await _client(server)
+    assert await _closed(ws) == (4001, "go away")
+
+
+async def test_session_close_refuses_long_reason(
+    start: Callable[..., Awaitable[Server]],
+) -> None:
+    """A close reason over 123 UTF-8 bytes raises ConfigurationError."""
+    errors: list[Exception] = []
+
+    async def handler(session: tether.Session) -> None:
+        try:
+            await session.close(1000, "é" * 62)
+        except tether.ConfigurationError as exc:
+            errors.append(exc)
+
+    server = await start(handler)
+    ws = await _client(server)
+    await _closed(ws)
+    assert len(errors) == 1
+
+
+async def test_client_close_ends_the_session(start: Callable[..., Awaitable[Server]]) -> None:
+    """When the client closes with 1000, the handler's loop ends and the session says 1000."""
+    ended: asyncio.Future[tether.asyncio.engine.ClosedInfo] = asyncio.Future()
+
+    async def handler(session: tether.Session) -> None:
+        async for _ in session:
+            pass
+        ended.set_result(session.closed)  # type: ignore[arg-type]
+
+    server = await start(handler)
+    ws = await _client(server)
+    await ws.close(1000)
+    info = await asyncio.wait_for(ended, 5)
+    assert (info.code, info.clean) == (1000, True)
+
+
+async def test_recv_after_end_raises_connection_closed(
+    start: Callable[..., Awaitable[Server]],
+) -> None:
+    """After the client closes with 4000, recv() raises ConnectionClosedError with the code."""
+    raised: asyncio.Future[BaseException] = asyncio.Future()
+
+    async def handler(session: tether.Session) -> None:
+        try:
+            while True:
+                await session.recv()
+        except tether.ConnectionClosed as exc:
+            raised.set_result(exc)
+
+    server = await start(handler)
+    ws = await _client(server)
+    await ws.close(4000)
+    exc = await asyncio.wait_for(raised, 5)
+    assert isinstance(exc, tether.ConnectionClosedError)
+    assert exc.code == 4000  # type: ignore[attr-defined]
+
+
+async def _silent_client(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Open a WebSocket by hand and never answer anything (pings included)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 101")
+    return reader, writer
+
+
+async def test_heartbeat_culls_a_silent_client_with_1006(
+    start: Callable[..., Awaitable[Server]],
+) -> None:
+    """A client that never answers pings is dropped in interval + timeout; handler sees 1006."""
+    ended: asyncio.Future[tuple[float, tether.asyncio.engine.ClosedInfo]] = asyncio.Future()
+
+    async def handler(session: tether.Session) -> None:
+        opened = time.monotonic()
+        async for _ in session:
+            pass
+        ended.set_result((time.monotonic() - opened, session.closed))  # type: ignore[arg-type]
+
+    server = await start(handler, heartbeat=tether.Heartbeat(interval=0.3, timeout=0.3))
+    _, writer = await _silent_client(server.port)
+    elapsed, info = await asyncio.wait_for(ended, 5)
+    writer.close()
+    assert (info.code, info.clean) == (1006, False)
+    assert 0.6 * 0.9 <= elapsed <= 0.6 * 1.1 + 0.1
+
+
+async def test_heartbeat_keeps_an_answering_client(
+    start: Callable[..., Awaitable[Server]],
+) -> None:
+    """A client that answers pings stays connected past several intervals."""
+    server = await start(heartbeat=tether.Heartbeat(interval=0.1, timeout=0.1))
+    async with await _client(server) as ws:
+        await asyncio.sleep(0.6)
+        await ws.send("alive")
+        assert await ws.recv() == "alive"
+
+
+async def test_drain_cancels_handlers_that_ignore_the_end(
+    start: Callable[..., Awaitable[Server]],
+) -> None:
+    """A handler that never looks at its session is cancelled after the drain, bounded."""
+    cancelled = asyncio.Event()
+
+    async def handler(session: tether.Session) -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    server = await start(handler, close_timeout=0.5)
+    ws = await _client(server)
+    started = time.monotonic()
+    await server.restart()
+    assert time.monotonic() - started < 3.0
+    assert cancelled.is_set()
+    assert (await _closed(ws))[0] == 1012
+
+
+async def test_compression_is_off_by_default(start: Callable[..., Awaitable[Server]]) -> None:
+    """A client offering permessage-deflate gets no extension back."""
+    server = await start()
+    async with connect(_url(server), compression="deflate", ping_interval=None) as ws:
+        assert "Sec-WebSocket-Extensions" not in ws.response.headers  # type: ignore[union-attr]
+
+
+async def test_await_serves_until_shutdown() -> None:
+    """``await server`` returns once another task has shut the server down."""
+    server = tether.serve(echo, "127.0.0.1", 0, heartbeat=FAST, drain_window=0.0)
+    forever = asyncio.ensure_future(server.serve_forever())
+    for _ in range(500):  # bounded: the server starts within a few event-loop turns
+        if server.state is ServerState.SERVING:
+            break
+        await asyncio.sleep(0)
+    assert server.state is ServerState.SERVING
+    assert not forever.done()
+    await server.shutdown()
+    await asyncio.wait_for(forever, 5)
+    assert server.state is ServerState.CLOSED
+
+
+async def test_async_with_shuts_down_with_1001() -> None:
+    """Leaving ``async with`` closes remaining clients with 1001 Going Away."""
+    async with tether.serve(echo, "127.0.0.1", 0, heartbeat=FAST, drain_window=0.0) as server:
+        ws = await _client(server)
+    assert (await _closed(ws))[0] == 1001
+
+
+async def test_sighup_restarts_with_1012(start: Callable[..., Awaitable[Server]]) -> None:
+    """With handle_signals, SIGHUP drains every connection with 1012."""
+    server = await start(handle_signals=True)
+    ws = await _client(server)
+    os.kill(os.getpid(), signal.SIGHUP)
+    assert (await _closed(ws))[0] == 1012
+    await asyncio.wait_for(server.wait_closed(), 5)
+
+
+async def test_sigint_shuts_down_with_1001(start: Callable[..., Awaitable[Server]]) -> None:
+    """With handle_signals, SIGINT closes with 1001 Going Away."""
+    server = await start(handle_signals=True)
+    ws = await _client(server)
+    os.kill(os.getpid(), signal.SIGINT)
+    assert (await _closed(ws))[0] == 1001
+    await asyncio.wait_for(server.wait_closed(), 5)
+
+
+async def test_sigterm_uses_the_shutdown_code(start: Callable[..., Awaitable[Server]]) -> None:
+    """With handle_signals, SIGTERM closes with shutdown_code (1012 by default)."""
+    server = await start(handle_signals=True)
+    ws = await _client(server)
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert (await _closed(ws))[0] == 1012
+    await asyncio.wait_for(server.wait_closed(), 5)
+
+
+async def test_log_line_per_connect_and_close(
+    start: Callable[..., Awaitable[Server]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """One log record per connect and per close, the close carrying the code explained."""
+    caplog.set_level(logging.INFO, logger="tether.server")
+    server = await start()
+    ws = await _client(server)
+    await server.restart()
+    await _closed(ws)
+    events = [getattr(r, "tether", {}).get("event") for r in caplog.records]
+    assert events.count("connect") == 1
+    assert events.count("close") == 1
+    close = next(r for r in caplog.records if getattr(r, "tether", {}).get("event") == "close")
+    assert close.tether["code"] == 1012  # type: ignore[attr-defined]
+    assert "Service Restart" in close.tether["explanation"]  # type: ignore[attr-defined]
+    assert json.dumps(close.tether)  # type: ignore[attr-defined]
+
+
+async def test_send_after_close_raises(start: Callable[..., Awaitable[Server]]) -> None:
+    """session.send() after the session ended raises ConnectionClosed, not an engine error."""
+    raised: asyncio.Future[BaseException] = asyncio.Future()
+
+    async def handler(session: tether.Session) -> None:
+        async for _ in session:
+            pass
+        try:
+            await session.send("late")
+        except tether.ConnectionClosed as exc:
+            raised.set_result(exc)
+
+    server = await start(handler)
+    ws = await _client(server)
+    await ws.close(1000)
+    assert isinstance(await asyncio.wait_for(raised, 5), tether.ConnectionClosedOK)
+
+
+async def test_client_aborted_is_1006_for_the_handler(
+    start: Callable[..., Awaitable[Server]],
+) -> None:
+    """A client that drops TCP without a Close frame ends the session with 1006, not clean."""
+    ended: asyncio.Future[tether.asyncio.engine.ClosedInfo] = asyncio.Future()
+
+    async def handler(session: tether.Session) -> None:
+        async for _ in session:
+            pass
+        ended.set_result(session.closed)  # type: ignore[arg-type]
+
+    server = await start(handler)
+    ws = await _client(server)
+    assert ws.transport is not None
+    ws.transport.abort()
+    info = await asyncio.wait_for(ended, 5)
+    assert (info.code, info.clean) == (1006, False)
+    with pytest.raises(WsConnectionClosed):
+        await ws.recv()
+
+
+async def test_cancelling_serve_forever_closes_with_1001() -> None:
+    """Cancelling ``await server`` closes every client with 1001 at once, then re-raises."""
+    server = tether.serve(echo, "127.0.0.1", 0, heartbeat=FAST, drain_window=10.0)
+    forever = asyncio.ensure_future(server.serve_forever())
+    for _ in range(500):  # bounded: the server starts within a few event-loop turns
+        if server.state is ServerState.SERVING:
+            break
+        await asyncio.sleep(0)
+    ws = await _client(server)
+    forever.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await forever
+    assert (await _closed(ws))[0] == 1001
+    assert server.state is ServerState.CLOSED
+
+
+class _RefusingLayer(tether.asyncio.session.PlainServerLayer):
+    """A session layer whose handshake fails with a given close code."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__()
+        self.code = code
+
+    async def open(
+        self, transport: tether.asyncio.engine.Transport, request: RequestInfo
+    ) -> tether.Session:
+        raise tether.ProtocolError("bad hello", close_code=self.code)
+
+
+@pytest.mark.parametrize(("layer_code", "wire_code"), [(1008, 1008), (1006, 1002)])
+async def test_layer_handshake_failure_closes_with_a_sendable_code(
+    start: Callable[..., Awaitable[Server]], layer_code: int, wire_code: int
+) -> None:
+    """A layer's ProtocolError closes with its code, or 1002 if that code may not be sent."""
+    server = await start(layer=_RefusingLayer(layer_code))
+    ws = await _client(server)
+    assert (await _closed(ws))[0] == wire_code
+
+
+async def test_sessions_lists_open_sessions(start: Callable[..., Awaitable[Server]]) -> None:
+    """server.sessions holds the session of each open connection."""
+    server = await start()
+    async with await _client(server) as ws:
+        await ws.send("x")
+        await ws.recv()
+        assert len(server.sessions) == 1
+    for _ in range(100):  # bounded: the close is processed within a few loop turns
+        if not server.sessions:
+            break
+        await asyncio.sleep(0.01)
+    assert server.sessions == []
+
+
+async def test_hand_off_moves_new_connections_to_the_replacement() -> None:
+    """hand_off() with reuse_port: 1012 to our clients, new connects reach the other server."""
+    replacement_sessions: list[tether.Session] = []
+
+    async def on_replacement(session: tether.Session) -> None:
+        replacement_sessions.append(session)
+        await echo(session)
+
+    common = {"heartbeat": FAST, "drain_window": 0.2, "close_timeout": 2.0, "reuse_port": True}
+    async with tether.serve(echo, "127.0.0.1", 0, **common) as old:  # type: ignore[arg-type]
+        port = old.port
+        clients = [await _client(old) for _ in range(3)]  # before the replacement exists
+        async with tether.serve(on_replacement, "127.0.0.1", port, **common) as new:  # type: ignore[arg-type]
+            await old.hand_off("deploy")
+            assert [await _closed(ws) for ws in clients] == [(1012, "deploy")] * 3
+            for _ in range(5):  # whichever the kernel would have picked, it is the replacement
+                async with await _client(new) as ws:
+                    await ws.send("here")
+                    assert await ws.recv() == "here"
+            assert len(replacement_sessions) == 5
+
+
+class _KeepingLayer(tether.asyncio.session.PlainServerLayer):
+    """Keeps one session per request path across connections (a stand-in for tether.v1)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_path: dict[str, tether.Session] = {}
+
+    async def open(
+        self, transport: tether.asyncio.engine.Transport, request: RequestInfo
+    ) -> tether.Session:
+        session = self.by_path.get(request.path)
+        if session is None:
+            session = self.by_path[request.path] = tether.Session(self, request)
+        return session
+
+    def connection_lost(
+        self, session: tether.Session, info: tether.asyncio.engine.ClosedInfo
+    ) -> bool:
+        return False
+
+
+async def test_a_kept_session_runs_one_handler_across_connections(
+    start: Callable[..., Awaitable[Server]],
+) -> None:
+    """A layer that keeps sessions gets one handler run, fed by successive connections."""
+    runs: list[str] = []
+    received: list[str | bytes] = []
+
+    async def handler(session: tether.Session) -> None:
+        runs.append(session.id)
+        async for message in session:
+            received.append(message)
+
+    server = await start(handler, layer=_KeepingLayer())
+    first = await _client(server, "/s")
+    await first.send("a")
+    await first.close(4000)
+    second = await _client(server, "/s")
+    await second.send("b")
+    for _ in range(100):  # bounded: both messages arrive within a few loop turns
+        if len(received) == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert received == ["a", "b"]
+    assert len(runs) == 1
+    await server.restart()
+    assert (await _closed(second))[0] == 1012
+    assert server.state is ServerState.CLOSED
