@@ -319,6 +319,7 @@ def _merge(
         codes.update(r["codes"])
     attempts = sum(r["attempts"] for r in reports)
     lags = [x for r in reports for x in r["loop_lag_s"]]
+    client_cpu = sum(r["cpu_s"] for r in reports)
     buckets = Counter(int(t * 10) for t in reconnected)
     peak_rate = max(buckets.values()) * 10 if buckets else 0
     cpu_peak = 0.0
@@ -349,7 +350,15 @@ def _merge(
         "attempts": attempts,
         "client_loop_lag_s": {"p99": _percentile(lags, 99), "max": max(lags, default=math.nan)},
         "peak_reconnects_per_s": peak_rate,
-        "server_cpu": {"peak_cores": cpu_peak, "cpu_seconds": storm_cpu},
+        "server_cpu": {
+            "peak_cores": cpu_peak,
+            "cpu_seconds": storm_cpu,
+            "ms_per_reconnection": storm_cpu / len(reconnected) * 1000 if reconnected else None,
+        },
+        "client_cpu": {
+            "cpu_seconds": client_cpu,
+            "ms_per_reconnection": client_cpu / len(reconnected) * 1000 if reconnected else None,
+        },
         "missed_ticks": {
             "total": sum(missed),
             "per_client_p50": _percentile([float(m) for m in missed], 50),
@@ -396,6 +405,9 @@ def _report(n: int, runs: dict[str, list[dict[str, Any]]]) -> tuple[dict[str, An
         ("peak reconnections/s (100 ms buckets)", "peak_reconnects_per_s", 1.0, 0),
         ("server CPU peak, cores (0.5 s samples)", "server_cpu.peak_cores", 1.0, 2),
         ("server CPU, s (old + new process)", "server_cpu.cpu_seconds", 1.0, 1),
+        ("server CPU per reconnection, ms", "server_cpu.ms_per_reconnection", 1.0, 2),
+        ("client CPU, s (all client processes)", "client_cpu.cpu_seconds", 1.0, 1),
+        ("client CPU per reconnection, ms", "client_cpu.ms_per_reconnection", 1.0, 2),
         ("connection attempts", "attempts", 1.0, 0),
         ("client event-loop lag p99, ms", "client_loop_lag_s.p99", 1000.0, 0),
         ("missed ticks, all clients", "missed_ticks.total", 1.0, 0),
@@ -648,6 +660,7 @@ def _client_main(argv: list[str]) -> int:
                 lags.append(loop.time() - before - 0.05)
 
         monitor = asyncio.ensure_future(lag_monitor())
+        cpu_at_ready = time.process_time()
         print(f"READY {outcome['failed']}", flush=True)
         report_requested = asyncio.ensure_future(_wait_report_request())
         done_said = False
@@ -665,6 +678,9 @@ def _client_main(argv: list[str]) -> int:
             "codes": dict(Counter(str(c) for t in trackers for c in t.codes)),
             "attempts": sum(t.attempts for t in trackers),
             "loop_lag_s": lags,
+            # CPU of this client process from READY (a few seconds before the restart)
+            # to the report request: mostly the reconnections.
+            "cpu_s": time.process_time() - cpu_at_ready,
         }
         monitor.cancel()
         print("REPORT " + json.dumps(report), flush=True)
