@@ -153,9 +153,18 @@ def run(*, quick: bool, runs: int, progress: Progress) -> tuple[dict[str, Any], 
                 ws_rates = rates["websockets"][test.key]
                 per_round = [t / w for t, w in zip(tether_rates, ws_rates, strict=True)]
                 ratio = statistics.median(tether_rates) / statistics.median(ws_rates)
+                # The same comparison in CPU: raw websockets' CPU per message (both
+                # processes) over tether's; 0.9 means tether costs 1.11x the CPU.
+                ws_cpu = statistics.median(
+                    cpu["server"]["websockets"][test.key]
+                ) + statistics.median(cpu["client"]["websockets"][test.key])
+                row_cpu = statistics.median(cpu["server"][row][test.key]) + statistics.median(
+                    cpu["client"][row][test.key]
+                )
                 ratios[row][test.key] = {
                     "ratio_of_medians": ratio,
                     "per_round": Summary.of(per_round).as_json(),
+                    "cpu_ratio": ws_cpu / row_cpu,
                     "target": TARGET_RATIO,
                     "met": ratio >= TARGET_RATIO,
                 }
@@ -169,12 +178,15 @@ def run(*, quick: bool, runs: int, progress: Progress) -> tuple[dict[str, Any], 
         "missing": None if have_tether else "tether.connect / tether.serve do not exist yet",
     }
     text = _text(tests, impls, tether_rows, rates, ratios, runs, have_tether)
-    text += "\n\n" + _cpu_text(tests, impls, cpu)
+    text += "\n\n" + _cpu_text(tests, impls, cpu, ratios)
     return result, text, have_tether
 
 
 def _cpu_text(
-    tests: list[Test], impls: list[str], cpu: dict[str, dict[str, dict[str, list[float]]]]
+    tests: list[Test],
+    impls: list[str],
+    cpu: dict[str, dict[str, dict[str, list[float]]]],
+    ratios: dict[str, Any],
 ) -> str:
     """CPU per message of each side: steadier than rates on a busy machine."""
     rows = []
@@ -185,12 +197,21 @@ def _cpu_text(
             client = statistics.median(cpu["client"][impl][test.key])
             cells.append(f"{server:.1f} / {client:.1f}")
         rows.append(cells)
-    return "\n".join(
-        [
-            "CPU µs per message, server / client process (median); an echo counts once",
-            table(["implementation"] + [t.label for t in tests], rows),
+    parts = [
+        "CPU µs per message, server / client process (median); an echo counts once",
+        table(["implementation"] + [t.label for t in tests], rows),
+    ]
+    if ratios:
+        parts.append(
+            "\nCPU ratio: raw websockets' CPU per message (server + client) / the row's "
+            "(1.00 = same cost, 0.90 = 11 % more CPU)"
+        )
+        cpu_rows = [
+            [LABELS[row]] + [f"{ratios[row][t.key]['cpu_ratio']:.2f}" for t in tests]
+            for row in ratios
         ]
-    )
+        parts.append(table(["ratio"] + [t.label for t in tests], cpu_rows))
+    return "\n".join(parts)
 
 
 def _text(
