@@ -214,24 +214,34 @@ def _one(mode: str, n: int, progress: Progress) -> dict[str, Any]:
         _wait_healthy(port, server, 30)
         url = f"ws://127.0.0.1:{port}/"
         count = max(2, math.ceil(n / PER_CLIENT_PROCESS))
+        # Initial connections: a few hundred per second on a busy 2-core machine.
+        connect_timeout = 60 + n / 40
         share = [n // count + (i < n % count) for i in range(count)]
         for k in share:
             procs.append(
                 spawn(
-                    python_command("storm", "client", mode, url, "--clients", str(k)),
+                    python_command(
+                        "storm",
+                        "client",
+                        mode,
+                        url,
+                        "--clients",
+                        str(k),
+                        "--connect-timeout",
+                        str(connect_timeout),
+                    ),
                     stdin=subprocess.PIPE,
                 )
             )
         progress.update(f"storm ({mode}): connecting {n} clients")
         failed = 0
-        # Initial connections: a few hundred per second on a busy 2-core machine.
-        ready_deadline = time.monotonic() + 60 + n / 40 + 30  # the clients' bound, + margin
+        ready_deadline = time.monotonic() + connect_timeout + 30  # the clients' bound + margin
         for proc in procs:
             failed += int(read_line(proc, "READY ", max(1.0, ready_deadline - time.monotonic())))
         if failed:
             raise RuntimeError(
                 f"{failed} of {n} clients could not connect (or were refused) within "
-                f"{60 + n / 40:.0f} s, before any restart: this machine could not hold "
+                f"{connect_timeout:.0f} s, before any restart: this machine could not hold "
                 f"{n} clients on a ticker"
             )
         time.sleep(2.5)  # a few ticks before the restart
@@ -637,6 +647,7 @@ def _client_main(argv: list[str]) -> int:
     parser.add_argument("url")
     parser.add_argument("--clients", type=int, required=True)
     parser.add_argument("--concurrency", type=int, default=100)
+    parser.add_argument("--connect-timeout", type=float, default=300.0)
     args = parser.parse_args(argv)
     raise_nofile_limit()
 
@@ -656,7 +667,7 @@ def _client_main(argv: list[str]) -> int:
         tasks = [asyncio.ensure_future(client(args.url, t, gate, first)) for t in trackers]
         # Bounded: clients still connecting after this count as failed (the parent
         # then reports how many and gives up on the run).
-        await asyncio.wait([all_first], timeout=60 + args.clients / 4)
+        await asyncio.wait([all_first], timeout=args.connect_timeout)
         outcome["failed"] = args.clients - outcome["ok"]
         lags: list[float] = []
 
