@@ -225,6 +225,6 @@ def machine() -> dict[str, Any]:
         "loadavg_1m_at_start": round(load[0], 2),
         "packages": {
             name: package_version(name)
-            for name in ("tether", "websockets", "picows", "aiohttp", "psutil")
+            for name in ("tether", "websockets", "picows", "aiohttp", "py-spy")
         },
     }
