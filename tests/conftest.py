@@ -19,6 +19,8 @@ from tests.support.redis import RedisServer
 from tests.support.require import require, require_root, require_tools
 from tests.support.uvicorn import UvicornServer
 
+from tether.asyncio.chaos import ChaosProxy
+
 P = TypeVar("P", bound=JsonLineProcess)
 
 
@@ -137,3 +139,24 @@ async def redis_server() -> AsyncIterator[RedisServer]:
     require_tools("redis-server")
     async with RedisServer() as server:
         yield server
+
+
+@pytest.fixture
+async def chaos_proxy() -> AsyncIterator[Callable[..., Awaitable[ChaosProxy]]]:
+    """Factory: ``await chaos_proxy(upstream_port, idle_timeout=3, ...)`` → started ChaosProxy.
+
+    In-process fault injection (tether.asyncio.chaos): ``.port``, ``.kill_all()`` (1006 both
+    ways), ``.blackhole_all()`` (half-open), ``.heal()``, ``await .wait_fault(n, timeout=)``.
+    Closed (every connection reset) afterwards.
+    """
+    started: list[ChaosProxy] = []
+
+    async def make(upstream_port: int, **settings: Any) -> ChaosProxy:
+        proxy = ChaosProxy(("127.0.0.1", 0), ("127.0.0.1", upstream_port), **settings)
+        started.append(proxy)
+        await proxy.start()
+        return proxy
+
+    yield make
+    for proxy in reversed(started):
+        await proxy.close()

@@ -26,6 +26,8 @@ COMMANDS: dict[str, str] = {
     "bench": "bench",
     "connect": "connect",
     "serve": "serve",
+    "probe": "probe",
+    "chaos": "chaos",
     "demo": "demo",
 }
 

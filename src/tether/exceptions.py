@@ -11,6 +11,7 @@ Every exception tether raises on purpose derives from :class:`TetherError`, so
     │   ├── ConnectionClosedOK               ... with 1000/1001 (a normal end)
     │   └── ConnectionClosedError            ... with any other code, or it gave up reconnecting
     ├── ProtocolError                        remote: the peer broke RFC 6455 or tether.v1
+    ├── ProbeError                           `tether probe` could not reach or upgrade the URL
     └── StoreError                           a session store failed (I/O, unavailable)
 
 Foreign exceptions (the engine's, ``OSError``) are translated at the boundary in
@@ -25,6 +26,7 @@ __all__ = [
     "ConnectionClosedError",
     "ConnectionClosedOK",
     "InvalidCloseCode",
+    "ProbeError",
     "ProtocolError",
     "QueueFull",
     "StoreError",
@@ -97,6 +99,28 @@ class ProtocolError(TetherError):
     def __init__(self, message: str, *, close_code: int = 1002) -> None:
         super().__init__(message)
         self.close_code = close_code
+
+
+class ProbeError(TetherError):
+    """An endpoint could not be probed (``tether probe``): the input was fine, the path was not.
+
+    Attributes:
+        kind: ``refused``, ``unreachable``, ``timeout``, ``tls``, ``http`` (the server
+            answered the upgrade with another HTTP status) or ``handshake`` (the answer
+            was not a valid WebSocket handshake).
+        status: the HTTP status, for ``http``.
+        url: the URL probed.
+    """
+
+    def __init__(self, kind: str, message: str, *, url: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.status = status
+        self.url = url
+
+    def as_dict(self) -> dict[str, object]:
+        """A JSON-ready description of the failure."""
+        return {"kind": self.kind, "message": str(self), "status": self.status, "url": self.url}
 
 
 class StoreError(TetherError):
