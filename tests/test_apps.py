@@ -46,6 +46,17 @@ async def test_ticker_ticks_are_wall_clock_aligned(ticker_port: int) -> None:
 
 
 @pytest.mark.integration
+async def test_ticker_answers_client_messages_with_its_node() -> None:
+    """A text message comes back as {"echo": text, "node": id}; ticks carry the node too."""
+    server = tether.serve(Ticker(20, node="n1"), "127.0.0.1", 0, heartbeat=None, drain_window=0.0)
+    async with server, connect(f"ws://127.0.0.1:{server.port}/", ping_interval=None) as ws:
+        await ws.send("hello")
+        messages = [json.loads(await ws.recv()) for _ in range(6)]
+    assert {"echo": "hello", "node": "n1"} in messages
+    assert all(m["node"] == "n1" for m in messages)
+
+
+@pytest.mark.integration
 async def test_broadcast_reaches_every_client() -> None:
     """A message from one client reaches all connected clients, the sender included."""
     app = Broadcast()

@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
-from tether._cli.demo_report import ClientRecord, Stats, format_table, summarize_phase
+from tether._cli.demo_report import (
+    ClientRecord,
+    SequenceCheck,
+    Stats,
+    Tick,
+    format_table,
+    summarize_phase,
+)
 
 
 def _steady(client_id: int, ticks: range, *, start: float = 0.0) -> ClientRecord:
     """A client that received ``ticks`` one per 0.1 s from ``start``."""
     record = ClientRecord(client_id)
     record.connects.append(start)
-    record.ticks = [(start + 0.1 * i, tick, i + 1) for i, tick in enumerate(ticks)]
+    record.ticks = [Tick(start + 0.1 * i, tick, i + 1, "a") for i, tick in enumerate(ticks)]
     return record
 
 
 def _restarted(client_id: int) -> ClientRecord:
-    """Ticks 0-49, 1012 at t=5.0, waits 2.0 s, back at 7.0 and gets ticks 70-99."""
+    """Ticks 0-49, 1012 at t=5.0, waits 2.0 s, back at 7.0 and gets ticks 70-99 (new session)."""
     record = _steady(client_id, range(50))
     record.disconnects.append((5.0, 1012))
     record.reconnects.append((5.0, 2.0, 1012))
     record.connects.append(7.0)
-    record.ticks += [(7.0 + 0.1 * i, 70 + i, i + 1) for i in range(30)]
+    record.ticks += [Tick(7.0 + 0.1 * i, 70 + i, i + 1, "b") for i in range(30)]
     return record
 
 
@@ -42,13 +49,20 @@ def test_phase_counts_codes_and_returns() -> None:
     assert phase.all_back_s == 3.0
 
 
-def test_phase_missing_is_the_tick_gap_across_the_disconnect() -> None:
-    """Ticks 50-69 were not received: 20 missing for the client."""
+def test_ticks_never_sent_are_skipped_not_missing() -> None:
+    """Ticks 50-69 were never sent to the client: 20 skipped ticks, 0 missing messages."""
     phase = summarize_phase(
         [_restarted(0)], name="a", title="A", expected_code=1012, start=4.0, end=11.0
     )
-    assert phase.missing == 20
-    assert phase.duplicates == 0
+    assert (phase.missing, phase.skipped_ticks, phase.duplicates) == (0, 20, 0)
+
+
+def test_phase_missing_is_a_gap_in_seq() -> None:
+    """Messages seq 6-8 of a run never arrived: 3 missing."""
+    record = _steady(0, range(10))
+    del record.ticks[5:8]
+    phase = summarize_phase([record], name="a", title="A", expected_code=1012, start=0, end=2)
+    assert phase.missing == 3
 
 
 def test_phase_received_counts_only_messages_inside_it() -> None:
@@ -94,7 +108,7 @@ def test_client_not_back_leaves_all_back_unknown() -> None:
 def test_duplicates_are_counted_not_hidden() -> None:
     """A tick received twice is a duplicate, not a negative gap."""
     record = _steady(0, range(5))
-    record.ticks.append((0.6, 4, 6))
+    record.ticks.append(Tick(0.6, 4, 5, "a"))
     phase = summarize_phase([record], name="a", title="A", expected_code=1012, start=0, end=1)
     assert (phase.missing, phase.duplicates) == (0, 1)
 
@@ -122,3 +136,65 @@ def test_table_has_a_row_per_phase() -> None:
     assert "(a) planned restart" in lines[2]
     assert "1012x1" in lines[2]
     assert "2.00 / 2.00 / 2.00 s" in lines[2]
+
+
+def test_sequence_check_counts_a_clean_stream() -> None:
+    """1, 2, 3 in order: nothing missing, duplicated or reordered."""
+    check = SequenceCheck()
+    for seq in (1, 2, 3):
+        check.add(seq, "a")
+    assert check.counts() == {
+        "received": 3, "missing": 0, "duplicates": 0, "out_of_order": 0, "runs": 1,
+    }  # fmt: skip
+
+
+def test_sequence_check_late_message_fills_its_gap() -> None:
+    """1, 3, 2: the gap closes, one message out of order, none missing."""
+    check = SequenceCheck()
+    for seq in (1, 3, 2):
+        check.add(seq)
+    assert (check.missing, check.out_of_order) == (0, 1)
+
+
+def test_sequence_check_duplicate() -> None:
+    """1, 2, 2: one duplicate."""
+    check = SequenceCheck()
+    for seq in (1, 2, 2):
+        check.add(seq)
+    assert (check.missing, check.duplicates) == (0, 1)
+
+
+def test_sequence_check_new_node_starts_a_new_run() -> None:
+    """a:1-3 then b:1-2 (a resumed session in another process): two runs, nothing missing."""
+    check = SequenceCheck()
+    for seq, node in ((1, "a"), (2, "a"), (3, "a"), (1, "b"), (2, "b")):
+        check.add(seq, node)
+    assert (check.runs, check.missing) == (2, 0)
+
+
+def test_sequence_check_old_run_after_new_is_out_of_order() -> None:
+    """a:1, b:1, then a:2 arrives: out of order."""
+    check = SequenceCheck()
+    for seq, node in ((1, "a"), (1, "b"), (2, "a")):
+        check.add(seq, node)
+    assert check.out_of_order == 1
+
+
+def test_sequence_check_finish_charges_the_lost_tail() -> None:
+    """Sender got to 5, receiver saw 1-3: 2 missing."""
+    check = SequenceCheck()
+    for seq in (1, 2, 3):
+        check.add(seq)
+    check.finish(5)
+    assert check.missing == 2
+
+
+def test_phase_counts_resumed_clients_and_lost_sessions() -> None:
+    """Resumed events and SessionLost reasons inside the phase are counted."""
+    resumed, lost = _restarted(0), _restarted(1)
+    resumed.resumes.append(7.0)
+    lost.lost.append((7.0, "expired"))
+    phase = summarize_phase(
+        [resumed, lost], name="a", title="A", expected_code=1012, start=4.0, end=11.0
+    )
+    assert (phase.resumed, phase.sessions_lost) == (1, {"expired": 1})

@@ -59,6 +59,8 @@ class Servers:
                 [sys.executable, "-m", "tether", "serve", "--port", str(port), *args],
                 stderr=stderr,
                 text=True,
+                # The default store is ./tether-sessions.db: keep it in the test's directory.
+                cwd=self.log_dir,
             )
         self.procs.append(proc)
         self.logs[proc.pid] = log
@@ -118,6 +120,60 @@ def test_reserved_shutdown_code_is_a_usage_error() -> None:
     assert "1006" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--store", "postgres://db/x"], "unknown scheme 'postgres'"),
+        (["--store", "sqlite://relative.db"], "sqlite:////absolute/path"),
+        (["--store", "redis://:notaport/0"], "bad store URL"),
+        (["--resume-window", "0"], "--resume-window must be > 0"),
+    ],
+)
+def test_bad_store_options_are_usage_errors(args: list[str], says: str) -> None:
+    """A bad --store URL or --resume-window exits 2 with one line saying why."""
+    result = subprocess.run(
+        [sys.executable, "-m", "tether", "serve", *args],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert result.returncode == 2
+    assert says in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_default_store_is_a_sqlite_file_in_the_current_directory(
+    servers: Servers, tmp_path: Path
+) -> None:
+    """Without --store, a tether.v1 session is kept in ./tether-sessions.db."""
+    import tether
+
+    _, port = servers.start()
+
+    async def echo_once() -> str | bytes:
+        async with tether.connect(f"ws://127.0.0.1:{port}/", heartbeat=None) as conn:
+            await conn.send("kept")
+            return await asyncio.wait_for(conn.recv(), 10)
+
+    assert asyncio.run(echo_once()) == "kept"
+    assert (tmp_path / "tether-sessions.db").is_file()
+
+
+def test_store_none_serves_plain_websocket(servers: Servers) -> None:
+    """--store none does not select tether.v1: the client stays in plain mode."""
+    from tether.protocol import SUBPROTOCOL
+
+    _, port = servers.start("--store", "none")
+
+    async def negotiated() -> str | None:
+        async with connect(
+            f"ws://127.0.0.1:{port}/", subprotocols=[SUBPROTOCOL], ping_interval=None
+        ) as ws:
+            return ws.subprotocol
+
+    assert asyncio.run(negotiated()) is None
+
+
 def test_json_logs_one_line_per_connect_and_close(
     servers: Servers,
 ) -> None:
@@ -144,3 +200,16 @@ def test_ticker_app_over_the_cli(servers: Servers) -> None:
             return [json.loads(await ws.recv())["seq"] for _ in range(2)]
 
     assert asyncio.run(first_two()) == [1, 2]
+
+
+def test_store_defaults_documented() -> None:
+    """docs/server.md and docs/stores.md state the --store and --resume-window defaults."""
+    from tether._cli.serve import DEFAULT_RESUME_WINDOW_S, DEFAULT_STORE
+
+    docs = Path(__file__).parents[1] / "docs"
+    server_doc = (docs / "server.md").read_text(encoding="utf-8")
+    stores_doc = (docs / "stores.md").read_text(encoding="utf-8")
+    assert f"`{DEFAULT_STORE}` by default" in server_doc
+    assert f"`--resume-window S` (default {DEFAULT_RESUME_WINDOW_S:g})" in server_doc
+    assert f"The default is `{DEFAULT_STORE}`" in stores_doc
+    assert f"`--resume-window S` (default {DEFAULT_RESUME_WINDOW_S:g})" in stores_doc

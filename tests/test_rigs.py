@@ -7,10 +7,13 @@ rig is checked here against a raw ``websockets`` peer (not tether).
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from http import HTTPStatus
 
 import pytest
 import redis.asyncio
@@ -21,13 +24,20 @@ from tests.support.haproxy import HAProxy
 from tests.support.netns import NetNamespace, run
 from tests.support.node import PEERS_DIR, NodeWsClients, NodeWsServer
 from tests.support.ports import free_port, wait_for_port
-from tests.support.procs import ExpectTimeout, JsonLineProcess, ProcessExited, python_argv
+from tests.support.procs import (
+    ExpectTimeout,
+    JsonLineProcess,
+    ListeningProcess,
+    ProcessExited,
+    python_argv,
+)
 from tests.support.redis import RedisServer
 from tests.support.require import require
 from tests.support.uvicorn import UvicornServer
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
 
 pytestmark = pytest.mark.integration
 
@@ -44,6 +54,17 @@ async def echo(ws: ServerConnection) -> None:
 async def echo_server() -> AsyncIterator[Server]:
     """A raw websockets echo server on a free loopback port, without keepalive pings."""
     async with serve(echo, "127.0.0.1", 0, ping_interval=None) as server:
+        yield server
+
+
+@pytest.fixture
+async def draining_server() -> AsyncIterator[Server]:
+    """A raw websockets server answering every handshake with HTTP 503 (like a draining node)."""
+
+    def refuse(connection: ServerConnection, request: Request) -> Response:
+        return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "draining\n")
+
+    async with serve(echo, "127.0.0.1", 0, process_request=refuse, ping_interval=None) as server:
         yield server
 
 
@@ -89,6 +110,21 @@ async def test_wait_for_port_times_out_on_a_closed_port() -> None:
     """wait_for_port raises TimeoutError when nothing listens."""
     with pytest.raises(TimeoutError):
         await wait_for_port("127.0.0.1", free_port(), timeout=0.5)
+
+
+@pytest.mark.timeout(15)
+async def test_listening_process_that_never_listens_is_stopped_and_cleaned() -> None:
+    """start() times out on a daemon that never listens, stops it by PID and removes its workdir."""
+    workdir = tempfile.mkdtemp(prefix="tether-rig-test-")
+    code = "import sys, time; print('starting', file=sys.stderr, flush=True); time.sleep(30)"
+    proc = ListeningProcess(
+        python_argv("-c", code), host="127.0.0.1", port=free_port(), workdir=workdir,
+        start_timeout=0.5,
+    )  # fmt: skip
+    with pytest.raises(TimeoutError, match="starting"):
+        await proc.start()
+    assert proc.returncode == -signal.SIGTERM
+    assert not await asyncio.to_thread(os.path.exists, workdir)
 
 
 @pytest.mark.timeout(20)
@@ -152,6 +188,32 @@ async def test_node_clients_reconnect_loop_counts_refused(node_ws_server: NodeWs
         summary = await clients.stop_and_summarize()
     assert summary["refused"] >= 1
     assert summary["refused"] == summary["failures"]
+
+
+@pytest.mark.timeout(20)
+async def test_node_clients_report_a_503_handshake_rejection(draining_server: Server) -> None:
+    """A handshake answered with HTTP 503 gives failed{reason: status, status: 503}, not silence."""
+    url = f"ws://127.0.0.1:{port_of(draining_server)}/"
+    async with NodeWsClients(url, count=1) as clients:
+        failed = await clients.expect_event("failed", timeout=5, id=0)
+        assert (failed["reason"], failed["status"], failed["attempt"]) == ("status", 503, 1)
+        summary = await clients.summary()
+    assert (summary["failures"], summary["rejected"], summary["refused"]) == (1, 1, 0)
+    assert summary["statuses"] == {503: 1}
+
+
+@pytest.mark.timeout(20)
+async def test_node_clients_reconnect_loop_counts_rejections(draining_server: Server) -> None:
+    """Reconnecting clients keep retrying after a 503 and count every rejection by status."""
+    url = f"ws://127.0.0.1:{port_of(draining_server)}/"
+    async with NodeWsClients(url, count=2, reconnect_ms=50, max_attempts=3) as clients:
+        for client_id in range(2):
+            await clients.expect_event("failed", timeout=5, id=client_id, attempt=3)
+        summary = await clients.summary()
+        assert len(clients.failures(status=503)) == 6
+        assert clients.failures(reason="refused") == []
+    assert (summary["attempts"], summary["opens"], summary["failures"]) == (6, 0, 6)
+    assert (summary["rejected"], summary["refused"], summary["statuses"]) == (6, 0, {503: 6})
 
 
 @pytest.mark.timeout(20)

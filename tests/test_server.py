@@ -39,6 +39,31 @@ async def _closed(ws: ClientConnection) -> tuple[int | None, str]:
     return ws.close_code, ws.close_reason
 
 
+def _reads_until_closed() -> tuple[
+    tether.asyncio.server.Handler, asyncio.Future[tether.asyncio.engine.ClosedInfo]
+]:
+    """A handler reading until its session ends, and the future of that session's ``closed``."""
+    ended: asyncio.Future[tether.asyncio.engine.ClosedInfo] = asyncio.Future()
+
+    async def handler(session: tether.Session) -> None:
+        async for _ in session:
+            pass
+        ended.set_result(session.closed)  # type: ignore[arg-type]
+
+    return handler, ended
+
+
+async def _serving_forever(*, drain_window: float) -> tuple[Server, asyncio.Future[None]]:
+    """An echo server run by ``serve_forever()`` in a task, returned once it is SERVING."""
+    server = tether.serve(echo, "127.0.0.1", 0, heartbeat=FAST, drain_window=drain_window)
+    forever = asyncio.ensure_future(server.serve_forever())
+    for _ in range(500):  # bounded: the server starts within a few event-loop turns
+        if server.state is ServerState.SERVING:
+            break
+        await asyncio.sleep(0)
+    return server, forever
+
+
 @pytest.fixture
 async def start() -> AsyncIterator[Callable[..., Awaitable[Server]]]:
     """Start servers on free loopback ports; shut down whatever is left at the end."""
@@ -261,13 +286,7 @@ async def test_session_close_refuses_long_reason(
 
 async def test_client_close_ends_the_session(start: Callable[..., Awaitable[Server]]) -> None:
     """When the client closes with 1000, the handler's loop ends and the session says 1000."""
-    ended: asyncio.Future[tether.asyncio.engine.ClosedInfo] = asyncio.Future()
-
-    async def handler(session: tether.Session) -> None:
-        async for _ in session:
-            pass
-        ended.set_result(session.closed)  # type: ignore[arg-type]
-
+    handler, ended = _reads_until_closed()
     server = await start(handler)
     ws = await _client(server)
     await ws.close(1000)
@@ -370,12 +389,7 @@ async def test_compression_is_off_by_default(start: Callable[..., Awaitable[Serv
 
 async def test_await_serves_until_shutdown() -> None:
     """``await server`` returns once another task has shut the server down."""
-    server = tether.serve(echo, "127.0.0.1", 0, heartbeat=FAST, drain_window=0.0)
-    forever = asyncio.ensure_future(server.serve_forever())
-    for _ in range(500):  # bounded: the server starts within a few event-loop turns
-        if server.state is ServerState.SERVING:
-            break
-        await asyncio.sleep(0)
+    server, forever = await _serving_forever(drain_window=0.0)
     assert server.state is ServerState.SERVING
     assert not forever.done()
     await server.shutdown()
@@ -390,30 +404,22 @@ async def test_async_with_shuts_down_with_1001() -> None:
     assert (await _closed(ws))[0] == 1001
 
 
-async def test_sighup_restarts_with_1012(start: Callable[..., Awaitable[Server]]) -> None:
-    """With handle_signals, SIGHUP drains every connection with 1012."""
+@pytest.mark.parametrize(
+    ("signum", "code"),
+    [
+        pytest.param(signal.SIGHUP, 1012, id="SIGHUP-restart-1012"),
+        pytest.param(signal.SIGINT, 1001, id="SIGINT-going-away-1001"),
+        pytest.param(signal.SIGTERM, 1012, id="SIGTERM-default-shutdown_code-1012"),
+    ],
+)
+async def test_signal_closes_every_connection_with_its_code(
+    start: Callable[..., Awaitable[Server]], signum: signal.Signals, code: int
+) -> None:
+    """With handle_signals: SIGHUP drains with 1012, SIGINT 1001, SIGTERM shutdown_code (1012)."""
     server = await start(handle_signals=True)
     ws = await _client(server)
-    os.kill(os.getpid(), signal.SIGHUP)
-    assert (await _closed(ws))[0] == 1012
-    await asyncio.wait_for(server.wait_closed(), 5)
-
-
-async def test_sigint_shuts_down_with_1001(start: Callable[..., Awaitable[Server]]) -> None:
-    """With handle_signals, SIGINT closes with 1001 Going Away."""
-    server = await start(handle_signals=True)
-    ws = await _client(server)
-    os.kill(os.getpid(), signal.SIGINT)
-    assert (await _closed(ws))[0] == 1001
-    await asyncio.wait_for(server.wait_closed(), 5)
-
-
-async def test_sigterm_uses_the_shutdown_code(start: Callable[..., Awaitable[Server]]) -> None:
-    """With handle_signals, SIGTERM closes with shutdown_code (1012 by default)."""
-    server = await start(handle_signals=True)
-    ws = await _client(server)
-    os.kill(os.getpid(), signal.SIGTERM)
-    assert (await _closed(ws))[0] == 1012
+    os.kill(os.getpid(), signum)
+    assert (await _closed(ws))[0] == code
     await asyncio.wait_for(server.wait_closed(), 5)
 
 
@@ -457,13 +463,7 @@ async def test_client_aborted_is_1006_for_the_handler(
     start: Callable[..., Awaitable[Server]],
 ) -> None:
     """A client that drops TCP without a Close frame ends the session with 1006, not clean."""
-    ended: asyncio.Future[tether.asyncio.engine.ClosedInfo] = asyncio.Future()
-
-    async def handler(session: tether.Session) -> None:
-        async for _ in session:
-            pass
-        ended.set_result(session.closed)  # type: ignore[arg-type]
-
+    handler, ended = _reads_until_closed()
     server = await start(handler)
     ws = await _client(server)
     assert ws.transport is not None
@@ -476,12 +476,7 @@ async def test_client_aborted_is_1006_for_the_handler(
 
 async def test_cancelling_serve_forever_closes_with_1001() -> None:
     """Cancelling ``await server`` closes every client with 1001 at once, then re-raises."""
-    server = tether.serve(echo, "127.0.0.1", 0, heartbeat=FAST, drain_window=10.0)
-    forever = asyncio.ensure_future(server.serve_forever())
-    for _ in range(500):  # bounded: the server starts within a few event-loop turns
-        if server.state is ServerState.SERVING:
-            break
-        await asyncio.sleep(0)
+    server, forever = await _serving_forever(drain_window=10.0)
     ws = await _client(server)
     forever.cancel()
     with pytest.raises(asyncio.CancelledError):

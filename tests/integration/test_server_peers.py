@@ -62,6 +62,19 @@ async def start_server(spawn: Spawn, *args: str) -> tuple[JsonLineProcess, int]:
     return server, port
 
 
+NodeClientsFactory = Callable[..., Awaitable[NodeWsClients]]
+
+
+async def start_server_with_clients(
+    spawn: Spawn, node_ws_clients: NodeClientsFactory, *args: str, count: int, **options: Any
+) -> tuple[JsonLineProcess, int, NodeWsClients]:
+    """``start_server(spawn, *args)`` plus ``count`` Node ws clients, all of them open."""
+    server, port = await start_server(spawn, *args)
+    clients = await node_ws_clients(f"ws://127.0.0.1:{port}/", count=count, **options)
+    await clients.wait_all_open(timeout=20)
+    return server, port, clients
+
+
 @pytest.mark.integration
 @pytest.mark.timeout(60)
 async def test_chromium_sees_1012_clean_on_restart(
@@ -94,12 +107,12 @@ async def test_chromium_sees_1006_unclean_on_server_sigkill(
 @pytest.mark.integration
 @pytest.mark.timeout(60)
 async def test_node_clients_1012_spread_over_drain_window(
-    spawn: Spawn, node_ws_clients: Callable[..., Awaitable[NodeWsClients]]
+    spawn: Spawn, node_ws_clients: NodeClientsFactory
 ) -> None:
     """50 Node ws clients, window 1 s: every close is 1012, first and last >= 0.5 s apart."""
-    server, port = await start_server(spawn, "--drain-window", "1")
-    clients = await node_ws_clients(f"ws://127.0.0.1:{port}/", count=50)
-    await clients.wait_all_open(timeout=20)
+    server, _, clients = await start_server_with_clients(
+        spawn, node_ws_clients, "--drain-window", "1", count=50
+    )
     server.signal(signal.SIGHUP)
     closes = [await clients.expect_event("close", timeout=10, id=i) for i in range(50)]
     assert {c["code"] for c in closes} == {1012}
@@ -114,12 +127,12 @@ async def test_node_clients_1012_spread_over_drain_window(
 @pytest.mark.integration
 @pytest.mark.timeout(60)
 async def test_healthz_and_connects_get_503_during_drain(
-    spawn: Spawn, node_ws_clients: Callable[..., Awaitable[NodeWsClients]]
+    spawn: Spawn, node_ws_clients: NodeClientsFactory
 ) -> None:
     """While draining, /healthz answers 503 and new WebSocket connects get HTTP 503 at once."""
-    server, port = await start_server(spawn, "--drain-window", "3")
-    clients = await node_ws_clients(f"ws://127.0.0.1:{port}/", count=20)
-    await clients.wait_all_open(timeout=20)
+    server, port, _ = await start_server_with_clients(
+        spawn, node_ws_clients, "--drain-window", "3", count=20
+    )
     server.signal(signal.SIGHUP)
     status = 0
     for _ in range(100):  # bounded: the state flips as soon as the signal is handled
@@ -224,14 +237,12 @@ def _is_tether_process(pid: int) -> bool:
 @pytest.mark.integration
 @pytest.mark.timeout(90)
 async def test_reuse_port_handover_refuses_no_connection(
-    spawn: Spawn,
-    node_ws_clients: Callable[..., Awaitable[NodeWsClients]],
-    replacement_pids: list[int],
+    spawn: Spawn, node_ws_clients: NodeClientsFactory, replacement_pids: list[int]
 ) -> None:
     """SIGHUP with --reuse-port: a new process takes over; a 50 ms connect loop sees no refusal."""
-    old, port = await start_server(spawn, "--reuse-port", "--drain-window", "1")
-    clients = await node_ws_clients(f"ws://127.0.0.1:{port}/", count=20, reconnect_ms=50)
-    await clients.wait_all_open(timeout=20)
+    old, port, clients = await start_server_with_clients(
+        spawn, node_ws_clients, "--reuse-port", "--drain-window", "1", count=20, reconnect_ms=50
+    )
     stop = asyncio.Event()
     loop = asyncio.ensure_future(_connect_loop(port, stop))
     await asyncio.sleep(0.5)

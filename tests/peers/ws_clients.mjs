@@ -3,11 +3,13 @@
 // Usage: node ws_clients.mjs --url ws://127.0.0.1:P/ [--count 1] [--reconnect-ms 0]
 //                            [--max-attempts 10000]
 // Prints (all with t, the CLOCK_MONOTONIC seconds): open{id, attempt} message{id, data, binary}
-//   close{id, code, reason, wasClean, opened} failed{id, attempt, reason, status?} aborted{id}
-//   summary{attempts, opens, failures, refused, closes}
+//   close{id, code, reason, wasClean, opened} aborted{id}
+//   failed{id, attempt, code, reason: refused|status|error|closed, status? (HTTP, reason status)}
+//   summary{attempts, opens, failures, refused, rejected, statuses{"503": n}, closes}
 // With --reconnect-ms X > 0, a client that closed or failed to connect reconnects after X ms,
-// up to --max-attempts attempts per client; failures are counted (refused = ECONNREFUSED), which
-// is what the zero-downtime test asserts on.
+// up to --max-attempts attempts per client; failures are counted (refused = ECONNREFUSED,
+// rejected = the server answered the handshake with an HTTP status other than 101, counted per
+// status in statuses), which is what the zero-downtime test asserts on.
 // Commands on stdin:
 //   {"cmd": "send", "data": "...", "id": N?}     {"cmd": "close", "code": 1000, "id": N?}
 //   {"cmd": "terminate", "id": N?}               {"cmd": "summary"}
@@ -20,7 +22,9 @@ const opts = parseArgs(process.argv.slice(2), {
 });
 if (!opts.url) throw new Error('--url is required');
 
-const stats = { attempts: 0, opens: 0, failures: 0, refused: 0, closes: 0 };
+const stats = {
+  attempts: 0, opens: 0, failures: 0, refused: 0, rejected: 0, statuses: {}, closes: 0,
+};
 const sockets = new Map();
 const attempts = new Map();
 let stopping = false;
@@ -40,8 +44,11 @@ function connect(id) {
   });
   ws.on('message', (data, isBinary) => emit('message', { id, ...dataOf(data, isBinary) }));
   ws.on('unexpected-response', (req, res) => {
+    // The server refused the upgrade (e.g. 503 while draining). With this listener installed,
+    // ws leaves the socket CONNECTING and never emits 'close' unless we abort: terminate() does
+    // (error, then close with 1006), so the attempt is reported and the reconnect loop goes on.
     failure = { reason: 'status', status: res.statusCode };
-    req.destroy();
+    ws.terminate();
   });
   ws.on('error', (err) => {
     if (!opened && !failure) {
@@ -60,6 +67,10 @@ function connect(id) {
     } else {
       stats.failures++;
       if (failure && failure.reason === 'refused') stats.refused++;
+      if (failure && failure.reason === 'status') {
+        stats.rejected++;
+        stats.statuses[failure.status] = (stats.statuses[failure.status] ?? 0) + 1;
+      }
       emit('failed', { id, attempt, code: ev.code, ...(failure ?? { reason: 'closed' }) });
     }
     if (!stopping && opts.reconnectMs > 0 && attempt < opts.maxAttempts) {

@@ -8,9 +8,13 @@ async with ChromiumWebSocket(url) as browser:
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from .node import PEERS_DIR, node_binary, require_peers
 from .procs import JsonLineProcess
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -41,14 +45,11 @@ class ChromiumWebSocket(JsonLineProcess):
         super().__init__(argv, cwd=PEERS_DIR, name="chromium", kill_group=True)
         self.url = url
 
-    async def start(self) -> ChromiumWebSocket:
+    async def start(self) -> Self:
         """Launch Chromium and open the WebSocket (wait for ``open`` yourself)."""
         require_chromium()
         await super().start()
         return self
-
-    async def __aenter__(self) -> ChromiumWebSocket:
-        return await self.start()
 
     async def send_text(self, data: str) -> None:
         """``ws.send(data)`` in the page."""

@@ -19,8 +19,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .ports import LOOPBACK, free_port, wait_for_port
-from .procs import JsonLineProcess
+from .ports import LOOPBACK, free_port
+from .procs import ListeningProcess
 
 
 def haproxy_binary() -> str:
@@ -35,7 +35,7 @@ def _ms(seconds: float) -> str:
     return f"{round(seconds * 1000)}ms"
 
 
-class HAProxy(JsonLineProcess):
+class HAProxy(ListeningProcess):
     """``haproxy -db -f CFG`` listening on a free loopback port.
 
     Args:
@@ -62,17 +62,23 @@ class HAProxy(JsonLineProcess):
     ) -> None:
         if not backends:
             raise ValueError("HAProxy needs at least one backend")
+        binary = haproxy_binary()
+        workdir = Path(tempfile.mkdtemp(prefix="tether-haproxy-"))
+        config_path = workdir / "haproxy.cfg"
+        super().__init__(
+            [binary, "-db", "-f", str(config_path)],
+            host=LOOPBACK,
+            port=port if port is not None else free_port(),
+            workdir=workdir,
+            name="haproxy",
+        )
         self.backends = list(backends)
-        self.port = port if port is not None else free_port()
-        self.host = LOOPBACK
         self.timeout_tunnel = timeout_tunnel
-        self._dir = Path(tempfile.mkdtemp(prefix="tether-haproxy-"))
-        self.config_path = self._dir / "haproxy.cfg"
-        self.admin_socket = self._dir / "admin.sock"
+        self.config_path = config_path
+        self.admin_socket = workdir / "admin.sock"
         self.config_path.write_text(
             self._render(timeout_connect=timeout_connect, healthz=healthz, check=check_interval)
         )
-        super().__init__([haproxy_binary(), "-db", "-f", str(self.config_path)], name="haproxy")
 
     def _render(self, *, timeout_connect: float, healthz: bool, check: float) -> str:
         servers = []
@@ -99,31 +105,6 @@ class HAProxy(JsonLineProcess):
             "",
         ]
         return "\n".join(lines)
-
-    async def start(self) -> HAProxy:
-        """Start HAProxy and wait until its frontend accepts connections."""
-        await super().start()
-        try:
-            await wait_for_port(self.host, self.port, timeout=10.0)
-        except TimeoutError:
-            await self.stop()
-            raise
-        return self
-
-    async def __aenter__(self) -> HAProxy:
-        return await self.start()
-
-    async def stop(self, grace: float = 3.0) -> int | None:
-        """Stop HAProxy by PID and remove its config directory."""
-        try:
-            return await super().stop(grace)
-        finally:
-            shutil.rmtree(self._dir, ignore_errors=True)
-
-    @property
-    def url(self) -> str:
-        """``ws://127.0.0.1:PORT/`` of the frontend."""
-        return f"ws://{self.host}:{self.port}/"
 
     async def admin(self, command: str, timeout: float = 5.0) -> str:
         """Run one runtime API command (``show servers state``, ``disable server be/node0``)."""

@@ -22,10 +22,12 @@ import secrets
 import shutil
 import sys
 from pathlib import Path
-from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .procs import JsonLineProcess
+from .procs import JsonLineProcess, Rig
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 
 class CommandFailed(RuntimeError):
@@ -60,8 +62,10 @@ def missing_netns_requirements() -> list[str]:
     return missing
 
 
-class NetNamespace:
+class NetNamespace(Rig):
     """A throwaway network namespace ``tether-test-<random>`` with only ``lo`` (up).
+
+    ``async with`` creates it (:meth:`start`) and deletes it (:meth:`stop`).
 
     Args:
         firewall: ``"nft"``, ``"iptables"`` or None to pick nft when installed.
@@ -74,29 +78,18 @@ class NetNamespace:
         self._processes: list[JsonLineProcess] = []
         self._blackholed: set[int] = set()
 
-    async def create(self) -> NetNamespace:
+    async def start(self) -> Self:
         """Create the namespace and bring its loopback up."""
         await run("ip", "netns", "add", self.name)
         self._created = True
         try:
             await self.exec("ip", "link", "set", "lo", "up")
         except CommandFailed:
-            await self.delete()
+            await self.stop()
             raise
         return self
 
-    async def __aenter__(self) -> NetNamespace:
-        return await self.create()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.delete()
-
-    async def delete(self) -> None:
+    async def stop(self) -> None:
         """Stop processes started inside (by PID), delete rules, delete the namespace."""
         for proc in reversed(self._processes):
             with contextlib.suppress(Exception):
@@ -118,7 +111,7 @@ class NetNamespace:
         return await run(*self.argv(*argv), timeout=timeout)
 
     def process(self, *argv: str, **kwargs: Any) -> JsonLineProcess:
-        """A (not yet started) JSON-line process inside the namespace, stopped on delete()."""
+        """A (not yet started) JSON-line process inside the namespace, stopped on stop()."""
         kwargs.setdefault("name", f"{Path(argv[0]).name}@{self.name}")
         proc = JsonLineProcess(self.argv(*argv), **kwargs)
         self._processes.append(proc)
@@ -126,17 +119,19 @@ class NetNamespace:
 
     def python(self, code: str, *args: str, **kwargs: Any) -> JsonLineProcess:
         """This venv's Python running ``code`` (``-c``) inside the namespace, unbuffered."""
-        kwargs["env"] = {"PYTHONUNBUFFERED": "1", **kwargs.get("env", {})}
         kwargs.setdefault("name", f"python-c@{self.name}")
-        return self.process(sys.executable, "-c", code, *args, **kwargs)
+        return self._python("-c", code, *args, **kwargs)
 
     def python_script(
         self, script: str | os.PathLike[str], *args: str, **kwargs: Any
     ) -> JsonLineProcess:
         """This venv's Python running a script file inside the namespace, unbuffered."""
-        kwargs["env"] = {"PYTHONUNBUFFERED": "1", **kwargs.get("env", {})}
         kwargs.setdefault("name", f"{Path(script).name}@{self.name}")
-        return self.process(sys.executable, str(script), *args, **kwargs)
+        return self._python(str(script), *args, **kwargs)
+
+    def _python(self, *args: str, **kwargs: Any) -> JsonLineProcess:
+        kwargs["env"] = {"PYTHONUNBUFFERED": "1", **kwargs.get("env", {})}
+        return self.process(sys.executable, *args, **kwargs)
 
     async def blackhole(self, port: int) -> None:
         """Silently DROP every TCP segment to or from ``port`` inside the namespace.
@@ -154,10 +149,7 @@ class NetNamespace:
             )
             await self._nft_script(script)
         else:
-            for flag in ("--dport", "--sport"):
-                await self.exec(
-                    "iptables", "-I", "INPUT", "-p", "tcp", flag, str(port), "-j", "DROP"
-                )
+            await self._iptables("-I", port)
         self._blackholed.add(port)
 
     async def unblackhole(self, port: int) -> None:
@@ -165,11 +157,13 @@ class NetNamespace:
         if self.firewall == "nft":
             await self.exec("nft", "delete", "table", "inet", f"tether_bh_{port}")
         else:
-            for flag in ("--dport", "--sport"):
-                await self.exec(
-                    "iptables", "-D", "INPUT", "-p", "tcp", flag, str(port), "-j", "DROP"
-                )
+            await self._iptables("-D", port)
         self._blackholed.discard(port)
+
+    async def _iptables(self, action: str, port: int) -> None:
+        # ``action`` is -I (insert) or -D (delete) of the same two DROP rules.
+        for flag in ("--dport", "--sport"):
+            await self.exec("iptables", action, "INPUT", "-p", "tcp", flag, str(port), "-j", "DROP")
 
     async def _nft_script(self, script: str) -> None:
         proc = await asyncio.create_subprocess_exec(

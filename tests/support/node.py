@@ -13,9 +13,12 @@ async with NodeWsClients(url, count=3, reconnect_ms=100) as clients:
 from __future__ import annotations
 
 import shutil
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .procs import REPO_ROOT, Event, JsonLineProcess
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 PEERS_DIR = REPO_ROOT / "tests" / "peers"
 
@@ -80,16 +83,13 @@ class NodeWsServer(JsonLineProcess):
         self.port = port
         self.start_timeout = start_timeout
 
-    async def start(self) -> NodeWsServer:
+    async def start(self) -> Self:
         """Start the server and wait until it listens."""
         require_peers()
         await super().start()
         listening = await self.expect_event("listening", timeout=self.start_timeout)
         self.port = int(listening["port"])
         return self
-
-    async def __aenter__(self) -> NodeWsServer:
-        return await self.start()
 
     @property
     def url(self) -> str:
@@ -138,7 +138,8 @@ class NodeWsClients(JsonLineProcess):
         url: WebSocket URL (loopback).
         count: Number of clients (ids 0..count-1 in the events).
         reconnect_ms: When > 0, every client reconnects this many milliseconds after a close or
-            a failed attempt, counting failures (``refused`` = ECONNREFUSED).
+            a failed attempt, counting failures (``refused`` = ECONNREFUSED, ``rejected`` = the
+            handshake got an HTTP status instead of 101, such as 503 while a server drains).
         max_attempts: Upper bound on attempts per client (bounds the reconnect loop).
     """
 
@@ -161,25 +162,46 @@ class NodeWsClients(JsonLineProcess):
         self.url = url
         self.count = count
 
-    async def start(self) -> NodeWsClients:
+    async def start(self) -> Self:
         """Start the clients (they connect at once; ``expect_event("open")`` to wait)."""
         require_peers()
         await super().start()
         return self
-
-    async def __aenter__(self) -> NodeWsClients:
-        return await self.start()
 
     async def wait_all_open(self, timeout: float) -> list[Event]:
         """Wait until each of the ``count`` clients reported one ``open``."""
         return [await self.expect_event("open", timeout=timeout, id=i) for i in range(self.count)]
 
     async def summary(self, timeout: float = 5.0) -> Event:
-        """Current counters: attempts, opens, failures, refused, closes."""
+        """Current counters: attempts, opens, failures, refused, rejected, statuses, closes.
+
+        ``failures`` counts every attempt that never opened; ``refused`` those that got
+        ECONNREFUSED; ``rejected`` those the server answered with an HTTP status instead of
+        101, and ``statuses`` maps each such status to its count (``{503: 2}``).
+        """
         await self.send({"cmd": "summary"})
-        return await self.expect_event("summary", timeout=timeout)
+        return _summary(await self.expect_event("summary", timeout=timeout))
 
     async def stop_and_summarize(self, timeout: float = 5.0) -> Event:
         """Stop reconnecting, close all clients with 1000, return the final counters."""
         await self.send({"cmd": "stop"})
-        return await self.expect_event("summary", timeout=timeout)
+        return _summary(await self.expect_event("summary", timeout=timeout))
+
+    def failures(self, *, reason: str | None = None, status: int | None = None) -> list[Event]:
+        """The ``failed`` events so far, only those with ``reason`` / HTTP ``status`` if given.
+
+        ``reason`` is ``refused``, ``status`` (handshake answered with ``status``), ``error`` or
+        ``closed``.
+        """
+        return [
+            ev
+            for ev in self.events
+            if ev.get("event") == "failed"
+            and (reason is None or ev.get("reason") == reason)
+            and (status is None or ev.get("status") == status)
+        ]
+
+
+def _summary(event: Event) -> Event:
+    # JSON object keys are strings; tests compare HTTP statuses as ints.
+    return {**event, "statuses": {int(k): n for k, n in event.get("statuses", {}).items()}}

@@ -11,6 +11,10 @@ The child is started with ``exec`` semantics (no shell), so ``proc.pid`` is the 
 in its own session so that a stray Ctrl-C in the terminal does not reach it. Leaving the ``async
 with`` block (or calling :meth:`JsonLineProcess.stop`) sends SIGTERM, then SIGKILL after a grace
 period, always by PID.
+
+Daemons that are ready once they accept TCP connections (HAProxy, Redis, uvicorn) derive from
+:class:`ListeningProcess`; every rig, processes and namespaces alike, is a :class:`Rig`
+(``async with`` = ``start()`` ... ``stop()``).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -26,7 +31,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from .ports import wait_for_port
+
+if TYPE_CHECKING:  # annotations only (``from __future__ import annotations``): no runtime import
+    from typing_extensions import Self
 
 Event = dict[str, Any]
 Predicate = Callable[[Event], bool]
@@ -42,7 +52,34 @@ class ProcessExited(AssertionError):
     """The child exited while a test was still waiting for one of its events."""
 
 
-class JsonLineProcess:
+class Rig:
+    """Base of every rig: ``async with rig`` awaits :meth:`start` and, on exit, :meth:`stop`.
+
+    ``start`` returns the rig itself, so ``async with HAProxy(...) as proxy`` types ``proxy`` as
+    the subclass without each subclass repeating ``__aenter__``.
+    """
+
+    async def start(self) -> Self:
+        """Bring the rig up; returns self."""
+        raise NotImplementedError
+
+    async def stop(self) -> object:
+        """Tear the rig down; safe to call more than once."""
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        return await self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+
+class JsonLineProcess(Rig):
     """A child process printing JSON lines on stdout, stopped by PID when done.
 
     Non-JSON stdout lines are kept as ``{"event": "raw", "line": ...}`` so nothing is dropped.
@@ -80,7 +117,7 @@ class JsonLineProcess:
 
     # -- lifecycle ------------------------------------------------------------------------------
 
-    async def start(self) -> JsonLineProcess:
+    async def start(self) -> Self:
         """Start the child and the stdout reader; returns self."""
         self._proc = await asyncio.create_subprocess_exec(
             *self.argv,
@@ -94,17 +131,6 @@ class JsonLineProcess:
         )
         self._reader = asyncio.create_task(self._read_stdout(), name=f"{self.name}-stdout")
         return self
-
-    async def __aenter__(self) -> JsonLineProcess:
-        return await self.start()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     @property
     def pid(self) -> int:
@@ -278,6 +304,67 @@ class JsonLineProcess:
             await proc.wait()
         finally:
             self._changed.set()
+
+
+class ListeningProcess(JsonLineProcess):
+    """A daemon run in the foreground that is ready once it accepts TCP connections.
+
+    :meth:`start` returns only when ``host:port`` accepts a connection (and stops the daemon by
+    PID if it never does); :meth:`stop` also removes ``workdir``, the temporary directory the
+    daemon's config, sockets or data live in.
+
+    Args:
+        argv: Program and arguments (no shell); the daemon must stay in the foreground so its
+            PID is the one stopped.
+        host: Address the daemon listens on (loopback).
+        port: TCP port the daemon listens on.
+        workdir: A directory the rig created for the daemon, removed on stop; None for none.
+        start_timeout: Seconds to wait for the port to accept connections.
+        **kwargs: ``env=``, ``cwd=``, ``name=`` as for :class:`JsonLineProcess`.
+    """
+
+    #: ``url`` is this pattern filled with ``host`` and ``port``.
+    url_format: ClassVar[str] = "ws://{host}:{port}/"
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        host: str,
+        port: int,
+        workdir: str | os.PathLike[str] | None = None,
+        start_timeout: float = 10.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(argv, **kwargs)
+        self.host = host
+        self.port = port
+        self.workdir = workdir
+        self.start_timeout = start_timeout
+
+    async def start(self) -> Self:
+        """Start the daemon and wait until its port accepts connections."""
+        await super().start()
+        try:
+            await wait_for_port(self.host, self.port, timeout=self.start_timeout)
+        except TimeoutError as exc:
+            details = self.describe()  # before stop() closes the stderr file
+            await self.stop()
+            raise TimeoutError(f"{self.name}: {exc}\n{details}") from None
+        return self
+
+    async def stop(self, grace: float = 3.0) -> int | None:
+        """Stop the daemon by PID, then remove its working directory."""
+        try:
+            return await super().stop(grace)
+        finally:
+            if self.workdir is not None:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+
+    @property
+    def url(self) -> str:
+        """Where clients connect: ``url_format`` filled with ``host`` and ``port``."""
+        return self.url_format.format(host=self.host, port=self.port)
 
 
 def _safe(predicate: Predicate, event: Event) -> bool:

@@ -13,11 +13,11 @@ from __future__ import annotations
 import sys
 
 from .node import PEERS_DIR
-from .ports import LOOPBACK, free_port, wait_for_port
-from .procs import JsonLineProcess
+from .ports import LOOPBACK, free_port
+from .procs import ListeningProcess
 
 
-class UvicornServer(JsonLineProcess):
+class UvicornServer(ListeningProcess):
     """``python -m uvicorn uvicorn_app:app`` from this venv, stopped by PID.
 
     Args:
@@ -29,29 +29,12 @@ class UvicornServer(JsonLineProcess):
     def __init__(
         self, *, port: int | None = None, ws: str = "websockets-sansio", graceful_timeout: int = 3
     ) -> None:
-        self.host = LOOPBACK
-        self.port = port if port is not None else free_port()
+        port = port if port is not None else free_port()
         argv = [
             sys.executable, "-m", "uvicorn", "--app-dir", str(PEERS_DIR), "uvicorn_app:app",
-            "--host", self.host, "--port", str(self.port), "--ws", ws,
+            "--host", LOOPBACK, "--port", str(port), "--ws", ws,
             "--timeout-graceful-shutdown", str(graceful_timeout), "--log-level", "warning",
         ]  # fmt: skip
-        super().__init__(argv, name="uvicorn", env={"PYTHONUNBUFFERED": "1"})
-
-    async def start(self) -> UvicornServer:
-        """Start uvicorn and wait until it accepts connections."""
-        await super().start()
-        try:
-            await wait_for_port(self.host, self.port, timeout=10.0)
-        except TimeoutError:
-            await self.stop()
-            raise
-        return self
-
-    async def __aenter__(self) -> UvicornServer:
-        return await self.start()
-
-    @property
-    def url(self) -> str:
-        """``ws://127.0.0.1:PORT/``."""
-        return f"ws://{self.host}:{self.port}/"
+        super().__init__(
+            argv, host=LOOPBACK, port=port, name="uvicorn", env={"PYTHONUNBUFFERED": "1"}
+        )

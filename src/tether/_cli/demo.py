@@ -1,7 +1,9 @@
 """``tether demo``: the two cases tether exists for, live, in under a minute.
 
 One command, nothing to set up. It starts ``tether serve --app ticker
---reuse-port`` and 20 ``tether.connect`` clients, then:
+--reuse-port --store sqlite:///...`` (a session store in a temporary
+directory, removed at the end) and 20 ``tether.connect`` clients speaking
+tether.v1, then:
 
 (a) **planned restart**: SIGHUP; the server hands over to a new process and
     closes every client with 1012, spread over the drain window. Clients wait
@@ -12,8 +14,12 @@ One command, nothing to set up. It starts ``tether serve --app ticker
 
 A live view (on a terminal) shows each client's state, last close code and the
 delay tether chose for it; at the end a table gives, per phase, the delays,
-the time until all clients were back and the ticker messages received/missing
-(measured from the ticker's tick numbers). ``--json`` prints the summary as JSON.
+the time until all clients were back and the ticker messages received, missing,
+duplicated and out of order, measured on the per-session sequence numbers the
+ticker puts in every message (ticks during which nothing was sent to a client
+are shown apart, as skipped ticks: they are not lost messages). Sessions
+resume across both the restart and the crash from the SQLite store, so both
+phases must show 0 missing and 0 duplicated. ``--json`` prints the summary as JSON.
 """
 
 from __future__ import annotations
@@ -21,10 +27,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import itertools
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -35,7 +41,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from .demo_report import ClientRecord, PhaseSummary, format_table, summarize_phase
+from .demo_report import (
+    ClientRecord,
+    PhaseSummary,
+    SequenceCheck,
+    Tick,
+    format_table,
+    summarize_phase,
+)
 
 __all__ = ["register"]
 
@@ -86,7 +99,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the demo; return 0 when every client came back in both phases."""
+    """Run the demo; 0 when every client came back in both phases with nothing lost."""
     if not 1 <= args.clients <= 500:
         print("tether demo: error: --clients must be 1-500", file=sys.stderr)
         return 2
@@ -105,13 +118,16 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2))
     else:
         print(format_table(demo.phases))
-    ok = all(phase.reconnected == phase.disconnected == phase.clients for phase in demo.phases)
-    if ok:
+    back = all(phase.reconnected == phase.disconnected == phase.clients for phase in demo.phases)
+    intact = all(
+        phase.missing == phase.duplicates == phase.out_of_order == 0 for phase in demo.phases
+    )
+    if back and intact:
         os.unlink(demo.log_path)
-    else:
-        print(f"tether demo: not every client came back; server log: {demo.log_path}",
-              file=sys.stderr)  # fmt: skip
-    return 0 if ok else 1
+        return 0
+    problem = "not every client came back" if not back else "messages were lost or duplicated"
+    print(f"tether demo: {problem}; server log: {demo.log_path}", file=sys.stderr)
+    return 1
 
 
 class DemoFailed(Exception):
@@ -154,6 +170,9 @@ class Demo:
         )
         self.log_path = log.name
         self._log: IO[bytes] = log
+        self.store_dir = tempfile.mkdtemp(prefix="tether-demo-store-")
+        # Four slashes: an absolute path (docs/stores.md).
+        self.store_url = f"sqlite:///{os.path.join(self.store_dir, 'sessions.db')}"
         self._children: list[subprocess.Popen[bytes]] = []
         self._server_pids: set[int] = set()
         self.server_pid: int | None = None
@@ -220,7 +239,11 @@ class Demo:
             "drain_window_s": self.args.drain_window,
             "downtime_s": self.args.downtime,
             "duration_s": round(time.monotonic() - self.started, 3),
-            "missing_measured_from": "ticker tick numbers (ticks not received by a client)",
+            "store": "sqlite (temporary file)",
+            "missing_measured_from": (
+                "per-session ticker sequence numbers (messages sent and not received); "
+                "skipped_ticks counts ticks nothing was sent for"
+            ),
             "phases": [phase.as_dict() for phase in self.phases],
         }
 
@@ -231,7 +254,7 @@ class Demo:
             sys.executable, "-m", "tether", "serve", "--port", str(self.port),
             "--app", "ticker", "--ticker-interval", str(self.args.ticker_interval),
             "--reuse-port", "--drain-window", str(self.args.drain_window), "--json-logs",
-            "--ping-interval", "5", "--ping-timeout", "5",
+            "--ping-interval", "5", "--ping-timeout", "5", "--store", self.store_url,
         ]  # fmt: skip
 
     async def _start_server(self) -> int:
@@ -276,6 +299,7 @@ class Demo:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(5)
         self._log.close()
+        shutil.rmtree(self.store_dir, ignore_errors=True)
 
     # -- clients -------------------------------------------------------------------------------
 
@@ -299,6 +323,11 @@ class Demo:
                     record.disconnects.append((now, event.code))
                     view.state = "closed"
                     view.last_code = event.code
+                elif isinstance(event, events.Resumed):
+                    record.resumes.append(now)
+                elif isinstance(event, events.SessionLost):
+                    record.lost.append((now, event.reason))
+                    self._note(f"client {record.client_id}: session lost ({event.reason})")
                 elif isinstance(event, events.Reconnecting):
                     record.reconnects.append((now, event.delay, event.cause_code))
                     view.state = "waiting"
@@ -310,7 +339,9 @@ class Demo:
             async for message in conn:
                 with contextlib.suppress(ValueError, KeyError, TypeError):
                     tick = json.loads(message)
-                    record.ticks.append((time.monotonic(), int(tick["tick"]), int(tick["seq"])))
+                    record.ticks.append(Tick(
+                        time.monotonic(), int(tick["tick"]), int(tick["seq"]), str(tick["node"])
+                    ))  # fmt: skip
 
         conn.start()
         return conn, [asyncio.ensure_future(watch()), asyncio.ensure_future(read())]
@@ -346,7 +377,7 @@ class Demo:
         drops = [t for t, _ in record.disconnects if t >= since]
         if not drops:
             return False
-        return any(t >= drops[-1] for t in record.connects) and record.ticks[-1][0] > drops[-1]
+        return any(t >= drops[-1] for t in record.connects) and record.ticks[-1].time > drops[-1]
 
     # -- the live view -------------------------------------------------------------------------
 
@@ -382,8 +413,10 @@ class Demo:
             delay = "-"
             if view.last_delay is not None:
                 delay = f"{view.last_delay:5.2f} s after {view.delay_cause}"
-            ticks = [tick for _, tick, _ in record.ticks]
-            missing = sum(max(0, b - a - 1) for a, b in itertools.pairwise(ticks))
+            check = SequenceCheck()
+            for tick in record.ticks:
+                check.add(tick.seq, tick.node)
+            missing = check.missing
             lines.append(
                 f"{record.client_id:>6}  {view.state:<10}  {close:<22}  {delay:<17}  "
                 f"{view.attempts:>5}  {len(record.ticks):>8}  {missing:>7}"

@@ -5,10 +5,22 @@ and the connection events tether reported, each stamped with the demo's
 monotonic clock. :func:`summarize_phase` turns the records and a phase's time
 span into the numbers of the summary table.
 
-Missing messages are *measured*, never estimated: the ticker numbers its ticks
-(``tick = floor(unix_ms / interval)``, the same in every server process), so a
-client that received tick 120 and then tick 151 missed 30 ticks. A phase is
-charged with the gap that crosses its start (the disconnect it caused).
+Missing messages are *measured* on the sequence numbers the ticker gives the
+messages of a session (``seq``), never estimated: a message the server sent
+and the client never got leaves a gap in ``seq``; one received twice is a
+duplicate; one from an older run arriving after a newer run started is out of
+order (:class:`SequenceCheck`). Ticks during which nothing was sent to a
+client (the server was down, or a plain WebSocket client was away) are not
+missing messages: they are counted apart as ``skipped_ticks``. A ticker handler
+numbers from 1, so a session resumed in another process (a new handler) starts
+a new *run* at ``seq`` 1 there; runs are told apart by the ``node`` field. A
+phase is charged with what happens from its start (the disconnect it caused).
+
+What the sequence numbers cannot show: messages at the very end of a run that
+the client never received *and* nobody resent (the next run starts at 1 again).
+tether.v1 covers exactly that case with its own per-direction sequence numbers
+(``docs/protocol.md``); the crash test with numbered messages both ways
+(``tests/integration/test_durable.py``) checks it end to end.
 """
 
 from __future__ import annotations
@@ -17,14 +29,109 @@ import itertools
 import statistics
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 __all__ = [
     "ClientRecord",
     "PhaseSummary",
+    "SequenceCheck",
     "Stats",
+    "Tick",
     "format_table",
     "summarize_phase",
 ]
+
+
+class Tick(NamedTuple):
+    """One ticker message as a client received it."""
+
+    time: float
+    tick: int
+    seq: int
+    node: str = ""
+
+
+@dataclass
+class SequenceCheck:
+    """Loss, duplicates and reordering in one stream of numbered messages.
+
+    Feed it every message's ``(seq, run)`` in arrival order with :meth:`add`.
+    Within a run, sequence numbers start at 1 and go up by one; a message with
+    ``seq == 1`` (or a ``run`` not seen yet) starts a new run.
+
+    Attributes:
+        received: messages added.
+        missing: sequence numbers skipped and not received later (so far).
+        duplicates: messages whose (run, seq) was already received.
+        out_of_order: messages that arrived after a later one of their run, or
+            from a run after a newer run had started.
+        runs: runs seen.
+    """
+
+    received: int = 0
+    missing: int = 0
+    duplicates: int = 0
+    out_of_order: int = 0
+    runs: int = 0
+    _last: dict[tuple[str, int], int] = field(default_factory=dict, init=False, repr=False)
+    _seen: dict[tuple[str, int], set[int]] = field(default_factory=dict, init=False, repr=False)
+    _current: tuple[str, int] | None = field(default=None, init=False, repr=False)
+    _run_counts: Counter[str] = field(default_factory=Counter, init=False, repr=False)
+
+    def add(self, seq: int, run: str = "") -> None:
+        """Account for one message numbered ``seq`` of run ``run``."""
+        self.received += 1
+        current = self._current
+        if current is None or current[0] != run or (seq == 1 and self._last[current] >= 1):
+            if current is not None and current[0] != run and self._run_counts[run]:
+                # A message of a run we left already: it came after a newer run's messages.
+                self._account((run, self._run_counts[run] - 1), seq, late=True)
+                return
+            self._run_counts[run] += 1
+            current = self._current = (run, self._run_counts[run] - 1)
+            self._last[current] = 0
+            self._seen[current] = set()
+            self.runs += 1
+        self._account(current, seq, late=False)
+
+    def finish(self, last_sent: int, run: str = "") -> None:
+        """Charge the messages after the last one received, up to ``last_sent``, as missing.
+
+        For streams whose sender reports how far it got (echoed numbered
+        messages): the tail a run lost is otherwise invisible.
+        """
+        self.missing += max(0, last_sent - self.last(run))
+
+    def last(self, run: str = "") -> int:
+        """The highest sequence number received in the latest run called ``run`` (0: none)."""
+        return self._last.get((run, self._run_counts[run] - 1), 0)
+
+    def _account(self, key: tuple[str, int], seq: int, *, late: bool) -> None:
+        seen = self._seen[key]
+        if seq in seen:
+            self.duplicates += 1
+            return
+        seen.add(seq)
+        last = self._last[key]
+        if seq > last:
+            self.missing += seq - last - 1
+            self._last[key] = seq
+            if late:
+                self.out_of_order += 1
+        else:
+            # It was counted in a gap; it did arrive, only late.
+            self.missing -= 1
+            self.out_of_order += 1
+
+    def counts(self) -> dict[str, int]:
+        """The numbers as a dict (received, missing, duplicates, out_of_order, runs)."""
+        return {
+            "received": self.received,
+            "missing": self.missing,
+            "duplicates": self.duplicates,
+            "out_of_order": self.out_of_order,
+            "runs": self.runs,
+        }
 
 
 @dataclass
@@ -33,17 +140,21 @@ class ClientRecord:
 
     Attributes:
         client_id: 0-based number of the client.
-        ticks: (time, tick, seq) of every ticker message received.
+        ticks: every ticker message received.
         disconnects: (time, code) of every ``Disconnected`` event.
         reconnects: (time, delay, cause_code) of every ``Reconnecting`` event.
         connects: time of every ``Connected`` event.
+        resumes: time of every ``Resumed`` event (a tether.v1 session resumed).
+        lost: (time, reason) of every ``SessionLost`` event.
     """
 
     client_id: int
-    ticks: list[tuple[float, int, int]] = field(default_factory=list)
+    ticks: list[Tick] = field(default_factory=list)
     disconnects: list[tuple[float, int]] = field(default_factory=list)
     reconnects: list[tuple[float, float, int]] = field(default_factory=list)
     connects: list[float] = field(default_factory=list)
+    resumes: list[float] = field(default_factory=list)
+    lost: list[tuple[float, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -90,8 +201,13 @@ class PhaseSummary:
         all_back_s: seconds from the phase start until the last client was back
             (None if some client was not back by the phase end).
         received: ticker messages received during the phase.
-        missing: ticks not received (gaps in the tick numbers).
-        duplicates: ticks received more than once.
+        missing: messages sent and never received (gaps in ``seq``).
+        duplicates: messages received more than once.
+        out_of_order: messages received after a later one.
+        skipped_ticks: ticks for which a client got no message because none
+            was sent to it (the server was down or the client away); not a loss.
+        resumed: clients whose session was resumed in the phase.
+        sessions_lost: ``SessionLost`` reason -> count, in the phase.
     """
 
     name: str
@@ -108,6 +224,10 @@ class PhaseSummary:
     received: int
     missing: int
     duplicates: int
+    out_of_order: int = 0
+    skipped_ticks: int = 0
+    resumed: int = 0
+    sessions_lost: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, object]:
         """JSON-ready form (the ``tether demo --json`` phase object)."""
@@ -126,6 +246,10 @@ class PhaseSummary:
             "received": self.received,
             "missing": self.missing,
             "duplicates": self.duplicates,
+            "out_of_order": self.out_of_order,
+            "skipped_ticks": self.skipped_ticks,
+            "resumed": self.resumed,
+            "sessions_lost": dict(sorted(self.sessions_lost.items())),
         }
 
 
@@ -147,7 +271,10 @@ def summarize_phase(
     first_delays: list[float] = []
     delays: list[float] = []
     back_times: list[float] = []
-    disconnected = reconnected = received = missing = duplicates = attempts = 0
+    disconnected = reconnected = received = attempts = skipped = 0
+    totals = Counter[str]()
+    lost: Counter[str] = Counter()
+    resumed = 0
     all_back = True
     for record in records:
         drops = [(t, code) for t, code in record.disconnects if within(t)]
@@ -168,12 +295,19 @@ def summarize_phase(
                 back_times.append(back[0] - start)
             else:
                 all_back = False
-        before = [tick for t, tick, _ in record.ticks if t < start]
-        during = [tick for t, tick, _ in record.ticks if within(t)]
+        before = [tick for tick in record.ticks if tick.time < start]
+        during = [tick for tick in record.ticks if within(tick.time)]
         received += len(during)
-        gap_missing, gap_duplicates = _gaps(before[-1:] + during)
-        missing += gap_missing
-        duplicates += gap_duplicates
+        resumed += any(within(t) for t in record.resumes)
+        lost.update(reason for t, reason in record.lost if within(t))
+        check = SequenceCheck()
+        for tick in before:
+            check.add(tick.seq, tick.node)
+        at_start = Counter(check.counts())
+        for tick in during:
+            check.add(tick.seq, tick.node)
+        totals.update(Counter(check.counts()) - at_start)
+        skipped += _skipped_ticks([tick.tick for tick in before[-1:] + during])
     return PhaseSummary(
         name=name,
         title=title,
@@ -187,27 +321,25 @@ def summarize_phase(
         attempts=attempts,
         all_back_s=max(back_times) if back_times and all_back else None,
         received=received,
-        missing=missing,
-        duplicates=duplicates,
+        missing=totals["missing"],
+        duplicates=totals["duplicates"],
+        out_of_order=totals["out_of_order"],
+        skipped_ticks=skipped,
+        resumed=resumed,
+        sessions_lost=dict(lost),
     )
 
 
-def _gaps(ticks: list[int]) -> tuple[int, int]:
-    """(missing, duplicates) in a sequence of tick numbers in arrival order."""
-    missing = duplicates = 0
-    for previous, current in itertools.pairwise(ticks):
-        if current > previous:
-            missing += current - previous - 1
-        else:
-            duplicates += 1
-    return missing, duplicates
+def _skipped_ticks(ticks: list[int]) -> int:
+    """Ticks between consecutive received tick numbers (arrival order) that never came."""
+    return sum(max(0, current - previous - 1) for previous, current in itertools.pairwise(ticks))
 
 
 def format_table(phases: list[PhaseSummary]) -> str:
     """The summary table printed at the end of the demo."""
     header = (
-        "phase", "close codes", "back", "first delay min/med/max", "all delays min/med/max",
-        "all back after", "received", "missing",
+        "phase", "close codes", "back", "resumed", "first delay min/med/max",
+        "all delays min/med/max", "all back after", "received", "missing", "dup", "skipped ticks",
     )  # fmt: skip
     rows = [header]
     for phase in phases:
@@ -217,11 +349,14 @@ def format_table(phases: list[PhaseSummary]) -> str:
                 phase.title,
                 codes or "-",
                 f"{phase.reconnected}/{phase.disconnected}",
+                f"{phase.resumed}/{phase.disconnected}",
                 _triple(phase.first_delays),
                 _triple(phase.delays),
                 "-" if phase.all_back_s is None else f"{phase.all_back_s:.2f} s",
                 str(phase.received),
                 str(phase.missing),
+                str(phase.duplicates),
+                str(phase.skipped_ticks),
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]

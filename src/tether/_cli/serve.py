@@ -13,14 +13,22 @@ import asyncio
 import logging
 import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..closecodes import validate_send
 from ..exceptions import ConfigurationError, InvalidCloseCode
 
+if TYPE_CHECKING:
+    from ..stores.base import SessionStore
+
 __all__ = ["register"]
 
 logger = logging.getLogger("tether.server")
+
+#: ``--store`` default: embedded and durable, so a restart or a crash keeps the sessions.
+DEFAULT_STORE = "sqlite:///./tether-sessions.db"
+#: ``--resume-window`` default in seconds (DESIGN.md §7).
+DEFAULT_RESUME_WINDOW_S = 120.0
 
 
 def register(subparsers: Any) -> None:
@@ -44,6 +52,26 @@ def register(subparsers: Any) -> None:
         default=100.0,
         metavar="MS",
         help="ticker: milliseconds between messages (default 100)",
+    )
+    parser.add_argument(
+        "--store",
+        default=DEFAULT_STORE,
+        metavar="URL",
+        help="tether.v1 session store: memory, sqlite:///path, redis://host:port/db, or "
+        f"'none' for plain WebSocket only (default {DEFAULT_STORE})",
+    )
+    parser.add_argument(
+        "--resume-window",
+        type=float,
+        default=DEFAULT_RESUME_WINDOW_S,
+        metavar="S",
+        help=f"seconds a disconnected session can be resumed (default {DEFAULT_RESUME_WINDOW_S:g})",
+    )
+    parser.add_argument(
+        "--node-id",
+        default=None,
+        metavar="NAME",
+        help="ticker: node id put into every message (default: the process id)",
     )
     parser.add_argument(
         "--reuse-port",
@@ -92,6 +120,7 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the server until a restart or shutdown has drained it; return the exit status."""
     from ..heartbeat import Heartbeat
+    from ..stores import open_store
     from .logs import setup_logging
 
     setup_logging(json_lines=args.json_logs)
@@ -100,21 +129,25 @@ def run(args: argparse.Namespace) -> int:
         heartbeat = Heartbeat(args.ping_interval or None, args.ping_timeout or None)
         if args.drain_window < 0:
             raise ConfigurationError("--drain-window must be >= 0 seconds")
+        if not args.resume_window > 0:
+            raise ConfigurationError("--resume-window must be > 0 seconds")
+        # Opening a store does no I/O: this only checks the URL (and the Redis extra).
+        store = None if args.store == "none" else open_store(args.store)
     except (ConfigurationError, InvalidCloseCode) as exc:
         print(f"tether serve: error: {exc}", file=sys.stderr)
         return 2
     try:
-        return asyncio.run(_serve(args, heartbeat))
+        return asyncio.run(_serve(args, heartbeat, store))
     except OSError as exc:
         print(f"tether serve: error: {exc}", file=sys.stderr)
         return 1
 
 
-async def _serve(args: argparse.Namespace, heartbeat: Any) -> int:
+async def _serve(args: argparse.Namespace, heartbeat: Any, store: SessionStore | None) -> int:
     from ..asyncio.apps import make_app
     from ..asyncio.server import serve
 
-    app = make_app(args.app, ticker_interval_ms=args.ticker_interval)
+    app = make_app(args.app, ticker_interval_ms=args.ticker_interval, node=args.node_id)
     server = serve(
         app,
         args.host,
@@ -126,6 +159,8 @@ async def _serve(args: argparse.Namespace, heartbeat: Any) -> int:
         close_timeout=args.close_timeout,
         # With --reuse-port, SIGHUP means a handover, which this command runs itself.
         handle_signals=not args.reuse_port,
+        store=store,
+        resume_window=args.resume_window,
     )
     await server.start()
     if args.reuse_port:
@@ -162,6 +197,7 @@ def _install_handover_signals(server: Any, args: argparse.Namespace) -> None:
 
     def on_signal(signum: signal.Signals) -> None:
         logger.info("received %s", signum.name)
+        server.layer.process_exiting()
         if signum is signal.SIGHUP:
             spawn(hand_over())
         elif signum is signal.SIGTERM:

@@ -44,6 +44,7 @@ from ..exceptions import (
 from ..heartbeat import Heartbeat, HeartbeatMachine, TimerAction
 from ..policy import ReconnectPolicy, Rule
 from ..reconnect import ConnectFailure, FailureKind, Outcome, Reconnector
+from ..resume import ResumeConfig
 from .engine import ClosedInfo, Message, Transport, TransportClosed
 from .layer import ClientLayer, LayerOpened, PlainLayer
 from .sendqueue import QueueClosed, SendQueue
@@ -65,6 +66,7 @@ def connect(
     *,
     policy: ReconnectPolicy | None = None,
     heartbeat: Heartbeat | None = Heartbeat(),  # noqa: B008  (frozen: sharing it is safe)
+    resume: bool | ResumeConfig = True,
     max_queue: int | None = 1000,
     send_timeout: float | None = 10.0,
     subprotocols: Sequence[str] | None = None,
@@ -91,6 +93,11 @@ def connect(
         policy: per-close-code reconnect policy (DESIGN.md §4 defaults if None).
         heartbeat: ping interval and pong timeout, seconds; None (or an interval of
             None) disables pings, so dead links are found only by TCP itself.
+        resume: offer ``tether.v1`` session resumption (docs/protocol.md): no
+            message lost, duplicated or reordered across reconnects when the server
+            speaks it; plain WebSocket otherwise. A :class:`~tether.resume.ResumeConfig`
+            sets the window, replay buffer bounds and ack triggers. Ignored when
+            ``layer`` is given.
         max_queue: most messages held while not OPEN (and not yet written); None: no bound.
         send_timeout: seconds :meth:`ClientConnection.send` waits for queue space
             before raising :class:`~tether.QueueFull`; None waits forever.
@@ -114,6 +121,13 @@ def connect(
     Raises:
         ConfigurationError: a bad URL (chained from the engine's ``InvalidURI``) or option.
     """
+    if not isinstance(resume, (bool, ResumeConfig)):
+        raise ConfigurationError(f"resume must be True, False or a ResumeConfig, not {resume!r}")
+    if layer is None and resume is not False:
+        from .resume_client import TetherV1ClientLayer
+
+        config = resume if isinstance(resume, ResumeConfig) else None
+        layer = TetherV1ClientLayer(config, rng=rng)
     return ClientConnection(
         url,
         policy=policy,
@@ -253,8 +267,7 @@ class ClientConnection:
             raise ConfigurationError("subprotocols must be a list of names, not one string")
         self.url = url
         self._layer = layer or PlainLayer()
-        offered = [*self._layer.subprotocols, *(subprotocols or ())]
-        self._subprotocols = list(dict.fromkeys(offered)) or None
+        self._user_subprotocols = list(subprotocols or ())
         self._headers = dict(headers) if headers else None
         self._heartbeat = heartbeat if heartbeat is not None else Heartbeat(None, None)
         self._send_timeout = send_timeout
@@ -276,6 +289,9 @@ class ClientConnection:
         self._supervisor: asyncio.Task[None] | None = None
         self._settled = asyncio.Event()  # set on OPEN and when finished
         self._close_wakeup = asyncio.Event()
+        # Set whenever the layer may have changed (a message in or out): wakes the
+        # layer timer and a writer waiting for room in the replay buffer.
+        self._layer_changed = asyncio.Event()
         self._close_request: tuple[int, str] | None = None
         self._transport: Transport | None = None
         self._dead_cause = ""
@@ -524,7 +540,8 @@ class ClientConnection:
     async def _open_one(self) -> tuple[Transport, LayerOpened]:
         transport = await open_transport(
             self.url,
-            subprotocols=self._subprotocols,
+            subprotocols=list(dict.fromkeys([*self._layer.subprotocols, *self._user_subprotocols]))
+            or None,
             headers=self._headers,
             open_timeout=self._open_timeout,
             close_timeout=self._close_timeout,
@@ -562,9 +579,13 @@ class ClientConnection:
             return
         except Exception as exc:
             # The session layer refused the connection (e.g. a bad welcome).
+            for event in self._layer.take_events():
+                self._emit(event)
             failure = ConnectFailure(FailureKind.HANDSHAKE, detail=f"{type(exc).__name__}: {exc}")
             self._report(self._core.connect_failed(loop.time(), failure))
             return
+        for event in self._layer.take_events():
+            self._emit(event)  # e.g. SessionLost: the server refused to resume
         connected = self._core.opened(loop.time(), resumed=opened.resumed)
         self._transport = transport
         logger.info(
@@ -577,6 +598,8 @@ class ClientConnection:
         if opened.resumed:
             self._emit(Resumed(opened.replayed_in, opened.replayed_out))
         self._settled.set()
+        for message in opened.received:
+            await self._inbox.put(message)
         try:
             info, cause = await self._serve(transport)
         finally:
@@ -591,6 +614,8 @@ class ClientConnection:
             hint=self._layer.reconnect_hint(),
         )
         self._report(outcome)
+        for event in self._layer.take_events():
+            self._emit(event)  # e.g. SessionLost("taken_over") or after goaway{resume: false}
 
     def _report(self, outcome: Outcome) -> None:
         final = not outcome.reconnecting
@@ -677,6 +702,7 @@ class ClientConnection:
             loop.create_task(self._guard(transport, lambda: self._write(transport))),
             loop.create_task(self._guard(transport, lambda: self._beat(transport, machine))),
             loop.create_task(self._guard(transport, lambda: self._close_when_asked(transport))),
+            loop.create_task(self._guard(transport, lambda: self._tick_layer(transport))),
         ]
         try:
             info = await transport.wait_closed()
@@ -705,17 +731,73 @@ class ClientConnection:
         loop = asyncio.get_running_loop()
         while True:
             wire = await transport.recv()
-            for message in self._layer.incoming(wire, loop.time()):
+            messages = self._layer.incoming(wire, loop.time())
+            self._layer_changed.set()
+            await self._drive_layer(transport)
+            for message in messages:
                 await self._inbox.put(message)
 
     async def _write(self, transport: Transport) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             message = await self._queue.peek()
-            # The message leaves the queue only once the transport took it: a link
-            # that fails mid-send keeps it for the next connection (at-least-once).
-            for wire in self._layer.outgoing(message, asyncio.get_running_loop().time()):
+            if not self._layer.has_room(message):
+                await self._wait_for_room(transport, message)
+            wires = self._layer.outgoing(message, loop.time())
+            keeps_sent = self._layer.keeps_sent
+            if keeps_sent:
+                # The layer's replay buffer owns it now and re-sends it after a
+                # reconnect: leaving it queued would send it twice.
+                self._queue.pop()
+            for wire in wires:
                 await transport.send(wire)
-            self._queue.pop()
+            if not keeps_sent:
+                # The message leaves the queue only once the transport took it: a link
+                # that fails mid-send keeps it for the next connection (at-least-once).
+                self._queue.pop()
+            self._layer_changed.set()
+            await self._drive_layer(transport)
+
+    async def _wait_for_room(self, transport: Transport, message: Message) -> None:
+        """Wait up to ``send_timeout`` for the layer to have room, else let it overflow."""
+        loop = asyncio.get_running_loop()
+        deadline = None if self._send_timeout is None else loop.time() + self._send_timeout
+        while not self._layer.has_room(message):
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                # docs/protocol.md §4.5: close (4202) and resume, never block forever.
+                self._layer.overflow(loop.time())
+                await self._drive_layer(transport)
+                raise TransportClosed(await transport.wait_closed())
+            self._layer_changed.clear()
+            with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
+                await asyncio.wait_for(self._layer_changed.wait(), remaining)
+
+    async def _drive_layer(self, transport: Transport) -> None:
+        """Report the layer's events, send its control messages, honour its close request."""
+        for event in self._layer.take_events():
+            self._emit(event)
+        for wire in self._layer.control_to_send():
+            await transport.send(wire)
+        request = self._layer.close_request()
+        if request is not None:
+            code, reason = request
+            logger.info("%s: closing with %d (%s)", self.url, code, reason)
+            await transport.close(code, reason)
+
+    async def _tick_layer(self, transport: Transport) -> None:
+        """Run the layer's timer (ack delay, stalled replay buffer) while the transport is open."""
+        loop = asyncio.get_running_loop()
+        while True:
+            deadline = self._layer.next_deadline()
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                self._layer.handle_timer(loop.time())
+                await self._drive_layer(transport)
+                continue
+            self._layer_changed.clear()
+            with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
+                await asyncio.wait_for(self._layer_changed.wait(), remaining)
 
     async def _beat(self, transport: Transport, machine: HeartbeatMachine) -> None:
         loop = asyncio.get_running_loop()

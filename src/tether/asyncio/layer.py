@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..events import Event
 from .engine import ClosedInfo, Message, Transport
 
 __all__ = ["ClientLayer", "LayerOpened", "PlainLayer"]
@@ -26,11 +27,13 @@ class LayerOpened:
         resumed: True when an earlier session continued on this transport.
         replayed_in: messages the peer replayed to us.
         replayed_out: messages we replayed to the peer.
+        received: application messages that arrived during the handshake.
     """
 
     resumed: bool = False
     replayed_in: int = 0
     replayed_out: int = 0
+    received: tuple[Message, ...] = ()
 
 
 class ClientLayer:
@@ -42,10 +45,29 @@ class ClientLayer:
     every message it receives, :meth:`closed` when the transport ended, and
     :meth:`reconnect_hint` before the reconnect decision. ``now`` is the event
     loop's clock, in seconds.
+
+    While a transport is open the client also drives the layer's own work: it
+    runs :meth:`handle_timer` at :meth:`next_deadline`, and after every call into
+    the layer it sends :meth:`control_to_send` (e.g. standalone acks), closes the
+    transport when :meth:`close_request` asks, and reports :meth:`take_events`.
+    Before handing a message to :meth:`outgoing` it waits (up to ``send_timeout``)
+    for :meth:`has_room`, then calls :meth:`overflow`.
     """
 
-    #: Subprotocols the layer wants offered before the user's own.
+    #: Subprotocols the layer wants offered before the user's own (read before
+    #: every attempt: a layer may stop offering one to a server that misuses it).
     subprotocols: Sequence[str] = ()
+
+    @property
+    def keeps_sent(self) -> bool:
+        """True when the layer keeps what :meth:`outgoing` took (a replay buffer).
+
+        The client then removes a message from its send queue as soon as the
+        layer took it, instead of after the transport accepted it: the layer
+        re-sends it on the next connection itself, so queueing it again would
+        send it twice.
+        """
+        return False
 
     async def opened(self, transport: Transport) -> LayerOpened:
         """Run the layer's handshake on a fresh transport."""
@@ -61,6 +83,32 @@ class ClientLayer:
 
     def closed(self, info: ClosedInfo, now: float) -> None:
         """The transport ended (called before the reconnect decision)."""
+
+    def has_room(self, message: Message) -> bool:
+        """Whether :meth:`outgoing` can take ``message`` now (False: wait for acks)."""
+        return True
+
+    def overflow(self, now: float) -> None:
+        """:meth:`has_room` stayed False for ``send_timeout`` on an open transport."""
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`handle_timer` must run next (event loop clock), or None."""
+        return None
+
+    def handle_timer(self, now: float) -> None:
+        """Act on the deadline from :meth:`next_deadline`."""
+
+    def control_to_send(self) -> Sequence[Message]:
+        """Wire messages the layer sends on its own (acks, ...); clears the list."""
+        return ()
+
+    def close_request(self) -> tuple[int, str] | None:
+        """A (code, reason) the layer wants the transport closed with; cleared once read."""
+        return None
+
+    def take_events(self) -> Sequence[Event]:
+        """Events for the application (``Resumed``, ``SessionLost``, ...); clears the list."""
+        return ()
 
     def reconnect_hint(self) -> float | None:
         """Seconds the server asked to wait before reconnecting (a goaway's retry), if any.

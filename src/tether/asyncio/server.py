@@ -31,7 +31,7 @@ import json
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -40,14 +40,17 @@ from websockets.asyncio.server import Server as WsServer
 from websockets.asyncio.server import ServerConnection
 from websockets.asyncio.server import serve as ws_serve
 from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
 
 from ..closecodes import CloseCode, may_send, validate_send
 from ..drain import DrainSchedule
 from ..exceptions import ConfigurationError, ConnectionClosed, ProtocolError
 from ..heartbeat import Heartbeat
 from ..knowledge import summary
+from ..stores.base import SessionStore
 from .engine import ClosedInfo
 from .keepalive import keep_alive
+from .resume_server import PrincipalHook, TetherV1ServerLayer
 from .reuseport import steer_to_second_listener
 from .session import PlainServerLayer, RequestInfo, ServerLayer, Session
 from .websockets_engine import WebsocketsTransport
@@ -188,6 +191,7 @@ class Server:
             self.requested_port,
             process_request=self._process_request,
             subprotocols=list(self.layer.subprotocols) or None,  # type: ignore[arg-type]
+            select_subprotocol=self._select_subprotocol,
             compression=self.compression,
             # tether drives pings itself (keepalive.py) from the sans-I/O heartbeat.
             ping_interval=None,
@@ -200,6 +204,7 @@ class Server:
             backlog=self.backlog,
             reuse_port=self.reuse_port or None,
         )
+        await self.layer.start()
         self._state = ServerState.SERVING
         if self.handle_signals:
             self._install_signal_handlers()
@@ -339,6 +344,10 @@ class Server:
             # Each close is bounded by the engine's close_timeout; allow a little slack.
             await asyncio.wait(closing, timeout=self.close_timeout + 1.0)
         await self._stop_listening(code, reason)
+        try:
+            await self.layer.stop()
+        except Exception:
+            logger.exception("stopping the session layer failed")
         self._remove_signal_handlers()
         self._state = ServerState.CLOSED
         self._closed.set()
@@ -350,7 +359,7 @@ class Server:
             if record.session is not None:
                 # Through the layer, which may say goodbye first (tether.v1: goaway) and
                 # may keep the session for a resume elsewhere: only the connection ends.
-                await self.layer.close(record.session, record.transport, code, reason)
+                await self.layer.drain(record.session, record.transport, code, reason)
             else:
                 await record.transport.close(code, reason)
         except Exception:
@@ -393,6 +402,9 @@ class Server:
     def _on_signal(self, signum: signal.Signals, action: Callable[[], Awaitable[None]]) -> None:
         extra = {"tether": {"event": "signal", "signal": signum.name}}
         logger.info("received %s", signum.name, extra=extra)
+        # The drain that follows ends the process: a layer whose sessions live in
+        # this process only (memory store) tells clients not to try resuming.
+        self.layer.process_exiting()
         task = asyncio.ensure_future(action())
         self._background(task)
 
@@ -408,6 +420,17 @@ class Server:
         task.add_done_callback(self._background_tasks.discard)
 
     # -- HTTP ----------------------------------------------------------------------------------
+
+    def _select_subprotocol(
+        self, connection: ServerConnection, offered: Sequence[Subprotocol]
+    ) -> Subprotocol | None:
+        # The layer's subprotocol when offered, else none at all: a plain client (a
+        # browser's `new WebSocket(url)`, Node ws) still connects, in plain mode.
+        # (websockets' default would refuse a client that offers no subprotocol.)
+        for name in self.layer.subprotocols:
+            if name in offered:
+                return Subprotocol(name)
+        return None
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
@@ -508,6 +531,15 @@ class Server:
 
     async def _run_handler(self, session: Session) -> None:
         try:
+            await self._run_handler_inner(session)
+        finally:
+            try:
+                await self.layer.finish(session)
+            except Exception:
+                logger.exception("settling session %s failed", session.id)
+
+    async def _run_handler_inner(self, session: Session) -> None:
+        try:
             await self.handler(session)
         except ConnectionClosed:
             if session.closed is None:
@@ -597,6 +629,9 @@ def serve(
     handle_signals: bool = False,
     health_path: str | None = "/healthz",
     layer: ServerLayer | None = None,
+    store: str | SessionStore | None = "memory",
+    resume_window: float = 120.0,
+    principal: PrincipalHook | None = None,
 ) -> Server:
     """Create a tether WebSocket server; use it with ``async with`` or ``await``.
 
@@ -622,12 +657,23 @@ def serve(
         handle_signals: install SIGHUP (restart), SIGTERM (shutdown with
             ``shutdown_code``) and SIGINT (shutdown with 1001) handlers.
         health_path: path of the health endpoint (None disables it).
-        layer: the session layer (plain WebSocket by default).
+        layer: the session layer; overrides ``store``, ``resume_window`` and ``principal``.
+        store: where tether.v1 sessions live (``docs/protocol.md``): ``"memory"``
+            (this server object only), a URL (``sqlite:///path``, ``redis://host:port/db``)
+            or a :class:`~tether.stores.base.SessionStore` object (pass the same
+            object to the next ``serve()`` to resume across a restart in one
+            process). None: plain WebSocket only, no resumption. Clients that do
+            not offer ``tether.v1`` get plain sessions either way.
+        resume_window: seconds a disconnected tether.v1 session is kept.
+        principal: ``principal(request) -> str | None`` (may be async): who the
+            client is; a session can only be resumed by the same principal.
 
     Raises:
         ConfigurationError: a bad setting.
         InvalidCloseCode: ``shutdown_code`` may not be sent by a server.
     """
+    if layer is None and store is not None:
+        layer = TetherV1ServerLayer(store=store, resume_window=resume_window, principal=principal)
     return Server(
         handler,
         host,

@@ -149,9 +149,9 @@ class Session:
         if not isinstance(message, (str, bytes)):
             raise TypeError(f"a message is str or bytes, not {type(message).__name__}")
         transport = self._transport
-        if self._closed is not None:
+        if self._closed is not None and not self._layer.sends_while_detached:
             raise closed_error(self._closed)
-        if transport is None:
+        if transport is None and not self._layer.sends_while_detached:
             raise ConnectionClosedError(None, "the session has no connection")
         try:
             await self._layer.send(self, transport, message)
@@ -171,6 +171,7 @@ class Session:
             raise closed_error(self._closed)
         if self._inbox.qsize() < self._max_queue:
             self._space.set()
+        self._layer.consumed(self)
         return item
 
     async def __aiter__(self) -> AsyncIterator[Message]:
@@ -262,16 +263,20 @@ class Session:
         if self._closed is None:
             self._inbox.put_nowait(message)
 
-    def end(self, info: ClosedInfo) -> None:
+    def end(self, info: ClosedInfo, *, discard_unread: bool = False) -> None:
         """End the session with ``info`` (idempotent: the first end wins).
 
         For the server and session layers: the handler's ``recv`` raises and
-        ``async for`` stops once the messages already received are read. Nothing is
-        sent; use :meth:`close` to end a session on the wire.
+        ``async for`` stops once the messages already received are read (or at
+        once with ``discard_unread``: a session layer that will have them replayed
+        elsewhere drops them here). Nothing is sent; use :meth:`close` to end a
+        session on the wire.
         """
         if self._closed is not None:
             return
         self._closed = info
+        while discard_unread and not self._inbox.empty():
+            self._inbox.get_nowait()
         self._inbox.put_nowait(_END)
         self._space.set()
         self._ended.set()
@@ -291,6 +296,31 @@ class ServerLayer(abc.ABC):
 
     subprotocols: Sequence[str] = ()
 
+    #: True when :meth:`send` accepts messages while no connection is attached
+    #: (a session layer with a replay buffer); the transport is then None.
+    sends_while_detached: bool = False
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """The server started listening (start background work here)."""
+
+    async def stop(self) -> None:  # noqa: B027 - optional hook
+        """The server finished draining (stop background work, release resources)."""
+
+    def process_exiting(self) -> None:  # noqa: B027 - optional hook
+        """The drain that follows ends this process (a signal), not just this server object."""
+
+    def consumed(self, session: Session) -> None:  # noqa: B027 - optional hook
+        """The handler took one message from ``session`` (``recv`` returned it)."""
+
+    async def finish(self, session: Session) -> None:  # noqa: B027 - optional hook
+        """The handler of ``session`` returned: settle what the layer still owes it."""
+
+    async def drain(
+        self, session: Session, transport: Transport, code: int, reason: str
+    ) -> ClosedInfo:
+        """Close ``session``'s connection for a restart or shutdown (the session may live on)."""
+        return await self.close(session, transport, code, reason)
+
     @abc.abstractmethod
     async def open(self, transport: Transport, request: RequestInfo) -> Session:
         """Run the layer's handshake on a new connection and return its session.
@@ -299,8 +329,13 @@ class ServerLayer(abc.ABC):
         :class:`tether.ProtocolError` fails the connection with its ``close_code``.
         """
 
-    async def send(self, session: Session, transport: Transport, message: Message) -> None:
-        """Put one application message on the connection (encode it as needed)."""
+    async def send(self, session: Session, transport: Transport | None, message: Message) -> None:
+        """Put one application message on the connection (encode it as needed).
+
+        ``transport`` is None only for layers with :attr:`sends_while_detached`.
+        """
+        if transport is None:
+            raise ConnectionClosedError(None, "the session has no connection")
         await transport.send(message)
 
     async def received(

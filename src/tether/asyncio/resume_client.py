@@ -1,0 +1,258 @@
+"""The client side of tether.v1 as a :class:`~tether.asyncio.layer.ClientLayer`.
+
+Glue only (``docs/protocol.md`` §12): every connection that negotiated
+``tether.v1`` runs the hello/welcome handshake in :meth:`TetherV1ClientLayer.opened`
+and then moves messages through one :class:`~tether.resume.ClientEndpoint`,
+which outlives the connections. A connection that did not negotiate it (a plain
+server: Node ``ws``, uvicorn, any third party) passes messages through unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Sequence
+
+from ..closecodes import CloseCode
+from ..events import Event, Resumed, SessionLost
+from ..exceptions import ConnectionClosedError, ProtocolError
+from ..protocol import SUBPROTOCOL, Hello, TetherCloseCode, decode
+from ..resume import (
+    ClientEndpoint,
+    CloseConnection,
+    GoAwayReceived,
+    MessageReceived,
+    ResumeConfig,
+    SessionEstablished,
+)
+from .engine import ClosedInfo, Message, Transport, TransportClosed
+from .layer import ClientLayer, LayerOpened
+
+__all__ = ["TetherV1ClientLayer"]
+
+logger = logging.getLogger("tether.client")
+
+
+class _NotTetherPeer(Exception):
+    """The first answer to hello was not tether.v1: the server only echoed the name."""
+
+    def __init__(self, received: tuple[Message, ...]) -> None:
+        super().__init__("not a tether.v1 server")
+        self.received = received
+
+
+class TetherV1ClientLayer(ClientLayer):
+    """Resumable sessions over successive connections; plain WebSocket when not negotiated.
+
+    Args:
+        config: resumption settings (window, replay buffer bounds, ack triggers).
+        handshake_timeout: seconds to wait for ``welcome`` before closing with 4203.
+        rng: randomness for the goaway delay (uniform in ``[0, retry_ms]``).
+    """
+
+    subprotocols: Sequence[str] = (SUBPROTOCOL,)
+
+    def __init__(
+        self,
+        config: ResumeConfig | None = None,
+        *,
+        handshake_timeout: float = 10.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.endpoint = ClientEndpoint(config or ResumeConfig())
+        self.handshake_timeout = handshake_timeout
+        self._rng = rng if rng is not None else random.Random()
+        self._v1 = False
+        self._events: list[Event] = []
+        self._close: tuple[int, str] | None = None
+        self._retry_ms: int | None = None
+
+    @property
+    def keeps_sent(self) -> bool:
+        """True on a tether.v1 connection: the replay buffer owns sent messages."""
+        return self._v1
+
+    @property
+    def sid(self) -> str | None:
+        """The current session id (None before the first welcome)."""
+        return self.endpoint.sid
+
+    async def opened(self, transport: Transport) -> LayerOpened:
+        """Send ``hello``, wait for ``welcome``, replay what the server lacks.
+
+        Raises:
+            ProtocolError: no ``welcome`` within ``handshake_timeout`` (closed with 4203)
+                or a malformed one (closed with its code).
+            TransportClosed: the connection closed during the handshake.
+        """
+        self._close = None
+        self._retry_ms = None
+        self._v1 = transport.subprotocol == SUBPROTOCOL
+        if not self._v1:
+            return LayerOpened()
+        loop = asyncio.get_running_loop()
+        try:
+            self.endpoint.connection_made(loop.time())
+        except ConnectionClosedError:
+            # The session ended with 1000 earlier; a new connection starts a new one.
+            self.endpoint = ClientEndpoint(self.endpoint.config)
+            self.endpoint.connection_made(loop.time())
+        try:
+            await self._send_all(transport, self.endpoint.data_to_send())
+            established = await asyncio.wait_for(
+                self._await_welcome(transport), self.handshake_timeout
+            )
+        except _NotTetherPeer as exc:
+            # The server echoed the offered subprotocol without speaking it (Node ws
+            # picks the first offered one by default): go plain on this connection and
+            # stop offering tether.v1 to it. Our hello already reached its application.
+            logger.warning(
+                "the server selected tether.v1 but does not speak it; continuing in plain mode"
+            )
+            self.endpoint.connection_lost(loop.time(), None)
+            self.endpoint.events_received()
+            self._v1 = False
+            self.subprotocols = ()
+            return LayerOpened(received=exc.received)
+        except (asyncio.TimeoutError, TimeoutError):
+            self.endpoint.connection_lost(loop.time(), TetherCloseCode.HANDSHAKE_TIMEOUT)
+            await transport.close(TetherCloseCode.HANDSHAKE_TIMEOUT, "no welcome")
+            raise ProtocolError(
+                f"no welcome within {self.handshake_timeout} s",
+                close_code=TetherCloseCode.HANDSHAKE_TIMEOUT,
+            ) from None
+        except ProtocolError as exc:
+            self.endpoint.connection_lost(loop.time(), exc.close_code)
+            await transport.close(exc.close_code, str(exc)[:100])
+            raise
+        except (TransportClosed, asyncio.CancelledError):
+            self.endpoint.connection_lost(loop.time(), None)
+            raise
+        resumed, replayed_in, replayed_out = established
+        # docs/protocol.md §4.4: the replay goes out before any new message.
+        await self._send_all(transport, self.endpoint.data_to_send())
+        return LayerOpened(resumed=resumed, replayed_in=replayed_in, replayed_out=replayed_out)
+
+    async def _await_welcome(self, transport: Transport) -> tuple[bool, int, int]:
+        loop = asyncio.get_running_loop()
+        first = True
+        while True:
+            wire = await transport.recv()
+            if first:
+                first = False
+                try:
+                    frame = decode(wire)
+                except ProtocolError:
+                    raise _NotTetherPeer((wire,)) from None
+                if isinstance(frame, Hello):
+                    raise _NotTetherPeer(())  # our own hello, echoed
+            self.endpoint.receive_message(wire, loop.time())
+            established = self._absorb(self.endpoint.events_received())
+            if self._close is not None:
+                code, reason = self._close
+                self._close = None
+                raise ProtocolError(f"handshake failed: {reason}", close_code=code)
+            if established is not None:
+                return established
+
+    def _absorb(self, events: Sequence[object]) -> tuple[bool, int, int] | None:
+        """Sort core events; return (resumed, replayed_in, replayed_out) once established."""
+        established: tuple[bool, int, int] | None = None
+        replayed_in = 0
+        for event in events:
+            if isinstance(event, SessionEstablished):
+                established = (event.resumed, 0, event.replayed_out)
+            elif isinstance(event, Resumed):
+                replayed_in = event.replayed_in
+            elif isinstance(event, SessionLost):
+                self._events.append(event)
+            elif isinstance(event, CloseConnection):
+                self._close = (event.code, event.reason)
+            elif isinstance(event, GoAwayReceived):
+                logger.info(
+                    "goaway from the server: retry within %d ms, resume=%s",
+                    event.retry_ms,
+                    event.resume,
+                )
+                self._retry_ms = event.retry_ms
+        if established is not None:
+            established = (established[0], replayed_in, established[2])
+        return established
+
+    @staticmethod
+    async def _send_all(transport: Transport, wires: Sequence[Message]) -> None:
+        for wire in wires:
+            await transport.send(wire)
+
+    def has_room(self, message: Message) -> bool:
+        """Whether the replay buffer can take ``message`` (always True in plain mode)."""
+        return not self._v1 or self.endpoint.has_room(message)
+
+    def overflow(self, now: float) -> None:
+        """The buffer stayed full for ``send_timeout``: close with 4202 and resume."""
+        if self._v1:
+            self.endpoint.overflow(now)
+            self._absorb(self.endpoint.events_received())
+
+    def outgoing(self, message: Message, now: float) -> Sequence[Message]:
+        """Number the message, keep it for replay, return its data frame (and pending acks)."""
+        if not self._v1:
+            return (message,)
+        self.endpoint.send(message, now)
+        return self.endpoint.data_to_send()
+
+    def incoming(self, message: Message, now: float) -> Sequence[Message]:
+        """Deliver data frames exactly once and in order; control frames stay here."""
+        if not self._v1:
+            return (message,)
+        self.endpoint.receive_message(message, now)
+        events = self.endpoint.events_received()
+        self._absorb(events)
+        return [event.payload for event in events if isinstance(event, MessageReceived)]
+
+    def next_deadline(self) -> float | None:
+        """The endpoint's next deadline (ack delay, stalled buffer) on a tether.v1 connection."""
+        return self.endpoint.next_deadline() if self._v1 else None
+
+    def handle_timer(self, now: float) -> None:
+        """Run the endpoint's timer."""
+        if self._v1:
+            self.endpoint.handle_timer(now)
+            self._absorb(self.endpoint.events_received())
+
+    def control_to_send(self) -> Sequence[Message]:
+        """Standalone acks (and anything else the endpoint queued on its own)."""
+        return self.endpoint.data_to_send() if self._v1 else ()
+
+    def close_request(self) -> tuple[int, str] | None:
+        """A close the endpoint asked for (4201 gap, 4202 overflow, 1002 protocol error)."""
+        request, self._close = self._close, None
+        return request
+
+    def take_events(self) -> Sequence[Event]:
+        """SessionLost events for the application."""
+        events, self._events = self._events, []
+        return events
+
+    def closed(self, info: ClosedInfo, now: float) -> None:
+        """Tell the endpoint; a 4901, a goaway without resume or a 1000 ends the session."""
+        if not self._v1:
+            return
+        self._v1 = False
+        code = None if info.code == CloseCode.ABNORMAL_CLOSURE else info.code
+        if info.sent_code == CloseCode.NORMAL_CLOSURE:
+            code = CloseCode.NORMAL_CLOSURE  # we ended the session ourselves
+        self.endpoint.connection_lost(now, code)
+        self._absorb(self.endpoint.events_received())
+
+    def reconnect_hint(self) -> float | None:
+        """After a goaway: a uniformly random delay in ``[retry_ms/5, retry_ms]``, in seconds.
+
+        The spread keeps clients from coming back at once; the floor of a fifth
+        makes the default ``retry_ms`` of 5000 the 1-5 s of DESIGN.md §4.
+        """
+        if self._retry_ms is None:
+            return None
+        retry = self._retry_ms / 1000.0
+        return self._rng.uniform(retry / 5, retry)

@@ -1,0 +1,749 @@
+"""The server side of tether.v1 as a :class:`~tether.asyncio.session.ServerLayer`.
+
+Glue only (``docs/protocol.md`` §11-§12): the sans-I/O
+:class:`~tether.resume.ServerEndpoint` decides, a
+:class:`~tether.stores.base.SessionStore` remembers, this module moves bytes and
+awaits the store. A connection that did not negotiate ``tether.v1`` gets a plain
+session (one per connection, ended with it).
+
+Per tether.v1 session one task (the *pump of writes*) owns every store write and
+every frame sent, so that write-through holds and order is kept:
+
+* ``send()`` numbers the message in the endpoint and queues its data frame;
+* once per event-loop turn the task writes one batch (``write(append=...,
+  acked=..., rx=...)``), then sends the frames whose messages are stored;
+* ``rx`` is what the handler has *taken* (``recv`` returned it), committed in
+  the same batch as the replies it produced in that turn; acks follow only
+  committed ``rx`` (``hold_acks``), so an ack never promises more than the store
+  holds;
+* the task also runs the endpoint's timer (ack delay, stalled buffer, expiry).
+
+Store failures degrade, never crash: a failing write turns the session
+non-durable (it keeps working on this connection and in this process); a resume
+that cannot read the store starts a new session with ``store_unavailable``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import inspect
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..closecodes import CloseCode
+from ..exceptions import (
+    ConfigurationError,
+    ConnectionClosedError,
+    ProtocolError,
+    StoreError,
+)
+from ..protocol import SUBPROTOCOL, Hello, LostReason, TetherCloseCode, decode
+from ..resume import (
+    CloseConnection,
+    MessageReceived,
+    PeerAcked,
+    ResumeConfig,
+    ServerEndpoint,
+    SessionEnded,
+)
+from ..stores import open_store
+from ..stores.base import Fenced, SessionStore, StoredMessage, UnknownSession
+from ..stores.memory import MemoryStore
+from ..tokens import hash_token, judge_resume, new_session_id, new_token
+from .engine import ClosedInfo, Message, Transport, TransportClosed
+from .session import RequestInfo, ServerLayer, Session, closed_error
+
+__all__ = ["PrincipalHook", "TetherV1ServerLayer"]
+
+logger = logging.getLogger("tether.server")
+
+#: Who a connection is authenticated as: called with the opening handshake's
+#: request; returns an id (or None for anonymous), possibly asynchronously.
+PrincipalHook = Callable[[RequestInfo], "str | Awaitable[str | None] | None"]
+
+#: Epoch sent for a session the store could not take (it can never be resumed).
+_NO_EPOCH = "unavailable"
+
+#: How many times a resume retries when another connection claimed the session first.
+_CLAIM_ATTEMPTS = 3
+
+#: Seconds a 4901 close of a taken-over connection may take (it may be half-open).
+_TAKEOVER_CLOSE_S = 2.0
+
+
+@dataclass(eq=False)
+class _V1:
+    """The layer's state for one tether.v1 session."""
+
+    session: Session
+    endpoint: ServerEndpoint
+    generation: int
+    durable: bool
+    transport: Transport | None = None
+    #: A drain started on ``transport``: data arriving on it is not taken any more.
+    closing: bool = False
+    ended: bool = False
+    #: Sequence numbers handed to the inbox, not yet taken by the handler.
+    delivered: collections.deque[int] = field(default_factory=collections.deque)
+    consumed_rx: int = 0
+    written_rx: int = 0
+    written_tx: int = 0
+    pending: list[StoredMessage] = field(default_factory=list)
+    acked: int | None = None
+    detach: bool = False
+    #: Frames for ``transport``: (sequence number that must be stored first, frame).
+    outq: collections.deque[tuple[int, Message]] = field(default_factory=collections.deque)
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    progress: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+
+class TetherV1ServerLayer(ServerLayer):
+    """tether.v1 sessions that outlive connections; plain sessions for plain clients.
+
+    Args:
+        store: where sessions live: ``"memory"``, a store URL (``sqlite:///path``,
+            ``redis://...``; opened here and closed when the server stops) or a
+            :class:`~tether.stores.base.SessionStore` object (shared, never closed
+            here: pass the same object to the next ``serve()`` to resume across it).
+        config: resumption settings; ``resume_window`` overrides its window.
+        resume_window: seconds a disconnected session is kept (None: the config's).
+        principal: the authentication hook binding sessions to a principal.
+        handshake_timeout: seconds to wait for ``hello`` before closing with 4203.
+        send_timeout: seconds ``Session.send`` waits for room in the replay buffer.
+        goaway_retry_ms: the ``retry_ms`` announced before a 1012 (clients wait a
+            random time in ``[0, retry_ms]``).
+        max_queue: inbox size of each session.
+    """
+
+    subprotocols: Sequence[str] = (SUBPROTOCOL,)
+    sends_while_detached = True
+
+    def __init__(
+        self,
+        *,
+        store: str | SessionStore = "memory",
+        config: ResumeConfig | None = None,
+        resume_window: float | None = None,
+        principal: PrincipalHook | None = None,
+        handshake_timeout: float = 10.0,
+        send_timeout: float = 10.0,
+        goaway_retry_ms: int = 5000,
+        max_queue: int = 64,
+    ) -> None:
+        config = config or ResumeConfig()
+        if resume_window is not None:
+            config = ResumeConfig(
+                resume_window=resume_window,
+                max_messages=config.max_messages,
+                max_bytes=config.max_bytes,
+                ack_messages=config.ack_messages,
+                ack_bytes=config.ack_bytes,
+                ack_delay=config.ack_delay,
+            )
+        if not handshake_timeout > 0 or not send_timeout >= 0:
+            raise ConfigurationError("handshake_timeout must be > 0 and send_timeout >= 0 seconds")
+        if isinstance(goaway_retry_ms, bool) or not 0 <= goaway_retry_ms <= 3_600_000:
+            raise ConfigurationError("goaway_retry_ms must be 0..3600000 milliseconds")
+        if isinstance(store, str):
+            self.store = open_store(store)
+            self._owns_store = True
+        elif isinstance(store, SessionStore):
+            self.store = store
+            self._owns_store = False
+        else:
+            raise ConfigurationError(
+                f"store must be 'memory', a store URL or a SessionStore, not {store!r}"
+            )
+        self.config = config
+        self.principal = principal
+        self.handshake_timeout = handshake_timeout
+        self.send_timeout = send_timeout
+        self.goaway_retry_ms = goaway_retry_ms
+        self.max_queue = max_queue
+        self._states: dict[Session, _V1] = {}
+        self._by_sid: dict[str, _V1] = {}
+        self._process_exiting = False
+        self._sweeper: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # -- life cycle ----------------------------------------------------------------------------
+
+    @property
+    def sessions_survive_restart(self) -> bool:
+        """Whether a session can be resumed after this server's drain (goaway ``resume``)."""
+        if isinstance(self.store, MemoryStore):
+            # Memory dies with the process, and with this server when it made the store.
+            return not (self._owns_store or self._process_exiting)
+        return True
+
+    async def start(self) -> None:
+        """Start the periodic expiry of detached sessions in the store."""
+        if self._sweeper is None:
+            self._sweeper = asyncio.ensure_future(self._sweep())
+
+    async def stop(self) -> None:
+        """Stop the sweeper and the sessions' tasks; close the store if this layer opened it."""
+        tasks = [t for t in (self._sweeper, *(s.task for s in self._states.values())) if t]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._sweeper = None
+        if self._owns_store:
+            await self.store.close()
+
+    def process_exiting(self) -> None:
+        """The drain ends the process: with a memory store, goaway says ``resume: false``."""
+        self._process_exiting = True
+
+    async def _sweep(self) -> None:
+        interval = min(30.0, max(0.5, self.config.resume_window / 4))
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                removed = await self.store.expire(time.time())
+            except StoreError as exc:
+                logger.warning("session store expiry failed: %s", exc)
+                continue
+            if removed:
+                logger.debug("expired %d detached session(s) in the store", removed)
+
+    # -- handshake -----------------------------------------------------------------------------
+
+    async def open(self, transport: Transport, request: RequestInfo) -> Session:
+        """Plain session for a plain client; else hello → resume or new session → welcome.
+
+        Raises:
+            ProtocolError: no ``hello`` in time (4203), or a malformed one (1002).
+        """
+        if transport.subprotocol != SUBPROTOCOL:
+            return Session(self, request, max_queue=self.max_queue)
+        try:
+            wire = await asyncio.wait_for(transport.recv(), self.handshake_timeout)
+        except (asyncio.TimeoutError, TimeoutError):
+            raise ProtocolError(
+                f"no hello within {self.handshake_timeout} s",
+                close_code=TetherCloseCode.HANDSHAKE_TIMEOUT,
+            ) from None
+        hello = decode(wire)
+        if not isinstance(hello, Hello):
+            raise ProtocolError(f"expected hello, got {type(hello).__name__.lower()}")
+        principal = await self._principal(request)
+        if hello.sid is None:
+            return await self._new(transport, request, principal, reason=None)
+        return await self._resume(transport, request, principal, hello)
+
+    async def _principal(self, request: RequestInfo) -> str | None:
+        if self.principal is None:
+            return None
+        result = self.principal(request)
+        if inspect.isawaitable(result):
+            result = await result
+        if result is not None and not isinstance(result, str):
+            raise ConfigurationError(f"the principal hook returned {result!r}, not str or None")
+        return result
+
+    async def _resume(
+        self, transport: Transport, request: RequestInfo, principal: str | None, hello: Hello
+    ) -> Session:
+        assert hello.sid is not None
+        assert hello.token is not None
+        loop = asyncio.get_running_loop()
+        for _ in range(_CLAIM_ATTEMPTS):
+            try:
+                epoch = await self.store.epoch()
+                record = await self.store.load(hello.sid)
+            except StoreError as exc:
+                logger.warning("session store unavailable for a resume: %s", exc)
+                return await self._new(
+                    transport, request, principal, reason=LostReason.STORE_UNAVAILABLE
+                )
+            verdict = judge_resume(hello, record, epoch=epoch, principal=principal, now=time.time())
+            if verdict is not None or record is None:
+                return await self._new(transport, request, principal, reason=verdict)
+            token, token_hash = new_token(secrets.token_bytes)
+            try:
+                record = await self.store.claim(
+                    hello.sid,
+                    record.generation,
+                    token_hash=token_hash,
+                    previous_token_hash=hash_token(hello.token),
+                )
+            except Fenced:
+                continue  # another connection claimed it at the same moment: judge again
+            except UnknownSession:
+                return await self._new(transport, request, principal, reason=LostReason.UNKNOWN)
+            except StoreError as exc:
+                logger.warning("session store unavailable for a claim: %s", exc)
+                return await self._new(
+                    transport, request, principal, reason=LostReason.STORE_UNAVAILABLE
+                )
+            state = self._by_sid.get(hello.sid)
+            if state is not None and not state.ended:
+                self._take_over(state)
+                state.generation = record.generation
+                state.durable = True
+            else:
+                try:
+                    stored = await self.store.messages(hello.sid, after=record.acked)
+                except StoreError as exc:
+                    logger.warning("session store unavailable for a replay: %s", exc)
+                    return await self._new(
+                        transport, request, principal, reason=LostReason.STORE_UNAVAILABLE
+                    )
+                endpoint = ServerEndpoint(
+                    hello.sid, epoch, self.config, hold_acks=True, tx=record.tx, rx=record.rx
+                )
+                endpoint.restore(record.acked, [(m.seq, m.payload) for m in stored], loop.time())
+                session = Session(self, request, session_id=hello.sid, max_queue=self.max_queue)
+                state = self._register(session, endpoint, record.generation, durable=True)
+                state.consumed_rx = state.written_rx = record.rx
+                state.written_tx = record.tx
+            self._attach(state, transport, token, resumed=True, peer_rx=hello.rx)
+            return state.session
+        return await self._new(transport, request, principal, reason=LostReason.NOT_RESUMABLE)
+
+    async def _new(
+        self,
+        transport: Transport,
+        request: RequestInfo,
+        principal: str | None,
+        *,
+        reason: LostReason | None,
+    ) -> Session:
+        sid = new_session_id(secrets.token_bytes)
+        token, token_hash = new_token(secrets.token_bytes)
+        durable = reason is not LostReason.STORE_UNAVAILABLE
+        epoch = _NO_EPOCH
+        if durable:
+            try:
+                epoch = await self.store.epoch()
+                await self.store.create(
+                    sid, token_hash=token_hash, principal=principal, now=time.time()
+                )
+            except StoreError as exc:
+                logger.warning("session store unavailable; session %s is not durable: %s", sid, exc)
+                durable, epoch = False, _NO_EPOCH
+        endpoint = ServerEndpoint(sid, epoch, self.config, hold_acks=True)
+        session = Session(self, request, session_id=sid, max_queue=self.max_queue)
+        state = self._register(session, endpoint, 1, durable=durable)
+        self._attach(state, transport, token, resumed=False, reason=reason)
+        return session
+
+    def _register(
+        self, session: Session, endpoint: ServerEndpoint, generation: int, *, durable: bool
+    ) -> _V1:
+        state = _V1(session, endpoint, generation, durable)
+        self._states[session] = state
+        self._by_sid[session.id] = state
+        state.task = asyncio.ensure_future(self._run(state))
+        return state
+
+    def _attach(
+        self,
+        state: _V1,
+        transport: Transport,
+        token: str,
+        *,
+        resumed: bool,
+        peer_rx: int = 0,
+        reason: LostReason | None = None,
+    ) -> None:
+        now = asyncio.get_running_loop().time()
+        state.endpoint.attach(now, token=token, resumed=resumed, peer_rx=peer_rx, reason=reason)
+        for event in state.endpoint.events_received():
+            if isinstance(event, CloseConnection):
+                # hello.rx outside what this session holds: not an honest client.
+                raise ProtocolError(event.reason, close_code=event.code)
+            if isinstance(event, PeerAcked):
+                state.acked = event.seq
+        state.transport = transport
+        state.closing = False
+        self._collect(state)
+        state.wakeup.set()
+
+    def _take_over(self, state: _V1) -> None:
+        """Fence the connection the session is attached to (a half-open one, say): 4901."""
+        old = state.transport
+        if old is None:
+            return
+        state.transport = None
+        state.closing = False
+        state.outq.clear()
+        # The old connection may be closed already without its pump having told us:
+        # either way it is detached now (its late connection_lost is then ignored).
+        state.endpoint.connection_lost(asyncio.get_running_loop().time(), None)
+        for event in state.endpoint.events_received():
+            self._handle(state, event)
+        if old.closed is None:
+            logger.info(
+                "session %s taken over by a new connection: closing the old one with 4901",
+                state.session.id,
+            )
+            self._spawn(self._close_quietly(old, TetherCloseCode.TAKEN_OVER, "taken over"))
+
+    # -- messages ------------------------------------------------------------------------------
+
+    async def received(
+        self, session: Session, transport: Transport, message: Message
+    ) -> Sequence[Message]:
+        """Decode one frame: application messages in order, exactly once; the rest stays here."""
+        state = self._states.get(session)
+        if state is None:
+            return (message,)
+        if transport is not state.transport or state.closing or state.ended:
+            # A taken-over connection, or one being drained: what it still carries is
+            # not taken, so the client replays it to whoever holds the session next.
+            return ()
+        endpoint = state.endpoint
+        before = endpoint.rx
+        endpoint.receive_message(message, asyncio.get_running_loop().time())
+        payloads: list[Message] = []
+        for event in endpoint.events_received():
+            if isinstance(event, MessageReceived):
+                payloads.append(event.payload)
+            else:
+                self._handle(state, event)
+        state.delivered.extend(range(before + 1, before + 1 + len(payloads)))
+        self._collect(state)
+        state.wakeup.set()
+        return payloads
+
+    def consumed(self, session: Session) -> None:
+        """The handler took a message: its sequence number may now be committed as rx."""
+        state = self._states.get(session)
+        if state is not None and state.delivered:
+            state.consumed_rx = state.delivered.popleft()
+            state.wakeup.set()
+
+    async def send(self, session: Session, transport: Transport | None, message: Message) -> None:
+        """Number, store (write-through, batched per loop turn), then send one message.
+
+        Returns once the message is in the store; it reaches the client now or by
+        replay after the next resume.
+
+        Raises:
+            ConnectionClosedError: the session ended, or was abandoned because its
+                replay buffer stayed full while the client was away (``overflow``).
+        """
+        state = self._states.get(session)
+        if state is None:
+            if session.closed is not None:
+                raise closed_error(session.closed)
+            await super().send(session, transport, message)
+            return
+        await self._wait_for_room(state, message)
+        if state.ended:
+            raise _ended(state)
+        seq = state.endpoint.send(message, asyncio.get_running_loop().time())
+        state.pending.append(StoredMessage(seq, message))
+        self._collect(state)
+        state.wakeup.set()
+        while state.written_tx < seq and not state.ended:
+            state.progress.clear()
+            await state.progress.wait()
+
+    async def _wait_for_room(self, state: _V1, message: Message) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.send_timeout
+        overflowed = False
+        while not state.ended and not state.endpoint.has_room(message):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                if state.transport is not None and not overflowed:
+                    # docs/protocol.md §4.5: full while connected: close 4202, the client
+                    # resumes and its acks free the buffer. Give that one more timeout.
+                    state.endpoint.overflow(loop.time())
+                    for event in state.endpoint.events_received():
+                        self._handle(state, event)
+                    overflowed = True
+                    deadline = loop.time() + self.send_timeout
+                    continue
+                await self._abandon(state)
+                raise _ended(state)
+            state.progress.clear()
+            with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
+                await asyncio.wait_for(state.progress.wait(), remaining)
+
+    async def _abandon(self, state: _V1) -> None:
+        """Full while the client is away: the promise cannot be kept; refuse its resume."""
+        logger.warning(
+            "session %s abandoned: replay buffer full while the client was away", state.session.id
+        )
+        state.endpoint.abandon(LostReason.OVERFLOW)
+        if state.durable:
+            try:
+                await self.store.abandon(
+                    state.session.id, state.generation, reason=LostReason.OVERFLOW.value
+                )
+            except StoreError as exc:
+                logger.warning("could not mark session %s abandoned: %s", state.session.id, exc)
+        self._end(
+            state,
+            ClosedInfo(TetherCloseCode.REPLAY_OVERFLOW, "overflow", clean=False),
+            delete=False,
+        )
+
+    def _handle(self, state: _V1, event: object) -> None:
+        """Act on a core event other than a delivered message."""
+        if isinstance(event, PeerAcked):
+            state.acked = event.seq
+            state.progress.set()  # room in the replay buffer
+        elif isinstance(event, CloseConnection):
+            transport = state.transport
+            if transport is not None:
+                logger.info(
+                    "session %s: closing with %d (%s)", state.session.id, event.code, event.reason
+                )
+                self._spawn(self._close_quietly(transport, event.code, event.reason))
+        elif isinstance(event, SessionEnded):
+            info = ClosedInfo(CloseCode.NORMAL_CLOSURE, "", clean=True)
+            if event.reason == "expired":
+                info = ClosedInfo(CloseCode.ABNORMAL_CLOSURE, "session expired", clean=False)
+            self._end(state, info, delete=True)
+
+    def _collect(self, state: _V1) -> None:
+        """Move the endpoint's frames to the session's ordered outgoing queue."""
+        need = state.endpoint.tx
+        for frame in state.endpoint.data_to_send():
+            state.outq.append((need, frame))
+
+    # -- the session's task: store writes, frames, timers --------------------------------------
+
+    async def _run(self, state: _V1) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                deadline = state.endpoint.next_deadline()
+                remaining = None if deadline is None else deadline - loop.time()
+                if remaining is None or remaining > 0:
+                    with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
+                        await asyncio.wait_for(state.wakeup.wait(), remaining)
+                state.wakeup.clear()
+                if (deadline := state.endpoint.next_deadline()) is not None and (
+                    loop.time() >= deadline
+                ):
+                    state.endpoint.handle_timer(loop.time())
+                    for event in state.endpoint.events_received():
+                        self._handle(state, event)
+                    self._collect(state)
+                await self._flush(state)
+                if state.ended:
+                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("session %s: internal error; ending it", state.session.id)
+            self._end(
+                state,
+                ClosedInfo(CloseCode.INTERNAL_ERROR, "internal error", clean=False),
+                delete=False,
+            )
+        finally:
+            state.progress.set()
+
+    async def _flush(self, state: _V1) -> None:
+        """One store write for everything this turn produced, then the frames it covers."""
+        loop = asyncio.get_running_loop()
+        batch, state.pending = state.pending, []
+        acked, state.acked = state.acked, None
+        rx = state.consumed_rx if state.consumed_rx > state.written_rx else None
+        sid = state.session.id
+        if state.durable and (batch or acked is not None or rx is not None):
+            try:
+                await self.store.write(sid, state.generation, append=batch, acked=acked, rx=rx)
+            except Fenced:
+                # Another node or connection claimed the session: this one is stale.
+                logger.info("session %s was claimed elsewhere; closing here with 4901", sid)
+                if state.transport is not None:
+                    self._spawn(
+                        self._close_quietly(
+                            state.transport, TetherCloseCode.TAKEN_OVER, "taken over"
+                        )
+                    )
+                self._end(
+                    state,
+                    ClosedInfo(TetherCloseCode.TAKEN_OVER, "taken over", clean=False),
+                    delete=False,
+                )
+                return
+            except StoreError as exc:
+                logger.warning(
+                    "session store write failed; session %s is no longer durable: %s", sid, exc
+                )
+                state.durable = False
+        if batch:
+            state.written_tx = batch[-1].seq
+        if not state.durable:
+            state.written_tx = state.endpoint.tx
+        if rx is not None:
+            state.written_rx = rx
+            state.endpoint.rx_persisted(rx, loop.time())
+            self._collect(state)
+        if state.detach and state.transport is None:
+            state.detach = False
+            if state.durable:
+                await self._detach(state)
+        state.progress.set()
+        await self._send_ready(state)
+
+    async def _detach(self, state: _V1) -> None:
+        expires_at = time.time() + self.config.resume_window
+        try:
+            await self.store.detach(state.session.id, state.generation, expires_at=expires_at)
+        except Fenced:
+            pass  # resumed elsewhere meanwhile: not ours to detach
+        except StoreError as exc:
+            logger.warning("could not detach session %s in the store: %s", state.session.id, exc)
+
+    async def _send_ready(self, state: _V1) -> None:
+        transport = state.transport
+        while state.outq and state.outq[0][0] <= state.written_tx:
+            _, frame = state.outq.popleft()
+            if transport is None or transport is not state.transport or transport.closed:
+                continue
+            try:
+                await transport.send(frame)
+            except TransportClosed:
+                state.outq.clear()  # the replay after the resume re-sends what mattered
+                return
+
+    async def _settle(self, state: _V1, timeout: float) -> None:
+        """Wait (bounded) until everything produced so far is stored and sent."""
+
+        async def settled() -> None:
+            while not state.ended and (
+                state.pending
+                or state.acked is not None
+                or state.consumed_rx > state.written_rx
+                or (state.outq and state.transport is not None)
+                or state.detach
+            ):
+                state.progress.clear()
+                state.wakeup.set()
+                await state.progress.wait()
+
+        with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
+            await asyncio.wait_for(settled(), timeout)
+
+    # -- endings -------------------------------------------------------------------------------
+
+    def connection_lost(self, session: Session, info: ClosedInfo) -> bool:
+        """Keep the session for ``resume_window`` unless it ended (1000, fenced)."""
+        state = self._states.get(session)
+        if state is None:
+            return True
+        if state.ended:
+            return True
+        if state.transport is not None and state.transport.closed is None:
+            return False  # taken over: the session lives on a newer connection
+        state.transport = None
+        state.closing = False
+        state.outq.clear()
+        code = None if info.code == CloseCode.ABNORMAL_CLOSURE else info.code
+        state.endpoint.connection_lost(asyncio.get_running_loop().time(), code)
+        for event in state.endpoint.events_received():
+            self._handle(state, event)
+        if state.ended:
+            return True
+        state.detach = True
+        state.wakeup.set()
+        return False
+
+    async def drain(
+        self, session: Session, transport: Transport, code: int, reason: str
+    ) -> ClosedInfo:
+        """Restart/shutdown: commit, say ``goaway`` before a 1012, close; the session lives on."""
+        state = self._states.get(session)
+        if state is None or transport is not state.transport:
+            return await transport.close(code, reason)
+        state.closing = True
+        await self._settle(state, timeout=2.0)
+        if code == CloseCode.SERVICE_RESTART and transport.closed is None:
+            state.endpoint.goaway(
+                retry_ms=self.goaway_retry_ms, resume=self.sessions_survive_restart
+            )
+            with contextlib.suppress(TransportClosed):
+                for frame in state.endpoint.data_to_send():
+                    await transport.send(frame)
+        info = await transport.close(code, reason)
+        # The session lives on in the store, not in this server: what the handler
+        # has not taken yet is not committed, so the client replays it to the
+        # next server; the handler must not see it too. It may still send (its
+        # replies are stored and replayed) until it returns.
+        session.end(ClosedInfo(code, reason, clean=True, sent_code=code), discard_unread=True)
+        return info
+
+    async def close(
+        self, session: Session, transport: Transport, code: int, reason: str
+    ) -> ClosedInfo:
+        """The application ends the session: flush, close the connection, forget the session."""
+        state = self._states.get(session)
+        if state is None:
+            return await transport.close(code, reason)
+        await self._settle(state, timeout=2.0)
+        self._end(state, ClosedInfo(code, reason, clean=True, sent_code=code), delete=True)
+        return await transport.close(code, reason)
+
+    async def finish(self, session: Session) -> None:
+        """The handler returned: commit what it took and sent, detach, stop the session's task."""
+        state = self._states.get(session)
+        if state is None:
+            return
+        if not state.ended:
+            if state.transport is None:
+                state.detach = True
+            await self._settle(state, timeout=2.0)
+        self._forget(state)
+        self._states.pop(session, None)
+        if state.task is not None:
+            state.task.cancel()
+            await asyncio.gather(state.task, return_exceptions=True)
+
+    def _end(self, state: _V1, info: ClosedInfo, *, delete: bool) -> None:
+        if state.ended:
+            return
+        state.ended = True
+        state.progress.set()
+        state.wakeup.set()
+        self._forget(state)
+        if delete and state.durable:
+            self._spawn(self._delete(state.session.id))
+        state.session.end(info)
+
+    def _forget(self, state: _V1) -> None:
+        if self._by_sid.get(state.session.id) is state:
+            del self._by_sid[state.session.id]
+
+    async def _delete(self, sid: str) -> None:
+        try:
+            await self.store.delete(sid)
+        except StoreError as exc:
+            logger.warning("could not delete session %s from the store: %s", sid, exc)
+
+    async def _close_quietly(self, transport: Transport, code: int, reason: str) -> None:
+        try:
+            await asyncio.wait_for(transport.close(code, reason), _TAKEOVER_CLOSE_S)
+        except (asyncio.TimeoutError, TimeoutError):
+            transport.abort()
+        except Exception:
+            logger.exception("closing a connection with %d failed; aborting it", code)
+            transport.abort()
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+
+def _ended(state: _V1) -> ConnectionClosedError:
+    closed = state.session.closed
+    if closed is None:
+        return ConnectionClosedError(None, "the session has ended")
+    return ConnectionClosedError(closed.code, closed.reason, "the session has ended")

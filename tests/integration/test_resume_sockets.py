@@ -1,0 +1,525 @@
+"""tether.v1 over real sockets: restarts, aborts and every refused resume, end to end.
+
+A tether client and a tether server on loopback; the faults are real (a 1012
+drain, an aborted TCP connection, a SIGHUP to a real ``tether serve`` process).
+Every test checks with sequence numbers that nothing was lost, duplicated or
+reordered, and that no exception reached the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import random
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from tests.support.node import NodeWsServer
+from tests.support.ports import free_port, wait_for_port
+from tests.support.procs import JsonLineProcess, tether_cli
+from websockets.asyncio.client import connect as ws_connect
+
+import tether
+from tether.asyncio.resume_client import TetherV1ClientLayer
+from tether.asyncio.resume_server import TetherV1ServerLayer
+from tether.asyncio.session import Session
+from tether.backoff import BackoffConfig
+from tether.events import Connected, Resumed, SessionLost
+from tether.resume import ResumeConfig
+from tether.stores.base import SessionRecord, StoreUnavailable
+from tether.stores.memory import MemoryStore
+
+pytestmark = pytest.mark.integration
+
+#: Messages streamed each way by the restart and abort tests.
+N = 10_000
+#: Quick reconnects: the tests measure correctness, not the production delays.
+FAST = BackoffConfig(base=0.05, cap=0.2, restart_window=(0.05, 0.2), stability_period=0.5)
+
+Spawn = Callable[[JsonLineProcess], Awaitable[JsonLineProcess]]
+
+
+@pytest.fixture(autouse=True)
+async def loop_errors() -> AsyncIterator[list[dict[str, Any]]]:
+    """Collect whatever reaches the loop's exception handler; the test fails if anything did."""
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    yield errors
+    await asyncio.sleep(0.01)
+    gc.collect()
+    assert errors == []
+
+
+class Echo:
+    """A handler that records ``c<n>`` messages and answers each with ``s<n>``."""
+
+    def __init__(self) -> None:
+        self.got: list[int] = []
+        self.sessions: list[Session] = []
+
+    async def __call__(self, session: Session) -> None:
+        self.sessions.append(session)
+        async for message in session:
+            assert isinstance(message, str)
+            n = int(message[1:])
+            self.got.append(n)
+            await session.send(f"s{n}")
+
+
+async def start_server(
+    handler: Callable[[Session], Awaitable[None]],
+    store: MemoryStore,
+    port: int = 0,
+    **layer: Any,
+) -> tether.Server:
+    """A tether.v1 server on loopback with short timeouts."""
+    layer.setdefault("goaway_retry_ms", 100)
+    server = tether.serve(
+        handler,
+        "127.0.0.1",
+        port,
+        heartbeat=None,
+        drain_window=0.05,
+        close_timeout=2.0,
+        layer=TetherV1ServerLayer(store=store, **layer),
+    )
+    return await server.start()
+
+
+def client(port: int, **kwargs: Any) -> tether.ClientConnection:
+    """A tether client with quick reconnects and no heartbeat."""
+    kwargs.setdefault("backoff", FAST)
+    return tether.connect(f"ws://127.0.0.1:{port}/", heartbeat=None, send_timeout=None, **kwargs)
+
+
+class Events:
+    """Collects a connection's events in the background."""
+
+    def __init__(self, conn: tether.ClientConnection) -> None:
+        self.seen: list[Any] = []
+        self._task = asyncio.ensure_future(self._collect(conn))
+
+    async def _collect(self, conn: tether.ClientConnection) -> None:
+        async for event in conn.events():
+            self.seen.append(event)
+
+    def of(self, kind: type) -> list[Any]:
+        return [e for e in self.seen if isinstance(e, kind)]
+
+    async def wait_for(self, kind: type, count: int = 1, timeout: float = 10.0) -> list[Any]:
+        async def poll() -> None:
+            while len(self.of(kind)) < count:  # noqa: ASYNC110 - another task fills it
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(poll(), timeout)
+        return self.of(kind)
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+
+async def until(condition: Callable[[], bool], timeout: float) -> None:
+    """Poll ``condition`` every 10 ms, at most ``timeout`` seconds."""
+
+    async def poll() -> None:
+        while not condition():  # noqa: ASYNC110 - conditions on other tasks
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(poll(), timeout)
+
+
+async def stream(
+    conn: tether.ClientConnection, handler: Echo, disrupt: Callable[[int], Awaitable[None]]
+) -> list[int]:
+    """Send c1..cN, receive the N answers; call ``disrupt(k)`` at five points on the way."""
+    received: list[int] = []
+
+    async def send_all() -> None:
+        for n in range(1, N + 1):
+            await conn.send(f"c{n}")
+
+    async def receive_all() -> None:
+        while len(received) < N:
+            message = await conn.recv()
+            assert isinstance(message, str)
+            received.append(int(message[1:]))
+
+    tasks = [asyncio.ensure_future(send_all()), asyncio.ensure_future(receive_all())]
+    try:
+        for k in range(1, 6):
+            await until(lambda k=k: len(handler.got) >= k * N // 6, 20)  # type: ignore[misc]
+            await disrupt(k)
+        await asyncio.wait_for(asyncio.gather(*tasks), 30)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return received
+
+
+@pytest.mark.timeout(60)
+async def test_ten_thousand_each_way_through_five_planned_restarts() -> None:
+    """restart() (1012) then a new serve() on the same store, five times: 0 lost, 0 dup, order."""
+    store = MemoryStore()
+    handler = Echo()
+    server = await start_server(handler, store)
+    port = server.port
+    conn = await client(port)
+    events = Events(conn)
+
+    async def restart(_k: int) -> None:
+        nonlocal server
+        await server.restart()
+        server = await start_server(handler, store, port)
+
+    try:
+        received = await stream(conn, handler, restart)
+    finally:
+        await conn.close()
+        await events.stop()
+        await server.shutdown()
+    expected = list(range(1, N + 1))
+    assert handler.got == expected
+    assert received == expected
+    assert len(events.of(Resumed)) == 5
+    assert events.of(SessionLost) == []
+
+
+@pytest.mark.timeout(60)
+async def test_ten_thousand_each_way_through_five_transport_aborts() -> None:
+    """Five 1006 at random moments, server or client side: 0 lost, 0 duplicated, order kept."""
+    rng = random.Random(1006)
+    handler = Echo()
+    server = await start_server(handler, MemoryStore())
+    conn = await client(server.port)
+    events = Events(conn)
+    sides: list[str] = []
+
+    async def abort(_k: int) -> None:
+        await asyncio.sleep(rng.uniform(0, 0.05))
+        side = rng.choice(["server", "client"])
+        sides.append(side)
+        if side == "server":
+            for session in server.sessions:
+                if session.transport is not None:
+                    session.transport.abort()
+        else:
+            transport = conn._transport
+            assert transport is not None
+            transport.abort()
+        await events.wait_for(Resumed, count=len(sides), timeout=10)
+
+    try:
+        received = await stream(conn, handler, abort)
+    finally:
+        await conn.close()
+        await events.stop()
+        await server.shutdown()
+    expected = list(range(1, N + 1))
+    assert handler.got == expected
+    assert received == expected
+    assert len(events.of(Resumed)) == 5
+    assert events.of(SessionLost) == []
+    assert len(handler.sessions) == 1  # one session, one handler, across every connection
+
+
+@pytest.mark.timeout(60)
+async def test_ten_thousand_each_way_through_five_proxy_kills(chaos_proxy: Any) -> None:
+    """A chaos proxy resets both sides five times (1006 on each end): 0 lost, 0 dup, order."""
+    handler = Echo()
+    server = await start_server(handler, MemoryStore())
+    proxy = await chaos_proxy(server.port)
+    conn = await client(proxy.port)
+    events = Events(conn)
+    kills = 0
+
+    async def kill(_k: int) -> None:
+        nonlocal kills
+        kills += proxy.kill_all()
+        await events.wait_for(Resumed, count=kills, timeout=10)
+
+    try:
+        received = await stream(conn, handler, kill)
+    finally:
+        await conn.close()
+        await events.stop()
+        await server.shutdown()
+    expected = list(range(1, N + 1))
+    assert handler.got == expected
+    assert received == expected
+    assert kills == 5
+    assert events.of(SessionLost) == []
+
+
+@pytest.mark.timeout(30)
+async def test_memory_store_process_restart_says_goaway_resume_false(spawn: Spawn) -> None:
+    """`tether serve` (memory store) on SIGHUP: goaway resume false, SessionLost at once."""
+    port = free_port()
+    proc = await spawn(
+        tether_cli(
+            "serve", "--port", str(port), "--store", "memory", "--drain-window", "0",
+            "--ping-interval", "0",
+        )
+    )  # fmt: skip
+    await wait_for_port("127.0.0.1", port, 10)
+    conn = await client(port, backoff=BackoffConfig(base=5.0, cap=5.0, restart_window=(5, 5)))
+    events = Events(conn)
+    try:
+        await conn.send("hello")
+        assert await asyncio.wait_for(conn.recv(), 5) == "hello"
+        proc.signal(signal.SIGHUP)
+        lost = await events.wait_for(SessionLost, timeout=5)
+        assert lost[0].reason == "not_resumable"
+        assert events.of(Connected) == []  # reported at once, not after a doomed resume
+        assert await proc.wait(10) == 0
+    finally:
+        await conn.close()
+        await events.stop()
+
+
+class MaxRandom(random.Random):
+    """Always the top of the range: a reconnect delay of exactly the backoff base."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+#: Acks within 50 ms, so short windows are not mistaken for stalls.
+QUICK_ACKS = ResumeConfig(ack_delay=0.05)
+
+
+async def connected_pair(
+    store: MemoryStore, handler: Callable[[Session], Awaitable[None]], **layer: Any
+) -> tuple[tether.Server, tether.ClientConnection, Events]:
+    """A server and a client that reconnects exactly 1 s after a 1006."""
+    layer.setdefault("config", QUICK_ACKS)
+    server = await start_server(handler, store, **layer)
+    conn = await client(
+        server.port, backoff=BackoffConfig(base=1.0, cap=1.0), rng=MaxRandom(), resume=QUICK_ACKS
+    )
+    return server, conn, Events(conn)
+
+
+@pytest.mark.timeout(20)
+async def test_window_expiry_loses_the_session_with_the_unacked_messages() -> None:
+    """Back after the resume window: SessionLost(expired/unknown) with what was unacked."""
+    handler = Echo()
+    server, conn, events = await connected_pair(MemoryStore(), handler, resume_window=0.5)
+    try:
+        await conn.send("c1")
+        assert await asyncio.wait_for(conn.recv(), 5) == "s1"
+        transport = conn._transport
+        assert transport is not None
+        await until(lambda: conn._layer.endpoint.peer_acked == 1, 5)  # type: ignore[attr-defined]
+        transport.abort()
+        await conn.send("c2")  # queued; the reconnect comes 1 s later, after the window
+        lost = await events.wait_for(SessionLost, timeout=5)
+        assert lost[0].reason in {"expired", "unknown"}
+        assert lost[0].unacked == ("c2",)
+        await events.wait_for(Connected)
+        await asyncio.sleep(0.2)
+        assert handler.got == [1]  # c2 is the application's to resend; nothing twice
+    finally:
+        await conn.close()
+        await events.stop()
+        await server.shutdown()
+
+
+@pytest.mark.timeout(20)
+async def test_overflow_while_away_is_refused_not_partial() -> None:
+    """The server's buffer overflows while the client is away: SessionLost('overflow')."""
+    store = MemoryStore()
+    sent_while_away: list[int] = []
+    gone = asyncio.Event()
+
+    async def handler(session: Session) -> None:
+        await session.recv()
+        await gone.wait()
+        for n in range(10):
+            try:
+                await session.send(f"s{n}")
+            except tether.ConnectionClosed:
+                return
+            sent_while_away.append(n)
+
+    server, conn, events = await connected_pair(
+        store,
+        handler,
+        config=ResumeConfig(max_messages=3, ack_delay=0.05),
+        send_timeout=0.1,
+    )
+    try:
+        await conn.send("go")
+        await until(lambda: bool(server.sessions), 5)
+        transport = conn._transport
+        assert transport is not None
+        transport.abort()
+        await until(lambda: all(s.transport is None for s in server.sessions), 5)
+        gone.set()
+        lost = await events.wait_for(SessionLost, timeout=5)
+        assert lost[0].reason == "overflow"
+        assert sent_while_away == [0, 1, 2]  # then the session was abandoned
+        await events.wait_for(Connected)
+        assert conn.state is tether.State.OPEN
+    finally:
+        await conn.close()
+        await events.stop()
+        await server.shutdown()
+
+
+@pytest.mark.timeout(20)
+async def test_forged_token_is_refused_with_token_invalid() -> None:
+    """A resume with a token the server never issued: SessionLost('token_invalid')."""
+    handler = Echo()
+    server, conn, events = await connected_pair(MemoryStore(), handler)
+    try:
+        await conn.send("c1")
+        assert await asyncio.wait_for(conn.recv(), 5) == "s1"
+        layer = conn._layer
+        assert isinstance(layer, TetherV1ClientLayer)
+        layer.endpoint._session.token = "A" * 43  # type: ignore[union-attr]
+        conn._transport.abort()  # type: ignore[union-attr]
+        lost = await events.wait_for(SessionLost, timeout=5)
+        assert lost[0].reason == "token_invalid"
+        await conn.send("c2")
+        assert await asyncio.wait_for(conn.recv(), 5) == "s2"
+        assert handler.got == [1, 2]
+        assert len(handler.sessions) == 2  # a fresh session, a fresh handler
+    finally:
+        await conn.close()
+        await events.stop()
+        await server.shutdown()
+
+
+@pytest.mark.timeout(20)
+async def test_stale_epoch_after_the_store_lost_its_data() -> None:
+    """A new serve() on a new (empty) store: the old epoch gives SessionLost('epoch_mismatch')."""
+    handler = Echo()
+    server, conn, events = await connected_pair(MemoryStore(), handler)
+    port = server.port
+    try:
+        await conn.send("c1")
+        assert await asyncio.wait_for(conn.recv(), 5) == "s1"
+        await server.restart()
+        server = await start_server(handler, MemoryStore(), port)
+        lost = await events.wait_for(SessionLost, timeout=10)
+        assert lost[0].reason == "epoch_mismatch"
+        await conn.send("c2")
+        assert await asyncio.wait_for(conn.recv(), 5) == "s2"
+        assert handler.got == [1, 2]
+    finally:
+        await conn.close()
+        await events.stop()
+        await server.shutdown()
+
+
+@pytest.mark.timeout(20)
+async def test_takeover_closes_the_old_connection_with_4901() -> None:
+    """A second connection resumes a live session: the old one gets 4901 and SessionLost."""
+    handler = Echo()
+    server, conn, events = await connected_pair(MemoryStore(), handler)
+    try:
+        await conn.send("c1")
+        assert await asyncio.wait_for(conn.recv(), 5) == "s1"
+        layer = conn._layer
+        assert isinstance(layer, TetherV1ClientLayer)
+        creds = layer.endpoint._session
+        assert creds is not None
+        async with ws_connect(
+            f"ws://127.0.0.1:{server.port}/",
+            subprotocols=["tether.v1"],  # type: ignore[list-item]
+        ) as raw:
+            hello = {"type": "hello", "sid": creds.sid, "token": creds.token,
+                     "epoch": creds.epoch, "rx": layer.endpoint.rx}  # fmt: skip
+            await raw.send(json.dumps(hello))
+            welcome = await asyncio.wait_for(raw.recv(), 5)
+            assert '"resumed":true' in str(welcome)
+            lost = await events.wait_for(SessionLost, timeout=5)
+            assert lost[0].reason == "taken_over"
+            await until(lambda: conn.state is tether.State.CLOSED, 5)
+            assert conn.close_code == 4901
+            await raw.send("d2:1:c2")
+            # The ack field is what the server has committed: 1, or 2 once c2 is stored.
+            assert await asyncio.wait_for(raw.recv(), 5) in ("d2:1:s2", "d2:2:s2")
+        assert handler.got == [1, 2]
+        assert len(handler.sessions) == 1
+    finally:
+        await conn.close()
+        await events.stop()
+        await server.shutdown()
+
+
+@pytest.mark.timeout(20)
+async def test_plain_client_gets_a_plain_session(node_ws_clients: Any) -> None:
+    """A Node ws client (no subprotocol) talks plain WebSocket to a tether.v1 server."""
+    handler = Echo()
+    server = await start_server(handler, MemoryStore())
+    try:
+        clients = await node_ws_clients(f"ws://127.0.0.1:{server.port}/", count=1)
+        await clients.expect_event("open", timeout=10)
+        await clients.send({"cmd": "send", "data": "c7"})
+        event = await clients.expect_event("message", timeout=5)
+        assert event["data"] == "s7"
+    finally:
+        await server.shutdown()
+
+
+@pytest.mark.timeout(20)
+async def test_client_talks_plain_to_a_node_ws_server(node_ws_server: NodeWsServer) -> None:
+    """Node ws echoes the offered subprotocol without speaking it: the client goes plain."""
+    async with tether.connect(node_ws_server.url, heartbeat=None) as conn:
+        await conn.send("plain text")
+        assert await asyncio.wait_for(conn.recv(), 5) == "plain text"
+        await conn.send(b"\x00bytes")
+        assert await asyncio.wait_for(conn.recv(), 5) == b"\x00bytes"
+
+
+class FlakyStore(MemoryStore):
+    """A memory store whose backend can be switched off (every call: StoreUnavailable)."""
+
+    down = False
+
+    def _check(self) -> None:
+        if self.down:
+            raise StoreUnavailable("the backend is down (test)")
+
+    async def load(self, sid: str) -> SessionRecord | None:
+        self._check()
+        return await super().load(sid)
+
+    async def write(self, sid: str, generation: int, **kwargs: Any) -> SessionRecord:
+        self._check()
+        return await super().write(sid, generation, **kwargs)
+
+    async def detach(self, sid: str, generation: int, *, expires_at: float) -> None:
+        self._check()
+        await super().detach(sid, generation, expires_at=expires_at)
+
+
+@pytest.mark.timeout(20)
+async def test_store_outage_degrades_the_session_and_refuses_resumes() -> None:
+    """Store down: the session keeps working; a resume gets SessionLost('store_unavailable')."""
+    store = FlakyStore()
+    handler = Echo()
+    server, conn, events = await connected_pair(store, handler)
+    try:
+        await conn.send("c1")
+        assert await asyncio.wait_for(conn.recv(), 5) == "s1"
+        store.down = True
+        await conn.send("c2")  # the write fails: the session goes on, not durable
+        assert await asyncio.wait_for(conn.recv(), 5) == "s2"
+        conn._transport.abort()  # type: ignore[union-attr]
+        lost = await events.wait_for(SessionLost, timeout=5)
+        assert lost[0].reason == "store_unavailable"
+        await conn.send("c3")
+        assert await asyncio.wait_for(conn.recv(), 5) == "s3"
+        assert handler.got == [1, 2, 3]
+    finally:
+        await conn.close()
+        await events.stop()
+        await server.shutdown()
