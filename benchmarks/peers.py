@@ -44,7 +44,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-IMPLS = ("websockets", "picows", "aiohttp", "tcp", "tether")
+IMPLS = ("websockets", "picows", "aiohttp", "tcp", "tether", "tether-v1")
 TESTS = ("echo", "stream_up", "stream_down")
 BACKLOG = 4096
 _TEXT_FLAG = 0x8000_0000
@@ -369,6 +369,7 @@ _SERVERS = {
     "aiohttp": _serve_aiohttp,
     "picows": _serve_picows,
     "tether": _serve_tether,
+    "tether-v1": _serve_tether,
 }
 
 
@@ -537,9 +538,20 @@ async def _client_aiohttp(url: str, test: str, size: int, count: int, seconds: f
 
 
 async def _client_tether(url: str, test: str, size: int, count: int, seconds: float) -> _Result:
+    """tether plain mode: ``resume=False``, so no tether.v1 even against a tether server."""
+    import tether
+
+    async with tether.connect(url, resume=False) as conn:  # type: ignore[attr-defined]
+        return await _generic_run(test, conn.send, conn.recv, size, count, seconds)
+
+
+async def _client_tether_v1(url: str, test: str, size: int, count: int, seconds: float) -> _Result:
+    """tether.v1 (the default ``resume=True``) against ``tether.serve``'s memory store."""
     import tether
 
     async with tether.connect(url) as conn:  # type: ignore[attr-defined]
+        if conn.subprotocol != "tether.v1":
+            raise RuntimeError(f"expected tether.v1, negotiated {conn.subprotocol!r}")
         return await _generic_run(test, conn.send, conn.recv, size, count, seconds)
 
 
@@ -727,6 +739,7 @@ _CLIENTS = {
     "aiohttp": _client_aiohttp,
     "picows": _client_picows,
     "tether": _client_tether,
+    "tether-v1": _client_tether_v1,
 }
 
 

@@ -567,7 +567,9 @@ async def _naive_client(url: str, tracker: _Tracker, gate: asyncio.Semaphore, fi
 async def _tether_client(url: str, tracker: _Tracker, gate: asyncio.Semaphore, first: Any) -> None:
     import tether
 
-    conn = tether.connect(url)  # type: ignore[attr-defined]
+    # Plain mode (resume=False): across a process handover a memory store is gone, so
+    # this measures the restart machinery, not resumption.
+    conn = tether.connect(url, resume=False)  # type: ignore[attr-defined]
     events = conn.events()
 
     async def watch() -> None:
