@@ -53,7 +53,9 @@ def _run_one(name: str, options: dict[str, Any], progress: Progress) -> tuple[di
     elif name == "resume":
         from . import resume
 
-        result, text, complete = resume.run(quick=quick, progress=progress)
+        result, text, complete = resume.run(
+            quick=quick, progress=progress, runs=int(options["runs"])
+        )
     else:  # argparse's choices make this unreachable from the CLI
         raise ValueError(f"unknown scenario {name!r}")
     status = "ok" if complete else "incomplete"
