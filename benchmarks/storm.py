@@ -468,7 +468,7 @@ def _report(n: int, runs: dict[str, list[dict[str, Any]]]) -> tuple[dict[str, An
         f"targets (tether, medians): all back ≤ {budget:g} s after the SIGHUP: "
         f"{'yes' if targets['all_resumed_met'] else 'NO'}; probe p99 handshake ≤ 100 ms: "
         f"{'yes' if targets['p99_handshake_met'] else 'NO'}; 0 lost: "
-        f"{'yes' if targets['lost_met'] else 'NO (plain mode: no resumption yet)'}",
+        f"{'yes' if targets['lost_met'] else 'NO (plain mode: nothing is replayed)'}",
     ]
     complete = all(r["complete"] for m in MODES for r in runs[m])
     return result, "\n".join(text), complete
