@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "codes": "codes",
     "explain": "explain",
     "compare": "compare",
+    "bench": "bench",
     "connect": "connect",
     "serve": "serve",
     "probe": "probe",

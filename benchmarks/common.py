@@ -1,0 +1,230 @@
+"""What every scenario shares: processes, statistics, tables, progress, machine facts."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import IO, Any
+
+#: Run ``benchmarks`` as a package from the repository root, whatever the cwd.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class Unavailable(Exception):
+    """A scenario cannot run here; the message says plainly what is missing."""
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Median and range of one figure over several runs."""
+
+    median: float
+    low: float
+    high: float
+    runs: int
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Summary:
+        return cls(statistics.median(values), min(values), max(values), len(values))
+
+    def as_json(self) -> dict[str, float]:
+        return {"median": self.median, "min": self.low, "max": self.high, "runs": self.runs}
+
+
+def fmt(value: float) -> str:
+    """A figure for a table: 3 significant digits, thousands as k, millions as M."""
+    magnitude = abs(value)
+    if magnitude >= 1e6:
+        return f"{value / 1e6:.3g}M"
+    if magnitude >= 1e4:
+        return f"{value / 1e3:.3g}k"
+    if magnitude >= 100:
+        return f"{value:.0f}"
+    return f"{value:.3g}"
+
+
+def fmt_summary(summary: Summary, unit: str = "") -> str:
+    return f"{fmt(summary.median)}{unit} ({fmt(summary.low)}–{fmt(summary.high)})"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A Markdown table, also readable on a terminal."""
+    widths = [max(len(str(c)) for c in column) for column in zip(headers, *rows, strict=False)]
+    lines = [
+        "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |",
+        "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+    ]
+    for row in rows:
+        cells = [str(c).ljust(w) for c, w in zip(row, widths, strict=True)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+class Progress:
+    """One status line on stderr, rewritten in place; silent unless stderr is a TTY."""
+
+    def __init__(self, enabled: bool | None = None) -> None:
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self._start = time.monotonic()
+
+    def update(self, text: str) -> None:
+        if self.enabled:
+            elapsed = time.monotonic() - self._start
+            sys.stderr.write(f"\r\033[K[{elapsed:5.0f}s] {text}")
+            sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+
+
+def python_command(module: str, *args: str) -> list[str]:
+    """``sys.executable -m benchmarks.<module> args...``."""
+    return [sys.executable, "-m", f"benchmarks.{module}", *args]
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO_ROOT, env.get("PYTHONPATH")]))
+    # Make sure no proxy setting sends loopback traffic elsewhere.
+    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost,::1"
+    return env
+
+
+def spawn(
+    command: Sequence[str], *, stdin: int | None = subprocess.DEVNULL
+) -> subprocess.Popen[str]:
+    """Start a child whose PID is the Python process itself (no shell in between)."""
+    return subprocess.Popen(
+        list(command),
+        stdin=stdin,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+        cwd=REPO_ROOT,
+    )
+
+
+def read_line(proc: subprocess.Popen[str], prefix: str, timeout: float) -> str:
+    """Wait (bounded) for the child's stdout line starting with ``prefix``; return the rest."""
+    import selectors
+
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RuntimeError(f"no {prefix!r} from {proc.args!r} within {timeout:.0f} s")
+            if not selector.select(remaining):
+                continue
+            line = proc.stdout.readline()
+            if not line:
+                err = _drain(proc.stderr)
+                raise RuntimeError(f"{proc.args!r} exited before {prefix!r}:\n{err[-3000:]}")
+            if line.startswith(prefix):
+                return line[len(prefix) :].strip()
+
+
+def _drain(stream: IO[str] | None) -> str:
+    if stream is None:
+        return ""
+    with contextlib.suppress(Exception):
+        return stream.read()
+    return ""
+
+
+def stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM, timeout: float = 5.0) -> None:
+    """Stop one child by its PID: ``sig``, then SIGKILL if it is still there after ``timeout``."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+    for stream in (proc.stdout, proc.stderr, proc.stdin):
+        if stream is not None:
+            with contextlib.suppress(Exception):
+                stream.close()
+
+
+@contextlib.contextmanager
+def server_process(impl: str, *extra: str, timeout: float = 20.0) -> Iterator[tuple[int, int]]:
+    """Run ``benchmarks.peers server IMPL``; yield (port, pid); stop it by PID afterwards."""
+    proc = spawn(python_command("peers", "server", impl, *extra))
+    try:
+        port = int(read_line(proc, "READY ", timeout))
+        yield port, proc.pid
+    finally:
+        stop(proc)
+
+
+def run_child_json(command: Sequence[str], timeout: float) -> Any:
+    """Run a child to completion (bounded) and parse the JSON it prints last."""
+    import json
+
+    proc = spawn(command)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stop(proc, signal.SIGKILL)
+        raise RuntimeError(f"{command!r} did not finish within {timeout:.0f} s") from None
+    if proc.returncode != 0:
+        raise RuntimeError(f"{command!r} exited {proc.returncode}:\n{err[-3000:]}")
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def package_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def tether_has(name: str) -> bool:
+    """True when ``tether.<name>`` exists (the asyncio adapter lands piece by piece)."""
+    try:
+        import tether
+
+        getattr(tether, name)
+    except (ImportError, AttributeError):
+        return False
+    return True
+
+
+def machine() -> dict[str, Any]:
+    """Facts about where the figures were measured."""
+    cpu = platform.processor() or "unknown"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as info:
+        for line in info:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
+    return {
+        "when_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "loadavg_1m_at_start": round(load[0], 2),
+        "packages": {
+            name: package_version(name)
+            for name in ("tether", "websockets", "picows", "aiohttp", "py-spy")
+        },
+    }

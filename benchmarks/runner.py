@@ -1,0 +1,112 @@
+"""Run the scenarios ``tether bench`` asks for; print tables or one JSON document.
+
+Exit status: 0 when every requested scenario ran completely; 1 when one could not
+run here (missing prerequisite, said plainly), ran only in part (e.g. without
+tether rows) or failed. Figures are never invented for what did not run.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+from typing import Any
+
+from .common import Progress, Unavailable, machine
+
+SCENARIOS = ("throughput", "storm", "detect", "memory", "resume")
+
+
+def _run_one(name: str, options: dict[str, Any], progress: Progress) -> tuple[dict[str, Any], str]:
+    quick = bool(options["quick"])
+    if name == "throughput":
+        from . import throughput
+
+        result, text, complete = throughput.run(
+            quick=quick, runs=int(options["runs"]), progress=progress
+        )
+    elif name == "memory":
+        from . import memory
+
+        result, text, complete = memory.run(
+            quick=quick,
+            connections=options["connections"],
+            progress=progress,
+            runs=int(options["runs"]),
+        )
+    elif name == "storm":
+        from . import storm
+
+        result, text, complete = storm.run(
+            quick=quick,
+            clients=options["connections"],
+            progress=progress,
+            runs=int(options["runs"]),
+        )
+    elif name == "detect":
+        from . import detect
+
+        result, text, complete = detect.run(
+            quick=quick, runs=int(options["runs"]), progress=progress
+        )
+    elif name == "resume":
+        from . import resume
+
+        result, text, complete = resume.run(
+            quick=quick, progress=progress, runs=int(options["runs"])
+        )
+    else:  # argparse's choices make this unreachable from the CLI
+        raise ValueError(f"unknown scenario {name!r}")
+    status = "ok" if complete else "incomplete"
+    return {"status": status, "result": result}, text
+
+
+def run(
+    scenarios: list[str],
+    *,
+    quick: bool,
+    as_json: bool,
+    runs: int,
+    save: str | None = None,
+    connections: int | None,
+) -> int:
+    """Run ``scenarios`` in order; return the exit status."""
+    options = {"quick": quick, "runs": runs, "connections": connections}
+    progress = Progress()
+    report: dict[str, Any] = {"machine": machine(), "scenarios": {}}
+    failed = False
+    if not as_json:
+        m = report["machine"]
+        versions = ", ".join(f"{k} {v}" for k, v in m["packages"].items() if v)
+        print(
+            f"# tether bench — {m['when_utc']} UTC, {m['nproc']} × {m['cpu']}, Python {m['python']}"
+        )
+        print(f"# {versions}; load average at start {m['loadavg_1m_at_start']}\n")
+    for name in scenarios:
+        started = time.monotonic()
+        try:
+            entry, text = _run_one(name, options, progress)
+        except Unavailable as exc:
+            progress.done()
+            entry, text = (
+                {"status": "unavailable", "reason": str(exc)},
+                (f"{name}: NOT RUN — {exc}"),
+            )
+        except Exception as exc:
+            progress.done()
+            entry = {"status": "error", "reason": f"{type(exc).__name__}: {exc}"}
+            text = f"{name}: FAILED — {type(exc).__name__}: {exc}"
+            traceback.print_exc(file=sys.stderr)
+        entry["elapsed_s"] = round(time.monotonic() - started, 1)
+        report["scenarios"][name] = entry
+        failed = failed or entry["status"] != "ok"
+        if not as_json:
+            print(f"## {name} ({entry['elapsed_s']:.0f} s)\n{text}\n", flush=True)
+    if as_json:
+        json.dump(report, sys.stdout, indent=2)
+        print()
+    if save is not None:
+        with open(save, "w") as out:
+            json.dump(report, out, indent=2)
+    return 1 if failed else 0

@@ -1,0 +1,725 @@
+"""Scenario ``storm``: N clients on a ticker through a restart; zero-downtime vs naive.
+
+Two runs, each with a fresh ``tether serve --app ticker --reuse-port`` process
+(one message per second per client) and N clients spread over several client
+processes:
+
+* **tether**: ``tether.connect`` clients (default policy: 1012 -> reconnect after a
+  uniform random 1-5 s); the server gets SIGHUP, starts its replacement on the same
+  port (``SO_REUSEPORT``), waits for its ``/healthz``, then drains with 1012 over the
+  default drain window (5 s).
+* **naive**: the same handover with ``--drain-window 0`` (every connection closed
+  at once, as uvicorn does) and raw ``websockets`` clients that reconnect
+  immediately (no delay, no jitter): the thundering herd.
+
+Measured from the SIGHUP (CLOCK_MONOTONIC, shared by all processes): time until
+every client is connected again; each reconnection's handshake latency (naive:
+connect() call to open; tether: from the end of the announced reconnect delay to
+the ``Connected`` event); the peak rate of reconnections completed per second
+(100 ms buckets) as the clients saw them; CPU of the old and new server processes
+(from /proc); and ticks each client missed or got twice (tick numbers are
+wall-clock based and equal in both server processes). In plain mode the ticks sent
+while a client is away are simply not delivered (no resumption): they are counted,
+not hidden.
+
+A probe process makes one raw websockets handshake at a time (every 20 ms) from
+just before the SIGHUP until every client is back: its latencies are what a *new*
+client sees during the storm, apart from the storm clients' own event loops,
+which are busy with hundreds of reconnections each (their per-client handshake
+figures include that client-side queueing). The p99 target is judged on the probe.
+
+    python -m benchmarks.storm client {tether|naive} URL --clients N
+    python -m benchmarks.storm probe URL [--interval S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import math
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+from .common import (
+    Progress,
+    Unavailable,
+    child_env,
+    python_command,
+    read_line,
+    spawn,
+    stop,
+    table,
+    tether_has,
+)
+from .peers import free_port, raise_nofile_limit
+
+DRAIN_WINDOW_S = 5.0
+#: The ticker sends each client one message per interval; the interval grows with N so
+#: that the server pushes at most 2,000 messages/s in all: the storm is about the
+#: restart, and 10,000 messages/s alone fill the server's core (measured: with a 1 s
+#: ticker and 10,000 clients the old process could not even start its drain).
+TICKER_INTERVAL_MS = 1000.0
+MAX_TICKS_PER_S = 2000.0
+PER_CLIENT_PROCESS = 1000
+#: Targets from issue 7 (the zero-downtime restart).
+TARGET_EXTRA_S = 5.5
+TARGET_P99_HANDSHAKE_S = 0.100
+MODES = ("tether", "naive")
+MODE_LABELS = {
+    "tether": "tether: drain 5 s, clients wait 1–5 s",
+    "naive": "naive: all closed at once, immediate reconnect",
+}
+
+
+def ticker_interval_ms(clients: int) -> float:
+    """Milliseconds between ticks: 1 s, longer when N clients would exceed MAX_TICKS_PER_S."""
+    return max(TICKER_INTERVAL_MS, clients / MAX_TICKS_PER_S * 1000.0)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))
+    return ordered[index]
+
+
+def _healthz(port: int, timeout: float = 1.0) -> tuple[int, dict[str, Any]]:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        chunks = []
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    status = int(head.split()[1])
+    try:
+        return status, json.loads(body or b"{}")
+    except ValueError:
+        return status, {}
+
+
+def _wait_healthy(port: int, proc: subprocess.Popen[bytes], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"tether serve exited with {proc.returncode} before serving")
+        try:
+            if _healthz(port)[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"tether serve was not healthy within {seconds:.0f} s")
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+    # Fields 14 and 15 (utime, stime), counted after the ")" of the command name.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class _CpuSampler(threading.Thread):
+    """Samples CPU use of the old server and of every process it started."""
+
+    def __init__(self, pid: int, period: float = 0.5) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.period = period
+        self.samples: list[tuple[float, float]] = []  # (monotonic, CPU-seconds so far, summed)
+        self.known: set[int] = {pid}
+        self._last: dict[int, float] = {}
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.wait(self.period):
+            self.known.update(_children(self.pid))
+            for pid in list(self.known):
+                value = _cpu_seconds(pid)
+                if value is not None:
+                    self._last[pid] = value
+            self.samples.append((time.monotonic(), sum(self._last.values())))
+
+    def halt(self) -> None:
+        self._halt.set()
+        self.join(5)
+
+
+def run(
+    *, quick: bool, clients: int | None, progress: Progress, runs: int = 5
+) -> tuple[dict[str, Any], str, bool]:
+    if not (tether_has("connect") and tether_has("serve")):
+        raise Unavailable("tether.connect / tether.serve do not exist on this branch yet")
+    from tether.cli import COMMANDS
+
+    if "serve" not in COMMANDS:
+        raise Unavailable("the `tether serve` command does not exist on this branch yet")
+    n = clients or (1000 if quick else 10_000)
+    limit = raise_nofile_limit()
+    if n + 500 > limit:
+        raise Unavailable(f"{n} clients need more file descriptors than RLIMIT_NOFILE ({limit})")
+    # A storm takes a while (10,000 clients: about a minute per run); --quick runs once.
+    rounds = 1 if quick else runs
+    results: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
+    for index in range(rounds):
+        for mode in MODES:
+            progress.update(f"storm: run {index + 1}/{rounds}, {mode}")
+            results[mode].append(_one(mode, n, progress))
+    progress.done()
+    return _report(n, results)
+
+
+def _one(mode: str, n: int, progress: Progress) -> dict[str, Any]:
+    port = free_port()
+    window = DRAIN_WINDOW_S if mode == "tether" else 0.0
+    command = [
+        sys.executable, "-m", "tether", "serve", "--app", "ticker",
+        "--ticker-interval", str(ticker_interval_ms(n)), "--port", str(port),
+        "--reuse-port", "--drain-window", str(window),
+    ]  # fmt: skip
+    # Closed in the finally below, once the server processes writing to it are gone.
+    log = tempfile.TemporaryFile()  # noqa: SIM115
+    server = subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=child_env()
+    )
+    procs: list[subprocess.Popen[str]] = []
+    replacement: int | None = None
+    try:
+        _wait_healthy(port, server, 30)
+        url = f"ws://127.0.0.1:{port}/"
+        count = max(2, math.ceil(n / PER_CLIENT_PROCESS))
+        # Initial connections: a few hundred per second on a busy 2-core machine.
+        connect_timeout = 60 + n / 40
+        share = [n // count + (i < n % count) for i in range(count)]
+        for k in share:
+            procs.append(
+                spawn(
+                    python_command(
+                        "storm",
+                        "client",
+                        mode,
+                        url,
+                        "--clients",
+                        str(k),
+                        "--connect-timeout",
+                        str(connect_timeout),
+                    ),
+                    stdin=subprocess.PIPE,
+                )
+            )
+        progress.update(f"storm ({mode}): connecting {n} clients")
+        failed = 0
+        ready_deadline = time.monotonic() + connect_timeout + 30  # the clients' bound + margin
+        for proc in procs:
+            failed += int(read_line(proc, "READY ", max(1.0, ready_deadline - time.monotonic())))
+        if failed:
+            raise RuntimeError(
+                f"{failed} of {n} clients could not connect (or were refused) within "
+                f"{connect_timeout:.0f} s, before any restart: this machine could not hold "
+                f"{n} clients on a ticker"
+            )
+        time.sleep(2.5)  # a few ticks before the restart
+        probe = spawn(python_command("storm", "probe", url), stdin=subprocess.PIPE)
+        procs.append(probe)
+        read_line(probe, "READY", 30)
+        sampler = _CpuSampler(server.pid)
+        sampler.start()
+        progress.update(f"storm ({mode}): restart (SIGHUP), waiting for {n} reconnections")
+        restarted_at = time.monotonic()
+        server.send_signal(signal.SIGHUP)
+        deadline = restarted_at + window + 90
+        complete = True
+        for proc in procs:
+            if proc is probe:
+                continue
+            try:
+                read_line(proc, "DONE", max(1.0, deadline - time.monotonic()))
+            except RuntimeError:
+                complete = False
+        time.sleep(1.0)
+        sampler.halt()
+        replacement = next((p for p in sampler.known if p != server.pid), None)
+        reports = []
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write("report\n")
+            proc.stdin.flush()
+            reports.append(json.loads(read_line(proc, "REPORT ", 60)))
+        probe_report = reports.pop(procs.index(probe))
+    finally:
+        for proc in procs:
+            stop(proc, signal.SIGKILL)
+        if replacement is None:
+            replacement = next(iter(_children(server.pid)), None)
+        for pid in (server.pid, replacement):
+            if pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGINT)
+        try:
+            server.wait(15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(5)
+        if replacement is not None:
+            _wait_gone(replacement, 15)
+        log.seek(0)
+        server_log = log.read().decode(errors="replace")
+        log.close()
+    merged = _merge(mode, n, restarted_at, reports, sampler.samples, complete, server_log, window)
+    latencies = probe_report["handshake_s"]
+    merged["probe_handshake_s"] = {
+        "p50": _percentile(latencies, 50),
+        "p99": _percentile(latencies, 99),
+        "max": max(latencies) if latencies else math.nan,
+        "samples": len(latencies),
+        "failed": probe_report["failed"],
+    }
+    return merged
+
+
+def _wait_gone(pid: int, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _merge(
+    mode: str,
+    n: int,
+    t0: float,
+    reports: list[dict[str, Any]],
+    cpu: list[tuple[float, float]],
+    complete: bool,
+    server_log: str,
+    window: float,
+) -> dict[str, Any]:
+    reconnected = [t - t0 for r in reports for t in r["reconnected_at"]]
+    disconnected = [t - t0 for r in reports for t in r["disconnected_at"]]
+    latencies = [x for r in reports for x in r["handshake_s"]]
+    missed = [x for r in reports for x in r["missed_ticks"]]
+    duplicated = sum(r["duplicate_ticks"] for r in reports)
+    codes: Counter[str] = Counter()
+    for r in reports:
+        codes.update(r["codes"])
+    attempts = sum(r["attempts"] for r in reports)
+    lags = [x for r in reports for x in r["loop_lag_s"]]
+    client_cpu = sum(r["cpu_s"] for r in reports)
+    buckets = Counter(int(t * 10) for t in reconnected)
+    peak_rate = max(buckets.values()) * 10 if buckets else 0
+    cpu_peak = 0.0
+    for (ta, ca), (tb, cb) in itertools.pairwise(cpu):
+        cpu_peak = max(cpu_peak, (cb - ca) / (tb - ta))
+    all_back = max(reconnected) if len(reconnected) == n else None
+    storm_cpu = cpu[-1][1] - cpu[0][1] if len(cpu) > 1 else math.nan
+    return {
+        "mode": mode,
+        "clients": n,
+        "drain_window_s": window,
+        "complete": complete and len(reconnected) == n,
+        "reconnected": len(reconnected),
+        "all_reconnected_after_s": all_back,
+        "first_disconnect_s": min(disconnected) if disconnected else None,
+        "all_back_after_first_close_s": all_back - min(disconnected)
+        if all_back is not None and disconnected
+        else None,
+        "last_disconnect_s": max(disconnected) if disconnected else None,
+        "reconnect_p50_s": _percentile(reconnected, 50),
+        "handshake_s": {
+            "p50": _percentile(latencies, 50),
+            "p90": _percentile(latencies, 90),
+            "p99": _percentile(latencies, 99),
+            "max": max(latencies) if latencies else math.nan,
+            "samples": len(latencies),
+        },
+        "attempts": attempts,
+        "client_loop_lag_s": {"p99": _percentile(lags, 99), "max": max(lags, default=math.nan)},
+        "peak_reconnects_per_s": peak_rate,
+        "server_cpu": {
+            "peak_cores": cpu_peak,
+            "cpu_seconds": storm_cpu,
+            "ms_per_reconnection": storm_cpu / len(reconnected) * 1000 if reconnected else None,
+        },
+        "client_cpu": {
+            "cpu_seconds": client_cpu,
+            "ms_per_reconnection": client_cpu / len(reconnected) * 1000 if reconnected else None,
+        },
+        "missed_ticks": {
+            "total": sum(missed),
+            "per_client_p50": _percentile([float(m) for m in missed], 50),
+            "per_client_max": max(missed) if missed else 0,
+        },
+        "duplicate_ticks": duplicated,
+        "close_codes": dict(codes),
+        "server_log_tail": server_log[-1500:] if not complete else "",
+    }
+
+
+def _report(n: int, runs: dict[str, list[dict[str, Any]]]) -> tuple[dict[str, Any], str, bool]:
+    """Median (min–max) over the runs of each mode; the targets judged on medians."""
+
+    def values(mode: str, path: str) -> list[float]:
+        out = []
+        for run in runs[mode]:
+            value: Any = run
+            for part in path.split("."):
+                value = value[part]
+            out.append(math.nan if value is None else float(value))
+        return out
+
+    def cell(mode: str, path: str, scale: float = 1.0, digits: int = 2) -> str:
+        vals = [v * scale for v in values(mode, path)]
+        if any(v != v for v in vals):
+            return "— (not all back)"
+        med = statistics.median(vals)
+        if len(vals) == 1:
+            return f"{med:.{digits}f}"
+        return f"{med:.{digits}f} ({min(vals):.{digits}f}–{max(vals):.{digits}f})"
+
+    metrics = [
+        ("clients back (worst run)", None, 1.0, 0),
+        ("all back, s after SIGHUP", "all_reconnected_after_s", 1.0, 2),
+        ("all back, s after the first close", "all_back_after_first_close_s", 1.0, 2),
+        ("half back, s after SIGHUP", "reconnect_p50_s", 1.0, 2),
+        ("last close, s after SIGHUP", "last_disconnect_s", 1.0, 2),
+        ("probe handshake p50, ms", "probe_handshake_s.p50", 1000.0, 1),
+        ("probe handshake p99, ms", "probe_handshake_s.p99", 1000.0, 1),
+        ("probe handshake max, ms", "probe_handshake_s.max", 1000.0, 1),
+        ("clients' handshake p50, ms", "handshake_s.p50", 1000.0, 1),
+        ("clients' handshake p99, ms", "handshake_s.p99", 1000.0, 1),
+        ("peak reconnections/s (100 ms buckets)", "peak_reconnects_per_s", 1.0, 0),
+        ("server CPU peak, cores (0.5 s samples)", "server_cpu.peak_cores", 1.0, 2),
+        ("server CPU, s (old + new process)", "server_cpu.cpu_seconds", 1.0, 1),
+        ("server CPU per reconnection, ms", "server_cpu.ms_per_reconnection", 1.0, 2),
+        ("client CPU, s (all client processes)", "client_cpu.cpu_seconds", 1.0, 1),
+        ("client CPU per reconnection, ms", "client_cpu.ms_per_reconnection", 1.0, 2),
+        ("connection attempts", "attempts", 1.0, 0),
+        ("client event-loop lag p99, ms", "client_loop_lag_s.p99", 1000.0, 0),
+        ("missed ticks, all clients", "missed_ticks.total", 1.0, 0),
+        ("missed ticks, worst client", "missed_ticks.per_client_max", 1.0, 0),
+        ("duplicated ticks", "duplicate_ticks", 1.0, 0),
+    ]
+    rows = []
+    for label, path, scale, digits in metrics:
+        if path is None:
+            rows.append([label] + [f"{min(r['reconnected'] for r in runs[m])}/{n}" for m in MODES])
+        else:
+            rows.append([label] + [cell(m, path, scale, digits) for m in MODES])
+    budget = DRAIN_WINDOW_S + TARGET_EXTRA_S
+    all_back = values("tether", "all_reconnected_after_s")
+    probe_p99 = values("tether", "probe_handshake_s.p99")
+    lost = values("tether", "missed_ticks.total")
+    targets = {
+        "all_resumed_within_s": budget,
+        "all_resumed_met": all(v == v for v in all_back) and statistics.median(all_back) <= budget,
+        "p99_handshake_s": TARGET_P99_HANDSHAKE_S,
+        "p99_handshake_met": statistics.median(probe_p99) <= TARGET_P99_HANDSHAKE_S,
+        "lost": 0,
+        "lost_met": max(lost) == 0,
+    }
+    result = {
+        "scenario": "storm",
+        "clients": n,
+        "ticker_interval_ms": ticker_interval_ms(n),
+        "runs": runs,
+        "targets": targets,
+    }
+    count = len(runs["tether"])
+    codes = "; ".join(
+        f"{m}: {dict(sum((Counter(r['close_codes']) for r in runs[m]), Counter()))}" for m in MODES
+    )
+    text = [
+        f"storm: {n} clients on a ticker (one message per {ticker_interval_ms(n) / 1000:g} s "
+        "each), restart by SIGHUP with a --reuse-port handover; "
+        f"median (min–max) of {count} run(s)",
+        table(["", *(MODE_LABELS[m] for m in MODES)], rows),
+        f"close codes seen: {codes}",
+        f"targets (tether, medians): all back ≤ {budget:g} s after the SIGHUP: "
+        f"{'yes' if targets['all_resumed_met'] else 'NO'}; probe p99 handshake ≤ 100 ms: "
+        f"{'yes' if targets['p99_handshake_met'] else 'NO'}; 0 lost: "
+        f"{'yes' if targets['lost_met'] else 'NO (plain mode: nothing is replayed)'}",
+    ]
+    complete = all(r["complete"] for m in MODES for r in runs[m])
+    return result, "\n".join(text), complete
+
+
+# --------------------------------------------------------------------------- client process
+
+
+class _Tracker:
+    """What one client saw: disconnects, reconnects, handshake latencies, tick gaps."""
+
+    __slots__ = (
+        "attempts",
+        "codes",
+        "connected",
+        "disconnected_at",
+        "duplicates",
+        "handshakes",
+        "last_tick",
+        "missed",
+        "reconnected_at",
+    )
+
+    def __init__(self) -> None:
+        self.connected = False
+        self.disconnected_at: float | None = None
+        self.reconnected_at: float | None = None
+        self.handshakes: list[float] = []
+        self.codes: list[int] = []
+        self.last_tick: int | None = None
+        self.missed = 0
+        self.duplicates = 0
+        self.attempts = 0
+
+    def tick(self, raw: str | bytes) -> None:
+        tick = int(json.loads(raw)["tick"])
+        last = self.last_tick
+        if last is not None:
+            if tick > last + 1:
+                self.missed += tick - last - 1
+            elif tick <= last:
+                self.duplicates += 1
+        self.last_tick = tick if last is None else max(last, tick)
+
+    def closed(self, code: int) -> None:
+        self.connected = False
+        self.codes.append(code)
+        if self.disconnected_at is None:
+            self.disconnected_at = time.monotonic()
+
+    def opened(self) -> None:
+        self.connected = True
+        if self.disconnected_at is not None and self.reconnected_at is None:
+            self.reconnected_at = time.monotonic()
+
+
+async def _naive_client(url: str, tracker: _Tracker, gate: asyncio.Semaphore, first: Any) -> None:
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    initial = True
+    while tracker.attempts < 10_000:  # bounded even if the server never comes back
+        tracker.attempts += 1
+        started = time.monotonic()
+        try:
+            if initial:
+                async with gate:
+                    ws = await connect(
+                        url, compression=None, ping_interval=None, proxy=None, open_timeout=30
+                    )
+            else:
+                ws = await connect(
+                    url, compression=None, ping_interval=None, proxy=None, open_timeout=30
+                )
+        except Exception:
+            if initial:
+                first(False)
+                return
+            await asyncio.sleep(0)  # "immediately": only yield to the loop
+            continue
+        if not initial:
+            tracker.handshakes.append(time.monotonic() - started)
+        tracker.opened()
+        if initial:
+            initial = False
+            first(True)
+        try:
+            async for message in ws:
+                tracker.tick(message)
+        except ConnectionClosed:
+            pass
+        received = ws.protocol.close_rcvd
+        tracker.closed(1006 if received is None else int(received.code))
+
+
+async def _tether_client(url: str, tracker: _Tracker, gate: asyncio.Semaphore, first: Any) -> None:
+    import tether
+
+    # Plain mode (resume=False): across a process handover a memory store is gone, so
+    # this measures the restart machinery, not resumption.
+    conn = tether.connect(url, resume=False)  # type: ignore[attr-defined]
+    events = conn.events()
+
+    async def watch() -> None:
+        attempt_ready: float | None = None
+        async for event in events:
+            now = time.monotonic()
+            if isinstance(event, tether.Disconnected):
+                tracker.closed(int(event.code))
+            elif isinstance(event, tether.Reconnecting):
+                tracker.attempts += 1
+                attempt_ready = now + float(event.delay)
+            elif isinstance(event, tether.Connected):
+                if attempt_ready is not None:
+                    tracker.handshakes.append(max(0.0, now - attempt_ready))
+                    attempt_ready = None
+                tracker.opened()
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        async with gate:
+            await conn
+    except Exception:
+        first(False)
+        watcher.cancel()
+        return
+    tracker.attempts += 1
+    first(True)
+    try:
+        async for message in conn:
+            tracker.tick(message)
+    finally:
+        watcher.cancel()
+
+
+async def _wait_report_request() -> None:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    await reader.readline()
+
+
+def _probe_main(argv: list[str]) -> int:
+    """One handshake at a time, every ``--interval`` s, until asked for the report."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.storm probe")
+    parser.add_argument("url")
+    parser.add_argument("--interval", type=float, default=0.02)
+    args = parser.parse_args(argv)
+
+    async def main() -> None:
+        from websockets.asyncio.client import connect
+
+        latencies: list[float] = []
+        failed: Counter[str] = Counter()
+        requested = asyncio.ensure_future(_wait_report_request())
+        print("READY", flush=True)
+        while not requested.done() and len(latencies) + failed.total() < 100_000:
+            started = time.monotonic()
+            try:
+                ws = await connect(
+                    args.url, compression=None, ping_interval=None, proxy=None, open_timeout=10
+                )
+            except Exception as exc:
+                failed[type(exc).__name__] += 1
+            else:
+                latencies.append(time.monotonic() - started)
+                await ws.close()
+            await asyncio.wait([requested], timeout=args.interval)
+        print("REPORT " + json.dumps({"handshake_s": latencies, "failed": failed}), flush=True)
+
+    asyncio.run(main())
+    return 0
+
+
+def _client_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.storm client")
+    parser.add_argument("mode", choices=("tether", "naive"))
+    parser.add_argument("url")
+    parser.add_argument("--clients", type=int, required=True)
+    parser.add_argument("--concurrency", type=int, default=100)
+    parser.add_argument("--connect-timeout", type=float, default=300.0)
+    args = parser.parse_args(argv)
+    raise_nofile_limit()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        trackers = [_Tracker() for _ in range(args.clients)]
+        gate = asyncio.Semaphore(args.concurrency)
+        outcome = {"ok": 0, "failed": 0}
+        all_first: asyncio.Future[None] = loop.create_future()
+
+        def first(ok: bool) -> None:
+            outcome["ok" if ok else "failed"] += 1
+            if sum(outcome.values()) == args.clients and not all_first.done():
+                all_first.set_result(None)
+
+        client = _tether_client if args.mode == "tether" else _naive_client
+        tasks = [asyncio.ensure_future(client(args.url, t, gate, first)) for t in trackers]
+        # Bounded: clients still connecting after this count as failed (the parent
+        # then reports how many and gives up on the run).
+        await asyncio.wait([all_first], timeout=args.connect_timeout)
+        outcome["failed"] = args.clients - outcome["ok"]
+        lags: list[float] = []
+
+        async def lag_monitor() -> None:
+            # How late this process's event loop runs: a busy client process inflates
+            # its clients' handshake figures, and this says by how much.
+            while len(lags) < 100_000:
+                before = loop.time()
+                await asyncio.sleep(0.05)
+                lags.append(loop.time() - before - 0.05)
+
+        monitor = asyncio.ensure_future(lag_monitor())
+        cpu_at_ready = time.process_time()
+        print(f"READY {outcome['failed']}", flush=True)
+        report_requested = asyncio.ensure_future(_wait_report_request())
+        done_said = False
+        while not report_requested.done():
+            if not done_said and all(t.reconnected_at is not None for t in trackers):
+                print("DONE", flush=True)
+                done_said = True
+            await asyncio.wait([report_requested], timeout=0.1)
+        report = {
+            "disconnected_at": [t.disconnected_at for t in trackers if t.disconnected_at],
+            "reconnected_at": [t.reconnected_at for t in trackers if t.reconnected_at],
+            "handshake_s": [h for t in trackers for h in t.handshakes],
+            "missed_ticks": [t.missed for t in trackers],
+            "duplicate_ticks": sum(t.duplicates for t in trackers),
+            "codes": dict(Counter(str(c) for t in trackers for c in t.codes)),
+            "attempts": sum(t.attempts for t in trackers),
+            "loop_lag_s": lags,
+            # CPU of this client process from READY (a few seconds before the restart)
+            # to the report request: mostly the reconnections.
+            "cpu_s": time.process_time() - cpu_at_ready,
+        }
+        monitor.cancel()
+        print("REPORT " + json.dumps(report), flush=True)
+        del tasks
+        # Thousands of connections: leave without closing each (the parent kills us).
+        os._exit(0)
+
+    asyncio.run(main())
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 2 and sys.argv[1] == "client":
+        sys.exit(_client_main(sys.argv[2:]))
+    if len(sys.argv) >= 2 and sys.argv[1] == "probe":
+        sys.exit(_probe_main(sys.argv[2:]))
+    sys.exit(
+        "usage: python -m benchmarks.storm client {tether|naive} URL --clients N\n"
+        "       python -m benchmarks.storm probe URL [--interval S]"
+    )

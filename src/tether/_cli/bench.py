@@ -1,0 +1,105 @@
+"""``tether bench [throughput|storm|detect|memory|resume|all] [--quick] [--json]``.
+
+The scenarios live in the repository's ``benchmarks/`` package (benchmarks are
+never unit tests and are not shipped in the wheel); this command finds that
+package next to the source tree it runs from and hands it the parsed options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+__all__ = ["SCENARIOS", "register"]
+
+SCENARIOS = ("throughput", "storm", "detect", "memory", "resume")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``bench`` subcommand."""
+    parser = subparsers.add_parser(
+        "bench",
+        help="measure tether against raw websockets, picows, aiohttp and TCP",
+        description=(
+            "Run benchmark scenarios (servers and clients in separate processes, loopback "
+            "only) and print tables of medians with min–max, or JSON. A scenario whose "
+            "prerequisites are missing says so and makes the exit status 1."
+        ),
+    )
+    parser.add_argument(
+        "scenario",
+        nargs="?",
+        default="all",
+        choices=(*SCENARIOS, "all"),
+        help="what to measure (default: all)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="smaller counts: every scenario in under 2 minutes"
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument(
+        "--save",
+        metavar="FILE",
+        default=None,
+        help="also write the JSON document to FILE (with the tables on stdout)",
+    )
+    parser.add_argument(
+        "--runs",
+        type=_positive_int,
+        default=5,
+        help="rounds per figure; each figure is their median with min–max (default: 5)",
+    )
+    parser.add_argument(
+        "--connections",
+        type=_positive_int,
+        default=None,
+        help="connections for memory and clients for storm (default: 10000, --quick: 1000)",
+    )
+    parser.set_defaults(func=_run)
+
+
+def _benchmarks_root() -> Path | None:
+    """The directory holding ``benchmarks/`` for this source tree, if there is one."""
+    import tether
+
+    candidates = [Path(tether.__file__).resolve().parents[2], Path.cwd()]
+    for root in candidates:
+        if (root / "benchmarks" / "runner.py").is_file():
+            return root
+    return None
+
+
+def _run(args: argparse.Namespace) -> int:
+    root = _benchmarks_root()
+    if root is None:
+        print(
+            "tether bench: the benchmarks/ package was not found; run it from a source "
+            "checkout of tether (pip install -e '.[bench]').",
+            file=sys.stderr,
+        )
+        return 1
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    runner = importlib.import_module("benchmarks.runner")
+    scenarios = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
+    status: int = runner.run(
+        scenarios,
+        quick=args.quick,
+        as_json=args.json,
+        save=args.save,
+        runs=args.runs,
+        connections=args.connections,
+    )
+    return status

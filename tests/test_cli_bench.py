@@ -1,0 +1,35 @@
+"""Smoke tests for ``tether bench``'s command line (never a performance test)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tether.cli import main
+
+
+def test_help_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    """`tether bench --help` prints the scenarios and exits 0."""
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for scenario in ("throughput", "storm", "detect", "memory", "resume", "all"):
+        assert scenario in out
+
+
+def test_unknown_scenario_exits_two(capsys: pytest.CaptureFixture[str]) -> None:
+    """An unknown scenario is a usage error: exit status 2."""
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "nonsense"])
+    assert exc.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", ["--runs", "--connections"])
+@pytest.mark.parametrize("value", ["0", "-3", "many"])
+def test_bad_count_exits_two(option: str, value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """--runs and --connections accept only positive integers (exit status 2 otherwise)."""
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "throughput", option, value])
+    assert exc.value.code == 2
+    assert option in capsys.readouterr().err
