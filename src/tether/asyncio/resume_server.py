@@ -54,7 +54,7 @@ from ..resume import (
     SessionEnded,
 )
 from ..stores import open_store
-from ..stores.base import Fenced, SessionStore, StoredMessage, UnknownSession
+from ..stores.base import Fenced, SessionRecord, SessionStore, StoredMessage, UnknownSession
 from ..stores.memory import MemoryStore
 from ..tokens import hash_token, judge_resume, new_session_id, new_token
 from .engine import ClosedInfo, Message, Transport, TransportClosed
@@ -107,6 +107,10 @@ class _V1:
     #: Frames for ``transport``: (sequence number that must be stored first, frame).
     outq: collections.deque[tuple[int, Message]] = field(default_factory=collections.deque)
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Held around a batch write and around a resume's claim of this session in this
+    #: process: a write under the old generation must not race the claim that bumps
+    #: it (it would be fenced, and the resumed session ended as taken over).
+    store_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     progress: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
 
@@ -290,13 +294,17 @@ class TetherV1ServerLayer(ServerLayer):
                 self._count_refusal(host, loop.time())
                 return await self._new(transport, request, principal, reason=verdict)
             token, token_hash = new_token(secrets.token_bytes)
+            local = self._by_sid.get(hello.sid)
             try:
-                record = await self.store.claim(
-                    hello.sid,
-                    record.generation,
-                    token_hash=token_hash,
-                    previous_token_hash=hash_token(hello.token),
-                )
+                if local is not None and not local.ended:
+                    # Held by this process: claim between its batch writes, and adopt the
+                    # new generation before the next write can start.
+                    async with local.store_lock:
+                        record = await self._claim(hello, record.generation, token_hash)
+                        if not local.ended:
+                            local.generation = record.generation
+                else:
+                    record = await self._claim(hello, record.generation, token_hash)
             except Fenced:
                 continue  # another connection claimed it at the same moment: judge again
             except UnknownSession:
@@ -337,6 +345,16 @@ class TetherV1ServerLayer(ServerLayer):
             self._attach(state, transport, token, resumed=True, peer_rx=hello.rx)
             return state.session
         return await self._new(transport, request, principal, reason=LostReason.NOT_RESUMABLE)
+
+    async def _claim(self, hello: Hello, generation: int, token_hash: str) -> SessionRecord:
+        assert hello.sid is not None
+        assert hello.token is not None
+        return await self.store.claim(
+            hello.sid,
+            generation,
+            token_hash=token_hash,
+            previous_token_hash=hash_token(hello.token),
+        )
 
     def _count_refusal(self, host: object, now: float) -> None:
         if self.limiter is not None and self.limiter.refused(host, now):
@@ -604,7 +622,8 @@ class TetherV1ServerLayer(ServerLayer):
         sid = state.session.id
         if state.durable and (batch or acked is not None or rx is not None):
             try:
-                await self.store.write(sid, state.generation, append=batch, acked=acked, rx=rx)
+                async with state.store_lock:
+                    await self.store.write(sid, state.generation, append=batch, acked=acked, rx=rx)
             except Fenced:
                 # Another node or connection claimed the session: this one is stale.
                 logger.info("session %s was claimed elsewhere; closing here with 4901", sid)
