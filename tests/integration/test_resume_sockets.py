@@ -15,6 +15,8 @@ import logging
 import random
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -126,6 +128,34 @@ class Events:
         await asyncio.gather(self._task, return_exceptions=True)
 
 
+@dataclass
+class Running:
+    """A server, one client of it and the client's events, for the length of a test."""
+
+    #: Replaced by a test that restarts the server; the one here at the end is shut down.
+    server: tether.Server
+    conn: tether.ClientConnection
+    events: Events
+
+
+@asynccontextmanager
+async def running(server: tether.Server, conn: tether.ClientConnection) -> AsyncIterator[Running]:
+    """Collect ``conn``'s events; afterwards close it, stop the collector, shut the server down."""
+    run = Running(server, conn, Events(conn))
+    try:
+        yield run
+    finally:
+        await conn.close()
+        await run.events.stop()
+        await run.server.shutdown()
+
+
+async def echoes(conn: tether.ClientConnection, n: int) -> None:
+    """Send ``c<n>`` and check that :class:`Echo` answers ``s<n>`` within 5 s."""
+    await conn.send(f"c{n}")
+    assert await asyncio.wait_for(conn.recv(), 5) == f"s{n}"
+
+
 async def until(condition: Callable[[], bool], timeout: float) -> None:
     """Poll ``condition`` every 10 ms, at most ``timeout`` seconds."""
 
@@ -172,25 +202,18 @@ async def test_ten_thousand_each_way_through_five_planned_restarts() -> None:
     handler = Echo()
     server = await start_server(handler, store)
     port = server.port
-    conn = await client(port)
-    events = Events(conn)
+    async with running(server, await client(port)) as run:
 
-    async def restart(_k: int) -> None:
-        nonlocal server
-        await server.restart()
-        server = await start_server(handler, store, port)
+        async def restart(_k: int) -> None:
+            await run.server.restart()
+            run.server = await start_server(handler, store, port)
 
-    try:
-        received = await stream(conn, handler, restart)
-    finally:
-        await conn.close()
-        await events.stop()
-        await server.shutdown()
+        received = await stream(run.conn, handler, restart)
     expected = list(range(1, N + 1))
     assert handler.got == expected
     assert received == expected
-    assert len(events.of(Resumed)) == 5
-    assert events.of(SessionLost) == []
+    assert len(run.events.of(Resumed)) == 5
+    assert run.events.of(SessionLost) == []
 
 
 @pytest.mark.timeout(60)
@@ -199,35 +222,29 @@ async def test_ten_thousand_each_way_through_five_transport_aborts() -> None:
     rng = random.Random(1006)
     handler = Echo()
     server = await start_server(handler, MemoryStore())
-    conn = await client(server.port)
-    events = Events(conn)
     sides: list[str] = []
+    async with running(server, await client(server.port)) as run:
 
-    async def abort(_k: int) -> None:
-        await asyncio.sleep(rng.uniform(0, 0.05))
-        side = rng.choice(["server", "client"])
-        sides.append(side)
-        if side == "server":
-            for session in server.sessions:
-                if session.transport is not None:
-                    session.transport.abort()
-        else:
-            transport = conn._transport
-            assert transport is not None
-            transport.abort()
-        await events.wait_for(Resumed, count=len(sides), timeout=10)
+        async def abort(_k: int) -> None:
+            await asyncio.sleep(rng.uniform(0, 0.05))
+            side = rng.choice(["server", "client"])
+            sides.append(side)
+            if side == "server":
+                for session in run.server.sessions:
+                    if session.transport is not None:
+                        session.transport.abort()
+            else:
+                transport = run.conn._transport
+                assert transport is not None
+                transport.abort()
+            await run.events.wait_for(Resumed, count=len(sides), timeout=10)
 
-    try:
-        received = await stream(conn, handler, abort)
-    finally:
-        await conn.close()
-        await events.stop()
-        await server.shutdown()
+        received = await stream(run.conn, handler, abort)
     expected = list(range(1, N + 1))
     assert handler.got == expected
     assert received == expected
-    assert len(events.of(Resumed)) == 5
-    assert events.of(SessionLost) == []
+    assert len(run.events.of(Resumed)) == 5
+    assert run.events.of(SessionLost) == []
     assert len(handler.sessions) == 1  # one session, one handler, across every connection
 
 
@@ -237,26 +254,20 @@ async def test_ten_thousand_each_way_through_five_proxy_kills(chaos_proxy: Any) 
     handler = Echo()
     server = await start_server(handler, MemoryStore())
     proxy = await chaos_proxy(server.port)
-    conn = await client(proxy.port)
-    events = Events(conn)
     kills = 0
+    async with running(server, await client(proxy.port)) as run:
 
-    async def kill(_k: int) -> None:
-        nonlocal kills
-        kills += proxy.kill_all()
-        await events.wait_for(Resumed, count=kills, timeout=10)
+        async def kill(_k: int) -> None:
+            nonlocal kills
+            kills += proxy.kill_all()
+            await run.events.wait_for(Resumed, count=kills, timeout=10)
 
-    try:
-        received = await stream(conn, handler, kill)
-    finally:
-        await conn.close()
-        await events.stop()
-        await server.shutdown()
+        received = await stream(run.conn, handler, kill)
     expected = list(range(1, N + 1))
     assert handler.got == expected
     assert received == expected
     assert kills == 5
-    assert events.of(SessionLost) == []
+    assert run.events.of(SessionLost) == []
 
 
 @pytest.mark.timeout(30)
@@ -296,41 +307,37 @@ class MaxRandom(random.Random):
 QUICK_ACKS = ResumeConfig(ack_delay=0.05)
 
 
+@asynccontextmanager
 async def connected_pair(
     store: MemoryStore, handler: Callable[[Session], Awaitable[None]], **layer: Any
-) -> tuple[tether.Server, tether.ClientConnection, Events]:
-    """A server and a client that reconnects exactly 1 s after a 1006."""
+) -> AsyncIterator[Running]:
+    """A server and a client that reconnects exactly 1 s after a 1006, :func:`running`."""
     layer.setdefault("config", QUICK_ACKS)
     server = await start_server(handler, store, **layer)
     conn = await client(
         server.port, backoff=BackoffConfig(base=1.0, cap=1.0), rng=MaxRandom(), resume=QUICK_ACKS
     )
-    return server, conn, Events(conn)
+    async with running(server, conn) as run:
+        yield run
 
 
 @pytest.mark.timeout(20)
 async def test_window_expiry_loses_the_session_with_the_unacked_messages() -> None:
     """Back after the resume window: SessionLost(expired/unknown) with what was unacked."""
     handler = Echo()
-    server, conn, events = await connected_pair(MemoryStore(), handler, resume_window=0.5)
-    try:
-        await conn.send("c1")
-        assert await asyncio.wait_for(conn.recv(), 5) == "s1"
-        transport = conn._transport
+    async with connected_pair(MemoryStore(), handler, resume_window=0.5) as run:
+        await echoes(run.conn, 1)
+        transport = run.conn._transport
         assert transport is not None
-        await until(lambda: conn._layer.endpoint.peer_acked == 1, 5)  # type: ignore[attr-defined]
+        await until(lambda: run.conn._layer.endpoint.peer_acked == 1, 5)  # type: ignore[attr-defined]
         transport.abort()
-        await conn.send("c2")  # queued; the reconnect comes 1 s later, after the window
-        lost = await events.wait_for(SessionLost, timeout=5)
+        await run.conn.send("c2")  # queued; the reconnect comes 1 s later, after the window
+        lost = await run.events.wait_for(SessionLost, timeout=5)
         assert lost[0].reason in {"expired", "unknown"}
         assert lost[0].unacked == ("c2",)
-        await events.wait_for(Connected)
+        await run.events.wait_for(Connected)
         await asyncio.sleep(0.2)
         assert handler.got == [1]  # c2 is the application's to resend; nothing twice
-    finally:
-        await conn.close()
-        await events.stop()
-        await server.shutdown()
 
 
 @pytest.mark.timeout(20)
@@ -350,91 +357,70 @@ async def test_overflow_while_away_is_refused_not_partial() -> None:
                 return
             sent_while_away.append(n)
 
-    server, conn, events = await connected_pair(
+    async with connected_pair(
         store,
         handler,
         config=ResumeConfig(max_messages=3, ack_delay=0.05),
         send_timeout=0.1,
-    )
-    try:
-        await conn.send("go")
-        await until(lambda: bool(server.sessions), 5)
-        transport = conn._transport
+    ) as run:
+        await run.conn.send("go")
+        await until(lambda: bool(run.server.sessions), 5)
+        transport = run.conn._transport
         assert transport is not None
         transport.abort()
-        await until(lambda: all(s.transport is None for s in server.sessions), 5)
+        await until(lambda: all(s.transport is None for s in run.server.sessions), 5)
         gone.set()
-        lost = await events.wait_for(SessionLost, timeout=5)
+        lost = await run.events.wait_for(SessionLost, timeout=5)
         assert lost[0].reason == "overflow"
         assert sent_while_away == [0, 1, 2]  # then the session was abandoned
-        await events.wait_for(Connected)
-        assert conn.state is tether.State.OPEN
-    finally:
-        await conn.close()
-        await events.stop()
-        await server.shutdown()
+        await run.events.wait_for(Connected)
+        assert run.conn.state is tether.State.OPEN
 
 
 @pytest.mark.timeout(20)
 async def test_forged_token_is_refused_with_token_invalid() -> None:
     """A resume with a token the server never issued: SessionLost('token_invalid')."""
     handler = Echo()
-    server, conn, events = await connected_pair(MemoryStore(), handler)
-    try:
-        await conn.send("c1")
-        assert await asyncio.wait_for(conn.recv(), 5) == "s1"
-        layer = conn._layer
+    async with connected_pair(MemoryStore(), handler) as run:
+        await echoes(run.conn, 1)
+        layer = run.conn._layer
         assert isinstance(layer, TetherV1ClientLayer)
         layer.endpoint._session.token = "A" * 43  # type: ignore[union-attr]
-        conn._transport.abort()  # type: ignore[union-attr]
-        lost = await events.wait_for(SessionLost, timeout=5)
+        run.conn._transport.abort()  # type: ignore[union-attr]
+        lost = await run.events.wait_for(SessionLost, timeout=5)
         assert lost[0].reason == "token_invalid"
-        await conn.send("c2")
-        assert await asyncio.wait_for(conn.recv(), 5) == "s2"
+        await echoes(run.conn, 2)
         assert handler.got == [1, 2]
         assert len(handler.sessions) == 2  # a fresh session, a fresh handler
-    finally:
-        await conn.close()
-        await events.stop()
-        await server.shutdown()
 
 
 @pytest.mark.timeout(20)
 async def test_stale_epoch_after_the_store_lost_its_data() -> None:
     """A new serve() on a new (empty) store: the old epoch gives SessionLost('epoch_mismatch')."""
     handler = Echo()
-    server, conn, events = await connected_pair(MemoryStore(), handler)
-    port = server.port
-    try:
-        await conn.send("c1")
-        assert await asyncio.wait_for(conn.recv(), 5) == "s1"
-        await server.restart()
-        server = await start_server(handler, MemoryStore(), port)
-        lost = await events.wait_for(SessionLost, timeout=10)
+    async with connected_pair(MemoryStore(), handler) as run:
+        port = run.server.port
+        await echoes(run.conn, 1)
+        await run.server.restart()
+        run.server = await start_server(handler, MemoryStore(), port)
+        lost = await run.events.wait_for(SessionLost, timeout=10)
         assert lost[0].reason == "epoch_mismatch"
-        await conn.send("c2")
-        assert await asyncio.wait_for(conn.recv(), 5) == "s2"
+        await echoes(run.conn, 2)
         assert handler.got == [1, 2]
-    finally:
-        await conn.close()
-        await events.stop()
-        await server.shutdown()
 
 
 @pytest.mark.timeout(20)
 async def test_takeover_closes_the_old_connection_with_4901() -> None:
     """A second connection resumes a live session: the old one gets 4901 and SessionLost."""
     handler = Echo()
-    server, conn, events = await connected_pair(MemoryStore(), handler)
-    try:
-        await conn.send("c1")
-        assert await asyncio.wait_for(conn.recv(), 5) == "s1"
-        layer = conn._layer
+    async with connected_pair(MemoryStore(), handler) as run:
+        await echoes(run.conn, 1)
+        layer = run.conn._layer
         assert isinstance(layer, TetherV1ClientLayer)
         creds = layer.endpoint._session
         assert creds is not None
         async with ws_connect(
-            f"ws://127.0.0.1:{server.port}/",
+            f"ws://127.0.0.1:{run.server.port}/",
             subprotocols=["tether.v1"],  # type: ignore[list-item]
         ) as raw:
             hello = {"type": "hello", "sid": creds.sid, "token": creds.token,
@@ -442,19 +428,15 @@ async def test_takeover_closes_the_old_connection_with_4901() -> None:
             await raw.send(json.dumps(hello))
             welcome = await asyncio.wait_for(raw.recv(), 5)
             assert '"resumed":true' in str(welcome)
-            lost = await events.wait_for(SessionLost, timeout=5)
+            lost = await run.events.wait_for(SessionLost, timeout=5)
             assert lost[0].reason == "taken_over"
-            await until(lambda: conn.state is tether.State.CLOSED, 5)
-            assert conn.close_code == 4901
+            await until(lambda: run.conn.state is tether.State.CLOSED, 5)
+            assert run.conn.close_code == 4901
             await raw.send("d2:1:c2")
             # The ack field is what the server has committed: 1, or 2 once c2 is stored.
             assert await asyncio.wait_for(raw.recv(), 5) in ("d2:1:s2", "d2:2:s2")
         assert handler.got == [1, 2]
         assert len(handler.sessions) == 1
-    finally:
-        await conn.close()
-        await events.stop()
-        await server.shutdown()
 
 
 @pytest.mark.timeout(20)
@@ -509,23 +491,15 @@ async def test_store_outage_degrades_the_session_and_refuses_resumes() -> None:
     """Store down: the session keeps working; a resume gets SessionLost('store_unavailable')."""
     store = FlakyStore()
     handler = Echo()
-    server, conn, events = await connected_pair(store, handler)
-    try:
-        await conn.send("c1")
-        assert await asyncio.wait_for(conn.recv(), 5) == "s1"
+    async with connected_pair(store, handler) as run:
+        await echoes(run.conn, 1)
         store.down = True
-        await conn.send("c2")  # the write fails: the session goes on, not durable
-        assert await asyncio.wait_for(conn.recv(), 5) == "s2"
-        conn._transport.abort()  # type: ignore[union-attr]
-        lost = await events.wait_for(SessionLost, timeout=5)
+        await echoes(run.conn, 2)  # the write fails: the session goes on, not durable
+        run.conn._transport.abort()  # type: ignore[union-attr]
+        lost = await run.events.wait_for(SessionLost, timeout=5)
         assert lost[0].reason == "store_unavailable"
-        await conn.send("c3")
-        assert await asyncio.wait_for(conn.recv(), 5) == "s3"
+        await echoes(run.conn, 3)
         assert handler.got == [1, 2, 3]
-    finally:
-        await conn.close()
-        await events.stop()
-        await server.shutdown()
 
 
 @pytest.mark.timeout(30)
@@ -546,23 +520,15 @@ async def test_resume_tokens_never_reach_the_debug_log_or_reprs(
     store = MemoryStore()
     handler = Echo()
     server = await start_server(handler, store)
-    conn = await client(server.port)
-    events = Events(conn)
-    try:
-        await conn.send("c1")
-        assert await asyncio.wait_for(conn.recv(), 5) == "s1"
-        transport = conn._transport
+    async with running(server, await client(server.port)) as run:
+        await echoes(run.conn, 1)
+        transport = run.conn._transport
         assert transport is not None
         transport.abort()
-        await events.wait_for(Resumed, timeout=10)
-        await conn.send("c2")
-        assert await asyncio.wait_for(conn.recv(), 5) == "s2"
-        layer = conn._layer
+        await run.events.wait_for(Resumed, timeout=10)
+        await echoes(run.conn, 2)
+        layer = run.conn._layer
         records = [repr(layer.__dict__), repr(layer.endpoint.__dict__), repr(store.__dict__)]
-    finally:
-        await conn.close()
-        await events.stop()
-        await server.shutdown()
     logged = "\n".join(record.getMessage() for record in caplog.records)
     assert len(issued) == 2  # the first welcome's token, then the rotated one
     assert "< TEXT" in logged  # the engine's frame log was really captured
