@@ -150,6 +150,19 @@ def _one_line(label: int | str, info: CodeInfo, title: str, phrase: str) -> str:
     return f"{label} {title}: {phrase}"
 
 
+def _entry_dict(entry: Explanation | CatalogEntry) -> dict[str, Any]:
+    """The JSON fields both shapes write alike, in their documented order (name .. summary)."""
+    return {
+        "name": entry.name,
+        "title": entry.title,
+        "category": entry.category.value,
+        "may_send": entry.may_send,
+        "sender": entry.sender.value,
+        "registered": entry.registered,
+        "summary": entry.summary,
+    }
+
+
 @dataclass(frozen=True)
 class Explanation:
     """Everything tether knows about one close code, in one language.
@@ -197,13 +210,7 @@ class Explanation:
         return {
             "code": self.code,
             "key": self.key,
-            "name": self.name,
-            "title": self.title,
-            "category": self.category.value,
-            "may_send": self.may_send,
-            "sender": self.sender.value,
-            "registered": self.registered,
-            "summary": self.summary,
+            **_entry_dict(self),
             "meaning": self.meaning,
             "causes": list(self.causes),
             "client_action": self.client_action,
@@ -444,13 +451,7 @@ class CatalogEntry:
             "key": self.key,
             "low": self.low,
             "high": self.high,
-            "name": self.name,
-            "title": self.title,
-            "category": self.category.value,
-            "may_send": self.may_send,
-            "sender": self.sender.value,
-            "registered": self.registered,
-            "summary": self.summary,
+            **_entry_dict(self),
             "tether_default": self.tether_default,
             "policy": [segment.to_dict() for segment in self.segments],
         }
