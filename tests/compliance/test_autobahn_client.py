@@ -13,22 +13,14 @@ from typing import Any
 import pytest
 import websockets.asyncio.messages
 from autobahn_agent import drive, tether_runner
-from autobahn_support import (
-    ENGINE_DIVERGENCES,
-    LIMIT_CASES,
-    RAISED_MAX_FRAGMENTS,
-    RAISED_MAX_SIZE,
-    default_run_exclusions,
-    failures,
-    matches,
-)
+from autobahn_conformance import CASES_9, DefaultLimitsRun, assert_all_passed
+from autobahn_support import RAISED_MAX_FRAGMENTS, RAISED_MAX_SIZE
 from kosoku import FailureError, run_fuzzingserver
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 # (The suite has no group 8.)
 GROUPS_1_TO_10 = [f"{group}.*" for group in (1, 2, 3, 4, 5, 6, 7, 9, 10)]
-CASES_1_TO_10 = 301
 
 
 async def fuzz(cases: list[str], *, max_size: int | None) -> dict[str, Any]:
@@ -49,32 +41,8 @@ def results() -> dict[str, Any]:
     return asyncio.run(fuzz(GROUPS_1_TO_10, max_size=2**20))
 
 
-def test_suite_ran_every_case_of_groups_1_to_10(results: dict[str, Any]) -> None:
-    """The run covers all 301 cases outside the compression groups."""
-    assert len(results) == CASES_1_TO_10
-
-
-def test_every_case_within_the_default_limits_passes(results: dict[str, Any]) -> None:
-    """Every case but the over-limit ones and 7.1.5 is OK, NON-STRICT or INFORMATIONAL."""
-    within = [r for case, r in results.items() if not matches(case, default_run_exclusions())]
-    assert len(within) == CASES_1_TO_10 - 25
-    assert failures(within) == []
-
-
-def test_messages_over_the_default_limits_are_refused_with_1009(results: dict[str, Any]) -> None:
-    """The client refuses 4-16 MiB messages with 1009, like the server."""
-    over = {case: r.remote_close_code for case, r in results.items() if matches(case, LIMIT_CASES)}
-    assert len(over) == 24
-    assert set(over.values()) == {1009}
-
-
-def test_close_inside_a_fragmented_message_is_answered_with_1002(results: dict[str, Any]) -> None:
-    """7.1.5: the engine answers a Close between fragments with 1002 (docs/compliance.md)."""
-    code, reason = ENGINE_DIVERGENCES["7.1.5"]
-    assert (results["7.1.5"].remote_close_code, results["7.1.5"].remote_close_reason) == (
-        code,
-        reason,
-    )
+class TestDefaultLimits(DefaultLimitsRun):
+    """The shared checks (autobahn_conformance.py) on the client's run; 4-16 MiB get 1009."""
 
 
 async def test_every_9x_case_passes_with_the_limits_raised(
@@ -83,6 +51,4 @@ async def test_every_9x_case_passes_with_the_limits_raised(
     """With max_size=16 MiB and 65536 fragments per message, all 54 cases of 9.x pass."""
     # What WEBSOCKETS_MAX_FRAGMENTS does at import time, for this process only.
     monkeypatch.setattr(websockets.asyncio.messages, "MAX_FRAGMENTS", RAISED_MAX_FRAGMENTS)
-    results = await fuzz(["9.*"], max_size=RAISED_MAX_SIZE)
-    assert len(results) == 54
-    assert failures(list(results.values())) == []
+    assert_all_passed(await fuzz(["9.*"], max_size=RAISED_MAX_SIZE), CASES_9)

@@ -11,24 +11,16 @@ import os
 from typing import Any
 
 import pytest
-from autobahn_support import (
-    ENGINE_DIVERGENCES,
-    EXCLUDED,
-    LIMIT_CASES,
-    RAISED_MAX_FRAGMENTS,
-    RAISED_MAX_SIZE,
-    default_run_exclusions,
-    failures,
-    matches,
-)
+from autobahn_conformance import CASES_9, DefaultLimitsRun, assert_all_passed
+from autobahn_support import EXCLUDED, RAISED_MAX_FRAGMENTS, RAISED_MAX_SIZE
 from kosoku import FailureError, run_fuzzingclient
 
 from conftest import Launcher, peer_server_argv, tether_serve_argv
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
-#: Cases in groups 1-10 of the suite (the 216 of 12.x/13.x are excluded).
-CASES_1_TO_10 = 301
+#: Cases of 12.x and 13.x (permessage-deflate), run only when asked.
+CASES_12_13 = 216
 
 
 def fuzz(url: str, cases: list[str] | None, exclude: list[str]) -> dict[str, Any]:
@@ -50,30 +42,8 @@ def results(launch_module: Launcher) -> dict[str, Any]:
     return fuzz(server.url, None, list(EXCLUDED))
 
 
-def test_suite_ran_every_case_of_groups_1_to_10(results: dict[str, Any]) -> None:
-    """The run covers all 301 cases outside the compression groups."""
-    assert len(results) == CASES_1_TO_10
-
-
-def test_every_case_within_the_default_limits_passes(results: dict[str, Any]) -> None:
-    """Every case but the over-limit ones and 7.1.5 is OK, NON-STRICT or INFORMATIONAL."""
-    within = [r for case, r in results.items() if not matches(case, default_run_exclusions())]
-    assert len(within) == CASES_1_TO_10 - 25
-    assert failures(within) == []
-
-
-def test_messages_over_the_default_limits_are_refused_with_1009(results: dict[str, Any]) -> None:
-    """The 24 cases with 4-16 MiB messages get 1009 Message Too Big, and nothing else breaks."""
-    over = {case: r.remote_close_code for case, r in results.items() if matches(case, LIMIT_CASES)}
-    assert len(over) == 24
-    assert set(over.values()) == {1009}
-
-
-def test_close_inside_a_fragmented_message_is_answered_with_1002(results: dict[str, Any]) -> None:
-    """7.1.5: the engine answers a Close between fragments with 1002 (docs/compliance.md)."""
-    result = results["7.1.5"]
-    code, reason = ENGINE_DIVERGENCES["7.1.5"]
-    assert (result.remote_close_code, result.remote_close_reason) == (code, reason)
+class TestDefaultLimits(DefaultLimitsRun):
+    """The shared checks (autobahn_conformance.py) on the run against ``tether serve``."""
 
 
 def test_every_9x_case_passes_with_the_limits_raised(launch: Launcher) -> None:
@@ -82,9 +52,7 @@ def test_every_9x_case_passes_with_the_limits_raised(launch: Launcher) -> None:
         peer_server_argv("tether", "--max-size", str(RAISED_MAX_SIZE)),
         env={"WEBSOCKETS_MAX_FRAGMENTS": str(RAISED_MAX_FRAGMENTS)},
     )
-    results = fuzz(server.url, ["9.*"], [])
-    assert len(results) == 54
-    assert failures(list(results.values())) == []
+    assert_all_passed(fuzz(server.url, ["9.*"], []), CASES_9)
 
 
 @pytest.mark.timeout(900)
@@ -102,6 +70,4 @@ def test_every_9x_case_passes_with_the_limits_raised(launch: Launcher) -> None:
 def test_compression_cases_pass_when_deflate_is_enabled(launch: Launcher) -> None:
     """With compression="deflate", all 216 cases of 12.x and 13.x pass."""
     server = launch(peer_server_argv("tether", "--compression", "deflate"))
-    results = fuzz(server.url, ["12.*", "13.*"], [])
-    assert len(results) == 216
-    assert failures(list(results.values())) == []
+    assert_all_passed(fuzz(server.url, ["12.*", "13.*"], []), CASES_12_13)
