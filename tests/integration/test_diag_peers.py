@@ -14,9 +14,10 @@ import json
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
+from tests.support.events import EventRecorder
 from tests.support.node import PEERS_DIR, NodeWsServer, node_binary, require_peers
 from tests.support.ports import free_port, wait_for_port
 from tests.support.procs import JsonLineProcess, tether_cli
@@ -25,14 +26,13 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 import tether
-from tether import BackoffConfig, Connected, Disconnected, Event, Heartbeat, State
+from tether import BackoffConfig, Connected, Disconnected, Heartbeat, State
 from tether.asyncio.chaos import ChaosProxy
 from tether.asyncio.probe import find_idle_limit, probe
 from tether.idlesearch import IdleSearchConfig
 
 pytestmark = pytest.mark.integration
 
-E = TypeVar("E", bound=Event)
 Spawn = Callable[[JsonLineProcess], Awaitable[JsonLineProcess]]
 
 #: The idle limit both intermediaries are configured with, and the resolution asked for.
@@ -200,23 +200,32 @@ def heartbeat_client(port: int, *, ping_ms: int = 0, timeout_ms: int = 0) -> Jso
     )
 
 
-@pytest.fixture
-def node_client(node_peers: None, spawn: Spawn) -> Callable[..., Any]:
-    """Factory: ``await node_client(port, ping_ms=, timeout_ms=)``; stopped by ``spawn``."""
+ChaosClient = Callable[..., Awaitable[JsonLineProcess]]
 
-    async def make(port: int, **kwargs: int) -> JsonLineProcess:
-        return await spawn(heartbeat_client(port, **kwargs))
+
+@pytest.fixture
+def node_client_via_chaos(
+    node_peers: None, node_ws_server: NodeWsServer, spawn: Spawn
+) -> ChaosClient:
+    """Factory: ``await node_client_via_chaos(*chaos_flags, ping_ms=, timeout_ms=)``.
+
+    Starts `tether chaos` with the flags in front of the Node ws echo server, then a Node
+    client through it; both are stopped by ``spawn``.
+    """
+
+    async def make(*chaos_flags: str, **client: int) -> JsonLineProcess:
+        port = await start_chaos(spawn, node_ws_server.port, *chaos_flags)
+        return await spawn(heartbeat_client(port, **client))
 
     return make
 
 
 @pytest.mark.timeout(20)
 async def test_chaos_kill_is_1006_for_node_peers(
-    node_ws_server: NodeWsServer, spawn: Spawn, node_client: Callable[..., Any]
+    node_ws_server: NodeWsServer, node_client_via_chaos: ChaosClient
 ) -> None:
     """--kill-after 0.5: the Node client and the Node server both see 1006, not clean."""
-    port = await start_chaos(spawn, node_ws_server.port, "--kill-after", "0.5")
-    client = await node_client(port)
+    client = await node_client_via_chaos("--kill-after", "0.5")
     opened = await client.expect_event("open", timeout=5)
     closed = await client.expect_event("close", timeout=5)
     assert (closed["code"], closed["wasClean"]) == (1006, False)
@@ -226,12 +235,9 @@ async def test_chaos_kill_is_1006_for_node_peers(
 
 
 @pytest.mark.timeout(20)
-async def test_chaos_idle_kill_timing_for_node_client(
-    node_ws_server: NodeWsServer, spawn: Spawn, node_client: Callable[..., Any]
-) -> None:
+async def test_chaos_idle_kill_timing_for_node_client(node_client_via_chaos: ChaosClient) -> None:
     """--idle-timeout 1: an idle Node client is dropped (1006) after 1 s, within 10 %."""
-    port = await start_chaos(spawn, node_ws_server.port, "--idle-timeout", "1")
-    client = await node_client(port)
+    client = await node_client_via_chaos("--idle-timeout", "1")
     opened = await client.expect_event("open", timeout=5)
     closed = await client.expect_event("close", timeout=5)
     assert closed["code"] == 1006
@@ -240,11 +246,10 @@ async def test_chaos_idle_kill_timing_for_node_client(
 
 @pytest.mark.timeout(20)
 async def test_chaos_blackhole_detected_by_node_heartbeat(
-    node_ws_server: NodeWsServer, spawn: Spawn, node_client: Callable[..., Any]
+    node_client_via_chaos: ChaosClient,
 ) -> None:
     """--blackhole-after 0.5: a Node client pinging every 0.2 s (0.3 s timeout) drops it (1006)."""
-    port = await start_chaos(spawn, node_ws_server.port, "--blackhole-after", "0.5")
-    client = await node_client(port, ping_ms=200, timeout_ms=300)
+    client = await node_client_via_chaos("--blackhole-after", "0.5", ping_ms=200, timeout_ms=300)
     opened = await client.expect_event("open", timeout=5)
     await client.expect_event("pong", timeout=2)  # the heartbeat works before the blackhole
     dead = await client.expect_event("dead", timeout=5)
@@ -256,11 +261,10 @@ async def test_chaos_blackhole_detected_by_node_heartbeat(
 
 @pytest.mark.timeout(20)
 async def test_chaos_blackhole_unnoticed_without_heartbeat(
-    node_ws_server: NodeWsServer, spawn: Spawn, node_client: Callable[..., Any]
+    node_client_via_chaos: ChaosClient,
 ) -> None:
     """Without a heartbeat the blackholed Node client stays open; its message never echoes."""
-    port = await start_chaos(spawn, node_ws_server.port, "--blackhole-after", "0.3")
-    client = await node_client(port)
+    client = await node_client_via_chaos("--blackhole-after", "0.3")
     await client.expect_event("open", timeout=5)
     await asyncio.sleep(0.5)  # past the blackhole (a fault time, not a timer under test)
     await client.send({"cmd": "send", "data": "anyone there?"})
@@ -270,44 +274,10 @@ async def test_chaos_blackhole_unnoticed_without_heartbeat(
 # -- chaos seen by a tether client -------------------------------------------------------------
 
 
-class EventLog:
-    """Collects a tether connection's events with their monotonic arrival time."""
-
-    def __init__(self, conn: tether.ClientConnection) -> None:
-        self.items: list[tuple[float, Event]] = []
-        self._changed = asyncio.Event()
-        self._task = asyncio.get_running_loop().create_task(self._run(conn))
-
-    async def _run(self, conn: tether.ClientConnection) -> None:
-        async for event in conn.events():
-            self.items.append((time.monotonic(), event))
-            self._changed.set()
-
-    async def first(self, kind: type[E], timeout: float, after: float = 0.0) -> tuple[float, E]:
-        """The first event of ``kind`` that arrived after monotonic time ``after``."""
-
-        async def wait() -> tuple[float, E]:
-            while True:
-                for stamp, event in self.items:
-                    if stamp >= after and isinstance(event, kind):
-                        return stamp, event
-                self._changed.clear()
-                await self._changed.wait()
-
-        return await asyncio.wait_for(wait(), timeout)
-
-    def count(self, kind: type[Event]) -> int:
-        return sum(isinstance(event, kind) for _, event in self.items)
-
-    async def stop(self) -> None:
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
-
-
 @contextlib.asynccontextmanager
 async def tether_client(
     port: int, heartbeat: Heartbeat
-) -> AsyncIterator[tuple[tether.ClientConnection, EventLog]]:
+) -> AsyncIterator[tuple[tether.ClientConnection, EventRecorder]]:
     """A tether client through the proxy on ``port``, with its event log."""
     conn = tether.connect(
         f"ws://127.0.0.1:{port}/",
@@ -315,7 +285,7 @@ async def tether_client(
         backoff=BackoffConfig(base=0.05, cap=0.2),
         close_timeout=1.0,
     )
-    log = EventLog(conn)
+    log = EventRecorder(conn)
     try:
         async with conn:
             yield conn, log

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from tests.support.events import EventRecorder
 from tests.support.node import NodeWsServer
 from tests.support.ports import free_port, wait_for_port
 from tests.support.procs import JsonLineProcess, tether_cli
@@ -101,33 +102,6 @@ def client(port: int, **kwargs: Any) -> tether.ClientConnection:
     return tether.connect(f"ws://127.0.0.1:{port}/", heartbeat=None, send_timeout=None, **kwargs)
 
 
-class Events:
-    """Collects a connection's events in the background."""
-
-    def __init__(self, conn: tether.ClientConnection) -> None:
-        self.seen: list[Any] = []
-        self._task = asyncio.ensure_future(self._collect(conn))
-
-    async def _collect(self, conn: tether.ClientConnection) -> None:
-        async for event in conn.events():
-            self.seen.append(event)
-
-    def of(self, kind: type) -> list[Any]:
-        return [e for e in self.seen if isinstance(e, kind)]
-
-    async def wait_for(self, kind: type, count: int = 1, timeout: float = 10.0) -> list[Any]:
-        async def poll() -> None:
-            while len(self.of(kind)) < count:  # noqa: ASYNC110 - another task fills it
-                await asyncio.sleep(0.01)
-
-        await asyncio.wait_for(poll(), timeout)
-        return self.of(kind)
-
-    async def stop(self) -> None:
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
-
-
 @dataclass
 class Running:
     """A server, one client of it and the client's events, for the length of a test."""
@@ -135,13 +109,13 @@ class Running:
     #: Replaced by a test that restarts the server; the one here at the end is shut down.
     server: tether.Server
     conn: tether.ClientConnection
-    events: Events
+    events: EventRecorder
 
 
 @asynccontextmanager
 async def running(server: tether.Server, conn: tether.ClientConnection) -> AsyncIterator[Running]:
     """Collect ``conn``'s events; afterwards close it, stop the collector, shut the server down."""
-    run = Running(server, conn, Events(conn))
+    run = Running(server, conn, EventRecorder(conn))
     try:
         yield run
     finally:
@@ -282,7 +256,7 @@ async def test_memory_store_process_restart_says_goaway_resume_false(spawn: Spaw
     )  # fmt: skip
     await wait_for_port("127.0.0.1", port, 10)
     conn = await client(port, backoff=BackoffConfig(base=5.0, cap=5.0, restart_window=(5, 5)))
-    events = Events(conn)
+    events = EventRecorder(conn)
     try:
         await conn.send("hello")
         assert await asyncio.wait_for(conn.recv(), 5) == "hello"
