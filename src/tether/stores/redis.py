@@ -297,9 +297,7 @@ class RedisStore(SessionStore):
     ) -> SessionRecord:
         """Create a session at generation 1 (see :meth:`SessionStore.create`)."""
         args = [token_hash, repr(now), principal or "", "0" if principal is None else "1"]
-        fields = await self._call(
-            "create", lambda: self._pipelined(self._create_script, self._keys(sid), args), sid=sid
-        )
+        fields = await self._session_script("create", self._create_script, sid, args)
         return _record(sid, fields)
 
     async def load(self, sid: str) -> SessionRecord | None:
@@ -317,21 +315,14 @@ class RedisStore(SessionStore):
     ) -> SessionRecord:
         """Compare-and-set the generation in one script (see :meth:`SessionStore.claim`)."""
         args = [str(expected_generation), token_hash, previous_token_hash]
-        fields = await self._call(
-            "claim",
-            lambda: self._pipelined(self._claim_script, self._keys(sid), args),
-            sid=sid,
-            generation=expected_generation,
+        fields = await self._session_script(
+            "claim", self._claim_script, sid, args, generation=expected_generation
         )
         return _record(sid, fields)
 
     async def messages(self, sid: str, *, after: int) -> list[StoredMessage]:
         """Held messages with ``seq > after``: one ``XRANGE`` of the session's stream."""
-        entries = await self._call(
-            "messages",
-            lambda: self._pipelined(self._messages_script, self._keys(sid), [after + 1]),
-            sid=sid,
-        )
+        entries = await self._session_script("messages", self._messages_script, sid, [after + 1])
         return [_message(entry_id, fields) for entry_id, fields in entries]
 
     async def write(
@@ -357,23 +348,19 @@ class RedisStore(SessionStore):
                 args += ["t", message.payload.encode()]
             else:
                 args += ["b", message.payload]
-        fields = await self._call(
-            "write",
-            lambda: self._pipelined(self._write_script, self._keys(sid), args),
-            sid=sid,
-            generation=generation,
+        fields = await self._session_script(
+            "write", self._write_script, sid, args, generation=generation
         )
         return _record(sid, fields)
 
     async def detach(self, sid: str, generation: int, *, expires_at: float) -> None:
         """Set the keys' TTL to the resume window (see :meth:`SessionStore.detach`)."""
         ttl_ms = max(1, math.ceil((expires_at - self._clock()) * 1000))
-        await self._call(
+        await self._session_script(
             "detach",
-            lambda: self._pipelined(
-                self._detach_script, self._keys(sid), [generation, repr(expires_at), ttl_ms]
-            ),
-            sid=sid,
+            self._detach_script,
+            sid,
+            [generation, repr(expires_at), ttl_ms],
             generation=generation,
         )
         # The index is a hint for expire(), which re-checks the record: not part of the step.
@@ -381,11 +368,8 @@ class RedisStore(SessionStore):
 
     async def abandon(self, sid: str, generation: int, *, reason: str) -> None:
         """Mark the session lost and drop its stream (see :meth:`SessionStore.abandon`)."""
-        await self._call(
-            "abandon",
-            lambda: self._pipelined(self._abandon_script, self._keys(sid), [generation, reason]),
-            sid=sid,
-            generation=generation,
+        await self._session_script(
+            "abandon", self._abandon_script, sid, [generation, reason], generation=generation
         )
 
     async def delete(self, sid: str) -> None:
@@ -500,6 +484,23 @@ class RedisStore(SessionStore):
             for call in calls:
                 pipe.evalsha(call.script.sha, call.key_count, *call.args)
             return list(await pipe.execute(raise_on_error=False))
+
+    def _session_script(
+        self,
+        operation: str,
+        script: AsyncScript,
+        sid: str,
+        args: list[Any],
+        *,
+        generation: int = 0,
+    ) -> Awaitable[Any]:
+        """:meth:`_call` of ``script`` on the session's two keys, in this turn's pipeline."""
+        return self._call(
+            operation,
+            lambda: self._pipelined(script, self._keys(sid), args),
+            sid=sid,
+            generation=generation,
+        )
 
     async def _call(
         self,
