@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+from tests.support.cli import run_tether
 from tests.support.events import EventRecorder
 from tests.support.node import PEERS_DIR, NodeWsServer, node_binary, require_peers
 from tests.support.ports import free_port, wait_for_port
@@ -38,26 +38,6 @@ Spawn = Callable[[JsonLineProcess], Awaitable[JsonLineProcess]]
 #: The idle limit both intermediaries are configured with, and the resolution asked for.
 LIMIT = 3.0
 RESOLUTION = 0.5
-
-
-async def run_tether(*args: str, timeout: float = 30) -> tuple[int, str, str]:
-    """Run ``python -m tether ARGS`` to completion (bounded), killed by PID if it overruns."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tether",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 def assert_limit_found(search: dict[str, Any]) -> None:
