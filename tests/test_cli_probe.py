@@ -5,14 +5,13 @@ The command runs in a subprocess (it owns its event loop, like a user's shell wo
 
 from __future__ import annotations
 
-import asyncio
 import http
 import io
 import json
-import sys
 from collections.abc import AsyncIterator
 
 import pytest
+from tests.support.cli import run_tether
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Request, Response
 
@@ -23,22 +22,7 @@ pytestmark = pytest.mark.timeout(30)
 
 
 async def tether(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tether",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), 20)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await run_tether(*args, timeout=20)
 
 
 async def _echo(ws: ServerConnection) -> None:
