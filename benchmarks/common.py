@@ -146,8 +146,17 @@ def _drain(stream: IO[str] | None) -> str:
     return ""
 
 
-def stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM, timeout: float = 5.0) -> None:
-    """Stop one child by its PID: ``sig``, then SIGKILL if it is still there after ``timeout``."""
+def stop(
+    proc: subprocess.Popen[str],
+    sig: int = signal.SIGTERM,
+    timeout: float = 5.0,
+    *,
+    keep_streams: bool = False,
+) -> None:
+    """Stop one child by its PID: ``sig``, then SIGKILL if it is still there after ``timeout``.
+
+    Its pipes are closed afterwards, unless ``keep_streams`` (to read what it left).
+    """
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(sig)
@@ -156,6 +165,8 @@ def stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM, timeout: float 
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout)
+    if keep_streams:
+        return
     for stream in (proc.stdout, proc.stderr, proc.stdin):
         if stream is not None:
             with contextlib.suppress(Exception):

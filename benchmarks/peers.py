@@ -2,13 +2,14 @@
 
     python -m benchmarks.peers server IMPL [--port P] [--reuse-port]
     python -m benchmarks.peers client IMPL URL --plan '[["echo", 64, 5000, 2.0], ...]'
-    python -m benchmarks.peers hold IMPL URL --connections N
+    python -m benchmarks.peers hold URL --connections N [--tether-v1]
 
 A server prints ``READY <port>`` on stdout once it listens, then serves until
 SIGTERM or SIGINT. A client prints ``{"results": [{"test", "size", "count",
 "seconds"}, ...]}``, one entry per planned test, each on a fresh connection.
-``hold`` opens N idle connections, prints ``HELD <held> <failed>`` and keeps them
-until SIGTERM (used by the memory scenario).
+``hold`` opens N idle connections (``--tether-v1``: each with a tether.v1 session,
+hello and welcome), prints ``HELD <held> <failed>`` and keeps them until SIGTERM
+(used by the memory scenario).
 
 Every implementation speaks the same tiny application protocol, so that the
 figures compare the transports and not the apps:
@@ -41,6 +42,7 @@ import socket
 import struct
 import sys
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -739,8 +741,18 @@ def url_for(impl: str, port: int, host: str = "127.0.0.1") -> str:
 # --------------------------------------------------------------------------- idle holders
 
 
-async def _hold(url: str, connections: int, concurrency: int) -> None:
-    """Open ``connections`` idle raw websockets connections and keep them until SIGTERM."""
+#: tether.v1's first message on a connection: a new session (docs/protocol.md §2.4).
+V1_HELLO = '{"type":"hello","sid":null,"token":null,"epoch":null,"rx":0}'
+
+
+async def _hold(url: str, connections: int, concurrency: int, tether_v1: bool) -> None:
+    """Open ``connections`` idle raw websockets connections and keep them until SIGTERM.
+
+    With ``tether_v1`` each one offers the ``tether.v1`` subprotocol, sends a
+    ``hello`` for a new session and counts as held only once the server selected
+    tether.v1 and answered with a ``welcome`` (so the server holds a real session):
+    far lighter on the holder than a full ``tether.connect`` client per connection.
+    """
     from websockets.asyncio.client import ClientConnection, connect
 
     loop = asyncio.get_running_loop()
@@ -748,11 +760,10 @@ async def _hold(url: str, connections: int, concurrency: int) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     held: list[ClientConnection] = []
-    failures = 0
+    failures: Counter[str] = Counter()
     gate = asyncio.Semaphore(concurrency)
 
     async def open_one() -> None:
-        nonlocal failures
         async with gate:
             try:
                 ws = await connect(
@@ -762,17 +773,32 @@ async def _hold(url: str, connections: int, concurrency: int) -> None:
                     ping_timeout=None,
                     proxy=None,
                     open_timeout=30,
+                    subprotocols=["tether.v1"] if tether_v1 else None,  # type: ignore[list-item]
                 )
-            except Exception:
-                failures += 1
+                if tether_v1:
+                    await _v1_hello(ws)
+            except Exception as exc:
+                failures[f"{type(exc).__name__}: {exc}"[:200]] += 1
             else:
                 held.append(ws)
 
     await asyncio.gather(*(open_one() for _ in range(connections)))
-    print(f"HELD {len(held)} {failures}", flush=True)
+    for reason, count in failures.most_common(3):
+        print(f"hold: {count} failed: {reason}", file=sys.stderr, flush=True)
+    print(f"HELD {len(held)} {failures.total()}", flush=True)
     await stop.wait()
     for ws in held:
         ws.transport.abort()
+
+
+async def _v1_hello(ws: Any) -> None:
+    """Start a tether.v1 session on ``ws``; raise unless the server welcomed it."""
+    if ws.subprotocol != "tether.v1":
+        raise RuntimeError(f"the server selected {ws.subprotocol!r}, not tether.v1")
+    await ws.send(V1_HELLO)
+    reply = json.loads(await asyncio.wait_for(ws.recv(), 30))
+    if reply.get("type") != "welcome" or not reply.get("sid"):
+        raise RuntimeError(f"expected a welcome with a session id, got {reply!r}")
 
 
 # --------------------------------------------------------------------------- entry point
@@ -807,13 +833,16 @@ def main(argv: list[str] | None = None) -> int:
     hold.add_argument("url")
     hold.add_argument("--connections", type=int, required=True)
     hold.add_argument("--concurrency", type=int, default=200)
+    hold.add_argument(
+        "--tether-v1", action="store_true", help="start a tether.v1 session on each connection"
+    )
     args = parser.parse_args(argv)
     raise_nofile_limit()
     if args.role == "server":
         asyncio.run(_run_server(args.impl, args.port, args.reuse_port))
         return 0
     if args.role == "hold":
-        asyncio.run(_hold(args.url, args.connections, args.concurrency))
+        asyncio.run(_hold(args.url, args.connections, args.concurrency, args.tether_v1))
         return 0
 
     plan = [(str(t), int(s), int(n), float(sec)) for t, s, n, sec in json.loads(args.plan)]

@@ -67,7 +67,37 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=None,
         help="connections for memory and clients for storm (default: 10000, --quick: 1000)",
     )
+    parser.add_argument(
+        "--only",
+        type=_names,
+        default=None,
+        metavar="ROWS",
+        help=(
+            "comma-separated rows of one scenario, e.g. `throughput --only tether` or "
+            "`memory --only tether-v1`; raw websockets, the ratios' reference, is always "
+            "measured with a tether row. throughput: websockets, tether, tether-v1, "
+            "tether-server, tether-client, picows, aiohttp, tcp; memory: websockets, tether, "
+            "tether-v1, aiohttp, picows; storm: tether, tether-plain, naive"
+        ),
+    )
+    parser.add_argument(
+        "--store",
+        default=None,
+        metavar="URL",
+        help=(
+            "storm: the `tether serve --store` of the restarted server (default: SQLite in a "
+            "temporary file, which the replacement process opens too); e.g. memory, "
+            "redis://127.0.0.1:6379/0"
+        ),
+    )
     parser.set_defaults(func=_run)
+
+
+def _names(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("expected comma-separated names")
+    return names
 
 
 def _benchmarks_root() -> Path | None:
@@ -94,6 +124,12 @@ def _run(args: argparse.Namespace) -> int:
         sys.path.insert(0, str(root))
     runner = importlib.import_module("benchmarks.runner")
     scenarios = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
+    if args.only is not None:
+        problem = runner.unknown_rows(args.scenario, args.only)
+        if problem is not None:
+            # A usage error, as argparse reports its own (exit status 2).
+            print(f"tether bench: error: {problem}", file=sys.stderr)
+            return 2
     status: int = runner.run(
         scenarios,
         quick=args.quick,
@@ -101,5 +137,7 @@ def _run(args: argparse.Namespace) -> int:
         save=args.save,
         runs=args.runs,
         connections=args.connections,
+        store=args.store,
+        only=args.only,
     )
     return status
