@@ -26,6 +26,7 @@ from .common import (
     Summary,
     Unavailable,
     fmt,
+    pick_rows,
     python_command,
     read_line,
     server_process,
@@ -145,14 +146,15 @@ def run(
             "raise the hard limit (ulimit -Hn) or pass a smaller --connections"
         )
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    if only is None:
+    impls, wanted = pick_rows(
+        REFERENCES,
+        TETHER_ROWS,
+        only,
         # --quick keeps the comparison the issue asks for (tether vs raw websockets) and
         # leaves the other references out, to stay well under 2 minutes.
-        wanted = list(TETHER_ROWS)
-        impls = ["websockets"] if quick else list(REFERENCES)
-    else:
-        wanted = [r for r in TETHER_ROWS if r in only]
-        impls = [r for r in REFERENCES if r in only or (r == "websockets" and wanted)]
+        default_references=REFERENCES[:1] if quick else REFERENCES,
+        default_tether_rows=TETHER_ROWS,
+    )
     have_tether = tether_has("serve")
     tether_rows = wanted if have_tether else []
     impls[1:1] = tether_rows

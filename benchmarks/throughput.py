@@ -19,6 +19,7 @@ from .common import (
     Progress,
     Summary,
     fmt_summary,
+    pick_rows,
     python_command,
     run_child_json,
     server_process,
@@ -122,13 +123,14 @@ def run(
         "tether-server": has_server,
         "tether-client": has_client,
     }
-    if only is None:
-        impls = list(REFERENCES)
-        # --quick keeps tether plain and leaves out the two diagnostic mixed rows.
-        wanted = [r for r in TETHER_ROWS if r in ("tether", "tether-v1") or not quick]
-    else:
-        wanted = [r for r in TETHER_ROWS if r in only]
-        impls = [r for r in REFERENCES if r in only or (r == "websockets" and wanted)]
+    impls, wanted = pick_rows(
+        REFERENCES,
+        TETHER_ROWS,
+        only,
+        default_references=REFERENCES,
+        # --quick keeps tether plain and v1 and leaves out the two diagnostic mixed rows.
+        default_tether_rows=TETHER_ROWS[:2] if quick else TETHER_ROWS,
+    )
     tether_rows = [row for row in wanted if available[row]]
     impls[1:1] = tether_rows
     have_tether = all(available[row] for row in wanted)

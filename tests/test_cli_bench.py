@@ -33,3 +33,24 @@ def test_bad_count_exits_two(option: str, value: str, capsys: pytest.CaptureFixt
         main(["bench", "throughput", option, value])
     assert exc.value.code == 2
     assert option in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["bench", "memory", "--only", "tether-v2"], "no row 'tether-v2' in memory"),
+        (["bench", "--only", "tether"], "--only applies to"),
+        (["bench", "detect", "--only", "tether"], "--only applies to"),
+        (["bench", "throughput", "--only", ","], "--only"),
+    ],
+)
+def test_bad_only_exits_two(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--only names rows of one scenario that has rows; anything else is a usage error."""
+    try:
+        status = main(argv)
+    except SystemExit as exc:
+        status = exc.code
+    assert status == 2
+    assert message in capsys.readouterr().err
