@@ -1,13 +1,15 @@
 """Scenario ``storm``: N clients on a ticker through a restart; zero-downtime vs naive.
 
-Two runs, each with a fresh ``tether serve --app ticker --reuse-port`` process
-(one message per second per client) and N clients spread over several client
-processes:
+One run per mode, each with a fresh ``tether serve --app ticker --reuse-port --store
+URL`` process (one message per second per client; the store a SQLite file of the run
+unless ``--store`` says otherwise, opened by the replacement process too) and N
+clients spread over several client processes:
 
-* **tether**: ``tether.connect`` clients (default policy: 1012 -> reconnect after a
-  uniform random 1-5 s); the server gets SIGHUP, starts its replacement on the same
-  port (``SO_REUSEPORT``), waits for its ``/healthz``, then drains with 1012 over the
-  default drain window (5 s).
+* **tether**: ``tether.connect`` clients speaking tether.v1 (default policy: 1012 ->
+  resume after a uniform random 1-5 s); the server gets SIGHUP, starts its
+  replacement on the same port (``SO_REUSEPORT``), waits for its ``/healthz``, then
+  drains with ``goaway`` and 1012 over the default drain window (5 s).
+* **tether-plain**: the same with ``resume=False`` clients (only with ``--only``).
 * **naive**: the same handover with ``--drain-window 0`` (every connection closed
   at once, as uvicorn does) and raw ``websockets`` clients that reconnect
   immediately (no delay, no jitter): the thundering herd.
@@ -17,18 +19,18 @@ every client is connected again; each reconnection's handshake latency (naive:
 connect() call to open; tether: from the end of the announced reconnect delay to
 the ``Connected`` event); the peak rate of reconnections completed per second
 (100 ms buckets) as the clients saw them; CPU of the old and new server processes
-(from /proc); and ticks each client missed or got twice (tick numbers are
-wall-clock based and equal in both server processes). In plain mode the ticks sent
-while a client is away are simply not delivered (no resumption): they are counted,
-not hidden.
+(from /proc); messages lost or duplicated (gaps and repeats in the ticker's per-run
+``seq``); ticks without a message (gaps in the wall-clock ``tick``: in plain and
+naive modes what a client away missed, with tether.v1 ticks no handler sent for);
+``Resumed`` and ``SessionLost`` events and the negotiated subprotocols.
 
-A probe process makes one raw websockets handshake at a time (every 20 ms) from
+A probe process makes one raw websockets handshake at a time (20 ms apart) from
 just before the SIGHUP until every client is back: its latencies are what a *new*
 client sees during the storm, apart from the storm clients' own event loops,
 which are busy with hundreds of reconnections each (their per-client handshake
 figures include that client-side queueing). The p99 target is judged on the probe.
 
-    python -m benchmarks.storm client {tether|naive} URL --clients N
+    python -m benchmarks.storm client {tether|tether-plain|naive} URL --clients N
     python -m benchmarks.storm probe URL [--interval S]
 """
 
@@ -893,6 +895,6 @@ if __name__ == "__main__":
     if len(sys.argv) >= 2 and sys.argv[1] == "probe":
         sys.exit(_probe_main(sys.argv[2:]))
     sys.exit(
-        "usage: python -m benchmarks.storm client {tether|naive} URL --clients N\n"
+        "usage: python -m benchmarks.storm client {tether|tether-plain|naive} URL --clients N\n"
         "       python -m benchmarks.storm probe URL [--interval S]"
     )

@@ -42,12 +42,13 @@ def test_bad_count_exits_two(option: str, value: str, capsys: pytest.CaptureFixt
         (["bench", "--only", "tether"], "--only applies to"),
         (["bench", "detect", "--only", "tether"], "--only applies to"),
         (["bench", "throughput", "--only", ","], "--only"),
+        (["bench", "memory", "--store", "memory"], "--store applies to storm"),
     ],
 )
 def test_bad_only_exits_two(
     argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """--only names rows of one scenario that has rows; anything else is a usage error."""
+    """--only names rows of one scenario that has rows, --store is storm's; else exit 2."""
     try:
         status = main(argv)
     except SystemExit as exc:

@@ -124,6 +124,9 @@ def _run(args: argparse.Namespace) -> int:
         sys.path.insert(0, str(root))
     runner = importlib.import_module("benchmarks.runner")
     scenarios = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
+    if args.store is not None and args.scenario not in ("storm", "all"):
+        print("tether bench: error: --store applies to storm (and all)", file=sys.stderr)
+        return 2
     if args.only is not None:
         problem = runner.unknown_rows(args.scenario, args.only)
         if problem is not None:
