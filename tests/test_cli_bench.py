@@ -55,3 +55,17 @@ def test_bad_only_exits_two(
         status = exc.code
     assert status == 2
     assert message in capsys.readouterr().err
+
+
+def test_help_lists_every_row_only_accepts(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The --only help names the rows the harness knows (it cannot import them)."""
+    from benchmarks.runner import ROWS
+
+    monkeypatch.setenv("COLUMNS", "1000")  # argparse would wrap lines at hyphens
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for scenario, rows in ROWS.items():
+        assert f"{scenario}: {', '.join(rows)}" in out
