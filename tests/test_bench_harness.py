@@ -73,17 +73,35 @@ def test_tracker_tells_lost_messages_from_ticks_nothing_was_sent_for() -> None:
 
 def test_probe_counts_a_failed_handshake_as_slower_than_any() -> None:
     report: dict[str, Any] = {
-        "handshake_s": [0.001] * 98,
-        "failed_s": [0.002, 0.003],
+        "handshake_s": [(10.0 + i / 100, 0.001) for i in range(98)],
+        "failed_s": [(10.5, 0.002), (10.6, 0.003)],
         "failed": {"TimeoutError": 2},
         "loop_lag_s": [0.0, 0.004],
     }
-    figures = storm.probe_figures(report)
+    figures = storm.probe_figures(report, 10.0, 20.0)
     assert figures["samples"] == 100
+    assert figures["failed"] == 2
     assert figures["p50"] == 0.001
     assert figures["p99"] == math.inf  # not 1 ms: the failures rank last
     assert figures["max"] == 0.001
     assert figures["probe_loop_lag_s"]["max"] == 0.004
+
+
+def test_probe_keeps_only_the_handshakes_of_the_storm() -> None:
+    """Calm samples before the SIGHUP and after the last client is back are left out."""
+    calm = [(t, 0.001) for t in (1.0, 2.0, 3.0, 30.0, 31.0)]
+    storm_samples = [(10.0, 0.2), (12.0, 0.3), (19.9, 0.4)]
+    report: dict[str, Any] = {
+        "handshake_s": calm + storm_samples,
+        "failed_s": [(5.0, 10.0)],
+        "failed": {"TimeoutError": 1},
+        "loop_lag_s": [],
+    }
+    figures = storm.probe_figures(report, 10.0, 20.0)
+    assert figures["samples"] == 3
+    assert figures["failed"] == 0
+    assert figures["p50"] == 0.3
+    assert figures["max"] == 0.4
 
 
 def _run(**changes: Any) -> dict[str, Any]:
