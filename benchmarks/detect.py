@@ -53,7 +53,7 @@ SETTINGS = ((1.0, 2.0), (5.0, 5.0), (3.0, 2.0))
 QUICK_SETTINGS = ((1.0, 2.0), (3.0, 2.0))
 NOTES = {(3.0, 2.0): " (defaults 15/10 scaled)"}
 #: Seconds for the client processes to start before the first one connects.
-START_UP_S = 3.0
+START_UP_S = 2.0
 #: Target from issue 7: detection <= interval + timeout + 10 %.
 TARGET_SLACK = 0.10
 LABELS = {"tether": "tether", "websockets": "raw websockets keepalive"}
