@@ -91,6 +91,8 @@ MODE_LABELS = {
 #: ``--store`` default: a SQLite file in a temporary directory of the run, which the
 #: replacement process opens too, so that sessions outlive the handover.
 DEFAULT_STORE = "sqlite"
+#: Server log lines about the restart (and any traceback), kept in the JSON of every run.
+RESTART_LOG_WORDS = ("SIGHUP", "replacement", "andover", "draining", "ERROR", "WARNING", "Error")
 
 
 def ticker_interval_ms(clients: int) -> float:
@@ -448,6 +450,13 @@ def _merge(
         "subprotocols": dict(sum((Counter(r["subprotocols"]) for r in reports), Counter())),
         "close_codes": dict(codes),
         "server_log_tail": server_log[-1500:] if not complete else "",
+        # What the restart itself said (a failed handover leaves the old process serving).
+        "server_log_restart": [
+            line
+            for line in server_log.splitlines()
+            if line.startswith(("Traceback", "  "))
+            or (" close " not in line and any(word in line for word in RESTART_LOG_WORDS))
+        ][:80],
     }
 
 
@@ -528,6 +537,14 @@ def _report(
             f"{'yes' if targets['lost_met'] else 'NO'}"
         )
     complete = all(r["complete"] for m in modes for r in runs[m])
+    for mode in modes:
+        for index, run in enumerate(runs[mode]):
+            if not run["complete"]:
+                said = "\n  ".join(run["server_log_restart"][-8:]) or "(nothing)"
+                text.append(
+                    f"{mode} run {index + 1}: not every client came back; the server's log "
+                    f"about the restart:\n  {said}"
+                )
     return result, "\n".join(text), complete
 
 
