@@ -44,6 +44,7 @@ import itertools
 import json
 import math
 import os
+import re
 import signal
 import socket
 import statistics
@@ -160,9 +161,10 @@ def _cpu_seconds(pid: int) -> float | None:
 class _CpuSampler(threading.Thread):
     """Samples CPU use of the old server and of every process it started."""
 
-    def __init__(self, pid: int, period: float = 0.5) -> None:
+    def __init__(self, pid: int, log_fd: int, period: float = 0.5) -> None:
         super().__init__(daemon=True)
         self.pid = pid
+        self.log_fd = log_fd
         self.period = period
         self.samples: list[tuple[float, float]] = []  # (monotonic, CPU-seconds so far, summed)
         self.known: set[int] = {pid}
@@ -180,6 +182,12 @@ class _CpuSampler(threading.Thread):
 
     def _sample(self) -> None:
         self.known.update(_children(self.pid))
+        if len(self.known) == 1:
+            # The old process may have exited (naive: no drain) before a sample saw
+            # its child: its log names the replacement.
+            replacement = replacement_pid(self.log_fd)
+            if replacement is not None:
+                self.known.add(replacement)
         for pid in list(self.known):
             value = _cpu_seconds(pid)
             if value is not None:
@@ -189,6 +197,12 @@ class _CpuSampler(threading.Thread):
     def halt(self) -> None:
         self._halt.set()
         self.join(5)
+
+
+def replacement_pid(log_fd: int) -> int | None:
+    """The replacement's PID, from the ``started replacement pid N`` line of the log."""
+    found = re.search(rb"started replacement pid (\d+)", os.pread(log_fd, 1 << 24, 0))
+    return int(found.group(1)) if found else None
 
 
 def run(
@@ -288,7 +302,7 @@ def _one(mode: str, n: int, progress: Progress, store: str) -> dict[str, Any]:
         probe = spawn(python_command("storm", "probe", url), stdin=subprocess.PIPE)
         procs.append(probe)
         read_line(probe, "READY", 30)
-        sampler = _CpuSampler(server.pid)
+        sampler = _CpuSampler(server.pid, log.fileno())
         sampler.start()
         progress.update(f"storm ({mode}): restart (SIGHUP), waiting for {n} reconnections")
         restarted_at = time.monotonic()
@@ -316,7 +330,7 @@ def _one(mode: str, n: int, progress: Progress, store: str) -> dict[str, Any]:
         for proc in procs:
             stop(proc, signal.SIGKILL)
         if replacement is None:
-            replacement = next(iter(_children(server.pid)), None)
+            replacement = next(iter(_children(server.pid)), None) or replacement_pid(log.fileno())
         for pid in (server.pid, replacement):
             if pid is not None:
                 with contextlib.suppress(ProcessLookupError):

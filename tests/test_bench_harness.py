@@ -197,3 +197,14 @@ async def test_v1_holder_refuses_a_connection_without_a_session(
     """Plain mode, or no welcome: the connection does not count as a tether.v1 one."""
     with pytest.raises(RuntimeError):
         await _v1_hello(_FakeConnection(subprotocol, reply))
+
+
+def test_replacement_pid_is_read_from_the_server_log(tmp_path: Any) -> None:
+    """The harness stops the replacement even when the old process exited unseen."""
+    path = tmp_path / "server.log"
+    path.write_bytes(b"INFO received SIGHUP\n")
+    with path.open("rb") as log:
+        assert storm.replacement_pid(log.fileno()) is None
+        with path.open("ab") as out:
+            out.write(b"2026-11-25T21:40:56Z INFO started replacement pid 371: python -m tether\n")
+        assert storm.replacement_pid(log.fileno()) == 371
