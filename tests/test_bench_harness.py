@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -199,7 +200,7 @@ async def test_v1_holder_refuses_a_connection_without_a_session(
         await _v1_hello(_FakeConnection(subprotocol, reply))
 
 
-def test_replacement_pid_is_read_from_the_server_log(tmp_path: Any) -> None:
+def test_replacement_pid_is_read_from_the_server_log(tmp_path: Path) -> None:
     """The harness stops the replacement even when the old process exited unseen."""
     path = tmp_path / "server.log"
     path.write_bytes(b"INFO received SIGHUP\n")
