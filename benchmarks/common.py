@@ -88,6 +88,26 @@ class Progress:
             sys.stderr.flush()
 
 
+def pick_rows(
+    references: Sequence[str],
+    tether_rows: Sequence[str],
+    only: Sequence[str] | None,
+    *,
+    default_references: Sequence[str],
+    default_tether_rows: Sequence[str],
+) -> tuple[list[str], list[str]]:
+    """The (reference rows, tether rows) a scenario runs, in table order.
+
+    Without ``only``: the defaults. With it: the rows it names, and raw websockets
+    whenever a tether row is there, as every tether figure is also a ratio to it.
+    """
+    if only is None:
+        return list(default_references), list(default_tether_rows)
+    tether = [row for row in tether_rows if row in only]
+    refs = [row for row in references if row in only or (row == "websockets" and tether)]
+    return refs, tether
+
+
 def python_command(module: str, *args: str) -> list[str]:
     """``sys.executable -m benchmarks.<module> args...``."""
     return [sys.executable, "-m", f"benchmarks.{module}", *args]
@@ -146,8 +166,17 @@ def _drain(stream: IO[str] | None) -> str:
     return ""
 
 
-def stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM, timeout: float = 5.0) -> None:
-    """Stop one child by its PID: ``sig``, then SIGKILL if it is still there after ``timeout``."""
+def stop(
+    proc: subprocess.Popen[str],
+    sig: int = signal.SIGTERM,
+    timeout: float = 5.0,
+    *,
+    keep_streams: bool = False,
+) -> None:
+    """Stop one child by its PID: ``sig``, then SIGKILL if it is still there after ``timeout``.
+
+    Its pipes are closed afterwards, unless ``keep_streams`` (to read what it left).
+    """
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(sig)
@@ -156,6 +185,8 @@ def stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM, timeout: float 
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout)
+    if keep_streams:
+        return
     for stream in (proc.stdout, proc.stderr, proc.stdin):
         if stream is not None:
             with contextlib.suppress(Exception):

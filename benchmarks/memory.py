@@ -6,7 +6,11 @@ baseline), read the server's RSS, open N more idle connections from several
 holder processes (raw ``websockets`` clients without keepalive), wait until the
 RSS is steady, read it again. Per connection = (RSS after − baseline) / N.
 
-The holders are the same for every server, so the figure is the server's cost.
+The holders are the same for every server, so the figure is the server's cost. The
+tether server is measured twice: with plain holders (no subprotocol: plain mode)
+and with holders that offer ``tether.v1`` and start a session with ``hello``, each
+counted only once the server's ``welcome`` came back (the warm-up connections too),
+so the second row is the cost of an idle tether.v1 session (memory store).
 RLIMIT_NOFILE is raised to its hard limit in every process; N must fit under it.
 """
 
@@ -22,6 +26,7 @@ from .common import (
     Summary,
     Unavailable,
     fmt,
+    pick_rows,
     python_command,
     read_line,
     server_process,
@@ -33,11 +38,13 @@ from .common import (
 from .peers import raise_nofile_limit, url_for
 
 REFERENCES = ("websockets", "aiohttp", "picows")
+TETHER_ROWS = ("tether", "tether-v1")
 LABELS = {
     "websockets": "raw websockets",
     "aiohttp": "raw aiohttp",
     "picows": "raw picows",
     "tether": "tether plain",
+    "tether-v1": "tether.v1 (memory store)",
 }
 WARM_UP_CONNECTIONS = 50
 PER_HOLDER = 2500
@@ -67,10 +74,15 @@ def _steady_rss(pid: int, seconds: float = 10.0) -> int:
     return last
 
 
-def _hold(url: str, connections: int, processes: int, timeout: float) -> tuple[list[Any], int]:
+def _hold(
+    url: str, connections: int, processes: int, timeout: float, tether_v1: bool
+) -> tuple[list[Any], int]:
     """Start holder processes for ``connections`` in total; return (procs, held)."""
     share = [connections // processes + (i < connections % processes) for i in range(processes)]
-    procs = [spawn(python_command("peers", "hold", url, "--connections", str(n))) for n in share]
+    extra = ["--tether-v1"] if tether_v1 else []
+    procs = [
+        spawn(python_command("peers", "hold", url, "--connections", str(n), *extra)) for n in share
+    ]
     held = failed = 0
     try:
         for proc in procs:
@@ -81,23 +93,35 @@ def _hold(url: str, connections: int, processes: int, timeout: float) -> tuple[l
             stop(proc)
         raise
     if failed:
+        reasons = ""
         for proc in procs:
+            stop(proc, timeout=5, keep_streams=True)
+            reasons += _drain_stderr(proc)
             stop(proc)
-        raise RuntimeError(f"{failed} of {connections} connections failed to open")
+        raise RuntimeError(f"{failed} of {connections} connections failed to open: {reasons}")
     return procs, held
 
 
-def _one(impl: str, connections: int) -> float:
+def _drain_stderr(proc: Any) -> str:
+    try:
+        return str(proc.stderr.read()).strip()[-500:] if proc.stderr else ""
+    except (OSError, ValueError):
+        return ""
+
+
+def _one(row: str, connections: int) -> float:
     """One round: bytes of server RSS per idle connection."""
     holders: list[Any] = []
+    impl = "tether" if row == "tether-v1" else row
+    v1 = row == "tether-v1"
     with server_process(impl) as (port, pid):
         url = url_for(impl, port)
         try:
-            warm, _ = _hold(url, WARM_UP_CONNECTIONS, 1, 60)
+            warm, _ = _hold(url, WARM_UP_CONNECTIONS, 1, 60, v1)
             holders += warm
             base = _steady_rss(pid)
             procs = max(2, math.ceil(connections / PER_HOLDER))
-            more, held = _hold(url, connections, procs, 60 + connections / 200)
+            more, held = _hold(url, connections, procs, 60 + connections / 200, v1)
             holders += more
             after = _steady_rss(pid)
         finally:
@@ -107,7 +131,12 @@ def _one(impl: str, connections: int) -> float:
 
 
 def run(
-    *, quick: bool, connections: int | None, progress: Progress, runs: int = 5
+    *,
+    quick: bool,
+    connections: int | None,
+    progress: Progress,
+    runs: int = 5,
+    only: list[str] | None = None,
 ) -> tuple[dict[str, Any], str, bool]:
     n = connections or (1000 if quick else 10_000)
     limit = raise_nofile_limit()
@@ -117,12 +146,20 @@ def run(
             "raise the hard limit (ulimit -Hn) or pass a smaller --connections"
         )
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    # --quick keeps the comparison the issue asks for (tether vs raw websockets) and
-    # leaves the other references out, to stay well under 2 minutes.
-    impls = ["websockets"] if quick else list(REFERENCES)
+    impls, wanted = pick_rows(
+        REFERENCES,
+        TETHER_ROWS,
+        only,
+        # --quick keeps the comparison the issue asks for (tether vs raw websockets) and
+        # leaves the other references out, to stay well under 2 minutes.
+        default_references=REFERENCES[:1] if quick else REFERENCES,
+        default_tether_rows=TETHER_ROWS,
+    )
     have_tether = tether_has("serve")
-    if have_tether:
-        impls.insert(1, "tether")
+    tether_rows = wanted if have_tether else []
+    impls[1:1] = tether_rows
+    # --quick: three rows of 1,000 connections, 3 rounds each, to stay under 2 minutes.
+    runs = min(runs, 3) if quick else runs
     per_conn: dict[str, list[float]] = {i: [] for i in impls}
     for round_index in range(runs):
         shift = round_index % len(impls)
@@ -130,36 +167,36 @@ def run(
             progress.update(f"memory: round {round_index + 1}/{runs}, {LABELS[impl]}, {n} idle")
             per_conn[impl].append(_one(impl, n))
     progress.done()
-    figures = {i: Summary.of([v / 1024 for v in per_conn[i]]).as_json() for i in impls}
-    ratio = None
-    if have_tether:
-        ratio = figures["tether"]["median"] / figures["websockets"]["median"]
+    summaries = {i: Summary.of([v / 1024 for v in per_conn[i]]) for i in impls}
+    figures = {i: summaries[i].as_json() for i in impls}
+    ratios = {row: figures[row]["median"] / figures["websockets"]["median"] for row in tether_rows}
     result = {
         "scenario": "memory",
         "connections": n,
         "runs": runs,
         "rlimit_nofile": hard,
         "kib_per_connection": figures,
-        "tether_vs_websockets": ratio,
+        "tether_vs_websockets": ratios.get("tether"),
+        "ratios_to_websockets": ratios,
         "target_kib": TARGET_KIB,
-        "missing": None if have_tether else "tether.serve does not exist yet",
+        "missing": None if have_tether or not wanted else "tether.serve does not exist yet",
     }
     rows = []
     for impl in impls:
-        s = Summary.of([v / 1024 for v in per_conn[impl]])
+        s = summaries[impl]
         target = ""
-        if impl == "tether":
+        if impl in TETHER_ROWS:
             target = "yes" if s.median <= TARGET_KIB else "NO"
         rows.append([LABELS[impl], f"{s.median:.1f}", f"{s.low:.1f}–{s.high:.1f}", target])
     text = [
         f"memory: server RSS per idle connection, KiB, {n} connections, median of {runs} runs",
         table(["server", "KiB/conn", "min–max", f"≤ {TARGET_KIB:.0f} KiB"], rows),
     ]
-    if ratio is not None:
-        text.append(f"tether plain / raw websockets: {fmt(ratio)}×")
-    else:
+    for row, ratio in ratios.items():
+        text.append(f"{LABELS[row]} / raw websockets: {fmt(ratio)}×")
+    if wanted and not have_tether:
         text.append(
             "tether: NOT MEASURED — tether.serve does not exist on this branch yet; "
             "only the reference servers above were run."
         )
-    return result, "\n".join(text), have_tether
+    return result, "\n".join(text), have_tether or not wanted

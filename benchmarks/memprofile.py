@@ -4,7 +4,8 @@
 
 Runs the ``benchmarks.peers`` server for IMPL in this process under tracemalloc,
 opens 20 warm-up connections then N idle ones from a holder process (raw
-websockets clients, as in the memory scenario), and prints the Python heap added
+websockets clients, as in the memory scenario; for ``tether-v1`` each one starts a
+tether.v1 session with hello and welcome), and prints the Python heap added
 per connection, by allocating line. Python objects only: kernel socket buffers
 and allocator slack are in the RSS figure of ``tether bench memory``, not here.
 Not part of ``tether bench``: a tool for ``docs/benchmarks.md``.
@@ -32,7 +33,9 @@ async def _measure(impl: str, connections: int, top: int) -> None:
     holders = []
 
     async def hold(n: int) -> None:
-        proc = spawn(python_command("peers", "hold", url, "--connections", str(n)))
+        # tether-v1: the same tether server, each holder connection a tether.v1 session.
+        extra = ["--tether-v1"] if impl == "tether-v1" else []
+        proc = spawn(python_command("peers", "hold", url, "--connections", str(n), *extra))
         holders.append(proc)
         await loop.run_in_executor(None, read_line, proc, "HELD ", 120)
 

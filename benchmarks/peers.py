@@ -2,13 +2,14 @@
 
     python -m benchmarks.peers server IMPL [--port P] [--reuse-port]
     python -m benchmarks.peers client IMPL URL --plan '[["echo", 64, 5000, 2.0], ...]'
-    python -m benchmarks.peers hold IMPL URL --connections N
+    python -m benchmarks.peers hold URL --connections N [--tether-v1]
 
 A server prints ``READY <port>`` on stdout once it listens, then serves until
 SIGTERM or SIGINT. A client prints ``{"results": [{"test", "size", "count",
 "seconds"}, ...]}``, one entry per planned test, each on a fresh connection.
-``hold`` opens N idle connections, prints ``HELD <held> <failed>`` and keeps them
-until SIGTERM (used by the memory scenario).
+``hold`` opens N idle connections (``--tether-v1``: each with a tether.v1 session,
+hello and welcome), prints ``HELD <held> <failed>`` and keeps them until SIGTERM
+(used by the memory scenario).
 
 Every implementation speaks the same tiny application protocol, so that the
 figures compare the transports and not the apps:
@@ -41,6 +42,7 @@ import socket
 import struct
 import sys
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -99,22 +101,43 @@ async def _generic_server_loop(
             await send(f"end {sent}")
 
 
-class _CallbackServerLogic:
-    """The application protocol for callback-style engines (picows, raw TCP)."""
+async def _serve_iterable(connection: Any, send: Callable[[str | bytes], Awaitable[None]]) -> None:
+    """Run the application protocol on a connection read with ``async for``."""
+    iterator = aiter(connection)
 
-    def __init__(self, send: Callable[[bool, Any], None]) -> None:
-        self._send = send
-        self._sink = False
-        self._count = 0
+    async def recv() -> str | bytes | None:
+        try:
+            return await anext(iterator)  # type: ignore[no-any-return]
+        except StopAsyncIteration:
+            return None
+
+    with contextlib.suppress(Exception):
+        await _generic_server_loop(recv, send)
+
+
+class _FlowControl:
+    """Write flow control for callback-style engines: senders wait while paused."""
+
+    def __init__(self) -> None:
         self._writable = asyncio.Event()
         self._writable.set()
-        self._tasks: set[asyncio.Task[None]] = set()
 
     def pause_writing(self) -> None:
         self._writable.clear()
 
     def resume_writing(self) -> None:
         self._writable.set()
+
+
+class _CallbackServerLogic(_FlowControl):
+    """The application protocol for callback-style engines (picows, raw TCP)."""
+
+    def __init__(self, send: Callable[[bool, Any], None]) -> None:
+        super().__init__()
+        self._send = send
+        self._sink = False
+        self._count = 0
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def on_message(self, is_text: bool, data: Any) -> None:
         if not is_text:
@@ -140,7 +163,7 @@ class _CallbackServerLogic:
         deadline = time.perf_counter() + command.seconds
         sent = 0
         while sent < command.count:
-            if not self._writable.is_set():
+            if not self._writable.is_set():  # inline: this is the hot path of the ceilings
                 await self._writable.wait()
             self._send(False, command.payload)
             sent += 1
@@ -192,11 +215,14 @@ def _frame(is_text: bool, data: Any) -> bytes:
     return _HEADER.pack(header) + bytes(data)
 
 
-class _TcpServerProtocol(asyncio.Protocol):
+class _FramedTcpProtocol(asyncio.Protocol):
+    """Raw TCP with length-prefixed messages, handed to a callback logic (either side)."""
+
+    logic: _CallbackServerLogic | _CallbackClientLogic
+
     def __init__(self) -> None:
         self._transport: asyncio.Transport | None = None
-        self._logic = _CallbackServerLogic(self._send)
-        self._parser = _FrameParser(self._logic.on_message)
+        self._parser = _FrameParser(self.logic.on_message)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -210,13 +236,20 @@ class _TcpServerProtocol(asyncio.Protocol):
         self._parser.feed(data)
 
     def pause_writing(self) -> None:
-        self._logic.pause_writing()
+        self.logic.pause_writing()
 
     def resume_writing(self) -> None:
-        self._logic.resume_writing()
+        self.logic.resume_writing()
+
+
+class _TcpServerProtocol(_FramedTcpProtocol):
+    def __init__(self) -> None:
+        self.logic = _CallbackServerLogic(self._send)
+        super().__init__()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._logic.close()
+        assert isinstance(self.logic, _CallbackServerLogic)
+        self.logic.close()
 
 
 async def _serve_tcp(port: int, reuse_port: bool) -> tuple[asyncio.AbstractServer, int]:
@@ -231,16 +264,7 @@ async def _serve_websockets(port: int, reuse_port: bool) -> tuple[Any, int]:
     from websockets.asyncio.server import ServerConnection, serve
 
     async def handler(ws: ServerConnection) -> None:
-        iterator = aiter(ws)
-
-        async def recv() -> str | bytes | None:
-            try:
-                return await anext(iterator)
-            except StopAsyncIteration:
-                return None
-
-        with contextlib.suppress(Exception):
-            await _generic_server_loop(recv, ws.send)
+        await _serve_iterable(ws, ws.send)
 
     server = await serve(
         handler,
@@ -288,13 +312,24 @@ async def _serve_aiohttp(port: int, reuse_port: bool) -> tuple[Any, int]:
     return runner, server.sockets[0].getsockname()[1]
 
 
-async def _serve_picows(port: int, reuse_port: bool) -> tuple[Any, int]:
-    from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_create_server
+def _picows_listener(
+    make_logic: Callable[
+        [Callable[[bool, Any], None]], _CallbackServerLogic | _CallbackClientLogic
+    ],
+    *,
+    server: bool,
+) -> Any:
+    """A picows listener class handing messages to a callback logic (either side).
+
+    Auto-pong is off on both sides, as in tether; the server side answers Close and
+    Ping itself.
+    """
+    from picows import WSFrame, WSListener, WSMsgType, WSTransport
 
     class Listener(WSListener):  # type: ignore[misc]
         def on_ws_connected(self, transport: WSTransport) -> None:
             self._transport = transport
-            self._logic = _CallbackServerLogic(self._send)
+            self.logic = make_logic(self._send)
 
         def _send(self, is_text: bool, data: Any) -> None:
             self._transport.send(WSMsgType.TEXT if is_text else WSMsgType.BINARY, data)
@@ -302,24 +337,32 @@ async def _serve_picows(port: int, reuse_port: bool) -> tuple[Any, int]:
         def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
             kind = frame.msg_type
             if kind == WSMsgType.BINARY:
-                self._logic.on_message(False, frame.get_payload_as_memoryview())
+                self.logic.on_message(False, frame.get_payload_as_memoryview())
             elif kind == WSMsgType.TEXT:
-                self._logic.on_message(True, frame.get_payload_as_bytes())
-            elif kind == WSMsgType.CLOSE:
+                self.logic.on_message(True, frame.get_payload_as_bytes())
+            elif server and kind == WSMsgType.CLOSE:
                 transport.send_close(frame.get_close_code())
                 transport.disconnect()
-            elif kind == WSMsgType.PING:
+            elif server and kind == WSMsgType.PING:
                 transport.send_pong(frame.get_payload_as_bytes())
 
         def pause_writing(self) -> None:
-            self._logic.pause_writing()
+            self.logic.pause_writing()
 
         def resume_writing(self) -> None:
-            self._logic.resume_writing()
+            self.logic.resume_writing()
 
         def on_ws_disconnected(self, transport: WSTransport) -> None:
-            self._logic.close()
+            if isinstance(self.logic, _CallbackServerLogic):
+                self.logic.close()
 
+    return Listener
+
+
+async def _serve_picows(port: int, reuse_port: bool) -> tuple[Any, int]:
+    from picows import ws_create_server
+
+    Listener = _picows_listener(_CallbackServerLogic, server=True)
     server = await ws_create_server(
         lambda _request: Listener(),
         "127.0.0.1",
@@ -335,16 +378,7 @@ async def _serve_tether(port: int, reuse_port: bool) -> tuple[Any, int]:
     import tether
 
     async def handler(session: Any) -> None:
-        iterator = aiter(session)
-
-        async def recv() -> str | bytes | None:
-            try:
-                return await anext(iterator)  # type: ignore[no-any-return]
-            except StopAsyncIteration:
-                return None
-
-        with contextlib.suppress(Exception):
-            await _generic_server_loop(recv, session.send)
+        await _serve_iterable(session, session.send)
 
     kwargs: dict[str, Any] = {}
     if reuse_port:
@@ -555,21 +589,14 @@ async def _client_tether_v1(url: str, test: str, size: int, count: int, seconds:
         return await _generic_run(test, conn.send, conn.recv, size, count, seconds)
 
 
-class _CallbackClientLogic:
+class _CallbackClientLogic(_FlowControl):
     """The three tests for callback-style engines (picows, raw TCP), without a queue per message."""
 
     def __init__(self, send: Callable[[bool, Any], None]) -> None:
+        super().__init__()
         self._send = send
         self._on_message: Callable[[bool, Any], None] = self._ignore
-        self._writable = asyncio.Event()
-        self._writable.set()
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def pause_writing(self) -> None:
-        self._writable.clear()
-
-    def resume_writing(self) -> None:
-        self._writable.set()
 
     def on_message(self, is_text: bool, data: Any) -> None:
         self._on_message(is_text, data)
@@ -654,7 +681,7 @@ class _CallbackClientLogic:
         deadline = start + seconds
         sent = 0
         while sent < count:
-            if not self._writable.is_set():
+            if not self._writable.is_set():  # inline: this is the hot path of the ceilings
                 await self._writable.wait()
             self._send(False, payload)
             sent += 1
@@ -668,29 +695,9 @@ class _CallbackClientLogic:
 
 
 async def _client_picows(url: str, test: str, size: int, count: int, seconds: float) -> _Result:
-    from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+    from picows import ws_connect
 
-    class Listener(WSListener):  # type: ignore[misc]
-        def on_ws_connected(self, transport: WSTransport) -> None:
-            self._transport = transport
-            self.logic = _CallbackClientLogic(self._send)
-
-        def _send(self, is_text: bool, data: Any) -> None:
-            self._transport.send(WSMsgType.TEXT if is_text else WSMsgType.BINARY, data)
-
-        def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
-            kind = frame.msg_type
-            if kind == WSMsgType.BINARY:
-                self.logic.on_message(False, frame.get_payload_as_memoryview())
-            elif kind == WSMsgType.TEXT:
-                self.logic.on_message(True, frame.get_payload_as_bytes())
-
-        def pause_writing(self) -> None:
-            self.logic.pause_writing()
-
-        def resume_writing(self) -> None:
-            self.logic.resume_writing()
-
+    Listener = _picows_listener(_CallbackClientLogic, server=False)
     transport, listener = await ws_connect(Listener, url, enable_auto_pong=False)
     try:
         return await listener.logic.run(test, size, count, seconds)
@@ -699,28 +706,10 @@ async def _client_picows(url: str, test: str, size: int, count: int, seconds: fl
         transport.disconnect()
 
 
-class _TcpClientProtocol(asyncio.Protocol):
+class _TcpClientProtocol(_FramedTcpProtocol):
     def __init__(self) -> None:
         self.logic = _CallbackClientLogic(self._send)
-        self._parser = _FrameParser(self.logic.on_message)
-        self._transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-
-    def _send(self, is_text: bool, data: Any) -> None:
-        assert self._transport is not None
-        self._transport.write(_frame(is_text, data))
-
-    def data_received(self, data: bytes) -> None:
-        self._parser.feed(data)
-
-    def pause_writing(self) -> None:
-        self.logic.pause_writing()
-
-    def resume_writing(self) -> None:
-        self.logic.resume_writing()
+        super().__init__()
 
 
 async def _client_tcp(url: str, test: str, size: int, count: int, seconds: float) -> _Result:
@@ -752,8 +741,18 @@ def url_for(impl: str, port: int, host: str = "127.0.0.1") -> str:
 # --------------------------------------------------------------------------- idle holders
 
 
-async def _hold(url: str, connections: int, concurrency: int) -> None:
-    """Open ``connections`` idle raw websockets connections and keep them until SIGTERM."""
+#: tether.v1's first message on a connection: a new session (docs/protocol.md §2.4).
+V1_HELLO = '{"type":"hello","sid":null,"token":null,"epoch":null,"rx":0}'
+
+
+async def _hold(url: str, connections: int, concurrency: int, tether_v1: bool) -> None:
+    """Open ``connections`` idle raw websockets connections and keep them until SIGTERM.
+
+    With ``tether_v1`` each one offers the ``tether.v1`` subprotocol, sends a
+    ``hello`` for a new session and counts as held only once the server selected
+    tether.v1 and answered with a ``welcome`` (so the server holds a real session):
+    far lighter on the holder than a full ``tether.connect`` client per connection.
+    """
     from websockets.asyncio.client import ClientConnection, connect
 
     loop = asyncio.get_running_loop()
@@ -761,11 +760,10 @@ async def _hold(url: str, connections: int, concurrency: int) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     held: list[ClientConnection] = []
-    failures = 0
+    failures: Counter[str] = Counter()
     gate = asyncio.Semaphore(concurrency)
 
     async def open_one() -> None:
-        nonlocal failures
         async with gate:
             try:
                 ws = await connect(
@@ -775,17 +773,32 @@ async def _hold(url: str, connections: int, concurrency: int) -> None:
                     ping_timeout=None,
                     proxy=None,
                     open_timeout=30,
+                    subprotocols=["tether.v1"] if tether_v1 else None,  # type: ignore[list-item]
                 )
-            except Exception:
-                failures += 1
+                if tether_v1:
+                    await _v1_hello(ws)
+            except Exception as exc:
+                failures[f"{type(exc).__name__}: {exc}"[:200]] += 1
             else:
                 held.append(ws)
 
     await asyncio.gather(*(open_one() for _ in range(connections)))
-    print(f"HELD {len(held)} {failures}", flush=True)
+    for reason, count in failures.most_common(3):
+        print(f"hold: {count} failed: {reason}", file=sys.stderr, flush=True)
+    print(f"HELD {len(held)} {failures.total()}", flush=True)
     await stop.wait()
     for ws in held:
         ws.transport.abort()
+
+
+async def _v1_hello(ws: Any) -> None:
+    """Start a tether.v1 session on ``ws``; raise unless the server welcomed it."""
+    if ws.subprotocol != "tether.v1":
+        raise RuntimeError(f"the server selected {ws.subprotocol!r}, not tether.v1")
+    await ws.send(V1_HELLO)
+    reply = json.loads(await asyncio.wait_for(ws.recv(), 30))
+    if reply.get("type") != "welcome" or not reply.get("sid"):
+        raise RuntimeError(f"expected a welcome with a session id, got {reply!r}")
 
 
 # --------------------------------------------------------------------------- entry point
@@ -820,13 +833,16 @@ def main(argv: list[str] | None = None) -> int:
     hold.add_argument("url")
     hold.add_argument("--connections", type=int, required=True)
     hold.add_argument("--concurrency", type=int, default=200)
+    hold.add_argument(
+        "--tether-v1", action="store_true", help="start a tether.v1 session on each connection"
+    )
     args = parser.parse_args(argv)
     raise_nofile_limit()
     if args.role == "server":
         asyncio.run(_run_server(args.impl, args.port, args.reuse_port))
         return 0
     if args.role == "hold":
-        asyncio.run(_hold(args.url, args.connections, args.concurrency))
+        asyncio.run(_hold(args.url, args.connections, args.concurrency, args.tether_v1))
         return 0
 
     plan = [(str(t), int(s), int(n), float(sec)) for t, s, n, sec in json.loads(args.plan)]

@@ -18,13 +18,40 @@ from .common import Progress, Unavailable, machine
 SCENARIOS = ("throughput", "storm", "detect", "memory", "resume")
 
 
+#: The rows ``--only`` can pick, per scenario (raw websockets, the ratios' reference,
+#: is measured whenever a tether row is).
+ROWS = {
+    "throughput": (
+        "websockets", "tether", "tether-v1", "tether-server", "tether-client",
+        "picows", "aiohttp", "tcp",
+    ),
+    "memory": ("websockets", "tether", "tether-v1", "aiohttp", "picows"),
+    "storm": ("tether", "tether-plain", "naive"),
+}  # fmt: skip
+
+
+def unknown_rows(scenario: str, only: list[str]) -> str | None:
+    """Why ``--only`` cannot apply to ``scenario``, or None when it can."""
+    if scenario not in ROWS:
+        return f"--only applies to {', '.join(ROWS)}, not to {scenario}"
+    unknown = [name for name in only if name not in ROWS[scenario]]
+    if unknown:
+        return (
+            f"--only: no row {', '.join(map(repr, unknown))} in {scenario}; "
+            f"choose from {', '.join(ROWS[scenario])}"
+        )
+    return None
+
+
 def _run_one(name: str, options: dict[str, Any], progress: Progress) -> tuple[dict[str, Any], str]:
     quick = bool(options["quick"])
+    runs = int(options["runs"])
+    only = options["only"]
     if name == "throughput":
         from . import throughput
 
         result, text, complete = throughput.run(
-            quick=quick, runs=int(options["runs"]), progress=progress
+            quick=quick, runs=runs, progress=progress, only=only
         )
     elif name == "memory":
         from . import memory
@@ -33,7 +60,8 @@ def _run_one(name: str, options: dict[str, Any], progress: Progress) -> tuple[di
             quick=quick,
             connections=options["connections"],
             progress=progress,
-            runs=int(options["runs"]),
+            runs=runs,
+            only=only,
         )
     elif name == "storm":
         from . import storm
@@ -42,20 +70,18 @@ def _run_one(name: str, options: dict[str, Any], progress: Progress) -> tuple[di
             quick=quick,
             clients=options["connections"],
             progress=progress,
-            runs=int(options["runs"]),
+            runs=runs,
+            store=options["store"],
+            only=only,
         )
     elif name == "detect":
         from . import detect
 
-        result, text, complete = detect.run(
-            quick=quick, runs=int(options["runs"]), progress=progress
-        )
+        result, text, complete = detect.run(quick=quick, runs=runs, progress=progress)
     elif name == "resume":
         from . import resume
 
-        result, text, complete = resume.run(
-            quick=quick, progress=progress, runs=int(options["runs"])
-        )
+        result, text, complete = resume.run(quick=quick, progress=progress, runs=runs)
     else:  # argparse's choices make this unreachable from the CLI
         raise ValueError(f"unknown scenario {name!r}")
     status = "ok" if complete else "incomplete"
@@ -70,9 +96,17 @@ def run(
     runs: int,
     save: str | None = None,
     connections: int | None,
+    store: str | None = None,
+    only: list[str] | None = None,
 ) -> int:
     """Run ``scenarios`` in order; return the exit status."""
-    options = {"quick": quick, "runs": runs, "connections": connections}
+    options = {
+        "quick": quick,
+        "runs": runs,
+        "connections": connections,
+        "store": store,
+        "only": only,
+    }
     progress = Progress()
     report: dict[str, Any] = {"machine": machine(), "scenarios": {}}
     failed = False

@@ -19,6 +19,7 @@ from .common import (
     Progress,
     Summary,
     fmt_summary,
+    pick_rows,
     python_command,
     run_child_json,
     server_process,
@@ -105,10 +106,16 @@ def _round(impl: str, tests: list[Test]) -> dict[str, dict[str, float]]:
     return figures
 
 
-def run(*, quick: bool, runs: int, progress: Progress) -> tuple[dict[str, Any], str, bool]:
-    """Measure; return (json, text, complete). ``complete`` is False without tether."""
+def run(
+    *, quick: bool, runs: int, progress: Progress, only: list[str] | None = None
+) -> tuple[dict[str, Any], str, bool]:
+    """Measure; return (json, text, complete).
+
+    ``complete`` is False when a tether row that was asked for (all of them, without
+    ``only``) cannot run here. ``only`` picks rows; raw websockets, the reference of
+    every ratio, joins any tether row.
+    """
     tests = plan(quick)
-    impls = list(REFERENCES)
     has_server, has_client = tether_has("serve"), tether_has("connect")
     available = {
         "tether": has_server and has_client,
@@ -116,14 +123,17 @@ def run(*, quick: bool, runs: int, progress: Progress) -> tuple[dict[str, Any], 
         "tether-server": has_server,
         "tether-client": has_client,
     }
-    # --quick keeps tether plain and leaves out the two diagnostic mixed rows.
-    tether_rows = [
-        row
-        for row in TETHER_ROWS
-        if available[row] and (row in ("tether", "tether-v1") or not quick)
-    ]
+    impls, wanted = pick_rows(
+        REFERENCES,
+        TETHER_ROWS,
+        only,
+        default_references=REFERENCES,
+        # --quick keeps tether plain and v1 and leaves out the two diagnostic mixed rows.
+        default_tether_rows=TETHER_ROWS[:2] if quick else TETHER_ROWS,
+    )
+    tether_rows = [row for row in wanted if available[row]]
     impls[1:1] = tether_rows
-    have_tether = available["tether"]
+    have_tether = all(available[row] for row in wanted)
     rates: dict[str, dict[str, list[float]]] = {i: {t.key: [] for t in tests} for i in impls}
     cpu: dict[str, dict[str, dict[str, list[float]]]] = {
         side: {i: {t.key: [] for t in tests} for i in impls} for side in ("server", "client")

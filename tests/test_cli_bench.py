@@ -33,3 +33,39 @@ def test_bad_count_exits_two(option: str, value: str, capsys: pytest.CaptureFixt
         main(["bench", "throughput", option, value])
     assert exc.value.code == 2
     assert option in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["bench", "memory", "--only", "tether-v2"], "no row 'tether-v2' in memory"),
+        (["bench", "--only", "tether"], "--only applies to"),
+        (["bench", "detect", "--only", "tether"], "--only applies to"),
+        (["bench", "throughput", "--only", ","], "--only"),
+        (["bench", "memory", "--store", "memory"], "--store applies to storm"),
+    ],
+)
+def test_bad_only_exits_two(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--only names rows of one scenario that has rows, --store is storm's; else exit 2."""
+    try:
+        status = main(argv)
+    except SystemExit as exc:
+        status = exc.code
+    assert status == 2
+    assert message in capsys.readouterr().err
+
+
+def test_help_lists_every_row_only_accepts(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The --only help names the rows the harness knows (it cannot import them)."""
+    from benchmarks.runner import ROWS
+
+    monkeypatch.setenv("COLUMNS", "1000")  # argparse would wrap lines at hyphens
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for scenario, rows in ROWS.items():
+        assert f"{scenario}: {', '.join(rows)}" in out

@@ -46,7 +46,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="what to measure (default: all)",
     )
     parser.add_argument(
-        "--quick", action="store_true", help="smaller counts: every scenario in under 2 minutes"
+        "--quick",
+        action="store_true",
+        help="smaller counts: `all --quick` in under 2 minutes on 2 cores",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.add_argument(
@@ -67,7 +69,37 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=None,
         help="connections for memory and clients for storm (default: 10000, --quick: 1000)",
     )
+    parser.add_argument(
+        "--only",
+        type=_names,
+        default=None,
+        metavar="ROWS",
+        help=(
+            "comma-separated rows of one scenario, e.g. `throughput --only tether` or "
+            "`memory --only tether-v1`; raw websockets, the ratios' reference, is always "
+            "measured with a tether row. throughput: websockets, tether, tether-v1, "
+            "tether-server, tether-client, picows, aiohttp, tcp; memory: websockets, tether, "
+            "tether-v1, aiohttp, picows; storm: tether, tether-plain, naive"
+        ),
+    )
+    parser.add_argument(
+        "--store",
+        default=None,
+        metavar="URL",
+        help=(
+            "storm: the `tether serve --store` of the restarted server (default: SQLite in a "
+            "temporary file, which the replacement process opens too); e.g. memory, "
+            "redis://127.0.0.1:6379/0"
+        ),
+    )
     parser.set_defaults(func=_run)
+
+
+def _names(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("expected comma-separated names")
+    return names
 
 
 def _benchmarks_root() -> Path | None:
@@ -94,6 +126,15 @@ def _run(args: argparse.Namespace) -> int:
         sys.path.insert(0, str(root))
     runner = importlib.import_module("benchmarks.runner")
     scenarios = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
+    if args.store is not None and args.scenario not in ("storm", "all"):
+        print("tether bench: error: --store applies to storm (and all)", file=sys.stderr)
+        return 2
+    if args.only is not None:
+        problem = runner.unknown_rows(args.scenario, args.only)
+        if problem is not None:
+            # A usage error, as argparse reports its own (exit status 2).
+            print(f"tether bench: error: {problem}", file=sys.stderr)
+            return 2
     status: int = runner.run(
         scenarios,
         quick=args.quick,
@@ -101,5 +142,7 @@ def _run(args: argparse.Namespace) -> int:
         save=args.save,
         runs=args.runs,
         connections=args.connections,
+        store=args.store,
+        only=args.only,
     )
     return status

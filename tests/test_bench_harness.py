@@ -1,0 +1,211 @@
+"""The benchmark harness's own logic (row choice, loss accounting, probe figures, hello).
+
+No benchmark runs here: these are the pure pieces of ``benchmarks/`` that decide
+what a figure means, fed with made-up inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+from benchmarks import runner, storm
+from benchmarks.common import pick_rows
+from benchmarks.peers import V1_HELLO, _v1_hello
+
+
+@pytest.mark.parametrize(
+    ("only", "expected"),
+    [
+        (None, (["websockets", "picows"], ["tether"])),
+        (["tether"], (["websockets"], ["tether"])),
+        (["tether-v1", "picows"], (["websockets", "picows"], ["tether-v1"])),
+        (["picows"], (["picows"], [])),
+    ],
+)
+def test_pick_rows_adds_the_websockets_reference_to_any_tether_row(
+    only: list[str] | None, expected: tuple[list[str], list[str]]
+) -> None:
+    """Without --only, the defaults; with it, its rows plus raw websockets for a ratio."""
+    picked = pick_rows(
+        ("websockets", "picows"),
+        ("tether", "tether-v1"),
+        only,
+        default_references=("websockets", "picows"),
+        default_tether_rows=("tether",),
+    )
+    assert picked == expected
+
+
+def test_unknown_rows_names_the_choices() -> None:
+    assert runner.unknown_rows("throughput", ["tether", "websockets"]) is None
+    problem = runner.unknown_rows("memory", ["tether-v2"])
+    assert problem is not None
+    assert "'tether-v2'" in problem
+    assert "tether-v1" in problem
+    assert runner.unknown_rows("detect", ["tether"]) is not None
+
+
+def _tick(seq: int, tick: int, node: str) -> str:
+    return json.dumps({"seq": seq, "tick": tick, "node": node})
+
+
+def test_tracker_tells_lost_messages_from_ticks_nothing_was_sent_for() -> None:
+    """A new handler run restarting at seq 1 is no loss; a seq gap or repeat is."""
+    tracker = storm._Tracker()
+    for seq, tick in ((1, 100), (2, 101), (3, 102)):
+        tracker.tick(_tick(seq, tick, "old"))
+    # The handover: the new process's handler starts at seq 1, three ticks later.
+    for seq, tick in ((1, 106), (2, 107)):
+        tracker.tick(_tick(seq, tick, "new"))
+    assert tracker.check.missing == 0
+    assert tracker.check.duplicates == 0
+    assert tracker.missed == 3
+
+    tracker.tick(_tick(4, 108, "new"))  # seq 3 of the new run never came
+    tracker.tick(_tick(4, 108, "new"))  # and seq 4 came twice
+    assert tracker.check.missing == 1
+    assert tracker.check.duplicates == 1
+    assert tracker.duplicates == 1
+
+
+def test_probe_counts_a_failed_handshake_as_slower_than_any() -> None:
+    report: dict[str, Any] = {
+        "handshake_s": [(10.0 + i / 100, 0.001) for i in range(98)],
+        "failed_s": [(10.5, 0.002), (10.6, 0.003)],
+        "failed": {"TimeoutError": 2},
+        "loop_lag_s": [0.0, 0.004],
+    }
+    figures = storm.probe_figures(report, 10.0, 20.0)
+    assert figures["samples"] == 100
+    assert figures["failed"] == 2
+    assert figures["p50"] == 0.001
+    assert figures["p99"] == math.inf  # not 1 ms: the failures rank last
+    assert figures["max"] == 0.001
+    assert figures["probe_loop_lag_s"]["max"] == 0.004
+
+
+def test_probe_keeps_only_the_handshakes_of_the_storm() -> None:
+    """Calm samples before the SIGHUP and after the last client is back are left out."""
+    calm = [(t, 0.001) for t in (1.0, 2.0, 3.0, 30.0, 31.0)]
+    storm_samples = [(10.0, 0.2), (12.0, 0.3), (19.9, 0.4)]
+    report: dict[str, Any] = {
+        "handshake_s": calm + storm_samples,
+        "failed_s": [(5.0, 10.0)],
+        "failed": {"TimeoutError": 1},
+        "loop_lag_s": [],
+    }
+    figures = storm.probe_figures(report, 10.0, 20.0)
+    assert figures["samples"] == 3
+    assert figures["failed"] == 0
+    assert figures["p50"] == 0.3
+    assert figures["max"] == 0.4
+
+
+def _run(**changes: Any) -> dict[str, Any]:
+    """The figures of one storm run in which everything went right."""
+    run: dict[str, Any] = {
+        "clients": 10,
+        "complete": True,
+        "reconnected": 10,
+        "all_reconnected_after_s": 8.0,
+        "probe_handshake_s": {"p99": 0.01},
+        "messages": {"missing": 0, "duplicates": 0},
+        "session_lost": {},
+        "subprotocols": {"tether.v1": 10},
+        "missed_ticks": {"total": 25},
+        "duplicate_ticks": 0,
+    }
+    run.update(changes)
+    return run
+
+
+@pytest.mark.parametrize(
+    ("changes", "met"),
+    [
+        ({}, True),
+        ({"messages": {"missing": 1, "duplicates": 0}}, False),
+        ({"messages": {"missing": 0, "duplicates": 2}}, False),
+        ({"session_lost": {"not_resumable": 1}}, False),
+        ({"subprotocols": {"tether.v1": 9, "None": 1}}, False),
+    ],
+)
+def test_tether_v1_storm_loses_nothing_only_with_every_session_kept(
+    changes: dict[str, Any], met: bool
+) -> None:
+    """Ticks nothing was sent for are no loss; a gap, a repeat, a lost or plain session is."""
+    runs = [_run(**changes)]
+
+    def values(mode: str, path: str) -> list[float]:
+        value: Any = runs[0]
+        for part in path.split("."):
+            value = value[part]
+        return [float(value)]
+
+    targets = storm._targets("tether", values, runs)
+    assert targets["lost_met"] is met
+    assert targets["all_resumed_met"]
+    assert targets["p99_handshake_met"]
+
+
+def test_plain_storm_counts_missed_ticks_as_lost() -> None:
+    runs = [_run()]
+    targets = storm._targets(
+        "tether-plain", lambda mode, path: [8.0 if "all" in path else 0.01], runs
+    )
+    assert targets["lost_met"] is False
+
+
+class _FakeConnection:
+    def __init__(self, subprotocol: str | None, reply: dict[str, Any]) -> None:
+        self.subprotocol = subprotocol
+        self.sent: list[str] = []
+        self._reply = json.dumps(reply)
+
+    async def send(self, message: str) -> None:
+        self.sent.append(message)
+
+    async def recv(self) -> str:
+        return self._reply
+
+
+WELCOME = {"type": "welcome", "resumed": False, "sid": "abc", "token": "t", "epoch": "e"}
+
+
+async def test_v1_holder_sends_hello_and_accepts_a_welcome() -> None:
+    ws = _FakeConnection("tether.v1", WELCOME)
+    await _v1_hello(ws)
+    assert ws.sent == [V1_HELLO]
+    assert json.loads(V1_HELLO) == {
+        "type": "hello",
+        "sid": None,
+        "token": None,
+        "epoch": None,
+        "rx": 0,
+    }
+
+
+@pytest.mark.parametrize(
+    ("subprotocol", "reply"),
+    [(None, WELCOME), ("tether.v1", {"type": "ack", "rx": 0})],
+)
+async def test_v1_holder_refuses_a_connection_without_a_session(
+    subprotocol: str | None, reply: dict[str, Any]
+) -> None:
+    """Plain mode, or no welcome: the connection does not count as a tether.v1 one."""
+    with pytest.raises(RuntimeError):
+        await _v1_hello(_FakeConnection(subprotocol, reply))
+
+
+def test_replacement_pid_is_read_from_the_server_log(tmp_path: Path) -> None:
+    """The harness stops the replacement even when the old process exited unseen."""
+    path = tmp_path / "server.log"
+    path.write_bytes(b"INFO received SIGHUP\n")
+    with path.open("rb") as log:
+        assert storm.replacement_pid(log.fileno()) is None
+        with path.open("ab") as out:
+            out.write(b"2026-11-25T21:40:56Z INFO started replacement pid 371: python -m tether\n")
+        assert storm.replacement_pid(log.fileno()) == 371
