@@ -31,6 +31,8 @@ class HeartbeatTimer:
         transport: an open connection.
         config: the heartbeat settings; with ``interval=None`` :meth:`start` does nothing.
         on_dead: called just before the connection is aborted for a missing pong.
+        loop: what gives the time and runs the timer (the running loop by default;
+            tests pass a fake clock).
     """
 
     __slots__ = ("_handle", "_loop", "_machine", "_on_dead", "_ping", "_transport", "dead")
@@ -41,10 +43,11 @@ class HeartbeatTimer:
         config: Heartbeat,
         *,
         on_dead: Callable[[], None] | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self._transport = transport
         self._on_dead = on_dead
-        self._loop = asyncio.get_running_loop()
+        self._loop = loop if loop is not None else asyncio.get_running_loop()
         self._machine = HeartbeatMachine(config, self._loop.time())
         self._handle: asyncio.TimerHandle | None = None
         self._ping: asyncio.Task[None] | None = None
