@@ -647,6 +647,8 @@ class Server:
     # -- logging -------------------------------------------------------------------------------
 
     def _log_open(self, record: _Connection, session: Session) -> None:
+        if not logger.isEnabledFor(logging.INFO):
+            return  # (the structured fields cost more than the call)
         logger.info(
             "connect %s session=%s path=%s",
             _address(record.request.remote_address),
@@ -661,6 +663,8 @@ class Server:
         if record.logged:
             return
         record.logged = True
+        if not logger.isEnabledFor(logging.INFO):
+            return
         duration = asyncio.get_running_loop().time() - record.opened_at
         code = info.code if info is not None else CloseCode.ABNORMAL_CLOSURE
         clean = info.clean if info is not None else False
