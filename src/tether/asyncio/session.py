@@ -14,6 +14,10 @@ connection ends. A tether.v1 layer can run its hello/welcome handshake in
 :meth:`ServerLayer.send` / :meth:`ServerLayer.received`, and keep a session alive
 after its connection is lost (:meth:`ServerLayer.connection_lost` returns False) so
 that a later connection can be attached to it.
+
+A session the layer calls plain (:meth:`ServerLayer.is_plain`) skips all that: the
+server attaches its connection with :meth:`Session.attach_plain`, and the handler's
+``recv`` reads the connection in the handler's own task (no pump task, no inbox).
 """
 
 from __future__ import annotations
@@ -508,6 +512,11 @@ class ServerLayer(abc.ABC):
 
 class PlainServerLayer(ServerLayer):
     """Plain WebSocket: one session per connection, messages unchanged.
+
+    The server attaches its sessions with :meth:`Session.attach_plain` (see
+    :meth:`is_plain`): they have no inbox, the engine's buffer of received messages
+    (``ENGINE_MAX_QUEUE``) is all there is, and the two bounds below apply only to a
+    session attached with :meth:`Session.attach`.
 
     Args:
         max_queue: inbox size of each session, in messages (see :class:`Session`).
