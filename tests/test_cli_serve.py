@@ -284,3 +284,19 @@ def test_store_defaults_documented() -> None:
     assert f"`--resume-window S` (default {DEFAULT_RESUME_WINDOW_S:g})" in server_doc
     assert f"The default is `{DEFAULT_STORE}`" in stores_doc
     assert f"`--resume-window S` (default {DEFAULT_RESUME_WINDOW_S:g})" in stores_doc
+
+
+def test_serve_freezes_start_up_objects_and_raises_the_young_gc_threshold() -> None:
+    """After start-up ``tether serve`` hides what exists from the GC and collects less often."""
+    import gc
+
+    from tether._cli import serve as cli_serve
+
+    threshold = gc.get_threshold()
+    try:
+        cli_serve._tune_gc()
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (cli_serve.GC_YOUNG_THRESHOLD, *threshold[1:])
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)

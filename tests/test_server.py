@@ -685,3 +685,82 @@ async def test_chromium_page_is_admitted_by_its_origin_and_refused_by_another(
     closed = await refused.expect_event("close", timeout=20)
     assert closed["code"] == 1006  # the handshake got 403: no WebSocket, no handler
     assert seen == [page_origin, page_origin]
+
+
+async def test_request_headers_are_lower_cased_and_repeats_joined(
+    start: Callable[..., Awaitable[Server]],
+) -> None:
+    """session.request.headers: names lower-cased, a repeated header joined with ", "."""
+    seen: list[tether.Session] = []
+
+    async def handler(session: tether.Session) -> None:
+        seen.append(session)
+        await session.send("ok")
+
+    server = await start(handler)
+    headers = [("X-Thing", "a"), ("x-thing", "b"), ("X-Other", "c")]
+    async with connect(_url(server), ping_interval=None, additional_headers=headers) as ws:
+        await ws.recv()
+    request = seen[0].request.headers
+    assert request["x-thing"] == "a, b"
+    assert request["x-other"] == "c"
+    assert "X-Thing" not in request
+    assert dict(request)["upgrade"].lower() == "websocket"
+
+
+async def test_plain_session_ends_when_the_client_closes_while_the_handler_is_busy(
+    start: Callable[..., Awaitable[Server]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A handler that does not read learns of the end (wait_closed); the close is logged then."""
+    caplog.set_level(logging.INFO, logger="tether.server")
+    ended: asyncio.Future[tether.asyncio.engine.ClosedInfo] = asyncio.Future()
+
+    async def handler(session: tether.Session) -> None:
+        ended.set_result(await session.wait_closed())
+        await asyncio.sleep(0.2)  # still running after the connection closed
+
+    server = await start(handler)
+    ws = await _client(server)
+    await ws.close(4000, "done")
+    info = await asyncio.wait_for(ended, 5)
+    assert (info.code, info.reason, info.clean) == (4000, "done", True)
+    events = [getattr(r, "tether", {}).get("event") for r in caplog.records]
+    assert events.count("close") == 1  # logged at the close, before the handler returned
+    assert server.sessions == []
+
+
+async def test_an_idle_plain_connection_costs_one_task(
+    start: Callable[..., Awaitable[Server]],
+) -> None:
+    """Plain sessions (default layer, plain client) run their handler in the connection's task."""
+    server = await start(heartbeat=tether.Heartbeat(15.0, 10.0))
+    await asyncio.sleep(0)
+    before = len(asyncio.all_tasks())
+    clients = [await _client(server) for _ in range(5)]
+    for _ in range(50):  # bounded: until the five handlers are waiting in recv()
+        if len(server.sessions) == 5:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    # websockets' clients run no task of their own: what is left is the server's, one
+    # per connection (websockets' connection task, where the handler runs).
+    assert len(asyncio.all_tasks()) - before == 5
+    for ws in clients:
+        await ws.send("still echoing")
+        assert await ws.recv() == "still echoing"
+        await ws.close()
+
+
+async def test_handler_exception_in_a_busy_plain_session_closes_with_1011(
+    start: Callable[..., Awaitable[Server]],
+) -> None:
+    """A handler that fails after reading closes the connection with 1011, and only once."""
+
+    async def handler(session: tether.Session) -> None:
+        await session.recv()
+        raise RuntimeError("boom")
+
+    server = await start(handler)
+    ws = await _client(server)
+    await ws.send("go")
+    assert await _closed(ws) == (1011, "internal error")

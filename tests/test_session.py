@@ -264,3 +264,183 @@ def test_max_queue_must_be_positive() -> None:
     """A session inbox of size 0 is refused."""
     with pytest.raises(tether.ConfigurationError):
         Session(PlainServerLayer(), RequestInfo("/"), max_queue=0)
+
+
+# -- plain sessions: attach_plain, no pump and no inbox ------------------------------------------
+
+
+class EngineLikeTransport(FakeTransport):
+    """Closes like websockets: the close is known at once (callbacks), while recv() still
+    hands over what arrived before it, then raises."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._callbacks: list[object] = []
+        self.recv_tasks: set[asyncio.Task[object] | None] = set()
+
+    def peer_closed(self, info: ClosedInfo) -> None:
+        if self._closed is not None:
+            return
+        self._closed = info
+        self._incoming.put_nowait(info)
+        loop = asyncio.get_running_loop()
+        for callback in self._callbacks:
+            loop.call_soon(callback, info)  # type: ignore[arg-type]
+
+    async def recv(self) -> Message:
+        self.recv_tasks.add(asyncio.current_task())
+        if self._incoming.empty() and self._closed is not None:
+            raise TransportClosed(self._closed)
+        item = await self._incoming.get()
+        if isinstance(item, ClosedInfo):
+            raise TransportClosed(item)
+        return item
+
+    def add_close_callback(self, callback: object) -> None:
+        self._callbacks.append(callback)
+
+
+async def _open_plain() -> tuple[Session, EngineLikeTransport]:
+    transport = EngineLikeTransport()
+    layer = PlainServerLayer()
+    session = await layer.open(transport, RequestInfo("/p"))
+    assert layer.is_plain(session, transport)
+    session.attach_plain(transport)
+    return session, transport
+
+
+async def test_plain_recv_reads_the_connection_in_the_callers_task() -> None:
+    """recv() of a plain session takes messages from the connection in the handler's task."""
+    session, transport = await _open_plain()
+    transport.feed("a")
+    transport.feed(b"b")
+    assert [await session.recv(), await session.recv()] == ["a", b"b"]
+    assert transport.recv_tasks == {asyncio.current_task()}
+
+
+async def test_plain_send_goes_straight_to_the_connection() -> None:
+    """send() of a plain session writes to the connection; after the end it raises."""
+    session, transport = await _open_plain()
+    await session.send("out")
+    assert transport.sent == ["out"]
+    transport.peer_closed(ClosedInfo(1000, "", clean=True))
+    await session.wait_closed()
+    with pytest.raises(tether.ConnectionClosedOK):
+        await session.send("late")
+
+
+async def test_plain_session_ends_when_the_peer_closes_during_recv() -> None:
+    """A handler blocked in recv() gets ConnectionClosedOK when the peer closes with 1000."""
+    session, transport = await _open_plain()
+    blocked = asyncio.ensure_future(session.recv())
+    await asyncio.sleep(0)
+    transport.peer_closed(ClosedInfo(1000, "bye", clean=True))
+    with pytest.raises(tether.ConnectionClosedOK):
+        await asyncio.wait_for(blocked, 1)
+    assert session.closed == ClosedInfo(1000, "bye", clean=True)
+    assert session.transport is None
+
+
+async def test_plain_session_ends_with_its_connection_while_nobody_reads() -> None:
+    """The session ends when the connection closes even if the handler never calls recv()."""
+    session, transport = await _open_plain()
+    transport.abort()
+    info = await asyncio.wait_for(session.wait_closed(), 1)
+    assert (info.code, info.clean) == (1006, False)
+
+
+async def test_plain_messages_before_the_close_are_read_then_the_end() -> None:
+    """What arrived before the close comes out of ``async for``; then the loop stops."""
+    session, transport = await _open_plain()
+    transport.feed("x")
+    transport.feed("y")
+    transport.peer_closed(ClosedInfo(4000, "", clean=True))
+    await asyncio.sleep(0)  # the close callback has run: the session has ended
+    assert session.closed is not None
+    assert [message async for message in session] == ["x", "y"]
+    with pytest.raises(tether.ConnectionClosedError):
+        await session.recv()
+
+
+async def test_plain_session_ended_on_an_open_connection_takes_nothing_more() -> None:
+    """end() while the connection is still open: recv() raises at once."""
+    session, transport = await _open_plain()
+    transport.feed("unread")
+    session.end(ClosedInfo(1012, "restart", clean=True, sent_code=1012))
+    with pytest.raises(tether.ConnectionClosedError):
+        await session.recv()
+
+
+async def test_plain_close_goes_through_the_layer() -> None:
+    """close() of a plain session closes the connection with the code and ends the session."""
+    session, transport = await _open_plain()
+    info = await session.close(4001, "done")
+    assert transport.close_calls == [(4001, "done")]
+    assert info.code == 4001
+    assert (await session.wait_closed()).code == 4001
+
+
+async def test_only_layers_that_pass_messages_unchanged_are_plain() -> None:
+    """PlainServerLayer is plain; a subclass with its own message hooks is not."""
+
+    class Upper(PlainServerLayer):
+        async def received(
+            self, session: Session, transport: Transport, message: Message
+        ) -> tuple[Message, ...]:
+            return (str(message).upper(),)
+
+    transport = FakeTransport()
+    assert PlainServerLayer().is_plain(Session(PlainServerLayer(), RequestInfo("/")), transport)
+    layer = Upper()
+    assert not layer.is_plain(await layer.open(transport, RequestInfo("/")), transport)
+
+
+async def test_a_layer_with_subprotocols_is_plain_where_none_was_negotiated() -> None:
+    """tether.v1's layer gives a client that did not negotiate tether.v1 a plain session."""
+    from tether.asyncio.resume_server import TetherV1ServerLayer
+
+    layer = TetherV1ServerLayer()
+    plain = FakeTransport()
+    session = await layer.open(plain, RequestInfo("/"))
+    assert layer.is_plain(session, plain)
+    v1 = FakeTransport()
+    v1.subprotocol = "tether.v1"
+    assert not layer.is_plain(session, v1)
+
+
+# -- the pump's inbox: waiters made on demand ----------------------------------------------------
+
+
+async def test_cancelling_one_reader_leaves_the_other_waiting() -> None:
+    """Two tasks in recv(); one is cancelled; the other still gets the next message."""
+    session, transport, _ = await _open()
+    first = asyncio.ensure_future(session.recv())
+    second = asyncio.ensure_future(session.recv())
+    await asyncio.sleep(0)
+    first.cancel()
+    await asyncio.sleep(0)
+    transport.feed("for the second")
+    assert await asyncio.wait_for(second, 1) == "for the second"
+    assert first.cancelled()
+
+
+async def test_cancelling_one_wait_closed_leaves_the_other_waiting() -> None:
+    """A cancelled wait_closed() does not cancel another caller's."""
+    session, transport, _ = await _open()
+    first = asyncio.ensure_future(session.wait_closed())
+    second = asyncio.ensure_future(session.wait_closed())
+    await asyncio.sleep(0)
+    first.cancel()
+    await asyncio.sleep(0)
+    transport.peer_closed(ClosedInfo(1001, "", clean=True))
+    assert (await asyncio.wait_for(second, 1)).code == 1001
+
+
+async def test_end_wakes_a_reader_blocked_on_an_empty_inbox() -> None:
+    """A session ended by its layer wakes recv() at once (ConnectionClosed)."""
+    session, _, _ = await _open()
+    blocked = asyncio.ensure_future(session.recv())
+    await asyncio.sleep(0)
+    session.end(ClosedInfo(1012, "", clean=True, sent_code=1012))
+    with pytest.raises(tether.ConnectionClosedError):
+        await asyncio.wait_for(blocked, 1)

@@ -10,15 +10,22 @@ implement the same class later and pass the same conformance tests.
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["ClosedInfo", "Message", "PongHandler", "Transport", "TransportClosed"]
+__all__ = ["CloseHandler", "ClosedInfo", "Message", "PongHandler", "Transport", "TransportClosed"]
 
 Message = str | bytes
 
 #: Called with (payload, round-trip seconds) when a pong answers one of our pings.
 PongHandler = Callable[[bytes, float], None]
+
+#: Called with how the connection ended, once it has.
+CloseHandler = Callable[["ClosedInfo"], None]
+
+#: Tasks of the default :meth:`Transport.add_close_callback` (the loop holds tasks weakly).
+_close_watchers: set[asyncio.Task[None]] = set()
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,9 @@ class TransportClosed(Exception):
 
 class Transport(abc.ABC):
     """One open WebSocket connection, as the adapter needs it."""
+
+    # Empty, so that an engine may give its transports __slots__ (one per connection).
+    __slots__ = ()
 
     #: The negotiated subprotocol, if any.
     subprotocol: str | None
@@ -92,3 +102,18 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     def closed(self) -> ClosedInfo | None:
         """How the connection ended, or None while it is open."""
+
+    def add_close_callback(self, callback: CloseHandler) -> None:
+        """Call ``callback(info)`` from the event loop once the connection has closed.
+
+        Called soon (not at once) if it has closed already. This default runs a task
+        that awaits :meth:`wait_closed`; an engine that can be told of the end without
+        a task per connection overrides it (the server calls it for every connection).
+        """
+
+        async def watch() -> None:
+            callback(await self.wait_closed())
+
+        task = asyncio.ensure_future(watch())
+        _close_watchers.add(task)
+        task.add_done_callback(_close_watchers.discard)

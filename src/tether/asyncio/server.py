@@ -26,14 +26,15 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import http
 import json
 import logging
 import os
 import re
 import signal
-from collections.abc import Awaitable, Callable, Generator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -51,7 +52,7 @@ from ..knowledge import summary
 from ..ratelimit import ResumeLimit
 from ..stores.base import SessionStore
 from .engine import ClosedInfo
-from .keepalive import keep_alive
+from .keepalive import HeartbeatTimer
 from .resume_server import PrincipalHook, TetherV1ServerLayer
 from .reuseport import steer_to_second_listener
 from .session import PlainServerLayer, RequestInfo, ServerLayer, Session
@@ -91,7 +92,7 @@ class ServerState(str, enum.Enum):
     CLOSED = "closed"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Connection:
     """The server's record of one open connection."""
 
@@ -101,7 +102,11 @@ class _Connection:
     session: Session | None = None
     #: Why the server closed it, for the log line ("restart", "heartbeat", ...).
     cause: str | None = None
-    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    heartbeat: HeartbeatTimer | None = None
+    #: The pump of a session attached with ``Session.attach`` (not plain).
+    pump: asyncio.Task[ClosedInfo] | None = None
+    #: The close was logged (plain sessions log it from the close callback).
+    logged: bool = False
 
 
 class Server:
@@ -477,16 +482,20 @@ class Server:
     # -- connections ---------------------------------------------------------------------------
 
     async def _on_connection(self, connection: ServerConnection) -> None:
-        loop = asyncio.get_running_loop()
+        # This runs in websockets' task for the connection, and so does a plain
+        # session's handler: no task or future of tether's per idle plain connection,
+        # only the heartbeat's timer. (Each frame of this await chain stays in memory
+        # for as long as the connection is open: keep the chain short.)
         transport = WebsocketsTransport(connection)
         request = RequestInfo(
             path=connection.request.path if connection.request is not None else "/",
-            headers=_headers(connection),
+            headers=_RequestHeaders(connection),
             remote_address=transport.remote_address,
             subprotocol=connection.subprotocol,
         )
-        record = _Connection(transport, request, opened_at=loop.time())
+        record = _Connection(transport, request, opened_at=connection.loop.time())
         self._connections[transport] = record
+        session: Session | None = None
         try:
             if self._state is not ServerState.SERVING:
                 # The upgrade passed process_request just before the drain started:
@@ -496,86 +505,150 @@ class Server:
                 await transport.close(code, reason)
                 self._log_close(record, transport.closed)
                 return
-            await self._run_connection(record)
-        finally:
-            for task in record.tasks:
-                task.cancel()
-            del self._connections[transport]
-
-    async def _run_connection(self, record: _Connection) -> None:
-        transport = record.transport
-
-        def culled() -> None:
-            record.cause = "heartbeat"
-            logger.info(
-                "no pong within %.1f s from %s: dropping the connection (1006)",
-                self.heartbeat.timeout or 0.0,
-                _address(record.request.remote_address),
+            if self.heartbeat.enabled:
+                record.heartbeat = HeartbeatTimer(
+                    transport, self.heartbeat, on_dead=functools.partial(self._culled, record)
+                )
+                record.heartbeat.start()
+            try:
+                session = await self.layer.open(transport, request)
+            except ProtocolError as exc:
+                record.cause = "protocol"
+                # A layer's error code still goes through the wire check (never 1006 & co).
+                code = exc.close_code if may_send(exc.close_code, role="server") else 1002
+                await transport.close(code, str(exc)[:60])
+                self._log_close(record, transport.closed)
+                return
+            record.session = session
+            self._log_open(record, session)
+            if not self.layer.is_plain(session, transport):
+                await self._run_attached(record, session)
+                return
+            # Plain: the handler reads the connection itself, here. The session ends,
+            # and the close is logged, when the connection closes, even while the
+            # handler is busy elsewhere.
+            session.attach_plain(
+                transport, also=functools.partial(self._plain_connection_closed, record)
             )
+            # Registered like any handler, so that the drain ends and waits for it.
+            task = asyncio.current_task()
+            assert task is not None
+            self._handlers[session] = task
+            try:
+                try:
+                    await self.handler(session)
+                except ConnectionClosed:
+                    if session.closed is None:
+                        await self._handler_failed(session, record)
+                except Exception:
+                    await self._handler_failed(session, record)
+                else:
+                    if session.closed is None:
+                        await session.close(CloseCode.NORMAL_CLOSURE)
+            finally:
+                del self._handlers[session]
+                try:
+                    await self.layer.finish(session)
+                except Exception:
+                    logger.exception("settling session %s failed", session.id)
+            if transport.closed is None:
+                # The handler is done, so is the connection (the session was ended
+                # without closing it).
+                ended = session.closed
+                code = ended.code if ended and may_send(ended.code, role="server") else 1000
+                await transport.close(code)
+        finally:
+            if record.heartbeat is not None:
+                record.heartbeat.stop()
+            if record.pump is not None:
+                record.pump.cancel()
+            self._connections.pop(transport, None)
 
-        heartbeat = asyncio.ensure_future(keep_alive(transport, self.heartbeat, on_dead=culled))
-        record.tasks.add(heartbeat)
-        try:
-            session = await self.layer.open(transport, record.request)
-        except ProtocolError as exc:
-            record.cause = "protocol"
-            # A layer's error code still goes through the wire check (never 1006 & co).
-            code = exc.close_code if may_send(exc.close_code, role="server") else 1002
-            await transport.close(code, str(exc)[:60])
-            self._log_close(record, transport.closed)
-            return
-        record.session = session
-        self._log_open(record, session)
-        pump = session.attach(transport)
-        record.tasks.add(pump)
+    def _culled(self, record: _Connection) -> None:
+        record.cause = "heartbeat"
+        logger.info(
+            "no pong within %.1f s from %s: dropping the connection (1006)",
+            self.heartbeat.timeout or 0.0,
+            _address(record.request.remote_address),
+        )
+
+    def _plain_connection_closed(self, record: _Connection, info: ClosedInfo) -> None:
+        # The connection is gone even if the handler still runs: it is no longer
+        # counted, drained or aborted.
+        if self._connections.get(record.transport) is record:
+            del self._connections[record.transport]
+        if record.heartbeat is not None:
+            record.heartbeat.stop()
+        self._log_close(record, info)
+
+    async def _run_attached(self, record: _Connection, session: Session) -> None:
+        """A session the layer carries (tether.v1): a pump task, the handler in its own."""
+        transport = record.transport
+        pump = record.pump = session.attach(transport)
         handler = self._handlers.get(session)
         if handler is None:
             # One handler per *session*: a session resumed on a new connection keeps its own.
             handler = asyncio.ensure_future(self._run_handler(session))
             self._handlers[session] = handler
             handler.add_done_callback(lambda _: self._handlers.pop(session, None))
-        await asyncio.wait({pump, handler}, return_when=asyncio.FIRST_COMPLETED)
+        if not pump.done() and not handler.done():
+            # Whichever ends first: a future and two callbacks, not asyncio.wait's set of them.
+            either = asyncio.get_running_loop().create_future()
+
+            def wake(_: object) -> None:
+                if not either.done():
+                    either.set_result(None)
+
+            pump.add_done_callback(wake)
+            handler.add_done_callback(wake)
+            try:
+                await either
+            finally:
+                pump.remove_done_callback(wake)
+                handler.remove_done_callback(wake)
         if handler.done() and transport.closed is None:
             # The handler is done, so is the connection (whatever the layer kept).
             ended = session.closed
             code = ended.code if ended is not None and may_send(ended.code, role="server") else 1000
             await transport.close(code)
         info = await pump
+        record.pump = None
         self._log_close(record, info)
 
     async def _run_handler(self, session: Session) -> None:
         try:
-            await self._run_handler_inner(session)
+            await self.handler(session)
+        except ConnectionClosed:
+            if session.closed is None:
+                await self._handler_failed(session, None)
+        except Exception:
+            await self._handler_failed(session, None)
+        else:
+            if session.closed is None:
+                await session.close(CloseCode.NORMAL_CLOSURE)
         finally:
             try:
                 await self.layer.finish(session)
             except Exception:
                 logger.exception("settling session %s failed", session.id)
 
-    async def _run_handler_inner(self, session: Session) -> None:
-        try:
-            await self.handler(session)
-        except ConnectionClosed:
-            if session.closed is None:
-                self._handler_failed(session)
-                await session.close(CloseCode.INTERNAL_ERROR, "internal error")
-        except Exception:
-            self._handler_failed(session)
-            if session.closed is None:
-                await session.close(CloseCode.INTERNAL_ERROR, "internal error")
+    async def _handler_failed(self, session: Session, record: _Connection | None) -> None:
+        """Log the handler's exception (the one being handled) and close with 1011."""
+        if record is not None:
+            record.cause = "handler error"
         else:
-            if session.closed is None:
-                await session.close(CloseCode.NORMAL_CLOSURE)
-
-    def _handler_failed(self, session: Session) -> None:
-        for record in self._connections.values():
-            if record.session is session and record.transport is session.transport:
-                record.cause = "handler error"
+            for other in self._connections.values():
+                if other.session is session and other.transport is session.transport:
+                    other.cause = "handler error"
         logger.exception("handler failed for session %s; closing with 1011", session.id)
+        if session.closed is None:
+            await session.close(CloseCode.INTERNAL_ERROR, "internal error")
 
     # -- logging -------------------------------------------------------------------------------
 
     def _log_open(self, record: _Connection, session: Session) -> None:
+        if not logger.isEnabledFor(logging.INFO):
+            return  # (the structured fields cost more than the call)
         logger.info(
             "connect %s session=%s path=%s",
             _address(record.request.remote_address),
@@ -587,6 +660,11 @@ class Server:
         )  # fmt: skip
 
     def _log_close(self, record: _Connection, info: ClosedInfo | None) -> None:
+        if record.logged:
+            return
+        record.logged = True
+        if not logger.isEnabledFor(logging.INFO):
+            return
         duration = asyncio.get_running_loop().time() - record.opened_at
         code = info.code if info is not None else CloseCode.ABNORMAL_CLOSURE
         clean = info.clean if info is not None else False
@@ -609,14 +687,42 @@ class Server:
         )  # fmt: skip
 
 
-def _headers(connection: ServerConnection) -> dict[str, str]:
-    if connection.request is None:
-        return {}
-    headers: dict[str, str] = {}
-    for name, value in connection.request.headers.raw_items():
-        key = name.lower()
-        headers[key] = f"{headers[key]}, {value}" if key in headers else value
-    return headers
+class _RequestHeaders(Mapping[str, str]):
+    """The opening request's headers, names lower-cased, repeated ones joined by ", ".
+
+    A view of what websockets keeps for the connection anyway, built into a dict
+    only when a handler first looks (one dict per connection otherwise).
+    """
+
+    __slots__ = ("_connection", "_headers")
+
+    def __init__(self, connection: ServerConnection) -> None:
+        self._connection = connection
+        self._headers: dict[str, str] | None = None
+
+    def _dict(self) -> dict[str, str]:
+        if self._headers is None:
+            headers: dict[str, str] = {}
+            request = self._connection.request
+            if request is not None:
+                for name, value in request.headers.raw_items():
+                    key = name.lower()
+                    headers[key] = f"{headers[key]}, {value}" if key in headers else value
+            self._headers = headers
+            self._connection = None  # type: ignore[assignment]
+        return self._headers
+
+    def __getitem__(self, key: str) -> str:
+        return self._dict()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._dict())
+
+    def __len__(self) -> int:
+        return len(self._dict())
+
+    def __repr__(self) -> str:
+        return repr(self._dict())
 
 
 def _address(address: tuple[object, ...] | None) -> str:

@@ -14,14 +14,20 @@ connection ends. A tether.v1 layer can run its hello/welcome handshake in
 :meth:`ServerLayer.send` / :meth:`ServerLayer.received`, and keep a session alive
 after its connection is lost (:meth:`ServerLayer.connection_lost` returns False) so
 that a later connection can be attached to it.
+
+A session the layer calls plain (:meth:`ServerLayer.is_plain`) skips all that: the
+server attaches its connection with :meth:`Session.attach_plain`, and the handler's
+``recv`` reads the connection in the handler's own task (no pump task, no inbox).
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
+import collections
+import functools
 import secrets
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..closecodes import validate_send
@@ -32,7 +38,7 @@ from ..exceptions import (
     ConnectionClosedOK,
 )
 from ..knowledge import summary
-from .engine import ClosedInfo, Message, Transport, TransportClosed
+from .engine import ClosedInfo, CloseHandler, Message, Transport, TransportClosed
 
 __all__ = ["PlainServerLayer", "RequestInfo", "ServerLayer", "Session", "closed_error"]
 
@@ -70,11 +76,13 @@ def closed_error(info: ClosedInfo) -> ConnectionClosed:
     return cls(info.code, info.reason, summary(info.code))
 
 
-class _End:
-    """Marks the end of the inbox."""
+#: The inbox of a session that has none (plain): always empty, never appended to.
+_NO_INBOX: collections.deque[Message] = collections.deque(maxlen=0)
 
 
-_END = _End()
+def _wake(waiter: asyncio.Future[None] | None) -> None:
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
 
 
 class Session:
@@ -104,6 +112,10 @@ class Session:
         max_queue_bytes: the same bound in bytes (characters for text messages):
             reading pauses while the unread messages hold this much or more, so one
             message of any allowed size still gets in. None: count bound only.
+
+    A plain session attached with :meth:`attach_plain` has no inbox of its own:
+    ``recv`` reads the connection in the caller's task, and the engine's buffer
+    bounds what is held (``max_queue`` and ``max_queue_bytes`` do not apply).
     """
 
     def __init__(
@@ -125,12 +137,20 @@ class Session:
         self._max_queue = max_queue
         self._max_queue_bytes = max_queue_bytes
         self._inbox_bytes = 0
-        self._inbox: asyncio.Queue[Message | _End] = asyncio.Queue()
-        self._space = asyncio.Event()
-        self._space.set()
+        # Attached with attach() (a pump task fills it): received, not yet taken.
+        # Made by attach(): a plain session never has one.
+        self._inbox: collections.deque[Message] = _NO_INBOX
+        # Futures made on demand (an idle session holds none): a handler waiting in
+        # recv(), a pump waiting for room in the inbox, callers of wait_closed().
+        self._reader: asyncio.Future[None] | None = None
+        self._writer: asyncio.Future[None] | None = None
+        self._ended: asyncio.Future[None] | None = None
         self._transport: Transport | None = None
+        # Attached with attach_plain(): the connection recv() reads (kept after it
+        # closed, so that what the engine still holds is read before the end).
+        self._plain: Transport | None = None
+        self._discard = False
         self._closed: ClosedInfo | None = None
-        self._ended = asyncio.Event()
 
     # -- what handlers use -------------------------------------------------------------------
 
@@ -160,6 +180,16 @@ class Session:
         """
         if not isinstance(message, (str, bytes)):
             raise TypeError(f"a message is str or bytes, not {type(message).__name__}")
+        plain = self._plain
+        if plain is not None:
+            # Plain: straight onto the connection, the layer has nothing to add.
+            if self._closed is not None:
+                raise closed_error(self._closed)
+            try:
+                await plain.send(message)
+            except TransportClosed as exc:
+                raise closed_error(self._closed or exc.info) from exc
+            return
         transport = self._transport
         if self._closed is not None and not self._layer.sends_while_detached:
             raise closed_error(self._closed)
@@ -176,24 +206,59 @@ class Session:
         Raises:
             ConnectionClosed: the session ended and every message before the end was read.
         """
-        item = await self._inbox.get()
-        if isinstance(item, _End):
-            self._inbox.put_nowait(item)  # keep the end mark for the next caller
-            assert self._closed is not None
-            raise closed_error(self._closed)
+        plain = self._plain
+        if plain is not None:
+            # Plain: read the connection in this task (no pump, no inbox). Inline, not
+            # a helper coroutine: one frame less per message and per idle connection.
+            self._check_plain_open()
+            try:
+                return await plain.recv()
+            except TransportClosed as exc:
+                raise self._plain_end(exc.info) from None
+        inbox = self._inbox
+        while not inbox:
+            if self._closed is not None:
+                raise closed_error(self._closed)
+            self._reader, waiter = self._park(self._reader)
+            await waiter
+        item = inbox.popleft()
         self._inbox_bytes -= len(item)
-        if not self._inbox_full():
-            self._space.set()
+        if self._writer is not None and not self._inbox_full():
+            _wake(self._writer)
+            self._writer = None
         self._layer.consumed(self)
         return item
 
-    async def __aiter__(self) -> AsyncIterator[Message]:
-        """Yield messages until the session ends (with any code)."""
-        while True:
+    def _check_plain_open(self) -> None:
+        closed = self._closed
+        if closed is not None and (self._discard or self._transport is not None):
+            # Ended while the connection is still attached (not by its close):
+            # nothing more is taken from it.
+            raise closed_error(closed)
+
+    def _plain_end(self, info: ClosedInfo) -> ConnectionClosed:
+        # The engine has handed over all it held: this is the end of the session.
+        self._plain_closed(info)
+        assert self._closed is not None
+        return closed_error(self._closed)
+
+    def __aiter__(self) -> Session:
+        """Iterate over messages until the session ends (with any code)."""
+        return self
+
+    async def __anext__(self) -> Message:
+        plain = self._plain
+        try:
+            if plain is None:
+                return await self.recv()
+            # recv()'s plain path, inline for the same reason.
+            self._check_plain_open()
             try:
-                yield await self.recv()
-            except ConnectionClosed:
-                return
+                return await plain.recv()
+            except TransportClosed as exc:
+                raise self._plain_end(exc.info) from None
+        except ConnectionClosed:
+            raise StopAsyncIteration from None
 
     async def close(self, code: int = 1000, reason: str = "") -> ClosedInfo:
         """End the session: close its connection with ``code`` and ``reason``.
@@ -230,8 +295,9 @@ class Session:
 
     async def wait_closed(self) -> ClosedInfo:
         """Wait until the session has ended and say how."""
-        await self._ended.wait()
-        assert self._closed is not None
+        while self._closed is None:
+            self._ended, waiter = self._park(self._ended)
+            await waiter
         return self._closed
 
     # -- what the server and the session layer use ---------------------------------------------
@@ -249,7 +315,38 @@ class Session:
         a later connection (:meth:`ServerLayer.connection_lost`).
         """
         self._transport = transport
+        if self._inbox is _NO_INBOX:
+            self._inbox = collections.deque()
         return asyncio.ensure_future(self._pump(transport))
+
+    def attach_plain(self, transport: Transport, *, also: CloseHandler | None = None) -> None:
+        """Attach ``transport`` for good, with no pump and no inbox (plain WebSocket).
+
+        For a session that :meth:`ServerLayer.is_plain` says is plain: ``recv``
+        reads the connection in the handler's own task, ``send`` writes to it, and
+        the session ends when the connection closes (even if nobody reads).
+        The layer's per-message hooks (``received``, ``send``, ``consumed``,
+        ``connection_lost``) are not called.
+
+        Args:
+            transport: the connection.
+            also: called with how the connection ended, after the session ended
+                (one close callback per connection, not two).
+        """
+        self._transport = transport
+        self._plain = transport
+        transport.add_close_callback(
+            self._plain_closed if also is None else functools.partial(self._plain_closed_then, also)
+        )
+
+    def _plain_closed(self, info: ClosedInfo) -> None:
+        if self._transport is self._plain:
+            self._transport = None
+        self.end(info)
+
+    def _plain_closed_then(self, also: CloseHandler, info: ClosedInfo) -> None:
+        self._plain_closed(info)
+        also(info)
 
     async def _pump(self, transport: Transport) -> ClosedInfo:
         try:
@@ -271,14 +368,33 @@ class Session:
     async def _deliver(self, message: Message) -> None:
         # Back-pressure: stop reading from the connection while the inbox is full.
         while self._inbox_full() and self._closed is None:
-            self._space.clear()
-            await self._space.wait()
+            self._writer, waiter = self._park(self._writer)
+            await waiter
         if self._closed is None:
-            self._inbox.put_nowait(message)
+            self._inbox.append(message)
             self._inbox_bytes += len(message)
+            if self._reader is not None:
+                _wake(self._reader)
+                self._reader = None
+
+    @staticmethod
+    def _park(
+        current: asyncio.Future[None] | None,
+    ) -> tuple[asyncio.Future[None], asyncio.Future[None]]:
+        """A future to wait on, and what the slot it came from now holds.
+
+        Waking the future in the slot wakes every waiter. A second waiter chains
+        its own future to it rather than share it: cancelling one waiter (which
+        cancels its future) must not cancel another, only make it look again.
+        """
+        mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if current is None or current.done():
+            return mine, mine
+        current.add_done_callback(lambda _: _wake(mine))
+        return current, mine
 
     def _inbox_full(self) -> bool:
-        if self._inbox.qsize() >= self._max_queue:
+        if len(self._inbox) >= self._max_queue:
             return True
         return self._max_queue_bytes is not None and self._inbox_bytes >= self._max_queue_bytes
 
@@ -289,18 +405,19 @@ class Session:
         ``async for`` stops once the messages already received are read (or at
         once with ``discard_unread``: a session layer that will have them replayed
         elsewhere drops them here). Nothing is sent; use :meth:`close` to end a
-        session on the wire.
+        session on the wire. (A plain session ended while its connection is still
+        open stops taking messages from it at once.)
         """
         if self._closed is not None:
             return
         self._closed = info
-        while discard_unread and not self._inbox.empty():
-            item = self._inbox.get_nowait()
-            if not isinstance(item, _End):
-                self._inbox_bytes -= len(item)
-        self._inbox.put_nowait(_END)
-        self._space.set()
-        self._ended.set()
+        if discard_unread:
+            self._discard = True
+            self._inbox.clear()
+            self._inbox_bytes = 0
+        for waiter in (self._reader, self._writer, self._ended):
+            _wake(waiter)
+        self._reader = self._writer = self._ended = None
 
     def __repr__(self) -> str:
         state = "open" if self._closed is None else f"closed {self._closed.code}"
@@ -369,6 +486,23 @@ class ServerLayer(abc.ABC):
         """The session's connection closed; return True if the session ends with it."""
         return True
 
+    def is_plain(self, session: Session, transport: Transport) -> bool:
+        """True when ``session`` is plain WebSocket on ``transport``.
+
+        Plain means: messages pass unchanged both ways, :meth:`consumed` needs no
+        call, and the session ends with this connection. The server then attaches
+        the connection with :meth:`Session.attach_plain` (the handler reads it in
+        its own task: no pump task, no inbox) instead of :meth:`Session.attach`,
+        and none of :meth:`received`, :meth:`send`, :meth:`consumed` or
+        :meth:`connection_lost` is called for the session.
+
+        Default: a layer that names :attr:`subprotocols` gives a plain session to a
+        connection that negotiated none of them (the server admits such a client
+        in plain mode, see ``Server._select_subprotocol``); a layer that names none
+        is not plain unless it says so by overriding this method.
+        """
+        return bool(self.subprotocols) and transport.subprotocol not in self.subprotocols
+
     async def close(
         self, session: Session, transport: Transport, code: int, reason: str
     ) -> ClosedInfo:
@@ -378,6 +512,11 @@ class ServerLayer(abc.ABC):
 
 class PlainServerLayer(ServerLayer):
     """Plain WebSocket: one session per connection, messages unchanged.
+
+    The server attaches its sessions with :meth:`Session.attach_plain` (see
+    :meth:`is_plain`): they have no inbox, the engine's buffer of received messages
+    (``ENGINE_MAX_QUEUE``) is all there is, and the two bounds below apply only to a
+    session attached with :meth:`Session.attach`.
 
     Args:
         max_queue: inbox size of each session, in messages (see :class:`Session`).
@@ -393,4 +532,14 @@ class PlainServerLayer(ServerLayer):
     async def open(self, transport: Transport, request: RequestInfo) -> Session:
         return Session(
             self, request, max_queue=self.max_queue, max_queue_bytes=self.max_queue_bytes
+        )
+
+    def is_plain(self, session: Session, transport: Transport) -> bool:
+        # A subclass that changes how messages pass keeps the pump and its hooks.
+        cls = type(self)
+        return (
+            cls.received is ServerLayer.received
+            and cls.send is ServerLayer.send
+            and cls.consumed is ServerLayer.consumed
+            and cls.connection_lost is ServerLayer.connection_lost
         )

@@ -8,13 +8,15 @@ are translated here and chained with ``from``.
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any
 
 from websockets.asyncio.connection import Connection
 from websockets.exceptions import ConnectionClosed as WsConnectionClosed
+from websockets.protocol import CLOSED
 
 from ..closecodes import CloseCode
-from .engine import ClosedInfo, Message, PongHandler, Transport, TransportClosed
+from .engine import ClosedInfo, CloseHandler, Message, PongHandler, Transport, TransportClosed
 
 __all__ = ["WebsocketsTransport", "closed_info"]
 
@@ -42,17 +44,32 @@ class WebsocketsTransport(Transport):
             (``ping_interval=None``): tether drives pings from its own core.
     """
 
+    # One per connection on a server: no __dict__, and the response headers are
+    # only copied when asked for (a server never asks).
+    __slots__ = ("_headers", "_pong_handler", "_ws", "remote_address", "subprotocol")
+
     def __init__(self, connection: Connection) -> None:
         self._ws = connection
         self._pong_handler: PongHandler | None = None
-        self._ping_tasks: set[asyncio.Task[None]] = set()
+        self._headers: dict[str, str] | None = None
         self.subprotocol = connection.subprotocol
         address: Any = connection.remote_address
         self.remote_address = tuple(address) if address is not None else None
-        self.headers = {}
-        response = getattr(connection, "response", None)
-        if response is not None:
-            self.headers = {k.lower(): v for k, v in response.headers.raw_items()}
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The handshake response's headers, names lower-cased (copied on first use)."""
+        if self._headers is None:
+            headers: dict[str, str] = {}
+            response = getattr(self._ws, "response", None)
+            if response is not None:
+                headers = {k.lower(): v for k, v in response.headers.raw_items()}
+            self._headers = headers
+        return self._headers
+
+    @headers.setter
+    def headers(self, value: dict[str, str]) -> None:
+        self._headers = value
 
     @property
     def connection(self) -> Connection:
@@ -76,17 +93,14 @@ class WebsocketsTransport(Transport):
             waiter = await self._ws.ping(payload)
         except WsConnectionClosed as exc:
             raise TransportClosed(closed_info(self._ws)) from exc
-        task = asyncio.ensure_future(self._await_pong(payload, waiter))
-        self._ping_tasks.add(task)
-        task.add_done_callback(self._ping_tasks.discard)
+        # A callback on websockets' pong future, not a task per ping.
+        waiter.add_done_callback(functools.partial(self._pong_arrived, payload))  # type: ignore[attr-defined]
 
-    async def _await_pong(self, payload: bytes, waiter: Any) -> None:
-        try:
-            latency = await waiter
-        except (WsConnectionClosed, asyncio.CancelledError):
-            return
+    def _pong_arrived(self, payload: bytes, waiter: asyncio.Future[float]) -> None:
+        if waiter.cancelled() or waiter.exception() is not None:
+            return  # the connection closed before the pong
         if self._pong_handler is not None:
-            self._pong_handler(payload, float(latency))
+            self._pong_handler(payload, float(waiter.result()))
 
     def on_pong(self, handler: PongHandler) -> None:
         self._pong_handler = handler
@@ -106,6 +120,15 @@ class WebsocketsTransport(Transport):
 
     @property
     def closed(self) -> ClosedInfo | None:
-        if self._ws.protocol.state.name != "CLOSED":
+        if self._ws.protocol.state is not CLOSED:
             return None
         return closed_info(self._ws)
+
+    def add_close_callback(self, callback: CloseHandler) -> None:
+        # websockets resolves this future in connection_lost: no task needed.
+        self._ws.connection_lost_waiter.add_done_callback(
+            functools.partial(self._connection_lost, callback)
+        )
+
+    def _connection_lost(self, callback: CloseHandler, _waiter: object) -> None:
+        callback(closed_info(self._ws))

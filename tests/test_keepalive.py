@@ -1,0 +1,181 @@
+"""The heartbeat drivers of ``tether.asyncio.keepalive`` over a fake transport."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tether.asyncio.engine import ClosedInfo, Message, PongHandler, Transport, TransportClosed
+from tether.asyncio.keepalive import HeartbeatTimer, keep_alive
+from tether.heartbeat import Heartbeat
+
+pytestmark = pytest.mark.timeout(10)
+
+
+class PingTransport(Transport):
+    """Records pings; answers them with a pong only while ``answering``."""
+
+    def __init__(self, *, answering: bool) -> None:
+        self.subprotocol = None
+        self.remote_address = None
+        self.headers = {}
+        self.answering = answering
+        self.pings: list[bytes] = []
+        self.aborted = 0
+        self._pong: PongHandler | None = None
+        self._closed: ClosedInfo | None = None
+
+    async def send(self, message: Message) -> None:
+        raise AssertionError("not used")
+
+    async def recv(self) -> Message:
+        raise AssertionError("not used")
+
+    async def ping(self, payload: bytes) -> None:
+        if self._closed is not None:
+            raise TransportClosed(self._closed)
+        self.pings.append(payload)
+        if self.answering and self._pong is not None:
+            self._pong(payload, 0.001)
+
+    def on_pong(self, handler: PongHandler) -> None:
+        self._pong = handler
+
+    async def close(self, code: int, reason: str = "") -> ClosedInfo:
+        raise AssertionError("not used")
+
+    def abort(self) -> None:
+        self.aborted += 1
+        self._closed = ClosedInfo(1006, "", clean=False)
+
+    async def wait_closed(self) -> ClosedInfo:
+        raise AssertionError("not used")
+
+    @property
+    def closed(self) -> ClosedInfo | None:
+        return self._closed
+
+
+class _Handle:
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class FakeClock:
+    """``time()`` and ``call_at()`` of an event loop, on a clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self._timers: list[tuple[float, int, _Handle, Callable[[], None]]] = []
+        self._order = 0
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> _Handle:
+        handle = _Handle()
+        self._order += 1
+        heapq.heappush(self._timers, (when, self._order, handle, callback))
+        return handle
+
+    @property
+    def armed(self) -> int:
+        return sum(1 for *_, handle, _cb in self._timers if not handle.cancelled)
+
+    async def advance(self, seconds: float) -> None:
+        """Move the clock, firing due timers in order; let ping tasks run in between."""
+        target = self.now + seconds
+        while self._timers and self._timers[0][0] <= target:
+            when, _, handle, callback = heapq.heappop(self._timers)
+            self.now = when
+            if not handle.cancelled:
+                callback()
+            for _ in range(5):
+                await asyncio.sleep(0)
+        self.now = target
+
+
+def _timer(
+    transport: PingTransport, config: Heartbeat, clock: FakeClock, on_dead: Callable[[], None]
+) -> HeartbeatTimer:
+    loop: Any = clock
+    return HeartbeatTimer(transport, config, on_dead=on_dead, loop=loop)
+
+
+async def test_timer_culls_a_silent_peer_at_interval_plus_timeout() -> None:
+    """No pong: one ping at the interval, the abort exactly `timeout` later, on_dead first."""
+    clock = FakeClock()
+    transport = PingTransport(answering=False)
+    dead: list[float] = []
+    timer = _timer(transport, Heartbeat(15.0, 10.0), clock, lambda: dead.append(clock.now))
+    timer.start()
+    await clock.advance(14.9)
+    assert transport.pings == []
+    assert transport.aborted == 0
+    await clock.advance(0.1)
+    assert len(transport.pings) == 1
+    await clock.advance(9.9)
+    assert transport.aborted == 0
+    await clock.advance(0.1)
+    assert dead == [1025.0]
+    assert transport.aborted == 1
+    assert timer.dead
+    assert clock.armed == 0
+
+
+async def test_timer_keeps_an_answering_peer() -> None:
+    """Pongs come back: a ping every interval, never an abort, one timer armed at a time."""
+    clock = FakeClock()
+    transport = PingTransport(answering=True)
+    timer = _timer(transport, Heartbeat(15.0, 10.0), clock, lambda: None)
+    timer.start()
+    for _ in range(10):
+        await clock.advance(15.0)
+        assert clock.armed == 1
+    assert len(transport.pings) == 10
+    assert transport.aborted == 0
+    assert not timer.dead
+
+
+async def test_stopped_timer_does_nothing() -> None:
+    """stop() disarms: no ping and no abort afterwards."""
+    clock = FakeClock()
+    transport = PingTransport(answering=False)
+    timer = _timer(transport, Heartbeat(1.0, 1.0), clock, lambda: None)
+    timer.start()
+    timer.stop()
+    await clock.advance(100.0)
+    assert transport.pings == []
+    assert transport.aborted == 0
+
+
+async def test_disabled_heartbeat_arms_no_timer() -> None:
+    """Heartbeat(None, None): start() arms nothing."""
+    clock = FakeClock()
+    timer = _timer(PingTransport(answering=False), Heartbeat(None, None), clock, lambda: None)
+    timer.start()
+    assert clock.armed == 0
+
+
+async def test_timer_on_the_running_loop_culls_a_silent_peer() -> None:
+    """The default clock is the running loop's: a silent peer is aborted, bounded in time."""
+    transport = PingTransport(answering=False)
+    culled = asyncio.get_running_loop().create_future()
+    timer = HeartbeatTimer(transport, Heartbeat(0.02, 0.02), on_dead=lambda: culled.set_result(1))
+    timer.start()
+    await asyncio.wait_for(culled, 2)
+    assert transport.aborted == 1
+
+
+async def test_keep_alive_task_still_culls_a_silent_peer() -> None:
+    """The coroutine driver keeps working for callers that run it as a task."""
+    transport = PingTransport(answering=False)
+    assert await asyncio.wait_for(keep_alive(transport, Heartbeat(0.02, 0.02)), 2) is True
+    assert transport.aborted == 1
