@@ -113,8 +113,19 @@ def python_command(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", f"benchmarks.{module}", *args]
 
 
-def child_env() -> dict[str, str]:
+# glibc's malloc moves its mmap and trim thresholds as large blocks come and go, so a
+# run of 64 KiB messages may or may not pay a brk/mmap system call per message, at
+# random per process (one server's 64 KiB echo swung from 32 to 107 us of CPU per
+# message between rounds). Fixed thresholds, the same for every implementation,
+# take that noise out of the throughput runs; a user's environment overrides them.
+PINNED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(4 << 20), "MALLOC_TRIM_THRESHOLD_": str(64 << 20)}
+
+
+def child_env(*, pin_malloc: bool = False) -> dict[str, str]:
     env = dict(os.environ)
+    if pin_malloc:
+        for name, value in PINNED_MALLOC.items():
+            env.setdefault(name, value)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO_ROOT, env.get("PYTHONPATH")]))
     # Make sure no proxy setting sends loopback traffic elsewhere.
     env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost,::1"
@@ -122,7 +133,7 @@ def child_env() -> dict[str, str]:
 
 
 def spawn(
-    command: Sequence[str], *, stdin: int | None = subprocess.DEVNULL
+    command: Sequence[str], *, stdin: int | None = subprocess.DEVNULL, pin_malloc: bool = False
 ) -> subprocess.Popen[str]:
     """Start a child whose PID is the Python process itself (no shell in between)."""
     return subprocess.Popen(
@@ -131,7 +142,7 @@ def spawn(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=child_env(),
+        env=child_env(pin_malloc=pin_malloc),
         cwd=REPO_ROOT,
     )
 
@@ -194,9 +205,11 @@ def stop(
 
 
 @contextlib.contextmanager
-def server_process(impl: str, *extra: str, timeout: float = 20.0) -> Iterator[tuple[int, int]]:
+def server_process(
+    impl: str, *extra: str, timeout: float = 20.0, pin_malloc: bool = False
+) -> Iterator[tuple[int, int]]:
     """Run ``benchmarks.peers server IMPL``; yield (port, pid); stop it by PID afterwards."""
-    proc = spawn(python_command("peers", "server", impl, *extra))
+    proc = spawn(python_command("peers", "server", impl, *extra), pin_malloc=pin_malloc)
     try:
         port = int(read_line(proc, "READY ", timeout))
         yield port, proc.pid
@@ -204,11 +217,11 @@ def server_process(impl: str, *extra: str, timeout: float = 20.0) -> Iterator[tu
         stop(proc)
 
 
-def run_child_json(command: Sequence[str], timeout: float) -> Any:
+def run_child_json(command: Sequence[str], timeout: float, *, pin_malloc: bool = False) -> Any:
     """Run a child to completion (bounded) and parse the JSON it prints last."""
     import json
 
-    proc = spawn(command)
+    proc = spawn(command, pin_malloc=pin_malloc)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -87,7 +87,7 @@ def _round(impl: str, tests: list[Test]) -> dict[str, dict[str, float]]:
     (CPU microseconds per message of each process).
     """
     server_impl, client_impl = PAIRS.get(impl, (impl, impl))
-    with server_process(server_impl) as (port, _pid):
+    with server_process(server_impl, pin_malloc=True) as (port, _pid):
         spec = json.dumps([[t.kind, t.size, t.count, t.seconds] for t in tests])
         budget = sum(t.seconds for t in tests) * 3 + 60
         out = run_child_json(
@@ -95,6 +95,7 @@ def _round(impl: str, tests: list[Test]) -> dict[str, dict[str, float]]:
                 "peers", "client", client_impl, url_for(server_impl, port), "--plan", spec
             ),
             budget,
+            pin_malloc=True,
         )
     figures = {}
     for test, result in zip(tests, out["results"], strict=True):
