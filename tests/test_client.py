@@ -704,7 +704,8 @@ async def test_cancelled_await_during_a_hanging_handshake_leaves_nothing_behind(
 async def test_incoming_buffer_is_bounded_in_bytes(
     scripted: Callable[..., Awaitable[Scripted]],
 ) -> None:
-    """A server sending 40 x 256 KiB to a client that never reads: at most ~1 MiB is buffered."""
+    """A server sending 40 x 256 KiB to a client that never reads: the reader task of a layer
+    that needs one buffers ~1 MiB (max_incoming_bytes), then stops reading."""
     sent: list[int] = []
 
     async def flood(ws: ServerConnection, received: list[Any]) -> None:
@@ -713,8 +714,9 @@ async def test_incoming_buffer_is_bounded_in_bytes(
             sent.append(n)
 
     server = await scripted(flood)
+    layer = ClientLayer()  # pass-through, but needs_reader: reads ahead like tether.v1
     async with tether.connect(
-        server.url, heartbeat=None, resume=False, max_incoming_bytes=2**20
+        server.url, heartbeat=None, layer=layer, max_incoming_bytes=2**20
     ) as conn:
         await server.wait_for(lambda: len(sent) > 4)
         await asyncio.sleep(0.3)  # let the flood reach whatever bound holds it
@@ -722,6 +724,34 @@ async def test_incoming_buffer_is_bounded_in_bytes(
         assert len(sent) < 40  # the server's sends stalled: TCP back-pressure reached it
         assert 2**20 <= buffered <= 2**20 + 2**18
         assert (await conn.recv())[:1] == b"x"
+
+
+async def test_plain_client_that_does_not_read_stalls_the_server(
+    scripted: Callable[..., Awaitable[Scripted]],
+) -> None:
+    """Plain mode reads only when asked: an unread flood stalls the server within the bound,
+    and every message then arrives, in order, once the application reads."""
+    sent: list[int] = []
+
+    async def flood(ws: ServerConnection, received: list[Any]) -> None:
+        for n in range(40):
+            await ws.send(n.to_bytes(2, "big") + b"x" * 2**18)
+            sent.append(n)
+
+    server = await scripted(flood)
+    async with tether.connect(
+        server.url, heartbeat=None, resume=False, max_incoming_bytes=2**20
+    ) as conn:
+        await server.wait_for(lambda: len(sent) > 2)
+        await asyncio.sleep(0.3)  # let the flood reach whatever bound holds it
+        stalled_at = len(sent)
+        buffered = sum(len(m) for m in conn._inbox.items)
+        assert stalled_at < 40  # the server's sends stalled: TCP back-pressure reached it
+        assert buffered <= 2**20 + 2**18
+        got = [
+            int.from_bytes((await asyncio.wait_for(conn.recv(), 5))[:2], "big") for _ in range(40)
+        ]
+    assert got == list(range(40))
 
 
 def test_incoming_byte_bound_must_be_positive() -> None:

@@ -18,7 +18,7 @@ A malformed URL is refused before any I/O by :func:`check_url`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import (
@@ -27,14 +27,16 @@ from websockets.exceptions import (
     InvalidStatus,
     InvalidURI,
 )
+from websockets.protocol import State as WsState
 from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
 from ..exceptions import ConfigurationError
 from ..reconnect import ConnectFailure, FailureKind
+from .engine import Transport
 from .websockets_engine import WebsocketsTransport
 
-__all__ = ["OpenFailed", "check_url", "open_transport"]
+__all__ = ["OpenFailed", "check_url", "open_probe", "open_transport"]
 
 
 class OpenFailed(Exception):
@@ -137,3 +139,19 @@ async def open_transport(
             raise
         raise OpenFailed(failure) from exc
     return WebsocketsTransport(connection)
+
+
+def open_probe(transport: Transport) -> Callable[[], bool] | None:
+    """A cheap "is the connection OPEN?" check for ``transport``; None if it is not ours.
+
+    The client runs a ``send`` or ``ping`` coroutine by hand up to its first wait (most
+    writes never wait) and hands the rest to a task only if it does. That is safe
+    with websockets only while the connection is OPEN: on a closing connection its
+    ``send`` enters ``asyncio.timeout``, which would bind to the calling task instead
+    of the task that finishes the write. A foreign transport gets None: the client
+    then writes through a task, as for any coroutine it knows nothing about.
+    """
+    if not isinstance(transport, WebsocketsTransport):
+        return None
+    protocol = transport.connection.protocol
+    return lambda: protocol.state is WsState.OPEN
