@@ -938,6 +938,8 @@ class ClientConnection:
                     queue.pop()
                 self._after_layer(link)
             while queue and self._link is link:
+                if link.is_open is not None and not link.is_open():
+                    return  # closing: the messages wait for the next connection
                 message = queue.head()
                 if not layer.has_room(message):
                     await self._wait_for_room(link, message)

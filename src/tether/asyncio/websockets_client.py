@@ -142,7 +142,7 @@ async def open_transport(
 
 
 def open_probe(transport: Transport) -> Callable[[], bool] | None:
-    """A cheap "is the connection OPEN?" check for ``transport``; None if it is not ours.
+    """A cheap "is the connection OPEN and not closing?" check; None if ``transport`` is not ours.
 
     The client runs a ``send`` or ``ping`` coroutine by hand up to its first wait (most
     writes never wait) and hands the rest to a task only if it does. That is safe
@@ -153,5 +153,9 @@ def open_probe(transport: Transport) -> Callable[[], bool] | None:
     """
     if not isinstance(transport, WebsocketsTransport):
         return None
-    protocol = transport.connection.protocol
-    return lambda: protocol.state is WsState.OPEN
+    connection = transport.connection
+    protocol = connection.protocol
+    socket = connection.transport
+    # A transport already closing (aborted, its loss not yet reported) would drop
+    # the bytes silently: better keep the message queued for the next connection.
+    return lambda: protocol.state is WsState.OPEN and not socket.is_closing()
