@@ -60,7 +60,7 @@ from ..resume import ResumeConfig
 from .engine import ClosedInfo, Message, Transport, TransportClosed
 from .layer import ClientLayer, LayerOpened, PlainLayer
 from .sendqueue import QueueClosed, SendQueue
-from .websockets_client import OpenFailed, check_url, open_probe, open_transport
+from .websockets_client import OpenFailed, check_url, fast_writer, open_probe, open_transport
 
 __all__ = ["ClientConnection", "connect"]
 
@@ -249,8 +249,9 @@ async def _wait_on(waiters: list[asyncio.Future[None]]) -> None:
     try:
         await waiter
     finally:
-        if not waiter.done():  # cancelled: leave no stale entry behind
-            waiters.remove(waiter)
+        if waiter.cancelled() or not waiter.done():  # leave no stale entry behind
+            with contextlib.suppress(ValueError):
+                waiters.remove(waiter)
 
 
 class _EventStream:
@@ -480,16 +481,31 @@ class ClientConnection:
             ConnectionClosed: the connection is closed for good, or closing.
             TypeError: ``message`` is neither text nor bytes.
         """
-        if isinstance(message, (bytearray, memoryview)):
-            message = bytes(message)
         if not isinstance(message, (str, bytes)):
-            raise TypeError(f"a message is str or bytes, not {type(message).__name__}")
+            if not isinstance(message, (bytearray, memoryview)):
+                raise TypeError(f"a message is str or bytes, not {type(message).__name__}")
+            message = bytes(message)
         if self._finished:
             raise self._copy_closed()
         if self._close_request is not None:
             code, reason = self._close_request
             raise ConnectionClosedOK(code, reason, "close() was called; no more sends")
         queue = self._queue
+        link = self._link
+        if (
+            link is not None
+            and self._plain
+            and not queue
+            and link.writer is None
+            and link.write_now is not None
+        ):
+            # The common case: nothing queued or being written on an open transport.
+            # The queue is skipped: nothing else runs until the write is done.
+            try:
+                if link.write_now(message):
+                    return
+            except Exception:
+                self._fail(link)
         if queue.full or queue.closed:
             try:
                 await queue.put(message, timeout=self._send_timeout)
@@ -784,7 +800,13 @@ class ClientConnection:
         loop = asyncio.get_running_loop()
         self._dead_cause = ""
         machine = HeartbeatMachine(self._heartbeat, loop.time())
-        link = _Link(transport, machine, open_probe(transport), self._layer.needs_reader)
+        link = _Link(
+            transport,
+            machine,
+            open_probe(transport),
+            fast_writer(transport),
+            self._layer.needs_reader,
+        )
 
         def pong(payload: bytes, _rtt: float) -> None:
             rtt = machine.pong_received(loop.time(), payload)
@@ -865,12 +887,16 @@ class ClientConnection:
         layer = self._layer
         plain = self._plain
         send = link.transport.send
+        write_now = link.write_now
         try:
             while queue and link.writer is None and self._link is link:
                 if not is_open():
                     return  # closing: the messages wait for the next connection
                 message = queue.head()
                 if plain:
+                    if write_now is not None and write_now(message):
+                        queue.pop()
+                        continue
                     rest = _start(send(message))
                     if rest is not None:
                         self._start_writer(link, rest, (), pop_after=True)
@@ -1033,9 +1059,11 @@ class ClientConnection:
             return None
         finally:
             link.reading = False
-            if link.read_done is not None:
-                link.read_done.set_result(None)
+            done = link.read_done
+            if done is not None:
                 link.read_done = None
+                if not done.done():  # a reader cancelled while waiting cancels it
+                    done.set_result(None)
             if self._inbox.getters:
                 self._inbox.notify()  # another recv() waiting takes over the reading
         if self._plain:
@@ -1069,7 +1097,8 @@ class ClientConnection:
         inbox = self._inbox
         try:
             while link.reading:  # a recv() in progress finishes its read first
-                link.read_done = link.read_done or loop.create_future()
+                if link.read_done is None or link.read_done.done():
+                    link.read_done = loop.create_future()
                 await link.read_done
             while True:
                 wire = await transport.recv()
@@ -1178,6 +1207,7 @@ class _Link:
         "timer",
         "timer_at",
         "transport",
+        "write_now",
         "writer",
     )
 
@@ -1186,12 +1216,15 @@ class _Link:
         transport: Transport,
         machine: HeartbeatMachine,
         is_open: Callable[[], bool] | None,
+        write_now: Callable[[Message], bool] | None,
         keep_reader: bool,
     ) -> None:
         self.transport = transport
         self.machine = machine
         #: Whether writes may run inline (None: never, see ``open_probe``).
         self.is_open = is_open
+        #: Writes a message at once if the transport takes it without waiting (``fast_writer``).
+        self.write_now = write_now
         #: The reader task stays for the whole connection (layer needs it, closing, ended).
         self.keep_reader = keep_reader
         self.reader: asyncio.Task[None] | None = None

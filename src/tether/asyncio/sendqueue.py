@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 
 from ..exceptions import ConfigurationError, QueueFull
 from .engine import Message
@@ -38,8 +39,9 @@ async def _wait(waiters: list[asyncio.Future[None]]) -> None:
     try:
         await waiter
     finally:
-        if not waiter.done():  # cancelled: leave no stale entry behind
-            waiters.remove(waiter)
+        if waiter.cancelled() or not waiter.done():  # leave no stale entry behind
+            with contextlib.suppress(ValueError):
+                waiters.remove(waiter)
 
 
 class SendQueue:
