@@ -800,10 +800,12 @@ class ClientConnection:
         loop = asyncio.get_running_loop()
         self._dead_cause = ""
         machine = HeartbeatMachine(self._heartbeat, loop.time())
+        probes = open_probe(transport)
         link = _Link(
             transport,
             machine,
-            open_probe(transport),
+            probes[0] if probes is not None else None,
+            probes[1] if probes is not None else None,
             fast_writer(transport),
             self._layer.needs_reader,
         )
@@ -888,6 +890,7 @@ class ClientConnection:
         plain = self._plain
         send = link.transport.send
         write_now = link.write_now
+        closing = link.closing
         try:
             while queue and link.writer is None and self._link is link:
                 if not is_open():
@@ -897,6 +900,8 @@ class ClientConnection:
                     if write_now is not None and write_now(message):
                         queue.pop()
                         continue
+                    if closing is not None and closing():
+                        return
                     rest = _start(send(message))
                     if rest is not None:
                         self._start_writer(link, rest, (), pop_after=True)
@@ -905,6 +910,8 @@ class ClientConnection:
                     continue
                 if not layer.has_room(message):
                     self._start_writer(link, None, (), pop_after=False)
+                    return
+                if not layer.keeps_sent and closing is not None and closing():
                     return
                 assert self._loop is not None
                 wires = layer.outgoing(message, self._loop.time())
@@ -966,6 +973,8 @@ class ClientConnection:
             while queue and self._link is link:
                 if link.is_open is not None and not link.is_open():
                     return  # closing: the messages wait for the next connection
+                if not layer.keeps_sent and link.closing is not None and link.closing():
+                    return  # a write would be dropped: keep them for the next one
                 message = queue.head()
                 if not layer.has_room(message):
                     await self._wait_for_room(link, message)
@@ -1195,6 +1204,7 @@ class _Link:
 
     __slots__ = (
         "closer",
+        "closing",
         "eof",
         "is_open",
         "keep_reader",
@@ -1216,6 +1226,7 @@ class _Link:
         transport: Transport,
         machine: HeartbeatMachine,
         is_open: Callable[[], bool] | None,
+        closing: Callable[[], bool] | None,
         write_now: Callable[[Message], bool] | None,
         keep_reader: bool,
     ) -> None:
@@ -1223,6 +1234,8 @@ class _Link:
         self.machine = machine
         #: Whether writes may run inline (None: never, see ``open_probe``).
         self.is_open = is_open
+        #: Whether a write would be dropped (the socket is going): keep messages queued.
+        self.closing = closing
         #: Writes a message at once if the transport takes it without waiting (``fast_writer``).
         self.write_now = write_now
         #: The reader task stays for the whole connection (layer needs it, closing, ended).

@@ -141,8 +141,8 @@ async def open_transport(
     return WebsocketsTransport(connection)
 
 
-def open_probe(transport: Transport) -> Callable[[], bool] | None:
-    """A cheap "is the connection OPEN and not closing?" check; None if ``transport`` is not ours.
+def open_probe(transport: Transport) -> tuple[Callable[[], bool], Callable[[], bool]] | None:
+    """Cheap checks ``(is OPEN, is closing)`` for ``transport``; None if it is not ours.
 
     The client runs a ``send`` or ``ping`` coroutine by hand up to its first wait (most
     writes never wait) and hands the rest to a task only if it does. That is safe
@@ -150,15 +150,17 @@ def open_probe(transport: Transport) -> Callable[[], bool] | None:
     ``send`` enters ``asyncio.timeout``, which would bind to the calling task instead
     of the task that finishes the write. A foreign transport gets None: the client
     then writes through a task, as for any coroutine it knows nothing about.
+
+    "Closing" is an OPEN connection whose socket is already aborted or closed, its
+    loss not yet reported: a write there is dropped silently, so a message that the
+    send queue must keep until the transport accepted it waits for the next one.
     """
     if not isinstance(transport, WebsocketsTransport):
         return None
     connection = transport.connection
     protocol = connection.protocol
-    socket = connection.transport
-    # A transport already closing (aborted, its loss not yet reported) would drop
-    # the bytes silently: better keep the message queued for the next connection.
-    return lambda: protocol.state is WsState.OPEN and not socket.is_closing()
+    open_state = WsState.OPEN
+    return (lambda: protocol.state is open_state), connection.transport.is_closing
 
 
 def fast_writer(transport: Transport) -> Callable[[Message], bool] | None:
