@@ -60,7 +60,14 @@ from ..resume import ResumeConfig
 from .engine import ClosedInfo, Message, Transport, TransportClosed
 from .layer import ClientLayer, LayerOpened, PlainLayer
 from .sendqueue import QueueClosed, SendQueue
-from .websockets_client import OpenFailed, check_url, fast_writer, open_probe, open_transport
+from .websockets_client import (
+    OpenFailed,
+    check_url,
+    fast_writer,
+    open_probe,
+    open_transport,
+    system_proxy,
+)
 
 __all__ = ["ClientConnection", "connect"]
 
@@ -314,6 +321,8 @@ class ClientConnection:
         lang: str,
     ) -> None:
         check_url(url)
+        # Resolved once (reading the environment costs ~0.4 ms), not on every reconnect.
+        self._proxy = system_proxy(url)
         if heartbeat is not None and not isinstance(heartbeat, Heartbeat):
             raise ConfigurationError(
                 f"heartbeat must be a tether.Heartbeat or None, not {heartbeat!r}"
@@ -657,6 +666,7 @@ class ClientConnection:
             close_timeout=self._close_timeout,
             compression=self._compression,
             max_size=self._max_size,
+            proxy=self._proxy,
         )
         try:
             opened = await self._layer.opened(transport)
