@@ -931,6 +931,8 @@ class ClientConnection:
                     # reconnect: leaving it queued would send it twice.
                     queue.pop()
                 for index, wire in enumerate(wires):
+                    if write_now is not None and write_now(wire):
+                        continue
                     rest = _start(send(wire))
                     if rest is not None:
                         after = wires[index + 1 :]
@@ -1040,7 +1042,8 @@ class ClientConnection:
         for event in layer.take_events():
             self._emit(event)
         for wire in layer.control_to_send():
-            self._write_now(link, link.transport.send(wire))
+            if link.write_now is None or not link.write_now(wire):
+                self._write_now(link, link.transport.send(wire))
         request = layer.close_request()
         if request is not None and link.closer is None:
             code, reason = request
