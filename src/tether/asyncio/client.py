@@ -122,7 +122,9 @@ def connect(
             ``layer`` is given.
         max_queue: most messages held while not OPEN (and not yet written); None: no bound.
         send_timeout: seconds :meth:`ClientConnection.send` waits for queue space
-            before raising :class:`~tether.QueueFull`; None waits forever.
+            before raising :class:`~tether.QueueFull`; None waits forever. ``send()``
+            never waits for the network itself: a message the transport cannot take
+            at once stays queued, and a writer task finishes it.
         subprotocols: subprotocols to offer, in order of preference.
         headers: extra HTTP headers for the opening handshake (e.g. Authorization).
         open_timeout: seconds allowed for TCP + TLS + opening handshake; None: no bound.
@@ -137,6 +139,9 @@ def connect(
         max_size: largest incoming message in bytes; None: no bound.
         max_incoming: most received messages buffered until :meth:`~ClientConnection.recv`
             takes them; when full, reading from the socket pauses. None: no bound.
+            In plain mode ``recv()`` reads the socket itself and this buffer fills
+            only while the application does not read: from each heartbeat ping on,
+            and while closing (tether.v1 always reads into it, to see acks).
         max_incoming_bytes: the same bound in bytes (characters for text messages),
             16 MiB by default: reading pauses while the unread messages hold this
             much or more (one message of any allowed size still gets in). With the
