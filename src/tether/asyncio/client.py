@@ -376,7 +376,8 @@ class ClientConnection:
         self._streams: weakref.WeakSet[_EventStream] = weakref.WeakSet()
         self._supervisor: asyncio.Task[None] | None = None
         self._settled = asyncio.Event()  # set on OPEN and when finished
-        self._close_wakeup = asyncio.Event()
+        # Futures of the supervisor waiting for a reconnect delay or an attempt; close() wakes them.
+        self._close_waiters: list[asyncio.Future[None]] = []
         self._close_request: tuple[int, str] | None = None
         self._transport: Transport | None = None
         # The transport being served (set while _serve runs) and its per-connection state.
@@ -609,7 +610,7 @@ class ClientConnection:
             self._inbox.notify()
             loop = asyncio.get_running_loop()
             self._core.close_requested(loop.time())
-            self._close_wakeup.set()
+            _wake_all(self._close_waiters)
             if self._link is not None:
                 self._begin_close(self._link)
         if self._supervisor is None:
@@ -652,8 +653,15 @@ class ClientConnection:
                 return None
             remaining = deadline - loop.time()
             if remaining > 0:
-                with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
-                    await asyncio.wait_for(self._close_wakeup.wait(), remaining)
+                # A future and a timer: no task per wait (a storm reconnects thousands).
+                waiter = loop.create_future()
+                self._close_waiters.append(waiter)
+                timer = loop.call_later(remaining, _resolve, waiter)
+                try:
+                    await waiter
+                finally:
+                    timer.cancel()
+                    _forget(self._close_waiters, waiter)
                 continue
             attempt = self._core.handle_timer(loop.time())
             if attempt is not None:
@@ -683,15 +691,17 @@ class ClientConnection:
     async def _run_attempt(self, attempt: int) -> None:
         loop = asyncio.get_running_loop()
         opening = loop.create_task(self._open_one(), name=f"tether.client open {self.url}")
-        woken = loop.create_task(self._close_wakeup.wait())
+        woken = loop.create_future()  # close() resolves it
+        self._close_waiters.append(woken)
         try:
-            await asyncio.wait({opening, woken}, return_when=asyncio.FIRST_COMPLETED)
+            if self._core.state is not State.CLOSED:
+                await asyncio.wait({opening, woken}, return_when=asyncio.FIRST_COMPLETED)
         except BaseException:
             # The supervisor itself is being cancelled: leave no attempt behind.
-            await _cancel(woken)
+            _forget(self._close_waiters, woken)
             await _discard_attempt(opening)
             raise
-        await _cancel(woken)
+        _forget(self._close_waiters, woken)
         if self._core.state is State.CLOSED:
             # close() while connecting: cancel the attempt at once; a connection
             # that opened meanwhile is dropped (the user asked to stop).
@@ -1322,6 +1332,18 @@ class _Resume:
 
     def __await__(self) -> Generator[Any, Any, None]:
         return self._rest
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+def _forget(waiters: list[asyncio.Future[None]], waiter: asyncio.Future[None]) -> None:
+    """Drop a waiter that is no longer awaited (woken ones were removed already)."""
+    waiter.cancel()
+    with contextlib.suppress(ValueError):
+        waiters.remove(waiter)
 
 
 async def _discard_attempt(opening: asyncio.Task[tuple[Transport, LayerOpened]]) -> None:
