@@ -36,8 +36,9 @@ from tether import (
     Reconnecting,
     State,
 )
-from tether.asyncio.engine import ClosedInfo, Transport
+from tether.asyncio.engine import ClosedInfo, Transport, TransportClosed
 from tether.asyncio.layer import ClientLayer, LayerOpened
+from tether.asyncio.websockets_engine import WebsocketsTransport
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(20)]
 
@@ -704,7 +705,8 @@ async def test_cancelled_await_during_a_hanging_handshake_leaves_nothing_behind(
 async def test_incoming_buffer_is_bounded_in_bytes(
     scripted: Callable[..., Awaitable[Scripted]],
 ) -> None:
-    """A server sending 40 x 256 KiB to a client that never reads: at most ~1 MiB is buffered."""
+    """A server sending 40 x 256 KiB to a client that never reads: the reader task of a layer
+    that needs one buffers ~1 MiB (max_incoming_bytes), then stops reading."""
     sent: list[int] = []
 
     async def flood(ws: ServerConnection, received: list[Any]) -> None:
@@ -713,8 +715,9 @@ async def test_incoming_buffer_is_bounded_in_bytes(
             sent.append(n)
 
     server = await scripted(flood)
+    layer = ClientLayer()  # pass-through, but needs_reader: reads ahead like tether.v1
     async with tether.connect(
-        server.url, heartbeat=None, resume=False, max_incoming_bytes=2**20
+        server.url, heartbeat=None, layer=layer, max_incoming_bytes=2**20
     ) as conn:
         await server.wait_for(lambda: len(sent) > 4)
         await asyncio.sleep(0.3)  # let the flood reach whatever bound holds it
@@ -724,7 +727,200 @@ async def test_incoming_buffer_is_bounded_in_bytes(
         assert (await conn.recv())[:1] == b"x"
 
 
+async def test_plain_client_that_does_not_read_stalls_the_server(
+    scripted: Callable[..., Awaitable[Scripted]],
+) -> None:
+    """Plain mode reads only when asked: an unread flood stalls the server within the bound,
+    and every message then arrives, in order, once the application reads."""
+    sent: list[int] = []
+
+    async def flood(ws: ServerConnection, received: list[Any]) -> None:
+        for n in range(40):
+            await ws.send(n.to_bytes(2, "big") + b"x" * 2**18)
+            sent.append(n)
+
+    server = await scripted(flood)
+    async with tether.connect(
+        server.url, heartbeat=None, resume=False, max_incoming_bytes=2**20
+    ) as conn:
+        await server.wait_for(lambda: len(sent) > 2)
+        await asyncio.sleep(0.3)  # let the flood reach whatever bound holds it
+        stalled_at = len(sent)
+        buffered = sum(len(m) for m in conn._inbox.items)
+        assert stalled_at < 40  # the server's sends stalled: TCP back-pressure reached it
+        assert buffered <= 2**20 + 2**18
+        got = [
+            int.from_bytes((await asyncio.wait_for(conn.recv(), 5))[:2], "big") for _ in range(40)
+        ]
+    assert got == list(range(40))
+
+
 def test_incoming_byte_bound_must_be_positive() -> None:
     """max_incoming_bytes=0 is a ConfigurationError."""
     with pytest.raises(ConfigurationError):
         tether.connect("ws://127.0.0.1:1/", max_incoming_bytes=0)
+
+
+# -- the inline write and direct read paths --
+
+
+class DyingOnce(WebsocketsTransport):
+    """Fails the first write of ``doomed``: drops the TCP connection and raises TransportClosed,
+    either at once or after waiting once (then the client's writer task finishes the write)."""
+
+    def __init__(self, connection: Any, state: dict[str, Any]) -> None:
+        super().__init__(connection)
+        self.state = state
+
+    async def send(self, message: str | bytes) -> None:
+        if message == "doomed" and not self.state["failed"]:
+            self.state["failed"] = True
+            if self.state["wait_first"]:
+                await asyncio.sleep(0)
+            self.abort()
+            raise TransportClosed(ClosedInfo(1006, "", clean=False))
+        await super().send(message)
+
+
+@pytest.mark.parametrize("wait_first", [False, True], ids=["at_once", "after_waiting"])
+async def test_send_failing_mid_write_is_delivered_once_after_reconnect(
+    scripted: Callable[..., Awaitable[Scripted]],
+    monkeypatch: pytest.MonkeyPatch,
+    wait_first: bool,
+) -> None:
+    """A message whose write fails on a dying transport stays queued and goes out once, first,
+    on the next connection; messages sent after it follow it."""
+    from tether.asyncio import client as client_module
+
+    state: dict[str, Any] = {"failed": False, "wait_first": wait_first}
+    real_open = client_module.open_transport
+
+    async def open_dying(*args: Any, **kwargs: Any) -> DyingOnce:
+        transport = await real_open(*args, **kwargs)
+        return DyingOnce(transport.connection, state)
+
+    monkeypatch.setattr(client_module, "open_transport", open_dying)
+    server = await scripted(record, record)
+    async with tether.connect(server.url, heartbeat=NO_PING, backoff=FAST, resume=False) as conn:
+        await conn.send("a")
+        await server.wait_for(lambda: server.connections == [["a"]])
+        await conn.send("doomed")  # returns: the message is queued, not lost
+        await conn.send("b")
+        await server.wait_for(
+            lambda: len(server.connections) == 2 and len(server.connections[1]) == 2
+        )
+        await asyncio.sleep(0.05)  # nothing else may follow (no duplicate)
+    assert state["failed"]
+    assert server.connections == [["a"], ["doomed", "b"]]
+    assert conn.unsent == ()
+
+
+async def test_order_is_kept_when_queued_and_inline_writes_interleave(
+    scripted: Callable[..., Awaitable[Scripted]],
+) -> None:
+    """Messages queued while reconnecting go out first, then those sent once OPEN, in order,
+    although the transport cannot take them without waiting (a writer task finishes them)."""
+
+    async def take_one_then_restart(ws: ServerConnection, received: list[Any]) -> None:
+        received.append(await ws.recv())
+        await ws.close(1012)
+
+    async def record_slowly(ws: ServerConnection, received: list[Any]) -> None:
+        # Not reading at first fills the TCP buffers: the client's writes must then wait.
+        ws.transport.pause_reading()
+        await asyncio.sleep(0.3)
+        ws.transport.resume_reading()
+        await record(ws, received)
+
+    server = await scripted(take_one_then_restart, record_slowly)
+    conn = tether.connect(server.url, heartbeat=NO_PING, backoff=FAST, resume=False)
+    events = conn.events()
+    payload = "x" * 32768  # 600 of them are far over what the TCP buffers take
+    async with conn:
+        await conn.send("m0")
+        await asyncio.wait_for(_first(events, Disconnected), 5)
+        for n in range(1, 301):
+            await conn.send(f"m{n} {payload}")
+        assert conn.queued == 300
+        await asyncio.wait_for(_first(events, Connected), 5)
+        for n in range(301, 601):
+            await conn.send(f"m{n} {payload}")
+        await asyncio.wait_for(conn.flush(), 5)
+        await server.wait_for(
+            lambda: len(server.connections) == 2 and len(server.connections[1]) == 600
+        )
+    assert server.connections[0] == ["m0"]
+    assert [m.split()[0] for m in server.connections[1]] == [f"m{n}" for n in range(1, 601)]
+
+
+async def test_recv_across_a_reconnect_in_plain_mode(
+    scripted: Callable[..., Awaitable[Scripted]],
+) -> None:
+    """A recv() waiting on a connection that ends returns the next connection's message;
+    messages that arrived before the Close frame come first."""
+
+    async def two_then_restart(ws: ServerConnection, received: list[Any]) -> None:
+        await ws.send("a")
+        await ws.send("b")
+        await asyncio.sleep(0.2)  # the client is now waiting in recv()
+        await ws.send("c")
+        await ws.close(1012)
+
+    async def one_later(ws: ServerConnection, received: list[Any]) -> None:
+        await asyncio.sleep(0.1)
+        await ws.send("d")
+        async for message in ws:
+            received.append(message)
+
+    server = await scripted(two_then_restart, one_later)
+    async with tether.connect(server.url, heartbeat=NO_PING, backoff=FAST, resume=False) as conn:
+        got = [await asyncio.wait_for(conn.recv(), 5) for _ in range(2)]
+        await server.wait_for(lambda: len(server.connections) == 1)
+        got.append(await asyncio.wait_for(conn.recv(), 5))  # "c", then the Close frame
+        got.append(await asyncio.wait_for(conn.recv(), 5))  # waits across the reconnect
+        assert conn.attempt == 2
+    assert got == ["a", "b", "c", "d"]
+
+
+async def test_concurrent_recv_calls_share_the_direct_reads(
+    scripted: Callable[..., Awaitable[Scripted]],
+) -> None:
+    """Two recv() calls waiting at once in plain mode each get a message: the one that did
+    not read the transport takes over once the other returned."""
+
+    async def two_later(ws: ServerConnection, received: list[Any]) -> None:
+        await asyncio.sleep(0.1)
+        await ws.send("1")
+        await asyncio.sleep(0.05)
+        await ws.send("2")
+        await ws.wait_closed()
+
+    server = await scripted(two_later)
+    async with tether.connect(server.url, heartbeat=NO_PING, resume=False) as conn:
+        first = asyncio.ensure_future(conn.recv())
+        second = asyncio.ensure_future(conn.recv())
+        got = await asyncio.wait_for(asyncio.gather(first, second), 5)
+    assert sorted(got) == ["1", "2"]
+
+
+async def test_heartbeat_reads_ahead_while_a_plain_client_does_not_read(
+    scripted: Callable[..., Awaitable[Scripted]],
+) -> None:
+    """A plain client that stops reading while messages keep coming still reads the pongs
+    (the heartbeat reads ahead into the receive buffer), so the link is not declared dead."""
+
+    async def flood(ws: ServerConnection, received: list[Any]) -> None:
+        for n in range(100):
+            await ws.send(f"{n:03d}" + "y" * 1024)
+        await ws.wait_closed()
+
+    server = await scripted(flood)
+    beat = Heartbeat(interval=0.1, timeout=0.2)
+    conn = tether.connect(server.url, heartbeat=beat, backoff=FAST, resume=False)
+    events = conn.events()
+    async with conn:
+        await asyncio.sleep(1.0)  # not reading for three times interval + timeout
+        assert conn.state is State.OPEN
+        got = [(await asyncio.wait_for(conn.recv(), 5))[:3] for _ in range(100)]
+    assert got == [f"{n:03d}" for n in range(100)]
+    assert not [e for e in await collect(events) if isinstance(e, Disconnected) and e.code == 1006]

@@ -6,12 +6,16 @@ heartbeat deadlines in :class:`~tether.heartbeat.HeartbeatMachine`. This module 
 the glue: it opens transports, sleeps until the core's deadlines, moves messages
 between the transport and the user-facing queues, and reports results back.
 
-One supervisor task per connection object runs the loop. Per open transport it
-runs four helper tasks: reader (transport → inbox), writer (send queue →
-transport), heartbeat (pings, dead-link detection) and closer (user close). A
-:class:`~tether.asyncio.layer.ClientLayer` sits between the transport and the
-queues so that a session layer (tether.v1 resumption) can add a handshake before
-OPEN and see every message.
+One supervisor task per connection object runs the loop. Per open transport the
+hot path runs in the application's own tasks: ``send()`` queues the message and,
+when nothing is being written, writes it to the transport at once (a write that
+must wait for the network is finished by a writer task, and later messages queue
+behind it); ``recv()`` reads the transport itself unless the layer needs a reader
+task (tether.v1 acks) or the client reads ahead for the heartbeat or a close. One
+``loop.call_at`` timer serves the heartbeat and the layer's deadlines; a closer
+task exists only while closing. A :class:`~tether.asyncio.layer.ClientLayer` sits
+between the transport and the queues so that a session layer (tether.v1
+resumption) can add a handshake before OPEN and see every message.
 
 Three forms, one object::
 
@@ -28,7 +32,15 @@ import contextlib
 import logging
 import random
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Generator,
+    Mapping,
+    Sequence,
+)
 from types import TracebackType
 from typing import Any
 
@@ -48,7 +60,14 @@ from ..resume import ResumeConfig
 from .engine import ClosedInfo, Message, Transport, TransportClosed
 from .layer import ClientLayer, LayerOpened, PlainLayer
 from .sendqueue import QueueClosed, SendQueue
-from .websockets_client import OpenFailed, check_url, open_transport
+from .websockets_client import (
+    OpenFailed,
+    check_url,
+    fast_writer,
+    open_probe,
+    open_transport,
+    system_proxy,
+)
 
 __all__ = ["ClientConnection", "connect"]
 
@@ -103,7 +122,9 @@ def connect(
             ``layer`` is given.
         max_queue: most messages held while not OPEN (and not yet written); None: no bound.
         send_timeout: seconds :meth:`ClientConnection.send` waits for queue space
-            before raising :class:`~tether.QueueFull`; None waits forever.
+            before raising :class:`~tether.QueueFull`; None waits forever. ``send()``
+            never waits for the network itself: a message the transport cannot take
+            at once stays queued, and a writer task finishes it.
         subprotocols: subprotocols to offer, in order of preference.
         headers: extra HTTP headers for the opening handshake (e.g. Authorization).
         open_timeout: seconds allowed for TCP + TLS + opening handshake; None: no bound.
@@ -118,6 +139,9 @@ def connect(
         max_size: largest incoming message in bytes; None: no bound.
         max_incoming: most received messages buffered until :meth:`~ClientConnection.recv`
             takes them; when full, reading from the socket pauses. None: no bound.
+            In plain mode ``recv()`` reads the socket itself and this buffer fills
+            only while the application does not read: from each heartbeat ping on,
+            and while closing (tether.v1 always reads into it, to see acks).
         max_incoming_bytes: the same bound in bytes (characters for text messages),
             16 MiB by default: reading pauses while the unread messages hold this
             much or more (one message of any allowed size still gets in). With the
@@ -173,7 +197,9 @@ class _Buffer:
 
     Once ``unbounded`` is set (the user called close()), ``put`` never waits: the
     reader must keep draining the engine so that the closing handshake and the
-    TCP close are not stuck behind a full buffer.
+    TCP close are not stuck behind a full buffer. Waiters are futures made only
+    when someone waits: ``recv()`` for a message or a change of who reads, the
+    reader for space.
     """
 
     def __init__(self, max_size: int | None, max_bytes: int | None = None) -> None:
@@ -182,7 +208,8 @@ class _Buffer:
         self.items: collections.deque[Message] = collections.deque()
         self.bytes = 0
         self.unbounded = False
-        self._changed = asyncio.Event()
+        self.getters: list[asyncio.Future[None]] = []
+        self._putters: list[asyncio.Future[None]] = []
 
     def full(self) -> bool:
         """True when a further message must wait (a message of any size fits an empty buffer)."""
@@ -194,24 +221,49 @@ class _Buffer:
 
     async def put(self, message: Message) -> None:
         while self.full():
-            await self.wait_changed()
+            await _wait_on(self._putters)
+        self.append(message)
+
+    def append(self, message: Message) -> None:
+        """Add a message now, whatever the bound (for the few a closed transport leaves)."""
         self.items.append(message)
         self.bytes += len(message)
-        self.notify()
+        if self.getters:
+            _wake_all(self.getters)
 
     def take(self) -> Message:
         """Remove and return the oldest message (the caller checked there is one)."""
         message = self.items.popleft()
         self.bytes -= len(message)
-        self.notify()
+        if self._putters and not self.full():
+            _wake_all(self._putters)
         return message
 
     def notify(self) -> None:
-        self._changed.set()
+        """Wake every waiter to re-check (closing, closed, a new transport, a reader gone)."""
+        _wake_all(self.getters)
+        _wake_all(self._putters)
 
     async def wait_changed(self) -> None:
-        self._changed.clear()
-        await self._changed.wait()
+        await _wait_on(self.getters)
+
+
+def _wake_all(waiters: list[asyncio.Future[None]]) -> None:
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(None)
+    waiters.clear()
+
+
+async def _wait_on(waiters: list[asyncio.Future[None]]) -> None:
+    waiter = asyncio.get_running_loop().create_future()
+    waiters.append(waiter)
+    try:
+        await waiter
+    finally:
+        if waiter.cancelled() or not waiter.done():  # leave no stale entry behind
+            with contextlib.suppress(ValueError):
+                waiters.remove(waiter)
 
 
 class _EventStream:
@@ -274,6 +326,8 @@ class ClientConnection:
         lang: str,
     ) -> None:
         check_url(url)
+        # Resolved once (reading the environment costs ~0.4 ms), not on every reconnect.
+        self._proxy = system_proxy(url)
         if heartbeat is not None and not isinstance(heartbeat, Heartbeat):
             raise ConfigurationError(
                 f"heartbeat must be a tether.Heartbeat or None, not {heartbeat!r}"
@@ -322,12 +376,16 @@ class ClientConnection:
         self._streams: weakref.WeakSet[_EventStream] = weakref.WeakSet()
         self._supervisor: asyncio.Task[None] | None = None
         self._settled = asyncio.Event()  # set on OPEN and when finished
-        self._close_wakeup = asyncio.Event()
-        # Set whenever the layer may have changed (a message in or out): wakes the
-        # layer timer and a writer waiting for room in the replay buffer.
-        self._layer_changed = asyncio.Event()
+        # Futures of the supervisor waiting for a reconnect delay or an attempt; close() wakes them.
+        self._close_waiters: list[asyncio.Future[None]] = []
         self._close_request: tuple[int, str] | None = None
         self._transport: Transport | None = None
+        # The transport being served (set while _serve runs) and its per-connection state.
+        self._link: _Link | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # PlainLayer has no events, control messages, close requests or deadlines:
+        # the hot path skips asking it.
+        self._plain = type(self._layer) is PlainLayer
         self._dead_cause = ""
         self._finished = False
         self._closed_exc: ConnectionClosed | None = None
@@ -379,7 +437,8 @@ class ClientConnection:
     def start(self) -> None:
         """Start connecting in the background (``await``/``async with`` call this)."""
         if self._supervisor is None and not self._finished:
-            self._supervisor = asyncio.get_running_loop().create_task(
+            self._loop = asyncio.get_running_loop()
+            self._supervisor = self._loop.create_task(
                 self._supervise(), name=f"tether.client {self.url}"
             )
 
@@ -437,19 +496,43 @@ class ClientConnection:
             ConnectionClosed: the connection is closed for good, or closing.
             TypeError: ``message`` is neither text nor bytes.
         """
-        if isinstance(message, (bytearray, memoryview)):
-            message = bytes(message)
         if not isinstance(message, (str, bytes)):
-            raise TypeError(f"a message is str or bytes, not {type(message).__name__}")
+            if not isinstance(message, (bytearray, memoryview)):
+                raise TypeError(f"a message is str or bytes, not {type(message).__name__}")
+            message = bytes(message)
         if self._finished:
             raise self._copy_closed()
         if self._close_request is not None:
             code, reason = self._close_request
             raise ConnectionClosedOK(code, reason, "close() was called; no more sends")
-        try:
-            await self._queue.put(message, timeout=self._send_timeout)
-        except QueueClosed:
-            raise self._copy_closed() from None
+        queue = self._queue
+        link = self._link
+        if (
+            link is not None
+            and self._plain
+            and not queue
+            and link.writer is None
+            and link.write_now is not None
+        ):
+            # The common case: nothing queued or being written on an open transport.
+            # The queue is skipped: nothing else runs until the write is done.
+            try:
+                if link.write_now(message):
+                    return
+            except Exception:
+                self._fail(link)
+        if queue.full or queue.closed:
+            try:
+                await queue.put(message, timeout=self._send_timeout)
+            except QueueClosed:
+                raise self._copy_closed() from None
+        else:
+            queue.append(message)
+        link = self._link
+        if link is not None and link.writer is None:
+            # Nothing is being written: write now, in this task, what the transport
+            # takes without waiting (usually just this message).
+            self._pump(link)
 
     async def flush(self) -> None:
         """Wait until every queued message was handed to the network.
@@ -473,16 +556,24 @@ class ClientConnection:
             ConnectionClosed: closed for good and every received message was returned;
                 carries the code, reason and an explanation.
         """
+        inbox = self._inbox
         while True:
-            if self._inbox.items:
-                return self._inbox.take()
+            if inbox.items:
+                return inbox.take()
             if self._finished:
                 raise self._copy_closed()
             if self._supervisor is None:
                 raise ConnectionClosedError(
                     None, "", "the connection was never started: await it or use `async with`"
                 )
-            await self._inbox.wait_changed()
+            link = self._link
+            if link is not None and link.reader is None and not link.reading and not link.eof:
+                # No reader task: read the transport here, one task hop fewer.
+                message = await self._recv_direct(link)
+                if message is not None:
+                    return message
+                continue
+            await inbox.wait_changed()
 
     def events(self) -> AsyncIterator[Event]:
         """Iterate over the events reported from now on; ends once the connection is closed."""
@@ -519,7 +610,9 @@ class ClientConnection:
             self._inbox.notify()
             loop = asyncio.get_running_loop()
             self._core.close_requested(loop.time())
-            self._close_wakeup.set()
+            _wake_all(self._close_waiters)
+            if self._link is not None:
+                self._begin_close(self._link)
         if self._supervisor is None:
             self._finish(ConnectionClosedOK(code, reason, "closed before it was started"))
             return
@@ -560,8 +653,15 @@ class ClientConnection:
                 return None
             remaining = deadline - loop.time()
             if remaining > 0:
-                with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
-                    await asyncio.wait_for(self._close_wakeup.wait(), remaining)
+                # A future and a timer: no task per wait (a storm reconnects thousands).
+                waiter = loop.create_future()
+                self._close_waiters.append(waiter)
+                timer = loop.call_later(remaining, _resolve, waiter)
+                try:
+                    await waiter
+                finally:
+                    timer.cancel()
+                    _forget(self._close_waiters, waiter)
                 continue
             attempt = self._core.handle_timer(loop.time())
             if attempt is not None:
@@ -579,6 +679,7 @@ class ClientConnection:
             close_timeout=self._close_timeout,
             compression=self._compression,
             max_size=self._max_size,
+            proxy=self._proxy,
         )
         try:
             opened = await self._layer.opened(transport)
@@ -590,15 +691,17 @@ class ClientConnection:
     async def _run_attempt(self, attempt: int) -> None:
         loop = asyncio.get_running_loop()
         opening = loop.create_task(self._open_one(), name=f"tether.client open {self.url}")
-        woken = loop.create_task(self._close_wakeup.wait())
+        woken = loop.create_future()  # close() resolves it
+        self._close_waiters.append(woken)
         try:
-            await asyncio.wait({opening, woken}, return_when=asyncio.FIRST_COMPLETED)
+            if self._core.state is not State.CLOSED:
+                await asyncio.wait({opening, woken}, return_when=asyncio.FIRST_COMPLETED)
         except BaseException:
             # The supervisor itself is being cancelled: leave no attempt behind.
-            await _cancel(woken)
+            _forget(self._close_waiters, woken)
             await _discard_attempt(opening)
             raise
-        await _cancel(woken)
+        _forget(self._close_waiters, woken)
         if self._core.state is State.CLOSED:
             # close() while connecting: cancel the attempt at once; a connection
             # that opened meanwhile is dropped (the user asked to stop).
@@ -722,6 +825,15 @@ class ClientConnection:
         loop = asyncio.get_running_loop()
         self._dead_cause = ""
         machine = HeartbeatMachine(self._heartbeat, loop.time())
+        probes = open_probe(transport)
+        link = _Link(
+            transport,
+            machine,
+            probes[0] if probes is not None else None,
+            probes[1] if probes is not None else None,
+            fast_writer(transport),
+            self._layer.needs_reader,
+        )
 
         def pong(payload: bytes, _rtt: float) -> None:
             rtt = machine.pong_received(loop.time(), payload)
@@ -729,68 +841,187 @@ class ClientConnection:
                 self._last_rtt = rtt
 
         transport.on_pong(pong)
-        reader = loop.create_task(self._guard(transport, lambda: self._read(transport)))
-        helpers = [
-            loop.create_task(self._guard(transport, lambda: self._write(transport))),
-            loop.create_task(self._guard(transport, lambda: self._beat(transport, machine))),
-            loop.create_task(self._guard(transport, lambda: self._close_when_asked(transport))),
-            loop.create_task(self._guard(transport, lambda: self._tick_layer(transport))),
-        ]
+        self._link = link
         try:
+            self._arm(link)
+            if link.keep_reader:
+                self._ensure_reader(link)
+            else:
+                # A recv() that waited while no transport was open reads this one now.
+                self._inbox.notify()
+            if self._queue:
+                self._pump(link)  # what was queued while disconnected goes first
+            if self._close_request is not None:
+                self._begin_close(link)
             info = await transport.wait_closed()
             # Messages that arrived before the Close frame may still be buffered in
-            # the engine: the reader hands every one to the inbox, then ends on
+            # the engine: a reader hands every one to the inbox, then ends on
             # TransportClosed. If the inbox is full this waits for the application
             # to read (backpressure) or to close (which lifts the bound).
-            await reader
+            link.keep_reader = True
+            await self._ensure_reader(link)
         finally:
-            await _cancel(reader, *helpers)
+            self._link = None
+            if link.timer is not None:
+                link.timer.cancel()
+            tasks = [t for t in (link.reader, link.writer, link.closer) if t is not None]
+            await _cancel(*tasks, *link.tasks)
+            self._inbox.notify()
         return info, self._dead_cause
 
-    async def _guard(self, transport: Transport, work: Callable[[], Awaitable[None]]) -> None:
+    def _fail(self, link: _Link) -> None:
+        """A bug in tether's own per-connection code: log it and drop the connection.
+
+        Never let such an error escape into the loop or into the application's
+        send()/recv(): the connection then follows the 1006 policy like any broken link.
+        """
+        logger.exception("tether client helper failed; aborting the connection")
+        self._dead_cause = "internal error (see the log)"
+        link.transport.abort()
+
+    def _spawn(self, link: _Link, work: Awaitable[Any]) -> None:
+        """Finish ``work`` (a write or ping that had to wait) in a task tied to ``link``."""
+        assert self._loop is not None
+        task = self._loop.create_task(self._guard(link, work))
+        link.tasks.add(task)
+        task.add_done_callback(link.tasks.discard)
+
+    async def _guard(self, link: _Link, work: Awaitable[Any]) -> None:
         try:
-            await work()
+            await work
         except TransportClosed:
             pass
         except Exception:
-            # Never let a helper's error escape into the loop: log it and drop the
-            # connection, which then follows the 1006 policy like any broken link.
-            logger.exception("tether client helper failed; aborting the connection")
-            self._dead_cause = "internal error (see the log)"
-            transport.abort()
+            self._fail(link)
 
-    async def _read(self, transport: Transport) -> None:
+    # writing
+
+    def _pump(self, link: _Link) -> None:
+        """Write queued messages, in order, as long as the transport takes them at once.
+
+        Runs in the caller's task (send(), or the supervisor after a reconnect) and
+        never waits: the first write that must wait for the network is handed to a
+        writer task, which then owns the queue until it is empty. A message leaves
+        the queue only once the transport accepted it (or, with ``keeps_sent``,
+        once the layer took it): a transport that fails during the write leaves it
+        at the head for the next connection, exactly as the writer task would.
+        """
+        is_open = link.is_open
+        if is_open is None:
+            self._start_writer(link, None, (), pop_after=False)
+            return
+        queue = self._queue
+        layer = self._layer
+        plain = self._plain
+        send = link.transport.send
+        write_now = link.write_now
+        closing = link.closing
+        try:
+            while queue and link.writer is None and self._link is link:
+                if not is_open():
+                    return  # closing: the messages wait for the next connection
+                message = queue.head()
+                if plain:
+                    if write_now is not None and write_now(message):
+                        queue.pop()
+                        continue
+                    if closing is not None and closing():
+                        return
+                    rest = _start(send(message))
+                    if rest is not None:
+                        self._start_writer(link, rest, (), pop_after=True)
+                        return
+                    queue.pop()
+                    continue
+                if not layer.has_room(message):
+                    self._start_writer(link, None, (), pop_after=False)
+                    return
+                if not layer.keeps_sent and closing is not None and closing():
+                    return
+                assert self._loop is not None
+                wires = layer.outgoing(message, self._loop.time())
+                keeps_sent = layer.keeps_sent
+                if keeps_sent:
+                    # The layer's replay buffer owns it now and re-sends it after a
+                    # reconnect: leaving it queued would send it twice.
+                    queue.pop()
+                for index, wire in enumerate(wires):
+                    if write_now is not None and write_now(wire):
+                        continue
+                    rest = _start(send(wire))
+                    if rest is not None:
+                        after = wires[index + 1 :]
+                        self._start_writer(link, rest, after, pop_after=not keeps_sent)
+                        return
+                if not keeps_sent:
+                    queue.pop()
+                self._after_layer(link)
+        except TransportClosed:
+            pass  # the supervisor sees the end; what is still queued waits for the next one
+        except Exception:
+            self._fail(link)
+
+    def _start_writer(
+        self,
+        link: _Link,
+        rest: Generator[Any, Any, None] | None,
+        after: Sequence[Message],
+        *,
+        pop_after: bool,
+    ) -> None:
+        assert self._loop is not None
+        link.writer = self._loop.create_task(self._write(link, rest, after, pop_after))
+
+    async def _write(
+        self,
+        link: _Link,
+        rest: Generator[Any, Any, None] | None,
+        after: Sequence[Message],
+        pop_after: bool,
+    ) -> None:
+        """Finish a write that had to wait (``rest``, then ``after``), then write the queue.
+
+        Ends once the queue is empty: send() writes inline again from then on.
+        """
         loop = asyncio.get_running_loop()
-        while True:
-            wire = await transport.recv()
-            messages = self._layer.incoming(wire, loop.time())
-            self._layer_changed.set()
-            await self._drive_layer(transport)
-            for message in messages:
-                await self._inbox.put(message)
+        transport = link.transport
+        layer = self._layer
+        queue = self._queue
+        try:
+            if rest is not None:
+                await _Resume(rest)
+                for wire in after:
+                    await transport.send(wire)
+                if pop_after:
+                    # The message leaves the queue only once the transport took it: a link
+                    # that fails mid-send keeps it for the next connection (at-least-once).
+                    queue.pop()
+                self._after_layer(link)
+            while queue and self._link is link:
+                if link.is_open is not None and not link.is_open():
+                    return  # closing: the messages wait for the next connection
+                if not layer.keeps_sent and link.closing is not None and link.closing():
+                    return  # a write would be dropped: keep them for the next one
+                message = queue.head()
+                if not layer.has_room(message):
+                    await self._wait_for_room(link, message)
+                wires = layer.outgoing(message, loop.time())
+                keeps_sent = layer.keeps_sent
+                if keeps_sent:
+                    queue.pop()
+                for wire in wires:
+                    await transport.send(wire)
+                if not keeps_sent:
+                    queue.pop()
+                self._after_layer(link)
+        except TransportClosed:
+            pass
+        except Exception:
+            self._fail(link)
+        finally:
+            link.writer = None
 
-    async def _write(self, transport: Transport) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            message = await self._queue.peek()
-            if not self._layer.has_room(message):
-                await self._wait_for_room(transport, message)
-            wires = self._layer.outgoing(message, loop.time())
-            keeps_sent = self._layer.keeps_sent
-            if keeps_sent:
-                # The layer's replay buffer owns it now and re-sends it after a
-                # reconnect: leaving it queued would send it twice.
-                self._queue.pop()
-            for wire in wires:
-                await transport.send(wire)
-            if not keeps_sent:
-                # The message leaves the queue only once the transport took it: a link
-                # that fails mid-send keeps it for the next connection (at-least-once).
-                self._queue.pop()
-            self._layer_changed.set()
-            await self._drive_layer(transport)
-
-    async def _wait_for_room(self, transport: Transport, message: Message) -> None:
+    async def _wait_for_room(self, link: _Link, message: Message) -> None:
         """Wait up to ``send_timeout`` for the layer to have room, else let it overflow."""
         loop = asyncio.get_running_loop()
         deadline = None if self._send_timeout is None else loop.time() + self._send_timeout
@@ -799,60 +1030,187 @@ class ClientConnection:
             if remaining is not None and remaining <= 0:
                 # docs/protocol.md §4.5: close (4202) and resume, never block forever.
                 self._layer.overflow(loop.time())
-                await self._drive_layer(transport)
-                raise TransportClosed(await transport.wait_closed())
-            self._layer_changed.clear()
-            with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
-                await asyncio.wait_for(self._layer_changed.wait(), remaining)
+                self._drive_layer(link)
+                raise TransportClosed(await link.transport.wait_closed())
+            link.room = loop.create_future()
+            try:
+                with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
+                    await asyncio.wait_for(link.room, remaining)
+            finally:
+                link.room = None
 
-    async def _drive_layer(self, transport: Transport) -> None:
+    def _after_layer(self, link: _Link) -> None:
+        """After a call into the layer: do what it asks, wake a writer waiting for room, re-arm."""
+        if self._plain:
+            return
+        self._drive_layer(link)
+        room = link.room
+        if room is not None and not room.done():
+            room.set_result(None)
+        deadline = self._layer.next_deadline()
+        if deadline is not None and (link.timer is None or deadline < link.timer_at):
+            self._arm(link)
+
+    def _drive_layer(self, link: _Link) -> None:
         """Report the layer's events, send its control messages, honour its close request."""
-        for event in self._layer.take_events():
+        layer = self._layer
+        for event in layer.take_events():
             self._emit(event)
-        for wire in self._layer.control_to_send():
-            await transport.send(wire)
-        request = self._layer.close_request()
-        if request is not None:
+        for wire in layer.control_to_send():
+            if link.write_now is None or not link.write_now(wire):
+                self._write_now(link, link.transport.send(wire))
+        request = layer.close_request()
+        if request is not None and link.closer is None:
             code, reason = request
             logger.info("%s: closing with %d (%s)", self.url, code, reason)
-            await transport.close(code, reason)
+            assert self._loop is not None
+            link.closer = self._loop.create_task(
+                self._guard(link, link.transport.close(code, reason))
+            )
 
-    async def _tick_layer(self, transport: Transport) -> None:
-        """Run the layer's timer (ack delay, stalled replay buffer) while the transport is open."""
-        loop = asyncio.get_running_loop()
-        while True:
-            deadline = self._layer.next_deadline()
-            remaining = None if deadline is None else deadline - loop.time()
-            if remaining is not None and remaining <= 0:
-                self._layer.handle_timer(loop.time())
-                await self._drive_layer(transport)
-                continue
-            self._layer_changed.clear()
-            with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
-                await asyncio.wait_for(self._layer_changed.wait(), remaining)
+    def _write_now(self, link: _Link, write: Coroutine[Any, Any, None]) -> None:
+        """Run a control write (ack, ping) now if it does not wait; else finish it in a task.
 
-    async def _beat(self, transport: Transport, machine: HeartbeatMachine) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            deadline = machine.next_deadline()
-            if deadline is None:
+        Control messages need no order against data messages (tether.v1 acks are
+        cumulative), only to go out.
+        """
+        if link.is_open is not None and link.is_open():
+            try:
+                rest = _start(write)
+            except TransportClosed:
                 return
-            await asyncio.sleep(max(0.0, deadline - loop.time()))
-            result = machine.handle_timer(loop.time())
-            if result is None:
-                continue
-            if result.action is TimerAction.SEND_PING:
-                await transport.ping(result.payload)
-            elif result.action is TimerAction.DEAD:
-                # DESIGN.md §5: a missing pong fails the connection locally as 1006,
-                # without a closing handshake (the peer cannot be reached anyway).
-                self._dead_cause = f"no pong within {self._heartbeat.timeout} s"
-                logger.warning("%s: %s, dropping the connection", self.url, self._dead_cause)
-                transport.abort()
-                return
+            if rest is not None:
+                self._spawn(link, _Resume(rest))
+        else:
+            self._spawn(link, write)
 
-    async def _close_when_asked(self, transport: Transport) -> None:
-        await self._close_wakeup.wait()
+    # reading
+
+    async def _recv_direct(self, link: _Link) -> Message | None:
+        """Read one transport message in the caller's task; None if it carried no message."""
+        link.reading = True
+        try:
+            wire = await link.transport.recv()
+        except TransportClosed:
+            link.eof = True  # the supervisor takes it from here
+            return None
+        finally:
+            link.reading = False
+            done = link.read_done
+            if done is not None:
+                link.read_done = None
+                if not done.done():  # a reader cancelled while waiting cancels it
+                    done.set_result(None)
+            if self._inbox.getters:
+                self._inbox.notify()  # another recv() waiting takes over the reading
+        if self._plain:
+            return wire
+        assert self._loop is not None
+        try:
+            messages = self._layer.incoming(wire, self._loop.time())
+            self._after_layer(link)
+        except Exception:
+            self._fail(link)
+            return None
+        for message in messages[1:]:
+            self._inbox.append(message)
+        return messages[0] if messages else None
+
+    def _ensure_reader(self, link: _Link) -> asyncio.Task[None]:
+        if link.reader is None:
+            assert self._loop is not None
+            link.reader = self._loop.create_task(self._read(link))
+        return link.reader
+
+    async def _read(self, link: _Link) -> None:
+        """Move messages from the transport through the layer into the inbox.
+
+        Runs for the whole connection when the layer needs it; otherwise only to
+        read ahead while the application does not (heartbeat, close, the end of the
+        connection), handing the reading back once recv() waits on an empty inbox.
+        """
+        loop = asyncio.get_running_loop()
+        transport = link.transport
+        inbox = self._inbox
+        try:
+            while link.reading:  # a recv() in progress finishes its read first
+                if link.read_done is None or link.read_done.done():
+                    link.read_done = loop.create_future()
+                await link.read_done
+            while True:
+                wire = await transport.recv()
+                waiting = bool(inbox.getters)
+                messages = self._layer.incoming(wire, loop.time())
+                self._after_layer(link)
+                for message in messages:
+                    await inbox.put(message)
+                if waiting and not link.keep_reader:
+                    return
+        except TransportClosed:
+            pass
+        except Exception:
+            self._fail(link)
+        finally:
+            link.reader = None
+            inbox.notify()
+
+    # timers and closing
+
+    def _arm(self, link: _Link) -> None:
+        """Set the one timer of ``link`` to the earliest heartbeat or layer deadline."""
+        if link.timer is not None:
+            link.timer.cancel()
+            link.timer = None
+        beat = link.machine.next_deadline()
+        layer = None if self._plain else self._layer.next_deadline()
+        deadline = beat if layer is None else layer if beat is None else min(beat, layer)
+        if deadline is not None:
+            assert self._loop is not None
+            link.timer = self._loop.call_at(deadline, self._on_timer, link)
+            link.timer_at = deadline
+
+    def _on_timer(self, link: _Link) -> None:
+        link.timer = None
+        if self._link is not link:
+            return
+        try:
+            assert self._loop is not None
+            now = self._loop.time()
+            beat = link.machine.next_deadline()
+            if beat is not None and beat <= now:
+                result = link.machine.handle_timer(now)
+                if result is not None and result.action is TimerAction.SEND_PING:
+                    self._write_now(link, link.transport.ping(result.payload))
+                    if link.reader is None and not link.reading:
+                        # The application is not reading: read ahead (within the inbox
+                        # bounds) so that the pong is not stuck behind its messages.
+                        self._ensure_reader(link)
+                elif result is not None and result.action is TimerAction.DEAD:
+                    # DESIGN.md §5: a missing pong fails the connection locally as 1006,
+                    # without a closing handshake (the peer cannot be reached anyway).
+                    self._dead_cause = f"no pong within {self._heartbeat.timeout} s"
+                    logger.warning("%s: %s, dropping the connection", self.url, self._dead_cause)
+                    link.transport.abort()
+                    return
+            if not self._plain:
+                deadline = self._layer.next_deadline()
+                if deadline is not None and deadline <= now:
+                    # The layer's timer: ack delay, stalled replay buffer.
+                    self._layer.handle_timer(now)
+                    self._after_layer(link)
+            self._arm(link)
+        except Exception:
+            self._fail(link)
+
+    def _begin_close(self, link: _Link) -> None:
+        """close() was called while ``link`` is served: read to the end, flush, close."""
+        link.keep_reader = True
+        self._ensure_reader(link)
+        if link.closer is None:
+            assert self._loop is not None
+            link.closer = self._loop.create_task(self._guard(link, self._close_link(link)))
+
+    async def _close_link(self, link: _Link) -> None:
         assert self._close_request is not None
         code, reason = self._close_request
         # Flush what the application already sent before the Close frame, bounded
@@ -866,7 +1224,126 @@ class ClientConnection:
                 len(self._queue),
                 self._close_timeout,
             )
-        await transport.close(code, reason)
+        await link.transport.close(code, reason)
+
+
+class _Link:
+    """What the client keeps about the transport it is serving (one per connection)."""
+
+    __slots__ = (
+        "closer",
+        "closing",
+        "eof",
+        "is_open",
+        "keep_reader",
+        "machine",
+        "read_done",
+        "reader",
+        "reading",
+        "room",
+        "tasks",
+        "timer",
+        "timer_at",
+        "transport",
+        "write_now",
+        "writer",
+    )
+
+    def __init__(
+        self,
+        transport: Transport,
+        machine: HeartbeatMachine,
+        is_open: Callable[[], bool] | None,
+        closing: Callable[[], bool] | None,
+        write_now: Callable[[Message], bool] | None,
+        keep_reader: bool,
+    ) -> None:
+        self.transport = transport
+        self.machine = machine
+        #: Whether writes may run inline (None: never, see ``open_probe``).
+        self.is_open = is_open
+        #: Whether a write would be dropped (the socket is going): keep messages queued.
+        self.closing = closing
+        #: Writes a message at once if the transport takes it without waiting (``fast_writer``).
+        self.write_now = write_now
+        #: The reader task stays for the whole connection (layer needs it, closing, ended).
+        self.keep_reader = keep_reader
+        self.reader: asyncio.Task[None] | None = None
+        #: A recv() is reading the transport itself; ``read_done`` tells when it stops.
+        self.reading = False
+        self.read_done: asyncio.Future[None] | None = None
+        #: A direct read saw the end: recv() waits for the supervisor from then on.
+        self.eof = False
+        #: The task finishing a write that had to wait, then the queue; None while idle.
+        self.writer: asyncio.Task[None] | None = None
+        #: Resolved when the layer may have room again (a writer waits for acks).
+        self.room: asyncio.Future[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0
+        self.closer: asyncio.Task[None] | None = None
+        #: Control writes and pings that had to wait.
+        self.tasks: set[asyncio.Task[None]] = set()
+
+
+def _start(coro: Coroutine[Any, Any, None]) -> Generator[Any, Any, None] | None:
+    """Run ``coro`` by hand up to its first wait; return what is left of it, or None if done.
+
+    Most writes to an open transport finish without waiting: running them here
+    saves a task and an event-loop pass per message. An exception it raises
+    before waiting propagates to the caller.
+    """
+    try:
+        yielded = coro.send(None)
+    except StopIteration:
+        return None
+    return _rest(coro, yielded)
+
+
+def _rest(coro: Coroutine[Any, Any, None], yielded: Any) -> Generator[Any, Any, None]:
+    """Await the rest of a coroutine that :func:`_start` ran up to its first wait.
+
+    A generator that passes the coroutine's futures up to the task awaiting it and
+    the task's results (and cancellation) back down: ``yield from`` without the
+    first step, which already happened.
+    """
+    try:
+        while True:
+            try:
+                sent = yield yielded
+            except GeneratorExit:
+                raise
+            except BaseException as exc:
+                yielded = coro.throw(exc)
+            else:
+                yielded = coro.send(sent)
+    except StopIteration:
+        return
+    finally:
+        coro.close()
+
+
+class _Resume:
+    """Makes a :func:`_rest` generator awaitable (``await`` needs ``__await__``)."""
+
+    __slots__ = ("_rest",)
+
+    def __init__(self, rest: Generator[Any, Any, None]) -> None:
+        self._rest = rest
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        return self._rest
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+def _forget(waiters: list[asyncio.Future[None]], waiter: asyncio.Future[None]) -> None:
+    """Drop a waiter that is no longer awaited (woken ones were removed already)."""
+    waiter.cancel()
+    with contextlib.suppress(ValueError):
+        waiters.remove(waiter)
 
 
 async def _discard_attempt(opening: asyncio.Task[tuple[Transport, LayerOpened]]) -> None:

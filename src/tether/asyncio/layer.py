@@ -52,6 +52,10 @@ class ClientLayer:
     transport when :meth:`close_request` asks, and reports :meth:`take_events`.
     Before handing a message to :meth:`outgoing` it waits (up to ``send_timeout``)
     for :meth:`has_room`, then calls :meth:`overflow`.
+
+    Set :attr:`needs_reader` to False when the layer does not have to see incoming
+    messages before the application asks for them: the client can then read the
+    transport from ``recv()`` itself, without a reader task in between.
     """
 
     #: Subprotocols the layer wants offered before the user's own (read before
@@ -68,6 +72,22 @@ class ClientLayer:
         send it twice.
         """
         return False
+
+    @property
+    def needs_reader(self) -> bool:
+        """True when :meth:`incoming` must see every message as soon as it arrives.
+
+        The client then runs a reader task per connection that passes each message
+        through :meth:`incoming` into the receive buffer, even while the application
+        does not call ``recv()`` (tether.v1 must read acks to free its replay buffer,
+        and acknowledge what it received). When False, ``recv()`` reads the transport
+        itself, one task hop fewer per message, and :meth:`incoming` runs when the
+        application asks for the next message, when a heartbeat finds it not
+        reading (the client then reads ahead into the buffer, within
+        ``max_incoming``), and when the connection closes. Default True: right for
+        any layer; :class:`PlainLayer` says False.
+        """
+        return True
 
     async def opened(self, transport: Transport) -> LayerOpened:
         """Run the layer's handshake on a fresh transport."""
@@ -121,3 +141,8 @@ class ClientLayer:
 
 class PlainLayer(ClientLayer):
     """Plain RFC 6455: every message passes through unchanged."""
+
+    @property
+    def needs_reader(self) -> bool:
+        """False: nothing to do with a message until the application reads it."""
+        return False

@@ -1,15 +1,20 @@
 """The client's outgoing queue: bounded, ordered, kept across reconnects.
 
 It is separate from any transport on purpose: messages wait here while the
-connection is down, and the delivery loop takes them out only once the transport
+connection is down, and the client takes them out only once the transport
 accepted them, so a message is never lost between two connections (a session
 layer can later keep its own replay buffer on top).
+
+Waiters are futures created only when someone has to wait (for space, for an
+item, for the queue to empty): appending to or popping from a queue that nobody
+waits on wakes no task.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 
 from ..exceptions import ConfigurationError, QueueFull
 from .engine import Message
@@ -19,6 +24,24 @@ __all__ = ["QueueClosed", "SendQueue"]
 
 class QueueClosed(Exception):
     """The queue was drained for good while ``put`` waited (internal to the adapter)."""
+
+
+def _wake(waiters: list[asyncio.Future[None]]) -> None:
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(None)
+    waiters.clear()
+
+
+async def _wait(waiters: list[asyncio.Future[None]]) -> None:
+    waiter = asyncio.get_running_loop().create_future()
+    waiters.append(waiter)
+    try:
+        await waiter
+    finally:
+        if waiter.cancelled() or not waiter.done():  # leave no stale entry behind
+            with contextlib.suppress(ValueError):
+                waiters.remove(waiter)
 
 
 class SendQueue:
@@ -33,8 +56,10 @@ class SendQueue:
             raise ConfigurationError(f"max_queue must be >= 1 or None, not {max_size!r}")
         self.max_size = max_size
         self._items: collections.deque[Message] = collections.deque()
-        self._changed = asyncio.Event()
-        self._closed = False
+        self._space_waiters: list[asyncio.Future[None]] = []
+        self._item_waiters: list[asyncio.Future[None]] = []
+        self._empty_waiters: list[asyncio.Future[None]] = []
+        self.closed = False
 
     def __len__(self) -> int:
         return len(self._items)
@@ -51,7 +76,7 @@ class SendQueue:
             QueueFull: the queue stayed full for ``timeout`` seconds (None: wait forever).
             QueueClosed: the queue was drained for good (the connection ended) meanwhile.
         """
-        if self._closed:
+        if self.closed:
             raise QueueClosed
         if self.full:
             try:
@@ -61,46 +86,54 @@ class SendQueue:
                     f"send queue full ({self.max_size} messages) for {timeout} s; "
                     "the message was not queued"
                 ) from exc
-        if self._closed:
+        if self.closed:
             # The connection ended while we waited: queueing now would strand the
             # message where nothing will ever send it.
             raise QueueClosed
+        self.append(message)
+
+    def append(self, message: Message) -> None:
+        """Append ``message`` now; the caller checked that the queue is neither full nor closed."""
         self._items.append(message)
-        self._notify()
+        if self._item_waiters:
+            _wake(self._item_waiters)
 
     async def _wait_for_space(self) -> None:
-        while self.full and not self._closed:
-            await self._wait_changed()
+        while self.full and not self.closed:
+            await _wait(self._space_waiters)
 
-    async def _wait_changed(self) -> None:
-        self._changed.clear()
-        await self._changed.wait()
+    def head(self) -> Message:
+        """The oldest message, left queued (the caller checked there is one)."""
+        return self._items[0]
 
     async def peek(self) -> Message:
         """Wait until a message is queued and return the oldest, leaving it queued."""
         while not self._items:
-            await self._wait_changed()
+            await _wait(self._item_waiters)
         return self._items[0]
 
     def pop(self) -> Message:
         """Remove the oldest message (once the transport accepted it)."""
         message = self._items.popleft()
-        self._notify()
+        if self._space_waiters:
+            # Every waiter re-checks; a wait cancelled by its timeout must not
+            # swallow the wakeup that another waiter needed.
+            _wake(self._space_waiters)
+        if not self._items and self._empty_waiters:
+            _wake(self._empty_waiters)
         return message
 
     async def wait_empty(self) -> None:
         """Wait until every queued message was taken out."""
         while self._items:
-            await self._wait_changed()
+            await _wait(self._empty_waiters)
 
     def drain(self) -> tuple[Message, ...]:
         """Remove and return everything still queued; later ``put`` calls raise QueueClosed."""
-        self._closed = True
+        self.closed = True
         items = tuple(self._items)
         self._items.clear()
-        self._notify()
+        _wake(self._space_waiters)
+        _wake(self._item_waiters)
+        _wake(self._empty_waiters)
         return items
-
-    def _notify(self) -> None:
-        # Wake every waiter; each re-checks its own condition (space, item, empty).
-        self._changed.set()
