@@ -908,12 +908,11 @@ class ClientConnection:
         """
         is_open = link.is_open
         if is_open is None:
-            self._start_writer(link, None, (), pop_after=False)
+            self._start_writer(link, (), pop_after=False)
             return
         queue = self._queue
         layer = self._layer
         plain = self._plain
-        send = link.transport.send
         write_now = link.write_now
         closing = link.closing
         try:
@@ -927,14 +926,12 @@ class ClientConnection:
                         continue
                     if closing is not None and closing():
                         return
-                    rest = _start(send(message))
-                    if rest is not None:
-                        self._start_writer(link, rest, (), pop_after=True)
-                        return
-                    queue.pop()
-                    continue
+                    # The transport cannot take it at once (buffer over its limit, or
+                    # not a transport we can write synchronously): a writer task waits.
+                    self._start_writer(link, (message,), pop_after=True)
+                    return
                 if not layer.has_room(message):
-                    self._start_writer(link, None, (), pop_after=False)
+                    self._start_writer(link, (), pop_after=False)
                     return
                 if not layer.keeps_sent and closing is not None and closing():
                     return
@@ -948,11 +945,8 @@ class ClientConnection:
                 for index, wire in enumerate(wires):
                     if write_now is not None and write_now(wire):
                         continue
-                    rest = _start(send(wire))
-                    if rest is not None:
-                        after = wires[index + 1 :]
-                        self._start_writer(link, rest, after, pop_after=not keeps_sent)
-                        return
+                    self._start_writer(link, wires[index:], pop_after=not keeps_sent)
+                    return
                 if not keeps_sent:
                     queue.pop()
                 self._after_layer(link)
@@ -964,22 +958,20 @@ class ClientConnection:
     def _start_writer(
         self,
         link: _Link,
-        rest: Generator[Any, Any, None] | None,
-        after: Sequence[Message],
+        pending: Sequence[Message],
         *,
         pop_after: bool,
     ) -> None:
         assert self._loop is not None
-        link.writer = self._loop.create_task(self._write(link, rest, after, pop_after))
+        link.writer = self._loop.create_task(self._write(link, pending, pop_after))
 
     async def _write(
         self,
         link: _Link,
-        rest: Generator[Any, Any, None] | None,
-        after: Sequence[Message],
+        pending: Sequence[Message],
         pop_after: bool,
     ) -> None:
-        """Finish a write that had to wait (``rest``, then ``after``), then write the queue.
+        """Write the wire messages that could not go at once (``pending``), then the queue.
 
         Ends once the queue is empty: send() writes inline again from then on.
         """
@@ -988,9 +980,8 @@ class ClientConnection:
         layer = self._layer
         queue = self._queue
         try:
-            if rest is not None:
-                await _Resume(rest)
-                for wire in after:
+            if pending:
+                for wire in pending:
                     await transport.send(wire)
                 if pop_after:
                     # The message leaves the queue only once the transport took it: a link
@@ -1058,7 +1049,7 @@ class ClientConnection:
             self._emit(event)
         for wire in layer.control_to_send():
             if link.write_now is None or not link.write_now(wire):
-                self._write_now(link, link.transport.send(wire))
+                self._write_in_task(link, link.transport.send(wire))
         request = layer.close_request()
         if request is not None and link.closer is None:
             code, reason = request
@@ -1068,21 +1059,13 @@ class ClientConnection:
                 self._guard(link, link.transport.close(code, reason))
             )
 
-    def _write_now(self, link: _Link, write: Coroutine[Any, Any, None]) -> None:
-        """Run a control write (ack, ping) now if it does not wait; else finish it in a task.
+    def _write_in_task(self, link: _Link, write: Coroutine[Any, Any, None]) -> None:
+        """Finish a control write (ack, ping) that could not go at once in a task.
 
         Control messages need no order against data messages (tether.v1 acks are
-        cumulative), only to go out.
+        cumulative), only to go out; they are rare next to data, so a task is cheap.
         """
-        if link.is_open is not None and link.is_open():
-            try:
-                rest = _start(write)
-            except TransportClosed:
-                return
-            if rest is not None:
-                self._spawn(link, _Resume(rest))
-        else:
-            self._spawn(link, write)
+        self._spawn(link, write)
 
     # reading
 
@@ -1180,7 +1163,7 @@ class ClientConnection:
             if beat is not None and beat <= now:
                 result = link.machine.handle_timer(now)
                 if result is not None and result.action is TimerAction.SEND_PING:
-                    self._write_now(link, link.transport.ping(result.payload))
+                    self._write_in_task(link, link.transport.ping(result.payload))
                     if link.reader is None and not link.reading:
                         # The application is not reading: read ahead (within the inbox
                         # bounds) so that the pong is not stuck behind its messages.
@@ -1260,7 +1243,8 @@ class _Link:
     ) -> None:
         self.transport = transport
         self.machine = machine
-        #: Whether writes may run inline (None: never, see ``open_probe``).
+        #: Whether the connection is OPEN (None: a foreign transport, whose writes all
+        #: go through the writer task; see ``open_probe``).
         self.is_open = is_open
         #: Whether a write would be dropped (the socket is going): keep messages queued.
         self.closing = closing
@@ -1283,55 +1267,6 @@ class _Link:
         self.closer: asyncio.Task[None] | None = None
         #: Control writes and pings that had to wait.
         self.tasks: set[asyncio.Task[None]] = set()
-
-
-def _start(coro: Coroutine[Any, Any, None]) -> Generator[Any, Any, None] | None:
-    """Run ``coro`` by hand up to its first wait; return what is left of it, or None if done.
-
-    Most writes to an open transport finish without waiting: running them here
-    saves a task and an event-loop pass per message. An exception it raises
-    before waiting propagates to the caller.
-    """
-    try:
-        yielded = coro.send(None)
-    except StopIteration:
-        return None
-    return _rest(coro, yielded)
-
-
-def _rest(coro: Coroutine[Any, Any, None], yielded: Any) -> Generator[Any, Any, None]:
-    """Await the rest of a coroutine that :func:`_start` ran up to its first wait.
-
-    A generator that passes the coroutine's futures up to the task awaiting it and
-    the task's results (and cancellation) back down: ``yield from`` without the
-    first step, which already happened.
-    """
-    try:
-        while True:
-            try:
-                sent = yield yielded
-            except GeneratorExit:
-                raise
-            except BaseException as exc:
-                yielded = coro.throw(exc)
-            else:
-                yielded = coro.send(sent)
-    except StopIteration:
-        return
-    finally:
-        coro.close()
-
-
-class _Resume:
-    """Makes a :func:`_rest` generator awaitable (``await`` needs ``__await__``)."""
-
-    __slots__ = ("_rest",)
-
-    def __init__(self, rest: Generator[Any, Any, None]) -> None:
-        self._rest = rest
-
-    def __await__(self) -> Generator[Any, Any, None]:
-        return self._rest
 
 
 def _resolve(waiter: asyncio.Future[None]) -> None:

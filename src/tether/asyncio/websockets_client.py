@@ -182,12 +182,9 @@ async def open_transport(
 def open_probe(transport: Transport) -> tuple[Callable[[], bool], Callable[[], bool]] | None:
     """Cheap checks ``(is OPEN, is closing)`` for ``transport``; None if it is not ours.
 
-    The client runs a ``send`` or ``ping`` coroutine by hand up to its first wait (most
-    writes never wait) and hands the rest to a task only if it does. That is safe
-    with websockets only while the connection is OPEN: on a closing connection its
-    ``send`` enters ``asyncio.timeout``, which would bind to the calling task instead
-    of the task that finishes the write. A foreign transport gets None: the client
-    then writes through a task, as for any coroutine it knows nothing about.
+    The client writes from the caller's task (no writer task) only while the
+    connection is OPEN; a foreign transport gets None and every write goes
+    through a writer task, as for any transport the client knows nothing about.
 
     "Closing" is an OPEN connection whose socket is already aborted or closed, its
     loss not yet reported: a write there is dropped silently, so a message that the
