@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 import pytest
+from tests.support.events import EventRecorder as Recorder
 from tests.support.haproxy import HAProxy
 from tests.support.netns import NetNamespace
 from tests.support.node import PEERS_DIR, NodeWsServer
@@ -24,7 +25,6 @@ from tether import (
     BackoffConfig,
     Connected,
     Disconnected,
-    Event,
     GaveUp,
     Heartbeat,
     Reconnecting,
@@ -38,53 +38,6 @@ NO_PING = Heartbeat(interval=None, timeout=None)
 RESTART = BackoffConfig(base=0.1, cap=0.5, restart_window=(0.2, 0.5))
 #: Allowance for a TCP connect plus opening handshake on loopback (measured: a few ms).
 HANDSHAKE_SLACK = 0.25
-
-
-class Recorder:
-    """Records ``(time.monotonic(), event)`` for every event of a connection, in a task.
-
-    ``async with Recorder(conn) as recorder, conn:`` records from before ``conn`` opens and stops
-    recording after it closed, even when the test fails.
-    """
-
-    def __init__(self, conn: tether.ClientConnection) -> None:
-        self.items: list[tuple[float, Event]] = []
-        self._taken = 0
-        self._changed = asyncio.Event()
-        self._task = asyncio.get_running_loop().create_task(self._run(conn))
-
-    async def _run(self, conn: tether.ClientConnection) -> None:
-        async for event in conn.events():
-            self.items.append((time.monotonic(), event))
-            self._changed.set()
-
-    async def next(self, kind: type[Any], timeout: float) -> tuple[float, Any]:
-        """The next not-yet-taken event of ``kind`` (events before it are skipped)."""
-
-        async def wait() -> tuple[float, Any]:
-            while True:
-                while self._taken < len(self.items):
-                    stamp, event = self.items[self._taken]
-                    self._taken += 1
-                    if isinstance(event, kind):
-                        return stamp, event
-                self._changed.clear()
-                await self._changed.wait()
-
-        return await asyncio.wait_for(wait(), timeout)
-
-    def kinds(self) -> list[type[Any]]:
-        return [type(event) for _, event in self.items]
-
-    async def stop(self) -> None:
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
-
-    async def __aenter__(self) -> Recorder:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
 
 
 # -- Node ws --
