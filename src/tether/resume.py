@@ -45,6 +45,7 @@ from .protocol import (
     decode,
     encode,
     encode_data,
+    parse_data,
 )
 from .replay import ReplayBuffer, payload_size
 
@@ -290,22 +291,57 @@ class Endpoint:
     def receive_message(self, message: Payload, now: float) -> None:
         """Process one WebSocket message received on the current connection.
 
+        A delivered application message becomes a :class:`MessageReceived` event, in
+        order with the events the same message caused.
+
         Never raises on peer input: a violation becomes a :class:`CloseConnection` event.
         """
-        if self.phase in (Phase.DISCONNECTED, Phase.CLOSED):
-            # The connection is being failed or is gone: nothing more is trusted.
-            return
+        mark = len(self._events)
+        payload = self.receive(message, now)
+        if payload is not None:
+            self._events.insert(mark, MessageReceived(payload))
+
+    def receive(self, message: Payload, now: float) -> Payload | None:
+        """Like :meth:`receive_message`, but return the delivered payload instead of an event.
+
+        The adapters' per-message path: a data frame costs no event object. Every
+        other outcome (acks, handshake, :class:`CloseConnection`) still goes to
+        :meth:`events_received`.
+
+        Returns:
+            The application message this frame delivers, or None (a duplicate, a
+            control frame, a violation).
+        """
+        if self.phase is not Phase.OPEN:
+            if self.phase is Phase.HANDSHAKE:
+                self._receive_other(message, now)
+            # DISCONNECTED, CLOSED: the connection is being failed or is gone:
+            # nothing more is trusted.
+            return None
+        try:
+            data = parse_data(message)
+            if data is None:
+                return self._receive_other(message, now)
+            seq, ack, payload = data
+            return self._on_data(seq, ack, payload, now)
+        except ProtocolError as exc:
+            self._fail(exc.close_code, str(exc), now, exc)
+            return None
+
+    def _receive_other(self, message: Payload, now: float) -> Payload | None:
         try:
             frame = decode(message)
             if isinstance(frame, Data):
-                self._on_data(frame, now)
-            elif isinstance(frame, Ack):
+                self._require_open("data")
+                return self._on_data(frame.seq, frame.ack, frame.payload, now)
+            if isinstance(frame, Ack):
                 self._require_open("ack")
                 self._on_ack(frame.rx)
             else:
                 self._on_control(frame, now)
         except ProtocolError as exc:
             self._fail(exc.close_code, str(exc), now, exc)
+        return None
 
     def rx_persisted(self, rx: int, now: float) -> None:
         """With ``hold_acks``: the store holds everything up to ``rx``; it may be acked."""
@@ -335,11 +371,12 @@ class Endpoint:
     def next_deadline(self) -> float | None:
         """When :meth:`handle_timer` must next run, or None."""
         if self.phase is Phase.OPEN:
-            deadlines = [self._ack_due] if self._ack_due is not None else []
+            # Called after every message by the adapters: no allocation here.
+            ack_due = self._ack_due
             stall = self._stall_deadline()
-            if stall is not None:
-                deadlines.append(stall)
-            return min(deadlines) if deadlines else None
+            if ack_due is None:
+                return stall
+            return ack_due if stall is None or ack_due < stall else stall
         if self.phase is Phase.DISCONNECTED and self._disconnected_at is not None:
             return self._disconnected_at + self.config.resume_window
         return None
@@ -396,24 +433,38 @@ class Endpoint:
             self._transmit(entry.seq, entry.payload)
         return replayed
 
-    def _on_data(self, frame: Data, now: float) -> None:
-        self._require_open("data")
-        if frame.seq <= self._rx:
-            self.duplicates += 1
-        elif frame.seq == self._rx + 1:
-            self._rx = frame.seq
+    def _on_data(self, seq: int, ack: int, payload: Payload, now: float) -> Payload | None:
+        """Deliver, drop or refuse one data frame (phase OPEN); return the payload delivered.
+
+        A gap raises. A bad ack (of a message never sent) fails the connection
+        after the message was delivered: the frame itself was in order.
+        """
+        delivered: Payload | None = None
+        rx = self._rx
+        if seq == rx + 1:
+            self._rx = seq
             if not self.hold_acks:
-                self._ackable = frame.seq
+                self._ackable = seq
             self._in_count += 1
-            self._in_bytes += payload_size(frame.payload)
-            self._events.append(MessageReceived(frame.payload))
+            if type(payload) is str and not payload.isascii():
+                self._in_bytes += len(payload.encode("utf-8"))
+            else:
+                self._in_bytes += len(payload)
+            delivered = payload
+        elif seq <= rx:
+            self.duplicates += 1
         else:
             raise ProtocolError(
-                f"sequence gap: expected {self._rx + 1}, got {frame.seq}",
+                f"sequence gap: expected {rx + 1}, got {seq}",
                 close_code=TetherCloseCode.SEQUENCE_GAP,
             )
-        self._on_ack(frame.ack)
-        self._maybe_ack(now)
+        try:
+            if ack > self._peer_acked:
+                self._on_ack(ack)
+            self._maybe_ack(now)
+        except ProtocolError as exc:
+            self._fail(exc.close_code, str(exc), now, exc)
+        return delivered
 
     def _on_ack(self, ack: int) -> None:
         if ack > self._highest_sent:
