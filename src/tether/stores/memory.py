@@ -14,6 +14,7 @@ import dataclasses
 import secrets
 from collections import deque
 from collections.abc import Sequence
+from typing import Any
 
 from ..exceptions import StoreError
 from .base import (
@@ -52,7 +53,7 @@ class _Held:
             self.record = record
         return record
 
-    def update(self, **changes: object) -> SessionRecord:
+    def update(self, **changes: Any) -> SessionRecord:
         self.record = dataclasses.replace(
             self.record, tx=self.tx, acked=self.acked, rx=self.rx, **changes
         )
