@@ -266,8 +266,16 @@ class Endpoint:
 
     # ------------------------------------------------------------------- input
 
-    def send(self, payload: Payload, now: float) -> int:
+    def send(self, payload: Payload, now: float, *, persisted_rx: int | None = None) -> int:
         """Buffer an application message and send it if the session is open.
+
+        Args:
+            payload: the application message.
+            now: current time, in seconds.
+            persisted_rx: with ``hold_acks``: an rx the adapter commits in the same
+                store write as this message, before its frame leaves. The frame
+                carries it as its ack (like :meth:`rx_persisted` first, but without a
+                standalone ack of its own): a reply acknowledges the request it answers.
 
         Returns:
             Its sequence number (for a write-through store).
@@ -280,6 +288,8 @@ class Endpoint:
         if self.phase is Phase.CLOSED:
             raise ConnectionClosedError(None, "the tether.v1 session has ended")
         entry = self.buffer.push(payload, now)
+        if persisted_rx is not None and persisted_rx > self._ackable:
+            self._ackable = min(persisted_rx, self._rx)
         if self.phase is Phase.OPEN:
             self._transmit(entry.seq, payload)
         return entry.seq
@@ -342,6 +352,17 @@ class Endpoint:
         except ProtocolError as exc:
             self._fail(exc.close_code, str(exc), now, exc)
         return None
+
+    def wants_ack(self) -> bool:
+        """Whether the messages received since the last ack reached the count or byte trigger.
+
+        With ``hold_acks`` the ack then waits only for :meth:`rx_persisted`: an
+        adapter commits rx at once when this is True, and may batch it otherwise.
+        """
+        cfg = self.config
+        return (cfg.ack_messages is not None and self._in_count >= cfg.ack_messages) or (
+            cfg.ack_bytes is not None and self._in_bytes >= cfg.ack_bytes
+        )
 
     def rx_persisted(self, rx: int, now: float) -> None:
         """With ``hold_acks``: the store holds everything up to ``rx``; it may be acked."""

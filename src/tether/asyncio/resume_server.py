@@ -118,6 +118,8 @@ class _V1:
     flushing: bool = False
     #: A commit of ``consumed_rx`` is scheduled for the end of this loop turn.
     commit_scheduled: bool = False
+    #: A commit of ``consumed_rx`` is scheduled a little later (see ``consumed``).
+    commit_timer: asyncio.TimerHandle | None = None
     #: Held around a batch write and around a resume's claim of this session in this
     #: process: a write under the old generation must not race the claim that bumps
     #: it (it would be fenced, and the resumed session ended as taken over).
@@ -202,6 +204,8 @@ class TetherV1ServerLayer(ServerLayer):
         self._process_exiting = False
         #: The store writes without awaiting: senders flush inline (see the module doc).
         self._inline = type(self.store).write_nowait is not SessionStore.write_nowait
+        #: Longest a taken message's rx waits for a reply to carry it into the store.
+        self._commit_delay = (config.ack_delay or 0.2) / 4
         self._sweeper: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
 
@@ -501,11 +505,20 @@ class TetherV1ServerLayer(ServerLayer):
             state.consumed_rx = state.delivered.popleft()
             if not self._inline:
                 state.wakeup.set()
-            elif not state.commit_scheduled:
-                # At the end of this turn, so that a reply the handler sends in the
-                # same turn goes into the same write as this rx (docs/protocol.md §11).
+            elif state.commit_scheduled:
+                pass
+            elif state.endpoint.wants_ack():
+                # An ack is due once rx is stored: commit at the end of this turn, so
+                # that a reply the handler sends in the same turn shares the write.
                 state.commit_scheduled = True
                 asyncio.get_running_loop().call_soon(self._commit_rx, state)
+            elif state.commit_timer is None:
+                # No ack due yet: a reply will most likely carry this rx (send() writes
+                # it); else commit it within a quarter of the ack delay. One timer per
+                # quarter delay, not a loop pass per message.
+                state.commit_timer = asyncio.get_running_loop().call_later(
+                    self._commit_delay, self._commit_rx_later, state
+                )
 
     async def send(self, session: Session, transport: Transport | None, message: Message) -> None:
         """Number, store (write-through, batched per loop turn), then send one message.
@@ -528,7 +541,11 @@ class TetherV1ServerLayer(ServerLayer):
             await self._wait_for_room(state, message)
         if state.ended:
             raise _ended(state)
-        seq = endpoint.send(message, asyncio.get_running_loop().time())
+        # The rx taken so far goes into the same write as this message, and the frame
+        # leaves only after that write: the reply may carry it as its ack (no
+        # standalone ack for the request it answers).
+        rx = state.consumed_rx if state.consumed_rx > state.written_rx else None
+        seq = endpoint.send(message, asyncio.get_running_loop().time(), persisted_rx=rx)
         state.pending.append(StoredMessage(seq, message))
         self._collect(state)
         if self._inline and not state.flushing:
@@ -655,6 +672,10 @@ class TetherV1ServerLayer(ServerLayer):
         deadline = state.endpoint.next_deadline()
         if deadline is not None and deadline < state.armed:
             state.wakeup.set()
+
+    def _commit_rx_later(self, state: _V1) -> None:
+        state.commit_timer = None
+        self._commit_rx(state)
 
     def _commit_rx(self, state: _V1) -> None:
         """End of the turn in which the handler took messages: commit their rx."""
@@ -898,6 +919,7 @@ class TetherV1ServerLayer(ServerLayer):
             if state.transport is None:
                 state.detach = True
             await self._settle(state, timeout=2.0)
+        self._cancel_commit_timer(state)
         self._forget(state)
         self._states.pop(session, None)
         if state.task is not None:
@@ -910,10 +932,17 @@ class TetherV1ServerLayer(ServerLayer):
         state.ended = True
         state.progress.set()
         state.wakeup.set()
+        self._cancel_commit_timer(state)
         self._forget(state)
         if delete and state.durable:
             self._spawn(self._delete(state.session.id))
         state.session.end(info)
+
+    @staticmethod
+    def _cancel_commit_timer(state: _V1) -> None:
+        if state.commit_timer is not None:
+            state.commit_timer.cancel()
+            state.commit_timer = None
 
     def _forget(self, state: _V1) -> None:
         if self._by_sid.get(state.session.id) is state:
