@@ -287,6 +287,57 @@ def test_piggyback_cancels_ack_timer() -> None:
     assert client.data_to_send() == []
 
 
+def test_receive_returns_the_delivered_payload() -> None:
+    """receive() hands a delivered message back directly; a duplicate gives None."""
+    client = opened_client()
+    assert client.receive(encode(Data(1, 0, "x")), 0.0) == "x"
+    assert client.receive(encode(Data(1, 0, "x")), 0.0) is None
+    assert client.receive(encode(Data(2, 0, b"")), 0.0) == b""
+    assert client.duplicates == 1
+    assert client.events_received() == []
+
+
+def test_message_before_bad_ack_is_still_delivered_first() -> None:
+    """A frame in order whose ack covers nothing sent: delivered, then the connection fails."""
+    client = opened_client()
+    client.receive_message(encode(Data(1, 5, "x")), 0.0)
+    events = client.events_received()
+    assert events[0] == MessageReceived("x")
+    assert isinstance(events[1], CloseConnection)
+    assert events[1].code == 1002
+
+
+def test_reply_carries_the_persisted_rx_and_no_standalone_ack() -> None:
+    """send(persisted_rx=) acks the request in the reply itself, even past the count trigger."""
+    server = ServerEndpoint("c2lk", "ZXA", ResumeConfig(ack_messages=1), hold_acks=True)
+    server.attach(0.0, token="dG9r", resumed=False)
+    server.data_to_send()
+    server.receive_message(encode(Data(1, 0, "q")), 0.0)
+    assert server.wants_ack()
+    server.send("r", 0.0, persisted_rx=1)
+    assert [decode(m) for m in server.data_to_send()] == [Data(1, 1, "r")]
+    assert not server.wants_ack()
+    server.rx_persisted(1, 0.0)  # the store write that carried it
+    assert server.data_to_send() == []
+    assert server.next_deadline() == pytest.approx(120.0)  # only the stall timer remains
+
+
+def test_wants_ack_follows_the_count_and_byte_triggers() -> None:
+    """wants_ack() is True once the received messages reach a trigger, until an ack goes out."""
+    server = ServerEndpoint(
+        "c2lk", "ZXA", ResumeConfig(ack_messages=2, ack_bytes=10), hold_acks=True
+    )
+    server.attach(0.0, token="dG9r", resumed=False)
+    server.receive_message(encode(Data(1, 0, "x")), 0.0)
+    assert not server.wants_ack()
+    server.receive_message(encode(Data(2, 0, "x")), 0.0)
+    assert server.wants_ack()
+    server.rx_persisted(2, 0.0)
+    assert not server.wants_ack()
+    server.receive_message(encode(Data(3, 0, b"x" * 10)), 0.0)
+    assert server.wants_ack()
+
+
 def test_ack_trims_replay_buffer() -> None:
     """An ack drops the acknowledged messages and reports PeerAcked."""
     client = opened_client()

@@ -125,8 +125,7 @@ class MemoryStore(SessionStore):
         rx: int | None = None,
     ) -> SessionRecord:
         """Append, trim and record rx in one step (see :meth:`SessionStore.write`)."""
-        self.write_nowait(sid, generation, append=append, acked=acked, rx=rx)
-        return self._held[sid].snapshot()
+        return self._apply(sid, generation, append, acked, rx).snapshot()
 
     def write_nowait(
         self,
@@ -138,6 +137,17 @@ class MemoryStore(SessionStore):
         rx: int | None = None,
     ) -> bool:
         """:meth:`write`, done here and now (always possible in memory): True."""
+        self._apply(sid, generation, append, acked, rx)
+        return True
+
+    def _apply(
+        self,
+        sid: str,
+        generation: int,
+        append: Sequence[StoredMessage],
+        acked: int | None,
+        rx: int | None,
+    ) -> _Held:
         held = self._held.get(sid)
         if held is None:
             raise UnknownSession(f"session {sid} is unknown")
@@ -162,7 +172,7 @@ class MemoryStore(SessionStore):
                 messages.popleft()
         if rx is not None and rx > held.rx:
             held.rx = rx
-        return True
+        return held
 
     async def detach(self, sid: str, generation: int, *, expires_at: float) -> None:
         """Start the expiry clock (see :meth:`SessionStore.detach`)."""
