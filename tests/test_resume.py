@@ -248,20 +248,36 @@ def test_ack_is_piggybacked() -> None:
 
 
 def test_standalone_ack_after_count() -> None:
-    """After 32 received messages a standalone ack goes out at once."""
+    """After 32 received messages a standalone ack is due at once (the adapter's next pass)."""
     client = opened_client()
     for seq in range(1, 33):
         assert client.data_to_send() == []
-        client.receive_message(encode(Data(seq, 0, "x")), 0.0)
+        assert client.next_deadline() != 5.0
+        client.receive_message(encode(Data(seq, 0, "x")), 5.0)
+    assert client.next_deadline() == 5.0
+    client.handle_timer(5.0)
     assert [decode(m) for m in client.data_to_send()] == [Ack(32)]
 
 
+def test_due_ack_rides_on_a_data_frame_sent_first() -> None:
+    """A data frame sent before the due ack's timer carries it: no standalone ack follows."""
+    client = opened_client(ResumeConfig(ack_messages=1))
+    client.receive_message(encode(Data(1, 0, "q")), 5.0)
+    assert client.next_deadline() == 5.0
+    client.send("r", 5.0)
+    assert [decode(m) for m in client.data_to_send()] == [Data(1, 1, "r")]
+    client.handle_timer(5.0)
+    assert client.data_to_send() == []
+
+
 def test_standalone_ack_after_bytes() -> None:
-    """After 64 KiB received a standalone ack goes out at once."""
+    """After 64 KiB received a standalone ack is due at once."""
     client = opened_client()
     client.receive_message(encode(Data(1, 0, b"x" * 65_535)), 0.0)
-    assert client.data_to_send() == []
+    assert client.next_deadline() == pytest.approx(0.2)
     client.receive_message(encode(Data(2, 0, b"x")), 0.0)
+    assert client.next_deadline() == 0.0
+    client.handle_timer(0.0)
     assert [decode(m) for m in client.data_to_send()] == [Ack(2)]
 
 
@@ -333,6 +349,8 @@ def test_wants_ack_follows_the_count_and_byte_triggers() -> None:
     server.receive_message(encode(Data(2, 0, "x")), 0.0)
     assert server.wants_ack()
     server.rx_persisted(2, 0.0)
+    server.handle_timer(0.0)
+    assert decode(server.data_to_send()[-1]) == Ack(2)
     assert not server.wants_ack()
     server.receive_message(encode(Data(3, 0, b"x" * 10)), 0.0)
     assert server.wants_ack()
@@ -368,6 +386,8 @@ def test_hold_acks_until_persisted() -> None:
     server.receive_message(encode(Data(2, 0, "y")), 0.0)
     assert server.data_to_send() == []
     server.rx_persisted(2, 0.0)
+    assert server.next_deadline() == 0.0  # due at once
+    server.handle_timer(0.0)
     assert [decode(m) for m in server.data_to_send()] == [Ack(2)]
 
 

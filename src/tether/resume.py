@@ -14,7 +14,9 @@ style::
 Rules (``docs/protocol.md``): data frame ``s`` is delivered when ``s == rx + 1``,
 dropped as a duplicate when ``s <= rx``, and a gap fails the connection with
 4201 so that a resume repairs it (never skip). Acks are cumulative, piggybacked on
-every data frame and sent alone after ``ack_messages``/``ack_bytes``/``ack_delay``.
+every data frame and sent alone after ``ack_messages``/``ack_bytes`` (due at once:
+:meth:`Endpoint.next_deadline` is ``now``, so a data frame sent first carries it)
+or ``ack_delay``.
 After a (re)connection each side replays everything the other has not
 acknowledged before any new message.
 
@@ -75,7 +77,8 @@ class ResumeConfig:
         max_messages: replay buffer bound in messages; None for no count bound.
         max_bytes: replay buffer bound in payload bytes; None for no byte bound.
         ack_messages: send a standalone ack after this many unacknowledged
-            received messages; None disables the count trigger.
+            received messages (due at once, through :meth:`Endpoint.handle_timer`,
+            unless a data frame carries it first); None disables the count trigger.
         ack_bytes: ... after this many received payload bytes; None disables it.
         ack_delay: ... at the latest this many seconds after the first
             unacknowledged message; None disables the timer.
@@ -500,13 +503,16 @@ class Endpoint:
             self._ack_due = None
             return
         cfg = self.config
-        if (
-            force
-            or (cfg.ack_messages is not None and self._in_count >= cfg.ack_messages)
-            or (cfg.ack_bytes is not None and self._in_bytes >= cfg.ack_bytes)
-        ):
+        if force:
             self._out.append(encode(Ack(self._ackable)))
             self._acked_out()
+        elif (cfg.ack_messages is not None and self._in_count >= cfg.ack_messages) or (
+            cfg.ack_bytes is not None and self._in_bytes >= cfg.ack_bytes
+        ):
+            # Due now, sent by handle_timer() on the adapter's next pass: a data frame
+            # sent before then (a reply in the same turn) carries it instead (§4.3).
+            if self._ack_due is None or self._ack_due > now:
+                self._ack_due = now
         elif self._ack_due is None and cfg.ack_delay is not None:
             self._ack_due = now + cfg.ack_delay
 
