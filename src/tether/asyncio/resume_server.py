@@ -545,16 +545,77 @@ class TetherV1ServerLayer(ServerLayer):
         # leaves only after that write: the reply may carry it as its ack (no
         # standalone ack for the request it answers).
         rx = state.consumed_rx if state.consumed_rx > state.written_rx else None
-        seq = endpoint.send(message, asyncio.get_running_loop().time(), persisted_rx=rx)
-        state.pending.append(StoredMessage(seq, message))
-        self._collect(state)
-        if self._inline and not state.flushing:
-            await self._flush(state, inline=True)
+        now = asyncio.get_running_loop().time()
+        if (
+            self._inline
+            and not state.flushing
+            and not state.pending
+            and not state.outq
+            and state.durable
+            and not state.detach
+            and not state.store_lock.locked()
+        ):
+            # Nothing before this message is unwritten or unsent: write it and send
+            # its frame here, without the session's queues.
+            seq = endpoint.send(message, now, persisted_rx=rx)
+            if await self._send_now(state, StoredMessage(seq, message), rx, now):
+                return
         else:
-            state.wakeup.set()
+            seq = endpoint.send(message, now, persisted_rx=rx)
+            state.pending.append(StoredMessage(seq, message))
+            self._collect(state)
+            if self._inline and not state.flushing:
+                await self._flush(state, inline=True)
+            else:
+                state.wakeup.set()
         while state.written_tx < seq and not state.ended:
             state.progress.clear()
             await state.progress.wait()
+
+    async def _send_now(
+        self, state: _V1, stored: StoredMessage, rx: int | None, now: float
+    ) -> bool:
+        """The per-message path of an in-process store; False: left to the flush."""
+        endpoint = state.endpoint
+        frames = endpoint.data_to_send()
+        acked = state.acked
+        try:
+            written = self.store.write_nowait(
+                state.session.id, state.generation, append=(stored,), acked=acked, rx=rx
+            )
+        except Fenced:
+            self._fenced(state)
+            return True
+        except StoreError as exc:
+            self._write_failed(state, exc)
+            written = True
+        if not written:
+            state.pending.append(stored)
+            need = endpoint.tx
+            state.outq.extend((need, frame) for frame in frames)
+            state.wakeup.set()
+            return False
+        state.acked = None
+        state.written_tx = stored.seq
+        if rx is not None:
+            state.written_rx = rx
+            endpoint.rx_persisted(rx, now)
+            frames.extend(endpoint.data_to_send())
+            self._rearm(state)
+        state.progress.set()
+        transport = state.transport
+        if frames and transport is not None:
+            state.flushing = True  # others queue behind these frames
+            try:
+                for frame in frames:
+                    await transport.send(frame)
+            except TransportClosed:
+                pass  # the replay after the resume re-sends it
+            finally:
+                state.flushing = False
+                if not state.ended and self._has_work(state):
+                    state.wakeup.set()
+        return True
 
     async def _wait_for_room(self, state: _V1, message: Message) -> None:
         loop = asyncio.get_running_loop()
