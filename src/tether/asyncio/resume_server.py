@@ -485,13 +485,17 @@ class TetherV1ServerLayer(ServerLayer):
             return ()
         endpoint = state.endpoint
         payload = endpoint.receive(message, asyncio.get_running_loop().time())
-        for event in endpoint.events_received():
-            self._handle(state, event)
-        queued = len(state.outq)
-        self._collect(state)
-        if not self._inline or len(state.outq) > queued:
-            # An inline store writes the client's ack with the next batch; a standalone
-            # ack frame from the endpoint needs a flush.
+        events = endpoint.events_received()
+        if events:
+            for event in events:
+                self._handle(state, event)
+        out = endpoint.data_to_send()
+        if out:
+            need = endpoint.tx
+            state.outq.extend([(need, frame) for frame in out])
+            state.wakeup.set()
+        elif not self._inline:
+            # An inline store writes the client's ack with the next batch.
             state.wakeup.set()
         if payload is None:
             return ()
