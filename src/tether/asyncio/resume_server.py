@@ -16,10 +16,12 @@ the frames, so that write-through holds and order is kept:
   sender runs the flush itself, so a message costs no task switch; otherwise
   (SQLite, Redis) the session's task runs it once per event-loop turn, so
   messages sent in the same turn share one write;
-* ``rx`` is what the handler has *taken* (``recv`` returned it), committed at the
-  end of the turn with the replies it produced in that turn; acks follow only
-  committed ``rx`` (``hold_acks``), so an ack never promises more than the store
-  holds; a client's acks are written with the next batch;
+* ``rx`` is what the handler has *taken* (``recv`` returned it), committed in
+  the same write as the replies it produced in that turn (a reply's frame then
+  carries it as its ack), else at the end of the turn when an ack is due, else
+  a quarter of ``ack_delay`` later; acks follow only committed ``rx``
+  (``hold_acks``), so an ack never promises more than the store holds; a
+  client's acks are written with the next batch;
 * the session's task also runs the endpoint's timer (ack delay, stalled buffer,
   expiry), and is woken only when that deadline moves earlier.
 
