@@ -564,7 +564,7 @@ class TetherV1ServerLayer(ServerLayer):
             # Nothing before this message is unwritten or unsent: write it and send
             # its frame here, without the session's queues.
             seq = endpoint.send(message, now, persisted_rx=rx)
-            if await self._send_now(state, StoredMessage(seq, message), rx, now):
+            if await self._send_now(state, StoredMessage(seq, message), rx):
                 return
         else:
             seq = endpoint.send(message, now, persisted_rx=rx)
@@ -578,9 +578,7 @@ class TetherV1ServerLayer(ServerLayer):
             state.progress.clear()
             await state.progress.wait()
 
-    async def _send_now(
-        self, state: _V1, stored: StoredMessage, rx: int | None, now: float
-    ) -> bool:
+    async def _send_now(self, state: _V1, stored: StoredMessage, rx: int | None) -> bool:
         """The per-message path of an in-process store; False: left to the flush."""
         endpoint = state.endpoint
         frames = endpoint.data_to_send()
@@ -604,10 +602,9 @@ class TetherV1ServerLayer(ServerLayer):
         state.acked = None
         state.written_tx = stored.seq
         if rx is not None:
+            # No rx_persisted(): send(persisted_rx=rx) already advanced the ack, and
+            # the data frame carried it (no ack left due, no deadline moved).
             state.written_rx = rx
-            endpoint.rx_persisted(rx, now)
-            frames.extend(endpoint.data_to_send())
-            self._rearm(state)
         state.progress.set()
         transport = state.transport
         if frames and transport is not None:
