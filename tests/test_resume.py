@@ -248,20 +248,36 @@ def test_ack_is_piggybacked() -> None:
 
 
 def test_standalone_ack_after_count() -> None:
-    """After 32 received messages a standalone ack goes out at once."""
+    """After 32 received messages a standalone ack is due at once (the adapter's next pass)."""
     client = opened_client()
     for seq in range(1, 33):
         assert client.data_to_send() == []
-        client.receive_message(encode(Data(seq, 0, "x")), 0.0)
+        assert client.next_deadline() != 5.0
+        client.receive_message(encode(Data(seq, 0, "x")), 5.0)
+    assert client.next_deadline() == 5.0
+    client.handle_timer(5.0)
     assert [decode(m) for m in client.data_to_send()] == [Ack(32)]
 
 
+def test_due_ack_rides_on_a_data_frame_sent_first() -> None:
+    """A data frame sent before the due ack's timer carries it: no standalone ack follows."""
+    client = opened_client(ResumeConfig(ack_messages=1))
+    client.receive_message(encode(Data(1, 0, "q")), 5.0)
+    assert client.next_deadline() == 5.0
+    client.send("r", 5.0)
+    assert [decode(m) for m in client.data_to_send()] == [Data(1, 1, "r")]
+    client.handle_timer(5.0)
+    assert client.data_to_send() == []
+
+
 def test_standalone_ack_after_bytes() -> None:
-    """After 64 KiB received a standalone ack goes out at once."""
+    """After 64 KiB received a standalone ack is due at once."""
     client = opened_client()
     client.receive_message(encode(Data(1, 0, b"x" * 65_535)), 0.0)
-    assert client.data_to_send() == []
+    assert client.next_deadline() == pytest.approx(0.2)
     client.receive_message(encode(Data(2, 0, b"x")), 0.0)
+    assert client.next_deadline() == 0.0
+    client.handle_timer(0.0)
     assert [decode(m) for m in client.data_to_send()] == [Ack(2)]
 
 
@@ -285,6 +301,59 @@ def test_piggyback_cancels_ack_timer() -> None:
     client.data_to_send()
     client.handle_timer(0.3)
     assert client.data_to_send() == []
+
+
+def test_receive_returns_the_delivered_payload() -> None:
+    """receive() hands a delivered message back directly; a duplicate gives None."""
+    client = opened_client()
+    assert client.receive(encode(Data(1, 0, "x")), 0.0) == "x"
+    assert client.receive(encode(Data(1, 0, "x")), 0.0) is None
+    assert client.receive(encode(Data(2, 0, b"")), 0.0) == b""
+    assert client.duplicates == 1
+    assert client.events_received() == []
+
+
+def test_message_before_bad_ack_is_still_delivered_first() -> None:
+    """A frame in order whose ack covers nothing sent: delivered, then the connection fails."""
+    client = opened_client()
+    client.receive_message(encode(Data(1, 5, "x")), 0.0)
+    events = client.events_received()
+    assert events[0] == MessageReceived("x")
+    assert isinstance(events[1], CloseConnection)
+    assert events[1].code == 1002
+
+
+def test_reply_carries_the_persisted_rx_and_no_standalone_ack() -> None:
+    """send(persisted_rx=) acks the request in the reply itself, even past the count trigger."""
+    server = ServerEndpoint("c2lk", "ZXA", ResumeConfig(ack_messages=1), hold_acks=True)
+    server.attach(0.0, token="dG9r", resumed=False)
+    server.data_to_send()
+    server.receive_message(encode(Data(1, 0, "q")), 0.0)
+    assert server.wants_ack()
+    server.send("r", 0.0, persisted_rx=1)
+    assert [decode(m) for m in server.data_to_send()] == [Data(1, 1, "r")]
+    assert not server.wants_ack()
+    server.rx_persisted(1, 0.0)  # the store write that carried it
+    assert server.data_to_send() == []
+    assert server.next_deadline() == pytest.approx(120.0)  # only the stall timer remains
+
+
+def test_wants_ack_follows_the_count_and_byte_triggers() -> None:
+    """wants_ack() is True once the received messages reach a trigger, until an ack goes out."""
+    server = ServerEndpoint(
+        "c2lk", "ZXA", ResumeConfig(ack_messages=2, ack_bytes=10), hold_acks=True
+    )
+    server.attach(0.0, token="dG9r", resumed=False)
+    server.receive_message(encode(Data(1, 0, "x")), 0.0)
+    assert not server.wants_ack()
+    server.receive_message(encode(Data(2, 0, "x")), 0.0)
+    assert server.wants_ack()
+    server.rx_persisted(2, 0.0)
+    server.handle_timer(0.0)
+    assert decode(server.data_to_send()[-1]) == Ack(2)
+    assert not server.wants_ack()
+    server.receive_message(encode(Data(3, 0, b"x" * 10)), 0.0)
+    assert server.wants_ack()
 
 
 def test_ack_trims_replay_buffer() -> None:
@@ -317,6 +386,8 @@ def test_hold_acks_until_persisted() -> None:
     server.receive_message(encode(Data(2, 0, "y")), 0.0)
     assert server.data_to_send() == []
     server.rx_persisted(2, 0.0)
+    assert server.next_deadline() == 0.0  # due at once
+    server.handle_timer(0.0)
     assert [decode(m) for m in server.data_to_send()] == [Ack(2)]
 
 

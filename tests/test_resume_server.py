@@ -13,7 +13,8 @@ from tether.asyncio.engine import ClosedInfo
 from tether.asyncio.resume_server import TetherV1ServerLayer
 from tether.asyncio.session import RequestInfo, Session
 from tether.exceptions import ConfigurationError, ProtocolError
-from tether.protocol import Hello, Welcome, decode, encode
+from tether.protocol import Ack, Data, Hello, Welcome, decode, encode
+from tether.resume import ResumeConfig
 from tether.stores.base import SessionRecord, StoreUnavailable
 from tether.stores.memory import MemoryStore
 
@@ -145,3 +146,120 @@ def test_bad_store_is_a_configuration_error() -> None:
     """store must be 'memory', a URL or a SessionStore."""
     with pytest.raises(ConfigurationError):
         TetherV1ServerLayer(store=42)  # type: ignore[arg-type]
+
+
+async def until(condition: Any, timeout: float = 2.0) -> None:
+    """Poll ``condition`` every 5 ms, at most ``timeout`` seconds."""
+    for _ in range(int(timeout / 0.005)):
+        if condition():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("condition not met in time")
+
+
+async def test_memory_store_send_is_stored_and_sent_before_it_returns() -> None:
+    """send() returns with the message stored and its frame sent, in order (memory store)."""
+    store = MemoryStore()
+    layer = TetherV1ServerLayer(store=store)
+    session, transport, _ = await new_session(layer)
+    await until(lambda: len(transport.sent) == 1)
+    await session.send("one")
+    await session.send(b"two")
+    assert [m.payload for m in await store.messages(session.id, after=0)] == ["one", b"two"]
+    assert transport.sent[1:] == ["d1:0:one", encode(Data(2, 0, b"two"))]
+
+
+async def test_reply_carries_the_ack_of_the_request() -> None:
+    """An echo: the reply acks the request; no standalone ack, even with ack_messages=1."""
+    store = MemoryStore()
+    layer = TetherV1ServerLayer(store=store, config=ResumeConfig(ack_messages=1, ack_delay=0.05))
+    session, transport, _ = await new_session(layer)
+    transport.feed("d1:0:hi")
+    assert await session.recv() == "hi"
+    await session.send("re")
+    assert transport.sent[1:] == ["d1:1:re"]
+    assert (await store.load(session.id)).rx == 1  # type: ignore[union-attr]
+    await asyncio.sleep(0.15)  # past every ack trigger
+    assert transport.sent[1:] == ["d1:1:re"]
+
+
+async def test_taken_message_without_reply_is_committed_then_acked() -> None:
+    """No reply: rx is committed by the layer's timer and acked after ack_delay."""
+    store = MemoryStore()
+    layer = TetherV1ServerLayer(store=store, config=ResumeConfig(ack_delay=0.04))
+    session, transport, _ = await new_session(layer)
+    transport.feed("d1:0:x")
+    assert await session.recv() == "x"
+    await until(lambda: len(transport.sent) == 2)
+    assert decode(transport.sent[1]) == Ack(1)
+    assert (await store.load(session.id)).rx == 1  # type: ignore[union-attr]
+
+
+async def test_ack_count_reached_commits_and_acks_at_once() -> None:
+    """The count trigger does not wait for the ack delay: commit and ack at the end of the turn."""
+    store = MemoryStore()
+    config = ResumeConfig(ack_messages=2, ack_delay=30.0)
+    layer = TetherV1ServerLayer(store=store, config=config)
+    session, transport, _ = await new_session(layer)
+    transport.feed("d1:0:a")
+    transport.feed("d2:0:b")
+    assert [await session.recv(), await session.recv()] == ["a", "b"]
+    await until(lambda: len(transport.sent) == 2, timeout=1.0)
+    assert decode(transport.sent[1]) == Ack(2)
+    assert (await store.load(session.id)).rx == 2  # type: ignore[union-attr]
+
+
+async def test_fenced_inline_write_ends_the_session_with_4901() -> None:
+    """Another node claimed the session: the next send is fenced, nothing more goes out."""
+    store = MemoryStore()
+    layer = TetherV1ServerLayer(store=store)
+    session, transport, _ = await new_session(layer)
+    await until(lambda: len(transport.sent) == 1)
+    await store.claim(session.id, 1, token_hash="b" * 64, previous_token_hash="c" * 64)
+    await session.send("late")
+    assert transport.sent[1:] == []
+    assert session.closed is not None
+    assert session.closed.code == 4901
+    await until(lambda: transport.close_calls == [(4901, "taken over")])
+    assert await store.messages(session.id, after=0) == []
+
+
+class FailingWrites(MemoryStore):
+    """A memory store whose writes fail."""
+
+    def write_nowait(self, *args: Any, **kwargs: Any) -> bool:
+        raise StoreUnavailable("down (test)")
+
+
+async def test_failed_inline_write_keeps_the_session_without_the_store() -> None:
+    """A write that fails makes the session non-durable; its messages still go out, in order."""
+    layer = TetherV1ServerLayer(store=FailingWrites())
+    session, transport, _ = await new_session(layer)
+    await session.send("a")
+    await session.send("b")
+    await until(lambda: len(transport.sent) == 3)
+    assert transport.sent[1:] == ["d1:0:a", "d2:0:b"]
+    assert session.closed is None
+
+
+class SlowStore(MemoryStore):
+    """A memory store that must be awaited (like SQLite or Redis), a little slowly."""
+
+    def write_nowait(self, *args: Any, **kwargs: Any) -> bool:
+        return False
+
+    async def write(self, *args: Any, **kwargs: Any) -> SessionRecord:
+        await asyncio.sleep(0.01)
+        return await super().write(*args, **kwargs)
+
+
+async def test_awaited_store_batches_concurrent_sends_in_order() -> None:
+    """A store that needs I/O: the session's task writes; concurrent sends keep their order."""
+    store = SlowStore()
+    layer = TetherV1ServerLayer(store=store)
+    session, transport, _ = await new_session(layer)
+    await asyncio.gather(*(session.send(f"m{n}") for n in range(1, 21)))
+    stored = await store.messages(session.id, after=0)
+    assert [m.payload for m in stored] == [f"m{n}" for n in range(1, 21)]
+    await until(lambda: len(transport.sent) == 21)
+    assert transport.sent[1:] == [f"d{n}:0:m{n}" for n in range(1, 21)]

@@ -47,6 +47,7 @@ __all__ = [
     "decode",
     "encode",
     "encode_data",
+    "parse_data",
 ]
 
 #: The ``Sec-WebSocket-Protocol`` value that turns tether.v1 on (RFC 6455 §4.1, §11.3.4).
@@ -239,23 +240,52 @@ def decode(message: Payload) -> Frame:
     raise ProtocolError("tether.v1 text message must start with 'd' (data) or '{' (control)")
 
 
-def _decode_binary(message: bytes) -> Data:
+def parse_data(message: Payload) -> tuple[int, int, Payload] | None:
+    """Decode ``message`` if it is a data frame: ``(seq, ack, payload)``; None if it is not one.
+
+    The per-message path of an endpoint: no :class:`Data` object is built. A
+    message that is not a data frame (control, or not tether.v1 at all) is left
+    to :func:`decode`.
+
+    Raises:
+        ProtocolError: a data frame with a malformed header (``close_code`` 1002).
+    """
+    if type(message) is bytes:
+        return _parse_binary(message)
+    if type(message) is str and message.startswith("d"):
+        return _parse_text_data(message)
+    return None
+
+
+def _parse_binary(message: bytes) -> tuple[int, int, bytes]:
     if len(message) < BINARY_DATA_HEADER:
         raise ProtocolError(f"binary frame of {len(message)} bytes is shorter than its header")
     tag, seq, ack = _HEADER.unpack_from(message)
     if tag != _DATA_TAG:
         raise ProtocolError(f"binary frame type 0x{tag:02x} is not data (0x64)")
-    return Data(_check_seq(seq, "seq", low=1), _check_seq(ack, "ack"), message[BINARY_DATA_HEADER:])
+    if not 1 <= seq <= MAX_SEQ or ack > MAX_SEQ:
+        _check_seq(seq, "seq", low=1)
+        _check_seq(ack, "ack")
+    return seq, ack, message[BINARY_DATA_HEADER:]
 
 
-def _decode_text_data(message: str) -> Data:
+def _parse_text_data(message: str) -> tuple[int, int, str]:
     # Match only the bounded header prefix; the payload is never scanned.
     match = _TEXT_HEADER.match(message, 0, 3 + 2 * _MAX_DIGITS)
     if match is None:
         raise ProtocolError("text data frame header must be 'd<seq>:<ack>:' in canonical decimal")
-    seq = _check_seq(int(match.group(1)), "seq", low=1)
-    ack = _check_seq(int(match.group(2)), "ack")
-    return Data(seq, ack, message[match.end() :])
+    seq_text, ack_text = match.groups()
+    seq = _check_seq(int(seq_text), "seq", low=1)
+    ack = _check_seq(int(ack_text), "ack")
+    return seq, ack, message[match.end() :]
+
+
+def _decode_binary(message: bytes) -> Data:
+    return Data(*_parse_binary(message))
+
+
+def _decode_text_data(message: str) -> Data:
+    return Data(*_parse_text_data(message))
 
 
 def _check_seq(value: int, name: str, *, low: int = 0) -> int:

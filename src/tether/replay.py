@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .exceptions import QueueFull
 from .protocol import MAX_SEQ, Payload
@@ -24,9 +24,8 @@ def payload_size(payload: Payload) -> int:
     return len(payload)
 
 
-@dataclass(frozen=True)
-class Entry:
-    """One buffered outgoing message.
+class Entry(NamedTuple):
+    """One buffered outgoing message (a named tuple: one is made per message sent).
 
     Attributes:
         seq: its sequence number.
@@ -102,15 +101,18 @@ class ReplayBuffer:
             QueueFull: no room (see :meth:`has_room`), or the sequence space is used up.
         """
         size = payload_size(payload)
-        if not self.has_room(size):
-            raise QueueFull(
-                f"replay buffer full ({len(self._entries)} messages, {self._bytes} bytes)"
-            )
+        entries = self._entries
+        if entries and (
+            (self.max_messages is not None and len(entries) >= self.max_messages)
+            or (self.max_bytes is not None and self._bytes + size > self.max_bytes)
+        ):
+            # has_room(), inlined: this runs for every message sent.
+            raise QueueFull(f"replay buffer full ({len(entries)} messages, {self._bytes} bytes)")
         if self._last_seq >= MAX_SEQ:
             raise QueueFull(f"sequence numbers exhausted at {MAX_SEQ}")
-        self._last_seq += 1
-        entry = Entry(self._last_seq, payload, size, now)
-        self._entries.append(entry)
+        self._last_seq = seq = self._last_seq + 1
+        entry = Entry(seq, payload, size, now)
+        entries.append(entry)
         self._bytes += size
         return entry
 

@@ -14,7 +14,9 @@ style::
 Rules (``docs/protocol.md``): data frame ``s`` is delivered when ``s == rx + 1``,
 dropped as a duplicate when ``s <= rx``, and a gap fails the connection with
 4201 so that a resume repairs it (never skip). Acks are cumulative, piggybacked on
-every data frame and sent alone after ``ack_messages``/``ack_bytes``/``ack_delay``.
+every data frame and sent alone after ``ack_messages``/``ack_bytes`` (due at once:
+:meth:`Endpoint.next_deadline` is ``now``, so a data frame sent first carries it)
+or ``ack_delay``.
 After a (re)connection each side replays everything the other has not
 acknowledged before any new message.
 
@@ -45,6 +47,7 @@ from .protocol import (
     decode,
     encode,
     encode_data,
+    parse_data,
 )
 from .replay import ReplayBuffer, payload_size
 
@@ -74,7 +77,8 @@ class ResumeConfig:
         max_messages: replay buffer bound in messages; None for no count bound.
         max_bytes: replay buffer bound in payload bytes; None for no byte bound.
         ack_messages: send a standalone ack after this many unacknowledged
-            received messages; None disables the count trigger.
+            received messages (due at once, through :meth:`Endpoint.handle_timer`,
+            unless a data frame carries it first); None disables the count trigger.
         ack_bytes: ... after this many received payload bytes; None disables it.
         ack_delay: ... at the latest this many seconds after the first
             unacknowledged message; None disables the timer.
@@ -265,8 +269,16 @@ class Endpoint:
 
     # ------------------------------------------------------------------- input
 
-    def send(self, payload: Payload, now: float) -> int:
+    def send(self, payload: Payload, now: float, *, persisted_rx: int | None = None) -> int:
         """Buffer an application message and send it if the session is open.
+
+        Args:
+            payload: the application message.
+            now: current time, in seconds.
+            persisted_rx: with ``hold_acks``: an rx the adapter commits in the same
+                store write as this message, before its frame leaves. The frame
+                carries it as its ack (like :meth:`rx_persisted` first, but without a
+                standalone ack of its own): a reply acknowledges the request it answers.
 
         Returns:
             Its sequence number (for a write-through store).
@@ -279,6 +291,8 @@ class Endpoint:
         if self.phase is Phase.CLOSED:
             raise ConnectionClosedError(None, "the tether.v1 session has ended")
         entry = self.buffer.push(payload, now)
+        if persisted_rx is not None and persisted_rx > self._ackable:
+            self._ackable = min(persisted_rx, self._rx)
         if self.phase is Phase.OPEN:
             self._transmit(entry.seq, payload)
         return entry.seq
@@ -290,22 +304,68 @@ class Endpoint:
     def receive_message(self, message: Payload, now: float) -> None:
         """Process one WebSocket message received on the current connection.
 
+        A delivered application message becomes a :class:`MessageReceived` event, in
+        order with the events the same message caused.
+
         Never raises on peer input: a violation becomes a :class:`CloseConnection` event.
         """
-        if self.phase in (Phase.DISCONNECTED, Phase.CLOSED):
-            # The connection is being failed or is gone: nothing more is trusted.
-            return
+        mark = len(self._events)
+        payload = self.receive(message, now)
+        if payload is not None:
+            self._events.insert(mark, MessageReceived(payload))
+
+    def receive(self, message: Payload, now: float) -> Payload | None:
+        """Like :meth:`receive_message`, but return the delivered payload instead of an event.
+
+        The adapters' per-message path: a data frame costs no event object. Every
+        other outcome (acks, handshake, :class:`CloseConnection`) still goes to
+        :meth:`events_received`.
+
+        Returns:
+            The application message this frame delivers, or None (a duplicate, a
+            control frame, a violation).
+        """
+        if self.phase is not Phase.OPEN:
+            if self.phase is Phase.HANDSHAKE:
+                self._receive_other(message, now)
+            # DISCONNECTED, CLOSED: the connection is being failed or is gone:
+            # nothing more is trusted.
+            return None
+        try:
+            data = parse_data(message)
+            if data is None:
+                return self._receive_other(message, now)
+            seq, ack, payload = data
+            return self._on_data(seq, ack, payload, now)
+        except ProtocolError as exc:
+            self._fail(exc.close_code, str(exc), now, exc)
+            return None
+
+    def _receive_other(self, message: Payload, now: float) -> Payload | None:
         try:
             frame = decode(message)
             if isinstance(frame, Data):
-                self._on_data(frame, now)
-            elif isinstance(frame, Ack):
+                self._require_open("data")
+                return self._on_data(frame.seq, frame.ack, frame.payload, now)
+            if isinstance(frame, Ack):
                 self._require_open("ack")
                 self._on_ack(frame.rx)
             else:
                 self._on_control(frame, now)
         except ProtocolError as exc:
             self._fail(exc.close_code, str(exc), now, exc)
+        return None
+
+    def wants_ack(self) -> bool:
+        """Whether the messages received since the last ack reached the count or byte trigger.
+
+        With ``hold_acks`` the ack then waits only for :meth:`rx_persisted`: an
+        adapter commits rx at once when this is True, and may batch it otherwise.
+        """
+        cfg = self.config
+        return (cfg.ack_messages is not None and self._in_count >= cfg.ack_messages) or (
+            cfg.ack_bytes is not None and self._in_bytes >= cfg.ack_bytes
+        )
 
     def rx_persisted(self, rx: int, now: float) -> None:
         """With ``hold_acks``: the store holds everything up to ``rx``; it may be acked."""
@@ -335,11 +395,12 @@ class Endpoint:
     def next_deadline(self) -> float | None:
         """When :meth:`handle_timer` must next run, or None."""
         if self.phase is Phase.OPEN:
-            deadlines = [self._ack_due] if self._ack_due is not None else []
+            # Called after every message by the adapters: no allocation here.
+            ack_due = self._ack_due
             stall = self._stall_deadline()
-            if stall is not None:
-                deadlines.append(stall)
-            return min(deadlines) if deadlines else None
+            if ack_due is None:
+                return stall
+            return ack_due if stall is None or ack_due < stall else stall
         if self.phase is Phase.DISCONNECTED and self._disconnected_at is not None:
             return self._disconnected_at + self.config.resume_window
         return None
@@ -396,24 +457,38 @@ class Endpoint:
             self._transmit(entry.seq, entry.payload)
         return replayed
 
-    def _on_data(self, frame: Data, now: float) -> None:
-        self._require_open("data")
-        if frame.seq <= self._rx:
-            self.duplicates += 1
-        elif frame.seq == self._rx + 1:
-            self._rx = frame.seq
+    def _on_data(self, seq: int, ack: int, payload: Payload, now: float) -> Payload | None:
+        """Deliver, drop or refuse one data frame (phase OPEN); return the payload delivered.
+
+        A gap raises. A bad ack (of a message never sent) fails the connection
+        after the message was delivered: the frame itself was in order.
+        """
+        delivered: Payload | None = None
+        rx = self._rx
+        if seq == rx + 1:
+            self._rx = seq
             if not self.hold_acks:
-                self._ackable = frame.seq
+                self._ackable = seq
             self._in_count += 1
-            self._in_bytes += payload_size(frame.payload)
-            self._events.append(MessageReceived(frame.payload))
+            if type(payload) is str and not payload.isascii():
+                self._in_bytes += len(payload.encode("utf-8"))
+            else:
+                self._in_bytes += len(payload)
+            delivered = payload
+        elif seq <= rx:
+            self.duplicates += 1
         else:
             raise ProtocolError(
-                f"sequence gap: expected {self._rx + 1}, got {frame.seq}",
+                f"sequence gap: expected {rx + 1}, got {seq}",
                 close_code=TetherCloseCode.SEQUENCE_GAP,
             )
-        self._on_ack(frame.ack)
-        self._maybe_ack(now)
+        try:
+            if ack > self._peer_acked:
+                self._on_ack(ack)
+            self._maybe_ack(now)
+        except ProtocolError as exc:
+            self._fail(exc.close_code, str(exc), now, exc)
+        return delivered
 
     def _on_ack(self, ack: int) -> None:
         if ack > self._highest_sent:
@@ -428,13 +503,16 @@ class Endpoint:
             self._ack_due = None
             return
         cfg = self.config
-        if (
-            force
-            or (cfg.ack_messages is not None and self._in_count >= cfg.ack_messages)
-            or (cfg.ack_bytes is not None and self._in_bytes >= cfg.ack_bytes)
-        ):
+        if force:
             self._out.append(encode(Ack(self._ackable)))
             self._acked_out()
+        elif (cfg.ack_messages is not None and self._in_count >= cfg.ack_messages) or (
+            cfg.ack_bytes is not None and self._in_bytes >= cfg.ack_bytes
+        ):
+            # Due now, sent by handle_timer() on the adapter's next pass: a data frame
+            # sent before then (a reply in the same turn) carries it instead (§4.3).
+            if self._ack_due is None or self._ack_due > now:
+                self._ack_due = now
         elif self._ack_due is None and cfg.ack_delay is not None:
             self._ack_due = now + cfg.ack_delay
 

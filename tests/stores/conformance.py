@@ -208,3 +208,22 @@ class StoreConformance:
         await store.write("a", 1, append=batch(1, 3), rx=3)
         assert await store.messages("b", after=0) == []
         assert (await store.load("b")).rx == 0  # type: ignore[union-attr]
+
+    async def test_write_nowait_applies_a_write_or_declines(self, store: SessionStore) -> None:
+        """write_nowait() either does exactly what write() does (True) or nothing (False)."""
+        await store.create(SID, token_hash=HASH, principal=None, now=0.0)
+        if store.write_nowait(SID, 1, append=batch(1, 3), acked=1, rx=4):
+            record = await store.load(SID)
+            assert record is not None
+            assert (record.tx, record.acked, record.rx) == (3, 1, 4)
+            assert await store.messages(SID, after=0) == batch(2, 3)
+            with pytest.raises(Fenced):
+                store.write_nowait(SID, 2, rx=9)
+            with pytest.raises(StoreError):
+                store.write_nowait(SID, 1, append=batch(5, 5))  # skips 4: all or nothing
+            assert (await store.load(SID)).rx == 4  # type: ignore[union-attr]
+        else:
+            record = await store.load(SID)
+            assert record is not None
+            assert (record.tx, record.acked, record.rx) == (0, 0, 0)
+            assert await store.messages(SID, after=0) == []

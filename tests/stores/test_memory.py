@@ -97,3 +97,13 @@ async def test_resume_after_server_restart_through_the_store() -> None:
     got_by_server += [e.payload for e in server.events_received() if isinstance(e, MessageReceived)]
     assert got_by_client == ["s1", "s2", "s3"]
     assert got_by_server == ["c1", "c2", "c3"]
+
+
+async def test_memory_store_writes_without_awaiting() -> None:
+    """The memory store takes write_nowait (the server's per-message fast path)."""
+    store = MemoryStore()
+    await store.create("s", token_hash="a" * 64, principal=None, now=0.0)
+    assert store.write_nowait("s", 1, append=[StoredMessage(1, "x")], rx=2) is True
+    record = await store.load("s")
+    assert record is not None
+    assert (record.tx, record.rx) == (1, 2)

@@ -22,7 +22,6 @@ from ..resume import (
     ClientEndpoint,
     CloseConnection,
     GoAwayReceived,
-    MessageReceived,
     ResumeConfig,
     SessionEstablished,
 )
@@ -206,10 +205,12 @@ class TetherV1ClientLayer(ClientLayer):
         """Deliver data frames exactly once and in order; control frames stay here."""
         if not self._v1:
             return (message,)
-        self.endpoint.receive_message(message, now)
-        events = self.endpoint.events_received()
-        self._absorb(events)
-        return [event.payload for event in events if isinstance(event, MessageReceived)]
+        endpoint = self.endpoint
+        payload = endpoint.receive(message, now)
+        events = endpoint.events_received()
+        if events:
+            self._absorb(events)
+        return [] if payload is None else [payload]
 
     def next_deadline(self) -> float | None:
         """The endpoint's next deadline (ack delay, stalled buffer) on a tether.v1 connection."""

@@ -6,17 +6,24 @@ Glue only (``docs/protocol.md`` §11-§12): the sans-I/O
 awaits the store. A connection that did not negotiate ``tether.v1`` gets a plain
 session (one per connection, ended with it).
 
-Per tether.v1 session one task (the *pump of writes*) owns every store write and
-every frame sent, so that write-through holds and order is kept:
+Per tether.v1 session one *flush* at a time performs the store writes and sends
+the frames, so that write-through holds and order is kept:
 
 * ``send()`` numbers the message in the endpoint and queues its data frame;
-* once per event-loop turn the task writes one batch (``write(append=...,
-  acked=..., rx=...)``), then sends the frames whose messages are stored;
+* a flush writes one batch (``write(append=..., acked=..., rx=...)``), then sends
+  the frames whose messages are stored, and goes on until nothing is left;
+* with a store that writes without awaiting (memory: ``write_nowait``) the
+  sender runs the flush itself, so a message costs no task switch; otherwise
+  (SQLite, Redis) the session's task runs it once per event-loop turn, so
+  messages sent in the same turn share one write;
 * ``rx`` is what the handler has *taken* (``recv`` returned it), committed in
-  the same batch as the replies it produced in that turn; acks follow only
-  committed ``rx`` (``hold_acks``), so an ack never promises more than the store
-  holds;
-* the task also runs the endpoint's timer (ack delay, stalled buffer, expiry).
+  the same write as the replies it produced in that turn (a reply's frame then
+  carries it as its ack), else at the end of the turn when an ack is due, else
+  a quarter of ``ack_delay`` later; acks follow only committed ``rx``
+  (``hold_acks``), so an ack never promises more than the store holds; a
+  client's acks are written with the next batch;
+* the session's task also runs the endpoint's timer (ack delay, stalled buffer,
+  expiry), and is woken only when that deadline moves earlier.
 
 Store failures degrade, never crash: a failing write turns the session
 non-durable (it keeps working on this connection and in this process); a resume
@@ -47,7 +54,6 @@ from ..protocol import SUBPROTOCOL, Hello, LostReason, TetherCloseCode, decode
 from ..ratelimit import ResumeLimit, ResumeLimiter, address_key
 from ..resume import (
     CloseConnection,
-    MessageReceived,
     PeerAcked,
     ResumeConfig,
     ServerEndpoint,
@@ -107,6 +113,15 @@ class _V1:
     #: Frames for ``transport``: (sequence number that must be stored first, frame).
     outq: collections.deque[tuple[int, Message]] = field(default_factory=collections.deque)
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    #: The session's task sleeps until then (-inf while it runs): only an earlier
+    #: endpoint deadline needs to wake it.
+    armed: float = float("-inf")
+    #: A flush runs (in a sender or in the session's task); others leave work to it.
+    flushing: bool = False
+    #: A commit of ``consumed_rx`` is scheduled for the end of this loop turn.
+    commit_scheduled: bool = False
+    #: A commit of ``consumed_rx`` is scheduled a little later (see ``consumed``).
+    commit_timer: asyncio.TimerHandle | None = None
     #: Held around a batch write and around a resume's claim of this session in this
     #: process: a write under the old generation must not race the claim that bumps
     #: it (it would be fenced, and the resumed session ended as taken over).
@@ -189,6 +204,10 @@ class TetherV1ServerLayer(ServerLayer):
         self._states: dict[Session, _V1] = {}
         self._by_sid: dict[str, _V1] = {}
         self._process_exiting = False
+        #: The store writes without awaiting: senders flush inline (see the module doc).
+        self._inline = type(self.store).write_nowait is not SessionStore.write_nowait
+        #: Longest a taken message's rx waits for a reply to carry it into the store.
+        self._commit_delay = (config.ack_delay or 0.2) / 4
         self._sweeper: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
 
@@ -467,25 +486,45 @@ class TetherV1ServerLayer(ServerLayer):
             # not taken, so the client replays it to whoever holds the session next.
             return ()
         endpoint = state.endpoint
-        before = endpoint.rx
-        endpoint.receive_message(message, asyncio.get_running_loop().time())
-        payloads: list[Message] = []
-        for event in endpoint.events_received():
-            if isinstance(event, MessageReceived):
-                payloads.append(event.payload)
-            else:
+        payload = endpoint.receive(message, asyncio.get_running_loop().time())
+        events = endpoint.events_received()
+        if events:
+            for event in events:
                 self._handle(state, event)
-        state.delivered.extend(range(before + 1, before + 1 + len(payloads)))
-        self._collect(state)
-        state.wakeup.set()
-        return payloads
+        out = endpoint.data_to_send()
+        if out:
+            need = endpoint.tx
+            state.outq.extend([(need, frame) for frame in out])
+            state.wakeup.set()
+        elif not self._inline:
+            # An inline store writes the client's ack with the next batch.
+            state.wakeup.set()
+        if payload is None:
+            return ()
+        state.delivered.append(endpoint.rx)
+        return (payload,)
 
     def consumed(self, session: Session) -> None:
         """The handler took a message: its sequence number may now be committed as rx."""
         state = self._states.get(session)
         if state is not None and state.delivered:
             state.consumed_rx = state.delivered.popleft()
-            state.wakeup.set()
+            if not self._inline:
+                state.wakeup.set()
+            elif state.commit_scheduled:
+                pass
+            elif state.endpoint.wants_ack():
+                # An ack is due once rx is stored: commit at the end of this turn, so
+                # that a reply the handler sends in the same turn shares the write.
+                state.commit_scheduled = True
+                asyncio.get_running_loop().call_soon(self._commit_rx, state)
+            elif state.commit_timer is None:
+                # No ack due yet: a reply will most likely carry this rx (send() writes
+                # it); else commit it within a quarter of the ack delay. One timer per
+                # quarter delay, not a loop pass per message.
+                state.commit_timer = asyncio.get_running_loop().call_later(
+                    self._commit_delay, self._commit_rx_later, state
+                )
 
     async def send(self, session: Session, transport: Transport | None, message: Message) -> None:
         """Number, store (write-through, batched per loop turn), then send one message.
@@ -503,16 +542,83 @@ class TetherV1ServerLayer(ServerLayer):
                 raise closed_error(session.closed)
             await super().send(session, transport, message)
             return
-        await self._wait_for_room(state, message)
+        endpoint = state.endpoint
+        if not endpoint.has_room(message):
+            await self._wait_for_room(state, message)
         if state.ended:
             raise _ended(state)
-        seq = state.endpoint.send(message, asyncio.get_running_loop().time())
-        state.pending.append(StoredMessage(seq, message))
-        self._collect(state)
-        state.wakeup.set()
+        # The rx taken so far goes into the same write as this message, and the frame
+        # leaves only after that write: the reply may carry it as its ack (no
+        # standalone ack for the request it answers).
+        rx = state.consumed_rx if state.consumed_rx > state.written_rx else None
+        now = asyncio.get_running_loop().time()
+        if (
+            self._inline
+            and not state.flushing
+            and not state.pending
+            and not state.outq
+            and state.durable
+            and not state.detach
+            and not state.store_lock.locked()
+        ):
+            # Nothing before this message is unwritten or unsent: write it and send
+            # its frame here, without the session's queues.
+            seq = endpoint.send(message, now, persisted_rx=rx)
+            if await self._send_now(state, StoredMessage(seq, message), rx):
+                return
+        else:
+            seq = endpoint.send(message, now, persisted_rx=rx)
+            state.pending.append(StoredMessage(seq, message))
+            self._collect(state)
+            if self._inline and not state.flushing:
+                await self._flush(state, inline=True)
+            else:
+                state.wakeup.set()
         while state.written_tx < seq and not state.ended:
             state.progress.clear()
             await state.progress.wait()
+
+    async def _send_now(self, state: _V1, stored: StoredMessage, rx: int | None) -> bool:
+        """The per-message path of an in-process store; False: left to the flush."""
+        endpoint = state.endpoint
+        frames = endpoint.data_to_send()
+        acked = state.acked
+        try:
+            written = self.store.write_nowait(
+                state.session.id, state.generation, append=(stored,), acked=acked, rx=rx
+            )
+        except Fenced:
+            self._fenced(state)
+            return True
+        except StoreError as exc:
+            self._write_failed(state, exc)
+            written = True
+        if not written:
+            state.pending.append(stored)
+            need = endpoint.tx
+            state.outq.extend((need, frame) for frame in frames)
+            state.wakeup.set()
+            return False
+        state.acked = None
+        state.written_tx = stored.seq
+        if rx is not None:
+            # No rx_persisted(): send(persisted_rx=rx) already advanced the ack, and
+            # the data frame carried it (no ack left due, no deadline moved).
+            state.written_rx = rx
+        state.progress.set()
+        transport = state.transport
+        if frames and transport is not None:
+            state.flushing = True  # others queue behind these frames
+            try:
+                for frame in frames:
+                    await transport.send(frame)
+            except TransportClosed:
+                pass  # the replay after the resume re-sends it
+            finally:
+                state.flushing = False
+                if not state.ended and self._has_work(state):
+                    state.wakeup.set()
+        return True
 
     async def _wait_for_room(self, state: _V1, message: Message) -> None:
         loop = asyncio.get_running_loop()
@@ -560,6 +666,8 @@ class TetherV1ServerLayer(ServerLayer):
         if isinstance(event, PeerAcked):
             state.acked = event.seq
             state.progress.set()  # room in the replay buffer
+            if not self._inline:
+                state.wakeup.set()
         elif isinstance(event, CloseConnection):
             transport = state.transport
             if transport is not None:
@@ -583,19 +691,29 @@ class TetherV1ServerLayer(ServerLayer):
 
     async def _run(self, state: _V1) -> None:
         loop = asyncio.get_running_loop()
+        # Sleep at most half a window when nothing is due: a stall deadline is born at
+        # least a window ahead, so one that appears meanwhile needs no wake-up.
+        idle = self.config.resume_window / 2
+        endpoint = state.endpoint
         try:
             while True:
-                deadline = state.endpoint.next_deadline()
-                remaining = None if deadline is None else deadline - loop.time()
-                if remaining is None or remaining > 0:
-                    with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
-                        await asyncio.wait_for(state.wakeup.wait(), remaining)
+                deadline = endpoint.next_deadline()
+                now = loop.time()
+                until = now + idle if deadline is None or deadline - now > idle else deadline
+                if until > now and not state.wakeup.is_set():
+                    state.armed = until
+                    # A timer that sets the event, not wait_for(): no task per wait, and
+                    # a cancel (stop()) can never be swallowed by a wake-up at the same time.
+                    alarm = loop.call_at(until, state.wakeup.set)
+                    try:
+                        await state.wakeup.wait()
+                    finally:
+                        alarm.cancel()
+                state.armed = float("-inf")
                 state.wakeup.clear()
-                if (deadline := state.endpoint.next_deadline()) is not None and (
-                    loop.time() >= deadline
-                ):
-                    state.endpoint.handle_timer(loop.time())
-                    for event in state.endpoint.events_received():
+                if (deadline := endpoint.next_deadline()) is not None and (loop.time() >= deadline):
+                    endpoint.handle_timer(loop.time())
+                    for event in endpoint.events_received():
                         self._handle(state, event)
                     self._collect(state)
                 await self._flush(state)
@@ -613,51 +731,150 @@ class TetherV1ServerLayer(ServerLayer):
         finally:
             state.progress.set()
 
-    async def _flush(self, state: _V1) -> None:
-        """One store write for everything this turn produced, then the frames it covers."""
-        loop = asyncio.get_running_loop()
+    def _rearm(self, state: _V1) -> None:
+        """Wake the session's task if the endpoint's next deadline is before its alarm."""
+        deadline = state.endpoint.next_deadline()
+        if deadline is not None and deadline < state.armed:
+            state.wakeup.set()
+
+    def _commit_rx_later(self, state: _V1) -> None:
+        state.commit_timer = None
+        self._commit_rx(state)
+
+    def _commit_rx(self, state: _V1) -> None:
+        """End of the turn in which the handler took messages: commit their rx."""
+        state.commit_scheduled = False
+        if state.flushing or state.ended or state.consumed_rx <= state.written_rx:
+            return  # the running flush, or a reply's batch, takes it
+        if not self._write_now(state) or self._has_work(state):
+            state.wakeup.set()  # an ack frame to send, or the store must be awaited
+
+    def _has_work(self, state: _V1) -> bool:
+        """Something to write, to detach, or a stored frame to send."""
+        return bool(
+            state.pending
+            or state.acked is not None
+            or state.consumed_rx > state.written_rx
+            or (state.detach and state.transport is None)
+            or (state.outq and state.outq[0][0] <= state.written_tx)
+        )
+
+    async def _flush(self, state: _V1, *, inline: bool = False) -> None:
+        """Write the batch, then send the frames it covers; again until nothing is left.
+
+        One flush at a time per session, in whichever task comes first; work added
+        meanwhile is picked up by its next round. ``inline`` (a sender's task)
+        never awaits the store: a write that needs I/O is left to the session's
+        task, whose cancellation cannot cut a batch in half.
+        """
+        if state.flushing:
+            return
+        state.flushing = True
+        try:
+            while not state.ended:
+                written = self._write_now(state)
+                if written is None:
+                    return  # fenced: the session ended
+                if not written:
+                    if inline:
+                        return
+                    if not await self._write_awaited(state):
+                        return
+                if state.detach and state.transport is None:
+                    state.detach = False
+                    if state.durable:
+                        await self._detach(state)
+                state.progress.set()
+                if state.outq:
+                    await self._send_ready(state)
+                if not self._has_work(state):
+                    return
+        finally:
+            state.flushing = False
+            if not state.ended and self._has_work(state):
+                state.wakeup.set()
+
+    def _write_now(self, state: _V1) -> bool | None:
+        """Write the batch if the store can without awaiting.
+
+        Returns:
+            True when written (or nothing to write), False when the store must be
+            awaited (nothing taken), None when fenced (the session ended).
+        """
+        batch = state.pending
+        acked = state.acked
+        rx = state.consumed_rx if state.consumed_rx > state.written_rx else None
+        if not batch and acked is None and rx is None:
+            return True
+        if state.durable:
+            if state.store_lock.locked():
+                return False  # a resume is claiming this session: wait for it
+            try:
+                if not self.store.write_nowait(
+                    state.session.id, state.generation, append=batch, acked=acked, rx=rx
+                ):
+                    return False
+            except Fenced:
+                self._fenced(state)
+                return None
+            except StoreError as exc:
+                self._write_failed(state, exc)
+        state.pending = []
+        state.acked = None
+        self._written(state, batch, rx)
+        return True
+
+    async def _write_awaited(self, state: _V1) -> bool:
+        """Write the batch through the store's ``write``; False when fenced."""
         batch, state.pending = state.pending, []
         acked, state.acked = state.acked, None
         rx = state.consumed_rx if state.consumed_rx > state.written_rx else None
-        sid = state.session.id
         if state.durable and (batch or acked is not None or rx is not None):
             try:
                 async with state.store_lock:
-                    await self.store.write(sid, state.generation, append=batch, acked=acked, rx=rx)
-            except Fenced:
-                # Another node or connection claimed the session: this one is stale.
-                logger.info("session %s was claimed elsewhere; closing here with 4901", sid)
-                if state.transport is not None:
-                    self._spawn(
-                        self._close_quietly(
-                            state.transport, TetherCloseCode.TAKEN_OVER, "taken over"
-                        )
+                    await self.store.write(
+                        state.session.id, state.generation, append=batch, acked=acked, rx=rx
                     )
-                self._end(
-                    state,
-                    ClosedInfo(TetherCloseCode.TAKEN_OVER, "taken over", clean=False),
-                    delete=False,
-                )
-                return
+            except Fenced:
+                self._fenced(state)
+                return False
             except StoreError as exc:
-                logger.warning(
-                    "session store write failed; session %s is no longer durable: %s", sid, exc
-                )
-                state.durable = False
+                self._write_failed(state, exc)
+        self._written(state, batch, rx)
+        return True
+
+    def _written(self, state: _V1, batch: list[StoredMessage], rx: int | None) -> None:
         if batch:
             state.written_tx = batch[-1].seq
         if not state.durable:
             state.written_tx = state.endpoint.tx
         if rx is not None:
             state.written_rx = rx
-            state.endpoint.rx_persisted(rx, loop.time())
+            state.endpoint.rx_persisted(rx, asyncio.get_running_loop().time())
             self._collect(state)
-        if state.detach and state.transport is None:
-            state.detach = False
-            if state.durable:
-                await self._detach(state)
-        state.progress.set()
-        await self._send_ready(state)
+            self._rearm(state)
+
+    def _fenced(self, state: _V1) -> None:
+        # Another node or connection claimed the session: this one is stale.
+        sid = state.session.id
+        logger.info("session %s was claimed elsewhere; closing here with 4901", sid)
+        if state.transport is not None:
+            self._spawn(
+                self._close_quietly(state.transport, TetherCloseCode.TAKEN_OVER, "taken over")
+            )
+        self._end(
+            state,
+            ClosedInfo(TetherCloseCode.TAKEN_OVER, "taken over", clean=False),
+            delete=False,
+        )
+
+    def _write_failed(self, state: _V1, exc: StoreError) -> None:
+        logger.warning(
+            "session store write failed; session %s is no longer durable: %s",
+            state.session.id,
+            exc,
+        )
+        state.durable = False
 
     async def _detach(self, state: _V1) -> None:
         expires_at = time.time() + self.config.resume_window
@@ -766,6 +983,7 @@ class TetherV1ServerLayer(ServerLayer):
             if state.transport is None:
                 state.detach = True
             await self._settle(state, timeout=2.0)
+        self._cancel_commit_timer(state)
         self._forget(state)
         self._states.pop(session, None)
         if state.task is not None:
@@ -778,10 +996,17 @@ class TetherV1ServerLayer(ServerLayer):
         state.ended = True
         state.progress.set()
         state.wakeup.set()
+        self._cancel_commit_timer(state)
         self._forget(state)
         if delete and state.durable:
             self._spawn(self._delete(state.session.id))
         state.session.end(info)
+
+    @staticmethod
+    def _cancel_commit_timer(state: _V1) -> None:
+        if state.commit_timer is not None:
+            state.commit_timer.cancel()
+            state.commit_timer = None
 
     def _forget(self, state: _V1) -> None:
         if self._by_sid.get(state.session.id) is state:

@@ -222,6 +222,27 @@ class SessionStore(abc.ABC):
             StoreUnavailable: the backend failed.
         """
 
+    def write_nowait(
+        self,
+        sid: str,
+        generation: int,
+        *,
+        append: Sequence[StoredMessage] = (),
+        acked: int | None = None,
+        rx: int | None = None,
+    ) -> bool:
+        """Apply :meth:`write` at once, without awaiting, when this store can; else False.
+
+        An in-process store (memory) does the write here and returns True, so the
+        server adapter pays no task switch per message; a store that needs I/O
+        returns False (the default) and the adapter awaits :meth:`write` instead.
+        When it returns True the write happened exactly as :meth:`write` would have.
+
+        Raises:
+            The same as :meth:`write`, when the store tried the write.
+        """
+        return False
+
     @abc.abstractmethod
     async def detach(self, sid: str, generation: int, *, expires_at: float) -> None:
         """The connection was lost: the session may be resumed until ``expires_at``.

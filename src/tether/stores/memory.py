@@ -1,10 +1,11 @@
 """In-process session store (the default): fast, lost with the process.
 
 Every method completes without awaiting anything, so each one is atomic with
-respect to the event loop; the ``async`` signatures are the interface's. One
-``MemoryStore`` object passed to successive ``serve()`` calls in the same
-process keeps sessions across a planned restart of the server object; a new
-process gets a new epoch, so old tokens fail with ``epoch_mismatch``.
+respect to the event loop; the ``async`` signatures are the interface's, and
+:meth:`MemoryStore.write_nowait` lets the server adapter write without a task
+switch per message. One ``MemoryStore`` object passed to successive ``serve()``
+calls in the same process keeps sessions across a planned restart of the server
+object; a new process gets a new epoch, so old tokens fail with ``epoch_mismatch``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import dataclasses
 import secrets
 from collections import deque
 from collections.abc import Sequence
+from typing import Any
 
 from ..exceptions import StoreError
 from .base import (
@@ -27,6 +29,37 @@ from .base import (
 __all__ = ["MemoryStore"]
 
 
+class _Held:
+    """One session in the store: its record, with the fields a write moves kept apart.
+
+    ``write`` runs once per message sent or taken; rebuilding the frozen record
+    each time cost more than the rest of the write, so ``tx``, ``acked`` and
+    ``rx`` live here and :meth:`snapshot` folds them into a record on demand.
+    """
+
+    __slots__ = ("acked", "messages", "record", "rx", "tx")
+
+    def __init__(self, record: SessionRecord) -> None:
+        self.record = record
+        self.tx = record.tx
+        self.acked = record.acked
+        self.rx = record.rx
+        self.messages: deque[StoredMessage] = deque()
+
+    def snapshot(self) -> SessionRecord:
+        record = self.record
+        if (record.tx, record.acked, record.rx) != (self.tx, self.acked, self.rx):
+            record = dataclasses.replace(record, tx=self.tx, acked=self.acked, rx=self.rx)
+            self.record = record
+        return record
+
+    def update(self, **changes: Any) -> SessionRecord:
+        self.record = dataclasses.replace(
+            self.record, tx=self.tx, acked=self.acked, rx=self.rx, **changes
+        )
+        return self.record
+
+
 class MemoryStore(SessionStore):
     """Sessions in a dict.
 
@@ -37,8 +70,7 @@ class MemoryStore(SessionStore):
 
     def __init__(self, *, epoch: str | None = None) -> None:
         self._epoch = epoch if epoch is not None else secrets.token_urlsafe(16)
-        self._records: dict[str, SessionRecord] = {}
-        self._messages: dict[str, deque[StoredMessage]] = {}
+        self._held: dict[str, _Held] = {}
 
     async def epoch(self) -> str:
         """The epoch chosen at construction."""
@@ -48,16 +80,16 @@ class MemoryStore(SessionStore):
         self, sid: str, *, token_hash: str, principal: str | None, now: float
     ) -> SessionRecord:
         """Create a session at generation 1 (see :meth:`SessionStore.create`)."""
-        if sid in self._records:
+        if sid in self._held:
             raise SessionExists(f"session {sid} already exists")
         record = SessionRecord(sid, token_hash, principal, generation=1, created_at=now)
-        self._records[sid] = record
-        self._messages[sid] = deque()
+        self._held[sid] = _Held(record)
         return record
 
     async def load(self, sid: str) -> SessionRecord | None:
         """The record for ``sid``, or None."""
-        return self._records.get(sid)
+        held = self._held.get(sid)
+        return None if held is None else held.snapshot()
 
     async def claim(
         self,
@@ -68,22 +100,20 @@ class MemoryStore(SessionStore):
         previous_token_hash: str,
     ) -> SessionRecord:
         """Compare-and-set the generation (see :meth:`SessionStore.claim`)."""
-        record = self._owned(sid, expected_generation)
-        record = dataclasses.replace(
-            record,
-            generation=record.generation + 1,
+        held = self._owned(sid, expected_generation)
+        return held.update(
+            generation=held.record.generation + 1,
             token_hash=token_hash,
             previous_token_hash=previous_token_hash,
             expires_at=None,
         )
-        self._records[sid] = record
-        return record
 
     async def messages(self, sid: str, *, after: int) -> list[StoredMessage]:
         """Held messages with ``seq > after``, oldest first."""
-        if sid not in self._records:
+        held = self._held.get(sid)
+        if held is None:
             raise UnknownSession(f"session {sid} is unknown")
-        return [message for message in self._messages[sid] if message.seq > after]
+        return [message for message in held.messages if message.seq > after]
 
     async def write(
         self,
@@ -95,56 +125,85 @@ class MemoryStore(SessionStore):
         rx: int | None = None,
     ) -> SessionRecord:
         """Append, trim and record rx in one step (see :meth:`SessionStore.write`)."""
-        record = self._owned(sid, generation)
+        return self._apply(sid, generation, append, acked, rx).snapshot()
+
+    def write_nowait(
+        self,
+        sid: str,
+        generation: int,
+        *,
+        append: Sequence[StoredMessage] = (),
+        acked: int | None = None,
+        rx: int | None = None,
+    ) -> bool:
+        """:meth:`write`, done here and now (always possible in memory): True."""
+        self._apply(sid, generation, append, acked, rx)
+        return True
+
+    def _apply(
+        self,
+        sid: str,
+        generation: int,
+        append: Sequence[StoredMessage],
+        acked: int | None,
+        rx: int | None,
+    ) -> _Held:
+        held = self._held.get(sid)
+        if held is None:
+            raise UnknownSession(f"session {sid} is unknown")
+        if held.record.generation != generation:
+            raise Fenced(sid, generation, held.record.generation)
         # Validate the whole batch before changing anything: all or nothing.
-        tx = record.tx
+        tx = held.tx
         for message in append:
             if message.seq != tx + 1:
                 raise StoreError(f"session {sid}: appended seq {message.seq}, expected {tx + 1}")
             tx = message.seq
-        new_acked = record.acked if acked is None else max(record.acked, acked)
+        new_acked = held.acked if acked is None or acked <= held.acked else acked
         if new_acked > tx:
             raise StoreError(f"session {sid}: ack {new_acked} is beyond tx {tx}")
-        held = self._messages[sid]
-        held.extend(append)
-        while held and held[0].seq <= new_acked:
-            held.popleft()
-        new_rx = record.rx if rx is None else max(record.rx, rx)
-        record = dataclasses.replace(record, tx=tx, acked=new_acked, rx=new_rx)
-        self._records[sid] = record
-        return record
+        messages = held.messages
+        if append:
+            messages.extend(append)
+            held.tx = tx
+        if new_acked != held.acked:
+            held.acked = new_acked
+            while messages and messages[0].seq <= new_acked:
+                messages.popleft()
+        if rx is not None and rx > held.rx:
+            held.rx = rx
+        return held
 
     async def detach(self, sid: str, generation: int, *, expires_at: float) -> None:
         """Start the expiry clock (see :meth:`SessionStore.detach`)."""
-        record = self._owned(sid, generation)
-        self._records[sid] = dataclasses.replace(record, expires_at=expires_at)
+        self._owned(sid, generation).update(expires_at=expires_at)
 
     async def abandon(self, sid: str, generation: int, *, reason: str) -> None:
         """Mark the session lost and drop its messages (see :meth:`SessionStore.abandon`)."""
-        record = self._owned(sid, generation)
-        self._records[sid] = dataclasses.replace(record, lost=reason, acked=record.tx)
-        self._messages[sid].clear()
+        held = self._owned(sid, generation)
+        held.acked = held.tx
+        held.update(lost=reason)
+        held.messages.clear()
 
     async def delete(self, sid: str) -> None:
         """Forget the session."""
-        self._records.pop(sid, None)
-        self._messages.pop(sid, None)
+        self._held.pop(sid, None)
 
     async def expire(self, now: float) -> int:
         """Forget every detached session whose window ended by ``now``."""
         expired = [
             sid
-            for sid, record in self._records.items()
-            if record.expires_at is not None and record.expires_at <= now
+            for sid, held in self._held.items()
+            if held.record.expires_at is not None and held.record.expires_at <= now
         ]
         for sid in expired:
             await self.delete(sid)
         return len(expired)
 
-    def _owned(self, sid: str, generation: int) -> SessionRecord:
-        record = self._records.get(sid)
-        if record is None:
+    def _owned(self, sid: str, generation: int) -> _Held:
+        held = self._held.get(sid)
+        if held is None:
             raise UnknownSession(f"session {sid} is unknown")
-        if record.generation != generation:
-            raise Fenced(sid, generation, record.generation)
-        return record
+        if held.record.generation != generation:
+            raise Fenced(sid, generation, held.record.generation)
+        return held
