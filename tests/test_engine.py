@@ -62,3 +62,35 @@ async def test_default_close_callback_is_called_once_with_how_it_ended() -> None
     for _ in range(5):
         await asyncio.sleep(0)
     assert seen == [info]
+
+
+async def test_websockets_transport_keeps_reporting_the_end_after_a_refused_message() -> None:
+    """A message refused half-way (too many fragments -> 1009) ends recv() for good.
+
+    The rest of its frames are still queued in websockets; asking it again used to
+    raise an AssertionError (a continuation frame first) instead of the close.
+    """
+    from websockets.asyncio.client import connect as ws_connect
+    from websockets.asyncio.server import ServerConnection, serve
+
+    from tether.asyncio.engine import TransportClosed
+    from tether.asyncio.websockets_engine import WebsocketsTransport
+
+    async def flood(connection: ServerConnection) -> None:
+        # 5,000 one-byte fragments: over websockets' 4,096-fragment limit.
+        await connection.send(b"x" for _ in range(5000))
+        await connection.wait_closed()
+
+    async with serve(flood, "127.0.0.1", 0, compression=None) as server:
+        port = server.sockets[0].getsockname()[1]
+        # The server is still busy sending: do not wait 10 s for its Close.
+        async with ws_connect(
+            f"ws://127.0.0.1:{port}", compression=None, close_timeout=0.5
+        ) as connection:
+            transport = WebsocketsTransport(connection)
+            with pytest.raises(TransportClosed) as first:
+                await transport.recv()
+            assert first.value.info.sent_code == 1009
+            with pytest.raises(TransportClosed) as second:
+                await transport.recv()
+            assert second.value.info.sent_code == 1009

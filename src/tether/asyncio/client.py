@@ -859,7 +859,8 @@ class ClientConnection:
             # TransportClosed. If the inbox is full this waits for the application
             # to read (backpressure) or to close (which lifts the bound).
             link.keep_reader = True
-            await self._ensure_reader(link)
+            if not link.eof:  # a direct read already saw the end: nothing is left
+                await self._ensure_reader(link)
         finally:
             self._link = None
             if link.timer is not None:

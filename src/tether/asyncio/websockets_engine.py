@@ -46,12 +46,13 @@ class WebsocketsTransport(Transport):
 
     # One per connection on a server: no __dict__, and the response headers are
     # only copied when asked for (a server never asks).
-    __slots__ = ("_headers", "_pong_handler", "_ws", "remote_address", "subprotocol")
+    __slots__ = ("_headers", "_pong_handler", "_recv_ended", "_ws", "remote_address", "subprotocol")
 
     def __init__(self, connection: Connection) -> None:
         self._ws = connection
         self._pong_handler: PongHandler | None = None
         self._headers: dict[str, str] | None = None
+        self._recv_ended = False
         self.subprotocol = connection.subprotocol
         address: Any = connection.remote_address
         self.remote_address = tuple(address) if address is not None else None
@@ -83,9 +84,17 @@ class WebsocketsTransport(Transport):
             raise TransportClosed(closed_info(self._ws)) from exc
 
     async def recv(self) -> Message:
+        # Once recv() reported the end, it keeps doing so without asking websockets
+        # again: after a message it refused half-way (too many fragments -> 1009) the
+        # rest of that message's frames are still queued in the engine, and a second
+        # recv() there would start at a continuation frame (an AssertionError in
+        # websockets' Assembler) instead of reporting the close.
+        if self._recv_ended:
+            raise TransportClosed(closed_info(self._ws))
         try:
             return await self._ws.recv()
         except WsConnectionClosed as exc:
+            self._recv_ended = True
             raise TransportClosed(closed_info(self._ws)) from exc
 
     async def ping(self, payload: bytes) -> None:
