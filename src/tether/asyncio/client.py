@@ -880,12 +880,23 @@ class ClientConnection:
         self._dead_cause = "internal error (see the log)"
         link.transport.abort()
 
-    def _spawn(self, link: _Link, work: Awaitable[Any]) -> None:
+    def _spawn(self, link: _Link, work: Coroutine[Any, Any, Any]) -> None:
         """Finish ``work`` (a write or ping that had to wait) in a task tied to ``link``."""
-        assert self._loop is not None
-        task = self._loop.create_task(self._guard(link, work))
+        task = self._guarded_task(link, work)
         link.tasks.add(task)
         task.add_done_callback(link.tasks.discard)
+
+    def _guarded_task(self, link: _Link, work: Coroutine[Any, Any, Any]) -> asyncio.Task[None]:
+        """Run ``work`` in a task; its failure aborts ``link`` (see :meth:`_fail`).
+
+        A task cancelled before its first step never awaits ``work``: closing
+        ``work`` then keeps Python from reporting it as "never awaited" (closing a
+        coroutine that ran is a no-op).
+        """
+        assert self._loop is not None
+        task = self._loop.create_task(self._guard(link, work))
+        task.add_done_callback(lambda _: work.close())
+        return task
 
     async def _guard(self, link: _Link, work: Awaitable[Any]) -> None:
         try:
@@ -1055,10 +1066,7 @@ class ClientConnection:
         if request is not None and link.closer is None:
             code, reason = request
             logger.info("%s: closing with %d (%s)", self.url, code, reason)
-            assert self._loop is not None
-            link.closer = self._loop.create_task(
-                self._guard(link, link.transport.close(code, reason))
-            )
+            link.closer = self._guarded_task(link, link.transport.close(code, reason))
 
     def _write_in_task(self, link: _Link, write: Coroutine[Any, Any, None]) -> None:
         """Finish a control write (ack, ping) that could not go at once in a task.
@@ -1191,8 +1199,7 @@ class ClientConnection:
         link.keep_reader = True
         self._ensure_reader(link)
         if link.closer is None:
-            assert self._loop is not None
-            link.closer = self._loop.create_task(self._guard(link, self._close_link(link)))
+            link.closer = self._guarded_task(link, self._close_link(link))
 
     async def _close_link(self, link: _Link) -> None:
         assert self._close_request is not None
