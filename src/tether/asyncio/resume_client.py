@@ -73,6 +73,23 @@ class TetherV1ClientLayer(ClientLayer):
         return self._v1
 
     @property
+    def needs_reader(self) -> bool:
+        """False: ``recv()`` reads the transport itself (one task hop fewer per message).
+
+        What must be seen while the application does not read is covered by the
+        client's read-ahead: the peer's acks (:attr:`awaits_input`, and always while
+        a send waits for room in the replay buffer), heartbeats and the close. The
+        acks this side owes need no reading: they are due on a timer once a message
+        was read.
+        """
+        return False
+
+    @property
+    def awaits_input(self) -> bool:
+        """True while sent messages wait for the server's ack (the replay buffer is not empty)."""
+        return self._v1 and len(self.endpoint.buffer) > 0
+
+    @property
     def sid(self) -> str | None:
         """The current session id (None before the first welcome)."""
         return self.endpoint.sid
