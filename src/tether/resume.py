@@ -248,6 +248,14 @@ class Endpoint:
         return events
 
     @property
+    def has_output(self) -> bool:
+        """Whether :meth:`data_to_send` or :meth:`events_received` has something.
+
+        A per-message check for adapters: cheaper than draining two empty lists.
+        """
+        return bool(self._out or self._events)
+
+    @property
     def rx(self) -> int:
         """Highest peer sequence number delivered in order."""
         return self._rx

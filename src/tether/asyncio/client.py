@@ -1138,9 +1138,12 @@ class ClientConnection:
         except Exception:
             self._fail(link)
             return None
-        for message in messages[1:]:
-            self._inbox.append(message)
-        return messages[0] if messages else None
+        if not messages:
+            return None
+        if len(messages) > 1:
+            for message in messages[1:]:
+                self._inbox.append(message)
+        return messages[0]
 
     def _ensure_reader(self, link: _Link) -> asyncio.Task[None]:
         if link.reader is None:

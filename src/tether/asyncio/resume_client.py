@@ -224,9 +224,10 @@ class TetherV1ClientLayer(ClientLayer):
             return (message,)
         endpoint = self.endpoint
         payload = endpoint.receive(message, now)
-        events = endpoint.events_received()
-        if events:
-            self._absorb(events)
+        if endpoint.has_output:
+            events = endpoint.events_received()
+            if events:
+                self._absorb(events)
         return [] if payload is None else [payload]
 
     def next_deadline(self) -> float | None:
@@ -241,7 +242,8 @@ class TetherV1ClientLayer(ClientLayer):
 
     def control_to_send(self) -> Sequence[Message]:
         """Standalone acks (and anything else the endpoint queued on its own)."""
-        return self.endpoint.data_to_send() if self._v1 else ()
+        endpoint = self.endpoint
+        return endpoint.data_to_send() if self._v1 and endpoint.has_output else ()
 
     def close_request(self) -> tuple[int, str] | None:
         """A close the endpoint asked for (4201 gap, 4202 overflow, 1002 protocol error)."""
@@ -250,7 +252,10 @@ class TetherV1ClientLayer(ClientLayer):
 
     def take_events(self) -> Sequence[Event]:
         """SessionLost events for the application."""
-        events, self._events = self._events, []
+        events = self._events
+        if not events:
+            return ()
+        self._events = []
         return events
 
     def closed(self, info: ClosedInfo, now: float) -> None:
