@@ -59,7 +59,7 @@ class TetherV1ClientLayer(ClientLayer):
         handshake_timeout: float = 10.0,
         rng: random.Random | None = None,
     ) -> None:
-        self.endpoint = ClientEndpoint(config or ResumeConfig())
+        self.endpoint = self._new_endpoint(config or ResumeConfig())
         self.handshake_timeout = handshake_timeout
         self._rng = rng if rng is not None else random.Random()
         self._v1 = False
@@ -71,6 +71,12 @@ class TetherV1ClientLayer(ClientLayer):
     def keeps_sent(self) -> bool:
         """True on a tether.v1 connection: the replay buffer owns sent messages."""
         return self._v1
+
+    @staticmethod
+    def _new_endpoint(config: ResumeConfig) -> ClientEndpoint:
+        endpoint = ClientEndpoint(config)
+        endpoint.report_acks = False  # the client waits on has_room(), not on PeerAcked
+        return endpoint
 
     @property
     def needs_reader(self) -> bool:
@@ -112,7 +118,7 @@ class TetherV1ClientLayer(ClientLayer):
             self.endpoint.connection_made(loop.time())
         except ConnectionClosedError:
             # The session ended with 1000 earlier; a new connection starts a new one.
-            self.endpoint = ClientEndpoint(self.endpoint.config)
+            self.endpoint = self._new_endpoint(self.endpoint.config)
             self.endpoint.connection_made(loop.time())
         try:
             await self._send_all(transport, self.endpoint.data_to_send())

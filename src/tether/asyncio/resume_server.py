@@ -495,11 +495,11 @@ class TetherV1ServerLayer(ServerLayer):
             return ()
         endpoint = state.endpoint
         payload = endpoint.receive(message, asyncio.get_running_loop().time())
-        events = endpoint.events_received()
-        if events:
-            for event in events:
+        out = None
+        if endpoint.has_output:
+            for event in endpoint.events_received():
                 self._handle(state, event)
-        out = endpoint.data_to_send()
+            out = endpoint.data_to_send()
         if out:
             need = endpoint.tx
             state.outq.extend([(need, frame) for frame in out])
