@@ -572,7 +572,10 @@ class TetherV1ServerLayer(ServerLayer):
             # Nothing before this message is unwritten or unsent: write it and send
             # its frame here, without the session's queues.
             seq = endpoint.send(message, now, persisted_rx=rx)
-            if await self._send_now(state, StoredMessage(seq, message), rx):
+            rest = self._send_now(state, StoredMessage(seq, message), rx)
+            if rest is not None:
+                if rest:
+                    await self._send_rest(state, rest)
                 return
         else:
             seq = endpoint.send(message, now, persisted_rx=rx)
@@ -586,8 +589,15 @@ class TetherV1ServerLayer(ServerLayer):
             state.progress.clear()
             await state.progress.wait()
 
-    async def _send_now(self, state: _V1, stored: StoredMessage, rx: int | None) -> bool:
-        """The per-message path of an in-process store; False: left to the flush."""
+    def _send_now(
+        self, state: _V1, stored: StoredMessage, rx: int | None
+    ) -> Sequence[Message] | None:
+        """The per-message path of an in-process store, without a coroutine of its own.
+
+        Returns:
+            The frames the socket did not take at once (``_send_rest`` sends them;
+            usually none), or None when the message was left to the flush.
+        """
         endpoint = state.endpoint
         frames = endpoint.data_to_send()
         acked = state.acked
@@ -597,7 +607,7 @@ class TetherV1ServerLayer(ServerLayer):
             )
         except Fenced:
             self._fenced(state)
-            return True
+            return ()
         except StoreError as exc:
             self._write_failed(state, exc)
             written = True
@@ -606,7 +616,7 @@ class TetherV1ServerLayer(ServerLayer):
             need = endpoint.tx
             state.outq.extend((need, frame) for frame in frames)
             state.wakeup.set()
-            return False
+            return None
         state.acked = None
         state.written_tx = stored.seq
         if rx is not None:
@@ -615,24 +625,31 @@ class TetherV1ServerLayer(ServerLayer):
             state.written_rx = rx
         state.progress.set()
         transport = state.transport
-        if frames and transport is not None:
-            write_now = state.write_now if state.write_to is transport else None
-            if write_now is not None:
-                while frames and write_now(frames[0]):
-                    del frames[0]
-                if not frames:
-                    return True
-            state.flushing = True  # others queue behind these frames
-            try:
-                for frame in frames:
-                    await transport.send(frame)
-            except TransportClosed:
-                pass  # the replay after the resume re-sends it
-            finally:
-                state.flushing = False
-                if not state.ended and self._has_work(state):
-                    state.wakeup.set()
-        return True
+        if not frames or transport is None:
+            return ()
+        write_now = state.write_now if state.write_to is transport else None
+        if write_now is None:
+            return frames
+        for index, frame in enumerate(frames):
+            if not write_now(frame):
+                return frames[index:]
+        return ()
+
+    async def _send_rest(self, state: _V1, frames: Sequence[Message]) -> None:
+        """Send the frames ``_send_now`` could not write at once; others queue behind them."""
+        transport = state.transport
+        if transport is None:
+            return
+        state.flushing = True
+        try:
+            for frame in frames:
+                await transport.send(frame)
+        except TransportClosed:
+            pass  # the replay after the resume re-sends it
+        finally:
+            state.flushing = False
+            if not state.ended and self._has_work(state):
+                state.wakeup.set()
 
     async def _wait_for_room(self, state: _V1, message: Message) -> None:
         loop = asyncio.get_running_loop()
