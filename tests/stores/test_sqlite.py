@@ -11,6 +11,7 @@ import sqlite3
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -219,6 +220,38 @@ async def test_concurrent_writes_share_commits(tmp_path: Path) -> None:
         records = await asyncio.gather(*(store.write(sid, 1, append=batch(1, 3)) for sid in sids))
         assert [record.tx for record in records] == [3] * 50
         assert store.transactions - before <= 5
+    finally:
+        await store.close()
+
+
+async def test_a_group_wakes_the_event_loop_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Answering a group of 500 writes takes one call_soon_threadsafe, not 500.
+
+    Each such call writes a byte to the loop's self-pipe, which holds a few hundred:
+    a full pipe loses the signals asyncio reads from it (a handover's SIGHUP).
+    """
+    store = SQLiteStore(tmp_path / "sessions.db")
+    try:
+        sids = [f"s{number}" for number in range(500)]
+        for sid in sids:
+            await store.create(sid, token_hash=HASH, principal=None, now=0.0)
+        loop = asyncio.get_running_loop()
+        wakeups = 0
+        original = loop.call_soon_threadsafe
+
+        def counting(*args: Any, **kwargs: Any) -> Any:
+            nonlocal wakeups
+            wakeups += 1
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(loop, "call_soon_threadsafe", counting)
+        before = store.transactions
+        records = await asyncio.gather(*(store.write(sid, 1, append=batch(1, 2)) for sid in sids))
+        assert [record.tx for record in records] == [2] * 500
+        assert wakeups == store.transactions - before
+        assert wakeups <= 5
     finally:
         await store.close()
 

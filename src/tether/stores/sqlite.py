@@ -363,8 +363,15 @@ class SQLiteStore(SessionStore):
             outcomes = [(False, exc)] * len(jobs)
         except BaseException as exc:  # a bug (or StoreError from the schema check): tell them all
             outcomes = [(False, exc)] * len(jobs)
+        # One wake-up per event loop for the whole group, not one per operation: each
+        # call_soon_threadsafe writes a byte to the loop's self-pipe, which holds only a
+        # few hundred; a group of thousands filled it, and a signal arriving then (the
+        # SIGHUP of a handover) was lost, since asyncio learns of signals through it.
+        settled: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
         for job, (ok, value) in zip(jobs, outcomes, strict=True):
-            job.loop.call_soon_threadsafe(_settle, job.future, ok, value)
+            settled.setdefault(job.loop, []).append((job.future, ok, value))
+        for loop, results in settled.items():
+            loop.call_soon_threadsafe(_settle_all, results)
 
     def _thread_connect(self) -> sqlite3.Connection:
         if self._connection is not None:
@@ -423,13 +430,14 @@ class _Job(Generic[_T]):
     future: asyncio.Future[_T]
 
 
-def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
-    if future.cancelled():  # the caller gave up waiting; the operation happened anyway
-        return
-    if ok:
-        future.set_result(value)
-    else:
-        future.set_exception(value)
+def _settle_all(results: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for future, ok, value in results:
+        if future.cancelled():  # the caller gave up waiting; the operation happened anyway
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
 
 
 def _record(row: Any) -> SessionRecord:
