@@ -367,20 +367,6 @@ def test_ack_trims_replay_buffer() -> None:
     assert client.events_received() == [PeerAcked(2)]
 
 
-def test_ack_without_report_trims_silently() -> None:
-    """report_acks False: an ack still trims the buffer and frees room, with no event."""
-    client = opened_client()
-    client.report_acks = False
-    for payload in "abc":
-        client.send(payload, 0.0)
-    client.events_received()
-    client.receive_message(encode(Ack(2)), 0.0)
-    client.receive_message(encode(Data(1, 3, "x")), 0.0)
-    assert [entry.seq for entry in client.buffer] == []
-    assert client.peer_acked == 3
-    assert client.events_received() == [MessageReceived("x")]
-
-
 def test_ack_of_unsent_message_is_protocol_error() -> None:
     """An ack beyond the last sequence sent fails the connection with 1002."""
     client = opened_client()

@@ -211,9 +211,6 @@ class Endpoint:
     def __init__(self, config: ResumeConfig, *, hold_acks: bool = False) -> None:
         self.config = config
         self.hold_acks = hold_acks
-        #: Report :class:`PeerAcked` events; an adapter that has no use for them (the
-        #: client: :meth:`has_room` is all it asks) turns them off, one object fewer per ack.
-        self.report_acks = True
         self.phase = Phase.DISCONNECTED
         #: Duplicates dropped so far (``seq <= rx``), for tests and metrics.
         self.duplicates = 0
@@ -249,14 +246,6 @@ class Endpoint:
         """Events for the adapter, in order; clears the list."""
         events, self._events = self._events, []
         return events
-
-    @property
-    def has_output(self) -> bool:
-        """Whether :meth:`data_to_send` or :meth:`events_received` has something.
-
-        A per-message check for adapters: cheaper than draining two empty lists.
-        """
-        return bool(self._out or self._events)
 
     @property
     def rx(self) -> int:
@@ -507,8 +496,7 @@ class Endpoint:
         if ack > self._peer_acked:
             self._peer_acked = ack
             self.buffer.trim(ack)
-            if self.report_acks:
-                self._events.append(PeerAcked(ack))
+            self._events.append(PeerAcked(ack))
 
     def _maybe_ack(self, now: float, *, force: bool = False) -> None:
         if self._ackable <= self._acked_sent:

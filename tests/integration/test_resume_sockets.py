@@ -383,47 +383,6 @@ async def test_stale_epoch_after_the_store_lost_its_data() -> None:
         assert handler.got == [1, 2]
 
 
-class Sink:
-    """A handler that records every message and never answers."""
-
-    def __init__(self) -> None:
-        self.got: list[str | bytes] = []
-
-    async def __call__(self, session: Session) -> None:
-        async for message in session:
-            self.got.append(message)
-
-
-@pytest.mark.timeout(20)
-async def test_client_that_only_sends_still_reads_the_acks() -> None:
-    """The client reads the transport in recv(); one that never calls it still sees the
-    server's acks (it reads ahead): its replay buffer empties."""
-    sink = Sink()
-    server = await start_server(sink, MemoryStore())
-    layer = TetherV1ClientLayer()
-    async with running(server, await client(server.port, layer=layer)) as run:
-        for n in range(5):
-            await run.conn.send(f"c{n}")
-        await until(lambda: len(sink.got) == 5, 5)
-        await until(lambda: len(layer.endpoint.buffer) == 0, 2)
-        assert run.conn.attempt == 1
-
-
-@pytest.mark.timeout(20)
-async def test_full_replay_buffer_frees_itself_without_recv() -> None:
-    """A replay buffer of 4 messages and an application that never calls recv(): 60
-    messages reach the server, in order, on one connection (no overflow, no 4202)."""
-    sink = Sink()
-    server = await start_server(sink, MemoryStore(), config=ResumeConfig(ack_messages=2))
-    layer = TetherV1ClientLayer(ResumeConfig(max_messages=4))
-    async with running(server, await client(server.port, layer=layer)) as run:
-        for n in range(60):
-            await run.conn.send(f"c{n}")
-        await until(lambda: len(sink.got) == 60, 10)
-        assert sink.got == [f"c{n}" for n in range(60)]
-        assert run.conn.attempt == 1
-
-
 @pytest.mark.timeout(20)
 async def test_takeover_closes_the_old_connection_with_4901() -> None:
     """A second connection resumes a live session: the old one gets 4901 and SessionLost."""

@@ -11,8 +11,7 @@ hot path runs in the application's own tasks: ``send()`` queues the message and,
 when nothing is being written, writes it to the transport at once (a write that
 must wait for the network is finished by a writer task, and later messages queue
 behind it); ``recv()`` reads the transport itself unless the layer needs a reader
-task or the client reads ahead: for the heartbeat, a close, or a layer that
-awaits input while the application does not read (tether.v1 acks). One
+task (tether.v1 acks) or the client reads ahead for the heartbeat or a close. One
 ``loop.call_at`` timer serves the heartbeat and the layer's deadlines; a closer
 task exists only while closing. A :class:`~tether.asyncio.layer.ClientLayer` sits
 between the transport and the queues so that a session layer (tether.v1
@@ -81,9 +80,6 @@ _MAX_REASON_BYTES = 123
 _OK_CODES = frozenset({1000, 1001})
 #: Default byte bound of the received-message buffer (16 MiB), see ``connect``.
 DEFAULT_MAX_INCOMING_BYTES = 16 * 2**20
-#: Seconds after which a layer that awaits input (tether.v1 acks) gets the transport
-#: read ahead when the application is not reading it.
-_READ_AHEAD_AFTER = 0.1
 
 
 def connect(
@@ -143,10 +139,9 @@ def connect(
         max_size: largest incoming message in bytes; None: no bound.
         max_incoming: most received messages buffered until :meth:`~ClientConnection.recv`
             takes them; when full, reading from the socket pauses. None: no bound.
-            ``recv()`` reads the socket itself and this buffer fills only while
-            the application does not read: from each heartbeat ping on, while
-            closing, and with tether.v1 while sent messages await the server's
-            ack (0.1 s after traffic, or at once when the replay buffer is full).
+            In plain mode ``recv()`` reads the socket itself and this buffer fills
+            only while the application does not read: from each heartbeat ping on,
+            and while closing (tether.v1 always reads into it, to see acks).
         max_incoming_bytes: the same bound in bytes (characters for text messages),
             16 MiB by default: reading pauses while the unread messages hold this
             much or more (one message of any allowed size still gets in). With the
@@ -870,8 +865,6 @@ class ClientConnection:
             self._link = None
             if link.timer is not None:
                 link.timer.cancel()
-            if link.peek is not None:
-                link.peek.cancel()
             tasks = [t for t in (link.reader, link.writer, link.closer) if t is not None]
             await _cancel(*tasks, *link.tasks)
             self._inbox.notify()
@@ -1042,9 +1035,6 @@ class ClientConnection:
                 self._layer.overflow(loop.time())
                 self._drive_layer(link)
                 raise TransportClosed(await link.transport.wait_closed())
-            if link.reader is None and not link.reading:
-                # Only the peer's acks make room: read them even if the application does not.
-                self._ensure_reader(link)
             link.room = loop.create_future()
             try:
                 with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
@@ -1063,27 +1053,6 @@ class ClientConnection:
         deadline = self._layer.next_deadline()
         if deadline is not None and (link.timer is None or deadline < link.timer_at):
             self._arm(link)
-        if link.peek is None and link.reader is None and not link.keep_reader:
-            assert self._loop is not None
-            link.peek = self._loop.call_later(_READ_AHEAD_AFTER, self._on_peek, link)
-
-    def _on_peek(self, link: _Link) -> None:
-        """A while after traffic: read ahead if nobody reads the transport.
-
-        A layer without a reader task (tether.v1) must still see the peer's acks
-        while the application only sends, or stops reading: when nobody reads, a
-        reader task reads ahead (within the inbox bounds) until a recv() takes the
-        reading back. While a recv() reads, check again later as long as the layer
-        awaits input (the recv() may return and the application stop reading).
-        """
-        link.peek = None
-        if self._link is not link or link.reader is not None:
-            return
-        if not link.reading:
-            self._ensure_reader(link)
-        elif self._layer.awaits_input:
-            assert self._loop is not None
-            link.peek = self._loop.call_later(_READ_AHEAD_AFTER, self._on_peek, link)
 
     def _drive_layer(self, link: _Link) -> None:
         """Report the layer's events, send its control messages, honour its close request."""
@@ -1126,9 +1095,6 @@ class ClientConnection:
                     done.set_result(None)
             if self._inbox.getters:
                 self._inbox.notify()  # another recv() waiting takes over the reading
-            if link.room is not None and link.reader is None:
-                # A send waits for acks: keep reading after this recv() returns.
-                self._ensure_reader(link)
         if self._plain:
             return wire
         assert self._loop is not None
@@ -1138,12 +1104,9 @@ class ClientConnection:
         except Exception:
             self._fail(link)
             return None
-        if not messages:
-            return None
-        if len(messages) > 1:
-            for message in messages[1:]:
-                self._inbox.append(message)
-        return messages[0]
+        for message in messages[1:]:
+            self._inbox.append(message)
+        return messages[0] if messages else None
 
     def _ensure_reader(self, link: _Link) -> asyncio.Task[None]:
         if link.reader is None:
@@ -1265,7 +1228,6 @@ class _Link:
         "is_open",
         "keep_reader",
         "machine",
-        "peek",
         "read_done",
         "reader",
         "reading",
@@ -1310,8 +1272,6 @@ class _Link:
         self.room: asyncio.Future[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = 0.0
-        #: The read-ahead check of a layer without a reader task (see ``_on_peek``).
-        self.peek: asyncio.TimerHandle | None = None
         self.closer: asyncio.Task[None] | None = None
         #: Control writes and pings that had to wait.
         self.tasks: set[asyncio.Task[None]] = set()

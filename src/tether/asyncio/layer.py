@@ -89,17 +89,6 @@ class ClientLayer:
         """
         return True
 
-    @property
-    def awaits_input(self) -> bool:
-        """True while the layer waits for something only reading the transport brings.
-
-        Asked when :attr:`needs_reader` is False: while True (tether.v1: sent
-        messages not yet acknowledged, held in the replay buffer), a client whose
-        application has not been reading for a moment reads ahead itself, so that
-        the peer's acks are seen. Default False.
-        """
-        return False
-
     async def opened(self, transport: Transport) -> LayerOpened:
         """Run the layer's handshake on a fresh transport."""
         return LayerOpened()

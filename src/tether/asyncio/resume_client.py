@@ -59,7 +59,7 @@ class TetherV1ClientLayer(ClientLayer):
         handshake_timeout: float = 10.0,
         rng: random.Random | None = None,
     ) -> None:
-        self.endpoint = self._new_endpoint(config or ResumeConfig())
+        self.endpoint = ClientEndpoint(config or ResumeConfig())
         self.handshake_timeout = handshake_timeout
         self._rng = rng if rng is not None else random.Random()
         self._v1 = False
@@ -71,29 +71,6 @@ class TetherV1ClientLayer(ClientLayer):
     def keeps_sent(self) -> bool:
         """True on a tether.v1 connection: the replay buffer owns sent messages."""
         return self._v1
-
-    @staticmethod
-    def _new_endpoint(config: ResumeConfig) -> ClientEndpoint:
-        endpoint = ClientEndpoint(config)
-        endpoint.report_acks = False  # the client waits on has_room(), not on PeerAcked
-        return endpoint
-
-    @property
-    def needs_reader(self) -> bool:
-        """False: ``recv()`` reads the transport itself (one task hop fewer per message).
-
-        What must be seen while the application does not read is covered by the
-        client's read-ahead: the peer's acks (:attr:`awaits_input`, and always while
-        a send waits for room in the replay buffer), heartbeats and the close. The
-        acks this side owes need no reading: they are due on a timer once a message
-        was read.
-        """
-        return False
-
-    @property
-    def awaits_input(self) -> bool:
-        """True while sent messages wait for the server's ack (the replay buffer is not empty)."""
-        return self._v1 and len(self.endpoint.buffer) > 0
 
     @property
     def sid(self) -> str | None:
@@ -118,7 +95,7 @@ class TetherV1ClientLayer(ClientLayer):
             self.endpoint.connection_made(loop.time())
         except ConnectionClosedError:
             # The session ended with 1000 earlier; a new connection starts a new one.
-            self.endpoint = self._new_endpoint(self.endpoint.config)
+            self.endpoint = ClientEndpoint(self.endpoint.config)
             self.endpoint.connection_made(loop.time())
         try:
             await self._send_all(transport, self.endpoint.data_to_send())
@@ -230,10 +207,9 @@ class TetherV1ClientLayer(ClientLayer):
             return (message,)
         endpoint = self.endpoint
         payload = endpoint.receive(message, now)
-        if endpoint.has_output:
-            events = endpoint.events_received()
-            if events:
-                self._absorb(events)
+        events = endpoint.events_received()
+        if events:
+            self._absorb(events)
         return [] if payload is None else [payload]
 
     def next_deadline(self) -> float | None:
@@ -248,8 +224,7 @@ class TetherV1ClientLayer(ClientLayer):
 
     def control_to_send(self) -> Sequence[Message]:
         """Standalone acks (and anything else the endpoint queued on its own)."""
-        endpoint = self.endpoint
-        return endpoint.data_to_send() if self._v1 and endpoint.has_output else ()
+        return self.endpoint.data_to_send() if self._v1 else ()
 
     def close_request(self) -> tuple[int, str] | None:
         """A close the endpoint asked for (4201 gap, 4202 overflow, 1002 protocol error)."""
@@ -258,10 +233,7 @@ class TetherV1ClientLayer(ClientLayer):
 
     def take_events(self) -> Sequence[Event]:
         """SessionLost events for the application."""
-        events = self._events
-        if not events:
-            return ()
-        self._events = []
+        events, self._events = self._events, []
         return events
 
     def closed(self, info: ClosedInfo, now: float) -> None:

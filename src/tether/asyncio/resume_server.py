@@ -71,7 +71,6 @@ from .session import (
     Session,
     closed_error,
 )
-from .websockets_client import fast_writer
 
 __all__ = ["PrincipalHook", "TetherV1ServerLayer"]
 
@@ -100,10 +99,6 @@ class _V1:
     generation: int
     durable: bool
     transport: Transport | None = None
-    #: Writes a frame to ``write_to`` at once when it takes it without waiting
-    #: (``fast_writer``): websockets' ``send`` costs more than the write itself.
-    write_now: Callable[[Message], bool] | None = None
-    write_to: Transport | None = None
     #: A drain started on ``transport``: data arriving on it is not taken any more.
     closing: bool = False
     ended: bool = False
@@ -453,9 +448,6 @@ class TetherV1ServerLayer(ServerLayer):
             if isinstance(event, PeerAcked):
                 state.acked = event.seq
         state.transport = transport
-        if state.write_to is not transport:
-            state.write_now = fast_writer(transport)
-            state.write_to = transport
         state.closing = False
         self._collect(state)
         state.wakeup.set()
@@ -495,11 +487,11 @@ class TetherV1ServerLayer(ServerLayer):
             return ()
         endpoint = state.endpoint
         payload = endpoint.receive(message, asyncio.get_running_loop().time())
-        out = None
-        if endpoint.has_output:
-            for event in endpoint.events_received():
+        events = endpoint.events_received()
+        if events:
+            for event in events:
                 self._handle(state, event)
-            out = endpoint.data_to_send()
+        out = endpoint.data_to_send()
         if out:
             need = endpoint.tx
             state.outq.extend([(need, frame) for frame in out])
@@ -572,10 +564,7 @@ class TetherV1ServerLayer(ServerLayer):
             # Nothing before this message is unwritten or unsent: write it and send
             # its frame here, without the session's queues.
             seq = endpoint.send(message, now, persisted_rx=rx)
-            rest = self._send_now(state, StoredMessage(seq, message), rx)
-            if rest is not None:
-                if rest:
-                    await self._send_rest(state, rest)
+            if await self._send_now(state, StoredMessage(seq, message), rx):
                 return
         else:
             seq = endpoint.send(message, now, persisted_rx=rx)
@@ -589,15 +578,8 @@ class TetherV1ServerLayer(ServerLayer):
             state.progress.clear()
             await state.progress.wait()
 
-    def _send_now(
-        self, state: _V1, stored: StoredMessage, rx: int | None
-    ) -> Sequence[Message] | None:
-        """The per-message path of an in-process store, without a coroutine of its own.
-
-        Returns:
-            The frames the socket did not take at once (``_send_rest`` sends them;
-            usually none), or None when the message was left to the flush.
-        """
+    async def _send_now(self, state: _V1, stored: StoredMessage, rx: int | None) -> bool:
+        """The per-message path of an in-process store; False: left to the flush."""
         endpoint = state.endpoint
         frames = endpoint.data_to_send()
         acked = state.acked
@@ -607,7 +589,7 @@ class TetherV1ServerLayer(ServerLayer):
             )
         except Fenced:
             self._fenced(state)
-            return ()
+            return True
         except StoreError as exc:
             self._write_failed(state, exc)
             written = True
@@ -616,7 +598,7 @@ class TetherV1ServerLayer(ServerLayer):
             need = endpoint.tx
             state.outq.extend((need, frame) for frame in frames)
             state.wakeup.set()
-            return None
+            return False
         state.acked = None
         state.written_tx = stored.seq
         if rx is not None:
@@ -625,31 +607,18 @@ class TetherV1ServerLayer(ServerLayer):
             state.written_rx = rx
         state.progress.set()
         transport = state.transport
-        if not frames or transport is None:
-            return ()
-        write_now = state.write_now if state.write_to is transport else None
-        if write_now is None:
-            return frames
-        for index, frame in enumerate(frames):
-            if not write_now(frame):
-                return frames[index:]
-        return ()
-
-    async def _send_rest(self, state: _V1, frames: Sequence[Message]) -> None:
-        """Send the frames ``_send_now`` could not write at once; others queue behind them."""
-        transport = state.transport
-        if transport is None:
-            return
-        state.flushing = True
-        try:
-            for frame in frames:
-                await transport.send(frame)
-        except TransportClosed:
-            pass  # the replay after the resume re-sends it
-        finally:
-            state.flushing = False
-            if not state.ended and self._has_work(state):
-                state.wakeup.set()
+        if frames and transport is not None:
+            state.flushing = True  # others queue behind these frames
+            try:
+                for frame in frames:
+                    await transport.send(frame)
+            except TransportClosed:
+                pass  # the replay after the resume re-sends it
+            finally:
+                state.flushing = False
+                if not state.ended and self._has_work(state):
+                    state.wakeup.set()
+        return True
 
     async def _wait_for_room(self, state: _V1, message: Message) -> None:
         loop = asyncio.get_running_loop()
@@ -918,12 +887,9 @@ class TetherV1ServerLayer(ServerLayer):
 
     async def _send_ready(self, state: _V1) -> None:
         transport = state.transport
-        write_now = state.write_now if state.write_to is transport else None
         while state.outq and state.outq[0][0] <= state.written_tx:
             _, frame = state.outq.popleft()
             if transport is None or transport is not state.transport or transport.closed:
-                continue
-            if write_now is not None and write_now(frame):
                 continue
             try:
                 await transport.send(frame)

@@ -349,8 +349,6 @@ class Session:
         also(info)
 
     async def _pump(self, transport: Transport) -> ClosedInfo:
-        layer = self._layer
-        inbox = self._inbox
         try:
             while True:
                 try:
@@ -358,16 +356,8 @@ class Session:
                 except TransportClosed as exc:
                     info = exc.info
                     break
-                for message in await layer.received(self, transport, raw):
-                    if self._closed is not None or self._inbox_full():
-                        await self._deliver(message)  # waits for room, or drops it
-                        continue
-                    # _deliver()'s path when there is room, without a coroutine per message.
-                    inbox.append(message)
-                    self._inbox_bytes += len(message)
-                    if self._reader is not None:
-                        _wake(self._reader)
-                        self._reader = None
+                for message in await self._layer.received(self, transport, raw):
+                    await self._deliver(message)
         finally:
             if self._transport is transport:
                 self._transport = None
