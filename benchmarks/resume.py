@@ -4,7 +4,10 @@ A server process runs ``tether.serve(handler, store=STORE)``; a client process
 connects with ``tether.connect`` (tether.v1, the default) and sends ``drop N``. The
 handler then aborts the connection's transport (the client sees 1006, no Close
 frame) and, while the client is away, sends N numbered messages into the session
-followed by ``end``. The client reconnects by itself (the 1006 policy), resumes, and
+followed by ``end``, and prints when it finished. The client reconnects by itself
+after a fixed AWAY_S seconds (its 1006 rule set to that delay, so that the handler has
+written every message to the store first: what is measured is the replay, not the
+handler's own write pace), resumes, and
 measures from its ``Connected(resumed=True)`` event to the arrival of ``end``, checking
 that every message arrived once and in order; ``Resumed.replayed_in`` says how many
 came by replay. Stores: memory, SQLite (a file in a temporary directory) and Redis
@@ -25,7 +28,6 @@ import os
 import socket
 import sys
 import tempfile
-import time
 from typing import Any
 
 from .common import (
@@ -46,6 +48,9 @@ SUBPROTOCOL = "tether.v1"
 TARGETS_MS = {"memory": 50.0, "redis": 150.0}
 #: Bound on one client run (connect, drop, reconnect, replay of 1,000 messages).
 CLIENT_BOUND_S = 30
+#: How long the client stays away after the 1006: longer than the handler needs to
+#: write 1,000 messages to the slowest store (SQLite, one commit per loop turn).
+AWAY_S = 2.0
 
 
 def _redis_up() -> bool:
@@ -87,6 +92,7 @@ def run(*, quick: bool, progress: Progress, runs: int = 5) -> tuple[dict[str, An
                         ),
                         CLIENT_BOUND_S,
                     )
+                    sent_at = float(read_line(proc, "SENT ", 5))
                 except RuntimeError as exc:
                     # Said plainly, no figure: e.g. the replay never completed.
                     missing[name] = f"FAILED in run {index + 1}: {str(exc).splitlines()[0][-200:]}"
@@ -95,6 +101,14 @@ def run(*, quick: bool, progress: Progress, runs: int = 5) -> tuple[dict[str, An
                     stop(proc)
                 if out["subprotocol"] != SUBPROTOCOL:
                     raise Unavailable(f"negotiated {out['subprotocol']!r}, not {SUBPROTOCOL!r}")
+                if sent_at > out["resumed_at"]:
+                    # The handler was still writing when the client came back: the
+                    # time would include its write pace. Said plainly, no figure.
+                    missing[name] = (
+                        f"run {index + 1}: the handler finished sending "
+                        f"{sent_at - out['resumed_at']:.2f} s after the resume (AWAY_S too short)"
+                    )
+                    break
                 samples.append(out["replay_ms"])
                 replayed.append(out["replayed_in"])
             if name in missing:
@@ -136,6 +150,8 @@ def run(*, quick: bool, progress: Progress, runs: int = 5) -> tuple[dict[str, An
 async def _server(store: str) -> None:
     import tether
 
+    loop = asyncio.get_running_loop()
+
     async def handler(session: Any) -> None:
         async for message in session:
             if isinstance(message, str) and message.startswith("drop "):
@@ -146,6 +162,7 @@ async def _server(store: str) -> None:
                 for index in range(count):
                     await session.send(f"m{index}")
                 await session.send("end")
+                print(f"SENT {loop.time():.6f}", flush=True)  # CLOCK_MONOTONIC, as the client's
 
     serve: Any = tether.serve  # type: ignore[attr-defined]
     server = serve(handler, "127.0.0.1", 0, store=store)
@@ -158,7 +175,10 @@ async def _client(url: str, count: int) -> dict[str, Any]:
     import tether
 
     connect: Any = tether.connect  # type: ignore[attr-defined]
-    conn = connect(url)
+    # 1006 -> reconnect after exactly AWAY_S (the "restart" delay with a fixed window).
+    away = tether.ReconnectPolicy({1006: tether.Rule.reconnect(tether.DelayRule.RESTART)})
+    conn = connect(url, policy=away, backoff=tether.BackoffConfig(restart_window=(AWAY_S, AWAY_S)))
+    loop = asyncio.get_running_loop()
     events = conn.events()
     resumed_at: asyncio.Future[float] = asyncio.get_running_loop().create_future()
     replayed_in = [0]
@@ -166,7 +186,7 @@ async def _client(url: str, count: int) -> dict[str, Any]:
     async def watch() -> None:
         async for event in events:
             if isinstance(event, tether.Connected) and event.resumed and not resumed_at.done():
-                resumed_at.set_result(time.perf_counter())
+                resumed_at.set_result(loop.time())
             elif isinstance(event, tether.Resumed):
                 replayed_in[0] = int(event.replayed_in)
 
@@ -178,7 +198,7 @@ async def _client(url: str, count: int) -> dict[str, Any]:
         while True:
             message = await conn.recv()
             if message == "end":
-                done_at = time.perf_counter()
+                done_at = loop.time()
                 break
             if message != f"m{expected}":
                 raise RuntimeError(f"got {message!r}, expected 'm{expected}'")
@@ -194,6 +214,7 @@ async def _client(url: str, count: int) -> dict[str, Any]:
         "subprotocol": subprotocol,
         "replay_ms": (done_at - start) * 1000,
         "replayed_in": replayed_in[0],
+        "resumed_at": start,
     }
 
 
