@@ -60,6 +60,7 @@ from ..resume import ResumeConfig
 from .engine import ClosedInfo, Message, Transport, TransportClosed
 from .layer import ClientLayer, LayerOpened, PlainLayer
 from .sendqueue import QueueClosed, SendQueue
+from .waiters import wait_on, wake_all
 from .websockets_client import (
     OpenFailed,
     check_url,
@@ -221,7 +222,7 @@ class _Buffer:
 
     async def put(self, message: Message) -> None:
         while self.full():
-            await _wait_on(self._putters)
+            await wait_on(self._putters)
         self.append(message)
 
     def append(self, message: Message) -> None:
@@ -229,41 +230,23 @@ class _Buffer:
         self.items.append(message)
         self.bytes += len(message)
         if self.getters:
-            _wake_all(self.getters)
+            wake_all(self.getters)
 
     def take(self) -> Message:
         """Remove and return the oldest message (the caller checked there is one)."""
         message = self.items.popleft()
         self.bytes -= len(message)
         if self._putters and not self.full():
-            _wake_all(self._putters)
+            wake_all(self._putters)
         return message
 
     def notify(self) -> None:
         """Wake every waiter to re-check (closing, closed, a new transport, a reader gone)."""
-        _wake_all(self.getters)
-        _wake_all(self._putters)
+        wake_all(self.getters)
+        wake_all(self._putters)
 
     async def wait_changed(self) -> None:
-        await _wait_on(self.getters)
-
-
-def _wake_all(waiters: list[asyncio.Future[None]]) -> None:
-    for waiter in waiters:
-        if not waiter.done():
-            waiter.set_result(None)
-    waiters.clear()
-
-
-async def _wait_on(waiters: list[asyncio.Future[None]]) -> None:
-    waiter = asyncio.get_running_loop().create_future()
-    waiters.append(waiter)
-    try:
-        await waiter
-    finally:
-        if waiter.cancelled() or not waiter.done():  # leave no stale entry behind
-            with contextlib.suppress(ValueError):
-                waiters.remove(waiter)
+        await wait_on(self.getters)
 
 
 class _EventStream:
@@ -610,7 +593,7 @@ class ClientConnection:
             self._inbox.notify()
             loop = asyncio.get_running_loop()
             self._core.close_requested(loop.time())
-            _wake_all(self._close_waiters)
+            wake_all(self._close_waiters)
             if self._link is not None:
                 self._begin_close(self._link)
         if self._supervisor is None:

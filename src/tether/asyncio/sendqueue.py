@@ -14,34 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 
 from ..exceptions import ConfigurationError, QueueFull
 from .engine import Message
+from .waiters import wait_on, wake_all
 
 __all__ = ["QueueClosed", "SendQueue"]
 
 
 class QueueClosed(Exception):
     """The queue was drained for good while ``put`` waited (internal to the adapter)."""
-
-
-def _wake(waiters: list[asyncio.Future[None]]) -> None:
-    for waiter in waiters:
-        if not waiter.done():
-            waiter.set_result(None)
-    waiters.clear()
-
-
-async def _wait(waiters: list[asyncio.Future[None]]) -> None:
-    waiter = asyncio.get_running_loop().create_future()
-    waiters.append(waiter)
-    try:
-        await waiter
-    finally:
-        if waiter.cancelled() or not waiter.done():  # leave no stale entry behind
-            with contextlib.suppress(ValueError):
-                waiters.remove(waiter)
 
 
 class SendQueue:
@@ -96,11 +78,11 @@ class SendQueue:
         """Append ``message`` now; the caller checked that the queue is neither full nor closed."""
         self._items.append(message)
         if self._item_waiters:
-            _wake(self._item_waiters)
+            wake_all(self._item_waiters)
 
     async def _wait_for_space(self) -> None:
         while self.full and not self.closed:
-            await _wait(self._space_waiters)
+            await wait_on(self._space_waiters)
 
     def head(self) -> Message:
         """The oldest message, left queued (the caller checked there is one)."""
@@ -109,7 +91,7 @@ class SendQueue:
     async def peek(self) -> Message:
         """Wait until a message is queued and return the oldest, leaving it queued."""
         while not self._items:
-            await _wait(self._item_waiters)
+            await wait_on(self._item_waiters)
         return self._items[0]
 
     def pop(self) -> Message:
@@ -118,22 +100,22 @@ class SendQueue:
         if self._space_waiters:
             # Every waiter re-checks; a wait cancelled by its timeout must not
             # swallow the wakeup that another waiter needed.
-            _wake(self._space_waiters)
+            wake_all(self._space_waiters)
         if not self._items and self._empty_waiters:
-            _wake(self._empty_waiters)
+            wake_all(self._empty_waiters)
         return message
 
     async def wait_empty(self) -> None:
         """Wait until every queued message was taken out."""
         while self._items:
-            await _wait(self._empty_waiters)
+            await wait_on(self._empty_waiters)
 
     def drain(self) -> tuple[Message, ...]:
         """Remove and return everything still queued; later ``put`` calls raise QueueClosed."""
         self.closed = True
         items = tuple(self._items)
         self._items.clear()
-        _wake(self._space_waiters)
-        _wake(self._item_waiters)
-        _wake(self._empty_waiters)
+        wake_all(self._space_waiters)
+        wake_all(self._item_waiters)
+        wake_all(self._empty_waiters)
         return items

@@ -1,0 +1,33 @@
+"""Wake-ups made on demand: a list of futures instead of an ``asyncio.Event``.
+
+An ``asyncio.Event`` allocates its deque of waiters at once and costs a loop pass
+(and, on CPython 3.11, a ``getpid()``) per ``wait()``; a future is created only when
+somebody actually waits, which is rare on the hot paths that use these helpers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+__all__ = ["wait_on", "wake_all"]
+
+
+def wake_all(waiters: list[asyncio.Future[None]]) -> None:
+    """Resolve every waiting future and forget them."""
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(None)
+    waiters.clear()
+
+
+async def wait_on(waiters: list[asyncio.Future[None]]) -> None:
+    """Wait until :func:`wake_all` is called on ``waiters``."""
+    waiter = asyncio.get_running_loop().create_future()
+    waiters.append(waiter)
+    try:
+        await waiter
+    finally:
+        if waiter.cancelled() or not waiter.done():  # leave no stale entry behind
+            with contextlib.suppress(ValueError):
+                waiters.remove(waiter)
