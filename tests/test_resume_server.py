@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import pytest
+from tests.support.virtualtime import run_virtual
 from tests.test_session import FakeTransport
 
 from tether.asyncio.engine import ClosedInfo
@@ -169,8 +170,12 @@ async def test_memory_store_send_is_stored_and_sent_before_it_returns() -> None:
     assert transport.sent[1:] == ["d1:0:one", encode(Data(2, 0, b"two"))]
 
 
-async def test_reply_carries_the_ack_of_the_request() -> None:
+def test_reply_carries_the_ack_of_the_request() -> None:
     """An echo: the reply acks the request; no standalone ack, even with ack_messages=1."""
+    run_virtual(_reply_carries_the_ack_of_the_request())
+
+
+async def _reply_carries_the_ack_of_the_request() -> None:
     store = MemoryStore()
     layer = TetherV1ServerLayer(store=store, config=ResumeConfig(ack_messages=1, ack_delay=0.05))
     session, transport, _ = await new_session(layer)
@@ -179,24 +184,37 @@ async def test_reply_carries_the_ack_of_the_request() -> None:
     await session.send("re")
     assert transport.sent[1:] == ["d1:1:re"]
     assert (await store.load(session.id)).rx == 1  # type: ignore[union-attr]
-    await asyncio.sleep(0.15)  # past every ack trigger
+    await asyncio.sleep(1.0)  # virtual time: past every ack trigger (ack_delay 0.05)
     assert transport.sent[1:] == ["d1:1:re"]
 
 
-async def test_taken_message_without_reply_is_committed_then_acked() -> None:
+def test_taken_message_without_reply_is_committed_then_acked() -> None:
     """No reply: rx is committed by the layer's timer and acked after ack_delay."""
+    run_virtual(_taken_message_without_reply_is_committed_then_acked())
+
+
+async def _taken_message_without_reply_is_committed_then_acked() -> None:
+    loop = asyncio.get_running_loop()
     store = MemoryStore()
-    layer = TetherV1ServerLayer(store=store, config=ResumeConfig(ack_delay=0.04))
+    layer = TetherV1ServerLayer(store=store, config=ResumeConfig(ack_delay=0.2))
     session, transport, _ = await new_session(layer)
     transport.feed("d1:0:x")
     assert await session.recv() == "x"
+    taken_at = loop.time()
+    await asyncio.sleep(0.15)  # virtual time: before the ack delay, no ack yet
+    assert len(transport.sent) == 1
     await until(lambda: len(transport.sent) == 2)
+    assert 0.2 <= loop.time() - taken_at <= 0.25
     assert decode(transport.sent[1]) == Ack(1)
     assert (await store.load(session.id)).rx == 1  # type: ignore[union-attr]
 
 
-async def test_ack_count_reached_commits_and_acks_at_once() -> None:
+def test_ack_count_reached_commits_and_acks_at_once() -> None:
     """The count trigger does not wait for the ack delay: commit and ack at the end of the turn."""
+    run_virtual(_ack_count_reached_commits_and_acks_at_once())
+
+
+async def _ack_count_reached_commits_and_acks_at_once() -> None:
     store = MemoryStore()
     config = ResumeConfig(ack_messages=2, ack_delay=30.0)
     layer = TetherV1ServerLayer(store=store, config=config)
@@ -204,7 +222,7 @@ async def test_ack_count_reached_commits_and_acks_at_once() -> None:
     transport.feed("d1:0:a")
     transport.feed("d2:0:b")
     assert [await session.recv(), await session.recv()] == ["a", "b"]
-    await until(lambda: len(transport.sent) == 2, timeout=1.0)
+    await until(lambda: len(transport.sent) == 2, timeout=1.0)  # virtual: far below 30 s
     assert decode(transport.sent[1]) == Ack(2)
     assert (await store.load(session.id)).rx == 2  # type: ignore[union-attr]
 
