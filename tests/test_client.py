@@ -8,7 +8,6 @@ Each test also fails if anything reached the event loop's exception handler
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import random
 import time
@@ -17,6 +16,7 @@ from http import HTTPStatus
 from typing import Any
 
 import pytest
+from tests.support.loop_errors import loop_errors  # noqa: F401 - autouse fixture
 from websockets.asyncio.server import Request, Response, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed as WsConnectionClosed
 from websockets.exceptions import InvalidURI
@@ -118,18 +118,6 @@ class Scripted:
                 await asyncio.sleep(0.01)
 
         await asyncio.wait_for(poll(), timeout)
-
-
-@pytest.fixture(autouse=True)
-async def loop_errors() -> AsyncIterator[list[dict[str, Any]]]:
-    """Collect whatever reaches the loop's exception handler; the test fails if anything did."""
-    loop = asyncio.get_running_loop()
-    errors: list[dict[str, Any]] = []
-    loop.set_exception_handler(lambda _loop, context: errors.append(context))
-    yield errors
-    await asyncio.sleep(0.01)
-    gc.collect()
-    assert errors == []
 
 
 async def start(server: Scripted, **kwargs: Any) -> Any:

@@ -9,7 +9,6 @@ reordered, and that no exception reached the event loop.
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import logging
 import random
@@ -21,6 +20,7 @@ from typing import Any
 
 import pytest
 from tests.support.events import EventRecorder
+from tests.support.loop_errors import loop_errors  # noqa: F401 - autouse fixture
 from tests.support.node import NodeWsServer
 from tests.support.ports import free_port, wait_for_port
 from tests.support.procs import JsonLineProcess, tether_cli
@@ -46,18 +46,6 @@ N = 10_000
 FAST = BackoffConfig(base=0.05, cap=0.2, restart_window=(0.05, 0.2), stability_period=0.5)
 
 Spawn = Callable[[JsonLineProcess], Awaitable[JsonLineProcess]]
-
-
-@pytest.fixture(autouse=True)
-async def loop_errors() -> AsyncIterator[list[dict[str, Any]]]:
-    """Collect whatever reaches the loop's exception handler; the test fails if anything did."""
-    loop = asyncio.get_running_loop()
-    errors: list[dict[str, Any]] = []
-    loop.set_exception_handler(lambda _loop, context: errors.append(context))
-    yield errors
-    await asyncio.sleep(0.01)
-    gc.collect()
-    assert errors == []
 
 
 class Echo:
