@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.support.handshake import handshake_status
 from websockets.asyncio.client import connect
 
 from tether.asyncio.handover import health_check
@@ -202,30 +203,13 @@ def test_ticker_app_over_the_cli(servers: Servers) -> None:
     assert asyncio.run(first_two()) == [1, 2]
 
 
-async def _handshake_status(port: int, origin: str | None) -> int:
-    """A hand-written opening handshake with ``origin`` (None: no header); the HTTP status."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        header = f"Origin: {origin}\r\n" if origin is not None else ""
-        writer.write(
-            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-            + header.encode()
-            + b"\r\n"
-        )
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-        return int(head.split(b" ", 2)[1])
-    finally:
-        writer.close()
-
-
 def test_origin_options_admit_listed_origins_only(servers: Servers) -> None:
     """--origin (twice): listed origins get 101, others and a missing Origin get 403."""
     _, port = servers.start("--origin", "https://a.example", "--origin", "https://b.example")
 
     async def statuses() -> list[int]:
         origins = ["https://a.example", "https://b.example", "https://evil.example", None]
-        return [await _handshake_status(port, origin) for origin in origins]
+        return [await handshake_status(port, origin) for origin in origins]
 
     assert asyncio.run(statuses()) == [101, 101, 403, 403]
 
@@ -235,7 +219,7 @@ def test_allow_no_origin_admits_clients_without_origin(servers: Servers) -> None
     _, port = servers.start("--origin", "https://a.example", "--allow-no-origin")
 
     async def statuses() -> list[int]:
-        return [await _handshake_status(port, None), await _handshake_status(port, "https://x")]
+        return [await handshake_status(port, None), await handshake_status(port, "https://x")]
 
     assert asyncio.run(statuses()) == [101, 403]
 

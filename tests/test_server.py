@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from tests.support.browser import ChromiumWebSocket
+from tests.support.handshake import handshake_status
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed as WsConnectionClosed
 from websockets.exceptions import InvalidStatus
@@ -595,23 +596,6 @@ async def test_a_kept_session_runs_one_handler_across_connections(
     assert server.state is ServerState.CLOSED
 
 
-async def _handshake_status(port: int, origin: str | None) -> int:
-    """Send an opening handshake by hand with ``origin`` (None: no header); the HTTP status."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        header = f"Origin: {origin}\r\n" if origin is not None else ""
-        writer.write(
-            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-            + header.encode()
-            + b"\r\n"
-        )
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-        return int(head.split(b" ", 2)[1])
-    finally:
-        writer.close()
-
-
 async def test_origins_admit_listed_origins_and_refuse_others_with_403(
     start: Callable[..., Awaitable[Server]],
 ) -> None:
@@ -627,11 +611,11 @@ async def test_origins_admit_listed_origins_and_refuse_others_with_403(
     server = await start(
         handler, origins=["https://app.example", re.compile(r"https://[a-z]+\.app\.example")]
     )
-    assert await _handshake_status(server.port, "https://app.example") == 101
-    assert await _handshake_status(server.port, "https://eu.app.example") == 101
-    assert await _handshake_status(server.port, "https://evil.example") == 403
-    assert await _handshake_status(server.port, "https://eu.app.example.evil") == 403
-    assert await _handshake_status(server.port, None) == 403
+    assert await handshake_status(server.port, "https://app.example") == 101
+    assert await handshake_status(server.port, "https://eu.app.example") == 101
+    assert await handshake_status(server.port, "https://evil.example") == 403
+    assert await handshake_status(server.port, "https://eu.app.example.evil") == 403
+    assert await handshake_status(server.port, None) == 403
     await asyncio.sleep(0.05)  # give any session a refused handshake might have made a turn
     assert len(handled) == 2  # a 403 costs no session and no handler
 
@@ -641,14 +625,14 @@ async def test_origins_none_entry_admits_clients_without_origin(
 ) -> None:
     """A None entry admits a handshake with no Origin header (a non-browser client)."""
     server = await start(origins=["https://app.example", None])
-    assert await _handshake_status(server.port, None) == 101
-    assert await _handshake_status(server.port, "https://evil.example") == 403
+    assert await handshake_status(server.port, None) == 101
+    assert await handshake_status(server.port, "https://evil.example") == 403
 
 
 async def test_no_origins_checks_nothing(start: Callable[..., Awaitable[Server]]) -> None:
     """The default (origins=None) admits any Origin."""
     server = await start()
-    assert await _handshake_status(server.port, "https://evil.example") == 101
+    assert await handshake_status(server.port, "https://evil.example") == 101
 
 
 def test_origins_must_be_a_list() -> None:
