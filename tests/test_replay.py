@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import tracemalloc
+from collections.abc import Callable
+
 import pytest
 
 from tether.exceptions import QueueFull
@@ -82,3 +85,54 @@ def test_restore_must_continue_last_seq() -> None:
         buffer.restore([(5, "x")], 0.0)
     buffer.restore([(4, "d"), (5, "e")], 0.0)
     assert buffer.last_seq == 5
+
+
+def _bytes_each(make: Callable[[], object], count: int = 500) -> float:
+    """Python heap bytes held per object made by ``make`` (tracemalloc)."""
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = [make() for _ in range(count)]
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert len(kept) == count
+    return (after - before) / count
+
+
+def test_an_empty_buffer_holds_no_storage() -> None:
+    """A new buffer, and one whose messages were all acked, cost well under a deque's ~600 B.
+
+    Most of a server's sessions are idle: each holds one buffer.
+    """
+
+    def new() -> ReplayBuffer:
+        return ReplayBuffer(max_messages=None, max_bytes=None)
+
+    def emptied() -> ReplayBuffer:
+        buffer = new()
+        buffer.push("a", 0.0)
+        buffer.trim(1)
+        return buffer
+
+    def cleared() -> ReplayBuffer:
+        buffer = new()
+        buffer.push("a", 0.0)
+        buffer.clear()
+        return buffer
+
+    for make in (new, emptied, cleared):
+        assert _bytes_each(make) < 300, make.__name__
+    buffer = emptied()
+    assert (len(buffer), buffer.bytes, buffer.first_seq, buffer.oldest_queued_at) == (0, 0, 2, None)
+    buffer.push("b", 1.0)
+    assert [entry.seq for entry in buffer] == [2]
+
+
+def test_a_failed_restore_keeps_what_came_before_the_gap() -> None:
+    """restore() stops at the first gap; the contiguous messages before it stay held."""
+    buffer = ReplayBuffer(max_messages=None, max_bytes=None)
+    with pytest.raises(ValueError, match="skip"):
+        buffer.restore([(1, "a"), (2, "b"), (4, "d")], 0.0)
+    assert [entry.seq for entry in buffer] == [1, 2]
+    assert buffer.bytes == 2

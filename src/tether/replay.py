@@ -56,7 +56,10 @@ class ReplayBuffer:
     ) -> None:
         self.max_messages = max_messages
         self.max_bytes = max_bytes
-        self._entries: deque[Entry] = deque()
+        # An empty deque costs ~600 bytes (one block made up front), and most of a
+        # server's sessions hold nothing most of the time: the deque is made at the
+        # first message and dropped again when the buffer empties.
+        self._entries: deque[Entry] | tuple[()] = ()
         self._bytes = 0
         self._last_seq = last_seq
 
@@ -110,6 +113,8 @@ class ReplayBuffer:
             raise QueueFull(f"replay buffer full ({len(entries)} messages, {self._bytes} bytes)")
         if self._last_seq >= MAX_SEQ:
             raise QueueFull(f"sequence numbers exhausted at {MAX_SEQ}")
+        if not isinstance(entries, deque):
+            entries = self._entries = deque()
         self._last_seq = seq = self._last_seq + 1
         entry = Entry(seq, payload, size, now)
         entries.append(entry)
@@ -125,26 +130,37 @@ class ReplayBuffer:
         """
         if self._entries:
             raise ValueError("restore() needs an empty buffer")
-        for seq, payload in entries:
-            if seq != self._last_seq + 1:
-                raise ValueError(f"stored messages skip from {self._last_seq} to {seq}")
-            entry = Entry(seq, payload, payload_size(payload), now)
-            self._entries.append(entry)
-            self._bytes += entry.size
-            self._last_seq = seq
+        held: deque[Entry] = deque()
+        try:
+            for seq, payload in entries:
+                if seq != self._last_seq + 1:
+                    raise ValueError(f"stored messages skip from {self._last_seq} to {seq}")
+                entry = Entry(seq, payload, payload_size(payload), now)
+                held.append(entry)
+                self._bytes += entry.size
+                self._last_seq = seq
+        finally:
+            # What was loaded before a bad seq stays, as it always did.
+            if held:
+                self._entries = held
 
     def trim(self, acked: int) -> int:
         """Drop every message with ``seq <= acked``; return how many were dropped."""
-        dropped = 0
         entries = self._entries
+        if not entries or entries[0].seq > acked:
+            return 0
+        assert isinstance(entries, deque)
+        dropped = 0
         while entries and entries[0].seq <= acked:
             self._bytes -= entries.popleft().size
             dropped += 1
+        if not entries:
+            self._entries = ()
         return dropped
 
     def clear(self) -> tuple[Payload, ...]:
         """Drop everything; return the payloads, oldest first."""
         payloads = tuple(entry.payload for entry in self._entries)
-        self._entries.clear()
+        self._entries = ()
         self._bytes = 0
         return payloads
