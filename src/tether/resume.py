@@ -397,7 +397,7 @@ class Endpoint:
         if self.phase is Phase.OPEN:
             # Called after every message by the adapters: no allocation here.
             ack_due = self._ack_due
-            stall = self._stall_deadline()
+            stall = self.stall_deadline()
             if ack_due is None:
                 return stall
             return ack_due if stall is None or ack_due < stall else stall
@@ -410,7 +410,7 @@ class Endpoint:
         if self.phase is Phase.OPEN:
             if self._ack_due is not None and now >= self._ack_due:
                 self._maybe_ack(now, force=True)
-            stall = self._stall_deadline()
+            stall = self.stall_deadline()
             if stall is not None and now >= stall:
                 self._fail(
                     TetherCloseCode.REPLAY_OVERFLOW,
@@ -424,7 +424,8 @@ class Endpoint:
         ):
             self._expire()
 
-    def _stall_deadline(self) -> float | None:
+    def stall_deadline(self) -> float | None:
+        """When the oldest unacknowledged message will count as stalled, or None."""
         oldest = self.buffer.oldest_queued_at
         if oldest is None:
             return None

@@ -28,11 +28,11 @@ from websockets.asyncio.client import connect as ws_connect
 
 import tether
 import tether.asyncio.resume_server as resume_server_module
-from tether.asyncio.resume_client import TetherV1ClientLayer
+from tether.asyncio.resume_client import READ_AHEAD_MESSAGES, TetherV1ClientLayer
 from tether.asyncio.resume_server import TetherV1ServerLayer
 from tether.asyncio.session import Session
 from tether.backoff import BackoffConfig
-from tether.events import Connected, Resumed, SessionLost
+from tether.events import Connected, Resumed, SessionLost, State
 from tether.ratelimit import ResumeLimit
 from tether.resume import ResumeConfig
 from tether.stores.base import SessionRecord, StoreUnavailable
@@ -548,3 +548,91 @@ async def test_refused_resumes_are_rate_limited_per_address_before_the_store() -
         await server.shutdown()
     assert reasons == ["unknown", "unknown", "unknown", "rate_limited", "rate_limited"]
     assert store.loads == 3  # the limited attempts never reached the store
+
+
+class Sink:
+    """A handler that only reads: records ``c<n>`` messages, never answers."""
+
+    def __init__(self) -> None:
+        self.got: list[int] = []
+
+    async def __call__(self, session: Session) -> None:
+        async for message in session:
+            assert isinstance(message, str)
+            self.got.append(int(message[1:]))
+
+
+def reader_tasks() -> list[asyncio.Task[Any]]:
+    """The client's read-ahead tasks running now (``ClientConnection._read``)."""
+    return [
+        task
+        for task in asyncio.all_tasks()
+        if getattr(task.get_coro(), "__qualname__", "") == "ClientConnection._read"
+    ]
+
+
+@pytest.mark.timeout(20)
+async def test_a_client_that_only_sends_still_takes_the_acks() -> None:
+    """2,000 sent, recv() never called: the acks are read anyway and free the replay buffer.
+
+    The client reads in recv() (no reader task per connection); sending 64
+    unacknowledged messages makes it read ahead for the acks.
+    """
+    sink = Sink()
+    server = await start_server(sink, MemoryStore())
+    conn = await client(server.port)
+    async with running(server, conn):
+        layer = conn._layer
+        assert isinstance(layer, TetherV1ClientLayer)
+        assert reader_tasks() == []
+        for n in range(1, 2001):
+            await conn.send(f"c{n}")
+        await until(lambda: len(sink.got) == 2000, 10)
+        await until(lambda: len(layer.endpoint.buffer) < READ_AHEAD_MESSAGES, 5)
+        assert sink.got == list(range(1, 2001))
+        assert layer.endpoint.peer_acked > 2000 - READ_AHEAD_MESSAGES
+
+
+@pytest.mark.timeout(20)
+async def test_a_client_reading_in_recv_runs_no_reader_task() -> None:
+    """Request/response over tether.v1: recv() reads the connection itself, every time.
+
+    A reader task would add a task hop to every message; the replies carry the
+    acks, so nothing else has to read ahead.
+    """
+    handler = Echo()
+    server = await start_server(handler, MemoryStore())
+    conn = await client(server.port)
+    async with running(server, conn):
+        seen: list[int] = []
+        for n in range(1, 301):
+            await echoes(conn, n)
+            seen.append(len(reader_tasks()))
+        assert seen == [0] * 300
+        assert handler.got == list(range(1, 301))
+        layer = conn._layer
+        assert isinstance(layer, TetherV1ClientLayer)
+        assert len(layer.endpoint.buffer) <= 1  # the last request's ack may still be coming
+
+
+@pytest.mark.timeout(20)
+async def test_a_few_unacked_messages_are_read_for_before_they_stall() -> None:
+    """5 sent, recv() never called, no heartbeat: the acks are read half way to the stall.
+
+    Without that read, the 5 messages would count as stalled after the resume
+    window (1 s here) and the client would close with 4202 and resume.
+    """
+    sink = Sink()
+    window = ResumeConfig(resume_window=1.0)
+    server = await start_server(sink, MemoryStore(), config=QUICK_ACKS)
+    conn = await client(server.port, resume=window)
+    async with running(server, conn) as run:
+        layer = conn._layer
+        assert isinstance(layer, TetherV1ClientLayer)
+        for n in range(1, 6):
+            await conn.send(f"c{n}")
+        await until(lambda: len(sink.got) == 5, 5)
+        await until(lambda: len(layer.endpoint.buffer) == 0, 0.9)  # by 0.5 s + the ack
+        await asyncio.sleep(0.7)  # past the window: a stall would have closed it by now
+        assert run.events.kinds() == []  # no Disconnected, no Resumed
+        assert conn.state is State.OPEN

@@ -1011,6 +1011,8 @@ class ClientConnection:
         """Wait up to ``send_timeout`` for the layer to have room, else let it overflow."""
         loop = asyncio.get_running_loop()
         deadline = None if self._send_timeout is None else loop.time() + self._send_timeout
+        if link.reader is None and not link.reading:
+            self._ensure_reader(link)  # the acks that make room must be read
         while not self._layer.has_room(message):
             remaining = None if deadline is None else deadline - loop.time()
             if remaining is not None and remaining <= 0:
@@ -1033,7 +1035,11 @@ class ClientConnection:
         room = link.room
         if room is not None and not room.done():
             room.set_result(None)
-        deadline = self._layer.next_deadline()
+        layer = self._layer
+        if link.reader is None and not link.reading and layer.wants_input():
+            # Sending without reading: take the acks (read ahead until recv() waits).
+            self._ensure_reader(link)
+        deadline = layer.next_deadline()
         if deadline is not None and (link.timer is None or deadline < link.timer_at):
             self._arm(link)
 
@@ -1139,6 +1145,10 @@ class ClientConnection:
         beat = link.machine.next_deadline()
         layer = None if self._plain else self._layer.next_deadline()
         deadline = beat if layer is None else layer if beat is None else min(beat, layer)
+        if not self._plain and link.reader is None and not link.reading and not link.eof:
+            read = self._layer.read_deadline()  # always before the layer's stall deadline
+            if read is not None and (deadline is None or read < deadline):
+                deadline = read
         if deadline is not None:
             assert self._loop is not None
             link.timer = self._loop.call_at(deadline, self._on_timer, link)
@@ -1168,6 +1178,11 @@ class ClientConnection:
                     link.transport.abort()
                     return
             if not self._plain:
+                read = self._layer.read_deadline()
+                if read is not None and read <= now and link.reader is None and not link.reading:
+                    # Unacknowledged for half the stall time and nobody reading: the
+                    # acks may be waiting in the engine.
+                    self._ensure_reader(link)
                 deadline = self._layer.next_deadline()
                 if deadline is not None and deadline <= now:
                     # The layer's timer: ack delay, stalled replay buffer.

@@ -55,7 +55,8 @@ class ClientLayer:
 
     Set :attr:`needs_reader` to False when the layer does not have to see incoming
     messages before the application asks for them: the client can then read the
-    transport from ``recv()`` itself, without a reader task in between.
+    transport from ``recv()`` itself, without a reader task in between; it reads
+    ahead when :meth:`wants_input` says so or :meth:`read_deadline` passes.
     """
 
     #: Subprotocols the layer wants offered before the user's own (read before
@@ -79,13 +80,13 @@ class ClientLayer:
 
         The client then runs a reader task per connection that passes each message
         through :meth:`incoming` into the receive buffer, even while the application
-        does not call ``recv()`` (tether.v1 must read acks to free its replay buffer,
-        and acknowledge what it received). When False, ``recv()`` reads the transport
+        does not call ``recv()``. When False, ``recv()`` reads the transport
         itself, one task hop fewer per message, and :meth:`incoming` runs when the
         application asks for the next message, when a heartbeat finds it not
         reading (the client then reads ahead into the buffer, within
-        ``max_incoming``), and when the connection closes. Default True: right for
-        any layer; :class:`PlainLayer` says False.
+        ``max_incoming``), when :meth:`wants_input` or :meth:`read_deadline` asks, and
+        when the connection closes. Default True: right for any layer;
+        :class:`PlainLayer` and the tether.v1 layer say False.
         """
         return True
 
@@ -113,6 +114,24 @@ class ClientLayer:
 
     def next_deadline(self) -> float | None:
         """When :meth:`handle_timer` must run next (event loop clock), or None."""
+        return None
+
+    def wants_input(self) -> bool:
+        """True when incoming messages must be read now even if the application does not.
+
+        Asked after each call into the layer by a client whose layer does not need a
+        reader task (:attr:`needs_reader` False): True starts one, which reads ahead
+        until the application waits in ``recv()`` again (tether.v1: enough sent and
+        unacknowledged that the acks must be taken to keep the replay buffer small).
+        """
+        return False
+
+    def read_deadline(self) -> float | None:
+        """When incoming messages must have been read even if the application does not.
+
+        The client reads ahead from then on if nobody is reading (tether.v1: well
+        before unacknowledged messages would count as stalled). None: no such time.
+        """
         return None
 
     def handle_timer(self, now: float) -> None:

@@ -33,6 +33,13 @@ __all__ = ["TetherV1ClientLayer"]
 logger = logging.getLogger("tether.client")
 
 
+#: Unacknowledged messages (or bytes) after which the client reads the acks even if
+#: the application is not reading: twice the peer's default ack trigger (32 messages,
+#: 64 KiB), so that an application that sends and reads in turn never needs it.
+READ_AHEAD_MESSAGES = 64
+READ_AHEAD_BYTES = 128 * 1024
+
+
 class _NotTetherPeer(Exception):
     """The first answer to hello was not tether.v1: the server only echoed the name."""
 
@@ -71,6 +78,16 @@ class TetherV1ClientLayer(ClientLayer):
     def keeps_sent(self) -> bool:
         """True on a tether.v1 connection: the replay buffer owns sent messages."""
         return self._v1
+
+    @property
+    def needs_reader(self) -> bool:
+        """False: ``recv()`` reads the connection; the client reads ahead on :meth:`wants_input`.
+
+        Acks only need to be taken in time to keep the replay buffer small and short
+        of its stall deadline, not as each arrives: a reader task per connection
+        would add a task hop to every message the application reads.
+        """
+        return False
 
     @property
     def sid(self) -> str | None:
@@ -215,6 +232,20 @@ class TetherV1ClientLayer(ClientLayer):
     def next_deadline(self) -> float | None:
         """The endpoint's next deadline (ack delay, stalled buffer) on a tether.v1 connection."""
         return self.endpoint.next_deadline() if self._v1 else None
+
+    def wants_input(self) -> bool:
+        """Enough unacknowledged messages that the acks coming back must be read now."""
+        if not self._v1:
+            return False
+        buffer = self.endpoint.buffer
+        return len(buffer) >= READ_AHEAD_MESSAGES or buffer.bytes >= READ_AHEAD_BYTES
+
+    def read_deadline(self) -> float | None:
+        """Half way to the stall deadline of the oldest unacknowledged message."""
+        if not self._v1:
+            return None
+        stall = self.endpoint.stall_deadline()
+        return None if stall is None else stall - self.endpoint.config.resume_window / 2
 
     def handle_timer(self, now: float) -> None:
         """Run the endpoint's timer."""
