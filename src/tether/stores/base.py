@@ -43,6 +43,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from ..exceptions import StoreError
 from ..protocol import Payload
@@ -86,9 +87,12 @@ class SessionExists(StoreError):
     """:meth:`SessionStore.create` was given an id that is already in use."""
 
 
-@dataclass(frozen=True)
-class StoredMessage:
+class StoredMessage(NamedTuple):
     """One outgoing message as the store keeps it.
+
+    A named tuple, not a frozen dataclass: the server makes one per message sent,
+    and a frozen dataclass costs about twice as much to build (measured: 0.96 µs
+    against 0.50 µs per object on CPython 3.11).
 
     Attributes:
         seq: its sequence number (server -> client direction).
