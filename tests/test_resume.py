@@ -852,3 +852,23 @@ def test_peer_input_never_raises(messages: list[str | bytes]) -> None:
             endpoint.receive_message(message, 0.0)
         closes = [e for e in endpoint.events_received() if isinstance(e, CloseConnection)]
         assert len(closes) <= 1
+
+
+def test_has_output_says_whether_frames_or_events_wait() -> None:
+    """has_output: True exactly while data_to_send() or events_received() would return something."""
+    client = opened_client()
+    assert not client.has_output
+    assert client.receive(encode(Data(1, 0, "x")), 0.0) == "x"  # the ack waits for its delay
+    assert not client.has_output
+    client.handle_timer(client.next_deadline() or 0.0)
+    assert client.has_output
+    assert [decode(m) for m in client.data_to_send()] == [Ack(1)]
+    assert not client.has_output
+    client.send("a", 1.0)
+    assert client.has_output  # its data frame
+    client.data_to_send()
+    assert not client.has_output
+    client.receive_message(encode(Ack(1)), 1.0)
+    assert client.has_output  # PeerAcked
+    assert client.events_received() == [PeerAcked(1)]
+    assert not client.has_output

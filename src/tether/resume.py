@@ -237,6 +237,15 @@ class Endpoint:
 
     # ----------------------------------------------------------------- outputs
 
+    @property
+    def has_output(self) -> bool:
+        """Whether :meth:`data_to_send` or :meth:`events_received` has something.
+
+        A cheap check for the adapters' per-message path: both calls make a new
+        list each time, which is most of their cost when there is nothing.
+        """
+        return bool(self._out or self._events)
+
     def data_to_send(self) -> list[Payload]:
         """Messages to send on the current connection, in order; clears the list."""
         out, self._out = self._out, []

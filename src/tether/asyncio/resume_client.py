@@ -224,9 +224,9 @@ class TetherV1ClientLayer(ClientLayer):
             return (message,)
         endpoint = self.endpoint
         payload = endpoint.receive(message, now)
-        events = endpoint.events_received()
-        if events:
-            self._absorb(events)
+        if endpoint.has_output:
+            # Leaves the outgoing frames (an ack) for control_to_send().
+            self._absorb(endpoint.events_received())
         return [] if payload is None else [payload]
 
     def next_deadline(self) -> float | None:
@@ -255,7 +255,9 @@ class TetherV1ClientLayer(ClientLayer):
 
     def control_to_send(self) -> Sequence[Message]:
         """Standalone acks (and anything else the endpoint queued on its own)."""
-        return self.endpoint.data_to_send() if self._v1 else ()
+        if self._v1 and self.endpoint.has_output:
+            return self.endpoint.data_to_send()
+        return ()
 
     def close_request(self) -> tuple[int, str] | None:
         """A close the endpoint asked for (4201 gap, 4202 overflow, 1002 protocol error)."""
@@ -264,6 +266,8 @@ class TetherV1ClientLayer(ClientLayer):
 
     def take_events(self) -> Sequence[Event]:
         """SessionLost events for the application."""
+        if not self._events:
+            return ()  # the per-message case: no new list
         events, self._events = self._events, []
         return events
 
