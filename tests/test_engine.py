@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 import pytest
 
-from tether.asyncio.engine import ClosedInfo, Message, PongHandler, Transport
+from tether.asyncio.engine import ClosedInfo, Message, PongHandler, Transport, TransportClosed
+from tether.asyncio.websockets_engine import WebsocketsTransport
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -73,9 +76,6 @@ async def test_websockets_transport_keeps_reporting_the_end_after_a_refused_mess
     from websockets.asyncio.client import connect as ws_connect
     from websockets.asyncio.server import ServerConnection, serve
 
-    from tether.asyncio.engine import TransportClosed
-    from tether.asyncio.websockets_engine import WebsocketsTransport
-
     async def flood(connection: ServerConnection) -> None:
         # 5,000 one-byte fragments: over websockets' 4,096-fragment limit.
         await connection.send(b"x" for _ in range(5000))
@@ -94,3 +94,57 @@ async def test_websockets_transport_keeps_reporting_the_end_after_a_refused_mess
             with pytest.raises(TransportClosed) as second:
                 await transport.recv()
             assert second.value.info.sent_code == 1009
+
+
+@contextlib.asynccontextmanager
+async def echo_pair() -> AsyncIterator[WebsocketsTransport]:
+    """A websockets echo server on loopback and a WebsocketsTransport connected to it."""
+    from websockets.asyncio.client import connect as ws_connect
+    from websockets.asyncio.server import ServerConnection, serve
+
+    async def echo(connection: ServerConnection) -> None:
+        async for message in connection:
+            await connection.send(message)
+
+    async with serve(echo, "127.0.0.1", 0, compression=None) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with ws_connect(f"ws://127.0.0.1:{port}", compression=None) as connection:
+            yield WebsocketsTransport(connection)
+
+
+async def test_write_now_writes_whole_messages_of_either_type_at_once() -> None:
+    """write_now(): True, and the peer gets each message with its type; no await needed."""
+    async with echo_pair() as transport:
+        assert transport.write_now("text é")
+        assert transport.write_now(b"\x00bin")
+        assert await transport.recv() == "text é"
+        assert await transport.recv() == b"\x00bin"
+
+
+async def test_send_waits_while_the_write_buffer_is_paused() -> None:
+    """Over the high-water mark write_now() declines and send() waits for the drain.
+
+    Pausing is what asyncio's transport does to its protocol when the buffer goes
+    over the limit; resume_writing() is what it does once under the low mark.
+    """
+    async with echo_pair() as transport:
+        connection = transport.connection
+        connection.pause_writing()
+        assert not transport.write_now("held")
+        sending = asyncio.ensure_future(transport.send("waits"))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not sending.done()
+        connection.resume_writing()
+        await asyncio.wait_for(sending, 5)
+        assert await transport.recv() == "waits"  # "held" was never written
+
+
+async def test_write_now_declines_once_closing_and_send_reports_the_close() -> None:
+    """After close(): write_now() writes nothing, send() raises TransportClosed."""
+    async with echo_pair() as transport:
+        info = await transport.close(1000)
+        assert info.sent_code == 1000
+        assert not transport.write_now("late")
+        with pytest.raises(TransportClosed):
+            await transport.send("late")

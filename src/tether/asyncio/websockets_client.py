@@ -201,39 +201,12 @@ def open_probe(transport: Transport) -> tuple[Callable[[], bool], Callable[[], b
 def fast_writer(transport: Transport) -> Callable[[Message], bool] | None:
     """A synchronous write of one whole message to ``transport``; None if it is not ours.
 
-    The returned function writes the frame and returns True when the connection is
-    OPEN, not closing, and its write buffer is not over the high-water mark: then
-    ``websockets``' own ``send`` would not wait either, and it would do the same
-    (frame the message with the Sans-I/O protocol, hand the bytes to the asyncio
-    transport), through an async context manager that costs more than the write.
-    Otherwise it writes nothing and returns False: the caller uses ``send``, which
-    waits for the buffer to drain or reports the close.
-
-    What it wrote is "accepted by the transport" exactly as after ``send`` returned.
-    A subclass of the transport may override ``send``: it gets None, so that its
-    ``send`` is used.
+    :meth:`WebsocketsTransport.write_now`: True when written at once, False when
+    the caller must await ``send`` (buffer over its limit, or the connection is
+    not OPEN). What it wrote is "accepted by the transport" exactly as after
+    ``send`` returned. A subclass of the transport may override ``send``: it gets
+    None, so that its ``send`` is used.
     """
     if type(transport) is not WebsocketsTransport:
         return None
-    connection = transport.connection
-    protocol = connection.protocol
-    socket = connection.transport
-    _, high = socket.get_write_buffer_limits()
-    open_state = WsState.OPEN
-
-    def write(message: Message) -> bool:
-        if (
-            protocol.state is not open_state
-            or socket.is_closing()
-            or socket.get_write_buffer_size() > high
-        ):
-            return False
-        if isinstance(message, str):
-            protocol.send_text(message.encode())
-        else:
-            protocol.send_binary(message)
-        for data in protocol.data_to_send():
-            socket.write(data)  # a data frame never asks for EOF (only a close does)
-        return True
-
-    return write
+    return transport.write_now

@@ -13,7 +13,7 @@ from typing import Any
 
 from websockets.asyncio.connection import Connection
 from websockets.exceptions import ConnectionClosed as WsConnectionClosed
-from websockets.protocol import CLOSED
+from websockets.protocol import CLOSED, OPEN
 
 from ..closecodes import CloseCode
 from .engine import ClosedInfo, CloseHandler, Message, PongHandler, Transport, TransportClosed
@@ -77,7 +77,39 @@ class WebsocketsTransport(Transport):
         """The wrapped websockets connection."""
         return self._ws
 
+    def write_now(self, message: Message) -> bool:
+        """Write one whole message at once if ``websockets`` would not wait; else False.
+
+        True when the connection is OPEN, no fragmented send is in progress and
+        the socket's write buffer is not paused (over its high-water mark): then
+        ``websockets``' own ``send`` would not wait either and would do the same
+        (frame the message with its Sans-I/O protocol, hand the bytes to the
+        asyncio transport), through an async context manager that costs more than
+        the write. Otherwise it writes nothing: the caller awaits :meth:`send`,
+        which waits for the buffer to drain or reports the close.
+        """
+        ws = self._ws
+        protocol = ws.protocol
+        if (
+            protocol.state is not OPEN
+            or ws.paused
+            or ws.send_in_progress is not None
+            or ws.transport.is_closing()
+        ):
+            return False
+        if isinstance(message, str):
+            protocol.send_text(message.encode())
+        else:
+            protocol.send_binary(message)
+        socket = ws.transport
+        for data in protocol.data_to_send():
+            socket.write(data)  # a data frame never asks for EOF (only a close does)
+        return True
+
     async def send(self, message: Message) -> None:
+        # Most sends go at once (see write_now); websockets' send() for the rest.
+        if self.write_now(message):
+            return
         try:
             await self._ws.send(message)
         except WsConnectionClosed as exc:
