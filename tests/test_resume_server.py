@@ -281,3 +281,53 @@ async def test_awaited_store_batches_concurrent_sends_in_order() -> None:
     assert [m.payload for m in stored] == [f"m{n}" for n in range(1, 21)]
     await until(lambda: len(transport.sent) == 21)
     assert transport.sent[1:] == [f"d{n}:0:m{n}" for n in range(1, 21)]
+
+
+# -- the session's task and timer exist only while there is work ---------------------------------
+
+
+async def test_an_idle_session_holds_no_task_and_no_timer() -> None:
+    """After the welcome, with nothing unacked or due, the layer keeps no task or timer for it."""
+    layer = TetherV1ServerLayer()
+    session, _, _ = await new_session(layer)
+    state = layer._states[session]
+    await until(lambda: state.task is None)
+    assert state.alarm is None
+    assert (state.outq, state.delivered, state.progress) == (None, None, None)
+
+
+def test_unacked_message_on_an_open_connection_closes_it_after_the_window() -> None:
+    """A first unacked send arms the timer at its stall deadline: 4202 after the window."""
+    run_virtual(_unacked_message_closes_after_the_window())
+
+
+async def _unacked_message_closes_after_the_window() -> None:
+    loop = asyncio.get_running_loop()
+    layer = TetherV1ServerLayer(config=ResumeConfig(resume_window=5.0))
+    session, transport, _ = await new_session(layer)
+    await until(lambda: layer._states[session].task is None)
+    sent_at = loop.time()
+    await session.send("never acked")
+    await until(lambda: bool(transport.close_calls), timeout=10.0)  # virtual time
+    assert transport.close_calls[0][0] == 4202
+    assert 5.0 <= loop.time() - sent_at <= 5.1
+
+
+def test_detached_session_expires_after_the_window() -> None:
+    """Connection lost and no resume: the session ends (expired) one window later."""
+    run_virtual(_detached_session_expires())
+
+
+async def _detached_session_expires() -> None:
+    loop = asyncio.get_running_loop()
+    store = MemoryStore()
+    layer = TetherV1ServerLayer(store=store, config=ResumeConfig(resume_window=5.0))
+    session, transport, _ = await new_session(layer)
+    transport.abort()
+    lost_at = loop.time()
+    await until(lambda: session.transport is None)
+    assert session.closed is None
+    await until(lambda: session.closed is not None, timeout=10.0)  # virtual time
+    assert session.closed is not None
+    assert session.closed.reason == "session expired"
+    assert 5.0 <= loop.time() - lost_at <= 5.1
