@@ -331,3 +331,89 @@ async def _detached_session_expires() -> None:
     assert session.closed is not None
     assert session.closed.reason == "session expired"
     assert 5.0 <= loop.time() - lost_at <= 5.1
+
+
+# -- reading on demand: the handler's recv() reads; a reader task only while needed --------------
+
+
+async def attached(
+    layer: TetherV1ServerLayer, *frames: str
+) -> tuple[Session, FakeTransport, asyncio.Future[ClosedInfo]]:
+    """A new session whose welcome went out; ``frames`` fed after the hello."""
+    transport = v1_transport(encode(Hello(rx=0)), *frames)
+    session = await layer.open(transport, REQUEST)
+    ended = session.attach(transport)
+    await until(lambda: len(transport.sent) >= 1 and layer._states[session].task is None)
+    return session, transport, ended
+
+
+async def test_recv_reads_the_connection_in_the_handlers_task() -> None:
+    """No task reads for a handler that reads: recv() takes the frame off the connection itself."""
+    layer = TetherV1ServerLayer()
+    before = len(asyncio.all_tasks())
+    session, transport, ended = await attached(layer)
+    assert len(asyncio.all_tasks()) == before  # no pump, no session task
+    transport.feed("d1:0:hi")
+    transport.feed("d2:0:ho")
+    assert [await session.recv(), await session.recv()] == ["hi", "ho"]
+    assert session._reader_task is None
+    assert len(asyncio.all_tasks()) == before
+    assert not ended.done()
+
+
+async def test_send_only_handler_reads_acks_and_frees_its_replay_buffer() -> None:
+    """A handler that never calls recv(): the client's acks are still read and applied."""
+    layer = TetherV1ServerLayer()
+    session, transport, _ = await attached(layer)
+    endpoint = layer._states[session].endpoint
+    count = 20
+    for n in range(1, count + 1):
+        await session.send(f"m{n}")
+        transport.feed(encode(Ack(n)))
+    await until(lambda: endpoint.peer_acked == count)
+    assert len(endpoint.buffer) == 0
+    assert session._reader_task is not None  # kept for good: the handler does not read
+
+
+async def test_reader_task_hands_the_reading_back_to_recv() -> None:
+    """A reader started while the handler did not read stops once recv() waits; recv() reads on."""
+    layer = TetherV1ServerLayer()
+    session, transport, _ = await attached(layer)
+    session.read_ahead()  # a ping went out, say
+    reader = session._reader_task
+    assert reader is not None
+    receiving = asyncio.ensure_future(session.recv())
+    await asyncio.sleep(0)
+    transport.feed("d1:0:first")
+    assert await receiving == "first"
+    await until(lambda: reader.done())
+    assert session._reader_task is None
+    transport.feed("d2:0:second")
+    assert await session.recv() == "second"  # read directly, no task again
+    assert session._reader_task is None
+
+
+async def test_read_ahead_while_recv_reads_starts_no_second_reader() -> None:
+    """read_ahead() while recv() reads: one reader at a time, every message once, in order."""
+    layer = TetherV1ServerLayer()
+    session, transport, _ = await attached(layer)
+    receiving = asyncio.ensure_future(session.recv())
+    await asyncio.sleep(0)
+    session.read_ahead(keep=True)  # nothing to do: the handler reads
+    assert session._reader_task is None
+    transport.feed("d1:0:a")
+    assert await receiving == "a"
+    session.read_ahead(keep=True)
+    transport.feed("d2:0:b")
+    transport.feed("d3:0:c")
+    assert [await session.recv(), await session.recv()] == ["b", "c"]
+
+
+async def test_close_with_nobody_reading_delivers_what_came_before_and_ends_the_link() -> None:
+    """The client closes while the handler does not read: the end is handled, messages kept."""
+    layer = TetherV1ServerLayer()
+    session, transport, ended = await attached(layer, "d1:0:last")
+    transport.peer_closed(ClosedInfo(1001, "going away", clean=True))
+    assert (await asyncio.wait_for(ended, 2.0)).code == 1001
+    assert session.transport is None
+    assert await session.recv() == "last"

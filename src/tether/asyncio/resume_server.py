@@ -92,6 +92,10 @@ _CLAIM_ATTEMPTS = 3
 #: Seconds a 4901 close of a taken-over connection may take (it may be half-open).
 _TAKEOVER_CLOSE_S = 2.0
 
+#: Unacknowledged messages after which a session whose handler does not read gets a
+#: reader task (for good): the client's acks must be read to free the replay buffer.
+_READ_FOR_ACKS = 8
+
 
 @dataclass(eq=False)
 class _V1:
@@ -164,6 +168,9 @@ class TetherV1ServerLayer(ServerLayer):
 
     subprotocols: Sequence[str] = (SUBPROTOCOL,)
     sends_while_detached = True
+    #: The handler's recv() reads the connection; a reader task runs only when acks,
+    #: a timer, a drain or the close need reading while the handler does not read.
+    reads_on_demand = True
 
     def __init__(
         self,
@@ -471,6 +478,8 @@ class TetherV1ServerLayer(ServerLayer):
         old = state.transport
         if old is None:
             return
+        # Its close handshake needs it read (the handler may not be reading it).
+        state.session.read_ahead()
         state.transport = None
         state.closing = False
         state.outq = None
@@ -566,6 +575,9 @@ class TetherV1ServerLayer(ServerLayer):
             await self._wait_for_room(state, message)
         if state.ended:
             raise _ended(state)
+        if len(endpoint.buffer) >= _READ_FOR_ACKS:
+            # Acks are overdue: a handler that only sends never reads them itself.
+            session.read_ahead(keep=True)
         # The rx taken so far goes into the same write as this message, and the frame
         # leaves only after that write: the reply may carry it as its ack (no
         # standalone ack for the request it answers).
@@ -645,6 +657,7 @@ class TetherV1ServerLayer(ServerLayer):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.send_timeout
         overflowed = False
+        state.session.read_ahead(keep=True)  # the acks that make room must be read
         while not state.ended and not state.endpoint.has_room(message):
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -806,6 +819,8 @@ class TetherV1ServerLayer(ServerLayer):
     def _alarm_rang(self, state: _V1) -> None:
         state.alarm = None
         state.armed = float("inf")
+        # A stall verdict must see the acks that arrived: read them if nobody does.
+        state.session.read_ahead()
         if state.task is None:
             self._kick(state)
         else:
@@ -1030,6 +1045,7 @@ class TetherV1ServerLayer(ServerLayer):
         if state is None or transport is not state.transport:
             return await transport.close(code, reason)
         state.closing = True
+        session.read_ahead(keep=True)  # what still arrives is dropped; the close is read
         await self._settle(state, timeout=2.0)
         if code == CloseCode.SERVICE_RESTART and transport.closed is None:
             state.endpoint.goaway(
@@ -1053,6 +1069,7 @@ class TetherV1ServerLayer(ServerLayer):
         state = self._states.get(session)
         if state is None:
             return await transport.close(code, reason)
+        session.read_ahead(keep=True)  # the closing handshake must be read
         await self._settle(state, timeout=2.0)
         self._end(state, ClosedInfo(code, reason, clean=True, sent_code=code), delete=True)
         return await transport.close(code, reason)

@@ -103,8 +103,9 @@ class _Connection:
     #: Why the server closed it, for the log line ("restart", "heartbeat", ...).
     cause: str | None = None
     heartbeat: HeartbeatTimer | None = None
-    #: The pump of a session attached with ``Session.attach`` (not plain).
-    pump: asyncio.Task[ClosedInfo] | None = None
+    #: Done when the connection of a session attached with ``Session.attach`` (not
+    #: plain) ended and its end was handled.
+    pump: asyncio.Future[ClosedInfo] | None = None
     #: The close was logged (plain sessions log it from the close callback).
     logged: bool = False
 
@@ -582,9 +583,16 @@ class Server:
         self._log_close(record, info)
 
     async def _run_attached(self, record: _Connection, session: Session) -> None:
-        """A session the layer carries (tether.v1): a pump task, the handler in its own."""
+        """A session the layer carries (tether.v1): the handler in its own task.
+
+        The handler's recv() reads the connection (or a reader task does, only while
+        needed: the layer's ``reads_on_demand``); this task waits for the end.
+        """
         transport = record.transport
         pump = record.pump = session.attach(transport)
+        if record.heartbeat is not None:
+            # A pong waits behind unread messages: read them if the handler does not.
+            record.heartbeat.on_ping = session.read_ahead
         handler = self._handlers.get(session)
         if handler is None:
             # One handler per *session*: a session resumed on a new connection keeps its own.
@@ -606,6 +614,9 @@ class Server:
             finally:
                 pump.remove_done_callback(wake)
                 handler.remove_done_callback(wake)
+        if handler.done():
+            # Nobody reads any more: the close handshake and the end still need it.
+            session.read_ahead(keep=True)
         if handler.done() and transport.closed is None:
             # The handler is done, so is the connection (whatever the layer kept).
             ended = session.closed
