@@ -97,7 +97,7 @@ _TAKEOVER_CLOSE_S = 2.0
 _READ_FOR_ACKS = 8
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _V1:
     """The layer's state for one tether.v1 session."""
 

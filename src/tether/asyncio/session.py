@@ -27,8 +27,9 @@ import asyncio
 import collections
 import functools
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..closecodes import validate_send
 from ..exceptions import (
@@ -222,61 +223,71 @@ class Session:
         except TransportClosed as exc:
             raise closed_error(self._closed or exc.info) from exc
 
-    async def recv(self) -> Message:
-        """Return the next message from the client.
+    def recv(self) -> Coroutine[Any, Any, Message]:
+        """Return the next message from the client (``await session.recv()``).
 
         Raises:
             ConnectionClosed: the session ended and every message before the end was read.
         """
-        plain = self._plain
-        if plain is not None:
-            # Plain: read the connection in this task (no pump, no inbox). Inline, not
-            # a helper coroutine: one frame less per message and per idle connection.
-            self._check_plain_open()
-            try:
-                return await plain.recv()
-            except TransportClosed as exc:
-                raise self._plain_end(exc.info) from None
-        while not self._inbox:
-            if self._closed is not None:
-                raise closed_error(self._closed)
-            transport = self._transport
-            if (
-                self._on_demand
-                and transport is not None
-                and self._reader_task is None
-                and self._reading_on is None
-            ):
-                # Nobody else reads the connection: read it here, one task hop fewer.
-                # (Inline, not a helper coroutine: one frame less per idle session.)
-                ended = self._link_end
-                assert ended is not None
-                self._reading_on = transport
+        return self._receive(False)
+
+    async def _receive(self, iterating: bool) -> Message:
+        # recv() and __anext__() return this coroutine itself, not one awaiting it:
+        # one frame less per idle session (a handler waits in one of them).
+        try:
+            plain = self._plain
+            if plain is not None:
+                # Plain: read the connection in this task (no pump, no inbox). Inline, not
+                # a helper coroutine: one frame less per message and per idle connection.
+                self._check_plain_open()
                 try:
-                    raw = await transport.recv()
+                    return await plain.recv()
                 except TransportClosed as exc:
-                    self._link_ended(transport, ended, exc.info)
+                    raise self._plain_end(exc.info) from None
+            while not self._inbox:
+                if self._closed is not None:
+                    raise closed_error(self._closed)
+                transport = self._transport
+                if (
+                    self._on_demand
+                    and transport is not None
+                    and self._reader_task is None
+                    and self._reading_on is None
+                ):
+                    # Nobody else reads the connection: read it here, one task hop fewer.
+                    # (Inline, not a helper coroutine: one frame less per idle session.)
+                    ended = self._link_end
+                    assert ended is not None
+                    self._reading_on = transport
+                    try:
+                        raw = await transport.recv()
+                    except TransportClosed as exc:
+                        self._link_ended(transport, ended, exc.info)
+                        continue
+                    finally:
+                        self._reading_on = None
+                        done = self._read_done
+                        if done is not None:
+                            self._read_done = None
+                            _wake(done)
+                    message = await self._received_directly(transport, ended, raw)
+                    if message is not None:
+                        return message
                     continue
-                finally:
-                    self._reading_on = None
-                    done = self._read_done
-                    if done is not None:
-                        self._read_done = None
-                        _wake(done)
-                message = await self._received_directly(transport, ended, raw)
-                if message is not None:
-                    return message
-                continue
-            self._reader, waiter = self._park(self._reader)
-            await waiter
-        inbox = self._inbox
-        item = inbox.popleft()
-        self._inbox_bytes -= len(item)
-        if self._writer is not None and not self._inbox_full():
-            _wake(self._writer)
-            self._writer = None
-        self._layer.consumed(self)
-        return item
+                self._reader, waiter = self._park(self._reader)
+                await waiter
+            inbox = self._inbox
+            item = inbox.popleft()
+            self._inbox_bytes -= len(item)
+            if self._writer is not None and not self._inbox_full():
+                _wake(self._writer)
+                self._writer = None
+            self._layer.consumed(self)
+            return item
+        except ConnectionClosed:
+            if iterating:
+                raise StopAsyncIteration from None
+            raise
 
     def _check_plain_open(self) -> None:
         closed = self._closed
@@ -295,19 +306,8 @@ class Session:
         """Iterate over messages until the session ends (with any code)."""
         return self
 
-    async def __anext__(self) -> Message:
-        plain = self._plain
-        try:
-            if plain is None:
-                return await self.recv()
-            # recv()'s plain path, inline for the same reason.
-            self._check_plain_open()
-            try:
-                return await plain.recv()
-            except TransportClosed as exc:
-                raise self._plain_end(exc.info) from None
-        except ConnectionClosed:
-            raise StopAsyncIteration from None
+    def __anext__(self) -> Coroutine[Any, Any, Message]:
+        return self._receive(True)
 
     async def close(self, code: int = 1000, reason: str = "") -> ClosedInfo:
         """End the session: close its connection with ``code`` and ``reason``.
