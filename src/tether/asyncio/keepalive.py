@@ -64,6 +64,11 @@ class HeartbeatTimer:
         #: Called when a ping is sent: whoever must read the connection for its pong.
         self.on_ping: Callable[[], None] | None = None
 
+    @property
+    def config(self) -> Heartbeat:
+        """The heartbeat settings."""
+        return self._machine.config
+
     def start(self) -> None:
         """Listen for pongs and arm the timer (nothing when the heartbeat is disabled)."""
         if not self._machine.config.enabled:

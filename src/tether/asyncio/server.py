@@ -109,6 +109,16 @@ class _Connection:
     #: The close was logged (plain sessions log it from the close callback).
     logged: bool = False
 
+    def culled(self) -> None:
+        """The heartbeat gave up on the connection (a bound method: no partial per connection)."""
+        self.cause = "heartbeat"
+        timeout = self.heartbeat.config.timeout if self.heartbeat is not None else None
+        logger.info(
+            "no pong within %.1f s from %s: dropping the connection (1006)",
+            timeout or 0.0,
+            _address(self.request.remote_address),
+        )
+
 
 class Server:
     """A running (or ready to run) tether WebSocket server; see :func:`serve`.
@@ -507,9 +517,7 @@ class Server:
                 self._log_close(record, transport.closed)
                 return
             if self.heartbeat.enabled:
-                record.heartbeat = HeartbeatTimer(
-                    transport, self.heartbeat, on_dead=functools.partial(self._culled, record)
-                )
+                record.heartbeat = HeartbeatTimer(transport, self.heartbeat, on_dead=record.culled)
                 record.heartbeat.start()
             try:
                 session = await self.layer.open(transport, request)
@@ -578,14 +586,6 @@ class Server:
             if record.pump is not None:
                 record.pump.cancel()
             self._connections.pop(transport, None)
-
-    def _culled(self, record: _Connection) -> None:
-        record.cause = "heartbeat"
-        logger.info(
-            "no pong within %.1f s from %s: dropping the connection (1006)",
-            self.heartbeat.timeout or 0.0,
-            _address(record.request.remote_address),
-        )
 
     def _plain_connection_closed(self, record: _Connection, info: ClosedInfo) -> None:
         # The connection is gone even if the handler still runs: it is no longer

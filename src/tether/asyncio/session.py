@@ -95,6 +95,22 @@ def _keep(task: asyncio.Task[None]) -> None:
     task.add_done_callback(_detached_readers.discard)
 
 
+class _LinkWatch:
+    """The close callback of a connection attached on demand (one small object, no partial)."""
+
+    __slots__ = ("ended", "session", "transport")
+
+    def __init__(
+        self, session: Session, transport: Transport, ended: asyncio.Future[ClosedInfo]
+    ) -> None:
+        self.session = session
+        self.transport = transport
+        self.ended = ended
+
+    def __call__(self, info: ClosedInfo) -> None:
+        self.session._link_closed(self.transport, self.ended, info)
+
+
 class Session:
     """One client's session, as the server's handler sees it.
 
@@ -378,7 +394,7 @@ class Session:
         self._transport = transport
         ended: asyncio.Future[ClosedInfo] = asyncio.get_running_loop().create_future()
         self._link_end = ended
-        transport.add_close_callback(functools.partial(self._link_closed, transport, ended))
+        transport.add_close_callback(_LinkWatch(self, transport, ended))
         if self._reading_on is not None:
             # A recv() still waits on the previous connection (until it closes): this
             # one must not wait for it.
