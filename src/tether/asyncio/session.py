@@ -286,10 +286,17 @@ class Session:
                         if done is not None:
                             self._read_done = None
                             _wake(done)
-                    message = await self._received_directly(transport, ended, raw)
-                    if message is not None:
-                        return message
-                    continue
+                    if transport.closed is not None and self._reader_task is None:
+                        # Closed behind this message: the rest must be read to the end
+                        # even if the handler reads no more.
+                        self._start_reader(transport, ended)
+                    messages = await self._layer.received(self, transport, raw)
+                    if not messages or self._closed is not None:
+                        continue
+                    if len(messages) > 1:
+                        self._put_rest(messages)
+                    self._layer.consumed(self)
+                    return messages[0]
                 self._reader, waiter = self._park(self._reader)
                 await waiter
             inbox = self._inbox
@@ -446,26 +453,14 @@ class Session:
             return
         self._start_reader(transport, ended)
 
-    async def _received_directly(
-        self, transport: Transport, ended: asyncio.Future[ClosedInfo], raw: Message
-    ) -> Message | None:
-        """What recv() read itself, through the layer: its message, or None if none came of it."""
-        if transport.closed is not None and self._reader_task is None:
-            # Closed behind this message: the rest must be read to the end even if
-            # the handler reads no more.
-            self._start_reader(transport, ended)
-        messages = await self._layer.received(self, transport, raw)
-        if not messages or self._closed is not None:
-            return None
-        if len(messages) > 1:
-            inbox = self._inbox
-            if inbox is _NO_INBOX:
-                inbox = self._inbox = collections.deque()
-            for message in messages[1:]:
-                inbox.append(message)
-                self._inbox_bytes += len(message)
-        self._layer.consumed(self)
-        return messages[0]
+    def _put_rest(self, messages: Sequence[Message]) -> None:
+        """The messages after the first of one frame recv() read itself: into the inbox."""
+        inbox = self._inbox
+        if inbox is _NO_INBOX:
+            inbox = self._inbox = collections.deque()
+        for message in messages[1:]:
+            inbox.append(message)
+            self._inbox_bytes += len(message)
 
     async def _read(self, transport: Transport, ended: asyncio.Future[ClosedInfo]) -> None:
         """Move messages of ``transport`` through the layer into the inbox (reads on demand).
