@@ -417,3 +417,23 @@ async def test_close_with_nobody_reading_delivers_what_came_before_and_ends_the_
     assert (await asyncio.wait_for(ended, 2.0)).code == 1001
     assert session.transport is None
     assert await session.recv() == "last"
+
+
+async def test_send_only_handler_gets_a_reader_on_the_resumed_connection_too() -> None:
+    """After a resume, the acks of a handler that never reads are read on the new connection."""
+    layer = TetherV1ServerLayer()
+    session, old, _ = await attached(layer)
+    welcome = decode(old.sent[0])
+    assert isinstance(welcome, Welcome)
+    endpoint = layer._states[session].endpoint
+    for n in range(1, 11):
+        await session.send(f"m{n}")
+    assert session._reader_task is not None
+    hello = Hello(welcome.sid, welcome.token, welcome.epoch, 0)
+    new = v1_transport(encode(hello))
+    assert await layer.open(new, REQUEST) is session
+    session.attach(new)
+    await until(lambda: len(new.sent) >= 11)  # welcome, then the replay
+    new.feed(encode(Ack(10)))
+    await until(lambda: endpoint.peer_acked == 10)
+    assert len(endpoint.buffer) == 0

@@ -402,9 +402,10 @@ class Session:
         ended: asyncio.Future[ClosedInfo] = asyncio.get_running_loop().create_future()
         self._link_end = ended
         transport.add_close_callback(_LinkWatch(self, transport, ended))
-        if self._reading_on is not None:
+        if self._reading_on is not None or self._keep_reader:
             # A recv() still waits on the previous connection (until it closes): this
-            # one must not wait for it.
+            # one must not wait for it. Or the handler does not read (it only sends):
+            # the client's acks (and the replay's) must be read on this one too.
             self._start_reader(transport, ended)
         elif self._reader is not None:
             # A recv() parked behind the previous reader: it reads this connection now.
