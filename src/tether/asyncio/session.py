@@ -18,6 +18,12 @@ that a later connection can be attached to it.
 A session the layer calls plain (:meth:`ServerLayer.is_plain`) skips all that: the
 server attaches its connection with :meth:`Session.attach_plain`, and the handler's
 ``recv`` reads the connection in the handler's own task (no pump task, no inbox).
+
+A layer that :attr:`~ServerLayer.reads_on_demand` (tether.v1) keeps its hooks but
+no pump task either: the handler's ``recv`` reads the attached connection through
+the layer itself, and a reader task runs only while something must be read that
+the handler does not read (:meth:`Session.read_ahead`), handing the reading back
+once ``recv`` waits on an empty inbox.
 """
 
 from __future__ import annotations
