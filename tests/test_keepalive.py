@@ -182,3 +182,16 @@ def test_timer_on_the_running_loop_culls_a_silent_peer() -> None:
         return at - start
 
     assert run_virtual(scenario()) == pytest.approx(25.0)  # virtual time: no real wait
+
+
+async def test_each_ping_calls_on_ping() -> None:
+    """on_ping runs with every ping sent (the server reads the connection for its pong)."""
+    clock = FakeClock()
+    transport = PingTransport(answering=True)
+    timer = _timer(transport, Heartbeat(15.0, 10.0), clock, lambda: None)
+    calls: list[float] = []
+    timer.on_ping = lambda: calls.append(clock.now)
+    timer.start()
+    await clock.advance(30.0)
+    assert calls == [1015.0, 1030.0]
+    assert len(transport.pings) == 2

@@ -281,3 +281,159 @@ async def test_awaited_store_batches_concurrent_sends_in_order() -> None:
     assert [m.payload for m in stored] == [f"m{n}" for n in range(1, 21)]
     await until(lambda: len(transport.sent) == 21)
     assert transport.sent[1:] == [f"d{n}:0:m{n}" for n in range(1, 21)]
+
+
+# -- the session's task and timer exist only while there is work ---------------------------------
+
+
+async def test_an_idle_session_holds_no_task_and_no_timer() -> None:
+    """After the welcome, with nothing unacked or due, the layer keeps no task or timer for it."""
+    layer = TetherV1ServerLayer()
+    session, _, _ = await new_session(layer)
+    state = layer._states[session]
+    await until(lambda: state.task is None)
+    assert state.alarm is None
+    assert (state.outq, state.delivered, state.progress) == (None, None, None)
+
+
+def test_unacked_message_on_an_open_connection_closes_it_after_the_window() -> None:
+    """A first unacked send arms the timer at its stall deadline: 4202 after the window."""
+    run_virtual(_unacked_message_closes_after_the_window())
+
+
+async def _unacked_message_closes_after_the_window() -> None:
+    loop = asyncio.get_running_loop()
+    layer = TetherV1ServerLayer(config=ResumeConfig(resume_window=5.0))
+    session, transport, _ = await new_session(layer)
+    await until(lambda: layer._states[session].task is None)
+    sent_at = loop.time()
+    await session.send("never acked")
+    await until(lambda: bool(transport.close_calls), timeout=10.0)  # virtual time
+    assert transport.close_calls[0][0] == 4202
+    assert 5.0 <= loop.time() - sent_at <= 5.1
+
+
+def test_detached_session_expires_after_the_window() -> None:
+    """Connection lost and no resume: the session ends (expired) one window later."""
+    run_virtual(_detached_session_expires())
+
+
+async def _detached_session_expires() -> None:
+    loop = asyncio.get_running_loop()
+    store = MemoryStore()
+    layer = TetherV1ServerLayer(store=store, config=ResumeConfig(resume_window=5.0))
+    session, transport, _ = await new_session(layer)
+    transport.abort()
+    lost_at = loop.time()
+    await until(lambda: session.transport is None)
+    assert session.closed is None
+    await until(lambda: session.closed is not None, timeout=10.0)  # virtual time
+    assert session.closed is not None
+    assert session.closed.reason == "session expired"
+    assert 5.0 <= loop.time() - lost_at <= 5.1
+
+
+# -- reading on demand: the handler's recv() reads; a reader task only while needed --------------
+
+
+async def attached(
+    layer: TetherV1ServerLayer, *frames: str
+) -> tuple[Session, FakeTransport, asyncio.Future[ClosedInfo]]:
+    """A new session whose welcome went out; ``frames`` fed after the hello."""
+    transport = v1_transport(encode(Hello(rx=0)), *frames)
+    session = await layer.open(transport, REQUEST)
+    ended = session.attach(transport)
+    await until(lambda: len(transport.sent) >= 1 and layer._states[session].task is None)
+    return session, transport, ended
+
+
+async def test_recv_reads_the_connection_in_the_handlers_task() -> None:
+    """No task reads for a handler that reads: recv() takes the frame off the connection itself."""
+    layer = TetherV1ServerLayer()
+    before = len(asyncio.all_tasks())
+    session, transport, ended = await attached(layer)
+    assert len(asyncio.all_tasks()) == before  # no pump, no session task
+    transport.feed("d1:0:hi")
+    transport.feed("d2:0:ho")
+    assert [await session.recv(), await session.recv()] == ["hi", "ho"]
+    assert session._reader_task is None
+    assert len(asyncio.all_tasks()) == before
+    assert not ended.done()
+
+
+async def test_send_only_handler_reads_acks_and_frees_its_replay_buffer() -> None:
+    """A handler that never calls recv(): the client's acks are still read and applied."""
+    layer = TetherV1ServerLayer()
+    session, transport, _ = await attached(layer)
+    endpoint = layer._states[session].endpoint
+    count = 20
+    for n in range(1, count + 1):
+        await session.send(f"m{n}")
+        transport.feed(encode(Ack(n)))
+    await until(lambda: endpoint.peer_acked == count)
+    assert len(endpoint.buffer) == 0
+    assert session._reader_task is not None  # kept for good: the handler does not read
+
+
+async def test_reader_task_hands_the_reading_back_to_recv() -> None:
+    """A reader started while the handler did not read stops once recv() waits; recv() reads on."""
+    layer = TetherV1ServerLayer()
+    session, transport, _ = await attached(layer)
+    session.read_ahead()  # a ping went out, say
+    reader = session._reader_task
+    assert reader is not None
+    receiving = asyncio.ensure_future(session.recv())
+    await asyncio.sleep(0)
+    transport.feed("d1:0:first")
+    assert await receiving == "first"
+    await until(lambda: reader.done())
+    assert session._reader_task is None
+    transport.feed("d2:0:second")
+    assert await session.recv() == "second"  # read directly, no task again
+    assert session._reader_task is None
+
+
+async def test_read_ahead_while_recv_reads_starts_no_second_reader() -> None:
+    """read_ahead() while recv() reads: one reader at a time, every message once, in order."""
+    layer = TetherV1ServerLayer()
+    session, transport, _ = await attached(layer)
+    receiving = asyncio.ensure_future(session.recv())
+    await asyncio.sleep(0)
+    session.read_ahead(keep=True)  # nothing to do: the handler reads
+    assert session._reader_task is None
+    transport.feed("d1:0:a")
+    assert await receiving == "a"
+    session.read_ahead(keep=True)
+    transport.feed("d2:0:b")
+    transport.feed("d3:0:c")
+    assert [await session.recv(), await session.recv()] == ["b", "c"]
+
+
+async def test_close_with_nobody_reading_delivers_what_came_before_and_ends_the_link() -> None:
+    """The client closes while the handler does not read: the end is handled, messages kept."""
+    layer = TetherV1ServerLayer()
+    session, transport, ended = await attached(layer, "d1:0:last")
+    transport.peer_closed(ClosedInfo(1001, "going away", clean=True))
+    assert (await asyncio.wait_for(ended, 2.0)).code == 1001
+    assert session.transport is None
+    assert await session.recv() == "last"
+
+
+async def test_send_only_handler_gets_a_reader_on_the_resumed_connection_too() -> None:
+    """After a resume, the acks of a handler that never reads are read on the new connection."""
+    layer = TetherV1ServerLayer()
+    session, old, _ = await attached(layer)
+    welcome = decode(old.sent[0])
+    assert isinstance(welcome, Welcome)
+    endpoint = layer._states[session].endpoint
+    for n in range(1, 11):
+        await session.send(f"m{n}")
+    assert session._reader_task is not None
+    hello = Hello(welcome.sid, welcome.token, welcome.epoch, 0)
+    new = v1_transport(encode(hello))
+    assert await layer.open(new, REQUEST) is session
+    session.attach(new)
+    await until(lambda: len(new.sent) >= 11)  # welcome, then the replay
+    new.feed(encode(Ack(10)))
+    await until(lambda: endpoint.peer_acked == 10)
+    assert len(endpoint.buffer) == 0

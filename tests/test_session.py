@@ -7,7 +7,14 @@ import asyncio
 import pytest
 
 import tether
-from tether.asyncio.engine import ClosedInfo, Message, PongHandler, Transport, TransportClosed
+from tether.asyncio.engine import (
+    ClosedInfo,
+    CloseHandler,
+    Message,
+    PongHandler,
+    Transport,
+    TransportClosed,
+)
 from tether.asyncio.session import PlainServerLayer, RequestInfo, ServerLayer, Session
 from tether.exceptions import ConfigurationError
 
@@ -25,12 +32,23 @@ class FakeTransport(Transport):
         self.close_calls: list[tuple[int, str]] = []
         self._incoming: asyncio.Queue[Message | ClosedInfo] = asyncio.Queue()
         self._closed: ClosedInfo | None = None
+        self._close_callbacks: list[CloseHandler] = []
+        self._ending: ClosedInfo | None = None
 
     def feed(self, message: Message) -> None:
         self._incoming.put_nowait(message)
 
     def peer_closed(self, info: ClosedInfo) -> None:
         self._incoming.put_nowait(info)
+        if self._ending is None:
+            # Like an engine: told of the close at once (the messages before it may
+            # still be unread).
+            self._ending = info
+            for callback in self._close_callbacks:
+                asyncio.get_running_loop().call_soon(callback, info)
+
+    def add_close_callback(self, callback: CloseHandler) -> None:
+        self._close_callbacks.append(callback)
 
     async def send(self, message: Message) -> None:
         if self._closed is not None:

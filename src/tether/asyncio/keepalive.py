@@ -34,7 +34,16 @@ class HeartbeatTimer:
             tests pass a fake clock).
     """
 
-    __slots__ = ("_handle", "_loop", "_machine", "_on_dead", "_ping", "_transport", "dead")
+    __slots__ = (
+        "_handle",
+        "_loop",
+        "_machine",
+        "_on_dead",
+        "_ping",
+        "_transport",
+        "dead",
+        "on_ping",
+    )
 
     def __init__(
         self,
@@ -52,6 +61,13 @@ class HeartbeatTimer:
         self._ping: asyncio.Task[None] | None = None
         #: True once the link was declared dead (and the connection aborted).
         self.dead = False
+        #: Called when a ping is sent: whoever must read the connection for its pong.
+        self.on_ping: Callable[[], None] | None = None
+
+    @property
+    def config(self) -> Heartbeat:
+        """The heartbeat settings."""
+        return self._machine.config
 
     def start(self) -> None:
         """Listen for pongs and arm the timer (nothing when the heartbeat is disabled)."""
@@ -91,6 +107,8 @@ class HeartbeatTimer:
             return
         if result is not None and self._ping is None:
             self._ping = asyncio.ensure_future(self._send_ping(result.payload))
+            if self.on_ping is not None:
+                self.on_ping()
         self._arm()
 
     async def _send_ping(self, payload: bytes) -> None:

@@ -22,8 +22,11 @@ the frames, so that write-through holds and order is kept:
   a quarter of ``ack_delay`` later; acks follow only committed ``rx``
   (``hold_acks``), so an ack never promises more than the store holds; a
   client's acks are written with the next batch;
-* the session's task also runs the endpoint's timer (ack delay, stalled buffer,
-  expiry), and is woken only when that deadline moves earlier.
+* the session's task exists only while there is work: a store write to await,
+  frames to send, or the endpoint's timer (ack delay, stalled buffer, expiry),
+  which is one ``call_at`` alarm set to the endpoint's next deadline (moved only
+  when that deadline moves earlier). An idle session holds no task, no timer and
+  no ``asyncio.Event``: waiters are futures made when somebody waits.
 
 Store failures degrade, never crash: a failing write turns the session
 non-durable (it keeps working on this connection and in this process); a resume
@@ -89,8 +92,12 @@ _CLAIM_ATTEMPTS = 3
 #: Seconds a 4901 close of a taken-over connection may take (it may be half-open).
 _TAKEOVER_CLOSE_S = 2.0
 
+#: Unacknowledged messages after which a session whose handler does not read gets a
+#: reader task (for good): the client's acks must be read to free the replay buffer.
+_READ_FOR_ACKS = 8
 
-@dataclass(eq=False)
+
+@dataclass(eq=False, slots=True)
 class _V1:
     """The layer's state for one tether.v1 session."""
 
@@ -102,20 +109,24 @@ class _V1:
     #: A drain started on ``transport``: data arriving on it is not taken any more.
     closing: bool = False
     ended: bool = False
-    #: Sequence numbers handed to the inbox, not yet taken by the handler.
-    delivered: collections.deque[int] = field(default_factory=collections.deque)
+    #: Sequence numbers handed to the inbox, not yet taken by the handler (made on
+    #: first use: an idle session holds no deque).
+    delivered: collections.deque[int] | None = None
     consumed_rx: int = 0
     written_rx: int = 0
     written_tx: int = 0
     pending: list[StoredMessage] = field(default_factory=list)
     acked: int | None = None
     detach: bool = False
-    #: Frames for ``transport``: (sequence number that must be stored first, frame).
-    outq: collections.deque[tuple[int, Message]] = field(default_factory=collections.deque)
-    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
-    #: The session's task sleeps until then (-inf while it runs): only an earlier
-    #: endpoint deadline needs to wake it.
-    armed: float = float("-inf")
+    #: Frames for ``transport``: (sequence number that must be stored first, frame);
+    #: made on first use.
+    outq: collections.deque[tuple[int, Message]] | None = None
+    #: The one-shot timer set to the endpoint's next deadline (None: no deadline), and
+    #: when it fires: only an earlier deadline needs a new one.
+    alarm: asyncio.TimerHandle | None = None
+    armed: float = float("inf")
+    #: Work was added while the session's task runs: it goes round once more.
+    kicked: bool = False
     #: A flush runs (in a sender or in the session's task); others leave work to it.
     flushing: bool = False
     #: A commit of ``consumed_rx`` is scheduled for the end of this loop turn.
@@ -126,7 +137,10 @@ class _V1:
     #: process: a write under the old generation must not race the claim that bumps
     #: it (it would be fenced, and the resumed session ended as taken over).
     store_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    progress: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Senders and settlers waiting for the next flush (futures made on demand).
+    progress: list[asyncio.Future[None]] | None = None
+    #: The session's task: exists only while it has work (store I/O, frames, a timer
+    #: that came due), not for an idle session.
     task: asyncio.Task[None] | None = None
 
 
@@ -154,6 +168,9 @@ class TetherV1ServerLayer(ServerLayer):
 
     subprotocols: Sequence[str] = (SUBPROTOCOL,)
     sends_while_detached = True
+    #: The handler's recv() reads the connection; a reader task runs only when acks,
+    #: a timer, a drain or the close need reading while the handler does not read.
+    reads_on_demand = True
 
     def __init__(
         self,
@@ -228,10 +245,14 @@ class TetherV1ServerLayer(ServerLayer):
 
     async def stop(self) -> None:
         """Stop the sweeper and the sessions' tasks; close the store if this layer opened it."""
+        for state in self._states.values():
+            self._disarm(state)
         tasks = [t for t in (self._sweeper, *(s.task for s in self._states.values())) if t]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for state in self._states.values():
+            self._disarm(state)  # (a cancelled task re-arms on its way out)
         self._sweeper = None
         if self._owns_store:
             await self.store.close()
@@ -426,7 +447,6 @@ class TetherV1ServerLayer(ServerLayer):
         state = _V1(session, endpoint, generation, durable)
         self._states[session] = state
         self._by_sid[session.id] = state
-        state.task = asyncio.ensure_future(self._run(state))
         return state
 
     def _attach(
@@ -450,21 +470,25 @@ class TetherV1ServerLayer(ServerLayer):
         state.transport = transport
         state.closing = False
         self._collect(state)
-        state.wakeup.set()
+        self._kick(state)
+        self._rearm(state)
 
     def _take_over(self, state: _V1) -> None:
         """Fence the connection the session is attached to (a half-open one, say): 4901."""
         old = state.transport
         if old is None:
             return
+        # Its close handshake needs it read (the handler may not be reading it).
+        state.session.read_ahead()
         state.transport = None
         state.closing = False
-        state.outq.clear()
+        state.outq = None
         # The old connection may be closed already without its pump having told us:
         # either way it is detached now (its late connection_lost is then ignored).
         state.endpoint.connection_lost(asyncio.get_running_loop().time(), None)
         for event in state.endpoint.events_received():
             self._handle(state, event)
+        self._rearm(state)
         if old.closed is None:
             logger.info(
                 "session %s taken over by a new connection: closing the old one with 4901",
@@ -493,15 +517,19 @@ class TetherV1ServerLayer(ServerLayer):
                 self._handle(state, event)
         out = endpoint.data_to_send()
         if out:
-            need = endpoint.tx
-            state.outq.extend([(need, frame) for frame in out])
-            state.wakeup.set()
+            self._queue_frames(state, endpoint.tx, out)
+            self._kick(state)
         elif not self._inline:
             # An inline store writes the client's ack with the next batch.
-            state.wakeup.set()
+            self._kick(state)
+        if endpoint.next_deadline() is not None:
+            self._rearm(state)
         if payload is None:
             return ()
-        state.delivered.append(endpoint.rx)
+        delivered = state.delivered
+        if delivered is None:
+            delivered = state.delivered = collections.deque()
+        delivered.append(endpoint.rx)
         return (payload,)
 
     def consumed(self, session: Session) -> None:
@@ -510,7 +538,7 @@ class TetherV1ServerLayer(ServerLayer):
         if state is not None and state.delivered:
             state.consumed_rx = state.delivered.popleft()
             if not self._inline:
-                state.wakeup.set()
+                self._kick(state)
             elif state.commit_scheduled:
                 pass
             elif state.endpoint.wants_ack():
@@ -547,6 +575,9 @@ class TetherV1ServerLayer(ServerLayer):
             await self._wait_for_room(state, message)
         if state.ended:
             raise _ended(state)
+        if len(endpoint.buffer) >= _READ_FOR_ACKS:
+            # Acks are overdue: a handler that only sends never reads them itself.
+            session.read_ahead(keep=True)
         # The rx taken so far goes into the same write as this message, and the frame
         # leaves only after that write: the reply may carry it as its ack (no
         # standalone ack for the request it answers).
@@ -564,19 +595,22 @@ class TetherV1ServerLayer(ServerLayer):
             # Nothing before this message is unwritten or unsent: write it and send
             # its frame here, without the session's queues.
             seq = endpoint.send(message, now, persisted_rx=rx)
+            if state.alarm is None:
+                self._rearm(state)  # the first unacked message: a stall deadline
             if await self._send_now(state, StoredMessage(seq, message), rx):
                 return
         else:
             seq = endpoint.send(message, now, persisted_rx=rx)
+            if state.alarm is None:
+                self._rearm(state)
             state.pending.append(StoredMessage(seq, message))
             self._collect(state)
             if self._inline and not state.flushing:
                 await self._flush(state, inline=True)
             else:
-                state.wakeup.set()
+                self._kick(state)
         while state.written_tx < seq and not state.ended:
-            state.progress.clear()
-            await state.progress.wait()
+            await self._wait_progress(state)
 
     async def _send_now(self, state: _V1, stored: StoredMessage, rx: int | None) -> bool:
         """The per-message path of an in-process store; False: left to the flush."""
@@ -595,9 +629,8 @@ class TetherV1ServerLayer(ServerLayer):
             written = True
         if not written:
             state.pending.append(stored)
-            need = endpoint.tx
-            state.outq.extend((need, frame) for frame in frames)
-            state.wakeup.set()
+            self._queue_frames(state, endpoint.tx, frames)
+            self._kick(state)
             return False
         state.acked = None
         state.written_tx = stored.seq
@@ -605,7 +638,7 @@ class TetherV1ServerLayer(ServerLayer):
             # No rx_persisted(): send(persisted_rx=rx) already advanced the ack, and
             # the data frame carried it (no ack left due, no deadline moved).
             state.written_rx = rx
-        state.progress.set()
+        self._wake_progress(state)
         transport = state.transport
         if frames and transport is not None:
             state.flushing = True  # others queue behind these frames
@@ -617,13 +650,14 @@ class TetherV1ServerLayer(ServerLayer):
             finally:
                 state.flushing = False
                 if not state.ended and self._has_work(state):
-                    state.wakeup.set()
+                    self._kick(state)
         return True
 
     async def _wait_for_room(self, state: _V1, message: Message) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.send_timeout
         overflowed = False
+        state.session.read_ahead(keep=True)  # the acks that make room must be read
         while not state.ended and not state.endpoint.has_room(message):
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -638,9 +672,8 @@ class TetherV1ServerLayer(ServerLayer):
                     continue
                 await self._abandon(state)
                 raise _ended(state)
-            state.progress.clear()
             with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
-                await asyncio.wait_for(state.progress.wait(), remaining)
+                await asyncio.wait_for(self._wait_progress(state), remaining)
 
     async def _abandon(self, state: _V1) -> None:
         """Full while the client is away: the promise cannot be kept; refuse its resume."""
@@ -665,9 +698,9 @@ class TetherV1ServerLayer(ServerLayer):
         """Act on a core event other than a delivered message."""
         if isinstance(event, PeerAcked):
             state.acked = event.seq
-            state.progress.set()  # room in the replay buffer
+            self._wake_progress(state)  # room in the replay buffer
             if not self._inline:
-                state.wakeup.set()
+                self._kick(state)
         elif isinstance(event, CloseConnection):
             transport = state.transport
             if transport is not None:
@@ -683,34 +716,62 @@ class TetherV1ServerLayer(ServerLayer):
 
     def _collect(self, state: _V1) -> None:
         """Move the endpoint's frames to the session's ordered outgoing queue."""
-        need = state.endpoint.tx
-        for frame in state.endpoint.data_to_send():
-            state.outq.append((need, frame))
+        frames = state.endpoint.data_to_send()
+        if frames:
+            self._queue_frames(state, state.endpoint.tx, frames)
+
+    @staticmethod
+    def _queue_frames(state: _V1, need: int, frames: list[Message]) -> None:
+        outq = state.outq
+        if outq is None:
+            outq = state.outq = collections.deque()
+        outq.extend([(need, frame) for frame in frames])
+
+    @staticmethod
+    async def _wait_progress(state: _V1) -> None:
+        """Wait for the next flush round (or the session's end)."""
+        waiter = asyncio.get_running_loop().create_future()
+        if state.progress is None:
+            state.progress = [waiter]
+        else:
+            state.progress.append(waiter)
+        try:
+            await waiter
+        finally:
+            if not waiter.done() or waiter.cancelled():
+                with contextlib.suppress(ValueError):
+                    if state.progress is not None:
+                        state.progress.remove(waiter)
+
+    @staticmethod
+    def _wake_progress(state: _V1) -> None:
+        waiters = state.progress
+        if waiters:
+            state.progress = None
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
 
     # -- the session's task: store writes, frames, timers --------------------------------------
 
+    def _kick(self, state: _V1) -> None:
+        """There is work for the session's task: start it, or make it go round once more."""
+        if state.task is None:
+            if not state.ended:
+                state.task = asyncio.ensure_future(self._run(state))
+        else:
+            state.kicked = True
+
     async def _run(self, state: _V1) -> None:
+        """Run the endpoint's timer if due and flush, until no work is left; then end.
+
+        Started on demand (:meth:`_kick`, the alarm): an idle session has no task.
+        """
         loop = asyncio.get_running_loop()
-        # Sleep at most half a window when nothing is due: a stall deadline is born at
-        # least a window ahead, so one that appears meanwhile needs no wake-up.
-        idle = self.config.resume_window / 2
         endpoint = state.endpoint
         try:
             while True:
-                deadline = endpoint.next_deadline()
-                now = loop.time()
-                until = now + idle if deadline is None or deadline - now > idle else deadline
-                if until > now and not state.wakeup.is_set():
-                    state.armed = until
-                    # A timer that sets the event, not wait_for(): no task per wait, and
-                    # a cancel (stop()) can never be swallowed by a wake-up at the same time.
-                    alarm = loop.call_at(until, state.wakeup.set)
-                    try:
-                        await state.wakeup.wait()
-                    finally:
-                        alarm.cancel()
-                state.armed = float("-inf")
-                state.wakeup.clear()
+                state.kicked = False
                 if (deadline := endpoint.next_deadline()) is not None and (loop.time() >= deadline):
                     endpoint.handle_timer(loop.time())
                     for event in endpoint.events_received():
@@ -718,6 +779,9 @@ class TetherV1ServerLayer(ServerLayer):
                     self._collect(state)
                 await self._flush(state)
                 if state.ended:
+                    return
+                # A flush running in a sender kicks again if it leaves work behind.
+                if state.flushing or not (state.kicked or self._has_work(state)):
                     return
         except asyncio.CancelledError:
             raise
@@ -729,13 +793,44 @@ class TetherV1ServerLayer(ServerLayer):
                 delete=False,
             )
         finally:
-            state.progress.set()
+            if state.task is asyncio.current_task():
+                state.task = None
+            self._wake_progress(state)
+            if not state.ended and self._states.get(state.session) is state:
+                self._arm(state)  # (not after finish() or stop(): nobody tracks it then)
+
+    def _arm(self, state: _V1) -> None:
+        """Set the session's one-shot alarm to the endpoint's next deadline (or none)."""
+        deadline = state.endpoint.next_deadline()
+        if deadline == state.armed:
+            return
+        self._disarm(state)
+        if deadline is not None:
+            state.armed = deadline
+            state.alarm = asyncio.get_running_loop().call_at(deadline, self._alarm_rang, state)
+
+    @staticmethod
+    def _disarm(state: _V1) -> None:
+        if state.alarm is not None:
+            state.alarm.cancel()
+            state.alarm = None
+        state.armed = float("inf")
+
+    def _alarm_rang(self, state: _V1) -> None:
+        state.alarm = None
+        state.armed = float("inf")
+        # A stall verdict must see the acks that arrived: read them if nobody does.
+        state.session.read_ahead()
+        if state.task is None:
+            self._kick(state)
+        else:
+            state.kicked = True  # its exit re-arms
 
     def _rearm(self, state: _V1) -> None:
-        """Wake the session's task if the endpoint's next deadline is before its alarm."""
+        """Move the alarm earlier if the endpoint's next deadline is before it."""
         deadline = state.endpoint.next_deadline()
-        if deadline is not None and deadline < state.armed:
-            state.wakeup.set()
+        if deadline is not None and deadline < state.armed and not state.ended:
+            self._arm(state)
 
     def _commit_rx_later(self, state: _V1) -> None:
         state.commit_timer = None
@@ -747,7 +842,7 @@ class TetherV1ServerLayer(ServerLayer):
         if state.flushing or state.ended or state.consumed_rx <= state.written_rx:
             return  # the running flush, or a reply's batch, takes it
         if not self._write_now(state) or self._has_work(state):
-            state.wakeup.set()  # an ack frame to send, or the store must be awaited
+            self._kick(state)  # an ack frame to send, or the store must be awaited
 
     def _has_work(self, state: _V1) -> bool:
         """Something to write, to detach, or a stored frame to send."""
@@ -784,7 +879,7 @@ class TetherV1ServerLayer(ServerLayer):
                     state.detach = False
                     if state.durable:
                         await self._detach(state)
-                state.progress.set()
+                self._wake_progress(state)
                 if state.outq:
                     await self._send_ready(state)
                 if not self._has_work(state):
@@ -792,7 +887,7 @@ class TetherV1ServerLayer(ServerLayer):
         finally:
             state.flushing = False
             if not state.ended and self._has_work(state):
-                state.wakeup.set()
+                self._kick(state)
 
     def _write_now(self, state: _V1) -> bool | None:
         """Write the batch if the store can without awaiting.
@@ -887,15 +982,18 @@ class TetherV1ServerLayer(ServerLayer):
 
     async def _send_ready(self, state: _V1) -> None:
         transport = state.transport
-        while state.outq and state.outq[0][0] <= state.written_tx:
-            _, frame = state.outq.popleft()
+        outq = state.outq
+        while outq and outq[0][0] <= state.written_tx:
+            _, frame = outq.popleft()
             if transport is None or transport is not state.transport or transport.closed:
                 continue
             try:
                 await transport.send(frame)
             except TransportClosed:
-                state.outq.clear()  # the replay after the resume re-sends what mattered
+                outq.clear()  # the replay after the resume re-sends what mattered
                 return
+        if state.outq is outq and not outq:
+            state.outq = None
 
     async def _settle(self, state: _V1, timeout: float) -> None:
         """Wait (bounded) until everything produced so far is stored and sent."""
@@ -908,9 +1006,8 @@ class TetherV1ServerLayer(ServerLayer):
                 or (state.outq and state.transport is not None)
                 or state.detach
             ):
-                state.progress.clear()
-                state.wakeup.set()
-                await state.progress.wait()
+                self._kick(state)
+                await self._wait_progress(state)
 
         with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
             await asyncio.wait_for(settled(), timeout)
@@ -928,7 +1025,7 @@ class TetherV1ServerLayer(ServerLayer):
             return False  # taken over: the session lives on a newer connection
         state.transport = None
         state.closing = False
-        state.outq.clear()
+        state.outq = None
         code = None if info.code == CloseCode.ABNORMAL_CLOSURE else info.code
         state.endpoint.connection_lost(asyncio.get_running_loop().time(), code)
         for event in state.endpoint.events_received():
@@ -936,7 +1033,8 @@ class TetherV1ServerLayer(ServerLayer):
         if state.ended:
             return True
         state.detach = True
-        state.wakeup.set()
+        self._kick(state)
+        self._rearm(state)  # the expiry
         return False
 
     async def drain(
@@ -947,6 +1045,7 @@ class TetherV1ServerLayer(ServerLayer):
         if state is None or transport is not state.transport:
             return await transport.close(code, reason)
         state.closing = True
+        session.read_ahead(keep=True)  # what still arrives is dropped; the close is read
         await self._settle(state, timeout=2.0)
         if code == CloseCode.SERVICE_RESTART and transport.closed is None:
             state.endpoint.goaway(
@@ -970,6 +1069,7 @@ class TetherV1ServerLayer(ServerLayer):
         state = self._states.get(session)
         if state is None:
             return await transport.close(code, reason)
+        session.read_ahead(keep=True)  # the closing handshake must be read
         await self._settle(state, timeout=2.0)
         self._end(state, ClosedInfo(code, reason, clean=True, sent_code=code), delete=True)
         return await transport.close(code, reason)
@@ -984,6 +1084,7 @@ class TetherV1ServerLayer(ServerLayer):
                 state.detach = True
             await self._settle(state, timeout=2.0)
         self._cancel_commit_timer(state)
+        self._disarm(state)
         self._forget(state)
         self._states.pop(session, None)
         if state.task is not None:
@@ -994,8 +1095,8 @@ class TetherV1ServerLayer(ServerLayer):
         if state.ended:
             return
         state.ended = True
-        state.progress.set()
-        state.wakeup.set()
+        self._wake_progress(state)
+        self._disarm(state)
         self._cancel_commit_timer(state)
         self._forget(state)
         if delete and state.durable:

@@ -103,10 +103,21 @@ class _Connection:
     #: Why the server closed it, for the log line ("restart", "heartbeat", ...).
     cause: str | None = None
     heartbeat: HeartbeatTimer | None = None
-    #: The pump of a session attached with ``Session.attach`` (not plain).
-    pump: asyncio.Task[ClosedInfo] | None = None
+    #: Done when the connection of a session attached with ``Session.attach`` (not
+    #: plain) ended and its end was handled.
+    pump: asyncio.Future[ClosedInfo] | None = None
     #: The close was logged (plain sessions log it from the close callback).
     logged: bool = False
+
+    def culled(self) -> None:
+        """The heartbeat gave up on the connection (a bound method: no partial per connection)."""
+        self.cause = "heartbeat"
+        timeout = self.heartbeat.config.timeout if self.heartbeat is not None else None
+        logger.info(
+            "no pong within %.1f s from %s: dropping the connection (1006)",
+            timeout or 0.0,
+            _address(self.request.remote_address),
+        )
 
 
 class Server:
@@ -506,9 +517,7 @@ class Server:
                 self._log_close(record, transport.closed)
                 return
             if self.heartbeat.enabled:
-                record.heartbeat = HeartbeatTimer(
-                    transport, self.heartbeat, on_dead=functools.partial(self._culled, record)
-                )
+                record.heartbeat = HeartbeatTimer(transport, self.heartbeat, on_dead=record.culled)
                 record.heartbeat.start()
             try:
                 session = await self.layer.open(transport, request)
@@ -522,7 +531,21 @@ class Server:
             record.session = session
             self._log_open(record, session)
             if not self.layer.is_plain(session, transport):
-                await self._run_attached(record, session)
+                # A session the layer carries (tether.v1) outlives its connections: its
+                # handler runs in a task of its own (one per session, started by its
+                # first connection) and reads the connection itself, a reader task only
+                # while needed. This task only waits for the connection's end; the
+                # handler's end closes the connection (_run_handler). (Inline, not a
+                # helper coroutine: one frame less per idle connection.)
+                link_end = record.pump = session.attach(transport)
+                if record.heartbeat is not None:
+                    # A pong waits behind unread messages: read them if the handler does not.
+                    record.heartbeat.on_ping = session.read_ahead
+                if session not in self._handlers:
+                    self._handlers[session] = asyncio.ensure_future(self._run_handler(session))
+                info = await link_end
+                record.pump = None
+                self._log_close(record, info)
                 return
             # Plain: the handler reads the connection itself, here. The session ends,
             # and the close is logged, when the connection closes, even while the
@@ -564,14 +587,6 @@ class Server:
                 record.pump.cancel()
             self._connections.pop(transport, None)
 
-    def _culled(self, record: _Connection) -> None:
-        record.cause = "heartbeat"
-        logger.info(
-            "no pong within %.1f s from %s: dropping the connection (1006)",
-            self.heartbeat.timeout or 0.0,
-            _address(record.request.remote_address),
-        )
-
     def _plain_connection_closed(self, record: _Connection, info: ClosedInfo) -> None:
         # The connection is gone even if the handler still runs: it is no longer
         # counted, drained or aborted.
@@ -579,40 +594,6 @@ class Server:
             del self._connections[record.transport]
         if record.heartbeat is not None:
             record.heartbeat.stop()
-        self._log_close(record, info)
-
-    async def _run_attached(self, record: _Connection, session: Session) -> None:
-        """A session the layer carries (tether.v1): a pump task, the handler in its own."""
-        transport = record.transport
-        pump = record.pump = session.attach(transport)
-        handler = self._handlers.get(session)
-        if handler is None:
-            # One handler per *session*: a session resumed on a new connection keeps its own.
-            handler = asyncio.ensure_future(self._run_handler(session))
-            self._handlers[session] = handler
-            handler.add_done_callback(lambda _: self._handlers.pop(session, None))
-        if not pump.done() and not handler.done():
-            # Whichever ends first: a future and two callbacks, not asyncio.wait's set of them.
-            either = asyncio.get_running_loop().create_future()
-
-            def wake(_: object) -> None:
-                if not either.done():
-                    either.set_result(None)
-
-            pump.add_done_callback(wake)
-            handler.add_done_callback(wake)
-            try:
-                await either
-            finally:
-                pump.remove_done_callback(wake)
-                handler.remove_done_callback(wake)
-        if handler.done() and transport.closed is None:
-            # The handler is done, so is the connection (whatever the layer kept).
-            ended = session.closed
-            code = ended.code if ended is not None and may_send(ended.code, role="server") else 1000
-            await transport.close(code)
-        info = await pump
-        record.pump = None
         self._log_close(record, info)
 
     async def _run_handler(self, session: Session) -> None:
@@ -631,6 +612,17 @@ class Server:
                 await self.layer.finish(session)
             except Exception:
                 logger.exception("settling session %s failed", session.id)
+            if self._handlers.get(session) is asyncio.current_task():
+                del self._handlers[session]
+            transport = session.transport
+            if transport is not None:
+                # The handler is done, so is the connection (whatever the layer kept);
+                # nobody reads it any more, but its close handshake and end need it.
+                session.read_ahead(keep=True)
+                if transport.closed is None:
+                    ended = session.closed
+                    code = ended.code if ended and may_send(ended.code, role="server") else 1000
+                    await transport.close(code)
 
     async def _handler_failed(self, session: Session, record: _Connection | None) -> None:
         """Log the handler's exception (the one being handled) and close with 1011."""

@@ -18,6 +18,12 @@ that a later connection can be attached to it.
 A session the layer calls plain (:meth:`ServerLayer.is_plain`) skips all that: the
 server attaches its connection with :meth:`Session.attach_plain`, and the handler's
 ``recv`` reads the connection in the handler's own task (no pump task, no inbox).
+
+A layer that :attr:`~ServerLayer.reads_on_demand` (tether.v1) keeps its hooks but
+no pump task either: the handler's ``recv`` reads the attached connection through
+the layer itself, and a reader task runs only while something must be read that
+the handler does not read (:meth:`Session.read_ahead`), handing the reading back
+once ``recv`` waits on an empty inbox.
 """
 
 from __future__ import annotations
@@ -27,8 +33,9 @@ import asyncio
 import collections
 import functools
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..closecodes import validate_send
 from ..exceptions import (
@@ -85,6 +92,31 @@ def _wake(waiter: asyncio.Future[None] | None) -> None:
         waiter.set_result(None)
 
 
+#: Reader tasks of connections no longer attached (the loop holds tasks weakly).
+_detached_readers: set[asyncio.Task[None]] = set()
+
+
+def _keep(task: asyncio.Task[None]) -> None:
+    _detached_readers.add(task)
+    task.add_done_callback(_detached_readers.discard)
+
+
+class _LinkWatch:
+    """The close callback of a connection attached on demand (one small object, no partial)."""
+
+    __slots__ = ("ended", "session", "transport")
+
+    def __init__(
+        self, session: Session, transport: Transport, ended: asyncio.Future[ClosedInfo]
+    ) -> None:
+        self.session = session
+        self.transport = transport
+        self.ended = ended
+
+    def __call__(self, info: ClosedInfo) -> None:
+        self.session._link_closed(self.transport, self.ended, info)
+
+
 class Session:
     """One client's session, as the server's handler sees it.
 
@@ -137,8 +169,9 @@ class Session:
         self._max_queue = max_queue
         self._max_queue_bytes = max_queue_bytes
         self._inbox_bytes = 0
-        # Attached with attach() (a pump task fills it): received, not yet taken.
-        # Made by attach(): a plain session never has one.
+        # Attached with attach(): received, not yet taken. Made when a first message
+        # is put in it: a plain session, or one whose handler reads the connection
+        # itself, never has one.
         self._inbox: collections.deque[Message] = _NO_INBOX
         # Futures made on demand (an idle session holds none): a handler waiting in
         # recv(), a pump waiting for room in the inbox, callers of wait_closed().
@@ -151,6 +184,18 @@ class Session:
         self._plain: Transport | None = None
         self._discard = False
         self._closed: ClosedInfo | None = None
+        # A layer that reads on demand (ServerLayer.reads_on_demand): no pump task per
+        # connection; recv() reads the attached connection itself while no reader task
+        # runs, and a reader task runs only while somebody must read and the handler
+        # does not (see read_ahead()). _link_end says when the attached connection's
+        # end was handled; _reading_on is the connection a recv() is reading now and
+        # _read_done tells a reader task waiting for it when it stops.
+        self._on_demand = layer.reads_on_demand
+        self._link_end: asyncio.Future[ClosedInfo] | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._reading_on: Transport | None = None
+        self._read_done: asyncio.Future[None] | None = None
+        self._keep_reader = False
 
     # -- what handlers use -------------------------------------------------------------------
 
@@ -200,34 +245,78 @@ class Session:
         except TransportClosed as exc:
             raise closed_error(self._closed or exc.info) from exc
 
-    async def recv(self) -> Message:
-        """Return the next message from the client.
+    def recv(self) -> Coroutine[Any, Any, Message]:
+        """Return the next message from the client (``await session.recv()``).
 
         Raises:
             ConnectionClosed: the session ended and every message before the end was read.
         """
-        plain = self._plain
-        if plain is not None:
-            # Plain: read the connection in this task (no pump, no inbox). Inline, not
-            # a helper coroutine: one frame less per message and per idle connection.
-            self._check_plain_open()
-            try:
-                return await plain.recv()
-            except TransportClosed as exc:
-                raise self._plain_end(exc.info) from None
-        inbox = self._inbox
-        while not inbox:
-            if self._closed is not None:
-                raise closed_error(self._closed)
-            self._reader, waiter = self._park(self._reader)
-            await waiter
-        item = inbox.popleft()
-        self._inbox_bytes -= len(item)
-        if self._writer is not None and not self._inbox_full():
-            _wake(self._writer)
-            self._writer = None
-        self._layer.consumed(self)
-        return item
+        return self._receive(False)
+
+    async def _receive(self, iterating: bool) -> Message:
+        # recv() and __anext__() return this coroutine itself, not one awaiting it:
+        # one frame less per idle session (a handler waits in one of them).
+        try:
+            plain = self._plain
+            if plain is not None:
+                # Plain: read the connection in this task (no pump, no inbox). Inline, not
+                # a helper coroutine: one frame less per message and per idle connection.
+                self._check_plain_open()
+                try:
+                    return await plain.recv()
+                except TransportClosed as exc:
+                    raise self._plain_end(exc.info) from None
+            while not self._inbox:
+                if self._closed is not None:
+                    raise closed_error(self._closed)
+                transport = self._transport
+                if (
+                    self._on_demand
+                    and transport is not None
+                    and self._reader_task is None
+                    and self._reading_on is None
+                ):
+                    # Nobody else reads the connection: read it here, one task hop fewer.
+                    # (Inline, not a helper coroutine: one frame less per idle session.)
+                    ended = self._link_end
+                    assert ended is not None
+                    self._reading_on = transport
+                    try:
+                        raw = await transport.recv()
+                    except TransportClosed as exc:
+                        self._link_ended(transport, ended, exc.info)
+                        continue
+                    finally:
+                        self._reading_on = None
+                        done = self._read_done
+                        if done is not None:
+                            self._read_done = None
+                            _wake(done)
+                    if transport.closed is not None and self._reader_task is None:
+                        # Closed behind this message: the rest must be read to the end
+                        # even if the handler reads no more.
+                        self._start_reader(transport, ended)
+                    messages = await self._layer.received(self, transport, raw)
+                    if not messages or self._closed is not None:
+                        continue
+                    if len(messages) > 1:
+                        self._put_rest(messages)
+                    self._layer.consumed(self)
+                    return messages[0]
+                self._reader, waiter = self._park(self._reader)
+                await waiter
+            inbox = self._inbox
+            item = inbox.popleft()
+            self._inbox_bytes -= len(item)
+            if self._writer is not None and not self._inbox_full():
+                _wake(self._writer)
+                self._writer = None
+            self._layer.consumed(self)
+            return item
+        except ConnectionClosed:
+            if iterating:
+                raise StopAsyncIteration from None
+            raise
 
     def _check_plain_open(self) -> None:
         closed = self._closed
@@ -246,19 +335,8 @@ class Session:
         """Iterate over messages until the session ends (with any code)."""
         return self
 
-    async def __anext__(self) -> Message:
-        plain = self._plain
-        try:
-            if plain is None:
-                return await self.recv()
-            # recv()'s plain path, inline for the same reason.
-            self._check_plain_open()
-            try:
-                return await plain.recv()
-            except TransportClosed as exc:
-                raise self._plain_end(exc.info) from None
-        except ConnectionClosed:
-            raise StopAsyncIteration from None
+    def __anext__(self) -> Coroutine[Any, Any, Message]:
+        return self._receive(True)
 
     async def close(self, code: int = 1000, reason: str = "") -> ClosedInfo:
         """End the session: close its connection with ``code`` and ``reason``.
@@ -307,17 +385,142 @@ class Session:
         """The connection currently attached, if any."""
         return self._transport
 
-    def attach(self, transport: Transport) -> asyncio.Task[ClosedInfo]:
-        """Attach ``transport`` and start moving its messages into the inbox.
+    def attach(self, transport: Transport) -> asyncio.Future[ClosedInfo]:
+        """Attach ``transport``; its messages reach the handler through the layer.
 
-        The returned task finishes when the connection has closed, with how it
-        closed. The session ends with the same code unless the layer keeps it for
-        a later connection (:meth:`ServerLayer.connection_lost`).
+        The returned future is done when the connection has closed and its end was
+        handled, with how it closed. The session ends with the same code unless the
+        layer keeps it for a later connection (:meth:`ServerLayer.connection_lost`).
+
+        Unless the layer :attr:`~ServerLayer.reads_on_demand`, a pump task moves
+        the connection's messages into the inbox (the returned future is that task).
         """
+        if not self._on_demand:
+            self._transport = transport
+            return asyncio.ensure_future(self._pump(transport))
+        previous = self._reader_task
+        if previous is not None:
+            # It reads the previous connection to its end (the layer takes nothing
+            # more from it); the new connection gets a reader of its own when needed.
+            self._reader_task = None
+            _keep(previous)
         self._transport = transport
-        if self._inbox is _NO_INBOX:
-            self._inbox = collections.deque()
-        return asyncio.ensure_future(self._pump(transport))
+        ended: asyncio.Future[ClosedInfo] = asyncio.get_running_loop().create_future()
+        self._link_end = ended
+        transport.add_close_callback(_LinkWatch(self, transport, ended))
+        if self._reading_on is not None or self._keep_reader:
+            # A recv() still waits on the previous connection (until it closes): this
+            # one must not wait for it. Or the handler does not read (it only sends):
+            # the client's acks (and the replay's) must be read on this one too.
+            self._start_reader(transport, ended)
+        elif self._reader is not None:
+            # A recv() parked behind the previous reader: it reads this connection now.
+            _wake(self._reader)
+            self._reader = None
+        return ended
+
+    def read_ahead(self, *, keep: bool = False) -> None:
+        """Read the attached connection in a task while the handler does not.
+
+        For a layer that :attr:`~ServerLayer.reads_on_demand`: somebody must read
+        now (control frames to handle, a ping's pong not to be stuck behind unread
+        messages, a close handshake to complete). The task hands the reading back
+        to the handler once its ``recv()`` waits on an empty inbox, unless ``keep``
+        (from then on the session keeps a reader task while a connection is attached).
+        Nothing happens when a reader runs, the handler reads, or none is attached.
+        """
+        if keep:
+            self._keep_reader = True
+        transport = self._transport
+        ended = self._link_end
+        if (
+            self._reader_task is None
+            and transport is not None
+            and ended is not None
+            and not ended.done()
+            and self._reading_on is not transport
+        ):
+            self._start_reader(transport, ended)
+
+    def _start_reader(self, transport: Transport, ended: asyncio.Future[ClosedInfo]) -> None:
+        task = asyncio.ensure_future(self._read(transport, ended))
+        if transport is self._transport and self._reader_task is None:
+            self._reader_task = task
+        else:
+            _keep(task)
+
+    def _link_closed(
+        self, transport: Transport, ended: asyncio.Future[ClosedInfo], _info: ClosedInfo
+    ) -> None:
+        # The connection closed: what the engine still holds must be read (delivered,
+        # or left to the client's replay) and the end handled, even if nobody reads.
+        if ended.done() or self._reading_on is transport:
+            return
+        if self._reader_task is not None and transport is self._transport:
+            return
+        self._start_reader(transport, ended)
+
+    def _put_rest(self, messages: Sequence[Message]) -> None:
+        """The messages after the first of one frame recv() read itself: into the inbox."""
+        inbox = self._inbox
+        if inbox is _NO_INBOX:
+            inbox = self._inbox = collections.deque()
+        for message in messages[1:]:
+            inbox.append(message)
+            self._inbox_bytes += len(message)
+
+    async def _read(self, transport: Transport, ended: asyncio.Future[ClosedInfo]) -> None:
+        """Move messages of ``transport`` through the layer into the inbox (reads on demand).
+
+        Hands the reading back (returns) once a recv() waits on an empty inbox,
+        unless told to keep reading; reads to the end a connection that closed or
+        is no longer the attached one.
+        """
+        loop = asyncio.get_running_loop()
+        try:
+            while self._reading_on is transport:  # a recv() in progress finishes first
+                if self._read_done is None or self._read_done.done():
+                    self._read_done = loop.create_future()
+                await self._read_done
+            while not ended.done():
+                raw = await transport.recv()
+                waiting = self._reader is not None
+                for message in await self._layer.received(self, transport, raw):
+                    await self._deliver(message)
+                if (
+                    waiting
+                    and not self._keep_reader
+                    and transport is self._transport
+                    and transport.closed is None
+                ):
+                    return
+        except TransportClosed as exc:
+            self._link_ended(transport, ended, exc.info)
+        except Exception as exc:
+            # A layer's bug: the connection fails as a pump's exception would fail it.
+            if not ended.done():
+                ended.set_exception(exc)
+        finally:
+            if self._reader_task is asyncio.current_task():
+                self._reader_task = None
+                # A parked recv() takes over the reading (or sees the end).
+                _wake(self._reader)
+                self._reader = None
+
+    def _link_ended(
+        self, transport: Transport, ended: asyncio.Future[ClosedInfo], info: ClosedInfo
+    ) -> None:
+        """The connection's end (once): detach it, tell the layer, maybe end the session."""
+        if ended.done():
+            return
+        if self._transport is transport:
+            self._transport = None
+        try:
+            if self._layer.connection_lost(self, info):
+                self.end(info)
+        finally:
+            if not ended.done():
+                ended.set_result(info)
 
     def attach_plain(self, transport: Transport, *, also: CloseHandler | None = None) -> None:
         """Attach ``transport`` for good, with no pump and no inbox (plain WebSocket).
@@ -371,6 +574,8 @@ class Session:
             self._writer, waiter = self._park(self._writer)
             await waiter
         if self._closed is None:
+            if self._inbox is _NO_INBOX:
+                self._inbox = collections.deque()
             self._inbox.append(message)
             self._inbox_bytes += len(message)
             if self._reader is not None:
@@ -437,6 +642,14 @@ class ServerLayer(abc.ABC):
     #: True when :meth:`send` accepts messages while no connection is attached
     #: (a session layer with a replay buffer); the transport is then None.
     sends_while_detached: bool = False
+
+    #: True when a session's connection is read on demand (:meth:`Session.attach`):
+    #: by the handler's ``recv()`` itself, else by a reader task only while the layer
+    #: or the server asks for one (:meth:`Session.read_ahead`). The layer must then
+    #: ask whenever something has to be read while the handler may not be reading
+    #: (the connection's close handshake, control frames it waits for). False: a
+    #: pump task per connection reads it into the inbox all along.
+    reads_on_demand: bool = False
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """The server started listening (start background work here)."""

@@ -46,13 +46,22 @@ class WebsocketsTransport(Transport):
 
     # One per connection on a server: no __dict__, and the response headers are
     # only copied when asked for (a server never asks).
-    __slots__ = ("_headers", "_pong_handler", "_recv_ended", "_ws", "remote_address", "subprotocol")
+    __slots__ = (
+        "_headers",
+        "_on_close",
+        "_pong_handler",
+        "_recv_ended",
+        "_ws",
+        "remote_address",
+        "subprotocol",
+    )
 
     def __init__(self, connection: Connection) -> None:
         self._ws = connection
         self._pong_handler: PongHandler | None = None
         self._headers: dict[str, str] | None = None
         self._recv_ended = False
+        self._on_close: CloseHandler | None = None
         self.subprotocol = connection.subprotocol
         address: Any = connection.remote_address
         self.remote_address = tuple(address) if address is not None else None
@@ -166,10 +175,21 @@ class WebsocketsTransport(Transport):
         return closed_info(self._ws)
 
     def add_close_callback(self, callback: CloseHandler) -> None:
-        # websockets resolves this future in connection_lost: no task needed.
+        # websockets resolves this future in connection_lost: no task needed. The
+        # first callback (usually the only one) in a slot: no partial per connection.
+        if self._on_close is None:
+            self._on_close = callback
+            self._ws.connection_lost_waiter.add_done_callback(self._first_closed)
+            return
         self._ws.connection_lost_waiter.add_done_callback(
             functools.partial(self._connection_lost, callback)
         )
+
+    def _first_closed(self, _waiter: object) -> None:
+        callback = self._on_close
+        if callback is not None:
+            self._on_close = None
+            callback(closed_info(self._ws))
 
     def _connection_lost(self, callback: CloseHandler, _waiter: object) -> None:
         callback(closed_info(self._ws))
