@@ -51,6 +51,8 @@ class ReplayBuffer:
         last_seq: the sequence number assigned last (0 for a new session).
     """
 
+    __slots__ = ("_bytes", "_entries", "_last_seq", "max_bytes", "max_messages")
+
     def __init__(
         self, *, max_messages: int | None, max_bytes: int | None, last_seq: int = 0
     ) -> None:

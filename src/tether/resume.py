@@ -208,6 +208,27 @@ class Endpoint:
         hold_acks: advertise only what :meth:`rx_persisted` confirmed.
     """
 
+    # One per session on a server, most of them idle: no per-instance __dict__.
+    __slots__ = (
+        "_ack_due",
+        "_ackable",
+        "_acked_sent",
+        "_disconnected_at",
+        "_events",
+        "_highest_sent",
+        "_in_bytes",
+        "_in_count",
+        "_opened_at",
+        "_out",
+        "_peer_acked",
+        "_rx",
+        "buffer",
+        "config",
+        "duplicates",
+        "hold_acks",
+        "phase",
+    )
+
     def __init__(self, config: ResumeConfig, *, hold_acks: bool = False) -> None:
         self.config = config
         self.hold_acks = hold_acks
@@ -555,6 +576,8 @@ class _Credentials:
 class ClientEndpoint(Endpoint):
     """The client side of a tether.v1 session."""
 
+    __slots__ = ("_doomed", "_session")
+
     def __init__(self, config: ResumeConfig | None = None) -> None:
         super().__init__(config or ResumeConfig())
         self._session: _Credentials | None = None
@@ -659,6 +682,8 @@ class ServerEndpoint(Endpoint):
         tx: the last sequence number already assigned (from a store), else 0.
         rx: the last client sequence number already received (from a store), else 0.
     """
+
+    __slots__ = ("epoch", "sid")
 
     def __init__(
         self,

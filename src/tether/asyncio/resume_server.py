@@ -136,12 +136,23 @@ class _V1:
     #: Held around a batch write and around a resume's claim of this session in this
     #: process: a write under the old generation must not race the claim that bumps
     #: it (it would be fenced, and the resumed session ended as taken over).
-    store_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: (Made on first use: a session whose writes never wait has none.)
+    store_lock: asyncio.Lock | None = None
     #: Senders and settlers waiting for the next flush (futures made on demand).
     progress: list[asyncio.Future[None]] | None = None
     #: The session's task: exists only while it has work (store I/O, frames, a timer
     #: that came due), not for an idle session.
     task: asyncio.Task[None] | None = None
+
+    def lock(self) -> asyncio.Lock:
+        """The session's store lock, made on first use."""
+        if self.store_lock is None:
+            self.store_lock = asyncio.Lock()
+        return self.store_lock
+
+    def locked(self) -> bool:
+        """Whether a batch write or a resume's claim holds the store lock now."""
+        return self.store_lock is not None and self.store_lock.locked()
 
 
 class TetherV1ServerLayer(ServerLayer):
@@ -339,7 +350,7 @@ class TetherV1ServerLayer(ServerLayer):
                 if local is not None and not local.ended:
                     # Held by this process: claim between its batch writes, and adopt the
                     # new generation before the next write can start.
-                    async with local.store_lock:
+                    async with local.lock():
                         record = await self._claim(hello, record.generation, token_hash)
                         if not local.ended:
                             local.generation = record.generation
@@ -590,7 +601,7 @@ class TetherV1ServerLayer(ServerLayer):
             and not state.outq
             and state.durable
             and not state.detach
-            and not state.store_lock.locked()
+            and not state.locked()
         ):
             # Nothing before this message is unwritten or unsent: write it and send
             # its frame here, without the session's queues.
@@ -902,7 +913,7 @@ class TetherV1ServerLayer(ServerLayer):
         if not batch and acked is None and rx is None:
             return True
         if state.durable:
-            if state.store_lock.locked():
+            if state.locked():
                 return False  # a resume is claiming this session: wait for it
             try:
                 if not self.store.write_nowait(
@@ -926,7 +937,7 @@ class TetherV1ServerLayer(ServerLayer):
         rx = state.consumed_rx if state.consumed_rx > state.written_rx else None
         if state.durable and (batch or acked is not None or rx is not None):
             try:
-                async with state.store_lock:
+                async with state.lock():
                     await self.store.write(
                         state.session.id, state.generation, append=batch, acked=acked, rx=rx
                     )

@@ -150,6 +150,32 @@ class Session:
     bounds what is held (``max_queue`` and ``max_queue_bytes`` do not apply).
     """
 
+    # One per connection (plain) or per session (tether.v1) on a server: no __dict__.
+    # ``__weakref__`` keeps sessions usable in weak containers, as before.
+    __slots__ = (
+        "__weakref__",
+        "_closed",
+        "_discard",
+        "_ended",
+        "_inbox",
+        "_inbox_bytes",
+        "_keep_reader",
+        "_layer",
+        "_link_end",
+        "_max_queue",
+        "_max_queue_bytes",
+        "_on_demand",
+        "_plain",
+        "_read_done",
+        "_reader",
+        "_reader_task",
+        "_reading_on",
+        "_transport",
+        "_writer",
+        "id",
+        "request",
+    )
+
     def __init__(
         self,
         layer: ServerLayer,
