@@ -117,6 +117,9 @@ def run(
     every ratio, joins any tether row.
     """
     tests = plan(quick)
+    # --quick: 3 rounds (medians of 3), so that `all --quick` stays under 2 minutes on
+    # a slow 2-core machine (5 rounds took 54 of its 131 s on 2026-11-26).
+    runs = min(runs, 3) if quick else runs
     has_server, has_client = tether_has("serve"), tether_has("connect")
     available = {
         "tether": has_server and has_client,
