@@ -74,6 +74,7 @@ from .session import (
     Session,
     closed_error,
 )
+from .waiters import wait_on, wake_all
 
 __all__ = ["PrincipalHook", "TetherV1ServerLayer"]
 
@@ -741,27 +742,16 @@ class TetherV1ServerLayer(ServerLayer):
     @staticmethod
     async def _wait_progress(state: _V1) -> None:
         """Wait for the next flush round (or the session's end)."""
-        waiter = asyncio.get_running_loop().create_future()
         if state.progress is None:
-            state.progress = [waiter]
-        else:
-            state.progress.append(waiter)
-        try:
-            await waiter
-        finally:
-            if not waiter.done() or waiter.cancelled():
-                with contextlib.suppress(ValueError):
-                    if state.progress is not None:
-                        state.progress.remove(waiter)
+            state.progress = []  # made when somebody waits: an idle session holds none
+        await wait_on(state.progress)
 
     @staticmethod
     def _wake_progress(state: _V1) -> None:
         waiters = state.progress
         if waiters:
             state.progress = None
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
+            wake_all(waiters)
 
     # -- the session's task: store writes, frames, timers --------------------------------------
 

@@ -486,11 +486,15 @@ class Session:
             return
         self._start_reader(transport, ended)
 
+    def _inbox_to_fill(self) -> collections.deque[Message]:
+        """The inbox, made on first use (a session whose handler reads needs none)."""
+        if self._inbox is _NO_INBOX:
+            self._inbox = collections.deque()
+        return self._inbox
+
     def _put_rest(self, messages: Sequence[Message]) -> None:
         """The messages after the first of one frame recv() read itself: into the inbox."""
-        inbox = self._inbox
-        if inbox is _NO_INBOX:
-            inbox = self._inbox = collections.deque()
+        inbox = self._inbox_to_fill()
         for message in messages[1:]:
             inbox.append(message)
             self._inbox_bytes += len(message)
@@ -600,9 +604,7 @@ class Session:
             self._writer, waiter = self._park(self._writer)
             await waiter
         if self._closed is None:
-            if self._inbox is _NO_INBOX:
-                self._inbox = collections.deque()
-            self._inbox.append(message)
+            self._inbox_to_fill().append(message)
             self._inbox_bytes += len(message)
             if self._reader is not None:
                 _wake(self._reader)
