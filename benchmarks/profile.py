@@ -48,6 +48,24 @@ def _category(path: str) -> str:
     return "other (stdlib, interpreter)"
 
 
+def py_spy_path() -> str:
+    """py-spy's executable (on PATH or next to this Python); SystemExit when missing."""
+    path = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
+    if not os.path.exists(path):
+        sys.exit("py-spy is not installed (pip install -e '.[bench]')")
+    return path
+
+
+def print_summary(summary: dict[str, object]) -> None:
+    """The two tables of :func:`summarize`: self time by package, by function."""
+    print("self time by package:")
+    for name, share in summary["self_by_package"].items():  # type: ignore[attr-defined]
+        print(f"  {share:6.1%}  {name}")
+    print("self time by function:")
+    for name, share in summary["self_by_function"].items():  # type: ignore[attr-defined]
+        print(f"  {share:6.1%}  {name}")
+
+
 def summarize(raw_path: str, top: int) -> dict[str, object]:
     """Aggregate py-spy's collapsed stacks: self time by package and by function."""
     by_package: collections.Counter[str] = collections.Counter()
@@ -95,9 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    py_spy = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
-    if not os.path.exists(py_spy):
-        sys.exit("py-spy is not installed (pip install -e '.[bench]')")
+    py_spy = py_spy_path()
     sample_seconds = max(1, int(args.seconds) - 2)
     with server_process(args.impl) as (port, server_pid), tempfile.TemporaryDirectory() as tmp:
         spec = json.dumps([[args.test, args.size, 10**8, args.seconds]])
@@ -152,12 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{summary['rate_per_s']:.0f}/s while sampled; {summary['samples']} busy samples, "
         f"{summary['waiting_share']:.0%} of all samples waiting in epoll (not counted below)"
     )
-    print("self time by package:")
-    for name, share in summary["self_by_package"].items():  # type: ignore[attr-defined]
-        print(f"  {share:6.1%}  {name}")
-    print("self time by function:")
-    for name, share in summary["self_by_function"].items():  # type: ignore[attr-defined]
-        print(f"  {share:6.1%}  {name}")
+    print_summary(summary)
     return 0
 
 

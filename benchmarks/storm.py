@@ -29,9 +29,18 @@ just before the SIGHUP until every client is back: its latencies are what a *new
 client sees during the storm, apart from the storm clients' own event loops,
 which are busy with hundreds of reconnections each (their per-client handshake
 figures include that client-side queueing). The p99 target is judged on the probe.
+The client processes run at niceness 10 with fewer GC passes (``CLIENT_NICE``): they
+are the load generator, and on one machine they would otherwise take the server's
+CPU as equals.
 
     python -m benchmarks.storm client {tether|tether-plain|naive} URL --clients N
     python -m benchmarks.storm probe URL [--interval S]
+    python -m benchmarks.storm profile [--mode tether] [--clients 2000] [--top 30]
+
+``profile`` runs one storm and samples, with py-spy, the replacement server process
+and one client process from the SIGHUP until every client is back: where the
+reconnections' CPU goes (a tool for ``docs/benchmarks.md``, not part of ``tether
+bench``).
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ import argparse
 import asyncio
 import contextlib
 import functools
+import gc
 import itertools
 import json
 import math
@@ -78,6 +88,15 @@ DRAIN_WINDOW_S = 5.0
 TICKER_INTERVAL_MS = 1000.0
 MAX_TICKS_PER_S = 2000.0
 PER_CLIENT_PROCESS = 1000
+#: The client processes are the load generator, not what is measured; on one machine
+#: they share the server's cores. Niceness 10 gives the server processes the CPU
+#: first (the closest this machine gets to "clients elsewhere"), and a young-GC
+#: threshold of 50,000 (gen-2 rarely) stops the collector from walking a thousand
+#: clients' objects every few reconnections: with CPython's defaults the
+#: collector took 5.5 of the clients' 22.7 CPU-seconds in a 10,000-client storm.
+#: Every mode gets the same settings. ``storm client --nice 0`` to compare.
+CLIENT_NICE = 10
+CLIENT_GC_THRESHOLD = (50_000, 20, 100)
 #: Targets from issue 7 (the zero-downtime restart).
 TARGET_EXTRA_S = 5.5
 TARGET_P99_HANDSHAKE_S = 0.100
@@ -249,7 +268,37 @@ def _store_url(store: str) -> Iterator[str]:
         yield f"sqlite:///{tmp}/s.db"
 
 
-def _one(mode: str, n: int, progress: Progress, store: str) -> dict[str, Any]:
+class _Profiler:
+    """py-spy on the replacement server and on the first client process, after SIGHUP."""
+
+    def __init__(self, out_dir: str, seconds: float) -> None:
+        self.out_dir = out_dir
+        self.seconds = seconds
+        self.recorders: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str, pid: int) -> None:
+        from .profile import py_spy_path
+
+        self.recorders[name] = subprocess.Popen(
+            [
+                py_spy_path(), "record", "--pid", str(pid), "--duration", str(int(self.seconds)),
+                "--rate", "200", "--format", "raw", "--output",
+                os.path.join(self.out_dir, f"{name}.txt"), "--nonblocking",
+            ],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    def wait(self) -> None:
+        for recorder in self.recorders.values():
+            try:
+                recorder.wait(self.seconds + 30)
+            except subprocess.TimeoutExpired:
+                stop(recorder)  # type: ignore[arg-type]
+
+
+def _one(
+    mode: str, n: int, progress: Progress, store: str, profiler: _Profiler | None = None
+) -> dict[str, Any]:
     port = free_port()
     window = 0.0 if mode == "naive" else DRAIN_WINDOW_S
     command = [
@@ -307,6 +356,15 @@ def _one(mode: str, n: int, progress: Progress, store: str) -> dict[str, Any]:
         progress.update(f"storm ({mode}): restart (SIGHUP), waiting for {n} reconnections")
         restarted_at = time.monotonic()
         server.send_signal(signal.SIGHUP)
+        if profiler is not None:
+            profiler.start("client", procs[0].pid)
+            profiler.start("old", server.pid)
+            for _ in range(100):  # the replacement starts within a second or so
+                found = replacement_pid(log.fileno())
+                if found is not None:
+                    profiler.start("server", found)
+                    break
+                time.sleep(0.05)
         deadline = restarted_at + window + 90
         complete = True
         for proc in procs:
@@ -318,6 +376,8 @@ def _one(mode: str, n: int, progress: Progress, store: str) -> dict[str, Any]:
                 complete = False
         time.sleep(1.0)
         sampler.halt()
+        if profiler is not None:
+            profiler.wait()
         replacement = next((p for p in sampler.known if p != server.pid), None)
         reports = []
         for proc in procs:
@@ -848,6 +908,61 @@ def _probe_main(argv: list[str]) -> int:
     return 0
 
 
+_PROFILED = {
+    "old": "the old server, draining",
+    "server": "the replacement",
+    "client": "one client process",
+}
+
+
+def _profile_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.storm profile")
+    parser.add_argument("--mode", choices=MODES, default="tether")
+    parser.add_argument("--clients", type=int, default=2000)
+    parser.add_argument("--store", default=DEFAULT_STORE)
+    parser.add_argument("--seconds", type=float, default=None, help="sampling time after SIGHUP")
+    parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--keep", metavar="DIR", help="keep py-spy's raw stacks in DIR")
+    args = parser.parse_args(argv)
+    from .profile import print_summary, summarize
+
+    raise_nofile_limit()
+    seconds = args.seconds or DRAIN_WINDOW_S + 8
+    progress = Progress()
+    with tempfile.TemporaryDirectory() as scratch, _store_url(args.store) as url:
+        tmp = args.keep or scratch
+        os.makedirs(tmp, exist_ok=True)
+        profiler = _Profiler(tmp, seconds)
+        result = _one(args.mode, args.clients, progress, url, profiler)
+        progress.done()
+        print(
+            f"storm ({args.mode}, {args.clients} clients): all back after "
+            f"{result['all_reconnected_after_s']} s; server CPU "
+            f"{result['server_cpu']['ms_per_reconnection']:.2f} ms and clients "
+            f"{result['client_cpu']['ms_per_reconnection']:.2f} ms per reconnection; "
+            f"sampled {seconds:.0f} s from the SIGHUP"
+        )
+        for name in ("old", "server", "client"):
+            path = os.path.join(tmp, f"{name}.txt")
+            if not os.path.exists(path):
+                print(f"\n{name}: no profile (py-spy needs ptrace rights)")
+                continue
+            summary = summarize(path, args.top)
+            print(
+                f"\n{name} ({_PROFILED[name]}): "
+                f"{summary['samples']} busy samples, {summary['waiting_share']:.0%} waiting"
+            )
+            print_summary(summary)
+    return 0
+
+
+def _load_generator(nice: int) -> None:
+    """Settings of a client process (see CLIENT_NICE): priority below the server, less GC."""
+    if nice:
+        os.nice(nice)
+    gc.set_threshold(*CLIENT_GC_THRESHOLD)
+
+
 def _client_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.storm client")
     parser.add_argument("mode", choices=MODES)
@@ -855,8 +970,10 @@ def _client_main(argv: list[str]) -> int:
     parser.add_argument("--clients", type=int, required=True)
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--connect-timeout", type=float, default=300.0)
+    parser.add_argument("--nice", type=int, default=CLIENT_NICE)
     args = parser.parse_args(argv)
     raise_nofile_limit()
+    _load_generator(args.nice)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -936,7 +1053,10 @@ if __name__ == "__main__":
         sys.exit(_client_main(sys.argv[2:]))
     if len(sys.argv) >= 2 and sys.argv[1] == "probe":
         sys.exit(_probe_main(sys.argv[2:]))
+    if len(sys.argv) >= 2 and sys.argv[1] == "profile":
+        sys.exit(_profile_main(sys.argv[2:]))
     sys.exit(
         "usage: python -m benchmarks.storm client {tether|tether-plain|naive} URL --clients N\n"
-        "       python -m benchmarks.storm probe URL [--interval S]"
+        "       python -m benchmarks.storm probe URL [--interval S]\n"
+        "       python -m benchmarks.storm profile [--mode M] [--clients N]"
     )
