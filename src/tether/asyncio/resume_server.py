@@ -74,7 +74,7 @@ from .session import (
     Session,
     closed_error,
 )
-from .waiters import wait_on, wake_all
+from .waiters import bounded, wait_on, wake_all
 
 __all__ = ["PrincipalHook", "TetherV1ServerLayer"]
 
@@ -298,7 +298,7 @@ class TetherV1ServerLayer(ServerLayer):
                 self, request, max_queue=self.max_queue, max_queue_bytes=self.max_queue_bytes
             )
         try:
-            wire = await asyncio.wait_for(transport.recv(), self.handshake_timeout)
+            wire = await bounded(transport.recv(), self.handshake_timeout)
         except (asyncio.TimeoutError, TimeoutError):
             raise ProtocolError(
                 f"no hello within {self.handshake_timeout} s",
@@ -685,7 +685,7 @@ class TetherV1ServerLayer(ServerLayer):
                 await self._abandon(state)
                 raise _ended(state)
             with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
-                await asyncio.wait_for(self._wait_progress(state), remaining)
+                await bounded(self._wait_progress(state), remaining)
 
     async def _abandon(self, state: _V1) -> None:
         """Full while the client is away: the promise cannot be kept; refuse its resume."""
@@ -998,20 +998,16 @@ class TetherV1ServerLayer(ServerLayer):
 
     async def _settle(self, state: _V1, timeout: float) -> None:
         """Wait (bounded) until everything produced so far is stored and sent."""
+        if _settled(state):
+            return  # the usual case at a drain or close: no timer, no waiter
 
         async def settled() -> None:
-            while not state.ended and (
-                state.pending
-                or state.acked is not None
-                or state.consumed_rx > state.written_rx
-                or (state.outq and state.transport is not None)
-                or state.detach
-            ):
+            while not _settled(state):
                 self._kick(state)
                 await self._wait_progress(state)
 
         with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
-            await asyncio.wait_for(settled(), timeout)
+            await bounded(settled(), timeout)
 
     # -- endings -------------------------------------------------------------------------------
 
@@ -1133,6 +1129,17 @@ class TetherV1ServerLayer(ServerLayer):
         task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+def _settled(state: _V1) -> bool:
+    """Everything the session produced so far is stored and sent (or it ended)."""
+    return state.ended or not (
+        state.pending
+        or state.acked is not None
+        or state.consumed_rx > state.written_rx
+        or (state.outq and state.transport is not None)
+        or state.detach
+    )
 
 
 def _ended(state: _V1) -> ConnectionClosedError:

@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
+from collections.abc import Awaitable
+from typing import TypeVar
 
-__all__ = ["wait_on", "wake_all"]
+__all__ = ["bounded", "wait_on", "wake_all"]
+
+_T = TypeVar("_T")
 
 
 def wake_all(waiters: list[asyncio.Future[None]]) -> None:
@@ -31,3 +36,17 @@ async def wait_on(waiters: list[asyncio.Future[None]]) -> None:
         if waiter.cancelled() or not waiter.done():  # leave no stale entry behind
             with contextlib.suppress(ValueError):
                 waiters.remove(waiter)
+
+
+async def bounded(awaitable: Awaitable[_T], timeout: float) -> _T:
+    """``await awaitable`` for at most ``timeout`` seconds, else ``TimeoutError``.
+
+    ``asyncio.wait_for`` before Python 3.12 wraps the awaitable in a new task: one
+    task per call, made on every connection's handshake and every drained session.
+    ``asyncio.timeout`` (3.11+) cancels the caller's own task instead; on 3.10 this
+    falls back to ``wait_for``.
+    """
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout(timeout):
+            return await awaitable
+    return await asyncio.wait_for(awaitable, timeout)  # pragma: no cover (3.10)
