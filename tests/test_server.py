@@ -111,6 +111,27 @@ async def test_session_knows_path_and_peer(start: Callable[..., Awaitable[Server
     assert seen[0].remote_address[0] == "127.0.0.1"
 
 
+async def test_an_open_connection_does_not_keep_the_101_response(
+    start: Callable[..., Awaitable[Server]],
+) -> None:
+    """websockets' copy of the 101 response is dropped after the handshake (~1 KiB per
+    idle connection); the request's headers stay readable by the handler."""
+    seen: list[str | None] = []
+
+    async def handler(session: tether.Session) -> None:
+        seen.append(session.request.headers.get("x-probe"))
+        await session.send("ready")
+        await session.recv()
+
+    server = await start(handler)
+    async with connect(_url(server), ping_interval=None, additional_headers={"X-Probe": "1"}) as ws:
+        assert await ws.recv() == "ready"
+        assert ws.response is not None  # the client got its 101 as usual
+        (record,) = server._connections.values()
+        assert record.transport._ws.response is None
+        assert seen == ["1"]
+
+
 async def test_healthz_is_200_while_serving(start: Callable[..., Awaitable[Server]]) -> None:
     """GET /healthz answers 200 with the status and this process's pid."""
     server = await start()

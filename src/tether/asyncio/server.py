@@ -498,6 +498,10 @@ class Server:
         # only the heartbeat's timer. (Each frame of this await chain stays in memory
         # for as long as the connection is open: keep the chain short.)
         transport = WebsocketsTransport(connection)
+        # websockets keeps the 101 response (status line, headers as a dict of lists
+        # and a list) for the connection's life; after the handshake nothing reads it
+        # (tether exposes no websockets connection): ~1 KiB per idle connection.
+        connection.response = None
         request = RequestInfo(
             path=connection.request.path if connection.request is not None else "/",
             headers=_RequestHeaders(connection),
