@@ -121,7 +121,7 @@ async def test_an_open_connection_does_not_keep_the_101_response(
     async def handler(session: tether.Session) -> None:
         seen.append(session.request.headers.get("x-probe"))
         await session.send("ready")
-        await session.recv()
+        await session.send(f"got {await session.recv()}")  # frames still flow both ways
 
     server = await start(handler)
     async with connect(_url(server), ping_interval=None, additional_headers={"X-Probe": "1"}) as ws:
@@ -129,6 +129,8 @@ async def test_an_open_connection_does_not_keep_the_101_response(
         assert ws.response is not None  # the client got its 101 as usual
         (record,) = server._connections.values()
         assert record.transport._ws.response is None
+        await ws.send("ping")
+        assert await ws.recv() == "got ping"
         assert seen == ["1"]
 
 
