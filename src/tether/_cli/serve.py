@@ -33,18 +33,10 @@ DEFAULT_RESUME_WINDOW_S = 120.0
 #: Allocations (net, of objects the cyclic GC tracks) between two young-generation
 #: collections; CPython's default is 700. Every connection allocates a few hundred
 #: such objects (tasks, futures, frames, websockets' state), so a burst of handshakes
-#: ran a collection every few connections: 10,000 took connection set-up from 0.33
-#: to 0.25 ms of CPU (4,000 handshakes, with gc.freeze). In a restart storm most of
-#: what a young collection finds is alive (new sessions) and moves on to be walked
-#: again by the middle and old generations: with 10,000 / 10 the collector took
-#: 5.0-5.4 of the two server processes' ~20 CPU-seconds in a 10,000-client storm,
-#: with 50,000 / 20 it took 2.6-3.2 (a young collection then pauses ~10 ms under
-#: that load). The old generation keeps CPython's setting: full collections are
-#: what frees cycles that outlive a connection, so they are not made rarer.
-#: docs/benchmarks.md, "What limits tether" point 4.
-GC_YOUNG_THRESHOLD = 50_000
-#: Young collections between two middle-generation ones (CPython's default: 10).
-GC_MIDDLE_THRESHOLD = 20
+#: ran a collection every few connections. 10,000 keeps a young collection under a
+#: millisecond and took connection set-up from 0.33 to 0.25 ms of CPU (4,000
+#: handshakes, with gc.freeze; docs/benchmarks.md, "What limits tether" point 4).
+GC_YOUNG_THRESHOLD = 10_000
 
 
 def register(subparsers: Any) -> None:
@@ -229,8 +221,8 @@ def _tune_gc() -> None:
     """
     gc.collect()
     gc.freeze()
-    old = gc.get_threshold()[2]
-    gc.set_threshold(GC_YOUNG_THRESHOLD, GC_MIDDLE_THRESHOLD, old)
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
 def _origins(args: argparse.Namespace) -> list[str | None] | None:
