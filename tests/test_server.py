@@ -372,6 +372,35 @@ async def test_heartbeat_culls_a_silent_client_with_1006(
     assert 0.6 * 0.9 <= elapsed <= 0.6 * 1.1 + 0.1
 
 
+async def test_culled_connections_leave_no_live_objects_behind(
+    start: Callable[..., Awaitable[Server]],
+) -> None:
+    """Waves of silent clients, culled by the heartbeat: after a full collection the
+    count of live objects is back where it was after the first wave (the RSS test in
+    tests/compliance cannot tell a leak from the allocator's layout; this can)."""
+    import gc
+
+    server = await start(heartbeat=tether.Heartbeat(interval=0.05, timeout=0.05))
+    counts: list[int] = []
+    for _ in range(3):
+        writers = [(await _silent_client(server.port))[1] for _ in range(40)]
+        for _ in range(200):  # bounded: culled within ~0.1 s of the last connect
+            if not server._connections:
+                break
+            await asyncio.sleep(0.02)
+        assert not server._connections
+        for writer in writers:
+            writer.close()
+        del writers
+        await asyncio.sleep(0)  # the writers' transports finish closing
+        await asyncio.sleep(0)
+        gc.collect()
+        counts.append(len(gc.get_objects()))
+    # A leaked connection keeps dozens of objects alive (40 per wave: thousands);
+    # first-use caches may add a handful after the first wave.
+    assert counts[2] - counts[1] < 40, counts
+
+
 async def test_heartbeat_keeps_an_answering_client(
     start: Callable[..., Awaitable[Server]],
 ) -> None:
