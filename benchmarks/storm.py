@@ -269,31 +269,51 @@ def _store_url(store: str) -> Iterator[str]:
 
 
 class _Profiler:
-    """py-spy on the replacement server and on the first client process, after SIGHUP."""
+    """py-spy on the old server, the replacement and the first client process, from SIGHUP."""
 
-    def __init__(self, out_dir: str, seconds: float) -> None:
+    def __init__(self, py_spy: str, out_dir: str, seconds: float) -> None:
+        self.py_spy = py_spy
         self.out_dir = out_dir
         self.seconds = seconds
         self.recorders: dict[str, subprocess.Popen[bytes]] = {}
+        #: Why a process has no profile, when it has none (see ``missing``).
+        self.skipped: dict[str, str] = {}
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.out_dir, f"{name}.txt")
 
     def start(self, name: str, pid: int) -> None:
-        from .profile import py_spy_path
-
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path(name))  # never summarize an earlier run's stacks
         self.recorders[name] = subprocess.Popen(
             [
-                py_spy_path(), "record", "--pid", str(pid), "--duration", str(int(self.seconds)),
-                "--rate", "200", "--format", "raw", "--output",
-                os.path.join(self.out_dir, f"{name}.txt"), "--nonblocking",
+                self.py_spy, "record", "--pid", str(pid), "--duration", str(int(self.seconds)),
+                "--rate", "200", "--format", "raw", "--output", self.path(name), "--nonblocking",
             ],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )  # fmt: skip
 
     def wait(self) -> None:
-        for recorder in self.recorders.values():
+        """Let every recorder finish its duration (bounded), then reap it."""
+        for name, recorder in self.recorders.items():
             try:
-                recorder.wait(self.seconds + 30)
+                _, err = recorder.communicate(timeout=self.seconds + 30)
             except subprocess.TimeoutExpired:
-                stop(recorder)  # type: ignore[arg-type]
+                recorder.kill()
+                _, err = recorder.communicate()
+                self.skipped[name] = "py-spy did not finish in time (killed)"
+                continue
+            if recorder.returncode != 0:
+                text = err.decode(errors="replace").strip().splitlines()
+                self.skipped[name] = f"py-spy exited {recorder.returncode}: " + (
+                    text[-1] if text else "(no message)"
+                )
+
+    def missing(self, name: str) -> str:
+        """Why ``name`` has no stacks to show."""
+        if name not in self.recorders:
+            return self.skipped.get(name, "not sampled (its PID was not found)")
+        return self.skipped.get(name, "py-spy wrote nothing")
 
 
 def _one(
@@ -365,6 +385,8 @@ def _one(
                     profiler.start("server", found)
                     break
                 time.sleep(0.05)
+            else:
+                profiler.skipped["server"] = "no replacement PID in the log within 5 s"
         deadline = restarted_at + window + 90
         complete = True
         for proc in procs:
@@ -387,6 +409,11 @@ def _one(
             reports.append(json.loads(read_line(proc, "REPORT ", 60)))
         probe_report = reports.pop(procs.index(probe))
     finally:
+        if profiler is not None:
+            for recorder in profiler.recorders.values():
+                if recorder.poll() is None:  # the run failed before wait(): stop them
+                    recorder.kill()
+                    recorder.wait(5)
         for proc in procs:
             stop(proc, signal.SIGKILL)
         if replacement is None:
@@ -924,28 +951,33 @@ def _profile_main(argv: list[str]) -> int:
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--keep", metavar="DIR", help="keep py-spy's raw stacks in DIR")
     args = parser.parse_args(argv)
-    from .profile import print_summary, summarize
+    from .profile import print_summary, py_spy_path, summarize
 
+    py_spy = py_spy_path()  # before the storm: exits at once when py-spy is missing
     raise_nofile_limit()
     seconds = args.seconds or DRAIN_WINDOW_S + 8
     progress = Progress()
     with tempfile.TemporaryDirectory() as scratch, _store_url(args.store) as url:
         tmp = args.keep or scratch
         os.makedirs(tmp, exist_ok=True)
-        profiler = _Profiler(tmp, seconds)
+        profiler = _Profiler(py_spy, tmp, seconds)
         result = _one(args.mode, args.clients, progress, url, profiler)
         progress.done()
+
+        def ms(side: str) -> str:
+            value = result[side]["ms_per_reconnection"]
+            return "-" if value is None else f"{value:.2f}"
+
         print(
             f"storm ({args.mode}, {args.clients} clients): all back after "
-            f"{result['all_reconnected_after_s']} s; server CPU "
-            f"{result['server_cpu']['ms_per_reconnection']:.2f} ms and clients "
-            f"{result['client_cpu']['ms_per_reconnection']:.2f} ms per reconnection; "
-            f"sampled {seconds:.0f} s from the SIGHUP"
+            f"{result['all_reconnected_after_s']} s ({result['reconnected']} reconnected); "
+            f"server CPU {ms('server_cpu')} ms and clients {ms('client_cpu')} ms per "
+            f"reconnection; sampled {seconds:.0f} s from the SIGHUP"
         )
         for name in ("old", "server", "client"):
-            path = os.path.join(tmp, f"{name}.txt")
+            path = profiler.path(name)
             if not os.path.exists(path):
-                print(f"\n{name}: no profile (py-spy needs ptrace rights)")
+                print(f"\n{name}: no profile: {profiler.missing(name)}")
                 continue
             summary = summarize(path, args.top)
             print(

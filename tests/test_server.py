@@ -373,13 +373,15 @@ async def test_heartbeat_culls_a_silent_client_with_1006(
 
 
 async def test_culled_connections_leave_no_live_objects_behind(
-    start: Callable[..., Awaitable[Server]],
+    start: Callable[..., Awaitable[Server]], caplog: pytest.LogCaptureFixture
 ) -> None:
     """Waves of silent clients, culled by the heartbeat: after a full collection the
     count of live objects is back where it was after the first wave (the RSS test in
     tests/compliance cannot tell a leak from the allocator's layout; this can)."""
     import gc
 
+    # Captured log records (INFO: a line per connect and close) would count as leaks.
+    caplog.set_level(logging.WARNING)
     server = await start(heartbeat=tether.Heartbeat(interval=0.05, timeout=0.05))
     counts: list[int] = []
     for _ in range(3):
@@ -396,9 +398,9 @@ async def test_culled_connections_leave_no_live_objects_behind(
         await asyncio.sleep(0)
         gc.collect()
         counts.append(len(gc.get_objects()))
-    # A leaked connection keeps dozens of objects alive (40 per wave: thousands);
-    # first-use caches may add a handful after the first wave.
-    assert counts[2] - counts[1] < 40, counts
+    # One leaked connection keeps ~40 objects alive; between the second and the third
+    # wave the count did not move at all (first-use caches fill during the first).
+    assert counts[2] - counts[1] <= 10, counts
 
 
 async def test_heartbeat_keeps_an_answering_client(

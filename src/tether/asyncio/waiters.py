@@ -17,6 +17,9 @@ __all__ = ["bounded", "wait_on", "wake_all"]
 
 _T = TypeVar("_T")
 
+#: asyncio.timeout handles a simultaneous outside cancellation right from 3.11.3 on.
+_TIMEOUT_FIXED = sys.version_info >= (3, 11, 3)
+
 
 def wake_all(waiters: list[asyncio.Future[None]]) -> None:
     """Resolve every waiting future and forget them."""
@@ -39,14 +42,19 @@ async def wait_on(waiters: list[asyncio.Future[None]]) -> None:
 
 
 async def bounded(awaitable: Awaitable[_T], timeout: float) -> _T:
-    """``await awaitable`` for at most ``timeout`` seconds, else ``TimeoutError``.
+    """``await awaitable`` for at most ``timeout`` seconds, else the builtin ``TimeoutError``.
 
     ``asyncio.wait_for`` before Python 3.12 wraps the awaitable in a new task: one
     task per call, made on every connection's handshake and every drained session.
-    ``asyncio.timeout`` (3.11+) cancels the caller's own task instead; on 3.10 this
-    falls back to ``wait_for``.
+    ``asyncio.timeout`` cancels the caller's own task instead. It is used from 3.11.3
+    on: earlier 3.11 releases could turn a timeout that coincides with an outside
+    cancellation into the wrong exception (CPython gh-102780); before that, and on
+    3.10, this is ``wait_for``.
     """
-    if sys.version_info >= (3, 11):
+    if sys.version_info >= (3, 11) and _TIMEOUT_FIXED:  # (mypy reads major.minor only)
         async with asyncio.timeout(timeout):
             return await awaitable
-    return await asyncio.wait_for(awaitable, timeout)  # pragma: no cover (3.10)
+    try:  # pragma: no cover (3.10, early 3.11)
+        return await asyncio.wait_for(awaitable, timeout)
+    except asyncio.TimeoutError:  # pragma: no cover (not the builtin before 3.11)
+        raise TimeoutError from None
