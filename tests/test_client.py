@@ -16,6 +16,7 @@ from http import HTTPStatus
 from typing import Any
 
 import pytest
+from tests.support.eventually import eventually
 from tests.support.loop_errors import loop_errors  # noqa: F401 - autouse fixture
 from websockets.asyncio.server import Request, Response, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed as WsConnectionClosed
@@ -412,7 +413,7 @@ async def test_close_during_a_hanging_handshake_returns_promptly() -> None:
     try:
         conn = tether.connect(f"ws://127.0.0.1:{port}/", heartbeat=NO_PING, open_timeout=30)
         conn.start()
-        await asyncio.sleep(0.1)
+        await eventually(lambda: writers, what="the silent server accepted the TCP connection")
         assert conn.state is State.CONNECTING
         started = time.monotonic()
         await conn.close()
