@@ -708,8 +708,12 @@ async def test_incoming_buffer_is_bounded_in_bytes(
     async with tether.connect(
         server.url, heartbeat=None, layer=layer, max_incoming_bytes=2**20
     ) as conn:
-        await server.wait_for(lambda: len(sent) > 4)
-        await asyncio.sleep(0.3)  # let the flood reach whatever bound holds it
+        # Stalled: the reader waits for space in the inbox (until recv()) and the server's
+        # writes wait for TCP. A flood that got through ends the wait at once.
+        await eventually(
+            lambda: len(sent) == 40 or (conn._inbox._putters and server.live[0].paused),
+            what="the reader waits for inbox space and the server for TCP",
+        )
         buffered = sum(len(m) for m in conn._inbox.items)
         assert len(sent) < 40  # the server's sends stalled: TCP back-pressure reached it
         assert 2**20 <= buffered <= 2**20 + 2**18
@@ -732,8 +736,13 @@ async def test_plain_client_that_does_not_read_stalls_the_server(
     async with tether.connect(
         server.url, heartbeat=None, resume=False, max_incoming_bytes=2**20
     ) as conn:
-        await server.wait_for(lambda: len(sent) > 2)
-        await asyncio.sleep(0.3)  # let the flood reach whatever bound holds it
+        # Stalled: the client's engine stopped reading its socket (until recv()) and the
+        # server's writes wait for TCP. A flood that got through ends the wait at once.
+        socket = conn._link.transport.connection.transport  # type: ignore[union-attr, attr-defined]
+        await eventually(
+            lambda: len(sent) == 40 or (not socket.is_reading() and server.live[0].paused),
+            what="the client stopped reading its socket and the server waits for TCP",
+        )
         stalled_at = len(sent)
         buffered = sum(len(m) for m in conn._inbox.items)
         assert stalled_at < 40  # the server's sends stalled: TCP back-pressure reached it
