@@ -823,10 +823,12 @@ async def test_order_is_kept_when_queued_and_inline_writes_interleave(
         received.append(await ws.recv())
         await ws.close(1012)
 
+    read = asyncio.Event()
+
     async def record_slowly(ws: ServerConnection, received: list[Any]) -> None:
         # Not reading at first fills the TCP buffers: the client's writes must then wait.
         ws.transport.pause_reading()
-        await asyncio.sleep(0.3)
+        await asyncio.wait_for(read.wait(), 10)  # the test sets it within 5 s
         ws.transport.resume_reading()
         await record(ws, received)
 
@@ -843,6 +845,11 @@ async def test_order_is_kept_when_queued_and_inline_writes_interleave(
         await asyncio.wait_for(_first(events, Connected), 5)
         for n in range(301, 601):
             await conn.send(f"m{n} {payload}")
+        engine = conn._link.transport.connection  # type: ignore[union-attr, attr-defined]
+        try:
+            await eventually(lambda: engine.paused, what="the client's writes wait for the server")
+        finally:
+            read.set()
         await asyncio.wait_for(conn.flush(), 5)
         await server.wait_for(
             lambda: len(server.connections) == 2 and len(server.connections[1]) == 600
