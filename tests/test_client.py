@@ -858,28 +858,41 @@ async def test_order_is_kept_when_queued_and_inline_writes_interleave(
     assert [m.split()[0] for m in server.connections[1]] == [f"m{n}" for n in range(1, 601)]
 
 
+def _reading(conn: tether.ClientConnection) -> bool:
+    """A recv() is reading the transport itself (plain mode, no reader task)."""
+    link = conn._link
+    return link is not None and link.reading
+
+
 async def test_recv_across_a_reconnect_in_plain_mode(
     scripted: Callable[..., Awaitable[Scripted]],
 ) -> None:
     """A recv() waiting on a connection that ends returns the next connection's message;
     messages that arrived before the Close frame come first."""
+    got: list[Any] = []
 
     async def two_then_restart(ws: ServerConnection, received: list[Any]) -> None:
         await ws.send("a")
         await ws.send("b")
-        await asyncio.sleep(0.2)  # the client is now waiting in recv()
+        await eventually(
+            lambda: len(got) == 2 and _reading(conn), what="the client is waiting in recv()"
+        )
         await ws.send("c")
         await ws.close(1012)
 
     async def one_later(ws: ServerConnection, received: list[Any]) -> None:
-        await asyncio.sleep(0.1)
+        await eventually(
+            lambda: len(got) == 3 and (_reading(conn) or conn._inbox.getters),
+            what="the client's next recv() waits across the reconnect",
+        )
         await ws.send("d")
         async for message in ws:
             received.append(message)
 
     server = await scripted(two_then_restart, one_later)
-    async with tether.connect(server.url, heartbeat=NO_PING, backoff=FAST, resume=False) as conn:
-        got = [await asyncio.wait_for(conn.recv(), 5) for _ in range(2)]
+    conn = tether.connect(server.url, heartbeat=NO_PING, backoff=FAST, resume=False)
+    async with conn:
+        got.extend([await asyncio.wait_for(conn.recv(), 5) for _ in range(2)])
         await server.wait_for(lambda: len(server.connections) == 1)
         got.append(await asyncio.wait_for(conn.recv(), 5))  # "c", then the Close frame
         got.append(await asyncio.wait_for(conn.recv(), 5))  # waits across the reconnect
@@ -894,14 +907,21 @@ async def test_concurrent_recv_calls_share_the_direct_reads(
     not read the transport takes over once the other returned."""
 
     async def two_later(ws: ServerConnection, received: list[Any]) -> None:
-        await asyncio.sleep(0.1)
+        await eventually(
+            lambda: _reading(conn) and conn._inbox.getters,
+            what="one recv() reads the transport, the other waits for its turn",
+        )
         await ws.send("1")
-        await asyncio.sleep(0.05)
+        await eventually(
+            lambda: _reading(conn) and not conn._inbox.getters,
+            what="the recv() that read '1' returned and the other took over the reading",
+        )
         await ws.send("2")
         await ws.wait_closed()
 
     server = await scripted(two_later)
-    async with tether.connect(server.url, heartbeat=NO_PING, resume=False) as conn:
+    conn = tether.connect(server.url, heartbeat=NO_PING, resume=False)
+    async with conn:
         first = asyncio.ensure_future(conn.recv())
         second = asyncio.ensure_future(conn.recv())
         got = await asyncio.wait_for(asyncio.gather(first, second), 5)
