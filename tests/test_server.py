@@ -409,6 +409,7 @@ async def test_heartbeat_keeps_an_answering_client(
     """A client that answers pings stays connected past several intervals."""
     server = await start(heartbeat=tether.Heartbeat(interval=0.1, timeout=0.1))
     async with await _client(server) as ws:
+        # Real time is the stimulus (nothing should happen): three intervals + timeouts pass.
         await asyncio.sleep(0.6)
         await ws.send("alive")
         assert await ws.recv() == "alive"
