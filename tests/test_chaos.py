@@ -204,7 +204,7 @@ async def test_traffic_keeps_an_idle_timeout_at_bay(echo: EchoServer) -> None:
         for _ in range(6):
             await ws.send("tick")
             assert await ws.recv() == "tick"
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.2)  # real time is the stimulus: gaps shorter than the timeout
         assert ws.state.name == "OPEN"
         await ws.close()
     assert proxy.faults == []
