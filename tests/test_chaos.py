@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+from tests.support.eventually import eventually
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidMessage
@@ -153,9 +154,14 @@ async def test_heal_delivers_what_was_held(echo: EchoServer) -> None:
     async with ChaosProxy(("127.0.0.1", 0), ("127.0.0.1", echo.port)) as proxy:
         ws = await client(proxy)
         proxy.blackhole_all()
+        (held,) = proxy._connections
+        before = held.faults._last_activity
         for i in range(5):
             await ws.send(f"m{i}")
-        await asyncio.sleep(0.2)  # let the sends reach the (stalled) proxy
+        # The sends reached the (stalled) proxy: it read them and holds them unforwarded.
+        await eventually(
+            lambda: held.faults._last_activity > before, what="the proxy read the sends"
+        )
         assert proxy.heal() == 1
         received = [await asyncio.wait_for(ws.recv(), 2) for _ in range(5)]
         await ws.close()
@@ -204,7 +210,7 @@ async def test_traffic_keeps_an_idle_timeout_at_bay(echo: EchoServer) -> None:
         for _ in range(6):
             await ws.send("tick")
             assert await ws.recv() == "tick"
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.2)  # real time is the stimulus: gaps shorter than the timeout
         assert ws.state.name == "OPEN"
         await ws.close()
     assert proxy.faults == []

@@ -16,6 +16,7 @@ from http import HTTPStatus
 from typing import Any
 
 import pytest
+from tests.support.eventually import eventually
 from tests.support.loop_errors import loop_errors  # noqa: F401 - autouse fixture
 from websockets.asyncio.server import Request, Response, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed as WsConnectionClosed
@@ -412,7 +413,7 @@ async def test_close_during_a_hanging_handshake_returns_promptly() -> None:
     try:
         conn = tether.connect(f"ws://127.0.0.1:{port}/", heartbeat=NO_PING, open_timeout=30)
         conn.start()
-        await asyncio.sleep(0.1)
+        await eventually(lambda: writers, what="the silent server accepted the TCP connection")
         assert conn.state is State.CONNECTING
         started = time.monotonic()
         await conn.close()
@@ -707,8 +708,12 @@ async def test_incoming_buffer_is_bounded_in_bytes(
     async with tether.connect(
         server.url, heartbeat=None, layer=layer, max_incoming_bytes=2**20
     ) as conn:
-        await server.wait_for(lambda: len(sent) > 4)
-        await asyncio.sleep(0.3)  # let the flood reach whatever bound holds it
+        # Stalled: the reader waits for space in the inbox (until recv()) and the server's
+        # writes wait for TCP. A flood that got through ends the wait at once.
+        await eventually(
+            lambda: len(sent) == 40 or (conn._inbox._putters and server.live[0].paused),
+            what="the reader waits for inbox space and the server for TCP",
+        )
         buffered = sum(len(m) for m in conn._inbox.items)
         assert len(sent) < 40  # the server's sends stalled: TCP back-pressure reached it
         assert 2**20 <= buffered <= 2**20 + 2**18
@@ -731,8 +736,13 @@ async def test_plain_client_that_does_not_read_stalls_the_server(
     async with tether.connect(
         server.url, heartbeat=None, resume=False, max_incoming_bytes=2**20
     ) as conn:
-        await server.wait_for(lambda: len(sent) > 2)
-        await asyncio.sleep(0.3)  # let the flood reach whatever bound holds it
+        # Stalled: the client's engine stopped reading its socket (until recv()) and the
+        # server's writes wait for TCP. A flood that got through ends the wait at once.
+        socket = conn._link.transport.connection.transport  # type: ignore[union-attr, attr-defined]
+        await eventually(
+            lambda: len(sent) == 40 or (not socket.is_reading() and server.live[0].paused),
+            what="the client stopped reading its socket and the server waits for TCP",
+        )
         stalled_at = len(sent)
         buffered = sum(len(m) for m in conn._inbox.items)
         assert stalled_at < 40  # the server's sends stalled: TCP back-pressure reached it
@@ -813,10 +823,12 @@ async def test_order_is_kept_when_queued_and_inline_writes_interleave(
         received.append(await ws.recv())
         await ws.close(1012)
 
+    read = asyncio.Event()
+
     async def record_slowly(ws: ServerConnection, received: list[Any]) -> None:
         # Not reading at first fills the TCP buffers: the client's writes must then wait.
         ws.transport.pause_reading()
-        await asyncio.sleep(0.3)
+        await asyncio.wait_for(read.wait(), 10)  # the test sets it within 5 s
         ws.transport.resume_reading()
         await record(ws, received)
 
@@ -833,6 +845,11 @@ async def test_order_is_kept_when_queued_and_inline_writes_interleave(
         await asyncio.wait_for(_first(events, Connected), 5)
         for n in range(301, 601):
             await conn.send(f"m{n} {payload}")
+        engine = conn._link.transport.connection  # type: ignore[union-attr, attr-defined]
+        try:
+            await eventually(lambda: engine.paused, what="the client's writes wait for the server")
+        finally:
+            read.set()
         await asyncio.wait_for(conn.flush(), 5)
         await server.wait_for(
             lambda: len(server.connections) == 2 and len(server.connections[1]) == 600
@@ -841,28 +858,41 @@ async def test_order_is_kept_when_queued_and_inline_writes_interleave(
     assert [m.split()[0] for m in server.connections[1]] == [f"m{n}" for n in range(1, 601)]
 
 
+def _reading(conn: tether.ClientConnection) -> bool:
+    """A recv() is reading the transport itself (plain mode, no reader task)."""
+    link = conn._link
+    return link is not None and link.reading
+
+
 async def test_recv_across_a_reconnect_in_plain_mode(
     scripted: Callable[..., Awaitable[Scripted]],
 ) -> None:
     """A recv() waiting on a connection that ends returns the next connection's message;
     messages that arrived before the Close frame come first."""
+    got: list[Any] = []
 
     async def two_then_restart(ws: ServerConnection, received: list[Any]) -> None:
         await ws.send("a")
         await ws.send("b")
-        await asyncio.sleep(0.2)  # the client is now waiting in recv()
+        await eventually(
+            lambda: len(got) == 2 and _reading(conn), what="the client is waiting in recv()"
+        )
         await ws.send("c")
         await ws.close(1012)
 
     async def one_later(ws: ServerConnection, received: list[Any]) -> None:
-        await asyncio.sleep(0.1)
+        await eventually(
+            lambda: len(got) == 3 and (_reading(conn) or conn._inbox.getters),
+            what="the client's next recv() waits across the reconnect",
+        )
         await ws.send("d")
         async for message in ws:
             received.append(message)
 
     server = await scripted(two_then_restart, one_later)
-    async with tether.connect(server.url, heartbeat=NO_PING, backoff=FAST, resume=False) as conn:
-        got = [await asyncio.wait_for(conn.recv(), 5) for _ in range(2)]
+    conn = tether.connect(server.url, heartbeat=NO_PING, backoff=FAST, resume=False)
+    async with conn:
+        got.extend([await asyncio.wait_for(conn.recv(), 5) for _ in range(2)])
         await server.wait_for(lambda: len(server.connections) == 1)
         got.append(await asyncio.wait_for(conn.recv(), 5))  # "c", then the Close frame
         got.append(await asyncio.wait_for(conn.recv(), 5))  # waits across the reconnect
@@ -877,14 +907,21 @@ async def test_concurrent_recv_calls_share_the_direct_reads(
     not read the transport takes over once the other returned."""
 
     async def two_later(ws: ServerConnection, received: list[Any]) -> None:
-        await asyncio.sleep(0.1)
+        await eventually(
+            lambda: _reading(conn) and conn._inbox.getters,
+            what="one recv() reads the transport, the other waits for its turn",
+        )
         await ws.send("1")
-        await asyncio.sleep(0.05)
+        await eventually(
+            lambda: _reading(conn) and not conn._inbox.getters,
+            what="the recv() that read '1' returned and the other took over the reading",
+        )
         await ws.send("2")
         await ws.wait_closed()
 
     server = await scripted(two_later)
-    async with tether.connect(server.url, heartbeat=NO_PING, resume=False) as conn:
+    conn = tether.connect(server.url, heartbeat=NO_PING, resume=False)
+    async with conn:
         first = asyncio.ensure_future(conn.recv())
         second = asyncio.ensure_future(conn.recv())
         got = await asyncio.wait_for(asyncio.gather(first, second), 5)
@@ -907,7 +944,9 @@ async def test_heartbeat_reads_ahead_while_a_plain_client_does_not_read(
     conn = tether.connect(server.url, heartbeat=beat, backoff=FAST, resume=False)
     events = conn.events()
     async with conn:
-        await asyncio.sleep(1.0)  # not reading for three times interval + timeout
+        # Real time is the stimulus: not reading for three times interval + timeout, against
+        # a real peer; a link the heartbeat wrongly took for dead would be dropped by now.
+        await asyncio.sleep(1.0)
         assert conn.state is State.OPEN
         got = [(await asyncio.wait_for(conn.recv(), 5))[:3] for _ in range(100)]
     assert got == [f"{n:03d}" for n in range(100)]

@@ -409,6 +409,7 @@ async def test_heartbeat_keeps_an_answering_client(
     """A client that answers pings stays connected past several intervals."""
     server = await start(heartbeat=tether.Heartbeat(interval=0.1, timeout=0.1))
     async with await _client(server) as ws:
+        # Real time is the stimulus (nothing should happen): three intervals + timeouts pass.
         await asyncio.sleep(0.6)
         await ws.send("alive")
         assert await ws.recv() == "alive"
@@ -752,19 +753,23 @@ async def test_plain_session_ends_when_the_client_closes_while_the_handler_is_bu
     """A handler that does not read learns of the end (wait_closed); the close is logged then."""
     caplog.set_level(logging.INFO, logger="tether.server")
     ended: asyncio.Future[tether.asyncio.engine.ClosedInfo] = asyncio.Future()
+    release = asyncio.Event()
 
     async def handler(session: tether.Session) -> None:
         ended.set_result(await session.wait_closed())
-        await asyncio.sleep(0.2)  # still running after the connection closed
+        await release.wait()  # still running after the connection closed, until the test says
 
     server = await start(handler)
     ws = await _client(server)
     await ws.close(4000, "done")
-    info = await asyncio.wait_for(ended, 5)
-    assert (info.code, info.reason, info.clean) == (4000, "done", True)
-    events = [getattr(r, "tether", {}).get("event") for r in caplog.records]
-    assert events.count("close") == 1  # logged at the close, before the handler returned
-    assert server.sessions == []
+    try:
+        info = await asyncio.wait_for(ended, 5)
+        assert (info.code, info.reason, info.clean) == (4000, "done", True)
+        events = [getattr(r, "tether", {}).get("event") for r in caplog.records]
+        assert events.count("close") == 1  # logged at the close, before the handler returned
+        assert server.sessions == []
+    finally:
+        release.set()
 
 
 async def test_an_idle_plain_connection_costs_one_task(
