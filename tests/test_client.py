@@ -948,6 +948,7 @@ async def test_heartbeat_reads_ahead_while_a_plain_client_does_not_read(
         # a real peer; a link the heartbeat wrongly took for dead would be dropped by now.
         await asyncio.sleep(1.0)
         assert conn.state is State.OPEN
+        assert conn.latency is not None  # pings did go out, and their pongs were read
         got = [(await asyncio.wait_for(conn.recv(), 5))[:3] for _ in range(100)]
     assert got == [f"{n:03d}" for n in range(100)]
     assert not [e for e in await collect(events) if isinstance(e, Disconnected) and e.code == 1006]

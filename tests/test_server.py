@@ -413,6 +413,10 @@ async def test_heartbeat_keeps_an_answering_client(
         await asyncio.sleep(0.6)
         await ws.send("alive")
         assert await ws.recv() == "alive"
+        # The stimulus was real: the server pinged and read the client's pongs.
+        (record,) = server._connections.values()
+        assert record.heartbeat is not None
+        assert record.heartbeat._machine.last_rtt is not None
 
 
 async def test_drain_cancels_handlers_that_ignore_the_end(
