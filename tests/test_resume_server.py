@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import pytest
+from tests.support.eventually import eventually
 from tests.support.virtualtime import run_virtual
 from tests.test_session import FakeTransport
 
@@ -149,21 +150,12 @@ def test_bad_store_is_a_configuration_error() -> None:
         TetherV1ServerLayer(store=42)  # type: ignore[arg-type]
 
 
-async def until(condition: Any, timeout: float = 2.0) -> None:
-    """Poll ``condition`` every 5 ms, at most ``timeout`` seconds."""
-    for _ in range(int(timeout / 0.005)):
-        if condition():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError("condition not met in time")
-
-
 async def test_memory_store_send_is_stored_and_sent_before_it_returns() -> None:
     """send() returns with the message stored and its frame sent, in order (memory store)."""
     store = MemoryStore()
     layer = TetherV1ServerLayer(store=store)
     session, transport, _ = await new_session(layer)
-    await until(lambda: len(transport.sent) == 1)
+    await eventually(lambda: len(transport.sent) == 1, 2.0)
     await session.send("one")
     await session.send(b"two")
     assert [m.payload for m in await store.messages(session.id, after=0)] == ["one", b"two"]
@@ -203,7 +195,7 @@ async def _taken_message_without_reply_is_committed_then_acked() -> None:
     taken_at = loop.time()
     await asyncio.sleep(0.15)  # virtual time: before the ack delay, no ack yet
     assert len(transport.sent) == 1
-    await until(lambda: len(transport.sent) == 2)
+    await eventually(lambda: len(transport.sent) == 2, 2.0)
     assert 0.2 <= loop.time() - taken_at <= 0.25
     assert decode(transport.sent[1]) == Ack(1)
     assert (await store.load(session.id)).rx == 1  # type: ignore[union-attr]
@@ -222,7 +214,7 @@ async def _ack_count_reached_commits_and_acks_at_once() -> None:
     transport.feed("d1:0:a")
     transport.feed("d2:0:b")
     assert [await session.recv(), await session.recv()] == ["a", "b"]
-    await until(lambda: len(transport.sent) == 2, timeout=1.0)  # virtual: far below 30 s
+    await eventually(lambda: len(transport.sent) == 2, timeout=1.0)  # virtual: far below 30 s
     assert decode(transport.sent[1]) == Ack(2)
     assert (await store.load(session.id)).rx == 2  # type: ignore[union-attr]
 
@@ -232,13 +224,13 @@ async def test_fenced_inline_write_ends_the_session_with_4901() -> None:
     store = MemoryStore()
     layer = TetherV1ServerLayer(store=store)
     session, transport, _ = await new_session(layer)
-    await until(lambda: len(transport.sent) == 1)
+    await eventually(lambda: len(transport.sent) == 1, 2.0)
     await store.claim(session.id, 1, token_hash="b" * 64, previous_token_hash="c" * 64)
     await session.send("late")
     assert transport.sent[1:] == []
     assert session.closed is not None
     assert session.closed.code == 4901
-    await until(lambda: transport.close_calls == [(4901, "taken over")])
+    await eventually(lambda: transport.close_calls == [(4901, "taken over")], 2.0)
     assert await store.messages(session.id, after=0) == []
 
 
@@ -255,7 +247,7 @@ async def test_failed_inline_write_keeps_the_session_without_the_store() -> None
     session, transport, _ = await new_session(layer)
     await session.send("a")
     await session.send("b")
-    await until(lambda: len(transport.sent) == 3)
+    await eventually(lambda: len(transport.sent) == 3, 2.0)
     assert transport.sent[1:] == ["d1:0:a", "d2:0:b"]
     assert session.closed is None
 
@@ -279,7 +271,7 @@ async def test_awaited_store_batches_concurrent_sends_in_order() -> None:
     await asyncio.gather(*(session.send(f"m{n}") for n in range(1, 21)))
     stored = await store.messages(session.id, after=0)
     assert [m.payload for m in stored] == [f"m{n}" for n in range(1, 21)]
-    await until(lambda: len(transport.sent) == 21)
+    await eventually(lambda: len(transport.sent) == 21, 2.0)
     assert transport.sent[1:] == [f"d{n}:0:m{n}" for n in range(1, 21)]
 
 
@@ -291,7 +283,7 @@ async def test_an_idle_session_holds_no_task_and_no_timer() -> None:
     layer = TetherV1ServerLayer()
     session, _, _ = await new_session(layer)
     state = layer._states[session]
-    await until(lambda: state.task is None)
+    await eventually(lambda: state.task is None, 2.0)
     assert state.alarm is None
     assert (state.outq, state.delivered, state.progress) == (None, None, None)
 
@@ -305,10 +297,10 @@ async def _unacked_message_closes_after_the_window() -> None:
     loop = asyncio.get_running_loop()
     layer = TetherV1ServerLayer(config=ResumeConfig(resume_window=5.0))
     session, transport, _ = await new_session(layer)
-    await until(lambda: layer._states[session].task is None)
+    await eventually(lambda: layer._states[session].task is None, 2.0)
     sent_at = loop.time()
     await session.send("never acked")
-    await until(lambda: bool(transport.close_calls), timeout=10.0)  # virtual time
+    await eventually(lambda: bool(transport.close_calls), timeout=10.0)  # virtual time
     assert transport.close_calls[0][0] == 4202
     assert 5.0 <= loop.time() - sent_at <= 5.1
 
@@ -325,9 +317,9 @@ async def _detached_session_expires() -> None:
     session, transport, _ = await new_session(layer)
     transport.abort()
     lost_at = loop.time()
-    await until(lambda: session.transport is None)
+    await eventually(lambda: session.transport is None, 2.0)
     assert session.closed is None
-    await until(lambda: session.closed is not None, timeout=10.0)  # virtual time
+    await eventually(lambda: session.closed is not None, timeout=10.0)  # virtual time
     assert session.closed is not None
     assert session.closed.reason == "session expired"
     assert 5.0 <= loop.time() - lost_at <= 5.1
@@ -343,7 +335,7 @@ async def attached(
     transport = v1_transport(encode(Hello(rx=0)), *frames)
     session = await layer.open(transport, REQUEST)
     ended = session.attach(transport)
-    await until(lambda: len(transport.sent) >= 1 and layer._states[session].task is None)
+    await eventually(lambda: len(transport.sent) >= 1 and layer._states[session].task is None, 2.0)
     return session, transport, ended
 
 
@@ -370,7 +362,7 @@ async def test_send_only_handler_reads_acks_and_frees_its_replay_buffer() -> Non
     for n in range(1, count + 1):
         await session.send(f"m{n}")
         transport.feed(encode(Ack(n)))
-    await until(lambda: endpoint.peer_acked == count)
+    await eventually(lambda: endpoint.peer_acked == count, 2.0)
     assert len(endpoint.buffer) == 0
     assert session._reader_task is not None  # kept for good: the handler does not read
 
@@ -386,7 +378,7 @@ async def test_reader_task_hands_the_reading_back_to_recv() -> None:
     await asyncio.sleep(0)
     transport.feed("d1:0:first")
     assert await receiving == "first"
-    await until(lambda: reader.done())
+    await eventually(lambda: reader.done(), 2.0)
     assert session._reader_task is None
     transport.feed("d2:0:second")
     assert await session.recv() == "second"  # read directly, no task again
@@ -433,7 +425,7 @@ async def test_send_only_handler_gets_a_reader_on_the_resumed_connection_too() -
     new = v1_transport(encode(hello))
     assert await layer.open(new, REQUEST) is session
     session.attach(new)
-    await until(lambda: len(new.sent) >= 11)  # welcome, then the replay
+    await eventually(lambda: len(new.sent) >= 11, 2.0)  # welcome, then the replay
     new.feed(encode(Ack(10)))
-    await until(lambda: endpoint.peer_acked == 10)
+    await eventually(lambda: endpoint.peer_acked == 10, 2.0)
     assert len(endpoint.buffer) == 0

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from tests.support.events import EventRecorder
+from tests.support.eventually import eventually
 from tests.support.loop_errors import loop_errors  # noqa: F401 - autouse fixture
 from tests.support.node import NodeWsServer
 from tests.support.ports import free_port, wait_for_port
@@ -118,16 +119,6 @@ async def echoes(conn: tether.ClientConnection, n: int) -> None:
     assert await asyncio.wait_for(conn.recv(), 5) == f"s{n}"
 
 
-async def until(condition: Callable[[], bool], timeout: float) -> None:
-    """Poll ``condition`` every 10 ms, at most ``timeout`` seconds."""
-
-    async def poll() -> None:
-        while not condition():  # noqa: ASYNC110 - conditions on other tasks
-            await asyncio.sleep(0.01)
-
-    await asyncio.wait_for(poll(), timeout)
-
-
 async def stream(
     conn: tether.ClientConnection, handler: Echo, disrupt: Callable[[int], Awaitable[None]]
 ) -> list[int]:
@@ -147,7 +138,7 @@ async def stream(
     tasks = [asyncio.ensure_future(send_all()), asyncio.ensure_future(receive_all())]
     try:
         for k in range(1, 6):
-            await until(lambda k=k: len(handler.got) >= k * N // 6, 20)  # type: ignore[misc]
+            await eventually(lambda k=k: len(handler.got) >= k * N // 6, 20)  # type: ignore[misc]
             await disrupt(k)
         await asyncio.wait_for(asyncio.gather(*tasks), 30)
     finally:
@@ -291,7 +282,7 @@ async def test_window_expiry_loses_the_session_with_the_unacked_messages() -> No
         await echoes(run.conn, 1)
         transport = run.conn._transport
         assert transport is not None
-        await until(lambda: run.conn._layer.endpoint.peer_acked == 1, 5)  # type: ignore[attr-defined]
+        await eventually(lambda: run.conn._layer.endpoint.peer_acked == 1, 5)  # type: ignore[attr-defined]
         transport.abort()
         await run.conn.send("c2")  # queued; the reconnect comes 1 s later, after the window
         lost = await run.events.wait_for(SessionLost, timeout=5)
@@ -326,11 +317,11 @@ async def test_overflow_while_away_is_refused_not_partial() -> None:
         send_timeout=0.1,
     ) as run:
         await run.conn.send("go")
-        await until(lambda: bool(run.server.sessions), 5)
+        await eventually(lambda: bool(run.server.sessions), 5)
         transport = run.conn._transport
         assert transport is not None
         transport.abort()
-        await until(lambda: all(s.transport is None for s in run.server.sessions), 5)
+        await eventually(lambda: all(s.transport is None for s in run.server.sessions), 5)
         gone.set()
         lost = await run.events.wait_for(SessionLost, timeout=5)
         assert lost[0].reason == "overflow"
@@ -392,7 +383,7 @@ async def test_takeover_closes_the_old_connection_with_4901() -> None:
             assert '"resumed":true' in str(welcome)
             lost = await run.events.wait_for(SessionLost, timeout=5)
             assert lost[0].reason == "taken_over"
-            await until(lambda: run.conn.state is tether.State.CLOSED, 5)
+            await eventually(lambda: run.conn.state is tether.State.CLOSED, 5)
             assert run.conn.close_code == 4901
             await raw.send("d2:1:c2")
             # The ack field is what the server has committed: 1, or 2 once c2 is stored.
@@ -597,8 +588,8 @@ async def test_a_client_that_only_sends_still_takes_the_acks() -> None:
         assert reader_tasks() == []
         for n in range(1, 2001):
             await conn.send(f"c{n}")
-        await until(lambda: len(sink.got) == 2000, 10)
-        await until(lambda: len(layer.endpoint.buffer) < READ_AHEAD_MESSAGES, 5)
+        await eventually(lambda: len(sink.got) == 2000, 10)
+        await eventually(lambda: len(layer.endpoint.buffer) < READ_AHEAD_MESSAGES, 5)
         assert sink.got == list(range(1, 2001))
         assert layer.endpoint.peer_acked > 2000 - READ_AHEAD_MESSAGES
 
@@ -641,9 +632,9 @@ async def test_a_few_unacked_messages_are_read_for_before_they_stall() -> None:
         assert isinstance(layer, TetherV1ClientLayer)
         for n in range(1, 6):
             await conn.send(f"c{n}")
-        await until(lambda: len(sink.got) == 5, 5)
+        await eventually(lambda: len(sink.got) == 5, 5)
         # Read at 0.5 s: emptied before the 1 s stall (an empty buffer cannot stall).
-        await until(lambda: len(layer.endpoint.buffer) == 0, 0.9)
+        await eventually(lambda: len(layer.endpoint.buffer) == 0, 0.9)
         assert layer.endpoint.stall_deadline() is None
         assert run.events.kinds() == []  # no Disconnected, no Resumed
         assert conn.state is State.OPEN

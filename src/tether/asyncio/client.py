@@ -550,7 +550,7 @@ class ClientConnection:
                     None, "", "the connection was never started: await it or use `async with`"
                 )
             link = self._link
-            if link is not None and link.reader is None and not link.reading and not link.eof:
+            if link is not None and link.unread and not link.eof:
                 # No reader task: read the transport here, one task hop fewer.
                 message = await self._recv_direct(link)
                 if message is not None:
@@ -1011,7 +1011,7 @@ class ClientConnection:
         """Wait up to ``send_timeout`` for the layer to have room, else let it overflow."""
         loop = asyncio.get_running_loop()
         deadline = None if self._send_timeout is None else loop.time() + self._send_timeout
-        if link.reader is None and not link.reading:
+        if link.unread:
             self._ensure_reader(link)  # the acks that make room must be read
         while not self._layer.has_room(message):
             remaining = None if deadline is None else deadline - loop.time()
@@ -1036,7 +1036,7 @@ class ClientConnection:
         if room is not None and not room.done():
             room.set_result(None)
         layer = self._layer
-        if link.reader is None and not link.reading and layer.wants_input():
+        if link.unread and layer.wants_input():
             # Sending without reading: take the acks (read ahead until recv() waits).
             self._ensure_reader(link)
         deadline = layer.next_deadline()
@@ -1145,7 +1145,7 @@ class ClientConnection:
         beat = link.machine.next_deadline()
         layer = None if self._plain else self._layer.next_deadline()
         deadline = beat if layer is None else layer if beat is None else min(beat, layer)
-        if not self._plain and link.reader is None and not link.reading and not link.eof:
+        if not self._plain and link.unread and not link.eof:
             read = self._layer.read_deadline()  # always before the layer's stall deadline
             if read is not None and (deadline is None or read < deadline):
                 deadline = read
@@ -1166,7 +1166,7 @@ class ClientConnection:
                 result = link.machine.handle_timer(now)
                 if result is not None and result.action is TimerAction.SEND_PING:
                     self._write_in_task(link, link.transport.ping(result.payload))
-                    if link.reader is None and not link.reading:
+                    if link.unread:
                         # The application is not reading: read ahead (within the inbox
                         # bounds) so that the pong is not stuck behind its messages.
                         self._ensure_reader(link)
@@ -1179,7 +1179,7 @@ class ClientConnection:
                     return
             if not self._plain:
                 read = self._layer.read_deadline()
-                if read is not None and read <= now and link.reader is None and not link.reading:
+                if read is not None and read <= now and link.unread:
                     # Unacknowledged for half the stall time and nobody reading: the
                     # acks may be waiting in the engine.
                     self._ensure_reader(link)
@@ -1273,6 +1273,11 @@ class _Link:
         self.closer: asyncio.Task[None] | None = None
         #: Control writes and pings that had to wait.
         self.tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def unread(self) -> bool:
+        """Nobody reads the transport: no reader task, and no recv() reading it itself."""
+        return self.reader is None and not self.reading
 
 
 def _resolve(waiter: asyncio.Future[None]) -> None:
