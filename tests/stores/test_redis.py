@@ -13,12 +13,13 @@ import pytest
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 from redis.exceptions import RedisError
+from tests.support.eventually import eventually
 from tests.support.redis import RedisServer
 from tests.support.require import require
 
 from tether.exceptions import StoreError
 from tether.stores.base import Fenced, SessionRecord, SessionStore, StoreUnavailable, UnknownSession
-from tether.stores.redis import RedisStore
+from tether.stores.redis import DEFAULT_PREFIX, RedisStore
 
 from .conformance import HASH, SID, StoreConformance, batch
 from .restart_scenario import resume_after_restart
@@ -228,6 +229,60 @@ async def test_pipeline_keeps_calls_apart(store: RedisStore) -> None:
     assert isinstance(good, SessionRecord)
     assert (await store.load("stale")).tx == 0  # type: ignore[union-attr]
     assert await store.messages("good", after=0) == batch(1, 2)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(20)
+async def test_a_burst_over_many_loop_turns_waits_for_connections(
+    redis_server: RedisServer,
+) -> None:
+    """300 operations started in 300 loop turns while Redis is slow all succeed.
+
+    Each loop turn's calls travel in one pipeline on one pooled connection. A
+    restart drain closes sessions in batches and each detaches: while the replies
+    are late, every turn used to start a pipeline of its own, redis-py's pool
+    (100 connections by default since redis-py 6) ran out, and the rest failed
+    at once with ``Too many connections`` (a session never detached never expires).
+    The store now keeps a bounded number of pipelines in flight; later calls wait
+    and share the next one.
+    """
+    store = RedisStore(redis_server.url, timeout=5.0)
+    stats = aioredis.Redis.from_url(redis_server.url)
+    sids = [f"s{number}" for number in range(300)]
+    try:
+        for sid in sids:
+            await store.create(sid, token_hash=HASH, principal=None, now=0.0)
+        before = (await stats.info("stats"))["total_connections_received"]
+        issued = 0
+
+        async def one(index: int) -> object:
+            nonlocal issued
+            for _ in range(index):  # a loop turn of its own for each operation
+                await asyncio.sleep(0)
+            sid = sids[index]
+            issued += 1
+            if index % 3 == 0:
+                return await store.load(sid)
+            if index % 3 == 1:
+                return await store.write(sid, 1, append=batch(1, 2))
+            return await store.detach(sid, 1, expires_at=time.time() + 60)
+
+        redis_server.signal(signal.SIGSTOP)  # every reply is late until SIGCONT
+        try:
+            calls = asyncio.gather(*(one(index) for index in range(300)), return_exceptions=True)
+            await eventually(lambda: issued == 300, timeout=5.0)
+        finally:
+            redis_server.signal(signal.SIGCONT)
+        results = await calls
+        failed = [result for result in results if isinstance(result, BaseException)]
+        assert failed == []
+        assert [(await store.load(sid)).tx for sid in sids[1::3]] == [2] * 100  # type: ignore[union-attr]
+        assert await stats.zcard(f"{DEFAULT_PREFIX}detached") == 100
+        opened = (await stats.info("stats"))["total_connections_received"] - before
+        assert opened <= 32
+    finally:
+        await stats.aclose()
+        await store.close()
 
 
 async def test_scripts_reloaded_after_script_flush(redis_server: RedisServer) -> None:

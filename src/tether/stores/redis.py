@@ -15,7 +15,11 @@ every operation is one atomic server-side step:
   an approximate ``MAXLEN ~``). Claim is a compare-and-set script.
 * **Pipelining**: the script calls of every session made during one event-loop
   turn are sent in one non-transactional pipeline, so the round trip is paid
-  per turn, not per session or message.
+  per turn, not per session or message. At most :data:`MAX_PIPELINES` are in
+  flight, each on one pooled connection; calls made while all of them wait
+  for Redis share the next pipeline. A slow Redis therefore gets bigger
+  pipelines, not more connections, and the pool (bounded, callers wait for a
+  free connection up to ``timeout``) never runs out under a burst.
 * **Expiry**: detach sets both keys' TTL to the resume window with
   ``PEXPIREAT`` (computed on Redis' own clock, so node clocks do not matter)
   and records the session in a sorted set ``<prefix>detached`` that
@@ -61,6 +65,7 @@ from .base import (
 
 try:
     import redis.asyncio as aioredis
+    from redis.asyncio import BlockingConnectionPool
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
     from redis.commands.core import AsyncScript
@@ -70,10 +75,18 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "the redis session store needs redis-py: pip install 'tether[redis]'"
     ) from exc
 
-__all__ = ["DEFAULT_PREFIX", "RedisStore"]
+__all__ = ["DEFAULT_PREFIX", "MAX_PIPELINES", "RedisStore"]
 
 #: Every key tether writes starts with this (``tether:epoch``, ``tether:{sid}:meta``).
 DEFAULT_PREFIX = "tether:"
+
+#: Pipelines one store keeps in flight at once (see the module doc). Eight cover a
+#: loopback round trip at thousands of sessions; more only adds connections.
+MAX_PIPELINES = 8
+
+#: Pooled connections beyond the pipelines', for the commands sent on their own
+#: (the expiry sweep, delete).
+_SPARE_CONNECTIONS = 4
 
 _T = TypeVar("_T")
 
@@ -229,13 +242,18 @@ class RedisStore(SessionStore):
         self.prefix = prefix
         self._clock = clock
         try:
-            self._client: aioredis.Redis = aioredis.Redis.from_url(
+            # Bounded, and blocking: with redis-py's default pool (100 connections since
+            # redis-py 6) a burst failed at once with "Too many connections".
+            pool = BlockingConnectionPool.from_url(
                 url,
+                max_connections=MAX_PIPELINES + _SPARE_CONNECTIONS,
+                timeout=timeout,  # waiting for a free connection
                 decode_responses=False,  # payloads are bytes; text is decoded here
                 socket_connect_timeout=timeout,
                 socket_timeout=timeout,
                 retry=Retry(NoBackoff(), 0),  # a lost reply must not apply a write twice
             )
+            self._client: aioredis.Redis = aioredis.Redis.from_pool(pool)
             # Building (not connecting) a connection checks the URL's options now,
             # not at the first operation.
             self._client.connection_pool.make_connection()  # type: ignore[no-untyped-call]
@@ -302,7 +320,9 @@ class RedisStore(SessionStore):
 
     async def load(self, sid: str) -> SessionRecord | None:
         """The record for ``sid``, or None."""
-        fields = await self._call("load", lambda: self._client.hgetall(self.meta_key(sid)))
+        fields = await self._call(
+            "load", lambda: self._pipelined_command("HGETALL", self.meta_key(sid))
+        )
         return _record(sid, fields) if fields else None
 
     async def claim(
@@ -364,7 +384,10 @@ class RedisStore(SessionStore):
             generation=generation,
         )
         # The index is a hint for expire(), which re-checks the record: not part of the step.
-        await self._call("detach", lambda: self._client.zadd(self.detached_key, {sid: expires_at}))
+        await self._call(
+            "detach",
+            lambda: self._pipelined_command("ZADD", self.detached_key, repr(expires_at), sid),
+        )
 
     async def abandon(self, sid: str, generation: int, *, reason: str) -> None:
         """Mark the session lost and drop its stream (see :meth:`SessionStore.abandon`)."""
@@ -417,8 +440,8 @@ class RedisStore(SessionStore):
         if self._flush is not None:
             self._flush.cancel()
             self._flush = None
-            self._start_pipeline()
-        if self._in_flight:
+        self._start_pipeline()
+        while self._in_flight:  # a pipeline that ends starts the next one queued
             await asyncio.gather(*self._in_flight, return_exceptions=True)
         await self._client.aclose()
 
@@ -431,22 +454,40 @@ class RedisStore(SessionStore):
         callbacks are sent in one non-transactional pipeline right after it
         (``call_soon``), so N sessions writing in the same turn cost one round
         trip, not N. Each script is still atomic on its own; a refused one
-        (fenced, unknown) does not affect the others.
+        (fenced, unknown) does not affect the others. While
+        :data:`MAX_PIPELINES` are in flight the call waits for the next one.
         """
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        self._queue.append(_Call(script, [*keys, *args], len(keys), future))
-        if self._flush is None:
-            self._flush = loop.call_soon(self._start_pipeline)
-        return future
+        return self._enqueue(_Call(script, [*keys, *args], len(keys), self._future()))
+
+    def _pipelined_command(self, *command: Any) -> Awaitable[Any]:
+        """Queue one plain command (``HGETALL key``) like a script call."""
+        return self._enqueue(_Call(None, list(command), 0, self._future()))
+
+    @staticmethod
+    def _future() -> asyncio.Future[Any]:
+        return asyncio.get_running_loop().create_future()
+
+    def _enqueue(self, call: _Call) -> Awaitable[Any]:
+        self._queue.append(call)
+        if self._flush is None and len(self._in_flight) < MAX_PIPELINES:
+            self._flush = asyncio.get_running_loop().call_soon(self._start_pipeline)
+        return call.future
 
     def _start_pipeline(self) -> None:
         self._flush = None
+        if len(self._in_flight) >= MAX_PIPELINES:
+            return  # the first pipeline to finish sends what is queued
         calls, self._queue = self._queue, []
         if calls:
             task = asyncio.ensure_future(self._send_pipeline(calls))
             self._in_flight.add(task)
-            task.add_done_callback(self._in_flight.discard)
+            task.add_done_callback(self._pipeline_done)
+
+    def _pipeline_done(self, task: asyncio.Future[None]) -> None:
+        self._in_flight.discard(task)
+        if self._queue and self._flush is None:
+            # Everything queued while the pipelines were busy goes in one.
+            self._start_pipeline()
 
     async def _send_pipeline(self, calls: list[_Call]) -> None:
         try:
@@ -457,7 +498,9 @@ class RedisStore(SessionStore):
             if missing:
                 # Redis restarted (or SCRIPT FLUSH): those calls did not run. Load the
                 # scripts and send exactly those again; the others must not run twice.
-                for script in {id(calls[i].script): calls[i].script for i in missing}.values():
+                scripts = {id(calls[i].script): calls[i].script for i in missing}
+                for script in scripts.values():
+                    assert script is not None  # plain commands never answer NOSCRIPT
                     script.sha = await self._client.script_load(script.script)
                 retried = await self._execute([calls[i] for i in missing])
                 for index, result in zip(missing, retried, strict=True):
@@ -482,7 +525,10 @@ class RedisStore(SessionStore):
     async def _execute(self, calls: list[_Call]) -> list[Any]:
         async with self._client.pipeline(transaction=False) as pipe:
             for call in calls:
-                pipe.evalsha(call.script.sha, call.key_count, *call.args)
+                if call.script is None:
+                    pipe.execute_command(*call.args)
+                else:
+                    pipe.evalsha(call.script.sha, call.key_count, *call.args)
             return list(await pipe.execute(raise_on_error=False))
 
     def _session_script(
@@ -529,9 +575,9 @@ class RedisStore(SessionStore):
 
 @dataclasses.dataclass
 class _Call:
-    """One script call waiting for the next pipeline."""
+    """One script call (or plain command) waiting for the next pipeline."""
 
-    script: AsyncScript
+    script: AsyncScript | None  # None: ``args`` is a command, its name first
     args: list[Any]  # keys, then arguments
     key_count: int
     future: asyncio.Future[Any]
