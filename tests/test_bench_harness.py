@@ -112,6 +112,7 @@ def _run(**changes: Any) -> dict[str, Any]:
         "complete": True,
         "reconnected": 10,
         "all_reconnected_after_s": 8.0,
+        "all_back_after_drain_began_s": 7.5,
         "probe_handshake_s": {"p99": 0.01},
         "messages": {"missing": 0, "duplicates": 0},
         "session_lost": {},
@@ -149,6 +150,32 @@ def test_tether_v1_storm_loses_nothing_only_with_every_session_kept(
     assert targets["lost_met"] is met
     assert targets["all_resumed_met"]
     assert targets["p99_handshake_met"]
+
+
+@pytest.mark.parametrize(("after_drain", "met"), [(10.5, True), (10.6, False)])
+def test_storm_time_is_judged_from_the_start_of_the_drain(after_drain: float, met: bool) -> None:
+    """The budget (window 5 s + 5.5 s) runs from the drain, not from the SIGHUP."""
+    runs = [_run(all_reconnected_after_s=11.4, all_back_after_drain_began_s=after_drain)]
+
+    def values(mode: str, path: str) -> list[float]:
+        value: Any = runs[0]
+        for part in path.split("."):
+            value = value[part]
+        return [float(value)]
+
+    assert storm._targets("tether", values, runs)["all_resumed_met"] is met
+
+
+def test_drain_start_is_read_from_the_old_servers_log() -> None:
+    log = (
+        "2026-11-26T04:08:40.500Z INFO received SIGHUP\n"
+        "2026-11-26T04:08:40.505Z INFO started replacement pid 20141: python -m tether\n"
+        "2026-11-26T04:08:41.119Z INFO replacement pid 20141 is healthy\n"
+        "2026-11-26T04:08:41.350Z INFO draining 10000 connection(s) with 1012 over 5.0 s\n"
+        "2026-11-26T04:08:56.123Z INFO draining 0 connection(s) with 1001 over 5.0 s\n"
+    )
+    assert storm.drain_started_after_sighup(log) == pytest.approx(0.85)
+    assert storm.drain_started_after_sighup(log.split("2026-11-26T04:08:41.350Z")[0]) is None
 
 
 def test_plain_storm_counts_missed_ticks_as_lost() -> None:
