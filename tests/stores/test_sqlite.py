@@ -288,3 +288,21 @@ async def test_session_resumes_after_server_restart(tmp_path: Path) -> None:
     got_by_client, got_by_server = await resume_after_restart(SQLiteStore(path), reopen, now=0.0)
     assert got_by_client == ["s1", b"s2", "s3"]
     assert got_by_server == ["c1", "c2", "c3"]
+
+
+async def test_epoch_is_read_once_per_connection(tmp_path: Path) -> None:
+    """Asking again costs no trip to the store's thread; a new connection reads it again."""
+    path = tmp_path / "sessions.db"
+    store = SQLiteStore(path)
+    try:
+        first = await store.epoch()
+        transactions = store.transactions
+        assert [await store.epoch() for _ in range(3)] == [first] * 3
+        assert store.transactions == transactions
+        # The connection dropped (as after an I/O error) and the file replaced meanwhile.
+        await asyncio.get_running_loop().run_in_executor(store._executor, store._disconnect)
+        for leftover in tmp_path.glob("sessions.db*"):
+            leftover.unlink()
+        assert await store.epoch() != first
+    finally:
+        await store.close()

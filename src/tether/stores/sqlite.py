@@ -115,6 +115,8 @@ class SQLiteStore(SessionStore):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tether-sqlite")
         # Owned by the executor's thread only: created, used and closed there.
         self._connection: sqlite3.Connection | None = None
+        # The epoch as read through that connection (see epoch()); set on the thread.
+        self._epoch: str | None = None
         self._closed = False
         # Operations queued for the store's thread (see _thread_flush); guarded by _lock.
         self._lock = threading.Lock()
@@ -127,11 +129,22 @@ class SQLiteStore(SessionStore):
     # -- SessionStore ------------------------------------------------------------------
 
     async def epoch(self) -> str:
-        """The random id written with the schema (see :meth:`SessionStore.epoch`)."""
+        """The random id written with the schema (see :meth:`SessionStore.epoch`).
+
+        Read once per connection to the file, then remembered: every resume and new
+        session asks, and a trip to the store's thread costs more than the read. The
+        answer cannot change under an open connection (a file deleted or replaced
+        meanwhile is still the one it reads); a new connection, after an error
+        dropped the old one, reads it again.
+        """
+        epoch = self._epoch
+        if epoch is not None:
+            return epoch
 
         def read(db: sqlite3.Connection) -> str:
             row = db.execute("SELECT value FROM store_info WHERE key = 'epoch'").fetchone()
-            return str(row[0])
+            value = self._epoch = str(row[0])
+            return value
 
         return await self._call("epoch", read, write=False)
 
@@ -168,13 +181,16 @@ class SQLiteStore(SessionStore):
         """Compare-and-set the generation in one transaction (see :meth:`SessionStore.claim`)."""
 
         def swap(db: sqlite3.Connection) -> SessionRecord:
-            _owned(db, sid, expected_generation)
+            row = _owned_row(db, sid, expected_generation)
             db.execute(
                 "UPDATE sessions SET generation = generation + 1, token_hash = ?,"
                 " previous_token_hash = ?, expires_at = NULL WHERE sid = ?",
                 (token_hash, previous_token_hash, sid),
             )
-            return _require(db, sid)
+            # The row as the UPDATE left it, without reading it back.
+            return _record(
+                (sid, token_hash, previous_token_hash, row[3], row[4] + 1, row[5], None, *row[7:])
+            )
 
         return await self._call("claim", swap)
 
@@ -210,29 +226,31 @@ class SQLiteStore(SessionStore):
         ]
 
         def apply(db: sqlite3.Connection) -> SessionRecord:
-            record = _owned(db, sid, generation)
-            tx = record.tx
+            row = _owned_row(db, sid, generation)
+            tx, old_acked, old_rx = row[7], row[8], row[9]
             if append:
                 if append[0].seq != tx + 1:
                     raise StoreError(
                         f"session {sid}: appended seq {append[0].seq}, expected {tx + 1}"
                     )
                 tx = append[-1].seq
-            new_acked = record.acked if acked is None else max(record.acked, acked)
+            new_acked = old_acked if acked is None else max(old_acked, acked)
             if new_acked > tx:
                 raise StoreError(f"session {sid}: ack {new_acked} is beyond tx {tx}")
-            new_rx = record.rx if rx is None else max(record.rx, rx)
+            new_rx = old_rx if rx is None else max(old_rx, rx)
             if rows:
                 db.executemany(
                     "INSERT INTO messages (sid, seq, is_text, payload) VALUES (?, ?, ?, ?)", rows
                 )
-            if new_acked > record.acked:
+            if new_acked > old_acked:
                 db.execute("DELETE FROM messages WHERE sid = ? AND seq <= ?", (sid, new_acked))
             db.execute(
                 "UPDATE sessions SET tx = ?, acked = ?, rx = ? WHERE sid = ?",
                 (tx, new_acked, new_rx, sid),
             )
-            return dataclasses.replace(record, tx=tx, acked=new_acked, rx=new_rx)
+            # One record, built from the row as the UPDATE left it (the hot path:
+            # dataclasses.replace of a record built first cost twice as much).
+            return _record((*row[:7], tx, new_acked, new_rx, row[10]))
 
         return await self._call("write", apply)
 
@@ -240,7 +258,7 @@ class SQLiteStore(SessionStore):
         """Start the expiry clock (see :meth:`SessionStore.detach`)."""
 
         def update(db: sqlite3.Connection) -> None:
-            _owned(db, sid, generation)
+            _owned_row(db, sid, generation)
             db.execute("UPDATE sessions SET expires_at = ? WHERE sid = ?", (expires_at, sid))
 
         await self._call("detach", update)
@@ -416,6 +434,7 @@ class SQLiteStore(SessionStore):
 
     def _disconnect(self) -> None:
         db, self._connection = self._connection, None
+        self._epoch = None
         if db is not None:
             db.close()
 
@@ -471,10 +490,17 @@ def _require(db: sqlite3.Connection, sid: str) -> SessionRecord:
 
 
 def _owned(db: sqlite3.Connection, sid: str, generation: int) -> SessionRecord:
-    record = _require(db, sid)
-    if record.generation != generation:
-        raise Fenced(sid, generation, record.generation)
-    return record
+    return _record(_owned_row(db, sid, generation))
+
+
+def _owned_row(db: sqlite3.Connection, sid: str, generation: int) -> Any:
+    """The session's row (``_RECORD_COLUMNS``) if ``generation`` still owns it."""
+    row = db.execute(f"SELECT {_RECORD_COLUMNS} FROM sessions WHERE sid = ?", (sid,)).fetchone()
+    if row is None:
+        raise UnknownSession(f"session {sid} is unknown")
+    if row[4] != generation:
+        raise Fenced(sid, generation, int(row[4]))
+    return row
 
 
 def _payload(is_text: int, data: bytes) -> str | bytes:
