@@ -12,12 +12,12 @@ from tests.support.virtualtime import run_virtual
 from tests.test_session import FakeTransport
 
 from tether.asyncio.engine import ClosedInfo
-from tether.asyncio.resume_server import TetherV1ServerLayer
+from tether.asyncio.resume_server import LAZY_ACK_WRITE_S, TetherV1ServerLayer
 from tether.asyncio.session import RequestInfo, Session
 from tether.exceptions import ConfigurationError, ProtocolError
 from tether.protocol import Ack, Data, Hello, Welcome, decode, encode
 from tether.resume import ResumeConfig
-from tether.stores.base import SessionRecord, StoreUnavailable
+from tether.stores.base import SessionRecord, SessionStore, StoreUnavailable
 from tether.stores.memory import MemoryStore
 
 pytestmark = pytest.mark.timeout(10)
@@ -429,3 +429,81 @@ async def test_send_only_handler_gets_a_reader_on_the_resumed_connection_too() -
     new.feed(encode(Ack(10)))
     await eventually(lambda: endpoint.peer_acked == 10, 2.0)
     assert len(endpoint.buffer) == 0
+
+
+# -- a client's ack is written with the next batch (stores that need I/O) -------------------------
+
+
+class CountingStore(MemoryStore):
+    """A store that must be awaited (like SQLite or Redis); counts its writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[dict[str, Any]] = []
+        self.detached = 0
+
+    # The base class's: never writes at once, so the layer awaits write() (SQLite, Redis).
+    write_nowait = SessionStore.write_nowait
+
+    async def write(self, *args: Any, **kwargs: Any) -> SessionRecord:
+        self.writes.append(kwargs)
+        return await super().write(*args, **kwargs)
+
+    async def detach(self, *args: Any, **kwargs: Any) -> None:
+        self.detached += 1
+        await super().detach(*args, **kwargs)
+
+
+async def acked_session(
+    store: CountingStore,
+) -> tuple[TetherV1ServerLayer, Session, FakeTransport]:
+    """A session that sent m1, whose ack the client returned and the layer applied."""
+    layer = TetherV1ServerLayer(store=store)
+    session, transport, _ = await new_session(layer)
+    session.read_ahead(keep=True)  # a handler that only sends: the layer reads the acks
+    await session.send("m1")
+    await eventually(lambda: transport.sent[-1:] == ["d1:0:m1"], 2.0)
+    transport.feed(encode(Ack(1)))
+    await eventually(lambda: layer._states[session].endpoint.peer_acked == 1, 2.0)
+    return layer, session, transport
+
+
+async def test_a_clients_ack_rides_with_the_next_write() -> None:
+    """An ack alone costs no store write: the next batch carries it and trims the store."""
+    store = CountingStore()
+    layer, session, _ = await acked_session(store)
+    writes = len(store.writes)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert len(store.writes) == writes  # no write for the ack alone
+    assert [m.payload for m in await store.messages(session.id, after=0)] == ["m1"]
+    await session.send("m2")
+    assert len(store.writes) == writes + 1
+    assert store.writes[-1]["acked"] == 1
+    assert [m.payload for m in await store.messages(session.id, after=0)] == ["m2"]
+    assert layer._states[session].ack_timer is None
+
+
+def test_a_clients_ack_is_written_after_the_lazy_delay_at_the_latest() -> None:
+    run_virtual(_ack_written_after_the_lazy_delay())
+
+
+async def _ack_written_after_the_lazy_delay() -> None:
+    loop = asyncio.get_running_loop()
+    store = CountingStore()
+    _, session, _ = await acked_session(store)
+    acked_at = loop.time()
+    await eventually(lambda: store.writes and store.writes[-1].get("acked") == 1, timeout=30.0)
+    assert LAZY_ACK_WRITE_S - 0.1 <= loop.time() - acked_at <= LAZY_ACK_WRITE_S + 0.5
+    assert await store.messages(session.id, after=0) == []
+
+
+async def test_a_clients_ack_is_written_before_the_session_detaches() -> None:
+    """Connection lost: the pending ack is written first, then the session detached."""
+    store = CountingStore()
+    layer, session, transport = await acked_session(store)
+    transport.abort()
+    await eventually(lambda: store.detached == 1, 2.0)
+    assert store.writes[-1]["acked"] == 1
+    assert await store.messages(session.id, after=0) == []
+    assert layer._states[session].ack_timer is None

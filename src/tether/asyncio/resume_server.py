@@ -21,7 +21,10 @@ the frames, so that write-through holds and order is kept:
   carries it as its ack), else at the end of the turn when an ack is due, else
   a quarter of ``ack_delay`` later; acks follow only committed ``rx``
   (``hold_acks``), so an ack never promises more than the store holds; a
-  client's acks are written with the next batch;
+  client's acks are written with the next batch, or when the connection ends,
+  or :data:`LAZY_ACK_WRITE_S` later at the latest: an acknowledged message
+  the store still holds is harmless (a resume's ``hello.rx`` drops it), while a
+  write per ack doubled the store writes of a session that only sends;
 * the session's task exists only while there is work: a store write to await,
   frames to send, or the endpoint's timer (ack delay, stalled buffer, expiry),
   which is one ``call_at`` alarm set to the endpoint's next deadline (moved only
@@ -93,6 +96,11 @@ _CLAIM_ATTEMPTS = 3
 #: Seconds a 4901 close of a taken-over connection may take (it may be half-open).
 _TAKEOVER_CLOSE_S = 2.0
 
+#: Seconds a client's ack may wait for the session's next store write (I/O stores).
+#: Until written, the store keeps messages the client already has: a resume then
+#: drops them by ``hello.rx``, so the delay costs storage, never a duplicate.
+LAZY_ACK_WRITE_S = 10.0
+
 #: Unacknowledged messages after which a session whose handler does not read gets a
 #: reader task (for good): the client's acks must be read to free the replay buffer.
 _READ_FOR_ACKS = 8
@@ -118,6 +126,10 @@ class _V1:
     written_tx: int = 0
     pending: list[StoredMessage] = field(default_factory=list)
     acked: int | None = None
+    #: The client's ack, not written yet and not urgent (see LAZY_ACK_WRITE_S); the
+    #: timer writes it if no other write took it first.
+    lazy_acked: int | None = None
+    ack_timer: asyncio.TimerHandle | None = None
     detach: bool = False
     #: Frames for ``transport``: (sequence number that must be stored first, frame);
     #: made on first use.
@@ -709,10 +721,15 @@ class TetherV1ServerLayer(ServerLayer):
     def _handle(self, state: _V1, event: object) -> None:
         """Act on a core event other than a delivered message."""
         if isinstance(event, PeerAcked):
-            state.acked = event.seq
             self._wake_progress(state)  # room in the replay buffer
-            if not self._inline:
-                self._kick(state)
+            if self._inline:
+                state.acked = event.seq  # written with the next batch, at no I/O cost
+            else:
+                state.lazy_acked = event.seq
+                if state.ack_timer is None:
+                    state.ack_timer = asyncio.get_running_loop().call_later(
+                        LAZY_ACK_WRITE_S, self._lazy_ack_due, state
+                    )
         elif isinstance(event, CloseConnection):
             transport = state.transport
             if transport is not None:
@@ -833,6 +850,12 @@ class TetherV1ServerLayer(ServerLayer):
         if deadline is not None and deadline < state.armed and not state.ended:
             self._arm(state)
 
+    def _lazy_ack_due(self, state: _V1) -> None:
+        state.ack_timer = None
+        if not state.ended and state.lazy_acked is not None:
+            _promote_lazy_ack(state)
+            self._kick(state)
+
     def _commit_rx_later(self, state: _V1) -> None:
         state.commit_timer = None
         self._commit_rx(state)
@@ -902,6 +925,9 @@ class TetherV1ServerLayer(ServerLayer):
         rx = state.consumed_rx if state.consumed_rx > state.written_rx else None
         if not batch and acked is None and rx is None:
             return True
+        if state.lazy_acked is not None:
+            _promote_lazy_ack(state)  # a write goes anyway: the ack rides along
+            acked = state.acked
         if state.durable:
             if state.locked():
                 return False  # a resume is claiming this session: wait for it
@@ -922,6 +948,8 @@ class TetherV1ServerLayer(ServerLayer):
 
     async def _write_awaited(self, state: _V1) -> bool:
         """Write the batch through the store's ``write``; False when fenced."""
+        if state.lazy_acked is not None:
+            _promote_lazy_ack(state)  # a write goes anyway: the ack rides along
         batch, state.pending = state.pending, []
         acked, state.acked = state.acked, None
         rx = state.consumed_rx if state.consumed_rx > state.written_rx else None
@@ -1029,6 +1057,8 @@ class TetherV1ServerLayer(ServerLayer):
             self._handle(state, event)
         if state.ended:
             return True
+        if state.lazy_acked is not None:
+            _promote_lazy_ack(state)  # written before the detach: the store is tidy
         state.detach = True
         self._kick(state)
         self._rearm(state)  # the expiry
@@ -1095,6 +1125,9 @@ class TetherV1ServerLayer(ServerLayer):
         self._wake_progress(state)
         self._disarm(state)
         self._cancel_commit_timer(state)
+        if state.ack_timer is not None:
+            state.ack_timer.cancel()
+            state.ack_timer = None
         self._forget(state)
         if delete and state.durable:
             self._spawn(self._delete(state.session.id))
@@ -1129,6 +1162,18 @@ class TetherV1ServerLayer(ServerLayer):
         task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+def _promote_lazy_ack(state: _V1) -> None:
+    """Make the lazy ack part of the next write (its timer is no longer needed)."""
+    lazy = state.lazy_acked
+    assert lazy is not None
+    state.lazy_acked = None
+    if state.ack_timer is not None:
+        state.ack_timer.cancel()
+        state.ack_timer = None
+    if state.acked is None or lazy > state.acked:
+        state.acked = lazy
 
 
 def _settled(state: _V1) -> bool:
