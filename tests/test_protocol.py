@@ -27,6 +27,7 @@ from tether.protocol import (
     Welcome,
     decode,
     encode,
+    encode_ack,
 )
 
 WELCOME = Welcome(
@@ -264,3 +265,12 @@ def test_spec_documents_limits() -> None:
     assert f"at most **{MAX_CONTROL_CHARS}** characters" in SPEC
     assert f"| control frame size | {MAX_CONTROL_CHARS} characters |" in SPEC
     assert f"in `0 .. 2^53-1`\n({MAX_SEQ})" in SPEC
+
+
+@pytest.mark.parametrize("rx", [0, 1, 12345, MAX_SEQ])
+def test_ack_fast_path_is_the_json_encoding(rx: int) -> None:
+    """``encode_ack`` builds exactly what json.dumps gives for the ack, and it decodes."""
+    wire = encode_ack(rx)
+    assert wire == json.dumps({"type": "ack", "rx": rx}, separators=(",", ":"))
+    assert wire == encode(Ack(rx))
+    assert decode(wire) == Ack(rx)

@@ -46,6 +46,7 @@ __all__ = [
     "Welcome",
     "decode",
     "encode",
+    "encode_ack",
     "encode_data",
     "parse_data",
 ]
@@ -204,10 +205,21 @@ def encode_data(seq: int, ack: int, payload: Payload) -> Payload:
     return _HEADER.pack(_DATA_TAG, seq, ack) + payload
 
 
+def encode_ack(rx: int) -> str:
+    """Encode a standalone ack: what :func:`encode` gives for ``Ack(rx)``, built directly.
+
+    The one control frame sent per message received (after ``ack_delay``) on a
+    sparse stream: formatting it costs a tenth of ``json.dumps``.
+    """
+    return '{"type":"ack","rx":%d}' % rx  # noqa: UP031 - an int, formatted as JSON would
+
+
 def encode(frame: Frame) -> Payload:
     """Encode any frame to the WebSocket message to send (``str``: text, ``bytes``: binary)."""
     if isinstance(frame, Data):
         return encode_data(frame.seq, frame.ack, frame.payload)
+    if type(frame) is Ack:
+        return encode_ack(frame.rx)
     body: dict[str, Any]
     if isinstance(frame, Hello):
         body = {"type": "hello", "sid": frame.sid, "token": frame.token}

@@ -46,6 +46,7 @@ from .protocol import (
     Welcome,
     decode,
     encode,
+    encode_ack,
     encode_data,
     parse_data,
 )
@@ -535,7 +536,7 @@ class Endpoint:
             return
         cfg = self.config
         if force:
-            self._out.append(encode(Ack(self._ackable)))
+            self._out.append(encode_ack(self._ackable))
             self._acked_out()
         elif (cfg.ack_messages is not None and self._in_count >= cfg.ack_messages) or (
             cfg.ack_bytes is not None and self._in_bytes >= cfg.ack_bytes
