@@ -507,3 +507,14 @@ async def test_a_clients_ack_is_written_before_the_session_detaches() -> None:
     assert store.writes[-1]["acked"] == 1
     assert await store.messages(session.id, after=0) == []
     assert layer._states[session].ack_timer is None
+
+
+async def test_a_clients_ack_is_written_when_the_handler_returns() -> None:
+    """The handler returns with an ack pending: written as the session settles, no timer left."""
+    store = CountingStore()
+    layer, session, _ = await acked_session(store)
+    state = layer._states[session]
+    await layer.finish(session)
+    assert store.writes[-1]["acked"] == 1
+    assert await store.messages(session.id, after=0) == []
+    assert state.ack_timer is None

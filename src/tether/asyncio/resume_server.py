@@ -277,6 +277,7 @@ class TetherV1ServerLayer(ServerLayer):
         await asyncio.gather(*tasks, return_exceptions=True)
         for state in self._states.values():
             self._disarm(state)  # (a cancelled task re-arms on its way out)
+            self._cancel_ack_timer(state)  # a stopped layer writes nothing more
         self._sweeper = None
         if self._owns_store:
             await self.store.close()
@@ -1109,8 +1110,11 @@ class TetherV1ServerLayer(ServerLayer):
         if not state.ended:
             if state.transport is None:
                 state.detach = True
+            if state.lazy_acked is not None:
+                _promote_lazy_ack(state)  # settled with the rest: no timer outlives us
             await self._settle(state, timeout=2.0)
         self._cancel_commit_timer(state)
+        self._cancel_ack_timer(state)
         self._disarm(state)
         self._forget(state)
         self._states.pop(session, None)
@@ -1125,9 +1129,7 @@ class TetherV1ServerLayer(ServerLayer):
         self._wake_progress(state)
         self._disarm(state)
         self._cancel_commit_timer(state)
-        if state.ack_timer is not None:
-            state.ack_timer.cancel()
-            state.ack_timer = None
+        self._cancel_ack_timer(state)
         self._forget(state)
         if delete and state.durable:
             self._spawn(self._delete(state.session.id))
@@ -1138,6 +1140,12 @@ class TetherV1ServerLayer(ServerLayer):
         if state.commit_timer is not None:
             state.commit_timer.cancel()
             state.commit_timer = None
+
+    @staticmethod
+    def _cancel_ack_timer(state: _V1) -> None:
+        if state.ack_timer is not None:
+            state.ack_timer.cancel()
+            state.ack_timer = None
 
     def _forget(self, state: _V1) -> None:
         if self._by_sid.get(state.session.id) is state:
