@@ -498,15 +498,44 @@ async def _ack_written_after_the_lazy_delay() -> None:
     assert await store.messages(session.id, after=0) == []
 
 
-async def test_a_clients_ack_is_written_before_the_session_detaches() -> None:
-    """Connection lost: the pending ack is written first, then the session detached."""
+async def test_a_connection_that_ends_leaves_the_ack_to_the_resume() -> None:
+    """Connection lost: only the detach is written; the resume's hello.rx trims the rest.
+
+    Written after the close, the ack would race the client's resume on another node.
+    """
     store = CountingStore()
     layer, session, transport = await acked_session(store)
+    writes = len(store.writes)
     transport.abort()
     await eventually(lambda: store.detached == 1, 2.0)
-    assert store.writes[-1]["acked"] == 1
-    assert await store.messages(session.id, after=0) == []
+    assert len(store.writes) == writes
+    assert [m.payload for m in await store.messages(session.id, after=0)] == ["m1"]
     assert layer._states[session].ack_timer is None
+
+
+async def test_a_resume_elsewhere_does_not_replay_what_the_client_acked() -> None:
+    """Another server restores from the store, which still holds m1: hello.rx drops it."""
+    store = CountingStore()
+    _, _, transport = await acked_session(store)
+    welcome = decode(transport.sent[0])
+    assert isinstance(welcome, Welcome)
+    transport.abort()
+    await eventually(lambda: store.detached == 1, 2.0)
+    assert [m.seq for m in await store.messages(welcome.sid, after=0)] == [1]
+    replacement = TetherV1ServerLayer(store=store)  # the next process, same store
+    again = v1_transport(encode(Hello(welcome.sid, welcome.token, welcome.epoch, rx=1)))
+    resumed = await replacement.open(again, REQUEST)
+    resumed.attach(again)
+    await eventually(lambda: len(again.sent) >= 1, 2.0)
+    back = decode(again.sent[0])
+    assert isinstance(back, Welcome)
+    assert back.resumed
+    assert back.tx == 1
+    await resumed.send("m2")
+    await eventually(lambda: len(again.sent) >= 2, 2.0)
+    assert again.sent[1:] == ["d2:0:m2"]  # m1 not replayed
+    assert store.writes[-1]["acked"] == 1  # and now trimmed from the store
+    assert [m.seq for m in await store.messages(welcome.sid, after=0)] == [2]
 
 
 async def test_a_clients_ack_is_written_when_the_handler_returns() -> None:
@@ -517,4 +546,80 @@ async def test_a_clients_ack_is_written_when_the_handler_returns() -> None:
     await layer.finish(session)
     assert store.writes[-1]["acked"] == 1
     assert await store.messages(session.id, after=0) == []
+    assert state.ack_timer is None
+
+
+# -- detach races ------------------------------------------------------------------------------
+
+
+class HeldClaim(CountingStore):
+    """Claims wait at a gate: a resume in progress, caught between its claim's start and end."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.entered = asyncio.Event()
+
+    async def claim(self, *args: Any, **kwargs: Any) -> SessionRecord:
+        self.entered.set()
+        await self.gate.wait()
+        return await super().claim(*args, **kwargs)
+
+
+async def test_a_resume_in_this_process_during_the_detach_leaves_it_attached() -> None:
+    """The old connection ends while a resume claims: no detach is written, nothing hangs.
+
+    The detach waits for the claim's lock, then finds the session attached again. (A
+    stale detach flag used to keep every later settle spinning for its whole timeout.)
+    """
+    store = HeldClaim()
+    layer, session, old = await acked_session(store)
+    welcome = decode(old.sent[0])
+    assert isinstance(welcome, Welcome)
+    state = layer._states[session]
+    new = v1_transport(encode(Hello(welcome.sid, welcome.token, welcome.epoch, rx=1)))
+    opening = asyncio.ensure_future(layer.open(new, REQUEST))
+    await store.entered.wait()  # the resume holds the session's store lock
+    old.abort()
+    await eventually(lambda: state.transport is None, 2.0)
+    store.gate.set()
+    assert await opening is session
+    session.attach(new)
+    await eventually(lambda: state.task is None, 2.0)
+    assert (state.transport, state.detach, store.detached) == (new, False, 0)
+    record = await store.load(session.id)
+    assert record is not None
+    assert record.expires_at is None
+    started = asyncio.get_running_loop().time()
+    await layer._settle(state, timeout=2.0)
+    assert asyncio.get_running_loop().time() - started < 0.1
+
+
+def test_a_detach_fenced_by_a_resume_elsewhere_does_not_delete_the_session() -> None:
+    run_virtual(_detach_fenced_by_a_resume_elsewhere())
+
+
+async def _detach_fenced_by_a_resume_elsewhere() -> None:
+    """Another node claimed the session before this one wrote its detach: keep it."""
+    store = CountingStore()
+    layer = TetherV1ServerLayer(store=store, config=ResumeConfig(resume_window=5.0))
+    session, transport, _ = await new_session(layer)
+    record = await store.load(session.id)
+    assert record is not None
+    await store.claim(session.id, record.generation, token_hash="x" * 64, previous_token_hash="y")
+    transport.abort()  # a half-open link noticed late, say
+    await eventually(lambda: session.closed is not None, 2.0)
+    assert session.closed is not None
+    assert session.closed.code == 4901
+    await asyncio.sleep(10.0)  # virtual: past the resume window
+    assert await store.load(session.id) is not None  # the new owner's session
+
+
+async def test_a_stopped_layer_leaves_no_ack_timer() -> None:
+    """stop() with an ack waiting: its timer is cancelled (it would write to a closed store)."""
+    store = CountingStore()
+    layer, session, _ = await acked_session(store)
+    state = layer._states[session]
+    assert state.ack_timer is not None
+    await layer.stop()
     assert state.ack_timer is None

@@ -21,15 +21,17 @@ the frames, so that write-through holds and order is kept:
   carries it as its ack), else at the end of the turn when an ack is due, else
   a quarter of ``ack_delay`` later; acks follow only committed ``rx``
   (``hold_acks``), so an ack never promises more than the store holds; a
-  client's acks are written with the next batch, or when the connection ends,
-  or :data:`LAZY_ACK_WRITE_S` later at the latest: an acknowledged message
-  the store still holds is harmless (a resume's ``hello.rx`` drops it), while a
-  write per ack doubled the store writes of a session that only sends;
+  client's acks are written with the next batch, when the handler returns on
+  an open connection, or :data:`LAZY_ACK_WRITE_S` later at the latest (not
+  when the connection ends: the next resume's ``hello.rx`` trims what the
+  store still holds, so an acknowledged message left there is never sent
+  twice); a write per ack doubled the store writes of a session that only sends;
 * the session's task exists only while there is work: a store write to await,
   frames to send, or the endpoint's timer (ack delay, stalled buffer, expiry),
   which is one ``call_at`` alarm set to the endpoint's next deadline (moved only
-  when that deadline moves earlier). An idle session holds no task, no timer and
-  no ``asyncio.Event``: waiters are futures made when somebody waits.
+  when that deadline moves earlier). An idle session holds no task, no timer
+  (but the lazy ack's, while one waits) and no ``asyncio.Event``: waiters are
+  futures made when somebody waits.
 
 Store failures degrade, never crash: a failing write turns the session
 non-durable (it keeps working on this connection and in this process); a resume
@@ -271,6 +273,7 @@ class TetherV1ServerLayer(ServerLayer):
         """Stop the sweeper and the sessions' tasks; close the store if this layer opened it."""
         for state in self._states.values():
             self._disarm(state)
+            self._cancel_ack_timer(state)
         tasks = [t for t in (self._sweeper, *(s.task for s in self._states.values())) if t]
         for task in tasks:
             task.cancel()
@@ -491,9 +494,14 @@ class TetherV1ServerLayer(ServerLayer):
                 # hello.rx outside what this session holds: not an honest client.
                 raise ProtocolError(event.reason, close_code=event.code)
             if isinstance(event, PeerAcked):
-                state.acked = event.seq
+                self._note_ack(state, event.seq)  # hello.rx: what the client has
         state.transport = transport
         state.closing = False
+        # A detach not written yet is void: this connection's claim made the session
+        # attached again (and a detach left pending would keep it from ever settling).
+        state.detach = False
+        if state.lazy_acked is not None and state.ack_timer is None:
+            self._arm_ack_timer(state)  # (cancelled when the old connection ended)
         self._collect(state)
         self._kick(state)
         self._rearm(state)
@@ -543,9 +551,6 @@ class TetherV1ServerLayer(ServerLayer):
         out = endpoint.data_to_send()
         if out:
             self._queue_frames(state, endpoint.tx, out)
-            self._kick(state)
-        elif not self._inline:
-            # An inline store writes the client's ack with the next batch.
             self._kick(state)
         if endpoint.next_deadline() is not None:
             self._rearm(state)
@@ -723,14 +728,7 @@ class TetherV1ServerLayer(ServerLayer):
         """Act on a core event other than a delivered message."""
         if isinstance(event, PeerAcked):
             self._wake_progress(state)  # room in the replay buffer
-            if self._inline:
-                state.acked = event.seq  # written with the next batch, at no I/O cost
-            else:
-                state.lazy_acked = event.seq
-                if state.ack_timer is None:
-                    state.ack_timer = asyncio.get_running_loop().call_later(
-                        LAZY_ACK_WRITE_S, self._lazy_ack_due, state
-                    )
+            self._note_ack(state, event.seq)
         elif isinstance(event, CloseConnection):
             transport = state.transport
             if transport is not None:
@@ -851,9 +849,26 @@ class TetherV1ServerLayer(ServerLayer):
         if deadline is not None and deadline < state.armed and not state.ended:
             self._arm(state)
 
+    def _note_ack(self, state: _V1, seq: int) -> None:
+        """The client acknowledged up to ``seq``: record it with the next write."""
+        if self._inline:
+            state.acked = seq  # written with the next batch, at no I/O cost
+            return
+        # A store that needs I/O: no write for the ack alone (see the module doc).
+        state.lazy_acked = seq
+        if state.ack_timer is None and state.transport is not None:
+            self._arm_ack_timer(state)
+
+    def _arm_ack_timer(self, state: _V1) -> None:
+        state.ack_timer = asyncio.get_running_loop().call_later(
+            LAZY_ACK_WRITE_S, self._lazy_ack_due, state
+        )
+
     def _lazy_ack_due(self, state: _V1) -> None:
         state.ack_timer = None
-        if not state.ended and state.lazy_acked is not None:
+        if self._states.get(state.session) is not state or state.ended:
+            return  # finished, or the layer stopped: it writes nothing more
+        if state.lazy_acked is not None and state.transport is not None:
             _promote_lazy_ack(state)
             self._kick(state)
 
@@ -1004,9 +1019,17 @@ class TetherV1ServerLayer(ServerLayer):
     async def _detach(self, state: _V1) -> None:
         expires_at = time.time() + self.config.resume_window
         try:
-            await self.store.detach(state.session.id, state.generation, expires_at=expires_at)
+            # Under the lock a resume in this process holds around its claim: once we
+            # have it, such a resume has adopted the new generation and attached.
+            async with state.lock():
+                if state.transport is not None or state.ended:
+                    return  # attached again meanwhile: nothing to detach
+                await self.store.detach(state.session.id, state.generation, expires_at=expires_at)
         except Fenced:
-            pass  # resumed elsewhere meanwhile: not ours to detach
+            # Resumed on another node meanwhile: not ours any more. End it here without
+            # deleting it, or its expiry would delete the new owner's session.
+            info = ClosedInfo(TetherCloseCode.TAKEN_OVER, "resumed elsewhere", clean=False)
+            self._end(state, info, delete=False)
         except StoreError as exc:
             logger.warning("could not detach session %s in the store: %s", state.session.id, exc)
 
@@ -1058,8 +1081,9 @@ class TetherV1ServerLayer(ServerLayer):
             self._handle(state, event)
         if state.ended:
             return True
-        if state.lazy_acked is not None:
-            _promote_lazy_ack(state)  # written before the detach: the store is tidy
+        # The lazy ack stays unwritten: written after the close, it would race the
+        # client's resume on another node (fenced); that resume trims it anyway.
+        self._cancel_ack_timer(state)
         state.detach = True
         self._kick(state)
         self._rearm(state)  # the expiry
@@ -1110,8 +1134,8 @@ class TetherV1ServerLayer(ServerLayer):
         if not state.ended:
             if state.transport is None:
                 state.detach = True
-            if state.lazy_acked is not None:
-                _promote_lazy_ack(state)  # settled with the rest: no timer outlives us
+            elif state.lazy_acked is not None:
+                _promote_lazy_ack(state)  # on an open connection: settled with the rest
             await self._settle(state, timeout=2.0)
         self._cancel_commit_timer(state)
         self._cancel_ack_timer(state)
@@ -1191,7 +1215,7 @@ def _settled(state: _V1) -> bool:
         or state.acked is not None
         or state.consumed_rx > state.written_rx
         or (state.outq and state.transport is not None)
-        or state.detach
+        or (state.detach and state.transport is None)
     )
 
 
