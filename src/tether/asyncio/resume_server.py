@@ -273,14 +273,14 @@ class TetherV1ServerLayer(ServerLayer):
         """Stop the sweeper and the sessions' tasks; close the store if this layer opened it."""
         for state in self._states.values():
             self._disarm(state)
-            self._cancel_ack_timer(state)
+            _cancel_ack_timer(state)
         tasks = [t for t in (self._sweeper, *(s.task for s in self._states.values())) if t]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         for state in self._states.values():
             self._disarm(state)  # (a cancelled task re-arms on its way out)
-            self._cancel_ack_timer(state)  # a stopped layer writes nothing more
+            _cancel_ack_timer(state)  # a stopped layer writes nothing more
         self._sweeper = None
         if self._owns_store:
             await self.store.close()
@@ -1083,7 +1083,7 @@ class TetherV1ServerLayer(ServerLayer):
             return True
         # The lazy ack stays unwritten: written after the close, it would race the
         # client's resume on another node (fenced); that resume trims it anyway.
-        self._cancel_ack_timer(state)
+        _cancel_ack_timer(state)
         state.detach = True
         self._kick(state)
         self._rearm(state)  # the expiry
@@ -1138,7 +1138,7 @@ class TetherV1ServerLayer(ServerLayer):
                 _promote_lazy_ack(state)  # on an open connection: settled with the rest
             await self._settle(state, timeout=2.0)
         self._cancel_commit_timer(state)
-        self._cancel_ack_timer(state)
+        _cancel_ack_timer(state)
         self._disarm(state)
         self._forget(state)
         self._states.pop(session, None)
@@ -1153,7 +1153,7 @@ class TetherV1ServerLayer(ServerLayer):
         self._wake_progress(state)
         self._disarm(state)
         self._cancel_commit_timer(state)
-        self._cancel_ack_timer(state)
+        _cancel_ack_timer(state)
         self._forget(state)
         if delete and state.durable:
             self._spawn(self._delete(state.session.id))
@@ -1164,12 +1164,6 @@ class TetherV1ServerLayer(ServerLayer):
         if state.commit_timer is not None:
             state.commit_timer.cancel()
             state.commit_timer = None
-
-    @staticmethod
-    def _cancel_ack_timer(state: _V1) -> None:
-        if state.ack_timer is not None:
-            state.ack_timer.cancel()
-            state.ack_timer = None
 
     def _forget(self, state: _V1) -> None:
         if self._by_sid.get(state.session.id) is state:
@@ -1196,14 +1190,18 @@ class TetherV1ServerLayer(ServerLayer):
         task.add_done_callback(self._background.discard)
 
 
+def _cancel_ack_timer(state: _V1) -> None:
+    if state.ack_timer is not None:
+        state.ack_timer.cancel()
+        state.ack_timer = None
+
+
 def _promote_lazy_ack(state: _V1) -> None:
     """Make the lazy ack part of the next write (its timer is no longer needed)."""
     lazy = state.lazy_acked
     assert lazy is not None
     state.lazy_acked = None
-    if state.ack_timer is not None:
-        state.ack_timer.cancel()
-        state.ack_timer = None
+    _cancel_ack_timer(state)
     if state.acked is None or lazy > state.acked:
         state.acked = lazy
 
