@@ -285,6 +285,34 @@ async def test_a_burst_over_many_loop_turns_waits_for_connections(
         await store.close()
 
 
+
+@pytest.mark.integration
+@pytest.mark.timeout(20)
+async def test_a_burst_of_deletes_shares_the_pipelines(redis_server: RedisServer) -> None:
+    """500 sessions ending at once (1000 from every client): every delete succeeds.
+
+    A delete is a pipeline of its own; with redis-py's default pool, more than 100 at
+    once failed with "Too many connections". On the bounded pool they wait their turn.
+    """
+    store = RedisStore(redis_server.url, timeout=5.0)
+    stats = aioredis.Redis.from_url(redis_server.url)
+    sids = [f"s{number}" for number in range(500)]
+    try:
+        for sid in sids:
+            await store.create(sid, token_hash=HASH, principal=None, now=0.0)
+            await store.detach(sid, 1, expires_at=time.time() + 60)
+        await stats.config_resetstat()
+        await asyncio.gather(*(store.delete(sid) for sid in sids))
+        assert [await store.load(sid) for sid in sids] == [None] * 500
+        assert await stats.zcard(f"{DEFAULT_PREFIX}detached") == 0
+        info = await stats.info("commandstats")
+        assert info["cmdstat_del"]["calls"] == 500
+        clients = await stats.client_list()
+        assert len(clients) <= 12 + 1  # the store's bounded pool, and this one
+    finally:
+        await stats.aclose()
+        await store.close()
+
 async def test_scripts_reloaded_after_script_flush(redis_server: RedisServer) -> None:
     """After Redis forgot the scripts (restart, SCRIPT FLUSH), writes still run, once each."""
     store = RedisStore(redis_server.url, timeout=2.0)
