@@ -285,7 +285,6 @@ async def test_a_burst_over_many_loop_turns_waits_for_connections(
         await store.close()
 
 
-
 @pytest.mark.integration
 @pytest.mark.timeout(20)
 async def test_a_burst_of_deletes_shares_the_pipelines(redis_server: RedisServer) -> None:
@@ -312,6 +311,7 @@ async def test_a_burst_of_deletes_shares_the_pipelines(redis_server: RedisServer
     finally:
         await stats.aclose()
         await store.close()
+
 
 async def test_scripts_reloaded_after_script_flush(redis_server: RedisServer) -> None:
     """After Redis forgot the scripts (restart, SCRIPT FLUSH), writes still run, once each."""
