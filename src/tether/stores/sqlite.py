@@ -267,7 +267,7 @@ class SQLiteStore(SessionStore):
         """Mark the session lost and drop its messages (see :meth:`SessionStore.abandon`)."""
 
         def update(db: sqlite3.Connection) -> None:
-            _owned(db, sid, generation)
+            _owned_row(db, sid, generation)
             db.execute("UPDATE sessions SET lost = ?, acked = tx WHERE sid = ?", (reason, sid))
             db.execute("DELETE FROM messages WHERE sid = ?", (sid,))
 
@@ -487,10 +487,6 @@ def _require(db: sqlite3.Connection, sid: str) -> SessionRecord:
     if record is None:
         raise UnknownSession(f"session {sid} is unknown")
     return record
-
-
-def _owned(db: sqlite3.Connection, sid: str, generation: int) -> SessionRecord:
-    return _record(_owned_row(db, sid, generation))
 
 
 def _owned_row(db: sqlite3.Connection, sid: str, generation: int) -> Any:
