@@ -6,8 +6,10 @@ Runs the ``benchmarks.peers`` server for IMPL in this process under tracemalloc,
 opens 20 warm-up connections then N idle ones from a holder process (raw
 websockets clients, as in the memory scenario; for ``tether-v1`` each one starts a
 tether.v1 session with hello and welcome), and prints the Python heap added
-per connection, by allocating line. Python objects only: kernel socket buffers
-and allocator slack are in the RSS figure of ``tether bench memory``, not here.
+per connection, by allocating line, then the objects the cyclic GC tracks per
+connection, by type (a full collection walks them all: its pause grows with
+them). Python objects only: kernel socket buffers and allocator slack are in the
+RSS figure of ``tether bench memory``, not here.
 Not part of ``tether bench``: a tool for ``docs/benchmarks.md``.
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import gc
 import os
 import re
@@ -44,10 +47,12 @@ async def _measure(impl: str, connections: int, top: int) -> None:
         await asyncio.sleep(0.5)
         gc.collect()
         before = tracemalloc.take_snapshot()
+        tracked_before = collections.Counter(type(o).__name__ for o in gc.get_objects())
         await hold(connections)
         await asyncio.sleep(1.0)
         gc.collect()
         after = tracemalloc.take_snapshot()
+        tracked_after = collections.Counter(type(o).__name__ for o in gc.get_objects())
     finally:
         for proc in holders:
             stop(proc)
@@ -61,6 +66,14 @@ async def _measure(impl: str, connections: int, top: int) -> None:
             f"{stat.size_diff / connections:8.0f} B {stat.count_diff / connections:5.1f} objects"
             f"  {where}:{frame.lineno}"
         )
+    # What the cyclic GC walks in a full collection: its length grows with these.
+    tracked = tracked_after - tracked_before
+    print(
+        f"{impl}: objects tracked by the cyclic GC per idle connection: "
+        f"{sum(tracked.values()) / connections:.1f}"
+    )
+    for name, count in tracked.most_common(top):
+        print(f"{count / connections:8.1f}  {name}")
 
 
 def main(argv: list[str] | None = None) -> int:
