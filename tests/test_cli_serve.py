@@ -284,3 +284,46 @@ def test_serve_freezes_start_up_objects_and_raises_the_young_gc_threshold() -> N
     finally:
         gc.unfreeze()
         gc.set_threshold(*threshold)
+
+
+class _FakeServer:
+    port = 1
+    handed_off = False
+
+    async def hand_off(self, reason: str) -> None:
+        import gc
+
+        self.collecting_then = gc.isenabled()
+        self.handed_off = True
+
+
+async def test_a_handover_stops_the_gc_only_once_the_replacement_serves(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The old process drains then exits: no collections then; a failed handover keeps them."""
+    import argparse
+    import gc
+
+    from tether._cli import serve as cli_serve
+    from tether.asyncio import handover
+
+    args = argparse.Namespace(host="127.0.0.1")
+
+    async def fails(*_: object, **__: object) -> None:
+        raise handover.HandoverFailed("replacement exited with 1")
+
+    async def serves(*_: object, **__: object) -> None:
+        return None
+
+    try:
+        monkeypatch.setattr(handover, "start_replacement", fails)
+        server = _FakeServer()
+        assert await cli_serve._hand_over(server, args) is False
+        assert (server.handed_off, gc.isenabled()) == (False, True)
+        monkeypatch.setattr(handover, "start_replacement", serves)
+        assert await cli_serve._hand_over(server, args) is True
+        assert server.handed_off
+        assert server.collecting_then is False
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

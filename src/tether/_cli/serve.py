@@ -225,6 +225,34 @@ def _tune_gc() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
+def _stop_collecting_for_exit() -> None:
+    """Turn the cyclic garbage collector off: this process drains, then exits.
+
+    In a 10,000-client handover the old process spent 1-1.5 s of CPU in the collector
+    while it had to keep the drain's schedule (docs/benchmarks.md, "What limits
+    tether" point 4). Only called in ``--reuse-port`` mode, where the drain closes
+    the listener first: no new connection can arrive, so what stays uncollected is
+    bounded by the connections being closed, and goes with the process. Reference
+    counting still frees everything that is not in a cycle.
+    """
+    gc.disable()
+
+
+async def _hand_over(server: Any, args: argparse.Namespace) -> bool:
+    """Start the replacement, then drain into it; False (still serving) if it failed."""
+    from ..asyncio.handover import HandoverFailed, start_replacement
+
+    try:
+        await start_replacement(sys.argv[1:], args.host, server.port)
+    except HandoverFailed as exc:
+        # Safe failure: keep serving rather than drain into nothing.
+        logger.error("handover failed, still serving: %s", exc)
+        return False
+    _stop_collecting_for_exit()  # not before: a failed handover keeps serving
+    await server.hand_off("SIGHUP: handing over to a new process")
+    return True
+
+
 def _origins(args: argparse.Namespace) -> list[str | None] | None:
     """``serve(origins=)`` from ``--origin`` and ``--allow-no-origin`` (None: no check)."""
     if not args.origins and not args.allow_no_origin:
@@ -233,8 +261,6 @@ def _origins(args: argparse.Namespace) -> list[str | None] | None:
 
 
 def _install_handover_signals(server: Any, args: argparse.Namespace) -> None:
-    from ..asyncio.handover import HandoverFailed, start_replacement
-
     loop = asyncio.get_running_loop()
     tasks: set[asyncio.Task[None]] = set()
     handing_over = False
@@ -244,14 +270,7 @@ def _install_handover_signals(server: Any, args: argparse.Namespace) -> None:
         if handing_over:
             return
         handing_over = True
-        try:
-            await start_replacement(sys.argv[1:], args.host, server.port)
-        except HandoverFailed as exc:
-            # Safe failure: keep serving rather than drain into nothing.
-            logger.error("handover failed, still serving: %s", exc)
-            handing_over = False
-            return
-        await server.hand_off("SIGHUP: handing over to a new process")
+        handing_over = await _hand_over(server, args)
 
     def spawn(coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -264,8 +283,10 @@ def _install_handover_signals(server: Any, args: argparse.Namespace) -> None:
         if signum is signal.SIGHUP:
             spawn(hand_over())
         elif signum is signal.SIGTERM:
+            _stop_collecting_for_exit()
             spawn(server.shutdown(args.shutdown_code, "SIGTERM: restarting"))
         else:
+            _stop_collecting_for_exit()
             spawn(server.shutdown(1001, "SIGINT: going away"))
 
     for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
