@@ -252,11 +252,28 @@ async def test_failed_inline_write_keeps_the_session_without_the_store() -> None
     assert session.closed is None
 
 
-class SlowStore(MemoryStore):
-    """A memory store that must be awaited (like SQLite or Redis), a little slowly."""
+class CountingStore(MemoryStore):
+    """A store that must be awaited (like SQLite or Redis); counts its writes."""
 
-    def write_nowait(self, *args: Any, **kwargs: Any) -> bool:
-        return False
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[dict[str, Any]] = []
+        self.detached = 0
+
+    # The base class's: never writes at once, so the layer awaits write() (SQLite, Redis).
+    write_nowait = SessionStore.write_nowait
+
+    async def write(self, *args: Any, **kwargs: Any) -> SessionRecord:
+        self.writes.append(kwargs)
+        return await super().write(*args, **kwargs)
+
+    async def detach(self, *args: Any, **kwargs: Any) -> None:
+        self.detached += 1
+        await super().detach(*args, **kwargs)
+
+
+class SlowStore(CountingStore):
+    """An I/O-like store whose writes take a little while."""
 
     async def write(self, *args: Any, **kwargs: Any) -> SessionRecord:
         await asyncio.sleep(0.01)
@@ -432,26 +449,6 @@ async def test_send_only_handler_gets_a_reader_on_the_resumed_connection_too() -
 
 
 # -- a client's ack is written with the next batch (stores that need I/O) -------------------------
-
-
-class CountingStore(MemoryStore):
-    """A store that must be awaited (like SQLite or Redis); counts its writes."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.writes: list[dict[str, Any]] = []
-        self.detached = 0
-
-    # The base class's: never writes at once, so the layer awaits write() (SQLite, Redis).
-    write_nowait = SessionStore.write_nowait
-
-    async def write(self, *args: Any, **kwargs: Any) -> SessionRecord:
-        self.writes.append(kwargs)
-        return await super().write(*args, **kwargs)
-
-    async def detach(self, *args: Any, **kwargs: Any) -> None:
-        self.detached += 1
-        await super().detach(*args, **kwargs)
 
 
 async def acked_session(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import signal
@@ -78,6 +79,29 @@ async def raw() -> AsyncIterator[aioredis.Redis]:
     client = aioredis.Redis.from_url(SHARED_URL)
     yield client
     await client.aclose()
+
+
+@contextlib.asynccontextmanager
+async def sessions_on(
+    redis_server: RedisServer, count: int, *, timeout: float = 5.0
+) -> AsyncIterator[tuple[RedisStore, aioredis.Redis, list[str]]]:
+    """A store on the private Redis with ``count`` sessions created one after the other
+    (one pooled connection), a plain client for its statistics, and the session ids."""
+    store = RedisStore(redis_server.url, timeout=timeout)
+    stats = aioredis.Redis.from_url(redis_server.url)
+    sids = [f"s{number}" for number in range(count)]
+    try:
+        for sid in sids:
+            await store.create(sid, token_hash=HASH, principal=None, now=0.0)
+        yield store, stats, sids
+    finally:
+        await stats.aclose()
+        await store.close()
+
+
+async def connections_received(stats: aioredis.Redis) -> int:
+    """Connections Redis accepted so far (a new one per pooled connection opened)."""
+    return int((await stats.info("stats"))["total_connections_received"])
 
 
 async def test_stream_ids_are_sequence_numbers(store: RedisStore, raw: aioredis.Redis) -> None:
@@ -197,22 +221,13 @@ async def test_one_round_trip_per_batch(redis_server: RedisServer) -> None:
 
 async def test_one_pipeline_per_loop_turn(redis_server: RedisServer) -> None:
     """Writes of 50 sessions made in one loop turn travel together (no new connections)."""
-    store = RedisStore(redis_server.url, timeout=2.0)
-    stats = aioredis.Redis.from_url(redis_server.url)
-    try:
-        sids = [f"s{number}" for number in range(50)]
-        for sid in sids:  # one after the other: one pooled connection
-            await store.create(sid, token_hash=HASH, principal=None, now=0.0)
-        before = (await stats.info("stats"))["total_connections_received"]
+    async with sessions_on(redis_server, 50, timeout=2.0) as (store, stats, sids):
+        before = await connections_received(stats)
         records = await asyncio.gather(*(store.write(sid, 1, append=batch(1, 2)) for sid in sids))
-        after = (await stats.info("stats"))["total_connections_received"]
         assert [record.tx for record in records] == [2] * 50
         # One round trip per request would need 50 connections at once (redis-py's pool
         # opens one per concurrent command); the pipeline reused the one it had.
-        assert after - before == 0
-    finally:
-        await stats.aclose()
-        await store.close()
+        assert await connections_received(stats) - before == 0
 
 
 async def test_pipeline_keeps_calls_apart(store: RedisStore) -> None:
@@ -246,13 +261,8 @@ async def test_a_burst_over_many_loop_turns_waits_for_connections(
     The store now keeps a bounded number of pipelines in flight; later calls wait
     and share the next one.
     """
-    store = RedisStore(redis_server.url, timeout=5.0)
-    stats = aioredis.Redis.from_url(redis_server.url)
-    sids = [f"s{number}" for number in range(300)]
-    try:
-        for sid in sids:
-            await store.create(sid, token_hash=HASH, principal=None, now=0.0)
-        before = (await stats.info("stats"))["total_connections_received"]
+    async with sessions_on(redis_server, 300) as (store, stats, sids):
+        before = await connections_received(stats)
         issued = 0
 
         async def one(index: int) -> object:
@@ -278,11 +288,7 @@ async def test_a_burst_over_many_loop_turns_waits_for_connections(
         assert failed == []
         assert [(await store.load(sid)).tx for sid in sids[1::3]] == [2] * 100  # type: ignore[union-attr]
         assert await stats.zcard(f"{DEFAULT_PREFIX}detached") == 100
-        opened = (await stats.info("stats"))["total_connections_received"] - before
-        assert opened <= 32
-    finally:
-        await stats.aclose()
-        await store.close()
+        assert await connections_received(stats) - before <= 32
 
 
 @pytest.mark.integration
@@ -295,26 +301,19 @@ async def test_a_burst_of_deletes_shares_the_pipelines(redis_server: RedisServer
     bounded pool they queued for its 12 connections. Now they join the loop turn's
     pipeline like every other call.
     """
-    store = RedisStore(redis_server.url, timeout=5.0)
-    stats = aioredis.Redis.from_url(redis_server.url)
-    sids = [f"s{number}" for number in range(500)]
-    try:
+    async with sessions_on(redis_server, 500) as (store, stats, sids):
         for sid in sids:
-            await store.create(sid, token_hash=HASH, principal=None, now=0.0)
             await store.detach(sid, 1, expires_at=time.time() + 60)
         await stats.config_resetstat()
-        before = (await stats.info("stats"))["total_connections_received"]
+        before = await connections_received(stats)
         await asyncio.gather(*(store.delete(sid) for sid in sids))
-        assert (await stats.info("stats"))["total_connections_received"] - before <= 1
+        assert await connections_received(stats) - before <= 1
         assert [await store.load(sid) for sid in sids] == [None] * 500
         assert await stats.zcard(f"{DEFAULT_PREFIX}detached") == 0
         info = await stats.info("commandstats")
         assert info["cmdstat_del"]["calls"] == 500
         clients = await stats.client_list()
         assert len(clients) <= 12 + 1  # the store's bounded pool, and this one
-    finally:
-        await stats.aclose()
-        await store.close()
 
 
 async def test_scripts_reloaded_after_script_flush(redis_server: RedisServer) -> None:
