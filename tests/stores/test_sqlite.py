@@ -10,6 +10,7 @@ import os
 import signal
 import sqlite3
 import sys
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -275,6 +276,50 @@ async def test_refused_operation_in_a_group_is_alone(tmp_path: Path) -> None:
         assert (await store.load("stale")).tx == 0  # type: ignore[union-attr]
         assert await store.messages("stale", after=0) == []
         assert await store.messages("good", after=0) == batch(1, 2)
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("error", [StoreError("refused late"), RuntimeError("a bug")])
+async def test_operation_failing_after_a_change_is_rolled_back_alone(
+    tmp_path: Path, error: Exception
+) -> None:
+    """An operation that changed a row and then raised leaves no trace; the group still lands.
+
+    The group runs without a SAVEPOINT per operation (every operation checks before it
+    changes); one that breaks that rule puts the group in doubt, so it is rolled
+    back and each operation runs again alone.
+    """
+    store = SQLiteStore(tmp_path / "sessions.db")
+    try:
+        for sid in ("faulty", "good"):
+            await store.create(sid, token_hash=HASH, principal=None, now=0.0)
+
+        def change_then_fail(db: sqlite3.Connection) -> None:
+            db.execute("UPDATE sessions SET tx = 99 WHERE sid = 'faulty'")
+            raise error
+
+        # Hold the store's thread so that both operations queue into one group.
+        release = threading.Event()
+        held = store._executor.submit(release.wait, 5.0)
+        before = store.transactions
+        calls = asyncio.gather(
+            store._call("test", change_then_fail),
+            store.write("good", 1, append=batch(1, 2)),
+            return_exceptions=True,
+        )
+        await asyncio.sleep(0)  # both calls queued
+        assert len(store._pending) == 2
+        release.set()
+        held.result(timeout=5.0)
+        faulty, good = await calls
+        committed = store.transactions - before
+        assert type(faulty) is type(error)
+        assert isinstance(good, SessionRecord)
+        assert good.tx == 2
+        assert (await store.load("faulty")).tx == 0  # type: ignore[union-attr]
+        assert await store.messages("good", after=0) == batch(1, 2)
+        assert committed == 1  # the good write, once (in a transaction of its own)
     finally:
         await store.close()
 
