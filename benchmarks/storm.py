@@ -65,7 +65,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .common import (
@@ -918,11 +918,13 @@ async def _tether_client(
         watcher.cancel()
 
 
-async def _wait_report_request() -> None:
+async def _wait_report_request(on_count: Callable[[], None] | None = None) -> None:
+    """Return at the first line on stdin, except ``COUNT`` lines, which call ``on_count``."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    await reader.readline()
+    while (await reader.readline()).strip() == b"COUNT" and on_count is not None:
+        on_count()
 
 
 def _probe_main(argv: list[str]) -> int:
@@ -1087,7 +1089,13 @@ def _client_main(argv: list[str]) -> int:
         monitor = asyncio.ensure_future(lag_monitor())
         cpu_at_ready = time.process_time()
         print(f"READY {outcome['failed']}", flush=True)
-        report_requested = asyncio.ensure_future(_wait_report_request())
+
+        def count() -> None:
+            # For benchmarks.tickload: messages received so far and this process's CPU.
+            received = sum(t.check.counts()["received"] for t in trackers)
+            print(f"COUNT {received} {time.process_time()}", flush=True)
+
+        report_requested = asyncio.ensure_future(_wait_report_request(count))
         done_said = False
         while not report_requested.done():
             if not done_said and all(t.reconnected_at is not None for t in trackers):

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from benchmarks import runner, storm
-from benchmarks.common import pick_rows
-from benchmarks.peers import V1_HELLO, _v1_hello
+from benchmarks import runner, storm, tickload
+from benchmarks.common import child_env, pick_rows, python_command
+from benchmarks.peers import V1_HELLO, _v1_hello, free_port
 
 
 @pytest.mark.parametrize(
@@ -236,3 +239,53 @@ def test_replacement_pid_is_read_from_the_server_log(tmp_path: Path) -> None:
         with path.open("ab") as out:
             out.write(b"2026-11-25T21:40:56Z INFO started replacement pid 371: python -m tether\n")
         assert storm.replacement_pid(log.fileno()) == 371
+
+
+def test_tickload_figures_are_per_message_received_in_the_window() -> None:
+    """CPU, collector time and switches between two snapshots, divided by messages."""
+    before = tickload.Snapshot(1.0, 0.5, 0.1, 10, 100, received=1_000, client_cpu_s=2.0)
+    after = tickload.Snapshot(3.0, 1.0, 0.3, 30, 600, received=11_000, client_cpu_s=4.0)
+    figures = tickload.per_message(before, after)
+    assert figures["messages"] == 10_000
+    assert figures["server_us"] == pytest.approx(250.0)  # 2.5 s / 10,000
+    assert figures["user_us"] == pytest.approx(200.0)
+    assert figures["system_us"] == pytest.approx(50.0)
+    assert figures["gc_us"] == pytest.approx(20.0)
+    assert figures["gc_collections_per_1000"] == pytest.approx(2.0)
+    assert figures["context_switches"] == pytest.approx(0.05)
+    assert figures["client_us"] == pytest.approx(200.0)
+
+
+def test_tickload_refuses_a_window_without_messages() -> None:
+    same = tickload.Snapshot(1.0, 0.5, 0.0, 0, 0, received=500, client_cpu_s=1.0)
+    with pytest.raises(ValueError, match="no ticker message"):
+        tickload.per_message(same, same)
+
+
+def test_tickload_server_wrapper_reports_its_collector(tmp_path: Path) -> None:
+    """``tickload server`` runs ``tether serve`` and writes its GC totals on SIGUSR1."""
+    stats = tmp_path / "gc.json"
+    assert tickload.read_gc_stats(str(stats)) == (0.0, 0)  # nothing written yet
+    port = free_port()
+    command = python_command(
+        "tickload", "server", str(stats), "--", "serve", "--app", "echo", "--port", str(port)
+    )
+    server = subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, env=child_env(),
+    )  # fmt: skip
+    try:
+        storm._wait_healthy(port, server, 30)  # type: ignore[arg-type]
+        server.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 10
+        while not stats.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        data = json.loads(stats.read_text())
+        assert len(data["collections"]) == len(data["seconds"]) == 3
+        # Start-up alone allocates enough for young collections to have run.
+        seconds, collections = tickload.read_gc_stats(str(stats))
+        assert collections >= 1
+        assert seconds > 0
+    finally:
+        server.kill()
+        server.wait(10)
