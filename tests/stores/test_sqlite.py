@@ -258,18 +258,48 @@ async def test_a_group_wakes_the_event_loop_once(
         await store.close()
 
 
+def hold_thread(store: SQLiteStore) -> threading.Event:
+    """Keep the store's thread busy until the event is set: calls queue into one group."""
+    release = threading.Event()
+    store._executor.submit(release.wait, 5.0)
+    return release
+
+
+def trace_statements(store: SQLiteStore) -> list[str]:
+    """The SQL the store's connection runs from now on (traced on the store's thread)."""
+    statements: list[str] = []
+    connection = store._connection
+    assert connection is not None
+    store._executor.submit(connection.set_trace_callback, statements.append).result(5.0)
+    return statements
+
+
 async def test_refused_operation_in_a_group_is_alone(tmp_path: Path) -> None:
-    """A fenced write committed together with a good one changes nothing; the good one lands."""
+    """A fenced write committed together with a good one changes nothing; the good one lands.
+
+    It is refused before it changes anything, so the group commits once, with no
+    rollback and no second attempt.
+    """
     store = SQLiteStore(tmp_path / "sessions.db")
     try:
         for sid in ("stale", "good"):
             await store.create(sid, token_hash=HASH, principal=None, now=0.0)
         await store.claim("stale", 1, token_hash="b" * 64, previous_token_hash=HASH)
-        stale, good = await asyncio.gather(
+        statements = trace_statements(store)
+        release = hold_thread(store)
+        calls = asyncio.gather(
             store.write("stale", 1, append=batch(1, 2)),
             store.write("good", 1, append=batch(1, 2)),
             return_exceptions=True,
         )
+        await asyncio.sleep(0)
+        assert len(store._pending) == 2  # one group
+        release.set()
+        stale, good = await calls
+        assert [q for q in statements if q in ("BEGIN IMMEDIATE", "ROLLBACK", "COMMIT")] == [
+            "BEGIN IMMEDIATE",
+            "COMMIT",
+        ]
         assert isinstance(stale, Fenced)
         assert isinstance(good, SessionRecord)
         assert good.tx == 2
@@ -287,39 +317,44 @@ async def test_operation_failing_after_a_change_is_rolled_back_alone(
     """An operation that changed a row and then raised leaves no trace; the group still lands.
 
     The group runs without a SAVEPOINT per operation (every operation checks before it
-    changes); one that breaks that rule puts the group in doubt, so it is rolled
-    back and each operation runs again alone.
+    changes); one that breaks that rule puts the group in doubt: the group is rolled
+    back, that operation fails, and the others run again as one group.
     """
     store = SQLiteStore(tmp_path / "sessions.db")
     try:
-        for sid in ("faulty", "good"):
+        for sid in ("good", "faulty", "later"):
             await store.create(sid, token_hash=HASH, principal=None, now=0.0)
 
         def change_then_fail(db: sqlite3.Connection) -> None:
             db.execute("UPDATE sessions SET tx = 99 WHERE sid = 'faulty'")
             raise error
 
-        # Hold the store's thread so that both operations queue into one group.
-        release = threading.Event()
-        held = store._executor.submit(release.wait, 5.0)
-        before = store.transactions
+        statements = trace_statements(store)
+        release = hold_thread(store)
         calls = asyncio.gather(
-            store._call("test", change_then_fail),
             store.write("good", 1, append=batch(1, 2)),
+            store._call("test", change_then_fail),
+            store.write("later", 1, append=batch(1, 3)),
             return_exceptions=True,
         )
-        await asyncio.sleep(0)  # both calls queued
-        assert len(store._pending) == 2
+        await asyncio.sleep(0)
+        assert len(store._pending) == 3  # one group
         release.set()
-        held.result(timeout=5.0)
-        faulty, good = await calls
-        committed = store.transactions - before
+        good, faulty, later = await calls
+        # The group, rolled back; then the two good writes as one group, committed once.
+        assert [q for q in statements if q in ("BEGIN IMMEDIATE", "ROLLBACK", "COMMIT")] == [
+            "BEGIN IMMEDIATE",
+            "ROLLBACK",
+            "BEGIN IMMEDIATE",
+            "COMMIT",
+        ]
         assert type(faulty) is type(error)
         assert isinstance(good, SessionRecord)
-        assert good.tx == 2
+        assert isinstance(later, SessionRecord)
+        assert (good.tx, later.tx) == (2, 3)
         assert (await store.load("faulty")).tx == 0  # type: ignore[union-attr]
         assert await store.messages("good", after=0) == batch(1, 2)
-        assert committed == 1  # the good write, once (in a transaction of its own)
+        assert await store.messages("later", after=0) == batch(1, 3)
     finally:
         await store.close()
 

@@ -346,11 +346,12 @@ class SQLiteStore(SessionStore):
         An operation refused with a :class:`StoreError` (fenced, unknown,
         inconsistent) before it changed anything fails alone; the others commit.
         Every operation of this module checks before it changes, so the group needs
-        no SAVEPOINT per operation (two statements each, a quarter of a write's
-        cost). One that fails after changing something (a bug) puts the group in
-        doubt: it is rolled back and each operation runs again in a transaction of
-        its own, so only the faulty one fails. No caller is answered before the
-        COMMIT returned: "write returned" means "on disk".
+        no SAVEPOINT per operation (two statements each, about 7 % of a write's
+        instructions). One that fails after changing something (a bug) puts the
+        group in doubt: the group is rolled back, that operation fails, and the
+        others run again as one group. Each attempt commits all or nothing, so no
+        caller is told of a failure that happened anyway, and no caller is answered
+        before the COMMIT returned: "write returned" means "on disk".
         """
         with self._lock:
             jobs, self._pending = self._pending, []
@@ -360,21 +361,7 @@ class SQLiteStore(SessionStore):
         outcomes: list[tuple[bool, Any]] = []
         try:
             db = self._thread_connect()
-            try:
-                outcomes = self._thread_transaction(db, jobs)
-            except sqlite3.Error:
-                raise  # the transaction itself failed: the whole group does
-            except Exception:
-                if len(jobs) == 1:
-                    raise
-                outcomes = []
-                for job in jobs:
-                    try:
-                        outcomes += self._thread_transaction(db, [job])
-                    except sqlite3.Error:
-                        raise
-                    except Exception as exc:
-                        outcomes.append((False, exc))
+            outcomes = self._thread_groups(db, jobs)
         except sqlite3.Error as exc:
             # The connection may be mid-transaction or broken (I/O error, file gone):
             # drop it; the next operation reconnects, which is how the store recovers.
@@ -393,27 +380,49 @@ class SQLiteStore(SessionStore):
         for loop, results in settled.items():
             loop.call_soon_threadsafe(_settle_all, results)
 
+    def _thread_groups(
+        self, db: sqlite3.Connection, jobs: list[_Job[Any]]
+    ) -> list[tuple[bool, Any]]:
+        """(ok, value) per job: the group committed, less any job that put it in doubt."""
+        outcomes: dict[int, tuple[bool, Any]] = {}
+        left = list(enumerate(jobs))
+        while left:
+            try:
+                results = self._thread_transaction(db, [job for _, job in left])
+            except _InDoubt as doubt:  # rolled back: nothing of this attempt happened
+                index, _ = left.pop(doubt.position)
+                outcomes[index] = (False, doubt.error)
+                continue
+            outcomes.update(zip((index for index, _ in left), results, strict=True))
+            break
+        return [outcomes[index] for index in range(len(jobs))]
+
     def _thread_transaction(
         self, db: sqlite3.Connection, jobs: list[_Job[Any]]
     ) -> list[tuple[bool, Any]]:
-        """Run ``jobs`` in one transaction and commit it; raise if the group is in doubt.
+        """Run ``jobs`` in one transaction and commit it; (ok, value) per job.
 
-        Returns (ok, value) per job. A job's StoreError is its own outcome only if
-        the job changed nothing before raising (``total_changes`` tells); anything
-        else rolls the transaction back and propagates.
+        A job's StoreError is its own outcome only if the job changed nothing
+        before raising (``total_changes`` tells). Any other failure of a job rolls
+        the transaction back and raises :class:`_InDoubt` naming it; an
+        ``sqlite3.Error`` rolls back and propagates (the group fails).
         """
         # Writes take the lock up front (see the module doc); reads get a snapshot.
         db.execute("BEGIN IMMEDIATE" if any(job.write for job in jobs) else "BEGIN")
         outcomes: list[tuple[bool, Any]] = []
         try:
-            for job in jobs:
+            for position, job in enumerate(jobs):
                 changes = db.total_changes
                 try:
                     outcomes.append((True, job.work(db)))
+                except sqlite3.Error:
+                    raise
                 except StoreError as exc:
                     if db.total_changes != changes:
-                        raise  # refused after changing something: not this job alone
+                        raise _InDoubt(position, exc) from exc  # refused after a change
                     outcomes.append((False, exc))
+                except Exception as exc:
+                    raise _InDoubt(position, exc) from exc
         except BaseException:
             db.execute("ROLLBACK")
             raise
@@ -467,6 +476,15 @@ class SQLiteStore(SessionStore):
         self._epoch = None
         if db is not None:
             db.close()
+
+
+class _InDoubt(Exception):
+    """A job failed after changing something: its transaction was rolled back."""
+
+    def __init__(self, position: int, error: Exception) -> None:
+        super().__init__(position, error)
+        self.position = position  # of the job in the group that was attempted
+        self.error = error
 
 
 @dataclasses.dataclass
