@@ -232,6 +232,18 @@ def run_child_json(command: Sequence[str], timeout: float, *, pin_malloc: bool =
     return json.loads(out.strip().splitlines()[-1])
 
 
+def cpu_times(pid: int) -> tuple[float, float] | None:
+    """(user, system) CPU seconds of a process, all its threads; None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+    # Fields 14 and 15 (utime, stime), counted after the ")" of the command name.
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
 def package_version(name: str) -> str | None:
     try:
         return importlib.metadata.version(name)

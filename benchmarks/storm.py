@@ -72,6 +72,7 @@ from .common import (
     Progress,
     Unavailable,
     child_env,
+    cpu_times,
     python_command,
     read_line,
     spawn,
@@ -169,13 +170,8 @@ def _children(pid: int) -> list[int]:
 
 
 def _cpu_seconds(pid: int) -> float | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rpartition(")")[2].split()
-    except OSError:
-        return None
-    # Fields 14 and 15 (utime, stime), counted after the ")" of the command name.
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    times = cpu_times(pid)
+    return None if times is None else sum(times)
 
 
 class _CpuSampler(threading.Thread):
@@ -369,37 +365,8 @@ def _one(
     try:
         _wait_healthy(port, server, 30)
         url = f"ws://127.0.0.1:{port}/"
-        count = max(2, math.ceil(n / PER_CLIENT_PROCESS))
-        # Initial connections: a few hundred per second on a busy 2-core machine.
-        connect_timeout = 60 + n / 40
-        share = [n // count + (i < n % count) for i in range(count)]
-        for k in share:
-            procs.append(
-                spawn(
-                    python_command(
-                        "storm",
-                        "client",
-                        mode,
-                        url,
-                        "--clients",
-                        str(k),
-                        "--connect-timeout",
-                        str(connect_timeout),
-                    ),
-                    stdin=subprocess.PIPE,
-                )
-            )
         progress.update(f"storm ({mode}): connecting {n} clients")
-        failed = 0
-        ready_deadline = time.monotonic() + connect_timeout + 30  # the clients' bound + margin
-        for proc in procs:
-            failed += int(read_line(proc, "READY ", max(1.0, ready_deadline - time.monotonic())))
-        if failed:
-            raise RuntimeError(
-                f"{failed} of {n} clients could not connect (or were refused) within "
-                f"{connect_timeout:.0f} s, before any restart: this machine could not hold "
-                f"{n} clients on a ticker"
-            )
+        connect_clients(mode, url, n, procs)
         time.sleep(2.5)  # a few ticks before the restart
         probe = spawn(python_command("storm", "probe", url), stdin=subprocess.PIPE)
         procs.append(probe)
@@ -471,6 +438,39 @@ def _one(
     until = math.inf if back is None else restarted_at + back
     merged["probe_handshake_s"] = probe_figures(probe_report, restarted_at, until)
     return merged
+
+
+def connect_clients(mode: str, url: str, n: int, procs: list[subprocess.Popen[str]]) -> None:
+    """Start client processes for ``n`` clients and wait (bounded) until all are connected.
+
+    The processes are added to ``procs`` as they start, so that the caller stops
+    them whatever happens here.
+
+    Raises:
+        RuntimeError: some clients could not connect (or were refused) in time.
+    """
+    count = max(2, math.ceil(n / PER_CLIENT_PROCESS))
+    # Initial connections: a few hundred per second on a busy 2-core machine.
+    connect_timeout = 60 + n / 40
+    share = [n // count + (i < n % count) for i in range(count)]
+    started = []
+    for k in share:
+        command = python_command(
+            "storm", "client", mode, url, "--clients", str(k),
+            "--connect-timeout", str(connect_timeout),
+        )  # fmt: skip
+        started.append(spawn(command, stdin=subprocess.PIPE))
+        procs.append(started[-1])
+    failed = 0
+    ready_deadline = time.monotonic() + connect_timeout + 30  # the clients' bound + margin
+    for proc in started:
+        failed += int(read_line(proc, "READY ", max(1.0, ready_deadline - time.monotonic())))
+    if failed:
+        raise RuntimeError(
+            f"{failed} of {n} clients could not connect (or were refused) within "
+            f"{connect_timeout:.0f} s, before any restart: this machine could not hold "
+            f"{n} clients on a ticker"
+        )
 
 
 def probe_figures(report: dict[str, Any], since: float, until: float) -> dict[str, Any]:
@@ -919,7 +919,7 @@ async def _tether_client(
 
 
 async def _wait_report_request(on_count: Callable[[], None] | None = None) -> None:
-    """Return at the first line on stdin, except ``COUNT`` lines, which call ``on_count``."""
+    """Return at the first line on stdin; with ``on_count``, a ``COUNT`` line calls it instead."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)

@@ -26,7 +26,6 @@ import argparse
 import contextlib
 import gc
 import json
-import math
 import os
 import runpy
 import signal
@@ -34,13 +33,23 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .common import Progress, Summary, child_env, fmt, python_command, read_line, spawn, stop, table
+from .common import (
+    Progress,
+    Summary,
+    child_env,
+    cpu_times,
+    fmt,
+    python_command,
+    read_line,
+    stop,
+    table,
+)
 from .peers import free_port, raise_nofile_limit
-from .storm import PER_CLIENT_PROCESS, _wait_healthy
+from .storm import DEFAULT_STORE, _store_url, _wait_healthy, connect_clients
 
 ROWS = ("tether-plain", "tether-v1-memory", "tether-v1-sqlite", "tether-v1-redis")
 DEFAULT_ROWS = ROWS[:3]
@@ -95,13 +104,6 @@ def read_gc_stats(path: str) -> tuple[float, int]:
     return float(sum(data["seconds"])), int(sum(data["collections"]))
 
 
-def _process_times(pid: int) -> tuple[float, float]:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
-
-
 def _context_switches(pid: int) -> int:
     total = 0
     for task in os.listdir(f"/proc/{pid}/task"):
@@ -115,18 +117,20 @@ def _context_switches(pid: int) -> int:
 def _snapshot(
     server: subprocess.Popen[bytes], stats: str, clients: Sequence[subprocess.Popen[str]]
 ) -> Snapshot:
-    # The wrapper writes its collector's totals on SIGUSR1; wait for the new file.
-    before = os.stat(stats).st_mtime_ns if os.path.exists(stats) else None
+    # The wrapper writes its collector's totals on SIGUSR1 to a new file (os.replace):
+    # a new inode tells the new figures are there, however close the two snapshots.
+    before = _inode(stats)
     server.send_signal(signal.SIGUSR1)
     deadline = time.monotonic() + 5.0
-    while time.monotonic() < deadline:
-        if os.path.exists(stats) and os.stat(stats).st_mtime_ns != before:
-            break
+    while _inode(stats) in (before, None):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the server did not report its collector's figures within 5 s")
         time.sleep(0.01)
-    else:
-        raise RuntimeError("the server did not report its collector's figures within 5 s")
     gc_s, collections = read_gc_stats(stats)
-    user, system = _process_times(server.pid)
+    times = cpu_times(server.pid)
+    if times is None:
+        raise RuntimeError("the server exited during the measurement")
+    user, system = times
     received = 0
     client_cpu = 0.0
     for client in clients:
@@ -141,16 +145,21 @@ def _snapshot(
     )
 
 
-@contextlib.contextmanager
-def _store(row: str, redis: str | None) -> Iterator[str]:
+def _inode(path: str) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except FileNotFoundError:
+        return None
+
+
+def _store(row: str, redis: str | None) -> str:
+    """The row's ``--store``, as storm's ``_store_url`` takes it ("sqlite": a file of the run)."""
     if row == "tether-v1-sqlite":
-        with tempfile.TemporaryDirectory(prefix="tether-bench-tickload-") as tmp:
-            yield f"sqlite:///{tmp}/s.db"
-    elif row == "tether-v1-redis":
+        return DEFAULT_STORE
+    if row == "tether-v1-redis":
         assert redis is not None
-        yield redis
-    else:
-        yield "memory"
+        return redis
+    return "memory"
 
 
 def measure(
@@ -160,10 +169,10 @@ def measure(
     port = free_port()
     with (
         tempfile.TemporaryDirectory(prefix="tether-bench-tickload-") as tmp,
-        _store(row, redis) as store,
+        _store_url(_store(row, redis)) as store,
+        open(os.path.join(tmp, "server.log"), "wb") as log,
     ):
         stats = os.path.join(tmp, "gc.json")
-        log = open(os.path.join(tmp, "server.log"), "wb")  # noqa: SIM115 (closed below)
         command = python_command(
             "tickload", "server", stats, "--", "serve", "--app", "ticker",
             "--ticker-interval", str(interval_ms), "--port", str(port), "--store", store,
@@ -175,20 +184,7 @@ def measure(
         try:
             _wait_healthy(port, server, 30)
             mode = "tether-plain" if row == "tether-plain" else "tether"
-            count = max(1, math.ceil(clients / PER_CLIENT_PROCESS))
-            share = [clients // count + (i < clients % count) for i in range(count)]
-            url = f"ws://127.0.0.1:{port}/"
-            for k in share:
-                procs.append(
-                    spawn(
-                        python_command("storm", "client", mode, url, "--clients", str(k)),
-                        stdin=subprocess.PIPE,
-                    )
-                )
-            for proc in procs:
-                failed = int(read_line(proc, "READY ", 60 + clients / 40))
-                if failed:
-                    raise RuntimeError(f"{failed} clients could not connect")
+            connect_clients(mode, f"ws://127.0.0.1:{port}/", clients, procs)
             time.sleep(WARM_UP_S)
             before = _snapshot(server, stats, procs)
             time.sleep(seconds)
@@ -198,7 +194,6 @@ def measure(
             for proc in procs:
                 stop(proc, signal.SIGKILL)
             stop(server, signal.SIGKILL)  # type: ignore[arg-type]
-            log.close()
 
 
 def run(
