@@ -346,7 +346,7 @@ class SQLiteStore(SessionStore):
         An operation refused with a :class:`StoreError` (fenced, unknown,
         inconsistent) before it changed anything fails alone; the others commit.
         Every operation of this module checks before it changes, so the group needs
-        no SAVEPOINT per operation (two statements each, about 7 % of a write's
+        no SAVEPOINT per operation (two statements each, 5-7 % of a write's
         instructions). One that fails after changing something (a bug) puts the
         group in doubt: the group is rolled back, that operation fails, and the
         others run again as one group. Each attempt commits all or nothing, so no
