@@ -963,9 +963,11 @@ class TetherV1ServerLayer(ServerLayer):
         return True
 
     async def _write_awaited(self, state: _V1) -> bool:
-        """Write the batch through the store's ``write``; False when fenced."""
-        if state.lazy_acked is not None:
-            _promote_lazy_ack(state)  # a write goes anyway: the ack rides along
+        """Write the batch through the store's ``write``; False when fenced.
+
+        Only after :meth:`_write_now` declined, which already made a lazy ack part
+        of the batch.
+        """
         batch, state.pending = state.pending, []
         acked, state.acked = state.acked, None
         rx = state.consumed_rx if state.consumed_rx > state.written_rx else None

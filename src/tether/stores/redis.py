@@ -401,13 +401,10 @@ class RedisStore(SessionStore):
         async def remove() -> Any:
             # Queued together, so they travel in the same pipeline: one round trip for
             # every session deleted in this turn (a burst of closes), not one each.
-            keys = self._pipelined_command("DEL", *self._keys(sid))
-            index = self._pipelined_command("ZREM", self.detached_key, sid)
-            results = await asyncio.gather(keys, index, return_exceptions=True)
-            for result in results:  # (both awaited: no exception left unretrieved)
-                if isinstance(result, BaseException):
-                    raise result
-            return results
+            return await asyncio.gather(
+                self._pipelined_command("DEL", *self._keys(sid)),
+                self._pipelined_command("ZREM", self.detached_key, sid),
+            )
 
         await self._call("delete", remove)
 

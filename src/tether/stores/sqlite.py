@@ -525,8 +525,13 @@ def _record(row: Any) -> SessionRecord:
     )
 
 
+def _row(db: sqlite3.Connection, sid: str) -> Any:
+    """The session's row (``_RECORD_COLUMNS``), or None."""
+    return db.execute(f"SELECT {_RECORD_COLUMNS} FROM sessions WHERE sid = ?", (sid,)).fetchone()
+
+
 def _select(db: sqlite3.Connection, sid: str) -> SessionRecord | None:
-    row = db.execute(f"SELECT {_RECORD_COLUMNS} FROM sessions WHERE sid = ?", (sid,)).fetchone()
+    row = _row(db, sid)
     return None if row is None else _record(row)
 
 
@@ -539,7 +544,7 @@ def _require(db: sqlite3.Connection, sid: str) -> SessionRecord:
 
 def _owned_row(db: sqlite3.Connection, sid: str, generation: int) -> Any:
     """The session's row (``_RECORD_COLUMNS``) if ``generation`` still owns it."""
-    row = db.execute(f"SELECT {_RECORD_COLUMNS} FROM sessions WHERE sid = ?", (sid,)).fetchone()
+    row = _row(db, sid)
     if row is None:
         raise UnknownSession(f"session {sid} is unknown")
     if row[4] != generation:
