@@ -23,6 +23,7 @@ from tether.stores.base import (
     SessionStore,
     StoredMessage,
     UnknownSession,
+    Write,
 )
 
 SID = "c2Vzc2lvbi1pZC0wMDAwMQ"
@@ -227,3 +228,30 @@ class StoreConformance:
             assert record is not None
             assert (record.tx, record.acked, record.rx) == (0, 0, 0)
             assert await store.messages(SID, after=0) == []
+
+    async def test_write_many_applies_each_write_on_its_own(self, store: SessionStore) -> None:
+        """write_many(): each write as write() would do it; a refused one changes nothing else."""
+        for sid in ("good", "stale", "gap"):
+            await store.create(sid, token_hash=HASH, principal=None, now=0.0)
+        await store.claim("stale", 1, token_hash="b" * 64, previous_token_hash=HASH)
+        await store.write("gap", 1, append=batch(1, 1))
+        results = await store.write_many(
+            [
+                Write("good", 1, batch(1, 3), acked=1, rx=7),
+                Write("stale", 1, batch(1, 1)),
+                Write("gap", 1, batch(3, 3)),  # skips 2
+                Write("nope", 1, rx=1),
+            ]
+        )
+        assert results[0] is None
+        assert isinstance(results[1], Fenced)
+        assert isinstance(results[2], StoreError)
+        assert not isinstance(results[2], Fenced)
+        assert isinstance(results[3], UnknownSession)
+        good = await store.load("good")
+        assert good is not None
+        assert (good.tx, good.acked, good.rx) == (3, 1, 7)
+        assert await store.messages("good", after=0) == batch(2, 3)
+        assert await store.messages("stale", after=0) == []
+        assert await store.messages("gap", after=0) == batch(1, 1)
+        assert await store.write_many([]) == []

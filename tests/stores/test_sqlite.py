@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tether.exceptions import StoreError
-from tether.stores.base import Fenced, SessionRecord, SessionStore, StoreUnavailable
+from tether.stores.base import Fenced, SessionRecord, SessionStore, StoreUnavailable, Write
 from tether.stores.sqlite import SCHEMA_VERSION, SQLiteStore
 
 from .conformance import HASH, SID, StoreConformance, batch
@@ -254,6 +254,53 @@ async def test_a_group_wakes_the_event_loop_once(
         assert [record.tx for record in records] == [2] * 500
         assert wakeups == store.transactions - before
         assert wakeups <= 5
+    finally:
+        await store.close()
+
+
+async def test_write_many_is_one_group_answered_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """write_many() of 200 sessions: one transaction, one wake-up, one future for all."""
+    store = SQLiteStore(tmp_path / "sessions.db")
+    try:
+        sids = [f"s{number}" for number in range(200)]
+        for sid in sids:
+            await store.create(sid, token_hash=HASH, principal=None, now=0.0)
+        loop = asyncio.get_running_loop()
+        wakeups = futures = 0
+        original_wakeup, original_future = loop.call_soon_threadsafe, loop.create_future
+
+        def counting_wakeup(*args: Any, **kwargs: Any) -> Any:
+            nonlocal wakeups
+            wakeups += 1
+            return original_wakeup(*args, **kwargs)
+
+        def counting_future() -> asyncio.Future[Any]:
+            nonlocal futures
+            futures += 1
+            return original_future()
+
+        monkeypatch.setattr(loop, "call_soon_threadsafe", counting_wakeup)
+        monkeypatch.setattr(loop, "create_future", counting_future)
+        before = store.transactions
+        results = await store.write_many([Write(sid, 1, batch(1, 2), rx=5) for sid in sids])
+        assert results == [None] * 200
+        assert (store.transactions - before, wakeups, futures) == (1, 1, 1)
+        record = await store.load("s199")
+        assert record is not None
+        assert (record.tx, record.rx) == (2, 5)
+    finally:
+        await store.close()
+
+
+async def test_write_many_reports_a_backend_failure_per_write(tmp_path: Path) -> None:
+    """A database that cannot be opened: every write of the call gets StoreUnavailable."""
+    store = SQLiteStore(tmp_path / "missing" / "sessions.db")
+    try:
+        results = await store.write_many([Write("a", 1, rx=1), Write("b", 1, rx=1)])
+        assert [type(result) for result in results] == [StoreUnavailable, StoreUnavailable]
+        assert all(isinstance(result.__cause__, sqlite3.Error) for result in results)
     finally:
         await store.close()
 

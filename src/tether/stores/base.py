@@ -41,6 +41,7 @@ that a durable store outlives the process).
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -56,6 +57,7 @@ __all__ = [
     "StoreUnavailable",
     "StoredMessage",
     "UnknownSession",
+    "Write",
 ]
 
 
@@ -135,6 +137,17 @@ class SessionRecord:
     acked: int = 0
     rx: int = 0
     lost: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """One session's batch for :meth:`SessionStore.write_many`: the arguments of ``write``."""
+
+    sid: str
+    generation: int
+    append: Sequence[StoredMessage] = ()
+    acked: int | None = None
+    rx: int | None = None
 
 
 class SessionStore(abc.ABC):
@@ -225,6 +238,29 @@ class SessionStore(abc.ABC):
             StoreError: the batch is inconsistent (non-contiguous seqs, ack beyond tx).
             StoreUnavailable: the backend failed.
         """
+
+    async def write_many(self, writes: Sequence[Write]) -> list[BaseException | None]:
+        """Apply several sessions' batches, each exactly as :meth:`write` would apply it alone.
+
+        For the server adapter, which gathers the batches of all its sessions that
+        wrote in one event-loop turn into one call: no task per session. Each write
+        stands alone: one that is refused (fenced, say) or fails changes nothing for
+        the others. The default awaits :meth:`write` for each, concurrently; a store
+        may do better (SQLite: one group on its thread, answered with one wake-up).
+
+        Returns:
+            Per write, in order: None when written, else what :meth:`write` would
+            have raised for it (:class:`Fenced`, :class:`UnknownSession`,
+            :class:`StoreUnavailable`, ...).
+        """
+        results = await asyncio.gather(
+            *(
+                self.write(w.sid, w.generation, append=w.append, acked=w.acked, rx=w.rx)
+                for w in writes
+            ),
+            return_exceptions=True,
+        )
+        return [result if isinstance(result, BaseException) else None for result in results]
 
     def write_nowait(
         self,

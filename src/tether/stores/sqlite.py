@@ -53,6 +53,7 @@ from .base import (
     StoredMessage,
     StoreUnavailable,
     UnknownSession,
+    Write,
 )
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
@@ -217,42 +218,47 @@ class SQLiteStore(SessionStore):
         rx: int | None = None,
     ) -> SessionRecord:
         """Append, trim by ack and record rx in one transaction (see :meth:`SessionStore.write`)."""
-        check_batch(sid, append)
-        rows = [
-            (sid, m.seq, 1, m.payload.encode())
-            if isinstance(m.payload, str)
-            else (sid, m.seq, 0, m.payload)
-            for m in append
-        ]
+        return await self._call("write", _write_work(sid, generation, append, acked, rx))
 
-        def apply(db: sqlite3.Connection) -> SessionRecord:
-            row = _owned_row(db, sid, generation)
-            tx, old_acked, old_rx = row[7], row[8], row[9]
-            if append:
-                if append[0].seq != tx + 1:
-                    raise StoreError(
-                        f"session {sid}: appended seq {append[0].seq}, expected {tx + 1}"
-                    )
-                tx = append[-1].seq
-            new_acked = old_acked if acked is None else max(old_acked, acked)
-            if new_acked > tx:
-                raise StoreError(f"session {sid}: ack {new_acked} is beyond tx {tx}")
-            new_rx = old_rx if rx is None else max(old_rx, rx)
-            if rows:
-                db.executemany(
-                    "INSERT INTO messages (sid, seq, is_text, payload) VALUES (?, ?, ?, ?)", rows
-                )
-            if new_acked > old_acked:
-                db.execute("DELETE FROM messages WHERE sid = ? AND seq <= ?", (sid, new_acked))
-            db.execute(
-                "UPDATE sessions SET tx = ?, acked = ?, rx = ? WHERE sid = ?",
-                (tx, new_acked, new_rx, sid),
-            )
-            # One record, built from the row as the UPDATE left it (the hot path:
-            # dataclasses.replace of a record built first cost twice as much).
-            return _record((*row[:7], tx, new_acked, new_rx, row[10]))
+    async def write_many(self, writes: Sequence[Write]) -> list[BaseException | None]:
+        """Every batch as one operation of the next group, answered with one wake-up.
 
-        return await self._call("write", apply)
+        The operations join the commit group as :meth:`write` would (each checked,
+        refused or committed on its own, see :meth:`_thread_flush`); the caller
+        waits on one future for all of them instead of one per write.
+        """
+        results: list[BaseException | None] = [None] * len(writes)
+        if self._closed:
+            closed = StoreError(f"sqlite store {self.path} is closed")
+            return [closed] * len(writes)
+        loop = asyncio.get_running_loop()
+        group = _Group(loop.create_future())
+        jobs: list[_Job[Any]] = []
+        for index, w in enumerate(writes):
+            try:
+                work = _write_work(w.sid, w.generation, w.append, w.acked, w.rx)
+            except StoreError as exc:  # an inconsistent batch: refused before the thread
+                results[index] = exc
+                continue
+            jobs.append(_Job(work, True, loop, None, group, index))
+        if not jobs:
+            return results
+        group.remaining = len(jobs)
+        self._enqueue(jobs)
+        for index, ok, value in await group.future:
+            if ok:
+                self._incidents.succeeded()
+            elif isinstance(value, StoreError):
+                self._incidents.succeeded()  # the backend answered (fenced, unknown, ...)
+                results[index] = value
+            elif isinstance(value, (sqlite3.Error, OSError)):
+                self._incidents.failed("write", value)
+                error = StoreUnavailable(f"sqlite store {self.path}: write failed: {value}")
+                error.__cause__ = value
+                results[index] = error
+            else:
+                results[index] = value
+        return results
 
     async def detach(self, sid: str, generation: int, *, expires_at: float) -> None:
         """Start the expiry clock (see :meth:`SessionStore.detach`)."""
@@ -319,15 +325,10 @@ class SQLiteStore(SessionStore):
         if self._closed:
             raise StoreError(f"sqlite store {self.path} is closed")
         loop = asyncio.get_running_loop()
-        job = _Job(work, write, loop, loop.create_future())
-        with self._lock:
-            self._pending.append(job)
-            submit = not self._flush_scheduled
-            self._flush_scheduled = True
-        if submit:
-            self._executor.submit(self._thread_flush)
+        future: asyncio.Future[_T] = loop.create_future()
+        self._enqueue([_Job(work, write, loop, future)])
         try:
-            result: _T = await job.future
+            result: _T = await future
         except StoreError:
             # The backend answered (fenced, unknown, inconsistent batch): it works.
             self._incidents.succeeded()
@@ -337,6 +338,15 @@ class SQLiteStore(SessionStore):
             raise StoreUnavailable(f"sqlite store {self.path}: {operation} failed: {exc}") from exc
         self._incidents.succeeded()
         return result
+
+    def _enqueue(self, jobs: list[_Job[Any]]) -> None:
+        """Queue ``jobs`` for the store's thread, together (they join the same group)."""
+        with self._lock:
+            self._pending.extend(jobs)
+            submit = not self._flush_scheduled
+            self._flush_scheduled = True
+        if submit:
+            self._executor.submit(self._thread_flush)
 
     def _thread_flush(self) -> None:
         """Run every queued operation in one transaction: one commit (one fsync) for all.
@@ -374,9 +384,9 @@ class SQLiteStore(SessionStore):
         # call_soon_threadsafe writes a byte to the loop's self-pipe, which holds only a
         # few hundred; a group of thousands filled it, and a signal arriving then (the
         # SIGHUP of a handover) was lost, since asyncio learns of signals through it.
-        settled: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
+        settled: dict[asyncio.AbstractEventLoop, list[tuple[_Job[Any], bool, Any]]] = {}
         for job, (ok, value) in zip(jobs, outcomes, strict=True):
-            settled.setdefault(job.loop, []).append((job.future, ok, value))
+            settled.setdefault(job.loop, []).append((job, ok, value))
         for loop, results in settled.items():
             loop.call_soon_threadsafe(_settle_all, results)
 
@@ -487,24 +497,88 @@ class _InDoubt(Exception):
         self.error = error
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
+class _Group:
+    """The operations of one :meth:`SQLiteStore.write_many`: one future for all."""
+
+    future: asyncio.Future[list[tuple[int, bool, Any]]]
+    remaining: int = 0
+    outcomes: list[tuple[int, bool, Any]] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(slots=True)
 class _Job(Generic[_T]):
-    """One operation waiting for the store's thread."""
+    """One operation waiting for the store's thread: answered by its future or its group."""
 
     work: Callable[[sqlite3.Connection], _T]
     write: bool
     loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[_T]
+    future: asyncio.Future[_T] | None
+    group: _Group | None = None
+    index: int = 0  # in the group's writes
 
 
-def _settle_all(results: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
-    for future, ok, value in results:
+def _settle_all(results: list[tuple[_Job[Any], bool, Any]]) -> None:
+    for job, ok, value in results:
+        group = job.group
+        if group is not None:
+            group.outcomes.append((job.index, ok, value))
+            group.remaining -= 1
+            if group.remaining == 0 and not group.future.cancelled():
+                group.future.set_result(group.outcomes)
+            continue
+        future = job.future
+        assert future is not None
         if future.cancelled():  # the caller gave up waiting; the operation happened anyway
             continue
         if ok:
             future.set_result(value)
         else:
             future.set_exception(value)
+
+
+def _write_work(
+    sid: str,
+    generation: int,
+    append: Sequence[StoredMessage],
+    acked: int | None,
+    rx: int | None,
+) -> Callable[[sqlite3.Connection], SessionRecord]:
+    """The store thread's part of one write (the batch's consistency checked here first)."""
+    check_batch(sid, append)
+    rows = [
+        (sid, m.seq, 1, m.payload.encode())
+        if isinstance(m.payload, str)
+        else (sid, m.seq, 0, m.payload)
+        for m in append
+    ]
+
+    def apply(db: sqlite3.Connection) -> SessionRecord:
+        row = _owned_row(db, sid, generation)
+        tx, old_acked, old_rx = row[7], row[8], row[9]
+        if append:
+            if append[0].seq != tx + 1:
+                raise StoreError(f"session {sid}: appended seq {append[0].seq}, expected {tx + 1}")
+            tx = append[-1].seq
+        new_acked = old_acked if acked is None else max(old_acked, acked)
+        if new_acked > tx:
+            raise StoreError(f"session {sid}: ack {new_acked} is beyond tx {tx}")
+        new_rx = old_rx if rx is None else max(old_rx, rx)
+        if rows:
+            db.executemany(
+                "INSERT INTO messages (sid, seq, is_text, payload) VALUES (?, ?, ?, ?)", rows
+            )
+        if new_acked > old_acked:
+            db.execute("DELETE FROM messages WHERE sid = ? AND seq <= ?", (sid, new_acked))
+        db.execute(
+            "UPDATE sessions SET tx = ?, acked = ?, rx = ? WHERE sid = ?",
+            (tx, new_acked, new_rx, sid),
+        )
+        # One record, built from the row as the UPDATE left it (the hot path:
+        # dataclasses.replace of a record built first cost twice as much).
+        return _record((*row[:7], tx, new_acked, new_rx, row[10]))
+
+    return apply
 
 
 def _record(row: Any) -> SessionRecord:
