@@ -17,7 +17,7 @@ from tether.asyncio.session import RequestInfo, Session
 from tether.exceptions import ConfigurationError, ProtocolError
 from tether.protocol import Ack, Data, Hello, Welcome, decode, encode
 from tether.resume import ResumeConfig
-from tether.stores.base import SessionRecord, SessionStore, StoreUnavailable
+from tether.stores.base import SessionRecord, SessionStore, StoreUnavailable, Write
 from tether.stores.memory import MemoryStore
 
 pytestmark = pytest.mark.timeout(10)
@@ -290,6 +290,150 @@ async def test_awaited_store_batches_concurrent_sends_in_order() -> None:
     assert [m.payload for m in stored] == [f"m{n}" for n in range(1, 21)]
     await eventually(lambda: len(transport.sent) == 21, 2.0)
     assert transport.sent[1:] == [f"d{n}:0:m{n}" for n in range(1, 21)]
+
+
+# -- the layer's writer: one store call per loop turn for every session's batch -------------------
+
+
+class GatedStore(CountingStore):
+    """An I/O-like store whose write_many waits at a gate (open unless a test closes it).
+
+    Records each call's writes and the session tasks (``_run``) running at the call.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[list[Write]] = []
+        self.tasks_at_call: list[int] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.entered = asyncio.Event()
+
+    async def write_many(self, writes: Any) -> list[BaseException | None]:
+        self.calls.append(list(writes))
+        running = [t for t in asyncio.all_tasks() if "._run" in t.get_coro().__qualname__]
+        self.tasks_at_call.append(len(running))
+        self.entered.set()
+        await self.gate.wait()
+        return await super().write_many(writes)
+
+
+async def test_sessions_sending_in_one_turn_share_one_store_call() -> None:
+    """20 sessions send in one turn: one write_many of 20 batches, no task per session."""
+    store = GatedStore()
+    layer = TetherV1ServerLayer(store=store)
+    opened = [await new_session(layer) for _ in range(20)]
+    await eventually(lambda: all(state.task is None for state in layer._states.values()), 2.0)
+    store.calls.clear()
+    await asyncio.gather(*(session.send(f"m{n}") for n, (session, _, _) in enumerate(opened)))
+    assert [len(call) for call in store.calls] == [20]
+    assert store.tasks_at_call[-1] == 0
+    assert {w.sid for w in store.calls[0]} == {session.id for session, _, _ in opened}
+    for n, (session, transport, _) in enumerate(opened):
+        assert [m.payload for m in await store.messages(session.id, after=0)] == [f"m{n}"]
+        await settle(transport, 2)
+        assert transport.sent[1] == f"d1:0:m{n}"
+
+
+async def test_a_frame_leaves_only_after_the_writer_stored_it() -> None:
+    """Write-through: while the store holds the batch, send() waits and no frame goes out."""
+    store = GatedStore()
+    layer = TetherV1ServerLayer(store=store)
+    session, transport, _ = await new_session(layer)
+    store.gate.clear()
+    sending = asyncio.ensure_future(session.send("one"))
+    await store.entered.wait()
+    await asyncio.sleep(0.02)
+    assert (len(transport.sent), sending.done()) == (1, False)
+    store.gate.set()
+    await sending
+    await settle(transport, 2)
+    assert transport.sent[1] == "d1:0:one"
+
+
+async def test_a_resume_in_this_process_waits_for_the_write_in_flight() -> None:
+    """A claim while the writer holds a batch of the old generation waits for it to land.
+
+    Claimed first, the write would be fenced and the resumed session ended as taken over.
+    """
+    store = GatedStore()
+    layer = TetherV1ServerLayer(store=store)
+    session, _, welcome = await new_session(layer)
+    store.gate.clear()
+    sending = asyncio.ensure_future(session.send("one"))
+    await store.entered.wait()
+    new = v1_transport(encode(Hello(welcome.sid, welcome.token, welcome.epoch, 0)))
+    opening = asyncio.ensure_future(layer.open(new, REQUEST))
+    await asyncio.sleep(0.02)
+    record = await store.load(session.id)
+    assert record is not None
+    assert (opening.done(), record.generation) == (False, 1)
+    store.gate.set()
+    assert await opening is session
+    await sending
+    assert session.closed is None
+    record = await store.load(session.id)
+    assert record is not None
+    assert (record.generation, record.tx) == (2, 1)
+    session.attach(new)
+    await settle(new, 2)
+    assert new.sent[1] == "d1:0:one"  # replayed on the resumed connection
+
+
+async def test_stop_waits_for_the_writes_in_flight() -> None:
+    """stop() lets a write the store is performing finish before it returns (and closes)."""
+    store = GatedStore()
+    layer = TetherV1ServerLayer(store=store)
+    session, _, _ = await new_session(layer)
+    store.gate.clear()
+    sending = asyncio.ensure_future(session.send("one"))
+    await store.entered.wait()
+    asyncio.get_running_loop().call_later(0.05, store.gate.set)
+    await layer.stop()
+    assert [m.payload for m in await store.messages(session.id, after=0)] == ["one"]
+    await sending
+
+
+async def test_a_fenced_batch_ends_its_session_only() -> None:
+    """Two sessions in one store call, one claimed elsewhere: 4901 for it, the other goes on."""
+    store = GatedStore()
+    layer = TetherV1ServerLayer(store=store)
+    stale, _, _ = await new_session(layer)
+    good, good_transport, _ = await new_session(layer)
+    record = await store.load(stale.id)
+    assert record is not None
+    await store.claim(stale.id, record.generation, token_hash="x" * 64, previous_token_hash="y")
+    store.calls.clear()
+    await asyncio.gather(stale.send("a"), good.send("b"), return_exceptions=True)
+    assert [len(call) for call in store.calls] == [2]
+    await eventually(lambda: stale.closed is not None, 2.0)
+    assert stale.closed is not None
+    assert stale.closed.code == 4901
+    assert good.closed is None
+    assert [m.payload for m in await store.messages(good.id, after=0)] == ["b"]
+    await settle(good_transport, 2)
+    assert good_transport.sent[1] == "d1:0:b"
+
+
+class FailingGroups(GatedStore):
+    """Every write_many fails as a whole (a backend gone)."""
+
+    async def write_many(self, writes: Any) -> list[BaseException | None]:
+        self.calls.append(list(writes))
+        raise StoreUnavailable("down")
+
+
+async def test_a_failed_store_call_keeps_the_sessions_without_the_store() -> None:
+    """The writer's call fails: each session goes on, not durable; its frame is sent."""
+    store = FailingGroups()
+    layer = TetherV1ServerLayer(store=store)
+    session, transport, _ = await new_session(layer)
+    await session.send("one")
+    assert store.calls
+    state = layer._states[session]
+    assert (state.durable, session.closed) == (False, None)
+    await settle(transport, 2)
+    assert transport.sent[1] == "d1:0:one"
 
 
 # -- the session's task and timer exist only while there is work ---------------------------------

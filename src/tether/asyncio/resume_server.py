@@ -14,8 +14,13 @@ the frames, so that write-through holds and order is kept:
   the frames whose messages are stored, and goes on until nothing is left;
 * with a store that writes without awaiting (memory: ``write_nowait``) the
   sender runs the flush itself, so a message costs no task switch; otherwise
-  (SQLite, Redis) the session's task runs it once per event-loop turn, so
-  messages sent in the same turn share one write;
+  (SQLite, Redis) the layer's *writer* takes, at the end of the event-loop
+  turn, the batch of every session that wrote in it, hands them all to the
+  store in one ``write_many``, and from its answer sends the frames each batch
+  covers: messages sent in the same turn share one write, and a write costs no
+  task, coroutine or future per session (a session's task takes over what the
+  writer does not do: a detach, a claim to wait for, frames to await); a
+  resume's claim in this process waits for the session's write in flight;
 * ``rx`` is what the handler has *taken* (``recv`` returned it), committed in
   the same write as the replies it produced in that turn (a reply's frame then
   carries it as its ack), else at the end of the turn when an ack is due, else
@@ -68,7 +73,14 @@ from ..resume import (
     SessionEnded,
 )
 from ..stores import open_store
-from ..stores.base import Fenced, SessionRecord, SessionStore, StoredMessage, UnknownSession
+from ..stores.base import (
+    Fenced,
+    SessionRecord,
+    SessionStore,
+    StoredMessage,
+    UnknownSession,
+    Write,
+)
 from ..stores.memory import MemoryStore
 from ..tokens import hash_token, judge_resume, new_session_id, new_token
 from .engine import ClosedInfo, Message, Transport, TransportClosed
@@ -80,6 +92,7 @@ from .session import (
     closed_error,
 )
 from .waiters import bounded, wait_on, wake_all
+from .websockets_client import fast_writer
 
 __all__ = ["PrincipalHook", "TetherV1ServerLayer"]
 
@@ -97,6 +110,9 @@ _CLAIM_ATTEMPTS = 3
 
 #: Seconds a 4901 close of a taken-over connection may take (it may be half-open).
 _TAKEOVER_CLOSE_S = 2.0
+
+#: Seconds stop() waits for the writes in flight before it cancels them.
+_STOP_WRITES_S = 5.0
 
 #: Seconds a client's ack may wait for the session's next store write (I/O stores).
 #: Until written, the store keeps messages the client already has: a resume then
@@ -140,8 +156,12 @@ class _V1:
     #: when it fires: only an earlier deadline needs a new one.
     alarm: asyncio.TimerHandle | None = None
     armed: float = float("inf")
-    #: Work was added while the session's task runs: it goes round once more.
+    #: Work was added while the session's task runs: it goes round once more (or,
+    #: while ``writing``, the session's task starts once the write is done).
     kicked: bool = False
+    #: A batch is with the layer's writer (``_write_turn``): no task and no other
+    #: write for this session until it is answered.
+    writing: bool = False
     #: A flush runs (in a sender or in the session's task); others leave work to it.
     flushing: bool = False
     #: A commit of ``consumed_rx`` is scheduled for the end of this loop turn.
@@ -253,6 +273,12 @@ class TetherV1ServerLayer(ServerLayer):
         self._commit_delay = (config.ack_delay or 0.2) / 4
         self._sweeper: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
+        #: Sessions whose batch the writer takes at the end of this loop turn (I/O
+        #: stores; a dict as an ordered set), and the writes it has in flight.
+        self._write_due: dict[_V1, None] = {}
+        self._write_scheduled = False
+        self._writers: set[asyncio.Task[None]] = set()
+        self._stopping = False
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -266,11 +292,19 @@ class TetherV1ServerLayer(ServerLayer):
 
     async def start(self) -> None:
         """Start the periodic expiry of detached sessions in the store."""
+        self._stopping = False
         if self._sweeper is None:
             self._sweeper = asyncio.ensure_future(self._sweep())
 
     async def stop(self) -> None:
         """Stop the sweeper and the sessions' tasks; close the store if this layer opened it."""
+        self._stopping = True
+        if self._writers:
+            # Writes the store is performing: their outcome is awaited, not cut off
+            # (bounded, for a store that hangs), before the store is closed.
+            _, hung = await asyncio.wait(set(self._writers), timeout=_STOP_WRITES_S)
+            for task in hung:
+                task.cancel()
         for state in self._states.values():
             self._disarm(state)
             _cancel_ack_timer(state)
@@ -368,6 +402,8 @@ class TetherV1ServerLayer(ServerLayer):
                     # Held by this process: claim between its batch writes, and adopt the
                     # new generation before the next write can start.
                     async with local.lock():
+                        while local.writing:  # a write under the old generation: let it land
+                            await self._wait_progress(local)
                         record = await self._claim(hello, record.generation, token_hash)
                         if not local.ended:
                             local.generation = record.generation
@@ -568,7 +604,7 @@ class TetherV1ServerLayer(ServerLayer):
         if state is not None and state.delivered:
             state.consumed_rx = state.delivered.popleft()
             if not self._inline:
-                self._kick(state)
+                self._write_soon(state)
             elif state.commit_scheduled:
                 pass
             elif state.endpoint.wants_ack():
@@ -635,7 +671,9 @@ class TetherV1ServerLayer(ServerLayer):
                 self._rearm(state)
             state.pending.append(StoredMessage(seq, message))
             self._collect(state)
-            if self._inline and not state.flushing:
+            if not self._inline:
+                self._write_soon(state)
+            elif not state.flushing:
                 await self._flush(state, inline=True)
             else:
                 self._kick(state)
@@ -774,10 +812,152 @@ class TetherV1ServerLayer(ServerLayer):
     def _kick(self, state: _V1) -> None:
         """There is work for the session's task: start it, or make it go round once more."""
         if state.task is None:
-            if not state.ended:
+            if state.writing:
+                state.kicked = True  # started once the writer answered
+            elif not state.ended:
                 state.task = asyncio.ensure_future(self._run(state))
         else:
             state.kicked = True
+
+    # -- the layer's writer: one store call per loop turn for the sessions' batches ---------
+
+    def _write_soon(self, state: _V1) -> None:
+        """Leave the session's batch to the writer at the end of this turn (I/O stores).
+
+        Its sessions' batches of one turn go to the store in one ``write_many``, and
+        its answer sends the frames they cover: no task, coroutine or future per
+        session and write (a sender waits on a progress future as before).
+        """
+        if state.writing:
+            return  # its answer writes what was added meanwhile
+        if state.task is not None or self._stopping:
+            self._kick(state)  # the running task takes it (after stop(): as before it)
+            return
+        self._write_due[state] = None
+        if not self._write_scheduled:
+            self._write_scheduled = True
+            asyncio.get_running_loop().call_soon(self._write_turn)
+
+    def _write_turn(self) -> None:
+        """Take the batch of every session due and write them all with one store call."""
+        self._write_scheduled = False
+        due, self._write_due = self._write_due, {}
+        taken: list[tuple[_V1, list[StoredMessage], int | None]] = []
+        writes: list[Write] = []
+        for state in due:
+            if state.ended or self._states.get(state.session) is not state:
+                continue  # finished, or the layer stopped: it writes nothing more
+            if (
+                state.task is not None
+                or state.writing
+                or state.locked()
+                or not state.durable
+                or (state.detach and state.transport is None)
+            ):
+                self._kick(state)  # the session's task: a claim to wait for, a detach, ...
+                continue
+            if state.lazy_acked is not None:
+                _promote_lazy_ack(state)  # a write goes anyway: the ack rides along
+            batch = state.pending
+            acked = state.acked
+            rx = state.consumed_rx if state.consumed_rx > state.written_rx else None
+            if not batch and acked is None and rx is None:
+                if self._has_work(state):
+                    self._kick(state)
+                continue
+            state.pending = []
+            state.acked = None
+            state.writing = True
+            taken.append((state, batch, rx))
+            writes.append(Write(state.session.id, state.generation, batch, acked, rx))
+        if writes:
+            task = asyncio.ensure_future(self._write_group(taken, writes))
+            self._writers.add(task)
+            task.add_done_callback(self._writers.discard)
+
+    async def _write_group(
+        self, taken: list[tuple[_V1, list[StoredMessage], int | None]], writes: list[Write]
+    ) -> None:
+        try:
+            errors = await self.store.write_many(writes)
+        except asyncio.CancelledError:
+            # stop() gave up on a store that hangs: these sessions write nothing more.
+            for state, _, _ in taken:
+                state.writing = False
+                self._wake_progress(state)
+            raise
+        except Exception as exc:  # a store's write_many failed as a whole
+            errors = [exc] * len(taken)
+        if len(errors) != len(taken):  # a store's bug: no session may wait forever for it
+            wrong = StoreError(f"write_many answered {len(errors)} of {len(taken)} writes")
+            errors = [wrong] * len(taken)
+        for (state, batch, rx), error in zip(taken, errors, strict=True):
+            try:
+                self._write_done(state, batch, rx, error)
+            except Exception:
+                logger.exception("session %s: internal error; ending it", state.session.id)
+                self._end(
+                    state,
+                    ClosedInfo(CloseCode.INTERNAL_ERROR, "internal error", clean=False),
+                    delete=False,
+                )
+
+    def _write_done(
+        self, state: _V1, batch: list[StoredMessage], rx: int | None, error: BaseException | None
+    ) -> None:
+        """The store answered the session's batch: record it, send its frames, go on."""
+        state.writing = False
+        try:
+            if state.ended:
+                return
+            if isinstance(error, Fenced):
+                self._fenced(state)
+                return
+            if isinstance(error, StoreError):
+                self._write_failed(state, error)
+            elif error is not None:
+                logger.error(
+                    "session %s: internal error; ending it", state.session.id, exc_info=error
+                )
+                self._end(
+                    state,
+                    ClosedInfo(CloseCode.INTERNAL_ERROR, "internal error", clean=False),
+                    delete=False,
+                )
+                return
+            self._written(state, batch, rx)
+            sent = not state.outq or self._send_written(state)
+            if self._states.get(state.session) is not state:
+                return  # finished meanwhile: nothing more goes on here
+            if state.kicked or not sent:
+                state.kicked = False
+                self._kick(state)  # a timer came due, a detach, frames to await, ...
+            elif self._has_work(state):
+                self._write_soon(state)  # added while the write was in flight
+        finally:
+            self._wake_progress(state)
+
+    def _send_written(self, state: _V1) -> bool:
+        """Send the frames now stored where the transport takes them at once.
+
+        Returns:
+            False when a frame must be awaited (the socket's buffer is full, or the
+            transport is not the engine's own): the session's task sends the rest.
+        """
+        outq = state.outq
+        assert outq is not None
+        transport = state.transport
+        write = fast_writer(transport) if transport is not None else None
+        while outq and outq[0][0] <= state.written_tx:
+            if transport is None:
+                outq.popleft()  # detached: the replay after the resume re-sends it
+                continue
+            if write is None or not write(outq[0][1]):
+                return False
+            outq.popleft()
+        if state.outq is outq and not outq:
+            state.outq = None
+        return True
 
     async def _run(self, state: _V1) -> None:
         """Run the endpoint's timer if due and flush, until no work is left; then end.
@@ -1211,7 +1391,8 @@ def _promote_lazy_ack(state: _V1) -> None:
 def _settled(state: _V1) -> bool:
     """Everything the session produced so far is stored and sent (or it ended)."""
     return state.ended or not (
-        state.pending
+        state.writing
+        or state.pending
         or state.acked is not None
         or state.consumed_rx > state.written_rx
         or (state.outq and state.transport is not None)
