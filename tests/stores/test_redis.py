@@ -9,17 +9,26 @@ import secrets
 import signal
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 from redis.exceptions import RedisError
 from tests.support.eventually import eventually
+from tests.support.ports import free_port
 from tests.support.redis import RedisServer
 from tests.support.require import require
 
 from tether.exceptions import StoreError
-from tether.stores.base import Fenced, SessionRecord, SessionStore, StoreUnavailable, UnknownSession
+from tether.stores.base import (
+    Fenced,
+    SessionRecord,
+    SessionStore,
+    StoreUnavailable,
+    UnknownSession,
+    Write,
+)
 from tether.stores.redis import DEFAULT_PREFIX, RedisStore
 
 from .conformance import HASH, SID, StoreConformance, batch
@@ -228,6 +237,53 @@ async def test_one_pipeline_per_loop_turn(redis_server: RedisServer) -> None:
         # One round trip per request would need 50 connections at once (redis-py's pool
         # opens one per concurrent command); the pipeline reused the one it had.
         assert await connections_received(stats) - before == 0
+
+
+async def test_write_many_is_one_pipeline_without_a_task_per_write(
+    redis_server: RedisServer,
+) -> None:
+    """write_many() of 200 sessions: one round trip, one pipeline task, no task per write."""
+    async with sessions_on(redis_server, 200, timeout=2.0) as (store, stats, sids):
+        await store.write(sids[0], 1, rx=1)  # the script is loaded now
+        await stats.config_resetstat()
+        before = await connections_received(stats)
+        loop = asyncio.get_running_loop()
+        tasks: list[str] = []
+        factory = loop.get_task_factory()
+
+        def counting(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
+            tasks.append(coro.__qualname__)
+            if factory is not None:
+                return factory(loop, coro, **kwargs)
+            return asyncio.Task(coro, loop=loop, **kwargs)
+
+        loop.set_task_factory(counting)
+        try:
+            results = await store.write_many([Write(sid, 1, batch(1, 2), rx=3) for sid in sids])
+        finally:
+            loop.set_task_factory(factory)
+        assert results == [None] * 200
+        # The store's one pipeline task; the others are redis-py's own (sending, pool).
+        ours = [name for name in tasks if name.startswith("RedisStore.")]
+        assert ours == ["RedisStore._send_pipeline"]
+        assert len(tasks) <= 10
+        assert await connections_received(stats) - before == 0
+        info = await stats.info("commandstats")
+        assert info["cmdstat_evalsha"]["calls"] == 200
+        record = await store.load(sids[-1])
+        assert record is not None
+        assert (record.tx, record.rx) == (2, 3)
+
+
+async def test_write_many_reports_a_backend_failure_per_write() -> None:
+    """Nothing listens: every write of the call gets StoreUnavailable, chained."""
+    store = RedisStore(f"redis://127.0.0.1:{free_port()}/0", timeout=1.0)
+    try:
+        results = await store.write_many([Write("a", 1, rx=1), Write("b", 1, rx=1)])
+        assert [type(result) for result in results] == [StoreUnavailable, StoreUnavailable]
+        assert all(isinstance(result.__cause__, (RedisError, OSError)) for result in results)
+    finally:
+        await store.close()
 
 
 async def test_pipeline_keeps_calls_apart(store: RedisStore) -> None:

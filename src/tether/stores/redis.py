@@ -61,6 +61,7 @@ from .base import (
     StoredMessage,
     StoreUnavailable,
     UnknownSession,
+    Write,
 )
 
 try:
@@ -355,23 +356,30 @@ class RedisStore(SessionStore):
         rx: int | None = None,
     ) -> SessionRecord:
         """Append, trim and record rx in one Lua script: one round trip per batch."""
-        check_batch(sid, append)
-        args: list[str | bytes | int] = [
-            generation,
-            "" if acked is None else acked,
-            "" if rx is None else rx,
-            append[0].seq if append else 0,
-            len(append),
-        ]
-        for message in append:
-            if isinstance(message.payload, str):
-                args += ["t", message.payload.encode()]
-            else:
-                args += ["b", message.payload]
+        args = _write_args(sid, generation, append, acked, rx)
         fields = await self._session_script(
             "write", self._write_script, sid, args, generation=generation
         )
         return _record(sid, fields)
+
+    async def write_many(self, writes: Sequence[Write]) -> list[BaseException | None]:
+        """Every batch's script in this turn's pipeline, awaited as futures (no task each)."""
+        results: list[BaseException | None] = [None] * len(writes)
+        queued: list[tuple[int, Write, Awaitable[Any]]] = []
+        for index, w in enumerate(writes):
+            try:
+                args = _write_args(w.sid, w.generation, w.append, w.acked, w.rx)
+            except StoreError as exc:  # an inconsistent batch: refused before Redis
+                results[index] = exc
+                continue
+            queued.append((index, w, self._pipelined(self._write_script, self._keys(w.sid), args)))
+        answers = await asyncio.gather(*(call for _, _, call in queued), return_exceptions=True)
+        for (index, w, _), answer in zip(queued, answers, strict=True):
+            if isinstance(answer, BaseException):
+                results[index] = self._failure("write", answer, w.sid, w.generation)
+            else:
+                self._incidents.succeeded()
+        return results
 
     async def detach(self, sid: str, generation: int, *, expires_at: float) -> None:
         """Set the keys' TTL to the resume window (see :meth:`SessionStore.detach`)."""
@@ -561,18 +569,34 @@ class RedisStore(SessionStore):
         """Run one Redis round trip; translate tagged script errors and backend failures."""
         try:
             result = await command()
-        except ResponseError as exc:
-            translated = _translate(exc, sid, generation)
-            if translated is None:  # Redis refused (OOM, READONLY, ...): the backend failed
-                self._incidents.failed(operation, exc)
-                raise StoreUnavailable(f"redis store: {operation} failed: {exc}") from exc
-            self._incidents.succeeded()
-            raise translated from None
         except (RedisError, OSError) as exc:
-            self._incidents.failed(operation, exc)
-            raise StoreUnavailable(f"redis store: {operation} failed: {exc}") from exc
+            error = self._failure(operation, exc, sid, generation)
+            if isinstance(error, StoreUnavailable):
+                raise error from exc
+            raise error from None  # a refusal, not a failure: no backend traceback
         self._incidents.succeeded()
         return result
+
+    def _failure(
+        self, operation: str, exc: BaseException, sid: str, generation: int
+    ) -> BaseException:
+        """What a failed call raises: a script's tagged refusal, else StoreUnavailable.
+
+        A tagged refusal (fenced, unknown, ...) means the backend answered; any other
+        Redis error (OOM, READONLY, a lost connection) means it failed. The returned
+        StoreUnavailable has the backend's error as its ``__cause__``.
+        """
+        if isinstance(exc, ResponseError):
+            translated = _translate(exc, sid, generation)
+            if translated is not None:
+                self._incidents.succeeded()
+                return translated
+        if isinstance(exc, (RedisError, OSError)):
+            self._incidents.failed(operation, exc)
+            unavailable = StoreUnavailable(f"redis store: {operation} failed: {exc}")
+            unavailable.__cause__ = exc
+            return unavailable
+        return exc  # not the backend's (a bug): as it is
 
 
 @dataclasses.dataclass
@@ -594,6 +618,30 @@ def _tag(sid: str) -> str:
     if "{" in sid or "}" in sid:
         raise StoreError(f"session id {sid!r} may not contain braces")
     return sid
+
+
+def _write_args(
+    sid: str,
+    generation: int,
+    append: Sequence[StoredMessage],
+    acked: int | None,
+    rx: int | None,
+) -> list[str | bytes | int]:
+    """The write script's arguments for one batch (its consistency checked first)."""
+    check_batch(sid, append)
+    args: list[str | bytes | int] = [
+        generation,
+        "" if acked is None else acked,
+        "" if rx is None else rx,
+        append[0].seq if append else 0,
+        len(append),
+    ]
+    for message in append:
+        if isinstance(message.payload, str):
+            args += ["t", message.payload.encode()]
+        else:
+            args += ["b", message.payload]
+    return args
 
 
 def _translate(exc: ResponseError, sid: str, generation: int) -> StoreError | None:
