@@ -11,10 +11,11 @@ from tests.support.eventually import eventually
 from tests.support.virtualtime import run_virtual
 from tests.test_session import FakeTransport
 
+from tether.asyncio import resume_server
 from tether.asyncio.engine import ClosedInfo
 from tether.asyncio.resume_server import LAZY_ACK_WRITE_S, TetherV1ServerLayer
 from tether.asyncio.session import RequestInfo, Session
-from tether.exceptions import ConfigurationError, ProtocolError
+from tether.exceptions import ConfigurationError, ConnectionClosedError, ProtocolError
 from tether.protocol import Ack, Data, Hello, Welcome, decode, encode
 from tether.resume import ResumeConfig
 from tether.stores.base import SessionRecord, SessionStore, StoreUnavailable, Write
@@ -413,6 +414,139 @@ async def test_a_fenced_batch_ends_its_session_only() -> None:
     assert [m.payload for m in await store.messages(good.id, after=0)] == ["b"]
     await settle(good_transport, 2)
     assert good_transport.sent[1] == "d1:0:b"
+
+
+def instant_writer(transport: Any) -> Any:
+    """Like the engine's ``write_now`` on a socket with room: the frame is sent at once."""
+
+    def write(message: Any) -> bool:
+        transport.sent.append(message)
+        return True
+
+    return write
+
+
+async def test_the_writers_answer_sends_the_frames_without_a_task(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With a transport that takes frames at once, no session task runs at all; order holds."""
+    monkeypatch.setattr(resume_server, "fast_writer", instant_writer)
+    store = GatedStore()
+    layer = TetherV1ServerLayer(store=store)
+    opened = [await new_session(layer) for _ in range(5)]
+    await eventually(lambda: all(state.task is None for state in layer._states.values()), 2.0)
+    loop = asyncio.get_running_loop()
+    started: list[str] = []
+    factory = loop.get_task_factory()
+
+    def counting(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
+        started.append(coro.__qualname__)
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    loop.set_task_factory(counting)
+    try:
+        store.gate.clear()
+        sends = [
+            asyncio.ensure_future(session.send(f"m{k}")) for k in (1, 2) for session, _, _ in opened
+        ]
+        await store.entered.wait()
+        await asyncio.sleep(0.02)
+        assert [len(transport.sent) for _, transport, _ in opened] == [1] * 5  # welcome only
+        store.gate.set()
+        await asyncio.gather(*sends)
+        await asyncio.gather(*(session.send("m3") for session, _, _ in opened))
+    finally:
+        loop.set_task_factory(factory)
+    assert not [name for name in started if name.endswith("._run")]
+    for _, transport, _ in opened:
+        assert transport.sent[1:] == ["d1:0:m1", "d2:0:m2", "d3:0:m3"]
+
+
+def test_a_write_answered_after_finish_arms_no_alarm() -> None:
+    run_virtual(_write_answered_after_finish())
+
+
+async def _write_answered_after_finish() -> None:
+    """finish() gave up on a write; its late answer must not arm the forgotten session.
+
+    An alarm set then would expire the session later and delete it from the store,
+    although a client may have resumed it meanwhile.
+    """
+    store = GatedStore()
+    layer = TetherV1ServerLayer(store=store)
+    session, transport, _ = await new_session(layer)
+    await session.send("m1")  # unacked: the alarm waits for its stall deadline
+    state = layer._states[session]
+    assert state.alarm is not None
+    store.gate.clear()
+    store.entered.clear()
+    transport.feed("d1:0:hi")
+    assert await session.recv() == "hi"  # taken: its rx goes to the writer
+    await store.entered.wait()
+    await layer.finish(session)  # its settle gives up after 2 s (virtual)
+    assert (state.alarm, state.writing) == (None, True)
+    store.gate.set()
+    await eventually(lambda: not state.writing, 2.0)
+    assert (state.alarm, state.task) == (None, None)
+
+
+async def test_stop_writes_the_batches_of_the_turn_first() -> None:
+    """stop() in the turn of a send: that batch is written before stop() returns."""
+    store = GatedStore()
+    layer = TetherV1ServerLayer(store=store)
+    session, _, _ = await new_session(layer)
+    store.gate.clear()
+    sending = asyncio.ensure_future(session.send("one"))
+    await asyncio.sleep(0)  # send() ran: its batch waits for the end of the turn
+    assert (layer._write_scheduled, layer._writers) == (True, set())
+    asyncio.get_running_loop().call_later(0.05, store.gate.set)
+    await layer.stop()
+    assert [m.payload for m in await store.messages(session.id, after=0)] == ["one"]
+    await sending
+
+
+def test_stop_ends_the_sessions_of_a_write_that_never_returns() -> None:
+    run_virtual(_stop_gives_up_on_a_hung_write())
+
+
+async def _stop_gives_up_on_a_hung_write() -> None:
+    """A store that never answers: stop() gives up after 5 s; the session ends with 1011."""
+    store = GatedStore()
+    layer = TetherV1ServerLayer(store=store)
+    session, _, _ = await new_session(layer)
+    store.gate.clear()
+    store.entered.clear()
+    sending = asyncio.ensure_future(session.send("one"))
+    await store.entered.wait()
+    started = asyncio.get_running_loop().time()
+    await layer.stop()
+    assert asyncio.get_running_loop().time() - started == pytest.approx(5.0, abs=0.1)
+    assert session.closed is not None
+    assert session.closed.code == 1011
+    with pytest.raises(ConnectionClosedError):
+        await sending  # not stored: the sender is told
+
+
+async def test_a_connection_lost_during_a_write_detaches_after_it() -> None:
+    """The connection ends while its batch is with the store: the detach follows the write."""
+    store = GatedStore()
+    layer = TetherV1ServerLayer(store=store)
+    session, transport, _ = await new_session(layer)
+    state = layer._states[session]
+    store.gate.clear()
+    store.entered.clear()
+    sending = asyncio.ensure_future(session.send("one"))
+    await store.entered.wait()
+    transport.abort()
+    await eventually(lambda: state.transport is None, 2.0)
+    await asyncio.sleep(0.02)
+    assert store.detached == 0
+    store.gate.set()
+    await sending
+    await eventually(lambda: store.detached == 1, 2.0)
+    record = await store.load(session.id)
+    assert record is not None
+    assert (record.tx, record.expires_at is not None) == (1, True)
 
 
 class FailingGroups(GatedStore):

@@ -18,7 +18,14 @@ from typing import Any
 import pytest
 
 from tether.exceptions import StoreError
-from tether.stores.base import Fenced, SessionRecord, SessionStore, StoreUnavailable, Write
+from tether.stores.base import (
+    Fenced,
+    SessionRecord,
+    SessionStore,
+    StoredMessage,
+    StoreUnavailable,
+    Write,
+)
 from tether.stores.sqlite import SCHEMA_VERSION, SQLiteStore
 
 from .conformance import HASH, SID, StoreConformance, batch
@@ -301,6 +308,26 @@ async def test_write_many_reports_a_backend_failure_per_write(tmp_path: Path) ->
         results = await store.write_many([Write("a", 1, rx=1), Write("b", 1, rx=1)])
         assert [type(result) for result in results] == [StoreUnavailable, StoreUnavailable]
         assert all(isinstance(result.__cause__, sqlite3.Error) for result in results)
+    finally:
+        await store.close()
+
+
+async def test_write_many_refuses_an_inconsistent_batch_before_the_thread(tmp_path: Path) -> None:
+    """A batch whose seqs skip is refused at once; the call's other writes still land."""
+    store = SQLiteStore(tmp_path / "sessions.db")
+    try:
+        for sid in ("a", "b"):
+            await store.create(sid, token_hash=HASH, principal=None, now=0.0)
+        skipping = [StoredMessage(1, "x"), StoredMessage(3, "y")]
+        before = store.transactions
+        results = await store.write_many([Write("a", 1, skipping), Write("b", 1, batch(1, 1))])
+        assert isinstance(results[0], StoreError)
+        assert results[1] is None
+        assert store.transactions - before == 1
+        results = await store.write_many([Write("a", 1, skipping)])
+        assert isinstance(results[0], StoreError)
+        assert store.transactions - before == 1  # nothing left to send to the thread
+        assert await store.messages("a", after=0) == []
     finally:
         await store.close()
 

@@ -298,13 +298,8 @@ class TetherV1ServerLayer(ServerLayer):
 
     async def stop(self) -> None:
         """Stop the sweeper and the sessions' tasks; close the store if this layer opened it."""
-        self._stopping = True
-        if self._writers:
-            # Writes the store is performing: their outcome is awaited, not cut off
-            # (bounded, for a store that hangs), before the store is closed.
-            _, hung = await asyncio.wait(set(self._writers), timeout=_STOP_WRITES_S)
-            for task in hung:
-                task.cancel()
+        self._stopping = True  # from now on the sessions' tasks write (and are cancelled)
+        await self._finish_writes()
         for state in self._states.values():
             self._disarm(state)
             _cancel_ack_timer(state)
@@ -318,6 +313,29 @@ class TetherV1ServerLayer(ServerLayer):
         self._sweeper = None
         if self._owns_store:
             await self.store.close()
+
+    async def _finish_writes(self) -> None:
+        """Let the writer's batches land before the store is closed (bounded).
+
+        The batches taken in this turn are started now; a write the store is
+        performing is awaited, not cut off, for :data:`_STOP_WRITES_S` at most (a
+        store that hangs): then it is cancelled and its sessions end.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _STOP_WRITES_S
+        while True:
+            if self._write_scheduled:
+                self._write_turn()
+            if not self._writers:
+                return
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                hung = list(self._writers)
+                for task in hung:
+                    task.cancel()
+                await asyncio.gather(*hung, return_exceptions=True)
+                return
+            await asyncio.wait(set(self._writers), timeout=remaining)
 
     def process_exiting(self) -> None:
         """The drain ends the process: with a memory store, goaway says ``resume: false``."""
@@ -679,6 +697,8 @@ class TetherV1ServerLayer(ServerLayer):
                 self._kick(state)
         while state.written_tx < seq and not state.ended:
             await self._wait_progress(state)
+        if state.written_tx < seq:
+            raise _ended(state)  # ended before its write: never stored (fenced, given up)
 
     async def _send_now(self, state: _V1, stored: StoredMessage, rx: int | None) -> bool:
         """The per-message path of an in-process store; False: left to the flush."""
@@ -881,10 +901,17 @@ class TetherV1ServerLayer(ServerLayer):
         try:
             errors = await self.store.write_many(writes)
         except asyncio.CancelledError:
-            # stop() gave up on a store that hangs: these sessions write nothing more.
+            # stop() gave up on a store that hangs: whether these batches landed is
+            # unknown, and nothing will write them now: the sessions end here.
             for state, _, _ in taken:
                 state.writing = False
-                self._wake_progress(state)
+                self._end(
+                    state,
+                    ClosedInfo(
+                        CloseCode.INTERNAL_ERROR, "session store did not answer", clean=False
+                    ),
+                    delete=False,
+                )
             raise
         except Exception as exc:  # a store's write_many failed as a whole
             errors = [exc] * len(taken)
@@ -908,8 +935,8 @@ class TetherV1ServerLayer(ServerLayer):
         """The store answered the session's batch: record it, send its frames, go on."""
         state.writing = False
         try:
-            if state.ended:
-                return
+            if state.ended or self._states.get(state.session) is not state:
+                return  # ended, or finished meanwhile: nothing more goes on here
             if isinstance(error, Fenced):
                 self._fenced(state)
                 return
@@ -927,8 +954,6 @@ class TetherV1ServerLayer(ServerLayer):
                 return
             self._written(state, batch, rx)
             sent = not state.outq or self._send_written(state)
-            if self._states.get(state.session) is not state:
-                return  # finished meanwhile: nothing more goes on here
             if state.kicked or not sent:
                 state.kicked = False
                 self._kick(state)  # a timer came due, a detach, frames to await, ...
@@ -1016,6 +1041,8 @@ class TetherV1ServerLayer(ServerLayer):
     def _alarm_rang(self, state: _V1) -> None:
         state.alarm = None
         state.armed = float("inf")
+        if self._states.get(state.session) is not state or state.ended:
+            return  # finished (a late alarm must not expire a session resumed since)
         # A stall verdict must see the acks that arrived: read them if nobody does.
         state.session.read_ahead()
         if state.task is None:

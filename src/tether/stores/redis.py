@@ -369,7 +369,7 @@ class RedisStore(SessionStore):
         for index, w in enumerate(writes):
             try:
                 args = _write_args(w.sid, w.generation, w.append, w.acked, w.rx)
-            except StoreError as exc:  # an inconsistent batch: refused before Redis
+            except Exception as exc:  # an inconsistent batch: refused before Redis
                 results[index] = exc
                 continue
             queued.append((index, w, self._pipelined(self._write_script, self._keys(w.sid), args)))

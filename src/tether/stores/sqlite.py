@@ -237,7 +237,7 @@ class SQLiteStore(SessionStore):
         for index, w in enumerate(writes):
             try:
                 work = _write_work(w.sid, w.generation, w.append, w.acked, w.rx)
-            except StoreError as exc:  # an inconsistent batch: refused before the thread
+            except Exception as exc:  # an inconsistent batch: refused before the thread
                 results[index] = exc
                 continue
             jobs.append(_Job(work, True, loop, None, group, index))
