@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import pytest
@@ -414,6 +415,25 @@ async def test_a_fenced_batch_ends_its_session_only() -> None:
     assert [m.payload for m in await store.messages(good.id, after=0)] == ["b"]
     await settle(good_transport, 2)
     assert good_transport.sent[1] == "d1:0:b"
+
+
+async def test_connections_lost_in_one_turn_detach_in_one_store_call() -> None:
+    """20 connections end at once: their detaches go in one write_many, no task per session."""
+    store = GatedStore()
+    layer = TetherV1ServerLayer(store=store, config=ResumeConfig(resume_window=30.0))
+    opened = [await new_session(layer) for _ in range(20)]
+    await eventually(lambda: all(state.task is None for state in layer._states.values()), 2.0)
+    store.calls.clear()
+    for _, transport, _ in opened:
+        transport.abort()
+    await eventually(lambda: store.detached == 20, 2.0)
+    assert [len(call) for call in store.calls] == [20]
+    assert store.tasks_at_call == [0]
+    now = time.time()
+    for session, _, _ in opened:
+        record = await store.load(session.id)
+        assert record is not None
+        assert record.expires_at == pytest.approx(now + 30.0, abs=5.0)
 
 
 def instant_writer(transport: Any) -> Any:

@@ -255,3 +255,27 @@ class StoreConformance:
         assert await store.messages("stale", after=0) == []
         assert await store.messages("gap", after=0) == batch(1, 1)
         assert await store.write_many([]) == []
+
+    async def test_write_many_detaches_after_the_batch(self, store: SessionStore) -> None:
+        """A write with ``detach_at``: the batch, then the expiry clock, as detach() would."""
+        for sid in ("both", "only", "stale"):
+            await store.create(sid, token_hash=HASH, principal=None, now=0.0)
+        await store.claim("stale", 1, token_hash="b" * 64, previous_token_hash=HASH)
+        results = await store.write_many(
+            [
+                Write("both", 1, batch(1, 2), acked=1, rx=4, detach_at=50.0),
+                Write("only", 1, detach_at=60.0),
+                Write("stale", 1, detach_at=70.0),
+            ]
+        )
+        assert results[:2] == [None, None]
+        assert isinstance(results[2], Fenced)
+        both = await store.load("both")
+        assert both is not None
+        assert (both.tx, both.acked, both.rx, both.expires_at) == (2, 1, 4, 50.0)
+        assert await store.messages("both", after=0) == batch(2, 2)
+        only = await store.load("only")
+        assert only is not None
+        assert (only.tx, only.expires_at) == (0, 60.0)
+        assert (await store.load("stale")).expires_at is None  # type: ignore[union-attr]
+        assert await store.expire(55.0) == 1  # "both" ended its window; "only" not yet

@@ -17,9 +17,10 @@ the frames, so that write-through holds and order is kept:
   (SQLite, Redis) the layer's *writer* takes, at the end of the event-loop
   turn, the batch of every session that wrote in it, hands them all to the
   store in one ``write_many``, and from its answer sends the frames each batch
-  covers: messages sent in the same turn share one write, and a write costs no
-  task, coroutine or future per session (a session's task takes over what the
-  writer does not do: a detach, a claim to wait for, frames to await); a
+  covers: messages sent in the same turn share one write, a session whose
+  connection ended detaches in the same call, and a write costs no task,
+  coroutine or future per session (a session's task takes over what the
+  writer does not do: a claim to wait for, frames to await, a timer); a
   resume's claim in this process waits for the session's write in flight;
 * ``rx`` is what the handler has *taken* (``recv`` returned it), committed in
   the same write as the replies it produced in that turn (a reply's frame then
@@ -867,21 +868,22 @@ class TetherV1ServerLayer(ServerLayer):
         for state in due:
             if state.ended or self._states.get(state.session) is not state:
                 continue  # finished, or the layer stopped: it writes nothing more
-            if (
-                state.task is not None
-                or state.writing
-                or state.locked()
-                or not state.durable
-                or (state.detach and state.transport is None)
-            ):
-                self._kick(state)  # the session's task: a claim to wait for, a detach, ...
+            if state.task is not None or state.writing or state.locked() or not state.durable:
+                self._kick(state)  # the session's task: a claim to wait for, ...
                 continue
-            if state.lazy_acked is not None:
-                _promote_lazy_ack(state)  # a write goes anyway: the ack rides along
             batch = state.pending
-            acked = state.acked
             rx = state.consumed_rx if state.consumed_rx > state.written_rx else None
-            if not batch and acked is None and rx is None:
+            writes_anyway = bool(batch) or rx is not None or state.acked is not None
+            if state.lazy_acked is not None and writes_anyway:
+                _promote_lazy_ack(state)  # a write goes anyway: the ack rides along
+            acked = state.acked
+            detach_at = None
+            if state.detach and state.transport is None:
+                # The connection is gone: the same store call starts the expiry clock
+                # (a resume in this process waits for it, see _resume).
+                state.detach = False
+                detach_at = time.time() + self.config.resume_window
+            if not batch and acked is None and rx is None and detach_at is None:
                 if self._has_work(state):
                     self._kick(state)
                 continue
@@ -889,7 +891,7 @@ class TetherV1ServerLayer(ServerLayer):
             state.acked = None
             state.writing = True
             taken.append((state, batch, rx))
-            writes.append(Write(state.session.id, state.generation, batch, acked, rx))
+            writes.append(Write(state.session.id, state.generation, batch, acked, rx, detach_at))
         if writes:
             task = asyncio.ensure_future(self._write_group(taken, writes))
             self._writers.add(task)
@@ -1294,7 +1296,10 @@ class TetherV1ServerLayer(ServerLayer):
         # client's resume on another node (fenced); that resume trims it anyway.
         _cancel_ack_timer(state)
         state.detach = True
-        self._kick(state)
+        if self._inline:
+            self._kick(state)
+        else:
+            self._write_soon(state)  # with the writer's next store call
         self._rearm(state)  # the expiry
         return False
 

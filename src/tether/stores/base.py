@@ -141,13 +141,19 @@ class SessionRecord:
 
 @dataclass(frozen=True, slots=True)
 class Write:
-    """One session's batch for :meth:`SessionStore.write_many`: the arguments of ``write``."""
+    """One session's batch for :meth:`SessionStore.write_many`: the arguments of ``write``.
+
+    ``detach_at``, when set, detaches the session after the batch, as
+    ``detach(sid, generation, expires_at=detach_at)`` would (the connection is
+    gone); a batch with nothing else then only detaches.
+    """
 
     sid: str
     generation: int
     append: Sequence[StoredMessage] = ()
     acked: int | None = None
     rx: int | None = None
+    detach_at: float | None = None
 
 
 class SessionStore(abc.ABC):
@@ -254,13 +260,15 @@ class SessionStore(abc.ABC):
             :class:`StoreUnavailable`, ...).
         """
         results = await asyncio.gather(
-            *(
-                self.write(w.sid, w.generation, append=w.append, acked=w.acked, rx=w.rx)
-                for w in writes
-            ),
-            return_exceptions=True,
+            *(self._write_one(w) for w in writes), return_exceptions=True
         )
         return [result if isinstance(result, BaseException) else None for result in results]
+
+    async def _write_one(self, w: Write) -> None:
+        if w.detach_at is None or w.append or w.acked is not None or w.rx is not None:
+            await self.write(w.sid, w.generation, append=w.append, acked=w.acked, rx=w.rx)
+        if w.detach_at is not None:
+            await self.detach(w.sid, w.generation, expires_at=w.detach_at)
 
     def write_nowait(
         self,

@@ -363,20 +363,31 @@ class RedisStore(SessionStore):
         return _record(sid, fields)
 
     async def write_many(self, writes: Sequence[Write]) -> list[BaseException | None]:
-        """Every batch's script in this turn's pipeline, awaited as futures (no task each)."""
+        """Every batch's scripts in this turn's pipeline, awaited as futures (no task each).
+
+        A batch that also detaches queues the write script (if it writes
+        anything), then :meth:`detach`'s script and index entry, in that order.
+        """
         results: list[BaseException | None] = [None] * len(writes)
-        queued: list[tuple[int, Write, Awaitable[Any]]] = []
+        queued: list[tuple[int, Write, str, Awaitable[Any]]] = []
         for index, w in enumerate(writes):
+            keys = self._keys(w.sid)
             try:
-                args = _write_args(w.sid, w.generation, w.append, w.acked, w.rx)
+                if w.detach_at is None or w.append or w.acked is not None or w.rx is not None:
+                    args = _write_args(w.sid, w.generation, w.append, w.acked, w.rx)
+                    write = self._pipelined(self._write_script, keys, args)
+                    queued.append((index, w, "write", write))
+                if w.detach_at is not None:
+                    for call in self._detach_calls(w.sid, w.generation, w.detach_at):
+                        queued.append((index, w, "detach", call))
             except Exception as exc:  # an inconsistent batch: refused before Redis
                 results[index] = exc
                 continue
-            queued.append((index, w, self._pipelined(self._write_script, self._keys(w.sid), args)))
-        answers = await asyncio.gather(*(call for _, _, call in queued), return_exceptions=True)
-        for (index, w, _), answer in zip(queued, answers, strict=True):
+        answers = await asyncio.gather(*(call for *_, call in queued), return_exceptions=True)
+        for (index, w, operation, _), answer in zip(queued, answers, strict=True):
             if isinstance(answer, BaseException):
-                results[index] = self._failure("write", answer, w.sid, w.generation)
+                if results[index] is None:  # the first failure of a batch is its outcome
+                    results[index] = self._failure(operation, answer, w.sid, w.generation)
             else:
                 self._incidents.succeeded()
         return results
@@ -396,6 +407,22 @@ class RedisStore(SessionStore):
             "detach",
             lambda: self._pipelined_command("ZADD", self.detached_key, repr(expires_at), sid),
         )
+
+    def _detach_calls(
+        self, sid: str, generation: int, expires_at: float
+    ) -> tuple[Awaitable[Any], Awaitable[Any]]:
+        """Queue a detach: its script, and with it the expiry index entry.
+
+        (:meth:`detach` adds the entry only after the script succeeded; here it
+        travels in the same pipeline. A fenced detach then leaves an entry too,
+        harmless: the index is a hint, and :meth:`expire` re-checks the record.)
+        """
+        ttl_ms = max(1, math.ceil((expires_at - self._clock()) * 1000))
+        script = self._pipelined(
+            self._detach_script, self._keys(sid), [generation, repr(expires_at), ttl_ms]
+        )
+        index = self._pipelined_command("ZADD", self.detached_key, repr(expires_at), sid)
+        return script, index
 
     async def abandon(self, sid: str, generation: int, *, reason: str) -> None:
         """Mark the session lost and drop its stream (see :meth:`SessionStore.abandon`)."""

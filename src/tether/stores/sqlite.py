@@ -218,7 +218,7 @@ class SQLiteStore(SessionStore):
         rx: int | None = None,
     ) -> SessionRecord:
         """Append, trim by ack and record rx in one transaction (see :meth:`SessionStore.write`)."""
-        return await self._call("write", _write_work(sid, generation, append, acked, rx))
+        return await self._call("write", _write_work(sid, generation, append, acked, rx, None))
 
     async def write_many(self, writes: Sequence[Write]) -> list[BaseException | None]:
         """Every batch as one operation of the next group, answered with one wake-up.
@@ -236,7 +236,7 @@ class SQLiteStore(SessionStore):
         jobs: list[_Job[Any]] = []
         for index, w in enumerate(writes):
             try:
-                work = _write_work(w.sid, w.generation, w.append, w.acked, w.rx)
+                work = _write_work(w.sid, w.generation, w.append, w.acked, w.rx, w.detach_at)
             except Exception as exc:  # an inconsistent batch: refused before the thread
                 results[index] = exc
                 continue
@@ -543,8 +543,12 @@ def _write_work(
     append: Sequence[StoredMessage],
     acked: int | None,
     rx: int | None,
+    detach_at: float | None,
 ) -> Callable[[sqlite3.Connection], SessionRecord]:
-    """The store thread's part of one write (the batch's consistency checked here first)."""
+    """The store thread's part of one write (the batch's consistency checked here first).
+
+    With ``detach_at`` the same UPDATE starts the expiry clock (a detach after it).
+    """
     check_batch(sid, append)
     rows = [
         (sid, m.seq, 1, m.payload.encode())
@@ -570,13 +574,21 @@ def _write_work(
             )
         if new_acked > old_acked:
             db.execute("DELETE FROM messages WHERE sid = ? AND seq <= ?", (sid, new_acked))
-        db.execute(
-            "UPDATE sessions SET tx = ?, acked = ?, rx = ? WHERE sid = ?",
-            (tx, new_acked, new_rx, sid),
-        )
+        if detach_at is None:
+            db.execute(
+                "UPDATE sessions SET tx = ?, acked = ?, rx = ? WHERE sid = ?",
+                (tx, new_acked, new_rx, sid),
+            )
+            expires_at = row[6]
+        else:
+            db.execute(
+                "UPDATE sessions SET tx = ?, acked = ?, rx = ?, expires_at = ? WHERE sid = ?",
+                (tx, new_acked, new_rx, detach_at, sid),
+            )
+            expires_at = detach_at
         # One record, built from the row as the UPDATE left it (the hot path:
         # dataclasses.replace of a record built first cost twice as much).
-        return _record((*row[:7], tx, new_acked, new_rx, row[10]))
+        return _record((*row[:6], expires_at, tx, new_acked, new_rx, row[10]))
 
     return apply
 
