@@ -482,6 +482,44 @@ async def test_the_writers_answer_sends_the_frames_without_a_task(
         assert transport.sent[1:] == ["d1:0:m1", "d2:0:m2", "d3:0:m3"]
 
 
+async def test_a_handler_returning_during_the_detach_waits_without_a_task(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """finish() while the writer holds the detach: it waits for it; no second detach, no task.
+
+    (The handler's return wrote the detach again, a store write per session at every
+    drain, and restarted the expiry clock, which counts from the disconnect.)
+    """
+    monkeypatch.setattr(resume_server, "fast_writer", instant_writer)
+    store = GatedStore()
+    layer = TetherV1ServerLayer(store=store)
+    session, transport, _ = await new_session(layer)
+    state = layer._states[session]
+    await eventually(lambda: state.task is None, 2.0)
+    store.gate.clear()
+    store.entered.clear()
+    transport.abort()
+    await store.entered.wait()  # the detach is with the store
+    loop = asyncio.get_running_loop()
+    started: list[str] = []
+
+    def counting(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
+        started.append(coro.__qualname__)
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    loop.set_task_factory(counting)
+    try:
+        finishing = asyncio.ensure_future(layer.finish(session))
+        await asyncio.sleep(0.02)
+        assert not finishing.done()
+        store.gate.set()
+        await finishing
+    finally:
+        loop.set_task_factory(None)
+    assert store.detached == 1
+    assert not [name for name in started if name.endswith("._run")]
+
+
 def test_a_write_answered_after_finish_arms_no_alarm() -> None:
     run_virtual(_write_answered_after_finish())
 

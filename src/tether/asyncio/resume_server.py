@@ -150,6 +150,9 @@ class _V1:
     lazy_acked: int | None = None
     ack_timer: asyncio.TimerHandle | None = None
     detach: bool = False
+    #: This disconnect's detach is in the store (its expiry clock runs): the
+    #: handler's return need not write it again.
+    detached: bool = False
     #: Frames for ``transport``: (sequence number that must be stored first, frame);
     #: made on first use.
     outq: collections.deque[tuple[int, Message]] | None = None
@@ -554,7 +557,7 @@ class TetherV1ServerLayer(ServerLayer):
         state.closing = False
         # A detach not written yet is void: this connection's claim made the session
         # attached again (and a detach left pending would keep it from ever settling).
-        state.detach = False
+        state.detach = state.detached = False
         if state.lazy_acked is not None and state.ack_timer is None:
             self._arm_ack_timer(state)  # (cancelled when the old connection ended)
         self._collect(state)
@@ -882,6 +885,7 @@ class TetherV1ServerLayer(ServerLayer):
                 # The connection is gone: the same store call starts the expiry clock
                 # (a resume in this process waits for it, see _resume).
                 state.detach = False
+                state.detached = True  # (from now: finish() waits for this write)
                 detach_at = time.time() + self.config.resume_window
             if not batch and acked is None and rx is None and detach_at is None:
                 if self._has_work(state):
@@ -920,9 +924,9 @@ class TetherV1ServerLayer(ServerLayer):
         if len(errors) != len(taken):  # a store's bug: no session may wait forever for it
             wrong = StoreError(f"write_many answered {len(errors)} of {len(taken)} writes")
             errors = [wrong] * len(taken)
-        for (state, batch, rx), error in zip(taken, errors, strict=True):
+        for (state, batch, rx), write, error in zip(taken, writes, errors, strict=True):
             try:
-                self._write_done(state, batch, rx, error)
+                self._write_done(state, batch, rx, error, detached=write.detach_at is not None)
             except Exception:
                 logger.exception("session %s: internal error; ending it", state.session.id)
                 self._end(
@@ -932,7 +936,13 @@ class TetherV1ServerLayer(ServerLayer):
                 )
 
     def _write_done(
-        self, state: _V1, batch: list[StoredMessage], rx: int | None, error: BaseException | None
+        self,
+        state: _V1,
+        batch: list[StoredMessage],
+        rx: int | None,
+        error: BaseException | None,
+        *,
+        detached: bool,
     ) -> None:
         """The store answered the session's batch: record it, send its frames, go on."""
         state.writing = False
@@ -944,6 +954,8 @@ class TetherV1ServerLayer(ServerLayer):
                 return
             if isinstance(error, StoreError):
                 self._write_failed(state, error)
+                if detached:
+                    state.detached = False  # not in the store after all
             elif error is not None:
                 logger.error(
                     "session %s: internal error; ending it", state.session.id, exc_info=error
@@ -1235,6 +1247,7 @@ class TetherV1ServerLayer(ServerLayer):
             async with state.lock():
                 if state.transport is not None or state.ended:
                     return  # attached again meanwhile: nothing to detach
+                state.detached = True  # (from now: finish() waits for this write)
                 await self.store.detach(state.session.id, state.generation, expires_at=expires_at)
         except Fenced:
             # Resumed on another node meanwhile: not ours any more. End it here without
@@ -1242,6 +1255,7 @@ class TetherV1ServerLayer(ServerLayer):
             info = ClosedInfo(TetherCloseCode.TAKEN_OVER, "resumed elsewhere", clean=False)
             self._end(state, info, delete=False)
         except StoreError as exc:
+            state.detached = False
             logger.warning("could not detach session %s in the store: %s", state.session.id, exc)
 
     async def _send_ready(self, state: _V1) -> None:
@@ -1266,7 +1280,8 @@ class TetherV1ServerLayer(ServerLayer):
 
         async def settled() -> None:
             while not _settled(state):
-                self._kick(state)
+                if not state.writing:  # (else the writer's answer wakes us, no task needed)
+                    self._kick(state)
                 await self._wait_progress(state)
 
         with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
@@ -1346,8 +1361,8 @@ class TetherV1ServerLayer(ServerLayer):
         if state is None:
             return
         if not state.ended:
-            if state.transport is None:
-                state.detach = True
+            if state.transport is None and not state.detached:
+                state.detach = True  # (once per disconnect: the expiry counts from it)
             elif state.lazy_acked is not None:
                 _promote_lazy_ack(state)  # on an open connection: settled with the rest
             await self._settle(state, timeout=2.0)
