@@ -436,6 +436,70 @@ async def test_connections_lost_in_one_turn_detach_in_one_store_call() -> None:
         assert record.expires_at == pytest.approx(now + 30.0, abs=5.0)
 
 
+class FailingFirstDetach(GatedStore):
+    """The first store call that detaches fails (a backend blip); the rest work."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed = False
+
+    async def write_many(self, writes: Any) -> list[BaseException | None]:
+        if not self.failed and any(w.detach_at is not None for w in writes):
+            self.failed = True
+            self.calls.append(list(writes))
+            return [StoreUnavailable("blip") for _ in writes]
+        return await super().write_many(writes)
+
+
+async def test_a_failed_detach_keeps_the_session_durable_and_is_written_at_its_end() -> None:
+    """A detach the store refused: the session stays durable; the handler's return retries it.
+
+    (Made non-durable, the session would never be detached: its record would never expire.)
+    """
+    store = FailingFirstDetach()
+    layer = TetherV1ServerLayer(store=store)
+    session, transport, _ = await new_session(layer)
+    state = layer._states[session]
+    transport.abort()
+    await eventually(lambda: store.failed and not state.writing, 2.0)
+    assert state.durable
+    await layer.finish(session)
+    record = await store.load(session.id)
+    assert record is not None
+    assert record.expires_at is not None
+
+
+async def test_a_resume_refused_after_its_claim_detaches_the_session_again() -> None:
+    """The claim attached the session in the store, then the attach refused the hello.
+
+    The session must be detached again (else its record never expires), although a
+    detach of the previous connection was written already.
+    """
+    store = CountingStore()
+    layer = TetherV1ServerLayer(store=store)
+    session, old, welcome = await new_session(layer)
+    state = layer._states[session]
+    session.read_ahead(keep=True)
+    await session.send("m1")
+    await session.send("m2")
+    await eventually(lambda: old.sent[-1:] == ["d2:0:m2"], 2.0)
+    old.feed(encode(Ack(2)))  # the lazy ack: not written when the connection ends
+    await eventually(lambda: state.endpoint.peer_acked == 2, 2.0)
+    old.abort()
+    await eventually(lambda: store.detached == 1 and not state.writing, 2.0)
+    record = await store.load(session.id)
+    assert record is not None
+    assert (record.acked, record.expires_at is not None) == (0, True)
+    # hello.rx = 1: the store (acked 0) accepts it, the session (acked 2) does not.
+    new = v1_transport(encode(Hello(welcome.sid, welcome.token, welcome.epoch, rx=1)))
+    with pytest.raises(ProtocolError):
+        await layer.open(new, REQUEST)
+    await layer.finish(session)
+    record = await store.load(session.id)
+    assert record is not None
+    assert (record.generation, record.expires_at is not None) == (2, True)
+
+
 def instant_writer(transport: Any) -> Any:
     """Like the engine's ``write_now`` on a socket with room: the frame is sent at once."""
 

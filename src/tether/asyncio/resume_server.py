@@ -468,7 +468,16 @@ class TetherV1ServerLayer(ServerLayer):
                 state = self._register(session, endpoint, record.generation, durable=True)
                 state.consumed_rx = state.written_rx = record.rx
                 state.written_tx = record.tx
-            self._attach(state, transport, token, resumed=True, peer_rx=hello.rx)
+            # The claim attached the session in the store (no expiry): a detach
+            # written before is void, and one is due again if this attach fails.
+            state.detached = False
+            try:
+                self._attach(state, transport, token, resumed=True, peer_rx=hello.rx)
+            except ProtocolError:
+                if state.transport is None and not state.ended:
+                    state.detach = True
+                    self._kick(state)
+                raise
             return state.session
         return await self._new(transport, request, principal, reason=LostReason.NOT_RESUMABLE)
 
@@ -926,7 +935,7 @@ class TetherV1ServerLayer(ServerLayer):
             errors = [wrong] * len(taken)
         for (state, batch, rx), write, error in zip(taken, writes, errors, strict=True):
             try:
-                self._write_done(state, batch, rx, error, detached=write.detach_at is not None)
+                self._write_done(state, batch, rx, error, write)
             except Exception:
                 logger.exception("session %s: internal error; ending it", state.session.id)
                 self._end(
@@ -941,8 +950,7 @@ class TetherV1ServerLayer(ServerLayer):
         batch: list[StoredMessage],
         rx: int | None,
         error: BaseException | None,
-        *,
-        detached: bool,
+        write: Write,
     ) -> None:
         """The store answered the session's batch: record it, send its frames, go on."""
         state.writing = False
@@ -953,9 +961,14 @@ class TetherV1ServerLayer(ServerLayer):
                 self._fenced(state)
                 return
             if isinstance(error, StoreError):
-                self._write_failed(state, error)
-                if detached:
-                    state.detached = False  # not in the store after all
+                if write.detach_at is not None:
+                    state.detached = False  # not in the store: the handler's return retries
+                if write.append or write.acked is not None or write.rx is not None:
+                    self._write_failed(state, error)
+                else:  # a detach alone, as _detach: the session's data is not in question
+                    logger.warning(
+                        "could not detach session %s in the store: %s", state.session.id, error
+                    )
             elif error is not None:
                 logger.error(
                     "session %s: internal error; ending it", state.session.id, exc_info=error
@@ -1247,15 +1260,14 @@ class TetherV1ServerLayer(ServerLayer):
             async with state.lock():
                 if state.transport is not None or state.ended:
                     return  # attached again meanwhile: nothing to detach
-                state.detached = True  # (from now: finish() waits for this write)
                 await self.store.detach(state.session.id, state.generation, expires_at=expires_at)
+                state.detached = True  # (after: finish() does not wait for a detach in flight)
         except Fenced:
             # Resumed on another node meanwhile: not ours any more. End it here without
             # deleting it, or its expiry would delete the new owner's session.
             info = ClosedInfo(TetherCloseCode.TAKEN_OVER, "resumed elsewhere", clean=False)
             self._end(state, info, delete=False)
         except StoreError as exc:
-            state.detached = False
             logger.warning("could not detach session %s in the store: %s", state.session.id, exc)
 
     async def _send_ready(self, state: _V1) -> None:
