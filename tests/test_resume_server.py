@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from tests.support.eventually import eventually
+from tests.support.tasks import tasks_started
 from tests.support.virtualtime import run_virtual
 from tests.test_session import FakeTransport
 
@@ -337,20 +339,38 @@ async def test_sessions_sending_in_one_turn_share_one_store_call() -> None:
         assert transport.sent[1] == f"d1:0:m{n}"
 
 
-async def test_a_frame_leaves_only_after_the_writer_stored_it() -> None:
-    """Write-through: while the store holds the batch, send() waits and no frame goes out."""
+@dataclass
+class HeldWrite:
+    """A session whose ``send("one")`` the writer handed to the store, held at its gate."""
+
+    store: GatedStore
+    layer: TetherV1ServerLayer
+    session: Session
+    transport: FakeTransport
+    welcome: Welcome
+    sending: asyncio.Future[None]
+
+
+async def held_write() -> HeldWrite:
     store = GatedStore()
     layer = TetherV1ServerLayer(store=store)
-    session, transport, _ = await new_session(layer)
+    session, transport, welcome = await new_session(layer)
     store.gate.clear()
+    store.entered.clear()
     sending = asyncio.ensure_future(session.send("one"))
     await store.entered.wait()
+    return HeldWrite(store, layer, session, transport, welcome, sending)
+
+
+async def test_a_frame_leaves_only_after_the_writer_stored_it() -> None:
+    """Write-through: while the store holds the batch, send() waits and no frame goes out."""
+    held = await held_write()
     await asyncio.sleep(0.02)
-    assert (len(transport.sent), sending.done()) == (1, False)
-    store.gate.set()
-    await sending
-    await settle(transport, 2)
-    assert transport.sent[1] == "d1:0:one"
+    assert (len(held.transport.sent), held.sending.done()) == (1, False)
+    held.store.gate.set()
+    await held.sending
+    await settle(held.transport, 2)
+    assert held.transport.sent[1] == "d1:0:one"
 
 
 async def test_a_resume_in_this_process_waits_for_the_write_in_flight() -> None:
@@ -358,21 +378,17 @@ async def test_a_resume_in_this_process_waits_for_the_write_in_flight() -> None:
 
     Claimed first, the write would be fenced and the resumed session ended as taken over.
     """
-    store = GatedStore()
-    layer = TetherV1ServerLayer(store=store)
-    session, _, welcome = await new_session(layer)
-    store.gate.clear()
-    sending = asyncio.ensure_future(session.send("one"))
-    await store.entered.wait()
+    held = await held_write()
+    store, session, welcome = held.store, held.session, held.welcome
     new = v1_transport(encode(Hello(welcome.sid, welcome.token, welcome.epoch, 0)))
-    opening = asyncio.ensure_future(layer.open(new, REQUEST))
+    opening = asyncio.ensure_future(held.layer.open(new, REQUEST))
     await asyncio.sleep(0.02)
     record = await store.load(session.id)
     assert record is not None
     assert (opening.done(), record.generation) == (False, 1)
     store.gate.set()
     assert await opening is session
-    await sending
+    await held.sending
     assert session.closed is None
     record = await store.load(session.id)
     assert record is not None
@@ -384,16 +400,11 @@ async def test_a_resume_in_this_process_waits_for_the_write_in_flight() -> None:
 
 async def test_stop_waits_for_the_writes_in_flight() -> None:
     """stop() lets a write the store is performing finish before it returns (and closes)."""
-    store = GatedStore()
-    layer = TetherV1ServerLayer(store=store)
-    session, _, _ = await new_session(layer)
-    store.gate.clear()
-    sending = asyncio.ensure_future(session.send("one"))
-    await store.entered.wait()
-    asyncio.get_running_loop().call_later(0.05, store.gate.set)
-    await layer.stop()
-    assert [m.payload for m in await store.messages(session.id, after=0)] == ["one"]
-    await sending
+    held = await held_write()
+    asyncio.get_running_loop().call_later(0.05, held.store.gate.set)
+    await held.layer.stop()
+    assert [m.payload for m in await held.store.messages(held.session.id, after=0)] == ["one"]
+    await held.sending
 
 
 async def test_a_fenced_batch_ends_its_session_only() -> None:
@@ -519,16 +530,7 @@ async def test_the_writers_answer_sends_the_frames_without_a_task(
     layer = TetherV1ServerLayer(store=store)
     opened = [await new_session(layer) for _ in range(5)]
     await eventually(lambda: all(state.task is None for state in layer._states.values()), 2.0)
-    loop = asyncio.get_running_loop()
-    started: list[str] = []
-    factory = loop.get_task_factory()
-
-    def counting(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
-        started.append(coro.__qualname__)
-        return asyncio.Task(coro, loop=loop, **kwargs)
-
-    loop.set_task_factory(counting)
-    try:
+    with tasks_started() as started:
         store.gate.clear()
         sends = [
             asyncio.ensure_future(session.send(f"m{k}")) for k in (1, 2) for session, _, _ in opened
@@ -539,8 +541,6 @@ async def test_the_writers_answer_sends_the_frames_without_a_task(
         store.gate.set()
         await asyncio.gather(*sends)
         await asyncio.gather(*(session.send("m3") for session, _, _ in opened))
-    finally:
-        loop.set_task_factory(factory)
     assert not [name for name in started if name.endswith("._run")]
     for _, transport, _ in opened:
         assert transport.sent[1:] == ["d1:0:m1", "d2:0:m2", "d3:0:m3"]
@@ -564,22 +564,12 @@ async def test_a_handler_returning_during_the_detach_waits_without_a_task(
     store.entered.clear()
     transport.abort()
     await store.entered.wait()  # the detach is with the store
-    loop = asyncio.get_running_loop()
-    started: list[str] = []
-
-    def counting(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
-        started.append(coro.__qualname__)
-        return asyncio.Task(coro, loop=loop, **kwargs)
-
-    loop.set_task_factory(counting)
-    try:
+    with tasks_started() as started:
         finishing = asyncio.ensure_future(layer.finish(session))
         await asyncio.sleep(0.02)
         assert not finishing.done()
         store.gate.set()
         await finishing
-    finally:
-        loop.set_task_factory(None)
     assert store.detached == 1
     assert not [name for name in started if name.endswith("._run")]
 
@@ -633,40 +623,29 @@ def test_stop_ends_the_sessions_of_a_write_that_never_returns() -> None:
 
 async def _stop_gives_up_on_a_hung_write() -> None:
     """A store that never answers: stop() gives up after 5 s; the session ends with 1011."""
-    store = GatedStore()
-    layer = TetherV1ServerLayer(store=store)
-    session, _, _ = await new_session(layer)
-    store.gate.clear()
-    store.entered.clear()
-    sending = asyncio.ensure_future(session.send("one"))
-    await store.entered.wait()
+    held = await held_write()
     started = asyncio.get_running_loop().time()
-    await layer.stop()
+    await held.layer.stop()
     assert asyncio.get_running_loop().time() - started == pytest.approx(5.0, abs=0.1)
-    assert session.closed is not None
-    assert session.closed.code == 1011
+    assert held.session.closed is not None
+    assert held.session.closed.code == 1011
     with pytest.raises(ConnectionClosedError):
-        await sending  # not stored: the sender is told
+        await held.sending  # not stored: the sender is told
 
 
 async def test_a_connection_lost_during_a_write_detaches_after_it() -> None:
     """The connection ends while its batch is with the store: the detach follows the write."""
-    store = GatedStore()
-    layer = TetherV1ServerLayer(store=store)
-    session, transport, _ = await new_session(layer)
-    state = layer._states[session]
-    store.gate.clear()
-    store.entered.clear()
-    sending = asyncio.ensure_future(session.send("one"))
-    await store.entered.wait()
-    transport.abort()
+    held = await held_write()
+    store = held.store
+    state = held.layer._states[held.session]
+    held.transport.abort()
     await eventually(lambda: state.transport is None, 2.0)
     await asyncio.sleep(0.02)
     assert store.detached == 0
     store.gate.set()
-    await sending
+    await held.sending
     await eventually(lambda: store.detached == 1, 2.0)
-    record = await store.load(session.id)
+    record = await store.load(held.session.id)
     assert record is not None
     assert (record.tx, record.expires_at is not None) == (1, True)
 

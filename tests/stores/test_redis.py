@@ -9,7 +9,6 @@ import secrets
 import signal
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -19,6 +18,7 @@ from tests.support.eventually import eventually
 from tests.support.ports import free_port
 from tests.support.redis import RedisServer
 from tests.support.require import require
+from tests.support.tasks import tasks_started
 
 from tether.exceptions import StoreError
 from tether.stores.base import (
@@ -247,21 +247,8 @@ async def test_write_many_is_one_pipeline_without_a_task_per_write(
         await store.write(sids[0], 1, rx=1)  # the script is loaded now
         await stats.config_resetstat()
         before = await connections_received(stats)
-        loop = asyncio.get_running_loop()
-        tasks: list[str] = []
-        factory = loop.get_task_factory()
-
-        def counting(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
-            tasks.append(coro.__qualname__)
-            if factory is not None:
-                return factory(loop, coro, **kwargs)
-            return asyncio.Task(coro, loop=loop, **kwargs)
-
-        loop.set_task_factory(counting)
-        try:
+        with tasks_started() as tasks:
             results = await store.write_many([Write(sid, 1, batch(1, 2), rx=3) for sid in sids])
-        finally:
-            loop.set_task_factory(factory)
         assert results == [None] * 200
         # The store's one pipeline task; the others are redis-py's own (sending, pool).
         ours = [name for name in tasks if name.startswith("RedisStore.")]

@@ -246,21 +246,12 @@ async def test_a_group_wakes_the_event_loop_once(
         sids = [f"s{number}" for number in range(500)]
         for sid in sids:
             await store.create(sid, token_hash=HASH, principal=None, now=0.0)
-        loop = asyncio.get_running_loop()
-        wakeups = 0
-        original = loop.call_soon_threadsafe
-
-        def counting(*args: Any, **kwargs: Any) -> Any:
-            nonlocal wakeups
-            wakeups += 1
-            return original(*args, **kwargs)
-
-        monkeypatch.setattr(loop, "call_soon_threadsafe", counting)
+        wakeups = count_calls(monkeypatch, asyncio.get_running_loop(), "call_soon_threadsafe")
         before = store.transactions
         records = await asyncio.gather(*(store.write(sid, 1, append=batch(1, 2)) for sid in sids))
         assert [record.tx for record in records] == [2] * 500
-        assert wakeups == store.transactions - before
-        assert wakeups <= 5
+        assert len(wakeups) == store.transactions - before
+        assert len(wakeups) <= 5
     finally:
         await store.close()
 
@@ -275,25 +266,12 @@ async def test_write_many_is_one_group_answered_once(
         for sid in sids:
             await store.create(sid, token_hash=HASH, principal=None, now=0.0)
         loop = asyncio.get_running_loop()
-        wakeups = futures = 0
-        original_wakeup, original_future = loop.call_soon_threadsafe, loop.create_future
-
-        def counting_wakeup(*args: Any, **kwargs: Any) -> Any:
-            nonlocal wakeups
-            wakeups += 1
-            return original_wakeup(*args, **kwargs)
-
-        def counting_future() -> asyncio.Future[Any]:
-            nonlocal futures
-            futures += 1
-            return original_future()
-
-        monkeypatch.setattr(loop, "call_soon_threadsafe", counting_wakeup)
-        monkeypatch.setattr(loop, "create_future", counting_future)
+        wakeups = count_calls(monkeypatch, loop, "call_soon_threadsafe")
+        futures = count_calls(monkeypatch, loop, "create_future")
         before = store.transactions
         results = await store.write_many([Write(sid, 1, batch(1, 2), rx=5) for sid in sids])
         assert results == [None] * 200
-        assert (store.transactions - before, wakeups, futures) == (1, 1, 1)
+        assert (store.transactions - before, len(wakeups), len(futures)) == (1, 1, 1)
         record = await store.load("s199")
         assert record is not None
         assert (record.tx, record.rx) == (2, 5)
@@ -330,6 +308,19 @@ async def test_write_many_refuses_an_inconsistent_batch_before_the_thread(tmp_pa
         assert await store.messages("a", after=0) == []
     finally:
         await store.close()
+
+
+def count_calls(monkeypatch: pytest.MonkeyPatch, target: object, name: str) -> list[None]:
+    """Count the calls of ``target.name`` from now on: the list grows by one per call."""
+    calls: list[None] = []
+    original = getattr(target, name)
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(None)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(target, name, counting)
+    return calls
 
 
 def hold_thread(store: SQLiteStore) -> threading.Event:

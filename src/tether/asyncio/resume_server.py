@@ -936,13 +936,8 @@ class TetherV1ServerLayer(ServerLayer):
         for (state, batch, rx), write, error in zip(taken, writes, errors, strict=True):
             try:
                 self._write_done(state, batch, rx, error, write)
-            except Exception:
-                logger.exception("session %s: internal error; ending it", state.session.id)
-                self._end(
-                    state,
-                    ClosedInfo(CloseCode.INTERNAL_ERROR, "internal error", clean=False),
-                    delete=False,
-                )
+            except Exception as exc:
+                self._internal_error(state, exc)
 
     def _write_done(
         self,
@@ -970,14 +965,7 @@ class TetherV1ServerLayer(ServerLayer):
                         "could not detach session %s in the store: %s", state.session.id, error
                     )
             elif error is not None:
-                logger.error(
-                    "session %s: internal error; ending it", state.session.id, exc_info=error
-                )
-                self._end(
-                    state,
-                    ClosedInfo(CloseCode.INTERNAL_ERROR, "internal error", clean=False),
-                    delete=False,
-                )
+                self._internal_error(state, error)
                 return
             self._written(state, batch, rx)
             sent = not state.outq or self._send_written(state)
@@ -1034,13 +1022,8 @@ class TetherV1ServerLayer(ServerLayer):
                     return
         except asyncio.CancelledError:
             raise
-        except Exception:
-            logger.exception("session %s: internal error; ending it", state.session.id)
-            self._end(
-                state,
-                ClosedInfo(CloseCode.INTERNAL_ERROR, "internal error", clean=False),
-                delete=False,
-            )
+        except Exception as exc:
+            self._internal_error(state, exc)
         finally:
             if state.task is asyncio.current_task():
                 state.task = None
@@ -1399,6 +1382,15 @@ class TetherV1ServerLayer(ServerLayer):
         if delete and state.durable:
             self._spawn(self._delete(state.session.id))
         state.session.end(info)
+
+    def _internal_error(self, state: _V1, error: BaseException) -> None:
+        """A bug in this layer or a store: log it, end the session (1011), keep it stored."""
+        logger.error("session %s: internal error; ending it", state.session.id, exc_info=error)
+        self._end(
+            state,
+            ClosedInfo(CloseCode.INTERNAL_ERROR, "internal error", clean=False),
+            delete=False,
+        )
 
     @staticmethod
     def _cancel_commit_timer(state: _V1) -> None:
