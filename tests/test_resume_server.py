@@ -574,6 +574,29 @@ async def test_a_handler_returning_during_the_detach_waits_without_a_task(
     assert not [name for name in started if name.endswith("._run")]
 
 
+async def test_the_welcome_and_the_replay_go_out_without_a_task(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A transport that takes frames at once: open() sends them itself, in order, no task."""
+    monkeypatch.setattr(resume_server, "fast_writer", instant_writer)
+    store = GatedStore()
+    layer = TetherV1ServerLayer(store=store)
+    with tasks_started() as started:
+        session, old, welcome = await new_session(layer)
+        await session.send("m1")
+        await session.send("m2")
+        old.abort()
+        state = layer._states[session]
+        await eventually(lambda: store.detached == 1 and not state.writing, 2.0)
+        new = v1_transport(encode(Hello(welcome.sid, welcome.token, welcome.epoch, rx=1)))
+        assert await layer.open(new, REQUEST) is session
+        assert new.sent[1:] == ["d2:0:m2"]  # before open() returned
+    resumed = decode(new.sent[0])
+    assert isinstance(resumed, Welcome)
+    assert resumed.resumed is True
+    assert not [name for name in started if name.endswith("._run")]
+
+
 def test_a_write_answered_after_finish_arms_no_alarm() -> None:
     run_virtual(_write_answered_after_finish())
 

@@ -570,7 +570,14 @@ class TetherV1ServerLayer(ServerLayer):
         if state.lazy_acked is not None and state.ack_timer is None:
             self._arm_ack_timer(state)  # (cancelled when the old connection ended)
         self._collect(state)
-        self._kick(state)
+        if (
+            state.task is not None
+            or state.writing
+            or state.flushing
+            or (state.outq and not self._send_written(state))
+            or self._has_work(state)
+        ):
+            self._kick(state)  # (else the welcome and the replay went out at once: no task)
         self._rearm(state)
 
     def _take_over(self, state: _V1) -> None:
