@@ -521,13 +521,19 @@ def instant_writer(transport: Any) -> Any:
     return write
 
 
-async def test_the_writers_answer_sends_the_frames_without_a_task(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """With a transport that takes frames at once, no session task runs at all; order holds."""
+@pytest.fixture
+def instant(monkeypatch: pytest.MonkeyPatch) -> tuple[GatedStore, TetherV1ServerLayer]:
+    """A layer on a GatedStore whose transports take frames at once (as the engine's do)."""
     monkeypatch.setattr(resume_server, "fast_writer", instant_writer)
     store = GatedStore()
-    layer = TetherV1ServerLayer(store=store)
+    return store, TetherV1ServerLayer(store=store)
+
+
+async def test_the_writers_answer_sends_the_frames_without_a_task(
+    instant: tuple[GatedStore, TetherV1ServerLayer],
+) -> None:
+    """With a transport that takes frames at once, no session task runs at all; order holds."""
+    store, layer = instant
     opened = [await new_session(layer) for _ in range(5)]
     await eventually(lambda: all(state.task is None for state in layer._states.values()), 2.0)
     with tasks_started() as started:
@@ -547,16 +553,14 @@ async def test_the_writers_answer_sends_the_frames_without_a_task(
 
 
 async def test_a_handler_returning_during_the_detach_waits_without_a_task(
-    monkeypatch: pytest.MonkeyPatch,
+    instant: tuple[GatedStore, TetherV1ServerLayer],
 ) -> None:
     """finish() while the writer holds the detach: it waits for it; no second detach, no task.
 
     (The handler's return wrote the detach again, a store write per session at every
     drain, and restarted the expiry clock, which counts from the disconnect.)
     """
-    monkeypatch.setattr(resume_server, "fast_writer", instant_writer)
-    store = GatedStore()
-    layer = TetherV1ServerLayer(store=store)
+    store, layer = instant
     session, transport, _ = await new_session(layer)
     state = layer._states[session]
     await eventually(lambda: state.task is None, 2.0)
@@ -575,12 +579,10 @@ async def test_a_handler_returning_during_the_detach_waits_without_a_task(
 
 
 async def test_the_welcome_and_the_replay_go_out_without_a_task(
-    monkeypatch: pytest.MonkeyPatch,
+    instant: tuple[GatedStore, TetherV1ServerLayer],
 ) -> None:
     """A transport that takes frames at once: open() sends them itself, in order, no task."""
-    monkeypatch.setattr(resume_server, "fast_writer", instant_writer)
-    store = GatedStore()
-    layer = TetherV1ServerLayer(store=store)
+    store, layer = instant
     with tasks_started() as started:
         session, old, welcome = await new_session(layer)
         await session.send("m1")
