@@ -362,7 +362,11 @@ async def held_write() -> HeldWrite:
     return HeldWrite(store, layer, session, transport, welcome, sending)
 
 
-async def test_a_frame_leaves_only_after_the_writer_stored_it() -> None:
+def test_a_frame_leaves_only_after_the_writer_stored_it() -> None:
+    run_virtual(_a_frame_leaves_only_after_the_writer_stored_it())
+
+
+async def _a_frame_leaves_only_after_the_writer_stored_it() -> None:
     """Write-through: while the store holds the batch, send() waits and no frame goes out."""
     held = await held_write()
     await asyncio.sleep(0.02)
@@ -373,7 +377,11 @@ async def test_a_frame_leaves_only_after_the_writer_stored_it() -> None:
     assert held.transport.sent[1] == "d1:0:one"
 
 
-async def test_a_resume_in_this_process_waits_for_the_write_in_flight() -> None:
+def test_a_resume_in_this_process_waits_for_the_write_in_flight() -> None:
+    run_virtual(_a_resume_in_this_process_waits_for_the_write_in_flight())
+
+
+async def _a_resume_in_this_process_waits_for_the_write_in_flight() -> None:
     """A claim while the writer holds a batch of the old generation waits for it to land.
 
     Claimed first, the write would be fenced and the resumed session ended as taken over.
@@ -398,7 +406,11 @@ async def test_a_resume_in_this_process_waits_for_the_write_in_flight() -> None:
     assert new.sent[1] == "d1:0:one"  # replayed on the resumed connection
 
 
-async def test_stop_waits_for_the_writes_in_flight() -> None:
+def test_stop_waits_for_the_writes_in_flight() -> None:
+    run_virtual(_stop_waits_for_the_writes_in_flight())
+
+
+async def _stop_waits_for_the_writes_in_flight() -> None:
     """stop() lets a write the store is performing finish before it returns (and closes)."""
     held = await held_write()
     asyncio.get_running_loop().call_later(0.05, held.store.gate.set)
@@ -529,7 +541,13 @@ def instant(monkeypatch: pytest.MonkeyPatch) -> tuple[GatedStore, TetherV1Server
     return store, TetherV1ServerLayer(store=store)
 
 
-async def test_the_writers_answer_sends_the_frames_without_a_task(
+def test_the_writers_answer_sends_the_frames_without_a_task(
+    instant: tuple[GatedStore, TetherV1ServerLayer],
+) -> None:
+    run_virtual(_the_writers_answer_sends_the_frames_without_a_task(instant))
+
+
+async def _the_writers_answer_sends_the_frames_without_a_task(
     instant: tuple[GatedStore, TetherV1ServerLayer],
 ) -> None:
     """With a transport that takes frames at once, no session task runs at all; order holds."""
@@ -552,7 +570,13 @@ async def test_the_writers_answer_sends_the_frames_without_a_task(
         assert transport.sent[1:] == ["d1:0:m1", "d2:0:m2", "d3:0:m3"]
 
 
-async def test_a_handler_returning_during_the_detach_waits_without_a_task(
+def test_a_handler_returning_during_the_detach_waits_without_a_task(
+    instant: tuple[GatedStore, TetherV1ServerLayer],
+) -> None:
+    run_virtual(_a_handler_returning_during_the_detach_waits_without_a_task(instant))
+
+
+async def _a_handler_returning_during_the_detach_waits_without_a_task(
     instant: tuple[GatedStore, TetherV1ServerLayer],
 ) -> None:
     """finish() while the writer holds the detach: it waits for it; no second detach, no task.
@@ -627,7 +651,11 @@ async def _write_answered_after_finish() -> None:
     assert (state.alarm, state.task) == (None, None)
 
 
-async def test_stop_writes_the_batches_of_the_turn_first() -> None:
+def test_stop_writes_the_batches_of_the_turn_first() -> None:
+    run_virtual(_stop_writes_the_batches_of_the_turn_first())
+
+
+async def _stop_writes_the_batches_of_the_turn_first() -> None:
     """stop() in the turn of a send: that batch is written before stop() returns."""
     store = GatedStore()
     layer = TetherV1ServerLayer(store=store)
@@ -658,7 +686,11 @@ async def _stop_gives_up_on_a_hung_write() -> None:
         await held.sending  # not stored: the sender is told
 
 
-async def test_a_connection_lost_during_a_write_detaches_after_it() -> None:
+def test_a_connection_lost_during_a_write_detaches_after_it() -> None:
+    run_virtual(_a_connection_lost_during_a_write_detaches_after_it())
+
+
+async def _a_connection_lost_during_a_write_detaches_after_it() -> None:
     """The connection ends while its batch is with the store: the detach follows the write."""
     held = await held_write()
     store = held.store

@@ -475,8 +475,7 @@ class TetherV1ServerLayer(ServerLayer):
                 self._attach(state, transport, token, resumed=True, peer_rx=hello.rx)
             except ProtocolError:
                 if state.transport is None and not state.ended:
-                    state.detach = True
-                    self._kick(state)
+                    self._request_detach(state)
                 raise
             return state.session
         return await self._new(transport, request, principal, reason=LostReason.NOT_RESUMABLE)
@@ -685,7 +684,7 @@ class TetherV1ServerLayer(ServerLayer):
         # The rx taken so far goes into the same write as this message, and the frame
         # leaves only after that write: the reply may carry it as its ack (no
         # standalone ack for the request it answers).
-        rx = state.consumed_rx if state.consumed_rx > state.written_rx else None
+        rx = _rx_to_write(state)
         now = asyncio.get_running_loop().time()
         if (
             self._inline
@@ -861,6 +860,14 @@ class TetherV1ServerLayer(ServerLayer):
 
     # -- the layer's writer: one store call per loop turn for the sessions' batches ---------
 
+    def _request_detach(self, state: _V1) -> None:
+        """The session has no connection: start its expiry clock in the store."""
+        state.detach = True
+        if self._inline:
+            self._kick(state)
+        else:
+            self._write_soon(state)  # with the writer's next store call
+
     def _write_soon(self, state: _V1) -> None:
         """Leave the session's batch to the writer at the end of this turn (I/O stores).
 
@@ -882,7 +889,7 @@ class TetherV1ServerLayer(ServerLayer):
         """Take the batch of every session due and write them all with one store call."""
         self._write_scheduled = False
         due, self._write_due = self._write_due, {}
-        taken: list[tuple[_V1, list[StoredMessage], int | None]] = []
+        taken: list[_V1] = []
         writes: list[Write] = []
         for state in due:
             if state.ended or self._states.get(state.session) is not state:
@@ -891,7 +898,7 @@ class TetherV1ServerLayer(ServerLayer):
                 self._kick(state)  # the session's task: a claim to wait for, ...
                 continue
             batch = state.pending
-            rx = state.consumed_rx if state.consumed_rx > state.written_rx else None
+            rx = _rx_to_write(state)
             writes_anyway = bool(batch) or rx is not None or state.acked is not None
             if state.lazy_acked is not None and writes_anyway:
                 _promote_lazy_ack(state)  # a write goes anyway: the ack rides along
@@ -910,22 +917,20 @@ class TetherV1ServerLayer(ServerLayer):
             state.pending = []
             state.acked = None
             state.writing = True
-            taken.append((state, batch, rx))
+            taken.append(state)
             writes.append(Write(state.session.id, state.generation, batch, acked, rx, detach_at))
         if writes:
             task = asyncio.ensure_future(self._write_group(taken, writes))
             self._writers.add(task)
             task.add_done_callback(self._writers.discard)
 
-    async def _write_group(
-        self, taken: list[tuple[_V1, list[StoredMessage], int | None]], writes: list[Write]
-    ) -> None:
+    async def _write_group(self, taken: list[_V1], writes: list[Write]) -> None:
         try:
             errors = await self.store.write_many(writes)
         except asyncio.CancelledError:
             # stop() gave up on a store that hangs: whether these batches landed is
             # unknown, and nothing will write them now: the sessions end here.
-            for state, _, _ in taken:
+            for state in taken:
                 state.writing = False
                 self._end(
                     state,
@@ -940,20 +945,13 @@ class TetherV1ServerLayer(ServerLayer):
         if len(errors) != len(taken):  # a store's bug: no session may wait forever for it
             wrong = StoreError(f"write_many answered {len(errors)} of {len(taken)} writes")
             errors = [wrong] * len(taken)
-        for (state, batch, rx), write, error in zip(taken, writes, errors, strict=True):
+        for state, write, error in zip(taken, writes, errors, strict=True):
             try:
-                self._write_done(state, batch, rx, error, write)
+                self._write_done(state, write, error)
             except Exception as exc:
                 self._internal_error(state, exc)
 
-    def _write_done(
-        self,
-        state: _V1,
-        batch: list[StoredMessage],
-        rx: int | None,
-        error: BaseException | None,
-        write: Write,
-    ) -> None:
+    def _write_done(self, state: _V1, write: Write, error: BaseException | None) -> None:
         """The store answered the session's batch: record it, send its frames, go on."""
         state.writing = False
         try:
@@ -965,16 +963,14 @@ class TetherV1ServerLayer(ServerLayer):
             if isinstance(error, StoreError):
                 if write.detach_at is not None:
                     state.detached = False  # not in the store: the handler's return retries
-                if write.append or write.acked is not None or write.rx is not None:
+                if write.only_detaches:  # as _detach: the session's data is not in question
+                    _detach_failed(state, error)
+                else:
                     self._write_failed(state, error)
-                else:  # a detach alone, as _detach: the session's data is not in question
-                    logger.warning(
-                        "could not detach session %s in the store: %s", state.session.id, error
-                    )
             elif error is not None:
                 self._internal_error(state, error)
                 return
-            self._written(state, batch, rx)
+            self._written(state, write.append, write.rx)
             sent = not state.outq or self._send_written(state)
             if state.kicked or not sent:
                 state.kicked = False
@@ -1162,7 +1158,7 @@ class TetherV1ServerLayer(ServerLayer):
         """
         batch = state.pending
         acked = state.acked
-        rx = state.consumed_rx if state.consumed_rx > state.written_rx else None
+        rx = _rx_to_write(state)
         if not batch and acked is None and rx is None:
             return True
         if state.lazy_acked is not None:
@@ -1194,7 +1190,7 @@ class TetherV1ServerLayer(ServerLayer):
         """
         batch, state.pending = state.pending, []
         acked, state.acked = state.acked, None
-        rx = state.consumed_rx if state.consumed_rx > state.written_rx else None
+        rx = _rx_to_write(state)
         if state.durable and (batch or acked is not None or rx is not None):
             try:
                 async with state.lock():
@@ -1209,7 +1205,7 @@ class TetherV1ServerLayer(ServerLayer):
         self._written(state, batch, rx)
         return True
 
-    def _written(self, state: _V1, batch: list[StoredMessage], rx: int | None) -> None:
+    def _written(self, state: _V1, batch: Sequence[StoredMessage], rx: int | None) -> None:
         if batch:
             state.written_tx = batch[-1].seq
         if not state.durable:
@@ -1258,7 +1254,7 @@ class TetherV1ServerLayer(ServerLayer):
             info = ClosedInfo(TetherCloseCode.TAKEN_OVER, "resumed elsewhere", clean=False)
             self._end(state, info, delete=False)
         except StoreError as exc:
-            logger.warning("could not detach session %s in the store: %s", state.session.id, exc)
+            _detach_failed(state, exc)
 
     async def _send_ready(self, state: _V1) -> None:
         transport = state.transport
@@ -1312,11 +1308,7 @@ class TetherV1ServerLayer(ServerLayer):
         # The lazy ack stays unwritten: written after the close, it would race the
         # client's resume on another node (fenced); that resume trims it anyway.
         _cancel_ack_timer(state)
-        state.detach = True
-        if self._inline:
-            self._kick(state)
-        else:
-            self._write_soon(state)  # with the writer's next store call
+        self._request_detach(state)
         self._rearm(state)  # the expiry
         return False
 
@@ -1436,6 +1428,11 @@ def _cancel_ack_timer(state: _V1) -> None:
         state.ack_timer = None
 
 
+def _detach_failed(state: _V1, error: StoreError) -> None:
+    # Only logged: the handler's return asks for the detach again (finish()).
+    logger.warning("could not detach session %s in the store: %s", state.session.id, error)
+
+
 def _promote_lazy_ack(state: _V1) -> None:
     """Make the lazy ack part of the next write (its timer is no longer needed)."""
     lazy = state.lazy_acked
@@ -1444,6 +1441,11 @@ def _promote_lazy_ack(state: _V1) -> None:
     _cancel_ack_timer(state)
     if state.acked is None or lazy > state.acked:
         state.acked = lazy
+
+
+def _rx_to_write(state: _V1) -> int | None:
+    """The rx the handler took and the store does not have yet, or None."""
+    return state.consumed_rx if state.consumed_rx > state.written_rx else None
 
 
 def _settled(state: _V1) -> bool:

@@ -155,6 +155,16 @@ class Write:
     rx: int | None = None
     detach_at: float | None = None
 
+    @property
+    def only_detaches(self) -> bool:
+        """Nothing to write but the detach."""
+        return (
+            self.detach_at is not None
+            and not self.append
+            and self.acked is None
+            and self.rx is None
+        )
+
 
 class SessionStore(abc.ABC):
     """Where the server side of tether.v1 keeps sessions (async; see the module doc)."""
@@ -265,7 +275,7 @@ class SessionStore(abc.ABC):
         return [result if isinstance(result, BaseException) else None for result in results]
 
     async def _write_one(self, w: Write) -> None:
-        if w.detach_at is None or w.append or w.acked is not None or w.rx is not None:
+        if not w.only_detaches:
             await self.write(w.sid, w.generation, append=w.append, acked=w.acked, rx=w.rx)
         if w.detach_at is not None:
             await self.detach(w.sid, w.generation, expires_at=w.detach_at)

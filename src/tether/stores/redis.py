@@ -373,7 +373,7 @@ class RedisStore(SessionStore):
         for index, w in enumerate(writes):
             keys = self._keys(w.sid)
             try:
-                if w.detach_at is None or w.append or w.acked is not None or w.rx is not None:
+                if not w.only_detaches:
                     args = _write_args(w.sid, w.generation, w.append, w.acked, w.rx)
                     write = self._pipelined(self._write_script, keys, args)
                     queued.append((index, w, "write", write))

@@ -248,16 +248,8 @@ class SQLiteStore(SessionStore):
         for index, ok, value in await group.future:
             if ok:
                 self._incidents.succeeded()
-            elif isinstance(value, StoreError):
-                self._incidents.succeeded()  # the backend answered (fenced, unknown, ...)
-                results[index] = value
-            elif isinstance(value, (sqlite3.Error, OSError)):
-                self._incidents.failed("write", value)
-                error = StoreUnavailable(f"sqlite store {self.path}: write failed: {value}")
-                error.__cause__ = value
-                results[index] = error
             else:
-                results[index] = value
+                results[index] = self._failure("write", value)
         return results
 
     async def detach(self, sid: str, generation: int, *, expires_at: float) -> None:
@@ -329,15 +321,30 @@ class SQLiteStore(SessionStore):
         self._enqueue([_Job(work, write, loop, future)])
         try:
             result: _T = await future
-        except StoreError:
-            # The backend answered (fenced, unknown, inconsistent batch): it works.
-            self._incidents.succeeded()
-            raise
-        except (sqlite3.Error, OSError) as exc:
-            self._incidents.failed(operation, exc)
-            raise StoreUnavailable(f"sqlite store {self.path}: {operation} failed: {exc}") from exc
+        except (StoreError, sqlite3.Error, OSError) as exc:
+            error = self._failure(operation, exc)
+            if error is exc:
+                raise
+            raise error from exc
         self._incidents.succeeded()
         return result
+
+    def _failure(self, operation: str, exc: BaseException) -> BaseException:
+        """What a failed operation raises, counted for the incident log.
+
+        A StoreError as it is (the backend answered: fenced, unknown, inconsistent
+        batch; it works); a backend error as StoreUnavailable with it as the cause;
+        anything else (a bug) as it is.
+        """
+        if isinstance(exc, StoreError):
+            self._incidents.succeeded()
+            return exc
+        if isinstance(exc, (sqlite3.Error, OSError)):
+            self._incidents.failed(operation, exc)
+            unavailable = StoreUnavailable(f"sqlite store {self.path}: {operation} failed: {exc}")
+            unavailable.__cause__ = exc
+            return unavailable
+        return exc
 
     def _enqueue(self, jobs: list[_Job[Any]]) -> None:
         """Queue ``jobs`` for the store's thread, together (they join the same group)."""
@@ -574,18 +581,12 @@ def _write_work(
             )
         if new_acked > old_acked:
             db.execute("DELETE FROM messages WHERE sid = ? AND seq <= ?", (sid, new_acked))
-        if detach_at is None:
-            db.execute(
-                "UPDATE sessions SET tx = ?, acked = ?, rx = ? WHERE sid = ?",
-                (tx, new_acked, new_rx, sid),
-            )
-            expires_at = row[6]
-        else:
-            db.execute(
-                "UPDATE sessions SET tx = ?, acked = ?, rx = ?, expires_at = ? WHERE sid = ?",
-                (tx, new_acked, new_rx, detach_at, sid),
-            )
-            expires_at = detach_at
+        db.execute(
+            "UPDATE sessions SET tx = ?, acked = ?, rx = ?, expires_at = COALESCE(?, expires_at)"
+            " WHERE sid = ?",
+            (tx, new_acked, new_rx, detach_at, sid),
+        )
+        expires_at = row[6] if detach_at is None else detach_at
         # One record, built from the row as the UPDATE left it (the hot path:
         # dataclasses.replace of a record built first cost twice as much).
         return _record((*row[:6], expires_at, tx, new_acked, new_rx, row[10]))
