@@ -21,7 +21,14 @@ from tether.asyncio.session import RequestInfo, Session
 from tether.exceptions import ConfigurationError, ConnectionClosedError, ProtocolError
 from tether.protocol import Ack, Data, Hello, Welcome, decode, encode
 from tether.resume import ResumeConfig
-from tether.stores.base import SessionRecord, SessionStore, StoreUnavailable, Write
+from tether.stores.base import (
+    Resumption,
+    SessionRecord,
+    SessionStore,
+    StoredMessage,
+    StoreUnavailable,
+    Write,
+)
 from tether.stores.memory import MemoryStore
 
 pytestmark = pytest.mark.timeout(10)
@@ -969,6 +976,60 @@ async def test_a_resume_elsewhere_does_not_replay_what_the_client_acked() -> Non
     assert again.sent[1:] == ["d2:0:m2"]  # m1 not replayed
     assert store.writes[-1]["acked"] == 1  # and now trimmed from the store
     assert [m.seq for m in await store.messages(welcome.sid, after=0)] == [2]
+
+
+class RecordingStore(CountingStore):
+    """Records the resume path's store calls, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    async def load(self, sid: str) -> SessionRecord | None:
+        self.calls.append("load")
+        return await super().load(sid)
+
+    async def claim(self, *args: Any, **kwargs: Any) -> SessionRecord:
+        self.calls.append("claim")
+        return await super().claim(*args, **kwargs)
+
+    async def messages(self, sid: str, *, after: int) -> list[StoredMessage]:
+        self.calls.append("messages")
+        return await super().messages(sid, after=after)
+
+    async def resume(self, *args: Any, **kwargs: Any) -> Resumption:
+        self.calls.append("resume")
+        return await super().resume(*args, **kwargs)
+
+
+async def test_a_resume_from_the_store_is_one_store_call() -> None:
+    """Another process resumes with one resume() (load, judge, claim, replay in one trip)."""
+    store = RecordingStore()
+    _, _, transport = await acked_session(store)
+    welcome = decode(transport.sent[0])
+    assert isinstance(welcome, Welcome)
+    transport.abort()
+    await eventually(lambda: store.detached == 1, 2.0)
+    replacement = TetherV1ServerLayer(store=store)
+    again = v1_transport(encode(Hello(welcome.sid, welcome.token, welcome.epoch, rx=0)))
+    store.calls.clear()
+    resumed = await replacement.open(again, REQUEST)
+    # The default resume() runs the three steps; a store may do them in one trip.
+    assert store.calls == ["resume", "load", "claim", "messages"]
+    resumed.attach(again)
+    await eventually(lambda: len(again.sent) >= 2, 2.0)
+    back = decode(again.sent[0])
+    assert isinstance(back, Welcome)
+    assert back.resumed
+    assert again.sent[1] == "d1:0:m1"  # the replay resume() read
+    refused = v1_transport(encode(Hello(welcome.sid, "x" * 43, welcome.epoch, rx=0)))
+    store.calls.clear()
+    await TetherV1ServerLayer(store=store).open(refused, REQUEST)
+    assert store.calls == ["resume", "load"]  # judged, refused: no claim, no replay
+    await settle(refused, 1)
+    lost = decode(refused.sent[0])
+    assert isinstance(lost, Welcome)
+    assert (lost.resumed, lost.reason) == (False, "token_invalid")
 
 
 async def test_a_clients_ack_is_written_when_the_handler_returns() -> None:

@@ -20,6 +20,7 @@ from tether.exceptions import StoreError
 from tether.stores.base import (
     Fenced,
     SessionExists,
+    SessionRecord,
     SessionStore,
     StoredMessage,
     UnknownSession,
@@ -132,6 +133,62 @@ class StoreConformance:
         with pytest.raises(Fenced) as caught:
             await store.claim(SID, 1, token_hash="c" * 64, previous_token_hash=HASH)
         assert (caught.value.expected, caught.value.actual) == (1, 2)
+
+    async def test_resume_claims_and_reads_the_replay(self, store: SessionStore) -> None:
+        """resume(): the loaded record is judged, then claimed, with what is held after acked."""
+        await store.create(SID, token_hash=HASH, principal="alice", now=0.0)
+        await store.write(SID, 1, append=batch(1, 5), acked=2, rx=7)
+        await store.detach(SID, 1, expires_at=50.0)
+        loaded = await store.load(SID)
+        judged: list[SessionRecord] = []
+
+        def admit(record: SessionRecord) -> bool:
+            judged.append(record)
+            return True
+
+        record, messages = await store.resume(
+            SID, admit, token_hash="b" * 64, previous_token_hash=HASH
+        )
+        assert judged == [loaded]
+        assert record is not None
+        assert (record.generation, record.token_hash, record.previous_token_hash) == (
+            2,
+            "b" * 64,
+            HASH,
+        )
+        assert (record.expires_at, record.tx, record.acked, record.rx) == (None, 5, 2, 7)
+        assert record.principal == "alice"
+        assert messages == batch(3, 5)
+        assert await store.load(SID) == record
+        with pytest.raises(Fenced):  # the claim fenced the generation it judged
+            await store.write(SID, 1, append=batch(6, 6))
+
+    async def test_resume_refused_changes_nothing(self, store: SessionStore) -> None:
+        """resume() whose judgement says no: the record as loaded, no claim, no replay."""
+        await store.create(SID, token_hash=HASH, principal=None, now=0.0)
+        await store.write(SID, 1, append=batch(1, 2))
+        await store.detach(SID, 1, expires_at=50.0)
+        loaded = await store.load(SID)
+        assert await store.resume(
+            SID, lambda record: False, token_hash="b" * 64, previous_token_hash=HASH
+        ) == (loaded, None)
+        assert await store.load(SID) == loaded
+        await store.write(SID, 1, append=batch(3, 3))  # generation 1 still owns it
+
+    async def test_resume_unknown_session(self, store: SessionStore) -> None:
+        """resume() of a session the store does not know: (None, None), nothing judged."""
+        judged: list[SessionRecord] = []
+
+        def admit(record: SessionRecord) -> bool:
+            judged.append(record)
+            return True
+
+        assert await store.resume("nope", admit, token_hash="b" * 64, previous_token_hash=HASH) == (
+            None,
+            None,
+        )
+        assert judged == []
+        assert await store.load("nope") is None
 
     async def test_stale_writer_fenced(self, store: SessionStore) -> None:
         """After a takeover, a write with the old generation fails and changes nothing."""

@@ -310,6 +310,61 @@ async def test_write_many_refuses_an_inconsistent_batch_before_the_thread(tmp_pa
         await store.close()
 
 
+async def test_resume_is_one_transaction_judged_on_the_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """resume(): load, judgement, claim and replay in one transaction, answered once."""
+    store = SQLiteStore(tmp_path / "sessions.db")
+    try:
+        await store.create(SID, token_hash=HASH, principal=None, now=0.0)
+        await store.write(SID, 1, append=batch(1, 3), acked=1)
+        await store.detach(SID, 1, expires_at=50.0)
+        statements = trace_statements(store)
+        wakeups = count_calls(monkeypatch, asyncio.get_running_loop(), "call_soon_threadsafe")
+        before = store.transactions
+        judged_on: list[int] = []
+
+        def admit(record: SessionRecord) -> bool:
+            judged_on.append(threading.get_ident())
+            return True
+
+        record, messages = await store.resume(
+            SID, admit, token_hash="b" * 64, previous_token_hash=HASH
+        )
+        assert record is not None
+        assert (record.generation, messages) == (2, batch(2, 3))
+        assert (store.transactions - before, len(wakeups)) == (1, 1)
+        assert len(judged_on) == 1
+        assert judged_on[0] != threading.get_ident()
+        assert [q.split()[0] for q in statements] == [
+            "BEGIN",
+            "SELECT",  # the session's row, judged
+            "UPDATE",  # the claim
+            "SELECT",  # the replay
+            "COMMIT",
+        ]
+    finally:
+        await store.close()
+
+
+async def test_resume_whose_judgement_fails_changes_nothing(tmp_path: Path) -> None:
+    """An exception from ``admit`` reaches the caller; the session is not claimed."""
+    store = SQLiteStore(tmp_path / "sessions.db")
+    try:
+        await store.create(SID, token_hash=HASH, principal=None, now=0.0)
+
+        def admit(record: SessionRecord) -> bool:
+            raise RuntimeError("judge broke")
+
+        with pytest.raises(RuntimeError, match="judge broke"):
+            await store.resume(SID, admit, token_hash="b" * 64, previous_token_hash=HASH)
+        record = await store.load(SID)
+        assert record is not None
+        assert (record.generation, record.token_hash) == (1, HASH)
+    finally:
+        await store.close()
+
+
 def count_calls(monkeypatch: pytest.MonkeyPatch, target: object, name: str) -> list[None]:
     """Count the calls of ``target.name`` from now on: the list grows by one per call."""
     calls: list[None] = []

@@ -49,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import inspect
 import logging
 import secrets
@@ -404,60 +405,68 @@ class TetherV1ServerLayer(ServerLayer):
         if self.limiter is not None and not self.limiter.allowed(host, loop.time()):
             # Before the store: a limited address learns nothing about the session.
             return await self._new(transport, request, principal, reason=LostReason.RATE_LIMITED)
+        previous_token_hash = hash_token(hello.token)
         for _ in range(_CLAIM_ATTEMPTS):
-            try:
-                epoch = await self.store.epoch()
-                record = await self.store.load(hello.sid)
-            except StoreError as exc:
-                logger.warning("session store unavailable for a resume: %s", exc)
-                return await self._new(
-                    transport, request, principal, reason=LostReason.STORE_UNAVAILABLE
-                )
-            verdict = judge_resume(hello, record, epoch=epoch, principal=principal, now=time.time())
-            if verdict is not None or record is None:
-                self._count_refusal(host, loop.time())
-                return await self._new(transport, request, principal, reason=verdict)
             token, token_hash = new_token(secrets.token_bytes)
             local = self._by_sid.get(hello.sid)
             try:
+                epoch = await self.store.epoch()
+                now = time.time()
+                admit = functools.partial(_admits, hello, epoch=epoch, principal=principal, now=now)
                 if local is not None and not local.ended:
-                    # Held by this process: claim between its batch writes, and adopt the
-                    # new generation before the next write can start.
-                    async with local.lock():
-                        while local.writing:  # a write under the old generation: let it land
-                            await self._wait_progress(local)
-                        record = await self._claim(hello, record.generation, token_hash)
-                        if not local.ended:
-                            local.generation = record.generation
+                    # Held by this process, which has its messages: claim between its
+                    # batch writes, and adopt the new generation before the next write.
+                    record, replay = await self.store.load(hello.sid), None
+                    claimed = record is not None and admit(record)
+                    if claimed:
+                        assert record is not None
+                        async with local.lock():
+                            while local.writing:  # a write under the old generation: let it land
+                                await self._wait_progress(local)
+                            record = await self._claim(hello, record.generation, token_hash)
+                            if not local.ended:
+                                local.generation = record.generation
                 else:
-                    record = await self._claim(hello, record.generation, token_hash)
+                    # Load, judge, claim and read the replay: one trip to the store.
+                    record, replay = await self.store.resume(
+                        hello.sid,
+                        admit,
+                        token_hash=token_hash,
+                        previous_token_hash=previous_token_hash,
+                    )
+                    claimed = replay is not None
             except Fenced:
                 continue  # another connection claimed it at the same moment: judge again
             except UnknownSession:
                 self._count_refusal(host, loop.time())
                 return await self._new(transport, request, principal, reason=LostReason.UNKNOWN)
             except StoreError as exc:
-                logger.warning("session store unavailable for a claim: %s", exc)
+                logger.warning("session store unavailable for a resume: %s", exc)
                 return await self._new(
                     transport, request, principal, reason=LostReason.STORE_UNAVAILABLE
                 )
+            if not claimed or record is None:
+                verdict = judge_resume(hello, record, epoch=epoch, principal=principal, now=now)
+                self._count_refusal(host, loop.time())
+                return await self._new(transport, request, principal, reason=verdict)
             state = self._by_sid.get(hello.sid)
             if state is not None and not state.ended:
                 self._take_over(state)
                 state.generation = record.generation
                 state.durable = True
             else:
-                try:
-                    stored = await self.store.messages(hello.sid, after=record.acked)
-                except StoreError as exc:
-                    logger.warning("session store unavailable for a replay: %s", exc)
-                    return await self._new(
-                        transport, request, principal, reason=LostReason.STORE_UNAVAILABLE
-                    )
+                if replay is None:  # claimed as held here, but its state ended since
+                    try:
+                        replay = await self.store.messages(hello.sid, after=record.acked)
+                    except StoreError as exc:
+                        logger.warning("session store unavailable for a replay: %s", exc)
+                        return await self._new(
+                            transport, request, principal, reason=LostReason.STORE_UNAVAILABLE
+                        )
                 endpoint = ServerEndpoint(
                     hello.sid, epoch, self.config, hold_acks=True, tx=record.tx, rx=record.rx
                 )
-                endpoint.restore(record.acked, [(m.seq, m.payload) for m in stored], loop.time())
+                endpoint.restore(record.acked, [(m.seq, m.payload) for m in replay], loop.time())
                 session = Session(
                     self,
                     request,
@@ -1420,6 +1429,13 @@ class TetherV1ServerLayer(ServerLayer):
         task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+def _admits(
+    hello: Hello, record: SessionRecord, *, epoch: str, principal: str | None, now: float
+) -> bool:
+    """Whether ``hello`` may resume ``record`` (the judgement a store's resume() runs)."""
+    return judge_resume(hello, record, epoch=epoch, principal=principal, now=now) is None
 
 
 def _cancel_ack_timer(state: _V1) -> None:

@@ -5,11 +5,10 @@ outgoing (server -> client) messages the client has not acknowledged, keyed by
 sequence number. The server adapter calls it like this::
 
     epoch = await store.epoch()
-    record = await store.load(sid)                       # hello names a session
-    reason = judge_resume(hello, record, epoch=epoch, principal=p, now=now)
-    record = await store.claim(sid, record.generation,               # fencing CAS
-                               token_hash=new_hash, previous_token_hash=presented_hash)
-    messages = await store.messages(sid, after=hello.rx)           # replay
+    # hello names a session: load it, judge it, claim it (fencing CAS), read the replay
+    record, messages = await store.resume(
+        sid, lambda r: judge_resume(hello, r, epoch=epoch, principal=p, now=now) is None,
+        token_hash=new_hash, previous_token_hash=presented_hash)
     ...
     await store.write(sid, generation, append=batch, acked=a, rx=r)  # once per loop turn
     await store.detach(sid, generation, expires_at=now + window)     # connection lost
@@ -25,6 +24,10 @@ Design for every implementation (memory, SQLite, Redis; ``docs/protocol.md``):
   transaction, one Redis Lua script), so the adapter pays one round trip per
   event-loop turn, not per message. Appended sequence numbers must continue
   ``tx`` exactly; trimming is exact (Redis: ``XTRIM MINID``, never approximate).
+* **One step per resume.** :meth:`SessionStore.resume` is :meth:`load`, the
+  caller's judgement, :meth:`claim` and :meth:`messages` in one call; a store may
+  do it in one trip (SQLite: one transaction), so a resume costs one wait on the
+  store, not three, when thousands of clients come back at once.
 * **Epoch.** :meth:`SessionStore.epoch` changes when the store lost its data
   (Redis flushed or restarted without persistence), so resumes fail with
   ``epoch_mismatch`` instead of partially.
@@ -42,7 +45,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -51,6 +54,7 @@ from ..protocol import Payload
 
 __all__ = [
     "Fenced",
+    "Resumption",
     "SessionExists",
     "SessionRecord",
     "SessionStore",
@@ -137,6 +141,21 @@ class SessionRecord:
     acked: int = 0
     rx: int = 0
     lost: str | None = None
+
+
+class Resumption(NamedTuple):
+    """What :meth:`SessionStore.resume` found, and did.
+
+    Attributes:
+        record: the session's record: as the claim left it when ``messages`` is
+            not None; else as loaded (the judgement refused it, nothing changed),
+            or None when the store does not know the session.
+        messages: after a claim, the held messages with ``seq > record.acked``,
+            oldest first (the replay); None when nothing was claimed.
+    """
+
+    record: SessionRecord | None
+    messages: list[StoredMessage] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +245,42 @@ class SessionStore(abc.ABC):
             UnknownSession: the session is gone.
             StoreUnavailable: the backend failed.
         """
+
+    async def resume(
+        self,
+        sid: str,
+        admit: Callable[[SessionRecord], bool],
+        *,
+        token_hash: str,
+        previous_token_hash: str,
+    ) -> Resumption:
+        """Load the session, judge it with ``admit``, claim it and read its replay.
+
+        The steps of a resume in one call, so that a store can make them one trip
+        (SQLite: one transaction on its thread, where ``admit`` then runs; it must
+        be quick and must not touch the event loop). When ``admit(record)`` is
+        true, the session is claimed as :meth:`claim` would from the loaded
+        ``record.generation`` with these token hashes. The default awaits
+        :meth:`load`, :meth:`claim` and :meth:`messages` in turn.
+
+        Returns:
+            ``Resumption(None, None)``: the store does not know ``sid``;
+            ``Resumption(record, None)``: ``admit`` refused the record, nothing changed;
+            ``Resumption(claimed, messages)``: claimed, with the messages to replay.
+
+        Raises:
+            Fenced: another connection claimed the session between the load and the
+                claim (not in a store that does both in one step); judge again.
+            UnknownSession: the session went away between the load and the claim.
+            StoreUnavailable: the backend failed; the claim may or may not have happened.
+        """
+        record = await self.load(sid)
+        if record is None or not admit(record):
+            return Resumption(record, None)
+        claimed = await self.claim(
+            sid, record.generation, token_hash=token_hash, previous_token_hash=previous_token_hash
+        )
+        return Resumption(claimed, await self.messages(sid, after=claimed.acked))
 
     @abc.abstractmethod
     async def write(

@@ -43,6 +43,7 @@ without raises an ImportError that says so.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import math
 import secrets
@@ -55,6 +56,7 @@ from ._checks import check_batch
 from ._incident import IncidentLog
 from .base import (
     Fenced,
+    Resumption,
     SessionExists,
     SessionRecord,
     SessionStore,
@@ -340,6 +342,43 @@ class RedisStore(SessionStore):
             "claim", self._claim_script, sid, args, generation=expected_generation
         )
         return _record(sid, fields)
+
+    async def resume(
+        self,
+        sid: str,
+        admit: Callable[[SessionRecord], bool],
+        *,
+        token_hash: str,
+        previous_token_hash: str,
+    ) -> Resumption:
+        """Two round trips: the load, then the claim and the replay in one pipeline.
+
+        ``admit`` runs here, between the two (it cannot run inside Redis). The
+        replay is the whole stream after the loaded ``acked``: trimming is exact, so
+        the stream holds nothing at or below the claimed ``acked`` either, even if
+        the session's writer trimmed between the load and the claim. See
+        :meth:`SessionStore.resume`.
+        """
+        record = await self.load(sid)
+        if record is None or not admit(record):
+            return Resumption(record, None)
+        keys = self._keys(sid)
+        # Both queued before either is awaited: they share this turn's pipeline.
+        claim = self._pipelined(
+            self._claim_script, keys, [str(record.generation), token_hash, previous_token_hash]
+        )
+        replay = self._pipelined(self._messages_script, keys, [record.acked + 1])
+        try:
+            fields = await self._call("claim", lambda: claim, sid=sid, generation=record.generation)
+        except Exception:
+            # The claim's error is the answer; the replay's outcome (from the same
+            # round trip) is collected so that asyncio does not report it unretrieved.
+            with contextlib.suppress(Exception):
+                await replay
+            raise
+        claimed = _record(sid, fields)
+        entries = await self._call("messages", lambda: replay, sid=sid)
+        return Resumption(claimed, [_message(entry_id, entry) for entry_id, entry in entries])
 
     async def messages(self, sid: str, *, after: int) -> list[StoredMessage]:
         """Held messages with ``seq > after``: one ``XRANGE`` of the session's stream."""
