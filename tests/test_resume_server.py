@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -1030,6 +1031,109 @@ async def test_a_resume_from_the_store_is_one_store_call() -> None:
     lost = decode(refused.sent[0])
     assert isinstance(lost, Welcome)
     assert (lost.resumed, lost.reason) == (False, "token_invalid")
+
+
+class HeldLoad(GatedStore):
+    """The next load() after ``hold_next_load()`` waits at the gate it returns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held_load: asyncio.Event | None = None
+        self.loading = asyncio.Event()
+
+    def hold_next_load(self) -> asyncio.Event:
+        self.held_load = asyncio.Event()
+        self.loading.clear()
+        return self.held_load
+
+    async def load(self, sid: str) -> SessionRecord | None:
+        gate, self.held_load = self.held_load, None
+        if gate is not None:
+            self.loading.set()
+            await gate.wait()
+        return await super().load(sid)
+
+
+async def test_a_claim_over_a_resume_registered_meanwhile_waits_for_its_write() -> None:
+    """Two resumes of one session at once in a new process, B judged before A registered.
+
+    A resumes and sends; B's claim then fences A's write in flight. B waits for that
+    write before it adopts anything: fenced, it ends A's state (4901 to A), and B gets
+    the session restored from what its own claim read. (Adopting A's state at once let
+    A's fenced write close B's connection with 4901.)
+    """
+    store = HeldLoad()
+    _, gone, welcome = await new_session(TetherV1ServerLayer(store=store))
+    gone.abort()
+    await eventually(lambda: store.detached == 1, 2.0)
+    layer = TetherV1ServerLayer(store=store)  # the replacement
+    hello = encode(Hello(welcome.sid, welcome.token, welcome.epoch, rx=0))
+    load_b = store.hold_next_load()
+    b = v1_transport(hello)
+    opening_b = asyncio.ensure_future(layer.open(b, REQUEST))
+    await store.loading.wait()  # B: nothing held here, so a resume from the store
+    a = v1_transport(hello)
+    session_a = await layer.open(a, REQUEST)  # A: claims generation 2, registered
+    session_a.attach(a)
+    await settle(a, 1)
+    store.gate.clear()
+    store.entered.clear()
+    sending = asyncio.ensure_future(session_a.send("x"))
+    await store.entered.wait()  # A's write, under generation 2, in flight
+    load_b.set()  # B loads generation 2 and claims generation 3
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert not opening_b.done()  # B waits for A's write
+    store.gate.set()  # A's write: fenced
+    session_b = await opening_b
+    session_b.attach(b)
+    await settle(b, 1)
+    back = decode(b.sent[0])
+    assert isinstance(back, Welcome)
+    assert back.resumed
+    assert session_b is not session_a
+    assert b.close_calls == []
+    await eventually(lambda: a.close_calls == [(4901, "taken over")], 2.0)
+    with pytest.raises(ConnectionClosedError):
+        await sending
+    record = await store.load(welcome.sid)
+    assert record is not None
+    assert record.generation == 3
+    await session_b.send("y")  # B's session writes under its generation
+    await settle(b, 2)
+    assert b.sent[1] == "d1:0:y"
+
+
+async def test_a_resume_is_judged_when_the_store_answered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The wait for the store counts: a window that ended meanwhile is expired."""
+    clock = [1000.0]
+    monkeypatch.setattr(resume_server, "time", SimpleNamespace(time=lambda: clock[0]))
+
+    class SlowLoad(CountingStore):
+        slow = False
+
+        async def load(self, sid: str) -> SessionRecord | None:
+            if self.slow:
+                clock[0] += 5.0  # the store's queue, during a storm
+            return await super().load(sid)
+
+    store = SlowLoad()
+    _, gone, welcome = await new_session(TetherV1ServerLayer(store=store, resume_window=60.0))
+    gone.abort()
+    await eventually(lambda: store.detached == 1, 2.0)
+    record = await store.load(welcome.sid)
+    assert record is not None
+    assert record.expires_at == 1060.0
+    clock[0] = 1059.0  # the hello: 1 s of the window left
+    store.slow = True
+    again = v1_transport(encode(Hello(welcome.sid, welcome.token, welcome.epoch, rx=0)))
+    await TetherV1ServerLayer(store=store).open(again, REQUEST)
+    await settle(again, 1)
+    lost = decode(again.sent[0])
+    assert isinstance(lost, Welcome)
+    assert (lost.resumed, lost.reason) == (False, "expired")
 
 
 async def test_a_clients_ack_is_written_when_the_handler_returns() -> None:

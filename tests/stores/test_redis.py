@@ -263,19 +263,25 @@ async def test_write_many_is_one_pipeline_without_a_task_per_write(
 
 
 async def test_resume_is_two_round_trips(redis_server: RedisServer) -> None:
-    """resume(): the load, then the claim and the replay together in one pipeline."""
-    async with sessions_on(redis_server, 1, timeout=2.0) as (store, _, sids):
+    """resume(): the load, then one script that claims and reads the replay."""
+    async with sessions_on(redis_server, 2, timeout=2.0) as (store, stats, sids):
         await store.write(sids[0], 1, append=batch(1, 3), acked=1)
-        await store.claim(sids[0], 1, token_hash=HASH, previous_token_hash=HASH)  # loads it
-        await store.messages(sids[0], after=0)  # loads the replay's script
+        await store.resume(  # loads the script
+            sids[1], lambda record: True, token_hash=HASH, previous_token_hash=HASH
+        )
+        await stats.config_resetstat()
         with tasks_started() as tasks:
             record, messages = await store.resume(
                 sids[0], lambda record: True, token_hash="b" * 64, previous_token_hash=HASH
             )
         assert record is not None
-        assert (record.generation, messages) == (3, batch(2, 3))
+        assert (record.generation, messages) == (2, batch(2, 3))
         ours = [name for name in tasks if name.startswith("RedisStore.")]
         assert ours == ["RedisStore._send_pipeline"] * 2
+        # The claim and the read are one script: nothing can run between them.
+        info = await stats.info("commandstats")
+        assert info["cmdstat_evalsha"]["calls"] == 1
+        assert info["cmdstat_xrange"]["calls"] == 1  # inside the script
 
 
 async def test_write_many_reports_a_backend_failure_per_write() -> None:

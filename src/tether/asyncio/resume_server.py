@@ -411,8 +411,12 @@ class TetherV1ServerLayer(ServerLayer):
             local = self._by_sid.get(hello.sid)
             try:
                 epoch = await self.store.epoch()
-                now = time.time()
-                admit = functools.partial(_admits, hello, epoch=epoch, principal=principal, now=now)
+                # The judgement, with the clock read when it runs (on the SQLite store's
+                # thread, after the wait for it); its verdict is kept for a refusal.
+                verdicts: list[LostReason | None] = []
+                admit = functools.partial(
+                    _admits, hello, verdicts, epoch=epoch, principal=principal
+                )
                 if local is not None and not local.ended:
                     # Held by this process, which has its messages: claim between its
                     # batch writes, and adopt the new generation before the next write.
@@ -446,10 +450,21 @@ class TetherV1ServerLayer(ServerLayer):
                     transport, request, principal, reason=LostReason.STORE_UNAVAILABLE
                 )
             if not claimed or record is None:
-                verdict = judge_resume(hello, record, epoch=epoch, principal=principal, now=now)
+                if record is None:  # unknown to the store: never judged (the epoch first)
+                    now = time.time()
+                    verdict = judge_resume(hello, None, epoch=epoch, principal=principal, now=now)
+                else:  # judged and refused
+                    verdict = verdicts[-1]
                 self._count_refusal(host, loop.time())
                 return await self._new(transport, request, principal, reason=verdict)
             state = self._by_sid.get(hello.sid)
+            if state is not local and state is not None and not state.ended:
+                # Registered here by another connection's resume while the store claimed
+                # for this one: a write of its in flight carries the generation this
+                # claim fenced. Let it land first (fenced, it ends that state; the
+                # replay read with the claim then restores the session below).
+                while state.writing and not state.ended:
+                    await self._wait_progress(state)
             if state is not None and not state.ended:
                 self._take_over(state)
                 state.generation = record.generation
@@ -1432,10 +1447,20 @@ class TetherV1ServerLayer(ServerLayer):
 
 
 def _admits(
-    hello: Hello, record: SessionRecord, *, epoch: str, principal: str | None, now: float
+    hello: Hello,
+    verdicts: list[LostReason | None],
+    record: SessionRecord,
+    *,
+    epoch: str,
+    principal: str | None,
 ) -> bool:
-    """Whether ``hello`` may resume ``record`` (the judgement a store's resume() runs)."""
-    return judge_resume(hello, record, epoch=epoch, principal=principal, now=now) is None
+    """Whether ``hello`` may resume ``record`` (the judgement a store's resume() runs).
+
+    Its verdict goes to ``verdicts``: a refusal's reason, or None.
+    """
+    verdict = judge_resume(hello, record, epoch=epoch, principal=principal, now=time.time())
+    verdicts.append(verdict)
+    return verdict is None
 
 
 def _cancel_ack_timer(state: _V1) -> None:

@@ -43,7 +43,6 @@ without raises an ImportError that says so.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import math
 import secrets
@@ -116,7 +115,7 @@ return redis.call('HGETALL', KEYS[1])
 """
 
 # KEYS: meta, out. ARGV: expected generation, token_hash, previous_token_hash.
-_CLAIM = (
+_CLAIM_STEPS = (
     _CHECK_GENERATION
     + """
 redis.call('HINCRBY', KEYS[1], 'generation', 1)
@@ -124,7 +123,19 @@ redis.call('HSET', KEYS[1], 'token_hash', ARGV[2], 'previous_token_hash', ARGV[3
 redis.call('HDEL', KEYS[1], 'expires_at', 'ttl_at')
 redis.call('PERSIST', KEYS[1])
 redis.call('PERSIST', KEYS[2])
-return redis.call('HGETALL', KEYS[1])
+"""
+)
+_CLAIM = _CLAIM_STEPS + "return redis.call('HGETALL', KEYS[1])\n"
+
+# The claim, then the replay read in the same script: nothing can run between them
+# (two scripts of one pipeline are sent again separately after a NOSCRIPT, and the
+# session's old owner could then write in between). Trimming is exact, so the stream
+# holds exactly the messages after the claimed acked. Returns {record, entries}.
+_CLAIM_AND_READ = (
+    _CLAIM_STEPS
+    + """
+local after = '(' .. redis.call('HGET', KEYS[1], 'acked') .. '-0'
+return {redis.call('HGETALL', KEYS[1]), redis.call('XRANGE', KEYS[2], after, '+')}
 """
 )
 
@@ -272,6 +283,7 @@ class RedisStore(SessionStore):
         self._epoch_script = register(_EPOCH)
         self._create_script = register(_CREATE)
         self._claim_script = register(_CLAIM)
+        self._claim_and_read_script = register(_CLAIM_AND_READ)
         self._write_script = register(_WRITE)
         self._messages_script = register(_MESSAGES)
         self._detach_script = register(_DETACH)
@@ -351,34 +363,24 @@ class RedisStore(SessionStore):
         token_hash: str,
         previous_token_hash: str,
     ) -> Resumption:
-        """Two round trips: the load, then the claim and the replay in one pipeline.
+        """Two round trips: the load, then one script that claims and reads the replay.
 
-        ``admit`` runs here, between the two (it cannot run inside Redis). The
-        replay is the whole stream after the loaded ``acked``: trimming is exact, so
-        the stream holds nothing at or below the claimed ``acked`` either, even if
-        the session's writer trimmed between the load and the claim. See
+        ``admit`` runs here, between the two (it cannot run inside Redis). See
         :meth:`SessionStore.resume`.
         """
         record = await self.load(sid)
         if record is None or not admit(record):
             return Resumption(record, None)
-        keys = self._keys(sid)
-        # Both queued before either is awaited: they share this turn's pipeline.
-        claim = self._pipelined(
-            self._claim_script, keys, [str(record.generation), token_hash, previous_token_hash]
+        fields, entries = await self._session_script(
+            "claim",
+            self._claim_and_read_script,
+            sid,
+            [str(record.generation), token_hash, previous_token_hash],
+            generation=record.generation,
         )
-        replay = self._pipelined(self._messages_script, keys, [record.acked + 1])
-        try:
-            fields = await self._call("claim", lambda: claim, sid=sid, generation=record.generation)
-        except Exception:
-            # The claim's error is the answer; the replay's outcome (from the same
-            # round trip) is collected so that asyncio does not report it unretrieved.
-            with contextlib.suppress(Exception):
-                await replay
-            raise
-        claimed = _record(sid, fields)
-        entries = await self._call("messages", lambda: replay, sid=sid)
-        return Resumption(claimed, [_message(entry_id, entry) for entry_id, entry in entries])
+        return Resumption(
+            _record(sid, fields), [_message(entry_id, entry) for entry_id, entry in entries]
+        )
 
     async def messages(self, sid: str, *, after: int) -> list[StoredMessage]:
         """Held messages with ``seq > after``: one ``XRANGE`` of the session's stream."""
