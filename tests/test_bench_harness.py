@@ -6,6 +6,7 @@ what a figure means, fed with made-up inputs.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import signal
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from benchmarks import runner, storm, tickload
+from benchmarks import runner, storelat, storm, tickload
 from benchmarks.common import child_env, pick_rows, python_command
 from benchmarks.peers import V1_HELLO, _v1_hello, free_port
 
@@ -289,3 +290,18 @@ def test_tickload_server_wrapper_reports_its_collector(tmp_path: Path) -> None:
     finally:
         server.kill()
         server.wait(10)
+
+
+@pytest.mark.parametrize("path", storelat.PATHS)
+def test_storelat_resumes_every_session_and_counts_its_transactions(path: str) -> None:
+    """A small real run: every session resumed with its replay; resume() needs fewer commits."""
+    run = asyncio.run(storelat._run(path, 20, busy=0.5, limit=10.0))
+    assert (run["finished"], run["resumed"]) == (True, 20)
+    assert 0 < run["p50_s"] <= run["p99_s"] <= run["max_s"]
+    # A resume's three calls wait for each other: three commit groups at least.
+    assert run["transactions"] >= (3 if path == "three calls" else 1)
+
+
+def test_storelat_median_of_a_run_that_did_not_finish_is_none() -> None:
+    assert storelat._median([0.2, None, 0.1]) is None
+    assert storelat._median([0.3, 0.1, 0.2]) == 0.2
