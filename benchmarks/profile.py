@@ -1,7 +1,7 @@
 """Profile one side of a throughput test with py-spy and say where the time goes.
 
     python -m benchmarks.profile IMPL [--side server|client] [--test echo] [--size 64]
-                                      [--seconds 6] [--rate 500] [--top 25]
+                                      [--seconds 6] [--rate 500] [--top 25] [--keep FILE]
 
 Starts ``benchmarks.peers`` server and client for IMPL (separate processes, as in
 the throughput scenario), lets the client run TEST for a bounded time, samples the
@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=int, default=500, help="py-spy samples per second")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--keep", metavar="FILE", help="keep py-spy's raw stacks in FILE")
     args = parser.parse_args(argv)
     py_spy = py_spy_path()
     sample_seconds = max(1, int(args.seconds) - 2)
@@ -148,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             stop(client)
         summary = summarize(raw_path, args.top)
+        if args.keep:
+            shutil.copyfile(raw_path, args.keep)
     result = json.loads(out.strip().splitlines()[-1])["results"][0]
     summary["rate_per_s"] = result["count"] / result["seconds"]
     summary.update(
