@@ -909,6 +909,16 @@ async def acked_session(
     return layer, session, transport
 
 
+async def acked_session_gone(store: CountingStore) -> Welcome:
+    """:func:`acked_session`, then its connection lost and the session detached."""
+    _, _, transport = await acked_session(store)
+    welcome = decode(transport.sent[0])
+    assert isinstance(welcome, Welcome)
+    transport.abort()
+    await eventually(lambda: store.detached == 1, 2.0)
+    return welcome
+
+
 async def test_a_clients_ack_rides_with_the_next_write() -> None:
     """An ack alone costs no store write: the next batch carries it and trims the store."""
     store = CountingStore()
@@ -957,11 +967,7 @@ async def test_a_connection_that_ends_leaves_the_ack_to_the_resume() -> None:
 async def test_a_resume_elsewhere_does_not_replay_what_the_client_acked() -> None:
     """Another server restores from the store, which still holds m1: hello.rx drops it."""
     store = CountingStore()
-    _, _, transport = await acked_session(store)
-    welcome = decode(transport.sent[0])
-    assert isinstance(welcome, Welcome)
-    transport.abort()
-    await eventually(lambda: store.detached == 1, 2.0)
+    welcome = await acked_session_gone(store)
     assert [m.seq for m in await store.messages(welcome.sid, after=0)] == [1]
     replacement = TetherV1ServerLayer(store=store)  # the next process, same store
     again = v1_transport(encode(Hello(welcome.sid, welcome.token, welcome.epoch, rx=1)))
@@ -1006,11 +1012,7 @@ class RecordingStore(CountingStore):
 async def test_a_resume_from_the_store_is_one_store_call() -> None:
     """Another process resumes with one resume() (load, judge, claim, replay in one trip)."""
     store = RecordingStore()
-    _, _, transport = await acked_session(store)
-    welcome = decode(transport.sent[0])
-    assert isinstance(welcome, Welcome)
-    transport.abort()
-    await eventually(lambda: store.detached == 1, 2.0)
+    welcome = await acked_session_gone(store)
     replacement = TetherV1ServerLayer(store=store)
     again = v1_transport(encode(Hello(welcome.sid, welcome.token, welcome.epoch, rx=0)))
     store.calls.clear()
