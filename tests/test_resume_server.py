@@ -1106,6 +1106,71 @@ async def test_a_claim_over_a_resume_registered_meanwhile_waits_for_its_write() 
     assert b.sent[1] == "d1:0:y"
 
 
+class HeldLoadAndWrite(HeldLoad):
+    """Also: write() (the session task's path) waits at ``write_gate`` while it is cleared."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.write_gate = asyncio.Event()
+        self.write_gate.set()
+        self.writing = asyncio.Event()
+
+    async def write(self, *args: Any, **kwargs: Any) -> SessionRecord:
+        self.writing.set()
+        await self.write_gate.wait()
+        return await super().write(*args, **kwargs)
+
+
+def test_a_claim_over_a_resume_registered_meanwhile_waits_for_its_tasks_write() -> None:
+    run_virtual(_a_claim_waits_for_the_tasks_write())
+
+
+async def _a_claim_waits_for_the_tasks_write() -> None:
+    """As above, with the write in flight from the session's task, under its store lock.
+
+    The lazy ack's write goes that way (the task writes it, the writer is not
+    involved): the later claim must wait for the lock, not only for the writer.
+    """
+    store = HeldLoadAndWrite()
+    _, gone, welcome = await new_session(TetherV1ServerLayer(store=store))
+    gone.abort()
+    await eventually(lambda: store.detached == 1, 2.0)
+    layer = TetherV1ServerLayer(store=store)
+    hello = encode(Hello(welcome.sid, welcome.token, welcome.epoch, rx=0))
+    load_b = store.hold_next_load()
+    b = v1_transport(hello)
+    opening_b = asyncio.ensure_future(layer.open(b, REQUEST))
+    await store.loading.wait()
+    a = v1_transport(hello)
+    session_a = await layer.open(a, REQUEST)  # A: generation 2
+    session_a.attach(a)
+    session_a.read_ahead(keep=True)  # a handler that only sends: the layer reads the acks
+    await session_a.send("m1")
+    await eventually(lambda: a.sent[-1:] == ["d1:0:m1"], 2.0)
+    store.write_gate.clear()
+    store.writing.clear()
+    a.feed(encode(Ack(1)))  # written lazily, by the session's task
+    await eventually(store.writing.is_set, LAZY_ACK_WRITE_S + 5.0)
+    state_a = layer._states[session_a]
+    assert state_a.locked()
+    assert not state_a.writing
+    load_b.set()  # B claims generation 3
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert not opening_b.done()  # B waits for the store lock
+    store.write_gate.set()  # A's ack write: fenced
+    session_b = await opening_b
+    session_b.attach(b)
+    await eventually(lambda: len(b.sent) >= 2, 2.0)
+    back = decode(b.sent[0])
+    assert isinstance(back, Welcome)
+    assert back.resumed
+    assert b.sent[1] == "d1:0:m1"  # the replay B's claim read (the ack never landed)
+    assert session_b is not session_a
+    assert b.close_calls == []
+    await eventually(lambda: a.close_calls == [(4901, "taken over")], 2.0)
+
+
 async def test_a_resume_is_judged_when_the_store_answered(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

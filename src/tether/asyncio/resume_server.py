@@ -460,16 +460,21 @@ class TetherV1ServerLayer(ServerLayer):
             state = self._by_sid.get(hello.sid)
             if state is not local and state is not None and not state.ended:
                 # Registered here by another connection's resume while the store claimed
-                # for this one: a write of its in flight carries the generation this
-                # claim fenced. Let it land first (fenced, it ends that state; the
-                # replay read with the claim then restores the session below).
-                while state.writing and not state.ended:
-                    await self._wait_progress(state)
-            if state is not None and not state.ended:
-                self._take_over(state)
-                state.generation = record.generation
-                state.durable = True
-            else:
+                # for this one: its write in flight (the writer's, or its task's under
+                # the store lock) carries the generation this claim fenced. Let it land
+                # first (fenced, it ends that state; the replay read with the claim then
+                # restores the session below), and adopt it under the lock, as a claim
+                # of a session held here does, so that no write starts in between.
+                async with state.lock():
+                    while state.writing and not state.ended:
+                        await self._wait_progress(state)
+                    if not state.ended and self._by_sid.get(hello.sid) is state:
+                        self._adopt(state, record.generation)
+                    else:
+                        state = None
+            elif state is not None and not state.ended:
+                self._adopt(state, record.generation)
+            if state is None or state.ended:
                 if replay is None:  # claimed as held here, but its state ended since
                     try:
                         replay = await self.store.messages(hello.sid, after=record.acked)
@@ -503,6 +508,12 @@ class TetherV1ServerLayer(ServerLayer):
                 raise
             return state.session
         return await self._new(transport, request, principal, reason=LostReason.NOT_RESUMABLE)
+
+    def _adopt(self, state: _V1, generation: int) -> None:
+        """The session held here goes on with the connection that claimed ``generation``."""
+        self._take_over(state)
+        state.generation = generation
+        state.durable = True
 
     async def _claim(self, hello: Hello, generation: int, token_hash: str) -> SessionRecord:
         assert hello.sid is not None
