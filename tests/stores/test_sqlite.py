@@ -218,65 +218,61 @@ async def test_sigkilled_writer_loses_nothing_committed(tmp_path: Path) -> None:
         await store.close()
 
 
-async def test_concurrent_writes_share_commits(tmp_path: Path) -> None:
-    """Writes of 50 sessions queued in one loop turn take far fewer than 50 commits."""
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    """A store on a new file, closed after the test."""
     store = SQLiteStore(tmp_path / "sessions.db")
-    try:
-        sids = [f"s{number}" for number in range(50)]
-        for sid in sids:
-            await store.create(sid, token_hash=HASH, principal=None, now=0.0)
-        before = store.transactions
-        records = await asyncio.gather(*(store.write(sid, 1, append=batch(1, 3)) for sid in sids))
-        assert [record.tx for record in records] == [3] * 50
-        assert store.transactions - before <= 5
-    finally:
-        await store.close()
+    yield store
+    await store.close()
+
+
+async def test_concurrent_writes_share_commits(store: SQLiteStore) -> None:
+    """Writes of 50 sessions queued in one loop turn take far fewer than 50 commits."""
+    sids = [f"s{number}" for number in range(50)]
+    for sid in sids:
+        await store.create(sid, token_hash=HASH, principal=None, now=0.0)
+    before = store.transactions
+    records = await asyncio.gather(*(store.write(sid, 1, append=batch(1, 3)) for sid in sids))
+    assert [record.tx for record in records] == [3] * 50
+    assert store.transactions - before <= 5
 
 
 async def test_a_group_wakes_the_event_loop_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Answering a group of 500 writes takes one call_soon_threadsafe, not 500.
 
     Each such call writes a byte to the loop's self-pipe, which holds a few hundred:
     a full pipe loses the signals asyncio reads from it (a handover's SIGHUP).
     """
-    store = SQLiteStore(tmp_path / "sessions.db")
-    try:
-        sids = [f"s{number}" for number in range(500)]
-        for sid in sids:
-            await store.create(sid, token_hash=HASH, principal=None, now=0.0)
-        wakeups = count_calls(monkeypatch, asyncio.get_running_loop(), "call_soon_threadsafe")
-        before = store.transactions
-        records = await asyncio.gather(*(store.write(sid, 1, append=batch(1, 2)) for sid in sids))
-        assert [record.tx for record in records] == [2] * 500
-        assert len(wakeups) == store.transactions - before
-        assert len(wakeups) <= 5
-    finally:
-        await store.close()
+    sids = [f"s{number}" for number in range(500)]
+    for sid in sids:
+        await store.create(sid, token_hash=HASH, principal=None, now=0.0)
+    wakeups = count_calls(monkeypatch, asyncio.get_running_loop(), "call_soon_threadsafe")
+    before = store.transactions
+    records = await asyncio.gather(*(store.write(sid, 1, append=batch(1, 2)) for sid in sids))
+    assert [record.tx for record in records] == [2] * 500
+    assert len(wakeups) == store.transactions - before
+    assert len(wakeups) <= 5
 
 
 async def test_write_many_is_one_group_answered_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """write_many() of 200 sessions: one transaction, one wake-up, one future for all."""
-    store = SQLiteStore(tmp_path / "sessions.db")
-    try:
-        sids = [f"s{number}" for number in range(200)]
-        for sid in sids:
-            await store.create(sid, token_hash=HASH, principal=None, now=0.0)
-        loop = asyncio.get_running_loop()
-        wakeups = count_calls(monkeypatch, loop, "call_soon_threadsafe")
-        futures = count_calls(monkeypatch, loop, "create_future")
-        before = store.transactions
-        results = await store.write_many([Write(sid, 1, batch(1, 2), rx=5) for sid in sids])
-        assert results == [None] * 200
-        assert (store.transactions - before, len(wakeups), len(futures)) == (1, 1, 1)
-        record = await store.load("s199")
-        assert record is not None
-        assert (record.tx, record.rx) == (2, 5)
-    finally:
-        await store.close()
+    sids = [f"s{number}" for number in range(200)]
+    for sid in sids:
+        await store.create(sid, token_hash=HASH, principal=None, now=0.0)
+    loop = asyncio.get_running_loop()
+    wakeups = count_calls(monkeypatch, loop, "call_soon_threadsafe")
+    futures = count_calls(monkeypatch, loop, "create_future")
+    before = store.transactions
+    results = await store.write_many([Write(sid, 1, batch(1, 2), rx=5) for sid in sids])
+    assert results == [None] * 200
+    assert (store.transactions - before, len(wakeups), len(futures)) == (1, 1, 1)
+    record = await store.load("s199")
+    assert record is not None
+    assert (record.tx, record.rx) == (2, 5)
 
 
 async def test_write_many_reports_a_backend_failure_per_write(tmp_path: Path) -> None:
@@ -290,79 +286,67 @@ async def test_write_many_reports_a_backend_failure_per_write(tmp_path: Path) ->
         await store.close()
 
 
-async def test_write_many_refuses_an_inconsistent_batch_before_the_thread(tmp_path: Path) -> None:
+async def test_write_many_refuses_an_inconsistent_batch_before_the_thread(
+    store: SQLiteStore,
+) -> None:
     """A batch whose seqs skip is refused at once; the call's other writes still land."""
-    store = SQLiteStore(tmp_path / "sessions.db")
-    try:
-        for sid in ("a", "b"):
-            await store.create(sid, token_hash=HASH, principal=None, now=0.0)
-        skipping = [StoredMessage(1, "x"), StoredMessage(3, "y")]
-        before = store.transactions
-        results = await store.write_many([Write("a", 1, skipping), Write("b", 1, batch(1, 1))])
-        assert isinstance(results[0], StoreError)
-        assert results[1] is None
-        assert store.transactions - before == 1
-        results = await store.write_many([Write("a", 1, skipping)])
-        assert isinstance(results[0], StoreError)
-        assert store.transactions - before == 1  # nothing left to send to the thread
-        assert await store.messages("a", after=0) == []
-    finally:
-        await store.close()
+    for sid in ("a", "b"):
+        await store.create(sid, token_hash=HASH, principal=None, now=0.0)
+    skipping = [StoredMessage(1, "x"), StoredMessage(3, "y")]
+    before = store.transactions
+    results = await store.write_many([Write("a", 1, skipping), Write("b", 1, batch(1, 1))])
+    assert isinstance(results[0], StoreError)
+    assert results[1] is None
+    assert store.transactions - before == 1
+    results = await store.write_many([Write("a", 1, skipping)])
+    assert isinstance(results[0], StoreError)
+    assert store.transactions - before == 1  # nothing left to send to the thread
+    assert await store.messages("a", after=0) == []
 
 
 async def test_resume_is_one_transaction_judged_on_the_thread(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """resume(): load, judgement, claim and replay in one transaction, answered once."""
-    store = SQLiteStore(tmp_path / "sessions.db")
-    try:
-        await store.create(SID, token_hash=HASH, principal=None, now=0.0)
-        await store.write(SID, 1, append=batch(1, 3), acked=1)
-        await store.detach(SID, 1, expires_at=50.0)
-        statements = trace_statements(store)
-        wakeups = count_calls(monkeypatch, asyncio.get_running_loop(), "call_soon_threadsafe")
-        before = store.transactions
-        judged_on: list[int] = []
+    await store.create(SID, token_hash=HASH, principal=None, now=0.0)
+    await store.write(SID, 1, append=batch(1, 3), acked=1)
+    await store.detach(SID, 1, expires_at=50.0)
+    statements = trace_statements(store)
+    wakeups = count_calls(monkeypatch, asyncio.get_running_loop(), "call_soon_threadsafe")
+    before = store.transactions
+    judged_on: list[int] = []
 
-        def admit(record: SessionRecord) -> bool:
-            judged_on.append(threading.get_ident())
-            return True
+    def admit(record: SessionRecord) -> bool:
+        judged_on.append(threading.get_ident())
+        return True
 
-        record, messages = await store.resume(
-            SID, admit, token_hash="b" * 64, previous_token_hash=HASH
-        )
-        assert record is not None
-        assert (record.generation, messages) == (2, batch(2, 3))
-        assert (store.transactions - before, len(wakeups)) == (1, 1)
-        assert len(judged_on) == 1
-        assert judged_on[0] != threading.get_ident()
-        assert [q.split()[0] for q in statements] == [
-            "BEGIN",
-            "SELECT",  # the session's row, judged
-            "UPDATE",  # the claim
-            "SELECT",  # the replay
-            "COMMIT",
-        ]
-    finally:
-        await store.close()
+    record, messages = await store.resume(SID, admit, token_hash="b" * 64, previous_token_hash=HASH)
+    assert record is not None
+    assert (record.generation, messages) == (2, batch(2, 3))
+    assert (store.transactions - before, len(wakeups)) == (1, 1)
+    assert len(judged_on) == 1
+    assert judged_on[0] != threading.get_ident()
+    assert [q.split()[0] for q in statements] == [
+        "BEGIN",
+        "SELECT",  # the session's row, judged
+        "UPDATE",  # the claim
+        "SELECT",  # the replay
+        "COMMIT",
+    ]
 
 
-async def test_resume_whose_judgement_fails_changes_nothing(tmp_path: Path) -> None:
+async def test_resume_whose_judgement_fails_changes_nothing(store: SQLiteStore) -> None:
     """An exception from ``admit`` reaches the caller; the session is not claimed."""
-    store = SQLiteStore(tmp_path / "sessions.db")
-    try:
-        await store.create(SID, token_hash=HASH, principal=None, now=0.0)
+    await store.create(SID, token_hash=HASH, principal=None, now=0.0)
 
-        def admit(record: SessionRecord) -> bool:
-            raise RuntimeError("judge broke")
+    def admit(record: SessionRecord) -> bool:
+        raise RuntimeError("judge broke")
 
-        with pytest.raises(RuntimeError, match="judge broke"):
-            await store.resume(SID, admit, token_hash="b" * 64, previous_token_hash=HASH)
-        record = await store.load(SID)
-        assert record is not None
-        assert (record.generation, record.token_hash) == (1, HASH)
-    finally:
-        await store.close()
+    with pytest.raises(RuntimeError, match="judge broke"):
+        await store.resume(SID, admit, token_hash="b" * 64, previous_token_hash=HASH)
+    record = await store.load(SID)
+    assert record is not None
+    assert (record.generation, record.token_hash) == (1, HASH)
 
 
 def count_calls(monkeypatch: pytest.MonkeyPatch, target: object, name: str) -> list[None]:
@@ -394,45 +378,41 @@ def trace_statements(store: SQLiteStore) -> list[str]:
     return statements
 
 
-async def test_refused_operation_in_a_group_is_alone(tmp_path: Path) -> None:
+async def test_refused_operation_in_a_group_is_alone(store: SQLiteStore) -> None:
     """A fenced write committed together with a good one changes nothing; the good one lands.
 
     It is refused before it changes anything, so the group commits once, with no
     rollback and no second attempt.
     """
-    store = SQLiteStore(tmp_path / "sessions.db")
-    try:
-        for sid in ("stale", "good"):
-            await store.create(sid, token_hash=HASH, principal=None, now=0.0)
-        await store.claim("stale", 1, token_hash="b" * 64, previous_token_hash=HASH)
-        statements = trace_statements(store)
-        release = hold_thread(store)
-        calls = asyncio.gather(
-            store.write("stale", 1, append=batch(1, 2)),
-            store.write("good", 1, append=batch(1, 2)),
-            return_exceptions=True,
-        )
-        await asyncio.sleep(0)
-        assert len(store._pending) == 2  # one group
-        release.set()
-        stale, good = await calls
-        assert [q for q in statements if q in ("BEGIN IMMEDIATE", "ROLLBACK", "COMMIT")] == [
-            "BEGIN IMMEDIATE",
-            "COMMIT",
-        ]
-        assert isinstance(stale, Fenced)
-        assert isinstance(good, SessionRecord)
-        assert good.tx == 2
-        assert (await store.load("stale")).tx == 0  # type: ignore[union-attr]
-        assert await store.messages("stale", after=0) == []
-        assert await store.messages("good", after=0) == batch(1, 2)
-    finally:
-        await store.close()
+    for sid in ("stale", "good"):
+        await store.create(sid, token_hash=HASH, principal=None, now=0.0)
+    await store.claim("stale", 1, token_hash="b" * 64, previous_token_hash=HASH)
+    statements = trace_statements(store)
+    release = hold_thread(store)
+    calls = asyncio.gather(
+        store.write("stale", 1, append=batch(1, 2)),
+        store.write("good", 1, append=batch(1, 2)),
+        return_exceptions=True,
+    )
+    await asyncio.sleep(0)
+    assert len(store._pending) == 2  # one group
+    release.set()
+    stale, good = await calls
+    assert [q for q in statements if q in ("BEGIN IMMEDIATE", "ROLLBACK", "COMMIT")] == [
+        "BEGIN IMMEDIATE",
+        "COMMIT",
+    ]
+    assert isinstance(stale, Fenced)
+    assert isinstance(good, SessionRecord)
+    assert good.tx == 2
+    assert (await store.load("stale")).tx == 0  # type: ignore[union-attr]
+    assert await store.messages("stale", after=0) == []
+    assert await store.messages("good", after=0) == batch(1, 2)
 
 
 @pytest.mark.parametrize("error", [StoreError("refused late"), RuntimeError("a bug")])
 async def test_operation_failing_after_a_change_is_rolled_back_alone(
-    tmp_path: Path, error: Exception
+    store: SQLiteStore, error: Exception
 ) -> None:
     """An operation that changed a row and then raised leaves no trace; the group still lands.
 
@@ -440,43 +420,39 @@ async def test_operation_failing_after_a_change_is_rolled_back_alone(
     changes); one that breaks that rule puts the group in doubt: the group is rolled
     back, that operation fails, and the others run again as one group.
     """
-    store = SQLiteStore(tmp_path / "sessions.db")
-    try:
-        for sid in ("good", "faulty", "later"):
-            await store.create(sid, token_hash=HASH, principal=None, now=0.0)
+    for sid in ("good", "faulty", "later"):
+        await store.create(sid, token_hash=HASH, principal=None, now=0.0)
 
-        def change_then_fail(db: sqlite3.Connection) -> None:
-            db.execute("UPDATE sessions SET tx = 99 WHERE sid = 'faulty'")
-            raise error
+    def change_then_fail(db: sqlite3.Connection) -> None:
+        db.execute("UPDATE sessions SET tx = 99 WHERE sid = 'faulty'")
+        raise error
 
-        statements = trace_statements(store)
-        release = hold_thread(store)
-        calls = asyncio.gather(
-            store.write("good", 1, append=batch(1, 2)),
-            store._call("test", change_then_fail),
-            store.write("later", 1, append=batch(1, 3)),
-            return_exceptions=True,
-        )
-        await asyncio.sleep(0)
-        assert len(store._pending) == 3  # one group
-        release.set()
-        good, faulty, later = await calls
-        # The group, rolled back; then the two good writes as one group, committed once.
-        assert [q for q in statements if q in ("BEGIN IMMEDIATE", "ROLLBACK", "COMMIT")] == [
-            "BEGIN IMMEDIATE",
-            "ROLLBACK",
-            "BEGIN IMMEDIATE",
-            "COMMIT",
-        ]
-        assert type(faulty) is type(error)
-        assert isinstance(good, SessionRecord)
-        assert isinstance(later, SessionRecord)
-        assert (good.tx, later.tx) == (2, 3)
-        assert (await store.load("faulty")).tx == 0  # type: ignore[union-attr]
-        assert await store.messages("good", after=0) == batch(1, 2)
-        assert await store.messages("later", after=0) == batch(1, 3)
-    finally:
-        await store.close()
+    statements = trace_statements(store)
+    release = hold_thread(store)
+    calls = asyncio.gather(
+        store.write("good", 1, append=batch(1, 2)),
+        store._call("test", change_then_fail),
+        store.write("later", 1, append=batch(1, 3)),
+        return_exceptions=True,
+    )
+    await asyncio.sleep(0)
+    assert len(store._pending) == 3  # one group
+    release.set()
+    good, faulty, later = await calls
+    # The group, rolled back; then the two good writes as one group, committed once.
+    assert [q for q in statements if q in ("BEGIN IMMEDIATE", "ROLLBACK", "COMMIT")] == [
+        "BEGIN IMMEDIATE",
+        "ROLLBACK",
+        "BEGIN IMMEDIATE",
+        "COMMIT",
+    ]
+    assert type(faulty) is type(error)
+    assert isinstance(good, SessionRecord)
+    assert isinstance(later, SessionRecord)
+    assert (good.tx, later.tx) == (2, 3)
+    assert (await store.load("faulty")).tx == 0  # type: ignore[union-attr]
+    assert await store.messages("good", after=0) == batch(1, 2)
+    assert await store.messages("later", after=0) == batch(1, 3)
 
 
 async def test_session_resumes_after_server_restart(tmp_path: Path) -> None:

@@ -419,7 +419,7 @@ class TetherV1ServerLayer(ServerLayer):
                 )
                 if local is not None and not local.ended:
                     # Held by this process, which has its messages: claim between its
-                    # batch writes, and adopt the new generation before the next write.
+                    # batch writes, and adopt the session before the next write.
                     record, replay = await self.store.load(hello.sid), None
                     claimed = record is not None and admit(record)
                     if claimed:
@@ -427,9 +427,14 @@ class TetherV1ServerLayer(ServerLayer):
                         async with local.lock():
                             while local.writing:  # a write under the old generation: let it land
                                 await self._wait_progress(local)
-                            record = await self._claim(hello, record.generation, token_hash)
+                            record = await self.store.claim(
+                                hello.sid,
+                                record.generation,
+                                token_hash=token_hash,
+                                previous_token_hash=previous_token_hash,
+                            )
                             if not local.ended:
-                                local.generation = record.generation
+                                self._adopt(local, record.generation)
                 else:
                     # Load, judge, claim and read the replay: one trip to the store.
                     record, replay = await self.store.resume(
@@ -457,7 +462,7 @@ class TetherV1ServerLayer(ServerLayer):
                     verdict = verdicts[-1]
                 self._count_refusal(host, loop.time())
                 return await self._new(transport, request, principal, reason=verdict)
-            state = self._by_sid.get(hello.sid)
+            state = self._by_sid.get(hello.sid)  # (held here: adopted above, unless ended)
             if state is not local and state is not None and not state.ended:
                 # Registered here by another connection's resume while the store claimed
                 # for this one: its write in flight (the writer's, or its task's under
@@ -472,8 +477,6 @@ class TetherV1ServerLayer(ServerLayer):
                         self._adopt(state, record.generation)
                     else:
                         state = None
-            elif state is not None and not state.ended:
-                self._adopt(state, record.generation)
             if state is None or state.ended:
                 if replay is None:  # claimed as held here, but its state ended since
                     try:
@@ -514,16 +517,6 @@ class TetherV1ServerLayer(ServerLayer):
         self._take_over(state)
         state.generation = generation
         state.durable = True
-
-    async def _claim(self, hello: Hello, generation: int, token_hash: str) -> SessionRecord:
-        assert hello.sid is not None
-        assert hello.token is not None
-        return await self.store.claim(
-            hello.sid,
-            generation,
-            token_hash=token_hash,
-            previous_token_hash=hash_token(hello.token),
-        )
 
     def _count_refusal(self, host: object, now: float) -> None:
         if self.limiter is not None and self.limiter.refused(host, now):

@@ -435,12 +435,11 @@ class RedisStore(SessionStore):
 
     async def detach(self, sid: str, generation: int, *, expires_at: float) -> None:
         """Set the keys' TTL to the resume window (see :meth:`SessionStore.detach`)."""
-        ttl_ms = max(1, math.ceil((expires_at - self._clock()) * 1000))
         await self._session_script(
             "detach",
             self._detach_script,
             sid,
-            [generation, repr(expires_at), ttl_ms],
+            self._detach_args(generation, expires_at),
             generation=generation,
         )
         # The index is a hint for expire(), which re-checks the record: not part of the step.
@@ -458,12 +457,16 @@ class RedisStore(SessionStore):
         travels in the same pipeline. A fenced detach then leaves an entry too,
         harmless: the index is a hint, and :meth:`expire` re-checks the record.)
         """
-        ttl_ms = max(1, math.ceil((expires_at - self._clock()) * 1000))
         script = self._pipelined(
-            self._detach_script, self._keys(sid), [generation, repr(expires_at), ttl_ms]
+            self._detach_script, self._keys(sid), self._detach_args(generation, expires_at)
         )
         index = self._pipelined_command("ZADD", self.detached_key, repr(expires_at), sid)
         return script, index
+
+    def _detach_args(self, generation: int, expires_at: float) -> list[Any]:
+        """The detach script's arguments: the keys' TTL is what is left of the window."""
+        ttl_ms = max(1, math.ceil((expires_at - self._clock()) * 1000))
+        return [generation, repr(expires_at), ttl_ms]
 
     async def abandon(self, sid: str, generation: int, *, reason: str) -> None:
         """Mark the session lost and drop its stream (see :meth:`SessionStore.abandon`)."""
