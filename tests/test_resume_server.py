@@ -1288,3 +1288,38 @@ async def test_a_stopped_layer_leaves_no_ack_timer() -> None:
     assert state.ack_timer is not None
     await layer.stop()
     assert state.ack_timer is None
+
+
+class _RenewingStore(MemoryStore):
+    """Records each renewal's ``expires_at``; the first one fails, as a store down would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.renewals: list[float] = []
+
+    async def renew(self, expires_at: float) -> None:
+        self.renewals.append(expires_at)
+        if len(self.renewals) == 1:
+            raise StoreUnavailable("down for the first renewal")
+
+
+def test_the_layer_renews_its_sessions_at_start_and_every_sweep(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A renewal reaches a window and two sweeps ahead; a failed one warns and is retried."""
+    run_virtual(_the_layer_renews(caplog))
+
+
+async def _the_layer_renews(caplog: pytest.LogCaptureFixture) -> None:
+    store = _RenewingStore()
+    # A 4 s window sweeps every 1 s: each renewal reaches 4 + 2 * 1 = 6 s ahead.
+    layer = TetherV1ServerLayer(store=store, config=ResumeConfig(resume_window=4.0))
+    await layer.start()
+    try:
+        await asyncio.sleep(2.5)  # virtual time: the renewal at start, then two sweeps
+        assert len(store.renewals) == 3
+        for expires_at in store.renewals:  # (wall-clock time: it barely moved meanwhile)
+            assert expires_at == pytest.approx(time.time() + 6.0, abs=1.0)
+        assert "session store renewal failed: down for the first renewal" in caplog.text
+    finally:
+        await layer.stop()

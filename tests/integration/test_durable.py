@@ -8,7 +8,9 @@ order, where it ended up, and which sessions were resumed or lost.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -20,6 +22,10 @@ from tests.support.cluster import StreamClients, TetherNode
 from tests.support.haproxy import HAProxy
 from tests.support.procs import JsonLineProcess
 from tests.support.redis import RedisServer
+
+from tether.stores import open_store
+from tether.stores.base import SessionStore
+from tether.stores.sqlite import SQLiteStore
 
 pytestmark = pytest.mark.integration
 
@@ -253,3 +259,64 @@ async def test_checker_sees_the_loss_without_resumption(spawn: Spawn[Any]) -> No
 
     assert not clients.events_named("resumed")
     assert report["totals"]["missing"] > 0, report["totals"]
+
+
+@pytest.mark.timeout(60)
+async def test_sessions_of_a_sigkilled_sqlite_node_expire_once_its_renewal_ran_out(
+    spawn: Spawn[Any], tmp_path: Path
+) -> None:
+    """SIGKILL with sessions attached, no client back: the expiry removes them from the file."""
+    await orphans_expire(spawn, f"sqlite:///{tmp_path / 'sessions.db'}")
+
+
+@pytest.mark.timeout(60)
+async def test_sessions_of_a_sigkilled_redis_node_expire_once_its_renewal_ran_out(
+    spawn: Spawn[Any], redis_server: RedisServer
+) -> None:
+    """The same with Redis: another node's expiry removes what the dead node attached."""
+    await orphans_expire(spawn, redis_server.url)
+
+
+async def orphans_expire(spawn: Spawn[Any], url: str) -> None:
+    """Kill a node holding 3 attached sessions; another store instance expires them.
+
+    Before orphan expiry they stayed in the store for ever. The node runs with a 2 s
+    resume window (sweeps every 0.5 s, so its renewal reaches 3 s ahead); the expiry
+    is judged at given times, so no test time is spent waiting for it.
+    """
+    node = await spawn(TetherNode("--app", "echo", "--resume-window", "2", store=url))
+    await node.wait_healthy(10)
+    clients = await spawn(StreamClients(node.url, clients=3, rate=20))
+    await clients.wait_connected(timeout=10)
+    await stream_for(0.5)
+
+    node.kill()
+    killed = time.time()
+    assert await node.wait(5) == -signal.SIGKILL
+    await clients.stop()  # the clients never come back
+    other = open_store(url)
+    try:
+        assert await attached_sessions(other, url) == 3
+        assert await other.expire(killed) == 0  # the last renewal still holds
+        assert await other.expire(killed + 2.0 + 2 * 0.5 + 0.1) == 3
+        assert await attached_sessions(other, url) == 0
+    finally:
+        await other.close()
+
+
+async def attached_sessions(store: SessionStore, url: str) -> int:
+    """How many sessions the store holds without an ``expires_at`` (attached)."""
+    if isinstance(store, SQLiteStore):
+        with contextlib.closing(sqlite3.connect(store.path)) as db:
+            row = db.execute("SELECT count(*) FROM sessions WHERE expires_at IS NULL").fetchone()
+        return int(row[0])
+    import redis.asyncio
+
+    client = redis.asyncio.Redis.from_url(url)
+    try:
+        count = 0
+        async for key in client.scan_iter(match="tether:{*}:meta"):
+            count += not await client.hexists(key, "expires_at")
+        return count
+    finally:
+        await client.aclose()

@@ -336,3 +336,90 @@ class StoreConformance:
         assert (only.tx, only.expires_at) == (0, 60.0)
         assert (await store.load("stale")).expires_at is None  # type: ignore[union-attr]
         assert await store.expire(55.0) == 1  # "both" ended its window; "only" not yet
+
+
+class SharedStoreConformance:
+    """Orphan expiry, for stores that several processes share (SQLite, Redis).
+
+    Needs a ``store`` fixture and an ``other`` fixture: a second instance on the
+    same backend, as another server process (another node) would open it.
+    """
+
+    async def test_orphans_expire_once_the_last_renewal_ran_out(
+        self, store: SessionStore, other: SessionStore
+    ) -> None:
+        """A node that stopped renewing: its attached sessions go, messages and all."""
+        assert store.node != other.node
+        await store.create("created", token_hash=HASH, principal=None, now=0.0)
+        await store.write("created", 1, append=batch(1, 3))
+        await other.create("claimed", token_hash=HASH, principal=None, now=0.0)
+        await store.claim("claimed", 1, token_hash=HASH, previous_token_hash=HASH)
+        await other.create("resumed", token_hash=HASH, principal=None, now=0.0)
+        await store.resume("resumed", lambda r: True, token_hash=HASH, previous_token_hash=HASH)
+        await store.renew(100.0)
+        await other.renew(1000.0)
+        assert await other.expire(99.0) == 0  # renewed until 100: alive
+        assert await other.expire(100.0) == 3
+        for sid in ("created", "claimed", "resumed"):
+            assert await other.load(sid) is None
+            with pytest.raises(UnknownSession):
+                await other.messages(sid, after=0)
+
+    async def test_a_renewal_keeps_the_sessions(
+        self, store: SessionStore, other: SessionStore
+    ) -> None:
+        """Only the last renewal counts: a live node's sessions stay."""
+        await store.create(SID, token_hash=HASH, principal=None, now=0.0)
+        await store.renew(100.0)
+        await store.renew(300.0)
+        assert await other.expire(200.0) == 0
+        assert await other.load(SID) is not None
+        assert await other.expire(300.0) == 1
+
+    async def test_a_session_claimed_by_a_live_node_is_kept(
+        self, store: SessionStore, other: SessionStore
+    ) -> None:
+        """The client came back to another node: the session is that node's now."""
+        await store.create("by-claim", token_hash=HASH, principal=None, now=0.0)
+        await store.create("by-resume", token_hash=HASH, principal=None, now=0.0)
+        await store.renew(100.0)
+        await other.claim("by-claim", 1, token_hash=HASH, previous_token_hash=HASH)
+        await other.resume("by-resume", lambda r: True, token_hash=HASH, previous_token_hash=HASH)
+        await other.renew(1000.0)
+        assert await other.expire(200.0) == 0
+        assert await other.load("by-claim") is not None
+        assert await other.load("by-resume") is not None
+
+    async def test_a_detached_session_keeps_its_own_expiry(
+        self, store: SessionStore, other: SessionStore
+    ) -> None:
+        """Detached before its node died: it expires at its own ``expires_at``, once."""
+        await store.create(SID, token_hash=HASH, principal=None, now=0.0)
+        await store.detach(SID, 1, expires_at=500.0)
+        await store.renew(100.0)
+        assert await other.expire(200.0) == 0
+        assert await other.load(SID) is not None
+        assert await other.expire(500.0) == 1
+
+    async def test_sessions_of_a_node_that_never_renewed_are_kept(
+        self, store: SessionStore, other: SessionStore
+    ) -> None:
+        """No renewal on record: nothing says the node is gone (nor when it went)."""
+        await store.create(SID, token_hash=HASH, principal=None, now=0.0)
+        await other.renew(50.0)
+        assert await other.expire(1e12) == 0
+        assert await other.load(SID) is not None
+
+    async def test_a_node_renewing_after_it_was_taken_for_dead(
+        self, store: SessionStore, other: SessionStore
+    ) -> None:
+        """Its old sessions are gone; what it attaches after its new renewal stays."""
+        await store.create("before", token_hash=HASH, principal=None, now=0.0)
+        await store.renew(100.0)
+        assert await other.expire(150.0) == 1
+        await store.renew(400.0)
+        await store.create("after", token_hash=HASH, principal=None, now=200.0)
+        assert await other.expire(300.0) == 0
+        assert await other.load("after") is not None
+        with pytest.raises(UnknownSession):
+            await store.write("before", 1, append=batch(1, 1))

@@ -31,7 +31,7 @@ from tether.stores.base import (
 )
 from tether.stores.redis import DEFAULT_PREFIX, RedisStore
 
-from .conformance import HASH, SID, StoreConformance, batch
+from .conformance import HASH, SID, SharedStoreConformance, StoreConformance, batch
 from .restart_scenario import resume_after_restart
 
 SHARED_URL = "redis://127.0.0.1:6379/0"
@@ -72,6 +72,22 @@ class TestRedisStore(StoreConformance):
         store = RedisStore(SHARED_URL, prefix=prefix, timeout=2.0, clock=lambda: 0.0)
         yield store
         await store.close()
+
+
+class TestRedisStoreShared(SharedStoreConformance):
+    """Orphan expiry between two nodes' stores on the machine's Redis."""
+
+    @pytest.fixture
+    async def store(self, prefix: str) -> AsyncIterator[SessionStore]:
+        store = RedisStore(SHARED_URL, prefix=prefix, timeout=2.0, clock=lambda: 0.0)
+        yield store
+        await store.close()
+
+    @pytest.fixture
+    async def other(self, prefix: str) -> AsyncIterator[SessionStore]:
+        other = RedisStore(SHARED_URL, prefix=prefix, timeout=2.0, clock=lambda: 0.0)
+        yield other
+        await other.close()
 
 
 @pytest.fixture
@@ -171,6 +187,39 @@ async def test_write_while_detached_keeps_ttl(store: RedisStore, raw: aioredis.R
     await store.detach(SID, 1, expires_at=1060.0)
     await store.write(SID, 1, append=batch(1, 1))
     assert 55_000 < await raw.pttl(store.stream_key(SID)) <= 60_000
+
+
+async def test_an_instances_attached_set_keeps_only_its_attached_sessions(
+    store: RedisStore, raw: aioredis.Redis
+) -> None:
+    """Detached or deleted sessions leave the set, so a long-lived node's set does not grow."""
+    owned = store.owned_key(store.node)
+    for sid in ("a", "b", "c"):
+        await store.create(sid, token_hash=HASH, principal=None, now=1000.0)
+    assert await raw.smembers(owned) == {b"a", b"b", b"c"}
+    await store.detach("a", 1, expires_at=1120.0)
+    await store.write_many([Write("b", 1, detach_at=1120.0)])
+    await store.delete("c")
+    assert await raw.scard(owned) == 0
+    await store.claim("a", 1, token_hash=HASH, previous_token_hash=HASH)
+    assert await raw.smembers(owned) == {b"a"}
+
+
+async def test_a_dead_instances_set_and_renewal_are_removed(
+    store: RedisStore, prefix: str, raw: aioredis.Redis
+) -> None:
+    """Once its orphans are expired, nothing of the dead instance is left in Redis."""
+    dead = RedisStore(SHARED_URL, prefix=prefix, timeout=2.0, clock=lambda: 1000.0)
+    try:
+        for index in range(7):
+            await dead.create(f"s{index}", token_hash=HASH, principal=None, now=1000.0)
+        await dead.renew(1100.0)
+    finally:
+        await dead.close()
+    await store.renew(5000.0)
+    assert await store.expire(1200.0, batch_size=3) == 7  # in three rounds
+    assert not await raw.exists(store.owned_key(dead.node))
+    assert await raw.zrange(store.nodes_key, 0, -1) == [store.node.encode()]
 
 
 async def test_fencing_between_two_nodes(prefix: str) -> None:

@@ -28,7 +28,7 @@ from tether.stores.base import (
 )
 from tether.stores.sqlite import SCHEMA_VERSION, SQLiteStore
 
-from .conformance import HASH, SID, StoreConformance, batch
+from .conformance import HASH, SID, SharedStoreConformance, StoreConformance, batch
 from .restart_scenario import resume_after_restart
 
 
@@ -41,6 +41,22 @@ class TestSQLiteStore(StoreConformance):
         store = SQLiteStore(tmp_path / "sessions.db")
         yield store
         await store.close()
+
+
+class TestSQLiteStoreShared(SharedStoreConformance):
+    """Orphan expiry between two processes' stores on one file."""
+
+    @pytest.fixture
+    async def store(self, tmp_path: Path) -> AsyncIterator[SessionStore]:
+        store = SQLiteStore(tmp_path / "sessions.db")
+        yield store
+        await store.close()
+
+    @pytest.fixture
+    async def other(self, tmp_path: Path) -> AsyncIterator[SessionStore]:
+        other = SQLiteStore(tmp_path / "sessions.db")
+        yield other
+        await other.close()
 
 
 async def test_reopen_keeps_everything(tmp_path: Path) -> None:
@@ -95,6 +111,50 @@ async def test_newer_schema_refused(tmp_path: Path) -> None:
             await store.epoch()
     finally:
         await store.close()
+
+
+# The schema version 1 wrote (before orphan expiry), to check the upgrade.
+_SCHEMA_1 = """
+CREATE TABLE store_info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE sessions (
+    sid TEXT PRIMARY KEY, token_hash TEXT NOT NULL, previous_token_hash TEXT, principal TEXT,
+    generation INTEGER NOT NULL, created_at REAL NOT NULL, expires_at REAL,
+    tx INTEGER NOT NULL DEFAULT 0, acked INTEGER NOT NULL DEFAULT 0,
+    rx INTEGER NOT NULL DEFAULT 0, lost TEXT
+);
+CREATE INDEX sessions_by_expiry ON sessions (expires_at) WHERE expires_at IS NOT NULL;
+CREATE TABLE messages (
+    sid TEXT NOT NULL, seq INTEGER NOT NULL, is_text INTEGER NOT NULL, payload BLOB NOT NULL,
+    PRIMARY KEY (sid, seq)
+) WITHOUT ROWID;
+INSERT INTO store_info VALUES ('epoch', 'e1');
+INSERT INTO sessions (sid, token_hash, generation, created_at, tx) VALUES ('old', 'h', 1, 5.0, 1);
+INSERT INTO messages VALUES ('old', 1, 1, X'6869');
+PRAGMA user_version = 1;
+"""
+
+
+async def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
+    """Sessions, messages and the epoch stay; the file gains owners and renewals."""
+    path = tmp_path / "sessions.db"
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.executescript(_SCHEMA_1)
+    store = SQLiteStore(path)
+    try:
+        assert await store.epoch() == "e1"
+        assert (await store.load("old")).tx == 1  # type: ignore[union-attr]
+        assert await store.messages("old", after=0) == [StoredMessage(1, "hi")]
+        await store.create(SID, token_hash=HASH, principal=None, now=0.0)
+        await store.renew(100.0)
+        # Orphan expiry works on the upgraded file; the session from version 1 names
+        # no owner, so it is never taken for an orphan.
+        assert await store.expire(200.0) == 1
+        assert await store.load(SID) is None
+        assert await store.load("old") is not None
+    finally:
+        await store.close()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
 
 
 async def test_two_stores_on_one_file_fence_each_other(tmp_path: Path) -> None:

@@ -116,6 +116,11 @@ _TAKEOVER_CLOSE_S = 2.0
 #: Seconds stop() waits for the writes in flight before it cancels them.
 _STOP_WRITES_S = 5.0
 
+#: Sweep intervals a renewal reaches beyond the resume window: a renewal late by
+#: less than this (a slow store, a busy loop) never lets this process's sessions
+#: count as orphans (``SessionStore.renew``).
+_RENEW_MARGIN_SWEEPS = 2
+
 #: Seconds a client's ack may wait for the session's next store write (I/O stores).
 #: Until written, the store keeps messages the client already has: a resume then
 #: drops them by ``hello.rx``, so the delay costs storage, never a duplicate.
@@ -296,7 +301,7 @@ class TetherV1ServerLayer(ServerLayer):
         return True
 
     async def start(self) -> None:
-        """Start the periodic expiry of detached sessions in the store."""
+        """Start the periodic renewal of this process's sessions and the store's expiry."""
         self._stopping = False
         if self._sweeper is None:
             self._sweeper = asyncio.ensure_future(self._sweep())
@@ -348,7 +353,15 @@ class TetherV1ServerLayer(ServerLayer):
 
     async def _sweep(self) -> None:
         interval = min(30.0, max(0.5, self.config.resume_window / 4))
+        # Should this process die, its attached sessions stay resumable for a window
+        # after its last renewal, as a detached session does; then any node's
+        # expiry removes them.
+        lease = self.config.resume_window + _RENEW_MARGIN_SWEEPS * interval
         while True:
+            try:
+                await self.store.renew(time.time() + lease)
+            except StoreError as exc:
+                logger.warning("session store renewal failed: %s", exc)
             await asyncio.sleep(interval)
             try:
                 removed = await self.store.expire(time.time())
@@ -356,7 +369,7 @@ class TetherV1ServerLayer(ServerLayer):
                 logger.warning("session store expiry failed: %s", exc)
                 continue
             if removed:
-                logger.debug("expired %d detached session(s) in the store", removed)
+                logger.debug("expired %d session(s) in the store", removed)
 
     # -- handshake -----------------------------------------------------------------------------
 

@@ -34,6 +34,13 @@ Design for every implementation (memory, SQLite, Redis; ``docs/protocol.md``):
 * **Expiry.** A detached session carries ``expires_at``; :meth:`load` may still
   return it after that (the resume is then refused as ``expired``) until
   :meth:`expire` or the backend's own TTL removes it (then ``unknown``).
+* **Orphans.** A session is attached to the store instance (:attr:`node`) whose
+  :meth:`create` or claim attached it last. That instance's process keeps them
+  with :meth:`renew`; if it stops renewing (it crashed, was killed, hung), its
+  attached sessions are orphans, and :meth:`expire` on any node removes them
+  once the last renewal's ``expires_at`` has passed. Without this, a session
+  whose server died and whose client never came back stayed in a durable
+  store for ever.
 * **Failure.** Backend errors surface as :class:`StoreUnavailable` (a
   :class:`~tether.exceptions.StoreError`), chained with ``from``.
 
@@ -45,6 +52,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -187,6 +195,35 @@ class Write:
 
 class SessionStore(abc.ABC):
     """Where the server side of tether.v1 keeps sessions (async; see the module doc)."""
+
+    _node: str | None = None
+
+    @property
+    def node(self) -> str:
+        """This instance's id, recorded as the owner of the sessions it attaches.
+
+        Random, made at the first use: one per store instance, so per process
+        in practice (two layers sharing an instance share its renewals).
+        """
+        node = self._node
+        if node is None:
+            node = self._node = secrets.token_hex(8)
+        return node
+
+    async def renew(self, expires_at: float) -> None:  # noqa: B027 - a no-op by default
+        """Keep the sessions attached through this instance until ``expires_at`` at least.
+
+        The server adapter calls it before it serves and then periodically, with
+        ``expires_at`` far enough ahead (the resume window and a margin) that a
+        live process never lets it pass. Should the calls stop, every session
+        still attached through this instance counts as detached at the last
+        ``expires_at``: resumable until then, removed by :meth:`expire` after.
+        The default does nothing: a store that lives and dies with its process
+        (memory) has no orphans.
+
+        Raises:
+            StoreUnavailable: the backend failed.
+        """
 
     @abc.abstractmethod
     async def epoch(self) -> str:
@@ -392,7 +429,9 @@ class SessionStore(abc.ABC):
     async def expire(self, now: float) -> int:
         """Remove every detached session with ``expires_at <= now``; return how many.
 
-        Backends with native expiry (Redis) may have removed them already.
+        Also every session still attached through a store instance whose last
+        :meth:`renew` was for ``expires_at <= now`` (its process is gone).
+        Backends with native expiry (Redis) may have removed detached ones already.
 
         Raises:
             StoreUnavailable: the backend failed.

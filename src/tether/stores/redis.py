@@ -25,6 +25,12 @@ every operation is one atomic server-side step:
   and records the session in a sorted set ``<prefix>detached`` that
   :meth:`RedisStore.expire` uses to remove sessions whose window ended
   before Redis' TTL fired.
+* **Orphans**: the record names the store instance that attached it
+  (``owner``, :attr:`~tether.stores.base.SessionStore.node`); a set
+  ``<prefix>owned:<node>`` lists what each instance attached (a hint, like the
+  ``detached`` index) and a sorted set ``<prefix>nodes`` holds each instance's
+  last renewal. :meth:`RedisStore.expire` removes the attached sessions of an
+  instance whose renewal ran out, each re-checked against its record.
 * **Epoch**: ``<prefix>epoch``, created with ``SET NX`` by the first node that
   asks. Redis flushed, or restarted without persistence, loses it; the next
   node creates a new one, so old resume attempts fail with ``epoch_mismatch``.
@@ -104,22 +110,23 @@ redis.call('SET', KEYS[1], ARGV[1], 'NX')
 return redis.call('GET', KEYS[1])
 """
 
-# KEYS: meta, out. ARGV: token_hash, created_at, principal, has_principal.
+# KEYS: meta, out. ARGV: token_hash, created_at, principal, has_principal, owner.
 _CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return redis.error_reply('TETHER_EXISTS') end
 redis.call('DEL', KEYS[2])
 redis.call('HSET', KEYS[1], 'token_hash', ARGV[1], 'generation', 1, 'created_at', ARGV[2],
-           'tx', 0, 'acked', 0, 'rx', 0)
+           'tx', 0, 'acked', 0, 'rx', 0, 'owner', ARGV[5])
 if ARGV[4] == '1' then redis.call('HSET', KEYS[1], 'principal', ARGV[3]) end
 return redis.call('HGETALL', KEYS[1])
 """
 
-# KEYS: meta, out. ARGV: expected generation, token_hash, previous_token_hash.
+# KEYS: meta, out. ARGV: expected generation, token_hash, previous_token_hash, owner.
 _CLAIM_STEPS = (
     _CHECK_GENERATION
     + """
 redis.call('HINCRBY', KEYS[1], 'generation', 1)
-redis.call('HSET', KEYS[1], 'token_hash', ARGV[2], 'previous_token_hash', ARGV[3])
+redis.call('HSET', KEYS[1], 'token_hash', ARGV[2], 'previous_token_hash', ARGV[3],
+           'owner', ARGV[4])
 redis.call('HDEL', KEYS[1], 'expires_at', 'ttl_at')
 redis.call('PERSIST', KEYS[1])
 redis.call('PERSIST', KEYS[2])
@@ -222,6 +229,24 @@ end
 return 0
 """
 
+# KEYS: meta, out. ARGV: node. Removes the session only if that node attached it and
+# it is still attached (not detached, not claimed by another node since).
+_EXPIRE_IF_ORPHANED = """
+local f = redis.call('HMGET', KEYS[1], 'owner', 'expires_at')
+if f[1] == ARGV[1] and not f[2] then
+    redis.call('DEL', KEYS[1], KEYS[2])
+    return 1
+end
+return 0
+"""
+
+# KEYS: nodes. ARGV: node, now. Forgets the node unless it renewed meanwhile.
+_FORGET_NODE = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) <= tonumber(ARGV[2]) then redis.call('ZREM', KEYS[1], ARGV[1]) end
+return 0
+"""
+
 
 class RedisStore(SessionStore):
     """Sessions in Redis, shared by every node that uses the same server and prefix.
@@ -289,6 +314,8 @@ class RedisStore(SessionStore):
         self._detach_script = register(_DETACH)
         self._abandon_script = register(_ABANDON)
         self._expire_script = register(_EXPIRE_IF_ENDED)
+        self._orphan_script = register(_EXPIRE_IF_ORPHANED)
+        self._forget_node_script = register(_FORGET_NODE)
 
     # -- keys --------------------------------------------------------------------------
 
@@ -310,6 +337,15 @@ class RedisStore(SessionStore):
         """The sorted set of detached sessions, scored by ``expires_at``."""
         return f"{self.prefix}detached"
 
+    @property
+    def nodes_key(self) -> str:
+        """The sorted set of store instances, scored by their last renewal's ``expires_at``."""
+        return f"{self.prefix}nodes"
+
+    def owned_key(self, node: str) -> str:
+        """The set of sessions ``node`` attached (a hint: :meth:`expire` re-checks each)."""
+        return f"{self.prefix}owned:{node}"
+
     def _keys(self, sid: str) -> list[str]:
         return [self.meta_key(sid), self.stream_key(sid)]
 
@@ -329,8 +365,14 @@ class RedisStore(SessionStore):
         self, sid: str, *, token_hash: str, principal: str | None, now: float
     ) -> SessionRecord:
         """Create a session at generation 1 (see :meth:`SessionStore.create`)."""
-        args = [token_hash, repr(now), principal or "", "0" if principal is None else "1"]
-        fields = await self._session_script("create", self._create_script, sid, args)
+        args = [
+            token_hash,
+            repr(now),
+            principal or "",
+            "0" if principal is None else "1",
+            self.node,
+        ]
+        fields = await self._owned_script("create", self._create_script, sid, args)
         return _record(sid, fields)
 
     async def load(self, sid: str) -> SessionRecord | None:
@@ -349,8 +391,8 @@ class RedisStore(SessionStore):
         previous_token_hash: str,
     ) -> SessionRecord:
         """Compare-and-set the generation in one script (see :meth:`SessionStore.claim`)."""
-        args = [str(expected_generation), token_hash, previous_token_hash]
-        fields = await self._session_script(
+        args = [str(expected_generation), token_hash, previous_token_hash, self.node]
+        fields = await self._owned_script(
             "claim", self._claim_script, sid, args, generation=expected_generation
         )
         return _record(sid, fields)
@@ -371,11 +413,11 @@ class RedisStore(SessionStore):
         record = await self.load(sid)
         if record is None or not admit(record):
             return Resumption(record, None)
-        fields, entries = await self._session_script(
+        fields, entries = await self._owned_script(
             "claim",
             self._claim_and_read_script,
             sid,
-            [str(record.generation), token_hash, previous_token_hash],
+            [str(record.generation), token_hash, previous_token_hash, self.node],
             generation=record.generation,
         )
         return Resumption(
@@ -442,26 +484,29 @@ class RedisStore(SessionStore):
             self._detach_args(generation, expires_at),
             generation=generation,
         )
-        # The index is a hint for expire(), which re-checks the record: not part of the step.
-        await self._call(
-            "detach",
-            lambda: self._pipelined_command("ZADD", self.detached_key, repr(expires_at), sid),
-        )
+        # The indexes are hints for expire(), which re-checks the record: not part of the step.
+        await self._call("detach", lambda: asyncio.gather(*self._detached_indexes(sid, expires_at)))
 
     def _detach_calls(
         self, sid: str, generation: int, expires_at: float
-    ) -> tuple[Awaitable[Any], Awaitable[Any]]:
-        """Queue a detach: its script, and with it the expiry index entry.
+    ) -> tuple[Awaitable[Any], ...]:
+        """Queue a detach: its script, and with it the expiry indexes' updates.
 
-        (:meth:`detach` adds the entry only after the script succeeded; here it
-        travels in the same pipeline. A fenced detach then leaves an entry too,
+        (:meth:`detach` updates them only after the script succeeded; here they
+        travel in the same pipeline. A fenced detach then leaves an entry too,
         harmless: the index is a hint, and :meth:`expire` re-checks the record.)
         """
         script = self._pipelined(
             self._detach_script, self._keys(sid), self._detach_args(generation, expires_at)
         )
-        index = self._pipelined_command("ZADD", self.detached_key, repr(expires_at), sid)
-        return script, index
+        return script, *self._detached_indexes(sid, expires_at)
+
+    def _detached_indexes(self, sid: str, expires_at: float) -> tuple[Awaitable[Any], ...]:
+        """In the expiry index, out of this instance's attached set (it expires on its own)."""
+        return (
+            self._pipelined_command("ZADD", self.detached_key, repr(expires_at), sid),
+            self._pipelined_command("SREM", self.owned_key(self.node), sid),
+        )
 
     def _detach_args(self, generation: int, expires_at: float) -> list[Any]:
         """The detach script's arguments: the keys' TTL is what is left of the window."""
@@ -483,17 +528,65 @@ class RedisStore(SessionStore):
             return await asyncio.gather(
                 self._pipelined_command("DEL", *self._keys(sid)),
                 self._pipelined_command("ZREM", self.detached_key, sid),
+                self._pipelined_command("SREM", self.owned_key(self.node), sid),
             )
 
         await self._call("delete", remove)
 
-    async def expire(self, now: float, *, batch_size: int = 500) -> int:
-        """Remove detached sessions whose window ended by ``now``; return how many.
+    async def renew(self, expires_at: float) -> None:
+        """Record this instance's renewal in ``<prefix>nodes`` (see :meth:`SessionStore.renew`)."""
+        await self._call(
+            "renew",
+            lambda: self._pipelined_command("ZADD", self.nodes_key, repr(expires_at), self.node),
+        )
 
-        Redis' TTL removes them too (then they are not counted here). Candidates
-        come from the ``detached`` index; each is re-checked atomically against
-        its record, so a session claimed again in the meantime is kept.
+    async def expire(self, now: float, *, batch_size: int = 500) -> int:
+        """Remove detached sessions whose window ended by ``now``, and orphans; return how many.
+
+        Redis' TTL removes detached ones too (then they are not counted here).
+        Candidates come from the ``detached`` index and from the attached sets of
+        the instances whose renewal ran out; each is re-checked atomically
+        against its record, so a session claimed again in the meantime is kept.
         """
+        removed = await self._expire_detached(now, batch_size)
+        dead = await self._call(
+            "expire", lambda: self._client.zrangebyscore(self.nodes_key, "-inf", now)
+        )
+        for node in dead:
+            removed += await self._expire_orphans(_text(node), now, batch_size)
+        return removed
+
+    async def _expire_orphans(self, node: str, now: float, batch_size: int) -> int:
+        """Remove the sessions still attached through ``node``; then forget the node."""
+        owned = self.owned_key(node)
+        removed = 0
+        # Bounded: each round takes at least one member out of the set, and only a
+        # node that is not dead after all adds to it.
+        rounds = 1 + await self._call("expire", lambda: self._client.scard(owned)) // batch_size
+        for _ in range(rounds):
+            members = await self._call(
+                "expire", lambda: self._client.srandmember(owned, batch_size)
+            )
+            if not members:
+                break
+            sids = [_text(member) for member in members]
+
+            async def sweep(sids: list[str] = sids) -> Any:
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for sid in sids:
+                        await self._orphan_script(self._keys(sid), [node], client=pipe)
+                    pipe.srem(owned, *sids)
+                    return await pipe.execute()
+
+            results = await self._call("expire", sweep)
+            removed += sum(int(result) for result in results[:-1])
+        await self._call(
+            "expire",
+            lambda: self._forget_node_script([self.nodes_key], [node, repr(now)]),
+        )
+        return removed
+
+    async def _expire_detached(self, now: float, batch_size: int) -> int:
         removed = 0
         while True:
             candidates = await self._call(
@@ -611,6 +704,32 @@ class RedisStore(SessionStore):
                 else:
                     pipe.evalsha(call.script.sha, call.key_count, *call.args)
             return list(await pipe.execute(raise_on_error=False))
+
+    def _owned_script(
+        self,
+        operation: str,
+        script: AsyncScript,
+        sid: str,
+        args: list[Any],
+        *,
+        generation: int = 0,
+    ) -> Awaitable[Any]:
+        """:meth:`_session_script` of a script that attaches the session to this instance.
+
+        The session joins this instance's attached set in the same pipeline (a
+        hint: if the script is refused, the entry is stale and :meth:`expire`
+        skips it; if the set update fails, the call fails as a whole, as when the
+        script's reply is lost: the backend failed).
+        """
+
+        async def attach() -> Any:
+            result, _ = await asyncio.gather(
+                self._pipelined(script, self._keys(sid), args),
+                self._pipelined_command("SADD", self.owned_key(self.node), sid),
+            )
+            return result
+
+        return self._call(operation, attach, sid=sid, generation=generation)
 
     def _session_script(
         self,

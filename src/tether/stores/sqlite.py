@@ -26,7 +26,11 @@ on the same host (``tether serve`` uses it by default). Choices, and why:
   up to ``busy_timeout`` seconds for each other.
 * **Schema versioned** with ``PRAGMA user_version``; the store epoch is a random
   id written when the schema is created, so a deleted or replaced file yields
-  a new epoch (resumes then fail with ``epoch_mismatch``).
+  a new epoch (resumes then fail with ``epoch_mismatch``). A version 1 file
+  (before orphan expiry) is upgraded in place when it is opened.
+* **Orphans**: each session row names the store instance that attached it
+  (``owner``), and ``nodes`` holds each instance's last :meth:`renew`; the
+  expiry removes the attached sessions of an instance whose renewal ran out.
 """
 
 from __future__ import annotations
@@ -60,7 +64,7 @@ from .base import (
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
 #: The schema this code writes (``PRAGMA user_version``).
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE store_info (
@@ -78,7 +82,12 @@ CREATE TABLE sessions (
     tx INTEGER NOT NULL DEFAULT 0,
     acked INTEGER NOT NULL DEFAULT 0,
     rx INTEGER NOT NULL DEFAULT 0,
-    lost TEXT
+    lost TEXT,
+    owner TEXT
+);
+CREATE TABLE nodes (
+    node TEXT PRIMARY KEY,
+    expires_at REAL NOT NULL
 );
 CREATE INDEX sessions_by_expiry ON sessions (expires_at) WHERE expires_at IS NOT NULL;
 CREATE TABLE messages (
@@ -88,6 +97,15 @@ CREATE TABLE messages (
     payload BLOB NOT NULL,
     PRIMARY KEY (sid, seq)
 ) WITHOUT ROWID;
+"""
+
+# Version 1 to 2: who attached each session, and until when each node renewed.
+_UPGRADE_1_TO_2 = """
+ALTER TABLE sessions ADD COLUMN owner TEXT;
+CREATE TABLE nodes (
+    node TEXT PRIMARY KEY,
+    expires_at REAL NOT NULL
+);
 """
 
 _RECORD_COLUMNS = (
@@ -155,14 +173,15 @@ class SQLiteStore(SessionStore):
     ) -> SessionRecord:
         """Create a session at generation 1 (see :meth:`SessionStore.create`)."""
         record = SessionRecord(sid, token_hash, principal, generation=1, created_at=now)
+        owner = self.node
 
         def insert(db: sqlite3.Connection) -> SessionRecord:
             if db.execute("SELECT 1 FROM sessions WHERE sid = ?", (sid,)).fetchone():
                 raise SessionExists(f"session {sid} already exists")
             db.execute(
-                "INSERT INTO sessions (sid, token_hash, principal, generation, created_at)"
-                " VALUES (?, ?, ?, 1, ?)",
-                (sid, token_hash, principal, now),
+                "INSERT INTO sessions (sid, token_hash, principal, generation, created_at, owner)"
+                " VALUES (?, ?, ?, 1, ?, ?)",
+                (sid, token_hash, principal, now, owner),
             )
             return record
 
@@ -181,10 +200,11 @@ class SQLiteStore(SessionStore):
         previous_token_hash: str,
     ) -> SessionRecord:
         """Compare-and-set the generation in one transaction (see :meth:`SessionStore.claim`)."""
+        owner = self.node
 
         def swap(db: sqlite3.Connection) -> SessionRecord:
             row = _owned_row(db, sid, expected_generation)
-            return _claim_row(db, row, token_hash, previous_token_hash)
+            return _claim_row(db, row, token_hash, previous_token_hash, owner)
 
         return await self._call("claim", swap)
 
@@ -204,6 +224,7 @@ class SQLiteStore(SessionStore):
         long. ``admit`` runs on the store's thread. Never :class:`Fenced`: the
         claim and the load it judged are one transaction.
         """
+        owner = self.node
 
         def take(db: sqlite3.Connection) -> Resumption:
             row = _row(db, sid)
@@ -212,7 +233,7 @@ class SQLiteStore(SessionStore):
             record = _record(row)
             if not admit(record):
                 return Resumption(record, None)
-            claimed = _claim_row(db, row, token_hash, previous_token_hash)
+            claimed = _claim_row(db, row, token_hash, previous_token_hash, owner)
             return Resumption(claimed, _messages(db, sid, claimed.acked))
 
         return await self._call("resume", take)
@@ -298,8 +319,21 @@ class SQLiteStore(SessionStore):
 
         await self._call("delete", remove)
 
+    async def renew(self, expires_at: float) -> None:
+        """Record this instance's renewal (see :meth:`SessionStore.renew`)."""
+        node = self.node
+
+        def upsert(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO nodes (node, expires_at) VALUES (?, ?)"
+                " ON CONFLICT (node) DO UPDATE SET expires_at = excluded.expires_at",
+                (node, expires_at),
+            )
+
+        await self._call("renew", upsert)
+
     async def expire(self, now: float) -> int:
-        """Remove every detached session whose window ended by ``now``."""
+        """Remove every detached session whose window ended by ``now``, and orphans."""
 
         def remove(db: sqlite3.Connection) -> int:
             db.execute(
@@ -307,7 +341,20 @@ class SQLiteStore(SessionStore):
                 " (SELECT sid FROM sessions WHERE expires_at <= ?)",
                 (now,),
             )
-            return db.execute("DELETE FROM sessions WHERE expires_at <= ?", (now,)).rowcount
+            removed: int = db.execute("DELETE FROM sessions WHERE expires_at <= ?", (now,)).rowcount
+            # Orphans: only when a node's renewal ran out (rare), so the scan of the
+            # attached sessions it then needs costs nothing on the usual sweep.
+            if db.execute("SELECT 1 FROM nodes WHERE expires_at <= ?", (now,)).fetchone():
+                orphaned = (
+                    "SELECT sid FROM sessions WHERE expires_at IS NULL AND owner IN"
+                    " (SELECT node FROM nodes WHERE expires_at <= ?)"
+                )
+                db.execute(f"DELETE FROM messages WHERE sid IN ({orphaned})", (now,))
+                removed += db.execute(
+                    f"DELETE FROM sessions WHERE sid IN ({orphaned})", (now,)
+                ).rowcount
+                db.execute("DELETE FROM nodes WHERE expires_at <= ?", (now,))
+            return removed
 
         return await self._call("expire", remove)
 
@@ -496,6 +543,11 @@ class SQLiteStore(SessionStore):
                     (secrets.token_urlsafe(16),),
                 )
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            elif version == 1:
+                for statement in _UPGRADE_1_TO_2.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif version != SCHEMA_VERSION:
                 raise StoreError(
                     f"sqlite store {self.path} has schema version {version}; this tether "
@@ -613,14 +665,14 @@ def _write_work(
 
 
 def _claim_row(
-    db: sqlite3.Connection, row: Any, token_hash: str, previous_token_hash: str
+    db: sqlite3.Connection, row: Any, token_hash: str, previous_token_hash: str, owner: str
 ) -> SessionRecord:
-    """Claim the session whose row (read in this transaction) is ``row``: the new record."""
+    """Claim the session whose row (read in this transaction) is ``row`` for ``owner``."""
     sid = row[0]
     db.execute(
         "UPDATE sessions SET generation = generation + 1, token_hash = ?,"
-        " previous_token_hash = ?, expires_at = NULL WHERE sid = ?",
-        (token_hash, previous_token_hash, sid),
+        " previous_token_hash = ?, expires_at = NULL, owner = ? WHERE sid = ?",
+        (token_hash, previous_token_hash, owner, sid),
     )
     # The row as the UPDATE left it, without reading it back.
     return _record(
