@@ -192,17 +192,96 @@ async def test_write_while_detached_keeps_ttl(store: RedisStore, raw: aioredis.R
 async def test_an_instances_attached_set_keeps_only_its_attached_sessions(
     store: RedisStore, raw: aioredis.Redis
 ) -> None:
-    """Detached or deleted sessions leave the set, so a long-lived node's set does not grow."""
+    """``<sid> <generation>`` while attached here; a detach or a delete takes it out."""
     owned = store.owned_key(store.node)
     for sid in ("a", "b", "c"):
         await store.create(sid, token_hash=HASH, principal=None, now=1000.0)
-    assert await raw.smembers(owned) == {b"a", b"b", b"c"}
+    assert await raw.smembers(owned) == {b"a 1", b"b 1", b"c 1"}
     await store.detach("a", 1, expires_at=1120.0)
     await store.write_many([Write("b", 1, detach_at=1120.0)])
     await store.delete("c")
     assert await raw.scard(owned) == 0
     await store.claim("a", 1, token_hash=HASH, previous_token_hash=HASH)
-    assert await raw.smembers(owned) == {b"a"}
+    await store.resume("b", lambda r: True, token_hash=HASH, previous_token_hash=HASH)
+    assert await raw.smembers(owned) == {b"a 2", b"b 2"}
+
+
+async def test_a_fenced_detach_leaves_the_claims_member(
+    store: RedisStore, raw: aioredis.Redis
+) -> None:
+    """The old connection's late detach must not take the new claim out of the set."""
+    await store.create(SID, token_hash=HASH, principal=None, now=1000.0)
+    await store.claim(SID, 1, token_hash=HASH, previous_token_hash=HASH)
+    with pytest.raises(Fenced):
+        await store.detach(SID, 1, expires_at=1120.0)
+    [outcome] = await store.write_many([Write(SID, 1, detach_at=1120.0)])
+    assert isinstance(outcome, Fenced)
+    assert await raw.smembers(store.owned_key(store.node)) == {f"{SID} 2".encode()}
+
+
+async def test_a_renewal_prunes_what_is_no_longer_attached_here(
+    store: RedisStore, prefix: str, raw: aioredis.Redis
+) -> None:
+    """Taken over by another node, or a refused claim's member: gone after a renewal."""
+    other = RedisStore(SHARED_URL, prefix=prefix, timeout=2.0, clock=lambda: 1000.0)
+    try:
+        await store.create("taken", token_hash=HASH, principal=None, now=1000.0)
+        await store.create("kept", token_hash=HASH, principal=None, now=1000.0)
+        await other.claim("taken", 1, token_hash=HASH, previous_token_hash=HASH)
+        await store.claim("kept", 1, token_hash=HASH, previous_token_hash=HASH)
+        with pytest.raises(Fenced):
+            await store.claim("kept", 1, token_hash=HASH, previous_token_hash=HASH)
+        owned = store.owned_key(store.node)
+        assert await raw.smembers(owned) == {b"taken 1", b"kept 1", b"kept 2"}
+        await store.renew(1100.0)
+        assert await raw.smembers(owned) == {b"kept 2"}
+    finally:
+        await other.close()
+
+
+async def test_an_older_tethers_claim_is_not_taken_for_an_orphan(
+    store: RedisStore, prefix: str, raw: aioredis.Redis
+) -> None:
+    """A claim that does not record its node (an older tether) still moves the session on."""
+    sweeper = RedisStore(SHARED_URL, prefix=prefix, timeout=2.0, clock=lambda: 1000.0)
+    try:
+        await store.create(SID, token_hash=HASH, principal=None, now=1000.0)
+        await store.renew(1100.0)
+        await raw.hincrby(store.meta_key(SID), "generation", 1)  # what its claim changes
+        assert await sweeper.expire(1200.0) == 0
+        assert await sweeper.load(SID) is not None
+    finally:
+        await sweeper.close()
+
+
+async def test_a_detached_member_left_behind_is_not_an_orphan(
+    store: RedisStore, prefix: str, raw: aioredis.Redis
+) -> None:
+    """The re-check sees the detach even when the set still names the session."""
+    sweeper = RedisStore(SHARED_URL, prefix=prefix, timeout=2.0, clock=lambda: 1000.0)
+    try:
+        await store.create(SID, token_hash=HASH, principal=None, now=1000.0)
+        await store.detach(SID, 1, expires_at=1500.0)
+        await raw.sadd(store.owned_key(store.node), f"{SID} 1")
+        await store.renew(1100.0)
+        assert await sweeper.expire(1200.0) == 0
+        assert await sweeper.load(SID) is not None
+    finally:
+        await sweeper.close()
+
+
+async def test_renewals_are_judged_on_redis_clock(prefix: str) -> None:
+    """Node clocks 5,000 s apart: each node's renewal means 'this far ahead of my clock'."""
+    behind = RedisStore(SHARED_URL, prefix=prefix, timeout=2.0, clock=lambda: 0.0)
+    ahead = RedisStore(SHARED_URL, prefix=prefix, timeout=2.0, clock=lambda: 5000.0)
+    try:
+        await behind.create(SID, token_hash=HASH, principal=None, now=0.0)
+        await behind.renew(100.0)  # 100 s from now
+        assert await ahead.expire(5050.0) == 0  # 50 s from now: still renewed
+        assert await ahead.expire(5101.0) == 1
+    finally:
+        await behind.close()
+        await ahead.close()
 
 
 async def test_a_dead_instances_set_and_renewal_are_removed(
@@ -217,7 +296,7 @@ async def test_a_dead_instances_set_and_renewal_are_removed(
     finally:
         await dead.close()
     await store.renew(5000.0)
-    assert await store.expire(1200.0, batch_size=3) == 7  # in three rounds
+    assert await store.expire(1200.0, batch_size=3) == 7  # in three rounds (store's clock: 1000)
     assert not await raw.exists(store.owned_key(dead.node))
     assert await raw.zrange(store.nodes_key, 0, -1) == [store.node.encode()]
 

@@ -154,7 +154,26 @@ async def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
     finally:
         await store.close()
     with contextlib.closing(sqlite3.connect(path)) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        # Still version 1: an older tether (a rollback) opens it and ignores the rest.
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 1
+        columns = {row[1] for row in db.execute("PRAGMA table_info(sessions)")}
+        assert {"owner", "owner_generation"} <= columns
+
+
+async def test_an_older_tethers_claim_is_not_taken_for_an_orphan(tmp_path: Path) -> None:
+    """A claim that does not record its node (an older tether) still moves the session on."""
+    path = tmp_path / "sessions.db"
+    store, sweeper = SQLiteStore(path), SQLiteStore(path)
+    try:
+        await store.create(SID, token_hash=HASH, principal=None, now=0.0)
+        await store.renew(100.0)
+        with contextlib.closing(sqlite3.connect(path)) as db, db:  # what its claim changes
+            db.execute("UPDATE sessions SET generation = generation + 1, expires_at = NULL")
+        assert await sweeper.expire(200.0) == 0
+        assert await sweeper.load(SID) is not None
+    finally:
+        await store.close()
+        await sweeper.close()
 
 
 async def test_two_stores_on_one_file_fence_each_other(tmp_path: Path) -> None:

@@ -116,9 +116,9 @@ _TAKEOVER_CLOSE_S = 2.0
 #: Seconds stop() waits for the writes in flight before it cancels them.
 _STOP_WRITES_S = 5.0
 
-#: Sweep intervals a renewal reaches beyond the resume window: a renewal late by
-#: less than this (a slow store, a busy loop) never lets this process's sessions
-#: count as orphans (``SessionStore.renew``).
+#: Sweep intervals a renewal reaches beyond the resume window, so that one late or
+#: failed renewal (a slow store, a busy loop) does not make this process's sessions
+#: orphans (``SessionStore.renew``); only renewals stopped for the window and more do.
 _RENEW_MARGIN_SWEEPS = 2
 
 #: Seconds a client's ack may wait for the session's next store write (I/O stores).

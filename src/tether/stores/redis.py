@@ -27,10 +27,12 @@ every operation is one atomic server-side step:
   before Redis' TTL fired.
 * **Orphans**: the record names the store instance that attached it
   (``owner``, :attr:`~tether.stores.base.SessionStore.node`); a set
-  ``<prefix>owned:<node>`` lists what each instance attached (a hint, like the
-  ``detached`` index) and a sorted set ``<prefix>nodes`` holds each instance's
-  last renewal. :meth:`RedisStore.expire` removes the attached sessions of an
-  instance whose renewal ran out, each re-checked against its record.
+  ``<prefix>owned:<node>`` lists what each instance attached as ``<sid>
+  <generation>`` members (a hint, like the ``detached`` index: pruned a few at
+  each renewal) and a sorted set ``<prefix>nodes`` holds each instance's last
+  renewal, on Redis' clock. :meth:`RedisStore.expire` removes the attached
+  sessions of an instance whose renewal ran out, each re-checked against its
+  record: still that instance's, at that generation, attached.
 * **Epoch**: ``<prefix>epoch``, created with ``SET NX`` by the first node that
   asks. Redis flushed, or restarted without persistence, loses it; the next
   node creates a new one, so old resume attempts fail with ``epoch_mismatch``.
@@ -229,23 +231,52 @@ end
 return 0
 """
 
-# KEYS: meta, out. ARGV: node. Removes the session only if that node attached it and
-# it is still attached (not detached, not claimed by another node since).
+# KEYS: meta, out. Deletes the session; returns {owner, generation}, or 0 without an owner.
+_DELETE = """
+local f = redis.call('HMGET', KEYS[1], 'owner', 'generation')
+redis.call('DEL', KEYS[1], KEYS[2])
+if f[1] then return {f[1], f[2]} end
+return 0
+"""
+
+# KEYS: meta, out. ARGV: node, generation. Removes the session only if that node attached
+# it at that generation and it is still attached: no claim since (another node's, or an
+# older tether's that does not record itself), no detach.
 _EXPIRE_IF_ORPHANED = """
-local f = redis.call('HMGET', KEYS[1], 'owner', 'expires_at')
-if f[1] == ARGV[1] and not f[2] then
+local f = redis.call('HMGET', KEYS[1], 'owner', 'generation', 'expires_at')
+if f[1] == ARGV[1] and f[2] == ARGV[2] and not f[3] then
     redis.call('DEL', KEYS[1], KEYS[2])
     return 1
 end
 return 0
 """
 
-# KEYS: nodes. ARGV: node, now. Forgets the node unless it renewed meanwhile.
+# Node renewals are scored in milliseconds on Redis' clock (TIME), so that node clocks
+# need not agree: a renewal and an expiry each pass how far ahead of their own clock
+# they mean. KEYS: nodes. ARGV: node, ms ahead.
+_RENEW = """
+local t = redis.call('TIME')
+local at = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], at, ARGV[1])
+return 1
+"""
+
+# KEYS: nodes. ARGV: ms ahead. Returns {cutoff, nodes whose renewal is <= cutoff}.
+_DEAD_NODES = """
+local t = redis.call('TIME')
+local cutoff = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
+return {string.format('%d', cutoff), redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', cutoff)}
+"""
+
+# KEYS: nodes. ARGV: node, cutoff. Forgets the node unless it renewed meanwhile.
 _FORGET_NODE = """
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if score and tonumber(score) <= tonumber(ARGV[2]) then redis.call('ZREM', KEYS[1], ARGV[1]) end
 return 0
 """
+
+#: Members of its own attached set a store checks at each renewal (see :meth:`renew`).
+_PRUNE_BATCH = 200
 
 
 class RedisStore(SessionStore):
@@ -314,8 +345,12 @@ class RedisStore(SessionStore):
         self._detach_script = register(_DETACH)
         self._abandon_script = register(_ABANDON)
         self._expire_script = register(_EXPIRE_IF_ENDED)
+        self._delete_script = register(_DELETE)
         self._orphan_script = register(_EXPIRE_IF_ORPHANED)
+        self._renew_script = register(_RENEW)
+        self._dead_nodes_script = register(_DEAD_NODES)
         self._forget_node_script = register(_FORGET_NODE)
+        self._prune_cursor = 0
 
     # -- keys --------------------------------------------------------------------------
 
@@ -343,7 +378,7 @@ class RedisStore(SessionStore):
         return f"{self.prefix}nodes"
 
     def owned_key(self, node: str) -> str:
-        """The set of sessions ``node`` attached (a hint: :meth:`expire` re-checks each)."""
+        """The set of ``<sid> <generation>`` ``node`` attached (a hint: re-checked when used)."""
         return f"{self.prefix}owned:{node}"
 
     def _keys(self, sid: str) -> list[str]:
@@ -372,7 +407,7 @@ class RedisStore(SessionStore):
             "0" if principal is None else "1",
             self.node,
         ]
-        fields = await self._owned_script("create", self._create_script, sid, args)
+        fields = await self._owned_script("create", self._create_script, sid, args, attaches=1)
         return _record(sid, fields)
 
     async def load(self, sid: str) -> SessionRecord | None:
@@ -393,7 +428,12 @@ class RedisStore(SessionStore):
         """Compare-and-set the generation in one script (see :meth:`SessionStore.claim`)."""
         args = [str(expected_generation), token_hash, previous_token_hash, self.node]
         fields = await self._owned_script(
-            "claim", self._claim_script, sid, args, generation=expected_generation
+            "claim",
+            self._claim_script,
+            sid,
+            args,
+            attaches=expected_generation + 1,
+            generation=expected_generation,
         )
         return _record(sid, fields)
 
@@ -418,6 +458,7 @@ class RedisStore(SessionStore):
             self._claim_and_read_script,
             sid,
             [str(record.generation), token_hash, previous_token_hash, self.node],
+            attaches=record.generation + 1,
             generation=record.generation,
         )
         return Resumption(
@@ -485,7 +526,9 @@ class RedisStore(SessionStore):
             generation=generation,
         )
         # The indexes are hints for expire(), which re-checks the record: not part of the step.
-        await self._call("detach", lambda: asyncio.gather(*self._detached_indexes(sid, expires_at)))
+        await self._call(
+            "detach", lambda: asyncio.gather(*self._detached_indexes(sid, generation, expires_at))
+        )
 
     def _detach_calls(
         self, sid: str, generation: int, expires_at: float
@@ -499,13 +542,19 @@ class RedisStore(SessionStore):
         script = self._pipelined(
             self._detach_script, self._keys(sid), self._detach_args(generation, expires_at)
         )
-        return script, *self._detached_indexes(sid, expires_at)
+        return script, *self._detached_indexes(sid, generation, expires_at)
 
-    def _detached_indexes(self, sid: str, expires_at: float) -> tuple[Awaitable[Any], ...]:
-        """In the expiry index, out of this instance's attached set (it expires on its own)."""
+    def _detached_indexes(
+        self, sid: str, generation: int, expires_at: float
+    ) -> tuple[Awaitable[Any], ...]:
+        """Into the expiry index; out of this instance's attached set (it expires on its own).
+
+        Only that generation's member leaves the set, even when the detach was
+        fenced: a claim since has its own member, which stays.
+        """
         return (
             self._pipelined_command("ZADD", self.detached_key, repr(expires_at), sid),
-            self._pipelined_command("SREM", self.owned_key(self.node), sid),
+            self._pipelined_command("SREM", self.owned_key(self.node), f"{sid} {generation}"),
         )
 
     def _detach_args(self, generation: int, expires_at: float) -> list[Any]:
@@ -525,20 +574,56 @@ class RedisStore(SessionStore):
         async def remove() -> Any:
             # Queued together, so they travel in the same pipeline: one round trip for
             # every session deleted in this turn (a burst of closes), not one each.
-            return await asyncio.gather(
-                self._pipelined_command("DEL", *self._keys(sid)),
+            attached, _ = await asyncio.gather(
+                self._pipelined(self._delete_script, self._keys(sid), []),
                 self._pipelined_command("ZREM", self.detached_key, sid),
-                self._pipelined_command("SREM", self.owned_key(self.node), sid),
             )
+            if attached:  # [owner, generation]: out of that instance's attached set
+                owner, generation = _text(attached[0]), _text(attached[1])
+                await self._pipelined_command("SREM", self.owned_key(owner), f"{sid} {generation}")
 
         await self._call("delete", remove)
 
     async def renew(self, expires_at: float) -> None:
-        """Record this instance's renewal in ``<prefix>nodes`` (see :meth:`SessionStore.renew`)."""
+        """Record this instance's renewal in ``<prefix>nodes`` (see :meth:`SessionStore.renew`).
+
+        ``expires_at`` is turned into a time on Redis' clock, as a detach's TTL is.
+        Each renewal also checks the next few members of this instance's attached
+        set and drops those that no longer describe an attached session of its
+        (taken over by another node, or a refused claim's): the set stays the size
+        of what this instance holds.
+        """
+        ahead_ms = math.ceil((expires_at - self._clock()) * 1000)
         await self._call(
             "renew",
-            lambda: self._pipelined_command("ZADD", self.nodes_key, repr(expires_at), self.node),
+            lambda: self._pipelined(self._renew_script, [self.nodes_key], [self.node, ahead_ms]),
         )
+        await self._call("renew", self._prune)
+
+    async def _prune(self) -> None:
+        owned = self.owned_key(self.node)
+        cursor, members = await self._client.sscan(owned, self._prune_cursor, count=_PRUNE_BATCH)
+        self._prune_cursor = int(cursor)
+        if not members:
+            return
+        async with self._client.pipeline(transaction=False) as pipe:
+            for member in members:
+                sid = _text(member).rsplit(" ", 1)[0]
+                pipe.hmget(self.meta_key(sid), "owner", "generation", "expires_at")
+            found = await pipe.execute()
+        # Never stale by mistake, though not atomic: a member that no longer describes
+        # an attached session of this instance never will again (a claim makes a new
+        # generation, and a new member with it).
+        stale = [
+            member
+            for member, (owner, generation, expires_at) in zip(members, found, strict=True)
+            if owner is None
+            or _text(owner) != self.node
+            or f"{_text(member).rsplit(' ', 1)[0]} {_text(generation)}" != _text(member)
+            or expires_at is not None
+        ]
+        if stale:
+            await self._client.srem(owned, *stale)
 
     async def expire(self, now: float, *, batch_size: int = 500) -> int:
         """Remove detached sessions whose window ended by ``now``, and orphans; return how many.
@@ -549,14 +634,15 @@ class RedisStore(SessionStore):
         against its record, so a session claimed again in the meantime is kept.
         """
         removed = await self._expire_detached(now, batch_size)
-        dead = await self._call(
-            "expire", lambda: self._client.zrangebyscore(self.nodes_key, "-inf", now)
+        ahead_ms = math.floor((now - self._clock()) * 1000)
+        cutoff, dead = await self._call(
+            "expire", lambda: self._dead_nodes_script([self.nodes_key], [ahead_ms])
         )
         for node in dead:
-            removed += await self._expire_orphans(_text(node), now, batch_size)
+            removed += await self._expire_orphans(_text(node), int(cutoff), batch_size)
         return removed
 
-    async def _expire_orphans(self, node: str, now: float, batch_size: int) -> int:
+    async def _expire_orphans(self, node: str, cutoff: int, batch_size: int) -> int:
         """Remove the sessions still attached through ``node``; then forget the node."""
         owned = self.owned_key(node)
         removed = 0
@@ -564,25 +650,27 @@ class RedisStore(SessionStore):
         # node that is not dead after all adds to it.
         rounds = 1 + await self._call("expire", lambda: self._client.scard(owned)) // batch_size
         for _ in range(rounds):
-            members = await self._call(
-                "expire", lambda: self._client.srandmember(owned, batch_size)
-            )
+            # A node that renews after all is alive again: what it holds now stays.
+            score = await self._call("expire", lambda: self._client.zscore(self.nodes_key, node))
+            if score is not None and score > cutoff:
+                return removed
+            found = await self._call("expire", lambda: self._client.srandmember(owned, batch_size))
+            members: list[Any] = list(found or ())
             if not members:
                 break
-            sids = [_text(member) for member in members]
+            taken = [_text(member).rsplit(" ", 1) for member in members]
 
-            async def sweep(sids: list[str] = sids) -> Any:
+            async def sweep(taken: list[list[str]] = taken, members: list[Any] = members) -> Any:
                 async with self._client.pipeline(transaction=False) as pipe:
-                    for sid in sids:
-                        await self._orphan_script(self._keys(sid), [node], client=pipe)
-                    pipe.srem(owned, *sids)
+                    for sid, generation in taken:
+                        await self._orphan_script(self._keys(sid), [node, generation], client=pipe)
+                    pipe.srem(owned, *members)
                     return await pipe.execute()
 
             results = await self._call("expire", sweep)
             removed += sum(int(result) for result in results[:-1])
         await self._call(
-            "expire",
-            lambda: self._forget_node_script([self.nodes_key], [node, repr(now)]),
+            "expire", lambda: self._forget_node_script([self.nodes_key], [node, cutoff])
         )
         return removed
 
@@ -712,20 +800,23 @@ class RedisStore(SessionStore):
         sid: str,
         args: list[Any],
         *,
+        attaches: int,
         generation: int = 0,
     ) -> Awaitable[Any]:
-        """:meth:`_session_script` of a script that attaches the session to this instance.
+        """:meth:`_session_script` of a script that attaches the session at generation ``attaches``.
 
         The session joins this instance's attached set in the same pipeline (a
-        hint: if the script is refused, the entry is stale and :meth:`expire`
-        skips it; if the set update fails, the call fails as a whole, as when the
-        script's reply is lost: the backend failed).
+        hint: if the script is refused, the member is stale, skipped by
+        :meth:`expire` and dropped by a later :meth:`renew`; if the set update
+        fails, the call fails as a whole, as when the script's reply is lost).
         """
 
         async def attach() -> Any:
             result, _ = await asyncio.gather(
                 self._pipelined(script, self._keys(sid), args),
-                self._pipelined_command("SADD", self.owned_key(self.node), sid),
+                # After the script: a prune that reads the set in between must not
+                # find a member whose claim has not run yet (it would drop it).
+                self._pipelined_command("SADD", self.owned_key(self.node), f"{sid} {attaches}"),
             )
             return result
 

@@ -26,11 +26,14 @@ on the same host (``tether serve`` uses it by default). Choices, and why:
   up to ``busy_timeout`` seconds for each other.
 * **Schema versioned** with ``PRAGMA user_version``; the store epoch is a random
   id written when the schema is created, so a deleted or replaced file yields
-  a new epoch (resumes then fail with ``epoch_mismatch``). A version 1 file
-  (before orphan expiry) is upgraded in place when it is opened.
+  a new epoch (resumes then fail with ``epoch_mismatch``). Columns and tables
+  added since version 1 are optional, created when missing, and ignored by an
+  older tether: the file still says version 1, so a rollback can open it.
 * **Orphans**: each session row names the store instance that attached it
-  (``owner``), and ``nodes`` holds each instance's last :meth:`renew`; the
-  expiry removes the attached sessions of an instance whose renewal ran out.
+  (``owner``) and the generation it attached (``owner_generation``), and
+  ``nodes`` holds each instance's last :meth:`renew`; the expiry removes the
+  attached sessions of an instance whose renewal ran out, unless a claim moved
+  them on since (an older tether's claim included, which leaves ``owner``).
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ from .base import (
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
 #: The schema this code writes (``PRAGMA user_version``).
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 1
 
 _SCHEMA = """
 CREATE TABLE store_info (
@@ -83,7 +86,8 @@ CREATE TABLE sessions (
     acked INTEGER NOT NULL DEFAULT 0,
     rx INTEGER NOT NULL DEFAULT 0,
     lost TEXT,
-    owner TEXT
+    owner TEXT,
+    owner_generation INTEGER
 );
 CREATE TABLE nodes (
     node TEXT PRIMARY KEY,
@@ -99,14 +103,13 @@ CREATE TABLE messages (
 ) WITHOUT ROWID;
 """
 
-# Version 1 to 2: who attached each session, and until when each node renewed.
-_UPGRADE_1_TO_2 = """
-ALTER TABLE sessions ADD COLUMN owner TEXT;
-CREATE TABLE nodes (
-    node TEXT PRIMARY KEY,
-    expires_at REAL NOT NULL
-);
-"""
+# Added to a file made before orphan expiry (still version 1: optional, and ignored by
+# the tether that made it): who attached each session, and until when each node renewed.
+_ORPHAN_COLUMNS = (
+    "ALTER TABLE sessions ADD COLUMN owner TEXT",
+    "ALTER TABLE sessions ADD COLUMN owner_generation INTEGER",
+)
+_NODES_TABLE = "CREATE TABLE IF NOT EXISTS nodes (node TEXT PRIMARY KEY, expires_at REAL NOT NULL)"
 
 _RECORD_COLUMNS = (
     "sid, token_hash, previous_token_hash, principal, generation, created_at, expires_at,"
@@ -179,8 +182,9 @@ class SQLiteStore(SessionStore):
             if db.execute("SELECT 1 FROM sessions WHERE sid = ?", (sid,)).fetchone():
                 raise SessionExists(f"session {sid} already exists")
             db.execute(
-                "INSERT INTO sessions (sid, token_hash, principal, generation, created_at, owner)"
-                " VALUES (?, ?, ?, 1, ?, ?)",
+                "INSERT INTO sessions"
+                " (sid, token_hash, principal, generation, created_at, owner, owner_generation)"
+                " VALUES (?, ?, ?, 1, ?, ?, 1)",
                 (sid, token_hash, principal, now, owner),
             )
             return record
@@ -345,8 +349,11 @@ class SQLiteStore(SessionStore):
             # Orphans: only when a node's renewal ran out (rare), so the scan of the
             # attached sessions it then needs costs nothing on the usual sweep.
             if db.execute("SELECT 1 FROM nodes WHERE expires_at <= ?", (now,)).fetchone():
+                # owner_generation: a claim since (an older tether's, which leaves the
+                # owner as it was, included) moved the session on.
                 orphaned = (
-                    "SELECT sid FROM sessions WHERE expires_at IS NULL AND owner IN"
+                    "SELECT sid FROM sessions WHERE expires_at IS NULL"
+                    " AND generation = owner_generation AND owner IN"
                     " (SELECT node FROM nodes WHERE expires_at <= ?)"
                 )
                 db.execute(f"DELETE FROM messages WHERE sid IN ({orphaned})", (now,))
@@ -543,16 +550,16 @@ class SQLiteStore(SessionStore):
                     (secrets.token_urlsafe(16),),
                 )
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            elif version == 1:
-                for statement in _UPGRADE_1_TO_2.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif version != SCHEMA_VERSION:
                 raise StoreError(
                     f"sqlite store {self.path} has schema version {version}; this tether "
                     f"reads version {SCHEMA_VERSION}"
                 )
+            columns = {row[1] for row in db.execute("PRAGMA table_info(sessions)")}
+            if "owner" not in columns:
+                for statement in _ORPHAN_COLUMNS:
+                    db.execute(statement)
+            db.execute(_NODES_TABLE)
         except BaseException:
             db.execute("ROLLBACK")
             raise
@@ -671,8 +678,9 @@ def _claim_row(
     sid = row[0]
     db.execute(
         "UPDATE sessions SET generation = generation + 1, token_hash = ?,"
-        " previous_token_hash = ?, expires_at = NULL, owner = ? WHERE sid = ?",
-        (token_hash, previous_token_hash, owner, sid),
+        " previous_token_hash = ?, expires_at = NULL, owner = ?, owner_generation = ?"
+        " WHERE sid = ?",
+        (token_hash, previous_token_hash, owner, row[4] + 1, sid),
     )
     # The row as the UPDATE left it, without reading it back.
     return _record(
