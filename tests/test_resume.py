@@ -367,6 +367,22 @@ def test_ack_trims_replay_buffer() -> None:
     assert client.events_received() == [PeerAcked(2)]
 
 
+def test_ack_trims_without_an_event_when_acks_are_not_reported() -> None:
+    """report_acks=False (the client adapter): the ack trims the buffer, no PeerAcked."""
+    client = ClientEndpoint(CONFIG, report_acks=False)
+    client.connection_made(0.0)
+    client.receive_message(welcome(), 0.0)
+    client.data_to_send()
+    client.events_received()
+    for payload in "abc":
+        client.send(payload, 0.0)
+    client.data_to_send()
+    client.receive_message(encode(Ack(2)), 0.0)
+    assert [entry.seq for entry in client.buffer] == [3]
+    assert not client.has_output
+    assert client.events_received() == []
+
+
 def test_ack_of_unsent_message_is_protocol_error() -> None:
     """An ack beyond the last sequence sent fails the connection with 1002."""
     client = opened_client()

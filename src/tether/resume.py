@@ -207,6 +207,8 @@ class Endpoint:
     Args:
         config: the resumption settings.
         hold_acks: advertise only what :meth:`rx_persisted` confirmed.
+        report_acks: report each ack that trims the replay buffer as :class:`PeerAcked`
+            (False: an adapter without a store to trim makes no event per ack).
     """
 
     # One per session on a server, most of them idle: no per-instance __dict__.
@@ -228,11 +230,15 @@ class Endpoint:
         "duplicates",
         "hold_acks",
         "phase",
+        "report_acks",
     )
 
-    def __init__(self, config: ResumeConfig, *, hold_acks: bool = False) -> None:
+    def __init__(
+        self, config: ResumeConfig, *, hold_acks: bool = False, report_acks: bool = True
+    ) -> None:
         self.config = config
         self.hold_acks = hold_acks
+        self.report_acks = report_acks
         self.phase = Phase.DISCONNECTED
         #: Duplicates dropped so far (``seq <= rx``), for tests and metrics.
         self.duplicates = 0
@@ -528,7 +534,8 @@ class Endpoint:
         if ack > self._peer_acked:
             self._peer_acked = ack
             self.buffer.trim(ack)
-            self._events.append(PeerAcked(ack))
+            if self.report_acks:
+                self._events.append(PeerAcked(ack))
 
     def _maybe_ack(self, now: float, *, force: bool = False) -> None:
         if self._ackable <= self._acked_sent:
@@ -575,12 +582,17 @@ class _Credentials:
 
 
 class ClientEndpoint(Endpoint):
-    """The client side of a tether.v1 session."""
+    """The client side of a tether.v1 session.
+
+    Args:
+        config: the resumption settings.
+        report_acks: see :class:`Endpoint`.
+    """
 
     __slots__ = ("_doomed", "_session")
 
-    def __init__(self, config: ResumeConfig | None = None) -> None:
-        super().__init__(config or ResumeConfig())
+    def __init__(self, config: ResumeConfig | None = None, *, report_acks: bool = True) -> None:
+        super().__init__(config or ResumeConfig(), report_acks=report_acks)
         self._session: _Credentials | None = None
         self._doomed = False
 

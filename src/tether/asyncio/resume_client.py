@@ -66,7 +66,9 @@ class TetherV1ClientLayer(ClientLayer):
         handshake_timeout: float = 10.0,
         rng: random.Random | None = None,
     ) -> None:
-        self.endpoint = ClientEndpoint(config or ResumeConfig())
+        # No PeerAcked event per ack: the client has no store to trim, and the
+        # acks that make room wake a waiting send() on their own (after incoming()).
+        self.endpoint = ClientEndpoint(config or ResumeConfig(), report_acks=False)
         self.handshake_timeout = handshake_timeout
         self._rng = rng if rng is not None else random.Random()
         self._v1 = False
@@ -112,7 +114,7 @@ class TetherV1ClientLayer(ClientLayer):
             self.endpoint.connection_made(loop.time())
         except ConnectionClosedError:
             # The session ended with 1000 earlier; a new connection starts a new one.
-            self.endpoint = ClientEndpoint(self.endpoint.config)
+            self.endpoint = ClientEndpoint(self.endpoint.config, report_acks=False)
             self.endpoint.connection_made(loop.time())
         try:
             await self._send_all(transport, self.endpoint.data_to_send())
