@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 
 from tether.exceptions import QueueFull
-from tether.replay import ReplayBuffer, payload_size
+from tether.replay import Entry, ReplayBuffer, payload_size
 
 
 def test_sequence_numbers_start_after_last_seq() -> None:
@@ -46,6 +46,37 @@ def test_oversized_message_fits_empty_buffer() -> None:
     buffer.push(b"x" * 100, 0.0)
     assert buffer.bytes == 100
     assert not buffer.has_room(1)
+
+
+def test_has_room_for_measures_text_in_utf8_bytes_once_not_empty() -> None:
+    """has_room_for(payload) is has_room(payload_size(payload)); an empty buffer takes any."""
+    buffer = ReplayBuffer(max_messages=2, max_bytes=10)
+    assert buffer.has_room_for(b"x" * 100)
+    buffer.push(b"x" * 6, 0.0)
+    assert buffer.has_room_for("abcd")
+    assert not buffer.has_room_for("日本")  # 6 bytes
+    buffer.push("ab", 0.0)
+    assert not buffer.has_room_for("")  # the count bound
+
+
+def test_push_keeps_an_entry_with_the_size_in_bytes() -> None:
+    """push() returns the Entry it holds: seq, payload, UTF-8 size, time queued."""
+    buffer = ReplayBuffer(max_messages=None, max_bytes=None)
+    entries = [buffer.push(b"ab", 1.0), buffer.push("日本", 2.0)]
+    assert entries == [Entry(1, b"ab", 2, 1.0), Entry(2, "日本", 6, 2.0)]
+    assert all(type(entry) is Entry for entry in entries)
+    assert list(buffer) == entries
+    assert buffer.bytes == 8
+
+
+def test_reaches_a_count_or_a_size() -> None:
+    """reaches(messages, size): at least that many messages, or at least that many bytes."""
+    buffer = ReplayBuffer(max_messages=None, max_bytes=None)
+    assert not buffer.reaches(1, 1)
+    buffer.push(b"abc", 0.0)
+    assert buffer.reaches(1, 100)
+    assert buffer.reaches(2, 3)
+    assert not buffer.reaches(2, 4)
 
 
 def test_trim_drops_acked_and_frees_room() -> None:

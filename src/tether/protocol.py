@@ -200,7 +200,7 @@ Frame = Data | Hello | Welcome | Ack | GoAway
 
 def encode_data(seq: int, ack: int, payload: Payload) -> Payload:
     """Encode a data frame, in the message type of ``payload``."""
-    if isinstance(payload, str):
+    if type(payload) is not bytes and isinstance(payload, str):  # no call for bytes
         return f"d{seq}:{ack}:{payload}"
     return _HEADER.pack(_DATA_TAG, seq, ack) + payload
 

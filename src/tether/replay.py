@@ -99,13 +99,22 @@ class ReplayBuffer:
             return False
         return self.max_bytes is None or self._bytes + size <= self.max_bytes
 
+    def reaches(self, messages: int, size: int) -> bool:
+        """Whether it holds at least ``messages`` messages or ``size`` bytes."""
+        return self._bytes >= size or len(self._entries) >= messages
+
+    def has_room_for(self, payload: Payload) -> bool:
+        """Whether ``payload`` fits now; an empty buffer takes it without measuring it."""
+        return not self._entries or self.has_room(payload_size(payload))
+
     def push(self, payload: Payload, now: float) -> Entry:
         """Assign the next sequence number to ``payload`` and hold it.
 
         Raises:
             QueueFull: no room (see :meth:`has_room`), or the sequence space is used up.
         """
-        size = payload_size(payload)
+        # payload_size() for the common case, inlined: this runs for every message sent.
+        size = len(payload) if type(payload) is bytes else payload_size(payload)
         entries = self._entries
         if entries and (
             (self.max_messages is not None and len(entries) >= self.max_messages)
@@ -118,7 +127,8 @@ class ReplayBuffer:
         if not isinstance(entries, deque):
             entries = self._entries = deque()
         self._last_seq = seq = self._last_seq + 1
-        entry = Entry(seq, payload, size, now)
+        # Entry(...) without the named tuple's Python-level __new__.
+        entry = tuple.__new__(Entry, (seq, payload, size, now))
         entries.append(entry)
         self._bytes += size
         return entry

@@ -50,7 +50,7 @@ from .protocol import (
     encode_data,
     parse_data,
 )
-from .replay import ReplayBuffer, payload_size
+from .replay import ReplayBuffer
 
 __all__ = [
     "ClientEndpoint",
@@ -336,7 +336,7 @@ class Endpoint:
 
     def has_room(self, payload: Payload) -> bool:
         """Whether :meth:`send` would accept ``payload`` now."""
-        return self.buffer.has_room(payload_size(payload))
+        return self.buffer.has_room_for(payload)
 
     def receive_message(self, message: Payload, now: float) -> None:
         """Process one WebSocket message received on the current connection.
@@ -432,9 +432,16 @@ class Endpoint:
     def next_deadline(self) -> float | None:
         """When :meth:`handle_timer` must next run, or None."""
         if self.phase is Phase.OPEN:
-            # Called after every message by the adapters: no allocation here.
+            # Called after every message by the adapters: no allocation here, and
+            # stall_deadline() inlined.
             ack_due = self._ack_due
-            stall = self.stall_deadline()
+            oldest = self.buffer.oldest_queued_at
+            opened = self._opened_at
+            stall = (
+                None
+                if oldest is None
+                else (oldest if oldest > opened else opened) + self.config.resume_window
+            )
             if ack_due is None:
                 return stall
             return ack_due if stall is None or ack_due < stall else stall
@@ -466,7 +473,8 @@ class Endpoint:
         oldest = self.buffer.oldest_queued_at
         if oldest is None:
             return None
-        return max(oldest, self._opened_at) + self.config.resume_window
+        opened = self._opened_at
+        return (oldest if oldest > opened else opened) + self.config.resume_window
 
     def _expire(self) -> None:
         raise NotImplementedError
@@ -478,7 +486,11 @@ class Endpoint:
         self._out.append(encode_data(seq, self._ackable, payload))
         if seq > self._highest_sent:
             self._highest_sent = seq
-        self._acked_out()
+        # _acked_out(), inlined: this runs for every message sent.
+        self._acked_sent = self._ackable
+        self._in_count = 0
+        self._in_bytes = 0
+        self._ack_due = None
 
     def _acked_out(self) -> None:
         self._acked_sent = self._ackable

@@ -237,10 +237,7 @@ class TetherV1ClientLayer(ClientLayer):
 
     def wants_input(self) -> bool:
         """Enough unacknowledged messages that the acks coming back must be read now."""
-        if not self._v1:
-            return False
-        buffer = self.endpoint.buffer
-        return len(buffer) >= READ_AHEAD_MESSAGES or buffer.bytes >= READ_AHEAD_BYTES
+        return self._v1 and self.endpoint.buffer.reaches(READ_AHEAD_MESSAGES, READ_AHEAD_BYTES)
 
     def read_deadline(self) -> float | None:
         """Half way to the stall deadline of the oldest unacknowledged message."""
