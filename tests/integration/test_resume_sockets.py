@@ -9,6 +9,7 @@ reordered, and that no exception reached the event loop.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import random
@@ -28,10 +29,13 @@ from tests.support.procs import JsonLineProcess, tether_cli
 from websockets.asyncio.client import connect as ws_connect
 
 import tether
+import tether.asyncio.client as client_module
 import tether.asyncio.resume_server as resume_server_module
+from tether.asyncio.engine import Message, Transport
 from tether.asyncio.resume_client import READ_AHEAD_MESSAGES, TetherV1ClientLayer
 from tether.asyncio.resume_server import TetherV1ServerLayer
 from tether.asyncio.session import Session
+from tether.asyncio.websockets_client import fast_writer
 from tether.backoff import BackoffConfig
 from tether.events import Connected, Resumed, SessionLost, State
 from tether.ratelimit import ResumeLimit
@@ -199,6 +203,62 @@ async def test_ten_thousand_each_way_through_five_transport_aborts() -> None:
     assert len(run.events.of(Resumed)) == 5
     assert run.events.of(SessionLost) == []
     assert len(handler.sessions) == 1  # one session, one handler, across every connection
+
+
+@pytest.mark.timeout(60)
+async def test_order_is_kept_when_writes_wait_the_replay_buffer_fills_and_links_drop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Bursts of 1-20 requests, then their answers: send() writes at once only while
+    nothing is queued or being written. Every eleventh write must wait (a writer task
+    finishes it, later sends queue behind it), the replay buffer holds 8 messages (the
+    rest of a burst waits for acks) and the client aborts five times, mid-burst:
+    0 lost, 0 duplicated, order kept."""
+    writes = itertools.count()
+    declined = 0
+
+    def declining_writer(transport: Transport) -> Callable[[Message], bool] | None:
+        write_now = fast_writer(transport)
+        assert write_now is not None
+
+        def write(message: Message) -> bool:
+            nonlocal declined
+            if next(writes) % 11 == 10:
+                declined += 1
+                return False  # as when the socket's buffer is over its limit
+            return write_now(message)
+
+        return write
+
+    monkeypatch.setattr(client_module, "fast_writer", declining_writer)
+    rng = random.Random(8)
+    aborts = [k * N // 6 + rng.randrange(20) for k in range(1, 6)]
+    handler = Echo()
+    server = await start_server(handler, MemoryStore())
+    conn = await client(server.port, resume=ResumeConfig(max_messages=8))
+    received: list[int] = []
+    async with running(server, conn) as run:
+        sent = 0
+        while sent < N:
+            burst = range(sent + 1, min(sent + rng.randint(1, 20), N) + 1)
+            for n in burst:
+                await conn.send(f"c{n}")
+                if aborts and n == aborts[0]:
+                    aborts.pop(0)
+                    transport = conn._transport
+                    assert transport is not None
+                    transport.abort()
+            for _ in burst:
+                message = await asyncio.wait_for(conn.recv(), 10)
+                assert isinstance(message, str)
+                received.append(int(message[1:]))
+            sent = burst[-1]
+    expected = list(range(1, N + 1))
+    assert handler.got == expected
+    assert received == expected
+    assert declined > N // 50
+    assert len(run.events.of(Resumed)) == 5
+    assert run.events.of(SessionLost) == []
 
 
 @pytest.mark.timeout(60)

@@ -490,20 +490,18 @@ class ClientConnection:
             raise ConnectionClosedOK(code, reason, "close() was called; no more sends")
         queue = self._queue
         link = self._link
-        if (
-            link is not None
-            and self._plain
-            and not queue
-            and link.writer is None
-            and link.write_now is not None
-        ):
+        if link is not None and not queue and link.writer is None:
             # The common case: nothing queued or being written on an open transport.
             # The queue is skipped: nothing else runs until the write is done.
-            try:
-                if link.write_now(message):
-                    return
-            except Exception:
-                self._fail(link)
+            if self._plain:
+                if link.write_now is not None:
+                    try:
+                        if link.write_now(message):
+                            return
+                    except Exception:
+                        self._fail(link)
+            elif self._send_now(link, message):
+                return
         if queue.full or queue.closed:
             try:
                 await queue.put(message, timeout=self._send_timeout)
@@ -949,6 +947,45 @@ class ClientConnection:
             pass  # the supervisor sees the end; what is still queued waits for the next one
         except Exception:
             self._fail(link)
+
+    def _send_now(self, link: _Link, message: Message) -> bool:
+        """What :meth:`_pump` does for one message, without queueing it; False: queue it.
+
+        For a layer that keeps what it sent (tether.v1's replay buffer) on an OPEN
+        transport that we can write synchronously, when the layer has room: once
+        the layer took the message it is never queued, so a wire message the
+        transport cannot take at once goes to a writer task, as in :meth:`_pump`.
+        The caller checked that nothing is queued or being written.
+        """
+        layer = self._layer
+        write_now = link.write_now
+        is_open = link.is_open
+        if (
+            write_now is None
+            or is_open is None
+            or not layer.keeps_sent
+            or not is_open()
+            or not layer.has_room(message)
+        ):
+            return False
+        assert self._loop is not None
+        try:
+            wires = layer.outgoing(message, self._loop.time())
+        except Exception:
+            # Not taken: queued, it goes out on the next connection (as from _pump).
+            self._fail(link)
+            return False
+        try:
+            for index, wire in enumerate(wires):
+                if not write_now(wire):
+                    self._start_writer(link, wires[index:], pop_after=False)
+                    return True
+            self._after_layer(link)
+        except TransportClosed:
+            pass  # the supervisor sees the end; the layer replays the message
+        except Exception:
+            self._fail(link)
+        return True
 
     def _start_writer(
         self,
