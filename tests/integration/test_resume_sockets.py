@@ -37,7 +37,7 @@ from tether.asyncio.resume_server import TetherV1ServerLayer
 from tether.asyncio.session import Session
 from tether.asyncio.websockets_client import fast_writer
 from tether.backoff import BackoffConfig
-from tether.events import Connected, Resumed, SessionLost, State
+from tether.events import Connected, Disconnected, Resumed, SessionLost, State
 from tether.ratelimit import ResumeLimit
 from tether.resume import ResumeConfig
 from tether.stores.base import SessionRecord, StoreUnavailable
@@ -698,3 +698,27 @@ async def test_a_few_unacked_messages_are_read_for_before_they_stall() -> None:
         assert layer.endpoint.stall_deadline() is None
         assert run.events.kinds() == []  # no Disconnected, no Resumed
         assert conn.state is State.OPEN
+
+
+@pytest.mark.timeout(20)
+async def test_a_replay_buffer_full_for_send_timeout_closes_with_4202_and_resumes() -> None:
+    """A server that does not ack: the third message waits send_timeout for room, then
+    the client closes with 4202 and resumes; the welcome's ack makes the room."""
+    sink = Sink()
+    never_acks = ResumeConfig(ack_messages=None, ack_bytes=None, ack_delay=60.0)
+    server = await start_server(sink, MemoryStore(), config=never_acks)
+    conn = tether.connect(
+        f"ws://127.0.0.1:{server.port}/",
+        heartbeat=None,
+        backoff=FAST,
+        send_timeout=0.2,
+        resume=ResumeConfig(max_messages=2),
+    )
+    async with running(server, await conn) as run:
+        for n in range(1, 4):
+            await conn.send(f"c{n}")
+        resumed = await run.events.wait_for(Resumed, timeout=5)
+        await eventually(lambda: sink.got == [1, 2, 3], 5)
+        assert resumed == [Resumed(0, 0)]
+        assert [e.code for e in run.events.of(Disconnected)] == [4202]
+        assert run.events.of(SessionLost) == []

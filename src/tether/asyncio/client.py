@@ -548,7 +548,8 @@ class ClientConnection:
                     None, "", "the connection was never started: await it or use `async with`"
                 )
             link = self._link
-            if link is not None and link.unread and not link.eof:
+            # link.unread, inlined: this runs for every message received.
+            if link is not None and link.reader is None and not link.reading and not link.eof:
                 # No reader task: read the transport here, one task hop fewer.
                 message = await self._recv_direct(link)
                 if message is not None:
@@ -1055,7 +1056,7 @@ class ClientConnection:
             if remaining is not None and remaining <= 0:
                 # docs/protocol.md §4.5: close (4202) and resume, never block forever.
                 self._layer.overflow(loop.time())
-                self._drive_layer(link)
+                self._after_layer(link)
                 raise TransportClosed(await link.transport.wait_closed())
             link.room = loop.create_future()
             try:
@@ -1068,20 +1069,6 @@ class ClientConnection:
         """After a call into the layer: do what it asks, wake a writer waiting for room, re-arm."""
         if self._plain:
             return
-        self._drive_layer(link)
-        room = link.room
-        if room is not None and not room.done():
-            room.set_result(None)
-        layer = self._layer
-        if link.unread and layer.wants_input():
-            # Sending without reading: take the acks (read ahead until recv() waits).
-            self._ensure_reader(link)
-        deadline = layer.next_deadline()
-        if deadline is not None and (link.timer is None or deadline < link.timer_at):
-            self._arm(link)
-
-    def _drive_layer(self, link: _Link) -> None:
-        """Report the layer's events, send its control messages, honour its close request."""
         layer = self._layer
         for event in layer.take_events():
             self._emit(event)
@@ -1093,6 +1080,16 @@ class ClientConnection:
             code, reason = request
             logger.info("%s: closing with %d (%s)", self.url, code, reason)
             link.closer = self._guarded_task(link, link.transport.close(code, reason))
+        room = link.room
+        if room is not None and not room.done():
+            room.set_result(None)
+        # link.unread, inlined: this runs after every message.
+        if link.reader is None and not link.reading and layer.wants_input():
+            # Sending without reading: take the acks (read ahead until recv() waits).
+            self._ensure_reader(link)
+        deadline = layer.next_deadline()
+        if deadline is not None and (link.timer is None or deadline < link.timer_at):
+            self._arm(link)
 
     def _write_in_task(self, link: _Link, write: Coroutine[Any, Any, None]) -> None:
         """Finish a control write (ack, ping) that could not go at once in a task.

@@ -46,6 +46,10 @@ class SendQueue:
     def __len__(self) -> int:
         return len(self._items)
 
+    def __bool__(self) -> bool:
+        # Asked on every send(): one call where __len__ costs two (it calls len()).
+        return bool(self._items)
+
     @property
     def full(self) -> bool:
         """True when :meth:`put` would have to wait."""
