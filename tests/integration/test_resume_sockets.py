@@ -14,7 +14,7 @@ import json
 import logging
 import random
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -722,3 +722,34 @@ async def test_a_replay_buffer_full_for_send_timeout_closes_with_4202_and_resume
         assert resumed == [Resumed(0, 0)]
         assert [e.code for e in run.events.of(Disconnected)] == [4202]
         assert run.events.of(SessionLost) == []
+
+
+@pytest.mark.timeout(20)
+async def test_a_message_the_layer_fails_to_take_goes_out_once_on_the_next_connection(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An error in the layer's outgoing() drops the connection (logged once) and leaves
+    the message queued: it goes out once, after the resume."""
+    handler = Echo()
+    server = await start_server(handler, MemoryStore())
+    async with running(server, await client(server.port)) as run:
+        await echoes(run.conn, 1)
+        layer = run.conn._layer
+        doomed = run.conn._transport
+        real_outgoing = layer.outgoing
+
+        def outgoing(message: Message, now: float) -> Sequence[Message]:
+            if run.conn._transport is doomed:
+                raise RuntimeError("a bug in the layer")
+            return real_outgoing(message, now)
+
+        layer.outgoing = outgoing  # type: ignore[method-assign]
+        with caplog.at_level(logging.ERROR, logger="tether.client"):
+            await run.conn.send("c2")
+            await run.events.wait_for(Resumed, timeout=5)
+            assert await asyncio.wait_for(run.conn.recv(), 5) == "s2"
+        await echoes(run.conn, 3)
+    assert handler.got == [1, 2, 3]
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == [
+        "tether client helper failed; aborting the connection"
+    ]

@@ -973,9 +973,11 @@ class ClientConnection:
         try:
             wires = layer.outgoing(message, self._loop.time())
         except Exception:
-            # Not taken: queued, it goes out on the next connection (as from _pump).
+            # Not taken: it waits in the queue for the next connection, as when this
+            # fails in _pump (which is not run again on the link being dropped).
             self._fail(link)
-            return False
+            self._queue.append(message)
+            return True
         try:
             for index, wire in enumerate(wires):
                 if not write_now(wire):
