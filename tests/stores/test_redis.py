@@ -63,39 +63,43 @@ async def prefix() -> AsyncIterator[str]:
     await _remove_prefix(SHARED_URL, prefix)
 
 
-class TestRedisStore(StoreConformance):
-    """Conformance of :class:`RedisStore` on the machine's Redis."""
+class TestRedisStore(StoreConformance, SharedStoreConformance):
+    """Conformance of :class:`RedisStore` on the machine's Redis (``other``: another node)."""
 
     @pytest.fixture
     async def store(self, prefix: str) -> AsyncIterator[SessionStore]:
         """A Redis store isolated by a random prefix; its clock is the suite's (0)."""
-        store = RedisStore(SHARED_URL, prefix=prefix, timeout=2.0, clock=lambda: 0.0)
-        yield store
-        await store.close()
-
-
-class TestRedisStoreShared(SharedStoreConformance):
-    """Orphan expiry between two nodes' stores on the machine's Redis."""
-
-    @pytest.fixture
-    async def store(self, prefix: str) -> AsyncIterator[SessionStore]:
-        store = RedisStore(SHARED_URL, prefix=prefix, timeout=2.0, clock=lambda: 0.0)
-        yield store
-        await store.close()
+        async with _node(prefix) as store:
+            yield store
 
     @pytest.fixture
     async def other(self, prefix: str) -> AsyncIterator[SessionStore]:
-        other = RedisStore(SHARED_URL, prefix=prefix, timeout=2.0, clock=lambda: 0.0)
-        yield other
-        await other.close()
+        """Another node's store on the same prefix."""
+        async with _node(prefix) as other:
+            yield other
+
+
+@contextlib.asynccontextmanager
+async def _node(prefix: str, clock: float = 0.0) -> AsyncIterator[RedisStore]:
+    store = RedisStore(SHARED_URL, prefix=prefix, timeout=2.0, clock=lambda: clock)
+    try:
+        yield store
+    finally:
+        await store.close()
 
 
 @pytest.fixture
 async def store(prefix: str) -> AsyncIterator[RedisStore]:
     """A Redis store on the machine's Redis whose clock stands at 1000 s."""
-    store = RedisStore(SHARED_URL, prefix=prefix, timeout=2.0, clock=lambda: 1000.0)
-    yield store
-    await store.close()
+    async with _node(prefix, clock=1000.0) as store:
+        yield store
+
+
+@pytest.fixture
+async def other_node(prefix: str) -> AsyncIterator[RedisStore]:
+    """A second node's store on the same prefix, its clock also at 1000 s."""
+    async with _node(prefix, clock=1000.0) as other:
+        yield other
 
 
 @pytest.fixture
@@ -220,54 +224,42 @@ async def test_a_fenced_detach_leaves_the_claims_member(
 
 
 async def test_a_renewal_prunes_what_is_no_longer_attached_here(
-    store: RedisStore, prefix: str, raw: aioredis.Redis
+    store: RedisStore, other_node: RedisStore, raw: aioredis.Redis
 ) -> None:
     """Taken over by another node, or a refused claim's member: gone after a renewal."""
-    other = RedisStore(SHARED_URL, prefix=prefix, timeout=2.0, clock=lambda: 1000.0)
-    try:
-        await store.create("taken", token_hash=HASH, principal=None, now=1000.0)
-        await store.create("kept", token_hash=HASH, principal=None, now=1000.0)
-        await other.claim("taken", 1, token_hash=HASH, previous_token_hash=HASH)
+    await store.create("taken", token_hash=HASH, principal=None, now=1000.0)
+    await store.create("kept", token_hash=HASH, principal=None, now=1000.0)
+    await other_node.claim("taken", 1, token_hash=HASH, previous_token_hash=HASH)
+    await store.claim("kept", 1, token_hash=HASH, previous_token_hash=HASH)
+    with pytest.raises(Fenced):
         await store.claim("kept", 1, token_hash=HASH, previous_token_hash=HASH)
-        with pytest.raises(Fenced):
-            await store.claim("kept", 1, token_hash=HASH, previous_token_hash=HASH)
-        owned = store.owned_key(store.node)
-        assert await raw.smembers(owned) == {b"taken 1", b"kept 1", b"kept 2"}
-        await store.renew(1100.0)
-        assert await raw.smembers(owned) == {b"kept 2"}
-    finally:
-        await other.close()
+    owned = store.owned_key(store.node)
+    assert await raw.smembers(owned) == {b"taken 1", b"kept 1", b"kept 2"}
+    await store.renew(1100.0)
+    assert await raw.smembers(owned) == {b"kept 2"}
 
 
 async def test_an_older_tethers_claim_is_not_taken_for_an_orphan(
-    store: RedisStore, prefix: str, raw: aioredis.Redis
+    store: RedisStore, other_node: RedisStore, raw: aioredis.Redis
 ) -> None:
     """A claim that does not record its node (an older tether) still moves the session on."""
-    sweeper = RedisStore(SHARED_URL, prefix=prefix, timeout=2.0, clock=lambda: 1000.0)
-    try:
-        await store.create(SID, token_hash=HASH, principal=None, now=1000.0)
-        await store.renew(1100.0)
-        await raw.hincrby(store.meta_key(SID), "generation", 1)  # what its claim changes
-        assert await sweeper.expire(1200.0) == 0
-        assert await sweeper.load(SID) is not None
-    finally:
-        await sweeper.close()
+    await store.create(SID, token_hash=HASH, principal=None, now=1000.0)
+    await store.renew(1100.0)
+    await raw.hincrby(store.meta_key(SID), "generation", 1)  # what its claim changes
+    assert await other_node.expire(1200.0) == 0
+    assert await other_node.load(SID) is not None
 
 
 async def test_a_detached_member_left_behind_is_not_an_orphan(
-    store: RedisStore, prefix: str, raw: aioredis.Redis
+    store: RedisStore, other_node: RedisStore, raw: aioredis.Redis
 ) -> None:
     """The re-check sees the detach even when the set still names the session."""
-    sweeper = RedisStore(SHARED_URL, prefix=prefix, timeout=2.0, clock=lambda: 1000.0)
-    try:
-        await store.create(SID, token_hash=HASH, principal=None, now=1000.0)
-        await store.detach(SID, 1, expires_at=1500.0)
-        await raw.sadd(store.owned_key(store.node), f"{SID} 1")
-        await store.renew(1100.0)
-        assert await sweeper.expire(1200.0) == 0
-        assert await sweeper.load(SID) is not None
-    finally:
-        await sweeper.close()
+    await store.create(SID, token_hash=HASH, principal=None, now=1000.0)
+    await store.detach(SID, 1, expires_at=1500.0)
+    await raw.sadd(store.owned_key(store.node), f"{SID} 1")
+    await store.renew(1100.0)
+    assert await other_node.expire(1200.0) == 0
+    assert await other_node.load(SID) is not None
 
 
 async def test_renewals_are_judged_on_redis_clock(prefix: str) -> None:
@@ -285,19 +277,15 @@ async def test_renewals_are_judged_on_redis_clock(prefix: str) -> None:
 
 
 async def test_a_dead_instances_set_and_renewal_are_removed(
-    store: RedisStore, prefix: str, raw: aioredis.Redis
+    store: RedisStore, other_node: RedisStore, raw: aioredis.Redis
 ) -> None:
     """Once its orphans are expired, nothing of the dead instance is left in Redis."""
-    dead = RedisStore(SHARED_URL, prefix=prefix, timeout=2.0, clock=lambda: 1000.0)
-    try:
-        for index in range(7):
-            await dead.create(f"s{index}", token_hash=HASH, principal=None, now=1000.0)
-        await dead.renew(1100.0)
-    finally:
-        await dead.close()
+    for index in range(7):
+        await other_node.create(f"s{index}", token_hash=HASH, principal=None, now=1000.0)
+    await other_node.renew(1100.0)  # its last renewal
     await store.renew(5000.0)
     assert await store.expire(1200.0, batch_size=3) == 7  # in three rounds (store's clock: 1000)
-    assert not await raw.exists(store.owned_key(dead.node))
+    assert not await raw.exists(store.owned_key(other_node.node))
     assert await raw.zrange(store.nodes_key, 0, -1) == [store.node.encode()]
 
 

@@ -32,8 +32,8 @@ from .conformance import HASH, SID, SharedStoreConformance, StoreConformance, ba
 from .restart_scenario import resume_after_restart
 
 
-class TestSQLiteStore(StoreConformance):
-    """Conformance of :class:`SQLiteStore`."""
+class TestSQLiteStore(StoreConformance, SharedStoreConformance):
+    """Conformance of :class:`SQLiteStore` (``other``: another process's store on the file)."""
 
     @pytest.fixture
     async def store(self, tmp_path: Path) -> AsyncIterator[SessionStore]:
@@ -42,19 +42,10 @@ class TestSQLiteStore(StoreConformance):
         yield store
         await store.close()
 
-
-class TestSQLiteStoreShared(SharedStoreConformance):
-    """Orphan expiry between two processes' stores on one file."""
-
     @pytest.fixture
-    async def store(self, tmp_path: Path) -> AsyncIterator[SessionStore]:
-        store = SQLiteStore(tmp_path / "sessions.db")
-        yield store
-        await store.close()
-
-    @pytest.fixture
-    async def other(self, tmp_path: Path) -> AsyncIterator[SessionStore]:
-        other = SQLiteStore(tmp_path / "sessions.db")
+    async def other(self, store: SQLiteStore) -> AsyncIterator[SessionStore]:
+        """A second store on the same file."""
+        other = SQLiteStore(store.path)
         yield other
         await other.close()
 
