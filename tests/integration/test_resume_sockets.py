@@ -753,3 +753,52 @@ async def test_a_message_the_layer_fails_to_take_goes_out_once_on_the_next_conne
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == [
         "tether client helper failed; aborting the connection"
     ]
+
+
+@pytest.mark.timeout(20)
+async def test_a_send_right_after_a_failed_one_waits_behind_it() -> None:
+    """The layer fails once; the same task sends again before the link is dropped: the
+    second message must queue behind the first (else it takes a sequence number first
+    and overtakes it for good)."""
+    handler = Echo()
+    server = await start_server(handler, MemoryStore())
+    async with running(server, await client(server.port)) as run:
+        await echoes(run.conn, 1)
+        layer = run.conn._layer
+        real_outgoing = layer.outgoing
+        failed: list[Message] = []
+
+        def outgoing(message: Message, now: float) -> Sequence[Message]:
+            if not failed:
+                failed.append(message)
+                raise RuntimeError("a bug in the layer, once")
+            return real_outgoing(message, now)
+
+        layer.outgoing = outgoing  # type: ignore[method-assign]
+        await run.conn.send("c2")  # fails in the direct path: queued, the link aborted
+        await run.conn.send("c3")  # before the abort took effect
+        await run.events.wait_for(Resumed, timeout=5)
+        assert [await asyncio.wait_for(run.conn.recv(), 5) for _ in range(2)] == ["s2", "s3"]
+    assert handler.got == [1, 2, 3]
+
+
+@pytest.mark.timeout(20)
+async def test_sends_on_an_idle_open_link_skip_the_send_queue() -> None:
+    """The direct path is taken: no message of a request/response exchange is queued."""
+    handler = Echo()
+    server = await start_server(handler, MemoryStore())
+    async with running(server, await client(server.port)) as run:
+        await echoes(run.conn, 1)
+        queued: list[Message] = []
+        queue = run.conn._queue
+        real_append = queue.append
+
+        def append(message: Message) -> None:
+            queued.append(message)
+            real_append(message)
+
+        queue.append = append  # type: ignore[method-assign]
+        for n in range(2, 12):
+            await echoes(run.conn, n)
+        assert queued == []
+    assert handler.got == list(range(1, 12))
