@@ -28,6 +28,7 @@ import os
 import socket
 import sys
 import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 from .common import (
@@ -62,6 +63,28 @@ def _redis_up() -> bool:
         return False
 
 
+@contextlib.contextmanager
+def _removed(prefix: str) -> Iterator[None]:
+    """Delete the run's keys from the machine's Redis afterwards (epoch, renewals, sessions)."""
+    try:
+        yield
+    finally:
+        if _redis_up():
+            asyncio.run(_delete_prefix(prefix))
+
+
+async def _delete_prefix(prefix: str) -> None:
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url("redis://127.0.0.1:6379/0", socket_timeout=5)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=1000)]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
 def run(*, quick: bool, progress: Progress, runs: int = 5) -> tuple[dict[str, Any], str, bool]:
     if not (tether_has("connect") and tether_has("serve")):
         raise Unavailable("tether.connect / tether.serve (the asyncio adapter) are not here")
@@ -71,11 +94,12 @@ def run(*, quick: bool, progress: Progress, runs: int = 5) -> tuple[dict[str, An
     rounds = 1 if quick else runs
     results: dict[str, Any] = {}
     missing: dict[str, str] = {}
-    with tempfile.TemporaryDirectory(prefix="tether-bench-") as tmp:
+    redis_prefix = f"tether-bench-{os.getpid()}:"
+    with tempfile.TemporaryDirectory(prefix="tether-bench-") as tmp, _removed(redis_prefix):
         stores = {
             "memory": "memory",
             "sqlite": f"sqlite:///{tmp}/resume.db",
-            "redis": f"redis://127.0.0.1:6379/0?prefix=tether-bench-{os.getpid()}:",
+            "redis": f"redis://127.0.0.1:6379/0?prefix={redis_prefix}",
         }
         for name, url in stores.items():
             if name == "redis" and not _redis_up():
