@@ -107,6 +107,12 @@ if not gen then return redis.error_reply('TETHER_UNKNOWN') end
 if gen ~= ARGV[1] then return redis.error_reply('TETHER_FENCED ' .. gen) end
 """
 
+# Redis' own clock, in milliseconds: times every node must read alike (TTLs, renewals).
+_NOW_MS = """
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
 _EPOCH = """
 redis.call('SET', KEYS[1], ARGV[1], 'NX')
 return redis.call('GET', KEYS[1])
@@ -199,10 +205,9 @@ return redis.call('XRANGE', KEYS[2], ARGV[1] .. '-0', '+')
 # KEYS: meta, out. ARGV: generation, expires_at, TTL in ms (the resume window).
 _DETACH = (
     _CHECK_GENERATION
+    + _NOW_MS
     + """
-local now = redis.call('TIME')
-local at = string.format('%d', tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-                               + tonumber(ARGV[3]))
+local at = string.format('%d', now_ms + tonumber(ARGV[3]))
 redis.call('HSET', KEYS[1], 'expires_at', ARGV[2], 'ttl_at', at)
 redis.call('PEXPIREAT', KEYS[1], at)
 redis.call('PEXPIREAT', KEYS[2], at)
@@ -254,19 +259,22 @@ return 0
 # Node renewals are scored in milliseconds on Redis' clock (TIME), so that node clocks
 # need not agree: a renewal and an expiry each pass how far ahead of their own clock
 # they mean. KEYS: nodes. ARGV: node, ms ahead.
-_RENEW = """
-local t = redis.call('TIME')
-local at = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[2])
-redis.call('ZADD', KEYS[1], at, ARGV[1])
+_RENEW = (
+    _NOW_MS
+    + """
+redis.call('ZADD', KEYS[1], now_ms + tonumber(ARGV[2]), ARGV[1])
 return 1
 """
+)
 
 # KEYS: nodes. ARGV: ms ahead. Returns {cutoff, nodes whose renewal is <= cutoff}.
-_DEAD_NODES = """
-local t = redis.call('TIME')
-local cutoff = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
+_DEAD_NODES = (
+    _NOW_MS
+    + """
+local cutoff = now_ms + tonumber(ARGV[1])
 return {string.format('%d', cutoff), redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', cutoff)}
 """
+)
 
 # KEYS: nodes. ARGV: node, cutoff. Forgets the node unless it renewed meanwhile.
 _FORGET_NODE = """
@@ -554,7 +562,7 @@ class RedisStore(SessionStore):
         """
         return (
             self._pipelined_command("ZADD", self.detached_key, repr(expires_at), sid),
-            self._pipelined_command("SREM", self.owned_key(self.node), f"{sid} {generation}"),
+            self._pipelined_command("SREM", self.owned_key(self.node), _member(sid, generation)),
         )
 
     def _detach_args(self, generation: int, expires_at: float) -> list[Any]:
@@ -580,7 +588,9 @@ class RedisStore(SessionStore):
             )
             if attached:  # [owner, generation]: out of that instance's attached set
                 owner, generation = _text(attached[0]), _text(attached[1])
-                await self._pipelined_command("SREM", self.owned_key(owner), f"{sid} {generation}")
+                await self._pipelined_command(
+                    "SREM", self.owned_key(owner), _member(sid, generation)
+                )
 
         await self._call("delete", remove)
 
@@ -606,9 +616,9 @@ class RedisStore(SessionStore):
         self._prune_cursor = int(cursor)
         if not members:
             return
+        parsed = [_parse_member(member) for member in members]
         async with self._client.pipeline(transaction=False) as pipe:
-            for member in members:
-                sid = _text(member).rsplit(" ", 1)[0]
+            for sid, _ in parsed:
                 pipe.hmget(self.meta_key(sid), "owner", "generation", "expires_at")
             found = await pipe.execute()
         # Never stale by mistake, though not atomic: a member that no longer describes
@@ -616,10 +626,13 @@ class RedisStore(SessionStore):
         # generation, and a new member with it).
         stale = [
             member
-            for member, (owner, generation, expires_at) in zip(members, found, strict=True)
+            for member, (_, attached), (owner, generation, expires_at) in zip(
+                members, parsed, found, strict=True
+            )
             if owner is None
             or _text(owner) != self.node
-            or f"{_text(member).rsplit(' ', 1)[0]} {_text(generation)}" != _text(member)
+            or generation is None
+            or _text(generation) != attached
             or expires_at is not None
         ]
         if stale:
@@ -658,9 +671,11 @@ class RedisStore(SessionStore):
             members: list[Any] = list(found or ())
             if not members:
                 break
-            taken = [_text(member).rsplit(" ", 1) for member in members]
+            taken = [_parse_member(member) for member in members]
 
-            async def sweep(taken: list[list[str]] = taken, members: list[Any] = members) -> Any:
+            async def sweep(
+                taken: list[tuple[str, str]] = taken, members: list[Any] = members
+            ) -> Any:
                 async with self._client.pipeline(transaction=False) as pipe:
                     for sid, generation in taken:
                         await self._orphan_script(self._keys(sid), [node, generation], client=pipe)
@@ -816,7 +831,7 @@ class RedisStore(SessionStore):
                 self._pipelined(script, self._keys(sid), args),
                 # After the script: a prune that reads the set in between must not
                 # find a member whose claim has not run yet (it would drop it).
-                self._pipelined_command("SADD", self.owned_key(self.node), f"{sid} {attaches}"),
+                self._pipelined_command("SADD", self.owned_key(self.node), _member(sid, attaches)),
             )
             return result
 
@@ -892,6 +907,17 @@ class _Call:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _member(sid: str, generation: int | str) -> str:
+    """A member of an instance's attached set: the session at that generation."""
+    return f"{sid} {generation}"
+
+
+def _parse_member(member: Any) -> tuple[str, str]:
+    """(sid, generation) of an attached-set member, as the strings :func:`_member` joined."""
+    sid, _, generation = _text(member).rpartition(" ")
+    return sid, generation
 
 
 def _tag(sid: str) -> str:

@@ -89,10 +89,6 @@ CREATE TABLE sessions (
     owner TEXT,
     owner_generation INTEGER
 );
-CREATE TABLE nodes (
-    node TEXT PRIMARY KEY,
-    expires_at REAL NOT NULL
-);
 CREATE INDEX sessions_by_expiry ON sessions (expires_at) WHERE expires_at IS NOT NULL;
 CREATE TABLE messages (
     sid TEXT NOT NULL,
@@ -559,6 +555,7 @@ class SQLiteStore(SessionStore):
             if "owner" not in columns:
                 for statement in _ORPHAN_COLUMNS:
                     db.execute(statement)
+            # One definition for new and older files; a no-op once it exists.
             db.execute(_NODES_TABLE)
         except BaseException:
             db.execute("ROLLBACK")
