@@ -28,6 +28,7 @@ from tether.protocol import (
     decode,
     encode,
     encode_ack,
+    parse_data,
 )
 
 WELCOME = Welcome(
@@ -145,6 +146,18 @@ def test_malformed_raises_protocol_error(message: str | bytes) -> None:
     assert caught.value.close_code == 1002
 
 
+@pytest.mark.parametrize(
+    "message",
+    [m for m in MALFORMED if isinstance(m, bytes) or m.startswith("d")],
+    ids=lambda m: repr(m)[:40],
+)
+def test_parse_data_refuses_every_malformed_data_frame(message: str | bytes) -> None:
+    """The endpoints' per-message decoder refuses what decode() refuses, with 1002."""
+    with pytest.raises(ProtocolError) as caught:
+        parse_data(message)
+    assert caught.value.close_code == 1002
+
+
 def test_non_message_type_raises_protocol_error() -> None:
     """Something that is neither str nor bytes is refused as a ProtocolError."""
     with pytest.raises(ProtocolError):
@@ -194,6 +207,20 @@ def test_fuzz_bytes_decode_or_protocol_error(message: bytes) -> None:
         assert isinstance(frame, Data)
         return
     assert code == 1002
+
+
+@settings(max_examples=800, deadline=None)
+@given(st.one_of(st.binary(max_size=40), st.binary(min_size=1).map(lambda b: b"d" + b)))
+def test_fuzz_parse_data_agrees_with_decode(message: bytes) -> None:
+    """For binary messages parse_data() gives decode()'s data frame, or raises as it does."""
+    try:
+        frame = decode(message)
+    except ProtocolError:
+        with pytest.raises(ProtocolError):
+            parse_data(message)
+        return
+    assert isinstance(frame, Data)
+    assert parse_data(message) == (frame.seq, frame.ack, frame.payload)
 
 
 @settings(max_examples=800, deadline=None)

@@ -94,9 +94,20 @@ def test_oldest_queued_at() -> None:
     buffer = ReplayBuffer(max_messages=None, max_bytes=None)
     assert buffer.oldest_queued_at is None
     buffer.push("a", 1.0)
+    assert buffer.oldest_queued_at == 1.0
     buffer.push("b", 2.0)
+    assert buffer.oldest_queued_at == 1.0
     buffer.trim(1)
     assert buffer.oldest_queued_at == 2.0
+    buffer.trim(2)
+    assert buffer.oldest_queued_at is None
+    buffer.push("c", 3.0)
+    assert buffer.oldest_queued_at == 3.0
+    buffer.clear()
+    assert buffer.oldest_queued_at is None
+    restored = ReplayBuffer(max_messages=None, max_bytes=None, last_seq=4)
+    restored.restore([(5, "e"), (6, "f")], 7.0)
+    assert restored.oldest_queued_at == 7.0
 
 
 def test_clear_returns_payloads() -> None:

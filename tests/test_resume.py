@@ -383,6 +383,37 @@ def test_ack_trims_without_an_event_when_acks_are_not_reported() -> None:
     assert client.events_received() == []
 
 
+def test_piggybacked_ack_trims_without_an_event_when_acks_are_not_reported() -> None:
+    """report_acks=False: a data frame's ack trims the buffer and moves peer_acked, silently."""
+    client = ClientEndpoint(CONFIG, report_acks=False)
+    client.connection_made(0.0)
+    client.receive_message(welcome(), 0.0)
+    client.data_to_send()
+    client.events_received()
+    for payload in "abc":
+        client.send(payload, 0.0)
+    client.data_to_send()
+    assert client.receive(encode(Data(1, 2, "x")), 0.0) == "x"
+    assert [entry.seq for entry in client.buffer] == [3]
+    assert client.peer_acked == 2
+    assert client.events_received() == []
+
+
+def test_piggybacked_ack_of_unsent_message_fails_when_acks_are_not_reported() -> None:
+    """report_acks=False: a data frame acking what was never sent is delivered, then fails."""
+    client = ClientEndpoint(CONFIG, report_acks=False)
+    client.connection_made(0.0)
+    client.receive_message(welcome(), 0.0)
+    client.data_to_send()
+    client.events_received()
+    client.send("a", 0.0)
+    assert client.receive(encode(Data(1, 2, "x")), 0.0) == "x"
+    assert client.peer_acked == 0
+    [event] = client.events_received()
+    assert isinstance(event, CloseConnection)
+    assert event.code == 1002
+
+
 def test_ack_of_unsent_message_is_protocol_error() -> None:
     """An ack beyond the last sequence sent fails the connection with 1002."""
     client = opened_client()

@@ -49,9 +49,13 @@ class ReplayBuffer:
             message larger than this is admitted only into an empty buffer, so
             that it can still be sent.
         last_seq: the sequence number assigned last (0 for a new session).
+
+    Attributes:
+        oldest_queued_at: when the oldest held message was queued, or None when empty
+            (read only; an attribute, not a property: the endpoints read it per message).
     """
 
-    __slots__ = ("_bytes", "_entries", "_last_seq", "max_bytes", "max_messages")
+    __slots__ = ("_bytes", "_entries", "_last_seq", "max_bytes", "max_messages", "oldest_queued_at")
 
     def __init__(
         self, *, max_messages: int | None, max_bytes: int | None, last_seq: int = 0
@@ -64,6 +68,7 @@ class ReplayBuffer:
         self._entries: deque[Entry] | tuple[()] = ()
         self._bytes = 0
         self._last_seq = last_seq
+        self.oldest_queued_at: float | None = None
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -85,11 +90,6 @@ class ReplayBuffer:
     def first_seq(self) -> int:
         """Sequence number of the oldest held message (``last_seq + 1`` when empty)."""
         return self._entries[0].seq if self._entries else self._last_seq + 1
-
-    @property
-    def oldest_queued_at(self) -> float | None:
-        """When the oldest held message was queued, or None when empty."""
-        return self._entries[0].queued_at if self._entries else None
 
     def has_room(self, size: int) -> bool:
         """Whether a message of ``size`` bytes fits now."""
@@ -126,6 +126,8 @@ class ReplayBuffer:
             raise QueueFull(f"sequence numbers exhausted at {MAX_SEQ}")
         if not isinstance(entries, deque):
             entries = self._entries = deque()
+        if not entries:
+            self.oldest_queued_at = now
         self._last_seq = seq = self._last_seq + 1
         # Entry(...) without the named tuple's Python-level __new__.
         entry = tuple.__new__(Entry, (seq, payload, size, now))
@@ -155,6 +157,7 @@ class ReplayBuffer:
             # What was loaded before a bad seq stays, as it always did.
             if held:
                 self._entries = held
+                self.oldest_queued_at = held[0].queued_at
 
     def trim(self, acked: int) -> int:
         """Drop every message with ``seq <= acked``; return how many were dropped."""
@@ -166,8 +169,11 @@ class ReplayBuffer:
         while entries and entries[0].seq <= acked:
             self._bytes -= entries.popleft().size
             dropped += 1
-        if not entries:
+        if entries:
+            self.oldest_queued_at = entries[0].queued_at
+        else:
             self._entries = ()
+            self.oldest_queued_at = None
         return dropped
 
     def clear(self) -> tuple[Payload, ...]:
@@ -175,4 +181,5 @@ class ReplayBuffer:
         payloads = tuple(entry.payload for entry in self._entries)
         self._entries = ()
         self._bytes = 0
+        self.oldest_queued_at = None
         return payloads

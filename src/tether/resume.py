@@ -208,7 +208,12 @@ class Endpoint:
         config: the resumption settings.
         hold_acks: advertise only what :meth:`rx_persisted` confirmed.
         report_acks: report each ack that trims the replay buffer as :class:`PeerAcked`
-            (False: an adapter without a store to trim makes no event per ack).
+            (False: no event per ack; an adapter that must act on acks compares
+            :attr:`peer_acked` before and after :meth:`receive`).
+
+    Attributes:
+        peer_acked: the highest outgoing sequence number the peer acknowledged
+            (read only; an attribute, not a property: adapters read it per message).
     """
 
     # One per session on a server, most of them idle: no per-instance __dict__.
@@ -223,12 +228,12 @@ class Endpoint:
         "_in_count",
         "_opened_at",
         "_out",
-        "_peer_acked",
         "_rx",
         "buffer",
         "config",
         "duplicates",
         "hold_acks",
+        "peer_acked",
         "phase",
         "report_acks",
     )
@@ -257,7 +262,7 @@ class Endpoint:
         self._rx = rx
         self._ackable = rx
         self._acked_sent = rx
-        self._peer_acked = last_seq
+        self.peer_acked = last_seq
         self._highest_sent = last_seq
         self._in_count = 0
         self._in_bytes = 0
@@ -299,11 +304,6 @@ class Endpoint:
         """Highest sequence number assigned to an outgoing message."""
         return self.buffer.last_seq
 
-    @property
-    def peer_acked(self) -> int:
-        """Highest outgoing sequence number the peer acknowledged."""
-        return self._peer_acked
-
     # ------------------------------------------------------------------- input
 
     def send(self, payload: Payload, now: float, *, persisted_rx: int | None = None) -> int:
@@ -327,12 +327,19 @@ class Endpoint:
         """
         if self.phase is Phase.CLOSED:
             raise ConnectionClosedError(None, "the tether.v1 session has ended")
-        entry = self.buffer.push(payload, now)
+        seq = self.buffer.push(payload, now).seq
         if persisted_rx is not None and persisted_rx > self._ackable:
             self._ackable = min(persisted_rx, self._rx)
         if self.phase is Phase.OPEN:
-            self._transmit(entry.seq, payload)
-        return entry.seq
+            # _transmit(), inlined: this runs for every message sent.
+            self._out.append(encode_data(seq, self._ackable, payload))
+            if seq > self._highest_sent:
+                self._highest_sent = seq
+            self._acked_sent = self._ackable
+            self._in_count = 0
+            self._in_bytes = 0
+            self._ack_due = None
+        return seq
 
     def has_room(self, payload: Payload) -> bool:
         """Whether :meth:`send` would accept ``payload`` now."""
@@ -533,9 +540,17 @@ class Endpoint:
                 close_code=TetherCloseCode.SEQUENCE_GAP,
             )
         try:
-            if ack > self._peer_acked:
-                self._on_ack(ack)
-            self._maybe_ack(now)
+            if ack > self.peer_acked:
+                if ack <= self._highest_sent and not self.report_acks:
+                    # _on_ack() of a valid ack, inlined: this runs for every message.
+                    self.peer_acked = ack
+                    self.buffer.trim(ack)
+                else:
+                    self._on_ack(ack)
+            if self._ackable > self._acked_sent:
+                self._maybe_ack(now)
+            else:
+                self._ack_due = None  # what _maybe_ack() does with nothing to ack
         except ProtocolError as exc:
             self._fail(exc.close_code, str(exc), now, exc)
         return delivered
@@ -543,8 +558,8 @@ class Endpoint:
     def _on_ack(self, ack: int) -> None:
         if ack > self._highest_sent:
             raise ProtocolError(f"ack {ack} covers messages never sent (last {self._highest_sent})")
-        if ack > self._peer_acked:
-            self._peer_acked = ack
+        if ack > self.peer_acked:
+            self.peer_acked = ack
             self.buffer.trim(ack)
             if self.report_acks:
                 self._events.append(PeerAcked(ack))
@@ -704,6 +719,7 @@ class ServerEndpoint(Endpoint):
         epoch: the store epoch sent in ``welcome``.
         config: the resumption settings.
         hold_acks: see :class:`Endpoint` (True with a durable store).
+        report_acks: see :class:`Endpoint`.
         tx: the last sequence number already assigned (from a store), else 0.
         rx: the last client sequence number already received (from a store), else 0.
     """
@@ -717,10 +733,11 @@ class ServerEndpoint(Endpoint):
         config: ResumeConfig | None = None,
         *,
         hold_acks: bool = False,
+        report_acks: bool = True,
         tx: int = 0,
         rx: int = 0,
     ) -> None:
-        super().__init__(config or ResumeConfig(), hold_acks=hold_acks)
+        super().__init__(config or ResumeConfig(), hold_acks=hold_acks, report_acks=report_acks)
         self.sid = sid
         self.epoch = epoch
         self._reset_sequences(last_seq=tx, rx=rx)
