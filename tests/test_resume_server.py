@@ -72,7 +72,7 @@ async def test_plain_client_gets_a_plain_session() -> None:
     transport = FakeTransport()
     session = await layer.open(transport, REQUEST)
     session.attach(transport)
-    assert await layer.received(session, transport, "raw") == ("raw",)
+    assert layer.received(session, transport, "raw") == ("raw",)
     await session.send("out")
     assert transport.sent == ["out"]
     assert layer.connection_lost(session, ClosedInfo(1006, "", clean=False)) is True

@@ -257,7 +257,7 @@ async def test_layer_decodes_and_encodes_messages() -> None:
         async def send(self, session: Session, transport: Transport, message: Message) -> None:
             await transport.send(f"<{message!s}>")
 
-        async def received(
+        def received(
             self, session: Session, transport: Transport, message: Message
         ) -> tuple[Message, ...]:
             return (str(message).upper(), str(message).upper())
@@ -398,11 +398,22 @@ async def test_plain_close_goes_through_the_layer() -> None:
     assert (await session.wait_closed()).code == 4001
 
 
+def test_a_coroutine_received_override_is_refused_at_class_definition() -> None:
+    """received() is a plain function: an async override fails when its class is made."""
+    with pytest.raises(TypeError, match="plain function"):
+
+        class Old(PlainServerLayer):
+            async def received(  # type: ignore[override]
+                self, session: Session, transport: Transport, message: Message
+            ) -> tuple[Message, ...]:
+                return (message,)
+
+
 async def test_only_layers_that_pass_messages_unchanged_are_plain() -> None:
     """PlainServerLayer is plain; a subclass with its own message hooks is not."""
 
     class Upper(PlainServerLayer):
-        async def received(
+        def received(
             self, session: Session, transport: Transport, message: Message
         ) -> tuple[Message, ...]:
             return (str(message).upper(),)

@@ -69,7 +69,6 @@ from ..protocol import SUBPROTOCOL, Hello, LostReason, TetherCloseCode, decode
 from ..ratelimit import ResumeLimit, ResumeLimiter, address_key
 from ..resume import (
     CloseConnection,
-    PeerAcked,
     ResumeConfig,
     ServerEndpoint,
     SessionEnded,
@@ -500,7 +499,13 @@ class TetherV1ServerLayer(ServerLayer):
                             transport, request, principal, reason=LostReason.STORE_UNAVAILABLE
                         )
                 endpoint = ServerEndpoint(
-                    hello.sid, epoch, self.config, hold_acks=True, tx=record.tx, rx=record.rx
+                    hello.sid,
+                    epoch,
+                    self.config,
+                    hold_acks=True,
+                    report_acks=False,
+                    tx=record.tx,
+                    rx=record.rx,
                 )
                 endpoint.restore(record.acked, [(m.seq, m.payload) for m in replay], loop.time())
                 session = Session(
@@ -564,7 +569,7 @@ class TetherV1ServerLayer(ServerLayer):
             except StoreError as exc:
                 logger.warning("session store unavailable; session %s is not durable: %s", sid, exc)
                 durable, epoch = False, _NO_EPOCH
-        endpoint = ServerEndpoint(sid, epoch, self.config, hold_acks=True)
+        endpoint = ServerEndpoint(sid, epoch, self.config, hold_acks=True, report_acks=False)
         session = Session(
             self,
             request,
@@ -595,13 +600,15 @@ class TetherV1ServerLayer(ServerLayer):
         reason: LostReason | None = None,
     ) -> None:
         now = asyncio.get_running_loop().time()
-        state.endpoint.attach(now, token=token, resumed=resumed, peer_rx=peer_rx, reason=reason)
-        for event in state.endpoint.events_received():
+        endpoint = state.endpoint
+        acked = endpoint.peer_acked
+        endpoint.attach(now, token=token, resumed=resumed, peer_rx=peer_rx, reason=reason)
+        for event in endpoint.events_received():
             if isinstance(event, CloseConnection):
                 # hello.rx outside what this session holds: not an honest client.
                 raise ProtocolError(event.reason, close_code=event.code)
-            if isinstance(event, PeerAcked):
-                self._note_ack(state, event.seq)  # hello.rx: what the client has
+        if endpoint.peer_acked != acked:
+            self._note_ack(state, endpoint.peer_acked)  # hello.rx: what the client has
         state.transport = transport
         state.closing = False
         # A detach not written yet is void: this connection's claim made the session
@@ -645,7 +652,7 @@ class TetherV1ServerLayer(ServerLayer):
 
     # -- messages ------------------------------------------------------------------------------
 
-    async def received(
+    def received(
         self, session: Session, transport: Transport, message: Message
     ) -> Sequence[Message]:
         """Decode one frame: application messages in order, exactly once; the rest stays here."""
@@ -657,17 +664,27 @@ class TetherV1ServerLayer(ServerLayer):
             # not taken, so the client replays it to whoever holds the session next.
             return ()
         endpoint = state.endpoint
+        acked = endpoint.peer_acked
         payload = endpoint.receive(message, asyncio.get_running_loop().time())
-        events = endpoint.events_received()
-        if events:
-            for event in events:
+        if endpoint.peer_acked != acked:
+            # The client acknowledged more (an endpoint without PeerAcked events).
+            if state.progress:
+                self._wake_progress(state)  # room in the replay buffer
+            if self._inline:
+                state.acked = endpoint.peer_acked  # _note_ack(), inlined (per message)
+            else:
+                self._note_ack(state, endpoint.peer_acked)
+        if endpoint.has_output:
+            for event in endpoint.events_received():
                 self._handle(state, event)
-        out = endpoint.data_to_send()
-        if out:
-            self._queue_frames(state, endpoint.tx, out)
-            self._kick(state)
-        if endpoint.next_deadline() is not None:
-            self._rearm(state)
+            out = endpoint.data_to_send()
+            if out:
+                self._queue_frames(state, endpoint.tx, out)
+                self._kick(state)
+        # _rearm(), inlined: this runs for every message.
+        deadline = endpoint.next_deadline()
+        if deadline is not None and deadline < state.armed and not state.ended:
+            self._arm(state)
         if payload is None:
             return ()
         delivered = state.delivered
@@ -715,7 +732,7 @@ class TetherV1ServerLayer(ServerLayer):
             await super().send(session, transport, message)
             return
         endpoint = state.endpoint
-        if not endpoint.has_room(message):
+        if not endpoint.buffer.has_room_for(message):  # (endpoint.has_room(), one call less)
             await self._wait_for_room(state, message)
         if state.ended:
             raise _ended(state)
@@ -725,8 +742,10 @@ class TetherV1ServerLayer(ServerLayer):
         # The rx taken so far goes into the same write as this message, and the frame
         # leaves only after that write: the reply may carry it as its ack (no
         # standalone ack for the request it answers).
-        rx = _rx_to_write(state)
+        # (_rx_to_write() and state.locked(), inlined: this runs for every message.)
+        rx = state.consumed_rx if state.consumed_rx > state.written_rx else None
         now = asyncio.get_running_loop().time()
+        lock = state.store_lock
         if (
             self._inline
             and not state.flushing
@@ -734,14 +753,21 @@ class TetherV1ServerLayer(ServerLayer):
             and not state.outq
             and state.durable
             and not state.detach
-            and not state.locked()
+            and (lock is None or not lock.locked())
         ):
             # Nothing before this message is unwritten or unsent: write it and send
             # its frame here, without the session's queues.
             seq = endpoint.send(message, now, persisted_rx=rx)
             if state.alarm is None:
                 self._rearm(state)  # the first unacked message: a stall deadline
-            if await self._send_now(state, StoredMessage(seq, message), rx):
+            # StoredMessage(seq, message) without the named tuple's Python-level __new__.
+            stored = tuple.__new__(StoredMessage, (seq, message))
+            # (Plain functions, not coroutines: nothing is awaited unless the socket's
+            # buffer is full.)
+            frames = self._store_now(state, stored, rx)
+            if frames is not None:
+                if not self._sent_at_once(state, frames):
+                    await self._send_stored(state, frames)
                 return
         else:
             seq = endpoint.send(message, now, persisted_rx=rx)
@@ -760,8 +786,13 @@ class TetherV1ServerLayer(ServerLayer):
         if state.written_tx < seq:
             raise _ended(state)  # ended before its write: never stored (fenced, given up)
 
-    async def _send_now(self, state: _V1, stored: StoredMessage, rx: int | None) -> bool:
-        """The per-message path of an in-process store; False: left to the flush."""
+    def _store_now(self, state: _V1, stored: StoredMessage, rx: int | None) -> list[Message] | None:
+        """Write one message to an in-process store: the frames to send now (maybe none).
+
+        The per-message path of :meth:`send` (a plain function: no coroutine per
+        message). None: the store declined; the message and its frames were left
+        to the session's flush.
+        """
         endpoint = state.endpoint
         frames = endpoint.data_to_send()
         acked = state.acked
@@ -771,7 +802,7 @@ class TetherV1ServerLayer(ServerLayer):
             )
         except Fenced:
             self._fenced(state)
-            return True
+            return []
         except StoreError as exc:
             self._write_failed(state, exc)
             written = True
@@ -779,27 +810,50 @@ class TetherV1ServerLayer(ServerLayer):
             state.pending.append(stored)
             self._queue_frames(state, endpoint.tx, frames)
             self._kick(state)
-            return False
+            return None
         state.acked = None
         state.written_tx = stored.seq
         if rx is not None:
             # No rx_persisted(): send(persisted_rx=rx) already advanced the ack, and
             # the data frame carried it (no ack left due, no deadline moved).
             state.written_rx = rx
-        self._wake_progress(state)
+        if state.progress:
+            self._wake_progress(state)
+        return frames
+
+    def _sent_at_once(self, state: _V1, frames: list[Message]) -> bool:
+        """Send the frames of a message :meth:`_store_now` wrote, if nothing must wait.
+
+        False: they must be awaited (:meth:`_send_stored`). True also when there is
+        nothing to send (detached: the replay after the resume sends it).
+        """
         transport = state.transport
-        if frames and transport is not None:
-            state.flushing = True  # others queue behind these frames
-            try:
-                for frame in frames:
-                    await transport.send(frame)
-            except TransportClosed:
-                pass  # the replay after the resume re-sends it
-            finally:
-                state.flushing = False
-                if not state.ended and self._has_work(state):
-                    self._kick(state)
+        if not frames or transport is None:
+            return True
+        if len(frames) != 1:
+            return False
+        write = fast_writer(transport)
+        if write is None or not write(frames[0]):
+            return False
+        if not state.ended and self._has_work(state):
+            self._kick(state)
         return True
+
+    async def _send_stored(self, state: _V1, frames: list[Message]) -> None:
+        """Send frames that could not go at once; others queue behind them meanwhile."""
+        transport = state.transport
+        if transport is None:
+            return
+        state.flushing = True
+        try:
+            for frame in frames:
+                await transport.send(frame)
+        except TransportClosed:
+            pass  # the replay after the resume re-sends it
+        finally:
+            state.flushing = False
+            if not state.ended and self._has_work(state):
+                self._kick(state)
 
     async def _wait_for_room(self, state: _V1, message: Message) -> None:
         loop = asyncio.get_running_loop()
@@ -844,10 +898,9 @@ class TetherV1ServerLayer(ServerLayer):
 
     def _handle(self, state: _V1, event: object) -> None:
         """Act on a core event other than a delivered message."""
-        if isinstance(event, PeerAcked):
-            self._wake_progress(state)  # room in the replay buffer
-            self._note_ack(state, event.seq)
-        elif isinstance(event, CloseConnection):
+        # (No PeerAcked: the endpoints are made with report_acks=False, and
+        # received() and _attach() act on a move of peer_acked instead.)
+        if isinstance(event, CloseConnection):
             transport = state.transport
             if transport is not None:
                 logger.info(

@@ -32,6 +32,7 @@ import abc
 import asyncio
 import collections
 import functools
+import inspect
 import secrets
 from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -322,7 +323,7 @@ class Session:
                         # Closed behind this message: the rest must be read to the end
                         # even if the handler reads no more.
                         self._start_reader(transport, ended)
-                    messages = await self._layer.received(self, transport, raw)
+                    messages = self._layer.received(self, transport, raw)
                     if not messages or self._closed is not None:
                         continue
                     if len(messages) > 1:
@@ -515,7 +516,7 @@ class Session:
             while not ended.done():
                 raw = await transport.recv()
                 waiting = self._reader is not None
-                for message in await self._layer.received(self, transport, raw):
+                for message in self._layer.received(self, transport, raw):
                     await self._deliver(message)
                 if (
                     waiting
@@ -589,7 +590,7 @@ class Session:
                 except TransportClosed as exc:
                     info = exc.info
                     break
-                for message in await self._layer.received(self, transport, raw):
+                for message in self._layer.received(self, transport, raw):
                     await self._deliver(message)
         finally:
             if self._transport is transport:
@@ -679,6 +680,16 @@ class ServerLayer(abc.ABC):
     #: pump task per connection reads it into the inbox all along.
     reads_on_demand: bool = False
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # received() was a coroutine before 2026-11-26: an override written for that
+        # would hand the session a coroutine object per message. Say so at once.
+        if inspect.iscoroutinefunction(cls.__dict__.get("received")):
+            raise TypeError(
+                f"{cls.__qualname__}.received must be a plain function (def, not async def):"
+                " it decodes one message and is called for every message"
+            )
+
     async def start(self) -> None:  # noqa: B027 - optional hook
         """The server started listening (start background work here)."""
 
@@ -717,10 +728,15 @@ class ServerLayer(abc.ABC):
             raise ConnectionClosedError(None, "the session has no connection")
         await transport.send(message)
 
-    async def received(
+    def received(
         self, session: Session, transport: Transport, message: Message
     ) -> Sequence[Message]:
-        """Decode one received WebSocket message into application messages (0 or more)."""
+        """Decode one received WebSocket message into application messages (0 or more).
+
+        A plain function, as the client's ``ClientLayer.incoming`` is: decoding needs no I/O,
+        and it runs for every message (a coroutine each would cost more than the
+        tether.v1 decoding itself). State that needs I/O is the layer's to schedule.
+        """
         return (message,)
 
     def connection_lost(self, session: Session, info: ClosedInfo) -> bool:
