@@ -1072,16 +1072,17 @@ class ClientConnection:
         if self._plain:
             return
         layer = self._layer
-        for event in layer.take_events():
-            self._emit(event)
-        for wire in layer.control_to_send():
-            if link.write_now is None or not link.write_now(wire):
-                self._write_in_task(link, link.transport.send(wire))
-        request = layer.close_request()
-        if request is not None and link.closer is None:
-            code, reason = request
-            logger.info("%s: closing with %d (%s)", self.url, code, reason)
-            link.closer = self._guarded_task(link, link.transport.close(code, reason))
+        if layer.pending():
+            for event in layer.take_events():
+                self._emit(event)
+            for wire in layer.control_to_send():
+                if link.write_now is None or not link.write_now(wire):
+                    self._write_in_task(link, link.transport.send(wire))
+            request = layer.close_request()
+            if request is not None and link.closer is None:
+                code, reason = request
+                logger.info("%s: closing with %d (%s)", self.url, code, reason)
+                link.closer = self._guarded_task(link, link.transport.close(code, reason))
         room = link.room
         if room is not None and not room.done():
             room.set_result(None)

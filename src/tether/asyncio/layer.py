@@ -49,7 +49,8 @@ class ClientLayer:
     While a transport is open the client also drives the layer's own work: it
     runs :meth:`handle_timer` at :meth:`next_deadline`, and after every call into
     the layer it sends :meth:`control_to_send` (e.g. standalone acks), closes the
-    transport when :meth:`close_request` asks, and reports :meth:`take_events`.
+    transport when :meth:`close_request` asks, and reports :meth:`take_events`
+    (all three only when :meth:`pending` says there may be something).
     Before handing a message to :meth:`outgoing` it waits (up to ``send_timeout``)
     for :meth:`has_room`, then calls :meth:`overflow`.
 
@@ -136,6 +137,15 @@ class ClientLayer:
 
     def handle_timer(self, now: float) -> None:
         """Act on the deadline from :meth:`next_deadline`."""
+
+    def pending(self) -> bool:
+        """Whether :meth:`take_events`, :meth:`control_to_send` or :meth:`close_request` may
+        have something.
+
+        Asked first after every call into the layer: False lets the client skip the
+        three (the per-message case). The default, True, always asks them.
+        """
+        return True
 
     def control_to_send(self) -> Sequence[Message]:
         """Wire messages the layer sends on its own (acks, ...); clears the list."""
