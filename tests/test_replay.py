@@ -6,6 +6,8 @@ import tracemalloc
 from collections.abc import Callable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tether.exceptions import QueueFull
 from tether.replay import Entry, ReplayBuffer, payload_size
@@ -57,6 +59,25 @@ def test_has_room_for_measures_text_in_utf8_bytes_once_not_empty() -> None:
     assert not buffer.has_room_for("日本")  # 6 bytes
     buffer.push("ab", 0.0)
     assert not buffer.has_room_for("")  # the count bound
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(st.none(), st.integers(1, 4)),
+    st.one_of(st.none(), st.integers(0, 12)),
+    st.lists(st.one_of(st.binary(max_size=8), st.text(max_size=4)), max_size=5),
+    st.one_of(st.binary(max_size=12), st.text(max_size=6)),
+)
+def test_has_room_for_agrees_with_has_room_of_the_payload_size(
+    max_messages: int | None, max_bytes: int | None, held: list[str | bytes], payload: str | bytes
+) -> None:
+    """has_room_for(p) is: empty, or has_room(payload_size(p)), for any bounds and contents."""
+    buffer = ReplayBuffer(max_messages=max_messages, max_bytes=max_bytes)
+    for message in held:
+        if buffer.has_room_for(message):
+            buffer.push(message, 0.0)
+    expected = len(buffer) == 0 or buffer.has_room(payload_size(payload))
+    assert buffer.has_room_for(payload) == expected
 
 
 def test_push_keeps_an_entry_with_the_size_in_bytes() -> None:

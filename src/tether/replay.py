@@ -105,7 +105,16 @@ class ReplayBuffer:
 
     def has_room_for(self, payload: Payload) -> bool:
         """Whether ``payload`` fits now; an empty buffer takes it without measuring it."""
-        return not self._entries or self.has_room(payload_size(payload))
+        entries = self._entries
+        if not entries:
+            return True
+        # has_room(payload_size(payload)), inlined: this runs for every message sent.
+        if self.max_messages is not None and len(entries) >= self.max_messages:
+            return False
+        if self.max_bytes is None:
+            return True
+        size = len(payload) if type(payload) is bytes else payload_size(payload)
+        return self._bytes + size <= self.max_bytes
 
     def push(self, payload: Payload, now: float) -> Entry:
         """Assign the next sequence number to ``payload`` and hold it.

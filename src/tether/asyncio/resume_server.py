@@ -833,11 +833,10 @@ class TetherV1ServerLayer(ServerLayer):
         if len(frames) != 1:
             return False
         write = fast_writer(transport)
-        if write is None or not write(frames[0]):
-            return False
-        if not state.ended and self._has_work(state):
-            self._kick(state)
-        return True
+        # (No _has_work() check after it, unlike _send_stored: send() came here with
+        # nothing pending, queued, detaching or uncommitted, _store_now() wrote this
+        # message, its ack and rx, and nothing else ran since.)
+        return write is not None and write(frames[0])
 
     async def _send_stored(self, state: _V1, frames: list[Message]) -> None:
         """Send frames that could not go at once; others queue behind them meanwhile."""
