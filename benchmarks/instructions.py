@@ -1,0 +1,182 @@
+"""Instructions per message, counted by callgrind: a deterministic cost for A/B work.
+
+    python -m benchmarks.instructions [--impl websockets,tether,tether-v1]
+                                      [--test echo,stream_up,stream_down]
+                                      [--src DIR] [--counts 1000,5000] [--json]
+
+Times on a shared 2-core machine move by ±20 % within minutes (docs/benchmarks.md),
+more than a change to the per-message path is worth. ``valgrind --tool=callgrind``
+counts the instructions the CPU retires instead: the same code gives the same count
+within a few tenths of a percent, whatever else the machine runs. Each figure is the
+difference between two runs of the same process with ``N1`` and ``N2`` messages,
+divided by ``N2 - N1``: start-up, handshakes and warm-up cancel out.
+
+Server and client of one implementation run in one process (``benchmarks.peers``'
+servers and clients, on loopback): a figure is the cost of a message on **both**
+sides together. In the throughput scenario the two sides run in separate processes,
+in parallel; a stream's rate follows the slower side, an echo's the sum. A ratio
+here is raw websockets' count over the row's (1.00 = same cost, lower = more).
+
+``--src DIR`` runs tether from another tree (a ``git worktree`` of an earlier
+commit, say) with this tree's benchmarks: one side of an A/B. ``PYTHONHASHSEED`` is
+fixed so that dict and set layouts do not change between the two runs. Needs
+valgrind (``apt-get install valgrind``); each count takes 0.5–2 minutes. Not part
+of ``tether bench``: a tool for ``docs/benchmarks.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from typing import Any
+
+from .common import REPO_ROOT, table
+from .peers import _SERVERS
+
+IMPLS = ("websockets", "tether", "tether-v1")
+TESTS = ("echo", "stream_up", "stream_down")
+#: Warm-up round trips before the counted messages (both runs do them: they cancel out).
+WARMUP = 300
+_COLLECTED = re.compile(r"Collected : (\d+)")
+
+
+async def _connect(impl: str, url: str) -> Any:
+    if impl == "websockets":
+        from websockets.asyncio.client import connect
+
+        return connect(url, compression=None, ping_interval=None, ping_timeout=None, proxy=None)
+    import tether
+
+    if impl == "tether":
+        return tether.connect(url, resume=False)  # type: ignore[attr-defined]
+    return tether.connect(url)  # type: ignore[attr-defined]
+
+
+async def _messages(impl: str, test: str, count: int) -> None:
+    """Run ``count`` messages of ``test`` through one server and client of ``impl``."""
+    _server, port = await _SERVERS[impl](0, False)
+    async with await _connect(impl, f"ws://127.0.0.1:{port}/") as conn:
+        if impl == "tether-v1" and conn.subprotocol != "tether.v1":
+            raise RuntimeError(f"expected tether.v1, negotiated {conn.subprotocol!r}")
+        echo = b"e" * 64
+        for _ in range(WARMUP):
+            await conn.send(echo)
+            await conn.recv()
+        if test == "echo":
+            for _ in range(count):
+                await conn.send(echo)
+                await conn.recv()
+        elif test == "stream_up":
+            payload = b"u" * 256
+            await conn.send("sink")
+            for _ in range(count):
+                await conn.send(payload)
+            await conn.send("count")
+            counted = int(await conn.recv())
+            if counted != count:
+                raise RuntimeError(f"server counted {counted} of {count}")
+        else:
+            await conn.send(f"stream {count} 256 3600")
+            received = 0
+            while not isinstance(await conn.recv(), str):
+                received += 1
+            if received != count:
+                raise RuntimeError(f"received {received} of {count}")
+
+
+def _count(impl: str, test: str, messages: int, src: str | None) -> int:
+    """Instructions of one whole run of ``messages`` (callgrind's total)."""
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    if src is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
+    command = [
+        "valgrind",
+        "--tool=callgrind",
+        "--callgrind-out-file=/dev/null",
+        sys.executable,
+        "-m",
+        "benchmarks.instructions",
+        "_run",
+        impl,
+        test,
+        str(messages),
+    ]
+    done = subprocess.run(
+        command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900
+    )
+    match = _COLLECTED.search(done.stderr)
+    if done.returncode != 0 or match is None:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
+    return int(match.group(1))
+
+
+def per_message(impl: str, test: str, counts: tuple[int, int], src: str | None) -> float:
+    """Instructions per message of ``test``: the difference of two runs over their counts."""
+    low, high = counts
+    return (_count(impl, test, high, src) - _count(impl, test, low, src)) / (high - low)
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["_run"]:  # the measured child, under valgrind
+        _, impl, test, count = argv
+        asyncio.run(_messages(impl, test, int(count)))
+        return 0
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.instructions")
+    parser.add_argument(
+        "--impl", default=",".join(IMPLS), help="comma-separated, of " + ", ".join(IMPLS)
+    )
+    parser.add_argument(
+        "--test", default=",".join(TESTS), help="comma-separated, of " + ", ".join(TESTS)
+    )
+    parser.add_argument("--src", help="run tether from this src directory (an A/B's other side)")
+    parser.add_argument("--counts", default="1000,5000", help="messages in the two runs (N1,N2)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    impls = [name for name in args.impl.split(",") if name]
+    tests = [name for name in args.test.split(",") if name]
+    unknown = sorted(set(impls) - set(IMPLS)) + sorted(set(tests) - set(TESTS))
+    if unknown:
+        parser.error(f"unknown: {', '.join(unknown)}")
+    low, high = (int(n) for n in args.counts.split(","))
+    if not 0 < low < high:
+        parser.error("--counts needs 0 < N1 < N2")
+    if shutil.which("valgrind") is None:
+        sys.exit("valgrind is not installed (apt-get install valgrind)")
+    figures: dict[str, dict[str, float]] = {}
+    for impl in impls:
+        for test in tests:
+            print(f"counting {impl} {test} ...", file=sys.stderr, flush=True)
+            value = per_message(impl, test, (low, high), args.src)
+            figures.setdefault(impl, {})[test] = value
+    if args.json:
+        print(json.dumps({"src": args.src, "counts": [low, high], "figures": figures}))
+        return 0
+    reference = figures.get("websockets")
+    rows = []
+    for impl, by_test in figures.items():
+        cells = []
+        for test in tests:
+            cell = f"{by_test[test] / 1000:.1f}k"
+            if reference is not None and impl != "websockets":
+                cell += f" ({reference[test] / by_test[test]:.2f})"
+            cells.append(cell)
+        rows.append([impl, *cells])
+    print(
+        f"instructions per message, both sides in one process (callgrind; runs of {low} and"
+        f" {high}){'; tether from ' + args.src if args.src else ''}; in brackets: raw"
+        " websockets' count / the row's"
+    )
+    print(table(["implementation", *tests], rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
