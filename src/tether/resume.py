@@ -214,6 +214,8 @@ class Endpoint:
     Attributes:
         peer_acked: the highest outgoing sequence number the peer acknowledged
             (read only; an attribute, not a property: adapters read it per message).
+        rx: the highest peer sequence number delivered in order (read only; an
+            attribute for the same reason).
     """
 
     # One per session on a server, most of them idle: no per-instance __dict__.
@@ -228,7 +230,6 @@ class Endpoint:
         "_in_count",
         "_opened_at",
         "_out",
-        "_rx",
         "buffer",
         "config",
         "duplicates",
@@ -236,6 +237,7 @@ class Endpoint:
         "peer_acked",
         "phase",
         "report_acks",
+        "rx",
     )
 
     def __init__(
@@ -259,7 +261,7 @@ class Endpoint:
             max_bytes=self.config.max_bytes,
             last_seq=last_seq,
         )
-        self._rx = rx
+        self.rx = rx
         self._ackable = rx
         self._acked_sent = rx
         self.peer_acked = last_seq
@@ -288,11 +290,6 @@ class Endpoint:
         """Events for the adapter, in order; clears the list."""
         events, self._events = self._events, []
         return events
-
-    @property
-    def rx(self) -> int:
-        """Highest peer sequence number delivered in order."""
-        return self._rx
 
     @property
     def durable_rx(self) -> int:
@@ -329,7 +326,7 @@ class Endpoint:
             raise ConnectionClosedError(None, "the tether.v1 session has ended")
         seq = self.buffer.push(payload, now).seq
         if persisted_rx is not None and persisted_rx > self._ackable:
-            self._ackable = min(persisted_rx, self._rx)
+            self._ackable = min(persisted_rx, self.rx)
         if self.phase is Phase.OPEN:
             # _transmit(), inlined: this runs for every message sent.
             self._out.append(encode_data(seq, self._ackable, payload))
@@ -414,7 +411,7 @@ class Endpoint:
     def rx_persisted(self, rx: int, now: float) -> None:
         """With ``hold_acks``: the store holds everything up to ``rx``; it may be acked."""
         if rx > self._ackable:
-            self._ackable = min(rx, self._rx)
+            self._ackable = min(rx, self.rx)
             if self.phase is Phase.OPEN:
                 self._maybe_ack(now)
 
@@ -521,9 +518,9 @@ class Endpoint:
         after the message was delivered: the frame itself was in order.
         """
         delivered: Payload | None = None
-        rx = self._rx
+        rx = self.rx
         if seq == rx + 1:
-            self._rx = seq
+            self.rx = seq
             if not self.hold_acks:
                 self._ackable = seq
             self._in_count += 1
@@ -645,7 +642,7 @@ class ClientEndpoint(Endpoint):
         if session is None:
             hello = Hello(rx=0)
         else:
-            hello = Hello(session.sid, session.token, session.epoch, self._rx)
+            hello = Hello(session.sid, session.token, session.epoch, self.rx)
         self.phase = Phase.HANDSHAKE
         self._out.append(encode(hello))
 
@@ -689,8 +686,8 @@ class ClientEndpoint(Endpoint):
         if welcome.resumed:
             if session is None or welcome.sid != session.sid:
                 raise ProtocolError("welcome resumed a session this client did not ask for")
-            if welcome.tx < self._rx:
-                raise ProtocolError(f"welcome tx {welcome.tx} is behind our rx {self._rx}")
+            if welcome.tx < self.rx:
+                raise ProtocolError(f"welcome tx {welcome.tx} is behind our rx {self.rx}")
             self._on_ack(welcome.rx)
         else:
             if session is not None:
@@ -702,7 +699,7 @@ class ClientEndpoint(Endpoint):
         replayed_out = self._replay()
         self._events.append(SessionEstablished(welcome.sid, welcome.resumed, replayed_out))
         if welcome.resumed:
-            self._events.append(Resumed(welcome.tx - self._rx, replayed_out))
+            self._events.append(Resumed(welcome.tx - self.rx, replayed_out))
 
 
 class ServerEndpoint(Endpoint):
@@ -749,7 +746,7 @@ class ServerEndpoint(Endpoint):
             ValueError: the messages do not continue ``acked`` up to ``tx`` contiguously.
         """
         tx = self.buffer.last_seq
-        self._reset_sequences(last_seq=acked, rx=self._rx)
+        self._reset_sequences(last_seq=acked, rx=self.rx)
         self.buffer.restore(messages, now)
         if self.buffer.last_seq != tx:
             raise ValueError(f"stored messages end at {self.buffer.last_seq}, expected {tx}")

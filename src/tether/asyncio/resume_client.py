@@ -238,7 +238,13 @@ class TetherV1ClientLayer(ClientLayer):
 
     def wants_input(self) -> bool:
         """Enough unacknowledged messages that the acks coming back must be read now."""
-        return self._v1 and self.endpoint.buffer.reaches(READ_AHEAD_MESSAGES, READ_AHEAD_BYTES)
+        buffer = self.endpoint.buffer
+        # (An empty buffer, the common case after a message read, answers without a call.)
+        return (
+            self._v1
+            and buffer.oldest_queued_at is not None
+            and buffer.reaches(READ_AHEAD_MESSAGES, READ_AHEAD_BYTES)
+        )
 
     def read_deadline(self) -> float | None:
         """Half way to the stall deadline of the oldest unacknowledged message."""

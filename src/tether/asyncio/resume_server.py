@@ -736,7 +736,8 @@ class TetherV1ServerLayer(ServerLayer):
             await self._wait_for_room(state, message)
         if state.ended:
             raise _ended(state)
-        if len(endpoint.buffer) >= _READ_FOR_ACKS:
+        buffer = endpoint.buffer
+        if buffer.oldest_queued_at is not None and len(buffer) >= _READ_FOR_ACKS:
             # Acks are overdue: a handler that only sends never reads them itself.
             session.read_ahead(keep=True)
         # The rx taken so far goes into the same write as this message, and the frame
