@@ -63,9 +63,9 @@ def welcome(**fields: object) -> str:
     return str(encode(Welcome(**body)))  # type: ignore[arg-type]
 
 
-def opened_client(config: ResumeConfig = CONFIG) -> ClientEndpoint:
+def opened_client(config: ResumeConfig = CONFIG, *, report_acks: bool = True) -> ClientEndpoint:
     """A client that completed a fresh handshake at t=0."""
-    client = ClientEndpoint(config)
+    client = ClientEndpoint(config, report_acks=report_acks)
     client.connection_made(0.0)
     client.receive_message(welcome(), 0.0)
     client.data_to_send()
@@ -369,11 +369,7 @@ def test_ack_trims_replay_buffer() -> None:
 
 def test_ack_trims_without_an_event_when_acks_are_not_reported() -> None:
     """report_acks=False (the client adapter): the ack trims the buffer, no PeerAcked."""
-    client = ClientEndpoint(CONFIG, report_acks=False)
-    client.connection_made(0.0)
-    client.receive_message(welcome(), 0.0)
-    client.data_to_send()
-    client.events_received()
+    client = opened_client(report_acks=False)
     for payload in "abc":
         client.send(payload, 0.0)
     client.data_to_send()
@@ -385,11 +381,7 @@ def test_ack_trims_without_an_event_when_acks_are_not_reported() -> None:
 
 def test_piggybacked_ack_trims_without_an_event_when_acks_are_not_reported() -> None:
     """report_acks=False: a data frame's ack trims the buffer and moves peer_acked, silently."""
-    client = ClientEndpoint(CONFIG, report_acks=False)
-    client.connection_made(0.0)
-    client.receive_message(welcome(), 0.0)
-    client.data_to_send()
-    client.events_received()
+    client = opened_client(report_acks=False)
     for payload in "abc":
         client.send(payload, 0.0)
     client.data_to_send()
@@ -401,11 +393,7 @@ def test_piggybacked_ack_trims_without_an_event_when_acks_are_not_reported() -> 
 
 def test_piggybacked_ack_of_unsent_message_fails_when_acks_are_not_reported() -> None:
     """report_acks=False: a data frame acking what was never sent is delivered, then fails."""
-    client = ClientEndpoint(CONFIG, report_acks=False)
-    client.connection_made(0.0)
-    client.receive_message(welcome(), 0.0)
-    client.data_to_send()
-    client.events_received()
+    client = opened_client(report_acks=False)
     client.send("a", 0.0)
     assert client.receive(encode(Data(1, 2, "x")), 0.0) == "x"
     assert client.peer_acked == 0
