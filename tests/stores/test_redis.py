@@ -618,3 +618,34 @@ async def test_session_resumes_on_another_node(prefix: str) -> None:
     got_by_client, got_by_server = await resume_after_restart(node_a, node_b, now=time.time())
     assert got_by_client == ["s1", b"s2", "s3"]
     assert got_by_server == ["c1", "c2", "c3"]
+
+
+async def test_operations_once_close_began_fail_and_open_no_connection(
+    redis_server: RedisServer,
+) -> None:
+    """close() waits for what is under way; what starts after it fails, leaving nothing open.
+
+    Before, a write queued while the pool was closing took a new connection from it,
+    which nobody closed (a ResourceWarning when collected, a socket until then).
+    """
+    store = RedisStore(redis_server.url, timeout=2.0)
+    stats = aioredis.Redis.from_url(redis_server.url)
+    try:
+        await store.create(SID, token_hash=HASH, principal=None, now=0.0)
+        under_way = asyncio.ensure_future(store.write(SID, 1, append=batch(1, 1)))
+        await asyncio.sleep(0)  # queued before the close: it lands
+        closing = asyncio.ensure_future(store.close())
+        await asyncio.sleep(0)
+        with pytest.raises(StoreUnavailable):
+            await store.write(SID, 1, append=batch(2, 2))
+        with pytest.raises(StoreUnavailable):
+            await store.load(SID)
+        await closing
+        assert (await under_way).tx == 1
+        pool = store._client.connection_pool  # what the close left behind
+        assert not pool._in_use_connections
+        assert not any(c.is_connected for c in pool._available_connections)
+        clients = await stats.client_list()
+        assert len(clients) == 1  # only the stats connection itself
+    finally:
+        await stats.aclose()

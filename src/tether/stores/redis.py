@@ -343,6 +343,12 @@ class RedisStore(SessionStore):
         self._queue: list[_Call] = []
         self._flush: asyncio.Handle | None = None
         self._in_flight: set[asyncio.Future[None]] = set()
+        #: close() began: operations from then on fail (StoreUnavailable) instead of
+        #: taking a connection from the pool being closed, which would leak it.
+        self._closing = False
+        #: Operations (_call) under way, and an event close() waits on for the last one.
+        self._active = 0
+        self._idle: asyncio.Event | None = None
         register = self._client.register_script
         self._epoch_script = register(_EPOCH)
         self._create_script = register(_CREATE)
@@ -713,13 +719,23 @@ class RedisStore(SessionStore):
             removed += sum(int(result) for result in results[:-1])
 
     async def close(self) -> None:
-        """Wait for the pipelines in flight, then close the connection pool."""
+        """Wait for the pipelines in flight, then close the connection pool.
+
+        An operation started once the close began fails with StoreUnavailable.
+        """
+        self._closing = True
         if self._flush is not None:
             self._flush.cancel()
             self._flush = None
         self._start_pipeline()
-        while self._in_flight:  # a pipeline that ends starts the next one queued
-            await asyncio.gather(*self._in_flight, return_exceptions=True)
+        while self._in_flight or self._active:
+            # A pipeline that ends starts the next one queued; an operation under way
+            # (an expiry sweep's own round trips) ends before the pool closes.
+            if self._in_flight:
+                await asyncio.gather(*self._in_flight, return_exceptions=True)
+            else:
+                self._idle = asyncio.Event()
+                await self._idle.wait()
         await self._client.aclose()
 
     # -- plumbing ----------------------------------------------------------------------
@@ -745,6 +761,9 @@ class RedisStore(SessionStore):
         return asyncio.get_running_loop().create_future()
 
     def _enqueue(self, call: _Call) -> Awaitable[Any]:
+        if self._closing:
+            call.future.set_exception(StoreUnavailable("redis store: closed"))
+            return call.future
         self._queue.append(call)
         if self._flush is None and len(self._in_flight) < MAX_PIPELINES:
             self._flush = asyncio.get_running_loop().call_soon(self._start_pipeline)
@@ -863,6 +882,9 @@ class RedisStore(SessionStore):
         generation: int = 0,
     ) -> _T:
         """Run one Redis round trip; translate tagged script errors and backend failures."""
+        if self._closing:
+            raise StoreUnavailable(f"redis store: {operation} failed: closed")
+        self._active += 1
         try:
             result = await command()
         except (RedisError, OSError) as exc:
@@ -870,6 +892,10 @@ class RedisStore(SessionStore):
             if isinstance(error, StoreUnavailable):
                 raise error from exc
             raise error from None  # a refusal, not a failure: no backend traceback
+        finally:
+            self._active -= 1
+            if not self._active and self._idle is not None:
+                self._idle.set()
         self._incidents.succeeded()
         return result
 
