@@ -2,7 +2,8 @@
 
     python -m benchmarks.instructions [--impl websockets,tether,tether-v1]
                                       [--test echo,stream_up,stream_down]
-                                      [--src DIR] [--counts 1000,5000] [--json]
+                                      [--side both,server,client] [--src DIR]
+                                      [--counts 1000,5000] [--json]
 
 Times on a shared 2-core machine move by ±20 % within minutes (docs/benchmarks.md),
 more than a change to the per-message path is worth. ``valgrind --tool=callgrind``
@@ -16,6 +17,11 @@ servers and clients, on loopback): a figure is the cost of a message on **both**
 sides together. In the throughput scenario the two sides run in separate processes,
 in parallel; a stream's rate follows the slower side, an echo's the sum. A ratio
 here is raw websockets' count over the row's (1.00 = same cost, lower = more).
+
+``--side server`` or ``--side client`` counts one side only: that side runs alone
+under valgrind, in its own process, and the other side runs natively in another. A
+stream's rate in the throughput scenario follows the slower side, so its ratio is
+closer to the worse of the two sides' ratios than to the sum's.
 
 ``--src DIR`` runs tether from another tree (a ``git worktree`` of an earlier
 commit, say) with this tree's benchmarks: one side of an A/B. ``PYTHONHASHSEED`` is
@@ -32,6 +38,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from typing import Any
@@ -43,7 +50,9 @@ IMPLS = ("websockets", "tether", "tether-v1")
 TESTS = ("echo", "stream_up", "stream_down")
 #: Warm-up round trips before the counted messages (both runs do them: they cancel out).
 WARMUP = 300
+SIDES = ("both", "server", "client")
 _COLLECTED = re.compile(r"Collected : (\d+)")
+_VALGRIND = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
 
 
 async def _connect(impl: str, url: str) -> Any:
@@ -61,6 +70,11 @@ async def _connect(impl: str, url: str) -> Any:
 async def _messages(impl: str, test: str, count: int) -> None:
     """Run ``count`` messages of ``test`` through one server and client of ``impl``."""
     _server, port = await _SERVERS[impl](0, False)
+    await _client(impl, test, count, port)
+
+
+async def _client(impl: str, test: str, count: int, port: int) -> None:
+    """Run ``count`` messages of ``test`` as a client of ``impl``'s server on ``port``."""
     async with await _connect(impl, f"ws://127.0.0.1:{port}/") as conn:
         if impl == "tether-v1" and conn.subprotocol != "tether.v1":
             raise RuntimeError(f"expected tether.v1, negotiated {conn.subprotocol!r}")
@@ -90,36 +104,93 @@ async def _messages(impl: str, test: str, count: int) -> None:
                 raise RuntimeError(f"received {received} of {count}")
 
 
-def _count(impl: str, test: str, messages: int, src: str | None) -> int:
-    """Instructions of one whole run of ``messages`` (callgrind's total)."""
+def _env(src: str | None) -> dict[str, str]:
     env = dict(os.environ, PYTHONHASHSEED="0")
     if src is not None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
-    command = [
-        "valgrind",
-        "--tool=callgrind",
-        "--callgrind-out-file=/dev/null",
-        sys.executable,
-        "-m",
-        "benchmarks.instructions",
-        "_run",
-        impl,
-        test,
-        str(messages),
-    ]
-    done = subprocess.run(
-        command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900
-    )
+    return env
+
+
+def _collected(done: subprocess.CompletedProcess[str]) -> int:
+    """Callgrind's instruction total from the stderr of a run under valgrind."""
     match = _COLLECTED.search(done.stderr)
     if done.returncode != 0 or match is None:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
+        raise RuntimeError(f"{done.args} failed:\n{done.stderr[-2000:]}")
     return int(match.group(1))
 
 
-def per_message(impl: str, test: str, counts: tuple[int, int], src: str | None) -> float:
+def _start_server(impl: str, src: str | None, measured: bool) -> tuple[subprocess.Popen[str], int]:
+    """A ``benchmarks.peers`` server of ``impl`` (under valgrind if ``measured``) and its port."""
+    command = [sys.executable, "-m", "benchmarks.peers", "server", impl]
+    if measured:
+        command = [*_VALGRIND, *command]
+    server = subprocess.Popen(
+        command,
+        cwd=REPO_ROOT,
+        env=_env(src),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert server.stdout is not None
+    line = server.stdout.readline()  # "READY <port>", or "" if it died
+    if not line.startswith("READY "):
+        server.kill()
+        _out, err = server.communicate(timeout=60)
+        raise RuntimeError(f"{' '.join(command)} did not start:\n{err[-2000:]}")
+    return server, int(line.split()[1])
+
+
+def _stop_server(server: subprocess.Popen[str]) -> subprocess.CompletedProcess[str]:
+    """Stop a server started by :func:`_start_server` (by its PID) and collect its output."""
+    server.send_signal(signal.SIGTERM)
+    try:
+        out, err = server.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        out, err = server.communicate()
+    return subprocess.CompletedProcess(server.args, server.returncode, out, err)
+
+
+def _count(impl: str, test: str, messages: int, src: str | None, side: str = "both") -> int:
+    """Instructions of one whole run of ``messages`` on ``side`` (callgrind's total)."""
+    if side == "server":
+        measured, port = _start_server(impl, src, measured=True)
+        try:
+            client = [sys.executable, "-m", "benchmarks.instructions", "_client", impl, test]
+            subprocess.run(
+                [*client, str(messages), str(port)],
+                cwd=REPO_ROOT,
+                env=_env(src),
+                check=True,
+                timeout=900,
+            )
+        finally:
+            done = _stop_server(measured)
+        return _collected(done)
+    server: subprocess.Popen[str] | None = None
+    if side == "client":
+        server, port = _start_server(impl, src, measured=False)
+        child = ["_client", impl, test, str(messages), str(port)]
+    else:
+        child = ["_run", impl, test, str(messages)]
+    command = [*_VALGRIND, sys.executable, "-m", "benchmarks.instructions", *child]
+    try:
+        done = subprocess.run(
+            command, cwd=REPO_ROOT, env=_env(src), capture_output=True, text=True, timeout=900
+        )
+    finally:
+        if server is not None:
+            _stop_server(server)
+    return _collected(done)
+
+
+def per_message(
+    impl: str, test: str, counts: tuple[int, int], src: str | None, side: str = "both"
+) -> float:
     """Instructions per message of ``test``: the difference of two runs over their counts."""
     low, high = counts
-    return (_count(impl, test, high, src) - _count(impl, test, low, src)) / (high - low)
+    return (_count(impl, test, high, src, side) - _count(impl, test, low, src, side)) / (high - low)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,6 +200,10 @@ def main(argv: list[str] | None = None) -> int:
         _, impl, test, count = argv
         asyncio.run(_messages(impl, test, int(count)))
         return 0
+    if argv[:1] == ["_client"]:  # the client alone, measured or not
+        _, impl, test, count, port = argv
+        asyncio.run(_client(impl, test, int(count), int(port)))
+        return 0
     parser = argparse.ArgumentParser(prog="python -m benchmarks.instructions")
     parser.add_argument(
         "--impl", default=",".join(IMPLS), help="comma-separated, of " + ", ".join(IMPLS)
@@ -136,13 +211,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--test", default=",".join(TESTS), help="comma-separated, of " + ", ".join(TESTS)
     )
+    parser.add_argument(
+        "--side",
+        default="both",
+        help="comma-separated, of both (one process), server, client (that side alone)",
+    )
     parser.add_argument("--src", help="run tether from this src directory (an A/B's other side)")
     parser.add_argument("--counts", default="1000,5000", help="messages in the two runs (N1,N2)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     impls = [name for name in args.impl.split(",") if name]
     tests = [name for name in args.test.split(",") if name]
-    unknown = sorted(set(impls) - set(IMPLS)) + sorted(set(tests) - set(TESTS))
+    sides = [name for name in args.side.split(",") if name]
+    unknown = (
+        sorted(set(impls) - set(IMPLS))
+        + sorted(set(tests) - set(TESTS))
+        + sorted(set(sides) - set(SIDES))
+    )
     if unknown:
         parser.error(f"unknown: {', '.join(unknown)}")
     low, high = (int(n) for n in args.counts.split(","))
@@ -150,31 +235,35 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--counts needs 0 < N1 < N2")
     if shutil.which("valgrind") is None:
         sys.exit("valgrind is not installed (apt-get install valgrind)")
+    # A column per test and side: "echo" is both sides, "echo/server" the server alone.
+    columns = [(test, side) for side in sides for test in tests]
+    names = [test if side == "both" else f"{test}/{side}" for test, side in columns]
     figures: dict[str, dict[str, float]] = {}
     for impl in impls:
-        for test in tests:
-            print(f"counting {impl} {test} ...", file=sys.stderr, flush=True)
-            value = per_message(impl, test, (low, high), args.src)
-            figures.setdefault(impl, {})[test] = value
+        for (test, side), name in zip(columns, names, strict=True):
+            print(f"counting {impl} {name} ...", file=sys.stderr, flush=True)
+            value = per_message(impl, test, (low, high), args.src, side)
+            figures.setdefault(impl, {})[name] = value
     if args.json:
         print(json.dumps({"src": args.src, "counts": [low, high], "figures": figures}))
         return 0
     reference = figures.get("websockets")
     rows = []
-    for impl, by_test in figures.items():
+    for impl, by_name in figures.items():
         cells = []
-        for test in tests:
-            cell = f"{by_test[test] / 1000:.1f}k"
+        for name in names:
+            cell = f"{by_name[name] / 1000:.1f}k"
             if reference is not None and impl != "websockets":
-                cell += f" ({reference[test] / by_test[test]:.2f})"
+                cell += f" ({reference[name] / by_name[name]:.2f})"
             cells.append(cell)
         rows.append([impl, *cells])
+    where = "both sides in one process" if sides == ["both"] else "by side (test/side)"
     print(
-        f"instructions per message, both sides in one process (callgrind; runs of {low} and"
+        f"instructions per message, {where} (callgrind; runs of {low} and"
         f" {high}){'; tether from ' + args.src if args.src else ''}; in brackets: raw"
         " websockets' count / the row's"
     )
-    print(table(["implementation", *tests], rows))
+    print(table(["implementation", *names], rows))
     return 0
 
 
