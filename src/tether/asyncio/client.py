@@ -57,6 +57,7 @@ from ..heartbeat import Heartbeat, HeartbeatMachine, TimerAction
 from ..policy import ReconnectPolicy, Rule
 from ..reconnect import ConnectFailure, FailureKind, Outcome, Reconnector
 from ..resume import ResumeConfig
+from .clock import loop_clock
 from .engine import ClosedInfo, Message, Transport, TransportClosed
 from .layer import ClientLayer, LayerOpened, PlainLayer
 from .sendqueue import QueueClosed, SendQueue
@@ -366,6 +367,8 @@ class ClientConnection:
         # The transport being served (set while _serve runs) and its per-connection state.
         self._link: _Link | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: The loop's clock (loop_clock): read for every message sent and received.
+        self._clock: Callable[[], float] | None = None
         # PlainLayer has no events, control messages, close requests or deadlines:
         # the hot path skips asking it.
         self._plain = type(self._layer) is PlainLayer
@@ -421,6 +424,7 @@ class ClientConnection:
         """Start connecting in the background (``await``/``async with`` call this)."""
         if self._supervisor is None and not self._finished:
             self._loop = asyncio.get_running_loop()
+            self._clock = loop_clock(self._loop)
             self._supervisor = self._loop.create_task(
                 self._supervise(), name=f"tether.client {self.url}"
             )
@@ -929,8 +933,8 @@ class ClientConnection:
                     return
                 if not layer.keeps_sent and closing is not None and closing():
                     return
-                assert self._loop is not None
-                wires = layer.outgoing(message, self._loop.time())
+                assert self._clock is not None
+                wires = layer.outgoing(message, self._clock())
                 keeps_sent = layer.keeps_sent
                 if keeps_sent:
                     # The layer's replay buffer owns it now and re-sends it after a
@@ -969,9 +973,9 @@ class ClientConnection:
             or not layer.has_room(message)
         ):
             return False
-        assert self._loop is not None
+        assert self._clock is not None
         try:
-            wires = layer.outgoing(message, self._loop.time())
+            wires = layer.outgoing(message, self._clock())
         except Exception:
             # Not taken: it waits in the queue for the next connection, as when this
             # fails in _pump (which is not run again on the link being dropped).
@@ -1010,7 +1014,7 @@ class ClientConnection:
 
         Ends once the queue is empty: send() writes inline again from then on.
         """
-        loop = asyncio.get_running_loop()
+        clock = loop_clock(asyncio.get_running_loop())
         transport = link.transport
         layer = self._layer
         queue = self._queue
@@ -1031,7 +1035,7 @@ class ClientConnection:
                 message = queue.head()
                 if not layer.has_room(message):
                     await self._wait_for_room(link, message)
-                wires = layer.outgoing(message, loop.time())
+                wires = layer.outgoing(message, clock())
                 keeps_sent = layer.keeps_sent
                 if keeps_sent:
                     queue.pop()
@@ -1123,9 +1127,9 @@ class ClientConnection:
                 self._inbox.notify()  # another recv() waiting takes over the reading
         if self._plain:
             return wire
-        assert self._loop is not None
+        assert self._clock is not None
         try:
-            messages = self._layer.incoming(wire, self._loop.time())
+            messages = self._layer.incoming(wire, self._clock())
             self._after_layer(link)
         except Exception:
             self._fail(link)
@@ -1148,6 +1152,7 @@ class ClientConnection:
         connection), handing the reading back once recv() waits on an empty inbox.
         """
         loop = asyncio.get_running_loop()
+        clock = loop_clock(loop)
         transport = link.transport
         inbox = self._inbox
         try:
@@ -1158,7 +1163,7 @@ class ClientConnection:
             while True:
                 wire = await transport.recv()
                 waiting = bool(inbox.getters)
-                messages = self._layer.incoming(wire, loop.time())
+                messages = self._layer.incoming(wire, clock())
                 self._after_layer(link)
                 for message in messages:
                     await inbox.put(message)

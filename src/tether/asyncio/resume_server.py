@@ -84,6 +84,7 @@ from ..stores.base import (
 )
 from ..stores.memory import MemoryStore
 from ..tokens import hash_token, judge_resume, new_session_id, new_token
+from .clock import loop_clock
 from .engine import ClosedInfo, Message, Transport, TransportClosed
 from .session import (
     DEFAULT_MAX_QUEUE_BYTES,
@@ -138,7 +139,11 @@ class _V1:
     endpoint: ServerEndpoint
     generation: int
     durable: bool
+    #: The loop's clock (loop_clock): read for every message sent and received.
+    clock: Callable[[], float]
     transport: Transport | None = None
+    #: fast_writer(transport), set with it: looked up once per connection, not per message.
+    write_now: Callable[[Message], bool] | None = None
     #: A drain started on ``transport``: data arriving on it is not taken any more.
     closing: bool = False
     ended: bool = False
@@ -584,7 +589,7 @@ class TetherV1ServerLayer(ServerLayer):
     def _register(
         self, session: Session, endpoint: ServerEndpoint, generation: int, *, durable: bool
     ) -> _V1:
-        state = _V1(session, endpoint, generation, durable)
+        state = _V1(session, endpoint, generation, durable, loop_clock(asyncio.get_running_loop()))
         self._states[session] = state
         self._by_sid[session.id] = state
         return state
@@ -610,6 +615,7 @@ class TetherV1ServerLayer(ServerLayer):
         if endpoint.peer_acked != acked:
             self._note_ack(state, endpoint.peer_acked)  # hello.rx: what the client has
         state.transport = transport
+        state.write_now = fast_writer(transport)
         state.closing = False
         # A detach not written yet is void: this connection's claim made the session
         # attached again (and a detach left pending would keep it from ever settling).
@@ -635,6 +641,7 @@ class TetherV1ServerLayer(ServerLayer):
         # Its close handshake needs it read (the handler may not be reading it).
         state.session.read_ahead()
         state.transport = None
+        state.write_now = None
         state.closing = False
         state.outq = None
         # The old connection may be closed already without its pump having told us:
@@ -665,7 +672,7 @@ class TetherV1ServerLayer(ServerLayer):
             return ()
         endpoint = state.endpoint
         acked = endpoint.peer_acked
-        payload = endpoint.receive(message, asyncio.get_running_loop().time())
+        payload = endpoint.receive(message, state.clock())
         if endpoint.peer_acked != acked:
             # The client acknowledged more (an endpoint without PeerAcked events).
             if state.progress:
@@ -745,7 +752,7 @@ class TetherV1ServerLayer(ServerLayer):
         # standalone ack for the request it answers).
         # (_rx_to_write() and state.locked(), inlined: this runs for every message.)
         rx = state.consumed_rx if state.consumed_rx > state.written_rx else None
-        now = asyncio.get_running_loop().time()
+        now = state.clock()
         lock = state.store_lock
         if (
             self._inline
@@ -828,12 +835,11 @@ class TetherV1ServerLayer(ServerLayer):
         False: they must be awaited (:meth:`_send_stored`). True also when there is
         nothing to send (detached: the replay after the resume sends it).
         """
-        transport = state.transport
-        if not frames or transport is None:
+        if not frames or state.transport is None:
             return True
         if len(frames) != 1:
             return False
-        write = fast_writer(transport)
+        write = state.write_now
         # (No _has_work() check after it, unlike _send_stored: send() came here with
         # nothing pending, queued, detaching or uncommitted, _store_now() wrote this
         # message, its ack and rx, and nothing else ran since.)
@@ -1391,6 +1397,7 @@ class TetherV1ServerLayer(ServerLayer):
         if state.transport is not None and state.transport.closed is None:
             return False  # taken over: the session lives on a newer connection
         state.transport = None
+        state.write_now = None
         state.closing = False
         state.outq = None
         code = None if info.code == CloseCode.ABNORMAL_CLOSURE else info.code
