@@ -554,8 +554,21 @@ class ClientConnection:
             link = self._link
             # link.unread, inlined: this runs for every message received.
             if link is not None and link.reader is None and not link.reading and not link.eof:
-                # No reader task: read the transport here, one task hop fewer.
-                message = await self._recv_direct(link)
+                # No reader task: read the transport here, one task hop fewer. (Inline,
+                # not a helper coroutine: one coroutine less per message.)
+                link.reading = True
+                try:
+                    wire = await link.transport.recv()
+                except TransportClosed:
+                    link.eof = True  # the supervisor takes it from here
+                    continue
+                finally:
+                    link.reading = False
+                    if link.read_done is not None or inbox.getters:
+                        self._read_handed_back(link)
+                if self._plain:
+                    return wire
+                message = self._took(link, wire)
                 if message is not None:
                     return message
                 continue
@@ -1108,25 +1121,21 @@ class ClientConnection:
 
     # reading
 
-    async def _recv_direct(self, link: _Link) -> Message | None:
-        """Read one transport message in the caller's task; None if it carried no message."""
-        link.reading = True
-        try:
-            wire = await link.transport.recv()
-        except TransportClosed:
-            link.eof = True  # the supervisor takes it from here
-            return None
-        finally:
-            link.reading = False
-            done = link.read_done
-            if done is not None:
-                link.read_done = None
-                if not done.done():  # a reader cancelled while waiting cancels it
-                    done.set_result(None)
-            if self._inbox.getters:
-                self._inbox.notify()  # another recv() waiting takes over the reading
-        if self._plain:
-            return wire
+    def _read_handed_back(self, link: _Link) -> None:
+        """recv() read a message itself: wake who waits for the reading to be free."""
+        done = link.read_done
+        if done is not None:
+            link.read_done = None
+            if not done.done():  # a reader cancelled while waiting cancels it
+                done.set_result(None)
+        if self._inbox.getters:
+            self._inbox.notify()  # another recv() waiting takes over the reading
+
+    def _took(self, link: _Link, wire: Message) -> Message | None:
+        """Pass a message recv() read itself through the layer: the one to return, or None.
+
+        Any others it yields wait in the inbox.
+        """
         assert self._clock is not None
         try:
             messages = self._layer.incoming(wire, self._clock())
