@@ -263,11 +263,14 @@ def parse_data(message: Payload) -> tuple[int, int, Payload] | None:
         ProtocolError: a data frame with a malformed header (``close_code`` 1002).
     """
     if type(message) is bytes:
-        # _parse_binary() of a valid frame, inlined: this runs for every message.
-        if len(message) >= BINARY_DATA_HEADER:
+        # _parse_binary() of a valid frame, inlined: this runs for every message. (The
+        # length is checked by unpack_from itself: one call less than len().)
+        try:
             tag, seq, ack = _HEADER.unpack_from(message)
-            if tag == _DATA_TAG and 1 <= seq <= MAX_SEQ and ack <= MAX_SEQ:
-                return seq, ack, message[BINARY_DATA_HEADER:]
+        except struct.error:
+            return _parse_binary(message)  # raises: shorter than its header
+        if tag == _DATA_TAG and 1 <= seq <= MAX_SEQ and ack <= MAX_SEQ:
+            return seq, ack, message[BINARY_DATA_HEADER:]
         return _parse_binary(message)  # raises the precise error
     if type(message) is str and message.startswith("d"):
         return _parse_text_data(message)
