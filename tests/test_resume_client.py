@@ -62,6 +62,20 @@ async def test_data_is_delivered_once_and_duplicates_dropped() -> None:
     assert layer.incoming(frame, 1.0) == []
 
 
+async def test_ack_due_by_the_timer_is_pending_until_taken() -> None:
+    """A standalone ack the timer queues makes pending() True until control_to_send() takes it."""
+    layer, _, _ = await opened_layer()
+    assert layer.incoming(encode_data(1, 0, "x"), 1.0) == ["x"]
+    assert layer.pending() is False  # only a deadline so far: nothing to send yet
+    deadline = layer.next_deadline()
+    assert deadline == pytest.approx(1.2)  # ack_delay 0.2 s
+    layer.handle_timer(deadline)
+    assert layer.pending() is True
+    assert layer.control_to_send() == ['{"type":"ack","rx":1}']
+    assert layer.pending() is False
+    assert layer.control_to_send() == ()
+
+
 async def test_gap_requests_a_4201_close() -> None:
     """A skipped sequence number asks for a 4201 close (the resume repairs it)."""
     layer, _, _ = await opened_layer()

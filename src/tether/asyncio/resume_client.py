@@ -75,6 +75,9 @@ class TetherV1ClientLayer(ClientLayer):
         self._events: list[Event] = []
         self._close: tuple[int, str] | None = None
         self._retry_ms: int | None = None
+        # The endpoint may hold frames of its own (acks) for control_to_send(): set by
+        # every call that can queue one, so that pending() asks no more per message.
+        self._control = False
 
     @property
     def keeps_sent(self) -> bool:
@@ -213,6 +216,7 @@ class TetherV1ClientLayer(ClientLayer):
         if self._v1:
             self.endpoint.overflow(now)
             self._absorb(self.endpoint.events_received())
+            self._control = True
 
     def outgoing(self, message: Message, now: float) -> Sequence[Message]:
         """Number the message, keep it for replay, return its data frame (and pending acks)."""
@@ -230,6 +234,7 @@ class TetherV1ClientLayer(ClientLayer):
         if endpoint.has_output:
             # Leaves the outgoing frames (an ack) for control_to_send().
             self._absorb(endpoint.events_received())
+            self._control = True
         return [] if payload is None else [payload]
 
     def next_deadline(self) -> float | None:
@@ -258,15 +263,15 @@ class TetherV1ClientLayer(ClientLayer):
         if self._v1:
             self.endpoint.handle_timer(now)
             self._absorb(self.endpoint.events_received())
+            self._control = True  # a due ack
 
     def pending(self) -> bool:
         """Events, frames of the endpoint's own (acks) or a close request are waiting."""
-        return (
-            bool(self._events) or self._close is not None or (self._v1 and self.endpoint.has_output)
-        )
+        return bool(self._events) or self._close is not None or self._control
 
     def control_to_send(self) -> Sequence[Message]:
         """Standalone acks (and anything else the endpoint queued on its own)."""
+        self._control = False
         if self._v1 and self.endpoint.has_output:
             return self.endpoint.data_to_send()
         return ()
