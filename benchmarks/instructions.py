@@ -8,7 +8,7 @@
 Times on a shared 2-core machine move by ±20 % within minutes (docs/benchmarks.md),
 more than a change to the per-message path is worth. ``valgrind --tool=callgrind``
 counts the instructions the CPU retires instead: the same code gives the same count
-within a few tenths of a percent, whatever else the machine runs. Each figure is the
+within a few tenths of a percent under the same load (see below). Each figure is the
 difference between two runs of the same process with ``N1`` and ``N2`` messages,
 divided by ``N2 - N1``: start-up, handshakes and warm-up cancel out.
 
@@ -22,6 +22,13 @@ here is raw websockets' count over the row's (1.00 = same cost, lower = more).
 under valgrind, in its own process, and the other side runs natively in another. A
 stream's rate in the throughput scenario follows the slower side, so its ratio is
 closer to the worse of the two sides' ratios than to the sum's.
+
+What does move the count is the wall clock: tether.v1's timers (the ack delay, the
+server's commit timer) fire per unit of time, not per message, so a run slowed by a
+busy machine does more of their work per message (on the ninth session's machine,
+1,000-message runs under contention counted up to 2.5 % more per echo). Run the two
+sides of an A/B at the same time (two commands in parallel), not one after the
+other on a machine whose load changes.
 
 ``--src DIR`` runs tether from another tree (a ``git worktree`` of an earlier
 commit, say) with this tree's benchmarks: one side of an A/B. ``PYTHONHASHSEED`` is
