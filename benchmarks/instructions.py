@@ -48,6 +48,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Coroutine
 from typing import Any
 
 from .common import REPO_ROOT, table
@@ -58,6 +59,8 @@ TESTS = ("echo", "stream_up", "stream_down")
 #: Warm-up round trips before the counted messages (both runs do them: they cancel out).
 WARMUP = 300
 SIDES = ("both", "server", "client")
+#: A measured run still going after this long is stuck (see _watched).
+WATCHDOG_S = 600
 _COLLECTED = re.compile(r"Collected : (\d+)")
 _VALGRIND = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
 
@@ -111,6 +114,40 @@ async def _client(impl: str, test: str, count: int, port: int) -> None:
                 raise RuntimeError(f"received {received} of {count}")
 
 
+async def _watched(run: Coroutine[Any, Any, None]) -> None:
+    """Run ``run``; if it takes over WATCHDOG_S, print every task's stack and exit with 3.
+
+    A run under valgrind takes 0.5-2 minutes. One that stops making progress (a
+    lost wake-up) would otherwise idle until the parent's timeout, and say nothing
+    about where it waited.
+    """
+    loop = asyncio.get_running_loop()
+
+    def stuck() -> None:
+        print(f"no end after {WATCHDOG_S} s; the tasks:", file=sys.stderr)
+        for task in asyncio.all_tasks(loop):
+            print(f"--- {task.get_name()}", file=sys.stderr)
+            # The whole chain of awaits (print_stack() shows a suspended task's top frame only).
+            awaited: Any = task.get_coro()
+            while awaited is not None:
+                frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+                if frame is not None:
+                    code = frame.f_code
+                    print(f"  {code.co_filename}:{frame.f_lineno} {code.co_name}", file=sys.stderr)
+                inner = getattr(awaited, "cr_await", None)
+                awaited = inner if inner is not None else getattr(awaited, "gi_yieldfrom", None)
+            # (asyncio's own record of the future the task waits on; private, for a dump.)
+            print(f"  waiting for {getattr(task, '_fut_waiter', None)!r}", file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(3)
+
+    watchdog = loop.call_later(WATCHDOG_S, stuck)
+    try:
+        await run
+    finally:
+        watchdog.cancel()
+
+
 def _env(src: str | None) -> dict[str, str]:
     env = dict(os.environ, PYTHONHASHSEED="0")
     if src is not None:
@@ -122,7 +159,7 @@ def _collected(done: subprocess.CompletedProcess[str]) -> int:
     """Callgrind's instruction total from the stderr of a run under valgrind."""
     match = _COLLECTED.search(done.stderr)
     if done.returncode != 0 or match is None:
-        raise RuntimeError(f"{done.args} failed:\n{done.stderr[-2000:]}")
+        raise RuntimeError(f"{done.args} failed:\n{done.stderr[-12000:]}")
     return int(match.group(1))
 
 
@@ -205,11 +242,11 @@ def main(argv: list[str] | None = None) -> int:
         argv = sys.argv[1:]
     if argv[:1] == ["_run"]:  # the measured child, under valgrind
         _, impl, test, count = argv
-        asyncio.run(_messages(impl, test, int(count)))
+        asyncio.run(_watched(_messages(impl, test, int(count))))
         return 0
     if argv[:1] == ["_client"]:  # the client alone, measured or not
         _, impl, test, count, port = argv
-        asyncio.run(_client(impl, test, int(count), int(port)))
+        asyncio.run(_watched(_client(impl, test, int(count), int(port))))
         return 0
     parser = argparse.ArgumentParser(prog="python -m benchmarks.instructions")
     parser.add_argument(
