@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 import pytest
 from tests.test_session import FakeTransport
 
-from tether.asyncio.engine import ClosedInfo
+from tether.asyncio.engine import ClosedInfo, Message, TransportClosed
 from tether.asyncio.resume_client import TetherV1ClientLayer
 from tether.events import SessionLost
 from tether.protocol import GoAway, Hello, decode, encode, encode_data
@@ -74,6 +75,49 @@ async def test_ack_due_by_the_timer_is_pending_until_taken() -> None:
     assert layer.control_to_send() == ['{"type":"ack","rx":1}']
     assert layer.pending() is False
     assert layer.control_to_send() == ()
+
+
+class _ReplayFails(FakeTransport):
+    """A tether.v1 connection that drops right after the hello: the replay cannot go."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.subprotocol = "tether.v1"
+
+    async def send(self, message: Message) -> None:
+        if self.sent:
+            raise TransportClosed(ClosedInfo(1006, "", clean=False))
+        await super().send(message)
+
+
+async def test_connection_lost_during_the_replay_leaves_the_session_resumable() -> None:
+    """A drop between welcome and replay: the next connection resumes and replays.
+
+    Before, the endpoint stayed OPEN and every later attempt failed in
+    connection_made(): the client reconnected forever.
+    """
+    layer, _, server = await opened_layer()
+    now = asyncio.get_running_loop().time()  # opened() reads the loop's clock
+    assert layer.outgoing("m", now) == ["d1:0:m"]  # never acked: replayed on resume
+    layer.closed(ClosedInfo(1006, "", clean=False), now)
+    server.connection_lost(now)
+
+    dropping = _ReplayFails()
+    server.attach(now, token="tok2", resumed=True, peer_rx=0)
+    for frame in server.data_to_send():
+        dropping.feed(frame)
+    with pytest.raises(TransportClosed):
+        await layer.opened(dropping)
+    assert isinstance(decode(dropping.sent[0]), Hello)
+    server.connection_lost(now)
+
+    transport = v1_transport()
+    server.attach(now, token="tok3", resumed=True, peer_rx=0)
+    for frame in server.data_to_send():
+        transport.feed(frame)
+    opened = await layer.opened(transport)
+    assert opened.resumed is True
+    assert transport.sent[1:] == ["d1:0:m"]  # the replay, after the hello
 
 
 async def test_gap_requests_a_4201_close() -> None:

@@ -151,8 +151,16 @@ class TetherV1ClientLayer(ClientLayer):
             self.endpoint.connection_lost(loop.time(), None)
             raise
         resumed, replayed_in, replayed_out = established
-        # docs/protocol.md §4.4: the replay goes out before any new message.
-        await self._send_all(transport, self.endpoint.data_to_send())
+        try:
+            # docs/protocol.md §4.4: the replay goes out before any new message.
+            await self._send_all(transport, self.endpoint.data_to_send())
+        except BaseException:
+            # The welcome made the endpoint OPEN: a connection lost during the replay
+            # must leave it disconnected (the session kept), as before the welcome.
+            # Left OPEN, every later attempt failed in connection_made() and the
+            # client reconnected forever.
+            self.endpoint.connection_lost(loop.time(), None)
+            raise
         return LayerOpened(resumed=resumed, replayed_in=replayed_in, replayed_out=replayed_out)
 
     async def _await_welcome(self, transport: Transport) -> tuple[bool, int, int]:
