@@ -809,3 +809,25 @@ async def test_handler_exception_in_a_busy_plain_session_closes_with_1011(
     ws = await _client(server)
     await ws.send("go")
     assert await _closed(ws) == (1011, "internal error")
+
+
+async def test_client_gone_before_its_hello_is_logged_as_a_close_not_a_failure(
+    start: Callable[..., Awaitable[Server]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A tether.v1 client that drops before its hello: an access-log close, no traceback.
+
+    Before, the TransportClosed from waiting for the hello escaped the connection's
+    handler and websockets logged "connection handler failed" with a traceback.
+    """
+    server = await start()
+    caplog.set_level(logging.INFO)
+    ws = await connect(_url(server), subprotocols=["tether.v1"], ping_interval=None)  # type: ignore[list-item]
+    assert ws.subprotocol == "tether.v1"
+    ws.transport.abort()  # gone without a hello, or a close frame
+    closes = await eventually(
+        lambda: [r for r in caplog.records if r.name == "tether.server" and "close " in r.message],
+        what="the server's access-log line for the close",
+    )
+    assert "code=1006" in closes[0].message
+    failures = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert failures == []

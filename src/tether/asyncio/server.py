@@ -51,7 +51,7 @@ from ..heartbeat import Heartbeat
 from ..knowledge import summary
 from ..ratelimit import ResumeLimit
 from ..stores.base import SessionStore
-from .engine import ClosedInfo
+from .engine import ClosedInfo, TransportClosed
 from .keepalive import HeartbeatTimer
 from .resume_server import PrincipalHook, TetherV1ServerLayer
 from .reuseport import steer_to_second_listener
@@ -530,6 +530,11 @@ class Server:
                 # A layer's error code still goes through the wire check (never 1006 & co).
                 code = exc.close_code if may_send(exc.close_code, role="server") else 1002
                 await transport.close(code, str(exc)[:60])
+                self._log_close(record, transport.closed)
+                return
+            except TransportClosed:
+                # Gone before its session opened (tether.v1: before its hello): a
+                # close like any other, not a failure of this handler.
                 self._log_close(record, transport.closed)
                 return
             record.session = session
