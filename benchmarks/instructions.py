@@ -51,7 +51,7 @@ import sys
 from collections.abc import Coroutine
 from typing import Any
 
-from .common import REPO_ROOT, table
+from .common import REPO_ROOT, read_line, table
 from .peers import _SERVERS
 
 IMPLS = ("websockets", "tether", "tether-v1")
@@ -176,13 +176,14 @@ def _start_server(impl: str, src: str | None, measured: bool) -> tuple[subproces
         stderr=subprocess.PIPE,
         text=True,
     )
-    assert server.stdout is not None
-    line = server.stdout.readline()  # "READY <port>", or "" if it died
-    if not line.startswith("READY "):
+    try:
+        # Bounded: a server under valgrind starts in well under a minute.
+        port = int(read_line(server, "READY ", 300))
+    except BaseException:
         server.kill()
-        _out, err = server.communicate(timeout=60)
-        raise RuntimeError(f"{' '.join(command)} did not start:\n{err[-2000:]}")
-    return server, int(line.split()[1])
+        server.communicate(timeout=60)
+        raise
+    return server, port
 
 
 def _stop_server(server: subprocess.Popen[str]) -> subprocess.CompletedProcess[str]:

@@ -1027,7 +1027,8 @@ class ClientConnection:
 
         Ends once the queue is empty: send() writes inline again from then on.
         """
-        clock = loop_clock(asyncio.get_running_loop())
+        clock = self._clock
+        assert clock is not None  # set by start(), before any link
         transport = link.transport
         layer = self._layer
         queue = self._queue
@@ -1161,7 +1162,8 @@ class ClientConnection:
         connection), handing the reading back once recv() waits on an empty inbox.
         """
         loop = asyncio.get_running_loop()
-        clock = loop_clock(loop)
+        clock = self._clock
+        assert clock is not None  # set by start(), before any link
         transport = link.transport
         inbox = self._inbox
         try:
