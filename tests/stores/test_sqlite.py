@@ -356,6 +356,32 @@ async def test_write_many_reports_a_backend_failure_per_write(tmp_path: Path) ->
         await store.close()
 
 
+async def test_a_full_database_is_reported_as_full(tmp_path: Path) -> None:
+    """SQLITE_FULL rolls the transaction back by itself: the error says "full", not "rollback"."""
+
+    class Capped(SQLiteStore):
+        def _thread_connect(self) -> sqlite3.Connection:
+            fresh = self._connection is None
+            db = super()._thread_connect()
+            if fresh:  # a file that may grow by three pages: a full disk, in small
+                pages = db.execute("PRAGMA page_count").fetchone()[0]
+                db.execute(f"PRAGMA max_page_count = {pages + 3}")
+            return db
+
+    store = Capped(tmp_path / "sessions.db")
+    try:
+        await store.create(SID, token_hash=HASH, principal=None, now=0.0)
+        with pytest.raises(StoreUnavailable) as caught:
+            for seq in range(1, 100):
+                await store.write(SID, 1, append=[StoredMessage(seq, os.urandom(3000))])
+        assert "database or disk is full" in str(caught.value)
+        # The store still answers: the session holds what was committed before.
+        record = await store.load(SID)
+        assert record is not None and 1 <= record.tx < 99
+    finally:
+        await store.close()
+
+
 async def test_write_many_refuses_an_inconsistent_batch_before_the_thread(
     store: SQLiteStore,
 ) -> None:

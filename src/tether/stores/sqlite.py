@@ -509,7 +509,7 @@ class SQLiteStore(SessionStore):
                 except Exception as exc:
                     raise _InDoubt(position, exc) from exc
         except BaseException:
-            db.execute("ROLLBACK")
+            _rollback(db)
             raise
         db.execute("COMMIT")
         self.transactions += 1
@@ -558,7 +558,7 @@ class SQLiteStore(SessionStore):
             # One definition for new and older files; a no-op once it exists.
             db.execute(_NODES_TABLE)
         except BaseException:
-            db.execute("ROLLBACK")
+            _rollback(db)
             raise
         db.execute("COMMIT")
 
@@ -597,6 +597,17 @@ class _Job(Generic[_T]):
     future: asyncio.Future[_T] | None
     group: _Group | None = None
     index: int = 0  # in the group's writes
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    """Roll back the open transaction, if SQLite has not already done so.
+
+    After some errors (SQLITE_FULL, SQLITE_IOERR, SQLITE_NOMEM...) SQLite rolls the
+    transaction back itself; an unconditional ROLLBACK would then raise "no
+    transaction is active" and hide the error that matters (a full disk, say).
+    """
+    if db.in_transaction:
+        db.execute("ROLLBACK")
 
 
 def _settle_all(results: list[tuple[_Job[Any], bool, Any]]) -> None:
