@@ -571,6 +571,29 @@ async def test_recovery_after_restart(
 
 
 @pytest.mark.integration
+@pytest.mark.timeout(30)
+async def test_the_first_operation_after_a_restart_works(redis_server: RedisServer) -> None:
+    """A pooled connection that Redis closed while idle is replaced, not used and failed.
+
+    (redis-py 7+'s maintenance notifications, on by default, made its pool skip the
+    check that notices such a connection: the first operation on each one failed.)
+    """
+    store = RedisStore(redis_server.url, timeout=2.0)
+    restarted = RedisServer(port=redis_server.port)
+    try:
+        await store.create(SID, token_hash=HASH, principal=None, now=0.0)  # a pooled connection
+        redis_server.signal(signal.SIGTERM)  # a planned restart: Redis closes its clients
+        await redis_server.wait(5.0)
+        await restarted.start()
+        assert await store.load(SID) is None  # (no persistence: the session is gone)
+        await store.create(SID, token_hash=HASH, principal=None, now=0.0)
+        assert (await store.write(SID, 1, append=batch(1, 2))).tx == 2
+    finally:
+        await store.close()
+        await restarted.stop()
+
+
+@pytest.mark.integration
 @pytest.mark.timeout(20)
 async def test_hung_redis_times_out(redis_server: RedisServer) -> None:
     """A Redis that stops answering (SIGSTOP) fails the operation within the timeout."""

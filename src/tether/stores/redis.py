@@ -85,6 +85,18 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "the redis session store needs redis-py: pip install 'tether[redis]'"
     ) from exc
 
+_POOL_OPTIONS: dict[str, Any] = {}
+try:
+    from redis.maint_notifications import MaintNotificationsConfig
+except ImportError:  # pragma: no cover - redis-py before 7: no such notifications
+    pass
+else:
+    # redis-py 7+ enables them by default ("auto"), and its pool then skips the
+    # check that notices an idle connection Redis closed: after a Redis restart the
+    # first operation on every pooled connection failed. They serve Redis
+    # Enterprise/Cloud failovers, which tether does not follow anyway.
+    _POOL_OPTIONS["maint_notifications_config"] = MaintNotificationsConfig(enabled=False)
+
 __all__ = ["DEFAULT_PREFIX", "MAX_PIPELINES", "RedisStore"]
 
 #: Every key tether writes starts with this (``tether:epoch``, ``tether:{sid}:meta``).
@@ -330,6 +342,7 @@ class RedisStore(SessionStore):
                 socket_connect_timeout=timeout,
                 socket_timeout=timeout,
                 retry=Retry(NoBackoff(), 0),  # a lost reply must not apply a write twice
+                **_POOL_OPTIONS,
             )
             self._client: aioredis.Redis = aioredis.Redis.from_pool(pool)
             # Building (not connecting) a connection checks the URL's options now,
