@@ -473,3 +473,61 @@ async def test_end_wakes_a_reader_blocked_on_an_empty_inbox() -> None:
     session.end(ClosedInfo(1012, "", clean=True, sent_code=1012))
     with pytest.raises(tether.ConnectionClosedError):
         await asyncio.wait_for(blocked, 1)
+
+
+# -- order across connections: a message held for a full inbox goes first --------------------
+
+
+class _Resuming(ServerLayer):
+    """Keeps its sessions across connections (as tether.v1 does), pump or on demand."""
+
+    def __init__(self, *, on_demand: bool) -> None:
+        self.reads_on_demand = on_demand
+
+    async def open(self, transport: Transport, request: RequestInfo) -> Session:
+        return Session(self, request, max_queue=2)
+
+    def connection_lost(self, session: Session, info: ClosedInfo) -> bool:
+        return False
+
+
+async def _held_across_a_new_connection(on_demand: bool) -> tuple[Session, FakeTransport]:
+    """m1, m2 in a full inbox, m3 held by the first connection's reader; m4 on the second."""
+    layer = _Resuming(on_demand=on_demand)
+    first = FakeTransport()
+    session = await layer.open(first, RequestInfo("/"))
+    session.attach(first)
+    if on_demand:
+        session.read_ahead()  # as a ping or the ack alarm does while the handler is busy
+    for message in ("m1", "m2", "m3"):
+        first.feed(message)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert first._incoming.qsize() == 0  # m3 was read and waits for room in the inbox
+    first.abort()  # 1006: the client resumes on a new connection
+    second = FakeTransport()
+    session.attach(second)
+    second.feed("m4")
+    for _ in range(20):
+        await asyncio.sleep(0)
+    return session, second
+
+
+@pytest.mark.parametrize("on_demand", [True, False], ids=["on-demand", "pump"])
+async def test_a_message_held_for_room_is_delivered_before_the_next_connections(
+    on_demand: bool,
+) -> None:
+    """The handler gets m1..m4 in order, though m3 waited for room while m4 arrived.
+
+    (Before, the handler read m4 from the new connection itself as soon as the inbox
+    was empty, before the old reader put m3 in: m1, m2, m4, m3 — and tether.v1
+    committed m3's position with m4's, acking a message the handler had not taken.)
+    """
+    session, _ = await _held_across_a_new_connection(on_demand)
+
+    async def handler() -> list[Message]:
+        # As a handler does: recv() returns without yielding while the inbox has some.
+        return [await session.recv() for _ in range(4)]
+
+    got = await asyncio.wait_for(handler(), 1)
+    assert got == ["m1", "m2", "m3", "m4"]

@@ -158,6 +158,7 @@ class Session:
         "_closed",
         "_discard",
         "_ended",
+        "_held",
         "_inbox",
         "_inbox_bytes",
         "_keep_reader",
@@ -204,6 +205,11 @@ class Session:
         # recv(), a pump waiting for room in the inbox, callers of wait_closed().
         self._reader: asyncio.Future[None] | None = None
         self._writer: asyncio.Future[None] | None = None
+        # Messages a reader task or pump took from a connection (the layer counted
+        # them received) and holds until the inbox has room, in arrival order: one
+        # token each, made when the first must wait. Nothing may overtake them, not
+        # even the next connection's messages after a resume (see _deliver()).
+        self._held: list[object] | None = None
         self._ended: asyncio.Future[None] | None = None
         self._transport: Transport | None = None
         # Attached with attach_plain(): the connection recv() reads (kept after it
@@ -302,6 +308,7 @@ class Session:
                     and transport is not None
                     and self._reader_task is None
                     and self._reading_on is None
+                    and not self._held  # (a previous connection's reader holds some)
                 ):
                     # Nobody else reads the connection: read it here, one task hop fewer.
                     # (Inline, not a helper coroutine: one frame less per idle session.)
@@ -601,9 +608,26 @@ class Session:
 
     async def _deliver(self, message: Message) -> None:
         # Back-pressure: stop reading from the connection while the inbox is full.
-        while self._inbox_full() and self._closed is None:
-            self._writer, waiter = self._park(self._writer)
-            await waiter
+        # Order: a message waits behind those already waiting, whichever reader holds
+        # them. After a resume the previous connection's reader may still hold one
+        # that its layer counted received (tether.v1 numbered it): the handler must
+        # take it before anything of the new connection, or the layer would commit
+        # (and the client trim) a position the handler had not reached.
+        if self._held or self._inbox_full():
+            held = self._held
+            if held is None:
+                held = self._held = []
+            turn = object()
+            held.append(turn)
+            try:
+                while (held[0] is not turn or self._inbox_full()) and self._closed is None:
+                    self._writer, waiter = self._park(self._writer)
+                    await waiter
+            finally:
+                held.remove(turn)
+                if held and self._writer is not None:
+                    _wake(self._writer)  # the next in line looks again
+                    self._writer = None
         if self._closed is None:
             self._inbox_to_fill().append(message)
             self._inbox_bytes += len(message)
