@@ -238,7 +238,9 @@ async def test_fenced_inline_write_ends_the_session_with_4901() -> None:
     session, transport, _ = await new_session(layer)
     await eventually(lambda: len(transport.sent) == 1, 2.0)
     await store.claim(session.id, 1, token_hash="b" * 64, previous_token_hash="c" * 64)
-    await session.send("late")
+    with pytest.raises(ConnectionClosedError) as caught:  # (as from a store with I/O)
+        await session.send("late")
+    assert caught.value.code == 4901
     assert transport.sent[1:] == []
     assert session.closed is not None
     assert session.closed.code == 4901

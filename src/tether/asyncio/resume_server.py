@@ -800,6 +800,9 @@ class TetherV1ServerLayer(ServerLayer):
         The per-message path of :meth:`send` (a plain function: no coroutine per
         message). None: the store declined; the message and its frames were left
         to the session's flush.
+
+        Raises:
+            ConnectionClosedError: the session was claimed elsewhere (it ends with 4901).
         """
         endpoint = state.endpoint
         frames = endpoint.data_to_send()
@@ -809,8 +812,10 @@ class TetherV1ServerLayer(ServerLayer):
                 state.session.id, state.generation, append=(stored,), acked=acked, rx=rx
             )
         except Fenced:
+            # Claimed elsewhere: never stored, never sent. The sender must hear it, as
+            # from a store that writes in a task (send() raises once the session ended).
             self._fenced(state)
-            return []
+            raise _ended(state) from None
         except StoreError as exc:
             self._write_failed(state, exc)
             written = True
