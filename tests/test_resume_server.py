@@ -1325,3 +1325,34 @@ async def _the_layer_renews(caplog: pytest.LogCaptureFixture) -> None:
         assert "session store renewal failed: down for the first renewal" in caplog.text
     finally:
         await layer.stop()
+
+
+async def test_a_session_abandoned_between_the_load_and_the_claim_is_refused() -> None:
+    """A resume that loaded the session just before its overflow gets welcome(overflow).
+
+    (Before, the claim went through and the client got a 1002 "hello rx outside"
+    protocol error, which is final, instead of a SessionLost it could act on.)
+    """
+
+    class AbandonedAfterTheLoad(MemoryStore):
+        async def load(self, sid: str) -> SessionRecord | None:
+            record = await super().load(sid)
+            # The overflow's abandon lands while the load's answer is on its way.
+            await self.abandon(sid, 1, reason="overflow")
+            return record
+
+    store = AbandonedAfterTheLoad()
+    layer = TetherV1ServerLayer(store=store)
+    session, transport, welcome = await new_session(layer)
+    await session.send("m1")
+    transport.peer_closed(ClosedInfo(1006, "", clean=False))
+    await asyncio.sleep(0)
+    again = v1_transport(encode(Hello(welcome.sid, welcome.token, welcome.epoch, 0)))
+    fresh = await layer.open(again, REQUEST)
+    fresh.attach(again)
+    await settle(again, 1)
+    refusal = decode(again.sent[0])
+    assert isinstance(refusal, Welcome)
+    assert (refusal.resumed, refusal.reason) == (False, "overflow")
+    assert fresh is not session
+    await layer.stop()

@@ -450,7 +450,12 @@ class TetherV1ServerLayer(ServerLayer):
                                 token_hash=token_hash,
                                 previous_token_hash=previous_token_hash,
                             )
-                            if not local.ended:
+                            if record.lost is not None:
+                                # Abandoned (overflow) between the load and the claim:
+                                # refused as the judgement would refuse it now.
+                                verdicts.append(_lost_reason(record.lost))
+                                claimed = False
+                            elif not local.ended:
                                 self._adopt(local, record.generation)
                 else:
                     # Load, judge, claim and read the replay: one trip to the store.
@@ -1543,6 +1548,14 @@ def _admits(
     verdict = judge_resume(hello, record, epoch=epoch, principal=principal, now=time.time())
     verdicts.append(verdict)
     return verdict is None
+
+
+def _lost_reason(lost: str) -> LostReason:
+    """The refusal for a record marked lost (as :func:`judge_resume` gives it)."""
+    try:
+        return LostReason(lost)
+    except ValueError:
+        return LostReason.NOT_RESUMABLE
 
 
 def _cancel_ack_timer(state: _V1) -> None:
