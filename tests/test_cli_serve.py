@@ -128,10 +128,11 @@ def test_reserved_shutdown_code_is_a_usage_error() -> None:
         (["--store", "sqlite://relative.db"], "sqlite:////absolute/path"),
         (["--store", "redis://:notaport/0"], "bad store URL"),
         (["--resume-window", "0"], "--resume-window must be > 0"),
+        (["--store-timeout", "0"], "--store-timeout must be > 0"),
     ],
 )
 def test_bad_store_options_are_usage_errors(args: list[str], says: str) -> None:
-    """A bad --store URL or --resume-window exits 2 with one line saying why."""
+    """A bad --store URL, --resume-window or --store-timeout exits 2 saying why in one line."""
     result = subprocess.run(
         [sys.executable, "-m", "tether", "serve", *args],
         capture_output=True,

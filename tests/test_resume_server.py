@@ -248,22 +248,176 @@ async def test_fenced_inline_write_ends_the_session_with_4901() -> None:
     assert await store.messages(session.id, after=0) == []
 
 
-class FailingWrites(MemoryStore):
-    """A memory store whose writes fail."""
+class Outage(MemoryStore):
+    """A memory store that fails every operation it is asked while ``down``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+        self.failed = 0
+
+    def _check(self) -> None:
+        if self.down:
+            self.failed += 1
+            raise StoreUnavailable("down (test)")
 
     def write_nowait(self, *args: Any, **kwargs: Any) -> bool:
-        raise StoreUnavailable("down (test)")
+        self._check()
+        return super().write_nowait(*args, **kwargs)
+
+    async def write(self, *args: Any, **kwargs: Any) -> SessionRecord:
+        self._check()
+        return await super().write(*args, **kwargs)
+
+    async def load(self, sid: str) -> SessionRecord | None:
+        self._check()
+        return await super().load(sid)
 
 
-async def test_failed_inline_write_keeps_the_session_without_the_store() -> None:
-    """A write that fails makes the session non-durable; its messages still go out, in order."""
-    layer = TetherV1ServerLayer(store=FailingWrites())
+class OutageIO(Outage):
+    """The same with I/O: the layer's writer and write_many, as for SQLite or Redis."""
+
+    write_nowait = SessionStore.write_nowait
+
+
+@pytest.mark.parametrize("store_class", [Outage, OutageIO], ids=["in-process", "io"])
+def test_a_failed_write_holds_its_frames_until_a_retry_lands(store_class: type[Outage]) -> None:
+    """The store fails: nothing it lacks goes out; retried, it lands and the frame follows.
+
+    (Before, the session went on "non-durable": its frames went out while the store
+    kept a record behind them, which a resume on another node then replayed from.)
+    """
+    run_virtual(_a_failed_write_holds_its_frames_until_a_retry_lands(store_class()))
+
+
+async def _a_failed_write_holds_its_frames_until_a_retry_lands(store: Outage) -> None:
+    layer = TetherV1ServerLayer(store=store)
     session, transport, _ = await new_session(layer)
-    await session.send("a")
-    await session.send("b")
-    await eventually(lambda: len(transport.sent) == 3, 2.0)
+    store.down = True
+    sending = asyncio.ensure_future(session.send("a"))
+    await asyncio.sleep(3.0)  # (virtual) retries after 0.05, 0.1, 0.2, ... 2 s at most
+    assert 4 <= store.failed <= 8
+    assert transport.sent[1:] == []
+    assert not sending.done()
+    store.down = False
+    await asyncio.wait_for(sending, 3.0)
+    await settle(transport, 2)
+    assert transport.sent[1:] == ["d1:0:a"]
+    assert [m.payload for m in await store.messages(session.id, after=0)] == ["a"]
+    await session.send("b")  # and on as before: durable, in order
+    await settle(transport, 3)
     assert transport.sent[1:] == ["d1:0:a", "d2:0:b"]
-    assert session.closed is None
+    assert layer._states[session].durable
+    await layer.stop()
+
+
+def test_a_store_down_for_store_timeout_ends_the_session_with_1011() -> None:
+    """Writes failing for store_timeout: 1011, and the waiting sender learns it was not sent."""
+    run_virtual(_a_store_down_for_store_timeout_ends_the_session_with_1011())
+
+
+async def _a_store_down_for_store_timeout_ends_the_session_with_1011() -> None:
+    store = OutageIO()
+    layer = TetherV1ServerLayer(store=store, store_timeout=5.0)
+    session, transport, _ = await new_session(layer)
+    store.down = True
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(ConnectionClosedError) as caught:
+        await asyncio.wait_for(session.send("a"), 30.0)
+    assert caught.value.code == 1011
+    assert 5.0 <= loop.time() - started <= 7.5  # (retries 2 s apart at most)
+    await eventually(lambda: transport.close_calls == [(1011, "session store unavailable")], 2.0)
+    assert transport.sent[1:] == []
+    assert session.closed is not None
+    assert session.closed.code == 1011
+    await layer.stop()
+
+
+def test_store_timeout_must_be_positive() -> None:
+    """store_timeout=0 would end a session at its first failed write: refused."""
+    with pytest.raises(ConfigurationError):
+        TetherV1ServerLayer(store_timeout=0)
+
+
+def test_a_resume_elsewhere_after_a_failed_write_replays_every_message() -> None:
+    """Node A's store fails a write once; the client comes back to node B: nothing lost.
+
+    The client got only m1 before its connection died; m2 and m3 were sent after the
+    failed write. B must replay m2 and m3 and number its own message 4.
+    """
+    run_virtual(_a_resume_elsewhere_after_a_failed_write_replays_every_message())
+
+
+async def _a_resume_elsewhere_after_a_failed_write_replays_every_message() -> None:
+    class Blip(MemoryStore):
+        fail_next = False
+
+        def write_nowait(self, *args: Any, **kwargs: Any) -> bool:
+            if self.fail_next:
+                self.fail_next = False
+                raise StoreUnavailable("blip (test)")
+            return super().write_nowait(*args, **kwargs)
+
+    store = Blip()
+    node_a, node_b = TetherV1ServerLayer(store=store), TetherV1ServerLayer(store=store)
+    session, transport, welcome = await new_session(node_a)
+    await session.send("m1")
+    store.fail_next = True
+    await session.send("m2")
+    await session.send("m3")
+    transport.peer_closed(ClosedInfo(1006, "", clean=False))
+    await asyncio.sleep(1.0)
+    again = v1_transport(encode(Hello(welcome.sid, welcome.token, welcome.epoch, rx=1)))
+    resumed = await node_b.open(again, REQUEST)
+    resumed.attach(again)
+    await resumed.send("n1")
+    await settle(again, 4)
+    assert again.sent[1:] == ["d2:0:m2", "d3:0:m3", "d4:0:n1"]
+    await node_a.stop()
+    await node_b.stop()
+
+
+def test_a_write_whose_answer_was_lost_is_not_applied_twice() -> None:
+    """The store wrote the batch but the caller got an error: the retry reads, then writes."""
+    run_virtual(_a_write_whose_answer_was_lost_is_not_applied_twice())
+
+
+async def _a_write_whose_answer_was_lost_is_not_applied_twice() -> None:
+    class LostReply(MemoryStore):
+        write_nowait = SessionStore.write_nowait  # (the layer's writer and write_many)
+        lose_next = False
+
+        async def write(self, *args: Any, **kwargs: Any) -> SessionRecord:
+            record = await super().write(*args, **kwargs)
+            if self.lose_next:
+                self.lose_next = False
+                raise StoreUnavailable("reply lost (test)")
+            return record
+
+    store = LostReply()
+    layer = TetherV1ServerLayer(store=store)
+    session, transport, _ = await new_session(layer)
+    store.lose_next = True
+    await asyncio.wait_for(session.send("a"), 3.0)
+    await session.send("b")
+    await settle(transport, 3)
+    assert transport.sent[1:] == ["d1:0:a", "d2:0:b"]
+    assert [m.payload for m in await store.messages(session.id, after=0)] == ["a", "b"]
+    await layer.stop()
+
+
+async def test_a_session_the_store_no_longer_knows_goes_on_alone() -> None:
+    """The store lost the session (emptied): no record is left to lie; it goes on here."""
+    store = MemoryStore()
+    layer = TetherV1ServerLayer(store=store)
+    session, transport, _ = await new_session(layer)
+    await store.delete(session.id)
+    await session.send("a")
+    await settle(transport, 2)
+    assert transport.sent[1:] == ["d1:0:a"]
+    assert not layer._states[session].durable
+    await layer.stop()
 
 
 class CountingStore(MemoryStore):
@@ -718,24 +872,29 @@ async def _a_connection_lost_during_a_write_detaches_after_it() -> None:
 
 
 class FailingGroups(GatedStore):
-    """Every write_many fails as a whole (a backend gone)."""
+    """Every write_many fails as a whole (a backend gone), and so does every write."""
 
     async def write_many(self, writes: Any) -> list[BaseException | None]:
         self.calls.append(list(writes))
         raise StoreUnavailable("down")
 
+    async def write(self, *args: Any, **kwargs: Any) -> SessionRecord:
+        raise StoreUnavailable("down")
 
-async def test_a_failed_store_call_keeps_the_sessions_without_the_store() -> None:
-    """The writer's call fails: each session goes on, not durable; its frame is sent."""
+
+async def test_a_failed_store_call_holds_the_sessions_frames() -> None:
+    """The writer's call fails: the session stays durable and waits; its frame is not sent."""
     store = FailingGroups()
     layer = TetherV1ServerLayer(store=store)
     session, transport, _ = await new_session(layer)
-    await session.send("one")
-    assert store.calls
+    sending = asyncio.ensure_future(session.send("one"))
+    await eventually(lambda: bool(store.calls), 2.0)
+    await asyncio.sleep(0.2)
     state = layer._states[session]
-    assert (state.durable, session.closed) == (False, None)
-    await settle(transport, 2)
-    assert transport.sent[1] == "d1:0:one"
+    assert (state.durable, session.closed, sending.done()) == (True, None, False)
+    assert transport.sent[1:] == []
+    sending.cancel()
+    await layer.stop()
 
 
 # -- the session's task and timer exist only while there is work ---------------------------------

@@ -164,21 +164,33 @@ async def restart_node(spawn: Spawn[Any], node: TetherNode, *, freeze: bool = Fa
 async def test_redis_killed_during_traffic_loses_sessions_explicitly_then_recovers(
     spawn: Spawn[Any], redis_server: RedisServer
 ) -> None:
-    """Redis SIGKILLed: no crash, errors logged, resumes fail with store_unavailable; back after."""
-    node = await spawn(TetherNode("--app", "echo", store=redis_server.url))
+    """Redis SIGKILLed: no crash, errors logged, sessions lost explicitly; back after.
+
+    The sessions wait for the store (nothing goes out that it lacks) for
+    --store-timeout, then end with 1011: their clients resume, get SessionLost
+    ('store_unavailable') and go on in new sessions without the store.
+    """
+    node = await spawn(TetherNode("--app", "echo", "--store-timeout", "1", store=redis_server.url))
     await node.wait_healthy(10)
     clients = await spawn(StreamClients(node.url, clients=5, rate=20))
     await clients.wait_connected(timeout=10)
     await stream_for(1.0)
 
+    killed = time.monotonic()
     redis_server.signal(signal.SIGKILL)
     await redis_server.wait(5)
+    for _ in range(200):  # bounded: 10 s for every client's SessionLost
+        if len(clients.events_named("session_lost", since=killed)) >= 5:
+            break
+        await asyncio.sleep(0.05)
+    reasons = Counter(ev["reason"] for ev in clients.events_named("session_lost", since=killed))
+    assert reasons == {"store_unavailable": 5}
     before = await clients.report(settle=0)
     await stream_for(1.5)
     after = await clients.report(settle=0)
     assert node.returncode is None  # the server did not crash
     assert clients.events_named("gave_up") == []
-    # Live traffic goes on without the store: every client still gets its echoes.
+    # Live traffic goes on without the store: every client gets its echoes again.
     echoed = [
         later["up"]["received"] - earlier["up"]["received"]
         for earlier, later in zip(before["clients"], after["clients"], strict=True)

@@ -148,6 +148,14 @@ def register(subparsers: Any) -> None:
         metavar="S",
         help="seconds allowed for the opening handshake; 0 disables (default 10)",
     )
+    parser.add_argument(
+        "--store-timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="seconds a session waits for the store to take a failed write (retried) before "
+        "it is ended with 1011 and its client resumes (default 10)",
+    )
     parser.add_argument("--json-logs", action="store_true", help="log JSON lines on stderr")
     parser.set_defaults(func=run)  # fmt: skip
 
@@ -166,6 +174,8 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigurationError("--drain-window must be >= 0 seconds")
         if not args.resume_window > 0:
             raise ConfigurationError("--resume-window must be > 0 seconds")
+        if not args.store_timeout > 0:
+            raise ConfigurationError("--store-timeout must be > 0 seconds")
         if args.max_size < 0 or args.open_timeout < 0:
             raise ConfigurationError("--max-size and --open-timeout must be >= 0 (0 disables)")
         # Opening a store does no I/O: this only checks the URL (and the Redis extra).
@@ -198,6 +208,7 @@ async def _serve(args: argparse.Namespace, heartbeat: Any, store: SessionStore |
         handle_signals=not args.reuse_port,
         store=store,
         resume_window=args.resume_window,
+        store_timeout=args.store_timeout,
         origins=_origins(args),
         max_size=args.max_size or None,
         open_timeout=args.open_timeout or None,

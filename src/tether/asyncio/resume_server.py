@@ -39,9 +39,18 @@ the frames, so that write-through holds and order is kept:
   (but the lazy ack's, while one waits) and no ``asyncio.Event``: waiters are
   futures made when somebody waits.
 
-Store failures degrade, never crash: a failing write turns the session
-non-durable (it keeps working on this connection and in this process); a resume
-that cannot read the store starts a new session with ``store_unavailable``.
+Store failures never make the store's record lie: a write the store failed is
+retried (after 0.05 s, doubling up to 2 s; the retry first reads the record, in
+case the failed write landed and only its answer was lost), and nothing it covers
+is sent or acknowledged until it lands, so the record never falls behind what the
+client saw and a resume on another node or process replays exactly. Meanwhile the
+session waits (its senders too); once writes have failed for ``store_timeout``
+(10 s by default) it is ended with 1011, so that its client resumes: from the
+store if it is back (nothing was sent beyond its record), else into a new
+session with ``store_unavailable`` (a SessionLost the application sees), which
+then runs without the store in this process. Only a session the store no longer
+knows (emptied by a restart) goes on without it at once. A resume that cannot
+read the store starts a new session with ``store_unavailable``.
 """
 
 from __future__ import annotations
@@ -116,6 +125,10 @@ _TAKEOVER_CLOSE_S = 2.0
 #: Seconds stop() waits for the writes in flight before it cancels them.
 _STOP_WRITES_S = 5.0
 
+#: A write the store failed is retried after this, doubling up to _RETRY_MAX_S.
+_RETRY_FIRST_S = 0.05
+_RETRY_MAX_S = 2.0
+
 #: Sweep intervals a renewal reaches beyond the resume window, so that one late or
 #: failed renewal (a slow store, a busy loop) does not make this process's sessions
 #: orphans (``SessionStore.renew``); only renewals stopped for the window and more do.
@@ -187,6 +200,13 @@ class _V1:
     #: it (it would be fenced, and the resumed session ended as taken over).
     #: (Made on first use: a session whose writes never wait has none.)
     store_lock: asyncio.Lock | None = None
+    #: A write the store failed waits for this timer (see the module doc); ``reload``:
+    #: the next write reads the record first (the failed one may have landed).
+    retry_timer: asyncio.TimerHandle | None = None
+    retry_delay: float = 0.0
+    reload: bool = False
+    #: When (loop time) the writes began failing; None while they succeed.
+    failing_since: float | None = None
     #: Senders and settlers waiting for the next flush (futures made on demand).
     progress: list[asyncio.Future[None]] | None = None
     #: The session's task: exists only while it has work (store I/O, frames, a timer
@@ -224,6 +244,9 @@ class TetherV1ServerLayer(ServerLayer):
         resume_limit: refused resumes allowed per remote address (IPv6: per /64) in a
             sliding window, 20 per 60 s by default; beyond it, resumes from that address
             are refused with ``rate_limited`` before the store is read. None: no limit.
+        store_timeout: seconds a session waits for the store to take a write it
+            failed (retried meanwhile; nothing it covers is sent or acknowledged)
+            before the session is ended with 1011 and its client resumes.
     """
 
     subprotocols: Sequence[str] = (SUBPROTOCOL,)
@@ -245,6 +268,7 @@ class TetherV1ServerLayer(ServerLayer):
         max_queue: int = 64,
         max_queue_bytes: int | None = DEFAULT_MAX_QUEUE_BYTES,
         resume_limit: ResumeLimit | None = ResumeLimit(),  # noqa: B008 - frozen, shared safely
+        store_timeout: float = 10.0,
     ) -> None:
         config = config or ResumeConfig()
         if resume_window is not None:
@@ -258,6 +282,8 @@ class TetherV1ServerLayer(ServerLayer):
             )
         if not handshake_timeout > 0 or not send_timeout >= 0:
             raise ConfigurationError("handshake_timeout must be > 0 and send_timeout >= 0 seconds")
+        if not store_timeout > 0:
+            raise ConfigurationError("store_timeout must be > 0 seconds")
         if isinstance(goaway_retry_ms, bool) or not 0 <= goaway_retry_ms <= 3_600_000:
             raise ConfigurationError("goaway_retry_ms must be 0..3600000 milliseconds")
         if isinstance(store, str):
@@ -274,6 +300,7 @@ class TetherV1ServerLayer(ServerLayer):
         self.principal = principal
         self.handshake_timeout = handshake_timeout
         self.send_timeout = send_timeout
+        self.store_timeout = store_timeout
         self.goaway_retry_ms = goaway_retry_ms
         self.max_queue = max_queue
         self.max_queue_bytes = max_queue_bytes
@@ -324,6 +351,7 @@ class TetherV1ServerLayer(ServerLayer):
         for state in self._states.values():
             self._disarm(state)  # (a cancelled task re-arms on its way out)
             _cancel_ack_timer(state)  # a stopped layer writes nothing more
+            _cancel_retry(state)
         self._sweeper = None
         if self._owns_store:
             await self.store.close()
@@ -822,8 +850,10 @@ class TetherV1ServerLayer(ServerLayer):
             self._fenced(state)
             raise _ended(state) from None
         except StoreError as exc:
-            self._write_failed(state, exc)
-            written = True
+            written = self._write_failed(state, exc, (stored,), acked)
+            if not written:  # kept for the retry, with its frames
+                self._queue_frames(state, endpoint.tx, frames)
+                return None
         if not written:
             state.pending.append(stored)
             self._queue_frames(state, endpoint.tx, frames)
@@ -1004,7 +1034,15 @@ class TetherV1ServerLayer(ServerLayer):
         for state in due:
             if state.ended or self._states.get(state.session) is not state:
                 continue  # finished, or the layer stopped: it writes nothing more
-            if state.task is not None or state.writing or state.locked() or not state.durable:
+            if state.retry_timer is not None:
+                continue  # a failed write waits for its retry (which kicks the session)
+            if (
+                state.task is not None
+                or state.writing
+                or state.locked()
+                or not state.durable
+                or state.reload
+            ):
                 self._kick(state)  # the session's task: a claim to wait for, ...
                 continue
             batch = state.pending
@@ -1075,8 +1113,10 @@ class TetherV1ServerLayer(ServerLayer):
                     state.detached = False  # not in the store: the handler's return retries
                 if write.only_detaches:  # as _detach: the session's data is not in question
                     _detach_failed(state, error)
-                else:
-                    self._write_failed(state, error)
+                elif not self._write_failed(state, error, write.append, write.acked):
+                    if write.detach_at is not None and state.transport is None:
+                        state.detach = True  # written with the retry
+                    return  # nothing it covers goes out before the retry lands
             elif error is not None:
                 self._internal_error(state, error)
                 return
@@ -1216,6 +1256,8 @@ class TetherV1ServerLayer(ServerLayer):
 
     def _has_work(self, state: _V1) -> bool:
         """Something to write, to detach, or a stored frame to send."""
+        if state.retry_timer is not None:  # writes wait for the retry
+            return bool(state.outq and state.outq[0][0] <= state.written_tx)
         return bool(
             state.pending
             or state.acked is not None
@@ -1237,15 +1279,16 @@ class TetherV1ServerLayer(ServerLayer):
         state.flushing = True
         try:
             while not state.ended:
-                written = self._write_now(state)
-                if written is None:
-                    return  # fenced: the session ended
-                if not written:
-                    if inline:
-                        return
-                    if not await self._write_awaited(state):
-                        return
-                if state.detach and state.transport is None:
+                if state.retry_timer is None:  # (else a failed write waits for its retry)
+                    written = self._write_now(state)
+                    if written is None:
+                        return  # fenced: the session ended
+                    if not written:
+                        if inline:
+                            return
+                        if not await self._write_awaited(state):
+                            return
+                if state.detach and state.transport is None and state.retry_timer is None:
                     state.detach = False
                     if state.durable:
                         await self._detach(state)
@@ -1275,8 +1318,10 @@ class TetherV1ServerLayer(ServerLayer):
             _promote_lazy_ack(state)  # a write goes anyway: the ack rides along
             acked = state.acked
         if state.durable:
-            if state.locked():
-                return False  # a resume is claiming this session: wait for it
+            if state.locked() or state.reload:
+                # A resume is claiming this session: wait for it. Or a retry: it reads
+                # the record first, which takes an await.
+                return False
             try:
                 if not self.store.write_nowait(
                     state.session.id, state.generation, append=batch, acked=acked, rx=rx
@@ -1286,7 +1331,8 @@ class TetherV1ServerLayer(ServerLayer):
                 self._fenced(state)
                 return None
             except StoreError as exc:
-                self._write_failed(state, exc)
+                if not self._write_failed(state, exc, (), None):
+                    return True  # (nothing was taken: the batch waits where it is)
         state.pending = []
         state.acked = None
         self._written(state, batch, rx)
@@ -1302,16 +1348,30 @@ class TetherV1ServerLayer(ServerLayer):
         acked, state.acked = state.acked, None
         rx = _rx_to_write(state)
         if state.durable and (batch or acked is not None or rx is not None):
+            sid = state.session.id
             try:
                 async with state.lock():
-                    await self.store.write(
-                        state.session.id, state.generation, append=batch, acked=acked, rx=rx
-                    )
+                    append: Sequence[StoredMessage] = batch
+                    if state.reload:
+                        # A retry: the failed write may have landed (its answer lost).
+                        # acked and rx are idempotent; messages already stored are not.
+                        record = await self.store.load(sid)
+                        if record is None:
+                            raise UnknownSession(f"session {sid} is unknown")
+                        if record.generation != state.generation:
+                            raise Fenced(sid, state.generation, record.generation)
+                        append = [m for m in batch if m.seq > record.tx]
+                    await self.store.write(sid, state.generation, append=append, acked=acked, rx=rx)
             except Fenced:
                 self._fenced(state)
                 return False
             except StoreError as exc:
-                self._write_failed(state, exc)
+                if not self._write_failed(state, exc, batch, acked):
+                    return True  # kept for the retry (the flush sends what is stored)
+            else:
+                state.reload = False
+                state.retry_delay = 0.0
+                state.failing_since = None
         self._written(state, batch, rx)
         return True
 
@@ -1340,13 +1400,72 @@ class TetherV1ServerLayer(ServerLayer):
             delete=False,
         )
 
-    def _write_failed(self, state: _V1, exc: StoreError) -> None:
+    def _write_failed(
+        self,
+        state: _V1,
+        exc: StoreError,
+        batch: Sequence[StoredMessage],
+        acked: int | None,
+    ) -> bool:
+        """The store did not write ``batch``: keep it for a retry, or go on without the store.
+
+        Returns:
+            True when the session goes on without the store (the caller records the
+            batch as written); False when the batch waits for the retry, in front of
+            anything added since, and nothing it covers may be sent or acknowledged.
+        """
+        sid = state.session.id
+        if isinstance(exc, UnknownSession):
+            # The store no longer has it (emptied by a restart, say): no record is
+            # left to contradict this process, which goes on alone (a resume
+            # elsewhere is refused, and the client told).
+            logger.warning("session %s is gone from the store; it goes on here alone", sid)
+            state.durable = False
+            return True
+        if batch:
+            state.pending[:0] = batch
+        if acked is not None and (state.acked is None or acked > state.acked):
+            state.acked = acked
+        now = asyncio.get_running_loop().time()
+        if state.failing_since is None:
+            state.failing_since = now
+            # (Once per session and outage, at DEBUG: the store logs the outage.)
+            logger.debug("session %s waits for the store to write: %s", sid, exc)
+        elif now - state.failing_since >= self.store_timeout:
+            self._store_gave_up(state, exc)
+            return False
+        state.retry_delay = min(_RETRY_MAX_S, state.retry_delay * 2 or _RETRY_FIRST_S)
+        state.reload = True
+        if state.retry_timer is None and not state.ended:
+            state.retry_timer = asyncio.get_running_loop().call_later(
+                state.retry_delay, self._retry_write, state
+            )
+        return False
+
+    def _store_gave_up(self, state: _V1, exc: StoreError) -> None:
+        """Writes kept failing: end the session (1011) so that its client resumes.
+
+        Its record holds nothing the client has not been sent, so a resume from the
+        store, once it is back, is exact; before then the client gets a new session
+        and a SessionLost (store_unavailable). Senders waiting here get
+        ConnectionClosedError: what they sent was never stored nor sent.
+        """
         logger.warning(
-            "session store write failed; session %s is no longer durable: %s",
+            "session %s: the store took none of its writes for %g s; ending it with 1011 "
+            "so that its client resumes (%s)",
             state.session.id,
+            self.store_timeout,
             exc,
         )
-        state.durable = False
+        reason = "session store unavailable"
+        if state.transport is not None:
+            self._spawn(self._close_quietly(state.transport, CloseCode.INTERNAL_ERROR, reason))
+        self._end(state, ClosedInfo(CloseCode.INTERNAL_ERROR, reason, clean=False), delete=False)
+
+    def _retry_write(self, state: _V1) -> None:
+        state.retry_timer = None
+        if not state.ended and self._states.get(state.session) is state:
+            self._kick(state)
 
     async def _detach(self, state: _V1) -> None:
         expires_at = time.time() + self.config.resume_window
@@ -1388,7 +1507,8 @@ class TetherV1ServerLayer(ServerLayer):
 
         async def settled() -> None:
             while not _settled(state):
-                if not state.writing:  # (else the writer's answer wakes us, no task needed)
+                # (Writing: the writer's answer wakes us. A retry due: the retry does.)
+                if not state.writing and state.retry_timer is None:
                     self._kick(state)
                 await self._wait_progress(state)
 
@@ -1473,6 +1593,7 @@ class TetherV1ServerLayer(ServerLayer):
             await self._settle(state, timeout=2.0)
         self._cancel_commit_timer(state)
         _cancel_ack_timer(state)
+        _cancel_retry(state)
         self._disarm(state)
         self._forget(state)
         self._states.pop(session, None)
@@ -1486,6 +1607,7 @@ class TetherV1ServerLayer(ServerLayer):
         state.ended = True
         self._wake_progress(state)
         self._disarm(state)
+        _cancel_retry(state)
         self._cancel_commit_timer(state)
         _cancel_ack_timer(state)
         self._forget(state)
@@ -1562,6 +1684,12 @@ def _cancel_ack_timer(state: _V1) -> None:
     if state.ack_timer is not None:
         state.ack_timer.cancel()
         state.ack_timer = None
+
+
+def _cancel_retry(state: _V1) -> None:
+    if state.retry_timer is not None:
+        state.retry_timer.cancel()
+        state.retry_timer = None
 
 
 def _detach_failed(state: _V1, error: StoreError) -> None:

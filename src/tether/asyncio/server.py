@@ -772,6 +772,7 @@ def serve(
     resume_window: float = 120.0,
     principal: PrincipalHook | None = None,
     resume_limit: ResumeLimit | None = ResumeLimit(),  # noqa: B008 - frozen, shared safely
+    store_timeout: float = 10.0,
 ) -> Server:
     """Create a tether WebSocket server; use it with ``async with`` or ``await``.
 
@@ -816,6 +817,9 @@ def serve(
         resume_limit: refused resumes allowed per remote address (IPv6: per /64), 20 per
             60 s by default; beyond it resumes are refused with ``rate_limited`` before
             the store is read (docs/security.md). None: no limit.
+        store_timeout: seconds a tether.v1 session waits for the store to take a
+            write it failed (retried meanwhile; nothing it covers is sent or
+            acknowledged) before it is ended with 1011 and its client resumes.
 
     Raises:
         ConfigurationError: a bad setting.
@@ -827,6 +831,7 @@ def serve(
             resume_window=resume_window,
             principal=principal,
             resume_limit=resume_limit,
+            store_timeout=store_timeout,
         )
     return Server(
         handler,
