@@ -802,3 +802,47 @@ async def test_sends_on_an_idle_open_link_skip_the_send_queue() -> None:
             await echoes(run.conn, n)
         assert queued == []
     assert handler.got == list(range(1, 12))
+
+
+@pytest.mark.timeout(20)
+async def test_close_waits_for_the_acks_so_the_handler_gets_every_message() -> None:
+    """20 sends, flush(), close(): the handler takes all 20 and the client reads all echoes.
+
+    (Before, close() sent its Close once the messages were on the socket; the 1000
+    ended the session while the handler had taken about half of them, silently.)
+    """
+    handler = Echo()
+    server = await start_server(handler, MemoryStore())
+    conn = await client(server.port)
+    try:
+        for n in range(20):
+            await conn.send(f"c{n}")
+        await conn.flush()
+        await conn.close()
+        got = [message async for message in conn]
+    finally:
+        await server.shutdown()
+    assert handler.got == list(range(20))
+    assert got == [f"s{n}" for n in range(20)]
+    assert (conn.close_code, conn.unsent) == (1000, ())
+
+
+@pytest.mark.timeout(20)
+async def test_what_the_server_never_acknowledged_is_in_unsent_after_close() -> None:
+    """A handler that never reads: close() waits close_timeout, then lists the three in unsent."""
+    stop = asyncio.Event()
+
+    async def deaf(session: Session) -> None:
+        await stop.wait()
+
+    server = await start_server(deaf, MemoryStore())
+    conn = await client(server.port, close_timeout=0.5)
+    try:
+        for message in ("a", "b", "c"):
+            await conn.send(message)
+        await conn.flush()
+        await conn.close()
+    finally:
+        stop.set()
+        await server.shutdown()
+    assert conn.unsent == ("a", "b", "c")

@@ -30,6 +30,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import math
 import random
 import weakref
 from collections.abc import (
@@ -283,8 +284,10 @@ class ClientConnection:
 
     Attributes:
         url: the server's URL.
-        unsent: messages still queued when the connection closed for good (never
-            silently dropped: they are listed here and counted in a warning).
+        unsent: messages the server may not have: with tether.v1, those sent but
+            never acknowledged when the connection closed for good (the session
+            ends: they will not be replayed), then those still queued (never sent);
+            never silently dropped: they are listed here and counted in a warning.
     """
 
     def __init__(
@@ -631,6 +634,11 @@ class ClientConnection:
     async def _supervise(self) -> None:
         loop = asyncio.get_running_loop()
         try:
+            if self._close_request is not None:
+                # close() came before this task first ran: no attempt was started.
+                code, reason = self._close_request
+                self._finish(ConnectionClosedOK(code, reason, "closed before it connected"))
+                return
             attempt: int | None = self._core.start(loop.time())
             logger.info("connecting to %s", self.url)
             while attempt is not None:
@@ -804,14 +812,16 @@ class ClientConnection:
             self._closed_exc = exc or ConnectionClosedError(
                 None, "", "the client stopped before the connection closed"
             )
+        unacked = self._layer.unacked()
         unsent = self._queue.drain()
-        if unsent:
-            self.unsent = unsent
-            logger.warning(
-                "%d queued message(s) were never sent to %s; they are in conn.unsent",
-                len(unsent),
-                self.url,
-            )
+        if unacked or unsent:
+            self.unsent = unacked + unsent
+            counts = []
+            if unacked:
+                counts.append(f"{len(unacked)} message(s) sent but never acknowledged")
+            if unsent:
+                counts.append(f"{len(unsent)} queued message(s) never sent")
+            logger.warning("%s (%s); they are in conn.unsent", " and ".join(counts), self.url)
         self._inbox.notify()
         self._settled.set()
         for stream in list(self._streams):
@@ -1257,6 +1267,9 @@ class ClientConnection:
         code, reason = self._close_request
         # Flush what the application already sent before the Close frame, bounded
         # by close_timeout so that close() cannot hang on a stalled link.
+        loop = asyncio.get_running_loop()
+        timeout = self._close_timeout
+        deadline = math.inf if timeout is None else loop.time() + timeout
         try:
             await asyncio.wait_for(self._queue.wait_empty(), self._close_timeout)
         except (asyncio.TimeoutError, TimeoutError):
@@ -1266,7 +1279,30 @@ class ClientConnection:
                 len(self._queue),
                 self._close_timeout,
             )
+        if not self._plain:
+            await self._wait_acknowledged(link, deadline)
         await link.transport.close(code, reason)
+
+    async def _wait_acknowledged(self, link: _Link, deadline: float) -> None:
+        """tether.v1: wait (until ``deadline``) for the server to acknowledge what was sent.
+
+        The Close ends the session (docs/protocol.md §7): what the server has not
+        acknowledged by then would be neither resumed nor replayed. It acknowledges
+        what its handler took, so this also lets the replies to it arrive first.
+        What is still unacknowledged at the deadline ends up in :attr:`unsent`.
+        """
+        loop = asyncio.get_running_loop()
+        while self._layer.unacked() and link.transport.closed is None:
+            remaining: float | None = deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                return
+            if remaining == math.inf:
+                remaining = None
+            room = link.room  # resolved after every call into the layer (an ack read)
+            if room is None or room.done():
+                room = link.room = loop.create_future()
+            with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
+                await asyncio.wait_for(asyncio.shield(room), remaining)
 
 
 class _Link:

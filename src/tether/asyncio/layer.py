@@ -159,6 +159,14 @@ class ClientLayer:
         """Events for the application (``Resumed``, ``SessionLost``, ...); clears the list."""
         return ()
 
+    def unacked(self) -> tuple[Message, ...]:
+        """Messages sent that the peer has not acknowledged yet, oldest first.
+
+        A layer without acknowledgements (plain WebSocket) has none: what the
+        transport took is out of its hands.
+        """
+        return ()
+
     def reconnect_hint(self) -> float | None:
         """Seconds the server asked to wait before reconnecting (a goaway's retry), if any.
 

@@ -289,6 +289,14 @@ class TetherV1ClientLayer(ClientLayer):
         request, self._close = self._close, None
         return request
 
+    def unacked(self) -> tuple[Message, ...]:
+        """The session's messages the server has not acknowledged, oldest first.
+
+        Also once the connection closed: a 1000 ends the session and leaves them
+        here (a lost session hands them over in SessionLost and keeps none).
+        """
+        return tuple(entry.payload for entry in self.endpoint.buffer)
+
     def take_events(self) -> Sequence[Event]:
         """SessionLost events for the application."""
         if not self._events:
