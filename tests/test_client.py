@@ -953,3 +953,25 @@ async def test_heartbeat_reads_ahead_while_a_plain_client_does_not_read(
         got = [(await asyncio.wait_for(conn.recv(), 5))[:3] for _ in range(100)]
     assert got == [f"{n:03d}" for n in range(100)]
     assert not [e for e in await collect(events) if isinstance(e, Disconnected) and e.code == 1006]
+
+
+async def test_a_final_close_during_the_tether_v1_handshake_stops_the_client() -> None:
+    """A server that takes tether.v1 (Node ws picks the first offered) and closes with 1008.
+
+    The default client (tether.v1 offered) must stop as a plain one does, on the 1008,
+    not retry it as a 1006 forever.
+    """
+    server = Scripted(close_with(1008))
+    ws_server = await start(
+        server, select_subprotocol=lambda _connection, offered: offered[0] if offered else None
+    )
+    try:
+        conn = tether.connect(server.url, heartbeat=NO_PING, backoff=FAST)
+        with pytest.raises(tether.ConnectionClosedError) as caught:
+            await asyncio.wait_for(conn, 5)
+        assert caught.value.code == 1008
+        assert conn.close_code == 1008
+        assert len(server.connections) == 1
+    finally:
+        ws_server.close()
+        await ws_server.wait_closed()

@@ -487,3 +487,28 @@ def test_full_run_restart_then_crash_then_final() -> None:
     assert 0.2 <= restart_gap <= 0.5
     attempts = [event.attempt for _, event in log if isinstance(event, Connected)]
     assert attempts == [1, 2, 4]
+
+
+# -- a close code received during the session layer's handshake -----------------------
+
+
+def test_a_final_close_during_the_handshake_is_final() -> None:
+    """Opened, then closed with 1008 before the session began: GaveUp, not the 1006 row."""
+    core = make()
+    core.start(0.0)
+    failure = ConnectFailure(FailureKind.HANDSHAKE, close_code=1008, close_reason="no")
+    outcome = core.connect_failed(0.1, failure)
+    assert outcome.events[0] == Disconnected(1008, "no", True, summary(1008))
+    assert isinstance(outcome.events[-1], GaveUp)
+    assert not outcome.reconnecting
+    assert core.state is State.CLOSED
+
+
+def test_a_restart_close_during_the_handshake_waits_one_to_five_seconds() -> None:
+    """A server that began draining during the hello (1012): the restart row, not backoff."""
+    core = make(HighRng())
+    core.start(0.0)
+    outcome = core.connect_failed(0.1, ConnectFailure(FailureKind.HANDSHAKE, close_code=1012))
+    event = reconnecting(outcome)
+    assert event.cause_code == 1012
+    assert 1.0 <= event.delay <= 5.0

@@ -90,15 +90,24 @@ class ConnectFailure:
         detail: one line for humans (the engine's message).
         status: the HTTP status, for ``HTTP`` failures.
         retry_after: the server's ``Retry-After``, in seconds, if it sent one.
+        close_code: for ``HANDSHAKE`` failures, the code of the server's Close frame
+            when it opened the WebSocket and closed it before the session layer's
+            handshake (tether.v1's hello/welcome) finished; its policy row decides.
+        close_reason: the reason that came with ``close_code``.
     """
 
     kind: FailureKind
     detail: str = ""
     status: int | None = None
     retry_after: float | None = None
+    close_code: int | None = None
+    close_reason: str = ""
 
     def describe(self) -> str:
         """One line: ``HTTP 503``, ``timed out``, or the engine's message."""
+        if self.close_code is not None:
+            reason = f" ({self.close_reason})" if self.close_reason else ""
+            return f"closed with {close_label(self.close_code)}{reason} during the handshake"
         if self.kind is FailureKind.HTTP:
             return f"HTTP {self.status}" + (f" ({self.detail})" if self.detail else "")
         if self.kind is FailureKind.TIMEOUT:
@@ -275,6 +284,17 @@ class Reconnector:
             # no WebSocket connection existed, so there is no close code.
             decision = Decision(failure.status, http.rule, f"HTTP {http.source}")
             return self._after(now, decision, CONNECT_FAILED, (), text, hint=failure.retry_after)
+        code = failure.close_code
+        if code is not None:
+            # The WebSocket opened and the server closed it with a code: that code
+            # decides, as after any close (a final 1008 stops, a 1012 waits 1-5 s).
+            # Disconnected reports it; there was no Connected (no session yet).
+            disconnected = Disconnected(
+                code=code, reason=failure.close_reason, clean=True, explanation=self._explain(code)
+            )
+            return self._after(
+                now, self.policy.decide(code), code, (disconnected,), text, hint=None
+            )
         decision = self.policy.decide(CONNECT_FAILED)
         return self._after(now, decision, CONNECT_FAILED, (), text, hint=None)
 

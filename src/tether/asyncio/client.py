@@ -719,6 +719,21 @@ class ClientConnection:
         except OpenFailed as exc:
             self._report(self._core.connect_failed(loop.time(), exc.failure))
             return
+        except TransportClosed as exc:
+            # The server closed the new connection during the session layer's
+            # handshake: with a Close frame, its code decides (not the 1006 row).
+            for event in self._layer.take_events():
+                self._emit(event)
+            info = exc.info
+            code = info.code if info.clean else None
+            failure = ConnectFailure(
+                FailureKind.HANDSHAKE if code is not None else FailureKind.NETWORK,
+                detail="connection lost during the handshake",
+                close_code=code,
+                close_reason=info.reason if code is not None else "",
+            )
+            self._report(self._core.connect_failed(loop.time(), failure))
+            return
         except Exception as exc:
             # The session layer refused the connection (e.g. a bad welcome).
             for event in self._layer.take_events():
