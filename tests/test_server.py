@@ -144,6 +144,19 @@ async def test_healthz_is_200_while_serving(start: Callable[..., Awaitable[Serve
     assert body["pid"] == os.getpid()
 
 
+async def test_healthz_says_json_once(start: Callable[..., Awaitable[Server]]) -> None:
+    """One Content-Type header, application/json (two contradicting ones are invalid HTTP)."""
+    server = await start()
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    response = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    head = response.split(b"\r\n\r\n", 1)[0].lower().split(b"\r\n")
+    assert [line for line in head if line.startswith(b"content-type:")] == [
+        b"content-type: application/json"
+    ]
+
+
 async def test_unknown_plain_http_path_is_404(start: Callable[..., Awaitable[Server]]) -> None:
     """A plain HTTP request to a path the server does not know gets 404."""
     server = await start()

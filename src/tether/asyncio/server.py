@@ -486,6 +486,8 @@ class Server:
             {"status": self._state.value, "pid": os.getpid(), "connections": len(self._connections)}
         )
         response = connection.respond(status, body + "\n")
+        # (websockets' Headers append on assignment: respond()'s text/plain goes first.)
+        del response.headers["Content-Type"]
         response.headers["Content-Type"] = "application/json"
         response.headers["Cache-Control"] = "no-store"
         return response
