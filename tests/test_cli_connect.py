@@ -31,6 +31,17 @@ def test_bad_header_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--header must look like" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "option", [["--ping-interval", "-1"], ["--ping-interval", "nan"], ["--ping-timeout", "-1"]]
+)
+def test_bad_heartbeat_values_exit_2(option: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """A negative or NaN heartbeat setting is refused, not taken as "off" (0 is "off")."""
+    assert main(["connect", "ws://127.0.0.1:1/", *option]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "heartbeat" in err
+
+
 @pytest.fixture
 async def echo_url() -> AsyncIterator[str]:
     """An in-process websockets echo server."""

@@ -98,8 +98,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _make_connection(tether: Any, args: argparse.Namespace) -> Any:
-    interval = args.ping_interval if args.ping_interval > 0 else None
-    timeout = args.ping_timeout if args.ping_timeout > 0 else None
+    # 0 disables; anything else goes to Heartbeat, which refuses a negative or NaN
+    # value (before, any value not > 0 quietly turned the heartbeat off).
+    interval = None if args.ping_interval == 0 else args.ping_interval
+    timeout = None if args.ping_timeout == 0 else args.ping_timeout
     headers: dict[str, str] = {}
     for header in args.header:
         name, sep, value = header.partition(":")
