@@ -129,6 +129,10 @@ def test_reserved_shutdown_code_is_a_usage_error() -> None:
         (["--store", "redis://:notaport/0"], "bad store URL"),
         (["--resume-window", "0"], "--resume-window must be > 0"),
         (["--store-timeout", "0"], "--store-timeout must be > 0"),
+        (
+            ["--store", "sqlite:////nonexistent-dir/x.db"],
+            "directory /nonexistent-dir does not exist",
+        ),
     ],
 )
 def test_bad_store_options_are_usage_errors(args: list[str], says: str) -> None:

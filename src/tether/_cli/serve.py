@@ -14,6 +14,7 @@ import gc
 import logging
 import signal
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..closecodes import validate_send
@@ -180,6 +181,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigurationError("--max-size and --open-timeout must be >= 0 (0 disables)")
         # Opening a store does no I/O: this only checks the URL (and the Redis extra).
         store = None if args.store == "none" else open_store(args.store)
+        _check_store_directory(store)
     except (ConfigurationError, InvalidCloseCode) as exc:
         print(f"tether serve: error: {exc}", file=sys.stderr)
         return 2
@@ -188,6 +190,21 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"tether serve: error: {exc}", file=sys.stderr)
         return 1
+
+
+def _check_store_directory(store: SessionStore | None) -> None:
+    """A SQLite file in a directory that does not exist: a usage error now.
+
+    The library keeps trying such a file (the directory may be mounted later), but
+    the server would run without durable sessions meanwhile; from the command line
+    it is almost always a typo, refused at start like a bad URL.
+    """
+    from ..stores.sqlite import SQLiteStore
+
+    if isinstance(store, SQLiteStore):
+        directory = Path(store.path).parent
+        if not directory.is_dir():
+            raise ConfigurationError(f"--store: directory {directory} does not exist")
 
 
 async def _serve(args: argparse.Namespace, heartbeat: Any, store: SessionStore | None) -> int:

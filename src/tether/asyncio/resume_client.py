@@ -54,7 +54,7 @@ class TetherV1ClientLayer(ClientLayer):
     Args:
         config: resumption settings (window, replay buffer bounds, ack triggers).
         handshake_timeout: seconds to wait for ``welcome`` before closing with 4203.
-        rng: randomness for the goaway delay (uniform in ``[0, retry_ms]``).
+        rng: randomness for the goaway delay (uniform in ``[retry_ms/5, retry_ms]``).
     """
 
     subprotocols: Sequence[str] = (SUBPROTOCOL,)

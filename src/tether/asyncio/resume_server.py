@@ -238,7 +238,7 @@ class TetherV1ServerLayer(ServerLayer):
         handshake_timeout: seconds to wait for ``hello`` before closing with 4203.
         send_timeout: seconds ``Session.send`` waits for room in the replay buffer.
         goaway_retry_ms: the ``retry_ms`` announced before a 1012 (clients wait a
-            random time in ``[0, retry_ms]``).
+            random time in ``[0, retry_ms]``; tether's client in ``[retry_ms/5, retry_ms]``).
         max_queue: inbox size of each session, in messages.
         max_queue_bytes: inbox size of each session, in bytes (None: no byte bound).
         resume_limit: refused resumes allowed per remote address (IPv6: per /64) in a
