@@ -1515,3 +1515,27 @@ async def test_a_session_abandoned_between_the_load_and_the_claim_is_refused() -
     assert (refusal.resumed, refusal.reason) == (False, "overflow")
     assert fresh is not session
     await layer.stop()
+
+
+def test_a_close_while_the_client_is_away_waits_for_it_until_the_expiry() -> None:
+    """session.close() with no connection waits for the client; never back: ends at expiry."""
+    run_virtual(_a_close_while_the_client_is_away_waits_for_it_until_the_expiry())
+
+
+async def _a_close_while_the_client_is_away_waits_for_it_until_the_expiry() -> None:
+    store = MemoryStore()
+    layer = TetherV1ServerLayer(store=store, resume_window=5.0)
+    session, transport, _ = await new_session(layer)
+    await session.send("last words")
+    transport.peer_closed(ClosedInfo(1006, "", clean=False))
+    await eventually(lambda: session.transport is None, 2.0)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    closing = asyncio.ensure_future(session.close(1000))
+    await asyncio.sleep(1.0)
+    assert not closing.done()  # the client may still come back for "last words"
+    await asyncio.wait_for(closing, 30.0)
+    assert 3.5 <= loop.time() - started <= 6.0
+    assert session.closed is not None
+    assert await store.load(session.id) is None  # expired: gone from the store
+    await layer.stop()

@@ -846,3 +846,47 @@ async def test_what_the_server_never_acknowledged_is_in_unsent_after_close() -> 
         stop.set()
         await server.shutdown()
     assert conn.unsent == ("a", "b", "c")
+
+
+@pytest.mark.timeout(20)
+async def test_a_handler_done_while_its_client_is_away_is_not_started_again() -> None:
+    """The handler sends 3 and returns during a 1006: the resume gets the 3, then 1000.
+
+    (Before, the session stayed resumable with nobody to close it: the resume started
+    the handler a second time, and the client got 6 messages and no end.)
+    """
+    runs: list[Session] = []
+    client_gone = asyncio.Event()
+
+    async def handler(session: Session) -> None:
+        runs.append(session)
+        await client_gone.wait()
+        for n in range(3):
+            await session.send(f"m{n}")
+
+    server = await start_server(handler, MemoryStore())
+    url = f"ws://127.0.0.1:{server.port}/"
+    try:
+        async with ws_connect(url, subprotocols=["tether.v1"]) as first:  # type: ignore[list-item]
+            await first.send(json.dumps({"type": "hello", "sid": None, "token": None, "rx": 0}))
+            welcome = json.loads(await first.recv())
+            first.transport.abort()  # 1006
+            await eventually(lambda: bool(runs) and runs[0].transport is None, 5)
+        client_gone.set()
+        hello = {
+            "type": "hello",
+            "sid": welcome["sid"],
+            "token": welcome["token"],
+            "epoch": welcome["epoch"],
+            "rx": 0,
+        }
+        async with ws_connect(url, subprotocols=["tether.v1"]) as second:  # type: ignore[list-item]
+            await second.send(json.dumps(hello))
+            assert json.loads(await second.recv())["resumed"] is True
+            got = [await asyncio.wait_for(second.recv(), 5) for _ in range(3)]
+            await asyncio.wait_for(second.wait_closed(), 5)
+            assert second.close_code == 1000
+    finally:
+        await server.shutdown()
+    assert got == ["d1:0:m0", "d2:0:m1", "d3:0:m2"]
+    assert len(runs) == 1

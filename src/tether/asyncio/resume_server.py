@@ -648,6 +648,7 @@ class TetherV1ServerLayer(ServerLayer):
         if endpoint.peer_acked != acked:
             self._note_ack(state, endpoint.peer_acked)  # hello.rx: what the client has
         state.transport = transport
+        self._wake_progress(state)  # (a close_detached() waits for the client to be back)
         state.write_now = fast_writer(transport)
         state.closing = False
         # A detach not written yet is void: this connection's claim made the session
@@ -1579,6 +1580,34 @@ class TetherV1ServerLayer(ServerLayer):
         await self._settle(state, timeout=2.0)
         self._end(state, ClosedInfo(code, reason, clean=True, sent_code=code), delete=True)
         return await transport.close(code, reason)
+
+    async def close_detached(self, session: Session, code: int, reason: str) -> ClosedInfo:
+        """The application ends the session while its client is away: tell it when back.
+
+        What the handler sent is still owed to the client, and ending the session
+        here and now would leave it resumable (the store's record): the client's
+        resume would start the handler again. So the close waits for the client to
+        come back to this process (this handler is still running meanwhile, so the
+        resume attaches to this session), then replays and closes with ``code``. It
+        ends without a close frame if the session expires, is taken over elsewhere,
+        or the server drains first.
+        """
+        info = ClosedInfo(code, reason, clean=True, sent_code=code)
+        state = self._states.get(session)
+        if state is None or state.ended:
+            return info
+        ended = asyncio.ensure_future(session.wait_closed())
+        try:
+            while state.transport is None and not state.ended and not ended.done():
+                progress = asyncio.ensure_future(self._wait_progress(state))
+                await asyncio.wait({progress, ended}, return_when=asyncio.FIRST_COMPLETED)
+                progress.cancel()
+        finally:
+            ended.cancel()
+        transport = state.transport
+        if transport is None or state.ended or session.closed is not None:
+            return session.closed or info
+        return await self.close(session, transport, code, reason)
 
     async def finish(self, session: Session) -> None:
         """The handler returned: commit what it took and sent, detach, stop the session's task."""

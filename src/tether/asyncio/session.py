@@ -375,6 +375,10 @@ class Session:
     async def close(self, code: int = 1000, reason: str = "") -> ClosedInfo:
         """End the session: close its connection with ``code`` and ``reason``.
 
+        With no connection attached, a layer that keeps sessions for a later
+        connection may wait for it (tether.v1: the client still has messages to
+        get, then the close), bounded by the session's expiry.
+
         Args:
             code: the close code; checked with :func:`tether.validate_send` for the
                 server side, so reserved codes (1005, 1006, 1015, ...) never reach
@@ -399,7 +403,7 @@ class Session:
             return self._closed
         transport = self._transport
         if transport is None:
-            info = ClosedInfo(code, reason, clean=True, sent_code=code)
+            info = await self._layer.close_detached(self, code, reason)
         else:
             info = await self._layer.close(self, transport, code, reason)
         self.end(info)
@@ -789,6 +793,10 @@ class ServerLayer(abc.ABC):
     ) -> ClosedInfo:
         """End ``session`` on its current connection with (code, reason)."""
         return await transport.close(code, reason)
+
+    async def close_detached(self, session: Session, code: int, reason: str) -> ClosedInfo:
+        """End ``session`` while no connection is attached. Default: at once."""
+        return ClosedInfo(code, reason, clean=True, sent_code=code)
 
 
 class PlainServerLayer(ServerLayer):
