@@ -16,6 +16,7 @@ from http import HTTPStatus
 from typing import Any
 
 import pytest
+from tests.support.events import EventRecorder
 from tests.support.eventually import eventually
 from tests.support.loop_errors import loop_errors  # noqa: F401 - autouse fixture
 from websockets.asyncio.server import Request, Response, ServerConnection, serve
@@ -972,6 +973,46 @@ async def test_a_final_close_during_the_tether_v1_handshake_stops_the_client() -
         assert caught.value.code == 1008
         assert conn.close_code == 1008
         assert len(server.connections) == 1
+    finally:
+        ws_server.close()
+        await ws_server.wait_closed()
+
+
+@pytest.mark.timeout(20)
+async def test_a_slow_reader_is_not_taken_for_a_dead_link() -> None:
+    """The server streams faster than the application reads: no 1006 from the heartbeat.
+
+    Its pongs wait in TCP behind the messages the application has not taken; while
+    the full inbox holds reading back, an overdue pong is no sign of a dead link.
+    (Before, the heartbeat aborted this healthy link every interval + timeout, and
+    in plain mode what was in flight was lost.)
+    """
+    sent = 0
+
+    async def producer(ws: ServerConnection, received: list[Any]) -> None:
+        nonlocal sent
+        while sent < 200_000:  # bounded
+            sent += 1
+            await ws.send(f"{sent:08d}".ljust(1024, "x"))
+
+    server = Scripted(producer)
+    ws_server = await start(server, ping_interval=None)
+    try:
+        async with tether.connect(
+            server.url, heartbeat=Heartbeat(0.3, 0.5), resume=False, max_incoming=50
+        ) as conn:
+            events = EventRecorder(conn)
+            loop = asyncio.get_running_loop()
+            stop = loop.time() + 3.0
+            expected = 1
+            while loop.time() < stop:
+                message = await asyncio.wait_for(conn.recv(), 5)
+                assert int(message[:8]) == expected  # nothing skipped: same connection
+                expected += 1
+                await asyncio.sleep(0.002)  # the application's own work per message
+            assert conn.state is tether.State.OPEN
+            assert events.of(Disconnected) == []
+            assert expected > 100
     finally:
         ws_server.close()
         await ws_server.wait_closed()

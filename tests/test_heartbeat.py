@@ -218,3 +218,14 @@ def test_config_validation(kwargs: dict[str, object]) -> None:
         Heartbeat(**kwargs)  # type: ignore[arg-type]
     (name,) = kwargs
     assert name in str(caught.value)
+
+
+def test_an_overdue_pong_behind_a_backlog_is_not_a_dead_link(machine: HeartbeatMachine) -> None:
+    """Reading held back by a full buffer: the deadline moves on; once caught up, DEAD."""
+    ping(machine, START + INTERVAL)
+    due = START + INTERVAL + TIMEOUT
+    assert machine.handle_timer(due, backlog=True) is None
+    assert not machine.dead
+    late = machine.handle_timer(due + TIMEOUT - 0.001)  # (the next ping may be due: no DEAD)
+    assert late is None or late.action is TimerAction.SEND_PING
+    assert machine.handle_timer(due + TIMEOUT) == TimerResult(TimerAction.DEAD)

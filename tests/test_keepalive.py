@@ -195,3 +195,20 @@ async def test_each_ping_calls_on_ping() -> None:
     await clock.advance(30.0)
     assert calls == [1015.0, 1030.0]
     assert len(transport.pings) == 2
+
+
+async def test_timer_spares_a_peer_whose_pong_waits_behind_a_backlog() -> None:
+    """While backlog() says reading is held back, no abort; once it is not, the cull."""
+    clock = FakeClock()
+    transport = PingTransport(answering=False)
+    dead: list[float] = []
+    timer = _timer(transport, Heartbeat(15.0, 10.0), clock, lambda: dead.append(clock.now))
+    held = [True]
+    timer.backlog = lambda: held[0]
+    timer.start()
+    await clock.advance(15.0 + 10.0 + 30.0)
+    assert transport.aborted == 0
+    held[0] = False
+    await clock.advance(10.0)
+    assert transport.aborted == 1
+    assert timer.dead

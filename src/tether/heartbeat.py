@@ -116,8 +116,17 @@ class HeartbeatMachine:
         candidates = [t for t in (self._next_ping, self._pong_deadline) if t is not None]
         return min(candidates) if candidates else None
 
-    def handle_timer(self, now: float) -> TimerResult | None:
+    def handle_timer(self, now: float, *, backlog: bool = False) -> TimerResult | None:
         """Act on the deadlines that have passed at ``now``.
+
+        Args:
+            now: the current time.
+            backlog: the adapter holds back reading because the application is
+                behind (its buffer of received messages is full). A pong travels
+                behind the data sent before it, so it may be waiting there, unread:
+                an overdue pong is then no sign of a dead link, and its deadline
+                moves to ``now + timeout``. (A dead link is still found: once the
+                application catches up, reading resumes and the pong comes or not.)
 
         Returns:
             ``DEAD`` if a pong is overdue (checked first), ``SEND_PING`` with a
@@ -126,8 +135,11 @@ class HeartbeatMachine:
         if self._dead:
             return None
         if self._pong_deadline is not None and now >= self._pong_deadline:
-            self._dead = True
-            return TimerResult(TimerAction.DEAD)
+            if not backlog:
+                self._dead = True
+                return TimerResult(TimerAction.DEAD)
+            assert self.config.timeout is not None
+            self._pong_deadline = now + self.config.timeout
         if self._next_ping is not None and now >= self._next_ping:
             assert self.config.interval is not None
             self._counter += 1

@@ -213,6 +213,8 @@ class _Buffer:
         self.unbounded = False
         self.getters: list[asyncio.Future[None]] = []
         self._putters: list[asyncio.Future[None]] = []
+        #: The reader had to wait for room since the heartbeat last looked (held_back()).
+        self._was_full = False
 
     def full(self) -> bool:
         """True when a further message must wait (a message of any size fits an empty buffer)."""
@@ -224,8 +226,20 @@ class _Buffer:
 
     async def put(self, message: Message) -> None:
         while self.full():
+            self._was_full = True
             await wait_on(self._putters)
         self.append(message)
+
+    def held_back(self) -> bool:
+        """Whether reading was held back by a full buffer since the last call (or is now).
+
+        For the heartbeat: a pong may be waiting behind what the application has not
+        taken. Sticky between two calls, since the buffer may have room for a moment
+        just when the pong deadline comes, while the reader is about to fill it again.
+        """
+        held = self._was_full or self.full()
+        self._was_full = False
+        return held
 
     def append(self, message: Message) -> None:
         """Add a message now, whatever the bound (for the few a closed transport leaves)."""
@@ -1241,7 +1255,9 @@ class ClientConnection:
             now = self._loop.time()
             beat = link.machine.next_deadline()
             if beat is not None and beat <= now:
-                result = link.machine.handle_timer(now)
+                # A full inbox holds reading back: the pong may wait behind what the
+                # application has not taken yet (a slow reader is not a dead link).
+                result = link.machine.handle_timer(now, backlog=self._inbox.held_back())
                 if result is not None and result.action is TimerAction.SEND_PING:
                     self._write_in_task(link, link.transport.ping(result.payload))
                     if link.unread:

@@ -41,6 +41,7 @@ class HeartbeatTimer:
         "_on_dead",
         "_ping",
         "_transport",
+        "backlog",
         "dead",
         "on_ping",
     )
@@ -63,6 +64,9 @@ class HeartbeatTimer:
         self.dead = False
         #: Called when a ping is sent: whoever must read the connection for its pong.
         self.on_ping: Callable[[], None] | None = None
+        #: True while reading is held back by a full buffer of received messages: an
+        #: overdue pong may be waiting behind them (HeartbeatMachine.handle_timer).
+        self.backlog: Callable[[], bool] | None = None
 
     @property
     def config(self) -> Heartbeat:
@@ -97,7 +101,10 @@ class HeartbeatTimer:
         transport = self._transport
         if transport.closed is not None:
             return
-        result = self._machine.handle_timer(self._loop.time())
+        backlog = self.backlog
+        result = self._machine.handle_timer(
+            self._loop.time(), backlog=backlog is not None and backlog()
+        )
         if result is not None and result.action is TimerAction.DEAD:
             self.dead = True
             self.stop()

@@ -550,8 +550,11 @@ class Server:
                 # helper coroutine: one frame less per idle connection.)
                 link_end = record.pump = session.attach(transport)
                 if record.heartbeat is not None:
-                    # A pong waits behind unread messages: read them if the handler does not.
+                    # A pong waits behind unread messages: read them if the handler does not
+                    # (and while a full inbox holds reading back, an overdue pong is no
+                    # sign of a dead link).
                     record.heartbeat.on_ping = session.read_ahead
+                    record.heartbeat.backlog = session.backlogged
                 if session not in self._handlers:
                     self._handlers[session] = asyncio.ensure_future(self._run_handler(session))
                 info = await link_end

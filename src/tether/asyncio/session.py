@@ -159,6 +159,7 @@ class Session:
         "_discard",
         "_ended",
         "_held",
+        "_held_back",
         "_inbox",
         "_inbox_bytes",
         "_keep_reader",
@@ -210,6 +211,8 @@ class Session:
         # token each, made when the first must wait. Nothing may overtake them, not
         # even the next connection's messages after a resume (see _deliver()).
         self._held: list[object] | None = None
+        #: A reader had to wait for room since backlogged() last looked.
+        self._held_back = False
         self._ended: asyncio.Future[None] | None = None
         self._transport: Transport | None = None
         # Attached with attach_plain(): the connection recv() reads (kept after it
@@ -418,6 +421,17 @@ class Session:
 
     # -- what the server and the session layer use ---------------------------------------------
 
+    def backlogged(self) -> bool:
+        """Whether reading was held back by a full inbox since the last call (or is now).
+
+        For the heartbeat: a pong may be waiting behind what the handler has not
+        taken. Sticky between two calls: the inbox may have room for a moment just
+        when the pong deadline comes, while a reader is about to fill it again.
+        """
+        held = self._held_back or (self._inbox is not _NO_INBOX and self._inbox_full())
+        self._held_back = False
+        return held
+
     @property
     def transport(self) -> Transport | None:
         """The connection currently attached, if any."""
@@ -618,6 +632,7 @@ class Session:
         # take it before anything of the new connection, or the layer would commit
         # (and the client trim) a position the handler had not reached.
         if self._held or self._inbox_full():
+            self._held_back = True
             held = self._held
             if held is None:
                 held = self._held = []
