@@ -242,6 +242,24 @@ async def test_events_sequence_over_a_restart(scripted: Callable[..., Awaitable[
     assert seen[4].code == 1000
 
 
+async def test_metrics_count_the_events(scripted: Callable[..., Awaitable[Scripted]]) -> None:
+    """conn.metrics counts each event (and each close code), read or not."""
+    server = await scripted(close_with(1012))
+    conn = tether.connect(server.url, heartbeat=NO_PING, backoff=FAST)
+    assert conn.metrics == {}
+    async with conn:
+        await server.wait_for(lambda: len(server.connections) == 2)
+        await conn.send("x")
+        await conn.recv()
+    assert conn.metrics == {
+        "Connected": 2,
+        "Disconnected": 2,
+        "Disconnected 1012": 1,
+        "Disconnected 1000": 1,
+        "Reconnecting": 1,
+    }
+
+
 async def test_abort_reports_1006_not_clean(scripted: Callable[..., Awaitable[Scripted]]) -> None:
     """A connection dropped without a Close frame: Disconnected(1006, clean=False), then backoff."""
     server = await scripted(abort)

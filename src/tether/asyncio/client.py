@@ -393,6 +393,8 @@ class ClientConnection:
         self._finished = False
         self._closed_exc: ConnectionClosed | None = None
         self._last_disconnect: Disconnected | None = None
+        #: Events reported so far, by type (and Disconnected by code too): metrics.
+        self._counts: collections.Counter[str] = collections.Counter()
         self._last_rtt: float | None = None
         self.unsent: tuple[Message, ...] = ()
 
@@ -467,6 +469,17 @@ class ClientConnection:
     def latency(self) -> float | None:
         """Round-trip time of the last answered ping, in seconds."""
         return self._last_rtt
+
+    @property
+    def metrics(self) -> dict[str, int]:
+        """How many of each event this connection has reported so far (DESIGN.md §3).
+
+        Keys are event names, and ``"Disconnected <code>"`` per close code, e.g.
+        ``{"Connected": 3, "Disconnected": 2, "Disconnected 1006": 1,
+        "Disconnected 1012": 1, "Reconnecting": 2, "Resumed": 2}``; counted whether
+        or not anything reads :meth:`events`. A new dict each time.
+        """
+        return dict(self._counts)
 
     @property
     def close_exception(self) -> ConnectionClosed | None:
@@ -827,6 +840,10 @@ class ClientConnection:
         return type(exc)(exc.code, exc.reason, exc.explanation)
 
     def _emit(self, event: Event) -> None:
+        counts = self._counts
+        counts[type(event).__name__] += 1
+        if isinstance(event, Disconnected):
+            counts[f"Disconnected {event.code}"] += 1
         for stream in list(self._streams):
             stream.push(event)
 
