@@ -180,11 +180,10 @@ def test_store_none_serves_plain_websocket(servers: Servers) -> None:
     assert asyncio.run(negotiated()) is None
 
 
-def test_json_logs_one_line_per_connect_and_close(
-    servers: Servers,
-) -> None:
-    """--json-logs writes a connect and a close line, the close with the code explained."""
-    proc, port = servers.start("--drain-window", "0", "--json-logs")
+@pytest.mark.parametrize("flag", ["--json-logs", "--json"])
+def test_json_logs_one_line_per_connect_and_close(servers: Servers, flag: str) -> None:
+    """--json-logs (or --json) writes a connect and a close line, the close explained."""
+    proc, port = servers.start("--drain-window", "0", flag)
     assert asyncio.run(_close_code_after(port, proc, signal.SIGHUP)) == 1012
     assert proc.wait(10) == 0
     text = servers.logs[proc.pid].read_text()

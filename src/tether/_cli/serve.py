@@ -157,7 +157,13 @@ def register(subparsers: Any) -> None:
         help="seconds a session waits for the store to take a failed write (retried) before "
         "it is ended with 1011 and its client resumes (default 10)",
     )
-    parser.add_argument("--json-logs", action="store_true", help="log JSON lines on stderr")
+    parser.add_argument(
+        "--json-logs",
+        "--json",
+        action="store_true",
+        dest="json_logs",
+        help="log JSON lines on stderr (--json: the same; serve prints nothing else for scripts)",
+    )
     parser.set_defaults(func=run)  # fmt: skip
 
 
