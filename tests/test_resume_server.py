@@ -1539,3 +1539,29 @@ async def _a_close_while_the_client_is_away_waits_for_it_until_the_expiry() -> N
     assert session.closed is not None
     assert await store.load(session.id) is None  # expired: gone from the store
     await layer.stop()
+
+
+def test_the_expiry_here_spares_a_session_resumed_on_another_node() -> None:
+    """A's copy of a session expires after the client resumed on B: B's record stays."""
+    run_virtual(_the_expiry_here_spares_a_session_resumed_on_another_node())
+
+
+async def _the_expiry_here_spares_a_session_resumed_on_another_node() -> None:
+    store = MemoryStore()
+    node_a = TetherV1ServerLayer(store=store, resume_window=2.0)
+    node_b = TetherV1ServerLayer(store=store, resume_window=2.0)
+    session, transport, welcome = await new_session(node_a)
+    await session.send("m1")
+    transport.peer_closed(ClosedInfo(1006, "", clean=False))
+    await eventually(lambda: session.transport is None, 2.0)
+    again = v1_transport(encode(Hello(welcome.sid, welcome.token, welcome.epoch, rx=1)))
+    resumed = await node_b.open(again, REQUEST)
+    resumed.attach(again)
+    await settle(again, 1)
+    await asyncio.sleep(5.0)  # (virtual) A's window ends: A deletes its copy, at generation 1
+    assert session.closed is not None
+    record = await store.load(welcome.sid)
+    assert record is not None
+    assert record.generation == 2
+    await node_a.stop()
+    await node_b.stop()

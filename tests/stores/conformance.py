@@ -254,6 +254,21 @@ class StoreConformance:
         await store.delete(SID)
         assert await store.load(SID) is None
 
+    async def test_delete_at_a_generation_spares_a_session_claimed_since(
+        self, store: SessionStore
+    ) -> None:
+        """delete(generation=1) after a claim (now 2) leaves it; at 2 it is gone."""
+        await store.create(SID, token_hash=HASH, principal=None, now=0.0)
+        await store.write(SID, 1, append=batch(1, 2))
+        await store.claim(SID, 1, token_hash="b" * 64, previous_token_hash=HASH)
+        await store.delete(SID, generation=1)
+        record = await store.load(SID)
+        assert record is not None
+        assert (record.generation, record.tx) == (2, 2)
+        assert [m.seq for m in await store.messages(SID, after=0)] == [1, 2]
+        await store.delete(SID, generation=2)
+        assert await store.load(SID) is None
+
     async def test_write_unknown_session(self, store: SessionStore) -> None:
         """Writing to a session that does not exist raises UnknownSession."""
         with pytest.raises(UnknownSession):

@@ -344,6 +344,7 @@ class TetherV1ServerLayer(ServerLayer):
         for state in self._states.values():
             self._disarm(state)
             _cancel_ack_timer(state)
+            _cancel_retry(state)  # (a retry firing below would start a task after the stop)
         tasks = [t for t in (self._sweeper, *(s.task for s in self._states.values())) if t]
         for task in tasks:
             task.cancel()
@@ -795,6 +796,7 @@ class TetherV1ServerLayer(ServerLayer):
             and not state.outq
             and state.durable
             and not state.detach
+            and not state.reload  # (a failed write's retry first; a retry reads first)
             and (lock is None or not lock.locked())
         ):
             # Nothing before this message is unwritten or unsent: write it and send
@@ -1589,14 +1591,16 @@ class TetherV1ServerLayer(ServerLayer):
         resume would start the handler again. So the close waits for the client to
         come back to this process (this handler is still running meanwhile, so the
         resume attaches to this session), then replays and closes with ``code``. It
-        ends without a close frame if the session expires, is taken over elsewhere,
-        or the server drains first.
+        ends without a close frame if the session expires here or the server drains
+        first. (A resume on another node is not seen here: this close then lasts until
+        the expiry, which leaves that node's session alone.)
         """
         info = ClosedInfo(code, reason, clean=True, sent_code=code)
         state = self._states.get(session)
         if state is None or state.ended:
             return info
         ended = asyncio.ensure_future(session.wait_closed())
+        progress: asyncio.Future[None] | None = None
         try:
             while state.transport is None and not state.ended and not ended.done():
                 progress = asyncio.ensure_future(self._wait_progress(state))
@@ -1604,6 +1608,8 @@ class TetherV1ServerLayer(ServerLayer):
                 progress.cancel()
         finally:
             ended.cancel()
+            if progress is not None:
+                progress.cancel()
         transport = state.transport
         if transport is None or state.ended or session.closed is not None:
             return session.closed or info
@@ -1641,7 +1647,7 @@ class TetherV1ServerLayer(ServerLayer):
         _cancel_ack_timer(state)
         self._forget(state)
         if delete and state.durable:
-            self._spawn(self._delete(state.session.id))
+            self._spawn(self._delete(state.session.id, state.generation))
         state.session.end(info)
 
     def _internal_error(self, state: _V1, error: BaseException) -> None:
@@ -1663,9 +1669,11 @@ class TetherV1ServerLayer(ServerLayer):
         if self._by_sid.get(state.session.id) is state:
             del self._by_sid[state.session.id]
 
-    async def _delete(self, sid: str) -> None:
+    async def _delete(self, sid: str, generation: int) -> None:
+        # At our generation only: resumed elsewhere meanwhile (this process does not
+        # know until it writes), the session is another node's, not ours to delete.
         try:
-            await self.store.delete(sid)
+            await self.store.delete(sid, generation=generation)
         except StoreError as exc:
             logger.warning("could not delete session %s from the store: %s", sid, exc)
 

@@ -418,8 +418,14 @@ class SessionStore(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def delete(self, sid: str) -> None:
+    async def delete(self, sid: str, *, generation: int | None = None) -> None:
         """Remove the session and its messages (the session ended); absent is fine.
+
+        Args:
+            sid: the session id.
+            generation: remove it only while it is still at this generation: a
+                session claimed since (resumed on another node) is left alone.
+                None: whatever its generation.
 
         Raises:
             StoreUnavailable: the backend failed.

@@ -193,8 +193,11 @@ class MemoryStore(SessionStore):
         held.update(lost=reason)
         held.messages = ()
 
-    async def delete(self, sid: str) -> None:
-        """Forget the session."""
+    async def delete(self, sid: str, *, generation: int | None = None) -> None:
+        """Forget the session (only at ``generation``, when given)."""
+        held = self._held.get(sid)
+        if held is not None and generation is not None and held.record.generation != generation:
+            return  # claimed since: another connection's now
         self._held.pop(sid, None)
 
     async def expire(self, now: float) -> int:

@@ -251,6 +251,7 @@ return 0
 # KEYS: meta, out. Deletes the session; returns {owner, generation}, or 0 without an owner.
 _DELETE = """
 local f = redis.call('HMGET', KEYS[1], 'owner', 'generation')
+if ARGV[1] and f[2] and f[2] ~= ARGV[1] then return -1 end
 redis.call('DEL', KEYS[1], KEYS[2])
 if f[1] then return {f[1], f[2]} end
 return 0
@@ -595,21 +596,29 @@ class RedisStore(SessionStore):
             "abandon", self._abandon_script, sid, [generation, reason], generation=generation
         )
 
-    async def delete(self, sid: str) -> None:
-        """Delete both keys and the index entry, in this loop turn's pipeline."""
+    async def delete(self, sid: str, *, generation: int | None = None) -> None:
+        """Delete both keys and the index entry, in this loop turn's pipeline.
+
+        With ``generation``: only while the session is still at it (the script
+        answers -1 and changes nothing otherwise); the index entry goes after.
+        """
 
         async def remove() -> Any:
-            # Queued together, so they travel in the same pipeline: one round trip for
-            # every session deleted in this turn (a burst of closes), not one each.
-            attached, _ = await asyncio.gather(
-                self._pipelined(self._delete_script, self._keys(sid), []),
-                self._pipelined_command("ZREM", self.detached_key, sid),
-            )
-            if attached:  # [owner, generation]: out of that instance's attached set
-                owner, generation = _text(attached[0]), _text(attached[1])
-                await self._pipelined_command(
-                    "SREM", self.owned_key(owner), _member(sid, generation)
+            if generation is None:
+                # Queued together, so they travel in the same pipeline: one round trip
+                # for every session deleted in this turn (a burst of closes), not one each.
+                attached, _ = await asyncio.gather(
+                    self._pipelined(self._delete_script, self._keys(sid), []),
+                    self._pipelined_command("ZREM", self.detached_key, sid),
                 )
+            else:
+                attached = await self._pipelined(self._delete_script, self._keys(sid), [generation])
+                if attached == -1:
+                    return  # claimed since: another node's now
+                await self._pipelined_command("ZREM", self.detached_key, sid)
+            if attached:  # [owner, generation]: out of that instance's attached set
+                owner, held_at = _text(attached[0]), _text(attached[1])
+                await self._pipelined_command("SREM", self.owned_key(owner), _member(sid, held_at))
 
         await self._call("delete", remove)
 

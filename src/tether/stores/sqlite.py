@@ -310,10 +310,14 @@ class SQLiteStore(SessionStore):
 
         await self._call("abandon", update)
 
-    async def delete(self, sid: str) -> None:
-        """Forget the session and its messages."""
+    async def delete(self, sid: str, *, generation: int | None = None) -> None:
+        """Forget the session and its messages (only at ``generation``, when given)."""
 
         def remove(db: sqlite3.Connection) -> None:
+            if generation is not None:
+                row = db.execute("SELECT generation FROM sessions WHERE sid = ?", (sid,)).fetchone()
+                if row is not None and row[0] != generation:
+                    return  # claimed since: another connection's now
             db.execute("DELETE FROM messages WHERE sid = ?", (sid,))
             db.execute("DELETE FROM sessions WHERE sid = ?", (sid,))
 
