@@ -1034,3 +1034,46 @@ async def test_a_slow_reader_is_not_taken_for_a_dead_link() -> None:
     finally:
         ws_server.close()
         await ws_server.wait_closed()
+
+
+@pytest.mark.timeout(20)
+async def test_a_dead_link_is_found_while_the_application_takes_nothing(
+    chaos_proxy: Callable[..., Awaitable[Any]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A full inbox the application does not drain spares nothing: blackholed, it is dropped.
+
+    (The backlog rule extends an overdue pong only while messages are being taken;
+    otherwise a stuck application would hide a dead link for ever. The Disconnected
+    event itself comes once the application has read what arrived before: see
+    ``_serve``.)
+    """
+
+    async def burst(ws: ServerConnection, received: list[Any]) -> None:
+        for n in range(200):
+            await ws.send(f"{n:08d}".ljust(1024, "x"))
+        await ws.wait_closed()
+
+    server = Scripted(burst)
+    ws_server = await start(server, ping_interval=None)
+    proxy = await chaos_proxy(server.port)
+    try:
+        conn = tether.connect(
+            f"ws://127.0.0.1:{proxy.port}/",
+            heartbeat=Heartbeat(0.3, 0.5),
+            resume=False,
+            max_incoming=50,
+            backoff=BackoffConfig(base=5.0, cap=5.0),
+            close_timeout=0.5,
+        )
+        await conn
+        await eventually(lambda: len(conn._inbox.items) == 50, 5)  # full, nothing taken
+        with caplog.at_level(logging.WARNING, logger="tether.client"):
+            proxy.blackhole_all()
+            loop = asyncio.get_running_loop()
+            cut = loop.time()
+            await eventually(lambda: "no pong within 0.5 s" in caplog.text, 5)
+            assert loop.time() - cut <= 0.3 + 0.5 + 0.5  # interval + timeout, and slack
+        await conn.close()
+    finally:
+        ws_server.close()
+        await ws_server.wait_closed()

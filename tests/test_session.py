@@ -533,21 +533,21 @@ async def test_a_message_held_for_room_is_delivered_before_the_next_connections(
     assert got == ["m1", "m2", "m3", "m4"]
 
 
-async def test_backlogged_says_a_reader_waited_for_room_since_it_last_looked() -> None:
-    """For the heartbeat: True while (or since) the full inbox held reading back, then False."""
+async def test_backlogged_needs_a_full_inbox_and_a_handler_taking_messages() -> None:
+    """For the heartbeat: True while (or since) a full inbox held reading back *and* the
+    handler took messages since the last look; a handler that takes none hides nothing."""
     session, transport, _ = await _open(max_queue=1)
     assert not session.backlogged()
     for message in ("1", "2"):
         transport.feed(message)
     for _ in range(20):
         await asyncio.sleep(0)
-    assert session.backlogged()  # full, the pump holds "2"
+    assert not session.backlogged()  # full, the pump holds "2", but nothing was taken
     assert await session.recv() == "1"
     transport.feed("3")
     for _ in range(20):
         await asyncio.sleep(0)
+    assert session.backlogged()  # full again behind "3", and "1" was taken
     assert await session.recv() == "2"
-    # Room for a moment, but the pump had to wait for it again since the last look.
-    assert session.backlogged()
     assert await session.recv() == "3"
-    assert not session.backlogged()
+    assert not session.backlogged()  # caught up: nothing waited since the last look

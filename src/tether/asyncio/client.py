@@ -213,8 +213,10 @@ class _Buffer:
         self.unbounded = False
         self.getters: list[asyncio.Future[None]] = []
         self._putters: list[asyncio.Future[None]] = []
-        #: The reader had to wait for room since the heartbeat last looked (held_back()).
+        #: The reader had to wait for room, and messages taken, since the heartbeat
+        #: last looked (held_back()).
         self._was_full = False
+        self._taken = 0
 
     def full(self) -> bool:
         """True when a further message must wait (a message of any size fits an empty buffer)."""
@@ -231,14 +233,17 @@ class _Buffer:
         self.append(message)
 
     def held_back(self) -> bool:
-        """Whether reading was held back by a full buffer since the last call (or is now).
+        """Whether a full buffer held reading back while the application took messages.
 
-        For the heartbeat: a pong may be waiting behind what the application has not
-        taken. Sticky between two calls, since the buffer may have room for a moment
-        just when the pong deadline comes, while the reader is about to fill it again.
+        Since the last call (or now). For the heartbeat: a pong may be waiting behind
+        what the application has not taken yet, as long as it takes some (an
+        application that takes none would leave a dead link undetected for ever).
+        Sticky between two calls, since the buffer may have room for a moment just
+        when the pong deadline comes, while the reader is about to fill it again.
         """
-        held = self._was_full or self.full()
+        held = (self._was_full or self.full()) and self._taken > 0
         self._was_full = False
+        self._taken = 0
         return held
 
     def append(self, message: Message) -> None:
@@ -252,6 +257,7 @@ class _Buffer:
         """Remove and return the oldest message (the caller checked there is one)."""
         message = self.items.popleft()
         self.bytes -= len(message)
+        self._taken += 1
         if self._putters and not self.full():
             wake_all(self._putters)
         return message

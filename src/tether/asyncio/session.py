@@ -173,6 +173,7 @@ class Session:
         "_reader",
         "_reader_task",
         "_reading_on",
+        "_taken",
         "_transport",
         "_writer",
         "id",
@@ -211,8 +212,10 @@ class Session:
         # token each, made when the first must wait. Nothing may overtake them, not
         # even the next connection's messages after a resume (see _deliver()).
         self._held: list[object] | None = None
-        #: A reader had to wait for room since backlogged() last looked.
+        #: A reader had to wait for room, and messages taken from the inbox, since
+        #: backlogged() last looked.
         self._held_back = False
+        self._taken = 0
         self._ended: asyncio.Future[None] | None = None
         self._transport: Transport | None = None
         # Attached with attach_plain(): the connection recv() reads (kept after it
@@ -345,6 +348,7 @@ class Session:
             inbox = self._inbox
             item = inbox.popleft()
             self._inbox_bytes -= len(item)
+            self._taken += 1
             if self._writer is not None and not self._inbox_full():
                 _wake(self._writer)
                 self._writer = None
@@ -422,14 +426,18 @@ class Session:
     # -- what the server and the session layer use ---------------------------------------------
 
     def backlogged(self) -> bool:
-        """Whether reading was held back by a full inbox since the last call (or is now).
+        """Whether a full inbox held reading back while the handler took messages.
 
-        For the heartbeat: a pong may be waiting behind what the handler has not
-        taken. Sticky between two calls: the inbox may have room for a moment just
-        when the pong deadline comes, while a reader is about to fill it again.
+        Since the last call (or now). For the heartbeat: a pong may be waiting behind
+        what the handler has not taken yet, as long as it takes some (a handler that
+        takes none, one that only sends, would hide a dead link for ever). Sticky
+        between two calls: the inbox may have room for a moment just when the pong
+        deadline comes, while a reader is about to fill it again.
         """
-        held = self._held_back or (self._inbox is not _NO_INBOX and self._inbox_full())
+        full = self._held_back or (self._inbox is not _NO_INBOX and self._inbox_full())
+        held = full and self._taken > 0
         self._held_back = False
+        self._taken = 0
         return held
 
     @property
