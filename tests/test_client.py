@@ -1054,7 +1054,7 @@ async def test_a_dead_link_is_found_while_the_application_takes_nothing(
         await ws.wait_closed()
 
     server = Scripted(burst)
-    ws_server = await start(server, ping_interval=None)
+    ws_server = await start(server, ping_interval=None, close_timeout=0.5)
     proxy = await chaos_proxy(server.port)
     try:
         conn = tether.connect(
