@@ -1077,3 +1077,22 @@ async def test_a_dead_link_is_found_while_the_application_takes_nothing(
     finally:
         ws_server.close()
         await ws_server.wait_closed()
+
+
+async def test_concurrent_sends_keep_call_order_when_room_frees() -> None:
+    """send() that finds one free slot does not overtake a send() already waiting for it."""
+    conn = tether.connect(refused_url(), heartbeat=NO_PING, max_queue=1, send_timeout=None)
+    conn.start()  # never opens: sends only queue
+    try:
+        await conn.send("m1")
+        first = asyncio.ensure_future(conn.send("A"))
+        await asyncio.sleep(0)
+        second = asyncio.ensure_future(conn.send("B"))  # runs before A is woken:
+        conn._queue.pop()  # what the writer does once a message went out
+        await asyncio.wait_for(first, 1)
+        assert conn._queue.head() == "A"
+        conn._queue.pop()
+        await asyncio.wait_for(second, 1)
+        assert conn._queue.head() == "B"
+    finally:
+        await conn.close()

@@ -73,3 +73,34 @@ async def test_drain_fails_a_waiting_put() -> None:
         await asyncio.wait_for(waiting, 1)
     with pytest.raises(QueueClosed):
         await queue.put("c", timeout=None)
+
+
+async def test_room_goes_to_the_puts_in_call_order() -> None:
+    """A put waiting for room is not overtaken by a later one that finds room free."""
+    queue = SendQueue(max_size=1)
+    queue.append("m1")
+    first = asyncio.ensure_future(queue.put("A", timeout=None))
+    await asyncio.sleep(0)
+    assert queue.must_wait  # full, and A waits: a newcomer must queue behind it
+    queue.pop()  # room for one; A has not run yet
+    assert queue.must_wait  # (before, a send() saw room and appended at once, ahead of A)
+    second = asyncio.ensure_future(queue.put("B", timeout=None))
+    await first
+    assert queue.head() == "A"
+    assert not second.done()
+    queue.pop()
+    await second
+    assert queue.head() == "B"
+
+
+async def test_a_timed_out_put_gives_its_turn_to_the_next() -> None:
+    """The first waiter times out: the second in line gets the room."""
+    queue = SendQueue(max_size=1)
+    queue.append("m1")
+    first = asyncio.ensure_future(queue.put("A", timeout=0.05))
+    second = asyncio.ensure_future(queue.put("B", timeout=None))
+    with pytest.raises(QueueFull):
+        await first
+    queue.pop()
+    await asyncio.wait_for(second, 1)
+    assert queue.head() == "B"

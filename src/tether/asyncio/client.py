@@ -542,7 +542,7 @@ class ClientConnection:
                         self._fail(link)
             elif self._send_now(link, message):
                 return
-        if queue.full or queue.closed:
+        if queue.must_wait or queue.closed:
             try:
                 await queue.put(message, timeout=self._send_timeout)
             except QueueClosed:

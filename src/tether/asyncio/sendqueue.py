@@ -41,6 +41,9 @@ class SendQueue:
         self._space_waiters: list[asyncio.Future[None]] = []
         self._item_waiters: list[asyncio.Future[None]] = []
         self._empty_waiters: list[asyncio.Future[None]] = []
+        #: One token per put() waiting for space, in call order: room goes to the
+        #: first, and a newcomer queues behind them (send() order is call order).
+        self._turns: list[object] = []
         self.closed = False
 
     def __len__(self) -> int:
@@ -52,8 +55,13 @@ class SendQueue:
 
     @property
     def full(self) -> bool:
-        """True when :meth:`put` would have to wait."""
+        """True when no further message fits now."""
         return self.max_size is not None and len(self._items) >= self.max_size
+
+    @property
+    def must_wait(self) -> bool:
+        """True when :meth:`put` would have to wait: full, or earlier puts wait for room."""
+        return bool(self._turns) or self.full
 
     async def put(self, message: Message, *, timeout: float | None) -> None:
         """Append ``message``, waiting up to ``timeout`` seconds for space.
@@ -64,14 +72,20 @@ class SendQueue:
         """
         if self.closed:
             raise QueueClosed
-        if self.full:
+        if self.must_wait:
+            turn = object()
+            self._turns.append(turn)
             try:
-                await asyncio.wait_for(self._wait_for_space(), timeout)
+                await asyncio.wait_for(self._wait_for_space(turn), timeout)
             except (asyncio.TimeoutError, TimeoutError) as exc:
                 raise QueueFull(
                     f"send queue full ({self.max_size} messages) for {timeout} s; "
                     "the message was not queued"
                 ) from exc
+            finally:
+                self._turns.remove(turn)
+                if self._turns and self._space_waiters:
+                    wake_all(self._space_waiters)  # the next in line looks again
         if self.closed:
             # The connection ended while we waited: queueing now would strand the
             # message where nothing will ever send it.
@@ -84,8 +98,8 @@ class SendQueue:
         if self._item_waiters:
             wake_all(self._item_waiters)
 
-    async def _wait_for_space(self) -> None:
-        while self.full and not self.closed:
+    async def _wait_for_space(self, turn: object) -> None:
+        while (self.full or self._turns[0] is not turn) and not self.closed:
             await wait_on(self._space_waiters)
 
     def head(self) -> Message:
