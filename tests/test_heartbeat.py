@@ -7,7 +7,7 @@ import math
 import pytest
 
 from tether.exceptions import ConfigurationError
-from tether.heartbeat import Heartbeat, HeartbeatMachine, TimerAction, TimerResult
+from tether.heartbeat import Heartbeat, HeartbeatMachine, Reading, TimerAction, TimerResult
 
 INTERVAL, TIMEOUT = 15.0, 10.0
 START = 1000.0
@@ -221,11 +221,44 @@ def test_config_validation(kwargs: dict[str, object]) -> None:
 
 
 def test_an_overdue_pong_behind_a_backlog_is_not_a_dead_link(machine: HeartbeatMachine) -> None:
-    """Reading held back by a full buffer: the deadline moves on; once caught up, DEAD."""
-    ping(machine, START + INTERVAL)
+    """Reading held back while messages are taken: the deadline moves on; caught up: DEAD."""
+    ping(machine, START + INTERVAL)  # (no Reading at the ping: the window's mark is zero)
     due = START + INTERVAL + TIMEOUT
-    assert machine.handle_timer(due, backlog=True) is None
+    assert machine.handle_timer(due, Reading(taken=3, held=1, full=True)) is None
     assert not machine.dead
-    late = machine.handle_timer(due + TIMEOUT - 0.001)  # (the next ping may be due: no DEAD)
-    assert late is None or late.action is TimerAction.SEND_PING
-    assert machine.handle_timer(due + TIMEOUT) == TimerResult(TimerAction.DEAD)
+    late = machine.handle_timer(due + TIMEOUT - 0.001, Reading(taken=3, held=1, full=True))
+    assert late is None or late.action is TimerAction.SEND_PING  # (a ping may be due)
+    # Nothing taken since the extension: no more grace, full or not.
+    assert machine.handle_timer(due + TIMEOUT, Reading(taken=3, held=1, full=True)) == TimerResult(
+        TimerAction.DEAD
+    )
+
+
+def test_no_grace_for_an_application_that_takes_nothing(machine: HeartbeatMachine) -> None:
+    """A full buffer nobody drains hides nothing: DEAD at ping + timeout."""
+    payload = machine.handle_timer(START + INTERVAL, Reading(taken=5, held=2, full=True))
+    assert payload is not None
+    due = START + INTERVAL + TIMEOUT
+    assert machine.handle_timer(due, Reading(taken=5, held=2, full=True)) == TimerResult(
+        TimerAction.DEAD
+    )
+
+
+def test_progress_counts_from_the_window_not_from_the_last_ping() -> None:
+    """Pings while a pong is outstanding do not restart the count of messages taken.
+
+    (interval 0.3, timeout 0.5: the second ping comes 0.2 s before the first pong is
+    due; one message taken every 0.4 s is progress within each 0.5 s window.)
+    """
+    machine = HeartbeatMachine(Heartbeat(interval=0.3, timeout=0.5), 0.0)
+    taken = 0
+    next_take = 0.4
+    for _ in range(40):  # 8 s of deadlines, bounded
+        deadline = machine.next_deadline()
+        assert deadline is not None
+        while next_take <= deadline:  # the application takes one message every 0.4 s
+            taken += 1
+            next_take += 0.4
+        result = machine.handle_timer(deadline, Reading(taken=taken, held=taken, full=True))
+        assert result is None or result.action is TimerAction.SEND_PING, deadline
+    assert not machine.dead

@@ -12,7 +12,7 @@ from tests.support.virtualtime import run_virtual
 
 from tether.asyncio.engine import ClosedInfo, Message, PongHandler, Transport, TransportClosed
 from tether.asyncio.keepalive import HeartbeatTimer
-from tether.heartbeat import Heartbeat
+from tether.heartbeat import Heartbeat, Reading
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -198,17 +198,18 @@ async def test_each_ping_calls_on_ping() -> None:
 
 
 async def test_timer_spares_a_peer_whose_pong_waits_behind_a_backlog() -> None:
-    """While backlog() says reading is held back, no abort; once it is not, the cull."""
+    """While the handler takes messages from a full inbox, no abort; once it stops, the cull."""
     clock = FakeClock()
     transport = PingTransport(answering=False)
     dead: list[float] = []
     timer = _timer(transport, Heartbeat(15.0, 10.0), clock, lambda: dead.append(clock.now))
-    held = [True]
-    timer.backlog = lambda: held[0]
+    taken = [0]
+    timer.reading = lambda: Reading(taken=taken[0], held=1, full=True)
     timer.start()
-    await clock.advance(15.0 + 10.0 + 30.0)
+    for _ in range(6):  # the handler takes a message every 5 s: 30 s of grace
+        await clock.advance(5.0)
+        taken[0] += 1
     assert transport.aborted == 0
-    held[0] = False
-    await clock.advance(10.0)
+    await clock.advance(25.0)  # it takes nothing more
     assert transport.aborted == 1
     assert timer.dead

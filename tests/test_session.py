@@ -17,6 +17,7 @@ from tether.asyncio.engine import (
 )
 from tether.asyncio.session import PlainServerLayer, RequestInfo, ServerLayer, Session
 from tether.exceptions import ConfigurationError
+from tether.heartbeat import Reading
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -533,21 +534,18 @@ async def test_a_message_held_for_room_is_delivered_before_the_next_connections(
     assert got == ["m1", "m2", "m3", "m4"]
 
 
-async def test_backlogged_needs_a_full_inbox_and_a_handler_taking_messages() -> None:
-    """For the heartbeat: True while (or since) a full inbox held reading back *and* the
-    handler took messages since the last look; a handler that takes none hides nothing."""
+async def test_reading_reports_the_inbox_to_the_heartbeat() -> None:
+    """Running counts of messages taken and of waits for room, and whether it is full now."""
     session, transport, _ = await _open(max_queue=1)
-    assert not session.backlogged()
+    assert session.reading() == Reading(taken=0, held=0, full=False)
     for message in ("1", "2"):
         transport.feed(message)
     for _ in range(20):
         await asyncio.sleep(0)
-    assert not session.backlogged()  # full, the pump holds "2", but nothing was taken
+    assert session.reading() == Reading(taken=0, held=1, full=True)  # the pump holds "2"
     assert await session.recv() == "1"
-    transport.feed("3")
     for _ in range(20):
         await asyncio.sleep(0)
-    assert session.backlogged()  # full again behind "3", and "1" was taken
+    assert session.reading() == Reading(taken=1, held=1, full=True)
     assert await session.recv() == "2"
-    assert await session.recv() == "3"
-    assert not session.backlogged()  # caught up: nothing waited since the last look
+    assert session.reading() == Reading(taken=2, held=1, full=False)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from .exceptions import ConfigurationError
 
-__all__ = ["Heartbeat", "HeartbeatMachine", "TimerAction", "TimerResult"]
+__all__ = ["Heartbeat", "HeartbeatMachine", "Reading", "TimerAction", "TimerResult"]
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,27 @@ class TimerResult:
     payload: bytes = b""
 
 
+@dataclass(frozen=True)
+class Reading:
+    """How the application's reading stands, for :meth:`HeartbeatMachine.handle_timer`.
+
+    A pong travels behind the data sent before it. When the application reads
+    slower than the peer sends, the adapter's buffer of received messages fills and
+    reading is held back: the pong may then wait unread behind that data, and an
+    overdue pong is no sign of a dead link, provided the application is taking
+    messages (one that takes none would hide a dead link for ever).
+
+    Attributes:
+        taken: messages the application has taken so far (a running count).
+        held: times reading had to wait for room in the buffer so far (a running count).
+        full: reading is held back right now.
+    """
+
+    taken: int = 0
+    held: int = 0
+    full: bool = False
+
+
 class HeartbeatMachine:
     """Tracks when to ping and when a pong is overdue for one connection.
 
@@ -101,6 +122,8 @@ class HeartbeatMachine:
         self._pong_deadline: float | None = None
         self._counter = 0
         self._dead = False
+        #: The Reading when the current pong window opened (or was last extended).
+        self._mark = Reading()
         #: Round-trip time of the last answered ping, in seconds.
         self.last_rtt: float | None = None
 
@@ -116,17 +139,18 @@ class HeartbeatMachine:
         candidates = [t for t in (self._next_ping, self._pong_deadline) if t is not None]
         return min(candidates) if candidates else None
 
-    def handle_timer(self, now: float, *, backlog: bool = False) -> TimerResult | None:
+    def handle_timer(self, now: float, reading: Reading | None = None) -> TimerResult | None:
         """Act on the deadlines that have passed at ``now``.
 
         Args:
             now: the current time.
-            backlog: the adapter holds back reading because the application is
-                behind (its buffer of received messages is full). A pong travels
-                behind the data sent before it, so it may be waiting there, unread:
-                an overdue pong is then no sign of a dead link, and its deadline
-                moves to ``now + timeout``. (A dead link is still found: once the
-                application catches up, reading resumes and the pong comes or not.)
+            reading: how the application's reading stands (see :class:`Reading`).
+                An overdue pong moves its deadline to ``now + timeout`` instead of
+                failing the link when, since its window opened (or was last
+                extended), the application took messages and a full buffer held
+                reading back. A dead link is still found: once the application
+                has taken what arrived, the buffer is no longer full and the next
+                overdue pong fails it. None: no such grace.
 
         Returns:
             ``DEAD`` if a pong is overdue (checked first), ``SEND_PING`` with a
@@ -135,11 +159,17 @@ class HeartbeatMachine:
         if self._dead:
             return None
         if self._pong_deadline is not None and now >= self._pong_deadline:
-            if not backlog:
+            mark = self._mark
+            if (
+                reading is None
+                or reading.taken <= mark.taken
+                or not (reading.full or reading.held > mark.held)
+            ):
                 self._dead = True
                 return TimerResult(TimerAction.DEAD)
             assert self.config.timeout is not None
             self._pong_deadline = now + self.config.timeout
+            self._mark = reading
         if self._next_ping is not None and now >= self._next_ping:
             assert self.config.interval is not None
             self._counter += 1
@@ -148,6 +178,8 @@ class HeartbeatMachine:
             self._next_ping = now + self.config.interval
             if self.config.timeout is not None and self._pong_deadline is None:
                 self._pong_deadline = now + self.config.timeout
+                if reading is not None:
+                    self._mark = reading  # the window opens: progress counts from here
             return TimerResult(TimerAction.SEND_PING, payload)
         return None
 

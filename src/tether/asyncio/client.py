@@ -54,7 +54,7 @@ from ..exceptions import (
     ConnectionClosedError,
     ConnectionClosedOK,
 )
-from ..heartbeat import Heartbeat, HeartbeatMachine, TimerAction
+from ..heartbeat import Heartbeat, HeartbeatMachine, Reading, TimerAction
 from ..policy import ReconnectPolicy, Rule
 from ..reconnect import ConnectFailure, FailureKind, Outcome, Reconnector
 from ..resume import ResumeConfig
@@ -213,10 +213,10 @@ class _Buffer:
         self.unbounded = False
         self.getters: list[asyncio.Future[None]] = []
         self._putters: list[asyncio.Future[None]] = []
-        #: The reader had to wait for room, and messages taken, since the heartbeat
-        #: last looked (held_back()).
-        self._was_full = False
+        #: Running counts for the heartbeat (reading()): messages taken, and waits
+        #: of the reader for room.
         self._taken = 0
+        self._held = 0
 
     def full(self) -> bool:
         """True when a further message must wait (a message of any size fits an empty buffer)."""
@@ -227,24 +227,15 @@ class _Buffer:
         return self.max_bytes is not None and self.bytes >= self.max_bytes
 
     async def put(self, message: Message) -> None:
-        while self.full():
-            self._was_full = True
-            await wait_on(self._putters)
+        if self.full():
+            self._held += 1
+            while self.full():
+                await wait_on(self._putters)
         self.append(message)
 
-    def held_back(self) -> bool:
-        """Whether a full buffer held reading back while the application took messages.
-
-        Since the last call (or now). For the heartbeat: a pong may be waiting behind
-        what the application has not taken yet, as long as it takes some (an
-        application that takes none would leave a dead link undetected for ever).
-        Sticky between two calls, since the buffer may have room for a moment just
-        when the pong deadline comes, while the reader is about to fill it again.
-        """
-        held = (self._was_full or self.full()) and self._taken > 0
-        self._was_full = False
-        self._taken = 0
-        return held
+    def reading(self) -> Reading:
+        """How the application's reading stands, for the heartbeat (see :class:`Reading`)."""
+        return Reading(self._taken, self._held, self.full())
 
     def append(self, message: Message) -> None:
         """Add a message now, whatever the bound (for the few a closed transport leaves)."""
@@ -1280,7 +1271,7 @@ class ClientConnection:
             if beat is not None and beat <= now:
                 # A full inbox holds reading back: the pong may wait behind what the
                 # application has not taken yet (a slow reader is not a dead link).
-                result = link.machine.handle_timer(now, backlog=self._inbox.held_back())
+                result = link.machine.handle_timer(now, self._inbox.reading())
                 if result is not None and result.action is TimerAction.SEND_PING:
                     self._write_in_task(link, link.transport.ping(result.payload))
                     if link.unread:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from ..heartbeat import Heartbeat, HeartbeatMachine, TimerAction
+from ..heartbeat import Heartbeat, HeartbeatMachine, Reading, TimerAction
 from .engine import Transport, TransportClosed
 
 __all__ = ["HeartbeatTimer"]
@@ -41,9 +41,9 @@ class HeartbeatTimer:
         "_on_dead",
         "_ping",
         "_transport",
-        "backlog",
         "dead",
         "on_ping",
+        "reading",
     )
 
     def __init__(
@@ -64,9 +64,9 @@ class HeartbeatTimer:
         self.dead = False
         #: Called when a ping is sent: whoever must read the connection for its pong.
         self.on_ping: Callable[[], None] | None = None
-        #: True while reading is held back by a full buffer of received messages: an
-        #: overdue pong may be waiting behind them (HeartbeatMachine.handle_timer).
-        self.backlog: Callable[[], bool] | None = None
+        #: How the handler's reading stands: a pong overdue while a full buffer holds
+        #: reading back may be waiting behind it (HeartbeatMachine.handle_timer).
+        self.reading: Callable[[], Reading] | None = None
 
     @property
     def config(self) -> Heartbeat:
@@ -101,9 +101,9 @@ class HeartbeatTimer:
         transport = self._transport
         if transport.closed is not None:
             return
-        backlog = self.backlog
+        reading = self.reading
         result = self._machine.handle_timer(
-            self._loop.time(), backlog=backlog is not None and backlog()
+            self._loop.time(), None if reading is None else reading()
         )
         if result is not None and result.action is TimerAction.DEAD:
             self.dead = True

@@ -554,7 +554,7 @@ class Server:
                     # (and while a full inbox holds reading back, an overdue pong is no
                     # sign of a dead link).
                     record.heartbeat.on_ping = session.read_ahead
-                    record.heartbeat.backlog = session.backlogged
+                    record.heartbeat.reading = session.reading
                 if session not in self._handlers:
                     self._handlers[session] = asyncio.ensure_future(self._run_handler(session))
                 info = await link_end

@@ -45,6 +45,7 @@ from ..exceptions import (
     ConnectionClosedError,
     ConnectionClosedOK,
 )
+from ..heartbeat import Reading
 from ..knowledge import summary
 from .engine import ClosedInfo, CloseHandler, Message, Transport, TransportClosed
 
@@ -159,7 +160,7 @@ class Session:
         "_discard",
         "_ended",
         "_held",
-        "_held_back",
+        "_held_count",
         "_inbox",
         "_inbox_bytes",
         "_keep_reader",
@@ -212,9 +213,9 @@ class Session:
         # token each, made when the first must wait. Nothing may overtake them, not
         # even the next connection's messages after a resume (see _deliver()).
         self._held: list[object] | None = None
-        #: A reader had to wait for room, and messages taken from the inbox, since
-        #: backlogged() last looked.
-        self._held_back = False
+        #: Running counts for the heartbeat (reading()): messages taken from the
+        #: inbox, and waits of a reader for room.
+        self._held_count = 0
         self._taken = 0
         self._ended: asyncio.Future[None] | None = None
         self._transport: Transport | None = None
@@ -425,20 +426,10 @@ class Session:
 
     # -- what the server and the session layer use ---------------------------------------------
 
-    def backlogged(self) -> bool:
-        """Whether a full inbox held reading back while the handler took messages.
-
-        Since the last call (or now). For the heartbeat: a pong may be waiting behind
-        what the handler has not taken yet, as long as it takes some (a handler that
-        takes none, one that only sends, would hide a dead link for ever). Sticky
-        between two calls: the inbox may have room for a moment just when the pong
-        deadline comes, while a reader is about to fill it again.
-        """
-        full = self._held_back or (self._inbox is not _NO_INBOX and self._inbox_full())
-        held = full and self._taken > 0
-        self._held_back = False
-        self._taken = 0
-        return held
+    def reading(self) -> Reading:
+        """How the handler's reading stands, for the heartbeat (see :class:`Reading`)."""
+        full = self._inbox is not _NO_INBOX and self._inbox_full()
+        return Reading(self._taken, self._held_count, full)
 
     @property
     def transport(self) -> Transport | None:
@@ -640,7 +631,7 @@ class Session:
         # take it before anything of the new connection, or the layer would commit
         # (and the client trim) a position the handler had not reached.
         if self._held or self._inbox_full():
-            self._held_back = True
+            self._held_count += 1
             held = self._held
             if held is None:
                 held = self._held = []
