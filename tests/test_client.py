@@ -1096,3 +1096,55 @@ async def test_concurrent_sends_keep_call_order_when_room_frees() -> None:
         assert conn._queue.head() == "B"
     finally:
         await conn.close()
+
+
+@pytest.mark.timeout(20)
+async def test_a_send_on_an_open_link_does_not_overtake_one_waiting_for_the_queue() -> None:
+    """The queue empties while A waits for its turn: B, called later, must not skip ahead.
+
+    (send()'s fast path, straight to the socket, is only for an empty queue that nobody
+    waits to enter.)
+    """
+    received: list[str] = []
+    go = asyncio.Event()
+
+    async def slow_reader(ws: ServerConnection, _received: list[Any]) -> None:
+        ws.transport.pause_reading()  # the client's writer task blocks on the socket
+        await go.wait()
+        ws.transport.resume_reading()
+        async for message in ws:
+            if len(message) < 20:
+                received.append(str(message))
+
+    server = Scripted(slow_reader)
+    ws_server = await start(server)
+    try:
+        conn = tether.connect(
+            server.url, heartbeat=NO_PING, resume=False, max_queue=1, send_timeout=None
+        )
+        async with conn:
+            for _ in range(400):  # bounded: fill the socket until a message waits queued
+                await conn.send("x" * 65536)
+                if conn._link is not None and conn._link.writer is not None and conn.queued == 1:
+                    break
+            assert conn.queued == 1
+            first = asyncio.ensure_future(conn.send("A"))
+            await asyncio.sleep(0)
+            assert not first.done()
+
+            async def later() -> None:
+                # B is called once the writer took the queued message (a poll: nothing
+                # signals that moment).
+                while conn.queued:  # noqa: ASYNC110
+                    await asyncio.sleep(0)
+                await conn.send("B")
+
+            second = asyncio.ensure_future(later())
+            go.set()
+            await asyncio.wait_for(asyncio.gather(first, second), 10)
+            await asyncio.wait_for(conn.flush(), 10)
+            await server.wait_for(lambda: len(received) == 2)
+        assert received == ["A", "B"]
+    finally:
+        ws_server.close()
+        await ws_server.wait_closed()

@@ -45,6 +45,15 @@ def assert_nothing_lost(report: dict[str, Any]) -> None:
     assert all(client["sent"] > 0 for client in report["clients"])
 
 
+async def lost_sessions(clients: Any, since: float, timeout: float) -> Counter[str]:
+    """Wait (bounded) for every client's SessionLost since ``since``; count their reasons."""
+    for _ in range(int(timeout / 0.05)):
+        if len(clients.events_named("session_lost", since=since)) >= clients.clients:
+            break
+        await asyncio.sleep(0.05)
+    return Counter(ev["reason"] for ev in clients.events_named("session_lost", since=since))
+
+
 async def stream_for(seconds: float) -> None:
     """Let the clients stream (traffic, not a timer under test)."""
     await asyncio.sleep(seconds)
@@ -179,12 +188,7 @@ async def test_redis_killed_during_traffic_loses_sessions_explicitly_then_recove
     killed = time.monotonic()
     redis_server.signal(signal.SIGKILL)
     await redis_server.wait(5)
-    for _ in range(200):  # bounded: 10 s for every client's SessionLost
-        if len(clients.events_named("session_lost", since=killed)) >= 5:
-            break
-        await asyncio.sleep(0.05)
-    reasons = Counter(ev["reason"] for ev in clients.events_named("session_lost", since=killed))
-    assert reasons == {"store_unavailable": 5}
+    assert await lost_sessions(clients, since=killed, timeout=10) == {"store_unavailable": 5}
     before = await clients.report(settle=0)
     await stream_for(1.5)
     after = await clients.report(settle=0)
@@ -201,12 +205,7 @@ async def test_redis_killed_during_traffic_loses_sessions_explicitly_then_recove
     restarted = time.monotonic()
     node = await restart_node(spawn, node)
     await clients.wait_reconnected(since=restarted, timeout=20)
-    for _ in range(100):  # bounded: 5 s for every client's SessionLost
-        if len(clients.events_named("session_lost", since=restarted)) >= 5:
-            break
-        await asyncio.sleep(0.05)
-    reasons = Counter(ev["reason"] for ev in clients.events_named("session_lost", since=restarted))
-    assert reasons == {"store_unavailable": 5}
+    assert await lost_sessions(clients, since=restarted, timeout=5) == {"store_unavailable": 5}
     assert node.returncode is None
     store_errors = [
         record for record in node.log_records()
@@ -243,12 +242,7 @@ async def test_flushed_redis_fails_every_resume_with_epoch_mismatch(
     restarted = time.monotonic()
     node = await restart_node(spawn, node)
     await clients.wait_reconnected(since=restarted, timeout=20)
-    for _ in range(100):  # bounded: 5 s for every client's SessionLost
-        if len(clients.events_named("session_lost", since=restarted)) >= 5:
-            break
-        await asyncio.sleep(0.05)
-    lost = clients.events_named("session_lost", since=restarted)
-    assert Counter(ev["reason"] for ev in lost) == {"epoch_mismatch": 5}
+    assert await lost_sessions(clients, since=restarted, timeout=5) == {"epoch_mismatch": 5}
     assert not clients.events_named("resumed", since=restarted)
     assert node.returncode is None
 

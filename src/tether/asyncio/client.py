@@ -521,7 +521,7 @@ class ClientConnection:
             raise ConnectionClosedOK(code, reason, "close() was called; no more sends")
         queue = self._queue
         link = self._link
-        if link is not None and not queue and link.writer is None:
+        if link is not None and not queue and not queue.turns and link.writer is None:
             # The common case: nothing queued or being written on an open transport.
             # The queue is skipped: nothing else runs until the write is done.
             if self._plain:

@@ -43,7 +43,9 @@ class SendQueue:
         self._empty_waiters: list[asyncio.Future[None]] = []
         #: One token per put() waiting for space, in call order: room goes to the
         #: first, and a newcomer queues behind them (send() order is call order).
-        self._turns: list[object] = []
+        #: Public for the sender's fast path: a send() may skip the queue only when
+        #: it is empty *and* nobody waits to enter it.
+        self.turns: list[object] = []
         self.closed = False
 
     def __len__(self) -> int:
@@ -61,7 +63,7 @@ class SendQueue:
     @property
     def must_wait(self) -> bool:
         """True when :meth:`put` would have to wait: full, or earlier puts wait for room."""
-        return bool(self._turns) or self.full
+        return bool(self.turns) or self.full
 
     async def put(self, message: Message, *, timeout: float | None) -> None:
         """Append ``message``, waiting up to ``timeout`` seconds for space.
@@ -74,7 +76,7 @@ class SendQueue:
             raise QueueClosed
         if self.must_wait:
             turn = object()
-            self._turns.append(turn)
+            self.turns.append(turn)
             try:
                 await asyncio.wait_for(self._wait_for_space(turn), timeout)
             except (asyncio.TimeoutError, TimeoutError) as exc:
@@ -83,8 +85,8 @@ class SendQueue:
                     "the message was not queued"
                 ) from exc
             finally:
-                self._turns.remove(turn)
-                if self._turns and self._space_waiters:
+                self.turns.remove(turn)
+                if self.turns and self._space_waiters:
                     wake_all(self._space_waiters)  # the next in line looks again
         if self.closed:
             # The connection ended while we waited: queueing now would strand the
@@ -99,7 +101,7 @@ class SendQueue:
             wake_all(self._item_waiters)
 
     async def _wait_for_space(self, turn: object) -> None:
-        while (self.full or self._turns[0] is not turn) and not self.closed:
+        while (self.full or self.turns[0] is not turn) and not self.closed:
             await wait_on(self._space_waiters)
 
     def head(self) -> Message:
