@@ -890,3 +890,46 @@ async def test_a_handler_done_while_its_client_is_away_is_not_started_again() ->
         await server.shutdown()
     assert got == ["d1:0:m0", "d2:0:m1", "d3:0:m2"]
     assert len(runs) == 1
+
+
+@pytest.mark.timeout(30)
+async def test_a_replay_that_stalls_fails_the_attempt_within_the_handshake_timeout() -> None:
+    """The server welcomes the resume, then stops reading: the attempt fails and is retried.
+
+    (Before, no heartbeat or timeout ran during the replay after the welcome: the client
+    stayed in that attempt for as long as TCP kept the socket.)
+    """
+    from websockets.asyncio.server import serve as ws_serve
+
+    from tether.protocol import Welcome, encode
+
+    connections = 0
+
+    async def handler(ws: Any) -> None:
+        nonlocal connections
+        connections += 1
+        await ws.recv()  # hello
+        resumed = connections > 1
+        await ws.send(encode(Welcome(resumed, None, "s1", "t1", "e1", 0, 0, 120_000)))
+        ws.transport.pause_reading()  # never acks; the replay stalls once buffers fill
+        if not resumed:
+            await asyncio.sleep(0.5)
+            ws.transport.abort()  # the first connection dies (1006)
+        await ws.wait_closed()
+
+    async with ws_serve(handler, "127.0.0.1", 0, subprotocols=["tether.v1"], max_size=None) as srv:
+        port = srv.sockets[0].getsockname()[1]
+        conn = tether.connect(
+            f"ws://127.0.0.1:{port}/",
+            heartbeat=None,
+            backoff=BackoffConfig(base=0.05, cap=0.1),
+            layer=TetherV1ClientLayer(handshake_timeout=0.5),
+            close_timeout=0.5,
+        )
+        await conn
+        for _ in range(120):  # ~7.5 MiB unacknowledged: more than the socket buffers take
+            await conn.send("x" * 65536)
+        await eventually(lambda: connections >= 4, 10)  # each stalled replay gave up
+        await conn.close()
+        for ws in list(srv.connections):
+            ws.transport.abort()

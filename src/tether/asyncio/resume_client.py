@@ -27,6 +27,7 @@ from ..resume import (
 )
 from .engine import ClosedInfo, Message, Transport, TransportClosed
 from .layer import ClientLayer, LayerOpened
+from .waiters import bounded
 
 __all__ = ["TetherV1ClientLayer"]
 
@@ -152,8 +153,18 @@ class TetherV1ClientLayer(ClientLayer):
             raise
         resumed, replayed_in, replayed_out = established
         try:
-            # docs/protocol.md §4.4: the replay goes out before any new message.
-            await self._send_all(transport, self.endpoint.data_to_send())
+            # docs/protocol.md §4.4: the replay goes out before any new message. No
+            # heartbeat runs yet (the connection is not open): each frame must leave
+            # within handshake_timeout, or a peer that stopped reading (a path gone
+            # half-open) would hold the attempt until TCP gives up.
+            for wire in self.endpoint.data_to_send():
+                try:
+                    await bounded(transport.send(wire), self.handshake_timeout)
+                except TimeoutError:
+                    raise ProtocolError(
+                        f"replay stalled: a frame not sent within {self.handshake_timeout} s",
+                        close_code=TetherCloseCode.HANDSHAKE_TIMEOUT,
+                    ) from None
         except BaseException:
             # The welcome made the endpoint OPEN: a connection lost during the replay
             # must leave it disconnected (the session kept), as before the welcome.
