@@ -293,6 +293,10 @@ def test_serve_freezes_start_up_objects_and_raises_the_young_gc_threshold() -> N
 class _FakeServer:
     port = 1
     handed_off = False
+    steering_stopped = False
+
+    def stop_steering(self) -> None:
+        self.steering_stopped = True
 
     async def hand_off(self, reason: str) -> None:
         import gc
@@ -322,12 +326,48 @@ async def test_a_handover_stops_the_gc_only_once_the_replacement_serves(
     try:
         monkeypatch.setattr(handover, "start_replacement", fails)
         server = _FakeServer()
-        assert await cli_serve._hand_over(server, args) is False
+        assert await cli_serve._start_replacement(server, args) is False
         assert (server.handed_off, gc.isenabled()) == (False, True)
+        assert server.steering_stopped  # an earlier handover's steering, undone first
+
+        async def cannot_start(*_: object, **__: object) -> None:
+            raise FileNotFoundError(2, "No such file or directory", "/gone/bin/python3")
+
+        monkeypatch.setattr(handover, "start_replacement", cannot_start)
+        # Any failure to start is a failed handover (still serving), not an error that
+        # escapes the signal's task and leaves later SIGHUPs ignored.
+        assert await cli_serve._start_replacement(server, args) is False
         monkeypatch.setattr(handover, "start_replacement", serves)
-        assert await cli_serve._hand_over(server, args) is True
+        assert await cli_serve._start_replacement(server, args) is True
+        assert gc.isenabled()
+        await cli_serve._finish_hand_over(server)
         assert server.handed_off
         assert server.collecting_then is False
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+@pytest.mark.timeout(40)
+def test_sigterm_while_the_replacement_starts_leaves_nothing_on_the_port(
+    servers: Servers,
+) -> None:
+    """SIGHUP (--reuse-port), then SIGTERM before the replacement is healthy.
+
+    The replacement is killed and the old process drains and exits: nothing keeps
+    the port. (Before, the replacement came up after the old process had gone,
+    unsupervised, and a restarted service then shared the port with it.)
+    """
+    proc, port = servers.start("--reuse-port", "--drain-window", "0.5", "--app", "echo")
+    proc.send_signal(signal.SIGHUP)
+    time.sleep(0.05)  # the replacement is starting: far from healthy yet
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0
+    log = servers.logs[proc.pid].read_text()
+    assert "handover cancelled" in log
+    time.sleep(2.0)  # long enough for a replacement left running to have come up
+    with (
+        pytest.raises(ConnectionRefusedError),
+        socket.create_connection(("127.0.0.1", port), timeout=1),
+    ):
+        pass

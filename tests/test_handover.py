@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import subprocess
+from typing import Any
 
 import pytest
+from tests.support.eventually import eventually
 
 import tether
+from tether.asyncio import handover
 from tether.asyncio.apps import echo
 from tether.asyncio.handover import HandoverFailed, health_check, probe_host, start_replacement
 
@@ -62,3 +67,37 @@ async def test_replacement_never_healthy_is_killed() -> None:
         await elsewhere.shutdown(drain_window=0.0)
         with pytest.raises(HandoverFailed, match="not healthy within 3 s"):
             await start_replacement(["serve", "--port", other], "127.0.0.1", ours.port, timeout=3)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(30)
+async def test_a_cancelled_handover_kills_its_replacement(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Cancelled before the replacement is healthy (a SIGTERM came first): it is killed."""
+    started: list[subprocess.Popen[bytes]] = []
+    real_popen = subprocess.Popen
+
+    def recording_popen(*args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:
+        process = real_popen(*args, **kwargs)
+        started.append(process)
+        return process
+
+    monkeypatch.setattr(handover.subprocess, "Popen", recording_popen)
+    try:
+        async with tether.serve(echo, "127.0.0.1", 0, heartbeat=None, drain_window=0.0) as ours:
+            # A replacement that will never show its pid on our port: it stays "starting".
+            waiting = asyncio.ensure_future(
+                start_replacement(["serve", "--port", "0"], "127.0.0.1", ours.port, timeout=20)
+            )
+            await eventually(lambda: bool(started), 5)
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+        (process,) = started
+        assert process.poll() is not None  # killed and reaped, not left running
+    finally:
+        for process in started:  # (a failing run must not leave it behind either)
+            if process.poll() is None:
+                process.kill()
+                process.wait(5)

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tether.asyncio.reuseport import steer_to_second_listener
+from tether.asyncio.reuseport import steer_to_second_listener, stop_steering
 
 pytestmark = [
     pytest.mark.integration,
@@ -90,3 +90,47 @@ def test_unsteered_group_spreads_connections(pair: tuple[socket.socket, socket.s
     assert from_second > 0
     for client in clients:
         client.close()
+
+
+def test_the_steering_outlives_the_listener_that_attached_it(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    """The program stays on the group: the next listener to bind is index 1 and gets all.
+
+    (Why a handover first calls stop_steering: else the next replacement would take
+    every new connection as soon as it binds, before it is healthy.)
+    """
+    first, second = pair
+    port = first.getsockname()[1]
+    assert steer_to_second_listener(first)
+    first.close()
+    third = _listener(port)
+    try:
+        clients = _connect(port, 20)
+        assert (_accept_all(second), _accept_all(third)) == (0, 20)
+        for client in clients:
+            client.close()
+    finally:
+        third.close()
+
+
+def test_stop_steering_lets_the_next_listener_share_the_port(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    """Detached, the group spreads connections again, the next listener included."""
+    first, second = pair
+    port = first.getsockname()[1]
+    assert steer_to_second_listener(first)
+    first.close()
+    assert stop_steering(second)
+    third = _listener(port)
+    try:
+        clients = _connect(port, 40)
+        from_second, from_third = _accept_all(second), _accept_all(third)
+        assert from_second + from_third == 40
+        assert from_second > 0
+        assert from_third > 0
+        for client in clients:
+            client.close()
+    finally:
+        third.close()

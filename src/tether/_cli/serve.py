@@ -272,19 +272,32 @@ def _stop_collecting_for_exit() -> None:
     gc.disable()
 
 
-async def _hand_over(server: Any, args: argparse.Namespace) -> bool:
-    """Start the replacement, then drain into it; False (still serving) if it failed."""
+async def _start_replacement(server: Any, args: argparse.Namespace) -> bool:
+    """Start the replacement and wait until it is healthy; False (still serving) if not.
+
+    Cancelled (SIGTERM or SIGINT came first), it kills the replacement and re-raises.
+    """
     from ..asyncio.handover import HandoverFailed, start_replacement
 
     try:
+        # An earlier handover's steering must not send new connections to this
+        # replacement before it is healthy (tether.asyncio.reuseport).
+        server.stop_steering()
         await start_replacement(sys.argv[1:], args.host, server.port)
     except HandoverFailed as exc:
         # Safe failure: keep serving rather than drain into nothing.
         logger.error("handover failed, still serving: %s", exc)
         return False
+    except Exception as exc:  # Popen's OSError, say: log it like any failure, and go on
+        logger.error("handover failed, still serving: %s: %s", type(exc).__name__, exc)
+        return False
+    return True
+
+
+async def _finish_hand_over(server: Any) -> None:
+    """The replacement is healthy: drain into it, then exit (no collector from now on)."""
     _stop_collecting_for_exit()  # not before: a failed handover keeps serving
     await server.hand_off("SIGHUP: handing over to a new process")
-    return True
 
 
 def _origins(args: argparse.Namespace) -> list[str | None] | None:
@@ -299,12 +312,26 @@ def _install_handover_signals(server: Any, args: argparse.Namespace) -> None:
     tasks: set[asyncio.Task[None]] = set()
     handing_over = False
 
+    starting: asyncio.Task[bool] | None = None  # a replacement not healthy yet
+    stopping = False
+
     async def hand_over() -> None:
-        nonlocal handing_over
-        if handing_over:
-            return
+        nonlocal handing_over, starting
+        if handing_over or stopping:
+            return  # one handover at a time; none once a shutdown began
         handing_over = True
-        handing_over = await _hand_over(server, args)
+        starting = asyncio.ensure_future(_start_replacement(server, args))
+        try:
+            healthy = await starting
+        except asyncio.CancelledError:
+            logger.info("handover cancelled: the replacement was stopped")
+            return
+        finally:
+            starting = None
+        if not healthy:
+            handing_over = False
+            return
+        await _finish_hand_over(server)
 
     def spawn(coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -312,15 +339,21 @@ def _install_handover_signals(server: Any, args: argparse.Namespace) -> None:
         task.add_done_callback(tasks.discard)
 
     def on_signal(signum: signal.Signals) -> None:
+        nonlocal stopping
         logger.info("received %s", signum.name)
         server.layer.process_exiting()
         if signum is signal.SIGHUP:
             spawn(hand_over())
-        elif signum is signal.SIGTERM:
-            _stop_collecting_for_exit()
+            return
+        stopping = True
+        if starting is not None:
+            # Asked to stop before the replacement was healthy: it must not outlive
+            # us on the port (it is killed), and we drain as asked.
+            starting.cancel()
+        _stop_collecting_for_exit()
+        if signum is signal.SIGTERM:
             spawn(server.shutdown(args.shutdown_code, "SIGTERM: restarting"))
         else:
-            _stop_collecting_for_exit()
             spawn(server.shutdown(1001, "SIGINT: going away"))
 
     for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):

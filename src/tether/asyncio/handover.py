@@ -14,6 +14,7 @@ exactly what a load balancer would check.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import subprocess
@@ -106,24 +107,39 @@ async def start_replacement(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     target = probe_host(host)
-    while loop.time() < deadline:
-        if process.poll() is not None:
-            raise HandoverFailed(f"replacement pid {process.pid} exited with {process.returncode}")
-        try:
-            status, body = await health_check(target, port, timeout=min(1.0, timeout))
-        except (OSError, asyncio.TimeoutError):
-            status, body = 0, {}
-        if status == 200 and body.get("pid") == process.pid:
-            logger.info(
-                "replacement pid %d is healthy",
-                process.pid,
-                extra={"tether": {"event": "replacement_healthy", "replacement_pid": process.pid}},
-            )
-            return process
-        await asyncio.sleep(poll_interval)
-    process.kill()
-    for _ in range(250):  # reap it (bounded: 5 s); SIGKILL cannot be ignored
-        if process.poll() is not None:
-            break
-        await asyncio.sleep(0.02)
+    try:
+        while loop.time() < deadline:
+            if process.poll() is not None:
+                raise HandoverFailed(
+                    f"replacement pid {process.pid} exited with {process.returncode}"
+                )
+            try:
+                status, body = await health_check(target, port, timeout=min(1.0, timeout))
+            except (OSError, asyncio.TimeoutError):
+                status, body = 0, {}
+            if status == 200 and body.get("pid") == process.pid:
+                logger.info(
+                    "replacement pid %d is healthy",
+                    process.pid,
+                    extra={
+                        "tether": {"event": "replacement_healthy", "replacement_pid": process.pid}
+                    },
+                )
+                return process
+            await asyncio.sleep(poll_interval)
+    except BaseException:
+        # Cancelled (the operator stopped us first) or failed: a replacement nobody
+        # hands over to must not stay on the port, unsupervised.
+        _kill(process)
+        raise
+    _kill(process)
     raise HandoverFailed(f"replacement pid {process.pid} was not healthy within {timeout:.0f} s")
+
+
+def _kill(process: subprocess.Popen[bytes]) -> None:
+    """Kill ``process`` and reap it (bounded: 5 s; SIGKILL cannot be ignored)."""
+    if process.poll() is not None:
+        return
+    process.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(5.0)

@@ -54,7 +54,7 @@ from ..stores.base import SessionStore
 from .engine import ClosedInfo, TransportClosed
 from .keepalive import HeartbeatTimer
 from .resume_server import PrincipalHook, TetherV1ServerLayer
-from .reuseport import steer_to_second_listener
+from .reuseport import steer_to_second_listener, stop_steering
 from .session import PlainServerLayer, RequestInfo, ServerLayer, Session
 from .websockets_engine import WebsocketsTransport
 
@@ -274,6 +274,17 @@ class Server:
             reason: the close reason sent with 1012 (at most 123 bytes of UTF-8).
         """
         await self._start_drain(CloseCode.SERVICE_RESTART, reason, self.drain_window)
+
+    def stop_steering(self) -> None:
+        """Before a handover starts its replacement: undo an earlier handover's steering.
+
+        The program an earlier handover attached stays on the port's ``SO_REUSEPORT``
+        group (:mod:`tether.asyncio.reuseport`); left there, it would send every new
+        connection to the next replacement as soon as that binds, healthy or not.
+        """
+        if self._ws_server is not None:
+            for sock in self._ws_server.sockets:
+                stop_steering(sock)
 
     async def hand_off(self, reason: str = "handover") -> None:
         """Restart into a replacement that already listens on this port (``reuse_port``).
