@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -60,3 +63,59 @@ def test_demo_json_summary_shows_1012_then_1006_with_nothing_lost() -> None:
         assert phase["out_of_order"] == 0
         # Ticks during which no server sent anything (the gap) are not counted as missing.
         assert phase["skipped_ticks"] > 0
+
+
+def _demo_servers() -> list[int]:
+    """Pids of `tether serve` processes using a demo's temporary store."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"serve" in cmdline and any(b"tether-demo-store-" in arg for arg in cmdline):
+            pids.append(int(entry.name))
+    return pids
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("after", [1.0, 4.5], ids=["before-the-restart", "after-the-handover"])
+def test_sigterm_stops_the_demo_and_its_servers(after: float) -> None:
+    """SIGTERM (a CI timeout, say) cleans up as Ctrl-C does: no server left, exit 143.
+
+    (Before, the demo died at once and its `tether serve` processes, the replacement
+    of a handover included, went on serving, re-parented to init.)
+    """
+    assert _demo_servers() == []  # (nothing of an earlier run in the way)
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "tether", "demo", "--clients", "3", "--no-live"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(after)
+        demo.send_signal(signal.SIGTERM)
+        _, err = demo.communicate(timeout=30)
+        assert demo.returncode == 143, err
+        assert "stopped; server log:" in err
+        time.sleep(1.0)  # a replacement left starting would be up by now
+        assert _demo_servers() == []
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+        for pid in _demo_servers():  # (a failing run must not leave them behind)
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("option", [["--downtime", "nan"], ["--drain-window", "inf"]])
+def test_non_finite_timings_are_usage_errors(
+    option: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """nan/inf exit 2 with one line (before: a demo that hung, or ran 47 s and failed)."""
+    from tether.cli import main
+
+    assert main(["demo", *option]) == 2
+    assert capsys.readouterr().err.count("\n") == 1

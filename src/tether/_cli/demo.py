@@ -28,8 +28,10 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -39,6 +41,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any
 
 from .demo_report import (
@@ -103,8 +106,11 @@ def run(args: argparse.Namespace) -> int:
     if not 1 <= args.clients <= 500:
         print("tether demo: error: --clients must be 1-500", file=sys.stderr)
         return 2
-    if args.ticker_interval <= 0 or args.drain_window < 0 or args.downtime < 0:
-        print("tether demo: error: intervals must be positive", file=sys.stderr)
+    timings = (args.ticker_interval, args.drain_window, args.downtime)
+    if not all(math.isfinite(t) for t in timings) or (
+        args.ticker_interval <= 0 or args.drain_window < 0 or args.downtime < 0
+    ):
+        print("tether demo: error: intervals must be finite and positive", file=sys.stderr)
         return 2
     live = sys.stdout.isatty() and not args.json and not args.no_live
     demo = Demo(args, live=live)
@@ -114,6 +120,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"tether demo: {exc}", file=sys.stderr)
         print(f"tether demo: server log: {demo.log_path}", file=sys.stderr)
         return 1
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        # SIGINT or SIGTERM: main() stopped the servers and clients on its way out.
+        print(f"tether demo: stopped; server log: {demo.log_path}", file=sys.stderr)
+        return 143 if demo.terminated else 130
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
@@ -128,6 +138,10 @@ def run(args: argparse.Namespace) -> int:
     problem = "not every client came back" if not back else "messages were lost or duplicated"
     print(f"tether demo: {problem}; server log: {demo.log_path}", file=sys.stderr)
     return 1
+
+
+#: A server's log line for a replacement it started (text or JSON logs).
+_REPLACEMENT_PID = re.compile(r"started replacement pid (\d+)")
 
 
 class DemoFailed(Exception):
@@ -165,6 +179,8 @@ class Demo:
         self.phases: list[PhaseSummary] = []
         self.phase_title = "starting"
         self.started = time.monotonic()
+        #: Stopped by SIGTERM (exit status 143), not Ctrl-C (130).
+        self.terminated = False
         log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - kept open for the server processes
             prefix="tether-demo-", suffix=".log", delete=False
         )
@@ -183,6 +199,18 @@ class Demo:
         clients: list[Any] = []
         tasks: list[asyncio.Task[None]] = []
         view = asyncio.ensure_future(self._live_view()) if self.live else None
+        # SIGTERM (a CI timeout, a supervisor) must clean up as Ctrl-C does: cancel
+        # this task, so that the finally below stops the servers and the clients.
+        loop = asyncio.get_running_loop()
+        main_task = asyncio.current_task()
+        assert main_task is not None
+
+        def terminate() -> None:
+            self.terminated = True
+            main_task.cancel()
+
+        with contextlib.suppress(NotImplementedError):  # (no signal handlers on Windows)
+            loop.add_signal_handler(signal.SIGTERM, terminate)
         try:
             self.phase_title = "starting the server"
             self.server_pid = await self._start_server()
@@ -292,6 +320,12 @@ class Demo:
         return pid if status == 200 and isinstance(pid, int) else None
 
     def _stop_servers(self) -> None:
+        # A replacement a server started during a handover the demo did not see finish
+        # is known only from the server log ("started replacement pid N").
+        self._log.flush()
+        with contextlib.suppress(OSError):
+            text = Path(self.log_path).read_text(errors="replace")
+            self._server_pids.update(int(pid) for pid in _REPLACEMENT_PID.findall(text))
         for pid in self._server_pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
