@@ -145,3 +145,41 @@ async def test_json_mode_reports_final_close_and_exit_status(
     assert "Policy Violation" in closed["explanation"]
     await proc.expect_event("gaveup", timeout=5)
     assert await proc.wait(10) == 1
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(20)
+async def test_empty_input_before_connecting_is_a_normal_end(
+    echo_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`tether connect URL < /dev/null`: closed by us while connecting, exit 0 (was 1)."""
+    import tether
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    conn = tether.connect(echo_url, heartbeat=None)
+    status = await connect_cli._session(conn, as_json=False, out=io.StringIO(), err=io.StringIO())
+    assert status == 0
+    assert isinstance(conn.close_exception, tether.ConnectionClosedOK)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(20)
+async def test_end_of_input_with_the_server_unreachable_exits_1_with_the_lines_unsent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The flush at end of input is bounded; what was not sent is reported (before: ran forever)."""
+    import socket
+
+    import tether
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setattr("sys.stdin", io.StringIO("lost\n"))
+    monkeypatch.setattr(connect_cli, "EOF_FLUSH_S", 0.5)
+    conn = tether.connect(f"ws://127.0.0.1:{port}/", heartbeat=None)
+    status = await asyncio.wait_for(
+        connect_cli._session(conn, as_json=False, out=io.StringIO(), err=io.StringIO()), 10
+    )
+    assert status == 1
+    assert conn.unsent == ("lost",)

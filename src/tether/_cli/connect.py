@@ -7,10 +7,12 @@ explained (``closed 1012 Service Restart — reconnecting in 2.7 s``). With
 "message", "data": ..., "binary": false, "t": ...}`` per message and ``{"event":
 "connected" | "disconnected" | "reconnecting" | "gaveup" | ..., <the event's
 fields>, "t": ...}`` per event (``t``: seconds on the monotonic clock).
-End of input closes the connection with 1000 after the queue is flushed.
+End of input closes the connection with 1000 after the queue is flushed (waiting at
+most 10 s for that: a server that cannot be reached leaves the lines unsent).
 
-Exit status: 0 closed normally (end of input, or the server ended with 1000/1001),
-1 closed with an error or gave up, 2 bad URL or option, 130 interrupted.
+Exit status: 0 closed normally (end of input with every line sent, or the server
+ended with 1000/1001), 1 closed with an error, gave up, or lines left unsent, 2 bad
+URL or option, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import json
 import logging
@@ -150,6 +153,10 @@ def _message_json(message: str | bytes) -> str:
     return json.dumps(body, ensure_ascii=False)
 
 
+#: Seconds end of input waits for the queued lines to be sent before closing.
+EOF_FLUSH_S = 10.0
+
+
 def _start_stdin_reader(loop: asyncio.AbstractEventLoop) -> asyncio.Queue[str | None]:
     """Read stdin in a daemon thread (works for ttys, pipes and files alike).
 
@@ -178,8 +185,10 @@ async def _send_input(conn: Any, lines: asyncio.Queue[str | None], err: TextIO) 
         line = await lines.get()
         if line is None:
             # End of input: deliver what was typed (the connection may not even be
-            # open yet), then close with 1000.
-            await conn.flush()
+            # open yet), then close with 1000. Bounded: a server that cannot be
+            # reached would keep us here for ever (what is left ends in conn.unsent).
+            with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
+                await asyncio.wait_for(conn.flush(), EOF_FLUSH_S)
             await conn.close()
             return
         try:
@@ -229,4 +238,4 @@ async def _session(conn: Any, *, as_json: bool, out: TextIO, err: TextIO) -> int
         if handler is not None:
             logger.removeHandler(handler)
     exc = conn.close_exception
-    return 0 if isinstance(exc, tether.ConnectionClosedOK) else 1
+    return 0 if isinstance(exc, tether.ConnectionClosedOK) and not conn.unsent else 1

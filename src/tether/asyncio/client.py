@@ -852,6 +852,10 @@ class ClientConnection:
             self._transport.abort()
             self._transport = None
         if self._closed_exc is None:
+            if exc is None and self._close_request is not None:
+                # close() while connecting or waiting to reconnect: a normal end.
+                code, reason = self._close_request
+                exc = ConnectionClosedOK(code, reason, "closed by this client")
             self._closed_exc = exc or ConnectionClosedError(
                 None, "", "the client stopped before the connection closed"
             )
