@@ -123,3 +123,31 @@ def test_port_in_use_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert "cannot listen" in err
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(20)
+def test_ctrl_c_exits_130() -> None:
+    """SIGINT (Ctrl-C) exits 130 as the other commands do; SIGTERM exits 0 (see above)."""
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tether", "chaos", "--listen", "127.0.0.1:0",
+         "--upstream", "127.0.0.1:9"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        assert "listening on" in proc.stderr.readline()  # (serving: the handler is set)
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        assert proc.stderr is not None
+        proc.stderr.close()

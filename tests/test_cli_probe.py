@@ -189,3 +189,20 @@ def test_progress_goes_to_a_terminal() -> None:
     show("batch 1: 4 idle connection(s)")
     assert terminal.getvalue() == "batch 1: 4 idle connection(s)\n"
     assert _progress_printer(io.StringIO()) is None
+
+
+@pytest.mark.parametrize(
+    ("code", "says"),
+    [(1006, "the path closed the connection"), (1001, "a Close frame from the server")],
+)
+def test_the_close_seen_names_who_closed(code: int, says: str) -> None:
+    """A Close frame (1001, 1011) comes from a server; a reset (1006) from the path."""
+    from tether.idlesearch import IdleSearchResult
+
+    result = IdleSearchResult(
+        found=True, low=2.0, high=3.0, limit=2.5, uncertainty=0.5, close_code=code,
+        kill="closed", recommended_heartbeat=1.0, trials=4, batches=1, converged=True,
+        max_idle=5.0, resolution=0.5,
+    )  # fmt: skip
+    (line,) = [line for line in format_idle_search(result) if "close seen" in line]
+    assert says in line

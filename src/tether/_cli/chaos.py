@@ -144,15 +144,23 @@ async def _serve(proxy: Any) -> None:
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
+    terminated = False
+
+    def terminate() -> None:
+        nonlocal terminated
+        terminated = True
+        task.cancel()
+
     with contextlib.suppress(NotImplementedError):
         # SIGTERM stops the proxy cleanly (exit 0); Ctrl-C stays KeyboardInterrupt (130).
-        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        loop.add_signal_handler(signal.SIGTERM, terminate)
     # Bind before serving so that a bad --listen fails with its OSError (exit 1).
     await proxy.start()
     try:
         await proxy.serve_forever()
     except asyncio.CancelledError:
-        pass
+        if not terminated:
+            raise  # Ctrl-C: asyncio.run turns this into KeyboardInterrupt (130)
     finally:
         await proxy.close()
 

@@ -128,11 +128,12 @@ def format_idle_search(result: IdleSearchResult, lang: str = "en") -> list[str]:
         if result.close_code is not None:
             from ..knowledge import summary
 
-            how = (
-                "the path closed the connection"
-                if result.kill == "closed"
-                else "silently dropped: no close, no pong"
-            )
+            if result.kill != "closed":
+                how = "silently dropped: no close, no pong"
+            elif result.close_code == 1006:
+                how = "the path closed the connection"  # (a reset, no Close frame)
+            else:
+                how = "a Close frame from the server"  # (a proxy would reset, not close)
             lines.append(f"  close seen      {summary(result.close_code, lang)} ({how})")
         if not result.converged:
             lines.append("  note            stopped before reaching the resolution (batch budget)")
