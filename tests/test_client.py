@@ -1148,3 +1148,15 @@ async def test_a_send_on_an_open_link_does_not_overtake_one_waiting_for_the_queu
     finally:
         ws_server.close()
         await ws_server.wait_closed()
+
+
+async def test_a_connect_given_up_by_its_caller_is_not_a_normal_close() -> None:
+    """`await asyncio.wait_for(connect(url), t)` timing out: ConnectionClosedError, not OK.
+
+    (Only close() makes a normal end; an internal stop must not look like one.)
+    """
+    conn = tether.connect(refused_url(), heartbeat=NO_PING, backoff=FAST)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(conn, 0.3)
+    await eventually(lambda: conn.close_exception is not None, 2)
+    assert isinstance(conn.close_exception, tether.ConnectionClosedError)

@@ -206,7 +206,11 @@ class Demo:
         assert main_task is not None
 
         def terminate() -> None:
+            # Once: a second SIGTERM must not cut the clean-up short (or kill the
+            # process before its exit status), so from now on it is ignored.
             self.terminated = True
+            loop.remove_signal_handler(signal.SIGTERM)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
             main_task.cancel()
 
         with contextlib.suppress(NotImplementedError):  # (no signal handlers on Windows)
@@ -255,12 +259,15 @@ class Demo:
             ))  # fmt: skip
             self.phase_title = "done"
         finally:
-            if view is not None:
-                view.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await view
-            await self._stop_clients(clients, tasks)
-            self._stop_servers()
+            try:
+                if view is not None:
+                    view.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await view
+                await self._stop_clients(clients, tasks)
+            finally:
+                # Whatever interrupts the clients' stop (a second Ctrl-C), the servers go.
+                self._stop_servers()
         return {
             "clients": len(self.records),
             "ticker_interval_ms": self.args.ticker_interval,
@@ -327,6 +334,8 @@ class Demo:
             text = Path(self.log_path).read_text(errors="replace")
             self._server_pids.update(int(pid) for pid in _REPLACEMENT_PID.findall(text))
         for pid in self._server_pids:
+            if not self._ours(pid):
+                continue  # gone (its pid may be another process's now)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         for process in self._children:
@@ -334,6 +343,15 @@ class Demo:
                 process.wait(5)
         self._log.close()
         shutil.rmtree(self.store_dir, ignore_errors=True)
+
+    def _ours(self, pid: int) -> bool:
+        """Whether ``pid`` is still one of this demo's servers (its store on its command line)."""
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            # No /proc (not Linux): trust the pid, as before; or the process is gone.
+            return not Path("/proc").is_dir()
+        return self.store_dir.encode() in cmdline
 
     # -- clients -------------------------------------------------------------------------------
 

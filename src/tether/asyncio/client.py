@@ -377,6 +377,8 @@ class ClientConnection:
         # Futures of the supervisor waiting for a reconnect delay or an attempt; close() wakes them.
         self._close_waiters: list[asyncio.Future[None]] = []
         self._close_request: tuple[int, str] | None = None
+        #: close() was called (not an internal stop, e.g. a cancelled first connect).
+        self._closed_by_user = False
         self._transport: Transport | None = None
         # The transport being served (set while _serve runs) and its per-connection state.
         self._link: _Link | None = None
@@ -632,6 +634,7 @@ class ClientConnection:
             )
         if self._close_request is None and not self._finished:
             self._close_request = (code, reason)
+            self._closed_by_user = True
             self._inbox.unbounded = True
             self._inbox.notify()
             loop = asyncio.get_running_loop()
@@ -852,7 +855,7 @@ class ClientConnection:
             self._transport.abort()
             self._transport = None
         if self._closed_exc is None:
-            if exc is None and self._close_request is not None:
+            if exc is None and self._closed_by_user and self._close_request is not None:
                 # close() while connecting or waiting to reconnect: a normal end.
                 code, reason = self._close_request
                 exc = ConnectionClosedOK(code, reason, "closed by this client")

@@ -21,6 +21,8 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
+from .waiters import bounded
+
 __all__ = ["HandoverFailed", "health_check", "probe_host", "start_replacement"]
 
 logger = logging.getLogger("tether.server")
@@ -59,7 +61,10 @@ async def health_check(
         finally:
             writer.close()
 
-    raw = await asyncio.wait_for(ask(), timeout)
+    # bounded(), not wait_for: on Python 3.11 wait_for can drop a cancellation that
+    # arrives as the inner call finishes, and the pollers of this (a handover being
+    # cancelled by SIGTERM, tether demo stopping) must stop when cancelled.
+    raw = await bounded(ask(), timeout)
     head, _, body = raw.partition(b"\r\n\r\n")
     status_line = head.split(b"\r\n", 1)[0].split()
     status = int(status_line[1]) if len(status_line) >= 2 and status_line[1].isdigit() else 0
