@@ -66,14 +66,20 @@ def test_steered_group_sends_every_connection_to_the_second(
         client.close()
 
 
-def test_closing_the_first_leaves_the_second_serving(
-    pair: tuple[socket.socket, socket.socket],
-) -> None:
-    """Once the first listener is gone the program points nowhere and the second gets all."""
+def _handed_over(pair: tuple[socket.socket, socket.socket]) -> tuple[socket.socket, int]:
+    """What a handover leaves: the first steered to the second, then closed; (second, port)."""
     first, second = pair
     port = first.getsockname()[1]
     assert steer_to_second_listener(first)
     first.close()
+    return second, port
+
+
+def test_closing_the_first_leaves_the_second_serving(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    """Once the first listener is gone the program points nowhere and the second gets all."""
+    second, port = _handed_over(pair)
     clients = _connect(port, 5)
     assert _accept_all(second) == 5
     for client in clients:
@@ -100,10 +106,7 @@ def test_the_steering_outlives_the_listener_that_attached_it(
     (Why a handover first calls stop_steering: else the next replacement would take
     every new connection as soon as it binds, before it is healthy.)
     """
-    first, second = pair
-    port = first.getsockname()[1]
-    assert steer_to_second_listener(first)
-    first.close()
+    second, port = _handed_over(pair)
     third = _listener(port)
     try:
         clients = _connect(port, 20)
@@ -117,11 +120,8 @@ def test_the_steering_outlives_the_listener_that_attached_it(
 def test_stop_steering_lets_the_next_listener_share_the_port(
     pair: tuple[socket.socket, socket.socket],
 ) -> None:
-    """Detached, the group spreads connections again, the next listener included."""
-    first, second = pair
-    port = first.getsockname()[1]
-    assert steer_to_second_listener(first)
-    first.close()
+    """Undone, the group spreads connections again, the next listener included."""
+    second, port = _handed_over(pair)
     assert stop_steering(second)
     third = _listener(port)
     try:
