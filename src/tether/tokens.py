@@ -23,6 +23,7 @@ __all__ = [
     "TokenSource",
     "hash_token",
     "judge_resume",
+    "lost_reason",
     "new_session_id",
     "new_token",
     "token_matches",
@@ -95,6 +96,14 @@ class ResumeCandidate(Protocol):
     def acked(self) -> int: ...
 
 
+def lost_reason(lost: str) -> LostReason:
+    """The refusal for a session marked lost (``SessionRecord.lost``); unknown: not_resumable."""
+    try:
+        return LostReason(lost)
+    except ValueError:
+        return LostReason.NOT_RESUMABLE
+
+
 def judge_resume(
     hello: Hello,
     session: ResumeCandidate | None,
@@ -135,10 +144,7 @@ def judge_resume(
     if session.principal != principal:
         return LostReason.TOKEN_INVALID
     if session.lost is not None:
-        try:
-            return LostReason(session.lost)
-        except ValueError:
-            return LostReason.NOT_RESUMABLE
+        return lost_reason(session.lost)
     if session.expires_at is not None and now >= session.expires_at:
         return LostReason.EXPIRED
     if hello.rx > session.tx:

@@ -92,7 +92,7 @@ from ..stores.base import (
     Write,
 )
 from ..stores.memory import MemoryStore
-from ..tokens import hash_token, judge_resume, new_session_id, new_token
+from ..tokens import hash_token, judge_resume, lost_reason, new_session_id, new_token
 from .clock import loop_clock
 from .engine import ClosedInfo, Message, Transport, TransportClosed
 from .session import (
@@ -200,12 +200,11 @@ class _V1:
     #: it (it would be fenced, and the resumed session ended as taken over).
     #: (Made on first use: a session whose writes never wait has none.)
     store_lock: asyncio.Lock | None = None
-    #: A write the store failed waits for this timer (see the module doc); ``reload``:
-    #: the next write reads the record first (the failed one may have landed).
+    #: A write the store failed waits for this timer (see the module doc).
     retry_timer: asyncio.TimerHandle | None = None
     retry_delay: float = 0.0
-    reload: bool = False
-    #: When (loop time) the writes began failing; None while they succeed.
+    #: When (loop time) the writes began failing; None while they succeed. While set,
+    #: the next write reads the record first (the failed one may have landed).
     failing_since: float | None = None
     #: Senders and settlers waiting for the next flush (futures made on demand).
     progress: list[asyncio.Future[None]] | None = None
@@ -343,16 +342,18 @@ class TetherV1ServerLayer(ServerLayer):
         await self._finish_writes()
         for state in self._states.values():
             self._disarm(state)
-            _cancel_ack_timer(state)
-            _cancel_retry(state)  # (a retry firing below would start a task after the stop)
+            state.ack_timer = _cancel(state.ack_timer)
+            state.retry_timer = _cancel(
+                state.retry_timer
+            )  # (a retry firing below would start a task after the stop)
         tasks = [t for t in (self._sweeper, *(s.task for s in self._states.values())) if t]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         for state in self._states.values():
             self._disarm(state)  # (a cancelled task re-arms on its way out)
-            _cancel_ack_timer(state)  # a stopped layer writes nothing more
-            _cancel_retry(state)
+            state.ack_timer = _cancel(state.ack_timer)  # a stopped layer writes nothing more
+            state.retry_timer = _cancel(state.retry_timer)
         self._sweeper = None
         if self._owns_store:
             await self.store.close()
@@ -482,7 +483,7 @@ class TetherV1ServerLayer(ServerLayer):
                             if record.lost is not None:
                                 # Abandoned (overflow) between the load and the claim:
                                 # refused as the judgement would refuse it now.
-                                verdicts.append(_lost_reason(record.lost))
+                                verdicts.append(lost_reason(record.lost))
                                 claimed = False
                             elif not local.ended:
                                 self._adopt(local, record.generation)
@@ -796,7 +797,7 @@ class TetherV1ServerLayer(ServerLayer):
             and not state.outq
             and state.durable
             and not state.detach
-            and not state.reload  # (a failed write's retry first; a retry reads first)
+            and state.failing_since is None  # (a failed write's retry goes first)
             and (lock is None or not lock.locked())
         ):
             # Nothing before this message is unwritten or unsent: write it and send
@@ -1044,7 +1045,7 @@ class TetherV1ServerLayer(ServerLayer):
                 or state.writing
                 or state.locked()
                 or not state.durable
-                or state.reload
+                or state.failing_since is not None  # (a retry reads first: the task's)
             ):
                 self._kick(state)  # the session's task: a claim to wait for, ...
                 continue
@@ -1199,9 +1200,7 @@ class TetherV1ServerLayer(ServerLayer):
 
     @staticmethod
     def _disarm(state: _V1) -> None:
-        if state.alarm is not None:
-            state.alarm.cancel()
-            state.alarm = None
+        state.alarm = _cancel(state.alarm)
         state.armed = float("inf")
 
     def _alarm_rang(self, state: _V1) -> None:
@@ -1321,7 +1320,7 @@ class TetherV1ServerLayer(ServerLayer):
             _promote_lazy_ack(state)  # a write goes anyway: the ack rides along
             acked = state.acked
         if state.durable:
-            if state.locked() or state.reload:
+            if state.locked() or state.failing_since is not None:
                 # A resume is claiming this session: wait for it. Or a retry: it reads
                 # the record first, which takes an await.
                 return False
@@ -1355,7 +1354,7 @@ class TetherV1ServerLayer(ServerLayer):
             try:
                 async with state.lock():
                     append: Sequence[StoredMessage] = batch
-                    if state.reload:
+                    if state.failing_since is not None:
                         # A retry: the failed write may have landed (its answer lost).
                         # acked and rx are idempotent; messages already stored are not.
                         record = await self.store.load(sid)
@@ -1372,7 +1371,6 @@ class TetherV1ServerLayer(ServerLayer):
                 if not self._write_failed(state, exc, batch, acked):
                     return True  # kept for the retry (the flush sends what is stored)
             else:
-                state.reload = False
                 state.retry_delay = 0.0
                 state.failing_since = None
         self._written(state, batch, rx)
@@ -1438,7 +1436,6 @@ class TetherV1ServerLayer(ServerLayer):
             self._store_gave_up(state, exc)
             return False
         state.retry_delay = min(_RETRY_MAX_S, state.retry_delay * 2 or _RETRY_FIRST_S)
-        state.reload = True
         if state.retry_timer is None and not state.ended:
             state.retry_timer = asyncio.get_running_loop().call_later(
                 state.retry_delay, self._retry_write, state
@@ -1541,7 +1538,7 @@ class TetherV1ServerLayer(ServerLayer):
             return True
         # The lazy ack stays unwritten: written after the close, it would race the
         # client's resume on another node (fenced); that resume trims it anyway.
-        _cancel_ack_timer(state)
+        state.ack_timer = _cancel(state.ack_timer)
         self._request_detach(state)
         self._rearm(state)  # the expiry
         return False
@@ -1626,9 +1623,9 @@ class TetherV1ServerLayer(ServerLayer):
             elif state.lazy_acked is not None:
                 _promote_lazy_ack(state)  # on an open connection: settled with the rest
             await self._settle(state, timeout=2.0)
-        self._cancel_commit_timer(state)
-        _cancel_ack_timer(state)
-        _cancel_retry(state)
+        state.commit_timer = _cancel(state.commit_timer)
+        state.ack_timer = _cancel(state.ack_timer)
+        state.retry_timer = _cancel(state.retry_timer)
         self._disarm(state)
         self._forget(state)
         self._states.pop(session, None)
@@ -1642,9 +1639,9 @@ class TetherV1ServerLayer(ServerLayer):
         state.ended = True
         self._wake_progress(state)
         self._disarm(state)
-        _cancel_retry(state)
-        self._cancel_commit_timer(state)
-        _cancel_ack_timer(state)
+        state.retry_timer = _cancel(state.retry_timer)
+        state.commit_timer = _cancel(state.commit_timer)
+        state.ack_timer = _cancel(state.ack_timer)
         self._forget(state)
         if delete and state.durable:
             self._spawn(self._delete(state.session.id, state.generation))
@@ -1658,12 +1655,6 @@ class TetherV1ServerLayer(ServerLayer):
             ClosedInfo(CloseCode.INTERNAL_ERROR, "internal error", clean=False),
             delete=False,
         )
-
-    @staticmethod
-    def _cancel_commit_timer(state: _V1) -> None:
-        if state.commit_timer is not None:
-            state.commit_timer.cancel()
-            state.commit_timer = None
 
     def _forget(self, state: _V1) -> None:
         if self._by_sid.get(state.session.id) is state:
@@ -1709,24 +1700,11 @@ def _admits(
     return verdict is None
 
 
-def _lost_reason(lost: str) -> LostReason:
-    """The refusal for a record marked lost (as :func:`judge_resume` gives it)."""
-    try:
-        return LostReason(lost)
-    except ValueError:
-        return LostReason.NOT_RESUMABLE
-
-
-def _cancel_ack_timer(state: _V1) -> None:
-    if state.ack_timer is not None:
-        state.ack_timer.cancel()
-        state.ack_timer = None
-
-
-def _cancel_retry(state: _V1) -> None:
-    if state.retry_timer is not None:
-        state.retry_timer.cancel()
-        state.retry_timer = None
+def _cancel(timer: asyncio.TimerHandle | None) -> asyncio.TimerHandle | None:
+    """Cancel ``timer`` if set; what the caller's slot holds then (``x = _cancel(x)``)."""
+    if timer is not None:
+        timer.cancel()
+    return None
 
 
 def _detach_failed(state: _V1, error: StoreError) -> None:
@@ -1739,7 +1717,7 @@ def _promote_lazy_ack(state: _V1) -> None:
     lazy = state.lazy_acked
     assert lazy is not None
     state.lazy_acked = None
-    _cancel_ack_timer(state)
+    state.ack_timer = _cancel(state.ack_timer)
     if state.acked is None or lazy > state.acked:
         state.acked = lazy
 
