@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -365,7 +366,11 @@ def test_sigterm_while_the_replacement_starts_leaves_nothing_on_the_port(
     assert proc.wait(20) == 0
     log = servers.logs[proc.pid].read_text()
     assert "handover cancelled" in log
-    time.sleep(2.0)  # long enough for a replacement left running to have come up
+    # The replacement it started is gone (killed and reaped before the old one exited),
+    # not starting up behind our back: no process, nothing on the port.
+    (replacement,) = re.findall(r"started replacement pid (\d+)", log)
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(replacement), 0)
     with (
         pytest.raises(ConnectionRefusedError),
         socket.create_connection(("127.0.0.1", port), timeout=1),
