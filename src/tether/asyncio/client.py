@@ -1345,16 +1345,16 @@ class ClientConnection:
         """
         loop = asyncio.get_running_loop()
         while self._layer.unacked() and link.transport.closed is None:
-            remaining: float | None = deadline - loop.time()
-            if remaining is not None and remaining <= 0:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
                 return
-            if remaining == math.inf:
-                remaining = None
             room = link.room  # resolved after every call into the layer (an ack read)
             if room is None or room.done():
                 room = link.room = loop.create_future()
             with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
-                await asyncio.wait_for(asyncio.shield(room), remaining)
+                await asyncio.wait_for(
+                    asyncio.shield(room), None if remaining == math.inf else remaining
+                )
 
 
 class _Link:
