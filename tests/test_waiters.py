@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -39,6 +40,47 @@ async def test_bounded_makes_no_task_of_its_own() -> None:
 
     await bounded(look(), 5.0)
     assert seen == [1]
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11, 3), reason="asyncio.timeout from 3.11.3")
+async def test_bounded_keeps_a_cancellation_that_comes_as_the_wait_ends() -> None:
+    # The reason every bounded wait in tether goes through this helper: on Python
+    # 3.11, asyncio.wait_for returns the result when the awaited future completes in
+    # the same loop pass as the cancellation of its caller, and the cancellation is
+    # lost (a close() or a send() that cannot be cancelled).
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[int] = loop.create_future()
+    finished: list[str] = []
+
+    async def waiter() -> None:
+        await bounded(done, 5.0)
+        finished.append("went on after its cancellation")
+
+    task = asyncio.ensure_future(waiter())
+    await asyncio.sleep(0)  # the task now waits on `done`
+    done.set_result(1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert finished == []
+
+
+async def test_bounded_without_a_limit_waits_for_the_result() -> None:
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[int] = loop.create_future()
+    loop.call_soon(done.set_result, 3)
+    assert await bounded(done, None) == 3
+
+
+def test_library_code_bounds_its_waits_with_bounded_only() -> None:
+    """asyncio.wait_for appears in tether's source only as bounded()'s fallback for 3.10."""
+    src = Path(__file__).resolve().parents[1] / "src" / "tether"
+    users = sorted(
+        str(path.relative_to(src))
+        for path in src.rglob("*.py")
+        if "asyncio.wait_for(" in path.read_text(encoding="utf-8")
+    )
+    assert users == ["asyncio/waiters.py"]
 
 
 async def test_wake_all_resolves_every_waiter_once() -> None:

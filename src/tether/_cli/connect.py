@@ -181,6 +181,8 @@ def _start_stdin_reader(loop: asyncio.AbstractEventLoop) -> asyncio.Queue[str | 
 async def _send_input(conn: Any, lines: asyncio.Queue[str | None], err: TextIO) -> None:
     import tether
 
+    from ..asyncio.waiters import bounded
+
     while True:
         line = await lines.get()
         if line is None:
@@ -188,7 +190,7 @@ async def _send_input(conn: Any, lines: asyncio.Queue[str | None], err: TextIO) 
             # open yet), then close with 1000. Bounded: a server that cannot be
             # reached would keep us here for ever (what is left ends in conn.unsent).
             with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
-                await asyncio.wait_for(conn.flush(), EOF_FLUSH_S)
+                await bounded(conn.flush(), EOF_FLUSH_S)
             await conn.close()
             return
         try:

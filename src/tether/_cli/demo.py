@@ -399,8 +399,10 @@ class Demo:
         return conn, [asyncio.ensure_future(watch()), asyncio.ensure_future(read())]
 
     async def _stop_clients(self, clients: Sequence[Any], tasks: list[asyncio.Task[None]]) -> None:
+        from ..asyncio.waiters import bounded
+
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(
+            await bounded(
                 asyncio.gather(*(conn.close() for conn in clients), return_exceptions=True), 10
             )
         for task in tasks:

@@ -39,6 +39,7 @@ from typing import Any
 
 from ..exceptions import ConfigurationError
 from ..faults import ConnectionFaults, Fault, FaultKind, FaultPlan, Shaper
+from .waiters import bounded
 
 __all__ = ["ChaosProxy", "FaultRecord", "logger"]
 
@@ -406,7 +407,7 @@ class ChaosProxy:
                 event.clear()
                 await event.wait()
 
-        await asyncio.wait_for(enough(), timeout)
+        await bounded(enough(), timeout)
         return list(self.faults)
 
     # -- internals ------------------------------------------------------------------------

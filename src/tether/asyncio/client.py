@@ -62,7 +62,7 @@ from .clock import loop_clock
 from .engine import ClosedInfo, Message, Transport, TransportClosed
 from .layer import ClientLayer, LayerOpened, PlainLayer
 from .sendqueue import QueueClosed, SendQueue
-from .waiters import wait_on, wake_all
+from .waiters import bounded, wait_on, wake_all
 from .websockets_client import (
     OpenFailed,
     check_url,
@@ -1141,7 +1141,7 @@ class ClientConnection:
             link.room = loop.create_future()
             try:
                 with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
-                    await asyncio.wait_for(link.room, remaining)
+                    await bounded(link.room, remaining)
             finally:
                 link.room = None
 
@@ -1323,7 +1323,7 @@ class ClientConnection:
         timeout = self._close_timeout
         deadline = math.inf if timeout is None else loop.time() + timeout
         try:
-            await asyncio.wait_for(self._queue.wait_empty(), self._close_timeout)
+            await bounded(self._queue.wait_empty(), self._close_timeout)
         except (asyncio.TimeoutError, TimeoutError):
             logger.warning(
                 "%s: %d message(s) not flushed within %s s before closing",
@@ -1352,9 +1352,7 @@ class ClientConnection:
             if room is None or room.done():
                 room = link.room = loop.create_future()
             with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
-                await asyncio.wait_for(
-                    asyncio.shield(room), None if remaining == math.inf else remaining
-                )
+                await bounded(asyncio.shield(room), None if remaining == math.inf else remaining)
 
 
 class _Link:

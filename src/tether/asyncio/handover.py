@@ -48,7 +48,7 @@ async def health_check(
 
     Raises:
         OSError: the connection failed.
-        asyncio.TimeoutError: no complete answer within ``timeout`` seconds.
+        TimeoutError: no complete answer within ``timeout`` seconds.
     """
 
     async def ask() -> bytes:

@@ -36,6 +36,7 @@ from ..exceptions import ConfigurationError, ProbeError
 from ..idlesearch import IdleSearch, IdleSearchConfig, IdleSearchResult, Observation, Outcome
 from ..knowledge import summary
 from .engine import TransportClosed
+from .waiters import bounded
 from .websockets_engine import WebsocketsTransport
 
 __all__ = [
@@ -219,7 +220,7 @@ async def _open(
 async def _tcp_reachable(host: str, port: int, timeout: float) -> bool:
     """True if a plain TCP connection to ``host:port`` opens (used to classify failures)."""
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        _, writer = await bounded(asyncio.open_connection(host, port), timeout)
     except (OSError, asyncio.TimeoutError):
         return False
     writer.close()
@@ -376,8 +377,8 @@ async def _idle_trial(
     pongs = _Pongs(transport)
     try:
         try:
-            info = await asyncio.wait_for(transport.wait_closed(), hold)
-        except asyncio.TimeoutError:
+            info = await bounded(transport.wait_closed(), hold)
+        except TimeoutError:
             pass
         else:
             # Closed while idle: the close took at most the handshake time to reach us.
@@ -413,7 +414,7 @@ async def _close_quietly(transport: WebsocketsTransport, timeout: float) -> None
     """Close with 1000 within ``timeout`` seconds, else drop the connection."""
     if transport.closed is None:
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(transport.close(1000, "tether probe done"), timeout)
+            await bounded(transport.close(1000, "tether probe done"), timeout)
     if transport.closed is None:
         transport.abort()
 

@@ -122,9 +122,7 @@ class TetherV1ClientLayer(ClientLayer):
             self.endpoint.connection_made(loop.time())
         try:
             await self._send_all(transport, self.endpoint.data_to_send())
-            established = await asyncio.wait_for(
-                self._await_welcome(transport), self.handshake_timeout
-            )
+            established = await bounded(self._await_welcome(transport), self.handshake_timeout)
         except _NotTetherPeer as exc:
             # The server echoed the offered subprotocol without speaking it (Node ws
             # picks the first offered one by default): go plain on this connection and

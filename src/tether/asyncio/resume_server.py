@@ -1670,7 +1670,7 @@ class TetherV1ServerLayer(ServerLayer):
 
     async def _close_quietly(self, transport: Transport, code: int, reason: str) -> None:
         try:
-            await asyncio.wait_for(transport.close(code, reason), _TAKEOVER_CLOSE_S)
+            await bounded(transport.close(code, reason), _TAKEOVER_CLOSE_S)
         except (asyncio.TimeoutError, TimeoutError):
             transport.abort()
         except Exception:

@@ -17,7 +17,7 @@ import collections
 
 from ..exceptions import ConfigurationError, QueueFull
 from .engine import Message
-from .waiters import wait_on, wake_all
+from .waiters import bounded, wait_on, wake_all
 
 __all__ = ["QueueClosed", "SendQueue"]
 
@@ -78,7 +78,7 @@ class SendQueue:
             turn = object()
             self.turns.append(turn)
             try:
-                await asyncio.wait_for(self._wait_for_space(turn), timeout)
+                await bounded(self._wait_for_space(turn), timeout)
             except (asyncio.TimeoutError, TimeoutError) as exc:
                 raise QueueFull(
                     f"send queue full ({self.max_size} messages) for {timeout} s; "

@@ -41,8 +41,8 @@ async def wait_on(waiters: list[asyncio.Future[None]]) -> None:
                 waiters.remove(waiter)
 
 
-async def bounded(awaitable: Awaitable[_T], timeout: float) -> _T:
-    """``await awaitable`` for at most ``timeout`` seconds, else the builtin ``TimeoutError``.
+async def bounded(awaitable: Awaitable[_T], timeout: float | None) -> _T:
+    """``await awaitable`` for at most ``timeout`` seconds (None: no limit), else ``TimeoutError``.
 
     ``asyncio.wait_for`` before Python 3.12 wraps the awaitable in a new task: one
     task per call, made on every connection's handshake and every drained session.
