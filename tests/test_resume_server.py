@@ -273,6 +273,10 @@ class Outage(MemoryStore):
         self._check()
         return await super().load(sid)
 
+    async def detach(self, sid: str, generation: int, *, expires_at: float) -> None:
+        self._check()
+        await super().detach(sid, generation, expires_at=expires_at)
+
 
 class OutageIO(Outage):
     """The same with I/O: the layer's writer and write_many, as for SQLite or Redis."""
@@ -331,6 +335,37 @@ async def _a_store_down_for_store_timeout_ends_the_session_with_1011() -> None:
     assert transport.sent[1:] == []
     assert session.closed is not None
     assert session.closed.code == 1011
+    await layer.stop()
+
+
+def test_a_session_ended_by_the_store_timeout_gets_its_expiry_once_the_store_is_back() -> None:
+    """Ended with 1011 and kept for its client: the record must not stay attached for ever.
+
+    (Before, it stayed attached to this live process with no expiry: neither the
+    expiry nor the sweep of dead processes' sessions ever removed it.)
+    """
+    run_virtual(_a_session_ended_by_the_store_timeout_gets_its_expiry())
+
+
+async def _a_session_ended_by_the_store_timeout_gets_its_expiry() -> None:
+    store = OutageIO()
+    layer = TetherV1ServerLayer(store=store, store_timeout=5.0, resume_window=60.0)
+    await layer.start()  # the sweep: every 15 s (a quarter of the window)
+    session, _, _ = await new_session(layer)
+    store.down = True
+    with pytest.raises(ConnectionClosedError):
+        await asyncio.wait_for(session.send("a"), 30.0)
+    await asyncio.sleep(20.0)  # a sweep while the store is still down: the detach waits
+    store.down = False
+    record = await store.load(session.id)
+    assert record is not None
+    assert record.expires_at is None  # still attached to this process
+    before = time.time()
+    await asyncio.sleep(16.0)  # the next sweep detaches it
+    record = await store.load(session.id)
+    assert record is not None
+    assert record.expires_at is not None
+    assert before + 60.0 - 30.0 <= record.expires_at <= time.time() + 60.0
     await layer.stop()
 
 
@@ -1519,6 +1554,53 @@ async def test_a_session_abandoned_between_the_load_and_the_claim_is_refused() -
     assert (refusal.resumed, refusal.reason) == (False, "overflow")
     assert fresh is not session
     await layer.stop()
+
+
+async def test_a_session_abandoned_by_another_node_during_a_resume_is_refused() -> None:
+    """Node B's resume loaded the session just before node A abandoned it: overflow.
+
+    The Redis store loads, judges and claims in two round trips, so the abandon can
+    land in between. (Before, B restored the abandoned session and refused the
+    client's hello with a final 1002.) The record B's claim attached is deleted.
+    """
+
+    class TwoTrips(MemoryStore):
+        """resume() as the Redis store does it: load, judge, then claim and read."""
+
+        between: Any = None
+
+        async def resume(self, sid: str, admit: Any, **tokens: str) -> Any:
+            record = await self.load(sid)
+            if record is None or not admit(record):
+                return Resumption(record, None)
+            if self.between is not None:
+                await self.between(sid)
+            claimed = await self.claim(sid, record.generation, **tokens)
+            return Resumption(claimed, await self.messages(sid, after=claimed.acked))
+
+    store = TwoTrips()
+    node_a = TetherV1ServerLayer(store=store)
+    node_b = TetherV1ServerLayer(store=store)
+    session, transport, welcome = await new_session(node_a)
+    await session.send("m1")
+    transport.peer_closed(ClosedInfo(1006, "", clean=False))
+    await eventually(lambda: session.transport is None, 2.0)
+
+    async def node_a_abandons(sid: str) -> None:
+        await store.abandon(sid, 1, reason="overflow")
+
+    store.between = node_a_abandons
+    again = v1_transport(encode(Hello(welcome.sid, welcome.token, welcome.epoch, 0)))
+    fresh = await node_b.open(again, REQUEST)
+    fresh.attach(again)
+    await settle(again, 1)
+    refusal = decode(again.sent[0])
+    assert isinstance(refusal, Welcome)
+    assert (refusal.resumed, refusal.reason) == (False, "overflow")
+    assert refusal.sid != welcome.sid
+    await eventually(lambda: welcome.sid not in store._held, 2.0)
+    await node_a.stop()
+    await node_b.stop()
 
 
 def test_a_close_while_the_client_is_away_waits_for_it_until_the_expiry() -> None:

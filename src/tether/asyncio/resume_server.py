@@ -319,6 +319,9 @@ class TetherV1ServerLayer(ServerLayer):
         self._write_scheduled = False
         self._writers: set[asyncio.Task[None]] = set()
         self._stopping = False
+        #: Sessions ended here but kept in the store, still attached to this process
+        #: (sid -> generation, expiry): detached by the sweep until the store takes it.
+        self._left_attached: dict[str, tuple[int, float]] = {}
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -397,6 +400,7 @@ class TetherV1ServerLayer(ServerLayer):
             except StoreError as exc:
                 logger.warning("session store renewal failed: %s", exc)
             await asyncio.sleep(interval)
+            await self._detach_left()
             try:
                 removed = await self.store.expire(time.time())
             except StoreError as exc:
@@ -483,8 +487,7 @@ class TetherV1ServerLayer(ServerLayer):
                             if record.lost is not None:
                                 # Abandoned (overflow) between the load and the claim:
                                 # refused as the judgement would refuse it now.
-                                verdicts.append(lost_reason(record.lost))
-                                claimed = False
+                                claimed = self._refuse_lost(hello.sid, record, verdicts)
                             elif not local.ended:
                                 self._adopt(local, record.generation)
                 else:
@@ -496,6 +499,10 @@ class TetherV1ServerLayer(ServerLayer):
                         previous_token_hash=previous_token_hash,
                     )
                     claimed = replay is not None
+                    if claimed and record is not None and record.lost is not None:
+                        # Abandoned by its node between this store's load and claim
+                        # (Redis: two round trips): refused as the judgement would now.
+                        claimed = self._refuse_lost(hello.sid, record, verdicts)
             except Fenced:
                 continue  # another connection claimed it at the same moment: judge again
             except UnknownSession:
@@ -569,6 +576,19 @@ class TetherV1ServerLayer(ServerLayer):
                 raise
             return state.session
         return await self._new(transport, request, principal, reason=LostReason.NOT_RESUMABLE)
+
+    def _refuse_lost(
+        self, sid: str, record: SessionRecord, verdicts: list[LostReason | None]
+    ) -> bool:
+        """A claim got a session abandoned meanwhile: refuse the resume (False).
+
+        The claim attached the abandoned record to this connection's generation, with
+        no expiry: nothing would ever remove it, so it is deleted (at that generation).
+        """
+        assert record.lost is not None
+        verdicts.append(lost_reason(record.lost))
+        self._spawn(self._delete(sid, record.generation))
+        return False
 
     def _adopt(self, state: _V1, generation: int) -> None:
         """The session held here goes on with the connection that claimed ``generation``."""
@@ -945,6 +965,7 @@ class TetherV1ServerLayer(ServerLayer):
             ClosedInfo(TetherCloseCode.REPLAY_OVERFLOW, "overflow", clean=False),
             delete=False,
         )
+        self._leave_resumable(state)  # (its resume is refused with "overflow" until then)
 
     def _handle(self, state: _V1, event: object) -> None:
         """Act on a core event other than a delivered message."""
@@ -1461,6 +1482,7 @@ class TetherV1ServerLayer(ServerLayer):
         if state.transport is not None:
             self._spawn(self._close_quietly(state.transport, CloseCode.INTERNAL_ERROR, reason))
         self._end(state, ClosedInfo(CloseCode.INTERNAL_ERROR, reason, clean=False), delete=False)
+        self._leave_resumable(state)
 
     def _retry_write(self, state: _V1) -> None:
         state.retry_timer = None
@@ -1655,6 +1677,35 @@ class TetherV1ServerLayer(ServerLayer):
             ClosedInfo(CloseCode.INTERNAL_ERROR, "internal error", clean=False),
             delete=False,
         )
+        self._leave_resumable(state)
+
+    def _leave_resumable(self, state: _V1) -> None:
+        """Ended here but kept in the store for its client: give the record its expiry.
+
+        The record stays attached to this process (no expiry) until a detach says
+        otherwise, and neither the expiry nor the sweep of dead processes' sessions
+        would ever remove it while this process lives. If the client resumes it
+        first, the detach is fenced and dropped. Retried by the sweep while the
+        store refuses (it may be why the session ended).
+        """
+        if not state.durable:
+            return
+        expires_at = time.time() + self.config.resume_window
+        self._left_attached[state.session.id] = (state.generation, expires_at)
+        self._spawn(self._detach_left())
+
+    async def _detach_left(self) -> None:
+        for sid, left in list(self._left_attached.items()):
+            generation, expires_at = left
+            try:
+                await self.store.detach(sid, generation, expires_at=expires_at)
+            except (Fenced, UnknownSession):
+                pass  # resumed since, or gone: nothing of ours to detach
+            except StoreError as exc:
+                logger.debug("session %s: detach left for the next sweep: %s", sid, exc)
+                continue
+            if self._left_attached.get(sid) == left:
+                del self._left_attached[sid]
 
     def _forget(self, state: _V1) -> None:
         if self._by_sid.get(state.session.id) is state:
