@@ -38,6 +38,7 @@ from tether.asyncio.session import Session
 from tether.asyncio.websockets_client import fast_writer
 from tether.backoff import BackoffConfig
 from tether.events import Connected, Disconnected, Resumed, SessionLost, State
+from tether.protocol import Hello, encode
 from tether.ratelimit import ResumeLimit
 from tether.resume import ResumeConfig
 from tether.stores.base import SessionRecord, StoreUnavailable
@@ -284,6 +285,53 @@ async def test_ten_thousand_each_way_through_five_proxy_kills(chaos_proxy: Any) 
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.timeout(20)
+async def test_a_session_opened_as_the_drain_begins_starts_no_handler() -> None:
+    """A hello whose store create is in flight when the drain starts: no handler, ever.
+
+    (Before, the handler started after the drain had taken the list of handlers to
+    end and wait for: it outlived shutdown(), and with the layer stopped nothing
+    ever ended it.) The session stays in the store for a resume elsewhere.
+    """
+    in_create = asyncio.Event()
+    release = asyncio.Event()
+
+    class SlowCreate(MemoryStore):
+        async def create(self, *args: Any, **kwargs: Any) -> SessionRecord:
+            in_create.set()
+            await release.wait()
+            return await super().create(*args, **kwargs)
+
+    started: list[str] = []
+
+    async def handler(session: tether.Session) -> None:
+        started.append(session.id)
+        async for message in session:
+            await session.send(message)
+
+    store = SlowCreate()
+    server = tether.serve(
+        handler, "127.0.0.1", 0, store=store, drain_window=0.0, close_timeout=5.0, heartbeat=None
+    )
+    await server.start()
+    async with ws_connect(
+        f"ws://127.0.0.1:{server.port}/", subprotocols=["tether.v1"], ping_interval=None
+    ) as ws:
+        await ws.send(encode(Hello(rx=0)))
+        await asyncio.wait_for(in_create.wait(), 5.0)
+        shutting_down = asyncio.ensure_future(server.shutdown(1001))
+        await eventually(lambda: server.state.value == "draining", 2.0)
+        release.set()
+        await asyncio.wait_for(shutting_down, 10.0)
+        await asyncio.wait_for(ws.wait_closed(), 5.0)
+    await asyncio.sleep(0.2)  # (a handler started late would have started by now)
+    assert started == []
+    me = asyncio.current_task()
+    assert [t.get_coro().__qualname__ for t in asyncio.all_tasks() if t is not me] == []
+    [held] = store._held.values()
+    assert held.record.expires_at is not None  # detached: resumable on the next server
+
+
 async def test_memory_store_process_restart_says_goaway_resume_false(spawn: Spawn) -> None:
     """`tether serve` (memory store) on SIGHUP: goaway resume false, SessionLost at once."""
     port = free_port()

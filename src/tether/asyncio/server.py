@@ -566,7 +566,12 @@ class Server:
                     # sign of a dead link).
                     record.heartbeat.on_ping = session.read_ahead
                     record.heartbeat.reading = session.reading
-                if session not in self._handlers:
+                if self._state is not ServerState.SERVING and session not in self._handlers:
+                    # Opened while the drain began (the layer waited for its store): the
+                    # drain no longer waits for new handlers, so none may start; the
+                    # connection gets the drain's close, the session stays in the store.
+                    await self._close_unserved(record, session)
+                elif session not in self._handlers:
                     self._handlers[session] = asyncio.ensure_future(self._run_handler(session))
                 info = await link_end
                 record.pump = None
@@ -611,6 +616,15 @@ class Server:
             if record.pump is not None:
                 record.pump.cancel()
             self._connections.pop(transport, None)
+
+    async def _close_unserved(self, record: _Connection, session: Session) -> None:
+        code, reason = self._drain_close or (self.shutdown_code, "")
+        await self._close_record(record, code, reason)
+        record.cause = "draining"
+        try:
+            await self.layer.finish(session)
+        except Exception:
+            logger.exception("settling session %s failed", session.id)
 
     def _plain_connection_closed(self, record: _Connection, info: ClosedInfo) -> None:
         # The connection is gone even if the handler still runs: it is no longer
