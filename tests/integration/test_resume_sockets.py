@@ -38,7 +38,7 @@ from tether.asyncio.session import Session
 from tether.asyncio.websockets_client import fast_writer
 from tether.backoff import BackoffConfig
 from tether.events import Connected, Disconnected, Resumed, SessionLost, State
-from tether.protocol import Hello, encode
+from tether.protocol import Hello, Welcome, decode, encode
 from tether.ratelimit import ResumeLimit
 from tether.resume import ResumeConfig
 from tether.stores.base import SessionRecord, StoreUnavailable
@@ -330,6 +330,136 @@ async def test_a_session_opened_as_the_drain_begins_starts_no_handler() -> None:
     assert [t.get_coro().__qualname__ for t in asyncio.all_tasks() if t is not me] == []
     [held] = store._held.values()
     assert held.record.expires_at is not None  # detached: resumable on the next server
+
+
+async def _v1_raw_client(port: int, hello: Hello | None = None) -> tuple[Any, Welcome]:
+    ws = await ws_connect(f"ws://127.0.0.1:{port}/", subprotocols=["tether.v1"], ping_interval=None)
+    await ws.send(encode(hello or Hello(rx=0)))
+    welcome = decode(await asyncio.wait_for(ws.recv(), 5.0))
+    assert isinstance(welcome, Welcome)
+    return ws, welcome
+
+
+@pytest.mark.timeout(30)
+async def test_a_send_waiting_for_room_during_a_restart_keeps_the_session_resumable() -> None:
+    """The handler waits for room (a client that does not ack) when the 1012 comes.
+
+    (Before, the wait ran out with the client "away", the session was abandoned as
+    an overflow, and the resume the goaway had promised was refused.) The send
+    fails as the drain ended the session; the next server resumes it.
+    """
+    config = ResumeConfig(max_messages=5)
+    outcome: list[str] = []
+
+    async def handler(session: tether.Session) -> None:
+        try:
+            for i in range(10):
+                await session.send(f"m{i}")
+        except tether.ConnectionClosed as exc:
+            outcome.append(f"{type(exc).__name__} {exc.code}")
+
+    store = MemoryStore()
+    old = tether.serve(
+        handler,
+        "127.0.0.1",
+        0,
+        layer=TetherV1ServerLayer(store=store, config=config, send_timeout=2.0),
+        drain_window=0.0,
+        heartbeat=None,
+    )
+    await old.start()
+    ws, welcome = await _v1_raw_client(old.port)
+    frames = [await asyncio.wait_for(ws.recv(), 5.0) for _ in range(5)]  # never acked
+    assert [decode(f).payload for f in frames] == [f"m{i}" for i in range(5)]  # type: ignore[union-attr]
+    await asyncio.sleep(0.2)  # the handler's sixth send now waits for room
+    await old.restart("deploy")
+    await asyncio.wait_for(ws.wait_closed(), 5.0)
+    assert ws.close_code == 1012
+    await asyncio.sleep(2.5)  # past the send_timeout: the client is away by now
+    assert outcome == ["ConnectionClosedError 1012"]
+    record = await store.load(welcome.sid)
+    assert record is not None
+    assert record.lost is None
+    new = tether.serve(handler, "127.0.0.1", 0, store=store, drain_window=0.0, heartbeat=None)
+    await new.start()
+    ws2, again = await _v1_raw_client(new.port, Hello(welcome.sid, welcome.token, welcome.epoch, 0))
+    assert (again.resumed, again.reason) == (True, None)
+    await ws2.close()
+    await new.shutdown()
+
+
+@pytest.mark.timeout(30)
+async def test_a_send_waiting_for_its_write_fails_once_the_session_is_let_go() -> None:
+    """Another task's send() waits for a store write that hangs when the handler returns.
+
+    (Before, finish() gave up on the write after its bound and forgot the session,
+    and that send() waited for ever.)
+    """
+    hang = asyncio.Event()
+
+    class HangingWrites(MemoryStore):
+        slow = False
+
+        def write_nowait(self, *args: Any, **kwargs: Any) -> bool:
+            return False  # the awaited path, as SQLite and Redis take
+
+        async def write(self, *args: Any, **kwargs: Any) -> SessionRecord:
+            if self.slow:
+                await hang.wait()
+            return await super().write(*args, **kwargs)
+
+    store = HangingWrites()
+    background: list[asyncio.Task[None]] = []
+
+    async def handler(session: tether.Session) -> None:
+        async for _ in session:
+            pass
+        store.slow = True  # the drain ended the session; another task still sends
+        background.append(asyncio.ensure_future(session.send("late")))
+        await asyncio.sleep(0.1)
+
+    server = tether.serve(
+        handler, "127.0.0.1", 0, store=store, drain_window=0.0, close_timeout=3.0, heartbeat=None
+    )
+    await server.start()
+    ws, _ = await _v1_raw_client(server.port)
+    await server.restart()
+    await ws.close()
+    [sending] = background
+    with pytest.raises(tether.ConnectionClosed):
+        await asyncio.wait_for(sending, 5.0)
+    hang.set()
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("closes", ["handler", "client"])
+async def test_send_after_a_normal_close_raises_connection_closed_ok(closes: str) -> None:
+    """tether.v1 as plain: after a 1000, send() raises ConnectionClosedOK, like recv()."""
+    raised: list[str] = []
+    done = asyncio.Event()
+
+    async def handler(session: tether.Session) -> None:
+        if closes == "handler":
+            await session.close(1000, "bye")
+        else:
+            async for _ in session:
+                pass
+        for operation in (lambda: session.send("x"), session.recv):
+            try:
+                await operation()
+            except tether.ConnectionClosed as exc:
+                raised.append(f"{type(exc).__name__} {exc.code}")
+        done.set()
+
+    server = tether.serve(handler, "127.0.0.1", 0, drain_window=0.0, heartbeat=None)
+    await server.start()
+    ws, _ = await _v1_raw_client(server.port)
+    if closes == "client":
+        await ws.close(1000)
+    await asyncio.wait_for(done.wait(), 5.0)
+    await ws.close()
+    await server.shutdown()
+    assert raised == ["ConnectionClosedOK 1000"] * 2
 
 
 async def test_memory_store_process_restart_says_goaway_resume_false(spawn: Spawn) -> None:

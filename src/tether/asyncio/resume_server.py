@@ -70,6 +70,7 @@ from typing import Any
 from ..closecodes import CloseCode
 from ..exceptions import (
     ConfigurationError,
+    ConnectionClosed,
     ConnectionClosedError,
     ProtocolError,
     StoreError,
@@ -159,6 +160,10 @@ class _V1:
     write_now: Callable[[Message], bool] | None = None
     #: A drain started on ``transport``: data arriving on it is not taken any more.
     closing: bool = False
+    #: How a drain (restart, shutdown) closed the session's connection: the session
+    #: now waits in the store for the next server. Its client is not "away" here (no
+    #: overflow abandon), and no ack will make room in its buffer any more.
+    drained: ClosedInfo | None = None
     ended: bool = False
     #: Sequence numbers handed to the inbox, not yet taken by the handler (made on
     #: first use: an idle session holds no deque).
@@ -931,6 +936,15 @@ class TetherV1ServerLayer(ServerLayer):
         overflowed = False
         state.session.read_ahead(keep=True)  # the acks that make room must be read
         while not state.ended and not state.endpoint.has_room(message):
+            if state.drained is not None:
+                # Drained: the client comes back to another server, which replays
+                # what the store holds; no ack will make room here, and this message
+                # was never stored. Not an overflow (abandoning would refuse the
+                # resume the goaway promised): once the drain ended the session (a
+                # handler returning before that would close it with 1000), fail.
+                if state.session.closed is not None:
+                    raise closed_error(state.session.closed)
+                deadline = max(deadline, loop.time() + self.send_timeout)
             remaining = deadline - loop.time()
             if remaining <= 0:
                 if state.transport is not None and not overflowed:
@@ -1573,6 +1587,7 @@ class TetherV1ServerLayer(ServerLayer):
         if state is None or transport is not state.transport:
             return await transport.close(code, reason)
         state.closing = True
+        state.drained = ClosedInfo(code, reason, clean=True, sent_code=code)
         session.read_ahead(keep=True)  # what still arrives is dropped; the close is read
         await self._settle(state, timeout=2.0)
         if code == CloseCode.SERVICE_RESTART and transport.closed is None:
@@ -1587,7 +1602,8 @@ class TetherV1ServerLayer(ServerLayer):
         # has not taken yet is not committed, so the client replays it to the
         # next server; the handler must not see it too. It may still send (its
         # replies are stored and replayed) until it returns.
-        session.end(ClosedInfo(code, reason, clean=True, sent_code=code), discard_unread=True)
+        session.end(state.drained, discard_unread=True)
+        self._wake_progress(state)  # a send waiting for room fails now (_wait_for_room)
         return info
 
     async def close(
@@ -1651,6 +1667,12 @@ class TetherV1ServerLayer(ServerLayer):
         self._disarm(state)
         self._forget(state)
         self._states.pop(session, None)
+        if not state.ended:
+            # Nothing will write for this session any more: a sender still waiting
+            # for its write (another task than the handler's, past the settle's
+            # bound) learns it now instead of waiting for ever.
+            state.ended = True
+            self._wake_progress(state)
         if state.task is not None:
             state.task.cancel()
             await asyncio.gather(state.task, return_exceptions=True)
@@ -1790,8 +1812,9 @@ def _settled(state: _V1) -> bool:
     )
 
 
-def _ended(state: _V1) -> ConnectionClosedError:
+def _ended(state: _V1) -> ConnectionClosed:
+    """What send() raises once the session ended: as recv() would (1000, 1001: OK)."""
     closed = state.session.closed
     if closed is None:
         return ConnectionClosedError(None, "the session has ended")
-    return ConnectionClosedError(closed.code, closed.reason, "the session has ended")
+    return closed_error(closed)
