@@ -149,6 +149,31 @@ def test_bad_store_options_are_usage_errors(args: list[str], says: str) -> None:
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--port", "70000"], "--port must be 0..65535"),
+        (["--port", "-1"], "--port must be 0..65535"),
+        (["--close-timeout", "0"], "--close-timeout must be > 0"),
+        (["--app", "ticker", "--ticker-interval", "0"], "--ticker-interval must be"),
+        (["--drain-window", "inf"], "--drain-window must be a finite number"),
+        (["--drain-window", "nan"], "--drain-window must be a finite number"),
+    ],
+)
+def test_bad_numbers_are_usage_errors_not_tracebacks(args: list[str], says: str) -> None:
+    """Out-of-range numbers exit 2 with one line (before: a traceback and 1, or, for an
+    infinite drain window, a server that hung in its drain at the first SIGTERM)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "tether", "serve", "--store", "none", *args],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert result.returncode == 2
+    assert says in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
 def test_default_store_is_a_sqlite_file_in_the_current_directory(
     servers: Servers, tmp_path: Path
 ) -> None:

@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import gc
 import logging
+import math
 import signal
 import sys
 from pathlib import Path
@@ -177,8 +178,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         validate_send(args.shutdown_code, role="server")
         heartbeat = Heartbeat(args.ping_interval or None, args.ping_timeout or None)
-        if args.drain_window < 0:
-            raise ConfigurationError("--drain-window must be >= 0 seconds")
+        if not 0 <= args.port <= 65535:
+            raise ConfigurationError(f"--port must be 0..65535, not {args.port}")
+        if not (args.drain_window >= 0 and math.isfinite(args.drain_window)):
+            raise ConfigurationError("--drain-window must be a finite number >= 0 seconds")
+        if not args.close_timeout > 0:
+            raise ConfigurationError("--close-timeout must be > 0 seconds")
+        if not (args.ticker_interval > 0 and math.isfinite(args.ticker_interval)):
+            raise ConfigurationError("--ticker-interval must be a finite number > 0 ms")
         if not args.resume_window > 0:
             raise ConfigurationError("--resume-window must be > 0 seconds")
         if not args.store_timeout > 0:
