@@ -19,6 +19,7 @@ from tether import (
     State,
 )
 from tether.knowledge import summary
+from tether.policy import DelayRule
 from tether.reconnect import (
     ConnectFailure,
     FailureKind,
@@ -199,6 +200,30 @@ def test_1012_with_a_server_hint_waits_exactly_the_hint() -> None:
     core = make(HighRng(), restart_window=(1.0, 5.0))
     opened_at(core, 0.0)
     assert reconnecting(core.closed(1.0, code=1012, clean=True, hint=0.25)).delay == 0.25
+
+
+@pytest.mark.parametrize("code", [1006, 1001, 1011])
+def test_a_close_after_a_goaway_is_a_planned_restart(code: int) -> None:
+    """DESIGN.md §4: "1012, or after a goaway": a server killed mid-drain gives 1006.
+
+    The delay is the goaway's hint and no failure is counted (before: backoff, one
+    failure, as for an unannounced drop).
+    """
+    core = make(HighRng(), restart_window=(1.0, 5.0))
+    opened_at(core, 0.0)
+    outcome = core.closed(100.0, code=code, clean=code != 1006, hint=0.25)
+    assert outcome.decision is not None
+    assert outcome.decision.rule.delay is DelayRule.RESTART
+    event = reconnecting(outcome)
+    assert (event.delay, event.cause_code) == (0.25, code)
+    assert core.backoff.failures == 0
+
+
+def test_a_final_code_after_a_goaway_stays_final() -> None:
+    """A goaway does not turn a final code (1008 Policy Violation) into a restart."""
+    core = make(HighRng())
+    opened_at(core, 0.0)
+    assert not core.closed(1.0, code=1008, clean=True, hint=0.25).reconnecting
 
 
 def test_1013_respects_the_floor() -> None:

@@ -272,6 +272,12 @@ class Reconnector:
             self._finish()
             return Outcome((disconnected,), None, None, None, f"closed {label}")
         decision = self.policy.decide(code)
+        if hint is not None and decision.reconnect and decision.rule.delay is DelayRule.BACKOFF:
+            # A goaway came first (hence the hint): the server announced its restart,
+            # and DESIGN.md §4's "1012, or after a goaway" row applies whatever ended
+            # the connection then (a server killed mid-drain gives 1006): the short
+            # delay, not counted as a failure.
+            decision = Decision(code, Rule.reconnect(DelayRule.RESTART), "goaway")
         return self._after(now, decision, code, (disconnected,), f"closed {label}", hint=hint)
 
     def connect_failed(self, now: float, failure: ConnectFailure) -> Outcome:
