@@ -67,7 +67,8 @@ def opened_client(config: ResumeConfig = CONFIG, *, report_acks: bool = True) ->
     """A client that completed a fresh handshake at t=0."""
     client = ClientEndpoint(config, report_acks=report_acks)
     client.connection_made(0.0)
-    client.receive_message(welcome(), 0.0)
+    # (The server's window, which the client follows, equal to the client's.)
+    client.receive_message(welcome(window_ms=config.window_ms), 0.0)
     client.data_to_send()
     client.events_received()
     return client
@@ -558,6 +559,24 @@ def test_failed_handshakes_do_not_extend_window() -> None:
     client.connection_lost(7.0)  # no welcome came
     assert client.next_deadline() == pytest.approx(10.0)
     client.handle_timer(10.0)
+    assert [type(e) for e in client.events_received()] == [SessionLost]
+
+
+def test_the_client_keeps_its_session_for_the_servers_window() -> None:
+    """welcome.window_ms, not the client's own setting, says how long to try resuming.
+
+    (Before, a client with the default 120 s gave up a session a server with a
+    600 s window still held, and what that server had buffered was lost.)
+    """
+    client = ClientEndpoint(ResumeConfig(resume_window=120.0))
+    client.connection_made(0.0)
+    client.receive_message(welcome(window_ms=600_000), 0.0)
+    client.events_received()
+    client.connection_lost(10.0)
+    assert client.next_deadline() == pytest.approx(610.0)
+    client.handle_timer(200.0)
+    assert client.events_received() == []  # still resumable at 200 s
+    client.handle_timer(610.0)
     assert [type(e) for e in client.events_received()] == [SessionLost]
 
 

@@ -230,6 +230,7 @@ class Endpoint:
         "_in_count",
         "_opened_at",
         "_out",
+        "_window",
         "buffer",
         "config",
         "duplicates",
@@ -254,6 +255,9 @@ class Endpoint:
         self._reset_sequences(last_seq=0, rx=0)
         self._disconnected_at: float | None = None
         self._opened_at = 0.0
+        #: Seconds a disconnected session is kept (and the longest a message may stay
+        #: unacknowledged): the config's; on a client, the server's welcome.window_ms.
+        self._window = config.resume_window
 
     def _reset_sequences(self, *, last_seq: int, rx: int) -> None:
         self.buffer = ReplayBuffer(
@@ -444,13 +448,13 @@ class Endpoint:
             stall = (
                 None
                 if oldest is None
-                else (oldest if oldest > opened else opened) + self.config.resume_window
+                else (oldest if oldest > opened else opened) + self._window
             )
             if ack_due is None:
                 return stall
             return ack_due if stall is None or ack_due < stall else stall
         if self.phase is Phase.DISCONNECTED and self._disconnected_at is not None:
-            return self._disconnected_at + self.config.resume_window
+            return self._disconnected_at + self._window
         return None
 
     def handle_timer(self, now: float) -> None:
@@ -462,13 +466,13 @@ class Endpoint:
             if stall is not None and now >= stall:
                 self._fail(
                     TetherCloseCode.REPLAY_OVERFLOW,
-                    f"messages unacknowledged for {self.config.resume_window} s",
+                    f"messages unacknowledged for {self._window} s",
                     now,
                 )
         elif (
             self.phase is Phase.DISCONNECTED
             and self._disconnected_at is not None
-            and now >= self._disconnected_at + self.config.resume_window
+            and now >= self._disconnected_at + self._window
         ):
             self._expire()
 
@@ -478,7 +482,7 @@ class Endpoint:
         if oldest is None:
             return None
         opened = self._opened_at
-        return (oldest if oldest > opened else opened) + self.config.resume_window
+        return (oldest if oldest > opened else opened) + self._window
 
     def _expire(self) -> None:
         raise NotImplementedError
@@ -695,6 +699,11 @@ class ClientEndpoint(Endpoint):
             if welcome.rx != 0:
                 raise ProtocolError("a new session must start with rx 0")
         self._session = _Credentials(welcome.sid, welcome.token, welcome.epoch)
+        # The server keeps the session for its window, not ours: expiring it here
+        # sooner would give up (and lose) what the server still holds for us, and
+        # resuming later than the server keeps it is refused anyway.
+        if welcome.window_ms > 0:
+            self._window = welcome.window_ms / 1000.0
         self._open(now)
         replayed_out = self._replay()
         self._events.append(SessionEstablished(welcome.sid, welcome.resumed, replayed_out))
