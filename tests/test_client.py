@@ -19,6 +19,9 @@ import pytest
 from tests.support.events import EventRecorder
 from tests.support.eventually import eventually
 from tests.support.loop_errors import loop_errors  # noqa: F401 - autouse fixture
+from tests.support.rawws import accept_handshake
+from tests.support.rawws import frame as raw_frame
+from tests.support.rawws import read_frame as reader_frame
 from websockets.asyncio.server import Request, Response, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed as WsConnectionClosed
 from websockets.exceptions import InvalidURI
@@ -1034,6 +1037,66 @@ async def test_a_slow_reader_is_not_taken_for_a_dead_link() -> None:
     finally:
         ws_server.close()
         await ws_server.wait_closed()
+
+
+@pytest.mark.timeout(20)
+async def test_a_pong_behind_a_burst_is_awaited_while_recv_reads_directly() -> None:
+    """The application waits in recv() at the ping; a burst, then the pong, arrive.
+
+    It reads the burst slower than the timeout: the link is alive, and the pong
+    behind the burst must not make it look dead. (Before, recv() reading the
+    connection itself at the ping meant no read-ahead and no count of what the
+    application took: the link was dropped as 1006 and, in plain mode, what was in
+    flight was lost.)
+    """
+    burst, size = 1500, 4096
+    pinged = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await accept_handshake(reader, writer)
+            while True:
+                opcode, data = await reader_frame(reader)
+                if opcode == 0x9:  # ping: the burst first (once), then its pong
+                    if not pinged.is_set():
+                        pinged.set()
+                        for n in range(burst):
+                            writer.write(raw_frame(0x1, f"{n:06d}".ljust(size, "x").encode()))
+                    writer.write(raw_frame(0xA, data))
+                elif opcode == 0x8:
+                    writer.write(raw_frame(0x8, data[:2]))
+                    await writer.drain()
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with tether.connect(
+            f"ws://127.0.0.1:{port}/", resume=False, heartbeat=Heartbeat(0.5, 1.0)
+        ) as conn:
+            events = EventRecorder(conn)
+
+            async def read_the_burst() -> None:
+                expected = 0
+                async for message in conn:  # in recv() when the ping goes out
+                    assert int(message[:6]) == expected  # nothing lost, same connection
+                    expected += 1
+                    time.sleep(0.002)  # noqa: ASYNC251 - the application works 3 s in all
+                    await asyncio.sleep(0)
+                    if expected == burst:
+                        return
+
+            await asyncio.wait_for(read_the_burst(), 10)
+            assert pinged.is_set()
+            assert events.of(Disconnected) == []
+            assert conn.state is tether.State.OPEN
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 @pytest.mark.timeout(20)

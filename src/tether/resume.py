@@ -446,9 +446,7 @@ class Endpoint:
             oldest = self.buffer.oldest_queued_at
             opened = self._opened_at
             stall = (
-                None
-                if oldest is None
-                else (oldest if oldest > opened else opened) + self._window
+                None if oldest is None else (oldest if oldest > opened else opened) + self._window
             )
             if ack_due is None:
                 return stall

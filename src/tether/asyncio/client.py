@@ -1281,10 +1281,13 @@ class ClientConnection:
                 result = link.machine.handle_timer(now, self._inbox.reading())
                 if result is not None and result.action is TimerAction.SEND_PING:
                     self._write_in_task(link, link.transport.ping(result.payload))
-                    if link.unread:
-                        # The application is not reading: read ahead (within the inbox
-                        # bounds) so that the pong is not stuck behind its messages.
-                        self._ensure_reader(link)
+                    # Read ahead (within the inbox bounds) so that the pong is not stuck
+                    # behind messages the application has not taken, and so that what it
+                    # takes is counted (Reading). Also when a recv() reads the connection
+                    # itself now: the reader takes over once that read is done (else a
+                    # burst behind which the pong comes, read slowly, made the link look
+                    # dead). It hands the reading back when recv() waits on an empty inbox.
+                    self._ensure_reader(link)
                 elif result is not None and result.action is TimerAction.DEAD:
                     # DESIGN.md §5: a missing pong fails the connection locally as 1006,
                     # without a closing handshake (the peer cannot be reached anyway).
