@@ -14,6 +14,7 @@ import json
 import logging
 import random
 import signal
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -26,6 +27,9 @@ from tests.support.loop_errors import loop_errors  # noqa: F401 - autouse fixtur
 from tests.support.node import NodeWsServer
 from tests.support.ports import free_port, wait_for_port
 from tests.support.procs import JsonLineProcess, tether_cli
+from tests.support.rawws import client_handshake
+from tests.support.rawws import frame as raw_frame
+from tests.support.rawws import read_frame as reader_frame
 from websockets.asyncio.client import connect as ws_connect
 
 import tether
@@ -460,6 +464,64 @@ async def test_send_after_a_normal_close_raises_connection_closed_ok(closes: str
     await ws.close()
     await server.shutdown()
     assert raised == ["ConnectionClosedOK 1000"] * 2
+
+
+@pytest.mark.timeout(30)
+async def test_a_pong_behind_a_burst_the_handler_reads_slowly_is_awaited() -> None:
+    """The server pings while its handler waits in recv(); a burst, then the pong, arrive.
+
+    The handler reads the burst slower than the heartbeat's timeout: the link is
+    alive. (Before, the handler reading the connection itself at the ping meant no
+    read-ahead and no count of what it took: the server dropped the link as dead.)
+    """
+    burst, size = 1500, 4096
+    got: list[int] = []
+    done = asyncio.Event()
+
+    async def handler(session: tether.Session) -> None:
+        async for message in session:  # in recv() when the ping goes out
+            got.append(int(message[:6]))
+            time.sleep(0.002)  # noqa: ASYNC251 - the handler works 3 s in all
+            await asyncio.sleep(0)
+            if len(got) == burst:
+                done.set()
+
+    server = tether.serve(
+        handler, "127.0.0.1", 0, heartbeat=tether.Heartbeat(0.5, 1.0), drain_window=0.0
+    )
+    await server.start()
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    mask = b"\x01\x02\x03\x04"
+    dropped = asyncio.Event()
+
+    async def client() -> None:
+        await client_handshake(reader, writer, "tether.v1")
+        writer.write(raw_frame(0x1, encode(Hello(rx=0)).encode(), mask=mask))
+        burst_sent = False
+        try:
+            while True:
+                opcode, data = await reader_frame(reader)
+                if opcode == 0x9:  # the server's ping: the burst first (once), then the pong
+                    if not burst_sent:
+                        burst_sent = True
+                        for n in range(1, burst + 1):
+                            payload = f"d{n}:0:" + f"{n - 1:06d}".ljust(size, "x")
+                            writer.write(raw_frame(0x1, payload.encode(), mask=mask))
+                    writer.write(raw_frame(0xA, data, mask=mask))
+                elif opcode == 0x8:
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            dropped.set()
+
+    task = asyncio.ensure_future(client())
+    try:
+        await asyncio.wait_for(done.wait(), 15.0)
+        assert got == list(range(burst))
+        assert not dropped.is_set()
+    finally:
+        task.cancel()
+        writer.close()
+        await server.shutdown()
 
 
 async def test_memory_store_process_restart_says_goaway_resume_false(spawn: Spawn) -> None:
