@@ -198,6 +198,34 @@ async def test_restart_spreads_closes_over_the_window(
     assert max(stamps) - min(stamps) < 2.0
 
 
+async def test_restart_closes_the_oldest_connection_first(
+    start: Callable[..., Awaitable[Server]],
+) -> None:
+    """The drain closes connections oldest first (docs/server.md): one per 0.1 s batch here."""
+
+    async def handler(session: tether.Session) -> None:
+        await session.send("open")
+        async for _ in session:
+            pass
+
+    server = await start(handler, drain_window=0.4)  # 5 batches, 0.1 s apart
+    clients: list[ClientConnection] = []
+    for _ in range(5):
+        ws = await _client(server)
+        assert await asyncio.wait_for(ws.recv(), 5) == "open"  # open on both sides
+        clients.append(ws)
+    order: list[int] = []
+
+    async def record(index: int, ws: ClientConnection) -> None:
+        assert (await _closed(ws))[0] == 1012
+        order.append(index)
+
+    watchers = [asyncio.ensure_future(record(i, ws)) for i, ws in enumerate(clients)]
+    await server.restart()
+    await asyncio.wait_for(asyncio.gather(*watchers), 10)
+    assert order == [0, 1, 2, 3, 4]
+
+
 async def test_health_and_upgrades_get_503_during_drain(
     start: Callable[..., Awaitable[Server]],
 ) -> None:
