@@ -8,7 +8,7 @@ raw ``websockets`` client (which offers permessage-deflate by default).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import cast
 
 import pytest
@@ -33,7 +33,7 @@ def _deflate(extensions: object) -> bool:
 
 def _echo_recording(
     negotiated: list[bool], offered: list[str | None]
-) -> Callable[[tether.Session], object]:
+) -> Callable[[tether.Session], Awaitable[None]]:
     """An echo handler that records what the client offered and what was negotiated."""
 
     async def handler(session: tether.Session) -> None:
