@@ -196,6 +196,18 @@ def test_stable_connection_restarts_the_bounds() -> None:
     assert backoff.delay(DelayRule.BACKOFF, 20.0) is not None
 
 
+def test_max_elapsed_counts_from_the_first_failure_after_a_stable_connection() -> None:
+    """After a stable connection, ``max_elapsed`` runs from the next failure, not an older one."""
+    backoff = Backoff(BackoffConfig(max_elapsed=60.0), rng=random.Random(SEED))
+    assert backoff.delay(DelayRule.BACKOFF, 0.0) is not None  # first failure at t=0
+    backoff.opened(1.0)
+    backoff.closed(100.0)  # stable for 99 s: the counters reset
+    # 100 s after the first failure (past 60 s), 0 s after the second one.
+    assert backoff.delay(DelayRule.BACKOFF, 100.0) is not None
+    assert backoff.delay(DelayRule.BACKOFF, 159.9) is not None
+    assert backoff.delay(DelayRule.BACKOFF, 160.0) is None
+
+
 def test_restart_window_is_uniform_1_to_5() -> None:
     """1012: 10,000 draws lie in [1, 5] and spread over it (mean near 3)."""
     rng = random.Random(SEED)

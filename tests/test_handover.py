@@ -101,3 +101,42 @@ async def test_a_cancelled_handover_kills_its_replacement(
             if process.poll() is None:
                 process.kill()
                 process.wait(5)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(30)
+async def test_replacement_answering_with_its_pid_but_not_200_is_not_healthy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A /healthz that shows the replacement's pid with a 503 is not healthy: it is killed."""
+    started: list[subprocess.Popen[bytes]] = []
+    real_popen = subprocess.Popen
+
+    def recording_popen(*args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:
+        process = real_popen(*args, **kwargs)
+        started.append(process)
+        return process
+
+    asked: list[tuple[str, int]] = []
+
+    async def unhealthy(
+        host: str, port: int, *, timeout: float = 1.0
+    ) -> tuple[int, dict[str, object]]:
+        asked.append((host, port))
+        return 503, {"pid": started[-1].pid}
+
+    monkeypatch.setattr(handover.subprocess, "Popen", recording_popen)
+    monkeypatch.setattr(handover, "health_check", unhealthy)
+    try:
+        with pytest.raises(HandoverFailed, match="not healthy within 2 s"):
+            await start_replacement(
+                ["serve", "--host", "127.0.0.1", "--port", "0"], "127.0.0.1", 1, timeout=2
+            )
+        assert asked  # the probe saw its pid, only with the wrong status
+        (process,) = started
+        assert process.poll() is not None  # killed and reaped, not left running
+    finally:
+        for process in started:
+            if process.poll() is None:
+                process.kill()
+                process.wait(5)

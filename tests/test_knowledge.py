@@ -394,7 +394,9 @@ def test_compare_codes_in_one_range_shows_the_policy_split() -> None:
 
 def test_compare_in_japanese_is_japanese() -> None:
     """The Japanese comparison's differences are written in Japanese."""
-    for line in compare(1006, 1012, "ja").differences:
+    differences = compare(1006, 1012, "ja").differences
+    assert differences
+    for line in differences:
         assert JAPANESE.search(line), line
 
 

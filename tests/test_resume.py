@@ -507,6 +507,25 @@ def test_resumed_event_counts() -> None:
     assert link.app_server.got == ["c1"]
 
 
+def test_resumed_welcome_rx_acknowledges_what_the_server_got() -> None:
+    """A message the server received but never acked is not re-sent once welcome.rx covers it."""
+    client = opened_client()
+    client.send("a", 0.0)
+    assert [decode(m) for m in client.data_to_send()] == [Data(1, 0, "a")]
+    client.connection_lost(1.0)  # the link drops before the server's ack arrives
+    client.connection_made(2.0)
+    assert [decode(m) for m in client.data_to_send()] == [Hello("c2lk", "dG9r", "ZXA", 0)]
+    client.receive_message(welcome(resumed=True, token="bmV3", rx=1), 2.0)
+    sent = [decode(m) for m in client.data_to_send()]
+    assert not any(isinstance(frame, Data) and frame.seq == 1 for frame in sent)
+    assert sent == []
+    events = client.events_received()
+    assert Resumed(replayed_in=0, replayed_out=0) in events
+    assert SessionEstablished("c2lk", True, 0) in events
+    assert client.peer_acked == 1
+    assert client.phase is Phase.OPEN
+
+
 def test_server_restores_from_store() -> None:
     """A server endpoint rebuilt from stored state replays what the client lacks."""
     server = ServerEndpoint("c2lk", "ZXA", tx=5, rx=3)

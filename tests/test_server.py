@@ -198,6 +198,34 @@ async def test_restart_spreads_closes_over_the_window(
     assert max(stamps) - min(stamps) < 2.0
 
 
+async def test_restart_closes_the_oldest_connection_first(
+    start: Callable[..., Awaitable[Server]],
+) -> None:
+    """The drain closes connections oldest first (docs/server.md): one per 0.1 s batch here."""
+
+    async def handler(session: tether.Session) -> None:
+        await session.send("open")
+        async for _ in session:
+            pass
+
+    server = await start(handler, drain_window=0.4)  # 5 batches, 0.1 s apart
+    clients: list[ClientConnection] = []
+    for _ in range(5):
+        ws = await _client(server)
+        assert await asyncio.wait_for(ws.recv(), 5) == "open"  # open on both sides
+        clients.append(ws)
+    order: list[int] = []
+
+    async def record(index: int, ws: ClientConnection) -> None:
+        assert (await _closed(ws))[0] == 1012
+        order.append(index)
+
+    watchers = [asyncio.ensure_future(record(i, ws)) for i, ws in enumerate(clients)]
+    await server.restart()
+    await asyncio.wait_for(asyncio.gather(*watchers), 10)
+    assert order == [0, 1, 2, 3, 4]
+
+
 async def test_health_and_upgrades_get_503_during_drain(
     start: Callable[..., Awaitable[Server]],
 ) -> None:
@@ -420,14 +448,22 @@ async def test_heartbeat_keeps_an_answering_client(
     """A client that answers pings stays connected past several intervals."""
     server = await start(heartbeat=tether.Heartbeat(interval=0.1, timeout=0.1))
     async with await _client(server) as ws:
-        # Real time is the stimulus (nothing should happen): three intervals + timeouts pass.
-        await asyncio.sleep(0.6)
+        (record,) = await eventually(lambda: list(server._connections.values()))
+        heartbeat = record.heartbeat
+        assert heartbeat is not None
+        # Wait for the server's pings, not for a time: the 6th ping is sent at 0.6 s at the
+        # earliest, after the pong deadlines of pings 1-5 were checked (a missed pong
+        # there would have culled the connection and stopped the pings).
+        await eventually(
+            lambda: heartbeat._machine._counter >= 6 or heartbeat.dead,
+            what="six pings sent (or the connection culled)",
+        )
+        assert not heartbeat.dead
+        assert server._connections.get(record.transport) is record
         await ws.send("alive")
         assert await ws.recv() == "alive"
-        # The stimulus was real: the server pinged and read the client's pongs.
-        (record,) = server._connections.values()
-        assert record.heartbeat is not None
-        assert record.heartbeat._machine.last_rtt is not None
+        # The stimulus was real: the server read the client's pongs.
+        assert heartbeat._machine.last_rtt is not None
 
 
 async def test_drain_cancels_handlers_that_ignore_the_end(
@@ -672,10 +708,10 @@ async def test_origins_admit_listed_origins_and_refuse_others_with_403(
     """origins=[exact, pattern]: both admitted (101); a foreign or missing Origin gets 403."""
     import re
 
-    handled: list[str] = []
+    handled: list[str | None] = []
 
     async def handler(session: tether.Session) -> None:
-        handled.append(session.id)
+        handled.append(session.request.headers.get("origin"))
         await session.recv()
 
     server = await start(
@@ -686,8 +722,16 @@ async def test_origins_admit_listed_origins_and_refuse_others_with_403(
     assert await handshake_status(server.port, "https://evil.example") == 403
     assert await handshake_status(server.port, "https://eu.app.example.evil") == 403
     assert await handshake_status(server.port, None) == 403
-    await asyncio.sleep(0.05)  # give any session a refused handshake might have made a turn
-    assert len(handled) == 2  # a 403 costs no session and no handler
+    # A barrier instead of a sleep: an admitted handshake after the refused ones; once its
+    # handler ran, any handler a refused handshake had started would have run too.
+    assert await handshake_status(server.port, "https://last.app.example") == 101
+    await eventually(lambda: "https://last.app.example" in handled, what="the last handler")
+    # A 403 costs no session and no handler: only the three admitted ones ran.
+    assert sorted(handled, key=str) == [
+        "https://app.example",
+        "https://eu.app.example",
+        "https://last.app.example",
+    ]
 
 
 async def test_origins_none_entry_admits_clients_without_origin(

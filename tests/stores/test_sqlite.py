@@ -91,6 +91,26 @@ async def test_file_is_in_wal_mode(tmp_path: Path) -> None:
         assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
 
+async def test_store_connection_syncs_fully(tmp_path: Path) -> None:
+    """The store's own connection runs with synchronous = FULL (2): a COMMIT is on disk."""
+    seen: list[int] = []
+
+    class Watched(SQLiteStore):
+        def _thread_connect(self) -> sqlite3.Connection:
+            db = super()._thread_connect()
+            # (synchronous is per connection: ask the store's own, on its thread)
+            seen.append(db.execute("PRAGMA synchronous").fetchone()[0])
+            return db
+
+    store = Watched(tmp_path / "sessions.db")
+    try:
+        await store.create(SID, token_hash=HASH, principal=None, now=0.0)
+    finally:
+        await store.close()
+    assert seen
+    assert set(seen) == {2}
+
+
 async def test_newer_schema_refused(tmp_path: Path) -> None:
     """A file written by a newer schema version is refused, not misread."""
     path = tmp_path / "sessions.db"
