@@ -77,6 +77,12 @@ async def test_redis_prefix_parameter() -> None:
         ("redis://localhost:6379/first", "must be a number"),
         ("redis://localhost:6379/0?no_such_option=1", "no_such_option"),
         ("redis://localhost:6379/0?socket_timeout=soon", "socket_timeout"),
+        # redis-py's own checks (before: its RedisError, a traceback from tether serve)
+        ("redis://localhost:6379/0?protocol=9", "protocol must be either 2 or 3"),
+        ("rediss://localhost:6379/0?ssl_cert_reqs=bogus", "Invalid SSL Certificate"),
+        # accepted before, then failing at the first binary message or connection
+        ("redis://localhost:6379/0?decode_responses=yes", "decode_responses is not supported"),
+        ("unix://", "needs a socket path"),
     ],
 )
 def test_bad_url(url: str, message: str) -> None:

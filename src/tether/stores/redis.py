@@ -349,9 +349,16 @@ class RedisStore(SessionStore):
             # Building (not connecting) a connection checks the URL's options now,
             # not at the first operation.
             self._client.connection_pool.make_connection()  # type: ignore[no-untyped-call]
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RedisError) as exc:
+            # (RedisError: redis-py's own check of an option, ?protocol=9 or
+            # ?ssl_cert_reqs=bogus, made when the connection object is built.)
             raise ConfigurationError(f"bad Redis URL {url!r}: {exc}") from None
         kwargs = self._client.connection_pool.connection_kwargs
+        if kwargs.get("decode_responses"):
+            # Payloads are bytes (binary messages); text is decoded here, per field.
+            raise ConfigurationError(f"bad Redis URL {url!r}: decode_responses is not supported")
+        if url.lower().startswith("unix:") and not kwargs.get("path"):
+            raise ConfigurationError(f"bad Redis URL {url!r}: a unix:// URL needs a socket path")
         where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
         self._incidents = IncidentLog(f"redis {where}/{kwargs.get('db', 0)} ({prefix}*)")
         self._queue: list[_Call] = []
