@@ -9,6 +9,7 @@ import secrets
 import signal
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -507,6 +508,38 @@ async def test_scripts_reloaded_after_script_flush(redis_server: RedisServer) ->
         record = await store.write(SID, 1, append=batch(1, 3))
         assert record.tx == 3
         assert await store.messages(SID, after=0) == batch(1, 3)
+    finally:
+        await admin.aclose()
+        await store.close()
+
+
+async def test_a_claim_after_script_flush_stays_in_the_attached_set(
+    redis_server: RedisServer,
+) -> None:
+    """The attached-set entry a claim adds must land after the claim, even when re-sent.
+
+    After SCRIPT FLUSH only the scripts answered NOSCRIPT; the SADD queued behind
+    the claim had run. A renewal's prune in the gap (forced here inside the script
+    load) dropped it as stale, and a node dying then left the session where no
+    sweep of dead nodes' sessions would ever find it.
+    """
+    store = RedisStore(redis_server.url, timeout=2.0)
+    admin = aioredis.Redis.from_url(redis_server.url)
+    try:
+        await store.create(SID, token_hash=HASH, principal=None, now=0.0)
+        await store.detach(SID, 1, expires_at=time.time() + 60)
+        await admin.script_flush()
+        load = store._client.script_load
+
+        async def prune_in_the_gap(script: Any) -> Any:
+            await store._prune()
+            return await load(script)
+
+        store._client.script_load = prune_in_the_gap  # type: ignore[method-assign]
+        claimed = await store.claim(SID, 1, token_hash=HASH, previous_token_hash=HASH)
+        assert claimed.generation == 2
+        members = await admin.smembers(store.owned_key(store.node))
+        assert f"{SID} 2".encode() in members
     finally:
         await admin.aclose()
         await store.close()

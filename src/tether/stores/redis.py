@@ -822,13 +822,22 @@ class RedisStore(SessionStore):
             ]
             if missing:
                 # Redis restarted (or SCRIPT FLUSH): those calls did not run. Load the
-                # scripts and send exactly those again; the others must not run twice.
+                # scripts and send them again; other scripts must not run twice. The
+                # plain commands after the first of them run again too, in order: they
+                # are index updates that must follow their script (an attached-set SADD
+                # that ran before its claim could be pruned as stale in between), and
+                # each is idempotent (SADD, SREM, ZADD, ZREM, HGETALL).
                 scripts = {id(calls[i].script): calls[i].script for i in missing}
                 for script in scripts.values():
                     assert script is not None  # plain commands never answer NOSCRIPT
                     script.sha = await self._client.script_load(script.script)
-                retried = await self._execute([calls[i] for i in missing])
-                for index, result in zip(missing, retried, strict=True):
+                again = [
+                    index
+                    for index in range(missing[0], len(calls))
+                    if index in missing or calls[index].script is None
+                ]
+                retried = await self._execute([calls[i] for i in again])
+                for index, result in zip(again, retried, strict=True):
                     results[index] = result
         except asyncio.CancelledError:  # the loop is shutting down: so are the callers
             for call in calls:
