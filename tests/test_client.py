@@ -536,6 +536,16 @@ def test_bad_url_is_a_configuration_error_chained_from_the_engine() -> None:
         {"heartbeat": (1, 2)},
         {"compression": "zstd"},
         {"subprotocols": "chat"},
+        # (Before, these were accepted: a language that degraded every explanation
+        # to the bare code, headers that failed every attempt, reconnecting for ever,
+        # or reached the server malformed, and an rng that failed at the first delay.)
+        {"lang": "fr"},
+        {"headers": {"X-A": "v\r\nInjected: 1"}},
+        {"headers": {"X-Bad\n": "v"}},
+        {"headers": {"X A": "v"}},
+        {"headers": {"X-A": 1}},
+        {"headers": [("X-A", "v")]},
+        {"rng": 1},
     ],
 )
 def test_bad_options_are_configuration_errors(kwargs: dict[str, Any]) -> None:

@@ -32,6 +32,7 @@ import contextlib
 import logging
 import math
 import random
+import re
 import weakref
 from collections.abc import (
     AsyncIterator,
@@ -55,6 +56,7 @@ from ..exceptions import (
     ConnectionClosedOK,
 )
 from ..heartbeat import Heartbeat, HeartbeatMachine, Reading, TimerAction
+from ..knowledge import LANGUAGES
 from ..policy import ReconnectPolicy, Rule
 from ..reconnect import ConnectFailure, FailureKind, Outcome, Reconnector
 from ..resume import ResumeConfig
@@ -183,6 +185,29 @@ def connect(
         layer=layer,
         lang=lang,
     )
+
+
+#: RFC 9110 §5.1: a field name is a token.
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _check_headers(headers: Mapping[str, str] | None) -> None:
+    """Names must be tokens and values must hold no CR, LF or NUL (RFC 9110 §5.5).
+
+    Checked once here: a bad header would otherwise fail every attempt, and the
+    client would reconnect with backoff for ever, or reach the server malformed.
+    """
+    if headers is None:
+        return
+    if not isinstance(headers, Mapping):
+        raise ConfigurationError(f"headers must be a mapping of names to values, not {headers!r}")
+    for name, value in headers.items():
+        if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
+            raise ConfigurationError(f"header name {name!r} is not a valid HTTP field name")
+        if not isinstance(value, str) or any(c in value for c in "\r\n\0"):
+            raise ConfigurationError(
+                f"header {name} must be text without CR, LF or NUL, not {value!r}"
+            )
 
 
 def _check_duration(name: str, value: float | None, *, allow_zero: bool) -> None:
@@ -351,6 +376,11 @@ class ClientConnection:
             raise ConfigurationError(f"max_size must be >= 1 or None, not {max_size!r}")
         if isinstance(subprotocols, str):
             raise ConfigurationError("subprotocols must be a list of names, not one string")
+        if lang not in LANGUAGES:
+            raise ConfigurationError(f"lang must be one of {', '.join(LANGUAGES)}, not {lang!r}")
+        if rng is not None and not isinstance(rng, random.Random):
+            raise ConfigurationError(f"rng must be a random.Random or None, not {rng!r}")
+        _check_headers(headers)
         self.url = url
         self._layer = layer or PlainLayer()
         self._user_subprotocols = list(subprotocols or ())
