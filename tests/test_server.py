@@ -785,10 +785,14 @@ async def test_chromium_page_is_admitted_by_its_origin_and_refused_by_another(
     assert seen == [page_origin, page_origin]
 
 
-async def test_request_headers_are_lower_cased_and_repeats_joined(
+async def test_request_headers_ignore_the_case_of_names_and_join_repeats(
     start: Callable[..., Awaitable[Server]],
 ) -> None:
-    """session.request.headers: names lower-cased, a repeated header joined with ", "."""
+    """session.request.headers: any case finds a name (RFC 9110 §5.1), repeats joined.
+
+    (Before, only the lower-case name was found: headers["Authorization"] raised
+    KeyError and .get("Authorization") was None, silently, in a principal hook.)
+    """
     seen: list[tether.Session] = []
 
     async def handler(session: tether.Session) -> None:
@@ -800,10 +804,11 @@ async def test_request_headers_are_lower_cased_and_repeats_joined(
     async with connect(_url(server), ping_interval=None, additional_headers=headers) as ws:
         await ws.recv()
     request = seen[0].request.headers
-    assert request["x-thing"] == "a, b"
-    assert request["x-other"] == "c"
-    assert "X-Thing" not in request
-    assert dict(request)["upgrade"].lower() == "websocket"
+    assert request["x-thing"] == request["X-Thing"] == "a, b"
+    assert request.get("X-OTHER") == "c"
+    assert "X-Thing" in request
+    assert "X-Missing" not in request
+    assert dict(request)["upgrade"].lower() == "websocket"  # iterated lower-cased
 
 
 async def test_plain_session_ends_when_the_client_closes_while_the_handler_is_busy(

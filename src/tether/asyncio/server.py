@@ -719,7 +719,10 @@ class Server:
 
 
 class _RequestHeaders(Mapping[str, str]):
-    """The opening request's headers, names lower-cased, repeated ones joined by ", ".
+    """The opening request's headers, repeated ones joined by ", ".
+
+    Looked up whatever the case of the name (``headers["Authorization"]``), as HTTP
+    field names are case-insensitive (RFC 9110 §5.1); iterated lower-cased.
 
     A view of what websockets keeps for the connection anyway, built into a dict
     only when a handler first looks (one dict per connection otherwise).
@@ -744,7 +747,7 @@ class _RequestHeaders(Mapping[str, str]):
         return self._headers
 
     def __getitem__(self, key: str) -> str:
-        return self._dict()[key]
+        return self._dict()[key.lower()]
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._dict())

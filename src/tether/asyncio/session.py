@@ -68,7 +68,8 @@ class RequestInfo:
 
     Attributes:
         path: the request target, e.g. ``"/feed?x=1"``.
-        headers: request headers, names lower-cased (repeated headers joined by ", ").
+        headers: request headers (repeated headers joined by ", "); from the server,
+            looked up whatever the case of the name, iterated lower-cased.
         remote_address: the peer's (host, port, ...), if known.
         subprotocol: the negotiated subprotocol, if any.
     """
