@@ -9,6 +9,7 @@ reordered, and that no exception reached the event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
@@ -515,9 +516,10 @@ async def test_a_pong_behind_a_burst_the_handler_reads_slowly_is_awaited() -> No
 
     task = asyncio.ensure_future(client())
     try:
-        await asyncio.wait_for(done.wait(), 15.0)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(done.wait(), 15.0)
+        assert (len(got), dropped.is_set()) == (burst, False)
         assert got == list(range(burst))
-        assert not dropped.is_set()
     finally:
         task.cancel()
         writer.close()
@@ -925,7 +927,10 @@ async def test_a_few_unacked_messages_are_read_for_before_they_stall() -> None:
     """
     sink = Sink()
     window = ResumeConfig(resume_window=1.0)
-    server = await start_server(sink, MemoryStore(), config=QUICK_ACKS)
+    # (The client follows the server's window, from its welcome.)
+    server = await start_server(
+        sink, MemoryStore(), config=ResumeConfig(ack_delay=0.05, resume_window=1.0)
+    )
     conn = await client(server.port, resume=window)
     async with running(server, conn) as run:
         layer = conn._layer

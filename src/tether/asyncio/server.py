@@ -561,10 +561,10 @@ class Server:
                 # helper coroutine: one frame less per idle connection.)
                 link_end = record.pump = session.attach(transport)
                 if record.heartbeat is not None:
-                    # A pong waits behind unread messages: read them if the handler does not
-                    # (and while a full inbox holds reading back, an overdue pong is no
-                    # sign of a dead link).
-                    record.heartbeat.on_ping = session.read_ahead
+                    # A pong waits behind unread messages: read them into the inbox, also
+                    # while the handler reads slowly (and while a full inbox holds reading
+                    # back, an overdue pong is no sign of a dead link).
+                    record.heartbeat.on_ping = session.read_for_ping
                     record.heartbeat.reading = session.reading
                 if self._state is not ServerState.SERVING and session not in self._handlers:
                     # Opened while the drain began (the layer waited for its store): the

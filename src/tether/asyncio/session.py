@@ -494,6 +494,25 @@ class Session:
         ):
             self._start_reader(transport, ended)
 
+    def read_for_ping(self) -> None:
+        """A ping went out: read ahead so that its pong is not stuck behind unread messages.
+
+        Unlike :meth:`read_ahead`, also while the handler's ``recv()`` reads the
+        connection itself: the reader takes over once that read is done. A burst the
+        handler then reads slowly, with the pong behind it, goes through the inbox
+        (counted by :meth:`reading`) instead of making a live link look dead.
+        """
+        transport = self._transport
+        ended = self._link_end
+        if (
+            self._on_demand
+            and self._reader_task is None
+            and transport is not None
+            and ended is not None
+            and not ended.done()
+        ):
+            self._start_reader(transport, ended)
+
     def _start_reader(self, transport: Transport, ended: asyncio.Future[ClosedInfo]) -> None:
         task = asyncio.ensure_future(self._read(transport, ended))
         if transport is self._transport and self._reader_task is None:
