@@ -1168,12 +1168,8 @@ class ClientConnection:
                 self._layer.overflow(loop.time())
                 self._after_layer(link)
                 raise TransportClosed(await link.transport.wait_closed())
-            link.room = loop.create_future()
-            try:
-                with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
-                    await bounded(link.room, remaining)
-            finally:
-                link.room = None
+            with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
+                await bounded(wait_on(link.room), remaining)
 
     def _after_layer(self, link: _Link) -> None:
         """After a call into the layer: do what it asks, wake a writer waiting for room, re-arm."""
@@ -1191,9 +1187,8 @@ class ClientConnection:
                 code, reason = request
                 logger.info("%s: closing with %d (%s)", self.url, code, reason)
                 link.closer = self._guarded_task(link, link.transport.close(code, reason))
-        room = link.room
-        if room is not None and not room.done():
-            room.set_result(None)
+        if link.room:
+            wake_all(link.room)
         # link.unread, inlined: this runs after every message.
         if link.reader is None and not link.reading and layer.wants_input():
             # Sending without reading: take the acks (read ahead until recv() waits).
@@ -1381,11 +1376,11 @@ class ClientConnection:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return
-            room = link.room  # resolved after every call into the layer (an ack read)
-            if room is None or room.done():
-                room = link.room = loop.create_future()
+            # Woken after every call into the layer (an ack read). A future of its own,
+            # not one shared with a writer waiting for room: either replacing the
+            # other's left it waiting until its deadline.
             with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
-                await bounded(asyncio.shield(room), None if remaining == math.inf else remaining)
+                await bounded(wait_on(link.room), None if remaining == math.inf else remaining)
 
 
 class _Link:
@@ -1438,8 +1433,9 @@ class _Link:
         self.eof = False
         #: The task finishing a write that had to wait, then the queue; None while idle.
         self.writer: asyncio.Task[None] | None = None
-        #: Resolved when the layer may have room again (a writer waits for acks).
-        self.room: asyncio.Future[None] | None = None
+        #: Woken when the layer may have room again (a writer waits for acks; close()
+        #: waits for the last ones).
+        self.room: list[asyncio.Future[None]] = []
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = 0.0
         self.closer: asyncio.Task[None] | None = None
