@@ -8,6 +8,7 @@ Each test also fails if anything reached the event loop's exception handler
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -447,6 +448,39 @@ async def test_close_during_a_hanging_handshake_returns_promptly() -> None:
             writer.close()
         silent.close()
         await silent.wait_closed()
+
+
+@pytest.mark.parametrize("code", [1004, 999, 2000, 5000, 1006])
+async def test_a_close_frame_with_an_invalid_code_is_a_final_1002(code: int) -> None:
+    """docs/reconnect-policy.md: a Close frame carrying a code nobody may send fails the
+    connection with 1002, which is final: the peer is broken.
+
+    (Before, websockets' refusal of the frame looked like a drop: 1006, not clean,
+    and the client reconnected for ever.)
+    """
+    connections = 0
+
+    async def handler(ws: ServerConnection) -> None:
+        nonlocal connections
+        connections += 1
+        ws.transport.write(b"\x88\x02" + code.to_bytes(2, "big"))  # a raw Close frame
+        with contextlib.suppress(WsConnectionClosed):
+            await ws.wait_closed()
+
+    ws_server = await serve(handler, "127.0.0.1", 0)
+    port = ws_server.sockets[0].getsockname()[1]
+    try:
+        conn = tether.connect(f"ws://127.0.0.1:{port}/", heartbeat=None, resume=False, backoff=FAST)
+        events = EventRecorder(conn)
+        await conn
+        await eventually(lambda: conn.state is State.CLOSED, 5)
+        [disconnected] = events.of(Disconnected)
+        assert (disconnected.code, disconnected.clean) == (1002, True)
+        assert len(events.of(GaveUp)) == 1
+        assert connections == 1
+    finally:
+        ws_server.close()
+        await ws_server.wait_closed()
 
 
 @pytest.mark.parametrize("code", [1004, 1005, 1006, 1015, 1012, 1013, 999, 2000, 5000])

@@ -13,6 +13,7 @@ from typing import Any
 
 from websockets.asyncio.connection import Connection
 from websockets.exceptions import ConnectionClosed as WsConnectionClosed
+from websockets.exceptions import ProtocolError as WsProtocolError
 from websockets.protocol import CLOSED, OPEN
 
 from ..closecodes import CloseCode
@@ -32,8 +33,25 @@ def closed_info(connection: Connection) -> ClosedInfo:
     sent = protocol.close_sent
     sent_code = int(sent.code) if sent is not None else None
     if rcvd is None:
+        if sent_code == CloseCode.PROTOCOL_ERROR and _invalid_close_code(protocol.parser_exc):
+            # The peer's Close frame carried a code nobody may send (1004, 1005, 1006,
+            # 1015, 0-999, 1016-2999, 5000+): websockets failed the connection with
+            # 1002 and kept neither the frame nor its code. The peer is broken, and
+            # reconnecting would repeat it: a 1002 (final), not a silent 1006 (backoff
+            # for ever). (clean: the peer did close, with a frame.)
+            return ClosedInfo(
+                int(CloseCode.PROTOCOL_ERROR),
+                "the peer's Close frame carried an invalid code",
+                clean=True,
+                sent_code=sent_code,
+            )
         return ClosedInfo(int(CloseCode.ABNORMAL_CLOSURE), "", clean=False, sent_code=sent_code)
     return ClosedInfo(int(rcvd.code), rcvd.reason, clean=True, sent_code=sent_code)
+
+
+def _invalid_close_code(exc: BaseException | None) -> bool:
+    """Whether websockets refused a Close frame for its code (``Close.check()``)."""
+    return isinstance(exc, WsProtocolError) and "status code" in str(exc)
 
 
 class WebsocketsTransport(Transport):
