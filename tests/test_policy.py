@@ -271,3 +271,9 @@ def test_rule_constructors() -> None:
 def test_describe_uses_the_defaults(rule: Rule, words: str) -> None:
     """``Rule.describe`` states the numbers of the backoff defaults."""
     assert words in rule.describe()
+
+
+def test_a_reversed_range_is_named_as_such() -> None:
+    """(4199, 4100) is refused as reversed, not as "not within 0-65535"."""
+    with pytest.raises(ConfigurationError, match=r"4199-4100 is reversed: \(4100, 4199\)"):
+        ReconnectPolicy({(4199, 4100): FINAL})

@@ -189,6 +189,8 @@ def _validate_key(key: object) -> Key:
         and all(isinstance(k, int) and not isinstance(k, bool) for k in key)
     ):
         low, high = key
+        if low > high:
+            raise ConfigurationError(f"policy range {low}-{high} is reversed: ({high}, {low})")
         if not 0 <= low <= high <= MAX_CLOSE_CODE:
             raise ConfigurationError(f"policy range {low}-{high} is not within 0-{MAX_CLOSE_CODE}")
         return (low, high)
