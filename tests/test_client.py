@@ -20,9 +20,15 @@ import pytest
 from tests.support.events import EventRecorder
 from tests.support.eventually import eventually
 from tests.support.loop_errors import loop_errors  # noqa: F401 - autouse fixture
-from tests.support.rawws import accept_handshake
-from tests.support.rawws import frame as raw_frame
-from tests.support.rawws import read_frame as reader_frame
+from tests.support.rawws import (
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    accept_handshake,
+    encode_frame,
+    read_client_frame,
+)
 from websockets.asyncio.server import Request, Response, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed as WsConnectionClosed
 from websockets.exceptions import InvalidURI
@@ -1100,15 +1106,16 @@ async def test_a_pong_behind_a_burst_is_awaited_while_recv_reads_directly() -> N
         try:
             await accept_handshake(reader, writer)
             while True:
-                opcode, data = await reader_frame(reader)
-                if opcode == 0x9:  # ping: the burst first (once), then its pong
+                frame = await read_client_frame(reader)
+                if frame.opcode == OP_PING:  # the burst first (once), then its pong
                     if not pinged.is_set():
                         pinged.set()
                         for n in range(burst):
-                            writer.write(raw_frame(0x1, f"{n:06d}".ljust(size, "x").encode()))
-                    writer.write(raw_frame(0xA, data))
-                elif opcode == 0x8:
-                    writer.write(raw_frame(0x8, data[:2]))
+                            text = f"{n:06d}".ljust(size, "x").encode()
+                            writer.write(encode_frame(OP_TEXT, text, mask=False))
+                    writer.write(encode_frame(OP_PONG, frame.payload, mask=False))
+                elif frame.opcode == OP_CLOSE:
+                    writer.write(encode_frame(OP_CLOSE, frame.payload[:2], mask=False))
                     await writer.drain()
                     return
         except (asyncio.IncompleteReadError, ConnectionError):

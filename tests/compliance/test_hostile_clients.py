@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from rawws import (
+from tests.support.rawws import (
     OP_BINARY,
     OP_CLOSE,
     OP_CONT,

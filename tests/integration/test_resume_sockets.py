@@ -28,9 +28,7 @@ from tests.support.loop_errors import loop_errors  # noqa: F401 - autouse fixtur
 from tests.support.node import NodeWsServer
 from tests.support.ports import free_port, wait_for_port
 from tests.support.procs import JsonLineProcess, tether_cli
-from tests.support.rawws import client_handshake
-from tests.support.rawws import frame as raw_frame
-from tests.support.rawws import read_frame as reader_frame
+from tests.support.rawws import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, RawClient, encode_frame
 from websockets.asyncio.client import connect as ws_connect
 
 import tether
@@ -491,25 +489,23 @@ async def test_a_pong_behind_a_burst_the_handler_reads_slowly_is_awaited() -> No
         handler, "127.0.0.1", 0, heartbeat=tether.Heartbeat(0.5, 1.0), drain_window=0.0
     )
     await server.start()
-    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-    mask = b"\x01\x02\x03\x04"
+    raw = await RawClient.open("127.0.0.1", server.port, subprotocol="tether.v1")
     dropped = asyncio.Event()
 
     async def client() -> None:
-        await client_handshake(reader, writer, "tether.v1")
-        writer.write(raw_frame(0x1, encode(Hello(rx=0)).encode(), mask=mask))
+        await raw.send_frame(OP_TEXT, encode(Hello(rx=0)).encode())
         burst_sent = False
         try:
             while True:
-                opcode, data = await reader_frame(reader)
-                if opcode == 0x9:  # the server's ping: the burst first (once), then the pong
+                frame = await raw.read_frame()
+                if frame.opcode == OP_PING:  # the burst first (once), then the pong
                     if not burst_sent:
                         burst_sent = True
                         for n in range(1, burst + 1):
                             payload = f"d{n}:0:" + f"{n - 1:06d}".ljust(size, "x")
-                            writer.write(raw_frame(0x1, payload.encode(), mask=mask))
-                    writer.write(raw_frame(0xA, data, mask=mask))
-                elif opcode == 0x8:
+                            raw.writer.write(encode_frame(OP_TEXT, payload.encode()))
+                    raw.writer.write(encode_frame(OP_PONG, frame.payload))
+                elif frame.opcode == OP_CLOSE:
                     return
         except (asyncio.IncompleteReadError, ConnectionError):
             dropped.set()
@@ -522,7 +518,7 @@ async def test_a_pong_behind_a_burst_the_handler_reads_slowly_is_awaited() -> No
         assert got == list(range(burst))
     finally:
         task.cancel()
-        writer.close()
+        raw.abort()
         await server.shutdown()
 
 
