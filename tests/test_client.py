@@ -519,8 +519,7 @@ async def test_cancelled_await_stops_the_loop() -> None:
     conn = tether.connect(refused_url(), heartbeat=NO_PING, backoff=FAST)
     with pytest.raises((asyncio.TimeoutError, TimeoutError)):
         await asyncio.wait_for(conn._open(), 0.2)
-    await asyncio.sleep(0.05)
-    assert conn.state is State.CLOSED
+    await eventually(lambda: conn.state is State.CLOSED, 2.0)
 
 
 # -- heartbeat --
@@ -753,10 +752,13 @@ async def test_cancelled_await_during_a_hanging_handshake_leaves_nothing_behind(
         conn = tether.connect(f"ws://127.0.0.1:{port}/", heartbeat=NO_PING, open_timeout=30)
         with pytest.raises((asyncio.TimeoutError, TimeoutError)):
             await asyncio.wait_for(conn._open(), 0.2)
-        await asyncio.sleep(0.05)
-        assert conn.state is State.CLOSED
-        names = [task.get_name() for task in asyncio.all_tasks()]
-        assert not [name for name in names if name.startswith("tether.client")]
+        await eventually(lambda: conn.state is State.CLOSED, 2.0)
+
+        def client_tasks() -> list[str]:
+            names = [task.get_name() for task in asyncio.all_tasks()]
+            return [name for name in names if name.startswith("tether.client")]
+
+        await eventually(lambda: client_tasks() == [], 2.0)
     finally:
         for writer in writers:
             writer.close()
@@ -880,7 +882,8 @@ async def test_send_failing_mid_write_is_delivered_once_after_reconnect(
         await server.wait_for(
             lambda: len(server.connections) == 2 and len(server.connections[1]) == 2
         )
-        await asyncio.sleep(0.05)  # nothing else may follow (no duplicate)
+    # Closed after every send: once the server saw the close, nothing else can follow.
+    await server.wait_for(lambda: len(server.close_codes) == 2)
     assert state["failed"]
     assert server.connections == [["a"], ["doomed", "b"]]
     assert conn.unsent == ()
