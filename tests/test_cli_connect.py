@@ -81,6 +81,32 @@ async def test_stdin_lines_are_sent_and_echoes_printed(
 
 @pytest.mark.integration
 @pytest.mark.timeout(20)
+async def test_end_of_input_waits_for_replies_still_on_their_way(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A server that takes 0.2 s per reply: every reply is printed before the close.
+
+    (Before, the Close went out as soon as the lines were sent; the server answered
+    it at once and the replies its handler had not sent yet were lost.)
+    """
+    import tether
+
+    async def slow_echo(ws: ServerConnection) -> None:
+        async for message in ws:
+            await asyncio.sleep(0.2)
+            await ws.send(message)
+
+    async with serve(slow_echo, "127.0.0.1", 0) as server:
+        url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
+        monkeypatch.setattr("sys.stdin", io.StringIO("one\ntwo\n"))
+        out, err = io.StringIO(), io.StringIO()
+        conn = tether.connect(url, heartbeat=None)
+        assert await connect_cli._session(conn, as_json=False, out=out, err=err) == 0
+    assert out.getvalue() == "one\ntwo\n"
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(20)
 async def test_json_mode_prints_one_object_per_line(
     echo_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

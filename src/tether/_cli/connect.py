@@ -155,6 +155,17 @@ def _message_json(message: str | bytes) -> str:
 
 #: Seconds end of input waits for the queued lines to be sent before closing.
 EOF_FLUSH_S = 10.0
+#: After end of input, replies still on their way are printed before the close: it
+#: waits until nothing has arrived for this long (seconds), within EOF_FLUSH_S. (A
+#: server answers a Close at once; replies its handler had not sent yet are lost.)
+EOF_QUIET_S = 0.5
+
+
+class _Quiet:
+    """When the last message arrived (loop time), for the close after end of input."""
+
+    def __init__(self, now: float) -> None:
+        self.last = now
 
 
 def _start_stdin_reader(loop: asyncio.AbstractEventLoop) -> asyncio.Queue[str | None]:
@@ -178,19 +189,30 @@ def _start_stdin_reader(loop: asyncio.AbstractEventLoop) -> asyncio.Queue[str | 
     return lines
 
 
-async def _send_input(conn: Any, lines: asyncio.Queue[str | None], err: TextIO) -> None:
+async def _send_input(
+    conn: Any, lines: asyncio.Queue[str | None], err: TextIO, quiet: _Quiet
+) -> None:
     import tether
 
     from ..asyncio.waiters import bounded
 
+    loop = asyncio.get_running_loop()
     while True:
         line = await lines.get()
         if line is None:
             # End of input: deliver what was typed (the connection may not even be
-            # open yet), then close with 1000. Bounded: a server that cannot be
-            # reached would keep us here for ever (what is left ends in conn.unsent).
+            # open yet), let the replies come, then close with 1000. Bounded: a
+            # server that cannot be reached would keep us here for ever (what is
+            # left ends in conn.unsent).
+            deadline = loop.time() + EOF_FLUSH_S
             with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
                 await bounded(conn.flush(), EOF_FLUSH_S)
+            quiet.last = max(quiet.last, loop.time())
+            while conn.state is tether.State.OPEN and loop.time() < deadline:
+                wait = quiet.last + EOF_QUIET_S - loop.time()
+                if wait <= 0:
+                    break
+                await asyncio.sleep(min(wait, deadline - loop.time()))
             await conn.close()
             return
         try:
@@ -218,11 +240,13 @@ async def _session(conn: Any, *, as_json: bool, out: TextIO, err: TextIO) -> int
     events = conn.events()
     conn.start()
     loop = asyncio.get_running_loop()
-    helpers = [loop.create_task(_send_input(conn, _start_stdin_reader(loop), err))]
+    quiet = _Quiet(loop.time())
+    helpers = [loop.create_task(_send_input(conn, _start_stdin_reader(loop), err, quiet))]
     if as_json:
         helpers.append(loop.create_task(_print_events(events, out)))
     try:
         async for message in conn:
+            quiet.last = loop.time()
             if as_json:
                 print(_message_json(message), file=out, flush=True)
             elif isinstance(message, bytes):
