@@ -12,7 +12,7 @@ from tether.asyncio.engine import ClosedInfo, Message, TransportClosed
 from tether.asyncio.resume_client import TetherV1ClientLayer
 from tether.events import SessionLost
 from tether.protocol import GoAway, Hello, decode, encode, encode_data
-from tether.resume import ServerEndpoint
+from tether.resume import ResumeConfig, ServerEndpoint
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -165,3 +165,26 @@ async def test_non_tether_first_message_is_handed_to_the_application() -> None:
     transport.feed("welcome to my chat")
     opened = await layer.opened(transport)
     assert opened.received == ("welcome to my chat",)
+
+
+@pytest.mark.parametrize("server_window", [10.0, 600.0])
+async def test_acks_are_read_for_half_way_to_the_servers_stall(server_window: float) -> None:
+    """read_deadline() is half the server's window (welcome.window_ms) after the send.
+
+    (Before, it was the stall, which follows the server's window, minus half of the
+    client's own: with a 10 s server window already past at the send, so the reader
+    was started after every unacknowledged send.)
+    """
+    layer = TetherV1ClientLayer(rng=random.Random(1))  # the client's own window: 120 s
+    transport = FakeTransport()
+    transport.subprotocol = "tether.v1"
+    server = ServerEndpoint("sid1", "epoch1", ResumeConfig(resume_window=server_window))
+    server.attach(0.0, token="tok1", resumed=False)
+    for frame in server.data_to_send():
+        transport.feed(frame)
+    await layer.opened(transport)
+    now = asyncio.get_running_loop().time()
+    layer.outgoing("m", now)
+    deadline = layer.read_deadline()
+    assert deadline is not None
+    assert deadline - now == pytest.approx(server_window / 2)

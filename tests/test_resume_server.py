@@ -369,6 +369,76 @@ async def _a_session_ended_by_the_store_timeout_gets_its_expiry() -> None:
     await layer.stop()
 
 
+def test_sessions_ending_together_are_detached_once_each() -> None:
+    """K sessions given up by the store timeout at once: K detaches, not K x K.
+
+    (Before, each ended session started a sweep of every session left attached,
+    all of them before the first detach returned: 90,000 detaches for 300.)
+    """
+    run_virtual(_sessions_ending_together_are_detached_once_each(100))
+
+
+async def _sessions_ending_together_are_detached_once_each(count: int) -> None:
+    class Counting(OutageIO):
+        detaches = 0
+
+        async def detach(self, sid: str, generation: int, *, expires_at: float) -> None:
+            self.detaches += 1
+            await asyncio.sleep(0.001)  # a round trip
+            await MemoryStore.detach(self, sid, generation, expires_at=expires_at)
+
+    store = Counting()
+    layer = TetherV1ServerLayer(store=store, store_timeout=5.0, resume_window=60.0)
+    sessions = [(await new_session(layer))[0] for _ in range(count)]
+    store.down = True  # writes fail; detaches go through
+    await asyncio.gather(*(s.send("a") for s in sessions), return_exceptions=True)
+    await asyncio.sleep(5.0)
+    assert store.detaches == count
+    assert layer._left_attached == {}
+    await layer.stop()
+
+
+@pytest.mark.parametrize("send_timeout", [0.5, 0.0])
+def test_a_send_waiting_for_room_as_a_drain_closes_fails_with_the_drains_code(
+    send_timeout: float,
+) -> None:
+    """A full buffer, a send during the drain's close: 1012, and the session stays
+    resumable, whatever send_timeout (0 included: before, it took the overflow path,
+    closed with 4202 over the goaway and abandoned the session)."""
+    run_virtual(_a_send_waiting_for_room_as_a_drain_closes(send_timeout))
+
+
+async def _a_send_waiting_for_room_as_a_drain_closes(send_timeout: float) -> None:
+    class SlowClose(FakeTransport):
+        async def close(self, code: int, reason: str = "") -> ClosedInfo:
+            await asyncio.sleep(1.0)
+            return await super().close(code, reason)
+
+    store = MemoryStore()
+    layer = TetherV1ServerLayer(
+        store=store, send_timeout=send_timeout, config=ResumeConfig(max_messages=2)
+    )
+    transport = SlowClose()
+    transport.subprotocol = "tether.v1"
+    transport.feed(encode(Hello(rx=0)))
+    session = await layer.open(transport, REQUEST)
+    session.attach(transport)
+    await settle(transport, 1)
+    await session.send("a")
+    await session.send("b")  # the buffer is full (nothing acknowledged)
+    draining = asyncio.ensure_future(layer.drain(session, transport, 1012, "restart"))
+    await asyncio.sleep(0.1)  # the goaway is out, the close under way
+    with pytest.raises(ConnectionClosedError) as caught:
+        await session.send("c")
+    assert caught.value.code == 1012
+    await draining
+    assert transport.close_calls == [(1012, "restart")]
+    record = await store.load(session.id)
+    assert record is not None
+    assert record.lost is None
+    await layer.stop()
+
+
 def test_store_timeout_must_be_positive() -> None:
     """store_timeout=0 would end a session at its first failed write: refused."""
     with pytest.raises(ConfigurationError):

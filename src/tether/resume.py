@@ -259,6 +259,12 @@ class Endpoint:
         #: unacknowledged): the config's; on a client, the server's welcome.window_ms.
         self._window = config.resume_window
 
+    @property
+    def window(self) -> float:
+        """Seconds a disconnected session is kept, and the longest a message may stay
+        unacknowledged: the config's; on a client, the server's from its welcome."""
+        return self._window
+
     def _reset_sequences(self, *, last_seq: int, rx: int) -> None:
         self.buffer = ReplayBuffer(
             max_messages=self.config.max_messages,

@@ -273,7 +273,7 @@ class TetherV1ClientLayer(ClientLayer):
         if not self._v1:
             return None
         stall = self.endpoint.stall_deadline()
-        return None if stall is None else stall - self.endpoint.config.resume_window / 2
+        return None if stall is None else stall - self.endpoint.window / 2
 
     def handle_timer(self, now: float) -> None:
         """Run the endpoint's timer."""

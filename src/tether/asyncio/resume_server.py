@@ -944,7 +944,10 @@ class TetherV1ServerLayer(ServerLayer):
                 # handler returning before that would close it with 1000), fail.
                 if state.session.closed is not None:
                     raise closed_error(state.session.closed)
-                deadline = max(deadline, loop.time() + self.send_timeout)
+                with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
+                    # (drain() wakes us when it ended the session; bounded all the same)
+                    await bounded(self._wait_progress(state), _DRAINED_RECHECK_S)
+                continue
             remaining = deadline - loop.time()
             if remaining <= 0:
                 if state.transport is not None and not overflowed:
@@ -1710,24 +1713,31 @@ class TetherV1ServerLayer(ServerLayer):
         first, the detach is fenced and dropped. Retried by the sweep while the
         store refuses (it may be why the session ended).
         """
-        if not state.durable:
-            return
-        expires_at = time.time() + self.config.resume_window
-        self._left_attached[state.session.id] = (state.generation, expires_at)
-        self._spawn(self._detach_left())
+        if not state.durable or state.detached:
+            return  # (detached already: its client was away, its expiry runs)
+        sid = state.session.id
+        self._left_attached[sid] = (state.generation, time.time() + self.config.resume_window)
+        self._spawn(self._detach_left_one(sid))
 
     async def _detach_left(self) -> None:
-        for sid, left in list(self._left_attached.items()):
-            generation, expires_at = left
-            try:
-                await self.store.detach(sid, generation, expires_at=expires_at)
-            except (Fenced, UnknownSession):
-                pass  # resumed since, or gone: nothing of ours to detach
-            except StoreError as exc:
-                logger.debug("session %s: detach left for the next sweep: %s", sid, exc)
-                continue
-            if self._left_attached.get(sid) == left:
-                del self._left_attached[sid]
+        """The sweep: retry the detaches the store refused so far."""
+        for sid in list(self._left_attached):
+            await self._detach_left_one(sid)
+
+    async def _detach_left_one(self, sid: str) -> None:
+        left = self._left_attached.get(sid)
+        if left is None:
+            return
+        generation, expires_at = left
+        try:
+            await self.store.detach(sid, generation, expires_at=expires_at)
+        except (Fenced, UnknownSession):
+            pass  # resumed since, or gone: nothing of ours to detach
+        except StoreError as exc:
+            logger.debug("session %s: detach left for the next sweep: %s", sid, exc)
+            return
+        if self._left_attached.get(sid) == left:
+            del self._left_attached[sid]
 
     def _forget(self, state: _V1) -> None:
         if self._by_sid.get(state.session.id) is state:
@@ -1771,6 +1781,10 @@ def _admits(
     verdict = judge_resume(hello, record, epoch=epoch, principal=principal, now=time.time())
     verdicts.append(verdict)
     return verdict is None
+
+
+#: Seconds between checks, by a send waiting for room, that the drain ended its session.
+_DRAINED_RECHECK_S = 1.0
 
 
 def _cancel(timer: asyncio.TimerHandle | None) -> asyncio.TimerHandle | None:
