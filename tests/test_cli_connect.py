@@ -107,6 +107,28 @@ async def test_end_of_input_waits_for_replies_still_on_their_way(
 
 @pytest.mark.integration
 @pytest.mark.timeout(20)
+async def test_lang_ja_prints_the_state_changes_in_japanese(
+    echo_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--lang ja: the lines on stderr are Japanese, the close explained in Japanese.
+
+    (Before, only the --json explanation changed: the status lines stayed English.)
+    """
+    import tether
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("one\n"))
+    out, err = io.StringIO(), io.StringIO()
+    conn = tether.connect(echo_url, heartbeat=None, lang="ja")
+    assert await connect_cli._session(conn, as_json=False, out=out, err=err, lang="ja") == 0
+    assert out.getvalue() == "one\n"
+    lines = err.getvalue().splitlines()
+    assert lines[0] == "接続しました(試行 1)"
+    assert lines[-1].startswith("切断: 1000 Normal Closure（正常終了）")
+    assert "connected to" not in err.getvalue()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(20)
 async def test_json_mode_prints_one_object_per_line(
     echo_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -95,7 +95,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"tether connect: error: {exc}", file=sys.stderr)
         return 2
     try:
-        return asyncio.run(_session(conn, as_json=args.json, out=sys.stdout, err=sys.stderr))
+        return asyncio.run(
+            _session(conn, as_json=args.json, out=sys.stdout, err=sys.stderr, lang=args.lang)
+        )
     except KeyboardInterrupt:
         return 130
 
@@ -228,12 +230,45 @@ async def _print_events(events: Any, out: TextIO) -> None:
         print(_event_json(event), file=out, flush=True)
 
 
-async def _session(conn: Any, *, as_json: bool, out: TextIO, err: TextIO) -> int:
+async def _print_event_lines(events: Any, err: TextIO) -> None:
+    """The state changes as Japanese lines on stderr (English ones are the library's log)."""
+    from ..closecodes import lookup
+    from ..events import Connected, Disconnected, GaveUp, Reconnecting, Resumed, SessionLost
+
+    async for event in events:
+        if isinstance(event, Connected):
+            line = f"接続しました(試行 {event.attempt}" + (
+                "、セッション再開)" if event.resumed else ")"
+            )
+        elif isinstance(event, Disconnected):
+            because = f"(理由: {event.reason})" if event.reason else ""
+            line = f"切断: {event.explanation}{because}"
+        elif isinstance(event, Reconnecting):
+            cause = f"{event.cause_code} {lookup(event.cause_code).name}"
+            line = f"{event.delay:.1f} 秒後に再接続します(試行 {event.attempt}、原因 {cause})"
+        elif isinstance(event, Resumed):
+            line = (
+                f"セッションを再開しました(受信の再送 {event.replayed_in} 件、"
+                f"送信の再送 {event.replayed_out} 件)"
+            )
+        elif isinstance(event, SessionLost):
+            line = (
+                f"セッションを失いました({event.reason}): "
+                f"未確認の送信 {len(event.unacked)} 件は新しいセッションに届いていません"
+            )
+        elif isinstance(event, GaveUp):
+            line = f"再接続をやめました: {event.reason}"
+        else:
+            continue
+        print(line, file=err, flush=True)
+
+
+async def _session(conn: Any, *, as_json: bool, out: TextIO, err: TextIO, lang: str = "en") -> int:
     import tether
 
     logger = logging.getLogger("tether.client")
     handler: logging.Handler | None = None
-    if not as_json:
+    if not as_json and lang == "en":
         handler = _LineHandler(err)
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
@@ -244,6 +279,8 @@ async def _session(conn: Any, *, as_json: bool, out: TextIO, err: TextIO) -> int
     helpers = [loop.create_task(_send_input(conn, _start_stdin_reader(loop), err, quiet))]
     if as_json:
         helpers.append(loop.create_task(_print_events(events, out)))
+    elif lang != "en":
+        helpers.append(loop.create_task(_print_event_lines(events, err)))
     try:
         async for message in conn:
             quiet.last = loop.time()
@@ -253,7 +290,7 @@ async def _session(conn: Any, *, as_json: bool, out: TextIO, err: TextIO) -> int
                 print(f"<binary {len(message)} bytes> {message.hex()}", file=out, flush=True)
             else:
                 print(message, file=out, flush=True)
-        if as_json:
+        if len(helpers) > 1:
             # The event stream ends by itself once the connection is closed.
             await helpers[-1]
     finally:
