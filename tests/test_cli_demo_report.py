@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from tether._cli._text import display_width
 from tether._cli.demo_report import (
     ClientRecord,
     SequenceCheck,
     Stats,
     Tick,
     format_table,
+    say,
     summarize_phase,
 )
 
@@ -136,6 +138,47 @@ def test_table_has_a_row_per_phase() -> None:
     assert "(a) planned restart" in lines[2]
     assert "1012x1" in lines[2]
     assert "2.00 / 2.00 / 2.00 s" in lines[2]
+
+
+def test_table_in_japanese_is_japanese_and_aligned_by_display_width() -> None:
+    """--lang ja: headers and phase titles in Japanese, columns aligned on screen.
+
+    (Before, tether demo had no --lang although it prints prose, DESIGN.md §9.)
+    """
+    phase = summarize_phase(
+        [_restarted(0)], name="a", title="(a) planned restart", expected_code=1012,
+        start=4.0, end=11.0,
+    )  # fmt: skip
+    lines = format_table([phase], lang="ja").splitlines()
+    assert lines[0].startswith("フェーズ")
+    assert "(a) 計画的な再起動" in lines[2]
+    assert "1012x1" in lines[2]
+    # The column after the title starts at the same screen column in every line.
+    starts = [display_width(line[: line.index(marker)]) for line, marker in (
+        (lines[0], "切断コード"), (lines[2], "1012x1"),
+    )]  # fmt: skip
+    assert starts[0] == starts[1]
+
+
+def test_say_fills_in_the_japanese_template_and_keeps_english_otherwise() -> None:
+    assert say("ja", "SIGHUP to server pid {pid}", pid=7) == "サーバー pid 7 に SIGHUP"
+    assert say("en", "SIGHUP to server pid {pid}", pid=7) == "SIGHUP to server pid 7"
+
+
+def test_demo_takes_lang() -> None:
+    """tether demo --lang ja parses (en by default); --lang fr is a usage error."""
+    import argparse
+
+    import pytest
+
+    from tether._cli import demo
+
+    parser = argparse.ArgumentParser()
+    demo.register(parser.add_subparsers())
+    assert parser.parse_args(["demo", "--lang", "ja"]).lang == "ja"
+    assert parser.parse_args(["demo"]).lang == "en"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["demo", "--lang", "fr"])
 
 
 def test_sequence_check_counts_a_clean_stream() -> None:

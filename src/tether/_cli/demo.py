@@ -50,6 +50,7 @@ from .demo_report import (
     SequenceCheck,
     Tick,
     format_table,
+    say,
     summarize_phase,
 )
 
@@ -98,6 +99,12 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument("--no-live", action="store_true", help="no live view, even on a terminal")
+    parser.add_argument(
+        "--lang",
+        choices=("en", "ja"),
+        default="en",
+        help="language of what is printed for people (default en; --json stays English)",
+    )
     parser.set_defaults(func=run)  # fmt: skip
 
 
@@ -127,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-        print(format_table(demo.phases))
+        print(format_table(demo.phases, lang=args.lang))
     back = all(phase.reconnected == phase.disconnected == phase.clients for phase in demo.phases)
     intact = all(
         phase.missing == phase.duplicates == phase.out_of_order == 0 for phase in demo.phases
@@ -136,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
         os.unlink(demo.log_path)
         return 0
     problem = "not every client came back" if not back else "messages were lost or duplicated"
-    print(f"tether demo: {problem}; server log: {demo.log_path}", file=sys.stderr)
+    print(f"tether demo: {say(args.lang, problem)}; server log: {demo.log_path}", file=sys.stderr)
     return 1
 
 
@@ -177,7 +184,8 @@ class Demo:
         self.records = [ClientRecord(i) for i in range(args.clients)]
         self.views = [_ClientView() for _ in range(args.clients)]
         self.phases: list[PhaseSummary] = []
-        self.phase_title = "starting"
+        self.lang: str = getattr(args, "lang", "en")
+        self.phase_title = say(self.lang, "starting")
         self.started = time.monotonic()
         #: Stopped by SIGTERM (exit status 143), not Ctrl-C (130).
         self.terminated = False
@@ -216,21 +224,21 @@ class Demo:
         with contextlib.suppress(NotImplementedError):  # (no signal handlers on Windows)
             loop.add_signal_handler(signal.SIGTERM, terminate)
         try:
-            self.phase_title = "starting the server"
+            self.phase_title = say(self.lang, "starting the server")
             self.server_pid = await self._start_server()
-            self.phase_title = f"connecting {len(self.records)} clients"
+            self.phase_title = say(self.lang, "connecting {n} clients", n=len(self.records))
             for record, state in zip(self.records, self.views):  # noqa: B905
                 conn, client_tasks = self._start_client(record, state)
                 clients.append(conn)
                 tasks.extend(client_tasks)
             await self._wait_all_connected(since=0.0, limit=15.0)
-            self.phase_title = "steady state"
+            self.phase_title = say(self.lang, "steady state")
             await asyncio.sleep(SETTLE_S)
 
             # (a) planned restart: SIGHUP -> handover, 1012 spread over the drain window.
             start_a = time.monotonic()
-            self.phase_title = "(a) planned restart: SIGHUP, handover, 1012"
-            self._note(f"SIGHUP to server pid {self.server_pid}")
+            self.phase_title = say(self.lang, "(a) planned restart: SIGHUP, handover, 1012")
+            self._note(say(self.lang, "SIGHUP to server pid {pid}", pid=self.server_pid))
             old_pid = self.server_pid
             os.kill(old_pid, signal.SIGHUP)
             self.server_pid = await self._wait_new_server(exclude=old_pid)
@@ -244,11 +252,11 @@ class Demo:
 
             # (b) crash: SIGKILL, the port is dead for a while, then a new server.
             start_b = time.monotonic()
-            self.phase_title = "(b) crash: SIGKILL, 1006, backoff"
-            self._note(f"SIGKILL to server pid {self.server_pid}")
+            self.phase_title = say(self.lang, "(b) crash: SIGKILL, 1006, backoff")
+            self._note(say(self.lang, "SIGKILL to server pid {pid}", pid=self.server_pid))
             os.kill(self.server_pid, signal.SIGKILL)
             await asyncio.sleep(self.args.downtime)
-            self.phase_title = "(b) crash: server started again"
+            self.phase_title = say(self.lang, "(b) crash: server started again")
             self.server_pid = await self._start_server()
             await self._wait_all_back(since=start_b)
             await asyncio.sleep(SETTLE_S)
@@ -257,7 +265,7 @@ class Demo:
                 self.records, name="crash", title="(b) crash (SIGKILL)",
                 expected_code=1006, start=start_b, end=end_b,
             ))  # fmt: skip
-            self.phase_title = "done"
+            self.phase_title = say(self.lang, "done")
         finally:
             try:
                 if view is not None:
@@ -311,7 +319,7 @@ class Demo:
             pid = await self._healthy_pid()
             if pid is not None and pid != exclude:
                 self._server_pids.add(pid)
-                self._note(f"replacement pid {pid} is serving")
+                self._note(say(self.lang, "replacement pid {pid} is serving", pid=pid))
                 return pid
             await asyncio.sleep(0.05)
         raise DemoFailed("no replacement server became healthy within 30 s")
@@ -379,7 +387,14 @@ class Demo:
                     record.resumes.append(now)
                 elif isinstance(event, events.SessionLost):
                     record.lost.append((now, event.reason))
-                    self._note(f"client {record.client_id}: session lost ({event.reason})")
+                    self._note(
+                        say(
+                            self.lang,
+                            "client {n}: session lost ({reason})",
+                            n=record.client_id,
+                            reason=event.reason,
+                        )
+                    )
                 elif isinstance(event, events.Reconnecting):
                     record.reconnects.append((now, event.delay, event.cause_code))
                     view.state = "waiting"
@@ -424,7 +439,7 @@ class Demo:
             if all(self._back(record, since) for record in self.records):
                 return
             await asyncio.sleep(0.05)
-        self._note(f"not every client was back within {PHASE_LIMIT_S:.0f} s")
+        self._note(say(self.lang, "not every client was back within {s:.0f} s", s=PHASE_LIMIT_S))
 
     @staticmethod
     def _back(record: ClientRecord, since: float) -> bool:
@@ -455,10 +470,13 @@ class Demo:
         elapsed = time.monotonic() - self.started
         lines = [
             f"tether demo  {elapsed:5.1f} s  server {self.url} pid {self.server_pid}",
-            f"phase: {self.phase_title}",
+            say(self.lang, "phase: {title}", title=self.phase_title),
             "",
-            "client  state       last close              delay chosen       tries  received"
-            "  missing",
+            say(
+                self.lang,
+                "client  state       last close              delay chosen       tries  received"
+                "  missing",
+            ),
         ]
         for record, view in zip(self.records, self.views):  # noqa: B905
             close = "-"

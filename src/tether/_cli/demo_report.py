@@ -31,6 +31,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from ._text import display_width, pad
+
 __all__ = [
     "ClientRecord",
     "PhaseSummary",
@@ -38,8 +40,52 @@ __all__ = [
     "Stats",
     "Tick",
     "format_table",
+    "say",
     "summarize_phase",
 ]
+
+#: What ``tether demo --lang ja`` prints for people, by the English text it replaces
+#: (``str.format`` fields kept). ``--json`` stays English: it is for scripts.
+_JA: dict[str, str] = {
+    "starting": "起動中",
+    "starting the server": "サーバーを起動中",
+    "connecting {n} clients": "{n} クライアントを接続中",
+    "steady state": "定常状態",
+    "(a) planned restart: SIGHUP, handover, 1012": "(a) 計画的な再起動: SIGHUP、引き継ぎ、1012",
+    "(b) crash: SIGKILL, 1006, backoff": "(b) クラッシュ: SIGKILL、1006、バックオフ",
+    "(b) crash: server started again": "(b) クラッシュ: サーバーを再び起動",
+    "done": "完了",
+    "SIGHUP to server pid {pid}": "サーバー pid {pid} に SIGHUP",
+    "SIGKILL to server pid {pid}": "サーバー pid {pid} に SIGKILL",
+    "replacement pid {pid} is serving": "後継プロセス pid {pid} が稼働中",
+    "client {n}: session lost ({reason})": "クライアント {n}: セッション喪失 ({reason})",
+    "not every client was back within {s:.0f} s": "{s:.0f} 秒以内に戻らないクライアントがある",
+    "phase: {title}": "フェーズ: {title}",
+    "client  state       last close              delay chosen       tries  received  missing": (
+        "client  状態        最後の切断              選んだ待ち時間     試行   受信      欠落"
+    ),
+    "not every client came back": "戻らないクライアントがあった",
+    "messages were lost or duplicated": "メッセージの欠落または重複があった",
+    "(a) planned restart": "(a) 計画的な再起動",
+    "(b) crash (SIGKILL)": "(b) クラッシュ (SIGKILL)",
+    "phase": "フェーズ",
+    "close codes": "切断コード",
+    "back": "復帰",
+    "resumed": "再開",
+    "first delay min/med/max": "最初の待ち 最小/中央/最大",
+    "all delays min/med/max": "全待ち 最小/中央/最大",
+    "all back after": "全員復帰まで",
+    "received": "受信",
+    "missing": "欠落",
+    "dup": "重複",
+    "skipped ticks": "送信なしの tick",
+}
+
+
+def say(lang: str, text: str, **fields: object) -> str:
+    """``text`` (an English template) in ``lang``, with ``fields`` filled in."""
+    template = _JA.get(text, text) if lang == "ja" else text
+    return template.format(**fields) if fields else template
 
 
 class Tick(NamedTuple):
@@ -335,18 +381,18 @@ def _skipped_ticks(ticks: list[int]) -> int:
     return sum(max(0, current - previous - 1) for previous, current in itertools.pairwise(ticks))
 
 
-def format_table(phases: list[PhaseSummary]) -> str:
+def format_table(phases: list[PhaseSummary], lang: str = "en") -> str:
     """The summary table printed at the end of the demo."""
-    header = (
+    header = tuple(say(lang, label) for label in (
         "phase", "close codes", "back", "resumed", "first delay min/med/max",
         "all delays min/med/max", "all back after", "received", "missing", "dup", "skipped ticks",
-    )  # fmt: skip
+    ))  # fmt: skip
     rows = [header]
     for phase in phases:
         codes = ", ".join(f"{code}x{count}" for code, count in sorted(phase.codes.items()))
         rows.append(
             (
-                phase.title,
+                say(lang, phase.title),
                 codes or "-",
                 f"{phase.reconnected}/{phase.disconnected}",
                 f"{phase.resumed}/{phase.disconnected}",
@@ -359,8 +405,9 @@ def format_table(phases: list[PhaseSummary]) -> str:
                 str(phase.skipped_ticks),
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in rows]  # noqa: B905
+    # (Display widths: a Japanese character takes two columns.)
+    widths = [max(display_width(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(pad(cell, width) for cell, width in zip(row, widths)) for row in rows]  # noqa: B905
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(line.rstrip() for line in lines)
 
