@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -69,54 +70,50 @@ async def test_replacement_never_healthy_is_killed() -> None:
             await start_replacement(["serve", "--port", other], "127.0.0.1", ours.port, timeout=3)
 
 
-@pytest.mark.integration
-@pytest.mark.timeout(30)
-async def test_a_cancelled_handover_kills_its_replacement(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Cancelled before the replacement is healthy (a SIGTERM came first): it is killed."""
-    started: list[subprocess.Popen[bytes]] = []
+@pytest.fixture
+def started(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """The replacement processes start_replacement() starts; any left running is killed."""
+    processes: list[subprocess.Popen[bytes]] = []
     real_popen = subprocess.Popen
 
     def recording_popen(*args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:
         process = real_popen(*args, **kwargs)
-        started.append(process)
+        processes.append(process)
         return process
 
     monkeypatch.setattr(handover.subprocess, "Popen", recording_popen)
-    try:
-        async with tether.serve(echo, "127.0.0.1", 0, heartbeat=None, drain_window=0.0) as ours:
-            # A replacement that will never show its pid on our port: it stays "starting".
-            waiting = asyncio.ensure_future(
-                start_replacement(["serve", "--port", "0"], "127.0.0.1", ours.port, timeout=20)
-            )
-            await eventually(lambda: bool(started), 5)
-            waiting.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await waiting
-        (process,) = started
-        assert process.poll() is not None  # killed and reaped, not left running
-    finally:
-        for process in started:  # (a failing run must not leave it behind either)
-            if process.poll() is None:
-                process.kill()
-                process.wait(5)
+    yield processes
+    for process in processes:  # (a failing run must not leave one behind)
+        if process.poll() is None:
+            process.kill()
+            process.wait(5)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(30)
+async def test_a_cancelled_handover_kills_its_replacement(
+    started: list[subprocess.Popen[bytes]],
+) -> None:
+    """Cancelled before the replacement is healthy (a SIGTERM came first): it is killed."""
+    async with tether.serve(echo, "127.0.0.1", 0, heartbeat=None, drain_window=0.0) as ours:
+        # A replacement that will never show its pid on our port: it stays "starting".
+        waiting = asyncio.ensure_future(
+            start_replacement(["serve", "--port", "0"], "127.0.0.1", ours.port, timeout=20)
+        )
+        await eventually(lambda: bool(started), 5)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+    (process,) = started
+    assert process.poll() is not None  # killed and reaped, not left running
 
 
 @pytest.mark.integration
 @pytest.mark.timeout(30)
 async def test_replacement_answering_with_its_pid_but_not_200_is_not_healthy(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, started: list[subprocess.Popen[bytes]]
 ) -> None:
     """A /healthz that shows the replacement's pid with a 503 is not healthy: it is killed."""
-    started: list[subprocess.Popen[bytes]] = []
-    real_popen = subprocess.Popen
-
-    def recording_popen(*args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:
-        process = real_popen(*args, **kwargs)
-        started.append(process)
-        return process
-
     asked: list[tuple[str, int]] = []
 
     async def unhealthy(
@@ -125,18 +122,11 @@ async def test_replacement_answering_with_its_pid_but_not_200_is_not_healthy(
         asked.append((host, port))
         return 503, {"pid": started[-1].pid}
 
-    monkeypatch.setattr(handover.subprocess, "Popen", recording_popen)
     monkeypatch.setattr(handover, "health_check", unhealthy)
-    try:
-        with pytest.raises(HandoverFailed, match="not healthy within 2 s"):
-            await start_replacement(
-                ["serve", "--host", "127.0.0.1", "--port", "0"], "127.0.0.1", 1, timeout=2
-            )
-        assert asked  # the probe saw its pid, only with the wrong status
-        (process,) = started
-        assert process.poll() is not None  # killed and reaped, not left running
-    finally:
-        for process in started:
-            if process.poll() is None:
-                process.kill()
-                process.wait(5)
+    with pytest.raises(HandoverFailed, match="not healthy within 2 s"):
+        await start_replacement(
+            ["serve", "--host", "127.0.0.1", "--port", "0"], "127.0.0.1", 1, timeout=2
+        )
+    assert asked  # the probe saw its pid, only with the wrong status
+    (process,) = started
+    assert process.poll() is not None  # killed and reaped, not left running
