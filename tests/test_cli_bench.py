@@ -69,3 +69,52 @@ def test_help_lists_every_row_only_accepts(
     out = " ".join(capsys.readouterr().out.split())
     for scenario, rows in ROWS.items():
         assert f"{scenario}: {', '.join(rows)}" in out
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+def test_sigterm_stops_the_run_and_its_peer_processes() -> None:
+    """SIGTERM (what `timeout` sends) cleans up as Ctrl-C does: exit 143, no peer left.
+
+    (Before, the process died at once and its server and client processes, re-parented
+    to init, kept running; the detect scenario left its network namespace.)
+    """
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    def children(pid: int) -> list[int]:
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    stat = (entry / "stat").read_text()
+                except OSError:
+                    continue
+                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+        return found
+
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "tether", "bench", "throughput", "--only", "tether", "--runs", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not (peers := children(bench.pid)) and time.monotonic() < deadline:
+            time.sleep(0.05)  # (polling another process: no event to wait on)
+        assert peers, "the benchmark started no peer process"
+        bench.send_signal(signal.SIGTERM)
+        _, err = bench.communicate(timeout=30)
+        assert bench.returncode == 143
+        assert b"stopped (SIGTERM)" in err
+        assert [pid for pid in peers if os.path.exists(f"/proc/{pid}")] == []
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.wait(5)

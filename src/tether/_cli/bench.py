@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 from pathlib import Path
 
@@ -135,14 +136,36 @@ def _run(args: argparse.Namespace) -> int:
             # A usage error, as argparse reports its own (exit status 2).
             print(f"tether bench: error: {problem}", file=sys.stderr)
             return 2
-    status: int = runner.run(
-        scenarios,
-        quick=args.quick,
-        as_json=args.json,
-        save=args.save,
-        runs=args.runs,
-        connections=args.connections,
-        store=args.store,
-        only=args.only,
-    )
+    terminated = False
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        # SIGTERM (what `timeout` and supervisors send) stops the run as Ctrl-C does,
+        # so that the clean-up in the scenarios' finally blocks runs: by default the
+        # process would die at once and leave its peer processes and network
+        # namespace behind. Once: a second SIGTERM must not cut the clean-up short.
+        nonlocal terminated
+        terminated = True
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        status: int = runner.run(
+            scenarios,
+            quick=args.quick,
+            as_json=args.json,
+            save=args.save,
+            runs=args.runs,
+            connections=args.connections,
+            store=args.store,
+            only=args.only,
+        )
+    except KeyboardInterrupt:
+        if not terminated:
+            raise  # Ctrl-C: the command's usual 130
+        print("tether bench: stopped (SIGTERM)", file=sys.stderr)
+        return 143
+    finally:
+        if not terminated:
+            signal.signal(signal.SIGTERM, previous)
     return status
