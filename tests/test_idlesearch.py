@@ -190,6 +190,22 @@ def test_killed_observation_pins_the_limit() -> None:
     assert search.result().kill == "closed"
 
 
+def test_one_active_close_makes_the_kill_closed() -> None:
+    """One close among 'silent' trials (their pings met the reset) makes the kill 'closed'.
+
+    (Before, the majority decided, and a tie went by set order.)
+    """
+    for order in (
+        (Outcome.DEAD, Outcome.DEAD, Outcome.KILLED),
+        (Outcome.KILLED, Outcome.DEAD, Outcome.DEAD),
+    ):
+        search = IdleSearch(IdleSearchConfig(max_idle=100))
+        for outcome in order:
+            at = 3.0 if outcome is Outcome.KILLED else None
+            search.record(Observation(4, outcome, at=at, code=1006))
+        assert search.result().kill == "closed"
+
+
 def test_close_code_reported_is_the_most_common() -> None:
     """The result names the close code most trials saw (e.g. 1001 from a proxy that says so)."""
     search = IdleSearch(IdleSearchConfig(max_idle=100))

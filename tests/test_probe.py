@@ -192,6 +192,58 @@ async def test_idle_search_finds_an_active_idle_kill(echo_port: int) -> None:
     assert result.recommended_heartbeat <= 0.5
 
 
+@pytest.mark.parametrize("attempt", range(3))
+async def test_a_kill_as_the_hold_ends_is_a_kill_not_a_silent_drop(
+    echo_port: int, attempt: int
+) -> None:
+    """A path that kills at 1 s, a trial that holds exactly 1 s: its close is awaited.
+
+    (Before, the ping sent when the hold ended met the reset on its way, the trial
+    counted as a silent drop at 1 s, and in 4 runs of 10 the search ended at once
+    with "0.5 s ± 0.5 s, silently dropped", recommending a 0.1 s heartbeat.)
+    """
+    async with ChaosProxy(("127.0.0.1", 0), ("127.0.0.1", echo_port), idle_timeout=1.0) as proxy:
+        result = await find_idle_limit(
+            f"ws://127.0.0.1:{proxy.port}/",
+            IdleSearchConfig(max_idle=10, resolution=0.25, parallel=4, first_hold=1.0),
+            pong_timeout=0.5,
+        )
+    assert result.kill == "closed"
+    assert result.limit == pytest.approx(1.0, abs=0.25)
+    assert result.recommended_heartbeat >= 0.4
+
+
+async def test_a_server_that_closes_at_once_is_named_even_without_pings() -> None:
+    """--pings 0: the server's own close is reported as the server's.
+
+    (Before, the probe's closing handshake answered it and it was reported as the
+    client's, so the idle search ran against the server's own policy.)
+    """
+
+    async def closes(ws: ServerConnection) -> None:
+        await ws.close(1008, "go away")
+
+    async with serve(closes, "127.0.0.1", 0) as server:
+        report = await probe(f"ws://127.0.0.1:{_port(server)}/", pings=0)
+    assert (report.close.by, report.close.code, report.close.reason) == (
+        "server",
+        1008,
+        "go away",
+    )
+
+
+async def test_a_link_that_dies_after_the_pings_began_is_not_a_client_close(
+    echo_port: int,
+) -> None:
+    """Blackholed while pinging: the unanswered ping, then 1006, is the path's doing."""
+    async with ChaosProxy(
+        ("127.0.0.1", 0), ("127.0.0.1", echo_port), blackhole_after=0.3, latency_ms=50
+    ) as proxy:
+        report = await probe(f"ws://127.0.0.1:{proxy.port}/", pings=20, ping_timeout=0.5)
+    assert report.pings.answered < report.pings.sent
+    assert (report.close.by, report.close.code, report.close.clean) == ("server", 1006, False)
+
+
 async def test_idle_search_finds_a_silent_drop(echo_port: int) -> None:
     """A path that silently drops connections after 1 s is bracketed by pings after the hold."""
     async with ChaosProxy(("127.0.0.1", 0), ("127.0.0.1", echo_port), blackhole_after=1.0) as proxy:

@@ -266,7 +266,10 @@ class IdleSearch:
             limit = (self.low + self.high) / 2
             uncertainty = (self.high - self.low) / 2
         code = max(set(self._codes), key=self._codes.count) if self._codes else None
-        kill = max(set(self._kills), key=self._kills.count) if self._kills else None
+        # One active close proves the path closes: a trial that died "silently" was
+        # one whose hold ended as the close came (its ping met the reset), not a path
+        # that drops connections without a word.
+        kill = ("closed" if "closed" in self._kills else "silent") if self._kills else None
         converged = self.low >= cfg.max_idle or (
             self.high is not None and self.high - self.low <= cfg.resolution
         )

@@ -55,6 +55,9 @@ DEFAULT_PONG_TIMEOUT = 2.0
 _CLOSE_TIMEOUT = 2.0
 #: Seconds allowed to close a trial that became moot (its link may be dead).
 _MOOT_CLOSE_TIMEOUT = 0.5
+#: Bounds of the wait, after a hold, for a close already on its way (the handshake time).
+_KILL_GRACE_MIN_S = 0.05
+_KILL_GRACE_MAX_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -318,6 +321,7 @@ async def probe(
     pongs = _Pongs(transport)
     rtts: list[float] = []
     sent = 0
+    unanswered = False
     close: CloseReport | None = None
     try:
         for number in range(pings):
@@ -331,6 +335,7 @@ async def probe(
             if rtt is None:
                 # Unanswered within ping_timeout: the server ignores pings or the link is
                 # stuck; more pings would only add ping_timeout each.
+                unanswered = True
                 break
             rtts.append(rtt * 1000.0)
         if close is None and transport.closed is not None:
@@ -338,7 +343,15 @@ async def probe(
             close = _close_report("server", info.code, info.reason, info.clean, lang)
         if close is None:
             info = await transport.close(1000, "tether probe done")
-            close = _close_report("client", info.code, info.reason, info.clean, lang)
+            # Who ended it: the server, if its Close frame came before ours (ours then
+            # only answered it), or if the link was already dead (an unanswered ping,
+            # and no Close frame back): our 1000 is not what closed the connection.
+            by_server = conn.protocol.close_rcvd_then_sent is True or (
+                unanswered and not info.clean
+            )
+            close = _close_report(
+                "server" if by_server else "client", info.code, info.reason, info.clean, lang
+            )
     finally:
         if transport.closed is None:
             transport.abort()
@@ -382,6 +395,20 @@ async def _idle_trial(
             pass
         else:
             # Closed while idle: the close took at most the handshake time to reach us.
+            return Observation(
+                hold,
+                Outcome.KILLED,
+                at=loop.time() - opened,
+                slack=opened - start,
+                code=info.code,
+                peer_traffic=conn.peer_frames > 0,
+            )
+        # A path that kills at about ``hold`` idle seconds: its close may be on its way
+        # (it left when our hold ended). Give it the handshake's time to arrive, so
+        # that our ping does not meet the reset and count as a silent kill.
+        grace = min(max(opened - start, _KILL_GRACE_MIN_S), _KILL_GRACE_MAX_S)
+        with contextlib.suppress(TimeoutError):
+            info = await bounded(transport.wait_closed(), grace)
             return Observation(
                 hold,
                 Outcome.KILLED,
