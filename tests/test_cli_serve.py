@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -384,3 +385,45 @@ def test_sigterm_while_the_replacement_starts_leaves_nothing_on_the_port(
         socket.create_connection(("127.0.0.1", port), timeout=1),
     ):
         pass
+
+
+@pytest.mark.timeout(60)
+def test_a_sighup_to_the_replacement_waits_until_its_predecessor_has_exited(
+    servers: Servers,
+) -> None:
+    """SIGHUP to B as soon as it is healthy, while A still drains: B hands over after A.
+
+    (Before, B's handover undid A's steering while A still listened, and in 3 runs
+    of 46 B's health checks could never reach C: the second deploy failed after
+    30 s, with C killed.)
+    """
+    a, port = servers.start(
+        "--reuse-port", "--drain-window", "1", "--app", "echo", "--store", "none"
+    )
+    log = servers.logs[a.pid]
+    others: list[int] = []
+    try:
+        a.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while not (found := re.findall(r"replacement pid (\d+) is healthy", log.read_text())):
+            assert time.monotonic() < deadline, "the first handover did not happen"
+            time.sleep(0.05)  # (polling a log file: no event to wait on)
+        b = int(found[0])
+        others.append(b)
+        os.kill(b, signal.SIGHUP)  # A is still draining: its listener may share the port
+        assert a.wait(20) == 0
+        while len(started := re.findall(r"started replacement pid (\d+)", log.read_text())) < 2:
+            assert time.monotonic() < deadline + 20, "the second handover did not start"
+            time.sleep(0.05)
+        c = int(started[1])
+        others.append(c)
+        while wait_healthy(port)["pid"] != c:  # (B answers until its drain began)
+            assert time.monotonic() < deadline + 40, "C never served"
+            time.sleep(0.05)
+        text = log.read_text()
+        assert f"handover deferred until pid {a.pid}" in text
+        assert "handover failed" not in text
+    finally:
+        for pid in others:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

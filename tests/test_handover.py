@@ -130,3 +130,10 @@ async def test_replacement_answering_with_its_pid_but_not_200_is_not_healthy(
     assert asked  # the probe saw its pid, only with the wrong status
     (process,) = started
     assert process.poll() is not None  # killed and reaped, not left running
+
+
+def test_a_replacement_killed_by_a_signal_is_reported_as_such() -> None:
+    """(Before: "exited with -1" for a replacement that SIGHUP killed.)"""
+    assert handover._ended(-1) == "was killed by SIGHUP"
+    assert handover._ended(-9) == "was killed by SIGKILL"
+    assert handover._ended(3) == "exited with 3"

@@ -13,6 +13,7 @@ import asyncio
 import gc
 import logging
 import math
+import os
 import signal
 import sys
 from pathlib import Path
@@ -175,6 +176,9 @@ def run(args: argparse.Namespace) -> int:
     from .logs import setup_logging
 
     setup_logging(json_lines=args.json_logs)
+    global _predecessor
+    # Read once and removed: this process's own replacement gets our pid instead.
+    _predecessor = int(os.environ.pop(PREDECESSOR_ENV, "0") or 0)
     try:
         validate_send(args.shutdown_code, role="server")
         heartbeat = Heartbeat(args.ping_interval or None, args.ping_timeout or None)
@@ -198,6 +202,10 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigurationError, InvalidCloseCode) as exc:
         print(f"tether serve: error: {exc}", file=sys.stderr)
         return 2
+    # A SIGHUP before the handlers are in would kill the process (its default action):
+    # held until they are (_serve), then handled. (A handover's replacement gets one
+    # as soon as it logs "serving on", from a deploy script that reads the log.)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
     try:
         return asyncio.run(_serve(args, heartbeat, store))
     except OSError as exc:
@@ -244,9 +252,11 @@ async def _serve(args: argparse.Namespace, heartbeat: Any, store: SessionStore |
         open_timeout=args.open_timeout or None,
     )
     await server.start()
-    _tune_gc()
     if args.reuse_port:
         _install_handover_signals(server, args)
+    # (Without --reuse-port the server installed its own handlers in start().)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
+    _tune_gc()
     await server.wait_closed()
     return 0
 
@@ -314,6 +324,42 @@ def _origins(args: argparse.Namespace) -> list[str | None] | None:
     return [*(args.origins or ()), *([None] if args.allow_no_origin else [])]
 
 
+#: Set by a handover in its replacement's environment: the pid of the process handing over.
+PREDECESSOR_ENV = "TETHER_PREDECESSOR_PID"
+#: Longest a SIGHUP waits for the predecessor to finish its drain and exit.
+PREDECESSOR_WAIT_S = 120.0
+#: This process's predecessor (its parent, which started it to hand over), if any.
+_predecessor = 0
+
+
+async def _predecessor_gone() -> bool:
+    """Wait (bounded) until the process that handed over to this one has exited.
+
+    Until then its listener may still share the port: a new handover would undo its
+    steering (new connections spread over a listener about to close: resets, 503s)
+    and its replacement could never be reached for the health check. The
+    predecessor is this process's parent, so its exit shows as a new parent.
+    """
+    if not _predecessor or os.getppid() != _predecessor:
+        return True
+    logger.info(
+        "SIGHUP: handover deferred until pid %d, which handed over to this process, has exited",
+        _predecessor,
+    )
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + PREDECESSOR_WAIT_S
+    while os.getppid() == _predecessor:
+        if loop.time() >= deadline:
+            logger.error(
+                "handover refused, still serving: pid %d is still running after %.0f s",
+                _predecessor,
+                PREDECESSOR_WAIT_S,
+            )
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
 def _install_handover_signals(server: Any, args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     tasks: set[asyncio.Task[None]] = set()
@@ -327,6 +373,11 @@ def _install_handover_signals(server: Any, args: argparse.Namespace) -> None:
         if handing_over or stopping:
             return  # one handover at a time; none once a shutdown began
         handing_over = True
+        if not await _predecessor_gone():
+            handing_over = False
+            return
+        if stopping:
+            return
         starting = asyncio.ensure_future(_start_replacement(server, args))
         try:
             healthy = await starting

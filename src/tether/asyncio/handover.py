@@ -17,6 +17,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -100,8 +102,11 @@ async def start_replacement(
     # stdin from /dev/null and stdout onto stderr: the replacement keeps our log stream
     # (stderr) but holds no pipe of ours open, so whoever started us sees EOF on our
     # stdout when we exit (asyncio's Process.wait() waits for that EOF, for instance).
+    # The replacement learns whom it replaces: it takes no handover of its own until
+    # this process has exited (tether._cli.serve).
+    env = {**os.environ, "TETHER_PREDECESSOR_PID": str(os.getpid())}
     process = subprocess.Popen(  # noqa: ASYNC220 - returns at once; never waited on here
-        command, stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno()
+        command, stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno(), env=env
     )
     logger.info(
         "started replacement pid %d: %s",
@@ -115,9 +120,7 @@ async def start_replacement(
     try:
         while loop.time() < deadline:
             if process.poll() is not None:
-                raise HandoverFailed(
-                    f"replacement pid {process.pid} exited with {process.returncode}"
-                )
+                raise HandoverFailed(f"replacement pid {process.pid} {_ended(process.returncode)}")
             try:
                 status, body = await health_check(target, port, timeout=min(1.0, timeout))
             except (OSError, asyncio.TimeoutError):
@@ -139,6 +142,16 @@ async def start_replacement(
         raise
     _kill(process)
     raise HandoverFailed(f"replacement pid {process.pid} was not healthy within {timeout:.0f} s")
+
+
+def _ended(returncode: int) -> str:
+    """How a process ended: "exited with N" or "was killed by SIGNAME"."""
+    if returncode < 0:
+        try:
+            return f"was killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"was killed by signal {-returncode}"
+    return f"exited with {returncode}"
 
 
 def _kill(process: subprocess.Popen[bytes]) -> None:
