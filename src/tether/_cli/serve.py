@@ -205,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
     # A SIGHUP before the handlers are in would kill the process (its default action):
     # held until they are (_serve), then handled. (A handover's replacement gets one
     # as soon as it logs "serving on", from a deploy script that reads the log.)
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    _hold_sighup(True)
     try:
         return asyncio.run(_serve(args, heartbeat, store))
     except OSError as exc:
@@ -255,10 +255,16 @@ async def _serve(args: argparse.Namespace, heartbeat: Any, store: SessionStore |
     if args.reuse_port:
         _install_handover_signals(server, args)
     # (Without --reuse-port the server installed its own handlers in start().)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
+    _hold_sighup(False)
     _tune_gc()
     await server.wait_closed()
     return 0
+
+
+def _hold_sighup(hold: bool) -> None:
+    """Block (or unblock) SIGHUP for this thread; nothing where POSIX signals are missing."""
+    if hasattr(signal, "SIGHUP") and hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_BLOCK if hold else signal.SIG_UNBLOCK, {signal.SIGHUP})
 
 
 def _tune_gc() -> None:
