@@ -1368,7 +1368,8 @@ class ClientConnection:
 
         The Close ends the session (docs/protocol.md §7): what the server has not
         acknowledged by then would be neither resumed nor replayed. It acknowledges
-        what its handler took, so this also lets the replies to it arrive first.
+        what its handler took, mostly on the replies' own frames, so this usually
+        lets the replies arrive first (not always: an ack can go out alone first).
         What is still unacknowledged at the deadline ends up in :attr:`unsent`.
         """
         loop = asyncio.get_running_loop()
