@@ -297,3 +297,35 @@ async def test_chaos_proxy_fixture_forwards_and_kills(
     proxy.kill_all()
     await closed_after(ws)
     assert ws.close_code == 1006
+
+
+async def test_kill_after_counts_from_the_accept_even_while_the_upstream_hangs() -> None:
+    """An upstream whose backlog is full never answers the connect: kill_after still cuts.
+
+    (Before, the fault clock started once the upstream connect succeeded, so a client
+    behind a hung upstream was never killed: no RST in 8 s with kill_after 0.5.)
+    """
+    import socket
+
+    full = socket.socket()
+    full.bind(("127.0.0.1", 0))
+    full.listen(0)
+    fillers: list[socket.socket] = []
+    for _ in range(4):  # fill the accept queue: further SYNs go unanswered
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(full.getsockname())
+        fillers.append(filler)
+    try:
+        async with ChaosProxy(("127.0.0.1", 0), full.getsockname(), kill_after=0.5) as proxy:
+            reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+            started = time.monotonic()
+            with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
+                await asyncio.wait_for(reader.readexactly(1), 5)
+            assert 0.4 <= time.monotonic() - started <= 2.0
+            await eventually(lambda: len(proxy.faults) == 1, 2)
+            assert (proxy.faults[0].kind, proxy.faults[0].reason) == ("kill", "kill_after")
+            writer.close()
+    finally:
+        for sock in (*fillers, full):
+            sock.close()

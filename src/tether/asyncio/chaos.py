@@ -413,12 +413,15 @@ class ChaosProxy:
     # -- internals ------------------------------------------------------------------------
 
     def _record(self, conn: _ProxiedConnection, fault: Fault) -> None:
+        self._record_fault(conn.number, conn.client_name, conn.faults.opened_at, fault)
+
+    def _record_fault(self, number: int, client: str, opened_at: float, fault: Fault) -> None:
         record = FaultRecord(
             kind=fault.kind.value,
             reason=fault.reason,
-            connection=conn.number,
-            client=conn.client_name,
-            age=round(asyncio.get_running_loop().time() - conn.faults.opened_at, 6),
+            connection=number,
+            client=client,
+            age=round(asyncio.get_running_loop().time() - opened_at, 6),
             time=time.time(),
         )
         self.faults.append(record)
@@ -455,9 +458,24 @@ class ChaosProxy:
     ) -> None:
         number = next(self._numbers)
         client_name = _format_address(client_writer.get_extra_info("peername"))
+        loop = asyncio.get_running_loop()
+        # Faults count from the accept (docs/diagnostics.md): an upstream connect that
+        # outlasts kill_after (a server whose backlog is full) is cut when it is due.
+        faults = ConnectionFaults(self.plan, loop.time(), self.rng)
+        kill_at = faults.kill_at
         try:
-            upstream = await asyncio.open_connection(*self.upstream)
+            connecting = asyncio.open_connection(*self.upstream)
+            if kill_at is None:
+                upstream = await connecting
+            else:
+                upstream = await bounded(connecting, max(0.0, kill_at - loop.time()))
         except OSError as exc:
+            # (bounded() ran out: TimeoutError, an OSError; a kill is due now.)
+            fault = faults.handle_timer(loop.time()) if isinstance(exc, TimeoutError) else None
+            if fault is not None:
+                self._record_fault(number, client_name, faults.opened_at, fault)
+                _abort_with_rst(client_writer)
+                return
             logger.error(
                 "chaos: connection %d from %s: upstream %s unreachable: %s",
                 number,
@@ -475,14 +493,7 @@ class ChaosProxy:
             )
             _abort_with_rst(client_writer)
             return
-        loop = asyncio.get_running_loop()
-        conn = _ProxiedConnection(
-            self,
-            number,
-            (client_reader, client_writer),
-            upstream,
-            ConnectionFaults(self.plan, loop.time(), self.rng),
-        )
+        conn = _ProxiedConnection(self, number, (client_reader, client_writer), upstream, faults)
         self._connections.add(conn)
         logger.info(
             "chaos: connection %d from %s opened",
