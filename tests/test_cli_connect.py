@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import re
 from collections.abc import AsyncIterator, Callable
 
@@ -125,6 +126,39 @@ async def test_lang_ja_prints_the_state_changes_in_japanese(
     assert lines[0] == "接続しました(試行 1)"
     assert lines[-1].startswith("切断: 1000 Normal Closure（正常終了）")
     assert "connected to" not in err.getvalue()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(20)
+async def test_lang_ja_prints_no_english_log_lines(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server that cannot be reached, --lang ja: Japanese lines only on stderr.
+
+    (Before, the library's English warnings reached stderr through logging's default.)
+    """
+    import socket
+
+    import tether
+
+    caplog.set_level(logging.INFO)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed when the block ends: refused
+    monkeypatch.setattr("sys.stdin", io.StringIO("one\n"))
+    out, err = io.StringIO(), io.StringIO()
+    conn = tether.connect(
+        f"ws://127.0.0.1:{port}/",
+        heartbeat=None,
+        lang="ja",
+        backoff=tether.BackoffConfig(base=0.01, cap=0.02, max_attempts=1),
+    )
+    assert await connect_cli._session(conn, as_json=False, out=out, err=err, lang="ja") == 1
+    text = err.getvalue()
+    assert "再接続をやめました" in text
+    assert "送信できなかったメッセージ 1 件" in text
+    # The library's English records reach no handler of the process (stderr's included).
+    assert [r.getMessage() for r in caplog.records if r.name == "tether.client"] == []
 
 
 @pytest.mark.integration

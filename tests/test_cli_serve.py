@@ -427,3 +427,17 @@ def test_a_sighup_to_the_replacement_waits_until_its_predecessor_has_exited(
         for pid in others:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_a_predecessor_pid_is_trusted_only_from_a_tether_parent() -> None:
+    """TETHER_PREDECESSOR_PID left in the environment by a user does not stall SIGHUP.
+
+    (Before, a value naming the shell made every SIGHUP wait 120 s for it to exit, and
+    a value that was not a number crashed the server with a traceback.)
+    """
+    from tether._cli import serve as serve_cli
+
+    assert serve_cli._handed_over_by("abc") == 0
+    assert serve_cli._handed_over_by("") == 0
+    assert serve_cli._handed_over_by(str(os.getppid())) == 0  # pytest's parent: no tether serve
+    assert serve_cli._handed_over_by(str(os.getpid())) == 0  # not our parent

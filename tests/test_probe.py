@@ -83,7 +83,10 @@ async def test_server_close_is_reported_with_explanation() -> None:
 
 
 async def test_server_dropping_the_connection_is_1006() -> None:
-    """A server that drops TCP without a Close frame is reported as 1006, not clean."""
+    """A server that drops TCP without a Close frame: 1006, not clean, by "path".
+
+    (Without a Close frame the probe cannot tell a server's drop from the path's.)
+    """
 
     async def drop(ws: ServerConnection) -> None:
         assert ws.transport is not None
@@ -91,7 +94,7 @@ async def test_server_dropping_the_connection_is_1006() -> None:
 
     async with serve(drop, "127.0.0.1", 0) as server:
         report = await probe(f"ws://127.0.0.1:{_port(server)}/", pings=2, ping_timeout=1)
-    assert report.close.by == "server"
+    assert report.close.by == "path"
     assert report.close.code == 1006
     assert not report.close.clean
 
@@ -213,6 +216,22 @@ async def test_a_kill_as_the_hold_ends_is_a_kill_not_a_silent_drop(
     assert result.recommended_heartbeat >= 0.4
 
 
+async def test_a_kill_just_past_the_longest_hold_is_no_limit(echo_port: int) -> None:
+    """A path killing at 2.05 s, a search up to 2 s: no limit, nothing killed.
+
+    (The wait for a close on its way after a hold does not apply to the longest
+    hold: it asks only whether max_idle is survived. With it, such a close made a
+    limit "just under 2 s", or "not found" with kill "closed".)
+    """
+    async with ChaosProxy(("127.0.0.1", 0), ("127.0.0.1", echo_port), idle_timeout=2.05) as proxy:
+        result = await find_idle_limit(
+            f"ws://127.0.0.1:{proxy.port}/",
+            IdleSearchConfig(max_idle=2, resolution=0.25, parallel=4, first_hold=0.5),
+            pong_timeout=0.5,
+        )
+    assert (result.found, result.kill, result.close_code) == (False, None, None)
+
+
 async def test_a_server_that_closes_at_once_is_named_even_without_pings() -> None:
     """--pings 0: the server's own close is reported as the server's.
 
@@ -241,7 +260,7 @@ async def test_a_link_that_dies_after_the_pings_began_is_not_a_client_close(
     ) as proxy:
         report = await probe(f"ws://127.0.0.1:{proxy.port}/", pings=20, ping_timeout=0.5)
     assert report.pings.answered < report.pings.sent
-    assert (report.close.by, report.close.code, report.close.clean) == ("server", 1006, False)
+    assert (report.close.by, report.close.code, report.close.clean) == ("path", 1006, False)
 
 
 async def test_idle_search_finds_a_silent_drop(echo_port: int) -> None:

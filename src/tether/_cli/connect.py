@@ -272,6 +272,12 @@ async def _session(conn: Any, *, as_json: bool, out: TextIO, err: TextIO, lang: 
         handler = _LineHandler(err)
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
+    elif not as_json:
+        # The lines are the events' (in the language asked for): the library's own
+        # English records (warnings included) must not reach stderr as well.
+        handler = logging.NullHandler()
+        logger.addHandler(handler)
+        logger.propagate = False
     events = conn.events()
     conn.start()
     loop = asyncio.get_running_loop()
@@ -300,5 +306,8 @@ async def _session(conn: Any, *, as_json: bool, out: TextIO, err: TextIO, lang: 
         await conn.close()
         if handler is not None:
             logger.removeHandler(handler)
+            logger.propagate = True
+    if not as_json and lang != "en" and conn.unsent:
+        print(f"送信できなかったメッセージ {len(conn.unsent)} 件", file=err, flush=True)
     exc = conn.close_exception
     return 0 if isinstance(exc, tether.ConnectionClosedOK) and not conn.unsent else 1

@@ -202,12 +202,13 @@ async def _run(args: argparse.Namespace, config: IdleSearchConfig | None) -> Any
     )
     if config is None:
         return report
-    if report.close.by == "server":
-        # The server itself ends connections: an idle search would measure the server's
-        # own policy, not the path's idle limit.
+    if report.close.by in ("server", "path"):
+        # The server itself ends connections, or the link died while in use: an idle
+        # search would measure the server's own policy or a broken link, not the
+        # path's idle limit.
+        what = "the server closed" if report.close.by == "server" else "the link died under"
         print(
-            f"tether probe: idle search skipped: the server closed the probe connection "
-            f"({report.close.code})",
+            f"tether probe: idle search skipped: {what} the probe connection ({report.close.code})",
             file=sys.stderr,
         )
         return report

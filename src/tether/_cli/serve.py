@@ -178,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(json_lines=args.json_logs)
     global _predecessor
     # Read once and removed: this process's own replacement gets our pid instead.
-    _predecessor = int(os.environ.pop(PREDECESSOR_ENV, "0") or 0)
+    _predecessor = _handed_over_by(os.environ.pop(PREDECESSOR_ENV, ""))
     try:
         validate_send(args.shutdown_code, role="server")
         heartbeat = Heartbeat(args.ping_interval or None, args.ping_timeout or None)
@@ -336,6 +336,21 @@ PREDECESSOR_ENV = "TETHER_PREDECESSOR_PID"
 PREDECESSOR_WAIT_S = 120.0
 #: This process's predecessor (its parent, which started it to hand over), if any.
 _predecessor = 0
+
+
+def _handed_over_by(value: str) -> int:
+    """The predecessor's pid from PREDECESSOR_ENV, if it is our parent and a tether serve.
+
+    Anything else (not a number, not our parent, not tether: a variable a user left in
+    the environment) is no predecessor: a SIGHUP must not wait for a shell to exit.
+    """
+    if not value.isdigit() or int(value) != os.getppid():
+        return 0
+    try:
+        command = Path(f"/proc/{value}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return int(value)  # (no /proc here: the parent named in it is all we know)
+    return int(value) if b"serve" in command and any(b"tether" in a for a in command) else 0
 
 
 async def _predecessor_gone() -> bool:

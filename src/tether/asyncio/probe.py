@@ -82,7 +82,9 @@ class CloseReport:
     """How the probe connection ended.
 
     Attributes:
-        by: ``"server"`` if the server closed (or the connection died) first,
+        by: ``"server"`` if the server closed it first (its Close frame came first),
+            ``"path"`` if the connection died without a Close frame while the probe
+            pinged (reset, or a ping unanswered: a dead or half-open link),
             ``"client"`` if the probe closed it when done.
         code: the close code; 1006 when no Close frame arrived.
         reason: the reason the server sent.
@@ -330,7 +332,8 @@ async def probe(
                 rtt = await _ping(transport, pongs, struct.pack("!Q", number), ping_timeout)
             except TransportClosed as exc:
                 info = exc.info
-                close = _close_report("server", info.code, info.reason, info.clean, lang)
+                by = "server" if info.clean else "path"
+                close = _close_report(by, info.code, info.reason, info.clean, lang)
                 break
             if rtt is None:
                 # Unanswered within ping_timeout: the server ignores pings or the link is
@@ -340,18 +343,19 @@ async def probe(
             rtts.append(rtt * 1000.0)
         if close is None and transport.closed is not None:
             info = transport.closed
-            close = _close_report("server", info.code, info.reason, info.clean, lang)
+            by = "server" if info.clean else "path"
+            close = _close_report(by, info.code, info.reason, info.clean, lang)
         if close is None:
             info = await transport.close(1000, "tether probe done")
             # Who ended it: the server, if its Close frame came before ours (ours then
             # only answered it), or if the link was already dead (an unanswered ping,
             # and no Close frame back): our 1000 is not what closed the connection.
-            by_server = conn.protocol.close_rcvd_then_sent is True or (
-                unanswered and not info.clean
-            )
-            close = _close_report(
-                "server" if by_server else "client", info.code, info.reason, info.clean, lang
-            )
+            by = "client"
+            if conn.protocol.close_rcvd_then_sent is True:
+                by = "server"
+            elif unanswered and not info.clean:
+                by = "path"  # a ping unanswered, then no Close frame: the link died
+            close = _close_report(by, info.code, info.reason, info.clean, lang)
     finally:
         if transport.closed is None:
             transport.abort()
@@ -380,6 +384,7 @@ async def _idle_trial(
     pong_timeout: float,
     open_timeout: float,
     subprotocols: Sequence[str] | None,
+    grace: bool = True,
 ) -> Observation:
     """Hold one connection idle for ``hold`` seconds, then check it with a ping."""
     loop = asyncio.get_running_loop()
@@ -406,9 +411,9 @@ async def _idle_trial(
         # A path that kills at about ``hold`` idle seconds: its close may be on its way
         # (it left when our hold ended). Give it the handshake's time to arrive, so
         # that our ping does not meet the reset and count as a silent kill.
-        grace = min(max(opened - start, _KILL_GRACE_MIN_S), _KILL_GRACE_MAX_S)
+        wait = min(max(opened - start, _KILL_GRACE_MIN_S), _KILL_GRACE_MAX_S) if grace else 0.0
         with contextlib.suppress(TimeoutError):
-            info = await bounded(transport.wait_closed(), grace)
+            info = await bounded(transport.wait_closed(), wait)
             return Observation(
                 hold,
                 Outcome.KILLED,
@@ -497,6 +502,9 @@ async def find_idle_limit(
                     pong_timeout=pong_timeout,
                     open_timeout=open_timeout,
                     subprotocols=subprotocols,
+                    # (The longest hold asks only whether max_idle is survived: a close
+                    # that comes later is past it, not a limit below it.)
+                    grace=hold < config.max_idle,
                 )
             ): hold
             for hold in holds
