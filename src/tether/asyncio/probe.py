@@ -393,27 +393,14 @@ async def _idle_trial(
     opened = loop.time()
     transport = WebsocketsTransport(conn)
     pongs = _Pongs(transport)
+    # A path that kills at about ``hold`` idle seconds: its close may be on its way
+    # (it left when our hold ended). The wait gives it the handshake's time to arrive
+    # too, so that our ping does not meet the reset and count as a silent kill.
+    extra = min(max(opened - start, _KILL_GRACE_MIN_S), _KILL_GRACE_MAX_S) if grace else 0.0
     try:
-        try:
-            info = await bounded(transport.wait_closed(), hold)
-        except TimeoutError:
-            pass
-        else:
-            # Closed while idle: the close took at most the handshake time to reach us.
-            return Observation(
-                hold,
-                Outcome.KILLED,
-                at=loop.time() - opened,
-                slack=opened - start,
-                code=info.code,
-                peer_traffic=conn.peer_frames > 0,
-            )
-        # A path that kills at about ``hold`` idle seconds: its close may be on its way
-        # (it left when our hold ended). Give it the handshake's time to arrive, so
-        # that our ping does not meet the reset and count as a silent kill.
-        wait = min(max(opened - start, _KILL_GRACE_MIN_S), _KILL_GRACE_MAX_S) if grace else 0.0
         with contextlib.suppress(TimeoutError):
-            info = await bounded(transport.wait_closed(), wait)
+            info = await bounded(transport.wait_closed(), hold + extra)
+            # Closed while idle: the close took at most the handshake time to reach us.
             return Observation(
                 hold,
                 Outcome.KILLED,
