@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from .exceptions import ConfigurationError
 
-__all__ = ["DEFAULT_BATCH_INTERVAL", "DrainBatch", "DrainSchedule", "plan_drain"]
+__all__ = ["DEFAULT_BATCH_INTERVAL", "DrainBatch", "DrainSchedule", "check_window", "plan_drain"]
 
 #: Smallest time between two batches, in seconds. Batches closer than this gain
 #: nothing for the clients (their reconnect jitter is coarser) and cost wake-ups.
@@ -35,6 +35,17 @@ class DrainBatch:
 
     offset: float
     size: int
+
+
+def check_window(window: float, name: str = "drain window") -> float:
+    """``window`` if it is a finite number of seconds >= 0, else ConfigurationError.
+
+    Also for callers that must refuse a window before a drain starts (a window the
+    drain's schedule refused would leave a server draining for good).
+    """
+    if isinstance(window, bool) or not (window >= 0 and math.isfinite(window)):
+        raise ConfigurationError(f"{name} must be a finite number of seconds >= 0, not {window!r}")
+    return window
 
 
 def plan_drain(
@@ -61,10 +72,7 @@ def plan_drain(
     """
     if isinstance(count, bool) or not isinstance(count, int) or count < 0:
         raise ConfigurationError(f"connection count must be an integer >= 0, not {count!r}")
-    if not window >= 0 or math.isinf(window):
-        raise ConfigurationError(
-            f"drain window must be a finite number of seconds >= 0, not {window!r}"
-        )
+    check_window(window)
     if not batch_interval > 0:
         raise ConfigurationError(f"batch interval must be > 0 seconds, not {batch_interval!r}")
     if count == 0:

@@ -154,16 +154,10 @@ class RawClient:
 
     async def read_frame(self) -> Frame:
         """Read one frame; raise ``asyncio.IncompleteReadError`` at EOF."""
-        first, second = await self.reader.readexactly(2)
-        length = second & 0x7F
-        if length == 126:
-            (length,) = struct.unpack("!H", await self.reader.readexactly(2))
-        elif length == 127:
-            (length,) = struct.unpack("!Q", await self.reader.readexactly(8))
-        if second & 0x80:
+        frame, masked = await _read_frame(self.reader)
+        if masked:
             raise AssertionError("a server must not mask its frames (RFC 6455 §5.1)")
-        payload = await self.reader.readexactly(length)
-        return Frame(bool(first & 0x80), first & 0x0F, payload)
+        return frame
 
     async def read_until_close(self) -> Frame | None:
         """Read frames until a Close frame (returned) or EOF (None); others are dropped."""
@@ -208,13 +202,20 @@ async def accept_handshake(reader: asyncio.StreamReader, writer: asyncio.StreamW
 
 async def read_client_frame(reader: asyncio.StreamReader) -> Frame:
     """The server side: read one frame from a client, unmasked (clients mask, §5.3)."""
+    frame, _ = await _read_frame(reader)
+    return frame
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> tuple[Frame, bool]:
+    """One frame, its payload unmasked, and whether it came masked."""
     first, second = await reader.readexactly(2)
     length = second & 0x7F
     if length == 126:
         (length,) = struct.unpack("!H", await reader.readexactly(2))
     elif length == 127:
         (length,) = struct.unpack("!Q", await reader.readexactly(8))
-    key = await reader.readexactly(4) if second & 0x80 else b"\0\0\0\0"
+    masked = bool(second & 0x80)
+    key = await reader.readexactly(4) if masked else b"\0\0\0\0"
     data = await reader.readexactly(length)
-    payload = bytes(b ^ key[i % 4] for i, b in enumerate(data))
-    return Frame(bool(first & 0x80), first & 0x0F, payload)
+    payload = bytes(b ^ key[i % 4] for i, b in enumerate(data)) if masked else data
+    return Frame(bool(first & 0x80), first & 0x0F, payload), masked

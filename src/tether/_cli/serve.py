@@ -176,9 +176,8 @@ def run(args: argparse.Namespace) -> int:
     from .logs import setup_logging
 
     setup_logging(json_lines=args.json_logs)
-    global _predecessor
     # Read once and removed: this process's own replacement gets our pid instead.
-    _predecessor = _handed_over_by(os.environ.pop(PREDECESSOR_ENV, ""))
+    args.predecessor = _handed_over_by(os.environ.pop(PREDECESSOR_ENV, ""))
     try:
         validate_send(args.shutdown_code, role="server")
         heartbeat = Heartbeat(args.ping_interval or None, args.ping_timeout or None)
@@ -334,8 +333,6 @@ def _origins(args: argparse.Namespace) -> list[str | None] | None:
 PREDECESSOR_ENV = "TETHER_PREDECESSOR_PID"
 #: Longest a SIGHUP waits for the predecessor to finish its drain and exit.
 PREDECESSOR_WAIT_S = 120.0
-#: This process's predecessor (its parent, which started it to hand over), if any.
-_predecessor = 0
 
 
 def _handed_over_by(value: str) -> int:
@@ -353,27 +350,27 @@ def _handed_over_by(value: str) -> int:
     return int(value) if b"serve" in command and any(b"tether" in a for a in command) else 0
 
 
-async def _predecessor_gone() -> bool:
-    """Wait (bounded) until the process that handed over to this one has exited.
+async def _predecessor_gone(predecessor: int) -> bool:
+    """Wait (bounded) until ``predecessor``, which handed over to this process, has exited.
 
     Until then its listener may still share the port: a new handover would undo its
     steering (new connections spread over a listener about to close: resets, 503s)
     and its replacement could never be reached for the health check. The
     predecessor is this process's parent, so its exit shows as a new parent.
     """
-    if not _predecessor or os.getppid() != _predecessor:
+    if not predecessor or os.getppid() != predecessor:
         return True
     logger.info(
         "SIGHUP: handover deferred until pid %d, which handed over to this process, has exited",
-        _predecessor,
+        predecessor,
     )
     loop = asyncio.get_running_loop()
     deadline = loop.time() + PREDECESSOR_WAIT_S
-    while os.getppid() == _predecessor:
+    while os.getppid() == predecessor:
         if loop.time() >= deadline:
             logger.error(
                 "handover refused, still serving: pid %d is still running after %.0f s",
-                _predecessor,
+                predecessor,
                 PREDECESSOR_WAIT_S,
             )
             return False
@@ -394,7 +391,7 @@ def _install_handover_signals(server: Any, args: argparse.Namespace) -> None:
         if handing_over or stopping:
             return  # one handover at a time; none once a shutdown began
         handing_over = True
-        if not await _predecessor_gone():
+        if not await _predecessor_gone(args.predecessor):
             handing_over = False
             return
         if stopping:

@@ -56,7 +56,7 @@ from ..exceptions import (
     ConnectionClosedOK,
 )
 from ..heartbeat import Heartbeat, HeartbeatMachine, Reading, TimerAction
-from ..knowledge import LANGUAGES
+from ..knowledge import check_lang
 from ..policy import ReconnectPolicy, Rule
 from ..reconnect import ConnectFailure, FailureKind, Outcome, Reconnector
 from ..resume import ResumeConfig
@@ -376,8 +376,7 @@ class ClientConnection:
             raise ConfigurationError(f"max_size must be >= 1 or None, not {max_size!r}")
         if isinstance(subprotocols, str):
             raise ConfigurationError("subprotocols must be a list of names, not one string")
-        if lang not in LANGUAGES:
-            raise ConfigurationError(f"lang must be one of {', '.join(LANGUAGES)}, not {lang!r}")
+        check_lang(lang)
         if rng is not None and not isinstance(rng, random.Random):
             raise ConfigurationError(f"rng must be a random.Random or None, not {rng!r}")
         _check_headers(headers)

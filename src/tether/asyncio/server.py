@@ -30,7 +30,6 @@ import functools
 import http
 import json
 import logging
-import math
 import os
 import re
 import signal
@@ -46,7 +45,7 @@ from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from ..closecodes import CloseCode, may_send, validate_send
-from ..drain import DrainSchedule
+from ..drain import DrainSchedule, check_window
 from ..exceptions import ConfigurationError, ConnectionClosed, ProtocolError
 from ..heartbeat import Heartbeat
 from ..knowledge import summary
@@ -149,7 +148,7 @@ class Server:
         layer: ServerLayer | None,
         origins: Sequence[str | re.Pattern[str] | None] | None = None,
     ) -> None:
-        _check_drain_window(drain_window)
+        check_window(drain_window, "drain_window")
         if not close_timeout > 0:
             raise ConfigurationError(f"close_timeout must be > 0 seconds, not {close_timeout!r}")
         if backlog < 1:
@@ -322,7 +321,9 @@ class Server:
             drain_window: seconds to spread the closes over; the server's by default.
         """
         validate_send(code, role="server")
-        window = self.drain_window if drain_window is None else _check_drain_window(drain_window)
+        window = self.drain_window
+        if drain_window is not None:
+            window = check_window(drain_window, "drain_window")
         await self._start_drain(code, reason, window)
 
     async def __aenter__(self) -> Server:
@@ -764,19 +765,6 @@ def _address(address: tuple[object, ...] | None) -> str:
         return "?"
     host, port = address[0], address[1] if len(address) > 1 else "?"
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-
-
-def _check_drain_window(window: float) -> float:
-    """``window`` if it is a finite number of seconds >= 0, else ConfigurationError.
-
-    Checked before a drain starts: a window its schedule refused would leave the
-    server draining for good.
-    """
-    if isinstance(window, bool) or not (window >= 0 and math.isfinite(window)):
-        raise ConfigurationError(
-            f"drain_window must be a finite number >= 0 seconds, not {window!r}"
-        )
-    return window
 
 
 def _check_origins(

@@ -471,7 +471,7 @@ class Session:
             self._reader = None
         return ended
 
-    def read_ahead(self, *, keep: bool = False) -> None:
+    def read_ahead(self, *, keep: bool = False, take_over: bool = False) -> None:
         """Read the attached connection in a task while the handler does not.
 
         For a layer that :attr:`~ServerLayer.reads_on_demand`: somebody must read
@@ -479,7 +479,9 @@ class Session:
         messages, a close handshake to complete). The task hands the reading back
         to the handler once its ``recv()`` waits on an empty inbox, unless ``keep``
         (from then on the session keeps a reader task while a connection is attached).
-        Nothing happens when a reader runs, the handler reads, or none is attached.
+        Nothing happens when a reader runs or none is attached, nor, unless
+        ``take_over``, when the handler's ``recv()`` reads the connection itself
+        (with it, the reader takes over once that read is done).
         """
         if keep:
             self._keep_reader = True
@@ -490,28 +492,17 @@ class Session:
             and transport is not None
             and ended is not None
             and not ended.done()
-            and self._reading_on is not transport
+            and (take_over or self._reading_on is not transport)
         ):
             self._start_reader(transport, ended)
 
     def read_for_ping(self) -> None:
-        """A ping went out: read ahead so that its pong is not stuck behind unread messages.
+        """A ping went out: read ahead, also while the handler reads the connection.
 
-        Unlike :meth:`read_ahead`, also while the handler's ``recv()`` reads the
-        connection itself: the reader takes over once that read is done. A burst the
-        handler then reads slowly, with the pong behind it, goes through the inbox
-        (counted by :meth:`reading`) instead of making a live link look dead.
+        A burst the handler reads slowly, with the pong behind it, then goes through
+        the inbox (counted by :meth:`reading`) instead of making a live link look dead.
         """
-        transport = self._transport
-        ended = self._link_end
-        if (
-            self._on_demand
-            and self._reader_task is None
-            and transport is not None
-            and ended is not None
-            and not ended.done()
-        ):
-            self._start_reader(transport, ended)
+        self.read_ahead(take_over=True)
 
     def _start_reader(self, transport: Transport, ended: asyncio.Future[ClosedInfo]) -> None:
         task = asyncio.ensure_future(self._read(transport, ended))

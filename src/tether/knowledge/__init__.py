@@ -41,6 +41,7 @@ __all__ = [
     "Explanation",
     "PolicySegment",
     "catalog",
+    "check_lang",
     "compare",
     "explain",
     "load_texts",
@@ -70,7 +71,8 @@ _BACKOFF = BackoffConfig()
 _NO_CLOSE_FRAME = frozenset({1006, 1015})
 
 
-def _check_lang(lang: str) -> str:
+def check_lang(lang: str) -> str:
+    """``lang`` if the knowledge base is written in it, else ConfigurationError."""
     if lang not in LANGUAGES:
         raise ConfigurationError(
             f"unknown language {lang!r}; choose one of: {', '.join(LANGUAGES)}"
@@ -85,7 +87,7 @@ def load_texts(lang: str = "en") -> dict[str, Any]:
     Raises:
         ConfigurationError: ``lang`` is not one of :data:`LANGUAGES`.
     """
-    _check_lang(lang)
+    check_lang(lang)
     raw = resources.files(__name__).joinpath(f"{lang}.json").read_text(encoding="utf-8")
     texts: dict[str, Any] = json.loads(raw)
     return texts
