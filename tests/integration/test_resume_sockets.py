@@ -19,6 +19,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -44,8 +45,9 @@ from tether.events import Connected, Disconnected, Resumed, SessionLost, State
 from tether.protocol import Hello, Welcome, decode, encode
 from tether.ratelimit import ResumeLimit
 from tether.resume import ResumeConfig
-from tether.stores.base import SessionRecord, StoreUnavailable
+from tether.stores.base import SessionRecord, SessionStore, StoreUnavailable
 from tether.stores.memory import MemoryStore
+from tether.stores.sqlite import SQLiteStore
 
 pytestmark = pytest.mark.integration
 
@@ -75,7 +77,7 @@ class Echo:
 
 async def start_server(
     handler: Callable[[Session], Awaitable[None]],
-    store: MemoryStore,
+    store: SessionStore,
     port: int = 0,
     **layer: Any,
 ) -> tether.Server:
@@ -1131,6 +1133,101 @@ async def test_a_handler_done_while_its_client_is_away_is_not_started_again() ->
         await server.shutdown()
     assert got == ["d1:0:m0", "d2:0:m1", "d3:0:m2"]
     assert len(runs) == 1
+
+
+def _stores(kind: str, tmp_path: Path) -> tuple[SessionStore, SessionStore]:
+    """Two nodes' stores: one MemoryStore shared, or two SQLiteStores on one file."""
+    if kind == "memory":
+        shared = MemoryStore()
+        return shared, shared
+    path = tmp_path / "sessions.db"
+    return SQLiteStore(path), SQLiteStore(path)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+@pytest.mark.parametrize("where", ["another node", "after a restart"])
+async def test_a_handler_done_while_its_client_is_away_is_not_started_again_elsewhere(
+    kind: str, where: str, tmp_path: Path
+) -> None:
+    """The handler sends 3 and closes with 4000 during a 1006; the client resumes on B.
+
+    B (another node on the same store, or this node's replacement after a restart)
+    replays the 3, then closes with 4000, and starts no handler. (Before, the store
+    did not record the end: B started the handler a second time, and the client got
+    its messages again and no close.)
+    """
+    runs: list[str] = []
+    sessions: list[Session] = []
+    client_gone = asyncio.Event()
+    closed: list[tether.ClosedInfo] = []
+
+    def handler(node: str) -> Callable[[Session], Awaitable[None]]:
+        async def run(session: Session) -> None:
+            runs.append(node)
+            sessions.append(session)
+            if node == "B":
+                await session.send("B's handler ran")
+                return
+            await client_gone.wait()
+            for n in range(3):
+                await session.send(f"m{n}")
+            closed.append(await session.close(4000, "done"))
+
+        return run
+
+    store_a, store_b = _stores(kind, tmp_path)
+    node_a = await start_server(handler("A"), store_a)
+    node_b: tether.Server | None = None
+    try:
+        async with ws_connect(  # type: ignore[list-item]
+            f"ws://127.0.0.1:{node_a.port}/", subprotocols=["tether.v1"]
+        ) as first:
+            await first.send(json.dumps({"type": "hello", "sid": None, "token": None, "rx": 0}))
+            welcome = json.loads(await first.recv())
+            first.transport.abort()  # 1006
+            await eventually(lambda: runs == ["A"] and sessions[0].transport is None, 5)
+        client_gone.set()
+        # A's handler is now waiting in close() for its client (the record says it ended).
+        await _until_record(store_a, welcome["sid"], lambda r: r is not None and r.end_code == 4000)
+        if where == "after a restart":
+            await node_a.restart()  # A's handler is cancelled by the drain; the record stays
+        node_b = await start_server(handler("B"), store_b)
+        hello = {
+            "type": "hello",
+            "sid": welcome["sid"],
+            "token": welcome["token"],
+            "epoch": welcome["epoch"],
+            "rx": 0,
+        }
+        async with ws_connect(  # type: ignore[list-item]
+            f"ws://127.0.0.1:{node_b.port}/", subprotocols=["tether.v1"]
+        ) as second:
+            await second.send(json.dumps(hello))
+            assert json.loads(await second.recv())["resumed"] is True
+            got = [await asyncio.wait_for(second.recv(), 5) for _ in range(3)]
+            await asyncio.wait_for(second.wait_closed(), 5)
+            assert (second.close_code, second.close_reason) == (4000, "done")
+        assert got == ["d1:0:m0", "d2:0:m1", "d3:0:m2"]
+        assert runs == ["A"]
+        # B's close ended the session: gone from the store, so no third server replays it.
+        await _until_record(store_b, welcome["sid"], lambda r: r is None)
+    finally:
+        if node_b is not None:
+            await node_b.shutdown()
+        await node_a.shutdown()
+        for store in {id(store_a): store_a, id(store_b): store_b}.values():
+            await store.close()
+
+
+async def _until_record(
+    store: SessionStore, sid: str, check: Callable[[SessionRecord | None], bool]
+) -> None:
+    """Poll the store (10 ms) until ``check(record)`` holds; fail after 5 s."""
+    deadline = time.monotonic() + 5.0
+    while not check(await store.load(sid)):
+        assert time.monotonic() < deadline, f"session {sid}: the store never got there"
+        await asyncio.sleep(0.01)
 
 
 @pytest.mark.timeout(30)

@@ -247,6 +247,35 @@ class StoreConformance:
         assert record.lost == "overflow"
         assert await store.messages(SID, after=0) == []
 
+    async def test_end_is_recorded_and_kept_by_a_resume(self, store: SessionStore) -> None:
+        """end() records the close, keeps the held messages; a resume's claim keeps both."""
+        await store.create(SID, token_hash=HASH, principal=None, now=0.0)
+        await store.write(SID, 1, append=batch(1, 3), acked=1)
+        assert (await store.load(SID)).end_code is None  # type: ignore[union-attr]
+        await store.end(SID, 1, code=4001, reason="fin ✓")
+        await store.detach(SID, 1, expires_at=50.0)
+        record = await store.load(SID)
+        assert record is not None
+        assert (record.end_code, record.end_reason, record.lost) == (4001, "fin ✓", None)
+        resumed = await store.resume(
+            SID, lambda r: True, token_hash="b" * 64, previous_token_hash=HASH
+        )
+        assert resumed.record is not None
+        assert (resumed.record.generation, resumed.record.end_code) == (2, 4001)
+        assert resumed.record.end_reason == "fin ✓"
+        assert [m.seq for m in resumed.messages or []] == [2, 3]
+        assert await store.load(SID) == resumed.record
+
+    async def test_end_is_fenced_and_needs_the_session(self, store: SessionStore) -> None:
+        """end() at a stale generation changes nothing; an unknown session is refused."""
+        await store.create(SID, token_hash=HASH, principal=None, now=0.0)
+        await store.claim(SID, 1, token_hash="b" * 64, previous_token_hash=HASH)
+        with pytest.raises(Fenced):
+            await store.end(SID, 1, code=1000, reason="")
+        assert (await store.load(SID)).end_code is None  # type: ignore[union-attr]
+        with pytest.raises(UnknownSession):
+            await store.end("nope", 1, code=1000, reason="")
+
     async def test_delete(self, store: SessionStore) -> None:
         """delete() forgets the session; deleting twice is fine."""
         await store.create(SID, token_hash=HASH, principal=None, now=0.0)

@@ -146,7 +146,7 @@ PRAGMA user_version = 1;
 
 
 async def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
-    """Sessions, messages and the epoch stay; the file gains owners and renewals."""
+    """Sessions, messages and the epoch stay; the file gains owners, renewals, ends."""
     path = tmp_path / "sessions.db"
     with contextlib.closing(sqlite3.connect(path)) as db:
         db.executescript(_SCHEMA_1)
@@ -162,13 +162,18 @@ async def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
         assert await store.expire(200.0) == 1
         assert await store.load(SID) is None
         assert await store.load("old") is not None
+        # So does recording an ended session (SessionStore.end).
+        await store.end("old", 1, code=4000, reason="done")
+        old = await store.load("old")
+        assert old is not None
+        assert (old.end_code, old.end_reason, old.tx) == (4000, "done", 1)
     finally:
         await store.close()
     with contextlib.closing(sqlite3.connect(path)) as db:
         # Still version 1: an older tether (a rollback) opens it and ignores the rest.
         assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 1
         columns = {row[1] for row in db.execute("PRAGMA table_info(sessions)")}
-        assert {"owner", "owner_generation"} <= columns
+        assert {"owner", "owner_generation", "end_code", "end_reason"} <= columns
 
 
 async def test_an_older_tethers_claim_is_not_taken_for_an_orphan(tmp_path: Path) -> None:

@@ -165,6 +165,10 @@ class _V1:
     #: overflow abandon), and no ack will make room in its buffer any more.
     drained: ClosedInfo | None = None
     ended: bool = False
+    #: The application ended the session before this process had it (the store's
+    #: record says so, SessionStore.end): (code, reason) to close with once the
+    #: replay is out, instead of starting a handler.
+    handler_ended: tuple[int, str] | None = None
     #: Sequence numbers handed to the inbox, not yet taken by the handler (made on
     #: first use: an idle session holds no deque).
     delivered: collections.deque[int] | None = None
@@ -570,6 +574,8 @@ class TetherV1ServerLayer(ServerLayer):
                 state = self._register(session, endpoint, record.generation, durable=True)
                 state.consumed_rx = state.written_rx = record.rx
                 state.written_tx = record.tx
+                if record.end_code is not None:
+                    state.handler_ended = (record.end_code, record.end_reason)
             # The claim attached the session in the store (no expiry): a detach
             # written before is void, and one is due again if this attach fails.
             state.detached = False
@@ -1637,6 +1643,7 @@ class TetherV1ServerLayer(ServerLayer):
         state = self._states.get(session)
         if state is None or state.ended:
             return info
+        await self._record_end(state, code, reason)
         ended = asyncio.ensure_future(session.wait_closed())
         progress: asyncio.Future[None] | None = None
         try:
@@ -1652,6 +1659,44 @@ class TetherV1ServerLayer(ServerLayer):
         if transport is None or state.ended or session.closed is not None:
             return session.closed or info
         return await self.close(session, transport, code, reason)
+
+    async def _record_end(self, state: _V1, code: int, reason: str) -> None:
+        """Tell the store the application ended the session (SessionStore.end).
+
+        So that a resume anywhere else (another node; this process's replacement,
+        after a restart that came first) replays and closes instead of starting the
+        handler again. What the handler sent is stored first: a replay read after
+        the mark must hold it. A store that cannot record it (one written before
+        ``end``, or unavailable) leaves only this process able to finish the
+        session, as before.
+        """
+        if not state.durable:
+            return
+        await self._settle(state, timeout=2.0)
+        sid = state.session.id
+        try:
+            async with state.lock():
+                while state.writing and not state.ended:
+                    await self._wait_progress(state)
+                if state.ended:
+                    return
+                await self.store.end(sid, state.generation, code=code, reason=reason)
+        except NotImplementedError:
+            return
+        except Fenced:
+            return  # resumed elsewhere already: that connection's server has it now
+        except StoreError as exc:
+            logger.warning(
+                "session %s: the store did not record its end (%s); only this process"
+                " can finish it",
+                sid,
+                exc,
+            )
+
+    def handler_ended(self, session: Session) -> tuple[int, str] | None:
+        """The (code, reason) the application ended ``session`` with before it came here."""
+        state = self._states.get(session)
+        return None if state is None else state.handler_ended
 
     async def finish(self, session: Session) -> None:
         """The handler returned: commit what it took and sent, detach, stop the session's task."""

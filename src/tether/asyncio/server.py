@@ -573,7 +573,9 @@ class Server:
                     # connection gets the drain's close, the session stays in the store.
                     await self._close_unserved(record, session)
                 elif session not in self._handlers:
-                    self._handlers[session] = asyncio.ensure_future(self._run_handler(session))
+                    self._handlers[session] = asyncio.ensure_future(
+                        self._run_handler(session, self._handler_for(session))
+                    )
                 info = await link_end
                 record.pump = None
                 self._log_close(record, info)
@@ -636,9 +638,32 @@ class Server:
             record.heartbeat.stop()
         self._log_close(record, info)
 
-    async def _run_handler(self, session: Session) -> None:
+    def _handler_for(self, session: Session) -> Handler:
+        """The application's handler, unless it already ended this session elsewhere.
+
+        (Its client was away when it ended, and came back to this process: the
+        layer replays what the handler sent, then the session closes as the handler
+        closed it. Starting the handler again would run it twice for one session.)
+        """
+        ended = self.layer.handler_ended(session)
+        if ended is None:
+            return self.handler
+        code, reason = ended
+        logger.info(
+            "session %s: its handler ended it (%d) while its client was away; closing after"
+            " the replay",
+            session.id,
+            code,
+        )
+
+        async def close_as_ended(session: Session) -> None:
+            await session.close(code, reason)
+
+        return close_as_ended
+
+    async def _run_handler(self, session: Session, handler: Handler) -> None:
         try:
-            await self.handler(session)
+            await handler(session)
         except ConnectionClosed:
             if session.closed is None:
                 await self._handler_failed(session, None)

@@ -823,6 +823,16 @@ class ServerLayer(abc.ABC):
         """End ``session`` while no connection is attached. Default: at once."""
         return ClosedInfo(code, reason, clean=True, sent_code=code)
 
+    def handler_ended(self, session: Session) -> tuple[int, str] | None:
+        """(code, reason) when the application already ended ``session`` elsewhere.
+
+        A session resumed from a store whose record says its handler ended while
+        the client was away (on another node, or before a restart): the server then
+        closes it with this code once the layer replayed what is owed, and starts
+        no handler. Default: None (run the handler).
+        """
+        return None
+
 
 class PlainServerLayer(ServerLayer):
     """Plain WebSocket: one session per connection, messages unchanged.

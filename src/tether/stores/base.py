@@ -134,6 +134,11 @@ class SessionRecord:
         acked: the client acknowledged everything up to here; messages ``acked+1..tx`` are held.
         rx: last client sequence number the server received, durably.
         lost: why the session can no longer be resumed (``"overflow"``), else None.
+        end_code: the close code the application ended the session with while its
+            client was away (:meth:`SessionStore.end`), else None: a resume, on
+            any node, replays what is held and then closes with it; no handler
+            starts again.
+        end_reason: the close reason that goes with ``end_code``.
     """
 
     sid: str
@@ -149,6 +154,8 @@ class SessionRecord:
     acked: int = 0
     rx: int = 0
     lost: str | None = None
+    end_code: int | None = None
+    end_reason: str = ""
 
 
 class Resumption(NamedTuple):
@@ -416,6 +423,27 @@ class SessionStore(abc.ABC):
             UnknownSession: the session is gone.
             StoreUnavailable: the backend failed.
         """
+
+    async def end(self, sid: str, generation: int, *, code: int, reason: str) -> None:
+        """Record that the application ended the session (``code``, ``reason``).
+
+        Called when the handler closes (or returns, or fails) while its client is
+        away: what the handler sent is still owed to the client, so the record
+        stays resumable, and whichever server the client resumes on (another
+        node, this process's replacement) replays the held messages and then
+        closes with ``code`` instead of starting the handler again. Kept by
+        :meth:`claim`; the record goes with :meth:`delete` or the expiry as usual.
+
+        The default raises :class:`NotImplementedError` (a store written before
+        this method): the server then keeps the older behaviour, where only a
+        resume on the same process sees the end.
+
+        Raises:
+            Fenced: the generation moved on; nothing changed.
+            UnknownSession: the session is gone.
+            StoreUnavailable: the backend failed.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not record ended sessions")
 
     @abc.abstractmethod
     async def delete(self, sid: str, *, generation: int | None = None) -> None:

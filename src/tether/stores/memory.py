@@ -193,6 +193,10 @@ class MemoryStore(SessionStore):
         held.update(lost=reason)
         held.messages = ()
 
+    async def end(self, sid: str, generation: int, *, code: int, reason: str) -> None:
+        """Record the application's close (see :meth:`SessionStore.end`)."""
+        self._owned(sid, generation).update(end_code=code, end_reason=reason)
+
     async def delete(self, sid: str, *, generation: int | None = None) -> None:
         """Forget the session (only at ``generation``, when given)."""
         held = self._held.get(sid)

@@ -238,6 +238,12 @@ return 1
 """
 )
 
+# KEYS: meta, out. ARGV: generation, code, reason.
+_END = (
+    _CHECK_GENERATION
+    + "redis.call('HSET', KEYS[1], 'end_code', ARGV[2], 'end_reason', ARGV[3])\nreturn 1\n"
+)
+
 # KEYS: meta, out. ARGV: now. Removes the session only if it is detached and its window ended.
 _EXPIRE_IF_ENDED = """
 local e = redis.call('HGET', KEYS[1], 'expires_at')
@@ -379,6 +385,7 @@ class RedisStore(SessionStore):
         self._messages_script = register(_MESSAGES)
         self._detach_script = register(_DETACH)
         self._abandon_script = register(_ABANDON)
+        self._end_script = register(_END)
         self._expire_script = register(_EXPIRE_IF_ENDED)
         self._delete_script = register(_DELETE)
         self._orphan_script = register(_EXPIRE_IF_ORPHANED)
@@ -601,6 +608,12 @@ class RedisStore(SessionStore):
         """Mark the session lost and drop its stream (see :meth:`SessionStore.abandon`)."""
         await self._session_script(
             "abandon", self._abandon_script, sid, [generation, reason], generation=generation
+        )
+
+    async def end(self, sid: str, generation: int, *, code: int, reason: str) -> None:
+        """Record the application's close (see :meth:`SessionStore.end`)."""
+        await self._session_script(
+            "end", self._end_script, sid, [generation, code, reason], generation=generation
         )
 
     async def delete(self, sid: str, *, generation: int | None = None) -> None:
@@ -1033,6 +1046,7 @@ def _record(sid: str, fields: Any) -> SessionRecord:
         fields = dict(zip(fields[::2], fields[1::2], strict=True))
     meta = {_text(key): _text(value) for key, value in fields.items()}
     expires_at = meta.get("expires_at")
+    end_code = meta.get("end_code")
     return SessionRecord(
         sid=sid,
         token_hash=meta["token_hash"],
@@ -1045,6 +1059,8 @@ def _record(sid: str, fields: Any) -> SessionRecord:
         acked=int(meta["acked"]),
         rx=int(meta["rx"]),
         lost=meta.get("lost"),
+        end_code=None if end_code is None else int(end_code),
+        end_reason=meta.get("end_reason", ""),
     )
 
 

@@ -87,7 +87,9 @@ CREATE TABLE sessions (
     rx INTEGER NOT NULL DEFAULT 0,
     lost TEXT,
     owner TEXT,
-    owner_generation INTEGER
+    owner_generation INTEGER,
+    end_code INTEGER,
+    end_reason TEXT
 );
 CREATE INDEX sessions_by_expiry ON sessions (expires_at) WHERE expires_at IS NOT NULL;
 CREATE TABLE messages (
@@ -105,11 +107,17 @@ _ORPHAN_COLUMNS = (
     "ALTER TABLE sessions ADD COLUMN owner TEXT",
     "ALTER TABLE sessions ADD COLUMN owner_generation INTEGER",
 )
+# Added to a file made before ended sessions were recorded (SessionStore.end; still
+# version 1, ignored by an older tether).
+_END_COLUMNS = (
+    "ALTER TABLE sessions ADD COLUMN end_code INTEGER",
+    "ALTER TABLE sessions ADD COLUMN end_reason TEXT",
+)
 _NODES_TABLE = "CREATE TABLE IF NOT EXISTS nodes (node TEXT PRIMARY KEY, expires_at REAL NOT NULL)"
 
 _RECORD_COLUMNS = (
     "sid, token_hash, previous_token_hash, principal, generation, created_at, expires_at,"
-    " tx, acked, rx, lost"
+    " tx, acked, rx, lost, end_code, end_reason"
 )
 
 _T = TypeVar("_T")
@@ -309,6 +317,18 @@ class SQLiteStore(SessionStore):
             db.execute("DELETE FROM messages WHERE sid = ?", (sid,))
 
         await self._call("abandon", update)
+
+    async def end(self, sid: str, generation: int, *, code: int, reason: str) -> None:
+        """Record the application's close (see :meth:`SessionStore.end`)."""
+
+        def update(db: sqlite3.Connection) -> None:
+            _owned_row(db, sid, generation)
+            db.execute(
+                "UPDATE sessions SET end_code = ?, end_reason = ? WHERE sid = ?",
+                (code, reason, sid),
+            )
+
+        await self._call("end", update)
 
     async def delete(self, sid: str, *, generation: int | None = None) -> None:
         """Forget the session and its messages (only at ``generation``, when given)."""
@@ -559,6 +579,9 @@ class SQLiteStore(SessionStore):
             if "owner" not in columns:
                 for statement in _ORPHAN_COLUMNS:
                     db.execute(statement)
+            if "end_code" not in columns:
+                for statement in _END_COLUMNS:
+                    db.execute(statement)
             # One definition for new and older files; a no-op once it exists.
             db.execute(_NODES_TABLE)
         except BaseException:
@@ -678,7 +701,7 @@ def _write_work(
         expires_at = row[6] if detach_at is None else detach_at
         # One record, built from the row as the UPDATE left it (the hot path:
         # dataclasses.replace of a record built first cost twice as much).
-        return _record((*row[:6], expires_at, tx, new_acked, new_rx, row[10]))
+        return _record((*row[:6], expires_at, tx, new_acked, new_rx, *row[10:]))
 
     return apply
 
@@ -710,7 +733,7 @@ def _messages(db: sqlite3.Connection, sid: str, after: int) -> list[StoredMessag
 
 def _record(row: Any) -> SessionRecord:
     (sid, token_hash, previous_token_hash, principal, generation, created_at, expires_at) = row[:7]
-    tx, acked, rx, lost = row[7:]
+    tx, acked, rx, lost, end_code, end_reason = row[7:]
     return SessionRecord(
         sid=str(sid),
         token_hash=str(token_hash),
@@ -723,6 +746,8 @@ def _record(row: Any) -> SessionRecord:
         acked=int(acked),
         rx=int(rx),
         lost=None if lost is None else str(lost),
+        end_code=None if end_code is None else int(end_code),
+        end_reason="" if end_reason is None else str(end_reason),
     )
 
 
