@@ -14,6 +14,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,6 +30,7 @@ from tests.support.rawws import (
     encode_frame,
     read_client_frame,
 )
+from tests.support.tls import self_signed_server_context
 from websockets.asyncio.server import Request, Response, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed as WsConnectionClosed
 from websockets.exceptions import InvalidURI
@@ -46,6 +48,8 @@ from tether import (
     InvalidCloseCode,
     QueueFull,
     Reconnecting,
+    ReconnectPolicy,
+    Rule,
     State,
 )
 from tether.asyncio.engine import ClosedInfo, Transport, TransportClosed
@@ -163,6 +167,11 @@ def refused_url() -> str:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     return f"ws://127.0.0.1:{port}/"
+
+
+async def _echo_handler(ws: ServerConnection) -> None:
+    async for message in ws:
+        await ws.send(message)
 
 
 async def collect(events: AsyncIterator[Any]) -> list[Any]:
@@ -316,6 +325,51 @@ async def test_http_401_is_final(scripted: Callable[..., Awaitable[Scripted]]) -
     with pytest.raises(ConnectionClosedError, match="HTTP 401"):
         await conn
     assert conn.attempt == 1
+
+
+async def test_an_untrusted_certificate_is_1015_and_final(tmp_path: Path) -> None:
+    """wss:// to a self-signed certificate: 1015 (RFC 6455 §7.4.1), final, one attempt.
+
+    (Before, the refused TLS handshake was a network failure: 1006, retried for ever,
+    while ``tether explain 1015`` said it is final.)
+    """
+    async with serve(
+        _echo_handler, "127.0.0.1", 0, ssl=self_signed_server_context(tmp_path)
+    ) as srv:
+        port = srv.sockets[0].getsockname()[1]
+        conn = tether.connect(f"wss://127.0.0.1:{port}/", heartbeat=NO_PING, backoff=FAST)
+        events = conn.events()
+        with pytest.raises(ConnectionClosedError, match="1015"):
+            await asyncio.wait_for(conn, 10)
+        assert conn.attempt == 1
+        gave_up = (await collect(events))[-1]
+    assert isinstance(gave_up, GaveUp)
+    assert "certificate" in gave_up.reason.lower()
+
+
+async def test_a_1015_rule_retries_a_refused_tls_handshake(tmp_path: Path) -> None:
+    """The 1015 row can be overridden: the client then retries, cause code 1015."""
+    policy = ReconnectPolicy({1015: Rule.reconnect()})
+    async with serve(
+        _echo_handler, "127.0.0.1", 0, ssl=self_signed_server_context(tmp_path)
+    ) as srv:
+        port = srv.sockets[0].getsockname()[1]
+        conn = tether.connect(
+            f"wss://127.0.0.1:{port}/", heartbeat=NO_PING, backoff=FAST, policy=policy
+        )
+        events = conn.events()
+
+        async def opening() -> None:
+            await conn  # (never opens: every handshake is refused)
+
+        task = asyncio.ensure_future(opening())
+        await eventually(lambda: conn.attempt >= 3, 10)
+        await conn.close()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        seen = await collect(events)
+    causes = {e.cause_code for e in seen if isinstance(e, Reconnecting)}
+    assert causes == {1015}
 
 
 async def test_http_503_backs_off_then_connects(

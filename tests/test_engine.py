@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import AsyncIterator
 
 import pytest
 
 from tether.asyncio.engine import ClosedInfo, Message, PongHandler, Transport, TransportClosed
+from tether.asyncio.websockets_client import translate
 from tether.asyncio.websockets_engine import WebsocketsTransport
+from tether.reconnect import FailureKind
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -148,3 +151,22 @@ async def test_write_now_declines_once_closing_and_send_reports_the_close() -> N
         assert not transport.write_now("late")
         with pytest.raises(TransportClosed):
             await transport.send("late")
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind"),
+    [
+        (ssl.SSLCertVerificationError(1, "certificate verify failed"), FailureKind.TLS),
+        (ssl.SSLError(1, "wrong version number"), FailureKind.TLS),
+        (ssl.SSLEOFError(8, "EOF occurred in violation of protocol"), FailureKind.NETWORK),
+        (ssl.SSLZeroReturnError(6, "TLS/SSL connection has been closed"), FailureKind.NETWORK),
+        (ConnectionResetError(104, "Connection reset by peer"), FailureKind.NETWORK),
+    ],
+)
+def test_a_refused_tls_handshake_is_told_from_a_cut_connection(
+    exc: BaseException, kind: FailureKind
+) -> None:
+    """Refused (certificate, version): TLS, i.e. 1015; cut during it (EOF, reset): network."""
+    failure = translate(exc)
+    assert failure is not None
+    assert failure.kind is kind

@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 import http
 import ssl
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from tests.support.require import require_tools
+from tests.support.tls import self_signed_server_context
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
@@ -132,21 +131,7 @@ async def test_tls_failure(echo_port: int) -> None:
 @pytest.fixture
 def self_signed(tmp_path: Path) -> ssl.SSLContext:
     """A server TLS context with a fresh self-signed certificate (made by openssl)."""
-    require_tools("openssl")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            *("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"),
-            *("-nodes", "-days", "1"),
-            *("-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=30,
-    )
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
-    return context
+    return self_signed_server_context(tmp_path)
 
 
 async def test_untrusted_certificate_is_a_tls_failure(self_signed: ssl.SSLContext) -> None:

@@ -401,6 +401,24 @@ def test_network_and_timeout_failures_follow_the_1006_row(kind: FailureKind) -> 
     assert event.delay == pytest.approx(0.5)
 
 
+def test_a_refused_tls_handshake_is_a_final_1015() -> None:
+    """RFC 6455 §7.4.1: 1015 reports a failed TLS handshake; its row (final) decides."""
+    core = make()
+    core.start(0.0)
+    failure = ConnectFailure(FailureKind.TLS, detail="certificate verify failed: self-signed")
+    outcome = core.connect_failed(0.0, failure)
+    assert not outcome.reconnecting
+    assert outcome.decision is not None
+    assert outcome.decision.code == 1015
+    (gave_up,) = outcome.events
+    assert isinstance(gave_up, GaveUp)
+    assert gave_up.reason == (
+        "TLS handshake refused (certificate verify failed: self-signed):"
+        " close code 1015 TLS Handshake is final"
+    )
+    assert core.state is State.CLOSED
+
+
 def test_handshake_failure_backs_off_by_default() -> None:
     """A non-HTTP handshake failure (e.g. truncated response) follows the 1006 row."""
     core = make()

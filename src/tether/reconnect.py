@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .backoff import Backoff, BackoffConfig
-from .closecodes import lookup
+from .closecodes import CloseCode, lookup
 from .events import Connected, Disconnected, Event, GaveUp, Reconnecting, State
 from .knowledge import summary
 from .policy import CONNECT_FAILED, Decision, DelayRule, ReconnectPolicy, Rule
@@ -73,6 +73,9 @@ class FailureKind(str, enum.Enum):
 
     #: The TCP (or TLS) connection could not be made or broke during the handshake.
     NETWORK = "network"
+    #: The TLS handshake failed (the server's certificate was refused, no common
+    #: protocol version or cipher): RFC 6455's 1015, whose policy row decides.
+    TLS = "tls"
     #: The opening handshake did not finish within ``open_timeout``.
     TIMEOUT = "timeout"
     #: The server answered the upgrade request with an HTTP status other than 101.
@@ -290,6 +293,13 @@ class Reconnector:
             # no WebSocket connection existed, so there is no close code.
             decision = Decision(failure.status, http.rule, f"HTTP {http.source}")
             return self._after(now, decision, CONNECT_FAILED, (), text, hint=failure.retry_after)
+        if failure.kind is FailureKind.TLS:
+            # RFC 6455 §7.4.1: 1015 is the code reported for a failed TLS handshake.
+            # It fails the same way again until someone fixes a certificate or a
+            # setting (final by default, DESIGN §4), unlike a TCP failure (1006).
+            decision = self.policy.decide(CloseCode.TLS_HANDSHAKE)
+            why = f"TLS handshake refused ({failure.describe()})"
+            return self._after(now, decision, CloseCode.TLS_HANDSHAKE, (), text, hint=None, why=why)
         code = failure.close_code
         if code is not None:
             # The WebSocket opened and the server closed it with a code: that code
@@ -338,10 +348,13 @@ class Reconnector:
         text: str,
         *,
         hint: float | None,
+        why: str = "",
     ) -> Outcome:
         if not decision.reconnect:
             self._finish()
-            if decision.source.startswith("HTTP"):
+            if why:
+                gave_up = GaveUp(reason=f"{why}: close code {close_label(decision.code)} is final")
+            elif decision.source.startswith("HTTP"):
                 gave_up = GaveUp(reason=f"HTTP {decision.code} at handshake is final")
             else:
                 gave_up = GaveUp(reason=f"close code {close_label(decision.code)} is final")

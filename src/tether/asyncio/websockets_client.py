@@ -18,6 +18,7 @@ A malformed URL is refused before any I/O by :func:`check_url`.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -82,6 +83,11 @@ def _retry_after(exc: InvalidStatus) -> float | None:
     return seconds if seconds >= 0 else None
 
 
+#: TLS errors that say the connection broke (EOF, reset) rather than that the
+#: handshake was refused: network failures, worth retrying.
+_TLS_TRANSPORT_ERRORS = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
+
+
 def translate(exc: BaseException) -> ConnectFailure | None:
     """Map an exception raised while opening to a :class:`ConnectFailure`; None if foreign."""
     if isinstance(exc, InvalidStatus):
@@ -104,6 +110,11 @@ def translate(exc: BaseException) -> ConnectFailure | None:
         return ConnectFailure(FailureKind.HANDSHAKE, detail=str(exc))
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
         return ConnectFailure(FailureKind.TIMEOUT, detail=str(exc))
+    if isinstance(exc, ssl.SSLError) and not isinstance(exc, _TLS_TRANSPORT_ERRORS):
+        # The TLS handshake itself was refused (certificate, version, cipher): it
+        # fails the same way every time (1015). A connection cut during it is not
+        # (below: 1006, retried).
+        return ConnectFailure(FailureKind.TLS, detail=str(exc) or type(exc).__name__)
     if isinstance(exc, (OSError, EOFError)):
         return ConnectFailure(FailureKind.NETWORK, detail=str(exc) or type(exc).__name__)
     return None
