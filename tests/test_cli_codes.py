@@ -196,6 +196,10 @@ def test_codes_table_in_japanese(capsys: pytest.CaptureFixture[str]) -> None:
         (["compare", "1006"], "required: CODE"),
         (["compare", "1006", "abc"], "'abc' is not a close code"),
         (["explain", "-1"], "close code -1 is outside 0-65535"),
+        # int() takes these; nobody types them for a close code
+        (["explain", "１０１２"], "'１０１２' is not a close code"),
+        (["explain", "1_000"], "'1_000' is not a close code"),
+        (["compare", "٣٠٠٠", "1006"], "'٣٠٠٠' is not a close code"),
         (["explain", "1006", "--lang", "fr"], "invalid choice: 'fr'"),
         (["codes", "--lang", "de"], "invalid choice: 'de'"),
     ],

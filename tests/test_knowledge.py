@@ -227,6 +227,33 @@ def test_japanese_tether_default_follows_the_same_policy() -> None:
         assert f"ポリシー表の {en.decision.source} 行" in ja.tether_default
 
 
+#: Advice that only a final policy row carries out.
+_DO_NOT_RETRY = re.compile(
+    r"do not (retry|reconnect)(?! in a tight loop)|will fail the same way|will be refused again",
+    re.IGNORECASE,
+)
+
+
+@pytest.mark.parametrize("code", [info.low for info in REGISTRY if not info.is_range])
+def test_advice_not_to_retry_names_the_rule_when_the_default_reconnects(code: int) -> None:
+    """Text that says "do not retry" over a row that reconnects must say how to make it final.
+
+    (3003 told users not to retry while the client reconnected with backoff, and its
+    text did not say so.)
+    """
+    entry = explain(code)
+    if entry.decision.rule.action is Action.RECONNECT and _DO_NOT_RETRY.search(entry.client_action):
+        assert f"ReconnectPolicy({{{code}: Rule.final()}})" in entry.client_action
+
+
+def test_the_reserved_label_holds_for_1004_too() -> None:
+    """1004 is reserved but never reported locally (RFC 6455 §7.4.1), unlike 1005/1006/1015."""
+    for lang in LANGUAGES:
+        label = load_texts(lang)["categories"]["reserved"]
+        assert "locally" not in label, lang
+        assert "ローカル" not in label, lang
+
+
 def test_tether_default_numbers_are_the_backoff_defaults() -> None:
     """The 1006 text prints the BackoffConfig defaults (0.5 s, ×2, 30 s, 10 s)."""
     text = explain(1006).tether_default

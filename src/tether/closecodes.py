@@ -145,7 +145,7 @@ _CODES: tuple[CodeInfo, ...] = (
     _code(CloseCode.MESSAGE_TOO_BIG, "Message Too Big", Category.STANDARD, Sender.ANY),
     # RFC 6455 §7.4.1: 1010 is sent by "an endpoint (client)"; a server fails the handshake instead.
     _code(CloseCode.MANDATORY_EXTENSION, "Mandatory Extension", Category.STANDARD, Sender.CLIENT),
-    # RFC 6455 says "a server"; the IANA registry widened it to "a remote endpoint".
+    # RFC 6455 says "a server"; its Errata ID 3227 widened it to "a remote endpoint".
     _code(CloseCode.INTERNAL_ERROR, "Internal Error", Category.STANDARD, Sender.ANY),
     _code(CloseCode.SERVICE_RESTART, "Service Restart", Category.IANA, Sender.SERVER),
     _code(CloseCode.TRY_AGAIN_LATER, "Try Again Later", Category.IANA, Sender.SERVER),

@@ -42,7 +42,12 @@ def close_code(text: str) -> int:
         argparse.ArgumentTypeError: ``text`` is not such an integer (argparse turns
             it into a one-line error and exit status 2).
     """
+    # ASCII digits only: int() also takes "1_000", "１０１２" and other scripts' digits,
+    # which are not what anyone types for a close code (a paste gone wrong).
+    digits = text.strip().removeprefix("-")
     try:
+        if not (digits.isascii() and digits.isdigit()):
+            raise ValueError(text)
         code = int(text, 10)
     except ValueError:
         raise argparse.ArgumentTypeError(
