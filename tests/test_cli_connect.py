@@ -265,3 +265,45 @@ async def test_end_of_input_with_the_server_unreachable_exits_1_with_the_lines_u
     )
     assert status == 1
     assert conn.unsent == ("lost",)
+
+
+def _gave_up_reasons() -> dict[str, str]:
+    """Every form of GaveUp.reason, as the real reconnect core words it."""
+    import random
+
+    from tether.backoff import BackoffConfig
+    from tether.events import GaveUp
+    from tether.reconnect import ConnectFailure, FailureKind, Reconnector
+
+    def give_up(failure: ConnectFailure, **backoff: float) -> str:
+        core = Reconnector(backoff=BackoffConfig(**backoff), rng=random.Random(1))  # type: ignore[arg-type]
+        now = 0.0
+        core.start(now)
+        for _ in range(100):
+            outcome = core.connect_failed(now, failure)
+            if not outcome.reconnecting:
+                gave_up = outcome.events[-1]
+                assert isinstance(gave_up, GaveUp)
+                return gave_up.reason
+            now = outcome.deadline or now
+            core.handle_timer(now)
+        raise AssertionError("never gave up")
+
+    refused = ConnectFailure(FailureKind.NETWORK, detail="refused")
+    return {
+        "http": give_up(ConnectFailure(FailureKind.HTTP, status=401)),
+        "close": give_up(ConnectFailure(FailureKind.HANDSHAKE, close_code=1008)),
+        "tls": give_up(ConnectFailure(FailureKind.TLS, detail="certificate verify failed: x")),
+        "attempts": give_up(refused, max_attempts=2),
+        "elapsed": give_up(refused, max_elapsed=3.0),
+    }
+
+
+@pytest.mark.parametrize("form", ["http", "close", "tls", "attempts", "elapsed"])
+def test_every_gave_up_reason_has_a_japanese_line(form: str) -> None:
+    """--lang ja words the give-up reason in Japanese, keeping its figures (was English)."""
+    reason = _gave_up_reasons()[form]
+    japanese = connect_cli.gave_up_ja(reason)
+    assert re.search(r"[\u3040-\u30ff\u4e00-\u9fff]", japanese), (reason, japanese)
+    assert not re.search(r"\b(is final|attempts without|no stable|refused)\b", japanese)
+    assert set(re.findall(r"\d+", reason)) <= set(re.findall(r"\d+", japanese))

@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import re
 import sys
 import threading
 import time
@@ -230,6 +231,37 @@ async def _print_events(events: Any, out: TextIO) -> None:
         print(_event_json(event), file=out, flush=True)
 
 
+#: GaveUp.reason as tether.reconnect words it (English, stable for programs), and its
+#: Japanese for the lines of ``--lang ja``; a reason matching none stays English.
+_GAVE_UP_JA: tuple[tuple[re.Pattern[str], str], ...] = (
+    (
+        re.compile(r"HTTP (\d+) at handshake is final"),
+        r"ハンドシェイクへの応答 HTTP \1 は最終扱いです",
+    ),
+    (
+        re.compile(r"TLS handshake refused \((.*)\): close code (\d+)(?: [^:]*)? is final"),
+        r"TLS ハンドシェイクが拒否されました（\1）。クローズコード \2 は最終扱いです",
+    ),
+    (re.compile(r"close code (\d+)(?: .*)? is final"), r"クローズコード \1 は最終扱いです"),
+    (
+        re.compile(r"(\d+) reconnect attempts without a stable connection \(max_attempts\)"),
+        r"安定した接続のないまま再接続を \1 回試みました（max_attempts）",
+    ),
+    (
+        re.compile(r"no stable connection for (.+) s \(max_elapsed\)"),
+        r"\1 秒間、安定した接続がありませんでした（max_elapsed）",
+    ),
+)
+
+
+def gave_up_ja(reason: str) -> str:
+    """``GaveUp.reason`` in Japanese (the English one when it has no translation)."""
+    for pattern, japanese in _GAVE_UP_JA:
+        if pattern.fullmatch(reason):
+            return pattern.sub(japanese, reason)
+    return reason
+
+
 async def _print_event_lines(events: Any, err: TextIO) -> None:
     """The state changes as Japanese lines on stderr (English ones are the library's log)."""
     from ..closecodes import lookup
@@ -257,7 +289,7 @@ async def _print_event_lines(events: Any, err: TextIO) -> None:
                 f"未確認の送信 {len(event.unacked)} 件は新しいセッションに届いていません"
             )
         elif isinstance(event, GaveUp):
-            line = f"再接続をやめました: {event.reason}"
+            line = f"再接続をやめました: {gave_up_ja(event.reason)}"
         else:
             continue
         print(line, file=err, flush=True)
