@@ -351,6 +351,26 @@ async def test_session_close_refuses_long_reason(
     assert len(errors) == 1
 
 
+@pytest.mark.parametrize("how", ["restart", "shutdown", "hand_off"])
+async def test_a_drain_refuses_a_long_reason_before_any_io(
+    start: Callable[..., Awaitable[Server]], how: str
+) -> None:
+    """restart/shutdown/hand_off with a 124-byte reason: ConfigurationError, still serving.
+
+    (Before, the drain started and each Close frame failed in the engine: every client
+    saw a 1006 instead of the 1012, and an ERROR traceback was logged per connection.)
+    """
+    server = await start()
+    ws = await _client(server)
+    with pytest.raises(tether.ConfigurationError, match="124 bytes"):
+        await getattr(server, how)(reason="é" * 62)
+    assert server.state is ServerState.SERVING
+    await ws.send("still here")
+    assert await asyncio.wait_for(ws.recv(), 5) == "still here"
+    await server.restart(reason="é" * 61)  # 122 bytes: fits
+    assert await _closed(ws) == (1012, "é" * 61)
+
+
 async def test_client_close_ends_the_session(start: Callable[..., Awaitable[Server]]) -> None:
     """When the client closes with 1000, the handler's loop ends and the session says 1000."""
     handler, ended = _reads_until_closed()

@@ -23,12 +23,14 @@ from .exceptions import ConfigurationError, InvalidCloseCode
 
 __all__ = [
     "MAX_CLOSE_CODE",
+    "MAX_REASON_BYTES",
     "REGISTRY",
     "Category",
     "CloseCode",
     "CodeInfo",
     "ReceivedClose",
     "Sender",
+    "check_reason",
     "classify_received",
     "lookup",
     "may_send",
@@ -37,6 +39,9 @@ __all__ = [
 
 #: Close codes travel as an unsigned 16-bit integer (RFC 6455 §5.5.1).
 MAX_CLOSE_CODE = 0xFFFF
+#: A Close frame's reason: a control frame carries at most 125 bytes, two of them the
+#: code (RFC 6455 §5.5).
+MAX_REASON_BYTES = 123
 
 
 class CloseCode(enum.IntEnum):
@@ -244,6 +249,23 @@ def validate_send(code: int, *, role: str | None = None) -> int:
     if role == "client" and info.sender is Sender.SERVER:
         raise InvalidCloseCode(code, f"{code} {info.name} is sent by servers only")
     return code
+
+
+def check_reason(reason: str) -> str:
+    """Check a close reason before it goes in a Close frame, and return it.
+
+    Raises:
+        ConfigurationError: ``reason`` is not text, or longer than 123 bytes of UTF-8.
+    """
+    if not isinstance(reason, str):
+        raise ConfigurationError(f"a close reason is text, not {type(reason).__name__}")
+    size = len(reason.encode("utf-8"))
+    if size > MAX_REASON_BYTES:
+        raise ConfigurationError(
+            f"close reason is {size} bytes of UTF-8; at most {MAX_REASON_BYTES} fit in a"
+            " Close frame (RFC 6455 §5.5)"
+        )
+    return reason
 
 
 def _never_sent_reason(info: CodeInfo) -> str:

@@ -47,7 +47,7 @@ from types import TracebackType
 from typing import Any
 
 from ..backoff import BackoffConfig
-from ..closecodes import validate_send
+from ..closecodes import check_reason, validate_send
 from ..events import Disconnected, Event, GaveUp, Resumed, State
 from ..exceptions import (
     ConfigurationError,
@@ -78,8 +78,6 @@ __all__ = ["ClientConnection", "connect"]
 
 logger = logging.getLogger("tether.client")
 
-#: RFC 6455 §5.5: a control frame's payload is at most 125 bytes, 2 of them the code.
-_MAX_REASON_BYTES = 123
 
 #: Codes that end a connection normally (``ConnectionClosedOK``); the rest are errors.
 _OK_CODES = frozenset({1000, 1001})
@@ -656,11 +654,7 @@ class ClientConnection:
             ConfigurationError: ``reason`` is too long.
         """
         validate_send(code, role="client")
-        if not isinstance(reason, str) or len(reason.encode()) > _MAX_REASON_BYTES:
-            raise ConfigurationError(
-                f"close reason must be text of at most {_MAX_REASON_BYTES} UTF-8 bytes "
-                "(RFC 6455 §5.5)"
-            )
+        check_reason(reason)
         if self._close_request is None and not self._finished:
             self._close_request = (code, reason)
             self._closed_by_user = True

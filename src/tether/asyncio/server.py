@@ -44,7 +44,7 @@ from websockets.asyncio.server import serve as ws_serve
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
-from ..closecodes import CloseCode, may_send, validate_send
+from ..closecodes import CloseCode, check_reason, may_send, validate_send
 from ..drain import DrainSchedule, check_window
 from ..exceptions import ConfigurationError, ConnectionClosed, ProtocolError
 from ..heartbeat import Heartbeat
@@ -271,7 +271,11 @@ class Server:
 
         Args:
             reason: the close reason sent with 1012 (at most 123 bytes of UTF-8).
+
+        Raises:
+            ConfigurationError: ``reason`` does not fit a Close frame (before any I/O).
         """
+        check_reason(reason)
         await self._start_drain(CloseCode.SERVICE_RESTART, reason, self.drain_window)
 
     def stop_steering(self) -> None:
@@ -298,8 +302,12 @@ class Server:
         It assumes exactly two listeners share the port: this one and the replacement.
 
         Args:
-            reason: the close reason sent with 1012.
+            reason: the close reason sent with 1012 (at most 123 bytes of UTF-8).
+
+        Raises:
+            ConfigurationError: ``reason`` does not fit a Close frame (before any I/O).
         """
+        check_reason(reason)
         if self.reuse_port and self._state is ServerState.SERVING and self._ws_server:
             steered = all(steer_to_second_listener(s) for s in self._ws_server.sockets)
             if steered:
@@ -319,8 +327,14 @@ class Server:
             code: close code for every connection; validated for the server side.
             reason: close reason (at most 123 bytes of UTF-8).
             drain_window: seconds to spread the closes over; the server's by default.
+
+        Raises:
+            InvalidCloseCode: ``code`` may not be sent by a server.
+            ConfigurationError: ``reason`` does not fit a Close frame, or a bad
+                ``drain_window`` (before any I/O).
         """
         validate_send(code, role="server")
+        check_reason(reason)
         window = self.drain_window
         if drain_window is not None:
             window = check_window(drain_window, "drain_window")

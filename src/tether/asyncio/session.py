@@ -38,7 +38,7 @@ from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..closecodes import validate_send
+from ..closecodes import check_reason, validate_send
 from ..exceptions import (
     ConfigurationError,
     ConnectionClosed,
@@ -51,8 +51,6 @@ from .engine import ClosedInfo, CloseHandler, Message, Transport, TransportClose
 
 __all__ = ["PlainServerLayer", "RequestInfo", "ServerLayer", "Session", "closed_error"]
 
-#: RFC 6455 §5.5: a control frame's payload is at most 125 bytes; 2 carry the code.
-MAX_REASON_BYTES = 123
 #: Default inbox bound of a session in bytes (4 MiB): with the engine's 4-frame queue and
 #: the 1 MiB default ``max_size``, a client that sends and never reads costs the server
 #: ~10-20 MiB, not ~86 MiB (docs/security.md has the measurements).
@@ -403,11 +401,7 @@ class Session:
             ConfigurationError: ``reason`` is longer than 123 bytes in UTF-8.
         """
         validate_send(code, role="server")
-        if len(reason.encode("utf-8")) > MAX_REASON_BYTES:
-            raise ConfigurationError(
-                f"close reason is {len(reason.encode('utf-8'))} bytes of UTF-8; "
-                f"at most {MAX_REASON_BYTES} fit in a Close frame (RFC 6455 §5.5)"
-            )
+        check_reason(reason)
         if self._closed is not None:
             return self._closed
         transport = self._transport
