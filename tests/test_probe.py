@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import http
+import socket
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from tests.support.loop_errors import loop_errors  # noqa: F401 - autouse fixture
 from tests.support.tls import self_signed_server_context
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
@@ -309,6 +311,22 @@ async def test_idle_search_connections_send_nothing() -> None:
             pong_timeout=0.5,
         )
     assert received == []
+
+
+async def test_trials_failing_together_raise_one_probe_error_and_log_nothing() -> None:
+    """Every trial of a batch refused at once: ProbeError; each trial's exception is read.
+
+    (Before, only the first was: asyncio logged "Task exception was never retrieved"
+    with a traceback for each other one, 100 lines on the CLI's stderr; the loop_errors
+    fixture fails the test on that.)
+    """
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # (closed again: nothing listens there)
+    config = IdleSearchConfig(max_idle=8, parallel=4, first_hold=1.0)
+    with pytest.raises(ProbeError) as caught:
+        await find_idle_limit(f"ws://127.0.0.1:{port}/", config, open_timeout=2)
+    assert caught.value.kind == "refused"
 
 
 async def test_idle_search_open_failure_raises(echo_port: int) -> None:

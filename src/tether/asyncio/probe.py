@@ -500,10 +500,19 @@ async def find_idle_limit(
         try:
             while pending:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                failed: BaseException | None = None
                 for task in done:
+                    # Every finished trial's exception is read (task.exception()), not
+                    # just the first: asyncio logs a traceback for each one left unread.
+                    error = task.exception()
+                    if error is not None:
+                        failed = failed or error
+                        continue
                     observation = task.result()
                     search.record(observation)
                     progress(_describe(observation, search))
+                if failed is not None:
+                    raise failed
                 moot = {task for task in pending if search.moot(tasks[task])}
                 for task in moot:
                     task.cancel()
