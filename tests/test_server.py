@@ -279,6 +279,55 @@ async def test_handler_return_closes_with_1000(start: Callable[..., Awaitable[Se
     assert (await _closed(ws))[0] == 1000
 
 
+@pytest.mark.parametrize(
+    ("how", "layer", "code", "by"),
+    [
+        ("handler returns", "plain", 1000, "server"),
+        ("handler closes", "plain", 4501, "server"),
+        ("client closes", "plain", 4000, "client"),
+        ("handler returns", "tether.v1", 1000, "server"),
+        ("handler closes", "tether.v1", 4501, "server"),
+        ("client closes", "tether.v1", 4000, "client"),
+    ],
+)
+async def test_the_close_log_says_who_closed(
+    start: Callable[..., Awaitable[Server]],
+    caplog: pytest.LogCaptureFixture,
+    how: str,
+    layer: str,
+    code: int,
+    by: str,
+) -> None:
+    """by= names the side that started the close (before, always "client" without a cause)."""
+
+    async def handler(session: tether.Session) -> None:
+        await session.recv()
+        if how == "handler closes":
+            await session.close(4501, "bye")
+        elif how == "client closes":
+            await session.recv()
+
+    store = None if layer == "plain" else "memory"
+    server = await start(handler, store=store)
+    caplog.set_level(logging.INFO, logger="tether.server")
+    if layer == "plain":
+        ws = await _client(server)
+        await ws.send("go")
+    else:
+        ws = await connect(_url(server), ping_interval=None, subprotocols=["tether.v1"])  # type: ignore[list-item]
+        await ws.send(json.dumps({"type": "hello", "sid": None, "token": None, "rx": 0}))
+        await ws.recv()  # welcome
+        await ws.send("d1:0:go")
+    if how == "client closes":
+        await ws.close(4000)
+    assert (await _closed(ws))[0] == code
+    closes = await eventually(
+        lambda: [r for r in caplog.records if r.getMessage().startswith("close ")], 5
+    )
+    assert closes[0].getMessage().split(" by=")[1].split()[0] == by
+    assert closes[0].tether["cause"] == by  # type: ignore[attr-defined]
+
+
 async def test_handler_exception_closes_with_1011_and_logs(
     start: Callable[..., Awaitable[Server]], caplog: pytest.LogCaptureFixture
 ) -> None:

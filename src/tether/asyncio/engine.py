@@ -103,6 +103,14 @@ class Transport(abc.ABC):
     def closed(self) -> ClosedInfo | None:
         """How the connection ended, or None while it is open."""
 
+    @property
+    def peer_closed_first(self) -> bool | None:
+        """Who started the closing handshake: the peer (True), this side (False).
+
+        None while no Close frame went either way, or when the engine cannot tell.
+        """
+        return None
+
     def add_close_callback(self, callback: CloseHandler) -> None:
         """Call ``callback(info)`` from the event loop once the connection has closed.
 

@@ -740,6 +740,14 @@ class Server:
         code = info.code if info is not None else CloseCode.ABNORMAL_CLOSURE
         clean = info.clean if info is not None else False
         sent = info.sent_code if info is not None else None
+        # A close this side started with no cause of its own (the handler closed or
+        # returned, the session layer closed: 4901, 4202...) is the server's.
+        cause = record.cause
+        if cause is None:
+            # (Our Close and no answer to it: ours too.)
+            first = record.transport.peer_closed_first
+            ours = first is False or (first is None and sent is not None)
+            cause = "server" if ours else "client"
         logger.info(
             "close %s session=%s code=%d (%s) clean=%s sent=%s by=%s after %.1f s",
             _address(record.request.remote_address),
@@ -748,10 +756,10 @@ class Server:
             summary(code),
             "yes" if clean else "no",
             sent if sent is not None else "-",
-            record.cause or "client",
+            cause,
             duration,
             extra={"tether": {"event": "close", "code": code, "clean": clean, "sent": sent,
-                              "cause": record.cause or "client", "duration": round(duration, 3),
+                              "cause": cause, "duration": round(duration, 3),
                               "session": record.session.id if record.session else None,
                               "remote": _address(record.request.remote_address),
                               "explanation": summary(code)}},

@@ -192,6 +192,10 @@ class WebsocketsTransport(Transport):
             return None
         return closed_info(self._ws)
 
+    @property
+    def peer_closed_first(self) -> bool | None:
+        return self._ws.protocol.close_rcvd_then_sent
+
     def add_close_callback(self, callback: CloseHandler) -> None:
         # websockets resolves this future in connection_lost: no task needed. The
         # first callback (usually the only one) in a slot: no partial per connection.
