@@ -206,6 +206,22 @@ def test_json_logs_one_line_per_connect_and_close(servers: Servers, flag: str) -
     assert "Service Restart" in close["explanation"]
 
 
+@pytest.mark.parametrize("reuse_port", [False, True])
+def test_a_signal_is_a_json_signal_event(servers: Servers, reuse_port: bool) -> None:
+    """SIGTERM is logged as event "signal", also with --reuse-port (the CLI's own handlers).
+
+    (Before, the --reuse-port line had no event field: a script keyed on it missed
+    exactly the handover deployments.)
+    """
+    extra = ["--reuse-port"] if reuse_port else []
+    proc, _ = servers.start("--drain-window", "0", "--json-logs", *extra)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(10) == 0
+    lines = [json.loads(line) for line in servers.logs[proc.pid].read_text().splitlines()]
+    (received,) = [line for line in lines if line["msg"] == "received SIGTERM"]
+    assert (received.get("event"), received.get("signal")) == ("signal", "SIGTERM")
+
+
 def test_ticker_app_over_the_cli(servers: Servers) -> None:
     """--app ticker --ticker-interval 20 sends numbered messages."""
     _, port = servers.start("--app", "ticker", "--ticker-interval", "20")

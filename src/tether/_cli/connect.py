@@ -74,7 +74,8 @@ def register(subparsers: Any) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="give up after N consecutive failed attempts (default: never)",
+        help="give up after N reconnect attempts without a stable connection, i.e. N+1"
+        " failed attempts in a row from the start (default: never)",
     )
     parser.add_argument(
         "--no-resume",

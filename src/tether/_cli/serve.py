@@ -416,7 +416,9 @@ def _install_handover_signals(server: Any, args: argparse.Namespace) -> None:
 
     def on_signal(signum: signal.Signals) -> None:
         nonlocal stopping
-        logger.info("received %s", signum.name)
+        # The same line and fields as the server's own handlers (without --reuse-port).
+        extra = {"tether": {"event": "signal", "signal": signum.name}}
+        logger.info("received %s", signum.name, extra=extra)
         server.layer.process_exiting()
         if signum is signal.SIGHUP:
             spawn(hand_over())
