@@ -420,6 +420,27 @@ async def test_a_drain_refuses_a_long_reason_before_any_io(
     assert await _closed(ws) == (1012, "é" * 61)
 
 
+async def test_an_idle_connection_without_a_handshake_neither_delays_nor_outlives_a_drain(
+    start: Callable[..., Awaitable[Server]],
+) -> None:
+    """A TCP connection that never sends its request is dropped when the drain ends.
+
+    (Before, shutdown() waited close_timeout for it, then cancelled websockets' task,
+    which left the socket open: still open 6 s later, past open_timeout.)
+    """
+    server = await start(close_timeout=5.0, open_timeout=10.0)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        await eventually(lambda: len(server._opening) == 1, 5)
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        await asyncio.wait_for(server.shutdown(), 10)
+        assert loop.time() - began < 1.0
+        assert await asyncio.wait_for(reader.read(100), 2) == b""  # closed by the server
+    finally:
+        writer.close()
+
+
 async def test_client_close_ends_the_session(start: Callable[..., Awaitable[Server]]) -> None:
     """When the client closes with 1000, the handler's loop ends and the session says 1000."""
     handler, ended = _reads_until_closed()

@@ -175,6 +175,8 @@ class Server:
         self._state = ServerState.NEW
         self._ws_server: WsServer | None = None
         self._connections: dict[WebsocketsTransport, _Connection] = {}
+        #: Accepted connections still in their opening handshake (see _stop_listening).
+        self._opening: set[ServerConnection] = set()
         self._drain_task: asyncio.Task[None] | None = None
         self._drain_close: tuple[int, str] | None = None
         self._handlers: dict[Session, asyncio.Task[None]] = {}
@@ -212,6 +214,7 @@ class Server:
             self.host,
             self.requested_port,
             process_request=self._process_request,
+            create_connection=_tracking(self._opening),
             subprotocols=list(self.layer.subprotocols) or None,  # type: ignore[arg-type]
             select_subprotocol=self._select_subprotocol,
             compression=self.compression,
@@ -429,6 +432,12 @@ class Server:
         for session in list(self._handlers):
             session.end(ClosedInfo(code, reason, clean=True, sent_code=code))
         self._ws_server.close(close_connections=False)
+        for connection in list(self._opening):
+            # Accepted, and still without a handshake now that the drain is over (a
+            # request sent meanwhile got its 503 at once): an idle TCP connection.
+            # websockets would wait open_timeout for it, past close_timeout, and then,
+            # its task cancelled, leave the socket open for good.
+            connection.transport.abort()
         handlers = set(self._handlers.values())
         waiting = {asyncio.ensure_future(self._ws_server.wait_closed()), *handlers}
         _, pending = await asyncio.wait(waiting, timeout=self.close_timeout)
@@ -525,6 +534,7 @@ class Server:
         # session's handler: no task or future of tether's per idle plain connection,
         # only the heartbeat's timer. (Each frame of this await chain stays in memory
         # for as long as the connection is open: keep the chain short.)
+        self._opening.discard(connection)
         transport = WebsocketsTransport(connection)
         # websockets keeps the 101 response (status line, headers as a dict of lists
         # and a list) for the connection's life; after the handshake nothing reads it
@@ -805,6 +815,26 @@ class _RequestHeaders(Mapping[str, str]):
 
     def __repr__(self) -> str:
         return repr(self._dict())
+
+
+def _tracking(opening: set[ServerConnection]) -> type[ServerConnection]:
+    """websockets' connection class, registering each connection in ``opening``.
+
+    From the accept until the connection is gone; the server takes it out once the
+    opening handshake is done (``Server._on_connection``), so that idle connections
+    that never sent a request can be found at the end of a drain.
+    """
+
+    class OpeningTracked(ServerConnection):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            opening.add(self)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            opening.discard(self)
+            super().connection_lost(exc)
+
+    return OpeningTracked
 
 
 def _address(address: tuple[object, ...] | None) -> str:
