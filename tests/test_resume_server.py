@@ -1721,3 +1721,36 @@ async def _the_expiry_here_spares_a_session_resumed_on_another_node() -> None:
     assert record.generation == 2
     await node_a.stop()
     await node_b.stop()
+
+
+def test_stop_ends_even_if_the_store_swallows_the_sweepers_cancellation() -> None:
+    """A store call that returns normally when cancelled does not keep stop() for ever.
+
+    (redis-py did so under a stalled Redis: the sweeper, a ``while True`` loop, went on
+    renewing and stop() waited for it without bound; a draining node never exited.)
+    """
+    run_virtual(_stop_ends_even_if_the_store_swallows_the_sweepers_cancellation())
+
+
+async def _stop_ends_even_if_the_store_swallows_the_sweepers_cancellation() -> None:
+    class Swallowing(MemoryStore):
+        renewals = 0
+
+        async def renew(self, expires_at: float) -> None:
+            self.renewals += 1
+            try:
+                await asyncio.sleep(1.0)
+            except asyncio.CancelledError:
+                return  # (the bug being survived: the cancellation is lost)
+
+    store = Swallowing()
+    layer = TetherV1ServerLayer(store=store, resume_window=2.0)
+    await layer.start()
+    await eventually(lambda: store.renewals >= 1, 5.0)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    await asyncio.wait_for(layer.stop(), 60.0)
+    assert loop.time() - began <= 6.0
+    renewals = store.renewals
+    await asyncio.sleep(10.0)
+    assert store.renewals == renewals  # the sweeper stopped

@@ -361,7 +361,13 @@ class TetherV1ServerLayer(ServerLayer):
         tasks = [t for t in (self._sweeper, *(s.task for s in self._states.values())) if t]
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            # Bounded: a store client that swallows the cancellation (redis-py did,
+            # under a stalled Redis) would otherwise keep the drain, and the process,
+            # from ever ending.
+            _, stuck = await asyncio.wait(tasks, timeout=_STOP_WRITES_S)
+            if stuck:
+                logger.warning("%d session task(s) did not stop; leaving them", len(stuck))
         for state in self._states.values():
             self._disarm(state)  # (a cancelled task re-arms on its way out)
             state.ack_timer = _cancel(state.ack_timer)  # a stopped layer writes nothing more
@@ -403,7 +409,7 @@ class TetherV1ServerLayer(ServerLayer):
         # after its last renewal, as a detached session does; then any node's
         # expiry removes them.
         lease = self.config.resume_window + _RENEW_MARGIN_SWEEPS * interval
-        while True:
+        while not self._stopping:  # (also if a cancellation was swallowed below)
             try:
                 await self.store.renew(time.time() + lease)
             except StoreError as exc:
