@@ -1754,3 +1754,51 @@ async def _stop_ends_even_if_the_store_swallows_the_sweepers_cancellation() -> N
     renewals = store.renewals
     await asyncio.sleep(10.0)
     assert store.renewals == renewals  # the sweeper stopped
+
+
+def test_a_node_holding_a_stale_copy_resumes_from_the_store() -> None:
+    """A -> B -> A: A's copy is stale once B sent; A resumes from the store, not from it.
+
+    (Before, A claimed the store's generation and adopted its own old copy: B's
+    message was never replayed, and the client's hello.rx, beyond A's old tx, was
+    refused with a final 1002.)
+    """
+    run_virtual(_a_node_holding_a_stale_copy_resumes_from_the_store())
+
+
+async def _a_node_holding_a_stale_copy_resumes_from_the_store() -> None:
+    store = MemoryStore()
+    node_a = TetherV1ServerLayer(store=store)
+    node_b = TetherV1ServerLayer(store=store)
+    on_a, link_a, welcome = await new_session(node_a)
+    await on_a.send("a1")
+    link_a.peer_closed(ClosedInfo(1006, "", clean=False))
+    await eventually(lambda: on_a.transport is None, 2.0)
+    # The client resumes on B, which sends b2; then it drops again.
+    link_b = v1_transport(encode(Hello(welcome.sid, welcome.token, welcome.epoch, rx=1)))
+    on_b = await node_b.open(link_b, REQUEST)
+    on_b.attach(link_b)
+    await settle(link_b, 1)
+    welcome_b = decode(link_b.sent[0])
+    assert isinstance(welcome_b, Welcome)
+    assert welcome_b.resumed
+    await on_b.send("b2")
+    await settle(link_b, 2)
+    link_b.peer_closed(ClosedInfo(1006, "", clean=False))
+    await eventually(lambda: on_b.transport is None, 2.0)
+    # Back to A (which never wrote since, so nothing told it), having seen b2: rx=2.
+    link_a2 = v1_transport(encode(Hello(welcome.sid, welcome_b.token, welcome.epoch, rx=2)))
+    again = await node_a.open(link_a2, REQUEST)
+    again.attach(link_a2)
+    await settle(link_a2, 1)
+    welcome_a2 = decode(link_a2.sent[0])
+    assert isinstance(welcome_a2, Welcome)
+    assert (welcome_a2.resumed, welcome_a2.sid) == (True, welcome.sid)
+    assert again is not on_a  # the stale copy is not adopted: it ended as taken over
+    assert on_a.closed is not None
+    assert on_a.closed.code == 4901
+    await again.send("a3")
+    await settle(link_a2, 2)
+    assert link_a2.sent[1] == "d3:0:a3"  # after B's b2: no sequence number reused
+    await node_a.stop()
+    await node_b.stop()

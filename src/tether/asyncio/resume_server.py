@@ -487,6 +487,13 @@ class TetherV1ServerLayer(ServerLayer):
                     # Held by this process, which has its messages: claim between its
                     # batch writes, and adopt the session before the next write.
                     record, replay = await self.store.load(hello.sid), None
+                    if record is not None and record.generation != local.generation:
+                        # Claimed elsewhere since, and this process wrote nothing after
+                        # (so no write was fenced to tell it): its copy is stale (its
+                        # rx, its replay buffer, its handler). It ends here, as a fenced
+                        # one does, and the session is resumed from the store.
+                        self._fenced(local)
+                        continue
                     claimed = record is not None and admit(record)
                     if claimed:
                         assert record is not None
