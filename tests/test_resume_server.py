@@ -1802,3 +1802,56 @@ async def _a_node_holding_a_stale_copy_resumes_from_the_store() -> None:
     assert link_a2.sent[1] == "d3:0:a3"  # after B's b2: no sequence number reused
     await node_a.stop()
     await node_b.stop()
+
+
+@pytest.mark.parametrize("link_survives_the_close", [True, False])
+def test_a_close_keeps_the_session_until_the_client_closed_back(
+    link_survives_the_close: bool,
+) -> None:
+    """close() with messages unacknowledged: deleted after the client's Close, else kept.
+
+    (Before, the record was deleted as the close began: a link that died before the
+    client had read the last messages lost them, and the resume was refused unknown.)
+    """
+    run_virtual(_a_close_keeps_the_session_until_the_client_closed_back(link_survives_the_close))
+
+
+async def _a_close_keeps_the_session_until_the_client_closed_back(survives: bool) -> None:
+    class DiesOnClose(FakeTransport):
+        async def close(self, code: int, reason: str = "") -> ClosedInfo:
+            self.close_calls.append((code, reason))
+            info = ClosedInfo(1006, "", clean=False, sent_code=code)  # no Close came back
+            self.peer_closed(info)
+            return info
+
+    store = MemoryStore()
+    node_a = TetherV1ServerLayer(store=store)
+    node_b = TetherV1ServerLayer(store=store)
+    link = FakeTransport() if survives else DiesOnClose()
+    link.subprotocol = "tether.v1"
+    link.feed(encode(Hello(rx=0)))
+    session = await node_a.open(link, REQUEST)
+    session.attach(link)
+    await settle(link, 1)
+    welcome = decode(link.sent[0])
+    assert isinstance(welcome, Welcome)
+    for n in range(3):
+        await session.send(f"m{n}")
+    await session.close(4000, "done")
+    await asyncio.sleep(1.0)  # (virtual) the delete, or the detach, lands
+    record = await store.load(welcome.sid)
+    if survives:
+        assert record is None
+    else:
+        assert record is not None
+        assert (record.end_code, record.end_reason, record.tx) == (4000, "done", 3)
+        assert record.expires_at is not None  # detached: it expires if never resumed
+        # The client comes back (to another node here): the rest, then the close.
+        again = v1_transport(encode(Hello(welcome.sid, welcome.token, welcome.epoch, rx=1)))
+        resumed = await node_b.open(again, REQUEST)
+        resumed.attach(again)
+        await settle(again, 3)
+        assert again.sent[1:] == ["d2:0:m1", "d3:0:m2"]
+        assert node_b.handler_ended(resumed) == (4000, "done")
+    await node_a.stop()
+    await node_b.stop()

@@ -1631,14 +1631,31 @@ class TetherV1ServerLayer(ServerLayer):
     async def close(
         self, session: Session, transport: Transport, code: int, reason: str
     ) -> ClosedInfo:
-        """The application ends the session: flush, close the connection, forget the session."""
+        """The application ends the session: flush, close the connection, forget the session.
+
+        The record goes once the client's Close came back: it then has every frame
+        sent before ours. Should the link die first while the client has not
+        acknowledged everything the handler sent, the record stays, with the end
+        recorded (SessionStore.end) and its expiry: the client's resume, here or on
+        another node, replays the rest and closes again, with no handler.
+        """
         state = self._states.get(session)
         if state is None:
             return await transport.close(code, reason)
         session.read_ahead(keep=True)  # the closing handshake must be read
         await self._settle(state, timeout=2.0)
-        self._end(state, ClosedInfo(code, reason, clean=True, sent_code=code), delete=True)
-        return await transport.close(code, reason)
+        endpoint = state.endpoint
+        owed = state.durable and not state.ended and endpoint.peer_acked < endpoint.tx
+        if owed:
+            await self._record_end(state, code, reason)
+        self._end(state, ClosedInfo(code, reason, clean=True, sent_code=code), delete=not owed)
+        info = await transport.close(code, reason)
+        if owed:
+            if info.clean:
+                self._spawn(self._delete(session.id, state.generation))
+            else:
+                self._leave_resumable(state)
+        return info
 
     async def close_detached(self, session: Session, code: int, reason: str) -> ClosedInfo:
         """The application ends the session while its client is away: tell it when back.
