@@ -1855,3 +1855,35 @@ async def _a_close_keeps_the_session_until_the_client_closed_back(survives: bool
         assert node_b.handler_ended(resumed) == (4000, "done")
     await node_a.stop()
     await node_b.stop()
+
+
+def test_a_close_while_away_learns_of_a_resume_elsewhere_at_once() -> None:
+    """close() while the client is away, resumed on B since: over at once (4901), not at expiry.
+
+    (Before, the store's Fenced answer to the end's write was dropped and the close
+    waited out the whole resume window.)
+    """
+    run_virtual(_a_close_while_away_learns_of_a_resume_elsewhere_at_once())
+
+
+async def _a_close_while_away_learns_of_a_resume_elsewhere_at_once() -> None:
+    store = MemoryStore()
+    node_a = TetherV1ServerLayer(store=store, resume_window=60.0)
+    node_b = TetherV1ServerLayer(store=store, resume_window=60.0)
+    session, link, welcome = await new_session(node_a)
+    link.peer_closed(ClosedInfo(1006, "", clean=False))
+    await eventually(lambda: session.transport is None, 2.0)
+    again = v1_transport(encode(Hello(welcome.sid, welcome.token, welcome.epoch, rx=0)))
+    resumed = await node_b.open(again, REQUEST)
+    resumed.attach(again)
+    await settle(again, 1)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    info = await asyncio.wait_for(session.close(1000), 120.0)
+    assert loop.time() - began < 5.0
+    assert info.code == 4901
+    record = await store.load(welcome.sid)
+    assert record is not None
+    assert record.end_code is None  # B's session: A's end was refused
+    await node_a.stop()
+    await node_b.stop()

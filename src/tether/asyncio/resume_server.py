@@ -1714,7 +1714,9 @@ class TetherV1ServerLayer(ServerLayer):
         except NotImplementedError:
             return
         except Fenced:
-            return  # resumed elsewhere already: that connection's server has it now
+            # Resumed elsewhere already: that connection's server has it now, and the
+            # close waiting here for the client (close_detached) would wait in vain.
+            self._fenced(state)
         except StoreError as exc:
             logger.warning(
                 "session %s: the store did not record its end (%s); only this process"

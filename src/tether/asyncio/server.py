@@ -756,7 +756,7 @@ class Server:
         if cause is None:
             # (Our Close and no answer to it: ours too.)
             first = record.transport.peer_closed_first
-            ours = first is False or (first is None and sent is not None)
+            ours = first is False or (first is None and sent is not None and not clean)
             cause = "server" if ours else "client"
         logger.info(
             "close %s session=%s code=%d (%s) clean=%s sent=%s by=%s after %.1f s",
