@@ -16,7 +16,7 @@ from tests.support.virtualtime import run_virtual
 from tests.test_session import FakeTransport
 
 from tether.asyncio import resume_server
-from tether.asyncio.engine import ClosedInfo
+from tether.asyncio.engine import ClosedInfo, TransportClosed
 from tether.asyncio.resume_server import LAZY_ACK_WRITE_S, TetherV1ServerLayer
 from tether.asyncio.session import RequestInfo, Session
 from tether.exceptions import ConfigurationError, ConnectionClosedError, ProtocolError
@@ -1804,19 +1804,30 @@ async def _a_node_holding_a_stale_copy_resumes_from_the_store() -> None:
     await node_b.stop()
 
 
-@pytest.mark.parametrize("link_survives_the_close", [True, False])
+@pytest.mark.parametrize(
+    ("link_survives_the_close", "store_records_ends"),
+    [(True, True), (False, True), (False, False)],
+)
 def test_a_close_keeps_the_session_until_the_client_closed_back(
-    link_survives_the_close: bool,
+    link_survives_the_close: bool, store_records_ends: bool
 ) -> None:
     """close() with messages unacknowledged: deleted after the client's Close, else kept.
 
     (Before, the record was deleted as the close began: a link that died before the
     client had read the last messages lost them, and the resume was refused unknown.)
+    A store that cannot record the end: deleted as before (kept, its resume would
+    start the handler again).
     """
-    run_virtual(_a_close_keeps_the_session_until_the_client_closed_back(link_survives_the_close))
+    run_virtual(
+        _a_close_keeps_the_session_until_the_client_closed_back(
+            link_survives_the_close, store_records_ends
+        )
+    )
 
 
-async def _a_close_keeps_the_session_until_the_client_closed_back(survives: bool) -> None:
+async def _a_close_keeps_the_session_until_the_client_closed_back(
+    survives: bool, records_ends: bool
+) -> None:
     class DiesOnClose(FakeTransport):
         async def close(self, code: int, reason: str = "") -> ClosedInfo:
             self.close_calls.append((code, reason))
@@ -1824,7 +1835,11 @@ async def _a_close_keeps_the_session_until_the_client_closed_back(survives: bool
             self.peer_closed(info)
             return info
 
-    store = MemoryStore()
+    class Older(MemoryStore):
+        async def end(self, sid: str, generation: int, *, code: int, reason: str) -> None:
+            raise NotImplementedError  # (SessionStore's default)
+
+    store = MemoryStore() if records_ends else Older()
     node_a = TetherV1ServerLayer(store=store)
     node_b = TetherV1ServerLayer(store=store)
     link = FakeTransport() if survives else DiesOnClose()
@@ -1840,7 +1855,7 @@ async def _a_close_keeps_the_session_until_the_client_closed_back(survives: bool
     await session.close(4000, "done")
     await asyncio.sleep(1.0)  # (virtual) the delete, or the detach, lands
     record = await store.load(welcome.sid)
-    if survives:
+    if survives or not records_ends:
         assert record is None
     else:
         assert record is not None
@@ -1887,3 +1902,143 @@ async def _a_close_while_away_learns_of_a_resume_elsewhere_at_once() -> None:
     assert record.end_code is None  # B's session: A's end was refused
     await node_a.stop()
     await node_b.stop()
+
+
+@pytest.mark.parametrize("stagger", [0.0, 0.01, 0.03])
+def test_two_resumes_on_one_node_at_once_keep_the_session_alive(stagger: float) -> None:
+    """Two hellos for one sid on one node, the store slow: the newer one takes it over.
+
+    Neither may take the session held here for a stale copy (before, the second
+    resume read the generation the first one's claim had just written, before the
+    first adopted it: the live session ended with 4901 and its handler was started
+    again, with messages in its inbox taken twice).
+    """
+    run_virtual(_two_resumes_on_one_node_at_once_keep_the_session_alive(stagger))
+
+
+async def _two_resumes_on_one_node_at_once_keep_the_session_alive(stagger: float) -> None:
+    class Slow(MemoryStore):
+        async def load(self, sid: str) -> Any:
+            await asyncio.sleep(0.02)  # the request's way there
+            return await super().load(sid)
+
+        async def claim(self, *args: Any, **kwargs: Any) -> Any:
+            record = await super().claim(*args, **kwargs)  # applied in the store
+            await asyncio.sleep(0.05)  # the answer's way back
+            return record
+
+    store = Slow()
+    layer = TetherV1ServerLayer(store=store)
+    session, link, welcome = await new_session(layer)
+    await session.send("m1")
+    link.peer_closed(ClosedInfo(1006, "", clean=False))
+    await eventually(lambda: session.transport is None, 2.0)
+    hello = encode(Hello(welcome.sid, welcome.token, welcome.epoch, rx=0))
+    first, second = v1_transport(hello), v1_transport(hello)
+
+    async def resume(link: FakeTransport) -> Session:
+        resumed = await layer.open(link, REQUEST)
+        resumed.attach(link)
+        return resumed
+
+    resuming = asyncio.ensure_future(resume(first))
+    await asyncio.sleep(stagger)
+    results = await asyncio.gather(resuming, resume(second))
+    assert all(resumed is session for resumed in results)  # no new Session: no new handler
+    assert session.closed is None
+    await settle(second, 2)
+    assert second.sent[1] == "d1:0:m1"
+    record = await store.load(welcome.sid)
+    assert record is not None
+    await session.send("m2")  # the store's generation is the session's: not fenced
+    await settle(second, 3)
+    assert session.closed is None
+    await layer.stop()
+
+
+def test_a_close_does_not_cut_off_frames_still_queued_for_a_slow_link() -> None:
+    """close() while frames wait for a slow link: the link is dropped, not closed.
+
+    The client's resume then gets the rest, then the close. (Before, a Close went out
+    after 2 s with frames still queued; the client's Close came back clean and the
+    record was deleted: the rest was gone, with no error on either side.)
+    """
+    run_virtual(_a_close_does_not_cut_off_frames_still_queued_for_a_slow_link())
+
+
+async def _a_close_does_not_cut_off_frames_still_queued_for_a_slow_link() -> None:
+    class Slow(FakeTransport):
+        async def send(self, message: Any) -> None:
+            await asyncio.sleep(0.8)  # a slow client: 0.8 s per frame
+            if self.closed is not None:
+                raise TransportClosed(self.closed)
+            self.sent.append(message)
+
+    store = MemoryStore()
+    layer = TetherV1ServerLayer(store=store)
+    session, link, welcome = await new_session(layer)
+    link.peer_closed(ClosedInfo(1006, "", clean=False))
+    await eventually(lambda: session.transport is None, 2.0)
+    for n in range(6):
+        await session.send(f"m{n}")  # while away: stored, owed
+    slow = Slow()
+    slow.subprotocol = "tether.v1"
+    slow.feed(encode(Hello(welcome.sid, welcome.token, welcome.epoch, rx=0)))
+    again = await layer.open(slow, REQUEST)
+    again.attach(slow)
+    await again.close(4000, "done")
+    assert slow.close_calls == []  # no Close frame: it would have cut the replay off
+    got = len(slow.sent) - 1
+    assert got < 6
+    record = await store.load(welcome.sid)
+    assert record is not None
+    assert (record.end_code, record.tx) == (4000, 6)
+    # The client comes back (acking what it got): the rest of the replay.
+    rest = v1_transport(encode(Hello(welcome.sid, welcome.token, welcome.epoch, rx=got)))
+    resumed = await layer.open(rest, REQUEST)
+    resumed.attach(rest)
+    await settle(rest, 1 + 6 - got)
+    assert rest.sent[1:] == [f"d{n + 1}:0:m{n}" for n in range(got, 6)]
+    assert layer.handler_ended(resumed) == (4000, "done")
+    await layer.stop()
+
+
+def test_a_close_racing_a_resume_on_this_node_closes_the_new_connection() -> None:
+    """The handler's close() while a resume here claims the session: the close goes there.
+
+    (Before, the close went to the old connection, already closed with 4901, ended the
+    session adopted by the new one and deleted the new generation's record.)
+    """
+    run_virtual(_a_close_racing_a_resume_on_this_node_closes_the_new_connection())
+
+
+async def _a_close_racing_a_resume_on_this_node_closes_the_new_connection() -> None:
+    class Slow(MemoryStore):
+        async def claim(self, *args: Any, **kwargs: Any) -> Any:
+            record = await super().claim(*args, **kwargs)
+            await asyncio.sleep(0.05)  # the answer's way back
+            return record
+
+    store = Slow()
+    layer = TetherV1ServerLayer(store=store)
+    session, old, welcome = await new_session(layer)
+    for n in range(3):
+        await session.send(f"m{n}")
+    await settle(old, 4)
+    # The client lost the old link (half-open here) and resumes on a new one.
+    new = v1_transport(encode(Hello(welcome.sid, welcome.token, welcome.epoch, rx=0)))
+
+    async def resume() -> Session:
+        resumed = await layer.open(new, REQUEST)
+        resumed.attach(new)
+        return resumed
+
+    resuming = asyncio.ensure_future(resume())
+    await asyncio.sleep(0.01)  # the claim is in flight
+    await session.close(4000, "done")
+    assert await resuming is session
+    assert new.close_calls == [(4000, "done")]
+    assert new.sent[1:] == ["d1:0:m0", "d2:0:m1", "d3:0:m2"]  # the replay, then the close
+    await asyncio.sleep(1.0)
+    assert await store.load(welcome.sid) is None  # the new link's Close came back: done
+    await layer.stop()

@@ -487,19 +487,27 @@ class TetherV1ServerLayer(ServerLayer):
                     # Held by this process, which has its messages: claim between its
                     # batch writes, and adopt the session before the next write.
                     record, replay = await self.store.load(hello.sid), None
-                    if record is not None and record.generation != local.generation:
-                        # Claimed elsewhere since, and this process wrote nothing after
-                        # (so no write was fenced to tell it): its copy is stale (its
-                        # rx, its replay buffer, its handler). It ends here, as a fenced
-                        # one does, and the session is resumed from the store.
-                        self._fenced(local)
-                        continue
                     claimed = record is not None and admit(record)
                     if claimed:
                         assert record is not None
                         async with local.lock():
                             while local.writing:  # a write under the old generation: let it land
                                 await self._wait_progress(local)
+                            if local.ended or self._by_sid.get(hello.sid) is not local:
+                                continue  # ended or replaced meanwhile: judge again
+                            if record.generation != local.generation:
+                                # This process claims a session it holds only under
+                                # this lock: read again, now that no claim of ours runs.
+                                record = await self.store.load(hello.sid)
+                                if record is None:
+                                    raise UnknownSession(f"session {hello.sid} is unknown")
+                            if record.generation != local.generation:
+                                # Claimed elsewhere since, and this process wrote nothing
+                                # after (no fenced write told it): its copy is stale (its
+                                # rx, its replay buffer, its handler). It ends as a fenced
+                                # one does; the session is resumed from the store.
+                                self._fenced(local)
+                                continue
                             record = await self.store.claim(
                                 hello.sid,
                                 record.generation,
@@ -554,10 +562,12 @@ class TetherV1ServerLayer(ServerLayer):
                 async with state.lock():
                     while state.writing and not state.ended:
                         await self._wait_progress(state)
-                    if not state.ended and self._by_sid.get(hello.sid) is state:
-                        self._adopt(state, record.generation)
-                    else:
+                    if state.ended or self._by_sid.get(hello.sid) is not state:
                         state = None
+                    elif record.generation <= state.generation:
+                        continue  # that resume claimed after this one: judge again
+                    else:
+                        self._adopt(state, record.generation)
             if state is None or state.ended:
                 if replay is None:  # claimed as held here, but its state ended since
                     try:
@@ -1644,14 +1654,26 @@ class TetherV1ServerLayer(ServerLayer):
             return await transport.close(code, reason)
         session.read_ahead(keep=True)  # the closing handshake must be read
         await self._settle(state, timeout=2.0)
+        if newer := _newer_transport(state, transport):
+            return await self.close(session, newer, code, reason)
         endpoint = state.endpoint
-        owed = state.durable and not state.ended and endpoint.peer_acked < endpoint.tx
-        if owed:
-            await self._record_end(state, code, reason)
-        self._end(state, ClosedInfo(code, reason, clean=True, sent_code=code), delete=not owed)
+        sent_all = _settled(state)  # (else frames still wait for a slow link)
+        owed = not state.ended and (not sent_all or endpoint.peer_acked < endpoint.tx)
+        recorded = owed and await self._record_end(state, code, reason, settle=False)
+        if newer := _newer_transport(state, transport):
+            # A resume here took the session over while the end was written (at its
+            # generation): the close goes to that connection.
+            return await self.close(session, newer, code, reason)
+        self._end(state, ClosedInfo(code, reason, clean=True, sent_code=code), delete=not recorded)
+        if recorded and not sent_all:
+            # A Close now would cut off the frames still queued for this slow link:
+            # drop it instead; the client's resume gets them, then this close.
+            transport.abort()
+            self._leave_resumable(state)
+            return ClosedInfo(CloseCode.ABNORMAL_CLOSURE, "", clean=False, sent_code=None)
         info = await transport.close(code, reason)
-        if owed:
-            if info.clean:
+        if recorded:
+            if info.clean:  # the client's Close came back: it has every frame before ours
                 self._spawn(self._delete(session.id, state.generation))
             else:
                 self._leave_resumable(state)
@@ -1690,40 +1712,38 @@ class TetherV1ServerLayer(ServerLayer):
             return session.closed or info
         return await self.close(session, transport, code, reason)
 
-    async def _record_end(self, state: _V1, code: int, reason: str) -> None:
-        """Tell the store the application ended the session (SessionStore.end).
+    async def _record_end(self, state: _V1, code: int, reason: str, *, settle: bool = True) -> bool:
+        """Tell the store the application ended the session (SessionStore.end); True if it did.
 
         So that a resume anywhere else (another node; this process's replacement,
         after a restart that came first) replays and closes instead of starting the
-        handler again. What the handler sent is stored first: a replay read after
-        the mark must hold it. A store that cannot record it (one written before
-        ``end``, or unavailable) leaves only this process able to finish the
-        session, as before.
+        handler again. What the handler sent is stored first (``settle``: the
+        caller may have waited already): a replay read after the mark must hold it.
+        A store that cannot record it (one written before ``end``, or unavailable)
+        leaves the session as before.
         """
         if not state.durable:
-            return
-        await self._settle(state, timeout=2.0)
+            return False
+        if settle:
+            await self._settle(state, timeout=2.0)
         sid = state.session.id
         try:
             async with state.lock():
                 while state.writing and not state.ended:
                     await self._wait_progress(state)
                 if state.ended:
-                    return
+                    return False
                 await self.store.end(sid, state.generation, code=code, reason=reason)
+                return True
         except NotImplementedError:
-            return
+            return False
         except Fenced:
             # Resumed elsewhere already: that connection's server has it now, and the
             # close waiting here for the client (close_detached) would wait in vain.
             self._fenced(state)
         except StoreError as exc:
-            logger.warning(
-                "session %s: the store did not record its end (%s); only this process"
-                " can finish it",
-                sid,
-                exc,
-            )
+            logger.warning("session %s: the store did not record its end: %s", sid, exc)
+        return False
 
     def handler_ended(self, session: Session) -> tuple[int, str] | None:
         """The (code, reason) the application ended ``session`` with before it came here."""
@@ -1889,6 +1909,12 @@ def _promote_lazy_ack(state: _V1) -> None:
 def _rx_to_write(state: _V1) -> int | None:
     """The rx the handler took and the store does not have yet, or None."""
     return state.consumed_rx if state.consumed_rx > state.written_rx else None
+
+
+def _newer_transport(state: _V1, transport: Transport) -> Transport | None:
+    """The newer connection of this process that took the session from ``transport``."""
+    newer = state.transport
+    return newer if not state.ended and newer is not None and newer is not transport else None
 
 
 def _settled(state: _V1) -> bool:
