@@ -1326,13 +1326,14 @@ class HeldLoad(GatedStore):
         return await super().load(sid)
 
 
-async def test_a_claim_over_a_resume_registered_meanwhile_waits_for_its_write() -> None:
-    """Two resumes of one session at once in a new process, B judged before A registered.
+async def test_a_second_resume_of_one_session_waits_for_the_first_and_takes_it_over() -> None:
+    """Two resumes of one session at once in a new process: one at a time, the later wins.
 
-    A resumes and sends; B's claim then fences A's write in flight. B waits for that
-    write before it adopts anything: fenced, it ends A's state (4901 to A), and B gets
-    the session restored from what its own claim read. (Adopting A's state at once let
-    A's fenced write close B's connection with 4901.)
+    B is at the store when A arrives: A waits until B's resume is done, then finds the
+    session held here and takes it over (4901 to B). One Session, so one handler.
+    (Before, both went to the store at once: A's claim and B's write raced, and the
+    loser's state ended; with a handler that had sent meanwhile, the session was
+    restored in a new Session and its handler started a second time.)
     """
     store = HeldLoad()
     _, gone, welcome = await new_session(TetherV1ServerLayer(store=store))
@@ -1343,37 +1344,30 @@ async def test_a_claim_over_a_resume_registered_meanwhile_waits_for_its_write() 
     load_b = store.hold_next_load()
     b = v1_transport(hello)
     opening_b = asyncio.ensure_future(layer.open(b, REQUEST))
-    await store.loading.wait()  # B: nothing held here, so a resume from the store
+    await store.loading.wait()  # B: at the store
     a = v1_transport(hello)
-    session_a = await layer.open(a, REQUEST)  # A: claims generation 2, registered
-    session_a.attach(a)
-    await settle(a, 1)
-    store.gate.clear()
-    store.entered.clear()
-    sending = asyncio.ensure_future(session_a.send("x"))
-    await store.entered.wait()  # A's write, under generation 2, in flight
-    load_b.set()  # B loads generation 2 and claims generation 3
+    opening_a = asyncio.ensure_future(layer.open(a, REQUEST))
     for _ in range(50):
         await asyncio.sleep(0)
-    assert not opening_b.done()  # B waits for A's write
-    store.gate.set()  # A's write: fenced
+    assert not opening_a.done()  # A waits for B's resume
+    load_b.set()
     session_b = await opening_b
     session_b.attach(b)
-    await settle(b, 1)
-    back = decode(b.sent[0])
+    session_a = await opening_a
+    session_a.attach(a)
+    assert session_a is session_b
+    await eventually(lambda: b.close_calls == [(4901, "taken over")], 2.0)
+    await settle(a, 1)
+    back = decode(a.sent[0])
     assert isinstance(back, Welcome)
     assert back.resumed
-    assert session_b is not session_a
-    assert b.close_calls == []
-    await eventually(lambda: a.close_calls == [(4901, "taken over")], 2.0)
-    with pytest.raises(ConnectionClosedError):
-        await sending
     record = await store.load(welcome.sid)
     assert record is not None
     assert record.generation == 3
-    await session_b.send("y")  # B's session writes under its generation
-    await settle(b, 2)
-    assert b.sent[1] == "d1:0:y"
+    await session_a.send("y")  # under generation 3: not fenced
+    await settle(a, 2)
+    assert a.sent[1] == "d1:0:y"
+    assert session_a.closed is None
 
 
 class HeldLoadAndWrite(HeldLoad):
@@ -1391,15 +1385,16 @@ class HeldLoadAndWrite(HeldLoad):
         return await super().write(*args, **kwargs)
 
 
-def test_a_claim_over_a_resume_registered_meanwhile_waits_for_its_tasks_write() -> None:
-    run_virtual(_a_claim_waits_for_the_tasks_write())
+def test_a_second_resume_waits_for_the_write_the_first_ones_task_has_in_flight() -> None:
+    run_virtual(_a_second_resume_waits_for_the_tasks_write())
 
 
-async def _a_claim_waits_for_the_tasks_write() -> None:
-    """As above, with the write in flight from the session's task, under its store lock.
+async def _a_second_resume_waits_for_the_tasks_write() -> None:
+    """A resume of a session whose task is writing (under its store lock) waits for it.
 
     The lazy ack's write goes that way (the task writes it, the writer is not
-    involved): the later claim must wait for the lock, not only for the writer.
+    involved): the claim must wait for the lock, not only for the writer, so that the
+    write lands under its own generation and the session lives on.
     """
     store = HeldLoadAndWrite()
     _, gone, welcome = await new_session(TetherV1ServerLayer(store=store))
@@ -1407,38 +1402,36 @@ async def _a_claim_waits_for_the_tasks_write() -> None:
     await eventually(lambda: store.detached == 1, 2.0)
     layer = TetherV1ServerLayer(store=store)
     hello = encode(Hello(welcome.sid, welcome.token, welcome.epoch, rx=0))
-    load_b = store.hold_next_load()
     b = v1_transport(hello)
-    opening_b = asyncio.ensure_future(layer.open(b, REQUEST))
-    await store.loading.wait()
-    a = v1_transport(hello)
-    session_a = await layer.open(a, REQUEST)  # A: generation 2
-    session_a.attach(a)
-    session_a.read_ahead(keep=True)  # a handler that only sends: the layer reads the acks
-    await session_a.send("m1")
-    await eventually(lambda: a.sent[-1:] == ["d1:0:m1"], 2.0)
+    session = await layer.open(b, REQUEST)  # generation 2
+    session.attach(b)
+    session.read_ahead(keep=True)  # a handler that only sends: the layer reads the acks
+    await session.send("m1")
+    await eventually(lambda: b.sent[-1:] == ["d1:0:m1"], 2.0)
     store.write_gate.clear()
     store.writing.clear()
-    a.feed(encode(Ack(1)))  # written lazily, by the session's task
+    b.feed(encode(Ack(1)))  # written lazily, by the session's task
     await eventually(store.writing.is_set, LAZY_ACK_WRITE_S + 5.0)
-    state_a = layer._states[session_a]
-    assert state_a.locked()
-    assert not state_a.writing
-    load_b.set()  # B claims generation 3
+    state = layer._states[session]
+    assert state.locked()
+    assert not state.writing
+    a = v1_transport(encode(Hello(welcome.sid, welcome.token, welcome.epoch, rx=1)))
+    opening_a = asyncio.ensure_future(layer.open(a, REQUEST))
     for _ in range(50):
         await asyncio.sleep(0)
-    assert not opening_b.done()  # B waits for the store lock
-    store.write_gate.set()  # A's ack write: fenced
-    session_b = await opening_b
-    session_b.attach(b)
-    await eventually(lambda: len(b.sent) >= 2, 2.0)
-    back = decode(b.sent[0])
+    assert not opening_a.done()  # the claim waits for the store lock
+    store.write_gate.set()  # the ack's write lands, under generation 2
+    assert await opening_a is session
+    session.attach(a)
+    await settle(a, 1)
+    back = decode(a.sent[0])
     assert isinstance(back, Welcome)
     assert back.resumed
-    assert b.sent[1] == "d1:0:m1"  # the replay B's claim read (the ack never landed)
-    assert session_b is not session_a
-    assert b.close_calls == []
-    await eventually(lambda: a.close_calls == [(4901, "taken over")], 2.0)
+    await eventually(lambda: b.close_calls == [(4901, "taken over")], 2.0)
+    record = await store.load(welcome.sid)
+    assert record is not None
+    assert (record.generation, record.acked) == (3, 1)
+    await layer.stop()
 
 
 async def test_a_resume_is_judged_when_the_store_answered(
@@ -1805,28 +1798,29 @@ async def _a_node_holding_a_stale_copy_resumes_from_the_store() -> None:
 
 
 @pytest.mark.parametrize(
-    ("link_survives_the_close", "store_records_ends"),
-    [(True, True), (False, True), (False, False)],
+    ("link_survives_the_close", "store_records_ends", "all_acked"),
+    [(True, True, False), (False, True, False), (False, False, False), (False, True, True)],
 )
 def test_a_close_keeps_the_session_until_the_client_closed_back(
-    link_survives_the_close: bool, store_records_ends: bool
+    link_survives_the_close: bool, store_records_ends: bool, all_acked: bool
 ) -> None:
     """close() with messages unacknowledged: deleted after the client's Close, else kept.
 
     (Before, the record was deleted as the close began: a link that died before the
     client had read the last messages lost them, and the resume was refused unknown.)
     A store that cannot record the end: deleted as before (kept, its resume would
-    start the handler again).
+    start the handler again). Everything acknowledged: kept all the same, so that the
+    client's resume still gets the close, not a new session (and a handler again).
     """
     run_virtual(
         _a_close_keeps_the_session_until_the_client_closed_back(
-            link_survives_the_close, store_records_ends
+            link_survives_the_close, store_records_ends, all_acked
         )
     )
 
 
 async def _a_close_keeps_the_session_until_the_client_closed_back(
-    survives: bool, records_ends: bool
+    survives: bool, records_ends: bool, all_acked: bool
 ) -> None:
     class DiesOnClose(FakeTransport):
         async def close(self, code: int, reason: str = "") -> ClosedInfo:
@@ -1852,7 +1846,13 @@ async def _a_close_keeps_the_session_until_the_client_closed_back(
     assert isinstance(welcome, Welcome)
     for n in range(3):
         await session.send(f"m{n}")
-    await session.close(4000, "done")
+    if all_acked:
+        session.read_ahead(keep=True)
+        link.feed(encode(Ack(3)))
+        await eventually(lambda: node_a._states[session].endpoint.peer_acked == 3, 2.0)
+    info = await session.close(4000, "done")
+    assert info.clean is survives  # (not a clean close announced for a link that died)
+    assert session.closed == info
     await asyncio.sleep(1.0)  # (virtual) the delete, or the detach, lands
     record = await store.load(welcome.sid)
     if survives or not records_ends:
@@ -1862,11 +1862,14 @@ async def _a_close_keeps_the_session_until_the_client_closed_back(
         assert (record.end_code, record.end_reason, record.tx) == (4000, "done", 3)
         assert record.expires_at is not None  # detached: it expires if never resumed
         # The client comes back (to another node here): the rest, then the close.
-        again = v1_transport(encode(Hello(welcome.sid, welcome.token, welcome.epoch, rx=1)))
+        rx = 3 if all_acked else 1
+        again = v1_transport(encode(Hello(welcome.sid, welcome.token, welcome.epoch, rx=rx)))
         resumed = await node_b.open(again, REQUEST)
         resumed.attach(again)
-        await settle(again, 3)
-        assert again.sent[1:] == ["d2:0:m1", "d3:0:m2"]
+        await settle(again, 1)
+        if not all_acked:
+            await settle(again, 3)
+            assert again.sent[1:] == ["d2:0:m1", "d3:0:m2"]
         assert node_b.handler_ended(resumed) == (4000, "done")
     await node_a.stop()
     await node_b.stop()
@@ -1956,17 +1959,18 @@ async def _two_resumes_on_one_node_at_once_keep_the_session_alive(stagger: float
     await layer.stop()
 
 
-def test_a_close_does_not_cut_off_frames_still_queued_for_a_slow_link() -> None:
-    """close() while frames wait for a slow link: the link is dropped, not closed.
+def test_a_close_keeps_the_session_when_frames_were_still_queued() -> None:
+    """close() with frames not yet handed to a link whose send blocks: the session stays.
 
-    The client's resume then gets the rest, then the close. (Before, a Close went out
-    after 2 s with frames still queued; the client's Close came back clean and the
-    record was deleted: the rest was gone, with no error on either side.)
+    The Close goes out after the settle's bound (2 s), cutting those frames off; the
+    client's Close comes back clean, yet the session is kept with its end, and the
+    client's resume gets the rest, then the close. (Before, the record was deleted:
+    the rest was gone, with no error on either side.)
     """
-    run_virtual(_a_close_does_not_cut_off_frames_still_queued_for_a_slow_link())
+    run_virtual(_a_close_keeps_the_session_when_frames_were_still_queued())
 
 
-async def _a_close_does_not_cut_off_frames_still_queued_for_a_slow_link() -> None:
+async def _a_close_keeps_the_session_when_frames_were_still_queued() -> None:
     class Slow(FakeTransport):
         async def send(self, message: Any) -> None:
             await asyncio.sleep(0.8)  # a slow client: 0.8 s per frame
@@ -1987,12 +1991,14 @@ async def _a_close_does_not_cut_off_frames_still_queued_for_a_slow_link() -> Non
     again = await layer.open(slow, REQUEST)
     again.attach(slow)
     await again.close(4000, "done")
-    assert slow.close_calls == []  # no Close frame: it would have cut the replay off
+    assert slow.close_calls == [(4000, "done")]
     got = len(slow.sent) - 1
     assert got < 6
+    await asyncio.sleep(1.0)  # (virtual) the detach lands
     record = await store.load(welcome.sid)
     assert record is not None
     assert (record.end_code, record.tx) == (4000, 6)
+    assert record.expires_at is not None
     # The client comes back (acking what it got): the rest of the replay.
     rest = v1_transport(encode(Hello(welcome.sid, welcome.token, welcome.epoch, rx=got)))
     resumed = await layer.open(rest, REQUEST)

@@ -63,7 +63,7 @@ import inspect
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -315,6 +315,8 @@ class TetherV1ServerLayer(ServerLayer):
         self.limiter = ResumeLimiter(resume_limit) if resume_limit is not None else None
         self._states: dict[Session, _V1] = {}
         self._by_sid: dict[str, _V1] = {}
+        #: Resumes under way, per session id: a lock and how many use it (see _resume).
+        self._resuming: dict[str, tuple[asyncio.Lock, list[int]]] = {}
         self._process_exiting = False
         #: The store writes without awaiting: senders flush inline (see the module doc).
         self._inline = type(self.store).write_nowait is not SessionStore.write_nowait
@@ -471,6 +473,40 @@ class TetherV1ServerLayer(ServerLayer):
         if self.limiter is not None and not self.limiter.allowed(host, loop.time()):
             # Before the store: a limited address learns nothing about the session.
             return await self._new(transport, request, principal, reason=LostReason.RATE_LIMITED)
+        # One resume of a session at a time in this process (a client's retry, a hello
+        # that was late on a connection the client already gave up): each then finds
+        # the session as the one before left it, held here and adopted, and this
+        # process claims a session only under that order (the stale-copy check in
+        # _claim relies on it); the last to arrive wins.
+        async with self._one_resume_at_a_time(hello.sid):
+            return await self._claim(transport, request, principal, hello, host)
+
+    @contextlib.asynccontextmanager
+    async def _one_resume_at_a_time(self, sid: str) -> AsyncIterator[None]:
+        entry = self._resuming.get(sid)
+        if entry is None:
+            entry = self._resuming[sid] = (asyncio.Lock(), [0])
+        lock, users = entry
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._resuming[sid]
+
+    async def _claim(
+        self,
+        transport: Transport,
+        request: RequestInfo,
+        principal: str | None,
+        hello: Hello,
+        host: object,
+    ) -> Session:
+        assert hello.sid is not None
+        assert hello.token is not None
+        loop = asyncio.get_running_loop()
         previous_token_hash = hash_token(hello.token)
         for _ in range(_CLAIM_ATTEMPTS):
             token, token_hash = new_token(secrets.token_bytes)
@@ -496,16 +532,12 @@ class TetherV1ServerLayer(ServerLayer):
                             if local.ended or self._by_sid.get(hello.sid) is not local:
                                 continue  # ended or replaced meanwhile: judge again
                             if record.generation != local.generation:
-                                # This process claims a session it holds only under
-                                # this lock: read again, now that no claim of ours runs.
-                                record = await self.store.load(hello.sid)
-                                if record is None:
-                                    raise UnknownSession(f"session {hello.sid} is unknown")
-                            if record.generation != local.generation:
-                                # Claimed elsewhere since, and this process wrote nothing
-                                # after (no fenced write told it): its copy is stale (its
-                                # rx, its replay buffer, its handler). It ends as a fenced
-                                # one does; the session is resumed from the store.
+                                # Claimed elsewhere since (no claim of this process is in
+                                # flight: one resume of a session at a time), and this
+                                # process wrote nothing after, so no fenced write told it:
+                                # its copy is stale (its rx, its replay buffer, its
+                                # handler). It ends as a fenced one does; the session is
+                                # resumed from the store.
                                 self._fenced(local)
                                 continue
                             record = await self.store.claim(
@@ -1643,11 +1675,10 @@ class TetherV1ServerLayer(ServerLayer):
     ) -> ClosedInfo:
         """The application ends the session: flush, close the connection, forget the session.
 
-        The record goes once the client's Close came back: it then has every frame
-        sent before ours. Should the link die first while the client has not
-        acknowledged everything the handler sent, the record stays, with the end
-        recorded (SessionStore.end) and its expiry: the client's resume, here or on
-        another node, replays the rest and closes again, with no handler.
+        The end is recorded (SessionStore.end) and the record goes once the client's
+        Close came back: it then has every frame sent before ours. Should the link
+        die first, the record stays, with its expiry: the client's resume, here or on
+        another node, replays what it lacks and closes again, with no handler.
         """
         state = self._states.get(session)
         if state is None:
@@ -1656,24 +1687,27 @@ class TetherV1ServerLayer(ServerLayer):
         await self._settle(state, timeout=2.0)
         if newer := _newer_transport(state, transport):
             return await self.close(session, newer, code, reason)
-        endpoint = state.endpoint
-        sent_all = _settled(state)  # (else frames still wait for a slow link)
-        owed = not state.ended and (not sent_all or endpoint.peer_acked < endpoint.tx)
-        recorded = owed and await self._record_end(state, code, reason, settle=False)
+        # The end is recorded first (even with everything acknowledged: a Close lost
+        # with the link must not leave a client that resumes to find no session, and
+        # a handler started again), and the session deleted once the Close came back.
+        recorded = not state.ended and await self._record_end(state, code, reason, settle=False)
         if newer := _newer_transport(state, transport):
             # A resume here took the session over while the end was written (at its
             # generation): the close goes to that connection.
             return await self.close(session, newer, code, reason)
+        if state.outq and state.transport is transport:
+            self._send_written(state)  # (stored while the end was written: out they go)
+        # Frames still not handed to the connection (past the settle's bound: a store
+        # slower than 2 s, a transport whose send blocks) go with the Close: the client
+        # then lacks them, however clean the close, and gets them from its resume.
+        unsent = bool(state.outq)
         self._end(state, ClosedInfo(code, reason, clean=True, sent_code=code), delete=not recorded)
-        if recorded and not sent_all:
-            # A Close now would cut off the frames still queued for this slow link:
-            # drop it instead; the client's resume gets them, then this close.
-            transport.abort()
-            self._leave_resumable(state)
-            return ClosedInfo(CloseCode.ABNORMAL_CLOSURE, "", clean=False, sent_code=None)
         info = await transport.close(code, reason)
+        if not info.clean:
+            session.correct_end(info)  # (not the clean close _end announced)
         if recorded:
-            if info.clean:  # the client's Close came back: it has every frame before ours
+            if info.clean and not unsent:
+                # The client's Close came back: it has every frame before ours.
                 self._spawn(self._delete(session.id, state.generation))
             else:
                 self._leave_resumable(state)

@@ -679,6 +679,17 @@ class Session:
             return True
         return self._max_queue_bytes is not None and self._inbox_bytes >= self._max_queue_bytes
 
+    def correct_end(self, info: ClosedInfo) -> None:
+        """Replace the end announced before the close went out with how it went.
+
+        For a session layer that ends the session (:meth:`end`) before its Close
+        goes out, so that nothing more is taken, and then sees the link die instead
+        of the Close coming back: :attr:`closed`, and what :meth:`close` returns,
+        then say so.
+        """
+        if self._closed is not None:
+            self._closed = info
+
     def end(self, info: ClosedInfo, *, discard_unread: bool = False) -> None:
         """End the session with ``info`` (idempotent: the first end wins).
 
