@@ -66,6 +66,24 @@ async def new_session(
     return session, transport, welcome
 
 
+async def drop(session: Session, link: FakeTransport) -> None:
+    """The link dies (1006); return once the layer let the session go of it."""
+    link.peer_closed(ClosedInfo(1006, "", clean=False))
+    await eventually(lambda: session.transport is None, 2.0)
+
+
+async def resume_on(
+    layer: TetherV1ServerLayer, welcome: Welcome, *, rx: int, token: str | None = None
+) -> tuple[Session, FakeTransport]:
+    """A client's resume of ``welcome``'s session on ``layer``, its welcome sent."""
+    hello = Hello(welcome.sid, token or welcome.token, welcome.epoch, rx=rx)
+    link = v1_transport(encode(hello))
+    session = await layer.open(link, REQUEST)
+    session.attach(link)
+    await settle(link, 1)
+    return session, link
+
+
 async def test_plain_client_gets_a_plain_session() -> None:
     """No tether.v1 negotiated: a plain session, messages unchanged."""
     layer = TetherV1ServerLayer()
@@ -1765,25 +1783,17 @@ async def _a_node_holding_a_stale_copy_resumes_from_the_store() -> None:
     node_b = TetherV1ServerLayer(store=store)
     on_a, link_a, welcome = await new_session(node_a)
     await on_a.send("a1")
-    link_a.peer_closed(ClosedInfo(1006, "", clean=False))
-    await eventually(lambda: on_a.transport is None, 2.0)
+    await drop(on_a, link_a)
     # The client resumes on B, which sends b2; then it drops again.
-    link_b = v1_transport(encode(Hello(welcome.sid, welcome.token, welcome.epoch, rx=1)))
-    on_b = await node_b.open(link_b, REQUEST)
-    on_b.attach(link_b)
-    await settle(link_b, 1)
+    on_b, link_b = await resume_on(node_b, welcome, rx=1)
     welcome_b = decode(link_b.sent[0])
     assert isinstance(welcome_b, Welcome)
     assert welcome_b.resumed
     await on_b.send("b2")
     await settle(link_b, 2)
-    link_b.peer_closed(ClosedInfo(1006, "", clean=False))
-    await eventually(lambda: on_b.transport is None, 2.0)
+    await drop(on_b, link_b)
     # Back to A (which never wrote since, so nothing told it), having seen b2: rx=2.
-    link_a2 = v1_transport(encode(Hello(welcome.sid, welcome_b.token, welcome.epoch, rx=2)))
-    again = await node_a.open(link_a2, REQUEST)
-    again.attach(link_a2)
-    await settle(link_a2, 1)
+    again, link_a2 = await resume_on(node_a, welcome, rx=2, token=welcome_b.token)
     welcome_a2 = decode(link_a2.sent[0])
     assert isinstance(welcome_a2, Welcome)
     assert (welcome_a2.resumed, welcome_a2.sid) == (True, welcome.sid)
@@ -1889,12 +1899,8 @@ async def _a_close_while_away_learns_of_a_resume_elsewhere_at_once() -> None:
     node_a = TetherV1ServerLayer(store=store, resume_window=60.0)
     node_b = TetherV1ServerLayer(store=store, resume_window=60.0)
     session, link, welcome = await new_session(node_a)
-    link.peer_closed(ClosedInfo(1006, "", clean=False))
-    await eventually(lambda: session.transport is None, 2.0)
-    again = v1_transport(encode(Hello(welcome.sid, welcome.token, welcome.epoch, rx=0)))
-    resumed = await node_b.open(again, REQUEST)
-    resumed.attach(again)
-    await settle(again, 1)
+    await drop(session, link)
+    await resume_on(node_b, welcome, rx=0)
     loop = asyncio.get_running_loop()
     began = loop.time()
     info = await asyncio.wait_for(session.close(1000), 120.0)

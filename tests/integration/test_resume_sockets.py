@@ -1116,13 +1116,7 @@ async def test_a_handler_done_while_its_client_is_away_is_not_started_again() ->
             first.transport.abort()  # 1006
             await eventually(lambda: bool(runs) and runs[0].transport is None, 5)
         client_gone.set()
-        hello = {
-            "type": "hello",
-            "sid": welcome["sid"],
-            "token": welcome["token"],
-            "epoch": welcome["epoch"],
-            "rx": 0,
-        }
+        hello = _resume_hello(welcome)
         async with ws_connect(url, subprotocols=["tether.v1"]) as second:  # type: ignore[list-item]
             await second.send(json.dumps(hello))
             assert json.loads(await second.recv())["resumed"] is True
@@ -1133,6 +1127,11 @@ async def test_a_handler_done_while_its_client_is_away_is_not_started_again() ->
         await server.shutdown()
     assert got == ["d1:0:m0", "d2:0:m1", "d3:0:m2"]
     assert len(runs) == 1
+
+
+def _resume_hello(welcome: dict[str, Any]) -> dict[str, Any]:
+    """The hello of a client resuming ``welcome``'s session, having received nothing."""
+    return {k: welcome[k] for k in ("sid", "token", "epoch")} | {"type": "hello", "rx": 0}
 
 
 def _stores(kind: str, tmp_path: Path) -> tuple[SessionStore, SessionStore]:
@@ -1193,13 +1192,7 @@ async def test_a_handler_done_while_its_client_is_away_is_not_started_again_else
         if where == "after a restart":
             await node_a.restart()  # A's handler is cancelled by the drain; the record stays
         node_b = await start_server(handler("B"), store_b)
-        hello = {
-            "type": "hello",
-            "sid": welcome["sid"],
-            "token": welcome["token"],
-            "epoch": welcome["epoch"],
-            "rx": 0,
-        }
+        hello = _resume_hello(welcome)
         async with ws_connect(  # type: ignore[list-item]
             f"ws://127.0.0.1:{node_b.port}/", subprotocols=["tether.v1"]
         ) as second:
