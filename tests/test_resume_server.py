@@ -2054,3 +2054,30 @@ async def _a_close_racing_a_resume_on_this_node_closes_the_new_connection() -> N
     await asyncio.sleep(1.0)
     assert await store.load(welcome.sid) is None  # the new link's Close came back: done
     await layer.stop()
+
+
+def test_a_close_does_not_wait_for_a_stalled_store_to_record_the_end() -> None:
+    """close() with the store stalled: after 2 s it closes and deletes, as before ends were kept.
+
+    (The end's write was unbounded: a stalled Redis held the handler's close().)
+    """
+    run_virtual(_a_close_does_not_wait_for_a_stalled_store_to_record_the_end())
+
+
+async def _a_close_does_not_wait_for_a_stalled_store_to_record_the_end() -> None:
+    class Stalled(MemoryStore):
+        async def end(self, sid: str, generation: int, *, code: int, reason: str) -> None:
+            await asyncio.sleep(3600.0)
+
+    store = Stalled()
+    layer = TetherV1ServerLayer(store=store)
+    session, link, welcome = await new_session(layer)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    info = await asyncio.wait_for(session.close(4000, "done"), 60.0)
+    assert loop.time() - began <= 2.5
+    assert (info.code, info.clean) == (4000, True)
+    assert link.close_calls == [(4000, "done")]
+    await asyncio.sleep(1.0)
+    assert await store.load(welcome.sid) is None
+    await layer.stop()

@@ -125,6 +125,8 @@ _TAKEOVER_CLOSE_S = 2.0
 
 #: Seconds stop() waits for the writes in flight before it cancels them.
 _STOP_WRITES_S = 5.0
+#: Seconds a close waits for the store to record the session's end (SessionStore.end).
+_END_WRITE_S = 2.0
 
 #: A write the store failed is retried after this, doubling up to _RETRY_MAX_S.
 _RETRY_FIRST_S = 0.05
@@ -1767,9 +1769,15 @@ class TetherV1ServerLayer(ServerLayer):
                     await self._wait_progress(state)
                 if state.ended:
                     return False
-                await self.store.end(sid, state.generation, code=code, reason=reason)
+                # Bounded: the handler's close() waits for it (a stalled store would
+                # hold it until the store came back).
+                end = self.store.end(sid, state.generation, code=code, reason=reason)
+                await bounded(end, _END_WRITE_S)
                 return True
         except NotImplementedError:
+            return False
+        except TimeoutError:
+            logger.warning("session %s: the store did not record its end in time", sid)
             return False
         except Fenced:
             # Resumed elsewhere already: that connection's server has it now, and the
