@@ -2081,3 +2081,51 @@ async def _a_close_does_not_wait_for_a_stalled_store_to_record_the_end() -> None
     await asyncio.sleep(1.0)
     assert await store.load(welcome.sid) is None
     await layer.stop()
+
+
+def test_a_hello_whose_connection_died_while_it_waited_takes_nothing_over() -> None:
+    """The live resume first, a late one from an attempt the client gave up behind it.
+
+    The late one's connection is gone when its turn comes: it claims nothing. (Before,
+    it claimed the session and took it from the live connection with 4901, final for
+    the client: SessionLost(taken_over), its unacknowledged messages lost.)
+    """
+    run_virtual(_a_hello_whose_connection_died_while_it_waited_takes_nothing_over())
+
+
+async def _a_hello_whose_connection_died_while_it_waited_takes_nothing_over() -> None:
+    class Slow(MemoryStore):
+        async def claim(self, *args: Any, **kwargs: Any) -> Any:
+            record = await super().claim(*args, **kwargs)
+            await asyncio.sleep(0.05)  # the answer's way back
+            return record
+
+    class Engine(FakeTransport):
+        @property
+        def closed(self) -> ClosedInfo | None:
+            return self._ending  # (an engine knows at once, unread messages or not)
+
+    store = Slow()
+    layer = TetherV1ServerLayer(store=store)
+    session, link, welcome = await new_session(layer)
+    await drop(session, link)
+    hello = encode(Hello(welcome.sid, welcome.token, welcome.epoch, rx=0))
+    live, late = v1_transport(hello), Engine()
+    late.subprotocol = "tether.v1"
+    late.feed(hello)
+    resuming = asyncio.ensure_future(layer.open(live, REQUEST))
+    await asyncio.sleep(0)
+    waiting = asyncio.ensure_future(layer.open(late, REQUEST))
+    await asyncio.sleep(0.01)  # the live claim is in flight; the late one waits its turn
+    late.peer_closed(ClosedInfo(1006, "", clean=False))  # the client had given it up
+    resumed = await resuming
+    resumed.attach(live)
+    with pytest.raises(TransportClosed):
+        await waiting
+    await settle(live, 1)
+    assert live.close_calls == []
+    assert resumed.closed is None
+    record = await store.load(welcome.sid)
+    assert record is not None
+    assert record.generation == 2  # the late hello claimed nothing
+    await layer.stop()

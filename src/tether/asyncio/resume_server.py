@@ -481,6 +481,10 @@ class TetherV1ServerLayer(ServerLayer):
         # process claims a session only under that order (the stale-copy check in
         # _claim relies on it); the last to arrive wins.
         async with self._one_resume_at_a_time(hello.sid):
+            if transport.closed is not None:
+                # A hello the client gave up on (its connection is gone, as it waited
+                # behind the live one's resume): it must not take the session over.
+                raise TransportClosed(transport.closed)
             return await self._claim(transport, request, principal, hello, host)
 
     @contextlib.asynccontextmanager
@@ -533,6 +537,8 @@ class TetherV1ServerLayer(ServerLayer):
                                 await self._wait_progress(local)
                             if local.ended or self._by_sid.get(hello.sid) is not local:
                                 continue  # ended or replaced meanwhile: judge again
+                            if transport.closed is not None:
+                                raise TransportClosed(transport.closed)  # (as above)
                             if record.generation != local.generation:
                                 # Claimed elsewhere since (no claim of this process is in
                                 # flight: one resume of a session at a time), and this
@@ -1703,12 +1709,14 @@ class TetherV1ServerLayer(ServerLayer):
         # slower than 2 s, a transport whose send blocks) go with the Close: the client
         # then lacks them, however clean the close, and gets them from its resume.
         unsent = bool(state.outq)
-        self._end(state, ClosedInfo(code, reason, clean=True, sent_code=code), delete=not recorded)
+        announced = ClosedInfo(code, reason, clean=True, sent_code=code)
+        self._end(state, announced, delete=not recorded)
         info = await transport.close(code, reason)
         if not info.clean:
-            session.correct_end(info)  # (not the clean close _end announced)
+            session.correct_end(announced, info)  # (not the clean close announced)
         if recorded:
-            if info.clean and not unsent:
+            # (A drain's 1012 that went out first: the client was told to resume.)
+            if info.clean and info.sent_code == code and not unsent:
                 # The client's Close came back: it has every frame before ours.
                 self._spawn(self._delete(session.id, state.generation))
             else:
@@ -1763,17 +1771,20 @@ class TetherV1ServerLayer(ServerLayer):
         if settle:
             await self._settle(state, timeout=2.0)
         sid = state.session.id
-        try:
+
+        async def write_end() -> bool:
             async with state.lock():
                 while state.writing and not state.ended:
                     await self._wait_progress(state)
                 if state.ended:
                     return False
-                # Bounded: the handler's close() waits for it (a stalled store would
-                # hold it until the store came back).
-                end = self.store.end(sid, state.generation, code=code, reason=reason)
-                await bounded(end, _END_WRITE_S)
+                await self.store.end(sid, state.generation, code=code, reason=reason)
                 return True
+
+        try:
+            # Bounded, the write in flight before it included: the handler's close()
+            # waits for it, and a stalled store would hold it until it came back.
+            return await bounded(write_end(), _END_WRITE_S)
         except NotImplementedError:
             return False
         except TimeoutError:

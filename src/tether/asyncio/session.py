@@ -679,15 +679,15 @@ class Session:
             return True
         return self._max_queue_bytes is not None and self._inbox_bytes >= self._max_queue_bytes
 
-    def correct_end(self, info: ClosedInfo) -> None:
-        """Replace the end announced before the close went out with how it went.
+    def correct_end(self, announced: ClosedInfo, info: ClosedInfo) -> None:
+        """Replace the end ``announced`` before the close went out with how it went.
 
         For a session layer that ends the session (:meth:`end`) before its Close
         goes out, so that nothing more is taken, and then sees the link die instead
         of the Close coming back: :attr:`closed`, and what :meth:`close` returns,
-        then say so.
+        then say so. An end that came first (a take-over, a store failure) stays.
         """
-        if self._closed is not None:
+        if self._closed is announced:
             self._closed = info
 
     def end(self, info: ClosedInfo, *, discard_unread: bool = False) -> None:
