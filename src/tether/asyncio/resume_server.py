@@ -591,23 +591,9 @@ class TetherV1ServerLayer(ServerLayer):
                     verdict = verdicts[-1]
                 self._count_refusal(host, loop.time())
                 return await self._new(transport, request, principal, reason=verdict)
-            state = self._by_sid.get(hello.sid)  # (held here: adopted above, unless ended)
-            if state is not local and state is not None and not state.ended:
-                # Registered here by another connection's resume while the store claimed
-                # for this one: its write in flight (the writer's, or its task's under
-                # the store lock) carries the generation this claim fenced. Let it land
-                # first (fenced, it ends that state; the replay read with the claim then
-                # restores the session below), and adopt it under the lock, as a claim
-                # of a session held here does, so that no write starts in between.
-                async with state.lock():
-                    while state.writing and not state.ended:
-                        await self._wait_progress(state)
-                    if state.ended or self._by_sid.get(hello.sid) is not state:
-                        state = None
-                    elif record.generation <= state.generation:
-                        continue  # that resume claimed after this one: judge again
-                    else:
-                        self._adopt(state, record.generation)
+            # Held here and adopted above, or nothing (not held, or ended since): no
+            # other resume of this session registers one meanwhile (one at a time).
+            state = self._by_sid.get(hello.sid)
             if state is None or state.ended:
                 if replay is None:  # claimed as held here, but its state ended since
                     try:
