@@ -41,6 +41,7 @@ class Candidate:
     lost: str | None
     tx: int
     acked: int
+    attempt: int
 
 
 @dataclass
@@ -90,6 +91,8 @@ class Link:
         self.server: ServerEndpoint | None = None
         self.token_hash = ""
         self.previous_token_hash: str | None = None
+        #: The highest hello.attempt a resume was served for, as a store keeps it.
+        self.attempt = 0
         #: Who the current connection is authenticated as.
         self.principal: str | None = None
         #: Who the server's session belongs to (set when it is created).
@@ -123,6 +126,7 @@ class Link:
             self.lost_reason,
             server.tx,
             server.peer_acked,
+            self.attempt,
         )
 
     # --------------------------------------------------------------- actions
@@ -282,6 +286,8 @@ class Link:
             assert hello.token is not None
             assert self.server is not None
             self.previous_token_hash, self.token_hash = hash_token(hello.token), token_hash
+            if hello.attempt is not None:
+                self.attempt = hello.attempt
             assert self.server is not None
             self.server.attach(self.now, token=token, resumed=True, peer_rx=hello.rx)
         else:
@@ -290,6 +296,7 @@ class Link:
             self.session_principal = self.principal
             self.lost_reason = None
             self.token_hash, self.previous_token_hash = token_hash, None
+            self.attempt = 0
             self.server.attach(self.now, token=token, resumed=False, reason=reason)
         self.server_ready = True
 

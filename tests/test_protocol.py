@@ -51,6 +51,8 @@ FRAMES: list[Frame] = [
     Data(MAX_SEQ, 12, b"\x00\xff binary"),
     Hello(),
     Hello("c2lk", "dG9rZW4", "ZXBvY2g", 42),
+    Hello("c2lk", "dG9rZW4", "ZXBvY2g", 42, attempt=3),
+    Hello("c2lk", "dG9rZW4", "ZXBvY2g", 0, attempt=MAX_SEQ),
     WELCOME,
     Welcome(False, "epoch_mismatch", "bmV3", "dG9r", "ZXA", 0, 0, 1000),
     Ack(0),
@@ -168,6 +170,32 @@ def test_hello_without_session_needs_all_three_absent() -> None:
     """A hello with only some of sid/token/epoch is refused."""
     body = {"type": "hello", "sid": "s", "token": "t", "epoch": None, "rx": 0}
     with pytest.raises(ProtocolError, match="together"):
+        decode(json.dumps(body))
+
+
+def test_hello_without_attempt_is_written_as_before() -> None:
+    """An unnumbered hello has no ``attempt`` field (a server before the field reads it)."""
+    assert "attempt" not in json.loads(encode(Hello("c2lk", "dG9rZW4", "ZXBvY2g", 1)))
+    assert json.loads(encode(Hello("c2lk", "dG9rZW4", "ZXBvY2g", 1, attempt=2)))["attempt"] == 2
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        ({"attempt": 0}, "outside 1-"),
+        ({"attempt": MAX_SEQ + 1}, "outside 1-"),
+        ({"attempt": True}, "integer"),
+        ({"attempt": "2"}, "integer"),
+        ({"sid": None, "token": None, "epoch": None, "attempt": 1}, "needs sid"),
+    ],
+    ids=["zero", "too-big", "bool", "string", "new-session"],
+)
+def test_hello_attempt_must_be_a_positive_integer_of_a_resume(
+    extra: dict[str, object], match: str
+) -> None:
+    """``attempt`` numbers a resume from 1; anything else is a protocol error (1002)."""
+    body = {"type": "hello", "sid": "c2lk", "token": "dG9r", "epoch": "ZXA", "rx": 0} | extra
+    with pytest.raises(ProtocolError, match=match):
         decode(json.dumps(body))
 
 

@@ -180,6 +180,33 @@ def test_token_rotates_on_every_resume() -> None:
     assert [lost.reason for lost in link.app_client.lost] == ["token_invalid"]
 
 
+def test_hellos_number_the_resumes_of_a_session() -> None:
+    """Every resume's hello carries the next number, welcomed or not; a new session restarts.
+
+    The server refuses a hello numbered at or below one it served (docs/protocol.md
+    §5, late hellos), so a number is never sent twice for a session.
+    """
+    client = opened_client()
+
+    def reconnect(at: float) -> Hello:
+        client.connection_lost(at, 1006)
+        client.connection_made(at)
+        [frame] = client.data_to_send()
+        hello = decode(frame)
+        assert isinstance(hello, Hello)
+        assert hello.sid == "c2lk"
+        return hello
+
+    assert [reconnect(1.0).attempt, reconnect(2.0).attempt] == [1, 2]  # the first unanswered
+    client.receive_message(welcome(resumed=True, token="dG9rMg"), 2.0)
+    assert reconnect(3.0).attempt == 3  # a resumed session keeps counting
+    client.receive_message(welcome(sid="bmV3", reason="expired"), 3.0)
+    client.connection_lost(4.0, 1006)
+    client.connection_made(4.0)
+    [frame] = client.data_to_send()
+    assert decode(frame) == Hello("bmV3", "dG9r", "ZXA", 0, attempt=1)  # a new session: 1 again
+
+
 def test_resume_survives_lost_welcome() -> None:
     """If the welcome with the rotated token is lost, the token held still resumes."""
     link = open_pair()
@@ -514,7 +541,7 @@ def test_resumed_welcome_rx_acknowledges_what_the_server_got() -> None:
     assert [decode(m) for m in client.data_to_send()] == [Data(1, 0, "a")]
     client.connection_lost(1.0)  # the link drops before the server's ack arrives
     client.connection_made(2.0)
-    assert [decode(m) for m in client.data_to_send()] == [Hello("c2lk", "dG9r", "ZXA", 0)]
+    assert [decode(m) for m in client.data_to_send()] == [Hello("c2lk", "dG9r", "ZXA", 0, 1)]
     client.receive_message(welcome(resumed=True, token="bmV3", rx=1), 2.0)
     sent = [decode(m) for m in client.data_to_send()]
     assert not any(isinstance(frame, Data) and frame.seq == 1 for frame in sent)

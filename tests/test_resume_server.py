@@ -2129,3 +2129,105 @@ async def _a_hello_whose_connection_died_while_it_waited_takes_nothing_over() ->
     assert record is not None
     assert record.generation == 2  # the late hello claimed nothing
     await layer.stop()
+
+
+async def _late_hello_refused(*, nodes: int) -> None:
+    store = MemoryStore()
+    layers = [TetherV1ServerLayer(store=store) for _ in range(nodes)]
+    live_node, late_node = layers[0], layers[-1]
+    session, link, welcome = await new_session(live_node)
+    await drop(session, link)
+    # The client's first resume got no welcome in time and was given up (its
+    # connection still open as far as any server knows); its second resume, with the
+    # same token, is served first.
+    given_up = Hello(welcome.sid, welcome.token, welcome.epoch, rx=0, attempt=1)
+    live_hello = Hello(welcome.sid, welcome.token, welcome.epoch, rx=0, attempt=2)
+    live = v1_transport(encode(live_hello))
+    resumed = await live_node.open(live, REQUEST)
+    resumed.attach(live)
+    await settle(live, 1)
+    welcomed = decode(live.sent[0])
+    assert isinstance(welcomed, Welcome)
+    assert welcomed.resumed is True
+    late = v1_transport(encode(given_up))
+    with pytest.raises(ProtocolError) as caught:
+        await late_node.open(late, REQUEST)
+    assert caught.value.close_code == 4204
+    await asyncio.sleep(0.1)  # what a takeover would have done meanwhile
+    assert live.close_calls == []
+    assert resumed.closed is None
+    record = await store.load(welcome.sid)
+    assert record is not None
+    assert (record.generation, record.attempt) == (2, 2)
+    # No session of its own either (the store's, or one held by the late node).
+    assert [s.id for s in late_node._states] == ([] if nodes > 1 else [welcome.sid])
+    assert list(store._held) == [welcome.sid]
+    for layer in layers:
+        await layer.stop()
+
+
+@pytest.mark.parametrize("nodes", [1, 2], ids=["same-node", "other-node"])
+def test_a_late_hello_after_the_clients_next_one_is_refused_with_4204(nodes: int) -> None:
+    """A hello numbered at or below one already served: closed with 4204, nothing taken.
+
+    Its connection is still open as far as the server knows (the client gave it up:
+    no welcome in time). It presents the token the live resume presented, which the
+    server still accepts as the previous one. (Before hellos were numbered it took the
+    session over: the live connection got 4901, final for the client, SessionLost
+    with its unacknowledged messages; on another node likewise through the store.)
+    """
+    run_virtual(_late_hello_refused(nodes=nodes))
+
+
+def test_a_hello_without_a_number_is_served_as_before() -> None:
+    """A client that does not number its hellos: no attempt stored, no hello refused as late."""
+    run_virtual(_a_hello_without_a_number_is_served_as_before())
+
+
+async def _a_hello_without_a_number_is_served_as_before() -> None:
+    store = MemoryStore()
+    layer = TetherV1ServerLayer(store=store)
+    session, link, welcome = await new_session(layer)
+    await drop(session, link)
+    resumed, _ = await resume_on(layer, welcome, rx=0)
+    assert resumed is session
+    record = await store.load(welcome.sid)
+    assert record is not None
+    assert (record.generation, record.attempt) == (2, 0)
+    await layer.stop()
+
+
+def test_a_store_written_before_numbered_hellos_still_resumes_them() -> None:
+    """A store whose claim takes no ``attempt``: numbered hellos resume, unjudged by number."""
+    run_virtual(_a_store_written_before_numbered_hellos_still_resumes_them())
+
+
+async def _a_store_written_before_numbered_hellos_still_resumes_them() -> None:
+    class Older(MemoryStore):
+        async def claim(  # type: ignore[override]
+            self, sid: str, expected_generation: int, *, token_hash: str, previous_token_hash: str
+        ) -> SessionRecord:
+            return await super().claim(
+                sid,
+                expected_generation,
+                token_hash=token_hash,
+                previous_token_hash=previous_token_hash,
+            )
+
+    store = Older()
+    layer = TetherV1ServerLayer(store=store)
+    session, link, welcome = await new_session(layer)
+    for attempt in (1, 1):  # the same number twice: nothing stored to judge it by
+        await drop(session, link)
+        hello = Hello(welcome.sid, welcome.token, welcome.epoch, rx=0, attempt=attempt)
+        link = v1_transport(encode(hello))
+        assert await layer.open(link, REQUEST) is session
+        session.attach(link)
+        await settle(link, 1)
+        welcome = decode(link.sent[0])
+        assert isinstance(welcome, Welcome)
+        assert welcome.resumed is True
+    record = await store.load(welcome.sid)
+    assert record is not None
+    assert (record.generation, record.attempt) == (3, 0)
+    await layer.stop()

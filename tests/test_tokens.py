@@ -36,6 +36,7 @@ class Stored:
     lost: str | None = None
     tx: int = 10
     acked: int = 4
+    attempt: int = 0
 
 
 TOKEN, TOKEN_HASH = new_token(source().randbytes)
@@ -127,6 +128,37 @@ def test_refusals(
 ) -> None:
     """Each way a resume can fail gives its documented reason."""
     assert judge(hello, stored, **kwargs) == reason
+
+
+@pytest.mark.parametrize(
+    ("attempt", "stored", "verdict"),
+    [
+        (None, 5, None),
+        (6, 5, None),
+        (5, 5, LostReason.SUPERSEDED),
+        (4, 5, LostReason.SUPERSEDED),
+        (1, 0, None),
+    ],
+    ids=["unnumbered", "above", "equal", "below", "first"],
+)
+def test_a_hello_numbered_at_or_below_the_stored_attempt_is_late(
+    attempt: int | None, stored: int, verdict: LostReason | None
+) -> None:
+    """Only a number above the highest served resumes; an unnumbered hello is not judged."""
+    hello = replace(HELLO, attempt=attempt)
+    assert judge(hello, replace(STORED, attempt=stored)) == verdict
+
+
+def test_a_late_hello_with_a_forged_token_says_token_invalid() -> None:
+    """The number is judged after the token: a stranger learns nothing from it."""
+    hello = replace(HELLO, token="Zm9yZ2Vk", attempt=1)
+    assert judge(hello, replace(STORED, attempt=5)) == LostReason.TOKEN_INVALID
+
+
+def test_a_late_hello_of_an_expired_session_is_still_late() -> None:
+    """Late before expired or lost: a late hello never gets a session of its own."""
+    stored = replace(STORED, attempt=5, expires_at=1.0, lost="overflow")
+    assert judge(replace(HELLO, attempt=5), stored, now=2.0) == LostReason.SUPERSEDED
 
 
 def test_forged_token_reveals_nothing_about_expiry() -> None:

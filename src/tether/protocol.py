@@ -91,6 +91,11 @@ class TetherCloseCode(enum.IntEnum):
     REPLAY_OVERFLOW = 4202
     #: No ``hello`` (or no ``welcome``) arrived within the handshake timeout.
     HANDSHAKE_TIMEOUT = 4203
+    #: The ``hello`` is older than one the server already served for its session
+    #: (``hello.attempt``): a connection the client gave up on, whose hello came
+    #: late. It resumes nothing and starts no session; a client that gets it on its
+    #: live connection reconnects and resumes with its next attempt number.
+    SUPERSEDED = 4204
     #: Another connection resumed this session; this one is fenced off for good.
     TAKEN_OVER = 4901
 
@@ -109,6 +114,10 @@ class LostReason(str, enum.Enum):
     #: Too many refused resumes from the client's address (IPv6: its /64) recently;
     #: the session named in ``hello`` was not looked at (docs/security.md).
     RATE_LIMITED = "rate_limited"
+    #: ``hello.attempt`` is not above the highest the server served for the
+    #: session. Never in a welcome: the server closes with 4204 and starts no
+    #: session (the hello came late on a connection its client gave up on).
+    SUPERSEDED = "superseded"
 
 
 @dataclass(frozen=True)
@@ -137,6 +146,11 @@ class Hello:
         token: the resume token from the last ``welcome``.
         epoch: the store epoch from the last ``welcome``.
         rx: the highest server sequence number the client received in order.
+        attempt: this resume's number among the client's resumes of the session
+            (1, 2, ... on each new connection), or None (not numbered: a client
+            written before the field). The server keeps the highest it served and
+            refuses a lower or equal one as late (4204), so that a hello which
+            arrives after its client's next one cannot take the session over.
     """
 
     sid: str | None = None
@@ -144,6 +158,7 @@ class Hello:
     token: str | None = field(default=None, repr=False)
     epoch: str | None = None
     rx: int = 0
+    attempt: int | None = None
 
 
 @dataclass(frozen=True)
@@ -224,6 +239,8 @@ def encode(frame: Frame) -> Payload:
     if isinstance(frame, Hello):
         body = {"type": "hello", "sid": frame.sid, "token": frame.token}
         body |= {"epoch": frame.epoch, "rx": frame.rx}
+        if frame.attempt is not None:
+            body["attempt"] = frame.attempt
     elif isinstance(frame, Welcome):
         body = {"type": "welcome", "resumed": frame.resumed, "reason": frame.reason}
         body |= {"sid": frame.sid, "token": frame.token, "epoch": frame.epoch}
@@ -347,23 +364,29 @@ def _decode_control(message: str) -> Frame:
 def _decode_hello(body: dict[str, Any]) -> Hello:
     present = [body.get(key) is not None for key in ("sid", "token", "epoch")]
     if not any(present):
+        if body.get("attempt") is not None:
+            raise ProtocolError("hello attempt numbers a resume: it needs sid, token and epoch")
         return Hello(rx=_int(body, "rx"))
     if not all(present):
         raise ProtocolError("hello must carry sid, token and epoch together, or none of them")
+    attempt = None
+    if body.get("attempt") is not None:
+        attempt = _int(body, "attempt", low=1)
     return Hello(
         sid=_ident(body, "sid"),
         token=_ident(body, "token"),
         epoch=_ident(body, "epoch"),
         rx=_int(body, "rx"),
+        attempt=attempt,
     )
 
 
-def _int(body: dict[str, Any], key: str) -> int:
+def _int(body: dict[str, Any], key: str, *, low: int = 0) -> int:
     value = body.get(key)
     # bool is an int in Python; JSON true is not a number.
     if isinstance(value, bool) or not isinstance(value, int):
         raise ProtocolError(f"field {key!r} must be an integer")
-    return _check_seq(value, key)
+    return _check_seq(value, key, low=low)
 
 
 def _bool(body: dict[str, Any], key: str) -> bool:

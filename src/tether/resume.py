@@ -611,6 +611,9 @@ class _Credentials:
     sid: str
     token: str = field(repr=False)  # never in a log line (docs/security.md)
     epoch: str
+    #: The number of the last resume asked for (Hello.attempt): the server refuses a
+    #: hello numbered at or below one it served, so it only ever grows for a session.
+    attempts: int = 0
 
 
 class ClientEndpoint(Endpoint):
@@ -650,7 +653,8 @@ class ClientEndpoint(Endpoint):
         if session is None:
             hello = Hello(rx=0)
         else:
-            hello = Hello(session.sid, session.token, session.epoch, self.rx)
+            session.attempts += 1
+            hello = Hello(session.sid, session.token, session.epoch, self.rx, session.attempts)
         self.phase = Phase.HANDSHAKE
         self._out.append(encode(hello))
 
@@ -702,7 +706,9 @@ class ClientEndpoint(Endpoint):
                 self._lose(welcome.reason or LostReason.NOT_RESUMABLE)
             if welcome.rx != 0:
                 raise ProtocolError("a new session must start with rx 0")
-        self._session = _Credentials(welcome.sid, welcome.token, welcome.epoch)
+        # A resumed session keeps counting its attempts; a new one starts again.
+        attempts = session.attempts if welcome.resumed and session is not None else 0
+        self._session = _Credentials(welcome.sid, welcome.token, welcome.epoch, attempts)
         # The server keeps the session for its window, not ours: expiring it here
         # sooner would give up (and lose) what the server still holds for us, and
         # resuming later than the server keeps it is refused anyway.

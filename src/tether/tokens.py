@@ -94,6 +94,8 @@ class ResumeCandidate(Protocol):
     def tx(self) -> int: ...
     @property
     def acked(self) -> int: ...
+    @property
+    def attempt(self) -> int: ...
 
 
 def lost_reason(lost: str) -> LostReason:
@@ -143,6 +145,12 @@ def judge_resume(
         return LostReason.TOKEN_INVALID
     if session.principal != principal:
         return LostReason.TOKEN_INVALID
+    if hello.attempt is not None and hello.attempt <= session.attempt:
+        # A hello that came late, after its client's next one was served (its
+        # connection given up on, still open or not yet seen closed): it may present
+        # the same accepted token, and must not take the session over from the live
+        # connection. After the token checks, so that it tells a stranger nothing.
+        return LostReason.SUPERSEDED
     if session.lost is not None:
         return lost_reason(session.lost)
     if session.expires_at is not None and now >= session.expires_at:

@@ -1213,6 +1213,56 @@ async def test_a_handler_done_while_its_client_is_away_is_not_started_again_else
             await store.close()
 
 
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+async def test_a_hello_that_comes_late_on_another_node_takes_nothing_over(
+    kind: str, tmp_path: Path
+) -> None:
+    """Attempt 1's hello reaches node A after attempt 2 resumed on B: 4204, B's link lives.
+
+    Both hellos carry the token of the last welcome, which the servers still accept
+    (the previous one, in case a welcome is lost). (Before hellos were numbered, the
+    late one took the session over: B's connection got 4901, final for the client.)
+    """
+
+    async def echo(session: Session) -> None:
+        async for message in session:
+            await session.send(message)
+
+    store_a, store_b = _stores(kind, tmp_path)
+    node_a = await start_server(echo, store_a)
+    node_b = await start_server(echo, store_b)
+    try:
+        url_a, url_b = f"ws://127.0.0.1:{node_a.port}/", f"ws://127.0.0.1:{node_b.port}/"
+        async with ws_connect(url_a, subprotocols=["tether.v1"]) as first:  # type: ignore[list-item]
+            await first.send(json.dumps({"type": "hello", "sid": None, "token": None, "rx": 0}))
+            welcome = json.loads(await first.recv())
+            first.transport.abort()  # 1006
+        hello = _resume_hello(welcome)
+        async with (
+            ws_connect(url_a, subprotocols=["tether.v1"]) as given_up,  # type: ignore[list-item]
+            ws_connect(url_b, subprotocols=["tether.v1"]) as live,  # type: ignore[list-item]
+        ):
+            await live.send(json.dumps(hello | {"attempt": 2}))
+            assert json.loads(await live.recv())["resumed"] is True
+            await given_up.send(json.dumps(hello | {"attempt": 1}))  # held up in the network
+            await asyncio.wait_for(given_up.wait_closed(), 5)
+            assert (given_up.close_code, given_up.close_reason) == (
+                4204,
+                "a newer hello of this session was served",
+            )
+            await live.send("d1:0:still mine")
+            assert await asyncio.wait_for(live.recv(), 5) == "d1:1:still mine"
+            record = await store_b.load(welcome["sid"])
+            assert record is not None
+            assert (record.generation, record.attempt) == (2, 2)
+    finally:
+        await node_b.shutdown()
+        await node_a.shutdown()
+        for store in {id(store_a): store_a, id(store_b): store_b}.values():
+            await store.close()
+
+
 async def _until_record(
     store: SessionStore, sid: str, check: Callable[[SessionRecord | None], bool]
 ) -> None:

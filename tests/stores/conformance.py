@@ -126,6 +126,38 @@ class StoreConformance:
         assert record.previous_token_hash == HASH
         assert await store.load(SID) == record
 
+    async def test_claim_stores_the_hellos_attempt(self, store: SessionStore) -> None:
+        """claim() keeps the hello's number; an unnumbered claim leaves the stored one."""
+        await store.create(SID, token_hash=HASH, principal=None, now=0.0)
+        assert (await store.load(SID)).attempt == 0  # type: ignore[union-attr]
+        record = await store.claim(SID, 1, token_hash="b" * 64, previous_token_hash=HASH, attempt=3)
+        assert (record.generation, record.attempt) == (2, 3)
+        assert await store.load(SID) == record
+        record = await store.claim(SID, 2, token_hash="c" * 64, previous_token_hash=HASH)
+        assert (record.generation, record.attempt) == (3, 3)
+        assert await store.load(SID) == record
+        await store.write(SID, 3, append=batch(1, 1), acked=0, rx=2)
+        assert (await store.load(SID)).attempt == 3  # type: ignore[union-attr]
+
+    async def test_resume_stores_the_hellos_attempt(self, store: SessionStore) -> None:
+        """resume() claims with the hello's number, which the next judgement sees."""
+        await store.create(SID, token_hash=HASH, principal=None, now=0.0)
+        await store.detach(SID, 1, expires_at=50.0)
+        judged: list[int] = []
+
+        def admit(record: SessionRecord) -> bool:
+            judged.append(record.attempt)
+            return True
+
+        record, _ = await store.resume(
+            SID, admit, token_hash="b" * 64, previous_token_hash=HASH, attempt=2
+        )
+        assert record is not None
+        assert record.attempt == 2
+        await store.resume(SID, admit, token_hash="c" * 64, previous_token_hash=HASH, attempt=7)
+        assert judged == [0, 2]
+        assert (await store.load(SID)).attempt == 7  # type: ignore[union-attr]
+
     async def test_claim_with_stale_generation_fenced(self, store: SessionStore) -> None:
         """Two claims from the same generation: the second one is fenced."""
         await store.create(SID, token_hash=HASH, principal=None, now=0.0)

@@ -146,7 +146,7 @@ PRAGMA user_version = 1;
 
 
 async def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
-    """Sessions, messages and the epoch stay; the file gains owners, renewals, ends."""
+    """Sessions, messages and the epoch stay; the file gains owners, renewals, ends, attempts."""
     path = tmp_path / "sessions.db"
     with contextlib.closing(sqlite3.connect(path)) as db:
         db.executescript(_SCHEMA_1)
@@ -167,13 +167,18 @@ async def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
         old = await store.load("old")
         assert old is not None
         assert (old.end_code, old.end_reason, old.tx) == (4000, "done", 1)
+        # And numbering hellos: the old session starts at 0 and keeps a claim's number.
+        assert old.attempt == 0
+        claimed = await store.claim("old", 1, token_hash=HASH, previous_token_hash="h", attempt=4)
+        assert claimed.attempt == 4
+        assert await store.load("old") == claimed
     finally:
         await store.close()
     with contextlib.closing(sqlite3.connect(path)) as db:
         # Still version 1: an older tether (a rollback) opens it and ignores the rest.
         assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 1
         columns = {row[1] for row in db.execute("PRAGMA table_info(sessions)")}
-        assert {"owner", "owner_generation", "end_code", "end_reason"} <= columns
+        assert {"owner", "owner_generation", "end_code", "end_reason", "attempt"} <= columns
 
 
 async def test_an_older_tethers_claim_is_not_taken_for_an_orphan(tmp_path: Path) -> None:

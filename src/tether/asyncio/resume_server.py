@@ -306,6 +306,9 @@ class TetherV1ServerLayer(ServerLayer):
             raise ConfigurationError(
                 f"store must be 'memory', a store URL or a SessionStore, not {store!r}"
             )
+        # A store written before hellos were numbered takes no ``attempt``: its claims
+        # then store none, and every hello is judged as an unnumbered one.
+        self._numbered = _takes_attempt(self.store)
         self.config = config
         self.principal = principal
         self.handshake_timeout = handshake_timeout
@@ -553,6 +556,7 @@ class TetherV1ServerLayer(ServerLayer):
                                 record.generation,
                                 token_hash=token_hash,
                                 previous_token_hash=previous_token_hash,
+                                **self._attempt(hello),
                             )
                             if record.lost is not None:
                                 # Abandoned (overflow) between the load and the claim:
@@ -567,6 +571,7 @@ class TetherV1ServerLayer(ServerLayer):
                         admit,
                         token_hash=token_hash,
                         previous_token_hash=previous_token_hash,
+                        **self._attempt(hello),
                     )
                     claimed = replay is not None
                     if claimed and record is not None and record.lost is not None:
@@ -589,6 +594,14 @@ class TetherV1ServerLayer(ServerLayer):
                     verdict = judge_resume(hello, None, epoch=epoch, principal=principal, now=now)
                 else:  # judged and refused
                     verdict = verdicts[-1]
+                if verdict is LostReason.SUPERSEDED:
+                    # Late: a newer hello of this client was served (the token checked
+                    # out, so no refusal is counted). A session of its own would run
+                    # its handler for a connection nobody reads.
+                    raise ProtocolError(
+                        "a newer hello of this session was served",
+                        close_code=TetherCloseCode.SUPERSEDED,
+                    )
                 self._count_refusal(host, loop.time())
                 return await self._new(transport, request, principal, reason=verdict)
             # Held here and adopted above, or nothing (not held, or ended since): no
@@ -636,6 +649,12 @@ class TetherV1ServerLayer(ServerLayer):
                 raise
             return state.session
         return await self._new(transport, request, principal, reason=LostReason.NOT_RESUMABLE)
+
+    def _attempt(self, hello: Hello) -> dict[str, int]:
+        """The claim's ``attempt`` argument, if the hello has one and the store takes it."""
+        if hello.attempt is None or not self._numbered:
+            return {}
+        return {"attempt": hello.attempt}
 
     def _refuse_lost(
         self, sid: str, record: SessionRecord, verdicts: list[LostReason | None]
@@ -1900,6 +1919,15 @@ class TetherV1ServerLayer(ServerLayer):
         task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+def _takes_attempt(store: SessionStore) -> bool:
+    """Whether the store's ``claim`` and ``resume`` take the hello's ``attempt``."""
+    for method in (store.claim, store.resume):
+        parameters = inspect.signature(method).parameters.values()
+        if not any(p.name == "attempt" or p.kind is p.VAR_KEYWORD for p in parameters):
+            return False
+    return True
 
 
 def _admits(

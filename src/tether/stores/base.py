@@ -139,6 +139,8 @@ class SessionRecord:
             any node, replays what is held and then closes with it; no handler
             starts again.
         end_reason: the close reason that goes with ``end_code``.
+        attempt: the highest ``hello.attempt`` a claim was made for (0: none yet,
+            or only hellos without one); a hello numbered at or below it is late.
     """
 
     sid: str
@@ -156,6 +158,7 @@ class SessionRecord:
     lost: str | None = None
     end_code: int | None = None
     end_reason: str = ""
+    attempt: int = 0
 
 
 class Resumption(NamedTuple):
@@ -267,13 +270,16 @@ class SessionStore(abc.ABC):
         *,
         token_hash: str,
         previous_token_hash: str,
+        attempt: int | None = None,
     ) -> SessionRecord:
         """Take the session over for a new connection: compare-and-set the generation.
 
         Atomically: if the generation is still ``expected_generation``, bump it,
         store the two accepted token hashes (the new token, and the one the
-        client just presented, in case the welcome is lost) and clear
-        ``expires_at`` (attached again). Returns the new record.
+        client just presented, in case the welcome is lost), store ``attempt``
+        as the record's ``attempt`` unless it is None (a hello without a number
+        leaves the stored one as it is) and clear ``expires_at`` (attached
+        again). Returns the new record.
 
         Raises:
             Fenced: somebody else claimed it first.
@@ -297,6 +303,7 @@ class SessionStore(abc.ABC):
         *,
         token_hash: str,
         previous_token_hash: str,
+        attempt: int | None = None,
     ) -> Resumption:
         """Load the session, judge it with ``admit``, claim it and read its replay.
 
@@ -304,7 +311,7 @@ class SessionStore(abc.ABC):
         (SQLite: one transaction on its thread, where ``admit`` then runs; it must
         be quick and must not touch the event loop). When ``admit(record)`` is
         true, the session is claimed as :meth:`claim` would from the loaded
-        ``record.generation`` with these token hashes. The default awaits
+        ``record.generation`` with these token hashes and ``attempt``. The default awaits
         :meth:`load`, :meth:`claim` and :meth:`messages` in turn.
 
         Returns:
@@ -321,8 +328,14 @@ class SessionStore(abc.ABC):
         record = await self.load(sid)
         if record is None or not admit(record):
             return Resumption(record, None)
+        # Passed only when set: a store's claim written before the parameter still works.
+        numbered = {} if attempt is None else {"attempt": attempt}
         claimed = await self.claim(
-            sid, record.generation, token_hash=token_hash, previous_token_hash=previous_token_hash
+            sid,
+            record.generation,
+            token_hash=token_hash,
+            previous_token_hash=previous_token_hash,
+            **numbered,
         )
         return Resumption(claimed, await self.messages(sid, after=claimed.acked))
 

@@ -100,6 +100,7 @@ class MemoryStore(SessionStore):
         *,
         token_hash: str,
         previous_token_hash: str,
+        attempt: int | None = None,
     ) -> SessionRecord:
         """Compare-and-set the generation (see :meth:`SessionStore.claim`)."""
         held = self._owned(sid, expected_generation)
@@ -108,6 +109,7 @@ class MemoryStore(SessionStore):
             token_hash=token_hash,
             previous_token_hash=previous_token_hash,
             expires_at=None,
+            attempt=held.record.attempt if attempt is None else attempt,
         )
 
     async def messages(self, sid: str, *, after: int) -> list[StoredMessage]:

@@ -140,13 +140,15 @@ if ARGV[4] == '1' then redis.call('HSET', KEYS[1], 'principal', ARGV[3]) end
 return redis.call('HGETALL', KEYS[1])
 """
 
-# KEYS: meta, out. ARGV: expected generation, token_hash, previous_token_hash, owner.
+# KEYS: meta, out. ARGV: expected generation, token_hash, previous_token_hash, owner,
+# attempt ('': the hello had no number, the stored one stays).
 _CLAIM_STEPS = (
     _CHECK_GENERATION
     + """
 redis.call('HINCRBY', KEYS[1], 'generation', 1)
 redis.call('HSET', KEYS[1], 'token_hash', ARGV[2], 'previous_token_hash', ARGV[3],
            'owner', ARGV[4])
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'attempt', ARGV[5]) end
 redis.call('HDEL', KEYS[1], 'expires_at', 'ttl_at')
 redis.call('PERSIST', KEYS[1])
 redis.call('PERSIST', KEYS[2])
@@ -466,9 +468,11 @@ class RedisStore(SessionStore):
         *,
         token_hash: str,
         previous_token_hash: str,
+        attempt: int | None = None,
     ) -> SessionRecord:
         """Compare-and-set the generation in one script (see :meth:`SessionStore.claim`)."""
         args = [str(expected_generation), token_hash, previous_token_hash, self.node]
+        args.append("" if attempt is None else str(attempt))
         fields = await self._owned_script(
             "claim",
             self._claim_script,
@@ -486,6 +490,7 @@ class RedisStore(SessionStore):
         *,
         token_hash: str,
         previous_token_hash: str,
+        attempt: int | None = None,
     ) -> Resumption:
         """Two round trips: the load, then one script that claims and reads the replay.
 
@@ -499,7 +504,13 @@ class RedisStore(SessionStore):
             "claim",
             self._claim_and_read_script,
             sid,
-            [str(record.generation), token_hash, previous_token_hash, self.node],
+            [
+                str(record.generation),
+                token_hash,
+                previous_token_hash,
+                self.node,
+                "" if attempt is None else str(attempt),
+            ],
             attaches=record.generation + 1,
             generation=record.generation,
         )
@@ -1061,6 +1072,7 @@ def _record(sid: str, fields: Any) -> SessionRecord:
         lost=meta.get("lost"),
         end_code=None if end_code is None else int(end_code),
         end_reason=meta.get("end_reason", ""),
+        attempt=int(meta.get("attempt", 0)),
     )
 
 

@@ -89,7 +89,8 @@ CREATE TABLE sessions (
     owner TEXT,
     owner_generation INTEGER,
     end_code INTEGER,
-    end_reason TEXT
+    end_reason TEXT,
+    attempt INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX sessions_by_expiry ON sessions (expires_at) WHERE expires_at IS NOT NULL;
 CREATE TABLE messages (
@@ -113,11 +114,13 @@ _END_COLUMNS = (
     "ALTER TABLE sessions ADD COLUMN end_code INTEGER",
     "ALTER TABLE sessions ADD COLUMN end_reason TEXT",
 )
+# Added to a file made before hellos were numbered (Hello.attempt; still version 1).
+_ATTEMPT_COLUMNS = ("ALTER TABLE sessions ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0",)
 _NODES_TABLE = "CREATE TABLE IF NOT EXISTS nodes (node TEXT PRIMARY KEY, expires_at REAL NOT NULL)"
 
 _RECORD_COLUMNS = (
     "sid, token_hash, previous_token_hash, principal, generation, created_at, expires_at,"
-    " tx, acked, rx, lost, end_code, end_reason"
+    " tx, acked, rx, lost, end_code, end_reason, attempt"
 )
 
 _T = TypeVar("_T")
@@ -206,13 +209,14 @@ class SQLiteStore(SessionStore):
         *,
         token_hash: str,
         previous_token_hash: str,
+        attempt: int | None = None,
     ) -> SessionRecord:
         """Compare-and-set the generation in one transaction (see :meth:`SessionStore.claim`)."""
         owner = self.node
 
         def swap(db: sqlite3.Connection) -> SessionRecord:
             row = _owned_row(db, sid, expected_generation)
-            return _claim_row(db, row, token_hash, previous_token_hash, owner)
+            return _claim_row(db, row, token_hash, previous_token_hash, owner, attempt)
 
         return await self._call("claim", swap)
 
@@ -223,6 +227,7 @@ class SQLiteStore(SessionStore):
         *,
         token_hash: str,
         previous_token_hash: str,
+        attempt: int | None = None,
     ) -> Resumption:
         """Load, judge, claim and read in one transaction (see :meth:`SessionStore.resume`).
 
@@ -241,7 +246,7 @@ class SQLiteStore(SessionStore):
             record = _record(row)
             if not admit(record):
                 return Resumption(record, None)
-            claimed = _claim_row(db, row, token_hash, previous_token_hash, owner)
+            claimed = _claim_row(db, row, token_hash, previous_token_hash, owner, attempt)
             return Resumption(claimed, _messages(db, sid, claimed.acked))
 
         return await self._call("resume", take)
@@ -582,6 +587,9 @@ class SQLiteStore(SessionStore):
             if "end_code" not in columns:
                 for statement in _END_COLUMNS:
                     db.execute(statement)
+            if "attempt" not in columns:
+                for statement in _ATTEMPT_COLUMNS:
+                    db.execute(statement)
             # One definition for new and older files; a no-op once it exists.
             db.execute(_NODES_TABLE)
         except BaseException:
@@ -707,19 +715,26 @@ def _write_work(
 
 
 def _claim_row(
-    db: sqlite3.Connection, row: Any, token_hash: str, previous_token_hash: str, owner: str
+    db: sqlite3.Connection,
+    row: Any,
+    token_hash: str,
+    previous_token_hash: str,
+    owner: str,
+    attempt: int | None,
 ) -> SessionRecord:
     """Claim the session whose row (read in this transaction) is ``row`` for ``owner``."""
     sid = row[0]
+    attempt = row[13] if attempt is None else attempt
     db.execute(
         "UPDATE sessions SET generation = generation + 1, token_hash = ?,"
-        " previous_token_hash = ?, expires_at = NULL, owner = ?, owner_generation = ?"
-        " WHERE sid = ?",
-        (token_hash, previous_token_hash, owner, row[4] + 1, sid),
+        " previous_token_hash = ?, expires_at = NULL, owner = ?, owner_generation = ?,"
+        " attempt = ? WHERE sid = ?",
+        (token_hash, previous_token_hash, owner, row[4] + 1, attempt, sid),
     )
     # The row as the UPDATE left it, without reading it back.
+    generation, kept = row[4] + 1, row[7:13]  # tx .. end_reason stay
     return _record(
-        (sid, token_hash, previous_token_hash, row[3], row[4] + 1, row[5], None, *row[7:])
+        (sid, token_hash, previous_token_hash, row[3], generation, row[5], None, *kept, attempt)
     )
 
 
@@ -733,7 +748,7 @@ def _messages(db: sqlite3.Connection, sid: str, after: int) -> list[StoredMessag
 
 def _record(row: Any) -> SessionRecord:
     (sid, token_hash, previous_token_hash, principal, generation, created_at, expires_at) = row[:7]
-    tx, acked, rx, lost, end_code, end_reason = row[7:]
+    tx, acked, rx, lost, end_code, end_reason, attempt = row[7:]
     return SessionRecord(
         sid=str(sid),
         token_hash=str(token_hash),
@@ -748,6 +763,7 @@ def _record(row: Any) -> SessionRecord:
         lost=None if lost is None else str(lost),
         end_code=None if end_code is None else int(end_code),
         end_reason="" if end_reason is None else str(end_reason),
+        attempt=int(attempt),
     )
 
 
