@@ -207,6 +207,25 @@ def test_hellos_number_the_resumes_of_a_session() -> None:
     assert decode(frame) == Hello("bmV3", "dG9r", "ZXA", 0, attempt=1)  # a new session: 1 again
 
 
+def test_a_4204_loses_the_session_instead_of_resuming_for_ever() -> None:
+    """4204 on our connection: a higher number than ours was served, so give the session up.
+
+    (Resuming again with the next number would be refused again: a retry loop.)
+    """
+    client = opened_client()
+    client.send("unacked", 0.0)
+    client.data_to_send()
+    client.connection_lost(1.0, 1006)
+    client.connection_made(1.0)
+    client.data_to_send()
+    client.connection_lost(1.5, 4204)
+    [lost] = [e for e in client.events_received() if isinstance(e, SessionLost)]
+    assert (lost.reason, lost.unacked) == ("superseded", ("unacked",))
+    client.connection_made(2.0)
+    [frame] = client.data_to_send()
+    assert decode(frame) == Hello(rx=0)  # a new session
+
+
 def test_resume_survives_lost_welcome() -> None:
     """If the welcome with the rotated token is lost, the token held still resumes."""
     link = open_pair()

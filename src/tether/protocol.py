@@ -93,8 +93,10 @@ class TetherCloseCode(enum.IntEnum):
     HANDSHAKE_TIMEOUT = 4203
     #: The ``hello`` is older than one the server already served for its session
     #: (``hello.attempt``): a connection the client gave up on, whose hello came
-    #: late. It resumes nothing and starts no session; a client that gets it on its
-    #: live connection reconnects and resumes with its next attempt number.
+    #: late. It resumes nothing and starts no session. A client never gets it on its
+    #: live connection (its numbers only go up) unless somebody else resumed with its
+    #: token and a higher number: it reports ``SessionLost("superseded")`` and
+    #: reconnects with a new session.
     SUPERSEDED = 4204
     #: Another connection resumed this session; this one is fenced off for good.
     TAKEN_OVER = 4901
@@ -116,7 +118,8 @@ class LostReason(str, enum.Enum):
     RATE_LIMITED = "rate_limited"
     #: ``hello.attempt`` is not above the highest the server served for the
     #: session. Never in a welcome: the server closes with 4204 and starts no
-    #: session (the hello came late on a connection its client gave up on).
+    #: session (the hello came late on a connection its client gave up on). A
+    #: client that gets 4204 all the same reports it as ``SessionLost.reason``.
     SUPERSEDED = "superseded"
 
 

@@ -663,6 +663,11 @@ class ClientEndpoint(Endpoint):
         super().connection_lost(now, code)
         if code == TetherCloseCode.TAKEN_OVER:
             self._lose(LostReason.TAKEN_OVER)
+        elif code == TetherCloseCode.SUPERSEDED:
+            # Our own hellos only ever go up, so a number above ours was served from
+            # somebody else holding our token: resuming again would only be refused
+            # again (for ever); the session is as good as taken over.
+            self._lose(LostReason.SUPERSEDED)
         elif self._doomed:
             self._lose(LostReason.NOT_RESUMABLE)
         elif code == CloseCode.NORMAL_CLOSURE:
