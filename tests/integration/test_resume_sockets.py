@@ -594,6 +594,29 @@ async def test_window_expiry_loses_the_session_with_the_unacked_messages() -> No
 
 
 @pytest.mark.timeout(20)
+async def test_a_client_whose_resume_is_refused_as_late_takes_a_new_session() -> None:
+    """A higher number than the client's was served (someone else with its token): 4204.
+
+    The client reports SessionLost("superseded") with what was unacked and carries on
+    with a new session. (Before, the handshake's close code was not passed on: it
+    resumed again with its next number, was refused again, and so on for ever.)
+    """
+    store, handler = MemoryStore(), Echo()
+    async with connected_pair(store, handler) as run:
+        await echoes(run.conn, 1)
+        sid = run.conn._layer.endpoint.sid  # type: ignore[attr-defined]
+        store._held[sid].update(attempt=1000)  # as a resume numbered 1000 would leave it
+        transport = run.conn._transport
+        assert transport is not None
+        transport.abort()
+        await run.conn.send("c2")  # queued while away: the application's to resend
+        lost = await run.events.wait_for(SessionLost, timeout=5)
+        assert (lost[0].reason, lost[0].unacked) == ("superseded", ("c2",))
+        await eventually(lambda: run.conn._layer.endpoint.sid not in {None, sid}, 5)  # type: ignore[attr-defined]
+        await echoes(run.conn, 3)
+
+
+@pytest.mark.timeout(20)
 async def test_overflow_while_away_is_refused_not_partial() -> None:
     """The server's buffer overflows while the client is away: SessionLost('overflow')."""
     store = MemoryStore()

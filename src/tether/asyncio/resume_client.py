@@ -146,7 +146,14 @@ class TetherV1ClientLayer(ClientLayer):
             self.endpoint.connection_lost(loop.time(), exc.close_code)
             await transport.close(exc.close_code, str(exc)[:100])
             raise
-        except (TransportClosed, asyncio.CancelledError):
+        except TransportClosed as exc:
+            # The server's answer to a hello it found late is a close, not a welcome:
+            # the endpoint must see that code (it gives the session up instead of
+            # resuming again, which would be refused again).
+            late = exc.info.code == TetherCloseCode.SUPERSEDED
+            self.endpoint.connection_lost(loop.time(), exc.info.code if late else None)
+            raise
+        except asyncio.CancelledError:
             self.endpoint.connection_lost(loop.time(), None)
             raise
         resumed, replayed_in, replayed_out = established
