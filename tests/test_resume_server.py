@@ -21,6 +21,7 @@ from tether.asyncio.resume_server import LAZY_ACK_WRITE_S, TetherV1ServerLayer
 from tether.asyncio.session import RequestInfo, Session
 from tether.exceptions import ConfigurationError, ConnectionClosedError, ProtocolError
 from tether.protocol import Ack, Data, Hello, Welcome, decode, encode
+from tether.ratelimit import ResumeLimit
 from tether.resume import ResumeConfig
 from tether.stores.base import (
     Resumption,
@@ -2230,4 +2231,45 @@ async def _a_store_written_before_numbered_hellos_still_resumes_them() -> None:
     record = await store.load(welcome.sid)
     assert record is not None
     assert (record.generation, record.attempt) == (3, 0)
+    await layer.stop()
+
+
+def test_a_hello_late_by_two_resumes_gets_4204_not_a_session_nor_a_refusal() -> None:
+    """Its token is no longer accepted (two rotations since): still late, nothing more.
+
+    (Judged on its token, it was refused as token_invalid: it got a session of its own,
+    whose handler ran for nobody, and counted as a refused resume against its address,
+    so that behind one address, a load balancer's, the next real resumes were refused
+    as rate_limited.)
+    """
+    run_virtual(_a_hello_late_by_two_resumes())
+
+
+async def _a_hello_late_by_two_resumes() -> None:
+    store = MemoryStore()
+    layer = TetherV1ServerLayer(store=store, resume_limit=ResumeLimit(max_refused=1))
+    session, link, first = await new_session(layer)
+    welcome = first
+    for attempt in (1, 2):
+        await drop(session, link)
+        hello = Hello(welcome.sid, welcome.token, welcome.epoch, rx=0, attempt=attempt)
+        link = v1_transport(encode(hello))
+        assert await layer.open(link, REQUEST) is session
+        session.attach(link)
+        await settle(link, 1)
+        welcome = decode(link.sent[0])
+        assert isinstance(welcome, Welcome)
+        assert welcome.resumed is True
+    # Attempt 1's hello again, as a late copy would come: the first token, two rotations old.
+    late = v1_transport(encode(Hello(first.sid, first.token, first.epoch, rx=0, attempt=1)))
+    with pytest.raises(ProtocolError) as caught:
+        await layer.open(late, REQUEST)
+    assert caught.value.close_code == 4204
+    assert list(store._held) == [first.sid]  # no session of its own
+    assert link.close_calls == []
+    # Not counted as a refusal: with one allowed, the client's next resume is judged.
+    await drop(session, link)
+    hello = Hello(welcome.sid, welcome.token, welcome.epoch, rx=0, attempt=3)
+    link = v1_transport(encode(hello))
+    assert await layer.open(link, REQUEST) is session
     await layer.stop()

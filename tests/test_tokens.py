@@ -149,16 +149,39 @@ def test_a_hello_numbered_at_or_below_the_stored_attempt_is_late(
     assert judge(hello, replace(STORED, attempt=stored)) == verdict
 
 
-def test_a_late_hello_with_a_forged_token_says_token_invalid() -> None:
-    """The number is judged after the token: a stranger learns nothing from it."""
-    hello = replace(HELLO, token="Zm9yZ2Vk", attempt=1)
-    assert judge(hello, replace(STORED, attempt=5)) == LostReason.TOKEN_INVALID
+def test_a_late_hello_is_late_whatever_its_token() -> None:
+    """A hello late by several resumes carries a token no longer accepted: still late.
+
+    (Judged as token_invalid, it got a session of its own and counted as a refused
+    guess towards its address's limit.) A forged token hears the same, so the answer
+    says nothing about the token; above the stored number a forged token is refused.
+    """
+    stored = replace(STORED, token_hash="f" * 64, previous_token_hash="e" * 64, attempt=5)
+    assert judge(replace(HELLO, attempt=3), stored) == LostReason.SUPERSEDED
+    assert judge(replace(HELLO, token="Zm9yZ2Vk", attempt=5), stored) == LostReason.SUPERSEDED
+    assert judge(replace(HELLO, token="Zm9yZ2Vk", attempt=6), stored) == LostReason.TOKEN_INVALID
 
 
 def test_a_late_hello_of_an_expired_session_is_still_late() -> None:
     """Late before expired or lost: a late hello never gets a session of its own."""
     stored = replace(STORED, attempt=5, expires_at=1.0, lost="overflow")
     assert judge(replace(HELLO, attempt=5), stored, now=2.0) == LostReason.SUPERSEDED
+
+
+def test_a_candidate_without_an_attempt_judges_numbered_hellos_as_first() -> None:
+    """A ResumeCandidate written before ``attempt`` existed: its number counts as 0."""
+
+    @dataclass(frozen=True)
+    class Older:
+        token_hash: str
+        previous_token_hash: str | None = None
+        principal: str | None = None
+        expires_at: float | None = None
+        lost: str | None = None
+        tx: int = 10
+        acked: int = 4
+
+    assert judge(replace(HELLO, attempt=1), Older(TOKEN_HASH)) is None  # type: ignore[arg-type]
 
 
 def test_forged_token_reveals_nothing_about_expiry() -> None:

@@ -116,10 +116,11 @@ def judge_resume(
 ) -> LostReason | None:
     """Decide whether ``hello`` may resume ``session``; return None if so, else why not.
 
-    A resume is all or nothing: every check that fails means a fresh session.
-    The order matters only for which reason is reported; a forged token and a
-    principal mismatch both say ``token_invalid`` so a caller learns nothing
-    about somebody else's session.
+    A resume is all or nothing: every check that fails means a fresh session,
+    except ``superseded`` (a late hello: the caller closes its connection with
+    4204 and starts nothing). Otherwise the order matters only for which reason
+    is reported; a forged token and a principal mismatch both say
+    ``token_invalid`` so a caller learns nothing about somebody else's session.
 
     Args:
         hello: the client's hello; it must name a session (``hello.sid`` set).
@@ -135,6 +136,16 @@ def judge_resume(
         return LostReason.EPOCH_MISMATCH
     if session is None:
         return LostReason.UNKNOWN
+    # (getattr: a candidate written before ResumeCandidate.attempt keeps working.)
+    if hello.attempt is not None and hello.attempt <= getattr(session, "attempt", 0):
+        # A hello that came late, after its client's next one was served (its
+        # connection given up on, still open or not yet seen closed). Judged before
+        # the token: it may present the token the live resume presented (still
+        # accepted as the previous one), and it must not take the session over; or an
+        # older one, already refused, and it must not get a session of its own (nor
+        # count as a refused guess). Whatever the token, the answer is the same, so it
+        # tells a stranger nothing about the token.
+        return LostReason.SUPERSEDED
     # The token issued last, or the one presented at the previous resume: the
     # welcome carrying a rotated token can be lost with its connection, and the
     # client must still be able to resume with the token it holds.
@@ -145,12 +156,6 @@ def judge_resume(
         return LostReason.TOKEN_INVALID
     if session.principal != principal:
         return LostReason.TOKEN_INVALID
-    if hello.attempt is not None and hello.attempt <= session.attempt:
-        # A hello that came late, after its client's next one was served (its
-        # connection given up on, still open or not yet seen closed): it may present
-        # the same accepted token, and must not take the session over from the live
-        # connection. After the token checks, so that it tells a stranger nothing.
-        return LostReason.SUPERSEDED
     if session.lost is not None:
         return lost_reason(session.lost)
     if session.expires_at is not None and now >= session.expires_at:

@@ -307,7 +307,7 @@ class TetherV1ServerLayer(ServerLayer):
                 f"store must be 'memory', a store URL or a SessionStore, not {store!r}"
             )
         # A store written before hellos were numbered takes no ``attempt``: its claims
-        # then store none, and every hello is judged as an unnumbered one.
+        # then store none, its records say 0, and every numbered hello is above that.
         self._numbered = _takes_attempt(self.store)
         self.config = config
         self.principal = principal
