@@ -41,7 +41,7 @@ from tether.asyncio.resume_server import TetherV1ServerLayer
 from tether.asyncio.session import Session
 from tether.asyncio.websockets_client import fast_writer
 from tether.backoff import BackoffConfig
-from tether.events import Connected, Disconnected, Resumed, SessionLost, State
+from tether.events import Connected, Disconnected, GaveUp, Resumed, SessionLost, State
 from tether.protocol import Hello, Welcome, decode, encode
 from tether.ratelimit import ResumeLimit
 from tether.resume import ResumeConfig
@@ -614,6 +614,30 @@ async def test_a_client_whose_resume_is_refused_as_late_takes_a_new_session() ->
         assert (lost[0].reason, lost[0].unacked) == ("superseded", ("c2",))
         await eventually(lambda: run.conn._layer.endpoint.sid not in {None, sid}, 5)  # type: ignore[attr-defined]
         await echoes(run.conn, 3)
+
+
+@pytest.mark.timeout(20)
+async def test_a_resume_refused_as_late_is_reported_even_if_the_client_then_gives_up() -> None:
+    """The 4204 attempt is the last one allowed: SessionLost("superseded") all the same.
+
+    (Before, the event waited in the core until a next welcome, which never came: the
+    application heard nothing, and the unacked message was in neither the event nor
+    ``unsent``.)
+    """
+    store = MemoryStore()
+    server = await start_server(Echo(), store)
+    conn = await client(server.port, backoff=BackoffConfig(base=0.05, cap=0.05, max_attempts=1))
+    async with running(server, conn) as run:
+        await echoes(run.conn, 1)
+        sid = run.conn._layer.endpoint.sid  # type: ignore[attr-defined]
+        store._held[sid].update(attempt=1000)  # as a resume numbered 1000 would leave it
+        transport = run.conn._transport
+        assert transport is not None
+        transport.abort()
+        await run.conn.send("c2")
+        lost = await run.events.wait_for(SessionLost, timeout=5)
+        assert (lost[0].reason, lost[0].unacked) == ("superseded", ("c2",))
+        await run.events.wait_for(GaveUp, timeout=5)
 
 
 @pytest.mark.timeout(20)

@@ -152,6 +152,9 @@ class TetherV1ClientLayer(ClientLayer):
             # resuming again, which would be refused again).
             late = exc.info.code == TetherCloseCode.SUPERSEDED
             self.endpoint.connection_lost(loop.time(), exc.info.code if late else None)
+            # Its SessionLost goes to the application with this attempt's events, not
+            # with the next welcome's (which may never come: a client that gives up).
+            self._absorb(self.endpoint.events_received())
             raise
         except asyncio.CancelledError:
             self.endpoint.connection_lost(loop.time(), None)
