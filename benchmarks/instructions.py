@@ -30,6 +30,14 @@ busy machine does more of their work per message (on the ninth session's machine
 sides of an A/B at the same time (two commands in parallel), not one after the
 other on a machine whose load changes.
 
+``--test reconnect`` counts a reconnection instead of a message: the client's link is
+cut (its socket aborted, as a 1006), it reconnects at once (tether.v1: and resumes),
+and one 64 B echo goes through the new link; raw websockets opens a new connection
+for each, with the same echo. That is the work a restart storm asks of both sides per
+client, without the storm's contention. Its default counts are 100 and 300
+reconnections. The tether rows use ``tether.serve``'s default memory store (the storm
+uses SQLite, whose thread costs more per resume).
+
 ``--src DIR`` runs tether from another tree (a ``git worktree`` of an earlier
 commit, say) with this tree's benchmarks: one side of an A/B. ``PYTHONHASHSEED`` is
 fixed so that dict and set layouts do not change between the two runs. Needs
@@ -55,9 +63,12 @@ from .common import REPO_ROOT, read_line, table
 from .peers import _SERVERS
 
 IMPLS = ("websockets", "tether", "tether-v1")
-TESTS = ("echo", "stream_up", "stream_down")
+TESTS = ("echo", "stream_up", "stream_down", "reconnect")
 #: Warm-up round trips before the counted messages (both runs do them: they cancel out).
 WARMUP = 300
+#: Warm-up reconnections before the counted ones, and the default counts of ``reconnect``.
+WARMUP_RECONNECTS = 20
+RECONNECT_COUNTS = (100, 300)
 SIDES = ("both", "server", "client")
 #: A measured run still going after this long is stuck (see _watched).
 WATCHDOG_S = 600
@@ -83,8 +94,45 @@ async def _messages(impl: str, test: str, count: int) -> None:
     await _client(impl, test, count, port)
 
 
+async def _reconnects(impl: str, count: int, url: str) -> None:
+    """``count`` reconnections (after the warm-up ones), each followed by one echo."""
+    echo = b"e" * 64
+    if impl == "websockets":
+        for _ in range(WARMUP_RECONNECTS + count):
+            async with await _connect(impl, url) as conn:
+                await conn.send(echo)
+                await conn.recv()
+        return
+    import tether
+    from tether.backoff import BackoffConfig
+    from tether.events import Connected
+
+    # Back at once: the count is of the work, not of the backoff's timers.
+    quick = BackoffConfig(base=0.001, cap=0.001)
+    conn = await tether.connect(url, resume=impl == "tether-v1", backoff=quick)  # type: ignore[attr-defined]
+    try:
+        events = conn.events()
+        for _ in range(WARMUP_RECONNECTS + count):
+            transport = conn._transport
+            if transport is None:
+                raise RuntimeError("no link to cut")
+            transport.abort()
+            async for event in events:
+                if isinstance(event, Connected):
+                    if event.resumed is not (impl == "tether-v1"):
+                        raise RuntimeError(f"reconnected with resumed={event.resumed}")
+                    break
+            await conn.send(echo)
+            await conn.recv()
+    finally:
+        await conn.close()
+
+
 async def _client(impl: str, test: str, count: int, port: int) -> None:
     """Run ``count`` messages of ``test`` as a client of ``impl``'s server on ``port``."""
+    if test == "reconnect":
+        await _reconnects(impl, count, f"ws://127.0.0.1:{port}/")
+        return
     async with await _connect(impl, f"ws://127.0.0.1:{port}/") as conn:
         if impl == "tether-v1" and conn.subprotocol != "tether.v1":
             raise RuntimeError(f"expected tether.v1, negotiated {conn.subprotocol!r}")
@@ -262,7 +310,10 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated, of both (one process), server, client (that side alone)",
     )
     parser.add_argument("--src", help="run tether from this src directory (an A/B's other side)")
-    parser.add_argument("--counts", default="1000,5000", help="messages in the two runs (N1,N2)")
+    parser.add_argument(
+        "--counts",
+        help="messages in the two runs, N1,N2 (default 1000,5000; reconnections: 100,300)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     impls = [name for name in args.impl.split(",") if name]
@@ -275,9 +326,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     if unknown:
         parser.error(f"unknown: {', '.join(unknown)}")
-    low, high = (int(n) for n in args.counts.split(","))
-    if not 0 < low < high:
-        parser.error("--counts needs 0 < N1 < N2")
+    if args.counts is not None:
+        low, high = (int(n) for n in args.counts.split(","))
+        if not 0 < low < high:
+            parser.error("--counts needs 0 < N1 < N2")
+        counts = {test: (low, high) for test in tests}
+    else:
+        counts = {test: RECONNECT_COUNTS if test == "reconnect" else (1000, 5000) for test in tests}
     if shutil.which("valgrind") is None:
         sys.exit("valgrind is not installed (apt-get install valgrind)")
     # A column per test and side: "echo" is both sides, "echo/server" the server alone.
@@ -287,10 +342,10 @@ def main(argv: list[str] | None = None) -> int:
     for impl in impls:
         for (test, side), name in zip(columns, names, strict=True):
             print(f"counting {impl} {name} ...", file=sys.stderr, flush=True)
-            value = per_message(impl, test, (low, high), args.src, side)
+            value = per_message(impl, test, counts[test], args.src, side)
             figures.setdefault(impl, {})[name] = value
     if args.json:
-        print(json.dumps({"src": args.src, "counts": [low, high], "figures": figures}))
+        print(json.dumps({"src": args.src, "counts": counts, "figures": figures}))
         return 0
     reference = figures.get("websockets")
     rows = []
@@ -303,9 +358,10 @@ def main(argv: list[str] | None = None) -> int:
             cells.append(cell)
         rows.append([impl, *cells])
     where = "both sides in one process" if sides == ["both"] else "by side (test/side)"
+    runs = "; ".join(f"{test}: runs of {a} and {b}" for test, (a, b) in counts.items())
     print(
-        f"instructions per message, {where} (callgrind; runs of {low} and"
-        f" {high}){'; tether from ' + args.src if args.src else ''}; in brackets: raw"
+        f"instructions per message (reconnect: per reconnection), {where} (callgrind;"
+        f" {runs}){'; tether from ' + args.src if args.src else ''}; in brackets: raw"
         " websockets' count / the row's"
     )
     print(table(["implementation", *names], rows))
