@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tether.exceptions import ConfigurationError
 from tether.ratelimit import ResumeLimit, ResumeLimiter, address_key
@@ -68,6 +72,23 @@ def test_address_keys() -> None:
     assert address_key("::ffff:192.0.2.1") == "192.0.2.1"
     assert address_key("fe80::1%eth0") == "fe80::/64"
     assert address_key(None) == "None"
+
+
+@given(
+    st.one_of(
+        st.ip_addresses(v=4).map(str),
+        st.text(alphabet="0123456789.:%abcdefx/ ", max_size=24),
+        st.text(max_size=12),
+    )
+)
+def test_the_ipv4_shortcut_keys_as_parsing_would(host: str) -> None:
+    """A string with neither ':' nor '%' is keyed as itself, which parsing it gives too."""
+    if ":" not in host and "%" not in host:
+        try:
+            parsed = str(ipaddress.ip_address(host))
+        except ValueError:
+            parsed = host
+        assert address_key(host) == parsed == host
 
 
 def test_memory_is_bounded_by_max_addresses() -> None:

@@ -54,6 +54,11 @@ def address_key(host: object) -> str:
 
     Anything that is not an IP address (a Unix socket path, None) is its own key.
     """
+    if isinstance(host, str) and ":" not in host and "%" not in host:
+        # An IPv4 address (what a socket reports is canonical, and a parsed one prints
+        # as written) or no address at all: its own key either way. Every resume
+        # asks, and parsing it costs ~4 µs.
+        return host
     try:
         address = ipaddress.ip_address(str(host).split("%", 1)[0])  # drop an IPv6 zone id
     except ValueError:
