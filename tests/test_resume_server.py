@@ -2273,3 +2273,38 @@ async def _a_hello_late_by_two_resumes() -> None:
     link = v1_transport(encode(hello))
     assert await layer.open(link, REQUEST) is session
     await layer.stop()
+
+
+def test_a_late_hello_for_a_session_held_here_is_refused_without_the_store() -> None:
+    """The process knows the number it claimed the session with: no store read, no queue.
+
+    (Each late hello otherwise read the store behind the session's resume lock: a
+    stream of them, from anyone who knows the session id, held up its client's resume.)
+    """
+    run_virtual(_a_late_hello_for_a_session_held_here_is_refused_without_the_store())
+
+
+async def _a_late_hello_for_a_session_held_here_is_refused_without_the_store() -> None:
+    class Counting(MemoryStore):
+        reads = 0
+
+        async def load(self, sid: str) -> SessionRecord | None:
+            Counting.reads += 1
+            return await super().load(sid)
+
+    store = Counting()
+    layer = TetherV1ServerLayer(store=store)
+    session, link, welcome = await new_session(layer)
+    await drop(session, link)
+    hello = Hello(welcome.sid, welcome.token, welcome.epoch, rx=0, attempt=2)
+    live = v1_transport(encode(hello))
+    assert await layer.open(live, REQUEST) is session
+    session.attach(live)
+    reads = Counting.reads
+    for attempt in (1, 2):
+        late = v1_transport(encode(Hello(welcome.sid, "Zm9yZ2Vk", welcome.epoch, 0, attempt)))
+        with pytest.raises(ProtocolError) as caught:
+            await layer.open(late, REQUEST)
+        assert caught.value.close_code == 4204
+    assert Counting.reads == reads
+    await layer.stop()

@@ -222,6 +222,9 @@ class _V1:
     #: The session's task: exists only while it has work (store I/O, frames, a timer
     #: that came due), not for an idle session.
     task: asyncio.Task[None] | None = None
+    #: The hello.attempt of the claim this process holds the session by (the store's
+    #: is this or, once another node claimed it, higher).
+    attempt: int = 0
 
     def lock(self) -> asyncio.Lock:
         """The session's store lock, made on first use."""
@@ -483,6 +486,17 @@ class TetherV1ServerLayer(ServerLayer):
         # the session as the one before left it, held here and adopted, and this
         # process claims a session only under that order (the stale-copy check in
         # _claim relies on it); the last to arrive wins.
+        local = self._by_sid.get(hello.sid)
+        if (
+            local is not None
+            and hello.attempt is not None
+            and hello.attempt <= local.attempt
+            and hello.epoch == local.endpoint.epoch
+        ):
+            # Late, as the store's judgement would find (its number can only be higher):
+            # said without reading the store or waiting behind the session's resumes,
+            # which a stream of such hellos would otherwise hold up.
+            raise ProtocolError(_LATE, close_code=TetherCloseCode.SUPERSEDED)
         async with self._one_resume_at_a_time(hello.sid):
             if transport.closed is not None:
                 # A hello the client gave up on (its connection is gone, as it waited
@@ -598,10 +612,7 @@ class TetherV1ServerLayer(ServerLayer):
                     # Late: a newer hello of this client was served (the token checked
                     # out, so no refusal is counted). A session of its own would run
                     # its handler for a connection nobody reads.
-                    raise ProtocolError(
-                        "a newer hello of this session was served",
-                        close_code=TetherCloseCode.SUPERSEDED,
-                    )
+                    raise ProtocolError(_LATE, close_code=TetherCloseCode.SUPERSEDED)
                 self._count_refusal(host, loop.time())
                 return await self._new(transport, request, principal, reason=verdict)
             # Held here and adopted above, or nothing (not held, or ended since): no
@@ -641,6 +652,7 @@ class TetherV1ServerLayer(ServerLayer):
             # The claim attached the session in the store (no expiry): a detach
             # written before is void, and one is due again if this attach fails.
             state.detached = False
+            state.attempt = record.attempt
             try:
                 self._attach(state, transport, token, resumed=True, peer_rx=hello.rx)
             except ProtocolError:
@@ -1946,6 +1958,9 @@ def _admits(
     verdicts.append(verdict)
     return verdict is None
 
+
+#: The close reason of a late hello (4204).
+_LATE = "a newer hello of this session was served"
 
 #: Seconds between checks, by a send waiting for room, that the drain ended its session.
 _DRAINED_RECHECK_S = 1.0
