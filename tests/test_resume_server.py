@@ -74,15 +74,28 @@ async def drop(session: Session, link: FakeTransport) -> None:
 
 
 async def resume_on(
-    layer: TetherV1ServerLayer, welcome: Welcome, *, rx: int, token: str | None = None
+    layer: TetherV1ServerLayer,
+    welcome: Welcome,
+    *,
+    rx: int,
+    token: str | None = None,
+    attempt: int | None = None,
 ) -> tuple[Session, FakeTransport]:
     """A client's resume of ``welcome``'s session on ``layer``, its welcome sent."""
-    hello = Hello(welcome.sid, token or welcome.token, welcome.epoch, rx=rx)
+    hello = Hello(welcome.sid, token or welcome.token, welcome.epoch, rx=rx, attempt=attempt)
     link = v1_transport(encode(hello))
     session = await layer.open(link, REQUEST)
     session.attach(link)
     await settle(link, 1)
     return session, link
+
+
+def resumed_welcome(link: FakeTransport) -> Welcome:
+    """The welcome ``link`` got, checked to be a resume's."""
+    welcome = decode(link.sent[0])
+    assert isinstance(welcome, Welcome)
+    assert welcome.resumed is True
+    return welcome
 
 
 async def test_plain_client_gets_a_plain_session() -> None:
@@ -2142,14 +2155,8 @@ async def _late_hello_refused(*, nodes: int) -> None:
     # connection still open as far as any server knows); its second resume, with the
     # same token, is served first.
     given_up = Hello(welcome.sid, welcome.token, welcome.epoch, rx=0, attempt=1)
-    live_hello = Hello(welcome.sid, welcome.token, welcome.epoch, rx=0, attempt=2)
-    live = v1_transport(encode(live_hello))
-    resumed = await live_node.open(live, REQUEST)
-    resumed.attach(live)
-    await settle(live, 1)
-    welcomed = decode(live.sent[0])
-    assert isinstance(welcomed, Welcome)
-    assert welcomed.resumed is True
+    resumed, live = await resume_on(live_node, welcome, rx=0, attempt=2)
+    resumed_welcome(live)
     late = v1_transport(encode(given_up))
     with pytest.raises(ProtocolError) as caught:
         await late_node.open(late, REQUEST)
@@ -2220,14 +2227,9 @@ async def _a_store_written_before_numbered_hellos_still_resumes_them() -> None:
     session, link, welcome = await new_session(layer)
     for attempt in (1, 1):  # the same number twice: nothing stored to judge it by
         await drop(session, link)
-        hello = Hello(welcome.sid, welcome.token, welcome.epoch, rx=0, attempt=attempt)
-        link = v1_transport(encode(hello))
-        assert await layer.open(link, REQUEST) is session
-        session.attach(link)
-        await settle(link, 1)
-        welcome = decode(link.sent[0])
-        assert isinstance(welcome, Welcome)
-        assert welcome.resumed is True
+        resumed, link = await resume_on(layer, welcome, rx=0, attempt=attempt)
+        assert resumed is session
+        welcome = resumed_welcome(link)
     record = await store.load(welcome.sid)
     assert record is not None
     assert (record.generation, record.attempt) == (3, 0)
@@ -2252,14 +2254,9 @@ async def _a_hello_late_by_two_resumes() -> None:
     welcome = first
     for attempt in (1, 2):
         await drop(session, link)
-        hello = Hello(welcome.sid, welcome.token, welcome.epoch, rx=0, attempt=attempt)
-        link = v1_transport(encode(hello))
-        assert await layer.open(link, REQUEST) is session
-        session.attach(link)
-        await settle(link, 1)
-        welcome = decode(link.sent[0])
-        assert isinstance(welcome, Welcome)
-        assert welcome.resumed is True
+        resumed, link = await resume_on(layer, welcome, rx=0, attempt=attempt)
+        assert resumed is session
+        welcome = resumed_welcome(link)
     # Attempt 1's hello again, as a late copy would come: the first token, two rotations old.
     late = v1_transport(encode(Hello(first.sid, first.token, first.epoch, rx=0, attempt=1)))
     with pytest.raises(ProtocolError) as caught:
@@ -2269,9 +2266,9 @@ async def _a_hello_late_by_two_resumes() -> None:
     assert link.close_calls == []
     # Not counted as a refusal: with one allowed, the client's next resume is judged.
     await drop(session, link)
-    hello = Hello(welcome.sid, welcome.token, welcome.epoch, rx=0, attempt=3)
-    link = v1_transport(encode(hello))
-    assert await layer.open(link, REQUEST) is session
+    resumed, link = await resume_on(layer, welcome, rx=0, attempt=3)
+    assert resumed is session
+    resumed_welcome(link)
     await layer.stop()
 
 
@@ -2296,10 +2293,8 @@ async def _a_late_hello_for_a_session_held_here_is_refused_without_the_store() -
     layer = TetherV1ServerLayer(store=store)
     session, link, welcome = await new_session(layer)
     await drop(session, link)
-    hello = Hello(welcome.sid, welcome.token, welcome.epoch, rx=0, attempt=2)
-    live = v1_transport(encode(hello))
-    assert await layer.open(live, REQUEST) is session
-    session.attach(live)
+    resumed, _ = await resume_on(layer, welcome, rx=0, attempt=2)
+    assert resumed is session
     reads = Counting.reads
     for attempt in (1, 2):
         late = v1_transport(encode(Hello(welcome.sid, "Zm9yZ2Vk", welcome.epoch, 0, attempt)))

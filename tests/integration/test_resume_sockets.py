@@ -603,15 +603,7 @@ async def test_a_client_whose_resume_is_refused_as_late_takes_a_new_session() ->
     """
     store, handler = MemoryStore(), Echo()
     async with connected_pair(store, handler) as run:
-        await echoes(run.conn, 1)
-        sid = run.conn._layer.endpoint.sid  # type: ignore[attr-defined]
-        store._held[sid].update(attempt=1000)  # as a resume numbered 1000 would leave it
-        transport = run.conn._transport
-        assert transport is not None
-        transport.abort()
-        await run.conn.send("c2")  # queued while away: the application's to resend
-        lost = await run.events.wait_for(SessionLost, timeout=5)
-        assert (lost[0].reason, lost[0].unacked) == ("superseded", ("c2",))
+        sid = await _resume_refused_as_late(run, store)
         await eventually(lambda: run.conn._layer.endpoint.sid not in {None, sid}, 5)  # type: ignore[attr-defined]
         await echoes(run.conn, 3)
 
@@ -628,16 +620,25 @@ async def test_a_resume_refused_as_late_is_reported_even_if_the_client_then_give
     server = await start_server(Echo(), store)
     conn = await client(server.port, backoff=BackoffConfig(base=0.05, cap=0.05, max_attempts=1))
     async with running(server, conn) as run:
-        await echoes(run.conn, 1)
-        sid = run.conn._layer.endpoint.sid  # type: ignore[attr-defined]
-        store._held[sid].update(attempt=1000)  # as a resume numbered 1000 would leave it
-        transport = run.conn._transport
-        assert transport is not None
-        transport.abort()
-        await run.conn.send("c2")
-        lost = await run.events.wait_for(SessionLost, timeout=5)
-        assert (lost[0].reason, lost[0].unacked) == ("superseded", ("c2",))
+        await _resume_refused_as_late(run, store)
         await run.events.wait_for(GaveUp, timeout=5)
+
+
+async def _resume_refused_as_late(run: Running, store: MemoryStore) -> str:
+    """Echo c1; a higher number is served meanwhile; the link drops with c2 unacked.
+
+    Returns the session id, once the client reported SessionLost("superseded", ("c2",)).
+    """
+    await echoes(run.conn, 1)
+    sid = run.conn._layer.endpoint.sid  # type: ignore[attr-defined]
+    store._held[sid].update(attempt=1000)  # as a resume numbered 1000 would leave it
+    transport = run.conn._transport
+    assert transport is not None
+    transport.abort()
+    await run.conn.send("c2")  # queued while away: the application's to resend
+    lost = await run.events.wait_for(SessionLost, timeout=5)
+    assert (lost[0].reason, lost[0].unacked) == ("superseded", ("c2",))
+    return str(sid)
 
 
 @pytest.mark.timeout(20)
