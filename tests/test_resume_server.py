@@ -577,6 +577,15 @@ class CountingStore(MemoryStore):
         await super().detach(*args, **kwargs)
 
 
+class SlowClaimStore(MemoryStore):
+    """A store whose claim answers 50 ms after it was applied (the answer's way back)."""
+
+    async def claim(self, *args: Any, **kwargs: Any) -> Any:
+        record = await super().claim(*args, **kwargs)
+        await asyncio.sleep(0.05)
+        return record
+
+
 class SlowStore(CountingStore):
     """An I/O-like store whose writes take a little while."""
 
@@ -1940,15 +1949,10 @@ def test_two_resumes_on_one_node_at_once_keep_the_session_alive(stagger: float) 
 
 
 async def _two_resumes_on_one_node_at_once_keep_the_session_alive(stagger: float) -> None:
-    class Slow(MemoryStore):
+    class Slow(SlowClaimStore):
         async def load(self, sid: str) -> Any:
             await asyncio.sleep(0.02)  # the request's way there
             return await super().load(sid)
-
-        async def claim(self, *args: Any, **kwargs: Any) -> Any:
-            record = await super().claim(*args, **kwargs)  # applied in the store
-            await asyncio.sleep(0.05)  # the answer's way back
-            return record
 
     store = Slow()
     layer = TetherV1ServerLayer(store=store)
@@ -2039,13 +2043,7 @@ def test_a_close_racing_a_resume_on_this_node_closes_the_new_connection() -> Non
 
 
 async def _a_close_racing_a_resume_on_this_node_closes_the_new_connection() -> None:
-    class Slow(MemoryStore):
-        async def claim(self, *args: Any, **kwargs: Any) -> Any:
-            record = await super().claim(*args, **kwargs)
-            await asyncio.sleep(0.05)  # the answer's way back
-            return record
-
-    store = Slow()
+    store = SlowClaimStore()
     layer = TetherV1ServerLayer(store=store)
     session, old, welcome = await new_session(layer)
     for n in range(3):
@@ -2108,18 +2106,12 @@ def test_a_hello_whose_connection_died_while_it_waited_takes_nothing_over() -> N
 
 
 async def _a_hello_whose_connection_died_while_it_waited_takes_nothing_over() -> None:
-    class Slow(MemoryStore):
-        async def claim(self, *args: Any, **kwargs: Any) -> Any:
-            record = await super().claim(*args, **kwargs)
-            await asyncio.sleep(0.05)  # the answer's way back
-            return record
-
     class Engine(FakeTransport):
         @property
         def closed(self) -> ClosedInfo | None:
             return self._ending  # (an engine knows at once, unread messages or not)
 
-    store = Slow()
+    store = SlowClaimStore()
     layer = TetherV1ServerLayer(store=store)
     session, link, welcome = await new_session(layer)
     await drop(session, link)

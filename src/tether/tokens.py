@@ -22,6 +22,7 @@ __all__ = [
     "ResumeCandidate",
     "TokenSource",
     "hash_token",
+    "is_late",
     "judge_resume",
     "lost_reason",
     "new_session_id",
@@ -106,6 +107,15 @@ def lost_reason(lost: str) -> LostReason:
         return LostReason.NOT_RESUMABLE
 
 
+def is_late(hello: Hello, served: int) -> bool:
+    """Whether ``hello`` is numbered at or below ``served``, the highest attempt served.
+
+    Such a hello came after its client's next one was served (docs/protocol.md §5).
+    An unnumbered hello is never late.
+    """
+    return hello.attempt is not None and hello.attempt <= served
+
+
 def judge_resume(
     hello: Hello,
     session: ResumeCandidate | None,
@@ -137,7 +147,7 @@ def judge_resume(
     if session is None:
         return LostReason.UNKNOWN
     # (getattr: a candidate written before ResumeCandidate.attempt keeps working.)
-    if hello.attempt is not None and hello.attempt <= getattr(session, "attempt", 0):
+    if is_late(hello, getattr(session, "attempt", 0)):
         # A hello that came late, after its client's next one was served (its
         # connection given up on, still open or not yet seen closed). Judged before
         # the token: it may present the token the live resume presented (still

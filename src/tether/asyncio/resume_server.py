@@ -93,7 +93,7 @@ from ..stores.base import (
     Write,
 )
 from ..stores.memory import MemoryStore
-from ..tokens import hash_token, judge_resume, lost_reason, new_session_id, new_token
+from ..tokens import hash_token, is_late, judge_resume, lost_reason, new_session_id, new_token
 from .clock import loop_clock
 from .engine import ClosedInfo, Message, Transport, TransportClosed
 from .session import (
@@ -481,22 +481,21 @@ class TetherV1ServerLayer(ServerLayer):
         if self.limiter is not None and not self.limiter.allowed(host, loop.time()):
             # Before the store: a limited address learns nothing about the session.
             return await self._new(transport, request, principal, reason=LostReason.RATE_LIMITED)
-        # One resume of a session at a time in this process (a client's retry, a hello
-        # that was late on a connection the client already gave up): each then finds
-        # the session as the one before left it, held here and adopted, and this
-        # process claims a session only under that order (the stale-copy check in
-        # _claim relies on it); the last to arrive wins.
         local = self._by_sid.get(hello.sid)
         if (
             local is not None
-            and hello.attempt is not None
-            and hello.attempt <= local.attempt
+            and is_late(hello, local.attempt)
             and hello.epoch == local.endpoint.epoch
         ):
             # Late, as the store's judgement would find (its number can only be higher):
             # said without reading the store or waiting behind the session's resumes,
             # which a stream of such hellos would otherwise hold up.
             raise ProtocolError(_LATE, close_code=TetherCloseCode.SUPERSEDED)
+        # One resume of a session at a time in this process (a client's retry, a hello
+        # that was late on a connection the client already gave up): each then finds
+        # the session as the one before left it, held here and adopted, and this
+        # process claims a session only under that order (the stale-copy check in
+        # _claim relies on it); the last to arrive wins.
         async with self._one_resume_at_a_time(hello.sid):
             if transport.closed is not None:
                 # A hello the client gave up on (its connection is gone, as it waited
