@@ -92,6 +92,27 @@ def test_explain_range_code(capsys: pytest.CaptureFixture[str]) -> None:
     assert data["policy"]["action"] == "final"
 
 
+def test_explain_a_tether_code_adds_what_tether_means(capsys: pytest.CaptureFixture[str]) -> None:
+    """explain 4204 keeps the range's text and adds tether.v1's meaning, in both languages,
+    within 80 columns; 4205 (no tether meaning) has no such section."""
+    from tether._cli._text import display_width
+
+    _, out, _ = run(capsys, "explain", "4204")
+    assert out.startswith("4204 Private Use (4000-4999): tether.v1 SUPERSEDED: ")
+    assert "\nIf the peer speaks tether.v1 (tether's session resumption)\n" in out
+    assert "\n  - SUPERSEDED: " in out
+    assert "\nMeaning\n  Codes 4000–4999 are for private use" in out
+    _, out, _ = run(capsys, "explain", "4901", "--lang", "ja")
+    assert "相手が tether.v1" in out
+    assert "TAKEN_OVER: " in out
+    assert max(display_width(line) for line in out.splitlines()) <= 80
+    _, out, _ = run(capsys, "explain", "4205")
+    assert "tether.v1" not in out
+    _, out, _ = run(capsys, "compare", "4201", "4205")
+    assert "If the peer speaks tether.v1 (tether's session resumption)" in out
+    assert out.count("SEQUENCE_GAP") == 2  # in the summary and the added paragraph
+
+
 def test_explain_in_japanese(capsys: pytest.CaptureFixture[str]) -> None:
     """explain 1012 --lang ja prints Japanese headings and the 1〜5 秒 / 5〜30 秒 fact."""
     _, out, _ = run(capsys, "explain", "1012", "--lang", "ja")

@@ -23,6 +23,7 @@ from tether.knowledge import (
     summary,
 )
 from tether.policy import Action, DelayRule, ReconnectPolicy
+from tether.protocol import TetherCloseCode
 
 JAPANESE = re.compile(r"[\u3040-\u30ff\u4e00-\u9fff]")
 KEYS = [info.key for info in REGISTRY]
@@ -47,6 +48,7 @@ EXPLANATION_FIELDS = {
     "tether_default",
     "policy",
     "lang",
+    "tether_v1",
 }
 
 
@@ -486,3 +488,58 @@ def test_docs_list_every_json_field() -> None:
     )
     for field in fields:
         assert f"`{field}`" in doc or f'"{field}"' in doc, field
+
+
+# --- tether.v1's own codes ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
+def test_every_tether_code_has_a_text_and_nothing_else_does(lang: str) -> None:
+    """One tether_codes entry per TetherCloseCode member, each field filled."""
+    entries = load_texts(lang)["tether_codes"]
+    assert set(entries) == {str(int(code)) for code in TetherCloseCode}
+    for entry in entries.values():
+        assert set(entry) == {"summary", "meaning", "action"}
+        assert all(isinstance(text, str) and text.strip() for text in entry.values())
+        if lang == "ja":
+            assert all(JAPANESE.search(text) for text in entry.values())
+
+
+@pytest.mark.parametrize("code", list(TetherCloseCode))
+def test_a_tether_code_is_explained_as_tether_uses_it(code: TetherCloseCode) -> None:
+    """explain() adds tether.v1's meaning to the range's text; summary() names it."""
+    for lang in LANGUAGES:
+        e = explain(int(code), lang)
+        assert e.key == "4000-4999"  # the range's own text is kept
+        assert e.tether_v1 is not None
+        assert e.tether_v1.name == code.name
+        assert f"tether.v1 {code.name}: " in e.summary
+        assert e.summary == summary(int(code), lang)
+        assert "\n" not in e.summary
+        assert e.to_dict()["tether_v1"]["name"] == code.name
+
+
+@pytest.mark.parametrize("code", [1006, 1012, 4000, 4200, 4205, 4900, 4902])
+def test_other_codes_have_no_tether_meaning(code: int) -> None:
+    """Only tether.v1's own numbers get the tether section; its neighbours do not."""
+    e = explain(code)
+    assert e.tether_v1 is None
+    assert e.to_dict()["tether_v1"] is None
+    assert "tether.v1" not in e.summary
+
+
+def test_tether_code_texts_agree_with_what_tether_does() -> None:
+    """4901 is final in the policy and its text says so; the 42xx texts say the client
+    resumes (or, 4204, starts a new session), and the policy does reconnect them."""
+    taken_over = explain(TetherCloseCode.TAKEN_OVER)
+    assert taken_over.decision.rule.action is Action.FINAL
+    assert taken_over.tether_v1 is not None
+    assert "does not reconnect" in taken_over.tether_v1.action
+    assert 'SessionLost("taken_over")' in taken_over.tether_v1.action
+    for code in (4201, 4202, 4203, 4204):
+        e = explain(code)
+        assert e.decision.rule.action is Action.RECONNECT
+        assert e.tether_v1 is not None
+    superseded = explain(TetherCloseCode.SUPERSEDED).tether_v1
+    assert superseded is not None
+    assert 'SessionLost("superseded")' in superseded.action

@@ -64,6 +64,10 @@ def render(comparison: Comparison, width: int, style: Styler) -> list[str]:
         lines += wrap(category_line(item), width, indent="    ")
         lines += wrap(may_send_line(item), width, indent="    ")
         lines += wrap(item.meaning, width, indent="    ")
+        if item.tether_v1 is not None:
+            use = item.tether_v1
+            text = f"{labels['tether_v1']}: {use.name}: {use.meaning} {use.action}"
+            lines += wrap(text, width, indent="    ")
     section("compare_appears")
     for item in pair:
         lines.append(f"  {item.code}")

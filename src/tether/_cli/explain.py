@@ -58,8 +58,11 @@ def render(explanation: Explanation, width: int, style: Styler) -> list[str]:
     lines = [style.bold(lines[0]), *lines[1:]]
     lines += wrap(category_line(explanation), width, subsequent="  ")
     lines += wrap(may_send_line(explanation), width, subsequent="  ")
-    sections: list[tuple[str, str | tuple[str, ...]]] = [
-        ("meaning", explanation.meaning),
+    sections: list[tuple[str, str | tuple[str, ...]]] = [("meaning", explanation.meaning)]
+    use = explanation.tether_v1
+    if use is not None:
+        sections.append(("tether_v1", (f"{use.name}: {use.meaning}", use.action)))
+    sections += [
         ("causes", explanation.causes),
         ("client_action", explanation.client_action),
         ("server_action", explanation.server_action),

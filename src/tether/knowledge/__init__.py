@@ -17,6 +17,11 @@ Public functions (the contract other modules rely on):
 * :func:`summary` ``(code, lang="en") -> str``: one line, used by ``Disconnected.explanation``.
 * :func:`compare` ``(a, b, lang="en") -> Comparison``: two codes side by side.
 * :func:`catalog` ``(lang="en") -> tuple[CatalogEntry, ...]``: every registry entry, for tables.
+
+The private codes tether.v1 itself sends (:class:`tether.protocol.TetherCloseCode`)
+have, besides their range's entry, a ``tether_codes`` entry each: what the code
+means between tether endpoints and what tether does about it. The range's text
+stays, because another application may use the same number for something else.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from ..backoff import BackoffConfig
 from ..closecodes import REGISTRY, Category, CodeInfo, Sender, lookup
 from ..exceptions import ConfigurationError
 from ..policy import Action, Decision, DelayRule, ReconnectPolicy
+from ..protocol import TetherCloseCode
 
 __all__ = [
     "LANGUAGES",
@@ -40,6 +46,7 @@ __all__ = [
     "Comparison",
     "Explanation",
     "PolicySegment",
+    "TetherUse",
     "catalog",
     "check_lang",
     "compare",
@@ -152,6 +159,52 @@ def _one_line(label: int | str, info: CodeInfo, title: str, phrase: str) -> str:
     return f"{label} {title}: {phrase}"
 
 
+@dataclass(frozen=True)
+class TetherUse:
+    """What tether.v1 means by one of the private codes it sends.
+
+    Attributes:
+        name: the :class:`~tether.protocol.TetherCloseCode` member, e.g. ``"SUPERSEDED"``.
+        summary: one short phrase.
+        meaning: what the code means between tether endpoints.
+        action: what tether does about it, and what (if anything) to do by hand.
+    """
+
+    name: str
+    summary: str
+    meaning: str
+    action: str
+
+    def to_dict(self) -> dict[str, str]:
+        """``{"name", "summary", "meaning", "action"}``."""
+        return {
+            "name": self.name,
+            "summary": self.summary,
+            "meaning": self.meaning,
+            "action": self.action,
+        }
+
+
+def _tether_use(code: int, texts: dict[str, Any]) -> TetherUse | None:
+    try:
+        member = TetherCloseCode(code)
+    except ValueError:
+        return None
+    entry: dict[str, str] = texts["tether_codes"][str(code)]
+    return TetherUse(member.name, entry["summary"], entry["meaning"], entry["action"])
+
+
+def _summary_line(
+    code: int, info: CodeInfo, title: str, entry: dict[str, Any], texts: dict[str, Any]
+) -> str:
+    use = _tether_use(code, texts)
+    if use is None:
+        return _one_line(code, info, title, entry["summary"])
+    # Said as "tether.v1 NAME" so that a reader whose peer is not tether reads it as
+    # tether's meaning, not as the meaning of the number.
+    return _one_line(code, info, title, f"tether.v1 {use.name}: {use.summary}")
+
+
 def _entry_dict(entry: Explanation | CatalogEntry) -> dict[str, Any]:
     """The JSON fields both shapes write alike, in their documented order (name .. summary)."""
     return {
@@ -187,6 +240,8 @@ class Explanation:
         tether_default: what tether's default reconnect policy does, in prose.
         decision: the default policy's decision the prose was computed from.
         lang: the language of the texts.
+        tether_v1: for a code tether.v1 sends (4201-4204, 4901), what it means there;
+            None for every other code.
     """
 
     code: int
@@ -206,6 +261,7 @@ class Explanation:
     tether_default: str
     decision: Decision
     lang: str
+    tether_v1: TetherUse | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The documented JSON shape (see docs/close-codes.md)."""
@@ -221,6 +277,7 @@ class Explanation:
             "tether_default": self.tether_default,
             "policy": _decision_dict(self.decision),
             "lang": self.lang,
+            "tether_v1": None if self.tether_v1 is None else self.tether_v1.to_dict(),
         }
 
 
@@ -248,7 +305,7 @@ def explain(code: int, lang: str = "en") -> Explanation:
         may_send=info.may_send,
         sender=info.sender,
         registered=info.registered,
-        summary=_one_line(code, info, title, entry["summary"]),
+        summary=_summary_line(code, info, title, entry, texts),
         meaning=entry["meaning"],
         causes=tuple(entry["causes"]),
         client_action=entry["client_action"],
@@ -257,6 +314,7 @@ def explain(code: int, lang: str = "en") -> Explanation:
         tether_default=_default_text(decision, texts),
         decision=decision,
         lang=lang,
+        tether_v1=_tether_use(code, texts),
     )
 
 
@@ -269,7 +327,7 @@ def summary(code: int, lang: str = "en") -> str:
     texts = load_texts(lang)
     info = lookup(code)
     entry = texts["entries"][info.key]
-    return _one_line(code, info, _title(info, entry, lang), entry["summary"])
+    return _summary_line(code, info, _title(info, entry, lang), entry, texts)
 
 
 @dataclass(frozen=True)
