@@ -681,19 +681,31 @@ async def test_flush_waits_until_queued_messages_are_sent(
     assert server.connections == [["early"]]
 
 
+class _TopOfEveryDraw(random.Random):
+    """Draws the top of every range, so that a backoff delay equals its ceiling."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
 async def test_accept_then_close_server_is_not_a_tight_loop(
     scripted: Callable[..., Awaitable[Scripted]],
 ) -> None:
-    """A server that accepts then closes at once (1011) sees few connections, not hundreds."""
-    server = await scripted(*[close_with(1011)] * 1000)
-    backoff = BackoffConfig(base=0.05, cap=5.0)
-    conn = tether.connect(server.url, heartbeat=NO_PING, backoff=backoff, rng=random.Random(1))
+    """A server that accepts then closes at once (1011): each connection that opened counts
+    as a failure, so the ceiling keeps doubling; resetting the backoff on each handshake
+    would keep every delay at the first ceiling (and loop hundreds of times a second)."""
+    server = await scripted(*[close_with(1011)] * 20)
+    backoff = BackoffConfig(base=0.002, cap=0.05)
+    conn = tether.connect(server.url, heartbeat=NO_PING, backoff=backoff, rng=_TopOfEveryDraw())
+    events = EventRecorder(conn)
     conn.start()
-    await asyncio.sleep(1.0)  # the behaviour under test is how many attempts fit in 1 s
-    await conn.close()
-    # Ceilings 0.05, 0.1, 0.2, 0.4, 0.8 s: at most ~6 connections fit in one second;
-    # resetting the backoff on each handshake would allow hundreds.
-    assert 2 <= len(server.connections) <= 7
+    try:
+        await events.wait_for(Reconnecting, count=7, timeout=10)
+    finally:
+        await conn.close()
+    delays = [event.delay for event in events.of(Reconnecting)[:7]]
+    assert delays == pytest.approx([0.002, 0.004, 0.008, 0.016, 0.032, 0.05, 0.05])
+    assert len(server.connections) >= 7  # each delay followed a connection that opened
 
 
 def test_documented_defaults_match_the_signature() -> None:
