@@ -185,10 +185,12 @@ class TetherUse:
         }
 
 
+_TETHER_CODES = {int(member): member for member in TetherCloseCode}
+
+
 def _tether_use(code: int, texts: dict[str, Any]) -> TetherUse | None:
-    try:
-        member = TetherCloseCode(code)
-    except ValueError:
+    member = _TETHER_CODES.get(code)
+    if member is None:
         return None
     entry: dict[str, str] = texts["tether_codes"][str(code)]
     return TetherUse(member.name, entry["summary"], entry["meaning"], entry["action"])
@@ -318,6 +320,10 @@ def explain(code: int, lang: str = "en") -> Explanation:
     )
 
 
+# Every closed connection's exception and event carries its summary: cached, since a
+# restart closes thousands at once with the same few codes. typed=True keeps True
+# apart from 1 (lookup refuses a bool; an untyped cache would answer it as 1).
+@functools.lru_cache(maxsize=256, typed=True)
 def summary(code: int, lang: str = "en") -> str:
     """One line about ``code``, e.g. ``"1006 Abnormal Closure: the connection dropped ..."``.
 
