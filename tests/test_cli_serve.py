@@ -158,6 +158,48 @@ def test_bad_options_are_usage_errors(args: list[str], says: str) -> None:
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_reuse_port_needs_a_fixed_port() -> None:
+    """--reuse-port with --port 0: refused at start (a handover's replacement would bind
+    another port, and the handover would fail 30 s after each SIGHUP)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "tether", "serve", "--reuse-port", "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "tether serve: error: --reuse-port needs a fixed --port (a handover's replacement"
+        " binds the same one), not 0"
+    )
+
+
+def test_a_store_that_fails_at_start_stops_the_server(tmp_path: Path) -> None:
+    """A store that does not answer at start (nothing listening, a Redis database out of
+    range, a directory, a file that is not a database): exit 1 with one line naming the
+    store, instead of a server that looks healthy and keeps no session."""
+    not_a_database = tmp_path / "notes.txt"
+    not_a_database.write_text("hello\n")
+    cases = [
+        (f"redis://127.0.0.1:{free_port()}/0", "Connect call failed"),
+        ("redis://127.0.0.1:6379/99", "DB index is out of range"),
+        (f"sqlite:///{tmp_path}", "unable to open database file"),
+        (f"sqlite:///{not_a_database}", "file is not a database"),
+    ]
+    for url, says in cases:
+        result = subprocess.run(
+            [sys.executable, "-m", "tether", "serve", "--port", "0", "--store", url],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        assert result.returncode == 1, url
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.startswith(f"tether serve: error: --store {url}: "), last
+        assert says in last, last
+        assert "serving on" not in result.stderr, url
+
+
 def test_default_store_is_a_sqlite_file_in_the_current_directory(
     servers: Servers, tmp_path: Path
 ) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -843,6 +844,42 @@ def test_origins_must_be_a_list() -> None:
     """origins="https://app.example" (one string, not a list) is a ConfigurationError."""
     with pytest.raises(tether.ConfigurationError):
         tether.serve(echo, "127.0.0.1", 0, origins="https://app.example")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("max_size", 0, "max_size must be an integer >= 1 or None, not 0"),
+        ("max_size", -1, "max_size must be an integer >= 1 or None, not -1"),
+        ("max_size", True, "max_size must be an integer >= 1 or None, not True"),
+        ("open_timeout", 0, "open_timeout must be > 0 seconds or None, not 0"),
+        ("open_timeout", -1.0, "open_timeout must be > 0 seconds or None, not -1.0"),
+        ("health_path", "healthz", "health_path must be a path starting with '/'"),
+        ("health_path", "", "health_path must be a path starting with '/'"),
+        ("backlog", 0, "backlog must be >= 1, not 0"),
+        ("close_timeout", 0, "close_timeout must be > 0 seconds, not 0"),
+    ],
+)
+def test_settings_that_would_break_every_connection_are_refused(
+    option: str, value: object, message: str
+) -> None:
+    """serve() refuses, at once, settings with which it would start and then fail every
+    connection: a max_size under 1 (tether.v1's hello refused with 1009), an
+    open_timeout of 0 or less (every connection dropped, /healthz too), a health path
+    without its "/" (the health check answered 404)."""
+    with pytest.raises(tether.ConfigurationError, match=re.escape(message)):
+        tether.serve(echo, "127.0.0.1", 0, **{option: value})
+
+
+async def test_the_limits_a_server_accepts(start: Callable[..., Awaitable[Server]]) -> None:
+    """The edges that are valid stay valid: max_size 1 and None, open_timeout None,
+    health_path None."""
+    for kwargs in ({"max_size": 1}, {"max_size": None}, {"open_timeout": None}):
+        server = await start(**kwargs)
+        status, _ = await health_check("127.0.0.1", server.port)
+        assert status == 200
+    server = await start(health_path=None)
+    assert await handshake_status(server.port, None) == 101
 
 
 @pytest.mark.timeout(60)

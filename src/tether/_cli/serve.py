@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..closecodes import validate_send
-from ..exceptions import ConfigurationError, InvalidCloseCode
+from ..exceptions import ConfigurationError, InvalidCloseCode, StoreError
 
 if TYPE_CHECKING:
     from ..stores.base import SessionStore
@@ -183,6 +183,11 @@ def run(args: argparse.Namespace) -> int:
         heartbeat = Heartbeat(args.ping_interval or None, args.ping_timeout or None)
         if not 0 <= args.port <= 65535:
             raise ConfigurationError(f"--port must be 0..65535, not {args.port}")
+        if args.reuse_port and args.port == 0:
+            raise ConfigurationError(
+                "--reuse-port needs a fixed --port (a handover's replacement binds the same"
+                " one), not 0"
+            )
         if not (args.drain_window >= 0 and math.isfinite(args.drain_window)):
             raise ConfigurationError("--drain-window must be a finite number >= 0 seconds")
         if not args.close_timeout > 0:
@@ -231,6 +236,8 @@ async def _serve(args: argparse.Namespace, heartbeat: Any, store: SessionStore |
     from ..asyncio.apps import make_app
     from ..asyncio.server import serve
 
+    if store is not None and not await _store_answers(store, args):
+        return 1
     app = make_app(args.app, ticker_interval_ms=args.ticker_interval, node=args.node_id)
     server = serve(
         app,
@@ -258,6 +265,25 @@ async def _serve(args: argparse.Namespace, heartbeat: Any, store: SessionStore |
     _tune_gc()
     await server.wait_closed()
     return 0
+
+
+async def _store_answers(store: SessionStore, args: argparse.Namespace) -> bool:
+    """Ask the store once before serving; False (one line printed) if it fails.
+
+    The library serves on when its store fails (sessions are then not durable, and
+    the store is tried again): the store may come back. At the start of this command
+    a failing store is far more often a wrong URL or path (a Redis database number
+    out of range, nothing listening, a directory or a file that is not a database),
+    and a server that looks healthy while it keeps no session hides it.
+    """
+    try:
+        await asyncio.wait_for(store.epoch(), args.store_timeout)
+    except (StoreError, OSError, TimeoutError) as exc:
+        what = str(exc) or f"no answer within {args.store_timeout:g} s"
+        print(f"tether serve: error: --store {args.store}: {what}", file=sys.stderr)
+        await store.close()
+        return False
+    return True
 
 
 def _hold_sighup(hold: bool) -> None:

@@ -153,6 +153,28 @@ class Server:
             raise ConfigurationError(f"close_timeout must be > 0 seconds, not {close_timeout!r}")
         if backlog < 1:
             raise ConfigurationError(f"backlog must be >= 1, not {backlog!r}")
+        # The three below would otherwise be accepted and break every connection:
+        # a max_size under 1 refuses every message (tether.v1's hello first), an
+        # open_timeout of 0 or less drops every connection (health checks included),
+        # a path without "/" never matches a request, so the health check gets 404.
+        if max_size is not None and (
+            isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1
+        ):
+            raise ConfigurationError(f"max_size must be an integer >= 1 or None, not {max_size!r}")
+        if open_timeout is not None and (
+            isinstance(open_timeout, bool)
+            or not isinstance(open_timeout, (int, float))
+            or not open_timeout > 0
+        ):
+            raise ConfigurationError(
+                f"open_timeout must be > 0 seconds or None, not {open_timeout!r}"
+            )
+        if health_path is not None and not (
+            isinstance(health_path, str) and health_path.startswith("/")
+        ):
+            raise ConfigurationError(
+                f"health_path must be a path starting with '/' or None, not {health_path!r}"
+            )
         if compression not in (None, "deflate"):
             raise ConfigurationError(f"compression must be None or 'deflate', not {compression!r}")
         validate_send(shutdown_code, role="server")
