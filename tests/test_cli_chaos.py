@@ -65,6 +65,28 @@ def test_bad_arguments_exit_2_with_one_line(
     assert "error:" in err
 
 
+@pytest.mark.parametrize(
+    ("flag", "value", "line"),
+    [
+        ("--kill-after", "-1", "--kill-after must be >= 0, got -1.0"),
+        ("--blackhole-after", "-1", "--blackhole-after must be >= 0, got -1.0"),
+        ("--idle-timeout", "0", "--idle-timeout must be > 0, got 0.0"),
+        ("--latency", "-5", "--latency must be >= 0, got -5.0"),
+        ("--jitter", "-1", "--jitter must be >= 0, got -1.0"),
+        ("--bandwidth", "0", "--bandwidth must be > 0, got 0.0"),
+        ("--kill-random", "2", "--kill-random is a probability per second, 0-1, got 2.0"),
+    ],
+)
+def test_a_bad_setting_is_named_by_its_flag(
+    flag: str, value: str, line: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The error names the flag the user typed, not the Python parameter behind it, and
+    offers no None (which the command line cannot give)."""
+    argv = ["chaos", "--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1", flag, value]
+    assert run_cli(argv) == 2
+    assert capsys.readouterr().err == f"tether chaos: error: {line}\n"
+
+
 async def _echo(ws: ServerConnection) -> None:
     async for message in ws:
         await ws.send(message)

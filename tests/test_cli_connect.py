@@ -43,6 +43,40 @@ def test_bad_heartbeat_values_exit_2(option: list[str], capsys: pytest.CaptureFi
     assert "heartbeat" in err
 
 
+@pytest.mark.parametrize(
+    ("option", "line"),
+    [
+        (
+            ["--open-timeout", "-1"],
+            "--open-timeout must be a finite number of seconds >= 0 (0: no bound), not -1",
+        ),
+        (
+            ["--ping-interval", "inf"],
+            "--ping-interval must be a finite number of seconds >= 0 (0 turns the heartbeat"
+            " off), not inf",
+        ),
+        (
+            ["--max-attempts", "0"],
+            "--max-attempts must be >= 1 (leave it out to never give up), not 0",
+        ),
+    ],
+)
+def test_a_bad_option_is_named_by_its_flag(
+    option: list[str], line: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The error names the flag, not the Python parameter, and offers no None."""
+    assert main(["connect", "ws://127.0.0.1:1/", *option]) == 2
+    assert capsys.readouterr().err == f"tether connect: error: {line}\n"
+
+
+def test_open_timeout_0_means_no_bound_as_in_serve() -> None:
+    """--open-timeout 0 turns the bound off (tether serve's meaning), instead of an error."""
+    import tether
+
+    conn = connect_cli._make_connection(tether, _args("ws://127.0.0.1:1/", "--open-timeout", "0"))
+    assert conn._open_timeout is None
+
+
 @pytest.fixture
 async def echo_url() -> AsyncIterator[str]:
     """An in-process websockets echo server."""
@@ -234,7 +268,8 @@ async def test_json_mode_reports_final_close_and_exit_status(
 async def test_empty_input_before_connecting_is_a_normal_end(
     echo_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`tether connect URL < /dev/null`: closed by us while connecting, exit 0 (was 1)."""
+    """`tether connect URL < /dev/null`: the connection opens, then closes with 1000,
+    exit 0 (a script's check that the server answers)."""
     import tether
 
     monkeypatch.setattr("sys.stdin", io.StringIO(""))
@@ -242,6 +277,30 @@ async def test_empty_input_before_connecting_is_a_normal_end(
     status = await connect_cli._session(conn, as_json=False, out=io.StringIO(), err=io.StringIO())
     assert status == 0
     assert isinstance(conn.close_exception, tether.ConnectionClosedOK)
+    assert conn.metrics["Connected"] == 1  # (before: closed while still connecting)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(20)
+async def test_empty_input_and_no_server_exits_1(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`tether connect URL < /dev/null` with nothing listening: exit 1 and a line saying
+    no connection opened (before: exit 0 after 0.3 s, a false "the server answers")."""
+    import socket
+
+    import tether
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    monkeypatch.setattr(connect_cli, "EOF_FLUSH_S", 0.5)
+    conn = tether.connect(f"ws://127.0.0.1:{port}/", heartbeat=None)
+    err = io.StringIO()
+    status = await asyncio.wait_for(
+        connect_cli._session(conn, as_json=False, out=io.StringIO(), err=err), 10
+    )
+    assert status == 1
+    assert err.getvalue().splitlines()[-1] == "no connection was opened"
 
 
 @pytest.mark.integration
@@ -260,11 +319,15 @@ async def test_end_of_input_with_the_server_unreachable_exits_1_with_the_lines_u
     monkeypatch.setattr("sys.stdin", io.StringIO("lost\n"))
     monkeypatch.setattr(connect_cli, "EOF_FLUSH_S", 0.5)
     conn = tether.connect(f"ws://127.0.0.1:{port}/", heartbeat=None)
+    err = io.StringIO()
     status = await asyncio.wait_for(
-        connect_cli._session(conn, as_json=False, out=io.StringIO(), err=io.StringIO()), 10
+        connect_cli._session(conn, as_json=False, out=io.StringIO(), err=err), 10
     )
     assert status == 1
     assert conn.unsent == ("lost",)
+    # The line names what was lost, not the Python attribute a program would read.
+    assert "1 queued message(s) never sent" in err.getvalue()
+    assert "conn.unsent" not in err.getvalue()
 
 
 def _gave_up_reasons() -> dict[str, str]:

@@ -165,6 +165,27 @@ async def _serve(proxy: Any) -> None:
         await proxy.close()
 
 
+#: FaultConfig's parameter names and the flags that set them.
+_FLAGS = {
+    "kill_after": "--kill-after",
+    "kill_random": "--kill-random",
+    "blackhole_after": "--blackhole-after",
+    "idle_timeout": "--idle-timeout",
+    "latency_ms": "--latency",
+    "jitter_ms": "--jitter",
+    "bandwidth_kbps": "--bandwidth",
+}
+
+
+def _as_flags(message: str) -> str:
+    """The library's message about a parameter, worded for the command line: the flag's
+    name instead of the parameter's, and no "or None" (a flag left out is None)."""
+    name, sep, rest = message.partition(" ")
+    if name not in _FLAGS or not sep:
+        return message
+    return f"{_FLAGS[name]} {rest.replace(' or None', '')}"
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the proxy until SIGTERM or Ctrl-C."""
     from ..asyncio.chaos import ChaosProxy
@@ -183,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
             rng=random.Random(args.seed) if args.seed is not None else None,
         )
     except ConfigurationError as exc:
-        print(f"tether chaos: error: {exc}", file=sys.stderr)
+        print(f"tether chaos: error: {_as_flags(str(exc))}", file=sys.stderr)
         return 2
     try:
         with _logging_to(args.json):

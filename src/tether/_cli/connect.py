@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import re
 import sys
 import threading
@@ -67,7 +68,7 @@ def register(subparsers: Any) -> None:
         type=float,
         default=10.0,
         metavar="SECONDS",
-        help="seconds allowed for each opening handshake (default: 10)",
+        help="seconds allowed for each opening handshake; 0: no bound (default: 10)",
     )
     parser.add_argument(
         "--max-attempts",
@@ -104,9 +105,27 @@ def run(args: argparse.Namespace) -> int:
         return 130
 
 
+def _check_options(tether: Any, args: argparse.Namespace) -> None:
+    """Refuse what the library would refuse, naming the flag instead of the parameter."""
+    # (Before, any heartbeat value not > 0 quietly turned the heartbeat off.)
+    for flag, value, meaning in (
+        ("--ping-interval", args.ping_interval, "0 turns the heartbeat off"),
+        ("--ping-timeout", args.ping_timeout, "0: the heartbeat never declares the link dead"),
+        ("--open-timeout", args.open_timeout, "0: no bound"),
+    ):
+        if not (value >= 0 and math.isfinite(value)):
+            raise tether.ConfigurationError(
+                f"{flag} must be a finite number of seconds >= 0 ({meaning}), not {value:g}"
+            )
+    if args.max_attempts is not None and args.max_attempts < 1:
+        raise tether.ConfigurationError(
+            f"--max-attempts must be >= 1 (leave it out to never give up), not {args.max_attempts}"
+        )
+
+
 def _make_connection(tether: Any, args: argparse.Namespace) -> Any:
-    # 0 disables; anything else goes to Heartbeat, which refuses a negative or NaN
-    # value (before, any value not > 0 quietly turned the heartbeat off).
+    _check_options(tether, args)
+    # 0 disables, as in `tether serve`.
     interval = None if args.ping_interval == 0 else args.ping_interval
     timeout = None if args.ping_timeout == 0 else args.ping_timeout
     headers: dict[str, str] = {}
@@ -124,7 +143,7 @@ def _make_connection(tether: Any, args: argparse.Namespace) -> Any:
         subprotocols=args.subprotocol or None,
         headers=headers or None,
         backoff=backoff,
-        open_timeout=args.open_timeout,
+        open_timeout=args.open_timeout or None,
         resume=not args.no_resume,
         lang=args.lang,
     )
@@ -138,7 +157,14 @@ class _LineHandler(logging.Handler):
         self.stream = stream
 
     def emit(self, record: logging.LogRecord) -> None:
-        print(record.getMessage(), file=self.stream, flush=True)
+        line = record.getMessage()
+        # The library tells a program where the unsent messages are; on the command
+        # line there is no conn to look into.
+        line = line.removesuffix(_FOR_PROGRAMS)
+        print(line, file=self.stream, flush=True)
+
+
+_FOR_PROGRAMS = "; they are in conn.unsent"
 
 
 def _event_json(event: Any) -> str:
@@ -193,6 +219,11 @@ def _start_stdin_reader(loop: asyncio.AbstractEventLoop) -> asyncio.Queue[str | 
     return lines
 
 
+async def _opened(conn: Any) -> None:
+    """Until ``conn`` has opened once, or stopped trying (it raises then)."""
+    await conn
+
+
 async def _send_input(
     conn: Any, lines: asyncio.Queue[str | None], err: TextIO, quiet: _Quiet
 ) -> None:
@@ -209,8 +240,12 @@ async def _send_input(
             # server that cannot be reached would keep us here for ever (what is
             # left ends in conn.unsent).
             deadline = loop.time() + EOF_FLUSH_S
+            # Empty input still waits for the first connection (or the end of trying):
+            # `tether connect URL < /dev/null` is how a script checks a server answers.
+            with contextlib.suppress(asyncio.TimeoutError, TimeoutError, tether.ConnectionClosed):
+                await bounded(_opened(conn), EOF_FLUSH_S)
             with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
-                await bounded(conn.flush(), EOF_FLUSH_S)
+                await bounded(conn.flush(), max(0.0, deadline - loop.time()))
             quiet.last = max(quiet.last, loop.time())
             while conn.state is tether.State.OPEN and loop.time() < deadline:
                 wait = quiet.last + EOF_QUIET_S - loop.time()
@@ -342,5 +377,12 @@ async def _session(conn: Any, *, as_json: bool, out: TextIO, err: TextIO, lang: 
             logger.propagate = True
     if not as_json and lang != "en" and conn.unsent:
         print(f"送信できなかったメッセージ {len(conn.unsent)} 件", file=err, flush=True)
+    if not conn.metrics.get("Connected"):
+        # (End of input before the first connection opened: a script checking that the
+        # server answers must not read 0.)
+        if not as_json:
+            line = "接続は一度も開きませんでした" if lang == "ja" else "no connection was opened"
+            print(line, file=err, flush=True)
+        return 1
     exc = conn.close_exception
     return 0 if isinstance(exc, tether.ConnectionClosedOK) and not conn.unsent else 1
