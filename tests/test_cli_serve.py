@@ -127,6 +127,7 @@ def test_reserved_shutdown_code_is_a_usage_error() -> None:
     ("args", "says"),
     [
         (["--store", "postgres://db/x"], "unknown scheme 'postgres'"),
+        (["--store", "foo"], "use none, memory, sqlite:///path or redis://host:port/db"),
         (["--store", "sqlite://relative.db"], "sqlite:////absolute/path"),
         (["--store", "redis://:notaport/0"], "bad store URL"),
         (["--resume-window", "0"], "--resume-window must be > 0"),
@@ -172,6 +173,24 @@ def test_reuse_port_needs_a_fixed_port() -> None:
         "tether serve: error: --reuse-port needs a fixed --port (a handover's replacement"
         " binds the same one), not 0"
     )
+
+
+def test_a_port_in_use_is_one_line_naming_the_address() -> None:
+    """The bind failure says where it tried to listen (before: only "[Errno 98] ...")."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "tether", "serve", "--port", str(port), "--store", "none"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"tether serve: error: cannot serve on 127.0.0.1:{port}: "), last
+    assert "address already in use" in last
 
 
 def test_a_store_that_fails_at_start_stops_the_server(tmp_path: Path) -> None:

@@ -17,3 +17,17 @@ def test_unknown_attribute_raises() -> None:
     """A name tether does not provide raises AttributeError, not something vaguer."""
     with pytest.raises(AttributeError, match="no_such_name"):
         _ = tether.no_such_name  # type: ignore[attr-defined]
+
+
+def test_the_store_classes_are_importable_from_tether_stores() -> None:
+    """docs/server.md: pass the same MemoryStore to two servers; the store classes are
+    importable from ``tether.stores`` (before: only open_store was)."""
+    from tether.stores import MemoryStore, RedisStore, SessionStore, SQLiteStore
+    from tether.stores.memory import MemoryStore as Defined
+
+    assert MemoryStore is Defined
+    assert issubclass(MemoryStore, SessionStore)
+    assert issubclass(SQLiteStore, SessionStore)
+    assert issubclass(RedisStore, SessionStore)
+    with pytest.raises(ImportError, match="NoSuchStore"):
+        from tether.stores import NoSuchStore  # type: ignore[attr-defined]  # noqa: F401

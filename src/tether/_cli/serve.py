@@ -172,6 +172,7 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the server until a restart or shutdown has drained it; return the exit status."""
     from ..heartbeat import Heartbeat
+    from ..stores import _FORMS as STORE_FORMS
     from ..stores import open_store
     from .logs import setup_logging
 
@@ -204,7 +205,10 @@ def run(args: argparse.Namespace) -> int:
         store = None if args.store == "none" else open_store(args.store)
         _check_store_directory(store)
     except (ConfigurationError, InvalidCloseCode) as exc:
-        print(f"tether serve: error: {exc}", file=sys.stderr)
+        # The command line also takes "none" (no tether.v1), which the library's
+        # list of store URLs leaves out.
+        message = str(exc).replace(f"use {STORE_FORMS}", f"use none, {STORE_FORMS}")
+        print(f"tether serve: error: {message}", file=sys.stderr)
         return 2
     # A SIGHUP before the handlers are in would kill the process (its default action):
     # held until they are (_serve), then handled. (A handover's replacement gets one
@@ -213,7 +217,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(_serve(args, heartbeat, store))
     except OSError as exc:
-        print(f"tether serve: error: {exc}", file=sys.stderr)
+        # (Bind failures: the address in use, a host that does not resolve.)
+        where = f"{args.host}:{args.port}"
+        print(f"tether serve: error: cannot serve on {where}: {exc}", file=sys.stderr)
         return 1
 
 

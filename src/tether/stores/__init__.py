@@ -14,8 +14,30 @@ from ..exceptions import ConfigurationError
 
 if TYPE_CHECKING:
     from .base import SessionStore
+    from .memory import MemoryStore
+    from .redis import RedisStore
+    from .sqlite import SQLiteStore
 
-__all__ = ["open_store"]
+__all__ = ["MemoryStore", "RedisStore", "SQLiteStore", "SessionStore", "open_store"]
+
+# The classes are imported when first asked for: RedisStore needs the redis extra,
+# and a server that never names a store should not pay for SQLite's import either.
+_LAZY = {
+    "MemoryStore": ".memory",
+    "SQLiteStore": ".sqlite",
+    "RedisStore": ".redis",
+    "SessionStore": ".base",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module, __name__), name)
+
 
 _FORMS = "memory, sqlite:///path or redis://host:port/db"
 
