@@ -274,22 +274,43 @@ async def _serve(args: argparse.Namespace, heartbeat: Any, store: SessionStore |
 
 
 async def _store_answers(store: SessionStore, args: argparse.Namespace) -> bool:
-    """Ask the store once before serving; False (one line printed) if it fails.
+    """Ask the store once before serving; False (one line printed) if it cannot work.
 
-    The library serves on when its store fails (sessions are then not durable, and
-    the store is tried again): the store may come back. At the start of this command
-    a failing store is far more often a wrong URL or path (a Redis database number
-    out of range, nothing listening, a directory or a file that is not a database),
-    and a server that looks healthy while it keeps no session hides it.
+    A store that is down (nothing listening, no answer in time, a locked file) may
+    come back: the server serves on, as the library does (sessions are not durable
+    meanwhile and the store is tried again), so a node restarted during a Redis
+    outage still takes connections. A store that answers with an error that will
+    not clear up by itself (a Redis database number out of range, a wrong password,
+    a path that is a directory or not a SQLite database) is a wrong ``--store``: a
+    server that looked healthy while it kept no session would hide it.
     """
     try:
         await asyncio.wait_for(store.epoch(), args.store_timeout)
     except (StoreError, OSError, TimeoutError) as exc:
-        what = str(exc) or f"no answer within {args.store_timeout:g} s"
-        print(f"tether serve: error: --store {args.store}: {what}", file=sys.stderr)
+        if _may_clear_up(exc):
+            return True  # (the store logged the failure)
+        print(f"tether serve: error: --store {args.store}: {exc}", file=sys.stderr)
         await store.close()
         return False
     return True
+
+
+def _may_clear_up(exc: BaseException) -> bool:
+    """Whether a store failure looks like an outage rather than a wrong store."""
+    cause = exc.__cause__ if isinstance(exc, StoreError) else exc
+    if cause is None or isinstance(cause, (OSError, TimeoutError)):
+        return True
+    names = {cls.__name__ for cls in type(cause).__mro__}
+    module = type(cause).__module__
+    if module.startswith("redis"):
+        # redis-py files a wrong password under ConnectionError: it will not clear up.
+        return bool(names & {"ConnectionError", "TimeoutError", "BusyLoadingError"}) and (
+            "AuthenticationError" not in names
+        )
+    if module == "sqlite3":
+        text = str(cause).lower()
+        return "locked" in text or "busy" in text
+    return False
 
 
 def _hold_sighup(hold: bool) -> None:
