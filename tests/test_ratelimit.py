@@ -115,3 +115,32 @@ def test_bad_limits_are_configuration_errors(kwargs: dict[str, object]) -> None:
     """Non-positive limits are refused with ConfigurationError."""
     with pytest.raises(ConfigurationError):
         ResumeLimit(**kwargs)  # type: ignore[arg-type]
+
+
+def test_forget_stale_drops_only_addresses_whose_last_refusal_left_the_window() -> None:
+    """An address refused at 0 and one refused at 0 and 50: at 61 the first is stale
+    (its last refusal left the 60 s window), the second is not; nothing else changes."""
+    rl = limiter(max_refused=3)
+    rl.refused("192.0.2.1", 0.0)
+    rl.refused("192.0.2.2", 0.0)
+    rl.refused("192.0.2.2", 50.0)
+    assert rl.forget_stale(59.0) == 0
+    assert rl.forget_stale(61.0) == 1
+    assert rl.tracked() == 1
+    # The one kept still counts both its refusals' worth, within the window.
+    assert rl.allowed("192.0.2.2", 61.0)
+    assert rl.forget_stale(111.0) == 1
+    assert rl.tracked() == 0
+
+
+def test_forget_stale_after_a_burst_of_addresses() -> None:
+    """10,000 addresses refused once within one second: all forgotten a window later."""
+    rl = limiter(max_refused=1, max_addresses=65_536)
+    for n in range(10_000):
+        rl.refused(f"10.0.{n // 256}.{n % 256}", n / 10_000)
+    assert rl.tracked() == 10_000
+    # Those refused at or before 0.5 s (a refusal exactly a window old is out, as in
+    # allowed()), then the rest.
+    assert rl.forget_stale(60.5) == 5_001
+    assert rl.forget_stale(61.0) == 4_999
+    assert rl.tracked() == 0

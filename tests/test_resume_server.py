@@ -2295,3 +2295,32 @@ async def _a_late_hello_for_a_session_held_here_is_refused_without_the_store() -
         assert caught.value.close_code == 4204
     assert Counting.reads == reads
     await layer.stop()
+
+
+def test_the_sweep_forgets_addresses_whose_refusals_left_the_window() -> None:
+    """A refused resume puts its address in the limiter; once its refusals are older
+    than the window, the layer's periodic sweep forgets it, so a burst of refused
+    addresses does not stay in memory for ever (before: up to 65,536 of them, ~55 MB,
+    until newer ones pushed them out)."""
+    run_virtual(_the_sweep_forgets_stale_addresses())
+
+
+async def _the_sweep_forgets_stale_addresses() -> None:
+    store = MemoryStore()
+    config = ResumeConfig(resume_window=8.0)  # the sweep: every 2 s
+    layer = TetherV1ServerLayer(store=store, config=config, resume_limit=ResumeLimit(window=5.0))
+    await layer.start()
+    session, link, welcome = await new_session(layer)
+    await drop(session, link)
+    # A wrong token: refused, counted against 127.0.0.1.
+    _, refused = await resume_on(layer, welcome, rx=0, token="A" * len(welcome.token))
+    answer = decode(refused.sent[0])
+    assert isinstance(answer, Welcome)
+    assert answer.reason == "token_invalid"
+    assert layer.limiter is not None
+    assert layer.limiter.tracked() == 1
+    await asyncio.sleep(4.0)  # (virtual) within the window: kept
+    assert layer.limiter.tracked() == 1
+    await asyncio.sleep(4.0)  # (virtual) the window ended, and a sweep ran since
+    assert layer.limiter.tracked() == 0
+    await layer.stop()

@@ -113,6 +113,24 @@ class ResumeLimiter:
             del self._refusals[next(iter(self._refusals))]
         return len(times) >= self.limit.max_refused
 
+    def forget_stale(self, now: float) -> int:
+        """Forget every address whose last refusal left the window; return how many.
+
+        Without it an address refused once stays remembered until it comes back or
+        ``max_addresses`` newer ones push it out: up to 65,536 entries (~55 MB) kept
+        for ever after a burst. The dict is in order of last refusal, so the stale
+        entries are at its front and the walk stops at the first fresh one.
+        """
+        horizon = now - self.limit.window
+        stale = []
+        for key, times in self._refusals.items():
+            if times and times[-1] > horizon:
+                break
+            stale.append(key)
+        for key in stale:
+            del self._refusals[key]
+        return len(stale)
+
     def tracked(self) -> int:
         """How many address keys are remembered (for tests and metrics)."""
         return len(self._refusals)

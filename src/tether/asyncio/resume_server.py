@@ -425,6 +425,8 @@ class TetherV1ServerLayer(ServerLayer):
             except StoreError as exc:
                 logger.warning("session store renewal failed: %s", exc)
             await asyncio.sleep(interval)
+            if self.limiter is not None:
+                self.limiter.forget_stale(asyncio.get_running_loop().time())
             await self._detach_left()
             try:
                 removed = await self.store.expire(time.time())
