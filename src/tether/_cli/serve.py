@@ -284,8 +284,10 @@ async def _store_answers(store: SessionStore, args: argparse.Namespace) -> bool:
     a path that is a directory or not a SQLite database) is a wrong ``--store``: a
     server that looked healthy while it kept no session would hide it.
     """
+    from ..asyncio.waiters import bounded
+
     try:
-        await asyncio.wait_for(store.epoch(), args.store_timeout)
+        await bounded(store.epoch(), args.store_timeout)
     except (StoreError, OSError, TimeoutError) as exc:
         if _may_clear_up(exc):
             return True  # (the store logged the failure)
