@@ -75,6 +75,7 @@ def test_bad_arguments_exit_2_with_one_line(
         ("--jitter", "-1", "--jitter must be >= 0, got -1.0"),
         ("--bandwidth", "0", "--bandwidth must be > 0, got 0.0"),
         ("--kill-random", "2", "--kill-random is a probability per second, 0-1, got 2.0"),
+        ("--jitter", "5", "--jitter may not exceed --latency"),
     ],
 )
 def test_a_bad_setting_is_named_by_its_flag(

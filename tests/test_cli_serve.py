@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -128,6 +129,8 @@ def test_reserved_shutdown_code_is_a_usage_error() -> None:
     [
         (["--store", "postgres://db/x"], "unknown scheme 'postgres'"),
         (["--store", "foo"], "use none, memory, sqlite:///path or redis://host:port/db"),
+        (["--open-timeout", "nan"], "--open-timeout must be finite numbers >= 0"),
+        (["--open-timeout", "inf"], "--open-timeout must be finite numbers >= 0"),
         (["--store", "sqlite://relative.db"], "sqlite:////absolute/path"),
         (["--store", "redis://:notaport/0"], "bad store URL"),
         (["--resume-window", "0"], "--resume-window must be > 0"),
@@ -201,10 +204,16 @@ def test_a_store_that_fails_at_start_stops_the_server(tmp_path: Path) -> None:
     node while its Redis is killed.)"""
     not_a_database = tmp_path / "notes.txt"
     not_a_database.write_text("hello\n")
+    newer_schema = tmp_path / "newer.db"
+    with contextlib.closing(sqlite3.connect(newer_schema)) as db:
+        db.execute("PRAGMA user_version = 99")
+        db.execute("CREATE TABLE anything (a)")
+        db.commit()
     cases = [
         ("redis://127.0.0.1:6379/99", "DB index is out of range"),
         (f"sqlite:///{tmp_path}", "unable to open database file"),
         (f"sqlite:///{not_a_database}", "file is not a database"),
+        (f"sqlite:///{newer_schema}", "has schema version 99; this tether reads version 1"),
     ]
     for url, says in cases:
         result = subprocess.run(
@@ -218,6 +227,56 @@ def test_a_store_that_fails_at_start_stops_the_server(tmp_path: Path) -> None:
         assert last.startswith(f"tether serve: error: --store {url}: "), last
         assert says in last, last
         assert "serving on" not in result.stderr, url
+
+
+def _caused(cause: BaseException) -> BaseException:
+    """A store failure as the stores raise it: StoreUnavailable from the driver's error."""
+    from tether.stores.base import StoreUnavailable
+
+    try:
+        raise StoreUnavailable(f"store: epoch failed: {cause}") from cause
+    except StoreUnavailable as exc:
+        return exc
+
+
+def test_only_errors_that_will_not_clear_up_are_a_wrong_store(tmp_path: Path) -> None:
+    """An outage or a degraded store (a failover's read-only replica, out of memory, a
+    full disk) must let a node start; only a wrong --store stops it."""
+    import redis.exceptions as r
+
+    from tether._cli.serve import _wrong_store
+    from tether.exceptions import StoreError
+    from tether.stores.sqlite import SQLiteStore
+
+    store = SQLiteStore(str(tmp_path / "s.db"))
+    directory = SQLiteStore(str(tmp_path))
+    outages = [
+        OSError(111, "refused"),
+        TimeoutError(),
+        _caused(r.ConnectionError("Error 111 connecting")),
+        _caused(r.TimeoutError("Timeout reading")),
+        _caused(r.ReadOnlyError("You can't write against a read only replica.")),
+        _caused(r.ResponseError("MASTERDOWN Link with MASTER is down")),
+        _caused(r.OutOfMemoryError("command not allowed when used memory > 'maxmemory'.")),
+        _caused(r.BusyLoadingError("Redis is loading the dataset in memory")),
+        _caused(sqlite3.OperationalError("database is locked")),
+        _caused(sqlite3.OperationalError("database or disk is full")),
+        _caused(sqlite3.OperationalError("disk I/O error")),
+        _caused(sqlite3.OperationalError("unable to open database file")),  # not a directory
+    ]
+    for exc in outages:
+        assert not _wrong_store(exc, store), repr(exc.__cause__ or exc)
+    wrong = [
+        (_caused(r.ResponseError("DB index is out of range")), store),
+        (_caused(r.AuthenticationError("invalid username-password pair")), store),
+        (_caused(r.ResponseError("WRONGPASS invalid username-password pair")), store),
+        (_caused(r.ResponseError("NOPERM this user has no permissions")), store),
+        (_caused(sqlite3.DatabaseError("file is not a database")), store),
+        (_caused(sqlite3.OperationalError("unable to open database file")), directory),
+        (StoreError("sqlite store x has schema version 99; this tether reads version 1"), store),
+    ]
+    for exc, where in wrong:
+        assert _wrong_store(exc, where), repr(exc.__cause__ or exc)
 
 
 def test_default_store_is_a_sqlite_file_in_the_current_directory(
@@ -381,7 +440,12 @@ def test_serve_freezes_start_up_objects_and_raises_the_young_gc_threshold() -> N
 class _FakeServer:
     port = 1
     handed_off = False
+    kept_here = False
     steering_stopped = False
+
+    def keep_new_connections(self) -> bool:
+        self.kept_here = True
+        return True
 
     def stop_steering(self) -> None:
         self.steering_stopped = True
@@ -416,7 +480,10 @@ async def test_a_handover_stops_the_gc_only_once_the_replacement_serves(
         server = _FakeServer()
         assert await cli_serve._start_replacement(server, args) is False
         assert (server.handed_off, gc.isenabled()) == (False, True)
-        assert server.steering_stopped  # an earlier handover's steering, undone first
+        assert server.kept_here  # new connections kept here while the replacement starts
+        # (No server answers on this fake's port from 127.0.0.2: the health checks must
+        # then come from anywhere, with the kernel's hash.)
+        assert server.steering_stopped
 
         async def cannot_start(*_: object, **__: object) -> None:
             raise FileNotFoundError(2, "No such file or directory", "/gone/bin/python3")

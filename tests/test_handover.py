@@ -117,7 +117,7 @@ async def test_replacement_answering_with_its_pid_but_not_200_is_not_healthy(
     asked: list[tuple[str, int]] = []
 
     async def unhealthy(
-        host: str, port: int, *, timeout: float = 1.0
+        host: str, port: int, *, timeout: float = 1.0, source: str | None = None
     ) -> tuple[int, dict[str, object]]:
         asked.append((host, port))
         return 503, {"pid": started[-1].pid}

@@ -31,3 +31,19 @@ def test_the_store_classes_are_importable_from_tether_stores() -> None:
     assert issubclass(RedisStore, SessionStore)
     with pytest.raises(ImportError, match="NoSuchStore"):
         from tether.stores import NoSuchStore  # type: ignore[attr-defined]  # noqa: F401
+
+
+def test_star_import_of_tether_stores_needs_no_redis(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`from tether.stores import *` works without the redis extra (RedisStore is not in
+    __all__); dir() lists the store classes, RedisStore included."""
+    import sys
+
+    import tether.stores
+
+    monkeypatch.setitem(sys.modules, "redis", None)  # as if the extra were not installed
+    monkeypatch.delitem(sys.modules, "tether.stores.redis", raising=False)
+    namespace: dict[str, object] = {}
+    exec("from tether.stores import *", namespace)
+    assert {"MemoryStore", "SQLiteStore", "SessionStore", "open_store"} <= set(namespace)
+    assert "RedisStore" not in namespace
+    assert {"MemoryStore", "RedisStore", "SQLiteStore"} <= set(dir(tether.stores))

@@ -543,3 +543,11 @@ def test_tether_code_texts_agree_with_what_tether_does() -> None:
     superseded = explain(TetherCloseCode.SUPERSEDED).tether_v1
     assert superseded is not None
     assert 'SessionLost("superseded")' in superseded.action
+
+
+@pytest.mark.parametrize("code", [[1000], {1000}, None, 1000.0, True])
+def test_summary_refuses_what_is_not_a_code_before_its_cache(code: object) -> None:
+    """The cache is behind the check: an unhashable or non-integer code is the documented
+    ConfigurationError, not the cache's TypeError, and a bool is not taken as 1."""
+    with pytest.raises(ConfigurationError):
+        summary(code)  # type: ignore[arg-type]

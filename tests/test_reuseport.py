@@ -9,7 +9,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from tether.asyncio.reuseport import steer_to_second_listener, stop_steering
+from tether.asyncio.reuseport import (
+    HEALTH_SOURCE,
+    steer_health_checks_to_second,
+    steer_to_second_listener,
+    stop_steering,
+)
 
 pytestmark = [
     pytest.mark.integration,
@@ -103,8 +108,9 @@ def test_the_steering_outlives_the_listener_that_attached_it(
 ) -> None:
     """The program stays on the group: the next listener to bind is index 1 and gets all.
 
-    (Why a handover first calls stop_steering: else the next replacement would take
-    every new connection as soon as it binds, before it is healthy.)
+    (Why a handover first replaces it, with steer_health_checks_to_second: else the
+    next replacement would take every new connection as soon as it binds, before it
+    is healthy.)
     """
     second, port = _handed_over(pair)
     third = _listener(port)
@@ -134,3 +140,105 @@ def test_stop_steering_lets_the_next_listener_share_the_port(
             client.close()
     finally:
         third.close()
+
+
+def _connect_from(source: str, port: int, count: int) -> list[socket.socket]:
+    clients = []
+    for _ in range(count):
+        client = socket.socket()
+        client.bind((source, 0))
+        client.settimeout(5)
+        client.connect(("127.0.0.1", port))
+        clients.append(client)
+    time.sleep(0.1)
+    return clients
+
+
+def test_only_health_checks_reach_a_starting_replacement(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    """Steered for a handover's start: clients go to the first (old) listener, the
+    connections from HEALTH_SOURCE to the second (the replacement)."""
+    first, second = pair
+    assert steer_health_checks_to_second(first)
+    port = first.getsockname()[1]
+    clients = _connect(port, 20) + _connect_from(HEALTH_SOURCE, port, 10)
+    assert (_accept_all(first), _accept_all(second)) == (20, 10)
+    for client in clients:
+        client.close()
+
+
+def test_a_second_handover_steers_its_health_checks_then_hands_over(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    """After a handover the survivor is the group's first listener: the next start keeps
+    clients on it and sends health checks to the newcomer (the earlier program, which
+    gave the newcomer everything, is replaced); handing over then gives it all."""
+    second, port = _handed_over(pair)
+    assert steer_health_checks_to_second(second)
+    third = _listener(port)
+    try:
+        clients = _connect(port, 20) + _connect_from(HEALTH_SOURCE, port, 5)
+        assert (_accept_all(second), _accept_all(third)) == (20, 5)
+        assert steer_to_second_listener(second)
+        clients += _connect(port, 20)
+        assert (_accept_all(second), _accept_all(third)) == (0, 20)
+        for client in clients:
+            client.close()
+    finally:
+        third.close()
+
+
+def test_an_ipv6_listener_is_not_steered_by_address() -> None:
+    """The program reads an IPv4 header: an IPv6 listener is refused (left to the hash)."""
+    try:
+        sock = socket.socket(socket.AF_INET6)
+    except OSError:
+        pytest.skip("no IPv6")
+    with sock:
+        assert steer_health_checks_to_second(sock) is False
+
+
+async def _answered(port: int, count: int) -> int:
+    """How many of ``count`` concurrent opening handshakes get an HTTP answer in 2 s."""
+    import asyncio
+
+    from tests.support.handshake import handshake_status
+
+    async def one() -> bool:
+        try:
+            return await asyncio.wait_for(handshake_status(port, None), 2.0) == 101
+        except (TimeoutError, OSError):
+            return False
+
+    return sum(await asyncio.gather(*(one() for _ in range(count))))
+
+
+@pytest.mark.parametrize("kept", [True, False])
+async def test_a_hung_replacement_strands_no_client_while_connections_are_kept(
+    kept: bool,
+) -> None:
+    """A replacement that binds the port and then hangs (never accepts). With the old
+    server keeping new connections (what a handover does first), every client's
+    handshake is answered and a health check reaches the hung listener (so the
+    handover times out and kills it); without, the kernel hands clients to it too.
+    (Both cases run, so the test shows what keep_new_connections changes.)"""
+    import tether
+    from tether.asyncio.apps import echo
+    from tether.asyncio.handover import health_check
+
+    async with tether.serve(echo, "127.0.0.1", 0, heartbeat=None, reuse_port=True) as server:
+        if kept:
+            assert server.keep_new_connections()
+        hung = _listener(server.port)  # binds second, like a replacement; never accepts
+        try:
+            answered = await _answered(server.port, 20)
+            if kept:
+                with pytest.raises(TimeoutError):
+                    await health_check("127.0.0.1", server.port, timeout=0.5, source=HEALTH_SOURCE)
+        finally:
+            hung.close()
+    if kept:
+        assert answered == 20
+    else:
+        assert answered < 20

@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import random
+import re
 import signal
 import sys
 from collections.abc import Iterator
@@ -178,12 +179,10 @@ _FLAGS = {
 
 
 def _as_flags(message: str) -> str:
-    """The library's message about a parameter, worded for the command line: the flag's
-    name instead of the parameter's, and no "or None" (a flag left out is None)."""
-    name, sep, rest = message.partition(" ")
-    if name not in _FLAGS or not sep:
-        return message
-    return f"{_FLAGS[name]} {rest.replace(' or None', '')}"
+    """The library's message about its parameters, worded for the command line: the
+    flags' names instead of the parameters', and no "or None" (a flag left out is None)."""
+    named = re.sub(r"\b[a-z_]+\b", lambda word: _FLAGS.get(word[0], word[0]), message)
+    return named.replace(" or None", "")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -199,8 +199,10 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigurationError("--resume-window must be > 0 seconds")
         if not args.store_timeout > 0:
             raise ConfigurationError("--store-timeout must be > 0 seconds")
-        if args.max_size < 0 or args.open_timeout < 0:
-            raise ConfigurationError("--max-size and --open-timeout must be >= 0 (0 disables)")
+        if not (args.max_size >= 0 and args.open_timeout >= 0) or math.isinf(args.open_timeout):
+            raise ConfigurationError(
+                "--max-size and --open-timeout must be finite numbers >= 0 (0 disables)"
+            )
         # Opening a store does no I/O: this only checks the URL (and the Redis extra).
         store = None if args.store == "none" else open_store(args.store)
         _check_store_directory(store)
@@ -216,6 +218,9 @@ def run(args: argparse.Namespace) -> int:
     _hold_sighup(True)
     try:
         return asyncio.run(_serve(args, heartbeat, store))
+    except ConfigurationError as exc:  # (what the library refuses and the checks above missed)
+        print(f"tether serve: error: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         # (Bind failures: the address in use, a host that does not resolve.)
         where = f"{args.host}:{args.port}"
@@ -274,22 +279,24 @@ async def _serve(args: argparse.Namespace, heartbeat: Any, store: SessionStore |
 
 
 async def _store_answers(store: SessionStore, args: argparse.Namespace) -> bool:
-    """Ask the store once before serving; False (one line printed) if it cannot work.
+    """Ask the store once before serving; False (one line printed) if it is the wrong one.
 
-    A store that is down (nothing listening, no answer in time, a locked file) may
-    come back: the server serves on, as the library does (sessions are not durable
-    meanwhile and the store is tried again), so a node restarted during a Redis
-    outage still takes connections. A store that answers with an error that will
-    not clear up by itself (a Redis database number out of range, a wrong password,
-    a path that is a directory or not a SQLite database) is a wrong ``--store``: a
-    server that looked healthy while it kept no session would hide it.
+    A store that is down or degraded (nothing listening, no answer in time, a Redis
+    failover's read-only replica, out of memory, a locked or full disk) may come
+    back: the server serves on, as the library does (sessions are not durable
+    meanwhile and the store is tried again), so a node restarted during an outage
+    still takes connections. A store that answers with an error that will not clear
+    up by itself (a Redis database number out of range, refused credentials, a path
+    that is a directory, a file that is not a SQLite database or has a newer
+    schema) is a wrong ``--store``: a server that looked healthy while it kept no
+    session would hide it.
     """
     from ..asyncio.waiters import bounded
 
     try:
         await bounded(store.epoch(), args.store_timeout)
     except (StoreError, OSError, TimeoutError) as exc:
-        if _may_clear_up(exc):
+        if not _wrong_store(exc, store):
             return True  # (the store logged the failure)
         print(f"tether serve: error: --store {args.store}: {exc}", file=sys.stderr)
         await store.close()
@@ -297,21 +304,33 @@ async def _store_answers(store: SessionStore, args: argparse.Namespace) -> bool:
     return True
 
 
-def _may_clear_up(exc: BaseException) -> bool:
-    """Whether a store failure looks like an outage rather than a wrong store."""
-    cause = exc.__cause__ if isinstance(exc, StoreError) else exc
-    if cause is None or isinstance(cause, (OSError, TimeoutError)):
-        return True
-    names = {cls.__name__ for cls in type(cause).__mro__}
-    module = type(cause).__module__
-    if module.startswith("redis"):
-        # redis-py files a wrong password under ConnectionError: it will not clear up.
-        return bool(names & {"ConnectionError", "TimeoutError", "BusyLoadingError"}) and (
-            "AuthenticationError" not in names
-        )
-    if module == "sqlite3":
-        text = str(cause).lower()
-        return "locked" in text or "busy" in text
+#: Redis error replies that no retry will change (the rest: outages, failovers, OOM).
+_REDIS_WRONG = ("DB index is out of range", "invalid DB index", "NOPERM", "WRONGPASS", "NOAUTH")
+
+
+def _wrong_store(exc: BaseException, store: SessionStore) -> bool:
+    """Whether a store failure at start means a wrong ``--store`` rather than an outage."""
+    from ..stores.base import StoreUnavailable
+
+    chain: list[BaseException] = []
+    link: BaseException | None = exc
+    while link is not None and len(chain) < 5:
+        chain.append(link)
+        link = link.__cause__
+    for error in chain:
+        names = {cls.__name__ for cls in type(error).__mro__}
+        module = type(error).__module__
+        text = str(error)
+        if isinstance(error, StoreError) and not isinstance(error, StoreUnavailable):
+            if error.__cause__ is None:
+                return True  # the store's own verdict, e.g. a schema newer than this tether's
+        elif module.startswith("redis"):
+            return "AuthenticationError" in names or any(bad in text for bad in _REDIS_WRONG)
+        elif module == "sqlite3":
+            if "OperationalError" not in names:
+                return True  # DatabaseError: not a database, or a damaged one
+            path = getattr(store, "path", None)
+            return "unable to open" in text and path is not None and os.path.isdir(path)
     return False
 
 
@@ -355,12 +374,17 @@ async def _start_replacement(server: Any, args: argparse.Namespace) -> bool:
     Cancelled (SIGTERM or SIGINT came first), it kills the replacement and re-raises.
     """
     from ..asyncio.handover import HandoverFailed, start_replacement
+    from ..asyncio.reuseport import HEALTH_SOURCE
 
     try:
-        # An earlier handover's steering must not send new connections to this
-        # replacement before it is healthy (tether.asyncio.reuseport).
-        server.stop_steering()
-        await start_replacement(sys.argv[1:], args.host, server.port)
+        # New connections stay here until the replacement is healthy, all but the
+        # health checks (an earlier handover's steering, which would send them all
+        # to it, is replaced): tether.asyncio.reuseport.
+        source = HEALTH_SOURCE if server.keep_new_connections() else None
+        if source is not None and not await _reaches_us(args.host, server.port, source):
+            server.stop_steering()  # health checks from anywhere, to both listeners
+            source = None
+        await start_replacement(sys.argv[1:], args.host, server.port, source=source)
     except HandoverFailed as exc:
         # Safe failure: keep serving rather than drain into nothing.
         logger.error("handover failed, still serving: %s", exc)
@@ -369,6 +393,23 @@ async def _start_replacement(server: Any, args: argparse.Namespace) -> bool:
         logger.error("handover failed, still serving: %s: %s", type(exc).__name__, exc)
         return False
     return True
+
+
+async def _reaches_us(host: str | None, port: int, source: str) -> bool:
+    """Whether a health check from ``source`` reaches this process on its port.
+
+    Before the replacement exists, the steering gives such a connection to this
+    process (no second listener yet). If it cannot be made (a host where 127.0.0.2
+    cannot reach the bound address), the handover must not rely on it: every
+    health check would fail and the handover with it.
+    """
+    from ..asyncio.handover import health_check, probe_host
+
+    try:
+        status, body = await health_check(probe_host(host), port, timeout=2.0, source=source)
+    except (OSError, TimeoutError):
+        return False
+    return status == 200 and body.get("pid") == os.getpid()
 
 
 async def _finish_hand_over(server: Any) -> None:

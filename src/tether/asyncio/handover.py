@@ -1,14 +1,17 @@
 """Zero-downtime handover: start a replacement process and wait until it is healthy.
 
 Used by ``tether serve --reuse-port`` on SIGHUP. Both processes bind the same port
-with ``SO_REUSEPORT``, so a health check sent to the port reaches *either* process
-(the kernel picks a listener from a hash of the connection's addresses and ports).
-To know that the *replacement* is healthy, its ``/healthz`` body carries its
-process id: we poll ``GET /healthz`` on the shared port from fresh connections
-(each gets a new source port, so a new pick) until one answers 200 with the
-replacement's pid. With two listeners each poll has an even chance to reach it.
-No environment variable, pipe or extra port is needed, and what is checked is
-exactly what a load balancer would check.
+with ``SO_REUSEPORT``. To know that the *replacement* is healthy, its ``/healthz``
+body carries its process id: we poll ``GET /healthz`` on the shared port until one
+answers 200 with the replacement's pid. What is checked is exactly what a load
+balancer would check, and no environment variable, pipe or extra port is needed.
+
+Which process a poll reaches: normally the old process keeps every new connection
+while the replacement starts, except those from ``source`` (127.0.0.2), where the
+polls come from (:mod:`tether.asyncio.reuseport`). Where that steering is not
+available (not Linux, IPv6), ``source`` is None and the kernel picks a listener
+from a hash of each connection's addresses and ports: each poll, from a new
+source port, then has an even chance to reach the replacement.
 """
 
 from __future__ import annotations
@@ -44,17 +47,21 @@ def probe_host(host: str | None) -> str:
 
 
 async def health_check(
-    host: str, port: int, *, timeout: float = 1.0
+    host: str, port: int, *, timeout: float = 1.0, source: str | None = None
 ) -> tuple[int, dict[str, object]]:
     """``GET /healthz`` once on a new connection; return (HTTP status, JSON body).
+
+    Args:
+        source: the local address to connect from (None: the system's choice).
 
     Raises:
         OSError: the connection failed.
         TimeoutError: no complete answer within ``timeout`` seconds.
     """
+    local_addr = None if source is None else (source, 0)
 
     async def ask() -> bytes:
-        reader, writer = await asyncio.open_connection(host, port)
+        reader, writer = await asyncio.open_connection(host, port, local_addr=local_addr)
         try:
             request = f"GET /healthz HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n"
             writer.write(request.encode())
@@ -84,6 +91,7 @@ async def start_replacement(
     *,
     timeout: float = 30.0,
     poll_interval: float = 0.05,
+    source: str | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start ``tether <argv>`` and return once its ``/healthz`` answers 200.
 
@@ -93,6 +101,8 @@ async def start_replacement(
         port: the shared port.
         timeout: seconds to wait for the replacement to become healthy.
         poll_interval: seconds between health checks.
+        source: the local address the health checks come from (the one the
+            port's steering sends to the replacement), or None.
 
     Raises:
         HandoverFailed: the replacement exited, or was not healthy in time (it is
@@ -122,7 +132,9 @@ async def start_replacement(
             if process.poll() is not None:
                 raise HandoverFailed(f"replacement pid {process.pid} {_ended(process.returncode)}")
             try:
-                status, body = await health_check(target, port, timeout=min(1.0, timeout))
+                status, body = await health_check(
+                    target, port, timeout=min(1.0, timeout), source=source
+                )
             except (OSError, asyncio.TimeoutError):
                 status, body = 0, {}
             if status == 200 and body.get("pid") == process.pid:

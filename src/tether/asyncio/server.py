@@ -54,7 +54,12 @@ from ..stores.base import SessionStore
 from .engine import ClosedInfo, TransportClosed
 from .keepalive import HeartbeatTimer
 from .resume_server import PrincipalHook, TetherV1ServerLayer
-from .reuseport import steer_to_second_listener, stop_steering
+from .reuseport import (
+    health_source_usable,
+    steer_health_checks_to_second,
+    steer_to_second_listener,
+    stop_steering,
+)
 from .session import PlainServerLayer, RequestInfo, ServerLayer, Session
 from .websockets_engine import WebsocketsTransport
 
@@ -302,6 +307,27 @@ class Server:
         """
         check_reason(reason)
         await self._start_drain(CloseCode.SERVICE_RESTART, reason, self.drain_window)
+
+    def keep_new_connections(self) -> bool:
+        """Before a handover starts its replacement: keep every new connection here.
+
+        Only connections from :data:`tether.asyncio.reuseport.HEALTH_SOURCE`
+        (127.0.0.2, where the handover's health checks come from) will go to the
+        replacement until :meth:`hand_off`: one that binds and then hangs strands no
+        client's connection. This also replaces what an earlier handover left on the
+        group. Needs Linux and IPv4 listeners; returns False otherwise, after
+        :meth:`stop_steering` (the kernel then spreads new connections over both
+        listeners, and the health checks must come from anywhere).
+        """
+        if self._ws_server is None:
+            return False
+        sockets = list(self._ws_server.sockets)
+        kept = bool(sockets) and health_source_usable()
+        if kept:
+            kept = all([steer_health_checks_to_second(sock) for sock in sockets])
+        if not kept:
+            self.stop_steering()  # never half-steered: all hashed, as before
+        return kept
 
     def stop_steering(self) -> None:
         """Before a handover starts its replacement: undo an earlier handover's steering.

@@ -320,16 +320,22 @@ def explain(code: int, lang: str = "en") -> Explanation:
     )
 
 
-# Every closed connection's exception and event carries its summary: cached, since a
-# restart closes thousands at once with the same few codes. typed=True keeps True
-# apart from 1 (lookup refuses a bool; an untyped cache would answer it as 1).
-@functools.lru_cache(maxsize=256, typed=True)
 def summary(code: int, lang: str = "en") -> str:
     """One line about ``code``, e.g. ``"1006 Abnormal Closure: the connection dropped ..."``.
 
     Raises:
         ConfigurationError: ``code`` is not an integer in 0-65535, or ``lang`` is unknown.
     """
+    lookup(code)  # validated before the cache sees it (a list is not hashable, say)
+    check_lang(lang)
+    return _summary(code, lang)
+
+
+# Every closed connection's exception and event carries its summary: cached, since a
+# restart closes thousands at once with the same few codes. (summary() validated the
+# arguments; typed=True all the same, so that no two kinds of key ever share an entry.)
+@functools.lru_cache(maxsize=256, typed=True)
+def _summary(code: int, lang: str) -> str:
     texts = load_texts(lang)
     info = lookup(code)
     entry = texts["entries"][info.key]

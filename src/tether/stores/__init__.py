@@ -15,10 +15,12 @@ from ..exceptions import ConfigurationError
 if TYPE_CHECKING:
     from .base import SessionStore
     from .memory import MemoryStore
-    from .redis import RedisStore
+    from .redis import RedisStore as RedisStore
     from .sqlite import SQLiteStore
 
-__all__ = ["MemoryStore", "RedisStore", "SQLiteStore", "SessionStore", "open_store"]
+# RedisStore is importable by name (it needs the redis extra) but not in __all__, so
+# that `from tether.stores import *` works without the extra.
+__all__ = ["MemoryStore", "SQLiteStore", "SessionStore", "open_store"]
 
 # The classes are imported when first asked for: RedisStore needs the redis extra,
 # and a server that never names a store should not pay for SQLite's import either.
@@ -28,6 +30,10 @@ _LAZY = {
     "RedisStore": ".redis",
     "SessionStore": ".base",
 }
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
 
 
 def __getattr__(name: str) -> object:
