@@ -270,6 +270,9 @@ async def test_reuse_port_handover_refuses_no_connection(
     handed = [e for e in log_events(old) if e.get("event") == "replacement_healthy"]
     assert handed
     assert handed[0]["replacement_pid"] == new_pid
+    # Clients' new connections stayed on the old process while the replacement started.
+    steering = [e for e in log_events(old) if e.get("event") == "handover_steering"]
+    assert [e["kept"] for e in steering] == [True]
     os.kill(new_pid, signal.SIGTERM)
 
 

@@ -384,6 +384,19 @@ async def _start_replacement(server: Any, args: argparse.Namespace) -> bool:
         if source is not None and not await _reaches_us(args.host, server.port, source):
             server.stop_steering()  # health checks from anywhere, to both listeners
             source = None
+        if source is not None:
+            logger.info(
+                "new connections stay here until the replacement is healthy"
+                " (health checks from %s)",
+                source,
+                extra={"tether": {"event": "handover_steering", "kept": True}},
+            )
+        else:
+            logger.warning(
+                "new connections are spread over this process and the replacement"
+                " until the handover (the port cannot be steered here)",
+                extra={"tether": {"event": "handover_steering", "kept": False}},
+            )
         await start_replacement(sys.argv[1:], args.host, server.port, source=source)
     except HandoverFailed as exc:
         # Safe failure: keep serving rather than drain into nothing.
