@@ -302,3 +302,74 @@ async def test_chained_handovers_refuse_no_connection(
     assert counts["refused"] + counts["status"] + counts["other"] == 0, counts
     assert counts["ok"] >= 40, counts
     assert await first.wait(10) == 0
+
+
+#: Loaded by every Python process started with its directory on PYTHONPATH; it acts
+#: only in a handover's replacement (the only process with TETHER_PREDECESSOR_PID):
+#: the replacement binds the port, then blocks its event loop for good, like a
+#: replacement whose application hangs at start-up.
+_HANGING_REPLACEMENT = """
+import os
+
+if os.environ.get("TETHER_PREDECESSOR_PID"):
+    import time
+
+    import tether.asyncio.server as _server
+
+    _start = _server.Server.start
+
+    async def _start_then_hang(self):
+        await _start(self)
+        time.sleep(3600)  # listening, never accepting
+
+    _server.Server.start = _start_then_hang
+"""
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(90)
+async def test_a_hung_replacement_strands_no_connection(
+    spawn: Spawn, tmp_path: Path, replacement_pids: list[int]
+) -> None:
+    """SIGHUP with --reuse-port; the replacement binds the port and hangs. For the 30 s
+    the handover waits, a 50 ms connect loop is served by the old process in full
+    (before, the kernel gave the hung listener about half of the new connections,
+    each waiting there until its client gave up); then the handover fails, the
+    replacement is killed and the old process keeps serving."""
+    (tmp_path / "sitecustomize.py").write_text(_HANGING_REPLACEMENT)
+    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    port = free_port()
+    old = await spawn(
+        tether_cli(
+            "serve",
+            "--port",
+            str(port),
+            "--json-logs",
+            "--reuse-port",
+            "--store",
+            "none",
+            env={"PYTHONPATH": path},
+        )
+    )
+    await wait_healthy(port)
+    stop = asyncio.Event()
+    loop = asyncio.ensure_future(_connect_loop(port, stop))
+    await asyncio.sleep(0.5)
+    old.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 45
+    while not [e for e in log_events(old) if e.get("event") == "replacement"]:
+        assert time.monotonic() < deadline, "no replacement started"
+        await asyncio.sleep(0.1)
+    started = next(e for e in log_events(old) if e.get("event") == "replacement")
+    replacement_pids.append(started["replacement_pid"])
+    while "handover failed" not in old.stderr_text():
+        assert time.monotonic() < deadline, "the handover did not fail"
+        await asyncio.sleep(0.1)
+    stop.set()
+    counts = await asyncio.wait_for(loop, 20)
+    steering = [e for e in log_events(old) if e.get("event") == "handover_steering"]
+    assert [e["kept"] for e in steering] == [True]
+    assert counts["ok"] >= 200, counts  # ~30 s of the loop, all served
+    assert counts["refused"] + counts["status"] + counts["other"] == 0, counts
+    assert not _is_tether_process(started["replacement_pid"])  # killed
+    assert (await wait_healthy(port)) == old.pid  # still serving
