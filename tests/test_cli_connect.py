@@ -8,6 +8,7 @@ import json
 import logging
 import re
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 from tests.support.node import NodeWsServer
@@ -280,11 +281,11 @@ async def test_empty_input_before_connecting_is_a_normal_end(
     assert conn.metrics["Connected"] == 1  # (before: closed while still connecting)
 
 
-@pytest.mark.integration
-@pytest.mark.timeout(20)
-async def test_empty_input_and_no_server_exits_1(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`tether connect URL < /dev/null` with nothing listening: exit 1 and a line saying
-    no connection opened (before: exit 0 after 0.3 s, a false "the server answers")."""
+async def _with_nothing_listening(
+    monkeypatch: pytest.MonkeyPatch, stdin: str
+) -> tuple[int, Any, str]:
+    """``tether connect`` to a port nothing listens on, with ``stdin`` as its input and a
+    0.5 s bound at end of input; return (exit status, the connection, stderr)."""
     import socket
 
     import tether
@@ -292,15 +293,24 @@ async def test_empty_input_and_no_server_exits_1(monkeypatch: pytest.MonkeyPatch
     with socket.socket() as sock:  # a port nothing listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
     monkeypatch.setattr(connect_cli, "EOF_FLUSH_S", 0.5)
     conn = tether.connect(f"ws://127.0.0.1:{port}/", heartbeat=None)
     err = io.StringIO()
     status = await asyncio.wait_for(
         connect_cli._session(conn, as_json=False, out=io.StringIO(), err=err), 10
     )
+    return status, conn, err.getvalue()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(20)
+async def test_empty_input_and_no_server_exits_1(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`tether connect URL < /dev/null` with nothing listening: exit 1 and a line saying
+    no connection opened (before: exit 0 after 0.3 s, a false "the server answers")."""
+    status, _, err = await _with_nothing_listening(monkeypatch, "")
     assert status == 1
-    assert err.getvalue().splitlines()[-1] == "no connection was opened"
+    assert err.splitlines()[-1] == "no connection was opened"
 
 
 @pytest.mark.integration
@@ -309,25 +319,12 @@ async def test_end_of_input_with_the_server_unreachable_exits_1_with_the_lines_u
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The flush at end of input is bounded; what was not sent is reported (before: ran forever)."""
-    import socket
-
-    import tether
-
-    with socket.socket() as sock:  # a port nothing listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    monkeypatch.setattr("sys.stdin", io.StringIO("lost\n"))
-    monkeypatch.setattr(connect_cli, "EOF_FLUSH_S", 0.5)
-    conn = tether.connect(f"ws://127.0.0.1:{port}/", heartbeat=None)
-    err = io.StringIO()
-    status = await asyncio.wait_for(
-        connect_cli._session(conn, as_json=False, out=io.StringIO(), err=err), 10
-    )
+    status, conn, err = await _with_nothing_listening(monkeypatch, "lost\n")
     assert status == 1
     assert conn.unsent == ("lost",)
     # The line names what was lost, not the Python attribute a program would read.
-    assert "1 queued message(s) never sent" in err.getvalue()
-    assert "conn.unsent" not in err.getvalue()
+    assert "1 queued message(s) never sent" in err
+    assert "conn.unsent" not in err
 
 
 def _gave_up_reasons() -> dict[str, str]:
