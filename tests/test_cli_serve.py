@@ -589,3 +589,28 @@ def test_a_predecessor_pid_is_trusted_only_from_a_tether_parent() -> None:
     assert serve_cli._handed_over_by("") == 0
     assert serve_cli._handed_over_by(str(os.getppid())) == 0  # pytest's parent: no tether serve
     assert serve_cli._handed_over_by(str(os.getpid())) == 0  # not our parent
+
+
+def test_the_steering_is_relied_on_only_by_a_server_alone_on_its_port(
+    servers: Servers,
+) -> None:
+    """Two --reuse-port services started by hand on one port: the second one's handover
+    must not rely on the steering (its health checks would reach the first, and then
+    nothing the replacement; the first would get every new connection). Alone, it may."""
+    import tether
+    from tether._cli.serve import _reaches_us
+    from tether.asyncio.apps import echo
+    from tether.asyncio.reuseport import HEALTH_SOURCE
+
+    _, port = servers.start("--reuse-port", "--store", "none")  # another service, first
+
+    async def check() -> tuple[bool, bool]:
+        async with tether.serve(echo, "127.0.0.1", port, heartbeat=None, reuse_port=True) as second:
+            assert second.keep_new_connections()
+            shared = await _reaches_us("127.0.0.1", port, HEALTH_SOURCE)
+        async with tether.serve(echo, "127.0.0.1", 0, heartbeat=None, reuse_port=True) as alone:
+            assert alone.keep_new_connections()
+            single = await _reaches_us("127.0.0.1", alone.port, HEALTH_SOURCE)
+        return shared, single
+
+    assert asyncio.run(check()) == (False, True)

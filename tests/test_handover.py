@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -137,3 +139,27 @@ def test_a_replacement_killed_by_a_signal_is_reported_as_such() -> None:
     assert handover._ended(-1) == "was killed by SIGHUP"
     assert handover._ended(-9) == "was killed by SIGKILL"
     assert handover._ended(3) == "exited with 3"
+
+
+def test_the_replacement_starts_with_sighup_blocked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SIGHUP sent to the replacement as soon as it is named in the log is held until
+    its handlers are in, not its death: it is started with SIGHUP blocked (the mask
+    survives exec), and the parent's own mask is left as it was."""
+    real_popen = subprocess.Popen
+    masks: list[int] = []
+
+    def recording_popen(*args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:
+        process = real_popen(*args, **kwargs)
+        status = Path(f"/proc/{process.pid}/status").read_text().splitlines()
+        blocked = next(line for line in status if line.startswith("SigBlk"))
+        masks.append(int(blocked.split()[1], 16))
+        return process
+
+    monkeypatch.setattr(handover.subprocess, "Popen", recording_popen)
+    with pytest.raises(HandoverFailed, match="exited with 2"):
+        asyncio.run(
+            start_replacement(["serve", "--shutdown-code", "1006"], "127.0.0.1", 1, timeout=20)
+        )
+    assert masks
+    assert masks[0] & (1 << (signal.SIGHUP - 1))
+    assert signal.SIGHUP not in signal.pthread_sigmask(signal.SIG_BLOCK, set())

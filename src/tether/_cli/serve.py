@@ -409,20 +409,27 @@ async def _start_replacement(server: Any, args: argparse.Namespace) -> bool:
 
 
 async def _reaches_us(host: str | None, port: int, source: str) -> bool:
-    """Whether a health check from ``source`` reaches this process on its port.
+    """Whether this process is alone on its port, as the steering needs it to be.
 
-    Before the replacement exists, the steering gives such a connection to this
-    process (no second listener yet). If it cannot be made (a host where 127.0.0.2
-    cannot reach the bound address), the handover must not rely on it: every
-    health check would fail and the handover with it.
+    Before the replacement exists, the steering gives a connection from ``source``
+    to the group's second listener, of which there is none yet, so to this process,
+    and any other connection to its first, this process. Both checks must reach
+    us: a health check from ``source`` that cannot be made (a host where 127.0.0.2
+    cannot reach the bound address) would fail every check of the handover, and
+    another server already sharing the port (two ``--reuse-port`` services started
+    by hand) would take the replacement's place in the group. In either case the
+    handover must not rely on the steering.
     """
     from ..asyncio.handover import health_check, probe_host
 
-    try:
-        status, body = await health_check(probe_host(host), port, timeout=2.0, source=source)
-    except (OSError, TimeoutError):
-        return False
-    return status == 200 and body.get("pid") == os.getpid()
+    for via in (source, None):
+        try:
+            status, body = await health_check(probe_host(host), port, timeout=2.0, source=via)
+        except (OSError, TimeoutError):
+            return False
+        if status != 200 or body.get("pid") != os.getpid():
+            return False
+    return True
 
 
 async def _finish_hand_over(server: Any) -> None:

@@ -24,7 +24,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from .waiters import bounded
 
@@ -115,9 +115,14 @@ async def start_replacement(
     # The replacement learns whom it replaces: it takes no handover of its own until
     # this process has exited (tether._cli.serve).
     env = {**os.environ, "TETHER_PREDECESSOR_PID": str(os.getpid())}
-    process = subprocess.Popen(  # noqa: ASYNC220 - returns at once; never waited on here
-        command, stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno(), env=env
-    )
+    # SIGHUP blocked across the fork: the replacement inherits the blocked signal
+    # (the mask survives exec) and unblocks it once its handlers are in. Otherwise a
+    # deploy script's SIGHUP, sent as soon as the replacement is named in the log,
+    # killed it (the default action) before it could hand over.
+    with _sighup_blocked():
+        process = subprocess.Popen(  # noqa: ASYNC220 - returns at once; never waited on here
+            command, stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno(), env=env
+        )
     logger.info(
         "started replacement pid %d: %s",
         process.pid,
@@ -154,6 +159,20 @@ async def start_replacement(
         raise
     _kill(process)
     raise HandoverFailed(f"replacement pid {process.pid} was not healthy within {timeout:.0f} s")
+
+
+@contextlib.contextmanager
+def _sighup_blocked() -> Iterator[None]:
+    """Block SIGHUP in this thread for the ``with`` block (nothing where it cannot)."""
+    if not (hasattr(signal, "SIGHUP") and hasattr(signal, "pthread_sigmask")):
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    try:
+        yield
+    finally:
+        if signal.SIGHUP not in before:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
 
 
 def _ended(returncode: int) -> str:
