@@ -485,6 +485,17 @@ async def test_a_handover_stops_the_gc_only_once_the_replacement_serves(
         # then come from anywhere, with the kernel's hash.)
         assert server.steering_stopped
 
+        async def alone(*_: object) -> bool:
+            return True
+
+        monkeypatch.setattr(cli_serve, "_reaches_us", alone)
+        server.steering_stopped = False
+        assert await cli_serve._start_replacement(server, args) is False
+        # A failed handover leaves the port hashed again, no program favouring a later
+        # listener (another --reuse-port service started by hand, say).
+        assert server.steering_stopped
+        server.steering_stopped = False
+
         async def cannot_start(*_: object, **__: object) -> None:
             raise FileNotFoundError(2, "No such file or directory", "/gone/bin/python3")
 
@@ -492,8 +503,11 @@ async def test_a_handover_stops_the_gc_only_once_the_replacement_serves(
         # Any failure to start is a failed handover (still serving), not an error that
         # escapes the signal's task and leaves later SIGHUPs ignored.
         assert await cli_serve._start_replacement(server, args) is False
+        assert server.steering_stopped
         monkeypatch.setattr(handover, "start_replacement", serves)
+        server.steering_stopped = False
         assert await cli_serve._start_replacement(server, args) is True
+        assert not server.steering_stopped  # healthy: the steering stays for hand_off
         assert gc.isenabled()
         await cli_serve._finish_hand_over(server)
         assert server.handed_off

@@ -399,10 +399,13 @@ async def _start_replacement(server: Any, args: argparse.Namespace) -> bool:
             )
         await start_replacement(sys.argv[1:], args.host, server.port, source=source)
     except HandoverFailed as exc:
-        # Safe failure: keep serving rather than drain into nothing.
+        # Safe failure: keep serving rather than drain into nothing, with the port
+        # hashed again (no program left that would favour a later listener).
+        server.stop_steering()
         logger.error("handover failed, still serving: %s", exc)
         return False
     except Exception as exc:  # Popen's OSError, say: log it like any failure, and go on
+        server.stop_steering()
         logger.error("handover failed, still serving: %s: %s", type(exc).__name__, exc)
         return False
     return True
