@@ -104,6 +104,9 @@ async def start_replacement(
         source: the local address the health checks come from (the one the
             port's steering sends to the replacement), or None.
 
+    The replacement starts with SIGHUP blocked and must unblock it itself
+    (``tether serve`` does once its handlers are in).
+
     Raises:
         HandoverFailed: the replacement exited, or was not healthy in time (it is
             then killed, so two generations never serve side by side for long).

@@ -15,10 +15,11 @@ replacement. When the old one closes, the replacement becomes index 0 and the
 program points past the end of the group, where the kernel falls back to its
 usual hash. But the program stays attached to the group: the next replacement to
 bind would be index 1 again and take every new connection at once, before it is
-healthy. So a handover first undoes what an earlier one left (:func:`stop_steering`:
-a program returning an index past any group, for which the kernel uses its usual
-hash; ``SO_DETACH_REUSEPORT_BPF`` answered EINVAL on this machine's 6.18 kernel),
-then starts its replacement.
+healthy. So a handover first replaces what an earlier one left, with the program
+below; where that cannot be used, with :func:`stop_steering` (a program returning an
+index past any group, for which the kernel uses its usual hash;
+``SO_DETACH_REUSEPORT_BPF`` answered EINVAL on this machine's 6.18 kernel). A failed
+handover also ends with :func:`stop_steering`.
 
 While the replacement starts, the old process keeps every new connection but the
 health checks (:func:`steer_health_checks_to_second`): "the IPv4 source address is

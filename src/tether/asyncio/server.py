@@ -330,11 +330,13 @@ class Server:
         return kept
 
     def stop_steering(self) -> None:
-        """Before a handover starts its replacement: undo an earlier handover's steering.
+        """Put the port back on the kernel's hash: no steering program chooses a listener.
 
-        The program an earlier handover attached stays on the port's ``SO_REUSEPORT``
-        group (:mod:`tether.asyncio.reuseport`); left there, it would send every new
-        connection to the next replacement as soon as that binds, healthy or not.
+        Used where :meth:`keep_new_connections` cannot be (or is not alone on the
+        port) and after a failed handover: a program left on the port's
+        ``SO_REUSEPORT`` group (:mod:`tether.asyncio.reuseport`) would keep favouring
+        one listener, e.g. send every new connection to the next replacement as soon
+        as that binds, healthy or not.
         """
         if self._ws_server is not None:
             for sock in self._ws_server.sockets:
