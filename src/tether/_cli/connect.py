@@ -219,11 +219,6 @@ def _start_stdin_reader(loop: asyncio.AbstractEventLoop) -> asyncio.Queue[str | 
     return lines
 
 
-async def _opened(conn: Any) -> None:
-    """Until ``conn`` has opened once, or stopped trying (it raises then)."""
-    await conn
-
-
 async def _send_input(
     conn: Any, lines: asyncio.Queue[str | None], err: TextIO, quiet: _Quiet
 ) -> None:
@@ -243,7 +238,7 @@ async def _send_input(
             # Empty input still waits for the first connection (or the end of trying):
             # `tether connect URL < /dev/null` is how a script checks a server answers.
             with contextlib.suppress(asyncio.TimeoutError, TimeoutError, tether.ConnectionClosed):
-                await bounded(_opened(conn), EOF_FLUSH_S)
+                await bounded(conn, EOF_FLUSH_S)  # (awaiting it: until it opened once)
             with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
                 await bounded(conn.flush(), max(0.0, deadline - loop.time()))
             quiet.last = max(quiet.last, loop.time())

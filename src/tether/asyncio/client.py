@@ -60,6 +60,7 @@ from ..knowledge import check_lang
 from ..policy import ReconnectPolicy, Rule
 from ..reconnect import ConnectFailure, FailureKind, Outcome, Reconnector
 from ..resume import ResumeConfig
+from .checks import check_duration
 from .clock import loop_clock
 from .engine import ClosedInfo, Message, Transport, TransportClosed
 from .layer import ClientLayer, LayerOpened, PlainLayer
@@ -208,16 +209,6 @@ def _check_headers(headers: Mapping[str, str] | None) -> None:
             )
 
 
-def _check_duration(name: str, value: float | None, *, allow_zero: bool) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigurationError(f"{name} must be a number of seconds or None, not {value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ConfigurationError(f"{name} must be {bound} seconds or None, not {value!r}")
-
-
 class _Buffer:
     """A bounded FIFO of received messages.
 
@@ -357,9 +348,9 @@ class ClientConnection:
             raise ConfigurationError(f"policy must be a tether.ReconnectPolicy, not {policy!r}")
         if backoff is not None and not isinstance(backoff, BackoffConfig):
             raise ConfigurationError(f"backoff must be a tether.BackoffConfig, not {backoff!r}")
-        _check_duration("send_timeout", send_timeout, allow_zero=True)
-        _check_duration("open_timeout", open_timeout, allow_zero=False)
-        _check_duration("close_timeout", close_timeout, allow_zero=False)
+        check_duration("send_timeout", send_timeout, allow_zero=True)
+        check_duration("open_timeout", open_timeout, allow_zero=False)
+        check_duration("close_timeout", close_timeout, allow_zero=False)
         if compression not in (None, "deflate"):
             raise ConfigurationError(f"compression must be None or 'deflate', not {compression!r}")
         if max_incoming is not None and (isinstance(max_incoming, bool) or max_incoming < 1):

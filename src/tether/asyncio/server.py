@@ -51,6 +51,7 @@ from ..heartbeat import Heartbeat
 from ..knowledge import summary
 from ..ratelimit import ResumeLimit
 from ..stores.base import SessionStore
+from .checks import check_duration
 from .engine import ClosedInfo, TransportClosed
 from .keepalive import HeartbeatTimer
 from .resume_server import PrincipalHook, TetherV1ServerLayer
@@ -166,14 +167,7 @@ class Server:
             isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1
         ):
             raise ConfigurationError(f"max_size must be an integer >= 1 or None, not {max_size!r}")
-        if open_timeout is not None and (
-            isinstance(open_timeout, bool)
-            or not isinstance(open_timeout, (int, float))
-            or not open_timeout > 0
-        ):
-            raise ConfigurationError(
-                f"open_timeout must be > 0 seconds or None, not {open_timeout!r}"
-            )
+        check_duration("open_timeout", open_timeout, allow_zero=False)
         if health_path is not None and not (
             isinstance(health_path, str) and health_path.startswith("/")
         ):

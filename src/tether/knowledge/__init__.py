@@ -29,7 +29,7 @@ from __future__ import annotations
 import functools
 import itertools
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from importlib import resources
 from typing import Any
 
@@ -177,12 +177,7 @@ class TetherUse:
 
     def to_dict(self) -> dict[str, str]:
         """``{"name", "summary", "meaning", "action"}``."""
-        return {
-            "name": self.name,
-            "summary": self.summary,
-            "meaning": self.meaning,
-            "action": self.action,
-        }
+        return asdict(self)
 
 
 _TETHER_CODES = {int(member): member for member in TetherCloseCode}

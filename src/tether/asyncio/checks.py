@@ -1,0 +1,23 @@
+"""Argument checks shared by :func:`tether.connect` and :func:`tether.serve`."""
+
+from __future__ import annotations
+
+from ..exceptions import ConfigurationError
+
+__all__ = ["check_duration"]
+
+
+def check_duration(name: str, value: float | None, *, allow_zero: bool) -> None:
+    """Refuse a number of seconds ``name`` that is not None, a number, or in range.
+
+    Raises:
+        ConfigurationError: ``value`` is not a number (a bool is not), is negative or
+            NaN, or is 0 where ``allow_zero`` is false.
+    """
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigurationError(f"{name} must be a number of seconds or None, not {value!r}")
+    if not value >= 0 or (value == 0 and not allow_zero):  # (not >= 0: NaN too)
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigurationError(f"{name} must be {bound} seconds or None, not {value!r}")
