@@ -83,6 +83,14 @@ async def test_redis_prefix_parameter() -> None:
         # accepted before, then failing at the first binary message or connection
         ("redis://localhost:6379/0?decode_responses=yes", "decode_responses is not supported"),
         ("unix://", "needs a socket path"),
+        # redis-py would have taken each for something else (6379, db 0, the query's db)
+        ("redis://127.0.0.1:0/9", "port 0"),
+        ("redis://127.0.0.1:6379/9?db=3", "two database numbers"),
+        ("redis://127.0.0.1:70000/9", "Port out of range"),
+        # a file named ":memory:" in the current directory before
+        ("sqlite:///:memory:", "use memory"),
+        # a raw ValueError at the first operation before
+        ("sqlite:///x\0.db", "NUL character"),
     ],
 )
 def test_bad_url(url: str, message: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import secrets
 import signal
 import time
@@ -21,7 +22,7 @@ from tests.support.redis import RedisServer
 from tests.support.require import require
 from tests.support.tasks import tasks_started
 
-from tether.exceptions import StoreError
+from tether.exceptions import ConfigurationError, StoreError
 from tether.stores.base import (
     Fenced,
     SessionRecord,
@@ -705,3 +706,31 @@ async def test_operations_once_close_began_fail_and_open_no_connection(
         assert len(clients) == 1  # only the stats connection itself
     finally:
         await stats.aclose()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"url": 5}, "Redis URL must be a string, not int"),
+        ({"url": "redis://127.0.0.1:0/9"}, "port 0"),
+        ({"url": "redis://127.0.0.1:6379/sessions"}, "the database must be a number"),
+        ({"url": "redis://127.0.0.1:6379/9?db=3"}, "two database numbers"),
+        ({"prefix": 5}, "prefix must be a string, not 5"),
+        ({"timeout": "5"}, "timeout must be a number of seconds, not '5'"),
+        ({"timeout": math.nan}, "finite number of seconds > 0, not nan"),
+        ({"timeout": -1}, "finite number of seconds > 0, not -1"),
+        ({"timeout": 0}, "finite number of seconds > 0, not 0"),
+    ],
+)
+def test_bad_arguments_are_refused_at_once(arguments: dict[str, Any], message: str) -> None:
+    """Refused when the store is built: before, each was taken silently (port 0 as
+    6379, a named database as 0, prefix 5 as the key "5epoch") or failed at the first
+    operation with a raw TypeError."""
+    with pytest.raises(ConfigurationError, match=message):
+        RedisStore(**arguments)
+
+
+async def test_no_timeout_is_allowed() -> None:
+    """None (documented: wait forever) stays accepted."""
+    store = RedisStore(SHARED_URL, timeout=None)
+    await store.close()

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import signal
 import sqlite3
@@ -17,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tether.exceptions import StoreError
+from tether.exceptions import ConfigurationError, StoreError
 from tether.stores.base import (
     Fenced,
     SessionRecord,
@@ -616,3 +617,27 @@ async def test_epoch_is_read_once_per_connection(tmp_path: Path) -> None:
         assert await store.epoch() != first
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        (None, "must be a str or os.PathLike, not NoneType"),
+        (5, "must be a str or os.PathLike, not int"),
+        (b"s.db", "must be text"),
+        ("", "is not a file; use MemoryStore"),
+        (":memory:", "is not a file; use MemoryStore"),
+        ("s\0.db", "NUL character"),
+    ],
+)
+def test_a_path_that_is_not_a_file_is_refused(path: object, message: str) -> None:
+    """Refused when the store is built, not as a raw error at its first operation."""
+    with pytest.raises(ConfigurationError, match=message):
+        SQLiteStore(path)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("busy_timeout", [math.nan, math.inf, -1.0, "5", True, None])
+def test_a_bad_busy_timeout_is_refused(tmp_path: Path, busy_timeout: object) -> None:
+    """NaN, inf, negatives and non-numbers: ConfigurationError naming busy_timeout."""
+    with pytest.raises(ConfigurationError, match="busy_timeout"):
+        SQLiteStore(tmp_path / "s.db", busy_timeout=busy_timeout)  # type: ignore[arg-type]

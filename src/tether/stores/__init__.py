@@ -92,9 +92,15 @@ def _open_sqlite(url: str, rest: str) -> SessionStore:
         )
     if "?" in rest or "#" in rest:
         raise ConfigurationError(f"bad store URL {url!r}: sqlite URLs take no query or fragment")
+    if rest[1:] == ":memory:":
+        # (Else a file named ":memory:" in the current directory: not what anyone means.)
+        raise ConfigurationError(
+            f"bad store URL {url!r}: for sessions kept in this process only, use memory"
+        )
     from .sqlite import SQLiteStore
 
-    # Resolved now, so a later chdir() does not move the database.
+    # Resolved now, so a later chdir() does not move the database. The path is taken
+    # as written (not percent-decoded): "%20" is three characters of a file name.
     return SQLiteStore(os.path.abspath(rest[1:]))
 
 

@@ -3,12 +3,30 @@
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 
-from ..exceptions import StoreError
+from ..exceptions import ConfigurationError, StoreError
 from .base import StoredMessage
 
-__all__ = ["check_batch"]
+__all__ = ["check_batch", "check_seconds"]
+
+
+def check_seconds(value: object, name: str, *, positive: bool) -> float:
+    """``value`` as seconds if it is a finite number (> 0 or >= 0), else ConfigurationError.
+
+    Checked when the store is built: a bad value would otherwise surface at the
+    first operation, as a raw TypeError or OverflowError deep in the backend.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigurationError(f"{name} must be a number of seconds, not {value!r}")
+    low_ok = value > 0 if positive else value >= 0
+    if not (low_ok and math.isfinite(value)):
+        bound = "> 0" if positive else ">= 0"
+        raise ConfigurationError(
+            f"{name} must be a finite number of seconds {bound}, not {value!r}"
+        )
+    return float(value)
 
 
 def check_batch(sid: str, append: Sequence[StoredMessage]) -> None:

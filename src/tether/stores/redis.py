@@ -57,9 +57,10 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlsplit
 
 from ..exceptions import ConfigurationError, StoreError
-from ._checks import check_batch
+from ._checks import check_batch, check_seconds
 from ._incident import IncidentLog
 from .base import (
     Fenced,
@@ -308,6 +309,31 @@ return 0
 _PRUNE_BATCH = 200
 
 
+def _check_url(url: object) -> None:
+    """Refuse what redis-py would take silently for something else (ConfigurationError).
+
+    redis-py reads port 0 as "no port" (6379) and a path that is not a number as "no
+    database" (0), and lets ``?db=`` override the path's number: each would put the
+    sessions where the URL does not say.
+    """
+    if not isinstance(url, str):
+        raise ConfigurationError(f"Redis URL must be a string, not {type(url).__name__}")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigurationError(f"bad Redis URL {url!r}: {exc}") from None
+    if parts.scheme.lower() == "unix":
+        return
+    if port == 0:
+        raise ConfigurationError(f"bad Redis URL {url!r}: port 0 (redis-py would use 6379)")
+    database = parts.path.strip("/")
+    if database and not database.isdigit():
+        raise ConfigurationError(f"bad Redis URL {url!r}: the database must be a number")
+    if database and any(name == "db" for name, _ in parse_qsl(parts.query)):
+        raise ConfigurationError(f"bad Redis URL {url!r}: two database numbers (the path and ?db=)")
+
+
 class RedisStore(SessionStore):
     """Sessions in Redis, shared by every node that uses the same server and prefix.
 
@@ -337,6 +363,11 @@ class RedisStore(SessionStore):
         timeout: float | None = 5.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        _check_url(url)
+        if not isinstance(prefix, str):
+            raise ConfigurationError(f"Redis key prefix must be a string, not {prefix!r}")
+        if timeout is not None:
+            timeout = check_seconds(timeout, "Redis timeout", positive=True)
         self.url = url
         self.prefix = prefix
         self._clock = clock

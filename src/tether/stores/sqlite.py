@@ -49,8 +49,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
-from ..exceptions import StoreError
-from ._checks import check_batch
+from ..exceptions import ConfigurationError, StoreError
+from ._checks import check_batch, check_seconds
 from ._incident import IncidentLog
 from .base import (
     Fenced,
@@ -126,6 +126,32 @@ _RECORD_COLUMNS = (
 _T = TypeVar("_T")
 
 
+def _check_path(path: object) -> str:
+    """The database file's path as a string, or ConfigurationError.
+
+    SQLite's special names are refused: ``""`` and ``":memory:"`` make a database
+    private to one connection, which this store drops and reopens after an error,
+    so the sessions would vanish without a word (``MemoryStore`` is the store for
+    one process).
+    """
+    try:
+        text = os.fspath(path)  # type: ignore[call-overload]
+    except TypeError:
+        raise ConfigurationError(
+            f"SQLite store path must be a str or os.PathLike, not {type(path).__name__}"
+        ) from None
+    if not isinstance(text, str):
+        raise ConfigurationError(f"SQLite store path must be text, not {text!r}")
+    if text in ("", ":memory:"):
+        raise ConfigurationError(
+            f"SQLite store path {text!r} is not a file; use MemoryStore (store URL 'memory')"
+            " for sessions kept in this process only"
+        )
+    if "\0" in text:
+        raise ConfigurationError(f"SQLite store path {text!r} contains a NUL character")
+    return text
+
+
 class SQLiteStore(SessionStore):
     """Sessions in one SQLite file (see the module doc for the guarantees).
 
@@ -140,8 +166,10 @@ class SQLiteStore(SessionStore):
     """
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 5.0) -> None:
-        self.path = os.fspath(path)
-        self._busy_timeout_ms = round(busy_timeout * 1000)
+        self.path = _check_path(path)
+        self._busy_timeout_ms = round(
+            check_seconds(busy_timeout, "busy_timeout", positive=False) * 1000
+        )
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tether-sqlite")
         # Owned by the executor's thread only: created, used and closed there.
         self._connection: sqlite3.Connection | None = None
