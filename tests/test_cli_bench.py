@@ -118,3 +118,22 @@ def test_sigterm_stops_the_run_and_its_peer_processes() -> None:
         if bench.poll() is None:
             bench.kill()
             bench.wait(5)
+
+
+@pytest.mark.parametrize("scenario", ["all", "storm"])
+def test_a_bad_store_url_exits_two_before_anything_runs(
+    scenario: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With `all`, a bad --store was found only when the storm began, minutes in."""
+    import benchmarks.runner
+
+    def must_not_run(*args: object, **kwargs: object) -> int:
+        raise AssertionError("a scenario ran with a bad --store")
+
+    monkeypatch.setattr(benchmarks.runner, "run", must_not_run)
+    assert main(["bench", scenario, "--store", "redis://127.0.0.1:0/1"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "tether bench: error: --store: bad Redis URL 'redis://127.0.0.1:0/1':"
+        " port 0 (redis-py would use 6379)\n"
+    )

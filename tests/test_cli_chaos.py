@@ -51,6 +51,8 @@ def test_parse_address_rejects(text: str) -> None:
     [
         ["chaos", "--listen", "nonsense", "--upstream", "127.0.0.1:1"],
         ["chaos", "--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:65536"],
+        # port 0 binds anywhere but reaches nothing: every proxied connection would fail
+        ["chaos", "--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:0"],
         ["chaos", "--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1", "--kill-random", "2"],
         ["chaos", "--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1", "--latency", "-5"],
     ],
@@ -68,12 +70,15 @@ def test_bad_arguments_exit_2_with_one_line(
 @pytest.mark.parametrize(
     ("flag", "value", "line"),
     [
-        ("--kill-after", "-1", "--kill-after must be >= 0, got -1.0"),
-        ("--blackhole-after", "-1", "--blackhole-after must be >= 0, got -1.0"),
-        ("--idle-timeout", "0", "--idle-timeout must be > 0, got 0.0"),
-        ("--latency", "-5", "--latency must be >= 0, got -5.0"),
-        ("--jitter", "-1", "--jitter must be >= 0, got -1.0"),
-        ("--bandwidth", "0", "--bandwidth must be > 0, got 0.0"),
+        ("--kill-after", "-1", "--kill-after must be a finite number >= 0, got -1.0"),
+        ("--blackhole-after", "-1", "--blackhole-after must be a finite number >= 0, got -1.0"),
+        ("--idle-timeout", "0", "--idle-timeout must be a finite number > 0, got 0.0"),
+        ("--latency", "-5", "--latency must be a finite number >= 0, got -5.0"),
+        ("--jitter", "-1", "--jitter must be a finite number >= 0, got -1.0"),
+        ("--bandwidth", "0", "--bandwidth must be a finite number > 0, got 0.0"),
+        # inf is not below the bound, yet was reported as if it were ("must be >= 0")
+        ("--kill-after", "inf", "--kill-after must be a finite number >= 0, got inf"),
+        ("--bandwidth", "inf", "--bandwidth must be a finite number > 0, got inf"),
         ("--kill-random", "2", "--kill-random is a probability per second, 0-1, got 2.0"),
         ("--jitter", "5", "--jitter may not exceed --latency"),
     ],

@@ -269,3 +269,24 @@ def test_piped_output_is_plain_utf8() -> None:
     out = done.stdout.decode("utf-8")
     assert ESCAPE not in out
     assert "5〜30 秒" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (
+            ["compare", "1000", "1001", "1002"],
+            "tether compare: error: unrecognized arguments: 1002",
+        ),
+        (["explain", "1006", "--bogus"], "tether explain: error: unrecognized arguments: --bogus"),
+        (["--bogus"], "tether: error: unrecognized arguments: --bogus"),
+    ],
+)
+def test_an_unknown_argument_is_reported_by_its_command(
+    argv: list[str], line: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """argparse reports a subcommand's stray argument from the top parser ("tether:")."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert capsys.readouterr().err == line + "\n"

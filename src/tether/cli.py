@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -35,6 +35,10 @@ COMMANDS: dict[str, str] = {
 class _Parser(argparse.ArgumentParser):
     """argparse with a one-line error and exit status 2, no usage dump."""
 
+    #: The subcommands' parsers by name (set on the top-level parser only): an
+    #: argument no subcommand knows is reported under the subcommand's name.
+    subcommands: Mapping[str, argparse.ArgumentParser]
+
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message}\n")
 
@@ -47,6 +51,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     for name in names:
         module = importlib.import_module(f"tether._cli.{COMMANDS[name]}")
         module.register(sub)
+    parser.subcommands = sub.choices
     return parser
 
 
@@ -55,7 +60,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     first = next((a for a in args_list if not a.startswith("-")), None)
     parser = build_parser(first)
-    args = parser.parse_args(args_list)
+    args, extra = parser.parse_known_args(args_list)
+    if extra:
+        owner = getattr(parser, "subcommands", {}).get(getattr(args, "command", None), parser)
+        owner.error(f"unrecognized arguments: {' '.join(extra)}")
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help(sys.stderr)

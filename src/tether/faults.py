@@ -63,7 +63,7 @@ def _check_seconds(name: str, value: float | None, *, allow_zero: bool = False) 
         return
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
-        raise ConfigurationError(f"{name} must be {bound} or None, got {value!r}")
+        raise ConfigurationError(f"{name} must be a finite number {bound} or None, got {value!r}")
 
 
 @dataclass(frozen=True)

@@ -130,6 +130,17 @@ def _run(args: argparse.Namespace) -> int:
     if args.store is not None and args.scenario not in ("storm", "all"):
         print("tether bench: error: --store applies to storm (and all)", file=sys.stderr)
         return 2
+    if args.store is not None:
+        # Checked now: with `all`, a bad URL would otherwise surface only when the
+        # storm starts, after minutes of other scenarios.
+        from ..exceptions import ConfigurationError
+        from ..stores import open_store
+
+        try:
+            open_store(args.store)
+        except ConfigurationError as exc:
+            print(f"tether bench: error: --store: {exc}", file=sys.stderr)
+            return 2
     if args.only is not None:
         problem = runner.unknown_rows(args.scenario, args.only)
         if problem is not None:

@@ -45,12 +45,17 @@ def parse_address(text: str, *, default_host: str | None = None) -> tuple[str, i
     return host, int(port_text)
 
 
-def _address_type(default_host: str | None) -> Any:
+def _address_type(default_host: str | None, *, connect: bool = False) -> Any:
     def convert(text: str) -> tuple[str, int]:
         try:
-            return parse_address(text, default_host=default_host)
+            address = parse_address(text, default_host=default_host)
         except ConfigurationError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from exc
+        if connect and address[1] == 0:
+            # Port 0 means "any" to bind, but nothing can be reached there: every
+            # connection through the proxy would fail.
+            raise argparse.ArgumentTypeError(f"{text!r}: port 0 cannot be connected to")
+        return address
 
     return convert
 
@@ -75,7 +80,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--upstream",
         required=True,
-        type=_address_type(None),
+        type=_address_type(None, connect=True),
         metavar="HOST:PORT",
         help="the server to forward to",
     )

@@ -1,14 +1,14 @@
 """``tether demo``: the two cases tether exists for, live, in under a minute.
 
-One command, nothing to set up. It starts ``tether serve --app ticker
---reuse-port --store sqlite:///...`` (a session store in a temporary
-directory, removed at the end) and 20 ``tether.connect`` clients speaking
+One command, nothing to set up. It starts tether serve --app ticker
+--reuse-port --store sqlite:///... (a session store in a temporary
+directory, removed at the end) and 20 tether.connect clients speaking
 tether.v1, then:
 
-(a) **planned restart**: SIGHUP; the server hands over to a new process and
+(a) planned restart: SIGHUP; the server hands over to a new process and
     closes every client with 1012, spread over the drain window. Clients wait
     1-5 s (the 1012 rule) and come back to the new process.
-(b) **crash**: SIGKILL; no Close frame, clients see 1006 and back off
+(b) crash: SIGKILL; no Close frame, clients see 1006 and back off
     exponentially (full jitter) while the port is dead; the server is started
     again after a short downtime and they come back.
 
@@ -19,7 +19,7 @@ duplicated and out of order, measured on the per-session sequence numbers the
 ticker puts in every message (ticks during which nothing was sent to a client
 are shown apart, as skipped ticks: they are not lost messages). Sessions
 resume across both the restart and the crash from the SQLite store, so both
-phases must show 0 missing and 0 duplicated. ``--json`` prints the summary as JSON.
+phases must show 0 missing and 0 duplicated. --json prints the summary as JSON.
 """
 
 from __future__ import annotations
@@ -113,12 +113,15 @@ def run(args: argparse.Namespace) -> int:
     if not 1 <= args.clients <= 500:
         print("tether demo: error: --clients must be 1-500", file=sys.stderr)
         return 2
-    timings = (args.ticker_interval, args.drain_window, args.downtime)
-    if not all(math.isfinite(t) for t in timings) or (
-        args.ticker_interval <= 0 or args.drain_window < 0 or args.downtime < 0
+    for flag, value, positive in (
+        ("--ticker-interval", args.ticker_interval, True),
+        ("--drain-window", args.drain_window, False),
+        ("--downtime", args.downtime, False),
     ):
-        print("tether demo: error: intervals must be finite and positive", file=sys.stderr)
-        return 2
+        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+            bound = "> 0" if positive else ">= 0"
+            print(f"tether demo: error: {flag} must be a finite number {bound}", file=sys.stderr)
+            return 2
     live = sys.stdout.isatty() and not args.json and not args.no_live
     demo = Demo(args, live=live)
     try:
