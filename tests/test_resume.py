@@ -13,6 +13,7 @@ from tether.closecodes import CloseCode
 from tether.events import Resumed, SessionLost
 from tether.exceptions import ConfigurationError, ConnectionClosedError, QueueFull
 from tether.protocol import (
+    MAX_SEQ,
     Ack,
     Data,
     GoAway,
@@ -101,6 +102,25 @@ def test_config_rejects_bad_values(kwargs: dict[str, object]) -> None:
     """Non-positive bounds, or no ack trigger at all, are configuration errors."""
     with pytest.raises(ConfigurationError):
         ResumeConfig(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("window", "shown"),
+    [(0, "0"), (-1.5, "-1.5"), (float("inf"), "inf"), (float("nan"), "nan"), ("60", "'60'")],
+)
+def test_resume_window_must_be_finite_and_positive(window: object, shown: str) -> None:
+    """An infinite window is refused (before: accepted, then every welcome failed on
+    int(inf)); the message shows the value."""
+    with pytest.raises(ConfigurationError, match=rf"resume_window must be .*, not {shown}$"):
+        ResumeConfig(resume_window=window)  # type: ignore[arg-type]
+
+
+def test_resume_window_fits_welcome_window_ms() -> None:
+    """The largest window still fits welcome's window_ms (at most MAX_SEQ); one above is refused."""
+    largest = MAX_SEQ // 1000
+    assert ResumeConfig(resume_window=largest).window_ms <= MAX_SEQ
+    with pytest.raises(ConfigurationError):
+        ResumeConfig(resume_window=largest + 1)
 
 
 # ---------------------------------------------------------------- handshake

@@ -36,6 +36,7 @@ from .closecodes import CloseCode
 from .events import Resumed, SessionLost
 from .exceptions import ConfigurationError, ConnectionClosedError, ProtocolError
 from .protocol import (
+    MAX_SEQ,
     Ack,
     Data,
     GoAway,
@@ -68,6 +69,10 @@ __all__ = [
 ]
 
 
+#: Longest resume window in seconds: its milliseconds still fit welcome's window_ms.
+_MAX_RESUME_WINDOW_S = MAX_SEQ // 1000
+
+
 @dataclass(frozen=True, kw_only=True)
 class ResumeConfig:
     """Resumption settings (defaults from DESIGN.md §7).
@@ -93,8 +98,19 @@ class ResumeConfig:
     ack_delay: float | None = 0.2
 
     def __post_init__(self) -> None:
-        if not self.resume_window > 0:
-            raise ConfigurationError("resume_window must be > 0 seconds")
+        window = self.resume_window
+        # Bounded: welcome carries it in whole milliseconds (window_ms, an integer the
+        # client refuses above MAX_SEQ), and a session that never expired would be
+        # kept, with its replay buffer, for good.
+        if (
+            isinstance(window, bool)
+            or not isinstance(window, (int, float))
+            or not (0 < window <= _MAX_RESUME_WINDOW_S)
+        ):
+            raise ConfigurationError(
+                f"resume_window must be a finite number of seconds > 0"
+                f" (at most {_MAX_RESUME_WINDOW_S}), not {window!r}"
+            )
         for name in ("max_messages", "max_bytes", "ack_messages", "ack_bytes"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or value < 1):
