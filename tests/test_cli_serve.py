@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import re
 import signal
@@ -129,11 +130,15 @@ def test_reserved_shutdown_code_is_a_usage_error() -> None:
     [
         (["--store", "postgres://db/x"], "unknown scheme 'postgres'"),
         (["--store", "foo"], "use none, memory, sqlite:///path or redis://host:port/db"),
-        (["--open-timeout", "nan"], "--open-timeout must be finite numbers >= 0"),
-        (["--open-timeout", "inf"], "--open-timeout must be finite numbers >= 0"),
+        (["--open-timeout", "nan"], "--open-timeout must be a finite number >= 0 seconds"),
+        (["--open-timeout", "inf"], "--open-timeout must be a finite number >= 0 seconds"),
+        # (Before: "--max-size and --open-timeout must be ...", naming a flag not at fault.)
+        (["--max-size", "-1"], "tether serve: error: --max-size must be a number of bytes >= 0"),
         (["--store", "sqlite://relative.db"], "sqlite:////absolute/path"),
         (["--store", "redis://:notaport/0"], "bad store URL"),
-        (["--resume-window", "0"], "--resume-window must be > 0"),
+        (["--resume-window", "0"], "--resume-window must be a finite number > 0 seconds, not 0"),
+        # (Before: accepted, then every tether.v1 handshake failed with 1011.)
+        (["--resume-window", "inf"], "--resume-window must be a finite number > 0 seconds"),
         (["--store-timeout", "0"], "--store-timeout must be > 0"),
         (
             ["--store", "sqlite:////nonexistent-dir/x.db"],
@@ -143,7 +148,8 @@ def test_reserved_shutdown_code_is_a_usage_error() -> None:
         # window, a server that hung in its drain at the first SIGTERM.)
         (["--port", "70000"], "--port must be 0..65535"),
         (["--port", "-1"], "--port must be 0..65535"),
-        (["--close-timeout", "0"], "--close-timeout must be > 0"),
+        (["--close-timeout", "0"], "--close-timeout must be a finite number > 0 seconds"),
+        (["--close-timeout", "inf"], "--close-timeout must be a finite number > 0 seconds"),
         (["--app", "ticker", "--ticker-interval", "0"], "--ticker-interval must be"),
         (["--drain-window", "inf"], "--drain-window must be a finite number"),
         (["--drain-window", "nan"], "--drain-window must be a finite number"),
@@ -160,6 +166,51 @@ def test_bad_options_are_usage_errors(args: list[str], says: str) -> None:
     assert result.returncode == 2
     assert says in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_max_size_message_names_only_max_size() -> None:
+    """--max-size -1 is refused naming --max-size alone (before: "--max-size and
+    --open-timeout must be ...")."""
+    result = subprocess.run(
+        [sys.executable, "-m", "tether", "serve", "--max-size", "-1"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert result.returncode == 2
+    assert "--open-timeout" not in result.stderr
+
+
+def test_help_is_plain_text() -> None:
+    """tether serve --help shows no reStructuredText markup (before: ``--reuse-port``)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "tether", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert result.returncode == 0
+    assert "--reuse-port it first starts" in " ".join(result.stdout.split())
+    assert "``" not in result.stdout
+
+
+def test_allow_no_origin_alone_warns_that_browsers_are_refused(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """--allow-no-origin without --origin: kept (a server for non-browser clients only),
+    with a warning that every browser gets 403 (before: silence)."""
+    import argparse
+
+    from tether._cli.serve import _origins
+
+    with caplog.at_level(logging.WARNING, logger="tether.server"):
+        assert _origins(argparse.Namespace(origins=None, allow_no_origin=True)) == [None]
+    assert "every browser" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tether.server"):
+        both = argparse.Namespace(origins=["https://a.example"], allow_no_origin=True)
+        assert _origins(both) == ["https://a.example", None]
+    assert caplog.text == ""
 
 
 def test_reuse_port_needs_a_fixed_port() -> None:

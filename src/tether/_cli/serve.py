@@ -47,7 +47,8 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "serve",
         help="run a WebSocket server (echo, broadcast or ticker) with planned restarts",
-        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+        # (The docstring is reStructuredText; --help is plain text.)
+        description=__doc__.split("\n\n", 1)[1].replace("``", "") if __doc__ else None,
     )
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8765, help="TCP port (default 8765)")
@@ -191,17 +192,27 @@ def run(args: argparse.Namespace) -> int:
             )
         if not (args.drain_window >= 0 and math.isfinite(args.drain_window)):
             raise ConfigurationError("--drain-window must be a finite number >= 0 seconds")
-        if not args.close_timeout > 0:
-            raise ConfigurationError("--close-timeout must be > 0 seconds")
+        if not (args.close_timeout > 0 and math.isfinite(args.close_timeout)):
+            raise ConfigurationError(
+                f"--close-timeout must be a finite number > 0 seconds, not {args.close_timeout}"
+            )
         if not (args.ticker_interval > 0 and math.isfinite(args.ticker_interval)):
             raise ConfigurationError("--ticker-interval must be a finite number > 0 ms")
-        if not args.resume_window > 0:
-            raise ConfigurationError("--resume-window must be > 0 seconds")
+        if not (args.resume_window > 0 and math.isfinite(args.resume_window)):
+            # (Infinite: every tether.v1 handshake failed, as welcome carries it in ms.)
+            raise ConfigurationError(
+                f"--resume-window must be a finite number > 0 seconds, not {args.resume_window}"
+            )
         if not args.store_timeout > 0:
             raise ConfigurationError("--store-timeout must be > 0 seconds")
-        if not (args.max_size >= 0 and args.open_timeout >= 0) or math.isinf(args.open_timeout):
+        if not args.max_size >= 0:
             raise ConfigurationError(
-                "--max-size and --open-timeout must be finite numbers >= 0 (0 disables)"
+                f"--max-size must be a number of bytes >= 0 (0 disables), not {args.max_size}"
+            )
+        if not (args.open_timeout >= 0 and math.isfinite(args.open_timeout)):
+            raise ConfigurationError(
+                f"--open-timeout must be a finite number >= 0 seconds (0 disables),"
+                f" not {args.open_timeout}"
             )
         # Opening a store does no I/O: this only checks the URL (and the Redis extra).
         store = None if args.store == "none" else open_store(args.store)
@@ -445,6 +456,14 @@ def _origins(args: argparse.Namespace) -> list[str | None] | None:
     """``serve(origins=)`` from ``--origin`` and ``--allow-no-origin`` (None: no check)."""
     if not args.origins and not args.allow_no_origin:
         return None
+    if not args.origins:
+        # Kept, not refused: a server for non-browser clients only is a fair choice
+        # (no page in any browser can then open a WebSocket to it). Said out loud, as
+        # it is more often a forgotten --origin.
+        logger.warning(
+            "--allow-no-origin without --origin: only clients that send no Origin header"
+            " are admitted; every browser (it always sends one) gets HTTP 403"
+        )
     return [*(args.origins or ()), *([None] if args.allow_no_origin else [])]
 
 
