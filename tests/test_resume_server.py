@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -2324,3 +2325,85 @@ async def _the_sweep_forgets_stale_addresses() -> None:
     await asyncio.sleep(4.0)  # (virtual) the window ended, and a sweep ran since
     assert layer.limiter.tracked() == 0
     await layer.stop()
+
+
+class GatedDeleteStore(MemoryStore):
+    """A store whose deletes wait for ``gate``; it notes how many ran when it was closed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.deleting = 0
+        self.deleting_at_close: int | None = None
+
+    async def delete(self, sid: str, *, generation: int | None = None) -> None:
+        self.deleting += 1
+        try:
+            await self.gate.wait()
+            await super().delete(sid, generation=generation)
+        finally:
+            self.deleting -= 1
+
+    async def close(self) -> None:
+        self.deleting_at_close = self.deleting
+        await super().close()
+
+
+async def _a_closed_session_deleting(store: GatedDeleteStore) -> tuple[TetherV1ServerLayer, str]:
+    """A layer that owns ``store`` and a session it is deleting (closed with 1000)."""
+    layer = TetherV1ServerLayer(store=store)
+    layer._owns_store = True  # as when serve() opened it from a URL: stop() closes it
+    session, _, welcome = await new_session(layer)
+    await session.close(1000)
+    await eventually(lambda: store.deleting == 1, 2.0)
+    return layer, welcome.sid
+
+
+def test_stop_lets_the_deletes_in_flight_finish_before_closing_the_store() -> None:
+    run_virtual(_stop_lets_the_deletes_in_flight_finish())
+
+
+async def _stop_lets_the_deletes_in_flight_finish() -> None:
+    """A session closed just before the drain is deleted, then the store closed.
+
+    (Before, stop() closed the store under the delete: "could not delete session ...:
+    closed", and the session, with this node's ownership entry, stayed in Redis.)
+    """
+    store = GatedDeleteStore()
+    layer, sid = await _a_closed_session_deleting(store)
+    asyncio.get_running_loop().call_later(0.05, store.gate.set)
+    await layer.stop()
+    assert store.deleting_at_close == 0
+    assert await store.load(sid) is None
+
+
+def test_stop_gives_up_on_a_delete_that_hangs() -> None:
+    run_virtual(_stop_gives_up_on_a_delete_that_hangs())
+
+
+async def _stop_gives_up_on_a_delete_that_hangs() -> None:
+    """A delete the store never answers is cancelled after _STOP_WRITES_S: stop() ends."""
+    store = GatedDeleteStore()
+    layer, _ = await _a_closed_session_deleting(store)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    await layer.stop()
+    assert loop.time() - began == pytest.approx(resume_server._STOP_WRITES_S, abs=0.1)
+    assert store.deleting_at_close == 0  # (cancelled, then closed)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("principal", "alice", "principal must be a function of the request or None, not 'alice'"),
+        ("resume_limit", 20, "resume_limit must be a tether.ratelimit.ResumeLimit or None, not 20"),
+        ("resume_window", float("inf"), "resume_window must be a finite number of seconds > 0"),
+    ],
+)
+def test_settings_that_would_fail_every_handshake_are_refused(
+    option: str, value: object, message: str
+) -> None:
+    """A principal that cannot be called, a resume_limit that is not a ResumeLimit, an
+    infinite window: refused at once (before: a traceback and 1011 on every hello)."""
+    with pytest.raises(ConfigurationError, match=re.escape(message)):
+        TetherV1ServerLayer(store=MemoryStore(), **{option: value})

@@ -293,6 +293,15 @@ class TetherV1ServerLayer(ServerLayer):
                 ack_bytes=config.ack_bytes,
                 ack_delay=config.ack_delay,
             )
+        # (Checked now: a wrong one would fail every tether.v1 handshake with 1011.)
+        if principal is not None and not callable(principal):
+            raise ConfigurationError(
+                f"principal must be a function of the request or None, not {principal!r}"
+            )
+        if resume_limit is not None and not isinstance(resume_limit, ResumeLimit):
+            raise ConfigurationError(
+                f"resume_limit must be a tether.ratelimit.ResumeLimit or None, not {resume_limit!r}"
+            )
         if not handshake_timeout > 0 or not send_timeout >= 0:
             raise ConfigurationError("handshake_timeout must be > 0 and send_timeout >= 0 seconds")
         if not store_timeout > 0:
@@ -383,8 +392,29 @@ class TetherV1ServerLayer(ServerLayer):
             state.ack_timer = _cancel(state.ack_timer)  # a stopped layer writes nothing more
             state.retry_timer = _cancel(state.retry_timer)
         self._sweeper = None
+        # Sessions that ended just before the drain are still being deleted (and
+        # detached): a store closed under them leaves them in it, and this node's
+        # ownership entries with them.
+        await self._finish_background()
         if self._owns_store:
             await self.store.close()
+
+    async def _finish_background(self) -> None:
+        """Let the store operations the sessions spawned finish (bounded), then cancel."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _STOP_WRITES_S
+        while pending := {task for task in self._background if not task.done()}:
+            try:
+                await bounded(asyncio.wait(pending), deadline - loop.time())
+            except TimeoutError:
+                logger.warning(
+                    "%d store operation(s) did not finish; cancelling them", len(pending)
+                )
+                for task in pending:
+                    task.cancel()
+                # (Bounded again: a store client may swallow the cancellation, see stop().)
+                await asyncio.wait(pending, timeout=_STOP_WRITES_S)
+                return
 
     async def _finish_writes(self) -> None:
         """Let the writer's batches land before the store is closed (bounded).
