@@ -119,6 +119,18 @@ async def test_send_refuses_other_types() -> None:
         await session.send(42)  # type: ignore[arg-type]
 
 
+async def test_send_takes_bytes_like_messages_as_bytes() -> None:
+    """send(bytearray) and send(memoryview) go out as bytes, as ClientConnection.send takes
+    them (before: TypeError); a buffer changed after the send does not change what went."""
+    session, transport, _ = await _open()
+    buffer = bytearray(b"ab")
+    await session.send(buffer)
+    buffer[0] = ord("x")
+    await session.send(memoryview(b"cd"))
+    assert transport.sent == [b"ab", b"cd"]
+    assert all(type(message) is bytes for message in transport.sent)
+
+
 async def test_connection_end_ends_the_plain_session() -> None:
     """In plain mode the session ends with its connection's code."""
     session, transport, pump = await _open()

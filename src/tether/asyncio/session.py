@@ -255,15 +255,21 @@ class Session:
         """How the session ended (code, reason, clean), or None while it is open."""
         return self._closed
 
-    async def send(self, message: Message) -> None:
-        """Send one message: ``str`` as a text frame, ``bytes`` as a binary frame.
+    async def send(self, message: str | bytes | bytearray | memoryview) -> None:
+        """Send one message: ``str`` as a text frame, bytes-like as a binary frame.
+
+        A ``bytearray`` or ``memoryview`` is copied at once (as by
+        ``ClientConnection.send``): the caller may reuse its buffer as soon as this
+        is called, and a tether.v1 session keeps the message for replay.
 
         Raises:
             ConnectionClosed: the session has ended (or has no connection).
-            TypeError: ``message`` is neither ``str`` nor ``bytes``.
+            TypeError: ``message`` is neither text nor bytes-like.
         """
         if not isinstance(message, (str, bytes)):
-            raise TypeError(f"a message is str or bytes, not {type(message).__name__}")
+            if not isinstance(message, (bytearray, memoryview)):
+                raise TypeError(f"a message is str or bytes, not {type(message).__name__}")
+            message = bytes(message)
         plain = self._plain
         if plain is not None:
             # Plain: straight onto the connection, the layer has nothing to add.
