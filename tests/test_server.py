@@ -10,6 +10,7 @@ import re
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import pytest
 from tests.support.browser import ChromiumWebSocket
@@ -22,6 +23,7 @@ from websockets.exceptions import InvalidStatus
 import tether
 from tether.asyncio.apps import echo
 from tether.asyncio.handover import health_check
+from tether.asyncio.resume_server import TetherV1ServerLayer
 from tether.asyncio.server import Server, ServerState
 from tether.asyncio.session import RequestInfo
 
@@ -857,7 +859,7 @@ def test_origins_must_be_a_list() -> None:
         ("health_path", "healthz", "health_path must be a path starting with '/'"),
         ("health_path", "", "health_path must be a path starting with '/'"),
         ("backlog", 0, "backlog must be >= 1, not 0"),
-        ("close_timeout", 0, "close_timeout must be > 0 seconds, not 0"),
+        ("close_timeout", 0, "close_timeout must be a finite number of seconds > 0, not 0"),
     ],
 )
 def test_settings_that_would_break_every_connection_are_refused(
@@ -1020,3 +1022,141 @@ async def test_client_gone_before_its_hello_is_logged_as_a_close_not_a_failure(
     assert "code=1006" in closes[0].message
     failures = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
     assert failures == []
+
+
+async def test_a_plain_session_sends_bytes_like_messages(
+    start: Callable[..., Awaitable[Server]],
+) -> None:
+    """A handler's send(bytearray) / send(memoryview) arrive as binary messages."""
+
+    async def send_buffers(session: tether.Session) -> None:
+        await session.send(bytearray(b"ab"))
+        await session.send(memoryview(b"cd"))
+        await session.recv()
+
+    server = await start(send_buffers, store=None)
+    async with await _client(server) as ws:
+        assert [await ws.recv(), await ws.recv()] == [b"ab", b"cd"]
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        # close_timeout=None is refused, unlike connect()'s: a drain must end (DESIGN.md §6).
+        ("close_timeout", None, "close_timeout must be a finite number of seconds > 0 (a drain"),
+        ("close_timeout", "1", "close_timeout must be a finite number of seconds > 0 (a drain"),
+        ("close_timeout", float("inf"), "close_timeout must be a finite number of seconds > 0"),
+        ("close_timeout", float("nan"), "close_timeout must be a finite number of seconds > 0"),
+        ("drain_window", None, "drain_window must be a finite number of seconds >= 0, not None"),
+        ("drain_window", "1", "drain_window must be a finite number of seconds >= 0, not '1'"),
+        ("backlog", "5", "backlog must be an integer >= 1, not '5'"),
+        ("backlog", None, "backlog must be an integer >= 1, not None"),
+        ("backlog", 1.5, "backlog must be an integer >= 1, not 1.5"),
+        ("backlog", float("nan"), "backlog must be an integer >= 1, not nan"),
+        ("backlog", 10**10, "backlog must be at most 2147483647, not 10000000000"),
+        ("port", -1, "port must be 0..65535 or None, not -1"),
+        ("port", 70000, "port must be 0..65535 or None, not 70000"),
+        ("port", "80", "port must be an integer 0..65535 or None, not '80'"),
+        ("host", 5, "host must be an interface name or address or None, not 5"),
+        ("heartbeat", (1, 2), "heartbeat must be a tether.Heartbeat or None, not (1, 2)"),
+        ("principal", "x", "principal must be a function of the request or None, not 'x'"),
+        ("resume_window", float("inf"), "resume_window must be a finite number of seconds > 0"),
+    ],
+)
+def test_serve_checks_every_setting_when_called(option: str, value: object, message: str) -> None:
+    """serve() refuses these at once with ConfigurationError (before: a TypeError or
+    OverflowError at start, or a traceback and 1011 on every connection)."""
+    kwargs: dict[str, object] = {"host": "127.0.0.1", "port": 0, option: value}
+    with pytest.raises(tether.ConfigurationError, match=re.escape(message)):
+        tether.serve(echo, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("handler", [None, "echo"])
+def test_serve_refuses_a_handler_it_cannot_call(handler: object) -> None:
+    """handler=None (or any non-callable) is a ConfigurationError, not a 1011 per connection."""
+    with pytest.raises(tether.ConfigurationError, match="handler must be a coroutine function"):
+        tether.serve(handler, "127.0.0.1", 0)  # type: ignore[arg-type]
+
+
+async def test_a_failed_start_undoes_what_it_set_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """handle_signals failing (as outside the main thread) closes the listener, stops the
+    sweeper and closes the store serve() opened, then raises the original error.
+
+    (Before: the server stayed SERVING on its port with the sweeper and the SQLite thread
+    running, past asyncio.run.)
+    """
+    seen: dict[str, object] = {}
+
+    def refuse(server: Server) -> None:
+        seen["port"] = server.port
+        seen["layer"] = server.layer
+        raise RuntimeError("set_wakeup_fd only works in main thread of the main interpreter")
+
+    monkeypatch.setattr(Server, "_install_signal_handlers", refuse)
+    server = tether.serve(
+        echo, "127.0.0.1", 0, handle_signals=True, store=f"sqlite:///{tmp_path / 's.db'}"
+    )
+    with pytest.raises(RuntimeError, match="main thread"):
+        await server.start()
+    assert server.state is ServerState.CLOSED
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.open_connection("127.0.0.1", seen["port"])
+    layer = seen["layer"]
+    assert isinstance(layer, TetherV1ServerLayer)
+    assert layer._sweeper is None
+    assert layer.store._closed  # type: ignore[attr-defined]
+    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    assert [t for t in others if not t.done()] == []
+    await server.wait_closed()  # (returns: the server is closed)
+
+
+async def test_restart_and_shutdown_before_start_close_the_server() -> None:
+    """Before start(), restart() and shutdown() (in any order, any number) close the server
+    without it ever listening (before: the second raised a bare AssertionError)."""
+    for first, second in (("restart", "shutdown"), ("shutdown", "restart")):
+        server = tether.serve(echo, "127.0.0.1", 0)
+        await getattr(server, first)()
+        await getattr(server, second)()
+        assert server.state is ServerState.CLOSED
+        await server.wait_closed()
+
+
+async def test_start_after_close_is_a_clear_error(
+    start: Callable[..., Awaitable[Server]],
+) -> None:
+    """start() on a closed server raises RuntimeError (before: it returned without listening)."""
+    never_started = tether.serve(echo, "127.0.0.1", 0)
+    await never_started.shutdown()
+    with pytest.raises(RuntimeError, match="the server is closed"):
+        await never_started.start()
+    server = await start()
+    await server.shutdown(drain_window=0.0)
+    with pytest.raises(RuntimeError, match="the server is closed"):
+        await server.start()
+
+
+def test_port_before_start_is_a_state_error() -> None:
+    """server.port before start() raises RuntimeError (a state error), not ConfigurationError."""
+    server = tether.serve(echo, "127.0.0.1", 0)
+    with pytest.raises(RuntimeError, match="not listening") as raised:
+        _ = server.port
+    assert not isinstance(raised.value, tether.ConfigurationError)
+
+
+async def test_shutdown_from_another_event_loop_is_refused(
+    start: Callable[..., Awaitable[Server]],
+) -> None:
+    """shutdown() awaited on another loop raises RuntimeError at once and changes nothing
+    (before: it timed out, logged "Task exception was never retrieved", said CLOSED)."""
+    server = await start()
+
+    def shut_down_elsewhere() -> None:
+        asyncio.run(server.shutdown())
+
+    with pytest.raises(RuntimeError, match="another event loop"):
+        await asyncio.to_thread(shut_down_elsewhere)
+    assert server.state is ServerState.SERVING
+    status, _ = await health_check("127.0.0.1", server.port)
+    assert status == 200

@@ -30,6 +30,7 @@ import functools
 import http
 import json
 import logging
+import math
 import os
 import re
 import signal
@@ -62,6 +63,7 @@ from .reuseport import (
     stop_steering,
 )
 from .session import PlainServerLayer, RequestInfo, ServerLayer, Session
+from .waiters import bounded
 from .websockets_engine import WebsocketsTransport
 
 __all__ = ["Handler", "Server", "ServerState", "serve"]
@@ -83,6 +85,12 @@ _STEER_GRACE_S = 0.1
 
 #: Seconds a 503 during the drain asks clients to wait (HTTP ``Retry-After``).
 _RETRY_AFTER_S = 1
+
+#: Largest TCP port number.
+_MAX_PORT = 65535
+
+#: Largest listen backlog: listen(2) takes a C int (the kernel caps it at somaxconn).
+_MAX_BACKLOG = 2**31 - 1
 
 
 class ServerState(str, enum.Enum):
@@ -154,11 +162,32 @@ class Server:
         layer: ServerLayer | None,
         origins: Sequence[str | re.Pattern[str] | None] | None = None,
     ) -> None:
+        # Checked here, not at start() or on each connection: each of these would
+        # otherwise fail the bind with a raw TypeError/OverflowError, or every
+        # connection with a traceback and 1011.
+        if not callable(handler):
+            raise ConfigurationError(f"handler must be a coroutine function, not {handler!r}")
+        _check_host(host)
+        if port is not None and (isinstance(port, bool) or not isinstance(port, int)):
+            raise ConfigurationError(f"port must be an integer 0..65535 or None, not {port!r}")
+        if port is not None and not 0 <= port <= _MAX_PORT:
+            raise ConfigurationError(f"port must be 0..65535 or None, not {port!r}")
+        if heartbeat is not None and not isinstance(heartbeat, Heartbeat):
+            raise ConfigurationError(
+                f"heartbeat must be a tether.Heartbeat or None, not {heartbeat!r}"
+            )
+        if isinstance(drain_window, bool) or not isinstance(drain_window, (int, float)):
+            raise ConfigurationError(
+                f"drain_window must be a finite number of seconds >= 0, not {drain_window!r}"
+            )
         check_window(drain_window, "drain_window")
-        if not close_timeout > 0:
-            raise ConfigurationError(f"close_timeout must be > 0 seconds, not {close_timeout!r}")
+        _check_close_timeout(close_timeout)
+        if isinstance(backlog, bool) or not isinstance(backlog, int):
+            raise ConfigurationError(f"backlog must be an integer >= 1, not {backlog!r}")
         if backlog < 1:
             raise ConfigurationError(f"backlog must be >= 1, not {backlog!r}")
+        if backlog > _MAX_BACKLOG:
+            raise ConfigurationError(f"backlog must be at most {_MAX_BACKLOG}, not {backlog!r}")
         # The three below would otherwise be accepted and break every connection:
         # a max_size under 1 refuses every message (tether.v1's hello first), an
         # open_timeout of 0 or less drops every connection (health checks included),
@@ -204,6 +233,9 @@ class Server:
         self._closed = asyncio.Event()
         self._signals: list[signal.Signals] = []
         self._background_tasks: set[asyncio.Task[Any]] = set()
+        #: The event loop start() ran on: the server's tasks and futures live there.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._layer_started = False
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -221,15 +253,45 @@ class Server:
     def port(self) -> int:
         """The TCP port the server listens on (useful with ``port=0``)."""
         if self._ws_server is None or not self._ws_server.sockets:
-            raise ConfigurationError("the server is not listening")
+            raise RuntimeError(f"the server is not listening (state: {self._state.value})")
         return int(self._ws_server.sockets[0].getsockname()[1])
 
     # -- life cycle ----------------------------------------------------------------------------
 
     async def start(self) -> Server:
-        """Bind and start accepting connections; return the server."""
+        """Bind and start accepting connections; return the server.
+
+        Calling it again while the server serves or drains returns the server.
+
+        Raises:
+            RuntimeError: the server has closed (a closed server does not start again:
+                call :func:`serve` for a new one), or it runs on another event loop.
+            OSError: the bind failed. On any failure whatever was set up is undone (the
+                listener closed, the session layer stopped) and the server is closed.
+        """
+        self._check_loop()
+        if self._state is ServerState.CLOSED:
+            raise RuntimeError("the server is closed; call serve() for a new one")
         if self._state is not ServerState.NEW:
             return self
+        self._loop = asyncio.get_running_loop()
+        try:
+            await self._bind_and_start()
+        except BaseException:
+            # (Cancellation too.) Nothing may outlive a failed start: a listener that
+            # accepts with nobody to serve, a sweeper, a store's thread.
+            await self._undo_start()
+            raise
+        logger.info(
+            "serving on %s port %d (pid %d)",
+            self.host or "all interfaces",
+            self.port,
+            os.getpid(),
+            extra={"tether": {"event": "listening", "port": self.port, "pid": os.getpid()}},
+        )
+        return self
+
+    async def _bind_and_start(self) -> None:
         self._ws_server = await ws_serve(
             self._on_connection,
             self.host,
@@ -257,18 +319,28 @@ class Server:
             backlog=self.backlog,
             reuse_port=self.reuse_port or None,
         )
+        self._layer_started = True
         await self.layer.start()
-        self._state = ServerState.SERVING
         if self.handle_signals:
             self._install_signal_handlers()
-        logger.info(
-            "serving on %s port %d (pid %d)",
-            self.host or "all interfaces",
-            self.port,
-            os.getpid(),
-            extra={"tether": {"event": "listening", "port": self.port, "pid": os.getpid()}},
-        )
-        return self
+        self._state = ServerState.SERVING
+
+    async def _undo_start(self) -> None:
+        self._remove_signal_handlers()
+        self._state = ServerState.CLOSED
+        if self._ws_server is not None:
+            self._ws_server.close()
+            try:
+                # (Bounded like any close: a connection accepted meanwhile gets its Close.)
+                await bounded(self._ws_server.wait_closed(), self.close_timeout)
+            except TimeoutError:
+                logger.warning("the listener did not close after a failed start")
+        if self._layer_started:
+            try:
+                await self.layer.stop()
+            except Exception:
+                logger.exception("stopping the session layer after a failed start failed")
+        self._closed.set()
 
     async def serve_forever(self) -> None:
         """Start if needed, then wait until a restart or shutdown has finished.
@@ -403,9 +475,24 @@ class Server:
 
     # -- draining ------------------------------------------------------------------------------
 
+    def _check_loop(self) -> None:
+        """Refuse a call from another event loop than the one the server runs on.
+
+        Its tasks and futures belong to that loop: awaited here they would fail late
+        ("attached to a different loop"), after a timeout, with the state half-changed.
+        """
+        if self._loop is not None and asyncio.get_running_loop() is not self._loop:
+            raise RuntimeError(
+                "the server runs on another event loop; call it from that loop"
+                " (e.g. asyncio.run_coroutine_threadsafe(server.shutdown(), loop))"
+            )
+
     async def _start_drain(self, code: int, reason: str, window: float) -> None:
+        self._check_loop()
         if self._drain_task is None:
-            if self._state is ServerState.NEW:
+            if self._state in (ServerState.NEW, ServerState.CLOSED):
+                # Never started (or a failed start): nothing to drain, and it will not
+                # start any more (docs/server.md, "Life cycle").
                 self._state = ServerState.CLOSED
                 self._closed.set()
                 return
@@ -886,6 +973,34 @@ def _address(address: tuple[object, ...] | None) -> str:
         return "?"
     host, port = address[0], address[1] if len(address) > 1 else "?"
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+def _check_host(host: object) -> None:
+    """Refuse a ``host`` the bind would fail on with a raw TypeError."""
+    if host is None or isinstance(host, str):
+        return
+    # (The event loop also binds to several interfaces given as a list of names.)
+    if isinstance(host, (list, tuple)) and host and all(isinstance(h, str) for h in host):
+        return
+    raise ConfigurationError(f"host must be an interface name or address or None, not {host!r}")
+
+
+def _check_close_timeout(close_timeout: object) -> None:
+    """Refuse a ``close_timeout`` that is not a finite number of seconds > 0.
+
+    Unlike ``connect(close_timeout=None)`` (one client waiting for its own close),
+    None is refused: the server's drain must end (DESIGN.md §6), and one peer that
+    never answers its Close would otherwise keep a restart from ever finishing.
+    """
+    if isinstance(close_timeout, bool) or not isinstance(close_timeout, (int, float)):
+        raise ConfigurationError(
+            f"close_timeout must be a finite number of seconds > 0 (a drain is bounded),"
+            f" not {close_timeout!r}"
+        )
+    if not (close_timeout > 0 and math.isfinite(close_timeout)):
+        raise ConfigurationError(
+            f"close_timeout must be a finite number of seconds > 0, not {close_timeout!r}"
+        )
 
 
 def _check_origins(
