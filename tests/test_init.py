@@ -47,3 +47,11 @@ def test_star_import_of_tether_stores_needs_no_redis(monkeypatch: pytest.MonkeyP
     assert {"MemoryStore", "SQLiteStore", "SessionStore", "open_store"} <= set(namespace)
     assert "RedisStore" not in namespace
     assert {"MemoryStore", "RedisStore", "SQLiteStore"} <= set(dir(tether.stores))
+
+
+def test_resume_limit_is_exported_from_tether() -> None:
+    """serve(resume_limit=tether.ResumeLimit(...)) works without knowing tether.ratelimit."""
+    from tether.ratelimit import ResumeLimit
+
+    assert tether.ResumeLimit is ResumeLimit
+    assert "ResumeLimit" in tether.__all__

@@ -36,6 +36,7 @@ from .exceptions import (
 )
 from .heartbeat import Heartbeat
 from .policy import Action, Decision, DelayRule, ReconnectPolicy, Rule
+from .ratelimit import ResumeLimit
 
 __version__ = "0.1.0"
 
@@ -77,6 +78,7 @@ __all__ = [
     "QueueFull",
     "ReconnectPolicy",
     "Reconnecting",
+    "ResumeLimit",
     "Resumed",
     "Rule",
     "SessionLost",
