@@ -117,6 +117,24 @@ async def test_stdin_lines_are_sent_and_echoes_printed(
 
 @pytest.mark.integration
 @pytest.mark.timeout(20)
+async def test_a_line_that_is_not_utf8_is_reported_and_the_next_ones_sent(
+    echo_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stdin line with undecodable bytes is "not sent" (one line); the others go out."""
+    import tether
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("one\n\udcff\udcfe\ntwo\n"))
+    out, err = io.StringIO(), io.StringIO()
+    conn = tether.connect(echo_url, heartbeat=None)
+    status = await connect_cli._session(conn, as_json=False, out=out, err=err)
+    assert out.getvalue() == "one\ntwo\n"
+    assert "not sent: the line is not valid UTF-8" in err.getvalue()
+    assert "closed 1006" not in err.getvalue()
+    assert status == 0
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(20)
 async def test_end_of_input_waits_for_replies_still_on_their_way(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -471,6 +471,37 @@ async def test_send_refuses_other_types() -> None:
         await conn.send(42)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("resume", [False, True], ids=["plain", "tether.v1"])
+async def test_unencodable_text_is_refused_at_send(resume: bool) -> None:
+    """A lone surrogate raises UnicodeEncodeError in send(); the connection stays OPEN."""
+
+    async def echo_handler(session: Any) -> None:
+        async for message in session:
+            await session.send(message)
+
+    async with tether.serve(echo_handler, "127.0.0.1", 0) as server:
+        url = f"ws://127.0.0.1:{server.port}/"
+        async with tether.connect(url, heartbeat=NO_PING, resume=resume) as conn:
+            with pytest.raises(UnicodeEncodeError):
+                await conn.send("\ud800")
+            await conn.send("after")
+            assert await asyncio.wait_for(conn.recv(), 5) == "after"
+            assert conn.state is State.OPEN
+            assert "Disconnected" not in conn.metrics
+        assert conn.unsent == ()
+
+
+async def test_unencodable_text_leaves_the_queue_as_it_was() -> None:
+    """While disconnected the refused message is not queued; what was queued stays."""
+    conn = tether.connect(refused_url(), heartbeat=NO_PING)
+    await conn.send("é")
+    with pytest.raises(UnicodeEncodeError):
+        await conn.send("x\udcff")
+    assert conn.queued == 1
+    await conn.close()
+    assert conn.unsent == ("é",)
+
+
 # -- close --
 
 

@@ -253,6 +253,10 @@ async def _send_input(
             await conn.send(line)
         except tether.QueueFull as exc:
             print(f"not sent: {exc}", file=err, flush=True)
+        except UnicodeEncodeError:
+            # Bytes that are not UTF-8, read with surrogateescape: no text message can
+            # carry them. That line only; the connection and later lines go on.
+            print(f"not sent: the line is not valid UTF-8: {line!r}", file=err, flush=True)
         except tether.ConnectionClosed:
             return
 

@@ -529,8 +529,17 @@ class ClientConnection:
             QueueFull: the queue stayed full for ``send_timeout`` seconds.
             ConnectionClosed: the connection is closed for good, or closing.
             TypeError: ``message`` is neither text nor bytes.
+            UnicodeEncodeError: ``message`` is text that UTF-8 cannot encode (a lone
+                surrogate, e.g. from bytes decoded with ``surrogateescape``); nothing
+                was queued.
         """
-        if not isinstance(message, (str, bytes)):
+        if isinstance(message, str):
+            if not message.isascii():
+                # Encoded once here only to refuse it at call time: a message that
+                # failed later, in the write, was taken for a broken link, kept at the
+                # head of the queue and failed every reconnect. (ASCII always encodes.)
+                message.encode()
+        elif not isinstance(message, bytes):
             if not isinstance(message, (bytearray, memoryview)):
                 raise TypeError(f"a message is str or bytes, not {type(message).__name__}")
             message = bytes(message)
