@@ -70,6 +70,24 @@ def test_a_bad_option_is_named_by_its_flag(
     assert capsys.readouterr().err == f"tether connect: error: {line}\n"
 
 
+@pytest.mark.parametrize(
+    ("option", "named"),
+    [
+        (["--subprotocol", "a b"], "subprotocol 'a b' is not a valid name"),
+        (["--header", "Host: evil"], "header Host is set from the URL"),
+    ],
+)
+def test_an_option_every_attempt_would_fail_on_exits_2_at_once(
+    option: list[str], named: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Refused before any I/O with one line (was: retried until --max-attempts, exit 1)."""
+    assert main(["connect", "ws://127.0.0.1:1/", *option]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("tether connect: error: ")
+    assert named in err
+
+
 def test_open_timeout_0_means_no_bound_as_in_serve() -> None:
     """--open-timeout 0 turns the bound off (tether serve's meaning), instead of an error."""
     import tether

@@ -678,6 +678,78 @@ def test_bad_options_are_configuration_errors(kwargs: dict[str, Any]) -> None:
         tether.connect("ws://127.0.0.1:1/", **kwargs)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [
+        # (Before, these failed every attempt, reconnecting for ever, or raised a raw
+        # TypeError / AttributeError, or nan was taken as "no bound".)
+        ({"subprotocols": ["a b"]}, "'a b'"),
+        ({"subprotocols": [""]}, "''"),
+        ({"subprotocols": [1]}, "subprotocol 1 "),
+        ({"subprotocols": 5}, "subprotocols must be a list of names or None, not 5"),
+        ({"max_size": 1.5}, "max_size must be a whole number >= 1 or None, not 1.5"),
+        ({"max_size": float("nan")}, "max_size must be a whole number >= 1 or None, not nan"),
+        ({"max_size": "10"}, "max_size must be a whole number >= 1 or None, not '10'"),
+        ({"max_queue": "10"}, "max_queue must be a whole number >= 1 or None, not '10'"),
+        ({"max_queue": float("nan")}, "max_queue must be a whole number >= 1 or None, not nan"),
+        ({"max_incoming": "x"}, "max_incoming must be a whole number >= 1 or None, not 'x'"),
+        ({"max_incoming": float("nan")}, "max_incoming must be a whole number >= 1 or None"),
+        ({"max_incoming_bytes": 2.5}, "max_incoming_bytes must be a whole number >= 1"),
+        ({"http_rules": [1]}, "http_rules must be a mapping of HTTP statuses to tether.Rule"),
+        ({"layer": "x"}, "layer must be a ClientLayer or None, not 'x'"),
+    ],
+)
+def test_bad_options_are_refused_naming_the_option_and_value(
+    kwargs: dict[str, Any], named: str
+) -> None:
+    """The error names the parameter and shows the bad value, before any I/O."""
+    with pytest.raises(ConfigurationError) as info:
+        tether.connect("ws://127.0.0.1:1/", **kwargs)
+    assert named in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["ws://127.0.0.1:1/a\r\nX-Injected: yes", "ws://exa mple.com/", "ws://h/a\tb", "ws://h/\x7f"],
+)
+def test_url_with_spaces_or_control_characters_is_refused(url: str) -> None:
+    """A space, CR, LF or other control character in the URL is a ConfigurationError."""
+    with pytest.raises(ConfigurationError, match="invalid WebSocket URL"):
+        tether.connect(url)
+
+
+@pytest.mark.parametrize("name", ["Host", "host", "Sec-WebSocket-Protocol", "Upgrade"])
+def test_headers_the_handshake_sets_itself_are_refused(name: str) -> None:
+    """headers={"Host": ...} would go out as a second Host field: refused, naming it."""
+    with pytest.raises(ConfigurationError, match=f"header {name} is set from"):
+        tether.connect("ws://127.0.0.1:1/", headers={name: "x"})
+
+
+async def test_the_handshake_carries_one_host_and_the_extra_headers() -> None:
+    """Allowed extra headers reach the server once each, beside a single Host."""
+    requests: list[bytes] = []
+
+    async def record_request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        requests.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.close()
+
+    server = await asyncio.start_server(record_request, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    conn = tether.connect(
+        f"ws://127.0.0.1:{port}/",
+        headers={"Authorization": "Bearer t"},
+        backoff=BackoffConfig(max_attempts=1, base=0.01),
+        resume=False,
+    )
+    with pytest.raises(ConnectionClosedError):
+        await asyncio.wait_for(conn, 5)
+    server.close()
+    await server.wait_closed()
+    lines = requests[0].lower().split(b"\r\n")
+    assert sum(line.startswith(b"host:") for line in lines) == 1
+    assert b"authorization: bearer t" in lines
+
+
 def test_connect_is_exported_lazily() -> None:
     """tether.connect and tether.ClientConnection come from the asyncio adapter."""
     from tether.asyncio.client import ClientConnection, connect

@@ -68,6 +68,7 @@ from .sendqueue import QueueClosed, SendQueue
 from .waiters import bounded, wait_on, wake_all
 from .websockets_client import (
     OpenFailed,
+    check_subprotocols,
     check_url,
     fast_writer,
     open_probe,
@@ -190,6 +191,33 @@ def connect(
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
+#: Handshake headers the engine writes itself, by lower-case name, and where their
+#: value comes from. websockets appends extra headers after its own (it replaces only
+#: User-Agent), so one of these in ``headers`` went out twice: a request with two Host
+#: fields is malformed (RFC 9112 §3.2: a server must answer 400).
+_ENGINE_HEADERS = {
+    "host": "the URL",
+    "upgrade": "the WebSocket handshake",
+    "connection": "the WebSocket handshake",
+    "sec-websocket-key": "the WebSocket handshake",
+    "sec-websocket-version": "the WebSocket handshake",
+    "sec-websocket-protocol": "the subprotocols option",
+    "sec-websocket-extensions": "the compression option",
+}
+
+
+def _check_count(name: str, value: int | None) -> None:
+    """Refuse a bound ``name`` that is not None or a whole number >= 1.
+
+    A float slipped through (``nan`` compared false: no bound at all) or failed on
+    every attempt inside the engine, reconnecting for ever.
+    """
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(f"{name} must be a whole number >= 1 or None, not {value!r}")
+
+
 def _check_headers(headers: Mapping[str, str] | None) -> None:
     """Names must be tokens and values must hold no CR, LF or NUL (RFC 9110 §5.5).
 
@@ -203,6 +231,11 @@ def _check_headers(headers: Mapping[str, str] | None) -> None:
     for name, value in headers.items():
         if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
             raise ConfigurationError(f"header name {name!r} is not a valid HTTP field name")
+        source = _ENGINE_HEADERS.get(name.lower())
+        if source is not None:
+            raise ConfigurationError(
+                f"header {name} is set from {source}; it cannot be in headers (got {value!r})"
+            )
         if not isinstance(value, str) or any(c in value for c in "\r\n\0"):
             raise ConfigurationError(
                 f"header {name} must be text without CR, LF or NUL, not {value!r}"
@@ -353,21 +386,19 @@ class ClientConnection:
         check_duration("close_timeout", close_timeout, allow_zero=False)
         if compression not in (None, "deflate"):
             raise ConfigurationError(f"compression must be None or 'deflate', not {compression!r}")
-        if max_incoming is not None and (isinstance(max_incoming, bool) or max_incoming < 1):
-            raise ConfigurationError(f"max_incoming must be >= 1 or None, not {max_incoming!r}")
-        if max_incoming_bytes is not None and (
-            isinstance(max_incoming_bytes, bool) or max_incoming_bytes < 1
-        ):
-            raise ConfigurationError(
-                f"max_incoming_bytes must be >= 1 or None, not {max_incoming_bytes!r}"
-            )
-        if max_size is not None and (isinstance(max_size, bool) or max_size < 1):
-            raise ConfigurationError(f"max_size must be >= 1 or None, not {max_size!r}")
-        if isinstance(subprotocols, str):
-            raise ConfigurationError("subprotocols must be a list of names, not one string")
+        _check_count("max_incoming", max_incoming)
+        _check_count("max_incoming_bytes", max_incoming_bytes)
+        _check_count("max_size", max_size)
+        check_subprotocols(subprotocols)
         check_lang(lang)
         if rng is not None and not isinstance(rng, random.Random):
             raise ConfigurationError(f"rng must be a random.Random or None, not {rng!r}")
+        if http_rules is not None and not isinstance(http_rules, Mapping):
+            raise ConfigurationError(
+                f"http_rules must be a mapping of HTTP statuses to tether.Rule, not {http_rules!r}"
+            )
+        if layer is not None and not isinstance(layer, ClientLayer):
+            raise ConfigurationError(f"layer must be a ClientLayer or None, not {layer!r}")
         _check_headers(headers)
         self.url = url
         self._layer = layer or PlainLayer()

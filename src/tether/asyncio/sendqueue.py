@@ -34,8 +34,13 @@ class SendQueue:
     """
 
     def __init__(self, max_size: int | None) -> None:
-        if max_size is not None and (isinstance(max_size, bool) or max_size < 1):
-            raise ConfigurationError(f"max_queue must be >= 1 or None, not {max_size!r}")
+        if max_size is not None and (
+            isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1
+        ):
+            # (A float was taken: nan compared false, so the queue had no bound at all.)
+            raise ConfigurationError(
+                f"max_queue must be a whole number >= 1 or None, not {max_size!r}"
+            )
         self.max_size = max_size
         self._items: collections.deque[Message] = collections.deque()
         self._space_waiters: list[asyncio.Future[None]] = []

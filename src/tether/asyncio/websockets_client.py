@@ -18,6 +18,7 @@ A malformed URL is refused before any I/O by :func:`check_url`.
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -40,6 +41,7 @@ from .websockets_engine import WebsocketsTransport
 
 __all__ = [
     "OpenFailed",
+    "check_subprotocols",
     "check_url",
     "fast_writer",
     "open_probe",
@@ -56,18 +58,56 @@ class OpenFailed(Exception):
         self.failure = failure
 
 
+#: RFC 6455 §4.1: a subprotocol name is an RFC 2616 token (no space, separator or control).
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+#: Space and ASCII control characters: none may appear in a URL (RFC 3986 §2).
+_URL_FORBIDDEN = re.compile(r"[\x00-\x20\x7f]")
+
+
 def check_url(url: str) -> None:
     """Refuse a URL that is not a valid ``ws://`` or ``wss://`` URI.
 
     Raises:
-        ConfigurationError: with the engine's reason, chained from ``InvalidURI``.
+        ConfigurationError: with the engine's reason, chained from ``InvalidURI``;
+            or the URL holds a space or a control character.
     """
     if not isinstance(url, str):
         raise ConfigurationError(f"url must be a str, not {type(url).__name__}")
+    bad = _URL_FORBIDDEN.search(url)
+    if bad is not None:
+        # The engine does not check: "ws://h/a\r\nX: y" went out as the request line
+        # "GET /aX: y HTTP/1.1", and a space split the request line.
+        raise ConfigurationError(
+            f"invalid WebSocket URL {url!r}: {bad.group()!r} at position {bad.start()} "
+            "(spaces and control characters must be percent-encoded)"
+        )
     try:
         parse_uri(url)
     except (InvalidURI, ValueError) as exc:  # urllib raises ValueError for e.g. "ws://[bad"
         raise ConfigurationError(f"invalid WebSocket URL {url!r}: {exc}") from exc
+
+
+def check_subprotocols(subprotocols: Sequence[str] | None) -> None:
+    """Refuse subprotocols that are not a list of RFC 6455 §4.1 tokens.
+
+    The engine refuses them only when it builds the request: every attempt failed
+    the same way and the client reconnected for ever.
+
+    Raises:
+        ConfigurationError: one string, not a sequence, or a name that is not a token.
+    """
+    if subprotocols is None:
+        return
+    if isinstance(subprotocols, (str, bytes)) or not isinstance(subprotocols, Sequence):
+        raise ConfigurationError(
+            f"subprotocols must be a list of names or None, not {subprotocols!r}"
+        )
+    for name in subprotocols:
+        if not isinstance(name, str) or not _TOKEN.fullmatch(name):
+            raise ConfigurationError(
+                f"subprotocol {name!r} is not a valid name (RFC 6455 §4.1: a token, "
+                "without spaces or separators)"
+            )
 
 
 def _retry_after(exc: InvalidStatus) -> float | None:
