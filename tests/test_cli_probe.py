@@ -53,6 +53,28 @@ async def test_bad_option_exits_2() -> None:
     assert err.count("\n") == 1
 
 
+@pytest.mark.parametrize("json_flag", [[], ["--json"]], ids=["text", "json"])
+@pytest.mark.parametrize("name", ["a b", ""])
+async def test_bad_subprotocol_exits_2_with_one_line(name: str, json_flag: list[str]) -> None:
+    """--subprotocol that is not a token: exit 2, one line, no traceback (was: exit 1)."""
+    status, out, err = await tether("probe", "ws://127.0.0.1:1/", "--subprotocol", name, *json_flag)
+    assert status == 2
+    assert out == ""
+    assert err == f"tether probe: error: subprotocol {name!r} is not a valid name" + (
+        " (RFC 6455 §4.1: a token, without spaces or separators)\n"
+    )
+
+
+@pytest.mark.parametrize("flag", ["--idle-search", "--resolution"])
+async def test_infinite_idle_search_bounds_name_the_flag(flag: str) -> None:
+    """--idle-search inf is refused naming the flag, not the library's max_idle."""
+    status, _, err = await tether("probe", "ws://127.0.0.1:1/", flag, "inf")
+    assert status == 2
+    assert err.count("\n") == 1
+    assert f"argument {flag}: 'inf' must be a finite number of seconds" in err
+    assert "max_idle" not in err
+
+
 @pytest.mark.integration
 async def test_refused_exits_1() -> None:
     """Nothing listening: exit 1 and 'connection refused' on stderr."""

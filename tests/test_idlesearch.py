@@ -261,6 +261,14 @@ def test_config_rejects_bad_bounds(bad: dict[str, float]) -> None:
         IdleSearchConfig(**bad)  # type: ignore[arg-type]
 
 
+def test_a_bad_bound_error_names_the_rule_and_the_value() -> None:
+    """An infinite max_idle says it must be finite and shows the value."""
+    with pytest.raises(
+        ConfigurationError, match=r"max_idle must be a finite number of seconds > 0, got inf"
+    ):
+        IdleSearchConfig(max_idle=float("inf"))
+
+
 @pytest.mark.parametrize(
     ("survives", "interval"),
     [(3.0, 1.5), (2.95, 1.4), (60.0, 15.0), (0.1, 0.1), (25.0, 12.5)],

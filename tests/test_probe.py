@@ -167,6 +167,17 @@ async def test_http_url_is_a_configuration_error() -> None:
         await probe("http://127.0.0.1:1/")
 
 
+@pytest.mark.parametrize("name", ["a b", ""])
+async def test_a_subprotocol_that_is_not_a_token_is_a_configuration_error(name: str) -> None:
+    """probe() and find_idle_limit() refuse it before any connection (was a raw ValueError)."""
+    with pytest.raises(ConfigurationError, match="is not a valid name"):
+        await probe("ws://127.0.0.1:1/", subprotocols=[name])
+    with pytest.raises(ConfigurationError, match="is not a valid name"):
+        await find_idle_limit(
+            "ws://127.0.0.1:1/", IdleSearchConfig(max_idle=1.0), subprotocols=[name]
+        )
+
+
 async def test_idle_search_finds_an_active_idle_kill(echo_port: int) -> None:
     """Behind a proxy killing idle connections after 1 s, the limit is 1 s within resolution."""
     async with ChaosProxy(("127.0.0.1", 0), ("127.0.0.1", echo_port), idle_timeout=1.0) as proxy:

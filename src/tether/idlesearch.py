@@ -105,7 +105,9 @@ class IdleSearchConfig:
         for name in ("max_idle", "resolution", "first_hold"):
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:
-                raise ConfigurationError(f"{name} must be > 0 seconds, got {value!r}")
+                raise ConfigurationError(
+                    f"{name} must be a finite number of seconds > 0, got {value!r}"
+                )
         if self.parallel < 1:
             raise ConfigurationError(f"parallel must be >= 1, got {self.parallel!r}")
         if self.max_batches < 1:

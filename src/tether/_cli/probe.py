@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import sys
 from dataclasses import asdict, replace
 from typing import Any, TextIO
@@ -27,6 +28,15 @@ def _positive(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from exc
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
+    return value
+
+
+def _finite_positive(text: str) -> float:
+    # (inf passed _positive and was refused later by IdleSearchConfig, naming its
+    # parameter, max_idle, instead of the flag.)
+    value = _positive(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number of seconds")
     return value
 
 
@@ -60,13 +70,13 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--idle-search",
-        type=_positive,
+        type=_finite_positive,
         metavar="MAX_S",
         help="find the idle limit, trying idle times up to MAX_S seconds",
     )
     parser.add_argument(
         "--resolution",
-        type=_positive,
+        type=_finite_positive,
         default=1.0,
         metavar="S",
         help="idle search precision in seconds (default 1)",
@@ -233,9 +243,11 @@ async def _run(args: argparse.Namespace, config: IdleSearchConfig | None) -> Any
 def run(args: argparse.Namespace) -> int:
     """Probe ``args.url`` and print the report."""
     from ..asyncio.probe import ProbeError, validate_url
+    from ..asyncio.websockets_client import check_subprotocols
 
     try:
         validate_url(args.url)
+        check_subprotocols(args.subprotocol)
         config = None
         if args.idle_search is not None:
             config = IdleSearchConfig(
@@ -249,6 +261,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         report = asyncio.run(_run(args, config))
+    except ConfigurationError as exc:
+        # Any setting the library refuses that the checks above did not see: one
+        # line, exit 2, never a traceback (in --json mode too).
+        print(f"tether probe: error: {exc}", file=sys.stderr)
+        return 2
     except ProbeError as exc:
         if args.json:
             print_json({"url": args.url, "error": exc.as_dict()})

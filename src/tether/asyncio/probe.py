@@ -37,6 +37,7 @@ from ..idlesearch import IdleSearch, IdleSearchConfig, IdleSearchResult, Observa
 from ..knowledge import summary
 from .engine import TransportClosed
 from .waiters import bounded
+from .websockets_client import check_subprotocols
 from .websockets_engine import WebsocketsTransport
 
 __all__ = [
@@ -307,10 +308,12 @@ async def probe(
         lang: language of the close-code explanation (``en`` or ``ja``).
 
     Raises:
-        ConfigurationError: ``url`` is not a WebSocket URL, or a setting is invalid.
+        ConfigurationError: ``url`` is not a WebSocket URL, or a setting is invalid
+            (a subprotocol that is not an RFC 6455 token).
         ProbeError: the connection or the handshake failed.
     """
     validate_url(url)
+    check_subprotocols(subprotocols)
     if pings < 0:
         raise ConfigurationError("pings must be >= 0")
     loop = asyncio.get_running_loop()
@@ -466,10 +469,11 @@ async def find_idle_limit(
         on_progress: called with one line of text as the search advances.
 
     Raises:
-        ConfigurationError: ``url`` is not a WebSocket URL.
+        ConfigurationError: ``url`` is not a WebSocket URL, or a subprotocol is not a token.
         ProbeError: a connection could not be opened.
     """
     validate_url(url)
+    check_subprotocols(subprotocols)
     search = IdleSearch(config)
 
     def progress(text: str) -> None:
