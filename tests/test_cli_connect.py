@@ -391,11 +391,12 @@ def _gave_up_reasons() -> dict[str, str]:
         "close": give_up(ConnectFailure(FailureKind.HANDSHAKE, close_code=1008)),
         "tls": give_up(ConnectFailure(FailureKind.TLS, detail="certificate verify failed: x")),
         "attempts": give_up(refused, max_attempts=2),
+        "one attempt": give_up(refused, max_attempts=1),
         "elapsed": give_up(refused, max_elapsed=3.0),
     }
 
 
-@pytest.mark.parametrize("form", ["http", "close", "tls", "attempts", "elapsed"])
+@pytest.mark.parametrize("form", ["http", "close", "tls", "attempts", "one attempt", "elapsed"])
 def test_every_gave_up_reason_has_a_japanese_line(form: str) -> None:
     """--lang ja words the give-up reason in Japanese, keeping its figures (was English)."""
     reason = _gave_up_reasons()[form]
@@ -403,3 +404,21 @@ def test_every_gave_up_reason_has_a_japanese_line(form: str) -> None:
     assert re.search(r"[\u3040-\u30ff\u4e00-\u9fff]", japanese), (reason, japanese)
     assert not re.search(r"\b(is final|attempts without|no stable|refused)\b", japanese)
     assert set(re.findall(r"\d+", reason)) <= set(re.findall(r"\d+", japanese))
+
+
+def test_giving_up_after_one_attempt_is_worded_in_the_singular() -> None:
+    """max_attempts=1: "1 reconnect attempt", not "1 reconnect attempts"."""
+    reasons = _gave_up_reasons()
+    assert reasons["one attempt"] == (
+        "1 reconnect attempt without a stable connection (max_attempts)"
+    )
+    assert reasons["attempts"] == "2 reconnect attempts without a stable connection (max_attempts)"
+
+
+def test_help_shows_no_rest_markup(capsys: pytest.CaptureFixture[str]) -> None:
+    """`tether connect --help` prints plain text, not reST ``literals``."""
+    with pytest.raises(SystemExit):
+        main(["connect", "--help"])
+    out = capsys.readouterr().out
+    assert "closed 1012 Service Restart" in out
+    assert "``" not in out

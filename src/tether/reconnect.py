@@ -385,8 +385,10 @@ class Reconnector:
     def _bound_reason(self) -> str:
         cfg = self.backoff.config
         if cfg.max_attempts is not None and self.backoff.attempts >= cfg.max_attempts:
+            attempts = "attempt" if cfg.max_attempts == 1 else "attempts"
             return (
-                f"{cfg.max_attempts} reconnect attempts without a stable connection (max_attempts)"
+                f"{cfg.max_attempts} reconnect {attempts} without a stable connection"
+                " (max_attempts)"
             )
         return f"no stable connection for {cfg.max_elapsed} s (max_elapsed)"
 

@@ -39,7 +39,9 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "connect",
         help="connect to a WebSocket URL; send stdin lines, print messages and state changes",
-        description=__doc__.split("\n\n")[1] if __doc__ else None,
+        # The module docstring's paragraph without its reST literal markers: argparse
+        # prints the description as it is, and ``x`` read as noise in a terminal.
+        description=__doc__.split("\n\n")[1].replace("``", "") if __doc__ else None,
     )
     parser.add_argument("url", help="ws:// or wss:// URL")
     parser.add_argument("--json", action="store_true", help="one JSON object per line on stdout")
@@ -279,7 +281,7 @@ _GAVE_UP_JA: tuple[tuple[re.Pattern[str], str], ...] = (
     ),
     (re.compile(r"close code (\d+)(?: .*)? is final"), r"クローズコード \1 は最終扱いです"),
     (
-        re.compile(r"(\d+) reconnect attempts without a stable connection \(max_attempts\)"),
+        re.compile(r"(\d+) reconnect attempts? without a stable connection \(max_attempts\)"),
         r"安定した接続のないまま再接続を \1 回試みました（max_attempts）",
     ),
     (
