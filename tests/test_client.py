@@ -502,6 +502,37 @@ async def test_unencodable_text_leaves_the_queue_as_it_was() -> None:
     assert conn.unsent == ("é",)
 
 
+async def test_use_from_another_event_loop_is_a_clear_error(
+    scripted: Callable[..., Awaitable[Scripted]],
+) -> None:
+    """send()/recv()/close() from another thread's loop raise RuntimeError naming the problem."""
+    server = await scripted()
+    async with tether.connect(server.url, heartbeat=NO_PING, resume=False) as conn:
+
+        def use_elsewhere() -> list[str]:
+            async def calls() -> list[str]:
+                errors = []
+                for call in (lambda: conn.send("x"), conn.recv, conn.close):
+                    try:
+                        await call()
+                    except RuntimeError as exc:
+                        errors.append(str(exc))
+                return errors
+
+            return asyncio.run(calls())
+
+        errors = await asyncio.to_thread(use_elsewhere)
+        assert [e.split(f" ({server.url})")[0] for e in errors] == [
+            f"ClientConnection.{name}() called from another event loop than the one it was "
+            "started in"
+            for name in ("send", "recv", "close")
+        ]
+        assert conn.state is State.OPEN
+        await conn.send("still works")
+        assert await asyncio.wait_for(conn.recv(), 5) == "still works"
+    assert server.connections[0] == ["still works"]
+
+
 # -- close --
 
 

@@ -563,6 +563,7 @@ class ClientConnection:
             UnicodeEncodeError: ``message`` is text that UTF-8 cannot encode (a lone
                 surrogate, e.g. from bytes decoded with ``surrogateescape``); nothing
                 was queued.
+            RuntimeError: called from another event loop than the one it started in.
         """
         if isinstance(message, str):
             if not message.isascii():
@@ -574,6 +575,10 @@ class ClientConnection:
             if not isinstance(message, (bytearray, memoryview)):
                 raise TypeError(f"a message is str or bytes, not {type(message).__name__}")
             message = bytes(message)
+        if self._loop is not None and asyncio.get_running_loop() is not self._loop:
+            # From another thread's loop the inline write touched this loop's socket
+            # unsynchronised and returned as if sent.
+            raise self._wrong_loop("send")
         if self._finished:
             raise self._copy_closed()
         if self._close_request is not None:
@@ -628,6 +633,8 @@ class ClientConnection:
             ConnectionClosed: closed for good and every received message was returned;
                 carries the code, reason and an explanation.
         """
+        if self._loop is not None and asyncio.get_running_loop() is not self._loop:
+            raise self._wrong_loop("recv")
         inbox = self._inbox
         while True:
             if inbox.items:
@@ -686,6 +693,8 @@ class ClientConnection:
         """
         validate_send(code, role="client")
         check_reason(reason)
+        if self._loop is not None and asyncio.get_running_loop() is not self._loop:
+            raise self._wrong_loop("close")
         if self._close_request is None and not self._finished:
             self._close_request = (code, reason)
             self._closed_by_user = True
@@ -701,6 +710,13 @@ class ClientConnection:
             return
         # Shielded: if the caller is cancelled, the closing handshake still completes.
         await asyncio.shield(self._supervisor)
+
+    def _wrong_loop(self, method: str) -> RuntimeError:
+        return RuntimeError(
+            f"ClientConnection.{method}() called from another event loop than the one it"
+            f" was started in ({self.url}); a connection belongs to one loop: use"
+            " asyncio.run_coroutine_threadsafe() to reach it from another thread"
+        )
 
     # -- supervisor -------------------------------------------------------------------
 
