@@ -36,7 +36,18 @@ async def echo_url() -> AsyncIterator[str]:
         yield f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1/", "ws://", "ws://host:99999/", "nonsense"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1/",
+        "ws://",
+        "ws://host:99999/",
+        "nonsense",
+        # accepted before: the space split the request line, CR/LF injected a header
+        "ws://127.0.0.1:1/a b",
+        "ws://127.0.0.1:1/a\r\nX: y",
+    ],
+)
 async def test_bad_url_exits_2(url: str) -> None:
     """A URL that is not ws:// or wss:// with a host and valid port exits 2, one line."""
     status, out, err = await tether("probe", url)

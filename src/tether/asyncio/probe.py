@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.exceptions import InvalidHandshake, InvalidStatus
 from websockets.frames import DATA_OPCODES, Frame, Opcode
 from websockets.protocol import Event
 from websockets.typing import Subprotocol
@@ -37,7 +37,7 @@ from ..idlesearch import IdleSearch, IdleSearchConfig, IdleSearchResult, Observa
 from ..knowledge import summary
 from .engine import TransportClosed
 from .waiters import bounded
-from .websockets_client import check_subprotocols
+from .websockets_client import check_subprotocols, check_url
 from .websockets_engine import WebsocketsTransport
 
 __all__ = [
@@ -132,17 +132,16 @@ class ProbeReport:
 
 
 def validate_url(url: str) -> None:
-    """Check that ``url`` is a ``ws://`` or ``wss://`` URL with a host.
+    """Check that ``url`` is a ``ws://`` or ``wss://`` URL with a host, as connect() does.
 
     Raises:
         ConfigurationError: it is not.
     """
     try:
-        parse_uri(url)
-    except InvalidURI as exc:
+        check_url(url)
+    except ConfigurationError as exc:
+        # (Spaces and control characters included: "ws://h/a b" split the request line.)
         raise ConfigurationError(f"not a WebSocket URL: {exc}") from exc
-    except ValueError as exc:  # urllib: a port out of range or not a number
-        raise ConfigurationError(f"not a WebSocket URL: {url!r}: {exc}") from exc
 
 
 class _WatchedConnection(ClientConnection):
