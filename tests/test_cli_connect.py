@@ -6,11 +6,13 @@ import asyncio
 import io
 import json
 import logging
+import random
 import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from tests.support.eventually import eventually
 from tests.support.node import NodeWsServer
 from tests.support.procs import JsonLineProcess, tether_cli
 from websockets.asyncio.server import ServerConnection, serve
@@ -422,3 +424,69 @@ def test_help_shows_no_rest_markup(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "closed 1012 Service Restart" in out
     assert "``" not in out
+
+
+class _TopOfRange(random.Random):
+    """An rng whose draws are at the top of their range: the longest jittered delay."""
+
+    def random(self) -> float:
+        return 0.999
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(30)
+async def test_end_of_input_while_reconnecting_waits_for_the_lines_to_be_delivered(
+    chaos_proxy: Callable[..., Any],
+) -> None:
+    """Lines sent into a link that then died are in the session's replay, not the queue.
+
+    End of input while reconnecting waits (within 10 s) for the resume that delivers
+    them. Before, the close cancelled the reconnection at once: the lines were reported
+    unsent and the exit status was 1, though the link came back a second later.
+    """
+    import tether
+    from tether.backoff import BackoffConfig
+
+    received: list[str] = []
+
+    async def echo(session: tether.Session) -> None:
+        async for message in session:
+            assert isinstance(message, str)
+            received.append(message)
+            await session.send(message)
+
+    async with tether.serve(echo, "127.0.0.1", 0, store="memory") as server:
+        proxy = await chaos_proxy(server.port)
+        conn = tether.connect(
+            f"ws://127.0.0.1:{proxy.port}/",
+            heartbeat=None,
+            backoff=BackoffConfig(base=1.0),
+            rng=_TopOfRange(),
+        )
+        events = conn.events()
+        await conn
+        lines: asyncio.Queue[str | None] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        sender = asyncio.create_task(
+            connect_cli._send_input(conn, lines, io.StringIO(), connect_cli._Quiet(loop.time()))
+        )
+        lines.put_nowait("one")
+        await eventually(lambda: received == ["one"], what="the first line was echoed")
+        proxy.blackhole_all()  # what is written now reaches nobody...
+        lines.put_nowait("two")
+        lines.put_nowait("three")
+        async with asyncio.timeout(5):
+            await asyncio.sleep(0)
+            await conn.flush()  # ...and is sent: out of the queue, into the replay
+        proxy.kill_all()  # then the link dies (1006): ~1 s before the next attempt
+        async with asyncio.timeout(5):
+            async for event in events:
+                if isinstance(event, tether.Reconnecting):
+                    break
+        assert conn.state is tether.State.RECONNECTING
+        lines.put_nowait(None)  # end of input
+        async with asyncio.timeout(15):
+            await sender
+    assert conn.unsent == ()
+    assert received == ["one", "two", "three"]
+    assert conn.close_code == 1000

@@ -241,6 +241,11 @@ async def _send_input(
             # `tether connect URL < /dev/null` is how a script checks a server answers.
             with contextlib.suppress(asyncio.TimeoutError, TimeoutError, tether.ConnectionClosed):
                 await bounded(conn, EOF_FLUSH_S)  # (awaiting it: until it opened once)
+            # Reconnecting: what was typed may be sent and not yet acknowledged (in
+            # the session's replay, not the queue); the close below would cancel the
+            # attempt that delivers it. Wait for the link to come back first.
+            with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
+                await bounded(_until_connected(conn), max(0.0, deadline - loop.time()))
             with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
                 await bounded(conn.flush(), max(0.0, deadline - loop.time()))
             quiet.last = max(quiet.last, loop.time())
@@ -260,6 +265,19 @@ async def _send_input(
             # carry them. That line only; the connection and later lines go on.
             print(f"not sent: the line is not valid UTF-8: {line!r}", file=err, flush=True)
         except tether.ConnectionClosed:
+            return
+
+
+async def _until_connected(conn: Any) -> None:
+    """Return once ``conn`` is not connecting or reconnecting (open, or closed for good)."""
+    import tether
+
+    waiting = (tether.State.CONNECTING, tether.State.RECONNECTING)
+    events = conn.events()  # (subscribed before the state is read: no change is missed)
+    if conn.state not in waiting:
+        return
+    async for _event in events:
+        if conn.state not in waiting:
             return
 
 
