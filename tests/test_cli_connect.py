@@ -475,18 +475,19 @@ async def test_end_of_input_while_reconnecting_waits_for_the_lines_to_be_deliver
         proxy.blackhole_all()  # what is written now reaches nobody...
         lines.put_nowait("two")
         lines.put_nowait("three")
-        async with asyncio.timeout(5):
-            await asyncio.sleep(0)
-            await conn.flush()  # ...and is sent: out of the queue, into the replay
+        await eventually(lines.empty, what="the sender took both lines")
+        await asyncio.wait_for(conn.flush(), 5)  # ...and is sent: into the replay
         proxy.kill_all()  # then the link dies (1006): ~1 s before the next attempt
-        async with asyncio.timeout(5):
+
+        async def reconnecting() -> None:
             async for event in events:
                 if isinstance(event, tether.Reconnecting):
-                    break
+                    return
+
+        await asyncio.wait_for(reconnecting(), 5)
         assert conn.state is tether.State.RECONNECTING
         lines.put_nowait(None)  # end of input
-        async with asyncio.timeout(15):
-            await sender
+        await asyncio.wait_for(sender, 15)
     assert conn.unsent == ()
     assert received == ["one", "two", "three"]
     assert conn.close_code == 1000
