@@ -7,7 +7,14 @@ import math
 import pytest
 
 from tether.exceptions import ConfigurationError
-from tether.heartbeat import Heartbeat, HeartbeatMachine, Reading, TimerAction, TimerResult
+from tether.heartbeat import (
+    Heartbeat,
+    HeartbeatMachine,
+    Reading,
+    TimerAction,
+    TimerResult,
+    Transfer,
+)
 
 INTERVAL, TIMEOUT = 15.0, 10.0
 START = 1000.0
@@ -262,3 +269,63 @@ def test_progress_counts_from_the_window_not_from_the_last_ping() -> None:
         result = machine.handle_timer(deadline, Reading(taken=taken, held=taken, full=True))
         assert result is None or result.action is TimerAction.SEND_PING, deadline
     assert not machine.dead
+
+
+DEAD = TimerResult(TimerAction.DEAD)
+
+
+def _alive(result: TimerResult | None) -> bool:
+    """Not declared dead (a ping may be due at the same moment)."""
+    return result is None or result.action is TimerAction.SEND_PING
+
+
+def test_a_ping_behind_our_own_data_still_moving_is_not_a_dead_link(
+    machine: HeartbeatMachine,
+) -> None:
+    """A large message over a slow uplink: the ping waits behind it, the peer acks as it
+    goes. Before, the pong overdue failed the link, and the resume resent the message
+    from the start: it never arrived (a fault run: 8 connections, 8 x 1006, in 60 s)."""
+    machine.handle_timer(START + INTERVAL, None, Transfer(acked=1_000, backlog=900_000))
+    due = START + INTERVAL + TIMEOUT
+    assert _alive(machine.handle_timer(due, None, Transfer(acked=300_000, backlog=600_000)))
+    assert not machine.dead
+    again = due + TIMEOUT
+    assert _alive(machine.handle_timer(again, None, Transfer(acked=600_000, backlog=300_000)))
+    # The data stops moving (the link died under it): dead one timeout later.
+    assert machine.handle_timer(again + TIMEOUT, None, Transfer(600_000, 300_000)) == DEAD
+
+
+def test_a_pong_behind_the_peers_data_still_arriving_is_not_a_dead_link(
+    machine: HeartbeatMachine,
+) -> None:
+    """The ping was delivered (nothing of ours unacknowledged) and the peer's large
+    message keeps arriving: the pong is behind it."""
+    machine.handle_timer(START + INTERVAL, None, Transfer(acked=500, backlog=0, received=0))
+    due = START + INTERVAL + TIMEOUT
+    moving = Transfer(acked=518, backlog=0, received=400_000)
+    assert _alive(machine.handle_timer(due, None, moving))
+    assert machine.handle_timer(due + TIMEOUT, None, moving) == DEAD
+
+
+def test_bytes_arriving_do_not_hide_a_dead_direction(machine: HeartbeatMachine) -> None:
+    """A one-way blackhole (ours dropped): the peer's bytes still arrive, ours are not
+    acknowledged. Arriving bytes alone are no proof: DEAD at ping + timeout."""
+    machine.handle_timer(START + INTERVAL, None, Transfer(acked=500, backlog=0, received=0))
+    due = START + INTERVAL + TIMEOUT
+    assert machine.handle_timer(due, None, Transfer(500, backlog=18, received=9_000)) == DEAD
+
+
+@pytest.mark.parametrize("at_ping", [Transfer(500, 0, 700), None])
+def test_a_link_that_moves_nothing_dies_at_the_usual_bound(at_ping: Transfer | None) -> None:
+    """A dead link moves no bytes: interval + timeout, with or without counts."""
+    machine = HeartbeatMachine(Heartbeat(), START)
+    machine.handle_timer(START + INTERVAL, None, at_ping)
+    still = Transfer(500, backlog=18, received=700)  # (our ping, unacknowledged)
+    assert machine.handle_timer(START + INTERVAL + TIMEOUT, None, still) == DEAD
+
+
+def test_no_counts_at_the_ping_give_no_grace(machine: HeartbeatMachine) -> None:
+    """Progress counts from the window's opening: unknown then (None), none is shown."""
+    machine.handle_timer(START + INTERVAL, None, None)
+    due = START + INTERVAL + TIMEOUT
+    assert machine.handle_timer(due, None, Transfer(900_000, 5_000, 900_000)) == DEAD

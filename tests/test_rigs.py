@@ -401,3 +401,29 @@ def test_require_skips_locally_with_reason(monkeypatch: pytest.MonkeyPatch) -> N
 def test_python_argv_uses_this_interpreter() -> None:
     """Helpers run children with the venv's interpreter, never a python from PATH."""
     assert python_argv("-V") == [sys.executable, "-V"]
+
+
+@pytest.mark.timeout(20)
+async def test_slow_link_paces_the_data_and_leaves_the_backlog_with_the_sender() -> None:
+    """SlowLink carries ~rate bytes/s, and what waits stays unacknowledged in the sender's
+    kernel (what tether's heartbeat reads), not in the forwarder."""
+    import fcntl
+    import termios
+
+    from tests.support.slowlink import SlowLink
+
+    async with serve(echo, "127.0.0.1", 0, compression=None, max_size=None) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with SlowLink(port, rate=100_000) as link:
+            url = f"ws://127.0.0.1:{link.port}/"
+            async with connect(url, compression=None, max_size=None) as ws:
+                started = time.monotonic()
+                await ws.send(os.urandom(200_000))
+                sock = ws.transport.get_extra_info("socket")
+                queued = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+                unacknowledged = int.from_bytes(queued, sys.byteorder, signed=True)
+                assert unacknowledged > 100_000, unacknowledged
+                assert len(await asyncio.wait_for(ws.recv(), 15)) == 200_000
+                elapsed = time.monotonic() - started
+    # 200 kB one way then back at 100 kB/s each: ~2 s each way, overlapping.
+    assert 1.5 < elapsed < 8, elapsed

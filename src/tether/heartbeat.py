@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from .exceptions import ConfigurationError
 
-__all__ = ["Heartbeat", "HeartbeatMachine", "Reading", "TimerAction", "TimerResult"]
+__all__ = ["Heartbeat", "HeartbeatMachine", "Reading", "TimerAction", "TimerResult", "Transfer"]
 
 
 @dataclass(frozen=True)
@@ -107,6 +107,30 @@ class Reading:
     full: bool = False
 
 
+@dataclass(frozen=True)
+class Transfer:
+    """What the connection's bytes are doing, for :meth:`HeartbeatMachine.handle_timer`.
+
+    A ping also travels behind the data sent before it. A side that sends more than
+    its path carries (a large message over a slow uplink) finds its ping queued
+    behind that data, in its own buffers and in flight, and the pong comes late
+    while the link works: the peer's TCP keeps acknowledging the data, bytes that a
+    dead link would not acknowledge. Likewise the peer's pong comes behind what
+    the peer is sending, whose bytes keep arriving. The adapter reads these counts
+    from the kernel (``TCP_INFO`` on Linux); where it cannot, it passes None and
+    only :class:`Reading` can delay a verdict.
+
+    Attributes:
+        acked: bytes of ours the peer's TCP has acknowledged so far (a running count).
+        backlog: bytes of ours not acknowledged yet (buffered here or in flight).
+        received: bytes received from the peer so far (a running count).
+    """
+
+    acked: int = 0
+    backlog: int = 0
+    received: int = 0
+
+
 class HeartbeatMachine:
     """Tracks when to ping and when a pong is overdue for one connection.
 
@@ -124,6 +148,8 @@ class HeartbeatMachine:
         self._dead = False
         #: The Reading when the current pong window opened (or was last extended).
         self._mark = Reading()
+        #: The Transfer then (None: not known, so it cannot show progress).
+        self._moved: Transfer | None = None
         #: Round-trip time of the last answered ping, in seconds.
         self.last_rtt: float | None = None
 
@@ -139,7 +165,9 @@ class HeartbeatMachine:
         candidates = [t for t in (self._next_ping, self._pong_deadline) if t is not None]
         return min(candidates) if candidates else None
 
-    def handle_timer(self, now: float, reading: Reading | None = None) -> TimerResult | None:
+    def handle_timer(
+        self, now: float, reading: Reading | None = None, transfer: Transfer | None = None
+    ) -> TimerResult | None:
         """Act on the deadlines that have passed at ``now``.
 
         Args:
@@ -151,6 +179,14 @@ class HeartbeatMachine:
                 reading back. A dead link is still found: once the application
                 has taken what arrived, the buffer is no longer full and the next
                 overdue pong fails it. None: no such grace.
+            transfer: what the connection's bytes are doing (see :class:`Transfer`).
+                An overdue pong also moves its deadline when, since its window
+                opened (or was last extended), the peer acknowledged more of our
+                bytes while some are still unacknowledged (the ping may be behind
+                them), or, everything we sent being acknowledged, more bytes
+                arrived from the peer (the pong may be behind them). A dead link
+                moves no bytes: it is failed at the usual bound, ``interval +
+                timeout``. None: no such grace.
 
         Returns:
             ``DEAD`` if a pong is overdue (checked first), ``SEND_PING`` with a
@@ -159,17 +195,14 @@ class HeartbeatMachine:
         if self._dead:
             return None
         if self._pong_deadline is not None and now >= self._pong_deadline:
-            mark = self._mark
-            if (
-                reading is None
-                or reading.taken <= mark.taken
-                or not (reading.full or reading.held > mark.held)
-            ):
+            if not (_reads_behind(reading, self._mark) or _moves(transfer, self._moved)):
                 self._dead = True
                 return TimerResult(TimerAction.DEAD)
             assert self.config.timeout is not None
             self._pong_deadline = now + self.config.timeout
-            self._mark = reading
+            if reading is not None:
+                self._mark = reading
+            self._moved = transfer
         if self._next_ping is not None and now >= self._next_ping:
             assert self.config.interval is not None
             self._counter += 1
@@ -178,8 +211,10 @@ class HeartbeatMachine:
             self._next_ping = now + self.config.interval
             if self.config.timeout is not None and self._pong_deadline is None:
                 self._pong_deadline = now + self.config.timeout
+                # The window opens: progress counts from here.
                 if reading is not None:
-                    self._mark = reading  # the window opens: progress counts from here
+                    self._mark = reading
+                self._moved = transfer
             return TimerResult(TimerAction.SEND_PING, payload)
         return None
 
@@ -205,3 +240,28 @@ class HeartbeatMachine:
             self._pong_deadline = oldest + self.config.timeout
         self.last_rtt = now - sent
         return self.last_rtt
+
+
+def _reads_behind(reading: Reading | None, mark: Reading) -> bool:
+    """The application took messages and a full buffer held reading back since ``mark``."""
+    return (
+        reading is not None
+        and reading.taken > mark.taken
+        and (reading.full or reading.held > mark.held)
+    )
+
+
+def _moves(transfer: Transfer | None, mark: Transfer | None) -> bool:
+    """Since ``mark``, bytes moved both ways with the ping or the pong plausibly behind them.
+
+    Either the peer acknowledged more of our bytes and some are still queued (the
+    ping may wait behind them), or everything we sent was acknowledged (the ping
+    reached the peer) and more of the peer's bytes arrived (the pong may wait
+    behind them). Each needs both directions to work: bytes arriving alone would
+    keep a link whose other direction died (a one-way blackhole) alive.
+    """
+    if transfer is None or mark is None:
+        return False
+    if transfer.backlog > 0:
+        return transfer.acked > mark.acked
+    return transfer.received > mark.received

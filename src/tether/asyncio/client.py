@@ -1343,7 +1343,11 @@ class ClientConnection:
             if beat is not None and beat <= now:
                 # A full inbox holds reading back: the pong may wait behind what the
                 # application has not taken yet (a slow reader is not a dead link).
-                result = link.machine.handle_timer(now, self._inbox.reading())
+                # And the ping or its pong may wait behind bytes still moving (a large
+                # message over a slow link is not a dead link either).
+                result = link.machine.handle_timer(
+                    now, self._inbox.reading(), link.transport.transfer()
+                )
                 if result is not None and result.action is TimerAction.SEND_PING:
                     self._write_in_task(link, link.transport.ping(result.payload))
                     # Read ahead (within the inbox bounds) so that the pong is not stuck

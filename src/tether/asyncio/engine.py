@@ -14,6 +14,8 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..heartbeat import Transfer
+
 __all__ = ["CloseHandler", "ClosedInfo", "Message", "PongHandler", "Transport", "TransportClosed"]
 
 Message = str | bytes
@@ -108,6 +110,14 @@ class Transport(abc.ABC):
         """Who started the closing handshake: the peer (True), this side (False).
 
         None while no Close frame went either way, or when the engine cannot tell.
+        """
+        return None
+
+    def transfer(self) -> Transfer | None:
+        """What the connection's bytes are doing (acknowledged, queued, received), if known.
+
+        Asked by the heartbeat when a ping goes out and when its pong is overdue (see
+        :class:`~tether.heartbeat.Transfer`). This default knows nothing: None.
         """
         return None
 

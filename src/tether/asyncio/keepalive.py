@@ -103,7 +103,7 @@ class HeartbeatTimer:
             return
         reading = self.reading
         result = self._machine.handle_timer(
-            self._loop.time(), None if reading is None else reading()
+            self._loop.time(), None if reading is None else reading(), transport.transfer()
         )
         if result is not None and result.action is TimerAction.DEAD:
             self.dead = True

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import socket
+import struct
+import sys
 from typing import Any
 
 from websockets.asyncio.connection import Connection
@@ -17,9 +20,22 @@ from websockets.exceptions import ProtocolError as WsProtocolError
 from websockets.protocol import CLOSED, OPEN
 
 from ..closecodes import CloseCode
+from ..heartbeat import Transfer
+
+if sys.platform == "linux":
+    import fcntl
+    import termios
 from .engine import ClosedInfo, CloseHandler, Message, PongHandler, Transport, TransportClosed
 
 __all__ = ["WebsocketsTransport", "closed_info"]
+
+# struct tcp_info (linux/tcp.h): tcpi_bytes_acked and tcpi_bytes_received, two u64 at
+# offset 120 (Linux >= 4.2). Elsewhere no counts: the heartbeat gives no such grace.
+_TCP_INFO: int | None = getattr(socket, "TCP_INFO", None) if sys.platform == "linux" else None
+_BYTE_COUNTS = struct.Struct("=QQ")
+_BYTE_COUNTS_OFFSET = 120
+_TCP_INFO_BYTES = _BYTE_COUNTS_OFFSET + _BYTE_COUNTS.size
+_INT = struct.Struct("=i")
 
 
 def closed_info(connection: Connection) -> ClosedInfo:
@@ -176,6 +192,30 @@ class WebsocketsTransport(Transport):
     async def close(self, code: int, reason: str = "") -> ClosedInfo:
         await self._ws.close(code, reason)
         return closed_info(self._ws)
+
+    def transfer(self) -> Transfer | None:
+        """Bytes acknowledged, still queued and received, from the kernel (Linux; else None).
+
+        Queued: what the asyncio transport still holds plus what the kernel holds
+        unacknowledged (``SIOCOUTQ``); acknowledged and received: ``TCP_INFO``'s
+        running counts. Called at each ping and overdue pong, not per message.
+        """
+        transport = self._ws.transport
+        if _TCP_INFO is None or transport is None or transport.is_closing():
+            return None
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            return None
+        try:
+            info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _TCP_INFO_BYTES)
+            queued = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+        except (OSError, ValueError):
+            return None  # not TCP (a Unix socket), or closed meanwhile
+        if len(info) < _TCP_INFO_BYTES:
+            return None  # a kernel older than 4.2 has no byte counts
+        acked, received = _BYTE_COUNTS.unpack_from(info, _BYTE_COUNTS_OFFSET)
+        backlog = transport.get_write_buffer_size() + _INT.unpack(queued)[0]
+        return Transfer(acked=acked, backlog=backlog, received=received)
 
     def abort(self) -> None:
         transport = self._ws.transport
