@@ -79,13 +79,14 @@ def opened_client(config: ResumeConfig = CONFIG, *, report_acks: bool = True) ->
 
 
 def test_config_defaults() -> None:
-    """Defaults are the documented ones: 120 s, 10,000 msgs, 8 MiB, 32 msgs/64 KiB/200 ms."""
+    """Defaults are the documented ones: 120 s, 10,000 msgs, 8 MiB, 32 msgs/64 KiB/200 ms, 10 s."""
     assert (CONFIG.resume_window, CONFIG.max_messages, CONFIG.max_bytes) == (
         120.0,
         10_000,
         8 * 1024 * 1024,
     )
     assert (CONFIG.ack_messages, CONFIG.ack_bytes, CONFIG.ack_delay) == (32, 64 * 1024, 0.2)
+    assert CONFIG.welcome_timeout == 10.0
 
 
 @pytest.mark.parametrize(
@@ -113,6 +114,24 @@ def test_resume_window_must_be_finite_and_positive(window: object, shown: str) -
     int(inf)); the message shows the value."""
     with pytest.raises(ConfigurationError, match=rf"resume_window must be .*, not {shown}$"):
         ResumeConfig(resume_window=window)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("timeout", "shown"),
+    [
+        (0, "0"),
+        (-1, "-1"),
+        (float("inf"), "inf"),
+        (float("nan"), "nan"),
+        (None, "None"),
+        (True, "True"),
+        ("10", "'10'"),
+    ],
+)
+def test_welcome_timeout_must_be_finite_and_positive(timeout: object, shown: str) -> None:
+    """No welcome wait of zero or without end (nothing else bounds an attempt before welcome)."""
+    with pytest.raises(ConfigurationError, match=rf"welcome_timeout must be .*, not {shown}$"):
+        ResumeConfig(welcome_timeout=timeout)  # type: ignore[arg-type]
 
 
 def test_resume_window_fits_welcome_window_ms() -> None:

@@ -188,3 +188,11 @@ async def test_acks_are_read_for_half_way_to_the_servers_stall(server_window: fl
     deadline = layer.read_deadline()
     assert deadline is not None
     assert deadline - now == pytest.approx(server_window / 2)
+
+
+def test_welcome_timeout_comes_from_resume_config() -> None:
+    """connect(resume=ResumeConfig(welcome_timeout=...)) sets the wait; an explicit one wins."""
+    assert TetherV1ClientLayer().handshake_timeout == 10.0
+    assert TetherV1ClientLayer(ResumeConfig(welcome_timeout=2.5)).handshake_timeout == 2.5
+    layer = TetherV1ClientLayer(ResumeConfig(welcome_timeout=2.5), handshake_timeout=0.5)
+    assert layer.handshake_timeout == 0.5

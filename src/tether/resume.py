@@ -30,6 +30,7 @@ confirmed, so an ack never promises more than the store holds.
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 
 from .closecodes import CloseCode
@@ -88,6 +89,12 @@ class ResumeConfig:
         ack_bytes: ... after this many received payload bytes; None disables it.
         ack_delay: ... at the latest this many seconds after the first
             unacknowledged message; None disables the timer.
+        welcome_timeout: client only: seconds an attempt waits for ``welcome``
+            after its ``hello`` before it closes with 4203 and is retried
+            (``docs/protocol.md`` §3). No heartbeat runs before the welcome, so
+            this bounds an attempt whose server cannot answer. Finite: a wait
+            without end would hold the client on such a link for good. (The
+            server's wait for ``hello`` is its layer's ``handshake_timeout``.)
     """
 
     resume_window: float = 120.0
@@ -96,6 +103,7 @@ class ResumeConfig:
     ack_messages: int | None = 32
     ack_bytes: int | None = 64 * 1024
     ack_delay: float | None = 0.2
+    welcome_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         window = self.resume_window
@@ -117,6 +125,15 @@ class ResumeConfig:
                 raise ConfigurationError(f"{name} must be >= 1 or None")
         if self.ack_delay is not None and not self.ack_delay > 0:
             raise ConfigurationError("ack_delay must be > 0 seconds or None")
+        welcome = self.welcome_timeout
+        if (
+            isinstance(welcome, bool)
+            or not isinstance(welcome, (int, float))
+            or not 0 < welcome < math.inf
+        ):
+            raise ConfigurationError(
+                f"welcome_timeout must be a finite number of seconds > 0, not {welcome!r}"
+            )
         if self.ack_messages is None and self.ack_bytes is None and self.ack_delay is None:
             raise ConfigurationError(
                 "at least one ack trigger must be enabled, or a one-way stream never acks"

@@ -53,8 +53,10 @@ class TetherV1ClientLayer(ClientLayer):
     """Resumable sessions over successive connections; plain WebSocket when not negotiated.
 
     Args:
-        config: resumption settings (window, replay buffer bounds, ack triggers).
-        handshake_timeout: seconds to wait for ``welcome`` before closing with 4203.
+        config: resumption settings (window, replay buffer bounds, ack triggers,
+            ``welcome_timeout``).
+        handshake_timeout: seconds to wait for ``welcome`` before closing with 4203
+            (and for each replayed frame to leave); None: ``config.welcome_timeout``.
         rng: randomness for the goaway delay (uniform in ``[retry_ms/5, retry_ms]``).
     """
 
@@ -64,13 +66,16 @@ class TetherV1ClientLayer(ClientLayer):
         self,
         config: ResumeConfig | None = None,
         *,
-        handshake_timeout: float = 10.0,
+        handshake_timeout: float | None = None,
         rng: random.Random | None = None,
     ) -> None:
+        config = config or ResumeConfig()
         # No PeerAcked event per ack: the client has no store to trim, and the
         # acks that make room wake a waiting send() on their own (after incoming()).
-        self.endpoint = ClientEndpoint(config or ResumeConfig(), report_acks=False)
-        self.handshake_timeout = handshake_timeout
+        self.endpoint = ClientEndpoint(config, report_acks=False)
+        self.handshake_timeout = (
+            config.welcome_timeout if handshake_timeout is None else handshake_timeout
+        )
         self._rng = rng if rng is not None else random.Random()
         self._v1 = False
         self._events: list[Event] = []
