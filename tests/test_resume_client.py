@@ -1,16 +1,29 @@
-"""``TetherV1ClientLayer``: the client's tether.v1 glue, over an in-memory fake transport."""
+"""``TetherV1ClientLayer``: the client's tether.v1 glue, over an in-memory fake transport.
+
+One test (marked ``integration``) runs a real client and server on loopback through a
+forwarder that holds the server's bytes after the upgrade.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import random
 
 import pytest
+from tests.support.eventually import eventually
+from tests.support.rawws import OP_CLOSE, read_client_frame
 from tests.test_session import FakeTransport
 
+import tether
+import tether.asyncio.resume_client as resume_client_module
 from tether.asyncio.engine import ClosedInfo, Message, TransportClosed
-from tether.asyncio.resume_client import TetherV1ClientLayer
+from tether.asyncio.resume_client import NO_WELCOME_CLOSE_TIMEOUT, TetherV1ClientLayer
+from tether.asyncio.session import Session
+from tether.backoff import BackoffConfig
 from tether.events import SessionLost
+from tether.exceptions import ProtocolError
 from tether.protocol import GoAway, Hello, decode, encode, encode_data
 from tether.resume import ResumeConfig, ServerEndpoint
 
@@ -196,3 +209,167 @@ def test_welcome_timeout_comes_from_resume_config() -> None:
     assert TetherV1ClientLayer(ResumeConfig(welcome_timeout=2.5)).handshake_timeout == 2.5
     layer = TetherV1ClientLayer(ResumeConfig(welcome_timeout=2.5), handshake_timeout=0.5)
     assert layer.handshake_timeout == 0.5
+
+
+class _UnansweredClose(FakeTransport):
+    """A tether.v1 connection whose peer never answers: no welcome, no Close frame back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.subprotocol = "tether.v1"
+        self.aborted = False
+
+    async def close(self, code: int, reason: str = "") -> ClosedInfo:
+        self.close_calls.append((code, reason))
+        await asyncio.get_running_loop().create_future()  # the answer never comes
+        raise AssertionError("unreachable")
+
+    def abort(self) -> None:
+        self.aborted = True
+        super().abort()
+
+
+async def test_missing_welcome_sends_4203_then_aborts_without_waiting_for_an_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No welcome: a 4203 Close frame goes out, its answer is awaited briefly, then abort."""
+    monkeypatch.setattr(resume_client_module, "NO_WELCOME_CLOSE_TIMEOUT", 0.05)
+    layer = TetherV1ClientLayer(ResumeConfig(welcome_timeout=0.05))
+    transport = _UnansweredClose()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(ProtocolError, match=r"no welcome within 0\.05 s") as caught:
+        await layer.opened(transport)
+    assert caught.value.close_code == 4203
+    assert transport.close_calls == [(4203, "no welcome")]
+    assert transport.aborted
+    assert loop.time() - started < 1.0
+
+
+class _HoldingForwarder:
+    """A TCP forwarder that, while ``holding``, passes the server's HTTP upgrade answer and
+    then holds the server's bytes: the client's hello reaches the server, the welcome
+    never reaches the client (and neither does any answer to the client's Close frame).
+
+    For each connection it records how long the client kept it (from the accept to the
+    client's end of it) and the close codes of the client's Close frames.
+    """
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.holding = True
+        self.lifetimes: list[float] = []
+        self.client_close_codes: list[list[int | None]] = []
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
+        accepted = loop.time()
+        upstream_reader, upstream_writer = await asyncio.open_connection(
+            "127.0.0.1", self.upstream_port
+        )
+        down = asyncio.create_task(self._down(upstream_reader, writer, hold=self.holding))
+        frames = asyncio.StreamReader()  # what the client sent after its upgrade request
+        request = b""
+        try:
+            while data := await reader.read(65536):
+                upstream_writer.write(data)
+                if b"\r\n\r\n" not in request:
+                    request += data
+                    data = request.partition(b"\r\n\r\n")[2]
+                frames.feed_data(data)
+        except ConnectionError:
+            pass  # an abort (RST) ends it as well as a FIN
+        self.lifetimes.append(loop.time() - accepted)
+        frames.feed_eof()
+        codes: list[int | None] = []
+        with contextlib.suppress(asyncio.IncompleteReadError):
+            while True:
+                frame = await read_client_frame(frames)
+                if frame.opcode == OP_CLOSE:
+                    codes.append(frame.close_code)
+        self.client_close_codes.append(codes)
+        down.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await down
+        for end in (writer, upstream_writer):
+            end.transport.abort()
+
+    async def _down(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, hold: bool
+    ) -> None:
+        if hold:
+            with contextlib.suppress(asyncio.IncompleteReadError):
+                writer.write(await reader.readuntil(b"\r\n\r\n"))  # the 101 answer
+            await asyncio.get_running_loop().create_future()  # then nothing, until cancelled
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+            writer.write_eof()  # the server's end reaches the client, which then closes
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(30)
+async def test_a_welcome_held_by_the_path_fails_each_attempt_without_close_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A path that holds the server's data after the upgrade: each attempt closes with 4203
+    and ends within welcome_timeout + NO_WELCOME_CLOSE_TIMEOUT, not + close_timeout.
+
+    (Before, the 4203 close waited for the server's answer, which the path held, for the
+    whole close_timeout: 10 s + 10 s per attempt with the defaults.) Once the path heals,
+    the session opens and every message is echoed exactly once.
+    """
+    welcome_timeout, close_timeout = 0.3, 5.0
+
+    async def echo(session: Session) -> None:
+        async for message in session:
+            await session.send(message)
+
+    server = await tether.serve(echo, "127.0.0.1", 0, heartbeat=None, close_timeout=2.0).start()
+    forwarder = _HoldingForwarder(server.port)
+    await forwarder.start()
+    conn = tether.connect(
+        f"ws://127.0.0.1:{forwarder.port}/",
+        resume=ResumeConfig(welcome_timeout=welcome_timeout),
+        close_timeout=close_timeout,
+        heartbeat=None,
+        backoff=BackoffConfig(base=0.02, cap=0.05),
+    )
+
+    async def connected() -> tether.ClientConnection:
+        return await conn
+
+    caplog.set_level(logging.INFO, logger="tether.client")
+    opening = asyncio.create_task(connected())
+    try:
+        await eventually(lambda: len(forwarder.lifetimes) >= 2, 15, "two stalled attempts")
+        forwarder.holding = False
+        await asyncio.wait_for(opening, 10)
+        for lifetime in forwarder.lifetimes[:2]:
+            assert welcome_timeout <= lifetime < welcome_timeout + NO_WELCOME_CLOSE_TIMEOUT + 0.7
+        assert forwarder.client_close_codes[:2] == [[4203], [4203]]  # the server was told
+        assert f"no welcome within {welcome_timeout} s" in caplog.text
+        sent = [f"m{n}" for n in range(50)]
+        for message in sent:
+            await conn.send(message)
+        echoed = [await asyncio.wait_for(conn.recv(), 5) for _ in sent]
+        assert echoed == sent
+    finally:
+        opening.cancel()
+        with contextlib.suppress(BaseException):
+            await opening
+        await conn.close()
+        await forwarder.stop()
+        await server.shutdown()

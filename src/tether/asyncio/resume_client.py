@@ -40,6 +40,14 @@ logger = logging.getLogger("tether.client")
 READ_AHEAD_MESSAGES = 64
 READ_AHEAD_BYTES = 128 * 1024
 
+#: Seconds the 4203 close after a missing ``welcome`` waits for the server's Close
+#: frame before the TCP connection is aborted. The Close frame goes out so that a
+#: live server learns why; but a server whose welcome did not arrive has shown that
+#: its data does not reach us (a proxy holding the path, a stalled peer), so its
+#: answer is not waited for the full ``close_timeout`` (the engine's own
+#: ``close_timeout`` still applies when it is shorter).
+NO_WELCOME_CLOSE_TIMEOUT = 1.0
+
 
 class _NotTetherPeer(Exception):
     """The first answer to hello was not tether.v1: the server only echoed the name."""
@@ -142,7 +150,7 @@ class TetherV1ClientLayer(ClientLayer):
             return LayerOpened(received=exc.received)
         except (asyncio.TimeoutError, TimeoutError):
             self.endpoint.connection_lost(loop.time(), TetherCloseCode.HANDSHAKE_TIMEOUT)
-            await transport.close(TetherCloseCode.HANDSHAKE_TIMEOUT, "no welcome")
+            await self._close_unanswered(transport, TetherCloseCode.HANDSHAKE_TIMEOUT, "no welcome")
             raise ProtocolError(
                 f"no welcome within {self.handshake_timeout} s",
                 close_code=TetherCloseCode.HANDSHAKE_TIMEOUT,
@@ -232,6 +240,21 @@ class TetherV1ClientLayer(ClientLayer):
         if established is not None:
             established = (established[0], replayed_in, established[2])
         return established
+
+    @staticmethod
+    async def _close_unanswered(transport: Transport, code: int, reason: str) -> None:
+        """Send a Close frame; wait at most ``NO_WELCOME_CLOSE_TIMEOUT`` for the answer, then abort.
+
+        No heartbeat runs during the handshake, so nothing else would cut this
+        wait short: before, each stalled attempt took ``close_timeout`` more.
+        """
+        try:
+            await bounded(transport.close(code, reason), NO_WELCOME_CLOSE_TIMEOUT)
+        except TimeoutError:
+            logger.debug(
+                "no answer to the %d close within %s s: aborting", code, NO_WELCOME_CLOSE_TIMEOUT
+            )
+            transport.abort()
 
     @staticmethod
     async def _send_all(transport: Transport, wires: Sequence[Message]) -> None:
