@@ -979,6 +979,7 @@ def test_spec_documents_defaults() -> None:
         f"| standalone ack after | {CONFIG.ack_messages} messages / "
         f"{CONFIG.ack_bytes // 1024} KiB / {delay_ms} ms |"  # type: ignore[operator]
     ) in SPEC
+    assert f"| client's wait for `welcome` | {CONFIG.welcome_timeout:.0f} s |" in SPEC
 
 
 @settings(max_examples=300, deadline=None)

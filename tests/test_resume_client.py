@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import random
+from pathlib import Path
 
 import pytest
 from tests.support.eventually import eventually
@@ -244,6 +245,18 @@ async def test_missing_welcome_sends_4203_then_aborts_without_waiting_for_an_ans
     assert transport.close_calls == [(4203, "no welcome")]
     assert transport.aborted
     assert loop.time() - started < 1.0
+
+
+def test_docs_state_the_bound_on_the_4203_close() -> None:
+    """docs/protocol.md and docs/client.md give NO_WELCOME_CLOSE_TIMEOUT as it is."""
+    docs = Path(__file__).parent.parent / "docs"
+    shown = f"{NO_WELCOME_CLOSE_TIMEOUT:g} s"
+    assert f"most **{shown}** (`resume_client.NO_WELCOME_CLOSE_TIMEOUT`" in (
+        docs / "protocol.md"
+    ).read_text(encoding="utf-8")
+    assert f"awaited for at most {shown} (or `close_timeout` if shorter)" in (
+        docs / "client.md"
+    ).read_text(encoding="utf-8")
 
 
 class _HoldingForwarder:
