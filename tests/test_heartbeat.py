@@ -329,3 +329,29 @@ def test_no_counts_at_the_ping_give_no_grace(machine: HeartbeatMachine) -> None:
     machine.handle_timer(START + INTERVAL, None, None)
     due = START + INTERVAL + TIMEOUT
     assert machine.handle_timer(due, None, Transfer(900_000, 5_000, 900_000)) == DEAD
+
+
+@pytest.mark.parametrize(("interval", "timeout"), [(15.0, 10.0), (5.0, 20.0), (1.0, 30.0)])
+@pytest.mark.parametrize("dies_at", [7.3, 21.0, 29.9, 44.2, 60.05])
+def test_a_link_that_dies_while_its_bytes_moved_is_failed_within_the_bound(
+    interval: float, timeout: float, dies_at: float
+) -> None:
+    """An upload acknowledged at 10 kB/s until the link dies, then nothing: failed within
+    interval + timeout of the death, whatever the extensions before (with extensions of
+    ``timeout`` and timeout > interval, bytes acked just before the death bought one
+    more: 40 s for 5/20, 60 s for 1/30)."""
+    machine = HeartbeatMachine(Heartbeat(interval=interval, timeout=timeout), 0.0)
+
+    def transfer(now: float) -> Transfer:
+        acked = int(min(now, dies_at) * 10_000)
+        return Transfer(acked=acked, backlog=5_000_000 - acked, received=0)
+
+    for _ in range(1000):  # bounded: from deadline to deadline
+        deadline = machine.next_deadline()
+        assert deadline is not None
+        result = machine.handle_timer(deadline, None, transfer(deadline))
+        if result is not None and result.action is TimerAction.DEAD:
+            assert deadline > dies_at  # never while the bytes still moved
+            assert deadline - dies_at <= interval + timeout
+            return
+    raise AssertionError("never declared dead")

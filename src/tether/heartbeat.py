@@ -5,9 +5,13 @@ The adapter asks :meth:`HeartbeatMachine.next_deadline`, sleeps until then, call
 send a ping frame with the given payload, or fail the connection as abnormal (1006).
 When a pong arrives it calls :meth:`HeartbeatMachine.pong_received`.
 
-Worst case, a half-open link is detected ``interval + timeout`` seconds after the
-last pong: the next ping goes out at most ``interval`` later and its pong is
-overdue ``timeout`` after that.
+Worst case, a half-open link is detected ``interval + timeout`` seconds after it
+died: the next ping goes out at most ``interval`` later and its pong is overdue
+``timeout`` after that. A pong may be overdue on a live link, behind data still
+moving (:class:`Reading`, :class:`Transfer`); its deadline then moves on, and what
+moved is read again each time, so a link that dies meanwhile is still failed within
+that bound of its death (the :class:`Reading` grace excepted: an application behind
+on its reading delays the verdict by the time it needs to catch up).
 """
 
 from __future__ import annotations
@@ -180,13 +184,13 @@ class HeartbeatMachine:
                 has taken what arrived, the buffer is no longer full and the next
                 overdue pong fails it. None: no such grace.
             transfer: what the connection's bytes are doing (see :class:`Transfer`).
-                An overdue pong also moves its deadline when, since its window
-                opened (or was last extended), the peer acknowledged more of our
-                bytes while some are still unacknowledged (the ping may be behind
-                them), or, everything we sent being acknowledged, more bytes
-                arrived from the peer (the pong may be behind them). A dead link
-                moves no bytes: it is failed at the usual bound, ``interval +
-                timeout``. None: no such grace.
+                An overdue pong also moves its deadline, by ``min(timeout,
+                interval)``, when, since its window opened (or was last extended),
+                the peer acknowledged more of our bytes while some are still
+                unacknowledged (the ping may be behind them), or, everything we
+                sent being acknowledged, more bytes arrived from the peer (the pong
+                may be behind them). A dead link moves no bytes: it is failed within
+                ``interval + timeout`` of its death. None: no such grace.
 
         Returns:
             ``DEAD`` if a pong is overdue (checked first), ``SEND_PING`` with a
@@ -195,11 +199,21 @@ class HeartbeatMachine:
         if self._dead:
             return None
         if self._pong_deadline is not None and now >= self._pong_deadline:
-            if not (_reads_behind(reading, self._mark) or _moves(transfer, self._moved)):
+            timeout = self.config.timeout
+            assert timeout is not None
+            if _reads_behind(reading, self._mark):
+                self._pong_deadline = now + timeout
+            elif _moves(transfer, self._moved):
+                # Bytes acknowledged just before the link died earn one more extension:
+                # no longer than the interval, a dead link is still failed within
+                # interval + timeout of its death (2 x min(interval, timeout)).
+                interval = self.config.interval
+                self._pong_deadline = now + (
+                    timeout if interval is None else min(timeout, interval)
+                )
+            else:
                 self._dead = True
                 return TimerResult(TimerAction.DEAD)
-            assert self.config.timeout is not None
-            self._pong_deadline = now + self.config.timeout
             if reading is not None:
                 self._mark = reading
             self._moved = transfer
