@@ -749,6 +749,30 @@ def test_url_with_spaces_or_control_characters_is_refused(url: str) -> None:
         tether.connect(url)
 
 
+@pytest.mark.parametrize("url", ["ws://127.0.0.1:1/café menu", "ws://127.0.0.1:1/caf\u00e9?q=a b"])
+def test_a_space_in_a_non_ascii_url_is_left_to_the_engine(url: str) -> None:
+    """The engine percent-encodes an IRI, space included: such URLs worked and still do
+    (the check refuses a space only where it would reach the request line as is)."""
+    tether.connect(url)
+
+
+def test_a_control_character_in_a_non_ascii_url_is_refused() -> None:
+    """The engine would drop CR/LF from an IRI silently (another path than written)."""
+    with pytest.raises(ConfigurationError, match="invalid WebSocket URL"):
+        tether.connect("ws://127.0.0.1:1/café\r\nX: y")
+
+
+def test_whole_float_bounds_are_taken_as_ints() -> None:
+    """1e3 and 1e6 worked before the call-time checks and must still: counts are often
+    written so. They are stored as ints (a float would reach the engine's max_size)."""
+    conn = tether.connect(
+        "ws://127.0.0.1:1/", max_queue=1e3, max_incoming=1e3, max_incoming_bytes=1e6, max_size=1e6
+    )
+    bounds = (conn._queue.max_size, conn._inbox.max_size, conn._inbox.max_bytes, conn._max_size)
+    assert bounds == (1000, 1000, 1_000_000, 1_000_000)
+    assert {type(bound) for bound in bounds} == {int}
+
+
 @pytest.mark.parametrize("name", ["Host", "host", "Sec-WebSocket-Protocol", "Upgrade"])
 def test_headers_the_handshake_sets_itself_are_refused(name: str) -> None:
     """headers={"Host": ...} would go out as a second Host field: refused, naming it."""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import numbers
+
 from ..exceptions import ConfigurationError
 
-__all__ = ["check_duration"]
+__all__ = ["check_count", "check_duration"]
 
 
 def check_duration(name: str, value: float | None, *, allow_zero: bool) -> None:
@@ -21,3 +23,19 @@ def check_duration(name: str, value: float | None, *, allow_zero: bool) -> None:
     if not value >= 0 or (value == 0 and not allow_zero):  # (not >= 0: NaN too)
         bound = ">= 0" if allow_zero else "> 0"
         raise ConfigurationError(f"{name} must be {bound} seconds or None, not {value!r}")
+
+
+def check_count(name: str, value: object) -> int:
+    """``value`` as an int if it is a whole number >= 1, else ConfigurationError.
+
+    Whole floats (``1e6``, as byte counts are often written) are taken as ints;
+    bools, strings, NaN, infinities and fractions are refused.
+    """
+    whole: int | None = None
+    if isinstance(value, bool):
+        pass  # (an int to Python, never a count here)
+    elif isinstance(value, numbers.Integral) or (isinstance(value, float) and value.is_integer()):
+        whole = int(value)
+    if whole is None or whole < 1:
+        raise ConfigurationError(f"{name} must be a whole number >= 1 or None, not {value!r}")
+    return whole

@@ -60,7 +60,7 @@ from ..knowledge import check_lang
 from ..policy import ReconnectPolicy, Rule
 from ..reconnect import ConnectFailure, FailureKind, Outcome, Reconnector
 from ..resume import ResumeConfig
-from .checks import check_duration
+from .checks import check_count, check_duration
 from .clock import loop_clock
 from .engine import ClosedInfo, Message, Transport, TransportClosed
 from .layer import ClientLayer, LayerOpened, PlainLayer
@@ -206,16 +206,15 @@ _ENGINE_HEADERS = {
 }
 
 
-def _check_count(name: str, value: int | None) -> None:
-    """Refuse a bound ``name`` that is not None or a whole number >= 1.
+def _check_count(name: str, value: int | None) -> int | None:
+    """A bound ``name`` as an int: None, or a whole number >= 1 (``1e6`` included).
 
-    A float slipped through (``nan`` compared false: no bound at all) or failed on
-    every attempt inside the engine, reconnecting for ever.
+    A float that is not whole slipped through before (``nan`` compared false: no
+    bound at all) or failed on every attempt inside the engine, reconnecting for ever.
     """
     if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigurationError(f"{name} must be a whole number >= 1 or None, not {value!r}")
+        return None
+    return check_count(name, value)
 
 
 def _check_headers(headers: Mapping[str, str] | None) -> None:
@@ -386,9 +385,11 @@ class ClientConnection:
         check_duration("close_timeout", close_timeout, allow_zero=False)
         if compression not in (None, "deflate"):
             raise ConfigurationError(f"compression must be None or 'deflate', not {compression!r}")
-        _check_count("max_incoming", max_incoming)
-        _check_count("max_incoming_bytes", max_incoming_bytes)
-        _check_count("max_size", max_size)
+        max_incoming = _check_count("max_incoming", max_incoming)
+        max_incoming_bytes = _check_count("max_incoming_bytes", max_incoming_bytes)
+        max_size = _check_count("max_size", max_size)
+        if max_queue is not None:
+            max_queue = check_count("max_queue", max_queue)
         check_subprotocols(subprotocols)
         check_lang(lang)
         if rng is not None and not isinstance(rng, random.Random):

@@ -62,6 +62,9 @@ class OpenFailed(Exception):
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 #: Space and ASCII control characters: none may appear in a URL (RFC 3986 §2).
 _URL_FORBIDDEN = re.compile(r"[\x00-\x20\x7f]")
+#: In an IRI (non-ASCII text), the engine percent-encodes a space itself
+#: ("ws://h/café menu" -> /caf%C3%A9%20menu): only control characters are refused.
+_IRI_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def check_url(url: str) -> None:
@@ -73,7 +76,7 @@ def check_url(url: str) -> None:
     """
     if not isinstance(url, str):
         raise ConfigurationError(f"url must be a str, not {type(url).__name__}")
-    bad = _URL_FORBIDDEN.search(url)
+    bad = (_URL_FORBIDDEN if url.isascii() else _IRI_FORBIDDEN).search(url)
     if bad is not None:
         # The engine does not check: "ws://h/a\r\nX: y" went out as the request line
         # "GET /aX: y HTTP/1.1", and a space split the request line.
