@@ -491,3 +491,73 @@ async def test_end_of_input_while_reconnecting_waits_for_the_lines_to_be_deliver
     assert conn.unsent == ()
     assert received == ["one", "two", "three"]
     assert conn.close_code == 1000
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(30)
+async def test_bytes_that_are_not_text_skip_their_line_whatever_the_locale(echo_url: str) -> None:
+    """With a strict stdin decoder (a UTF-8 locale other than C.UTF-8), the reading thread
+    died on the first such byte: a traceback, the lines after it never sent, and the
+    command waiting for an end of input that never came."""
+    import os
+    import sys
+
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tether", "connect", echo_url, "--ping-interval", "0",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8:strict", "PYTHONUTF8": "0"},
+    )  # fmt: skip
+    try:
+        out, err = await asyncio.wait_for(process.communicate(b"a\n\xff\nb\n"), 20)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 0, err.decode()
+    assert out.decode().splitlines() == ["a", "b"]
+    assert "not sent: the line is not valid UTF-8: '\\udcff'" in err.decode()
+    assert "Traceback" not in err.decode()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(30)
+async def test_end_of_input_while_reconnecting_in_plain_mode_does_not_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Plain WebSocket replays nothing: with the server gone and nothing queued, end of
+    input closes at once instead of waiting the whole flush time for a link."""
+    import tether
+
+    monkeypatch.setattr(connect_cli, "EOF_FLUSH_S", 5.0)
+
+    async def echo(ws: ServerConnection) -> None:
+        async for message in ws:
+            await ws.send(message)
+
+    async with serve(echo, "127.0.0.1", 0) as server:
+        conn = tether.connect(
+            f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/", heartbeat=None, resume=False
+        )
+        events = conn.events()
+        await conn
+        lines: asyncio.Queue[str | None] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        sender = asyncio.create_task(
+            connect_cli._send_input(conn, lines, io.StringIO(), connect_cli._Quiet(loop.time()))
+        )
+        lines.put_nowait("one")
+        await eventually(lines.empty, what="the sender took the line")
+        await asyncio.wait_for(conn.flush(), 5)
+
+    async def reconnecting() -> None:  # (the server is gone: every attempt is refused)
+        async for event in events:
+            if isinstance(event, tether.Reconnecting):
+                return
+
+    await asyncio.wait_for(reconnecting(), 5)
+    started = loop.time()
+    lines.put_nowait(None)
+    await asyncio.wait_for(sender, 10)
+    assert loop.time() - started < 2.0

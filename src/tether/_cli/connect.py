@@ -207,11 +207,21 @@ def _start_stdin_reader(loop: asyncio.AbstractEventLoop) -> asyncio.Queue[str | 
     keep the process alive once the connection is closed.
     """
     lines: asyncio.Queue[str | None] = asyncio.Queue()
+    # Bytes that are not text in stdin's encoding become surrogates (the line is then
+    # reported "not sent"), whatever the locale: with a strict decoder the reading
+    # thread died on the first such byte, before the lines after it, and the command
+    # never saw the end of its input.
+    reconfigure = getattr(sys.stdin, "reconfigure", None)
+    if reconfigure is not None:
+        reconfigure(errors="surrogateescape")
 
     def pump() -> None:
         try:
-            for line in sys.stdin:
-                loop.call_soon_threadsafe(lines.put_nowait, line.rstrip("\r\n"))
+            try:
+                for line in sys.stdin:
+                    loop.call_soon_threadsafe(lines.put_nowait, line.rstrip("\r\n"))
+            except (OSError, ValueError) as exc:  # (a closed or unreadable stdin)
+                print(f"tether connect: stdin: {exc}; taken as the end of input", file=sys.stderr)
             loop.call_soon_threadsafe(lines.put_nowait, None)
         except RuntimeError:
             # The loop already closed (the connection ended first): nobody is listening.
@@ -229,6 +239,7 @@ async def _send_input(
     from ..asyncio.waiters import bounded
 
     loop = asyncio.get_running_loop()
+    replayable = False
     while True:
         line = await lines.get()
         if line is None:
@@ -241,11 +252,13 @@ async def _send_input(
             # `tether connect URL < /dev/null` is how a script checks a server answers.
             with contextlib.suppress(asyncio.TimeoutError, TimeoutError, tether.ConnectionClosed):
                 await bounded(conn, EOF_FLUSH_S)  # (awaiting it: until it opened once)
-            # Reconnecting: what was typed may be sent and not yet acknowledged (in
-            # the session's replay, not the queue); the close below would cancel the
-            # attempt that delivers it. Wait for the link to come back first.
-            with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
-                await bounded(_until_connected(conn), max(0.0, deadline - loop.time()))
+            # Reconnecting with tether.v1: what was typed may be sent and not yet
+            # acknowledged (in the session's replay, not the queue); the close below
+            # would cancel the resume that delivers it. Wait for the link first. (Plain:
+            # nothing is replayed; what is queued waits in the flush below.)
+            if replayable:
+                with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
+                    await bounded(_until_connected(conn), max(0.0, deadline - loop.time()))
             with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
                 await bounded(conn.flush(), max(0.0, deadline - loop.time()))
             quiet.last = max(quiet.last, loop.time())
@@ -258,6 +271,8 @@ async def _send_input(
             return
         try:
             await conn.send(line)
+            # (Sent over tether.v1, a line is kept for replay until acknowledged.)
+            replayable = replayable or conn.subprotocol == "tether.v1"
         except tether.QueueFull as exc:
             print(f"not sent: {exc}", file=err, flush=True)
         except UnicodeEncodeError:
