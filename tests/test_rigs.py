@@ -404,6 +404,7 @@ def test_python_argv_uses_this_interpreter() -> None:
 
 
 @pytest.mark.timeout(20)
+@pytest.mark.skipif(sys.platform != "linux", reason="SIOCOUTQ is read with a Linux ioctl")
 async def test_slow_link_paces_the_data_and_leaves_the_backlog_with_the_sender() -> None:
     """SlowLink carries ~rate bytes/s, and what waits stays unacknowledged in the sender's
     kernel (what tether's heartbeat reads), not in the forwarder."""

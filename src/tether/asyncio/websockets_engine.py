@@ -30,7 +30,7 @@ from .engine import ClosedInfo, CloseHandler, Message, PongHandler, Transport, T
 __all__ = ["WebsocketsTransport", "closed_info"]
 
 # struct tcp_info (linux/tcp.h): tcpi_bytes_acked and tcpi_bytes_received, two u64 at
-# offset 120 (Linux >= 4.2). Elsewhere no counts: the heartbeat gives no such grace.
+# offset 120 (Linux >= 4.1). Elsewhere no counts: the heartbeat gives no such grace.
 _TCP_INFO: int | None = getattr(socket, "TCP_INFO", None) if sys.platform == "linux" else None
 _BYTE_COUNTS = struct.Struct("=QQ")
 _BYTE_COUNTS_OFFSET = 120
@@ -212,7 +212,7 @@ class WebsocketsTransport(Transport):
         except (OSError, ValueError):
             return None  # not TCP (a Unix socket), or closed meanwhile
         if len(info) < _TCP_INFO_BYTES:
-            return None  # a kernel older than 4.2 has no byte counts
+            return None  # a kernel older than 4.1 has no byte counts
         acked, received = _BYTE_COUNTS.unpack_from(info, _BYTE_COUNTS_OFFSET)
         backlog = transport.get_write_buffer_size() + _INT.unpack(queued)[0]
         return Transfer(acked=acked, backlog=backlog, received=received)
