@@ -1160,3 +1160,54 @@ async def test_shutdown_from_another_event_loop_is_refused(
     assert server.state is ServerState.SERVING
     status, _ = await health_check("127.0.0.1", server.port)
     assert status == 200
+
+
+async def test_hand_off_from_another_event_loop_steers_nothing(
+    start: Callable[..., Awaitable[Server]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """hand_off() awaited on another loop raises RuntimeError before it touches the kernel's
+    steering (before: it steered new connections to the replacement, then raised, and this
+    server kept serving without ever draining)."""
+    steered: list[object] = []
+
+    def steer(sock: object) -> bool:
+        steered.append(sock)
+        return True
+
+    monkeypatch.setattr(tether.asyncio.server, "steer_to_second_listener", steer)
+    server = await start(reuse_port=True)
+
+    def hand_off_elsewhere() -> None:
+        asyncio.run(server.hand_off())
+
+    with pytest.raises(RuntimeError, match="another event loop"):
+        await asyncio.to_thread(hand_off_elsewhere)
+    assert steered == []
+    assert server.state is ServerState.SERVING
+    async with await _client(server) as ws:
+        await ws.send("still here")
+        assert await ws.recv() == "still here"
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda server: server.restart("x" * 200),
+        lambda server: server.shutdown(1006),
+        lambda server: server.hand_off("x" * 200),
+    ],
+    ids=["restart", "shutdown", "hand_off"],
+)
+async def test_the_event_loop_is_checked_before_the_arguments(
+    start: Callable[..., Awaitable[Server]], call: Callable[[Server], Awaitable[None]]
+) -> None:
+    """From another loop, even a call with a bad argument says RuntimeError (the loop is
+    checked first, as in start())."""
+    server = await start()
+
+    def call_elsewhere() -> None:
+        asyncio.run(call(server))  # type: ignore[arg-type]
+
+    with pytest.raises(RuntimeError, match="another event loop"):
+        await asyncio.to_thread(call_elsewhere)
+    assert server.state is ServerState.SERVING

@@ -369,8 +369,11 @@ class Server:
             reason: the close reason sent with 1012 (at most 123 bytes of UTF-8).
 
         Raises:
+            RuntimeError: called from another event loop than the server's (nothing
+                changes).
             ConfigurationError: ``reason`` does not fit a Close frame (before any I/O).
         """
+        self._check_loop()
         check_reason(reason)
         await self._start_drain(CloseCode.SERVICE_RESTART, reason, self.drain_window)
 
@@ -424,8 +427,13 @@ class Server:
             reason: the close reason sent with 1012 (at most 123 bytes of UTF-8).
 
         Raises:
+            RuntimeError: called from another event loop than the server's (before the
+                kernel is told anything: nothing changes).
             ConfigurationError: ``reason`` does not fit a Close frame (before any I/O).
         """
+        # (First: steering new connections away and then refusing the drain would leave
+        # this server serving, and never draining, with the kernel feeding the other.)
+        self._check_loop()
         check_reason(reason)
         if self.reuse_port and self._state is ServerState.SERVING and self._ws_server:
             steered = all(steer_to_second_listener(s) for s in self._ws_server.sockets)
@@ -448,10 +456,13 @@ class Server:
             drain_window: seconds to spread the closes over; the server's by default.
 
         Raises:
+            RuntimeError: called from another event loop than the server's (nothing
+                changes).
             InvalidCloseCode: ``code`` may not be sent by a server.
             ConfigurationError: ``reason`` does not fit a Close frame, or a bad
                 ``drain_window`` (before any I/O).
         """
+        self._check_loop()
         validate_send(code, role="server")
         check_reason(reason)
         window = self.drain_window
