@@ -1056,7 +1056,15 @@ async def test_a_plain_session_sends_bytes_like_messages(
         ("backlog", 10**10, "backlog must be at most 2147483647, not 10000000000"),
         ("port", -1, "port must be 0..65535 or None, not -1"),
         ("port", 70000, "port must be 0..65535 or None, not 70000"),
-        ("port", "80", "port must be an integer 0..65535 or None, not '80'"),
+        ("port", "http", "port must be an integer 0..65535 (or its decimal digits as a string)"),
+        ("port", " 80", "port must be an integer 0..65535 (or its decimal digits as a string)"),
+        ("port", "+80", "port must be an integer 0..65535 (or its decimal digits as a string)"),
+        ("port", "", "port must be an integer 0..65535 (or its decimal digits as a string)"),
+        ("port", "\u0663", "port must be an integer 0..65535 (or its decimal digits as a string)"),
+        ("port", 0.0, "port must be an integer 0..65535 (or its decimal digits as a string)"),
+        ("port", 8765.0, "port must be an integer 0..65535 (or its decimal digits as a string)"),
+        ("port", True, "port must be an integer 0..65535 (or its decimal digits as a string)"),
+        ("port", "70000", "port must be 0..65535 or None, not 70000"),
         ("host", 5, "host must be an interface name or address or None, not 5"),
         ("heartbeat", (1, 2), "heartbeat must be a tether.Heartbeat or None, not (1, 2)"),
         ("principal", "x", "principal must be a function of the request or None, not 'x'"),
@@ -1069,6 +1077,20 @@ def test_serve_checks_every_setting_when_called(option: str, value: object, mess
     kwargs: dict[str, object] = {"host": "127.0.0.1", "port": 0, option: value}
     with pytest.raises(tether.ConfigurationError, match=re.escape(message)):
         tether.serve(echo, **kwargs)  # type: ignore[arg-type]
+
+
+async def test_a_port_given_as_decimal_digits_is_that_port() -> None:
+    """serve(handler, host, os.environ["PORT"]): a string of digits is the port it spells, as
+    it was when the bind resolved it (before: refused by the call-time check)."""
+    async with tether.serve(echo, "127.0.0.1", "0", heartbeat=FAST) as server:
+        assert server.requested_port == 0
+        port = server.port
+        async with await _client(server) as ws:
+            await ws.send("x")
+            assert await ws.recv() == "x"
+    async with tether.serve(echo, "127.0.0.1", str(port), heartbeat=FAST) as again:
+        assert again.requested_port == port
+        assert again.port == port
 
 
 @pytest.mark.parametrize("handler", [None, "echo"])

@@ -146,7 +146,7 @@ class Server:
         self,
         handler: Handler,
         host: str | None,
-        port: int | None,
+        port: int | str | None,
         *,
         heartbeat: Heartbeat | None,
         drain_window: float,
@@ -168,10 +168,7 @@ class Server:
         if not callable(handler):
             raise ConfigurationError(f"handler must be a coroutine function, not {handler!r}")
         _check_host(host)
-        if port is not None and (isinstance(port, bool) or not isinstance(port, int)):
-            raise ConfigurationError(f"port must be an integer 0..65535 or None, not {port!r}")
-        if port is not None and not 0 <= port <= _MAX_PORT:
-            raise ConfigurationError(f"port must be 0..65535 or None, not {port!r}")
+        port = _check_port(port)
         if heartbeat is not None and not isinstance(heartbeat, Heartbeat):
             raise ConfigurationError(
                 f"heartbeat must be a tether.Heartbeat or None, not {heartbeat!r}"
@@ -996,6 +993,25 @@ def _check_host(host: object) -> None:
     raise ConfigurationError(f"host must be an interface name or address or None, not {host!r}")
 
 
+def _check_port(port: object) -> int | None:
+    """``port`` as an int: an integer 0..65535, its decimal digits as a string, or None.
+
+    The string is for ``serve(handler, host, os.environ["PORT"])``, which the event
+    loop's bind always took. Nothing else a bind might resolve is taken (a service
+    name, a sign, spaces), nor a float (which the bind never took) or a bool.
+    """
+    if isinstance(port, str) and port.isascii() and port.isdigit():
+        port = int(port)
+    if port is not None and (isinstance(port, bool) or not isinstance(port, int)):
+        raise ConfigurationError(
+            f"port must be an integer 0..65535 (or its decimal digits as a string) or None,"
+            f" not {port!r}"
+        )
+    if port is not None and not 0 <= port <= _MAX_PORT:
+        raise ConfigurationError(f"port must be 0..65535 or None, not {port!r}")
+    return port
+
+
 def _check_close_timeout(close_timeout: object) -> None:
     """Refuse a ``close_timeout`` that is not a finite number of seconds > 0.
 
@@ -1034,7 +1050,7 @@ def _check_origins(
 def serve(
     handler: Handler,
     host: str | None = None,
-    port: int | None = None,
+    port: int | str | None = None,
     *,
     heartbeat: Heartbeat | None = Heartbeat(15.0, 10.0),  # noqa: B008 - frozen, shared safely
     drain_window: float = 5.0,
@@ -1061,7 +1077,8 @@ def serve(
         handler: coroutine run once per session; it receives the
             :class:`~tether.Session`.
         host: interface to bind (None: all).
-        port: TCP port (0: any free port, see :attr:`Server.port`).
+        port: TCP port (0: any free port, see :attr:`Server.port`); a string of
+            decimal digits (``os.environ["PORT"]``) is taken as that number.
         heartbeat: ping interval and pong timeout in seconds; a connection whose
             pong is overdue is dropped and its session ends with 1006. None disables.
         drain_window: seconds over which a restart spreads its closes.
