@@ -1233,3 +1233,77 @@ async def test_the_event_loop_is_checked_before_the_arguments(
     with pytest.raises(RuntimeError, match="another event loop"):
         await asyncio.to_thread(call_elsewhere)
     assert server.state is ServerState.SERVING
+
+
+def _count_binds(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Record every listener the server's engine creates."""
+    listeners: list[object] = []
+    real = tether.asyncio.server.ws_serve
+
+    async def counting(*args: object, **kwargs: object) -> object:
+        listener = await real(*args, **kwargs)  # type: ignore[arg-type]
+        listeners.append(listener)
+        return listener
+
+    monkeypatch.setattr(tether.asyncio.server, "ws_serve", counting)
+    return listeners
+
+
+@pytest.mark.parametrize("port", ["any", "fixed"])
+async def test_concurrent_starts_share_one_bind(
+    port: str, monkeypatch: pytest.MonkeyPatch, unused_tcp_port: int
+) -> None:
+    """Two start() calls at once: one listener, SERVING, reachable; both return the server.
+
+    (Before: both bound while the state was NEW. With a fixed port the second failed
+    "address in use" and its undo closed the first one's listener and stopped the layer,
+    and the server then said SERVING; with port 0 the second listener replaced the first,
+    which was left open.)
+    """
+    listeners = _count_binds(monkeypatch)
+    server = tether.serve(
+        echo, "127.0.0.1", 0 if port == "any" else unused_tcp_port, heartbeat=FAST
+    )
+    try:
+        assert await asyncio.gather(server.start(), server.start()) == [server, server]
+        assert len(listeners) == 1
+        assert server.state is ServerState.SERVING
+        async with await _client(server) as ws:
+            await ws.send("one")
+            assert await ws.recv() == "one"
+    finally:
+        await server.shutdown(drain_window=0.0)
+    assert [listener.sockets for listener in listeners] == [()]  # type: ignore[attr-defined]
+
+
+async def test_a_start_waited_for_that_fails_is_a_closed_server_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A start() that waited for another call's start which failed raises RuntimeError;
+    the failing call raises the bind's error; one bind was tried."""
+
+    async def refuse(*args: object, **kwargs: object) -> object:
+        await asyncio.sleep(0)
+        raise OSError(98, "address already in use")
+
+    monkeypatch.setattr(tether.asyncio.server, "ws_serve", refuse)
+    server = tether.serve(echo, "127.0.0.1", 0, heartbeat=FAST)
+    first, second = await asyncio.gather(server.start(), server.start(), return_exceptions=True)
+    assert isinstance(first, OSError)
+    assert isinstance(second, RuntimeError)
+    assert "its start failed" in str(second)
+    assert server.state is ServerState.CLOSED
+
+
+async def test_a_shutdown_during_start_drains_what_the_start_opened(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """shutdown() while start() binds waits for the start, then drains: the server ends
+    closed, its listener too (before: shutdown said CLOSED at once, then the start made it
+    SERVING, listening with the drain already over)."""
+    listeners = _count_binds(monkeypatch)
+    server = tether.serve(echo, "127.0.0.1", 0, heartbeat=FAST)
+    await asyncio.gather(server.start(), server.shutdown(drain_window=0.0))
+    assert server.state is ServerState.CLOSED
+    assert len(listeners) == 1
+    assert listeners[0].sockets == ()  # type: ignore[attr-defined]

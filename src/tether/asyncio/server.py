@@ -233,6 +233,8 @@ class Server:
         #: The event loop start() ran on: the server's tasks and futures live there.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._layer_started = False
+        #: Done when the start under way (the first start() call) has ended, either way.
+        self._starting: asyncio.Future[None] | None = None
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -258,11 +260,13 @@ class Server:
     async def start(self) -> Server:
         """Bind and start accepting connections; return the server.
 
-        Calling it again while the server serves or drains returns the server.
+        Calling it again while the server serves or drains returns the server; while
+        another call is starting it, waits for that start (one bind, one listener).
 
         Raises:
             RuntimeError: the server has closed (a closed server does not start again:
-                call :func:`serve` for a new one), or it runs on another event loop.
+                call :func:`serve` for a new one; also when the start this call waited
+                for failed), or it runs on another event loop.
             OSError: the bind failed. On any failure whatever was set up is undone (the
                 listener closed, the session layer stopped) and the server is closed.
         """
@@ -271,7 +275,15 @@ class Server:
             raise RuntimeError("the server is closed; call serve() for a new one")
         if self._state is not ServerState.NEW:
             return self
+        if self._starting is not None:
+            # Another call is binding (the state stays NEW meanwhile): a second bind
+            # would take the port twice, or fail and undo the first one's listener.
+            await asyncio.shield(self._starting)
+            if self.state is ServerState.CLOSED:  # (changed meanwhile)
+                raise RuntimeError("the server is closed (its start failed); call serve() again")
+            return self
         self._loop = asyncio.get_running_loop()
+        self._starting = self._loop.create_future()
         try:
             await self._bind_and_start()
         except BaseException:
@@ -279,6 +291,8 @@ class Server:
             # accepts with nobody to serve, a sweeper, a store's thread.
             await self._undo_start()
             raise
+        finally:
+            self._starting.set_result(None)
         logger.info(
             "serving on %s port %d (pid %d)",
             self.host or "all interfaces",
@@ -497,6 +511,10 @@ class Server:
 
     async def _start_drain(self, code: int, reason: str, window: float) -> None:
         self._check_loop()
+        if self._drain_task is None and self._starting and not self._starting.done():
+            # A start under way: drain what it starts (else this would call the server
+            # closed, and the start then make it serve, listening with nothing to stop it).
+            await asyncio.shield(self._starting)
         if self._drain_task is None:
             if self._state in (ServerState.NEW, ServerState.CLOSED):
                 # Never started (or a failed start): nothing to drain, and it will not
