@@ -1134,6 +1134,27 @@ async def test_a_failed_start_undoes_what_it_set_up(
     await server.wait_closed()  # (returns: the server is closed)
 
 
+async def test_a_failed_bind_closes_the_store_serve_opened(
+    tmp_path: Path, unused_tcp_port: int
+) -> None:
+    """A bind that fails (the port taken) closes the store serve() opened from a URL, as any
+    failed start does (before: only once the session layer had started, after the bind)."""
+    taken = await asyncio.start_server(lambda r, w: None, "127.0.0.1", unused_tcp_port)
+    try:
+        server = tether.serve(
+            echo, "127.0.0.1", unused_tcp_port, store=f"sqlite:///{tmp_path / 's.db'}"
+        )
+        with pytest.raises(OSError, match="address already in use"):
+            await server.start()
+    finally:
+        taken.close()
+    assert server.state is ServerState.CLOSED
+    layer = server.layer
+    assert isinstance(layer, TetherV1ServerLayer)
+    assert layer._sweeper is None
+    assert layer.store._closed  # type: ignore[attr-defined]
+
+
 async def test_restart_and_shutdown_before_start_close_the_server() -> None:
     """Before start(), restart() and shutdown() (in any order, any number) close the server
     without it ever listening (before: the second raised a bare AssertionError)."""

@@ -233,6 +233,9 @@ class Server:
         #: The event loop start() ran on: the server's tasks and futures live there.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._layer_started = False
+        #: serve() built the layer (from ``store=``): its stop() is safe before its
+        #: start(), and a failed bind uses it to close a store opened from a URL.
+        self._layer_from_serve = False
         #: Done when the start under way (the first start() call) has ended, either way.
         self._starting: asyncio.Future[None] | None = None
 
@@ -346,7 +349,7 @@ class Server:
                 await bounded(self._ws_server.wait_closed(), self.close_timeout)
             except TimeoutError:
                 logger.warning("the listener did not close after a failed start")
-        if self._layer_started:
+        if self._layer_started or self._layer_from_serve:
             try:
                 await self.layer.stop()
             except Exception:
@@ -1141,7 +1144,9 @@ def serve(
         ConfigurationError: a bad setting.
         InvalidCloseCode: ``shutdown_code`` may not be sent by a server.
     """
+    built = False
     if layer is None and store is not None:
+        built = True
         layer = TetherV1ServerLayer(
             store=store,
             resume_window=resume_window,
@@ -1149,7 +1154,7 @@ def serve(
             resume_limit=resume_limit,
             store_timeout=store_timeout,
         )
-    return Server(
+    server = Server(
         handler,
         host,
         port,
@@ -1167,3 +1172,5 @@ def serve(
         layer=layer,
         origins=origins,
     )
+    server._layer_from_serve = built
+    return server
