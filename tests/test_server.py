@@ -1328,3 +1328,19 @@ async def test_a_shutdown_during_start_drains_what_the_start_opened(
     assert server.state is ServerState.CLOSED
     assert len(listeners) == 1
     assert listeners[0].sockets == ()  # type: ignore[attr-defined]
+
+
+def test_docs_state_how_long_the_layer_stop_waits_for_the_store() -> None:
+    """docs/server.md (drain step 4) gives the layer's stop bound as it is: 5 s in all for
+    the store operations in flight, then up to 5 s after cancelling (not "5 s each")."""
+    from tether.asyncio.resume_server import _STOP_WRITES_S
+
+    docs = Path(__file__).parent.parent / "docs" / "server.md"
+    text = " ".join(docs.read_text(encoding="utf-8").split())
+    shown = f"{_STOP_WRITES_S:g} s"
+    expected = [
+        f"the sessions' store writes under way get {shown} to land, then are cancelled",
+        f"get {shown} in all, not each, then are cancelled and waited for up to {shown} more",
+    ]
+    assert [phrase for phrase in expected if phrase not in text] == []
+    assert text.count("at most each") == 0
