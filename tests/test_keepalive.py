@@ -213,3 +213,37 @@ async def test_timer_spares_a_peer_whose_pong_waits_behind_a_backlog() -> None:
     await clock.advance(25.0)  # it takes nothing more
     assert transport.aborted == 1
     assert timer.dead
+
+
+async def test_timer_aborts_a_closed_connection_that_does_not_finish() -> None:
+    """The engine saw the end (the peer's FIN) but the connection never finished: what it
+    still had to send could not leave over a path dead in our direction. Before, the
+    timer returned for good, and the connection and its session stayed until the kernel
+    gave up (a fault hunt: CLOSE-WAIT with 0.57 MB unsent after 75 s). Now: one timeout
+    of grace, then abort."""
+    clock = FakeClock()
+    transport = PingTransport(answering=True)
+    timer = _timer(transport, Heartbeat(1.0, 2.0), clock, lambda: None)
+    timer.start()
+    await clock.advance(1.0)  # a ping, answered
+    transport._closed = ClosedInfo(1006, "", clean=False)  # EOF: the engine is closed...
+    await clock.advance(1.0)  # ...and the timer finds it so: a grace of one timeout
+    assert transport.aborted == 0
+    await clock.advance(1.9)
+    assert transport.aborted == 0
+    await clock.advance(0.1)
+    assert transport.aborted == 1
+    assert not timer.dead  # (not a missing pong: no on_dead)
+
+
+async def test_a_closed_connection_that_finishes_is_not_aborted() -> None:
+    """A healthy close finishes within the grace: stop() (the connection's end) disarms."""
+    clock = FakeClock()
+    transport = PingTransport(answering=True)
+    timer = _timer(transport, Heartbeat(1.0, 2.0), clock, lambda: None)
+    timer.start()
+    transport._closed = ClosedInfo(1000, "", clean=True)
+    await clock.advance(1.0)
+    timer.stop()  # connection_lost came
+    await clock.advance(10.0)
+    assert transport.aborted == 0

@@ -10,7 +10,8 @@ died: the next ping goes out at most ``interval`` later and its pong is overdue
 ``timeout`` after that. A pong may be overdue on a live link, behind data still
 moving (:class:`Reading`, :class:`Transfer`); its deadline then moves on, and what
 moved is read again each time, so a link that dies meanwhile is still failed within
-that bound of its death (the :class:`Reading` grace excepted: an application behind
+that bound of the last byte that moved: its death, plus the time the bytes already
+in flight take to arrive (the :class:`Reading` grace excepted: an application behind
 on its reading delays the verdict by the time it needs to catch up).
 """
 
@@ -187,10 +188,11 @@ class HeartbeatMachine:
                 An overdue pong also moves its deadline, by ``min(timeout,
                 interval)``, when, since its window opened (or was last extended),
                 the peer acknowledged more of our bytes while some are still
-                unacknowledged (the ping may be behind them), or, everything we
-                sent being acknowledged, more bytes arrived from the peer (the pong
-                may be behind them). A dead link moves no bytes: it is failed within
-                ``interval + timeout`` of its death. None: no such grace.
+                unacknowledged (the ping may be behind them), or more bytes arrived
+                from the peer (the pong may be behind them). A dead link stops
+                moving bytes, in both directions (TCP needs the ACKs): it is failed
+                within ``interval + timeout`` of the last byte that moved, which is
+                its death plus what was already in flight then. None: no such grace.
 
         Returns:
             ``DEAD`` if a pong is overdue (checked first), ``SEND_PING`` with a
@@ -265,17 +267,27 @@ def _reads_behind(reading: Reading | None, mark: Reading) -> bool:
     )
 
 
-def _moves(transfer: Transfer | None, mark: Transfer | None) -> bool:
-    """Since ``mark``, bytes moved both ways with the ping or the pong plausibly behind them.
+#: Bytes that must have moved for a pong to be plausibly behind them: more than the
+#: control frames a quiet link carries (pings, pongs, tether.v1 acks: tens of bytes).
+#: Only bulk data delays a pong; and a link dead in one direction still carries the
+#: peer's pings in the other until its TCP gives up (a retransmission timeout), which
+#: would otherwise count.
+BULK = 512
 
-    Either the peer acknowledged more of our bytes and some are still queued (the
-    ping may wait behind them), or everything we sent was acknowledged (the ping
-    reached the peer) and more of the peer's bytes arrived (the pong may wait
-    behind them). Each needs both directions to work: bytes arriving alone would
-    keep a link whose other direction died (a one-way blackhole) alive.
+
+def _moves(transfer: Transfer | None, mark: Transfer | None) -> bool:
+    """Since ``mark``, bytes moved with the ping or the pong plausibly behind them.
+
+    Either the peer acknowledged :data:`BULK` bytes more of ours and some are still
+    queued (the ping may wait behind them), or :data:`BULK` bytes more of the peer's
+    arrived (the pong may wait behind them). Our own last ping may well be
+    unacknowledged then: its ACK comes back behind the peer's data. Neither goes on
+    over a link dead in either direction: the peer's TCP needs our ACKs, which travel
+    with our bytes, to send more than one window, and we need its ACKs to see ours
+    acknowledged. What was in flight when the link died still arrives, and counts.
     """
     if transfer is None or mark is None:
         return False
-    if transfer.backlog > 0:
-        return transfer.acked > mark.acked
-    return transfer.received > mark.received
+    if transfer.received - mark.received >= BULK:
+        return True
+    return transfer.backlog > 0 and transfer.acked - mark.acked >= BULK

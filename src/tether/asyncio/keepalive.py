@@ -35,6 +35,7 @@ class HeartbeatTimer:
     """
 
     __slots__ = (
+        "_closed_at_fire",
         "_handle",
         "_loop",
         "_machine",
@@ -62,6 +63,8 @@ class HeartbeatTimer:
         self._ping: asyncio.Task[None] | None = None
         #: True once the link was declared dead (and the connection aborted).
         self.dead = False
+        #: The timer found the engine closed while the connection had not finished.
+        self._closed_at_fire = False
         #: Called when a ping is sent: whoever must read the connection for its pong.
         self.on_ping: Callable[[], None] | None = None
         #: How the handler's reading stands: a pong overdue while a full buffer holds
@@ -100,6 +103,7 @@ class HeartbeatTimer:
         self._handle = None
         transport = self._transport
         if transport.closed is not None:
+            self._finish_closed(transport)
             return
         reading = self.reading
         result = self._machine.handle_timer(
@@ -117,6 +121,25 @@ class HeartbeatTimer:
             if self.on_ping is not None:
                 self.on_ping()
         self._arm()
+
+    def _finish_closed(self, transport: Transport) -> None:
+        """The engine saw the end, and the connection has not finished since: abort it.
+
+        The heartbeat stops when the connection has finished (stop()). Still running,
+        it means the TCP connection waits to flush what it holds: over a path that
+        died in our direction after the peer closed its side (its FIN arrived), that
+        never happens, and the connection, its buffers and its session stayed until
+        the kernel gave up retransmitting, minutes later. Given one timeout more
+        first: a healthy close flushes in milliseconds.
+        """
+        if self._closed_at_fire:
+            transport.abort()
+            return
+        self._closed_at_fire = True
+        config = self._machine.config
+        grace = config.timeout if config.timeout is not None else config.interval
+        assert grace is not None  # (a timer runs only when the heartbeat is enabled)
+        self._handle = self._loop.call_at(self._loop.time() + grace, self._fire)
 
     async def _send_ping(self, payload: bytes) -> None:
         try:
