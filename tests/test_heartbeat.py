@@ -328,6 +328,18 @@ def test_the_peers_pings_alone_do_not_hide_a_dead_direction(machine: HeartbeatMa
     assert machine.handle_timer(due, None, pings_arrived) == DEAD
 
 
+def test_an_upload_that_drained_just_before_the_deadline_is_not_a_dead_link(
+    machine: HeartbeatMachine,
+) -> None:
+    """The upload's last bytes were acknowledged just before the deadline: the ping has
+    just reached the peer and its pong is a round trip away (the 512-byte rule's first
+    form asked for bytes still queued, and failed tests/integration/test_slow_link.py)."""
+    machine.handle_timer(START + INTERVAL, None, Transfer(acked=216_894, backlog=33_400))
+    due = START + INTERVAL + TIMEOUT
+    drained = Transfer(acked=250_322, backlog=0, received=10)
+    assert _alive(machine.handle_timer(due, None, drained))
+
+
 def test_a_fresh_ping_does_not_kill_a_download(machine: HeartbeatMachine) -> None:
     """The fault hunt's sequence on a fake clock (heartbeat 3/1): extensions at 4 and 5,
     a ping at 6.000, the check at 6.002 with that ping unacknowledged and 100 kB more

@@ -127,7 +127,8 @@ class Transfer:
 
     Attributes:
         acked: bytes of ours the peer's TCP has acknowledged so far (a running count).
-        backlog: bytes of ours not acknowledged yet (buffered here or in flight).
+        backlog: bytes of ours not acknowledged yet (buffered here or in flight; for
+            diagnostics: progress is judged on the running counts).
         received: bytes received from the peer so far (a running count).
     """
 
@@ -187,9 +188,9 @@ class HeartbeatMachine:
             transfer: what the connection's bytes are doing (see :class:`Transfer`).
                 An overdue pong also moves its deadline, by ``min(timeout,
                 interval)``, when, since its window opened (or was last extended),
-                the peer acknowledged more of our bytes while some are still
-                unacknowledged (the ping may be behind them), or more bytes arrived
-                from the peer (the pong may be behind them). A dead link stops
+                the peer acknowledged :data:`BULK` bytes or more of ours (the ping
+                may be behind them), or as many arrived from the peer (the pong may
+                be behind them). A dead link stops
                 moving bytes, in both directions (TCP needs the ACKs): it is failed
                 within ``interval + timeout`` of the last byte that moved, which is
                 its death plus what was already in flight then. None: no such grace.
@@ -278,9 +279,10 @@ BULK = 512
 def _moves(transfer: Transfer | None, mark: Transfer | None) -> bool:
     """Since ``mark``, bytes moved with the ping or the pong plausibly behind them.
 
-    Either the peer acknowledged :data:`BULK` bytes more of ours and some are still
-    queued (the ping may wait behind them), or :data:`BULK` bytes more of the peer's
-    arrived (the pong may wait behind them). Our own last ping may well be
+    Either the peer acknowledged :data:`BULK` bytes more of ours (the ping may wait
+    behind them, or have just passed them: a backlog drained at the deadline leaves
+    the pong a round trip away), or :data:`BULK` bytes more of the peer's arrived
+    (the pong may wait behind them). Our own last ping may well be
     unacknowledged then: its ACK comes back behind the peer's data. Neither goes on
     over a link dead in either direction: the peer's TCP needs our ACKs, which travel
     with our bytes, to send more than one window, and we need its ACKs to see ours
@@ -288,6 +290,4 @@ def _moves(transfer: Transfer | None, mark: Transfer | None) -> bool:
     """
     if transfer is None or mark is None:
         return False
-    if transfer.received - mark.received >= BULK:
-        return True
-    return transfer.backlog > 0 and transfer.acked - mark.acked >= BULK
+    return transfer.received - mark.received >= BULK or transfer.acked - mark.acked >= BULK
