@@ -997,6 +997,36 @@ async def _stop_gives_up_on_a_hung_write() -> None:
         await held.sending  # not stored: the sender is told
 
 
+def test_stop_ends_even_if_a_hung_write_swallows_its_cancellation() -> None:
+    """The write that hung is cancelled after 5 s; a store client that swallows that
+    (redis-py under a stalled Redis did) kept stop() waiting without bound before."""
+    run_virtual(_stop_ends_even_if_a_hung_write_swallows_its_cancellation())
+
+
+async def _stop_ends_even_if_a_hung_write_swallows_its_cancellation() -> None:
+    class Swallowing(GatedStore):
+        async def write_many(self, writes: Any) -> list[BaseException | None]:
+            while True:
+                try:
+                    return await super().write_many(writes)
+                except asyncio.CancelledError:
+                    continue  # (the bug being survived: the cancellation is lost)
+
+    store = Swallowing()
+    layer = TetherV1ServerLayer(store=store)
+    session, _transport, _welcome = await new_session(layer)
+    store.gate.clear()
+    store.entered.clear()
+    sending = asyncio.ensure_future(session.send("one"))
+    await store.entered.wait()
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    await asyncio.wait_for(layer.stop(), 60.0)
+    assert loop.time() - began == pytest.approx(10.0, abs=0.5)  # 5 s, then 5 s more
+    store.gate.set()  # (let the swallowing task end with the test)
+    await asyncio.wait([sending], timeout=1.0)
+
+
 def test_a_connection_lost_during_a_write_detaches_after_it() -> None:
     run_virtual(_a_connection_lost_during_a_write_detaches_after_it())
 

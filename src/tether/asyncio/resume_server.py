@@ -421,7 +421,8 @@ class TetherV1ServerLayer(ServerLayer):
 
         The batches taken in this turn are started now; a write the store is
         performing is awaited, not cut off, for :data:`_STOP_WRITES_S` at most (a
-        store that hangs): then it is cancelled and its sessions end.
+        store that hangs): then it is cancelled and its sessions end (waited for
+        another :data:`_STOP_WRITES_S` at most: a store may swallow the cancellation).
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _STOP_WRITES_S
@@ -432,10 +433,17 @@ class TetherV1ServerLayer(ServerLayer):
                 return
             remaining = deadline - loop.time()
             if remaining <= 0:
-                hung = list(self._writers)
+                hung = set(self._writers)
                 for task in hung:
                     task.cancel()
-                await asyncio.gather(*hung, return_exceptions=True)
+                # Bounded too: a store client may swallow the cancellation (redis-py
+                # did, under a stalled Redis), and stop() must end all the same.
+                _, still = await asyncio.wait(hung, timeout=_STOP_WRITES_S)
+                if still:
+                    logger.warning(
+                        "%d store write(s) ignored their cancellation; stopping without them",
+                        len(still),
+                    )
                 return
             await asyncio.wait(set(self._writers), timeout=remaining)
 
