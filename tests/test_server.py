@@ -1339,7 +1339,8 @@ def test_docs_state_how_long_the_layer_stop_waits_for_the_store() -> None:
     text = " ".join(docs.read_text(encoding="utf-8").split())
     shown = f"{_STOP_WRITES_S:g} s"
     expected = [
-        f"the sessions' store writes under way get {shown} to land, then are cancelled",
+        f"the sessions' store writes under way get {shown} to land, then are cancelled and"
+        f" waited for up to {shown} more",
         f"get {shown} in all, not each, then are cancelled and waited for up to {shown} more",
     ]
     assert [phrase for phrase in expected if phrase not in text] == []
