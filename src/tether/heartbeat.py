@@ -127,13 +127,10 @@ class Transfer:
 
     Attributes:
         acked: bytes of ours the peer's TCP has acknowledged so far (a running count).
-        backlog: bytes of ours not acknowledged yet (buffered here or in flight; for
-            diagnostics: progress is judged on the running counts).
         received: bytes received from the peer so far (a running count).
     """
 
     acked: int = 0
-    backlog: int = 0
     received: int = 0
 
 
@@ -280,7 +277,7 @@ def _moves(transfer: Transfer | None, mark: Transfer | None) -> bool:
     """Since ``mark``, bytes moved with the ping or the pong plausibly behind them.
 
     Either the peer acknowledged :data:`BULK` bytes more of ours (the ping may wait
-    behind them, or have just passed them: a backlog drained at the deadline leaves
+    behind them, or have just passed them: an upload finished at the deadline leaves
     the pong a round trip away), or :data:`BULK` bytes more of the peer's arrived
     (the pong may wait behind them). Our own last ping may well be
     unacknowledged then: its ACK comes back behind the peer's data. Neither goes on

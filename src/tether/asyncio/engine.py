@@ -114,7 +114,7 @@ class Transport(abc.ABC):
         return None
 
     def transfer(self) -> Transfer | None:
-        """What the connection's bytes are doing (acknowledged, queued, received), if known.
+        """What the connection's bytes are doing (acknowledged, received), if known.
 
         Asked by the heartbeat when a ping goes out and when its pong is overdue (see
         :class:`~tether.heartbeat.Transfer`). This default knows nothing: None.

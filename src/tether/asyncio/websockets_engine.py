@@ -21,10 +21,6 @@ from websockets.protocol import CLOSED, OPEN
 
 from ..closecodes import CloseCode
 from ..heartbeat import Transfer
-
-if sys.platform == "linux":
-    import fcntl
-    import termios
 from .engine import ClosedInfo, CloseHandler, Message, PongHandler, Transport, TransportClosed
 
 __all__ = ["WebsocketsTransport", "closed_info"]
@@ -35,7 +31,6 @@ _TCP_INFO: int | None = getattr(socket, "TCP_INFO", None) if sys.platform == "li
 _BYTE_COUNTS = struct.Struct("=QQ")
 _BYTE_COUNTS_OFFSET = 120
 _TCP_INFO_BYTES = _BYTE_COUNTS_OFFSET + _BYTE_COUNTS.size
-_INT = struct.Struct("=i")
 
 
 def closed_info(connection: Connection) -> ClosedInfo:
@@ -194,11 +189,8 @@ class WebsocketsTransport(Transport):
         return closed_info(self._ws)
 
     def transfer(self) -> Transfer | None:
-        """Bytes acknowledged, still queued and received, from the kernel (Linux; else None).
-
-        Queued: what the asyncio transport still holds plus what the kernel holds
-        unacknowledged (``SIOCOUTQ``); acknowledged and received: ``TCP_INFO``'s
-        running counts. Called at each ping and overdue pong, not per message.
+        """Bytes acknowledged by the peer and received from it: ``TCP_INFO``'s running
+        counts (Linux; else None). Called at each ping and overdue pong, not per message.
         """
         transport = self._ws.transport
         if _TCP_INFO is None or transport is None or transport.is_closing():
@@ -208,14 +200,12 @@ class WebsocketsTransport(Transport):
             return None
         try:
             info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _TCP_INFO_BYTES)
-            queued = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
         except (OSError, ValueError):
             return None  # not TCP (a Unix socket), or closed meanwhile
         if len(info) < _TCP_INFO_BYTES:
             return None  # a kernel older than 4.1 has no byte counts
         acked, received = _BYTE_COUNTS.unpack_from(info, _BYTE_COUNTS_OFFSET)
-        backlog = transport.get_write_buffer_size() + _INT.unpack(queued)[0]
-        return Transfer(acked=acked, backlog=backlog, received=received)
+        return Transfer(acked=acked, received=received)
 
     def abort(self) -> None:
         transport = self._ws.transport
