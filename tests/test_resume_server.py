@@ -662,8 +662,8 @@ class HeldWrite:
     sending: asyncio.Future[None]
 
 
-async def held_write() -> HeldWrite:
-    store = GatedStore()
+async def held_write(store: GatedStore | None = None) -> HeldWrite:
+    store = store if store is not None else GatedStore()
     layer = TetherV1ServerLayer(store=store)
     session, transport, welcome = await new_session(layer)
     store.gate.clear()
@@ -1012,19 +1012,13 @@ async def _stop_ends_even_if_a_hung_write_swallows_its_cancellation() -> None:
                 except asyncio.CancelledError:
                     continue  # (the bug being survived: the cancellation is lost)
 
-    store = Swallowing()
-    layer = TetherV1ServerLayer(store=store)
-    session, _transport, _welcome = await new_session(layer)
-    store.gate.clear()
-    store.entered.clear()
-    sending = asyncio.ensure_future(session.send("one"))
-    await store.entered.wait()
+    held = await held_write(Swallowing())
     loop = asyncio.get_running_loop()
     began = loop.time()
-    await asyncio.wait_for(layer.stop(), 60.0)
+    await asyncio.wait_for(held.layer.stop(), 60.0)
     assert loop.time() - began == pytest.approx(10.0, abs=0.5)  # 5 s, then 5 s more
-    store.gate.set()  # (let the swallowing task end with the test)
-    await asyncio.wait([sending], timeout=1.0)
+    held.store.gate.set()  # (let the swallowing task end with the test)
+    await asyncio.wait([held.sending], timeout=1.0)
 
 
 def test_a_connection_lost_during_a_write_detaches_after_it() -> None:

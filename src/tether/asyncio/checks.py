@@ -25,12 +25,15 @@ def check_duration(name: str, value: float | None, *, allow_zero: bool) -> None:
         raise ConfigurationError(f"{name} must be {bound} seconds or None, not {value!r}")
 
 
-def check_count(name: str, value: object) -> int:
-    """``value`` as an int if it is a whole number >= 1, else ConfigurationError.
+def check_count(name: str, value: object) -> int | None:
+    """``value`` as an int if it is a whole number >= 1 (None stays None), else
+    ConfigurationError.
 
     Whole floats (``1e6``, as byte counts are often written) are taken as ints;
     bools, strings, NaN, infinities and fractions are refused.
     """
+    if value is None:
+        return None
     whole: int | None = None
     if isinstance(value, bool):
         pass  # (an int to Python, never a count here)

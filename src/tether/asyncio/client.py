@@ -206,17 +206,6 @@ _ENGINE_HEADERS = {
 }
 
 
-def _check_count(name: str, value: int | None) -> int | None:
-    """A bound ``name`` as an int: None, or a whole number >= 1 (``1e6`` included).
-
-    A float that is not whole slipped through before (``nan`` compared false: no
-    bound at all) or failed on every attempt inside the engine, reconnecting for ever.
-    """
-    if value is None:
-        return None
-    return check_count(name, value)
-
-
 def _check_headers(headers: Mapping[str, str] | None) -> None:
     """Names must be tokens and values must hold no CR, LF or NUL (RFC 9110 §5.5).
 
@@ -385,11 +374,12 @@ class ClientConnection:
         check_duration("close_timeout", close_timeout, allow_zero=False)
         if compression not in (None, "deflate"):
             raise ConfigurationError(f"compression must be None or 'deflate', not {compression!r}")
-        max_incoming = _check_count("max_incoming", max_incoming)
-        max_incoming_bytes = _check_count("max_incoming_bytes", max_incoming_bytes)
-        max_size = _check_count("max_size", max_size)
-        if max_queue is not None:
-            max_queue = check_count("max_queue", max_queue)
+        # (Whole floats such as 1e6 become ints; a float that is not whole slipped
+        # through before, nan as no bound at all, or failed every attempt in the engine.)
+        max_incoming = check_count("max_incoming", max_incoming)
+        max_incoming_bytes = check_count("max_incoming_bytes", max_incoming_bytes)
+        max_size = check_count("max_size", max_size)
+        max_queue = check_count("max_queue", max_queue)
         check_subprotocols(subprotocols)
         check_lang(lang)
         if rng is not None and not isinstance(rng, random.Random):
