@@ -51,15 +51,35 @@ class _Held:
     def snapshot(self) -> SessionRecord:
         record = self.record
         if (record.tx, record.acked, record.rx) != (self.tx, self.acked, self.rx):
-            record = dataclasses.replace(record, tx=self.tx, acked=self.acked, rx=self.rx)
+            record = _replaced(record, {"tx": self.tx, "acked": self.acked, "rx": self.rx})
             self.record = record
         return record
 
     def update(self, **changes: Any) -> SessionRecord:
-        self.record = dataclasses.replace(
-            self.record, tx=self.tx, acked=self.acked, rx=self.rx, **changes
-        )
+        changes["tx"] = self.tx
+        changes["acked"] = self.acked
+        changes["rx"] = self.rx
+        self.record = _replaced(self.record, changes)
         return self.record
+
+
+def _replaced(record: SessionRecord, changes: dict[str, Any]) -> SessionRecord:
+    """``dataclasses.replace(record, **changes)``, for the memory store's own records.
+
+    Every resume (a claim) and every disconnect (a detach) makes a new record:
+    ``dataclasses.replace`` reads each field by name, and the frozen ``__init__``
+    sets each one through ``object.__setattr__``, which cost more than the rest of
+    the store's claim. A :class:`SessionRecord` has no ``__post_init__``: copying its
+    fields gives the same record. (A subclass, from a subclass of this store, goes
+    through ``dataclasses.replace``.)
+    """
+    if type(record) is not SessionRecord:
+        return dataclasses.replace(record, **changes)
+    new = object.__new__(SessionRecord)
+    fields = new.__dict__  # (filled in place: no frozen __setattr__ involved)
+    fields.update(record.__dict__)
+    fields.update(changes)
+    return new
 
 
 class MemoryStore(SessionStore):
