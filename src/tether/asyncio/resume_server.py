@@ -63,7 +63,7 @@ import inspect
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -535,24 +535,26 @@ class TetherV1ServerLayer(ServerLayer):
         # that was late on a connection the client already gave up): each then finds
         # the session as the one before left it, held here and adopted, and this
         # process claims a session only under that order (the stale-copy check in
-        # _claim relies on it); the last to arrive wins.
-        async with self._one_resume_at_a_time(hello.sid):
-            if transport.closed is not None:
-                # A hello the client gave up on (its connection is gone, as it waited
-                # behind the live one's resume): it must not take the session over.
-                raise TransportClosed(transport.closed)
-            return await self._claim(transport, request, principal, hello, host)
-
-    @contextlib.asynccontextmanager
-    async def _one_resume_at_a_time(self, sid: str) -> AsyncIterator[None]:
+        # _claim relies on it); the last to arrive wins. (The lock is a per-sid
+        # asyncio.Lock shared by the resumes under way, dropped with the last one;
+        # taken inline, not through an asynccontextmanager, whose generator, wrapper
+        # and loop hook cost a resume more than the lock itself.)
+        sid = hello.sid
         entry = self._resuming.get(sid)
         if entry is None:
             entry = self._resuming[sid] = (asyncio.Lock(), [0])
         lock, users = entry
         users[0] += 1
         try:
-            async with lock:
-                yield
+            await lock.acquire()
+            try:
+                if transport.closed is not None:
+                    # A hello the client gave up on (its connection is gone, as it waited
+                    # behind the live one's resume): it must not take the session over.
+                    raise TransportClosed(transport.closed)
+                return await self._claim(transport, request, principal, hello, host)
+            finally:
+                lock.release()
         finally:
             users[0] -= 1
             if not users[0]:
