@@ -76,6 +76,7 @@ class WebsocketsTransport(Transport):
     # One per connection on a server: no __dict__, and the response headers are
     # only copied when asked for (a server never asks).
     __slots__ = (
+        "_closed_info",
         "_headers",
         "_on_close",
         "_pong_handler",
@@ -91,9 +92,24 @@ class WebsocketsTransport(Transport):
         self._headers: dict[str, str] | None = None
         self._recv_ended = False
         self._on_close: CloseHandler | None = None
+        self._closed_info: ClosedInfo | None = None
         self.subprotocol = connection.subprotocol
         address: Any = connection.remote_address
         self.remote_address = tuple(address) if address is not None else None
+
+    def _info(self) -> ClosedInfo:
+        """:func:`closed_info`, kept once the connection is CLOSED.
+
+        It no longer changes then, and a lost connection is asked several times
+        how it ended (its ``recv``, its close callback, the session layer).
+        """
+        info = self._closed_info
+        if info is None:
+            ws = self._ws
+            info = closed_info(ws)
+            if ws.protocol.state is CLOSED:
+                self._closed_info = info
+        return info
 
     @property
     def headers(self) -> dict[str, str]:
@@ -151,7 +167,7 @@ class WebsocketsTransport(Transport):
         try:
             await self._ws.send(message)
         except WsConnectionClosed as exc:
-            raise TransportClosed(closed_info(self._ws)) from exc
+            raise TransportClosed(self._info()) from exc
 
     async def recv(self) -> Message:
         # Once recv() reported the end, it keeps doing so without asking websockets
@@ -160,18 +176,18 @@ class WebsocketsTransport(Transport):
         # recv() there would start at a continuation frame (an AssertionError in
         # websockets' Assembler) instead of reporting the close.
         if self._recv_ended:
-            raise TransportClosed(closed_info(self._ws))
+            raise TransportClosed(self._info())
         try:
             return await self._ws.recv()
         except WsConnectionClosed as exc:
             self._recv_ended = True
-            raise TransportClosed(closed_info(self._ws)) from exc
+            raise TransportClosed(self._info()) from exc
 
     async def ping(self, payload: bytes) -> None:
         try:
             waiter = await self._ws.ping(payload)
         except WsConnectionClosed as exc:
-            raise TransportClosed(closed_info(self._ws)) from exc
+            raise TransportClosed(self._info()) from exc
         # A callback on websockets' pong future, not a task per ping.
         waiter.add_done_callback(functools.partial(self._pong_arrived, payload))  # type: ignore[attr-defined]
 
@@ -186,7 +202,7 @@ class WebsocketsTransport(Transport):
 
     async def close(self, code: int, reason: str = "") -> ClosedInfo:
         await self._ws.close(code, reason)
-        return closed_info(self._ws)
+        return self._info()
 
     def transfer(self) -> Transfer | None:
         """Bytes acknowledged by the peer and received from it: ``TCP_INFO``'s running
@@ -214,13 +230,14 @@ class WebsocketsTransport(Transport):
 
     async def wait_closed(self) -> ClosedInfo:
         await self._ws.wait_closed()
-        return closed_info(self._ws)
+        return self._info()
 
     @property
     def closed(self) -> ClosedInfo | None:
         if self._ws.protocol.state is not CLOSED:
             return None
-        return closed_info(self._ws)
+        info = self._closed_info
+        return info if info is not None else self._info()
 
     @property
     def peer_closed_first(self) -> bool | None:
@@ -241,7 +258,7 @@ class WebsocketsTransport(Transport):
         callback = self._on_close
         if callback is not None:
             self._on_close = None
-            callback(closed_info(self._ws))
+            callback(self._info())
 
     def _connection_lost(self, callback: CloseHandler, _waiter: object) -> None:
-        callback(closed_info(self._ws))
+        callback(self._info())
