@@ -72,6 +72,10 @@ _DECIMAL = re.compile(rf"(?:0|[1-9][0-9]{{0,{_MAX_DIGITS - 1}}})")
 _TEXT_HEADER = re.compile(rf"d({_DECIMAL.pattern}):({_DECIMAL.pattern}):")
 # Identifiers (sid, token, epoch) and reasons: short, printable, URL-safe.
 _IDENT = re.compile(r"[A-Za-z0-9_\-]{1,128}")
+#: ``json.dumps(body, separators=(",", ":"))`` with one encoder made once: json.dumps
+#: builds a new JSONEncoder per call whenever an argument is not the default (the
+#: welcome of every resume, the hello of every reconnection). Same settings, same text.
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
 _REASON = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 Payload = str | bytes
@@ -252,7 +256,7 @@ def encode(frame: Frame) -> Payload:
         body = {"type": "ack", "rx": frame.rx}
     else:
         body = {"type": "goaway", "retry_ms": frame.retry_ms, "resume": frame.resume}
-    return json.dumps(body, separators=(",", ":"))
+    return _COMPACT_JSON.encode(body)
 
 
 def decode(message: Payload) -> Frame:
@@ -365,23 +369,31 @@ def _decode_control(message: str) -> Frame:
 
 
 def _decode_hello(body: dict[str, Any]) -> Hello:
-    present = [body.get(key) is not None for key in ("sid", "token", "epoch")]
-    if not any(present):
-        if body.get("attempt") is not None:
+    # (No list of the three presences and any()/all() over it: this runs for every
+    # hello, so every resume of a restart storm.)
+    get = body.get
+    sid, token, epoch = get("sid"), get("token"), get("epoch")
+    if sid is None and token is None and epoch is None:
+        if get("attempt") is not None:
             raise ProtocolError("hello attempt numbers a resume: it needs sid, token and epoch")
         return Hello(rx=_int(body, "rx"))
-    if not all(present):
+    if sid is None or token is None or epoch is None:
         raise ProtocolError("hello must carry sid, token and epoch together, or none of them")
     attempt = None
-    if body.get("attempt") is not None:
+    if get("attempt") is not None:
         attempt = _int(body, "attempt", low=1)
-    return Hello(
-        sid=_ident(body, "sid"),
-        token=_ident(body, "token"),
-        epoch=_ident(body, "epoch"),
-        rx=_int(body, "rx"),
-        attempt=attempt,
-    )
+    ident = _IDENT.fullmatch
+    if not (
+        isinstance(sid, str)
+        and ident(sid) is not None
+        and isinstance(token, str)
+        and ident(token) is not None
+        and isinstance(epoch, str)
+        and ident(epoch) is not None
+    ):
+        # (_ident()'s checks, inlined above; it raises the error for the first bad one.)
+        sid, token, epoch = _ident(body, "sid"), _ident(body, "token"), _ident(body, "epoch")
+    return Hello(sid=sid, token=token, epoch=epoch, rx=_int(body, "rx"), attempt=attempt)
 
 
 def _int(body: dict[str, Any], key: str, *, low: int = 0) -> int:

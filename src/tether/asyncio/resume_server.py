@@ -590,7 +590,10 @@ class TetherV1ServerLayer(ServerLayer):
                     claimed = record is not None and admit(record)
                     if claimed:
                         assert record is not None
-                        async with local.lock():
+                        # (acquire/release, not ``async with``: one coroutine less per resume)
+                        lock = local.lock()
+                        await lock.acquire()
+                        try:
                             while local.writing:  # a write under the old generation: let it land
                                 await self._wait_progress(local)
                             if local.ended or self._by_sid.get(hello.sid) is not local:
@@ -619,6 +622,8 @@ class TetherV1ServerLayer(ServerLayer):
                                 claimed = self._refuse_lost(hello.sid, record, verdicts)
                             elif not local.ended:
                                 self._adopt(local, record.generation)
+                        finally:
+                            lock.release()
                 else:
                     # Load, judge, claim and read the replay: one trip to the store.
                     record, replay = await self.store.resume(
