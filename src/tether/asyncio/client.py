@@ -33,6 +33,7 @@ import logging
 import math
 import random
 import re
+import sys
 import weakref
 from collections.abc import (
     AsyncIterator,
@@ -416,6 +417,9 @@ class ClientConnection:
         self._settled = asyncio.Event()  # set on OPEN and when finished
         # Futures of the supervisor waiting for a reconnect delay or an attempt; close() wakes them.
         self._close_waiters: list[asyncio.Future[None]] = []
+        #: An attempt runs in the supervisor (close() cancels it), and close() did so.
+        self._opening = False
+        self._opening_cancelled = False
         self._close_request: tuple[int, str] | None = None
         #: close() was called (not an internal stop, e.g. a cancelled first connect).
         self._closed_by_user = False
@@ -694,6 +698,7 @@ class ClientConnection:
             loop = asyncio.get_running_loop()
             self._core.close_requested(loop.time())
             wake_all(self._close_waiters)
+            self._cancel_opening()
             if self._link is not None:
                 self._begin_close(self._link)
         if self._supervisor is None:
@@ -785,49 +790,34 @@ class ClientConnection:
 
     async def _run_attempt(self, attempt: int) -> None:
         loop = asyncio.get_running_loop()
-        opening = loop.create_task(self._open_one(), name=f"tether.client open {self.url}")
-        woken = loop.create_future()  # close() resolves it
-        self._close_waiters.append(woken)
-        try:
-            if self._core.state is not State.CLOSED:
-                await asyncio.wait({opening, woken}, return_when=asyncio.FIRST_COMPLETED)
-        except BaseException:
-            # The supervisor itself is being cancelled: leave no attempt behind.
-            _forget(self._close_waiters, woken)
-            await _discard_attempt(opening)
-            raise
-        _forget(self._close_waiters, woken)
         if self._core.state is State.CLOSED:
-            # close() while connecting: cancel the attempt at once; a connection
-            # that opened meanwhile is dropped (the user asked to stop).
-            await _discard_attempt(opening)
-            return
+            return  # close() before the attempt began: nothing to open
+        # The attempt runs in this task, not in a task of its own raced against
+        # close() with asyncio.wait: per reconnect that cost a task, the wait's
+        # future and callbacks, and three passes of the event loop. close() stops
+        # the attempt at once by cancelling this task instead (_cancel_opening).
+        self._opening = True
         try:
-            transport, opened = opening.result()
-        except OpenFailed as exc:
-            self._report(self._core.connect_failed(loop.time(), exc.failure))
+            transport, opened = await self._open_one()
+        except BaseException as exc:
+            self._opening = False
+            if self._opening_cancelled:
+                # close() while connecting: the attempt is dropped, whatever it came
+                # to (_open_one aborted a connection it had opened).
+                self._uncancel_opening()
+                if isinstance(exc, (Exception, asyncio.CancelledError)):
+                    return
+                raise
+            if not isinstance(exc, Exception):
+                raise  # the supervisor itself is being cancelled
+            self._open_failed(exc)
             return
-        except TransportClosed as exc:
-            # The server closed the new connection during the session layer's
-            # handshake: with a Close frame, its code decides (not the 1006 row).
-            for event in self._layer.take_events():
-                self._emit(event)
-            info = exc.info
-            code = info.code if info.clean else None
-            failure = ConnectFailure(
-                FailureKind.HANDSHAKE if code is not None else FailureKind.NETWORK,
-                detail="connection lost during the handshake",
-                close_code=code,
-                close_reason=info.reason if code is not None else "",
-            )
-            self._report(self._core.connect_failed(loop.time(), failure))
-            return
-        except Exception as exc:
-            # The session layer refused the connection (e.g. a bad welcome).
-            for event in self._layer.take_events():
-                self._emit(event)
-            failure = ConnectFailure(FailureKind.HANDSHAKE, detail=f"{type(exc).__name__}: {exc}")
-            self._report(self._core.connect_failed(loop.time(), failure))
+        self._opening = False
+        if self._opening_cancelled:
+            # close() came as the attempt completed: the connection is dropped (the
+            # user asked to stop).
+            self._uncancel_opening()
+            transport.abort()
             return
         for event in self._layer.take_events():
             self._emit(event)  # e.g. SessionLost: the server refused to resume
@@ -861,6 +851,46 @@ class ClientConnection:
         self._report(outcome)
         for event in self._layer.take_events():
             self._emit(event)  # e.g. SessionLost("taken_over") or after goaway{resume: false}
+
+    def _open_failed(self, exc: Exception) -> None:
+        """Report an attempt that failed with ``exc`` (raised by :meth:`_open_one`)."""
+        now = asyncio.get_running_loop().time()
+        if isinstance(exc, OpenFailed):
+            self._report(self._core.connect_failed(now, exc.failure))
+            return
+        # The session layer's handshake failed: its events (e.g. SessionLost) first.
+        for event in self._layer.take_events():
+            self._emit(event)
+        if isinstance(exc, TransportClosed):
+            # The server closed the new connection during the session layer's
+            # handshake: with a Close frame, its code decides (not the 1006 row).
+            info = exc.info
+            code = info.code if info.clean else None
+            failure = ConnectFailure(
+                FailureKind.HANDSHAKE if code is not None else FailureKind.NETWORK,
+                detail="connection lost during the handshake",
+                close_code=code,
+                close_reason=info.reason if code is not None else "",
+            )
+        else:
+            # The session layer refused the connection (e.g. a bad welcome).
+            failure = ConnectFailure(FailureKind.HANDSHAKE, detail=f"{type(exc).__name__}: {exc}")
+        self._report(self._core.connect_failed(now, failure))
+
+    def _cancel_opening(self) -> None:
+        """close() while an attempt runs in the supervisor: cancel it (once)."""
+        supervisor = self._supervisor
+        if self._opening and not self._opening_cancelled and supervisor is not None:
+            self._opening_cancelled = True
+            supervisor.cancel()
+
+    def _uncancel_opening(self) -> None:
+        """The supervisor took the cancellation of its attempt: it goes on to finish."""
+        if sys.version_info >= (3, 11):
+            # Leave no pending cancellation count behind (asyncio.timeout reads it).
+            task = self._supervisor
+            if task is not None:
+                task.uncancel()
 
     def _report(self, outcome: Outcome) -> None:
         final = not outcome.reconnecting
@@ -1494,13 +1524,6 @@ def _forget(waiters: list[asyncio.Future[None]], waiter: asyncio.Future[None]) -
     waiter.cancel()
     with contextlib.suppress(ValueError):
         waiters.remove(waiter)
-
-
-async def _discard_attempt(opening: asyncio.Task[tuple[Transport, LayerOpened]]) -> None:
-    """Cancel a connection attempt; drop the connection if it opened anyway."""
-    await _cancel(opening)
-    if not opening.cancelled() and opening.exception() is None:
-        opening.result()[0].abort()
 
 
 async def _cancel(*tasks: asyncio.Task[Any]) -> None:
