@@ -1010,13 +1010,23 @@ class ClientConnection:
             # to read (backpressure) or to close (which lifts the bound).
             link.keep_reader = True
             if not link.eof:  # a direct read already saw the end: nothing is left
-                await self._ensure_reader(link)
+                reader = link.reader
+                if reader is not None:
+                    await reader
+                else:
+                    # Read the rest in this task, not in a new one (one per reconnect,
+                    # and a pass of the loop). It stands as the reader meanwhile, so
+                    # that nothing else reads the transport (recv() waits on the inbox,
+                    # _ensure_reader finds it); _read clears it when done.
+                    link.reader = asyncio.current_task()
+                    await self._read(link)
         finally:
             self._link = None
             if link.timer is not None:
                 link.timer.cancel()
             tasks = [t for t in (link.reader, link.writer, link.closer) if t is not None]
-            await _cancel(*tasks, *link.tasks)
+            if tasks or link.tasks:  # (usually none are left: no gather for nothing)
+                await _cancel(*tasks, *link.tasks)
             self._inbox.notify()
         return info, self._dead_cause
 
