@@ -18,6 +18,7 @@ A malformed URL is refused before any I/O by :func:`check_url`.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import ssl
 from collections.abc import Callable, Mapping, Sequence
@@ -48,6 +49,11 @@ __all__ = [
     "open_transport",
     "system_proxy",
 ]
+
+
+#: The logger websockets would look up on every attempt (``logging.getLogger`` takes
+#: the logging module's lock): the same object, passed in.
+_WS_LOGGER = logging.getLogger("websockets.client")
 
 
 class OpenFailed(Exception):
@@ -223,6 +229,7 @@ async def open_transport(
             # Messages websockets buffers before it stops reading (its default is 16, each
             # up to max_size): tether's own buffer (max_incoming_bytes) is the main bound.
             max_queue=4,
+            logger=_WS_LOGGER,
             **extra,
         )
     except Exception as exc:
