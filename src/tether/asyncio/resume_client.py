@@ -200,16 +200,24 @@ class TetherV1ClientLayer(ClientLayer):
         first = True
         while True:
             wire = await transport.recv()
+            self.endpoint.receive_message(wire, loop.time())
+            events = self.endpoint.events_received()
             if first:
                 first = False
-                try:
-                    frame = decode(wire)
-                except ProtocolError:
-                    raise _NotTetherPeer((wire,)) from None
-                if isinstance(frame, Hello):
-                    raise _NotTetherPeer(())  # our own hello, echoed
-            self.endpoint.receive_message(wire, loop.time())
-            established = self._absorb(self.endpoint.events_received())
+                # The first answer tells a server that only echoed the subprotocol's
+                # name: it is not a tether.v1 frame, or it is our own hello. Either
+                # fails the endpoint (it decoded the frame first, before changing
+                # anything, and the handler of _NotTetherPeer drops its events), so
+                # it is decoded here a second time only then: the welcome costs one
+                # decode instead of two.
+                if any(isinstance(event, CloseConnection) for event in events):
+                    try:
+                        frame = decode(wire)
+                    except ProtocolError:
+                        raise _NotTetherPeer((wire,)) from None
+                    if isinstance(frame, Hello):
+                        raise _NotTetherPeer(())  # our own hello, echoed
+            established = self._absorb(events)
             if self._close is not None:
                 code, reason = self._close
                 self._close = None
