@@ -3,7 +3,8 @@
     python -m benchmarks.instructions [--impl websockets,tether,tether-v1]
                                       [--test echo,stream_up,stream_down]
                                       [--side both,server,client] [--src DIR]
-                                      [--counts 1000,5000] [--json]
+                                      [--counts 1000,5000] [--store memory,sqlite]
+                                      [--json]
 
 Times on a shared 2-core machine move by ±20 % within minutes (docs/benchmarks.md),
 more than a change to the per-message path is worth. ``valgrind --tool=callgrind``
@@ -36,7 +37,9 @@ and one 64 B echo goes through the new link; raw websockets opens a new connecti
 for each, with the same echo. That is the work a restart storm asks of both sides per
 client, without the storm's contention. Its default counts are 100 and 300
 reconnections. The tether rows use ``tether.serve``'s default memory store (the storm
-uses SQLite, whose thread costs more per resume).
+uses SQLite, whose thread costs more per resume). ``--store sqlite`` gives the tether
+servers a SQLite store instead (the storm's), in a fresh temporary file per run
+(deleted after it); callgrind counts every thread, so the store's thread is included.
 
 ``--src DIR`` runs tether from another tree (a ``git worktree`` of an earlier
 commit, say) with this tree's benchmarks: one side of an A/B. ``PYTHONHASHSEED`` is
@@ -56,11 +59,12 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Coroutine
 from typing import Any
 
 from .common import REPO_ROOT, read_line, table
-from .peers import _SERVERS
+from .peers import _SERVERS, _serve_tether
 
 IMPLS = ("websockets", "tether", "tether-v1")
 TESTS = ("echo", "stream_up", "stream_down", "reconnect")
@@ -70,6 +74,7 @@ WARMUP = 300
 WARMUP_RECONNECTS = 20
 RECONNECT_COUNTS = (100, 300)
 SIDES = ("both", "server", "client")
+STORES = ("memory", "sqlite")
 #: A measured run still going after this long is stuck (see _watched).
 WATCHDOG_S = 600
 _COLLECTED = re.compile(r"Collected : (\d+)")
@@ -88,9 +93,12 @@ async def _connect(impl: str, url: str) -> Any:
     return tether.connect(url)  # type: ignore[attr-defined]
 
 
-async def _messages(impl: str, test: str, count: int) -> None:
+async def _messages(impl: str, test: str, count: int, store: str | None = None) -> None:
     """Run ``count`` messages of ``test`` through one server and client of ``impl``."""
-    _server, port = await _SERVERS[impl](0, False)
+    if store is None:
+        _server, port = await _SERVERS[impl](0, False)
+    else:
+        _server, port = await _serve_tether(0, False, store)
     await _client(impl, test, count, port)
 
 
@@ -211,9 +219,20 @@ def _collected(done: subprocess.CompletedProcess[str]) -> int:
     return int(match.group(1))
 
 
-def _start_server(impl: str, src: str | None, measured: bool) -> tuple[subprocess.Popen[str], int]:
+def _store_url(store: str, directory: str) -> str | None:
+    """The store URL for ``--store`` (None: the servers' default), its file in ``directory``."""
+    if store == "memory":
+        return None
+    return "sqlite:///" + os.path.join(directory, "sessions.db")
+
+
+def _start_server(
+    impl: str, src: str | None, measured: bool, store: str | None = None
+) -> tuple[subprocess.Popen[str], int]:
     """A ``benchmarks.peers`` server of ``impl`` (under valgrind if ``measured``) and its port."""
     command = [sys.executable, "-m", "benchmarks.peers", "server", impl]
+    if store is not None:
+        command += ["--store", store]
     if measured:
         command = [*_VALGRIND, *command]
     server = subprocess.Popen(
@@ -245,10 +264,21 @@ def _stop_server(server: subprocess.Popen[str]) -> subprocess.CompletedProcess[s
     return subprocess.CompletedProcess(server.args, server.returncode, out, err)
 
 
-def _count(impl: str, test: str, messages: int, src: str | None, side: str = "both") -> int:
+def _count(
+    impl: str, test: str, messages: int, src: str | None, side: str = "both", store: str = "memory"
+) -> int:
     """Instructions of one whole run of ``messages`` on ``side`` (callgrind's total)."""
+    if impl == "websockets":
+        store = "memory"  # no sessions: the reference row is the same with either store
+    with tempfile.TemporaryDirectory(prefix="tether-instructions-") as directory:
+        return _count_in(impl, test, messages, src, side, _store_url(store, directory))
+
+
+def _count_in(
+    impl: str, test: str, messages: int, src: str | None, side: str, store: str | None
+) -> int:
     if side == "server":
-        measured, port = _start_server(impl, src, measured=True)
+        measured, port = _start_server(impl, src, measured=True, store=store)
         try:
             client = [sys.executable, "-m", "benchmarks.instructions", "_client", impl, test]
             subprocess.run(
@@ -263,10 +293,10 @@ def _count(impl: str, test: str, messages: int, src: str | None, side: str = "bo
         return _collected(done)
     server: subprocess.Popen[str] | None = None
     if side == "client":
-        server, port = _start_server(impl, src, measured=False)
+        server, port = _start_server(impl, src, measured=False, store=store)
         child = ["_client", impl, test, str(messages), str(port)]
     else:
-        child = ["_run", impl, test, str(messages)]
+        child = ["_run", impl, test, str(messages), *([] if store is None else [store])]
     command = [*_VALGRIND, sys.executable, "-m", "benchmarks.instructions", *child]
     try:
         done = subprocess.run(
@@ -279,19 +309,25 @@ def _count(impl: str, test: str, messages: int, src: str | None, side: str = "bo
 
 
 def per_message(
-    impl: str, test: str, counts: tuple[int, int], src: str | None, side: str = "both"
+    impl: str,
+    test: str,
+    counts: tuple[int, int],
+    src: str | None,
+    side: str = "both",
+    store: str = "memory",
 ) -> float:
     """Instructions per message of ``test``: the difference of two runs over their counts."""
     low, high = counts
-    return (_count(impl, test, high, src, side) - _count(impl, test, low, src, side)) / (high - low)
+    high_count = _count(impl, test, high, src, side, store)
+    return (high_count - _count(impl, test, low, src, side, store)) / (high - low)
 
 
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
     if argv[:1] == ["_run"]:  # the measured child, under valgrind
-        _, impl, test, count = argv
-        asyncio.run(_watched(_messages(impl, test, int(count))))
+        _, impl, test, count, *store = argv
+        asyncio.run(_watched(_messages(impl, test, int(count), *store)))
         return 0
     if argv[:1] == ["_client"]:  # the client alone, measured or not
         _, impl, test, count, port = argv
@@ -313,6 +349,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--counts",
         help="messages in the two runs, N1,N2 (default 1000,5000; reconnections: 100,300)",
+    )
+    parser.add_argument(
+        "--store",
+        choices=STORES,
+        default="memory",
+        help="the tether servers' session store (sqlite: a fresh temporary file per run)",
     )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
@@ -342,10 +384,11 @@ def main(argv: list[str] | None = None) -> int:
     for impl in impls:
         for (test, side), name in zip(columns, names, strict=True):
             print(f"counting {impl} {name} ...", file=sys.stderr, flush=True)
-            value = per_message(impl, test, counts[test], args.src, side)
+            value = per_message(impl, test, counts[test], args.src, side, args.store)
             figures.setdefault(impl, {})[name] = value
     if args.json:
-        print(json.dumps({"src": args.src, "counts": counts, "figures": figures}))
+        output = {"src": args.src, "store": args.store, "counts": counts, "figures": figures}
+        print(json.dumps(output))
         return 0
     reference = figures.get("websockets")
     rows = []
@@ -361,7 +404,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = "; ".join(f"{test}: runs of {a} and {b}" for test, (a, b) in counts.items())
     print(
         f"instructions per message (reconnect: per reconnection), {where} (callgrind;"
-        f" {runs}){'; tether from ' + args.src if args.src else ''}; in brackets: raw"
+        f" {runs}){'; tether from ' + args.src if args.src else ''}"
+        f"{'; store ' + args.store if args.store != 'memory' else ''}; in brackets: raw"
         " websockets' count / the row's"
     )
     print(table(["implementation", *names], rows))

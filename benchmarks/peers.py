@@ -1,11 +1,13 @@
 """Benchmark peers: a server and a client per implementation, each run in its own process.
 
-    python -m benchmarks.peers server IMPL [--port P] [--reuse-port]
+    python -m benchmarks.peers server IMPL [--port P] [--reuse-port] [--store URL]
     python -m benchmarks.peers client IMPL URL --plan '[["echo", 64, 5000, 2.0], ...]'
     python -m benchmarks.peers hold URL --connections N [--tether-v1]
 
 A server prints ``READY <port>`` on stdout once it listens, then serves until
-SIGTERM or SIGINT. A client prints ``{"results": [{"test", "size", "count",
+SIGTERM or SIGINT (``--store``: the tether servers' session store, a
+``tether.serve`` store URL such as ``sqlite:////tmp/x/s.db``; default
+``memory``). A client prints ``{"results": [{"test", "size", "count",
 "seconds"}, ...]}``, one entry per planned test, each on a fresh connection.
 ``hold`` opens N idle connections (``--tether-v1``: each with a tether.v1 session,
 hello and welcome), prints ``HELD <held> <failed>`` and keeps them until SIGTERM
@@ -374,13 +376,13 @@ async def _serve_picows(port: int, reuse_port: bool) -> tuple[Any, int]:
     return server, server.sockets[0].getsockname()[1]
 
 
-async def _serve_tether(port: int, reuse_port: bool) -> tuple[Any, int]:
+async def _serve_tether(port: int, reuse_port: bool, store: str = "memory") -> tuple[Any, int]:
     import tether
 
     async def handler(session: Any) -> None:
         await _serve_iterable(session, session.send)
 
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"store": store}
     if reuse_port:
         kwargs["reuse_port"] = True
     # tether.serve's defaults otherwise (heartbeat 15/10 s, compression off, 1 MiB
@@ -407,12 +409,17 @@ _SERVERS = {
 }
 
 
-async def _run_server(impl: str, port: int, reuse_port: bool) -> None:
+async def _run_server(impl: str, port: int, reuse_port: bool, store: str | None = None) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    _server, bound = await _SERVERS[impl](port, reuse_port)
+    if store is None:
+        _server, bound = await _SERVERS[impl](port, reuse_port)
+    elif impl in ("tether", "tether-v1"):
+        _server, bound = await _serve_tether(port, reuse_port, store)
+    else:
+        raise SystemExit(f"--store is for the tether servers, not {impl}")
     print(f"READY {bound}", flush=True)
     await stop.wait()
     # The benchmark is over: the parent only needs the process gone, and a graceful
@@ -821,6 +828,7 @@ def main(argv: list[str] | None = None) -> int:
     server.add_argument("impl", choices=IMPLS)
     server.add_argument("--port", type=int, default=0)
     server.add_argument("--reuse-port", action="store_true")
+    server.add_argument("--store", help="tether's session store URL (default: memory)")
     client = sub.add_parser("client")
     client.add_argument("impl", choices=IMPLS)
     client.add_argument("url")
@@ -839,7 +847,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     raise_nofile_limit()
     if args.role == "server":
-        asyncio.run(_run_server(args.impl, args.port, args.reuse_port))
+        asyncio.run(_run_server(args.impl, args.port, args.reuse_port, args.store))
         return 0
     if args.role == "hold":
         asyncio.run(_hold(args.url, args.connections, args.concurrency, args.tether_v1))
