@@ -123,6 +123,10 @@ _RECORD_COLUMNS = (
     " tx, acked, rx, lost, end_code, end_reason, attempt"
 )
 
+# Made once: the connection's statement cache is keyed by the SQL text, which a string
+# formatted per call made (and hashed) anew on every read of a row.
+_SELECT_ROW = f"SELECT {_RECORD_COLUMNS} FROM sessions WHERE sid = ?"
+
 _T = TypeVar("_T")
 
 
@@ -298,7 +302,10 @@ class SQLiteStore(SessionStore):
         rx: int | None = None,
     ) -> SessionRecord:
         """Append, trim by ack and record rx in one transaction (see :meth:`SessionStore.write`)."""
-        return await self._call("write", _write_work(sid, generation, append, acked, rx, None))
+        work = _write_work(sid, generation, append, acked, rx, None, record=True)
+        record = await self._call("write", work)
+        assert record is not None  # (asked for)
+        return record
 
     async def write_many(self, writes: Sequence[Write]) -> list[BaseException | None]:
         """Every batch as one operation of the next group, answered with one wake-up.
@@ -316,7 +323,9 @@ class SQLiteStore(SessionStore):
         jobs: list[_Job[Any]] = []
         for index, w in enumerate(writes):
             try:
-                work = _write_work(w.sid, w.generation, w.append, w.acked, w.rx, w.detach_at)
+                work = _write_work(
+                    w.sid, w.generation, w.append, w.acked, w.rx, w.detach_at, record=False
+                )
             except Exception as exc:  # an inconsistent batch: refused before the thread
                 results[index] = exc
                 continue
@@ -699,10 +708,16 @@ def _write_work(
     acked: int | None,
     rx: int | None,
     detach_at: float | None,
-) -> Callable[[sqlite3.Connection], SessionRecord]:
+    *,
+    record: bool,
+) -> Callable[[sqlite3.Connection], SessionRecord | None]:
     """The store thread's part of one write (the batch's consistency checked here first).
 
     With ``detach_at`` the same UPDATE starts the expiry clock (a detach after it).
+    ``record``: answer the record as the write left it (:meth:`SQLiteStore.write`);
+    without it, None: :meth:`SQLiteStore.write_many` answers only the errors, and
+    building a record (a frozen dataclass of 14 fields) was a quarter of a write's
+    Python work on the store's thread.
     """
     check_batch(sid, append)
     rows = [
@@ -712,7 +727,7 @@ def _write_work(
         for m in append
     ]
 
-    def apply(db: sqlite3.Connection) -> SessionRecord:
+    def apply(db: sqlite3.Connection) -> SessionRecord | None:
         row = _owned_row(db, sid, generation)
         tx, old_acked, old_rx = row[7], row[8], row[9]
         if append:
@@ -734,6 +749,8 @@ def _write_work(
             " WHERE sid = ?",
             (tx, new_acked, new_rx, detach_at, sid),
         )
+        if not record:
+            return None
         expires_at = row[6] if detach_at is None else detach_at
         # One record, built from the row as the UPDATE left it (the hot path:
         # dataclasses.replace of a record built first cost twice as much).
@@ -797,7 +814,7 @@ def _record(row: Any) -> SessionRecord:
 
 def _row(db: sqlite3.Connection, sid: str) -> Any:
     """The session's row (``_RECORD_COLUMNS``), or None."""
-    return db.execute(f"SELECT {_RECORD_COLUMNS} FROM sessions WHERE sid = ?", (sid,)).fetchone()
+    return db.execute(_SELECT_ROW, (sid,)).fetchone()
 
 
 def _select(db: sqlite3.Connection, sid: str) -> SessionRecord | None:
