@@ -918,21 +918,25 @@ class Server:
             first = record.transport.peer_closed_first
             ours = first is False or (first is None and sent is not None and not clean)
             cause = "server" if ours else "client"
+        # The line and its fields say the same: each worked out once (a drain logs
+        # thousands of these, one per connection it closes).
+        remote = _address(record.request.remote_address)
+        session = record.session
+        explanation = summary(code)
         logger.info(
             "close %s session=%s code=%d (%s) clean=%s sent=%s by=%s after %.1f s",
-            _address(record.request.remote_address),
-            record.session.id if record.session is not None else "-",
+            remote,
+            session.id if session is not None else "-",
             code,
-            summary(code),
+            explanation,
             "yes" if clean else "no",
             sent if sent is not None else "-",
             cause,
             duration,
             extra={"tether": {"event": "close", "code": code, "clean": clean, "sent": sent,
                               "cause": cause, "duration": round(duration, 3),
-                              "session": record.session.id if record.session else None,
-                              "remote": _address(record.request.remote_address),
-                              "explanation": summary(code)}},
+                              "session": session.id if session else None,
+                              "remote": remote, "explanation": explanation}},
         )  # fmt: skip
 
 
