@@ -386,3 +386,54 @@ async def test_a_welcome_held_by_the_path_fails_each_attempt_without_close_timeo
         await conn.close()
         await forwarder.stop()
         await server.shutdown()
+
+
+async def test_a_sparse_stream_makes_one_timer_per_ack_and_keeps_the_heartbeat() -> None:
+    """Message in, ack after ack_delay, heartbeat on time: the heartbeat's timer is kept.
+
+    Each message received sets an ack deadline before the heartbeat's: the heartbeat's
+    timer is kept aside meanwhile (not cancelled and made again after the ack), so the
+    client makes one timer per message; and the pings still go out every interval.
+    """
+    count, gap = 12, 0.03
+
+    async def ticker(session: Session) -> None:
+        for n in range(count):
+            await session.send(f"tick {n}")
+            await asyncio.sleep(gap)
+        async for _ in session:
+            pass
+
+    server = await tether.serve(ticker, "127.0.0.1", 0, heartbeat=None).start()
+    conn = tether.connect(
+        f"ws://127.0.0.1:{server.port}/",
+        resume=ResumeConfig(ack_delay=0.005),
+        heartbeat=tether.Heartbeat(interval=0.1, timeout=1.0),
+    )
+    made: list[float] = []
+    try:
+        await conn
+        loop = asyncio.get_running_loop()
+        call_at = loop.call_at
+
+        def counting_call_at(when: float, callback: object, *args: object, **kw: object) -> object:
+            if callback == conn._on_timer:
+                made.append(when)
+            return call_at(when, callback, *args, **kw)  # type: ignore[arg-type]
+
+        loop.call_at = counting_call_at  # type: ignore[assignment,method-assign]
+        started = loop.time()
+        try:
+            received = [await asyncio.wait_for(conn.recv(), 5) for _ in range(count)]
+            await asyncio.sleep(0.05)  # the last ack
+        finally:
+            del loop.call_at
+        pings = (loop.time() - started) / 0.1 + 1
+        assert received == [f"tick {n}" for n in range(count)]
+        assert conn.latency is not None  # pings went out (and were answered) meanwhile
+        # One per ack, one more per ping: before, the heartbeat's timer was made again
+        # after every ack (two per message).
+        assert len(made) <= count + pings + 1
+    finally:
+        await conn.close()
+        await server.shutdown()

@@ -1036,6 +1036,8 @@ class ClientConnection:
             self._link = None
             if link.timer is not None:
                 link.timer.cancel()
+            if link.spare is not None:
+                link.spare.cancel()
             tasks = [t for t in (link.reader, link.writer, link.closer) if t is not None]
             if tasks or link.tasks:  # (usually none are left: no gather for nothing)
                 await _cancel(*tasks, *link.tasks)
@@ -1359,10 +1361,17 @@ class ClientConnection:
     # timers and closing
 
     def _arm(self, link: _Link) -> None:
-        """Set the one timer of ``link`` to the earliest heartbeat or layer deadline."""
-        if link.timer is not None:
-            link.timer.cancel()
-            link.timer = None
+        """Set the timer of ``link`` to the earliest heartbeat or layer deadline.
+
+        A timer already set for that deadline is kept. One set for a later deadline
+        is kept aside as the spare when an earlier one comes (a message in: its ack
+        is due after ``ack_delay``), and becomes the timer again once the earlier one
+        passed: on a sparse stream the heartbeat's timer is then made once per ping,
+        not twice per message (a new timer costs its handle and a heap push, and a
+        cancelled one stays in the loop's heap until its time). A spare fires at its
+        own time at the latest, so no deadline is ever missed; one that would fire
+        before its deadline is cancelled instead.
+        """
         beat = link.machine.next_deadline()
         layer = None if self._plain else self._layer.next_deadline()
         deadline = beat if layer is None else layer if beat is None else min(beat, layer)
@@ -1370,13 +1379,37 @@ class ClientConnection:
             read = self._layer.read_deadline()  # always before the layer's stall deadline
             if read is not None and (deadline is None or read < deadline):
                 deadline = read
+        timer = link.timer
+        if timer is not None:
+            if deadline == link.timer_at:
+                return
+            link.timer = None
+            if deadline is not None and deadline < link.timer_at and link.spare is None:
+                link.spare = timer
+                link.spare_at = link.timer_at
+            else:
+                timer.cancel()
+        spare = link.spare
+        if spare is not None and (deadline is None or deadline >= link.spare_at):
+            link.spare = None
+            if deadline == link.spare_at:
+                link.timer = spare
+                link.timer_at = link.spare_at
+                return
+            spare.cancel()
         if deadline is not None:
             assert self._loop is not None
-            link.timer = self._loop.call_at(deadline, self._on_timer, link)
+            link.timer = self._loop.call_at(deadline, self._on_timer, link, deadline)
             link.timer_at = deadline
 
-    def _on_timer(self, link: _Link) -> None:
-        link.timer = None
+    def _on_timer(self, link: _Link, when: float) -> None:
+        # The spare (set later than the timer, see _arm) fires after the timer, whose
+        # callback kept, promoted or cancelled it; but both can fall due in one pass of
+        # the loop: then it is the spare that fired, and the timer is still set.
+        if link.spare is not None and when == link.spare_at:
+            link.spare = None
+        else:
+            link.timer = None
         if self._link is not link:
             return
         try:
@@ -1485,6 +1518,8 @@ class _Link:
         "reader",
         "reading",
         "room",
+        "spare",
+        "spare_at",
         "tasks",
         "timer",
         "timer_at",
@@ -1526,6 +1561,9 @@ class _Link:
         self.room: list[asyncio.Future[None]] = []
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = 0.0
+        #: A timer set for a later deadline, kept while an earlier one runs (see _arm).
+        self.spare: asyncio.TimerHandle | None = None
+        self.spare_at = 0.0
         self.closer: asyncio.Task[None] | None = None
         #: Control writes and pings that had to wait.
         self.tasks: set[asyncio.Task[None]] = set()
