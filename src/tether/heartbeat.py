@@ -165,8 +165,11 @@ class HeartbeatMachine:
         """The time at which :meth:`handle_timer` must next be called, or None."""
         if self._dead:
             return None
-        candidates = [t for t in (self._next_ping, self._pong_deadline) if t is not None]
-        return min(candidates) if candidates else None
+        # (No list and min(): the client asks this on every re-arm of its timer.)
+        ping, pong = self._next_ping, self._pong_deadline
+        if pong is None:
+            return ping
+        return pong if ping is None or pong < ping else ping
 
     def handle_timer(
         self, now: float, reading: Reading | None = None, transfer: Transfer | None = None
