@@ -329,3 +329,121 @@ def test_ack_fast_path_is_the_json_encoding(rx: int) -> None:
     assert wire == json.dumps({"type": "ack", "rx": rx}, separators=(",", ":"))
     assert wire == encode(Ack(rx))
     assert decode(wire) == Ack(rx)
+
+
+def _hello_json(hello: Hello) -> str:
+    """The general encoding of a hello: its body through json.dumps."""
+    body: dict[str, object] = {"type": "hello", "sid": hello.sid, "token": hello.token}
+    body |= {"epoch": hello.epoch, "rx": hello.rx}
+    if hello.attempt is not None:
+        body["attempt"] = hello.attempt
+    return json.dumps(body, separators=(",", ":"))
+
+
+class _Text(str):
+    """A str subclass: encode() must not format it directly."""
+
+
+_TEXT = st.one_of(
+    st.none(), st.text(max_size=20), st.from_regex(r"[A-Za-z0-9_\-]{1,40}", fullmatch=True)
+)
+_NUMBER = st.one_of(st.integers(min_value=0, max_value=2**64), st.booleans())
+
+
+@settings(max_examples=400)
+@given(_TEXT, _TEXT, _TEXT, _NUMBER, st.one_of(st.none(), _NUMBER))
+def test_hello_is_formatted_exactly_as_json_dumps_gives_it(
+    sid: str | None, token: str | None, epoch: str | None, rx: int, attempt: int | None
+) -> None:
+    """encode()'s direct formatting of a hello is the JSON encoding, byte for byte.
+
+    Any text (quotes, control characters, non-ASCII: escaped as json does), missing
+    identifiers, bools where ints belong, ints beyond MAX_SEQ: whatever the fast path
+    does not format itself goes through the encoder and gives the same text.
+    """
+    hello = Hello(sid, token, epoch, rx, attempt)
+    assert encode(hello) == _hello_json(hello)
+
+
+@pytest.mark.parametrize(
+    "hello",
+    [
+        Hello(),
+        Hello(rx=7),
+        Hello("c2lk", "dG9rZW4", "ZXBvY2g", 42, attempt=3),
+        Hello("c2lk", "dG9rZW4", "ZXBvY2g", 0),
+        Hello(_Text("c2lk"), "dG9rZW4", "ZXBvY2g", 1, attempt=1),
+        Hello('s\u00e9"d', "t\\o\nk", "\U0001f600", 2**60, attempt=True),  # type: ignore[arg-type]
+        Hello(None, None, None, 0, attempt=2),
+        Hello("c2lk", None, "ZXBvY2g", 0),
+    ],
+)
+def test_hello_encoding_examples(hello: Hello) -> None:
+    assert encode(hello) == _hello_json(hello)
+
+
+def test_the_hellos_a_client_sends_are_formatted_directly() -> None:
+    """The fast path is the one taken for what ClientEndpoint sends (else it saves nothing)."""
+    from tether.protocol import _encode_hello
+
+    assert _encode_hello(Hello(rx=0)) is not None
+    assert _encode_hello(Hello("c2lk", "dG9rZW4", "ZXBvY2g", 42, attempt=3)) is not None
+
+
+def _welcome_checked_field_by_field(body: dict[str, object]) -> Welcome:
+    """The general decoding of a welcome body: each field through its checking helper."""
+    from tether.protocol import _bool, _ident, _int, _reason
+
+    return Welcome(
+        resumed=_bool(body, "resumed"),
+        reason=_reason(body),
+        sid=_ident(body, "sid"),
+        token=_ident(body, "token"),
+        epoch=_ident(body, "epoch"),
+        rx=_int(body, "rx"),
+        tx=_int(body, "tx"),
+        window_ms=_int(body, "window_ms"),
+    )
+
+
+_WELCOME_FIELD = st.one_of(
+    JSON_VALUES,
+    st.integers(-2, 2),
+    st.integers(MAX_SEQ - 1, MAX_SEQ + 1),
+    st.from_regex(r"[A-Za-z0-9_\-]{1,130}", fullmatch=True),
+    st.from_regex(r"[a-z][a-z0-9_]{0,64}", fullmatch=True),
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            name: _WELCOME_FIELD
+            for name in ("resumed", "reason", "sid", "token", "epoch", "rx", "tx", "window_ms")
+        },
+    ),
+    st.booleans(),
+)
+def test_welcome_decoding_matches_the_field_by_field_checks(
+    fields: dict[str, object], valid_base: bool
+) -> None:
+    """decode() of a welcome gives what the field-by-field checks give: the same
+    Welcome, or the same ProtocolError (the first bad field's, in field order)."""
+    body: dict[str, object] = {}
+    if valid_base:
+        body |= {"resumed": True, "reason": None, "sid": "s", "token": "t", "epoch": "e"}
+        body |= {"rx": 0, "tx": 3, "window_ms": 1000}
+    body |= fields
+    message = json.dumps({"type": "welcome", **body})
+    parsed = json.loads(message)
+    try:
+        expected: Welcome | str = _welcome_checked_field_by_field(parsed)
+    except ProtocolError as exc:
+        expected = str(exc)
+    try:
+        got: Frame | str = decode(message)
+    except ProtocolError as exc:
+        got = str(exc)
+    assert got == expected

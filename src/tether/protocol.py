@@ -76,6 +76,8 @@ _IDENT = re.compile(r"[A-Za-z0-9_\-]{1,128}")
 #: builds a new JSONEncoder per call whenever an argument is not the default (the
 #: welcome of every resume, the hello of every reconnection). Same settings, same text.
 _COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
+#: How that encoder quotes a str (it has ensure_ascii set): the C function, if built.
+_QUOTE = json.encoder.encode_basestring_ascii
 _REASON = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 Payload = str | bytes
@@ -243,6 +245,10 @@ def encode(frame: Frame) -> Payload:
     if type(frame) is Ack:
         return encode_ack(frame.rx)
     body: dict[str, Any]
+    if type(frame) is Hello:
+        text = _encode_hello(frame)
+        if text is not None:
+            return text
     if isinstance(frame, Hello):
         body = {"type": "hello", "sid": frame.sid, "token": frame.token}
         body |= {"epoch": frame.epoch, "rx": frame.rx}
@@ -257,6 +263,36 @@ def encode(frame: Frame) -> Payload:
     else:
         body = {"type": "goaway", "retry_ms": frame.retry_ms, "resume": frame.resume}
     return _COMPACT_JSON.encode(body)
+
+
+def _encode_hello(hello: Hello) -> str | None:
+    """What :func:`encode` gives for ``hello``, formatted directly; None if it is unusual.
+
+    Sent on every connection (a restart storm's reconnections): formatting it costs a
+    third of building the dict and running the JSON encoder over it. Strings are
+    quoted by the very function that encoder uses for them (``ensure_ascii``), and
+    exact ints print as JSON prints them; any other type (a bool for an int, a str
+    subclass, some of the three identifiers missing) goes through the encoder.
+    """
+    sid, token, epoch, rx, attempt = hello.sid, hello.token, hello.epoch, hello.rx, hello.attempt
+    if type(rx) is not int or (attempt is not None and type(attempt) is not int):
+        return None
+    if sid is None and token is None and epoch is None:
+        if attempt is not None:
+            return None
+        return '{"type":"hello","sid":null,"token":null,"epoch":null,"rx":%d}' % rx  # noqa: UP031
+    if type(sid) is not str or type(token) is not str or type(epoch) is not str:
+        return None
+    quote = _QUOTE
+    text = '{"type":"hello","sid":%s,"token":%s,"epoch":%s,"rx":%d' % (  # noqa: UP031
+        quote(sid),
+        quote(token),
+        quote(epoch),
+        rx,
+    )
+    if attempt is None:
+        return text + "}"
+    return text + ',"attempt":%d}' % attempt  # noqa: UP031
 
 
 def decode(message: Payload) -> Frame:
@@ -353,6 +389,36 @@ def _decode_control(message: str) -> Frame:
     if kind == "hello":
         return _decode_hello(body)
     if kind == "welcome":
+        # The checks of _bool, _reason, _ident and _int, inlined (json.loads gives exact
+        # types): every resume decodes one. Any failure goes through those helpers,
+        # in the same order, for the precise error.
+        get = body.get
+        resumed, reason, sid, token, epoch = (
+            get("resumed"),
+            get("reason"),
+            get("sid"),
+            get("token"),
+            get("epoch"),
+        )
+        rx, tx, window_ms = get("rx"), get("tx"), get("window_ms")
+        ident = _IDENT.fullmatch
+        if (
+            type(resumed) is bool
+            and (reason is None or (type(reason) is str and _REASON.fullmatch(reason) is not None))
+            and type(sid) is str
+            and ident(sid) is not None
+            and type(token) is str
+            and ident(token) is not None
+            and type(epoch) is str
+            and ident(epoch) is not None
+            and type(rx) is int
+            and 0 <= rx <= MAX_SEQ
+            and type(tx) is int
+            and 0 <= tx <= MAX_SEQ
+            and type(window_ms) is int
+            and 0 <= window_ms <= MAX_SEQ
+        ):
+            return Welcome(resumed, reason, sid, token, epoch, rx, tx, window_ms)
         return Welcome(
             resumed=_bool(body, "resumed"),
             reason=_reason(body),
