@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -447,3 +448,38 @@ def test_welcome_decoding_matches_the_field_by_field_checks(
     except ProtocolError as exc:
         got = str(exc)
     assert got == expected
+
+
+def _outcome(call: Callable[..., object], *args: object) -> tuple[str, object]:
+    """A call's value (its repr: a NaN read twice is two unequal floats), or its error."""
+    try:
+        return "value", repr(call(*args))
+    except Exception as exc:  # the type and text of the error are the outcome
+        return type(exc).__name__, str(exc)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.one_of(
+        st.integers(min_value=0, max_value=10**18).map(encode_ack),
+        st.tuples(
+            st.sampled_from(['{"type":"ack","rx":', '{"type":"ack", "rx":', '{"rx":']),
+            st.from_regex(r"-?[0-9]{1,18}(\.[0-9])?", fullmatch=True),
+            st.sampled_from(["}", " }", "} ", "}}", ',"type":"ack"}']),
+        ).map("".join),
+    )
+)
+def test_acks_decode_as_the_json_path_decodes_them(message: str) -> None:
+    """An ack read directly (encode_ack's exact text) gives what JSON decoding gives."""
+    from tether.protocol import _int
+
+    def through_json(text: str) -> Ack:
+        try:
+            body = json.loads(text)
+        except ValueError as exc:
+            raise ProtocolError(f"control frame is not valid JSON: {exc}") from exc
+        if body.get("type") != "ack":
+            raise ProtocolError(f"unknown control frame type {str(body.get('type'))[:32]!r}")
+        return Ack(_int(body, "rx"))
+
+    assert _outcome(decode, message) == _outcome(through_json, message)

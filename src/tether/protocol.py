@@ -79,6 +79,8 @@ _COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
 #: How that encoder quotes a str (it has ensure_ascii set): the C function, if built.
 _QUOTE = json.encoder.encode_basestring_ascii
 _REASON = re.compile(r"[a-z][a-z0-9_]{0,63}")
+#: A standalone ack exactly as encode_ack() writes it (rx canonical, at most 16 digits).
+_ACK_TEXT = re.compile(rf'\{{"type":"ack","rx":({_DECIMAL.pattern})\}}')
 
 Payload = str | bytes
 
@@ -377,6 +379,11 @@ def _check_seq(value: int, name: str, *, low: int = 0) -> int:
 def _decode_control(message: str) -> Frame:
     if len(message) > MAX_CONTROL_CHARS:
         raise ProtocolError(f"control frame longer than {MAX_CONTROL_CHARS} characters")
+    ack = _ACK_TEXT.fullmatch(message)
+    if ack is not None:
+        # What encode_ack() sends (the control frame of every message received on a
+        # sparse stream): what the JSON path below gives for it, without JSON.
+        return Ack(_check_seq(int(ack.group(1)), "rx"))
     try:
         body = json.loads(message)
     except (ValueError, RecursionError) as exc:
