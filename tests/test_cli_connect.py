@@ -433,6 +433,16 @@ class _TopOfRange(random.Random):
         return 0.999
 
 
+def _input_sender(conn: Any) -> tuple[asyncio.Queue[str | None], asyncio.Task[Any]]:
+    """`tether connect`'s stdin side for `conn`: the queue of lines, the task sending them."""
+    lines: asyncio.Queue[str | None] = asyncio.Queue()
+    loop = asyncio.get_running_loop()
+    sender = asyncio.create_task(
+        connect_cli._send_input(conn, lines, io.StringIO(), connect_cli._Quiet(loop.time()))
+    )
+    return lines, sender
+
+
 @pytest.mark.integration
 @pytest.mark.timeout(30)
 async def test_end_of_input_while_reconnecting_waits_for_the_lines_to_be_delivered(
@@ -465,11 +475,7 @@ async def test_end_of_input_while_reconnecting_waits_for_the_lines_to_be_deliver
         )
         events = conn.events()
         await conn
-        lines: asyncio.Queue[str | None] = asyncio.Queue()
-        loop = asyncio.get_running_loop()
-        sender = asyncio.create_task(
-            connect_cli._send_input(conn, lines, io.StringIO(), connect_cli._Quiet(loop.time()))
-        )
+        lines, sender = _input_sender(conn)
         lines.put_nowait("one")
         await eventually(lambda: received == ["one"], what="the first line was echoed")
         proxy.blackhole_all()  # what is written now reaches nobody...
@@ -542,11 +548,7 @@ async def test_end_of_input_while_reconnecting_in_plain_mode_does_not_wait(
         )
         events = conn.events()
         await conn
-        lines: asyncio.Queue[str | None] = asyncio.Queue()
-        loop = asyncio.get_running_loop()
-        sender = asyncio.create_task(
-            connect_cli._send_input(conn, lines, io.StringIO(), connect_cli._Quiet(loop.time()))
-        )
+        lines, sender = _input_sender(conn)
         lines.put_nowait("one")
         await eventually(lines.empty, what="the sender took the line")
         await asyncio.wait_for(conn.flush(), 5)
@@ -557,6 +559,7 @@ async def test_end_of_input_while_reconnecting_in_plain_mode_does_not_wait(
                 return
 
     await asyncio.wait_for(reconnecting(), 5)
+    loop = asyncio.get_running_loop()
     started = loop.time()
     lines.put_nowait(None)
     await asyncio.wait_for(sender, 10)
