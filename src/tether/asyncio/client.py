@@ -421,7 +421,8 @@ class ClientConnection:
         self._streams: dict[int, weakref.ref[_EventStream]] = {}
         self._supervisor: asyncio.Task[None] | None = None
         self._settled = asyncio.Event()  # set on OPEN and when finished
-        # Futures of the supervisor waiting for a reconnect delay or an attempt; close() wakes them.
+        # Futures of the supervisor waiting out a reconnect delay; close() wakes them (an
+        # attempt under way is cancelled instead: _cancel_opening).
         self._close_waiters: list[asyncio.Future[None]] = []
         #: An attempt runs in the supervisor (close() cancels it), and close() did so.
         self._opening = False
