@@ -6,7 +6,10 @@ skips locally, with the reason, when not root).
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import os
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -15,7 +18,7 @@ from tests.support.browser import ChromiumWebSocket, require_chromium
 from tests.support.haproxy import HAProxy
 from tests.support.netns import NetNamespace, missing_netns_requirements
 from tests.support.node import NodeWsClients, NodeWsServer, require_peers
-from tests.support.procs import JsonLineProcess
+from tests.support.procs import JsonLineProcess, is_tether_process
 from tests.support.redis import RedisServer
 from tests.support.require import require, require_root, require_tools
 from tests.support.uvicorn import UvicornServer
@@ -166,3 +169,15 @@ async def chaos_proxy() -> AsyncIterator[Callable[..., Awaitable[ChaosProxy]]]:
     yield make
     for proxy in reversed(started):
         await proxy.close()
+
+
+@pytest.fixture
+async def replacement_pids() -> AsyncIterator[list[int]]:
+    """PIDs of replacement servers a test learned of; each is stopped by PID afterwards."""
+    pids: list[int] = []
+    yield pids
+    for pid in pids:
+        # Replacements that already handed over have exited; never signal a reused PID.
+        if is_tether_process(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from tests.support.browser import ChromiumWebSocket
 from tests.support.netns import NetNamespace
 from tests.support.node import NodeWsClients
 from tests.support.ports import free_port
-from tests.support.procs import JsonLineProcess, tether_cli
+from tests.support.procs import JsonLineProcess, is_tether_process, tether_cli
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
@@ -214,26 +214,6 @@ async def _connect_loop(port: int, stop: asyncio.Event) -> dict[str, int]:
     return counts
 
 
-@pytest.fixture
-async def replacement_pids() -> AsyncIterator[list[int]]:
-    """PIDs of replacement servers a test learned of; each is stopped by PID afterwards."""
-    pids: list[int] = []
-    yield pids
-    for pid in pids:
-        # Replacements that already handed over have exited; never signal a reused PID.
-        if _is_tether_process(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-
-
-def _is_tether_process(pid: int) -> bool:
-    """True if ``pid`` runs ``tether`` right now (read from /proc)."""
-    try:
-        return b"tether" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-
-
 @pytest.mark.integration
 @pytest.mark.timeout(90)
 async def test_reuse_port_handover_refuses_no_connection(
@@ -371,5 +351,5 @@ async def test_a_hung_replacement_strands_no_connection(
     assert [e["kept"] for e in steering] == [True]
     assert counts["ok"] >= 200, counts  # ~30 s of the loop, all served
     assert counts["refused"] + counts["status"] + counts["other"] == 0, counts
-    assert not _is_tether_process(started["replacement_pid"])  # killed
+    assert not is_tether_process(started["replacement_pid"])  # killed
     assert (await wait_healthy(port)) == old.pid  # still serving

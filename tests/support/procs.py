@@ -396,3 +396,11 @@ def python_script(script: str | os.PathLike[str], *args: str, **kwargs: Any) -> 
     env = {"PYTHONUNBUFFERED": "1", **kwargs.pop("env", {})}
     kwargs.setdefault("name", Path(script).name)
     return JsonLineProcess(python_argv(str(script), *args), env=env, **kwargs)
+
+
+def is_tether_process(pid: int) -> bool:
+    """True if ``pid`` runs ``tether`` right now (read from /proc)."""
+    try:
+        return b"tether" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
