@@ -9,7 +9,7 @@ messages. Both streams are checked with :class:`tether._cli.demo_report.Sequence
 (``up``: client -> server -> client, one run) and the ticks (``down``, runs by node). ``node`` is
 the node id of the last message received (ticker only).
 
-Prints JSON lines (``t`` = time.monotonic()): ``ready{clients}``; per client ``connected{id,
+Prints JSON lines (``t`` = time.monotonic()): ``ready{clients, loop}``; per client ``connected{id,
 attempt, resumed}``, ``disconnected{id, code}``, ``resumed{id, replayed_in, replayed_out}``,
 ``session_lost{id, reason, unacked}``, ``gave_up{id, reason}``; ``report{clients: [...],
 totals}`` answering a command.
@@ -35,6 +35,7 @@ from typing import Any
 import tether
 from tether import events
 from tether._cli.demo_report import SequenceCheck
+from tether._cli.loops import add_loop_option, resolve_loop, run_on
 
 
 def emit(event: str, **fields: Any) -> None:
@@ -173,7 +174,7 @@ async def read_commands(clients: list[StreamClient]) -> None:
             return
 
 
-async def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument("--url", required=True)
     parser.add_argument("--clients", type=int, default=1)
@@ -184,11 +185,16 @@ async def main() -> None:
     resume = parser.add_mutually_exclusive_group()
     resume.add_argument("--resume", dest="resume", action="store_true", default=None)
     resume.add_argument("--no-resume", dest="resume", action="store_false")
-    args = parser.parse_args()
+    add_loop_option(parser)
+    return parser.parse_args()
+
+
+async def main(args: argparse.Namespace) -> None:
     clients = [StreamClient(i, args) for i in range(args.clients)]
     for client in clients:
         client.start()
-    emit("ready", clients=len(clients))
+    # (loop: which event loop runs the clients, "asyncio" or "uvloop"; see --loop.)
+    emit("ready", clients=len(clients), loop=type(asyncio.get_running_loop()).__module__)
     try:
         await read_commands(clients)
     finally:
@@ -205,4 +211,5 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    arguments = parse_args()
+    run_on(resolve_loop(arguments.loop), main(arguments))

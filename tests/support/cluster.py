@@ -114,6 +114,7 @@ class StreamClients(JsonLineProcess):
         rate: messages per second each client sends.
         resume: pass ``resume=`` to ``tether.connect`` (None: its default).
         ping: heartbeat interval in seconds (pong timeout twice that); 0 disables.
+        loop: ``--loop`` of the clients' process (asyncio, uvloop).
     """
 
     def __init__(
@@ -125,12 +126,13 @@ class StreamClients(JsonLineProcess):
         resume: bool | None = None,
         ping: float = 1.0,
         seed: int = 1,
+        loop: str = "asyncio",
     ) -> None:
         self.clients = clients
         argv = [
             str(PEERS_DIR / "tether_stream.py"), "--url", url, "--clients", str(clients),
             "--rate", str(rate), "--seed", str(seed), "--ping-interval", str(ping),
-            "--ping-timeout", str(2 * ping),
+            "--ping-timeout", str(2 * ping), "--loop", loop,
         ]  # fmt: skip
         if resume is not None:
             argv.append("--resume" if resume else "--no-resume")

@@ -31,6 +31,8 @@ import threading
 import time
 from typing import Any, TextIO
 
+from .loops import add_loop_option, resolve_loop, run_on
+
 __all__ = ["register", "run"]
 
 
@@ -87,6 +89,7 @@ def register(subparsers: Any) -> None:
         "accept any offered subprotocol without speaking it)",
     )
     parser.add_argument("--lang", choices=("en", "ja"), default="en", help="language of the prose")
+    add_loop_option(parser)
     parser.set_defaults(func=run)
 
 
@@ -95,13 +98,15 @@ def run(args: argparse.Namespace) -> int:
     import tether
 
     try:
+        loop = resolve_loop(args.loop)
         conn = _make_connection(tether, args)
     except (tether.ConfigurationError, ValueError) as exc:
         print(f"tether connect: error: {exc}", file=sys.stderr)
         return 2
     try:
-        return asyncio.run(
-            _session(conn, as_json=args.json, out=sys.stdout, err=sys.stderr, lang=args.lang)
+        return run_on(
+            loop,
+            _session(conn, as_json=args.json, out=sys.stdout, err=sys.stderr, lang=args.lang),
         )
     except KeyboardInterrupt:
         return 130

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..closecodes import validate_send
 from ..exceptions import ConfigurationError, InvalidCloseCode, StoreError
+from .loops import add_loop_option, resolve_loop, run_on
 
 if TYPE_CHECKING:
     from ..stores.base import SessionStore
@@ -167,6 +168,7 @@ def register(subparsers: Any) -> None:
         dest="json_logs",
         help="log JSON lines on stderr (--json: the same; serve prints nothing else for scripts)",
     )
+    add_loop_option(parser)
     parser.set_defaults(func=run)  # fmt: skip
 
 
@@ -181,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
     # Read once and removed: this process's own replacement gets our pid instead.
     args.predecessor = _handed_over_by(os.environ.pop(PREDECESSOR_ENV, ""))
     try:
+        loop = resolve_loop(args.loop)
         validate_send(args.shutdown_code, role="server")
         heartbeat = Heartbeat(args.ping_interval or None, args.ping_timeout or None)
         if not 0 <= args.port <= 65535:
@@ -228,7 +231,7 @@ def run(args: argparse.Namespace) -> int:
     # as soon as it logs "serving on", from a deploy script that reads the log.)
     _hold_sighup(True)
     try:
-        return asyncio.run(_serve(args, heartbeat, store))
+        return run_on(loop, _serve(args, heartbeat, store))
     except ConfigurationError as exc:  # (what the library refuses and the checks above missed)
         print(f"tether serve: error: {exc}", file=sys.stderr)
         return 2

@@ -301,7 +301,16 @@ class Server:
             self.host or "all interfaces",
             self.port,
             os.getpid(),
-            extra={"tether": {"event": "listening", "port": self.port, "pid": os.getpid()}},
+            extra={
+                "tether": {
+                    "event": "listening",
+                    "port": self.port,
+                    "pid": os.getpid(),
+                    # Which event loop serves ("asyncio", "uvloop"): `tether serve --loop`
+                    # and an application's own choice can be checked from the log.
+                    "loop": type(self._loop).__module__.partition(".")[0],
+                },
+            },
         )
         return self
 
