@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib.metadata
 import os
@@ -11,9 +12,59 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, TypeVar
+
+_T = TypeVar("_T")
+
+#: The event loop of the benchmark's own processes (servers, clients), from
+#: ``tether bench --loop`` / ``python -m benchmarks.instructions --loop``: set in the
+#: parent's environment, so every child started with it inherits the choice.
+LOOP_ENV = "TETHER_BENCH_LOOP"
+LOOPS = ("asyncio", "uvloop")
+
+
+def bench_loop() -> str:
+    """The event loop this run's processes use: ``asyncio`` (default) or ``uvloop``."""
+    loop = os.environ.get(LOOP_ENV) or "asyncio"
+    if loop not in LOOPS:
+        raise SystemExit(f"{LOOP_ENV}={loop!r}: expected one of {', '.join(LOOPS)}")
+    return loop
+
+
+def use_loop(loop: str) -> None:
+    """Make ``loop`` the event loop of this process's children (and of :func:`run_loop`).
+
+    Refuses at once (SystemExit with the reason) when uvloop is asked for and cannot
+    be imported: a run on another loop than the one asked for would be mislabelled.
+    """
+    if loop not in LOOPS:
+        raise SystemExit(f"--loop must be one of {', '.join(LOOPS)}, not {loop!r}")
+    if loop == "uvloop":
+        try:
+            import uvloop  # noqa: F401
+        except ImportError as exc:
+            raise SystemExit(
+                f"--loop uvloop: the uvloop package cannot be imported ({exc});"
+                " pip install -e '.[bench]'"
+            ) from None
+    os.environ[LOOP_ENV] = loop
+
+
+def run_loop(main: Coroutine[Any, Any, _T]) -> _T:
+    """``asyncio.run(main)`` on this run's event loop (:func:`bench_loop`).
+
+    Written here rather than taken from ``tether._cli.loops``: an A/B run may put an
+    older tether first on the path (``--src``), whose CLI has no such module.
+    """
+    if bench_loop() == "uvloop":
+        import uvloop
+
+        result: _T = uvloop.run(main)
+        return result
+    return asyncio.run(main)
+
 
 #: Run ``benchmarks`` as a package from the repository root, whatever the cwd.
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -279,8 +330,10 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),
         "loadavg_1m_at_start": round(load[0], 2),
+        # The event loop of the measured servers and clients (--loop).
+        "loop": bench_loop(),
         "packages": {
             name: package_version(name)
-            for name in ("tether", "websockets", "picows", "aiohttp", "py-spy")
+            for name in ("tether", "websockets", "picows", "aiohttp", "py-spy", "uvloop")
         },
     }

@@ -63,7 +63,7 @@ import tempfile
 from collections.abc import Coroutine
 from typing import Any
 
-from .common import REPO_ROOT, read_line, table
+from .common import LOOPS, REPO_ROOT, read_line, run_loop, table, use_loop
 from .peers import _SERVERS, _serve_tether
 
 IMPLS = ("websockets", "tether", "tether-v1")
@@ -327,11 +327,11 @@ def main(argv: list[str] | None = None) -> int:
         argv = sys.argv[1:]
     if argv[:1] == ["_run"]:  # the measured child, under valgrind
         _, impl, test, count, *store = argv
-        asyncio.run(_watched(_messages(impl, test, int(count), *store)))
+        run_loop(_watched(_messages(impl, test, int(count), *store)))
         return 0
     if argv[:1] == ["_client"]:  # the client alone, measured or not
         _, impl, test, count, port = argv
-        asyncio.run(_watched(_client(impl, test, int(count), int(port))))
+        run_loop(_watched(_client(impl, test, int(count), int(port))))
         return 0
     parser = argparse.ArgumentParser(prog="python -m benchmarks.instructions")
     parser.add_argument(
@@ -356,8 +356,16 @@ def main(argv: list[str] | None = None) -> int:
         default="memory",
         help="the tether servers' session store (sqlite: a fresh temporary file per run)",
     )
+    parser.add_argument(
+        "--loop",
+        choices=LOOPS,
+        default="asyncio",
+        help="event loop of the measured processes, servers and clients (uvloop: its C code is"
+        " counted too)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    use_loop(args.loop)
     impls = [name for name in args.impl.split(",") if name]
     tests = [name for name in args.test.split(",") if name]
     sides = [name for name in args.side.split(",") if name]
@@ -387,7 +395,13 @@ def main(argv: list[str] | None = None) -> int:
             value = per_message(impl, test, counts[test], args.src, side, args.store)
             figures.setdefault(impl, {})[name] = value
     if args.json:
-        output = {"src": args.src, "store": args.store, "counts": counts, "figures": figures}
+        output = {
+            "src": args.src,
+            "store": args.store,
+            "loop": args.loop,
+            "counts": counts,
+            "figures": figures,
+        }
         print(json.dumps(output))
         return 0
     reference = figures.get("websockets")
@@ -405,7 +419,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"instructions per message (reconnect: per reconnection), {where} (callgrind;"
         f" {runs}){'; tether from ' + args.src if args.src else ''}"
-        f"{'; store ' + args.store if args.store != 'memory' else ''}; in brackets: raw"
+        f"{'; store ' + args.store if args.store != 'memory' else ''}"
+        f"{'; on ' + args.loop if args.loop != 'asyncio' else ''}; in brackets: raw"
         " websockets' count / the row's"
     )
     print(table(["implementation", *names], rows))

@@ -48,6 +48,8 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from .common import run_loop
+
 IMPLS = ("websockets", "picows", "aiohttp", "tcp", "tether", "tether-v1")
 TESTS = ("echo", "stream_up", "stream_down")
 BACKLOG = 4096
@@ -847,10 +849,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     raise_nofile_limit()
     if args.role == "server":
-        asyncio.run(_run_server(args.impl, args.port, args.reuse_port, args.store))
+        run_loop(_run_server(args.impl, args.port, args.reuse_port, args.store))
         return 0
     if args.role == "hold":
-        asyncio.run(_hold(args.url, args.connections, args.concurrency, args.tether_v1))
+        run_loop(_hold(args.url, args.connections, args.concurrency, args.tether_v1))
         return 0
 
     plan = [(str(t), int(s), int(n), float(sec)) for t, s, n, sec in json.loads(args.plan)]
@@ -868,7 +870,7 @@ def main(argv: list[str] | None = None) -> int:
             results.append({"test": test, "size": size, **result})
         return results
 
-    json.dump({"pid": os.getpid(), "results": asyncio.run(run_client())}, sys.stdout)
+    json.dump({"pid": os.getpid(), "results": run_loop(run_client())}, sys.stdout)
     print(flush=True)
     return 0
 

@@ -38,6 +38,7 @@ from .common import (
     python_command,
     read_line,
     run_child_json,
+    run_loop,
     spawn,
     stop,
     table,
@@ -255,9 +256,9 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.role == "server":
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(_server(args.store))
+            run_loop(_server(args.store))
         return 0
-    result = asyncio.run(asyncio.wait_for(_client(args.url, args.count), 60))
+    result = run_loop(asyncio.wait_for(_client(args.url, args.count), 60))
     print(json.dumps(result), flush=True)
     return 0
 

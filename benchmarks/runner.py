@@ -13,7 +13,7 @@ import time
 import traceback
 from typing import Any
 
-from .common import Progress, Unavailable, machine
+from .common import Progress, Unavailable, machine, use_loop
 
 SCENARIOS = ("throughput", "storm", "detect", "memory", "resume")
 
@@ -98,8 +98,10 @@ def run(
     connections: int | None,
     store: str | None = None,
     only: list[str] | None = None,
+    loop: str = "asyncio",
 ) -> int:
     """Run ``scenarios`` in order; return the exit status."""
+    use_loop(loop)  # (before machine(), which records it)
     options = {
         "quick": quick,
         "runs": runs,
@@ -116,7 +118,10 @@ def run(
         print(
             f"# tether bench — {m['when_utc']} UTC, {m['nproc']} × {m['cpu']}, Python {m['python']}"
         )
-        print(f"# {versions}; load average at start {m['loadavg_1m_at_start']}\n")
+        print(
+            f"# {versions}; {m['loop']} event loop; load average at start"
+            f" {m['loadavg_1m_at_start']}\n"
+        )
     for name in scenarios:
         started = time.monotonic()
         try:

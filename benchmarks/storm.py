@@ -71,10 +71,12 @@ from typing import Any
 from .common import (
     Progress,
     Unavailable,
+    bench_loop,
     child_env,
     cpu_times,
     python_command,
     read_line,
+    run_loop,
     spawn,
     stop,
     table,
@@ -345,16 +347,26 @@ class _Profiler:
         return self.skipped.get(name, "py-spy wrote nothing")
 
 
-def _one(
-    mode: str, n: int, progress: Progress, store: str, profiler: _Profiler | None = None
-) -> dict[str, Any]:
-    port = free_port()
+def server_command(mode: str, n: int, port: int, store: str) -> list[str]:
+    """The ``tether serve`` command of a storm's first server (its replacement: the same)."""
     window = 0.0 if mode == "naive" else DRAIN_WINDOW_S
     command = [
         sys.executable, "-m", "tether", "serve", "--app", "ticker",
         "--ticker-interval", str(ticker_interval_ms(n)), "--port", str(port),
         "--reuse-port", "--drain-window", str(window), "--store", store,
     ]  # fmt: skip
+    if bench_loop() != "asyncio":
+        # (Only when asked: a tether of before --loop, an A/B's --src, refuses the option.)
+        command += ["--loop", bench_loop()]
+    return command
+
+
+def _one(
+    mode: str, n: int, progress: Progress, store: str, profiler: _Profiler | None = None
+) -> dict[str, Any]:
+    port = free_port()
+    window = 0.0 if mode == "naive" else DRAIN_WINDOW_S
+    command = server_command(mode, n, port, store)
     # Closed in the finally below, once the server processes writing to it are gone.
     log = tempfile.TemporaryFile()  # noqa: SIM115
     server = subprocess.Popen(
@@ -642,6 +654,8 @@ def _report(
         "scenario": "storm",
         "clients": n,
         "store": store,
+        # Servers' and clients' event loop (--loop); the probe always on asyncio's.
+        "loop": bench_loop(),
         "modes": modes,
         "ticker_interval_ms": ticker_interval_ms(n),
         "runs": runs,
@@ -659,6 +673,7 @@ def _report(
         f"storm: {n} clients on a ticker (one message per {ticker_interval_ms(n) / 1000:g} s "
         "each), restart by SIGHUP with a --reuse-port handover; "
         f"store {store if store != DEFAULT_STORE else 'SQLite (a file of the run)'}; "
+        f"servers and clients on the {bench_loop()} event loop (the probe on asyncio's); "
         f"median (min–max) of {count} run(s)",
         table(["", *(MODE_LABELS[m] for m in modes)], rows),
         f"close codes seen: {codes}",
@@ -979,6 +994,8 @@ def _probe_main(argv: list[str]) -> int:
         }
         print("REPORT " + json.dumps(report), flush=True)
 
+    # Always the standard library's loop, whatever the storm's --loop: the probe is the
+    # instrument, and its own side of a handshake must cost the same in every run.
     asyncio.run(main())
     return 0
 
@@ -1130,7 +1147,7 @@ def _client_main(argv: list[str]) -> int:
         # Thousands of connections: leave without closing each (the parent kills us).
         os._exit(0)
 
-    asyncio.run(main())
+    run_loop(main())
     return 0
 
 

@@ -11,13 +11,22 @@ import json
 import math
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from benchmarks import runner, storelat, storm, tickload
-from benchmarks.common import child_env, pick_rows, python_command
+from benchmarks.common import (
+    LOOP_ENV,
+    bench_loop,
+    child_env,
+    pick_rows,
+    python_command,
+    run_loop,
+    use_loop,
+)
 from benchmarks.peers import V1_HELLO, _v1_hello, free_port
 
 
@@ -305,3 +314,40 @@ def test_storelat_resumes_every_session_and_counts_its_transactions(path: str) -
 def test_storelat_median_of_a_run_that_did_not_finish_is_none() -> None:
     assert storelat._median([0.2, None, 0.1]) is None
     assert storelat._median([0.3, 0.1, 0.2]) == 0.2
+
+
+async def _loop_module() -> str:
+    return type(asyncio.get_running_loop()).__module__
+
+
+@pytest.mark.parametrize(("loop", "module"), [("asyncio", "asyncio."), ("uvloop", "uvloop")])
+def test_use_loop_chooses_the_loop_of_this_process_and_its_children(
+    loop: str, module: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--loop reaches every process of a run: run_loop here, the environment of children."""
+    pytest.importorskip("uvloop")
+    monkeypatch.setenv(LOOP_ENV, "asyncio")  # (so that what use_loop sets is undone after)
+    use_loop(loop)
+    assert run_loop(_loop_module()).startswith(module)
+    assert child_env()[LOOP_ENV] == loop
+    command = storm.server_command("tether", 100, 9, "memory")
+    assert ("--loop" in command) is (loop == "uvloop")
+    if loop == "uvloop":
+        assert command[command.index("--loop") + 1] == "uvloop"
+
+
+def test_use_loop_refuses_uvloop_it_cannot_import(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run on another loop than asked for would be mislabelled: refused at once."""
+    monkeypatch.setenv(LOOP_ENV, "asyncio")
+    monkeypatch.setitem(sys.modules, "uvloop", None)
+    with pytest.raises(SystemExit, match="uvloop package cannot be imported"):
+        use_loop("uvloop")
+    assert bench_loop() == "asyncio"
+
+
+def test_bench_loop_is_asyncio_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(LOOP_ENV, raising=False)
+    assert bench_loop() == "asyncio"
+    monkeypatch.setenv(LOOP_ENV, "trio")
+    with pytest.raises(SystemExit, match="expected one of asyncio, uvloop"):
+        bench_loop()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from tether.cli import main
@@ -137,3 +139,14 @@ def test_a_bad_store_url_exits_two_before_anything_runs(
         "tether bench: error: --store: bad Redis URL 'redis://127.0.0.1:0/1':"
         " port 0 (redis-py would use 6379)\n"
     )
+
+
+def test_loop_uvloop_without_the_package_exits_two_before_anything_runs(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--loop uvloop` where uvloop cannot be imported: one line, exit 2, nothing measured."""
+    monkeypatch.setitem(sys.modules, "uvloop", None)
+    assert main(["bench", "storm", "--loop", "uvloop"]) == 2
+    err = capsys.readouterr().err
+    assert "tether bench: error: --loop uvloop needs the uvloop package" in err
+    assert "storm:" not in err

@@ -13,6 +13,9 @@ import signal
 import sys
 from pathlib import Path
 
+from ..exceptions import ConfigurationError
+from .loops import resolve_loop
+
 __all__ = ["SCENARIOS", "register"]
 
 SCENARIOS = ("throughput", "storm", "detect", "memory", "resume")
@@ -93,6 +96,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "redis://127.0.0.1:6379/0"
         ),
     )
+    parser.add_argument(
+        "--loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help=(
+            "event loop of the measured servers and clients (throughput, storm, memory, "
+            "resume; default asyncio, the standard library's; uvloop needs the uvloop package)"
+        ),
+    )
     parser.set_defaults(func=_run)
 
 
@@ -133,7 +145,6 @@ def _run(args: argparse.Namespace) -> int:
     if args.store is not None:
         # Checked now: with `all`, a bad URL would otherwise surface only when the
         # storm starts, after minutes of other scenarios.
-        from ..exceptions import ConfigurationError
         from ..stores import open_store
 
         try:
@@ -141,6 +152,11 @@ def _run(args: argparse.Namespace) -> int:
         except ConfigurationError as exc:
             print(f"tether bench: error: --store: {exc}", file=sys.stderr)
             return 2
+    try:
+        resolve_loop(args.loop)
+    except ConfigurationError as exc:
+        print(f"tether bench: error: {exc}", file=sys.stderr)
+        return 2
     if args.only is not None:
         problem = runner.unknown_rows(args.scenario, args.only)
         if problem is not None:
@@ -170,6 +186,7 @@ def _run(args: argparse.Namespace) -> int:
             connections=args.connections,
             store=args.store,
             only=args.only,
+            loop=args.loop,
         )
     except KeyboardInterrupt:
         if not terminated:
