@@ -28,6 +28,20 @@ from tether.asyncio.chaos import ChaosProxy
 P = TypeVar("P", bound=JsonLineProcess)
 
 
+if os.environ.get("TETHER_TEST_LOOP") == "uvloop":
+    # Run every pytest-asyncio test (and its async fixtures) on uvloop. pytest-asyncio 1.x
+    # deprecates overriding ``event_loop_policy`` (a PytestDeprecationWarning, an error
+    # under filterwarnings=error); its hook is the supported way. Subprocesses (``tether
+    # serve``/``connect``, peers), sync tests that call ``asyncio.run`` and ``run_virtual``
+    # keep their own (stdlib) loops.
+    import uvloop
+
+    def pytest_asyncio_loop_factories(
+        config: pytest.Config, item: pytest.Item
+    ) -> dict[str, Callable[[], Any]]:
+        return {"uvloop": uvloop.new_event_loop}
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """Tests marked ``root`` fail in CI and skip locally (with the reason) when not root."""
     if item.get_closest_marker("root") is not None:
