@@ -1415,7 +1415,13 @@ class ClientConnection:
             return
         try:
             assert self._loop is not None
-            now = self._loop.time()
+            # What falls due at ``when`` is due now, whatever the clock says: uvloop's
+            # clock and timers have millisecond resolution, and its timer can run while
+            # loop.time() is still short of ``when`` (a float deadline just above the
+            # millisecond, a delay rounded down). Re-arming for that same deadline then
+            # ran the timer again at once (a delay under 0.5 ms is a call_soon), over and
+            # over until the clock turned: ~20 timers per ack instead of one.
+            now = max(self._loop.time(), when)
             beat = link.machine.next_deadline()
             if beat is not None and beat <= now:
                 # A full inbox holds reading back: the pong may wait behind what the
