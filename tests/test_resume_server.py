@@ -11,11 +11,13 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from tests.support.earlytimers import EarlyTimerLoop
 from tests.support.eventually import eventually
 from tests.support.tasks import tasks_started
 from tests.support.virtualtime import run_virtual
 from tests.test_session import FakeTransport
 
+import tether
 from tether.asyncio import resume_server
 from tether.asyncio.engine import ClosedInfo, TransportClosed
 from tether.asyncio.resume_server import LAZY_ACK_WRITE_S, TetherV1ServerLayer
@@ -2431,3 +2433,65 @@ def test_settings_that_would_fail_every_handshake_are_refused(
     infinite window: refused at once (before: a traceback and 1011 on every hello)."""
     with pytest.raises(ConfigurationError, match=re.escape(message)):
         TetherV1ServerLayer(store=MemoryStore(), **{option: value})
+
+
+@pytest.mark.integration
+def test_server_timers_run_before_their_deadline_are_not_set_again_for_it() -> None:
+    """On a loop whose timers run early (as uvloop's can), the session's alarm and the
+    heartbeat's timer handle what fell due at their deadline: each deadline gets one timer.
+
+    (Before: both read loop.time(), found nothing due and set a timer again for the same
+    deadline, which ran again at once until the clock reached it: on uvloop 36 alarms, each
+    a task, for 9 deadlines.)
+    """
+    count, gap = 30, 0.03
+
+    async def run() -> tuple[list[float], list[float]]:
+        received = asyncio.Event()
+        seen = 0
+
+        async def sink(session: Session) -> None:
+            nonlocal seen
+            async for _ in session:
+                seen += 1
+                if seen == count:
+                    received.set()
+
+        beat = tether.Heartbeat(interval=0.1, timeout=1.0)
+        server = await tether.serve(sink, "127.0.0.1", 0, heartbeat=beat).start()
+        conn = tether.connect(f"ws://127.0.0.1:{server.port}/", heartbeat=None)
+        alarms: list[float] = []
+        pings: list[float] = []
+        loop = asyncio.get_running_loop()
+        call_at = loop.call_at
+
+        def counting_call_at(when: float, callback: Any, *args: Any, **kw: Any) -> Any:
+            name = getattr(callback, "__qualname__", "")
+            if name == "TetherV1ServerLayer._alarm_rang":
+                alarms.append(when)
+            elif name == "HeartbeatTimer._fire":
+                pings.append(when)
+            return call_at(when, callback, *args, **kw)
+
+        try:
+            await conn
+            loop.call_at = counting_call_at  # type: ignore[assignment,method-assign]
+            try:
+                for n in range(count):
+                    await conn.send(f"m{n}")
+                    await asyncio.sleep(gap)
+                await asyncio.wait_for(received.wait(), 5)
+            finally:
+                del loop.call_at
+        finally:
+            await conn.close()
+            await server.shutdown(drain_window=0.0)
+        return alarms, pings
+
+    with asyncio.Runner(loop_factory=EarlyTimerLoop) as runner:
+        alarms, pings = runner.run(run())
+    assert alarms, "the session's alarm was never set (ack deadlines)"
+    assert pings, "the heartbeat's timer was never set"
+    # (A deadline can be set twice: once more when it is re-armed after it passed.)
+    assert max(alarms.count(when) for when in alarms) <= 2, alarms
+    assert max(pings.count(when) for when in pings) <= 2, pings

@@ -97,17 +97,24 @@ class HeartbeatTimer:
 
     def _arm(self) -> None:
         deadline = self._machine.next_deadline()
-        self._handle = None if deadline is None else self._loop.call_at(deadline, self._fire)
+        self._handle = (
+            None if deadline is None else self._loop.call_at(deadline, self._fire, deadline)
+        )
 
-    def _fire(self) -> None:
+    def _fire(self, when: float) -> None:
         self._handle = None
         transport = self._transport
         if transport.closed is not None:
             self._finish_closed(transport)
             return
         reading = self.reading
+        # What falls due at ``when`` is due now: uvloop's timer can run while its
+        # millisecond clock is still short of ``when``, and the timer set again for the
+        # same deadline then ran again at once until the clock turned.
         result = self._machine.handle_timer(
-            self._loop.time(), None if reading is None else reading(), transport.transfer()
+            max(self._loop.time(), when),
+            None if reading is None else reading(),
+            transport.transfer(),
         )
         if result is not None and result.action is TimerAction.DEAD:
             self.dead = True
@@ -139,7 +146,8 @@ class HeartbeatTimer:
         config = self._machine.config
         grace = config.timeout if config.timeout is not None else config.interval
         assert grace is not None  # (a timer runs only when the heartbeat is enabled)
-        self._handle = self._loop.call_at(self._loop.time() + grace, self._fire)
+        when = self._loop.time() + grace
+        self._handle = self._loop.call_at(when, self._fire, when)
 
     async def _send_ping(self, payload: bytes) -> None:
         try:

@@ -194,6 +194,9 @@ class _V1:
     #: when it fires: only an earlier deadline needs a new one.
     alarm: asyncio.TimerHandle | None = None
     armed: float = float("inf")
+    #: The deadline the alarm last rang for: due, even while the loop's clock reads a
+    #: little before it (uvloop's, in milliseconds, can when its timer runs; see _run).
+    rang: float = float("-inf")
     #: Work was added while the session's task runs: it goes round once more (or,
     #: while ``writing``, the session's task starts once the write is done).
     kicked: bool = False
@@ -1336,8 +1339,12 @@ class TetherV1ServerLayer(ServerLayer):
         try:
             while True:
                 state.kicked = False
-                if (deadline := endpoint.next_deadline()) is not None and (loop.time() >= deadline):
-                    endpoint.handle_timer(loop.time())
+                # (Not loop.time() alone: a deadline the alarm rang for but that the clock
+                # has not reached was set again, and the alarm rang again at once, until
+                # uvloop's millisecond clock turned: a task per ring.)
+                now = max(loop.time(), state.rang)
+                if (deadline := endpoint.next_deadline()) is not None and now >= deadline:
+                    endpoint.handle_timer(now)
                     for event in endpoint.events_received():
                         self._handle(state, event)
                     self._collect(state)
@@ -1366,16 +1373,19 @@ class TetherV1ServerLayer(ServerLayer):
         self._disarm(state)
         if deadline is not None:
             state.armed = deadline
-            state.alarm = asyncio.get_running_loop().call_at(deadline, self._alarm_rang, state)
+            state.alarm = asyncio.get_running_loop().call_at(
+                deadline, self._alarm_rang, state, deadline
+            )
 
     @staticmethod
     def _disarm(state: _V1) -> None:
         state.alarm = _cancel(state.alarm)
         state.armed = float("inf")
 
-    def _alarm_rang(self, state: _V1) -> None:
+    def _alarm_rang(self, state: _V1, when: float) -> None:
         state.alarm = None
         state.armed = float("inf")
+        state.rang = when
         if self._states.get(state.session) is not state or state.ended:
             return  # finished (a late alarm must not expire a session resumed since)
         # A stall verdict must see the acks that arrived: read them if nobody does.
