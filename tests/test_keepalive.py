@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 from collections.abc import Callable
 from typing import Any
@@ -80,10 +81,12 @@ class FakeClock:
     def time(self) -> float:
         return self.now
 
-    def call_at(self, when: float, callback: Callable[[], None]) -> _Handle:
+    def call_at(self, when: float, callback: Callable[..., None], *args: Any) -> _Handle:
         handle = _Handle()
         self._order += 1
-        heapq.heappush(self._timers, (when, self._order, handle, callback))
+        heapq.heappush(
+            self._timers, (when, self._order, handle, functools.partial(callback, *args))
+        )
         return handle
 
     @property
