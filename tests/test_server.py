@@ -63,10 +63,9 @@ async def _serving_forever(*, drain_window: float) -> tuple[Server, asyncio.Futu
     """An echo server run by ``serve_forever()`` in a task, returned once it is SERVING."""
     server = tether.serve(echo, "127.0.0.1", 0, heartbeat=FAST, drain_window=drain_window)
     forever = asyncio.ensure_future(server.serve_forever())
-    for _ in range(500):  # bounded: the server starts within a few event-loop turns
-        if server.state is ServerState.SERVING:
-            break
-        await asyncio.sleep(0)
+    # Waited for in time, not in loop turns: uvloop's create_server resolves even
+    # "127.0.0.1" in libuv's thread pool, which once took more than 500 of its turns.
+    await eventually(lambda: server.state is ServerState.SERVING, what="the server serves")
     return server, forever
 
 
