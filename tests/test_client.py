@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from http import HTTPStatus
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.support.earlytimers import EarlyTimerLoop
 from tests.support.events import EventRecorder
 from tests.support.eventually import eventually
 from tests.support.loop_errors import loop_errors  # noqa: F401 - autouse fixture
@@ -52,6 +54,7 @@ from tether import (
     Rule,
     State,
 )
+from tether.asyncio import client as client_module
 from tether.asyncio.engine import ClosedInfo, Transport, TransportClosed
 from tether.asyncio.layer import ClientLayer, LayerOpened
 from tether.asyncio.websockets_engine import WebsocketsTransport
@@ -1507,3 +1510,43 @@ async def test_a_connect_given_up_by_its_caller_is_not_a_normal_close() -> None:
         await opening
     await eventually(lambda: conn.close_exception is not None, 2)
     assert isinstance(conn.close_exception, tether.ConnectionClosedError)
+
+
+class _CountingEarlyTimers(EarlyTimerLoop):
+    """Timers run 1 ms early (as uvloop's can); counts the reconnect waits' timers."""
+
+    waits = 0
+
+    def call_at(self, when: float, callback: Any, *args: Any, context: Any = None) -> Any:
+        if callback is client_module._resolve:
+            self.waits += 1
+        return super().call_at(when, callback, *args, context=context)
+
+
+@pytest.mark.integration
+def test_a_reconnect_wait_ended_early_by_its_timer_is_not_made_again() -> None:
+    """One timer per reconnect wait, even when the timer runs before the loop's clock
+    reaches the deadline (uvloop's millisecond clock).
+
+    (Before: the attempt found its deadline not reached and waited for the rest of it
+    again, until the clock passed it: 48 timers for the 4 waits of 5 attempts here.)
+    """
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]  # (closed below: connections are refused)
+
+    async def give_up() -> None:
+        conn = tether.connect(
+            f"ws://127.0.0.1:{port}/",
+            backoff=BackoffConfig(max_attempts=4, base=0.02, cap=0.05),
+            resume=False,
+        )
+        with pytest.raises(ConnectionClosedError):
+            await asyncio.wait_for(conn, 10)
+        await conn.close()
+
+    with asyncio.Runner(loop_factory=_CountingEarlyTimers) as runner:
+        runner.run(give_up())
+        loop = runner.get_loop()
+        assert isinstance(loop, _CountingEarlyTimers)
+        assert loop.waits == 4

@@ -755,23 +755,29 @@ class ClientConnection:
 
     async def _next_attempt(self) -> int | None:
         loop = asyncio.get_running_loop()
+        # The deadline the last wait's timer ended: due, whatever the clock reads. (Only
+        # close() wakes the waiter otherwise, and then the state is CLOSED.) uvloop's
+        # timer can end a wait while its millisecond clock is still short of the
+        # deadline; the wait was then made again for what was left of it.
+        waited_for = -math.inf
         while self._core.state is not State.CLOSED:
             deadline = self._core.next_deadline()
             if deadline is None:
                 return None
-            remaining = deadline - loop.time()
-            if remaining > 0:
+            now = max(loop.time(), waited_for)
+            if deadline > now:
                 # A future and a timer: no task per wait (a storm reconnects thousands).
                 waiter = loop.create_future()
                 self._close_waiters.append(waiter)
-                timer = loop.call_later(remaining, _resolve, waiter)
+                timer = loop.call_at(deadline, _resolve, waiter)
                 try:
                     await waiter
                 finally:
                     timer.cancel()
                     _forget(self._close_waiters, waiter)
+                waited_for = deadline
                 continue
-            attempt = self._core.handle_timer(loop.time())
+            attempt = self._core.handle_timer(now)
             if attempt is not None:
                 logger.debug("reconnecting to %s (attempt %d)", self.url, attempt)
                 return attempt
