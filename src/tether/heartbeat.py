@@ -255,7 +255,10 @@ class HeartbeatMachine:
         if self._outstanding and self.config.timeout is not None:
             oldest = min(self._outstanding.values())
             self._pong_deadline = oldest + self.config.timeout
-        self.last_rtt = now - sent
+        # Never negative: a ping is stamped with the deadline its timer was set for,
+        # which a coarse clock (uvloop's, in milliseconds) may not have reached yet
+        # when the pong is read in the same millisecond.
+        self.last_rtt = max(0.0, now - sent)
         return self.last_rtt
 
 
