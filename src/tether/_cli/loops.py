@@ -7,8 +7,8 @@ application. The commands own their process, so they offer it as an option:
 * ``uvloop``: libuv's loop (the optional ``uvloop`` package, ``pip install
   'tether[uvloop]'``; not on Windows). Its transports and accept path are C: a
   tether.v1 reconnection costs 27 % fewer instructions on the server and 29 % fewer
-  on the client (docs/benchmarks.md, seventeenth session), which is what a restart
-  storm is made of.
+  on the client. A 10,000-client restart storm on two overloaded cores did not end
+  sooner for it (docs/benchmarks.md, seventeenth session).
 * ``auto``: uvloop when it is installed, else asyncio.
 
 A handover's replacement is started with the same arguments, so it runs on the

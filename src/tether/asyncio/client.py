@@ -62,7 +62,7 @@ from ..policy import ReconnectPolicy, Rule
 from ..reconnect import ConnectFailure, FailureKind, Outcome, Reconnector
 from ..resume import ResumeConfig
 from .checks import check_count, check_duration
-from .clock import loop_clock
+from .clock import loop_clock, timer_now
 from .engine import ClosedInfo, Message, Transport, TransportClosed
 from .layer import ClientLayer, LayerOpened, PlainLayer
 from .sendqueue import QueueClosed, SendQueue
@@ -755,16 +755,14 @@ class ClientConnection:
 
     async def _next_attempt(self) -> int | None:
         loop = asyncio.get_running_loop()
-        # The deadline the last wait's timer ended: due, whatever the clock reads. (Only
-        # close() wakes the waiter otherwise, and then the state is CLOSED.) uvloop's
-        # timer can end a wait while its millisecond clock is still short of the
-        # deadline; the wait was then made again for what was left of it.
+        # The deadline the last wait's timer ended, due even if the clock is short of it
+        # (timer_now). Only close() wakes the waiter otherwise, and then the state is CLOSED.
         waited_for = -math.inf
         while self._core.state is not State.CLOSED:
             deadline = self._core.next_deadline()
             if deadline is None:
                 return None
-            now = max(loop.time(), waited_for)
+            now = timer_now(loop, waited_for)
             if deadline > now:
                 # A future and a timer: no task per wait (a storm reconnects thousands).
                 waiter = loop.create_future()
@@ -1421,13 +1419,7 @@ class ClientConnection:
             return
         try:
             assert self._loop is not None
-            # What falls due at ``when`` is due now, whatever the clock says: uvloop's
-            # clock and timers have millisecond resolution, and its timer can run while
-            # loop.time() is still short of ``when`` (a float deadline just above the
-            # millisecond, a delay rounded down). Re-arming for that same deadline then
-            # ran the timer again at once (a delay under 0.5 ms is a call_soon), over and
-            # over until the clock turned: ~20 timers per ack instead of one.
-            now = max(self._loop.time(), when)
+            now = timer_now(self._loop, when)
             beat = link.machine.next_deadline()
             if beat is not None and beat <= now:
                 # A full inbox holds reading back: the pong may wait behind what the

@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
-__all__ = ["loop_clock"]
+__all__ = ["loop_clock", "timer_now"]
 
 
 def loop_clock(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
@@ -21,3 +21,16 @@ def loop_clock(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
     if type(loop).time is asyncio.BaseEventLoop.time:
         return time.monotonic
     return loop.time
+
+
+def timer_now(loop: asyncio.AbstractEventLoop, deadline: float) -> float:
+    """The time a timer set for ``deadline`` must act at: never before that deadline.
+
+    uvloop's clock and timers work in whole milliseconds: a timer can run while
+    ``loop.time()`` is still short of its deadline (a float deadline just above the
+    millisecond, a delay rounded down; under 0.5 ms a delay is a ``call_soon``). Code
+    that then judged its deadline not reached set the timer again for it, and the loop
+    ran it again at once, over and over until the clock turned (~20 timers per ack).
+    What fell due at the deadline a timer was set for is due when it runs.
+    """
+    return max(loop.time(), deadline)

@@ -14,6 +14,7 @@ import asyncio
 from collections.abc import Callable
 
 from ..heartbeat import Heartbeat, HeartbeatMachine, Reading, TimerAction
+from .clock import timer_now
 from .engine import Transport, TransportClosed
 
 __all__ = ["HeartbeatTimer"]
@@ -108,11 +109,8 @@ class HeartbeatTimer:
             self._finish_closed(transport)
             return
         reading = self.reading
-        # What falls due at ``when`` is due now: uvloop's timer can run while its
-        # millisecond clock is still short of ``when``, and the timer set again for the
-        # same deadline then ran again at once until the clock turned.
         result = self._machine.handle_timer(
-            max(self._loop.time(), when),
+            timer_now(self._loop, when),
             None if reading is None else reading(),
             transport.transfer(),
         )

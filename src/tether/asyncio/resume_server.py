@@ -94,7 +94,7 @@ from ..stores.base import (
 )
 from ..stores.memory import MemoryStore
 from ..tokens import hash_token, is_late, judge_resume, lost_reason, new_session_id, new_token
-from .clock import loop_clock
+from .clock import loop_clock, timer_now
 from .engine import ClosedInfo, Message, Transport, TransportClosed
 from .session import (
     DEFAULT_MAX_QUEUE_BYTES,
@@ -1339,10 +1339,9 @@ class TetherV1ServerLayer(ServerLayer):
         try:
             while True:
                 state.kicked = False
-                # (Not loop.time() alone: a deadline the alarm rang for but that the clock
-                # has not reached was set again, and the alarm rang again at once, until
-                # uvloop's millisecond clock turned: a task per ring.)
-                now = max(loop.time(), state.rang)
+                # (The deadline the alarm rang for is due, see timer_now: else it was set
+                # again and rang again at once, a task per ring, until the clock turned.)
+                now = timer_now(loop, state.rang)
                 if (deadline := endpoint.next_deadline()) is not None and now >= deadline:
                     endpoint.handle_timer(now)
                     for event in endpoint.events_received():
