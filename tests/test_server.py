@@ -26,6 +26,7 @@ from tether.asyncio.handover import health_check
 from tether.asyncio.resume_server import TetherV1ServerLayer
 from tether.asyncio.server import Server, ServerState
 from tether.asyncio.session import RequestInfo
+from tether.stores.sqlite import SQLiteStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
 
@@ -1163,6 +1164,31 @@ async def test_restart_and_shutdown_before_start_close_the_server() -> None:
         await getattr(server, second)()
         assert server.state is ServerState.CLOSED
         await server.wait_closed()
+
+
+async def test_restart_or_shutdown_before_start_closes_the_store_serve_opened(
+    tmp_path: Path,
+) -> None:
+    """A store serve() opened from a URL is closed by a restart() or shutdown() that comes
+    before start(), as by a failed start (before: it stayed open, with its thread once used).
+    A store passed in as an object is the caller's and stays open."""
+    for action in ("restart", "shutdown"):
+        server = tether.serve(echo, "127.0.0.1", 0, store=f"sqlite:///{tmp_path / action}.db")
+        layer = server.layer
+        assert isinstance(layer, TetherV1ServerLayer)
+        await layer.store.epoch()  # used once: the store's thread and file are open
+        await getattr(server, action)()
+        assert server.state is ServerState.CLOSED
+        assert layer.store._closed  # type: ignore[attr-defined]
+        await server.wait_closed()
+    own = SQLiteStore(tmp_path / "own.db")
+    try:
+        server = tether.serve(echo, "127.0.0.1", 0, store=own)
+        await server.shutdown()
+        assert not own._closed
+        assert await own.epoch()  # (still usable)
+    finally:
+        await own.close()
 
 
 async def test_start_after_close_is_a_clear_error(

@@ -531,7 +531,15 @@ class Server:
             if self._state in (ServerState.NEW, ServerState.CLOSED):
                 # Never started (or a failed start): nothing to drain, and it will not
                 # start any more (docs/server.md, "Life cycle").
+                never_started = self._state is ServerState.NEW
                 self._state = ServerState.CLOSED
+                if never_started and self._layer_from_serve:
+                    # A store serve() opened from a URL is ours to close, as after a
+                    # failed start: nobody else holds it (its stop() is safe unstarted).
+                    try:
+                        await self.layer.stop()
+                    except Exception:
+                        logger.exception("stopping the session layer of an unstarted server failed")
                 self._closed.set()
                 return
             # Stop accepting *now*, before the first await: /healthz turns 503 at once.
