@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
+import gc
 import logging
 import math
 import os
@@ -12,9 +14,9 @@ import signal
 import sqlite3
 import sys
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -27,7 +29,7 @@ from tether.stores.base import (
     StoreUnavailable,
     Write,
 )
-from tether.stores.sqlite import SCHEMA_VERSION, SQLiteStore
+from tether.stores.sqlite import SCHEMA_VERSION, SQLiteStore, _Job
 
 from .conformance import HASH, SID, SharedStoreConformance, StoreConformance, batch
 from .restart_scenario import resume_after_restart
@@ -495,10 +497,30 @@ def count_calls(monkeypatch: pytest.MonkeyPatch, target: object, name: str) -> l
     return calls
 
 
+_T = TypeVar("_T")
+
+
+def on_store_thread(
+    store: SQLiteStore, function: Callable[[], _T]
+) -> concurrent.futures.Future[_T]:
+    """Run ``function`` on the store's (started) thread, after what is queued there."""
+    done: concurrent.futures.Future[_T] = concurrent.futures.Future()
+
+    def run() -> None:
+        try:
+            done.set_result(function())
+        except BaseException as exc:
+            done.set_exception(exc)
+
+    assert store._thread is not None
+    store._tasks.put(run)
+    return done
+
+
 def hold_thread(store: SQLiteStore) -> threading.Event:
     """Keep the store's thread busy until the event is set: calls queue into one group."""
     release = threading.Event()
-    store._executor.submit(release.wait, 5.0)
+    on_store_thread(store, lambda: release.wait(5.0))
     return release
 
 
@@ -507,7 +529,7 @@ def trace_statements(store: SQLiteStore) -> list[str]:
     statements: list[str] = []
     connection = store._connection
     assert connection is not None
-    store._executor.submit(connection.set_trace_callback, statements.append).result(5.0)
+    on_store_thread(store, lambda: connection.set_trace_callback(statements.append)).result(5.0)
     return statements
 
 
@@ -610,11 +632,117 @@ async def test_epoch_is_read_once_per_connection(tmp_path: Path) -> None:
         assert [await store.epoch() for _ in range(3)] == [first] * 3
         assert store.transactions == transactions
         # The connection dropped (as after an I/O error) and the file replaced meanwhile.
-        await asyncio.get_running_loop().run_in_executor(store._executor, store._disconnect)
+        await asyncio.wrap_future(on_store_thread(store, store._disconnect))
         for suffix in ("", "-wal", "-shm"):  # the last close removes the WAL files
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(f"{path}{suffix}")
         assert await store.epoch() != first
+    finally:
+        await store.close()
+
+
+async def test_close_joins_the_stores_thread(tmp_path: Path) -> None:
+    """After close() the store's thread is gone; the next operation is refused, not queued."""
+    before = set(threading.enumerate())
+    store = SQLiteStore(tmp_path / "sessions.db")
+    await store.create(SID, token_hash=HASH, principal=None, now=0.0)
+    assert len(set(threading.enumerate()) - before) == 1  # the store's own
+    await store.close()
+    assert set(threading.enumerate()) - before == set()
+    await store.close()  # idempotent
+    with pytest.raises(StoreError, match="closed"):
+        await store.load(SID)
+    (refused,) = await store.write_many([Write(SID, 1, batch(1, 1))])
+    assert isinstance(refused, StoreError)
+    assert "closed" in str(refused)
+
+
+async def test_close_answers_what_was_queued_before_it(store: SQLiteStore) -> None:
+    """An operation queued while the thread was busy still runs, then close() returns."""
+    await store.create(SID, token_hash=HASH, principal=None, now=0.0)
+    release = hold_thread(store)
+    write = asyncio.ensure_future(store.write(SID, 1, append=batch(1, 2)))
+    await asyncio.sleep(0)  # (the write queued)
+    close = asyncio.ensure_future(store.close())
+    await asyncio.sleep(0)
+    release.set()
+    await asyncio.wait_for(close, 5.0)
+    assert (await write).tx == 2
+    reopened = SQLiteStore(store.path)
+    try:
+        assert await reopened.messages(SID, after=0) == batch(1, 2)
+    finally:
+        await reopened.close()
+
+
+async def test_a_store_never_used_closes_without_a_thread(tmp_path: Path) -> None:
+    """Nothing touched the file: close() starts no thread to stop it."""
+    before = set(threading.enumerate())
+    store = SQLiteStore(tmp_path / "sessions.db")
+    await store.close()
+    assert set(threading.enumerate()) == before
+    assert not (tmp_path / "sessions.db").exists()
+
+
+async def test_a_store_dropped_unclosed_stops_its_thread(tmp_path: Path) -> None:
+    """The thread keeps no store alive: once the store is collected, its thread ends."""
+    store = SQLiteStore(tmp_path / "sessions.db")
+    await store.create(SID, token_hash=HASH, principal=None, now=0.0)
+    thread = store._thread
+    assert thread is not None
+    del store
+    gc.collect()
+    thread.join(5.0)
+    assert not thread.is_alive()
+
+
+async def test_a_closed_loop_in_a_group_does_not_stop_the_others(store: SQLiteStore) -> None:
+    """An operation whose event loop closed before its answer: the rest of its group is answered.
+
+    (Raising there left the other loops' callers of the group waiting forever.)
+    """
+    await store.create(SID, token_hash=HASH, principal=None, now=0.0)
+    gone = asyncio.new_event_loop()
+    release = hold_thread(store)
+    store._enqueue([_Job(lambda db: None, False, gone, gone.create_future())])
+    gone.close()
+    write = asyncio.ensure_future(store.write(SID, 1, append=batch(1, 1)))
+    await asyncio.sleep(0)
+    assert len(store._pending) == 2  # one group, the closed loop's first
+    release.set()
+    assert (await asyncio.wait_for(write, 5.0)).tx == 1
+    assert (await store.load(SID)).tx == 1  # type: ignore[union-attr]
+
+
+# A process that uses a store and exits without closing it (the store still referenced).
+UNCLOSED = """
+import asyncio, sys
+from tether.stores.sqlite import SQLiteStore
+
+store = SQLiteStore(sys.argv[1])
+asyncio.run(store.create("s", token_hash="a" * 64, principal=None, now=0.0))
+print("created", flush=True)
+"""
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(20)
+async def test_a_process_exits_with_a_store_left_open(tmp_path: Path) -> None:
+    """The store's thread is no daemon, yet it does not keep the process from exiting."""
+    path = tmp_path / "sessions.db"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", UNCLOSED, str(path), stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), 10.0)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert (proc.returncode, out) == (0, b"created\n")
+    store = SQLiteStore(path)
+    try:
+        assert (await store.load("s")) is not None
     finally:
         await store.close()
 

@@ -14,8 +14,9 @@ on the same host (``tether serve`` uses it by default). Choices, and why:
   disk". The cost is one fsync per commit, paid once per event-loop turn
   because the adapter batches a turn's messages into one :meth:`write`.
 * **Off the event loop, serialized**: every statement runs on one dedicated
-  thread per store (a single-worker executor that owns the connection), so
-  the loop never blocks on disk and transactions never interleave.
+  thread per store (started on first use, stopped and joined by ``close()``;
+  it owns the connection), so the loop never blocks on disk and transactions
+  never interleave.
 * **Group commit**: operations queued while the thread was busy run together
   in one transaction, so the fsync per commit
   limits commits per second, not sessions: a hundred sessions writing in the
@@ -41,12 +42,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import os
+import queue
 import secrets
 import sqlite3
 import threading
+import weakref
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
 from ..exceptions import ConfigurationError, StoreError
@@ -174,13 +177,16 @@ class SQLiteStore(SessionStore):
         self._busy_timeout_ms = round(
             check_seconds(busy_timeout, "busy_timeout", positive=False) * 1000
         )
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tether-sqlite")
-        # Owned by the executor's thread only: created, used and closed there.
+        # What the store's thread runs, in order (see _run_tasks); None stops it.
+        self._tasks: _Tasks = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None  # started by the first operation
+        # Owned by the store's thread only: created, used and closed there.
         self._connection: sqlite3.Connection | None = None
         # The epoch as read through that connection (see epoch()); set on the thread.
         self._epoch: str | None = None
         self._closed = False
-        # Operations queued for the store's thread (see _thread_flush); guarded by _lock.
+        # Operations queued for the store's thread (see _thread_flush), _closed and
+        # _thread: guarded by _lock.
         self._lock = threading.Lock()
         self._pending: list[_Job[Any]] = []
         self._flush_scheduled = False
@@ -333,7 +339,10 @@ class SQLiteStore(SessionStore):
         if not jobs:
             return results
         group.remaining = len(jobs)
-        self._enqueue(jobs)
+        try:
+            self._enqueue(jobs)
+        except StoreError as closed:  # by another thread since the check above
+            return [closed] * len(writes)
         for index, ok, value in await group.future:
             if ok:
                 self._incidents.succeeded()
@@ -428,15 +437,30 @@ class SQLiteStore(SessionStore):
         return await self._call("expire", remove)
 
     async def close(self) -> None:
-        """Close the database file and stop the store's thread; idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        loop = asyncio.get_running_loop()
+        """Close the database file and stop the store's thread; idempotent.
+
+        Operations queued before run first (their callers are answered); any
+        operation after raises :class:`StoreError`. Returns once the thread ended.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            thread = self._thread
+            if thread is None:  # never used: no thread, no connection
+                return
+            loop = asyncio.get_running_loop()
+            closed: asyncio.Future[None] = loop.create_future()
+            # Behind any flush already queued (put under the same lock), so those run first.
+            self._tasks.put(functools.partial(self._thread_close, loop, closed))
+            self._tasks.put(None)
         try:
-            await loop.run_in_executor(self._executor, self._disconnect)
+            await closed
         finally:
-            self._executor.shutdown(wait=False)
+            # Its last task done, the thread is returning: the join waits for no disk.
+            # (Not when cancelled while waiting: it may still be on the disk then.)
+            if not closed.cancelled():
+                thread.join()
 
     # -- plumbing (the _thread_* methods run on the store's thread) -------------------
 
@@ -448,8 +472,6 @@ class SQLiteStore(SessionStore):
         write: bool = True,
     ) -> _T:
         """Run ``work`` on the store's thread inside a commit group; map backend errors."""
-        if self._closed:
-            raise StoreError(f"sqlite store {self.path} is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[_T] = loop.create_future()
         self._enqueue([_Job(work, write, loop, future)])
@@ -481,13 +503,43 @@ class SQLiteStore(SessionStore):
         return exc
 
     def _enqueue(self, jobs: list[_Job[Any]]) -> None:
-        """Queue ``jobs`` for the store's thread, together (they join the same group)."""
+        """Queue ``jobs`` for the store's thread, together (they join the same group).
+
+        Raises StoreError if the store is closed (checked under the lock: a close()
+        from another thread cannot slip between the check and the queueing).
+        """
         with self._lock:
+            if self._closed:
+                raise StoreError(f"sqlite store {self.path} is closed")
             self._pending.extend(jobs)
-            submit = not self._flush_scheduled
+            if self._flush_scheduled:
+                return  # the flush queued already takes these too
             self._flush_scheduled = True
-        if submit:
-            self._executor.submit(self._thread_flush)
+            if self._thread is None:
+                self._thread = self._start_thread()
+            # Under the lock, so a close() queues its stop behind this flush.
+            self._tasks.put(self._thread_flush)
+
+    def _start_thread(self) -> threading.Thread:
+        """Start the store's thread; it stops at close(), or when the store is collected."""
+        tasks = self._tasks
+        thread = threading.Thread(
+            target=_run_tasks, args=(tasks,), name=f"tether-sqlite-{id(self):x}"
+        )
+        thread.start()
+        # Not a daemon, so that a COMMIT under way finishes before the process exits;
+        # then it must be told to stop: at exit, or when a store never closed is gone.
+        _RUNNING.add(tasks)
+        weakref.finalize(self, tasks.put, None).atexit = False
+        return thread
+
+    def _thread_close(self, loop: asyncio.AbstractEventLoop, closed: asyncio.Future[None]) -> None:
+        try:
+            self._disconnect()
+        except BaseException as exc:
+            _call_soon(loop, _settle_future, closed, False, exc)
+        else:
+            _call_soon(loop, _settle_future, closed, True, None)
 
     def _thread_flush(self) -> None:
         """Run every queued operation in one transaction: one commit (one fsync) for all.
@@ -529,7 +581,10 @@ class SQLiteStore(SessionStore):
         for job, (ok, value) in zip(jobs, outcomes, strict=True):
             settled.setdefault(job.loop, []).append((job, ok, value))
         for loop, results in settled.items():
-            loop.call_soon_threadsafe(_settle_all, results)
+            try:
+                loop.call_soon_threadsafe(_settle_all, results)
+            except RuntimeError:  # closed: nobody to answer there (see _call_soon)
+                continue
 
     def _thread_groups(
         self, db: sqlite3.Connection, jobs: list[_Job[Any]]
@@ -641,6 +696,37 @@ class SQLiteStore(SessionStore):
             db.close()
 
 
+_Tasks = queue.SimpleQueue[Callable[[], object] | None]
+
+# The task queues of the store threads running, told to stop when the interpreter
+# exits (as concurrent.futures does for its workers'): the threads are not daemons,
+# and the interpreter waits for them before it exits.
+_RUNNING: weakref.WeakSet[_Tasks] = weakref.WeakSet()
+
+
+def _stop_all() -> None:
+    for tasks in list(_RUNNING):
+        tasks.put(None)
+
+
+# Before the interpreter joins the threads that are not daemons (atexit runs after).
+threading._register_atexit(_stop_all)  # type: ignore[attr-defined]
+
+
+def _run_tasks(tasks: _Tasks) -> None:
+    """The store's thread: run each task in turn, until None.
+
+    Holds no reference to the store between tasks, so that a store dropped without
+    close() can be collected (which stops this thread, see _start_thread).
+    """
+    while True:
+        task = tasks.get()
+        if task is None:
+            return
+        task()
+        del task
+
+
 class _InDoubt(Exception):
     """A job failed after changing something: its transaction was rolled back."""
 
@@ -680,6 +766,27 @@ def _rollback(db: sqlite3.Connection) -> None:
     """
     if db.in_transaction:
         db.execute("ROLLBACK")
+
+
+def _settle_future(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    if future.cancelled():
+        return
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
+
+
+def _call_soon(
+    loop: asyncio.AbstractEventLoop, callback: Callable[..., object], *args: Any
+) -> None:
+    """``loop.call_soon_threadsafe``, from the store's thread; nothing if the loop is closed.
+
+    A closed loop has no caller left to answer; raising would end the store's thread
+    and leave every later operation, of every loop, waiting forever.
+    """
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(callback, *args)
 
 
 def _settle_all(results: list[tuple[_Job[Any], bool, Any]]) -> None:
