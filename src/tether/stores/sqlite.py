@@ -129,6 +129,9 @@ _RECORD_COLUMNS = (
 # Made once: the connection's statement cache is keyed by the SQL text, which a string
 # formatted per call made (and hashed) anew on every read of a row.
 _SELECT_ROW = f"SELECT {_RECORD_COLUMNS} FROM sessions WHERE sid = ?"
+# What a write needs to check and update a session when it answers no record: four
+# columns of the fourteen (each read is a Python object made on the store's thread).
+_SELECT_COUNTERS = "SELECT generation, tx, acked, rx FROM sessions WHERE sid = ?"
 
 _T = TypeVar("_T")
 
@@ -354,7 +357,7 @@ class SQLiteStore(SessionStore):
         """Start the expiry clock (see :meth:`SessionStore.detach`)."""
 
         def update(db: sqlite3.Connection) -> None:
-            _owned_row(db, sid, generation)
+            _owned_counters(db, sid, generation)
             db.execute("UPDATE sessions SET expires_at = ? WHERE sid = ?", (expires_at, sid))
 
         await self._call("detach", update)
@@ -363,7 +366,7 @@ class SQLiteStore(SessionStore):
         """Mark the session lost and drop its messages (see :meth:`SessionStore.abandon`)."""
 
         def update(db: sqlite3.Connection) -> None:
-            _owned_row(db, sid, generation)
+            _owned_counters(db, sid, generation)
             db.execute("UPDATE sessions SET lost = ?, acked = tx WHERE sid = ?", (reason, sid))
             db.execute("DELETE FROM messages WHERE sid = ?", (sid,))
 
@@ -373,7 +376,7 @@ class SQLiteStore(SessionStore):
         """Record the application's close (see :meth:`SessionStore.end`)."""
 
         def update(db: sqlite3.Connection) -> None:
-            _owned_row(db, sid, generation)
+            _owned_counters(db, sid, generation)
             db.execute(
                 "UPDATE sessions SET end_code = ?, end_reason = ? WHERE sid = ?",
                 (code, reason, sid),
@@ -835,8 +838,11 @@ def _write_work(
     ]
 
     def apply(db: sqlite3.Connection) -> SessionRecord | None:
-        row = _owned_row(db, sid, generation)
-        tx, old_acked, old_rx = row[7], row[8], row[9]
+        if record:
+            row = _owned_row(db, sid, generation)
+            tx, old_acked, old_rx = row[7], row[8], row[9]
+        else:
+            _, tx, old_acked, old_rx = _owned_counters(db, sid, generation)
         if append:
             if append[0].seq != tx + 1:
                 raise StoreError(f"session {sid}: appended seq {append[0].seq}, expected {tx + 1}")
@@ -943,6 +949,16 @@ def _owned_row(db: sqlite3.Connection, sid: str, generation: int) -> Any:
         raise UnknownSession(f"session {sid} is unknown")
     if row[4] != generation:
         raise Fenced(sid, generation, int(row[4]))
+    return row
+
+
+def _owned_counters(db: sqlite3.Connection, sid: str, generation: int) -> Any:
+    """The session's row of ``generation, tx, acked, rx`` if ``generation`` still owns it."""
+    row = db.execute(_SELECT_COUNTERS, (sid,)).fetchone()
+    if row is None:
+        raise UnknownSession(f"session {sid} is unknown")
+    if row[0] != generation:
+        raise Fenced(sid, generation, int(row[0]))
     return row
 
 
