@@ -747,6 +747,47 @@ async def test_a_process_exits_with_a_store_left_open(tmp_path: Path) -> None:
         await store.close()
 
 
+# A store built before a fork and first used in the child (a pre-forking server): the
+# thread is started there, on first use; the parent's store still works after.
+FORKED = """
+import asyncio, os, sys
+from tether.stores.sqlite import SQLiteStore
+
+store = SQLiteStore(sys.argv[1])
+pid = os.fork()
+if pid == 0:
+    asyncio.run(store.create("child", token_hash="a" * 64, principal=None, now=0.0))
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+asyncio.run(store.create("parent", token_hash="a" * 64, principal=None, now=0.0))
+print(os.waitstatus_to_exitcode(status), flush=True)
+"""
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(20)
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+async def test_a_store_built_before_a_fork_works_in_the_child(tmp_path: Path) -> None:
+    """Nothing started before the first operation: the child starts its own thread."""
+    path = tmp_path / "sessions.db"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", FORKED, str(path), stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), 10.0)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert (proc.returncode, out) == (0, b"0\n")
+    store = SQLiteStore(path)
+    try:
+        assert await store.load("child") is not None
+        assert await store.load("parent") is not None
+    finally:
+        await store.close()
+
+
 @pytest.mark.parametrize(
     ("path", "message"),
     [
