@@ -445,6 +445,7 @@ class SQLiteStore(SessionStore):
         Operations queued before run first (their callers are answered); any
         operation after raises :class:`StoreError`. Returns once the thread ended.
         """
+        loop = asyncio.get_running_loop()  # (outside a loop: raises before closing anything)
         with self._lock:
             if self._closed:
                 return
@@ -452,7 +453,6 @@ class SQLiteStore(SessionStore):
             thread = self._thread
             if thread is None:  # never used: no thread, no connection
                 return
-            loop = asyncio.get_running_loop()
             closed: asyncio.Future[None] = loop.create_future()
             # Behind any flush already queued (put under the same lock), so those run first.
             self._tasks.put(functools.partial(self._thread_close, loop, closed))
@@ -708,7 +708,7 @@ class SQLiteStore(SessionStore):
 _Tasks = queue.SimpleQueue[Callable[[], object] | None]
 
 # The task queues of the store threads running, told to stop when the interpreter
-# exits (as concurrent.futures does for its workers'): the threads are not daemons,
+# exits (as concurrent.futures does for its workers): the threads are not daemons,
 # and the interpreter waits for them before it exits.
 _RUNNING: weakref.WeakSet[_Tasks] = weakref.WeakSet()
 
@@ -718,7 +718,8 @@ def _stop_all() -> None:
         tasks.put(None)
 
 
-# Before the interpreter joins the threads that are not daemons (atexit runs after).
+# The hook concurrent.futures uses too: run before the interpreter joins the threads
+# that are not daemons (an atexit function runs after that join, so never).
 threading._register_atexit(_stop_all)  # type: ignore[attr-defined]
 
 
