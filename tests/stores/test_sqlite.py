@@ -725,13 +725,11 @@ print("created", flush=True)
 """
 
 
-@pytest.mark.integration
-@pytest.mark.timeout(20)
-async def test_a_process_exits_with_a_store_left_open(tmp_path: Path) -> None:
-    """The store's thread is no daemon, yet it does not keep the process from exiting."""
-    path = tmp_path / "sessions.db"
+async def _run_python(script: str, path: Path) -> tuple[int | None, bytes]:
+    """Run ``script`` with ``path`` as its argument in a new interpreter (bounded, killed
+    by its PID if it hangs); its exit status and what it printed."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", UNCLOSED, str(path), stdout=asyncio.subprocess.PIPE
+        sys.executable, "-c", script, str(path), stdout=asyncio.subprocess.PIPE
     )
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), 10.0)
@@ -739,7 +737,15 @@ async def test_a_process_exits_with_a_store_left_open(tmp_path: Path) -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
-    assert (proc.returncode, out) == (0, b"created\n")
+    return proc.returncode, out
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(20)
+async def test_a_process_exits_with_a_store_left_open(tmp_path: Path) -> None:
+    """The store's thread is no daemon, yet it does not keep the process from exiting."""
+    path = tmp_path / "sessions.db"
+    assert await _run_python(UNCLOSED, path) == (0, b"created\n")
     store = SQLiteStore(path)
     try:
         assert (await store.load("s")) is not None
@@ -770,16 +776,7 @@ print(os.waitstatus_to_exitcode(status), flush=True)
 async def test_a_store_built_before_a_fork_works_in_the_child(tmp_path: Path) -> None:
     """Nothing started before the first operation: the child starts its own thread."""
     path = tmp_path / "sessions.db"
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", FORKED, str(path), stdout=asyncio.subprocess.PIPE
-    )
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), 10.0)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    assert (proc.returncode, out) == (0, b"0\n")
+    assert await _run_python(FORKED, path) == (0, b"0\n")
     store = SQLiteStore(path)
     try:
         assert await store.load("child") is not None
