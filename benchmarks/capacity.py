@@ -2,7 +2,7 @@
 
     python -m benchmarks.capacity [--impl websockets,picows,tether,tether-v1,tether-v1-resume]
                                   [--rates 500,1000,1500,2000,3000] [--seconds 2]
-                                  [--store memory|sqlite] [--gc tuned|guarded|default]
+                                  [--store memory|sqlite] [--gc tuned|default]
                                   [--loop asyncio|uvloop] [--json]
 
 A restart storm of 10,000 clients over a 5 s drain, with clients waiting 1–5 s
@@ -33,12 +33,10 @@ A rate is *sustained* when every connection completed and the p99 was at most
 100 ms; the table's last column is the highest sustained rate.
 
 The servers run with the collector settings of ``tether serve`` (``--gc tuned``:
-``gc.freeze()`` after start-up, a young-generation threshold of 10,000; ``--gc
-guarded`` adds its ArrivalGuard, which freezes what survived every 0.25 s for the
-first 20 s) unless ``--gc default``: the same for every row, so that the rows
-compare the engines and tether's layer, not collector settings. Needs 2 CPUs
-(without them the run is not pinned, and says so). Not part of ``tether bench``: a
-tool for docs/benchmarks.md.
+``gc.freeze()`` after start-up, a young-generation threshold of 10,000) unless
+``--gc default``: the same for every row, so that the rows compare the engines and
+tether's layer, not collector settings. Needs 2 CPUs (without them the run is not
+pinned, and says so). Not part of ``tether bench``: a tool for docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -55,7 +53,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -409,28 +407,14 @@ def _serve_main(argv: list[str]) -> int:
     impl, gc_mode, *rest = argv
     store = rest[1] if rest[:1] == ["--store"] else None
     raise_nofile_limit()
-    if gc_mode in ("tuned", "guarded"):
+    if gc_mode == "tuned":
         # As tether serve's _tune_gc: freeze what start-up built; young threshold 10,000.
         gc.collect()
         gc.freeze()
         _, middle, old = gc.get_threshold()
         gc.set_threshold(10_000, middle, old)
-    if gc_mode == "guarded":
-        run_loop(_guarded(_run_server(impl, 0, False, store)))
-    else:
-        run_loop(_run_server(impl, 0, False, store))
+    run_loop(_run_server(impl, 0, False, store))
     return 0
-
-
-async def _guarded(serving: Coroutine[Any, Any, None]) -> None:
-    """``serving`` with tether serve's ArrivalGuard from start-up (as with --drain-window 5)."""
-    from tether._cli.serve import ARRIVAL_GUARD_EXTRA_S, ArrivalGuard
-
-    guard = ArrivalGuard(asyncio.get_running_loop(), 5.0 + ARRIVAL_GUARD_EXTRA_S)
-    try:
-        await serving
-    finally:
-        guard.stop()
 
 
 def _store_url(store: str, directory: str, impl: str, rate: int) -> str | None:
@@ -532,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rates", default=",".join(map(str, DEFAULT_RATES)))
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--store", choices=("memory", "sqlite"), default="memory")
-    parser.add_argument("--gc", choices=("tuned", "guarded", "default"), default="tuned")
+    parser.add_argument("--gc", choices=("tuned", "default"), default="tuned")
     parser.add_argument(
         "--loop", choices=LOOPS, default="asyncio", help="the servers' event loop (load: asyncio)"
     )

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 from tests.support.handshake import handshake_status
-from tests.support.virtualtime import run_virtual
 from websockets.asyncio.client import connect
 
 from tether.asyncio.handover import health_check
@@ -680,63 +679,3 @@ def test_the_steering_is_relied_on_only_by_a_server_alone_on_its_port(
         return shared, single
 
     assert asyncio.run(check()) == (False, True)
-
-
-def test_the_arrival_guard_freezes_each_period_then_hands_everything_back() -> None:
-    """Every period until its time is up, the guard freezes what survived; then it unfreezes
-    once. A stop() before that unfreezes at once and ends the freezing; a second stop() does
-    nothing."""
-    from tether._cli.serve import ArrivalGuard
-
-    calls: list[tuple[str, float]] = []
-
-    async def main(stop_at: float | None) -> ArrivalGuard:
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        guard = ArrivalGuard(
-            loop,
-            1.0,
-            period=0.25,
-            freeze=lambda: calls.append(("freeze", loop.time() - start)),
-            unfreeze=lambda: calls.append(("unfreeze", loop.time() - start)),
-        )
-        assert guard.active
-        if stop_at is not None:
-            await asyncio.sleep(stop_at)
-            guard.stop()
-            guard.stop()
-        await asyncio.sleep(5.0)
-        return guard
-
-    guard = run_virtual(main(None))
-    assert not guard.active
-    assert calls == [("freeze", 0.25), ("freeze", 0.5), ("freeze", 0.75), ("unfreeze", 1.0)]
-    calls.clear()
-    run_virtual(main(0.6))
-    assert calls == [("freeze", 0.25), ("freeze", 0.5), ("unfreeze", 0.6)]
-
-
-def test_the_arrival_guard_keeps_survivors_out_of_the_collections_until_it_ends() -> None:
-    """With the real collector: objects alive at a tick are frozen (no collection walks
-    them), and the end hands them back (nothing stays frozen for good)."""
-    import gc
-
-    from tether._cli.serve import ArrivalGuard
-
-    gc.unfreeze()
-    survivors = [[i] for i in range(1000)]  # tracked containers, alive throughout
-
-    async def main() -> tuple[int, int]:
-        guard = ArrivalGuard(asyncio.get_running_loop(), 1.0, period=0.25)
-        await asyncio.sleep(0.3)
-        during = gc.get_freeze_count()
-        await asyncio.sleep(1.0)
-        assert not guard.active
-        return during, gc.get_freeze_count()
-
-    try:
-        during, after = run_virtual(main())
-    finally:
-        gc.unfreeze()
-    assert during >= len(survivors)
-    assert after == 0

@@ -24,8 +24,6 @@ from ..exceptions import ConfigurationError, InvalidCloseCode, StoreError
 from .loops import add_loop_option, resolve_loop, run_on
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from ..stores.base import SessionStore
 
 __all__ = ["register"]
@@ -43,11 +41,6 @@ DEFAULT_RESUME_WINDOW_S = 120.0
 #: millisecond and took connection set-up from 0.33 to 0.25 ms of CPU (4,000
 #: handshakes, with gc.freeze; docs/benchmarks.md, "What limits tether" point 4).
 GC_YOUNG_THRESHOLD = 10_000
-#: How long after start-up (beyond --drain-window: a handover's clients come back within
-#: the old process's drain window plus their 1-5 s wait) this command keeps the
-#: sessions' objects out of the older GC generations (see ArrivalGuard), and how often.
-ARRIVAL_GUARD_EXTRA_S = 15.0
-ARRIVAL_FREEZE_PERIOD_S = 0.25
 
 
 def register(subparsers: Any) -> None:
@@ -295,11 +288,7 @@ async def _serve(args: argparse.Namespace, heartbeat: Any, store: SessionStore |
     # (Without --reuse-port the server installed its own handlers in start().)
     _hold_sighup(False)
     _tune_gc()
-    guard = ArrivalGuard(asyncio.get_running_loop(), args.drain_window + ARRIVAL_GUARD_EXTRA_S)
-    try:
-        await server.wait_closed()
-    finally:
-        guard.stop()
+    await server.wait_closed()
     return 0
 
 
@@ -378,60 +367,6 @@ def _tune_gc() -> None:
     gc.freeze()
     _, middle, old = gc.get_threshold()
     gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
-
-
-class ArrivalGuard:
-    """For a while after start-up, keep what the connections build out of the older GC walks.
-
-    A replacement takes a storm of reconnections right after it starts: 10,000 tether.v1
-    sessions are about a million objects the cyclic collector tracks, and each passes
-    through a middle-generation collection (tens of ms each on a slow machine) and then
-    makes the full collections walk it all: in two storms of 10,000 measured on
-    2026-11-27 (docs/benchmarks.md, eighteenth session) the replacement's middle and full
-    collections took 2.0 and 2.1 s of CPU, the longest pause 0.87 s, during which no
-    handshake is served. So every ``period`` seconds until ``seconds``
-    after start-up, what survived the young collections is frozen (``gc.freeze()``, which
-    moves lists: it costs nothing per object); young collections go on collecting what
-    dies young. At the end everything frozen is handed back to the collector
-    (``gc.unfreeze()``): a cycle that became garbage after it was frozen (a connection
-    closed during the storm) waits until then for a full collection. The start-up objects
-    :func:`_tune_gc` froze are handed back with it.
-    """
-
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        seconds: float,
-        *,
-        period: float = ARRIVAL_FREEZE_PERIOD_S,
-        freeze: Callable[[], None] = gc.freeze,
-        unfreeze: Callable[[], None] = gc.unfreeze,
-    ) -> None:
-        self._loop = loop
-        self._until = loop.time() + seconds
-        self._period = period
-        self._freeze = freeze
-        self._unfreeze = unfreeze
-        self._timer: asyncio.TimerHandle | None = loop.call_later(period, self._tick)
-
-    @property
-    def active(self) -> bool:
-        return self._timer is not None
-
-    def _tick(self) -> None:
-        if self._loop.time() >= self._until:
-            self.stop()
-            return
-        self._freeze()
-        self._timer = self._loop.call_later(self._period, self._tick)
-
-    def stop(self) -> None:
-        """Stop freezing and hand everything frozen back to the collector; idempotent."""
-        if self._timer is None:
-            return
-        self._timer.cancel()
-        self._timer = None
-        self._unfreeze()
 
 
 def _stop_collecting_for_exit() -> None:
