@@ -753,6 +753,44 @@ async def test_a_process_exits_with_a_store_left_open(tmp_path: Path) -> None:
         await store.close()
 
 
+# A store used before a fork, then in the child (a pre-forking server that opened its
+# store first): the child gets a thread of its own; the parent's store still works after.
+USED_THEN_FORKED = """
+import asyncio, os, signal, sys
+from tether.stores.sqlite import SQLiteStore
+
+store = SQLiteStore(sys.argv[1])
+asyncio.run(store.create("before", token_hash="a" * 64, principal=None, now=0.0))
+pid = os.fork()
+if pid == 0:
+    signal.alarm(5)  # a child that hangs ends by itself (and the parent reports it)
+    asyncio.run(store.create("child", token_hash="a" * 64, principal=None, now=0.0))
+    asyncio.run(store.close())
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+asyncio.run(store.create("parent", token_hash="a" * 64, principal=None, now=0.0))
+asyncio.run(store.close())
+print(os.waitstatus_to_exitcode(status), flush=True)
+"""
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(20)
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+async def test_a_store_used_before_a_fork_works_in_the_child(tmp_path: Path) -> None:
+    """The parent's thread does not come along with a fork: the child starts its own
+    (before: the child's first operation was queued for a thread that was not there,
+    and waited for ever)."""
+    path = tmp_path / "sessions.db"
+    assert await _run_python(USED_THEN_FORKED, path) == (0, b"0\n")
+    store = SQLiteStore(path)
+    try:
+        for sid in ("before", "child", "parent"):
+            assert await store.load(sid) is not None, sid
+    finally:
+        await store.close()
+
+
 # A store built before a fork and first used in the child (a pre-forking server): the
 # thread is started there, on first use; the parent's store still works after.
 FORKED = """

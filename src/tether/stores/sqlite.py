@@ -196,6 +196,7 @@ class SQLiteStore(SessionStore):
         #: Transactions committed so far (each is one fsync); a statistic.
         self.transactions = 0
         self._incidents = IncidentLog(f"sqlite {self.path}")
+        _STORES.add(self)
 
     # -- SessionStore ------------------------------------------------------------------
 
@@ -523,6 +524,25 @@ class SQLiteStore(SessionStore):
             # Under the lock, so a close() queues its stop behind this flush.
             self._tasks.put(self._thread_flush)
 
+    def _forked(self) -> None:
+        """In a child process after fork(): start afresh on the next operation.
+
+        The parent's thread did not come along (only the forking thread does), so its
+        queue would never be served, and its lock may have been held at the fork.
+        Operations the parent had queued are the parent's. The parent's SQLite
+        connection must not be used here (SQLite's rule for fork) nor closed (that
+        would end what the parent's connection has under way in the file's journal):
+        it is kept, unused, for the life of this process.
+        """
+        self._lock = threading.Lock()
+        self._tasks = queue.SimpleQueue()
+        self._thread = None
+        self._pending = []
+        self._flush_scheduled = False
+        if self._connection is not None:
+            _INHERITED_CONNECTIONS.append(self._connection)
+            self._connection = None
+
     def _start_thread(self) -> threading.Thread:
         """Start the store's thread; it stops at close(), or when the store is collected."""
         tasks = self._tasks
@@ -711,6 +731,20 @@ _Tasks = queue.SimpleQueue[Callable[[], object] | None]
 # exits (as concurrent.futures does for its workers): the threads are not daemons,
 # and the interpreter waits for them before it exits.
 _RUNNING: weakref.WeakSet[_Tasks] = weakref.WeakSet()
+# Every store alive, told when this process is a fork's child (see _forked); and the
+# connections the parent had open, which a child must neither use nor close.
+_STORES: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
+_INHERITED_CONNECTIONS: list[sqlite3.Connection] = []
+
+
+def _after_fork_in_child() -> None:
+    _RUNNING.clear()  # (the parent's threads are not here to stop)
+    for store in list(_STORES):
+        store._forked()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _stop_all() -> None:
