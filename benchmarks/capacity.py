@@ -47,7 +47,6 @@ import contextlib
 import errno
 import gc
 import json
-import math
 import os
 import socket
 import sys
@@ -69,6 +68,7 @@ from .common import (
     use_loop,
 )
 from .peers import V1_HELLO, raise_nofile_limit
+from .storm import _percentile
 
 IMPLS = ("websockets", "picows", "tether", "tether-v1", "tether-v1-resume")
 DEFAULT_RATES = (500, 1000, 1500, 2000, 3000)
@@ -296,9 +296,8 @@ class Step:
 
     def percentile(self, q: float) -> float:
         """Over every planned connection; a failed one counts as never answered."""
-        values = sorted(self.latencies) + [float("inf")] * (self.planned - len(self.latencies))
-        # Nearest rank, as the storm's figures (benchmarks.storm._percentile).
-        return values[min(len(values) - 1, max(0, math.ceil(q * len(values)) - 1))]
+        never = [float("inf")] * (self.planned - len(self.latencies))
+        return _percentile([*self.latencies, *never], q * 100)  # nearest rank, as the storm's
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -528,20 +528,14 @@ class Server:
             # closed, and the start then make it serve, listening with nothing to stop it).
             await asyncio.shield(self._starting)
         if self._drain_task is None:
-            if self._state in (ServerState.NEW, ServerState.CLOSED):
-                # Never started (or a failed start): nothing to drain, and it will not
-                # start any more (docs/server.md, "Life cycle").
-                never_started = self._state is ServerState.NEW
-                self._state = ServerState.CLOSED
-                if never_started and self._layer_from_serve:
-                    # A store serve() opened from a URL is ours to close, as after a
-                    # failed start: nobody else holds it (its stop() is safe unstarted).
-                    try:
-                        await self.layer.stop()
-                    except Exception:
-                        logger.exception("stopping the session layer of an unstarted server failed")
-                self._closed.set()
+            if self._state is ServerState.NEW:
+                # Never started: nothing to drain, and it will not start any more
+                # (docs/server.md, "Life cycle"). Undone as a failed start is: closed,
+                # and a store serve() opened from a URL closed with it.
+                await self._undo_start()
                 return
+            if self._state is ServerState.CLOSED:
+                return  # (a failed start, already undone)
             # Stop accepting *now*, before the first await: /healthz turns 503 at once.
             self._state = ServerState.DRAINING
             self._drain_close = (code, reason)

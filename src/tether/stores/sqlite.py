@@ -813,7 +813,7 @@ def _rollback(db: sqlite3.Connection) -> None:
 
 
 def _settle_future(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
-    if future.cancelled():
+    if future.cancelled():  # the caller gave up waiting; the operation happened anyway
         return
     if ok:
         future.set_result(value)
@@ -844,14 +844,8 @@ def _settle_all(jobs: list[_Job[Any]], outcomes: list[tuple[bool, Any]]) -> None
             if group.remaining == 0 and not group.future.cancelled():
                 group.future.set_result(group.outcomes)
             continue
-        future = job.future
-        assert future is not None
-        if future.cancelled():  # the caller gave up waiting; the operation happened anyway
-            continue
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
+        assert job.future is not None
+        _settle_future(job.future, ok, value)
 
 
 def _write_work(
@@ -987,21 +981,20 @@ def _require(db: sqlite3.Connection, sid: str) -> SessionRecord:
 
 def _owned_row(db: sqlite3.Connection, sid: str, generation: int) -> Any:
     """The session's row (``_RECORD_COLUMNS``) if ``generation`` still owns it."""
-    row = _row(db, sid)
-    if row is None:
-        raise UnknownSession(f"session {sid} is unknown")
-    if row[4] != generation:
-        raise Fenced(sid, generation, int(row[4]))
-    return row
+    return _owned(_row(db, sid), 4, sid, generation)
 
 
 def _owned_counters(db: sqlite3.Connection, sid: str, generation: int) -> Any:
     """The session's row of ``generation, tx, acked, rx`` if ``generation`` still owns it."""
-    row = db.execute(_SELECT_COUNTERS, (sid,)).fetchone()
+    return _owned(db.execute(_SELECT_COUNTERS, (sid,)).fetchone(), 0, sid, generation)
+
+
+def _owned(row: Any, at: int, sid: str, generation: int) -> Any:
+    """``row`` if the session exists and ``generation`` (column ``at``) still owns it."""
     if row is None:
         raise UnknownSession(f"session {sid} is unknown")
-    if row[0] != generation:
-        raise Fenced(sid, generation, int(row[0]))
+    if row[at] != generation:
+        raise Fenced(sid, generation, int(row[at]))
     return row
 
 
