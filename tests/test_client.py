@@ -1540,6 +1540,9 @@ def test_a_reconnect_wait_ended_early_by_its_timer_is_not_made_again() -> None:
             f"ws://127.0.0.1:{port}/",
             backoff=BackoffConfig(max_attempts=4, base=0.02, cap=0.05),
             resume=False,
+            # Every delay at its ceiling (20-50 ms): a full-jitter draw near 0 would leave a
+            # deadline already past when the wait begins, which needs no timer (3 waits, not 4).
+            rng=_TopOfEveryDraw(),
         )
         with pytest.raises(ConnectionClosedError):
             await asyncio.wait_for(conn, 10)
