@@ -26,7 +26,7 @@ ROWS = {
         "picows", "aiohttp", "tcp",
     ),
     "memory": ("websockets", "tether", "tether-v1", "aiohttp", "picows"),
-    "storm": ("tether", "tether-plain", "naive"),
+    "storm": ("tether", "tether-plain", "websockets", "naive"),
 }  # fmt: skip
 
 

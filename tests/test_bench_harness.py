@@ -7,8 +7,10 @@ what a figure means, fed with made-up inputs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -351,3 +353,71 @@ def test_bench_loop_is_asyncio_unless_asked(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv(LOOP_ENV, "trio")
     with pytest.raises(SystemExit, match="expected one of asyncio, uvloop"):
         bench_loop()
+
+
+def test_raw_reference_server_hands_over_as_tether_serve_does(tmp_path: Path) -> None:
+    """The storm's engine reference (``benchmarks.rawserver``), for real: it ticks, and a
+    SIGHUP starts a replacement on the same port, closes every connection with 1012
+    within the drain window, and logs the lines the storm reads its timings from."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    port = free_port()
+    log_path = tmp_path / "server.log"
+    command = storm.server_command("websockets", 100, port, "unused")
+    assert command[:3] == [sys.executable, "-m", "benchmarks.rawserver"]
+    command[command.index("--drain-window") + 1] = "0.5"
+    command[command.index("--ticker-interval") + 1] = "50"
+    replacement: int | None = None
+    with log_path.open("w+b") as log:  # (read back by pread: replacement_pid)
+        server = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=child_env()
+        )
+        try:
+            storm._wait_healthy(port, server, 30)  # type: ignore[arg-type]
+            url = f"ws://127.0.0.1:{port}/"
+
+            async def close_code(client: Any) -> int | None:
+                """Read ticks until the connection ends; the code of the Close received."""
+                try:
+                    while True:
+                        await asyncio.wait_for(client.recv(), 10)
+                except ConnectionClosed:
+                    received = client.protocol.close_rcvd
+                    return None if received is None else int(received.code)
+
+            async def storm_of_three() -> tuple[list[int | None], list[str], str]:
+                clients = [await connect(url, open_timeout=10) for _ in range(3)]
+                first = [json.loads(await asyncio.wait_for(c.recv(), 5)) for c in clients]
+                nodes = {m["node"] for m in first}
+                assert len(nodes) == 1
+                assert all(m["seq"] == 1 for m in first)
+                server.send_signal(signal.SIGHUP)
+                codes = [await close_code(client) for client in clients]
+                # Served by the replacement now: another process, its own ticker.
+                async with connect(url, open_timeout=10) as again:
+                    after = json.loads(await asyncio.wait_for(again.recv(), 5))
+                return codes, sorted(nodes), str(after["node"])
+
+            codes, (old_node,), new_node = asyncio.run(asyncio.wait_for(storm_of_three(), 30))
+            assert codes == [1012, 1012, 1012]
+            assert new_node != old_node
+            server.wait(15)  # the old process exits once drained
+            assert server.returncode == 0
+            text = log_path.read_text()
+            replacement = storm.replacement_pid(log.fileno())
+            assert replacement is not None
+            assert str(replacement) == new_node
+            began = storm.drain_started_after_sighup(text)
+            assert began is not None
+            assert 0 <= began < 10
+            assert "draining 3 connection(s) with 1012 over 0.5 s" in text
+        finally:
+            if server.poll() is None:
+                server.kill()
+                server.wait(10)
+            replacement = replacement or storm.replacement_pid(log.fileno())
+            if replacement is not None:  # stopped by its PID (SIGINT, then SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(replacement, signal.SIGINT)
+                storm._wait_gone(replacement, 10)

@@ -83,7 +83,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "`memory --only tether-v1`; raw websockets, the ratios' reference, is always "
             "measured with a tether row. throughput: websockets, tether, tether-v1, "
             "tether-server, tether-client, picows, aiohttp, tcp; memory: websockets, tether, "
-            "tether-v1, aiohttp, picows; storm: tether, tether-plain, naive"
+            "tether-v1, aiohttp, picows; storm: tether, tether-plain, websockets, naive"
         ),
     )
     parser.add_argument(
