@@ -467,7 +467,43 @@ def _one(
     back = merged["all_reconnected_after_s"]
     until = math.inf if back is None else restarted_at + back
     merged["probe_handshake_s"] = probe_figures(probe_report, restarted_at, until)
+    merged["probe_slowest"] = slowest_samples(
+        probe_report,
+        restarted_at,
+        until,
+        ticker_interval_ms(n) / 1000,
+        time.time() - time.monotonic(),
+    )
     return merged
+
+
+def slowest_samples(
+    report: dict[str, Any],
+    since: float,
+    until: float,
+    tick_s: float,
+    wall_minus_monotonic: float,
+    count: int = 10,
+) -> list[dict[str, float]]:
+    """The probe's ``count`` slowest handshakes of the storm, each with when it started.
+
+    ``after_sighup_s``: its start after ``since`` (the SIGHUP); ``tick_phase_s``: its
+    start's place in the ticker's period (0: the wall-clock instant at which every
+    handler sends its tick, so a sample just after 0 waited behind a tick's burst).
+    """
+    storm = [(t, x) for t, x in report["handshake_s"] if since <= t <= until]
+    storm += [(t, math.inf) for t, _ in report["failed_s"] if since <= t <= until]
+    storm.sort(key=lambda sample: sample[1], reverse=True)
+    return [
+        {
+            "after_sighup_s": round(t - since, 3),
+            # CLOCK_MONOTONIC, shared by every process: to match a server's own stamps.
+            "monotonic_s": round(t, 3),
+            "latency_s": x,
+            "tick_phase_s": round((t + wall_minus_monotonic) % tick_s, 3),
+        }
+        for t, x in storm[:count]
+    ]
 
 
 def connect_clients(mode: str, url: str, n: int, procs: list[subprocess.Popen[str]]) -> None:

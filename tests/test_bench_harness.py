@@ -421,3 +421,18 @@ def test_raw_reference_server_hands_over_as_tether_serve_does(tmp_path: Path) ->
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(replacement, signal.SIGINT)
                 storm._wait_gone(replacement, 10)
+
+
+def test_slowest_probe_samples_say_when_and_where_in_the_tick() -> None:
+    """Only the storm's samples, slowest first (a failure slowest of all), with their
+    offset from the SIGHUP and their phase in the ticker's period (wall clock)."""
+    report = {
+        "handshake_s": [(9.0, 5.0), (10.5, 0.2), (11.0, 0.9), (12.0, 0.01), (30.0, 3.0)],
+        "failed_s": [(13.0, 10.0)],
+    }
+    slowest = storm.slowest_samples(report, 10.0, 20.0, 5.0, 1000.25, count=3)
+    assert [s["latency_s"] for s in slowest] == [math.inf, 0.9, 0.2]
+    assert [s["after_sighup_s"] for s in slowest] == [3.0, 1.0, 0.5]
+    assert [s["monotonic_s"] for s in slowest] == [13.0, 11.0, 10.5]
+    # Wall clock 1013.25, 1011.25, 1010.75: 3.25, 1.25 and 0.75 s after a 5 s tick.
+    assert [s["tick_phase_s"] for s in slowest] == [3.25, 1.25, 0.75]
