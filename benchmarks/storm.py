@@ -918,9 +918,23 @@ class _Tracker:
             self.reconnected_at = time.monotonic()
 
 
+async def _ticks_until_closed(ws: Any, tracker: _Tracker) -> int:
+    """Count a raw websockets connection's ticks until it ends; the close code it got."""
+    from websockets.exceptions import ConnectionClosed
+
+    try:
+        async for message in ws:
+            tracker.tick(message)
+    except ConnectionClosed:
+        pass
+    received = ws.protocol.close_rcvd
+    code = 1006 if received is None else int(received.code)
+    tracker.closed(code)
+    return code
+
+
 async def _naive_client(url: str, tracker: _Tracker, gate: asyncio.Semaphore, first: Any) -> None:
     from websockets.asyncio.client import connect
-    from websockets.exceptions import ConnectionClosed
 
     initial = True
     while tracker.attempts < 10_000:  # bounded even if the server never comes back
@@ -948,13 +962,7 @@ async def _naive_client(url: str, tracker: _Tracker, gate: asyncio.Semaphore, fi
         if initial:
             initial = False
             first(True)
-        try:
-            async for message in ws:
-                tracker.tick(message)
-        except ConnectionClosed:
-            pass
-        received = ws.protocol.close_rcvd
-        tracker.closed(1006 if received is None else int(received.code))
+        await _ticks_until_closed(ws, tracker)
 
 
 async def _raw_client(url: str, tracker: _Tracker, gate: asyncio.Semaphore, first: Any) -> None:
@@ -967,7 +975,6 @@ async def _raw_client(url: str, tracker: _Tracker, gate: asyncio.Semaphore, firs
     import random
 
     from websockets.asyncio.client import connect
-    from websockets.exceptions import ConnectionClosed
 
     rng = random.Random()
     initial = True
@@ -999,14 +1006,7 @@ async def _raw_client(url: str, tracker: _Tracker, gate: asyncio.Semaphore, firs
             initial = False
             tracker.subprotocol = ws.subprotocol
             first(True)
-        try:
-            async for message in ws:
-                tracker.tick(message)
-        except ConnectionClosed:
-            pass
-        received = ws.protocol.close_rcvd
-        code = 1006 if received is None else int(received.code)
-        tracker.closed(code)
+        code = await _ticks_until_closed(ws, tracker)
         delay = rng.uniform(1.0, 5.0) if code == 1012 else rng.uniform(0.0, 0.5)
 
 
