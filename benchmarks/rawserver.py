@@ -31,8 +31,10 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import itertools
 import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -75,14 +77,17 @@ class TickerServer:
         self.args = args
         self.interval_ms = float(args.ticker_interval)
         self.node = str(os.getpid())
-        self.connections: set[Any] = set()
+        #: Open connections, oldest first (a dict keeps the order of arrival).
+        self.connections: dict[Any, None] = {}
         self.draining = False
+        #: A SIGHUP is being acted on (a second one must not start a second replacement).
+        self.handing_over = False
         self.done: asyncio.Future[None] | None = None
 
     async def handler(self, ws: Any) -> None:
         from websockets.exceptions import ConnectionClosed
 
-        self.connections.add(ws)
+        self.connections[ws] = None
         sender = asyncio.ensure_future(self._tick(ws))
         try:
             async for _ in ws:  # the ticker ignores what clients send; this sees the end
@@ -90,7 +95,7 @@ class TickerServer:
         except ConnectionClosed:
             pass
         finally:
-            self.connections.discard(ws)
+            self.connections.pop(ws, None)
             sender.cancel()
 
     async def _tick(self, ws: Any) -> None:
@@ -119,6 +124,9 @@ class TickerServer:
 
         loop = asyncio.get_running_loop()
         self.done = loop.create_future()
+        # Thousands of connections: the engine's per-connection INFO lines are noise.
+        engine_logger = logging.getLogger("benchmarks.rawserver.engine")
+        engine_logger.setLevel(logging.WARNING)
         server = await serve(
             self.handler,
             "127.0.0.1",
@@ -127,10 +135,8 @@ class TickerServer:
             compression=None,  # tether's default too
             process_request=self.process_request,
             backlog=BACKLOG,
-            # Thousands of connections: the engine's per-connection INFO lines are noise.
-            logger=logging.getLogger("benchmarks.rawserver.engine"),
+            logger=engine_logger,
         )
-        logging.getLogger("benchmarks.rawserver.engine").setLevel(logging.WARNING)
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, self._finish)
         handover: list[asyncio.Task[None]] = []
@@ -159,57 +165,102 @@ class TickerServer:
             self.done.set_result(None)
 
     async def _handover(self, server: Any) -> None:
-        if self.draining:
-            return
+        if self.handing_over or self.draining or (self.done is not None and self.done.done()):
+            return  # one handover per process; none once it is stopping
+        self.handing_over = True
         logger.info("received SIGHUP")
+        try:
+            replacement = await self._start_and_wait()
+        finally:
+            self.handing_over = False
+        if replacement is None:
+            return
+        self.draining = True
+        # Stop listening: the kernel sends every new connection to the replacement.
+        # (tether serve steers new connections with a BPF program first and accepts
+        # what was already queued for 0.1 s; connections queued here are reset.)
+        server.server.close()
+        gc.disable()  # as tether serve's old process: it drains, then exits
+        window = float(self.args.drain_window)
+        records = list(self.connections)  # oldest first, as tether's drain
+        logger.info("draining %d connection(s) with 1012 over %.1f s", len(records), window)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        closing = []
+        queue = iter(records)
+        for offset, size in _batches(len(records), window):
+            delay = started + offset - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            for ws in itertools.islice(queue, size):
+                closing.append(asyncio.ensure_future(ws.close(1012, "service restart")))
+        if closing:
+            await asyncio.wait(closing, timeout=10 + window)
+        logger.info("server closed")
+        self._finish()
+
+    async def _start_and_wait(self) -> subprocess.Popen[bytes] | None:
+        """Start the replacement and wait until it listens; None (still serving) if not.
+
+        A replacement that did not say so in time, or whose wait was cancelled (a
+        SIGINT meanwhile), is killed by its PID: it must not outlive a failed handover.
+        """
         loop = asyncio.get_running_loop()
         read_fd, write_fd = os.pipe()
         command = [sys.executable, "-m", "benchmarks.rawserver", *self._argv(write_fd)]
-        replacement = _start_replacement(command, write_fd)
-        os.close(write_fd)
+        try:
+            replacement = _start_replacement(command, write_fd)
+        except OSError as exc:
+            os.close(read_fd)
+            logger.error("handover failed, still serving: %s", exc)
+            return None
+        finally:
+            os.close(write_fd)
         logger.info("started replacement pid %d: %s", replacement.pid, " ".join(command))
-        ready = loop.create_future()
+        ready: asyncio.Future[bytes] = loop.create_future()
 
         def on_readable() -> None:
             if not ready.done():
                 ready.set_result(os.read(read_fd, 1))
 
         loop.add_reader(read_fd, on_readable)
+        said = b""
         try:
             said = await asyncio.wait_for(ready, REPLACEMENT_READY_S)
         except TimeoutError:
-            said = b""
+            pass
         finally:
             loop.remove_reader(read_fd)
             os.close(read_fd)
+            if said != b"1":
+                replacement.kill()
+                replacement.wait(5)
         if said != b"1":
             logger.error("the replacement did not start listening: still serving")
-            return
-        self.draining = True
-        # Stop listening: the kernel sends every new connection to the replacement.
-        server.server.close()
-        gc.disable()  # as tether serve's old process: it drains, then exits
-        window = float(self.args.drain_window)
-        records = list(self.connections)
-        logger.info("draining %d connection(s) with 1012 over %.1f s", len(records), window)
-        started = loop.time()
-        closing = []
-        for index, ws in enumerate(records):
-            # Evenly over the window, as tether's drain spreads its closes.
-            delay = started + window * index / max(1, len(records)) - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            closing.append(asyncio.ensure_future(ws.close(1012, "service restart")))
-        if closing:
-            await asyncio.wait(closing, timeout=10 + window)
-        logger.info("server closed")
-        self._finish()
+            return None
+        return replacement
 
     def _argv(self, ready_fd: int) -> list[str]:
         return [
             "--port", str(self.args.port), "--ticker-interval", str(self.args.ticker_interval),
             "--drain-window", str(self.args.drain_window), "--ready-fd", str(ready_fd),
         ]  # fmt: skip
+
+
+def _batches(count: int, window: float, interval: float = 0.05) -> list[tuple[float, int]]:
+    """(offset, size) of each batch: tether.drain.plan_drain's plan, not imported.
+
+    Batches at least ``interval`` apart, the first at 0 and the last at ``window``,
+    sizes differing by one at most, the larger first.
+    """
+    if count == 0:
+        return []
+    batches = min(count, math.floor(window / interval) + 1)
+    if batches == 1:
+        return [(0.0, count)]
+    step = window / (batches - 1)
+    small, extra = divmod(count, batches)
+    return [(index * step, small + (index < extra)) for index in range(batches)]
 
 
 def _start_replacement(command: list[str], ready_fd: int) -> subprocess.Popen[bytes]:

@@ -357,8 +357,9 @@ def test_bench_loop_is_asyncio_unless_asked(monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_raw_reference_server_hands_over_as_tether_serve_does(tmp_path: Path) -> None:
     """The storm's engine reference (``benchmarks.rawserver``), for real: it ticks, and a
-    SIGHUP starts a replacement on the same port, closes every connection with 1012
-    within the drain window, and logs the lines the storm reads its timings from."""
+    SIGHUP (sent twice: one handover) starts one replacement on the same port, closes
+    every connection with 1012 spread over the drain window, and logs the lines the
+    storm reads its timings from; the replacement then stops on SIGINT."""
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed
 
@@ -377,41 +378,55 @@ def test_raw_reference_server_hands_over_as_tether_serve_does(tmp_path: Path) ->
             storm._wait_healthy(port, server, 30)  # type: ignore[arg-type]
             url = f"ws://127.0.0.1:{port}/"
 
-            async def close_code(client: Any) -> int | None:
-                """Read ticks until the connection ends; the code of the Close received."""
+            async def close_code(client: Any) -> tuple[int | None, float]:
+                """Read ticks until the connection ends: the Close's code, and when."""
                 try:
                     while True:
                         await asyncio.wait_for(client.recv(), 10)
                 except ConnectionClosed:
                     received = client.protocol.close_rcvd
-                    return None if received is None else int(received.code)
+                    return None if received is None else int(received.code), time.monotonic()
 
-            async def storm_of_three() -> tuple[list[int | None], list[str], str]:
-                clients = [await connect(url, open_timeout=10) for _ in range(3)]
+            async def storm_of_three() -> tuple[list[tuple[int | None, float]], list[str], str]:
+                clients = [await connect(url, open_timeout=10, proxy=None) for _ in range(3)]
                 first = [json.loads(await asyncio.wait_for(c.recv(), 5)) for c in clients]
                 nodes = {m["node"] for m in first}
                 assert len(nodes) == 1
                 assert all(m["seq"] == 1 for m in first)
                 server.send_signal(signal.SIGHUP)
-                codes = [await close_code(client) for client in clients]
+                # A second one while the first waits for its replacement (a replacement
+                # starts in 0.2 s at best; sent at once, two signals would merge into one)
+                # changes nothing.
+                await asyncio.sleep(0.1)
+                server.send_signal(signal.SIGHUP)
+                closes = await asyncio.gather(*(close_code(client) for client in clients))
                 # Served by the replacement now: another process, its own ticker.
-                async with connect(url, open_timeout=10) as again:
+                async with connect(url, open_timeout=10, proxy=None) as again:
                     after = json.loads(await asyncio.wait_for(again.recv(), 5))
-                return codes, sorted(nodes), str(after["node"])
+                return closes, sorted(nodes), str(after["node"])
 
-            codes, (old_node,), new_node = asyncio.run(asyncio.wait_for(storm_of_three(), 30))
-            assert codes == [1012, 1012, 1012]
+            closes, (old_node,), new_node = asyncio.run(asyncio.wait_for(storm_of_three(), 30))
+            assert [code for code, _ in closes] == [1012, 1012, 1012]
+            # Three batches, 0.25 s apart (window 0.5 s): neither all at once nor late.
+            spread = max(at for _, at in closes) - min(at for _, at in closes)
+            assert 0.3 <= spread <= 2.0
             assert new_node != old_node
             server.wait(15)  # the old process exits once drained
             assert server.returncode == 0
             text = log_path.read_text()
+            assert text.count("started replacement pid") == 1
             replacement = storm.replacement_pid(log.fileno())
             assert replacement is not None
             assert str(replacement) == new_node
             began = storm.drain_started_after_sighup(text)
             assert began is not None
-            assert 0 <= began < 10
+            assert 0 <= began < 5
             assert "draining 3 connection(s) with 1012 over 0.5 s" in text
+            os.kill(replacement, signal.SIGINT)
+            deadline = time.monotonic() + 10
+            while _alive(replacement) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not _alive(replacement)  # it stops on SIGINT (no SIGKILL needed)
         finally:
             if server.poll() is None:
                 server.kill()
@@ -421,6 +436,30 @@ def test_raw_reference_server_hands_over_as_tether_serve_does(tmp_path: Path) ->
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(replacement, signal.SIGINT)
                 storm._wait_gone(replacement, 10)
+
+
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie (the replacement is not our child)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize(
+    ("count", "window"), [(0, 5.0), (1, 5.0), (3, 0.5), (10_000, 5.0), (7, 0.0)]
+)
+def test_raw_reference_drains_on_tethers_plan(count: int, window: float) -> None:
+    """The reference's drain batches are tether.drain.plan_drain's (copied, not imported)."""
+    from benchmarks import rawserver
+
+    from tether.drain import plan_drain
+
+    expected = plan_drain(count, window)
+    batches = rawserver._batches(count, window)
+    assert [size for _, size in batches] == [batch.size for batch in expected]
+    assert [offset for offset, _ in batches] == pytest.approx([b.offset for b in expected])
 
 
 def test_slowest_probe_samples_say_when_and_where_in_the_tick() -> None:

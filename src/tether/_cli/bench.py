@@ -81,7 +81,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help=(
             "comma-separated rows of one scenario, e.g. `throughput --only tether` or "
             "`memory --only tether-v1`; raw websockets, the ratios' reference, is always "
-            "measured with a tether row. throughput: websockets, tether, tether-v1, "
+            "measured with a tether row in throughput and memory (storm: name it). "
+            "throughput: websockets, tether, tether-v1, "
             "tether-server, tether-client, picows, aiohttp, tcp; memory: websockets, tether, "
             "tether-v1, aiohttp, picows; storm: tether, tether-plain, websockets, naive"
         ),
