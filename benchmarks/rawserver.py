@@ -1,4 +1,4 @@
-"""The storm's engine reference: a ticker on raw ``websockets`` with the same handover.
+"""The storm's engine reference: a ticker on raw ``websockets`` with a tether-like handover.
 
 ``tether bench storm`` row ``websockets`` runs this instead of ``tether serve``: what
 the engine alone does with the storm's restart, measured in the same run as tether,
@@ -9,9 +9,12 @@ nothing more (no sessions, no store, no goaway; its clients cannot resume):
 * one message per ``--ticker-interval`` ms per connection, the ticker's JSON
   (``seq``, ``tick``, ``t``, ``node``), sent on the wall-clock tick;
 * ``GET /healthz``: 200 while serving, 503 once draining;
-* SIGHUP: start a replacement (the same command) on the same port
-  (``SO_REUSEPORT``), wait until it listens, stop listening, then close every
-  connection with 1012 spread evenly over ``--drain-window`` seconds, and exit;
+* SIGHUP: start one replacement (the same command) on the same port
+  (``SO_REUSEPORT``), wait until it listens (it says so through a pipe), stop
+  listening, close every connection, oldest first, with 1012 in the batches of
+  tether's drain plan over ``--drain-window`` seconds, and exit. Unlike ``tether
+  serve`` it does not steer new connections to the replacement before it stops
+  listening (a connection queued at that instant is reset);
 * SIGINT/SIGTERM: exit.
 
 Its log lines match the ones ``benchmarks.storm`` reads from ``tether serve``
