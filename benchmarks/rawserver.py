@@ -23,7 +23,9 @@ It runs with the process settings ``tether serve`` gives itself, so that the
 comparison is of the code, not of the settings: a listen backlog of 4,096
 (``tether.serve``'s default; websockets' is 100), the collector tuned after start-up
 (``gc.freeze()``, a young-generation threshold of 10,000) and turned off in the
-process that drains and exits.
+process that drains and exits. Those settings and the drain's plan are taken from
+tether itself (so that they cannot drift apart); nothing of tether runs on a
+connection's path.
 
     python -m benchmarks.rawserver --port P [--ticker-interval MS] [--drain-window S]
 """
@@ -33,11 +35,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import itertools
 import json
 import logging
-import math
 import os
 import signal
 import subprocess
@@ -46,6 +46,10 @@ import time
 from http import HTTPStatus
 from typing import Any
 
+from tether._cli.serve import _stop_collecting_for_exit, _tune_gc
+from tether.asyncio.server import DEFAULT_BACKLOG
+from tether.drain import plan_drain
+
 from .common import child_env, run_loop
 
 logger = logging.getLogger("benchmarks.rawserver")
@@ -53,10 +57,6 @@ logger = logging.getLogger("benchmarks.rawserver")
 #: Longest the old process waits for its replacement to listen before giving up
 #: (then it keeps serving, as ``tether serve`` does when its replacement fails).
 REPLACEMENT_READY_S = 30.0
-#: As ``tether serve``: tether.asyncio.server.DEFAULT_BACKLOG and
-#: tether._cli.serve.GC_YOUNG_THRESHOLD (not imported: the reference uses no tether).
-BACKLOG = 4096
-GC_YOUNG_THRESHOLD = 10_000
 
 
 def _setup_logging() -> None:
@@ -102,6 +102,8 @@ class TickerServer:
             sender.cancel()
 
     async def _tick(self, ws: Any) -> None:
+        # tether.asyncio.apps.Ticker._tick's loop, on a raw connection instead of a
+        # tether Session (which is what the reference leaves out).
         from websockets.exceptions import ConnectionClosed
 
         seq = 0
@@ -137,7 +139,7 @@ class TickerServer:
             reuse_port=True,
             compression=None,  # tether's default too
             process_request=self.process_request,
-            backlog=BACKLOG,
+            backlog=DEFAULT_BACKLOG,
             logger=engine_logger,
         )
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -151,11 +153,7 @@ class TickerServer:
             os.write(self.args.ready_fd, b"1")
             os.close(self.args.ready_fd)
         logger.info("serving on 127.0.0.1:%d (pid %d)", self.args.port, os.getpid())
-        # As tether serve's _tune_gc: what start-up built out of the collector's sight.
-        gc.collect()
-        gc.freeze()
-        _, middle, old = gc.get_threshold()
-        gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
+        _tune_gc()  # as tether serve: what start-up built, out of the collector's sight
         try:
             await self.done
         finally:
@@ -183,7 +181,7 @@ class TickerServer:
         # (tether serve steers new connections with a BPF program first and accepts
         # what was already queued for 0.1 s; connections queued here are reset.)
         server.server.close()
-        gc.disable()  # as tether serve's old process: it drains, then exits
+        _stop_collecting_for_exit()  # as tether serve's old process: it drains, then exits
         window = float(self.args.drain_window)
         records = list(self.connections)  # oldest first, as tether's drain
         logger.info("draining %d connection(s) with 1012 over %.1f s", len(records), window)
@@ -191,11 +189,11 @@ class TickerServer:
         started = loop.time()
         closing = []
         queue = iter(records)
-        for offset, size in _batches(len(records), window):
-            delay = started + offset - loop.time()
+        for batch in plan_drain(len(records), window):
+            delay = started + batch.offset - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            for ws in itertools.islice(queue, size):
+            for ws in itertools.islice(queue, batch.size):
                 closing.append(asyncio.ensure_future(ws.close(1012, "service restart")))
         if closing:
             await asyncio.wait(closing, timeout=10 + window)
@@ -248,22 +246,6 @@ class TickerServer:
             "--port", str(self.args.port), "--ticker-interval", str(self.args.ticker_interval),
             "--drain-window", str(self.args.drain_window), "--ready-fd", str(ready_fd),
         ]  # fmt: skip
-
-
-def _batches(count: int, window: float, interval: float = 0.05) -> list[tuple[float, int]]:
-    """(offset, size) of each batch: tether.drain.plan_drain's plan, not imported.
-
-    Batches at least ``interval`` apart, the first at 0 and the last at ``window``,
-    sizes differing by one at most, the larger first.
-    """
-    if count == 0:
-        return []
-    batches = min(count, math.floor(window / interval) + 1)
-    if batches == 1:
-        return [(0.0, count)]
-    step = window / (batches - 1)
-    small, extra = divmod(count, batches)
-    return [(index * step, small + (index < extra)) for index in range(batches)]
 
 
 def _start_replacement(command: list[str], ready_fd: int) -> subprocess.Popen[bytes]:

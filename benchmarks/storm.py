@@ -491,9 +491,8 @@ def slowest_samples(
     start's place in the ticker's period (0: the wall-clock instant at which every
     handler sends its tick, so a sample just after 0 waited behind a tick's burst).
     """
-    storm = [(t, x) for t, x in report["handshake_s"] if since <= t <= until]
-    storm += [(t, math.inf) for t, _ in report["failed_s"] if since <= t <= until]
-    storm.sort(key=lambda sample: sample[1], reverse=True)
+    samples = _storm_samples(report, since, until)
+    samples.sort(key=lambda sample: sample[1], reverse=True)
     return [
         {
             "after_sighup_s": round(t - since, 3),
@@ -502,7 +501,7 @@ def slowest_samples(
             "latency_s": x,
             "tick_phase_s": round((t + wall_minus_monotonic) % tick_s, 3),
         }
-        for t, x in storm[:count]
+        for t, x in samples[:count]
     ]
 
 
@@ -546,19 +545,27 @@ def probe_figures(report: dict[str, Any], since: float, until: float) -> dict[st
     those calm samples would dilute the percentiles, so they are left out. A failed
     handshake counts as slower than any.
     """
-    latencies = [x for t, x in report["handshake_s"] if since <= t <= until]
-    failures = [x for t, x in report["failed_s"] if since <= t <= until]
-    ranked = latencies + [math.inf] * len(failures)
+    samples = _storm_samples(report, since, until)
+    latencies = [x for _, x in samples if x != math.inf]
+    failures = len(samples) - len(latencies)
+    ranked = latencies + [math.inf] * failures
     lags = report["loop_lag_s"]
     return {
         "p50": _percentile(ranked, 50),
         "p99": _percentile(ranked, 99),
         "max": max(latencies) if latencies else math.nan,
         "samples": len(ranked),
-        "failed": len(failures),
+        "failed": failures,
         "failed_by_error": report["failed"],
         "probe_loop_lag_s": {"p99": _percentile(lags, 99), "max": max(lags, default=math.nan)},
     }
+
+
+def _storm_samples(report: dict[str, Any], since: float, until: float) -> list[tuple[float, float]]:
+    """The probe's (start, latency) samples started in [since, until]; a failure's is inf."""
+    return [(t, x) for t, x in report["handshake_s"] if since <= t <= until] + [
+        (t, math.inf) for t, _ in report["failed_s"] if since <= t <= until
+    ]
 
 
 def _wait_gone(pid: int, seconds: float) -> None:
@@ -933,23 +940,24 @@ async def _ticks_until_closed(ws: Any, tracker: _Tracker) -> int:
     return code
 
 
-async def _naive_client(url: str, tracker: _Tracker, gate: asyncio.Semaphore, first: Any) -> None:
+async def _connect_raw(url: str, gate: asyncio.Semaphore, initial: bool, **options: Any) -> Any:
+    """A raw websockets connection; the first one of each client waits for the gate."""
     from websockets.asyncio.client import connect
 
+    options = {"compression": None, "proxy": None, "open_timeout": 30, **options}
+    if not initial:
+        return await connect(url, **options)
+    async with gate:
+        return await connect(url, **options)
+
+
+async def _naive_client(url: str, tracker: _Tracker, gate: asyncio.Semaphore, first: Any) -> None:
     initial = True
     while tracker.attempts < 10_000:  # bounded even if the server never comes back
         tracker.attempts += 1
         started = time.monotonic()
         try:
-            if initial:
-                async with gate:
-                    ws = await connect(
-                        url, compression=None, ping_interval=None, proxy=None, open_timeout=30
-                    )
-            else:
-                ws = await connect(
-                    url, compression=None, ping_interval=None, proxy=None, open_timeout=30
-                )
+            ws = await _connect_raw(url, gate, initial, ping_interval=None)
         except Exception:
             if initial:
                 first(False)
@@ -969,13 +977,14 @@ async def _raw_client(url: str, tracker: _Tracker, gate: asyncio.Semaphore, firs
     """Raw websockets with tether's policy for 1012: reconnect after a uniform 1-5 s.
 
     A refused or failed attempt waits as tether's default backoff does (full jitter,
-    0.5 s doubling up to 30 s). The handshake latency is measured as the tether
-    client's: from the end of the wait to the open connection.
+    0.5 s doubling up to 30 s: ``BackoffConfig``'s defaults). The handshake latency is
+    measured as the tether client's: from the end of the wait to the open connection.
     """
     import random
 
-    from websockets.asyncio.client import connect
+    from tether.backoff import BackoffConfig
 
+    policy = BackoffConfig()
     rng = random.Random()
     initial = True
     failures = 0
@@ -986,17 +995,14 @@ async def _raw_client(url: str, tracker: _Tracker, gate: asyncio.Semaphore, firs
         tracker.attempts += 1
         started = time.monotonic()
         try:
-            if initial:
-                async with gate:
-                    ws = await connect(url, compression=None, proxy=None, open_timeout=30)
-            else:
-                ws = await connect(url, compression=None, proxy=None, open_timeout=30)
+            ws = await _connect_raw(url, gate, initial)
         except Exception:
             if initial:
                 first(False)
                 return
             failures += 1
-            delay = rng.uniform(0.0, min(30.0, 0.5 * 2.0 ** (failures - 1)))
+            ceiling = policy.base * policy.factor ** (failures - 1)
+            delay = rng.uniform(0.0, min(policy.cap, ceiling))
             continue
         failures = 0
         if not initial:
@@ -1007,7 +1013,9 @@ async def _raw_client(url: str, tracker: _Tracker, gate: asyncio.Semaphore, firs
             tracker.subprotocol = ws.subprotocol
             first(True)
         code = await _ticks_until_closed(ws, tracker)
-        delay = rng.uniform(1.0, 5.0) if code == 1012 else rng.uniform(0.0, 0.5)
+        delay = (
+            rng.uniform(*policy.restart_window) if code == 1012 else rng.uniform(0.0, policy.base)
+        )
 
 
 async def _tether_client(

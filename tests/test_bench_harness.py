@@ -447,21 +447,6 @@ def _alive(pid: int) -> bool:
         return False
 
 
-@pytest.mark.parametrize(
-    ("count", "window"), [(0, 5.0), (1, 5.0), (3, 0.5), (10_000, 5.0), (7, 0.0)]
-)
-def test_raw_reference_drains_on_tethers_plan(count: int, window: float) -> None:
-    """The reference's drain batches are tether.drain.plan_drain's (copied, not imported)."""
-    from benchmarks import rawserver
-
-    from tether.drain import plan_drain
-
-    expected = plan_drain(count, window)
-    batches = rawserver._batches(count, window)
-    assert [size for _, size in batches] == [batch.size for batch in expected]
-    assert [offset for offset, _ in batches] == pytest.approx([b.offset for b in expected])
-
-
 def test_slowest_probe_samples_say_when_and_where_in_the_tick() -> None:
     """Only the storm's samples, slowest first (a failure slowest of all), with their
     offset from the SIGHUP and their phase in the ticker's period (wall clock)."""
