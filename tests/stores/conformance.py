@@ -389,6 +389,39 @@ class StoreConformance:
         assert await store.messages("gap", after=0) == batch(1, 1)
         assert await store.write_many([]) == []
 
+    async def test_write_many_checks_acks_and_keeps_counters_as_write_does(
+        self, store: SessionStore
+    ) -> None:
+        """write_many(): acks beyond tx refused, lower acks and rx ignored, as write() does."""
+        for sid in ("beyond", "beyond-append", "lower", "exact"):
+            await store.create(sid, token_hash=HASH, principal=None, now=0.0)
+            await store.write(sid, 1, append=batch(1, 3), acked=2, rx=5)
+        results = await store.write_many(
+            [
+                Write("beyond", 1, acked=4),
+                Write("beyond-append", 1, batch(4, 4), acked=5, rx=9),
+                Write("lower", 1, batch(4, 5), acked=1, rx=2),
+                Write("exact", 1, acked=3, rx=6),
+            ]
+        )
+        assert isinstance(results[0], StoreError)
+        assert isinstance(results[1], StoreError)
+        assert not isinstance(results[1], Fenced)
+        assert results[2:] == [None, None]
+        for sid in ("beyond", "beyond-append"):  # refused: nothing of it happened
+            record = await store.load(sid)
+            assert record is not None
+            assert (record.tx, record.acked, record.rx) == (3, 2, 5)
+            assert await store.messages(sid, after=0) == batch(3, 3)
+        lower = await store.load("lower")
+        assert lower is not None
+        assert (lower.tx, lower.acked, lower.rx) == (5, 2, 5)
+        assert await store.messages("lower", after=0) == batch(3, 5)
+        exact = await store.load("exact")
+        assert exact is not None
+        assert (exact.tx, exact.acked, exact.rx) == (3, 3, 6)
+        assert await store.messages("exact", after=0) == []
+
     async def test_write_many_detaches_after_the_batch(self, store: SessionStore) -> None:
         """A write with ``detach_at``: the batch, then the expiry clock, as detach() would."""
         for sid in ("both", "only", "stale"):

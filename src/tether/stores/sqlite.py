@@ -865,6 +865,12 @@ def _write_work(
     without it, None: :meth:`SQLiteStore.write_many` answers only the errors, and
     building a record (a frozen dataclass of 14 fields) was a quarter of a write's
     Python work on the store's thread.
+
+    A ``functools.partial`` of a module function, not a closure: a closure over these
+    eight values is ten objects the cyclic collector tracks (the function, its cells
+    and their tuple) against two, and a ticker's burst keeps one per session alive
+    until the group commits (10,000 sessions: young collections during every burst,
+    their survivors promoted, and full collections of the whole heap).
     """
     check_batch(sid, append)
     rows = [
@@ -873,40 +879,116 @@ def _write_work(
         else (sid, m.seq, 0, m.payload)
         for m in append
     ]
+    apply = _write_with_record if record else _write_counters
+    return functools.partial(apply, sid, generation, append, rows, acked, rx, detach_at)
 
-    def apply(db: sqlite3.Connection) -> SessionRecord | None:
-        if record:
-            row = _owned_row(db, sid, generation)
-            tx, old_acked, old_rx = row[7], row[8], row[9]
-        else:
-            _, tx, old_acked, old_rx = _owned_counters(db, sid, generation)
-        if append:
-            if append[0].seq != tx + 1:
-                raise StoreError(f"session {sid}: appended seq {append[0].seq}, expected {tx + 1}")
-            tx = append[-1].seq
-        new_acked = old_acked if acked is None else max(old_acked, acked)
-        if new_acked > tx:
-            raise StoreError(f"session {sid}: ack {new_acked} is beyond tx {tx}")
-        new_rx = old_rx if rx is None else max(old_rx, rx)
-        if rows:
-            db.executemany(
-                "INSERT INTO messages (sid, seq, is_text, payload) VALUES (?, ?, ?, ?)", rows
-            )
-        if new_acked > old_acked:
-            db.execute("DELETE FROM messages WHERE sid = ? AND seq <= ?", (sid, new_acked))
-        db.execute(
-            "UPDATE sessions SET tx = ?, acked = ?, rx = ?, expires_at = COALESCE(?, expires_at)"
-            " WHERE sid = ?",
-            (tx, new_acked, new_rx, detach_at, sid),
+
+#: One write that answers no record, checked by the UPDATE itself: the session is there,
+#: ``generation`` still owns it, the first appended ``seq`` continues ``tx`` and the ack is
+#: not beyond the new ``tx``. Nothing changed when no row matched (then _write_refused
+#: reads the row to say why): one statement instead of a SELECT and an UPDATE.
+_UPDATE_APPENDED = (
+    "UPDATE sessions SET tx = ?, acked = max(acked, ?), rx = max(rx, ?),"
+    " expires_at = COALESCE(?, expires_at) WHERE sid = ? AND generation = ? AND tx = ?"
+)
+_UPDATE_COUNTERS = (
+    "UPDATE sessions SET acked = max(acked, ?), rx = max(rx, ?),"
+    " expires_at = COALESCE(?, expires_at) WHERE sid = ? AND generation = ? AND tx >= ?"
+)
+
+
+def _write_counters(
+    sid: str,
+    generation: int,
+    append: Sequence[StoredMessage],
+    rows: list[tuple[str, int, int, bytes]],
+    acked: int | None,
+    rx: int | None,
+    detach_at: float | None,
+    db: sqlite3.Connection,
+) -> None:
+    """:func:`_write_work` without a record: guarded UPDATE, then the rows and the trim."""
+    ack = 0 if acked is None else acked  # (max(acked, 0): counters are never negative)
+    if append:
+        tx = append[-1].seq
+        matched = (
+            ack <= tx
+            and db.execute(
+                _UPDATE_APPENDED,
+                (tx, ack, 0 if rx is None else rx, detach_at, sid, generation, append[0].seq - 1),
+            ).rowcount
         )
-        if not record:
-            return None
-        expires_at = row[6] if detach_at is None else detach_at
-        # One record, built from the row as the UPDATE left it (the hot path:
-        # dataclasses.replace of a record built first cost twice as much).
-        return _record((*row[:6], expires_at, tx, new_acked, new_rx, *row[10:]))
+    else:
+        matched = db.execute(
+            _UPDATE_COUNTERS, (ack, 0 if rx is None else rx, detach_at, sid, generation, ack)
+        ).rowcount
+    if not matched:
+        _write_refused(db, sid, generation, append, acked)
+    if rows:
+        db.executemany(
+            "INSERT INTO messages (sid, seq, is_text, payload) VALUES (?, ?, ?, ?)", rows
+        )
+    if acked is not None:
+        # (Unconditional: an ack that did not move deletes nothing, and finding that
+        # out first would take the read this path does without.)
+        db.execute("DELETE FROM messages WHERE sid = ? AND seq <= ?", (sid, acked))
 
-    return apply
+
+def _write_refused(
+    db: sqlite3.Connection,
+    sid: str,
+    generation: int,
+    append: Sequence[StoredMessage],
+    acked: int | None,
+) -> None:
+    """Why a guarded UPDATE matched no row: raise what :func:`_write_with_record` would."""
+    _, tx, old_acked, _ = _owned_counters(db, sid, generation)
+    if append:
+        if append[0].seq != tx + 1:
+            raise StoreError(f"session {sid}: appended seq {append[0].seq}, expected {tx + 1}")
+        tx = append[-1].seq
+    new_acked = old_acked if acked is None else max(old_acked, acked)
+    if new_acked > tx:
+        raise StoreError(f"session {sid}: ack {new_acked} is beyond tx {tx}")
+    raise AssertionError(f"session {sid}: a write matched no row, for no reason found")
+
+
+def _write_with_record(
+    sid: str,
+    generation: int,
+    append: Sequence[StoredMessage],
+    rows: list[tuple[str, int, int, bytes]],
+    acked: int | None,
+    rx: int | None,
+    detach_at: float | None,
+    db: sqlite3.Connection,
+) -> SessionRecord:
+    """:func:`_write_work` answering the record as the write left it."""
+    row = _owned_row(db, sid, generation)
+    tx, old_acked, old_rx = row[7], row[8], row[9]
+    if append:
+        if append[0].seq != tx + 1:
+            raise StoreError(f"session {sid}: appended seq {append[0].seq}, expected {tx + 1}")
+        tx = append[-1].seq
+    new_acked = old_acked if acked is None else max(old_acked, acked)
+    if new_acked > tx:
+        raise StoreError(f"session {sid}: ack {new_acked} is beyond tx {tx}")
+    new_rx = old_rx if rx is None else max(old_rx, rx)
+    if rows:
+        db.executemany(
+            "INSERT INTO messages (sid, seq, is_text, payload) VALUES (?, ?, ?, ?)", rows
+        )
+    if new_acked > old_acked:
+        db.execute("DELETE FROM messages WHERE sid = ? AND seq <= ?", (sid, new_acked))
+    db.execute(
+        "UPDATE sessions SET tx = ?, acked = ?, rx = ?, expires_at = COALESCE(?, expires_at)"
+        " WHERE sid = ?",
+        (tx, new_acked, new_rx, detach_at, sid),
+    )
+    expires_at = row[6] if detach_at is None else detach_at
+    # One record, built from the row as the UPDATE left it (the hot path:
+    # dataclasses.replace of a record built first cost twice as much).
+    return _record((*row[:6], expires_at, tx, new_acked, new_rx, *row[10:]))
 
 
 def _claim_row(
