@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -30,6 +31,7 @@ from tether.stores.base import (
     Resumption,
     SessionRecord,
     SessionStore,
+    StoreBusy,
     StoredMessage,
     StoreUnavailable,
     Write,
@@ -175,6 +177,45 @@ async def test_store_outage_on_resume_starts_a_new_session() -> None:
     await settle(transport, 1)
     welcome = json.loads(str(transport.sent[0]))
     assert (welcome["resumed"], welcome["reason"]) == (False, "store_unavailable")
+
+
+class BusyStore(MemoryStore):
+    """A memory store whose next ``busy`` resumes find it held by another writer."""
+
+    busy = 0
+
+    async def resume(
+        self, sid: str, admit: Callable[[SessionRecord], bool], **kwargs: Any
+    ) -> Resumption:
+        if self.busy:
+            self.busy -= 1
+            raise StoreBusy("locked by another writer (test)")
+        return await super().resume(sid, admit, **kwargs)
+
+
+async def test_a_busy_store_on_resume_closes_with_1013_and_keeps_the_session() -> None:
+    """Busy is not down: no new session (store_unavailable), 1013, and a later resume works."""
+    store = BusyStore(epoch="e1")
+    first = TetherV1ServerLayer(store=store)
+    session, link, welcome = await new_session(first)
+    await session.send("kept")
+    await drop(session, link)
+    other = TetherV1ServerLayer(store=store)  # another process's layer: reads the store
+    store.busy = 1
+    hello = Hello(welcome.sid, welcome.token, welcome.epoch, rx=0)
+    refused = v1_transport(encode(hello))
+    with pytest.raises(ProtocolError) as caught:
+        await other.open(refused, REQUEST)
+    assert caught.value.close_code == 1013
+    assert refused.sent == []  # no welcome: the client learns nothing but "later"
+    assert list(store._held) == [welcome.sid]  # no new session was made for it
+    resumed, again = await resume_on(other, welcome, rx=0)
+    assert resumed.id == welcome.sid
+    assert resumed_welcome(again).sid == welcome.sid
+    await settle(again, 2)
+    replayed = decode(again.sent[1])
+    assert isinstance(replayed, Data)
+    assert (replayed.seq, replayed.payload) == (1, "kept")
 
 
 async def test_principal_hook_binds_the_session() -> None:

@@ -25,6 +25,7 @@ from tether.stores.base import (
     Fenced,
     SessionRecord,
     SessionStore,
+    StoreBusy,
     StoredMessage,
     StoreUnavailable,
     Write,
@@ -255,6 +256,46 @@ async def test_waiting_for_the_lock_does_not_block_the_loop(tmp_path: Path) -> N
         assert ticks == 20
     finally:
         other.close()
+        await store.close()
+
+
+@pytest.mark.timeout(10)
+async def test_a_lock_held_past_busy_timeout_is_store_busy(tmp_path: Path) -> None:
+    """Another writer holding the lock too long: StoreBusy (a StoreUnavailable), nothing done.
+
+    The resume layer tells a client 1013 for it instead of losing its session.
+    """
+    path = tmp_path / "sessions.db"
+    store = SQLiteStore(path, busy_timeout=0.05)
+    await store.create(SID, token_hash=HASH, principal=None, now=0.0)
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(StoreBusy) as caught:
+            await store.resume(
+                SID, lambda record: True, token_hash="b" * 64, previous_token_hash=HASH
+            )
+        assert isinstance(caught.value, StoreUnavailable)
+        assert isinstance(caught.value.__cause__, sqlite3.OperationalError)
+        other.execute("COMMIT")
+        record = await store.load(SID)
+        assert record is not None
+        assert (record.generation, record.token_hash) == (1, HASH)  # the claim did not happen
+    finally:
+        other.close()
+        await store.close()
+
+
+async def test_a_failure_that_is_not_a_lock_is_not_store_busy(tmp_path: Path) -> None:
+    """A path that cannot be opened (a directory) is unavailable, not busy."""
+    directory = tmp_path / "a-directory"
+    directory.mkdir()
+    store = SQLiteStore(directory)
+    try:
+        with pytest.raises(StoreUnavailable) as caught:
+            await store.load(SID)
+        assert not isinstance(caught.value, StoreBusy)
+    finally:
         await store.close()
 
 

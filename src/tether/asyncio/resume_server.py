@@ -88,6 +88,7 @@ from ..stores.base import (
     Fenced,
     SessionRecord,
     SessionStore,
+    StoreBusy,
     StoredMessage,
     UnknownSession,
     Write,
@@ -646,6 +647,8 @@ class TetherV1ServerLayer(ServerLayer):
             except UnknownSession:
                 self._count_refusal(host, loop.time())
                 return await self._new(transport, request, principal, reason=LostReason.UNKNOWN)
+            except StoreBusy as exc:
+                raise _busy_refusal(exc) from exc
             except StoreError as exc:
                 logger.warning("session store unavailable for a resume: %s", exc)
                 return await self._new(
@@ -671,6 +674,8 @@ class TetherV1ServerLayer(ServerLayer):
                 if replay is None:  # claimed as held here, but its state ended since
                     try:
                         replay = await self.store.messages(hello.sid, after=record.acked)
+                    except StoreBusy as exc:
+                        raise _busy_refusal(exc) from exc
                     except StoreError as exc:
                         logger.warning("session store unavailable for a replay: %s", exc)
                         return await self._new(
@@ -2022,6 +2027,18 @@ _LATE = "a newer hello of this session was served"
 
 #: Seconds between checks, by a send waiting for room, that the drain ended its session.
 _DRAINED_RECHECK_S = 1.0
+
+
+def _busy_refusal(exc: StoreBusy) -> ProtocolError:
+    """A resume that found the store busy: 1013, and the session stays for a later one.
+
+    Busy is contention (SQLite: the other process of a handover held the write lock
+    past ``busy_timeout``), not an outage: a new session (``store_unavailable``) would
+    lose this one for a wait. Nothing was claimed, so the client's token still holds;
+    1013 sends it back after its backoff floor (5 s), to resume then.
+    """
+    logger.warning("session store busy for a resume; closing with 1013: %s", exc)
+    return ProtocolError("session store busy: resume later", close_code=CloseCode.TRY_AGAIN_LATER)
 
 
 def _cancel(timer: asyncio.TimerHandle | None) -> asyncio.TimerHandle | None:

@@ -66,6 +66,7 @@ __all__ = [
     "SessionExists",
     "SessionRecord",
     "SessionStore",
+    "StoreBusy",
     "StoreUnavailable",
     "StoredMessage",
     "UnknownSession",
@@ -75,6 +76,16 @@ __all__ = [
 
 class StoreUnavailable(StoreError):
     """The backend could not be reached or failed; the operation did not happen."""
+
+
+class StoreBusy(StoreUnavailable):
+    """The backend works but was held by another writer past its wait; try again later.
+
+    SQLite: another process kept the file's write lock longer than ``busy_timeout``
+    (two ``tether serve`` processes of a handover, both busy). The operation did not
+    happen. A resume that meets it is not refused: the client is told to try again
+    later (1013) and keeps its session, which a retry finds as it was.
+    """
 
 
 class Fenced(StoreError):

@@ -61,6 +61,7 @@ from .base import (
     SessionExists,
     SessionRecord,
     SessionStore,
+    StoreBusy,
     StoredMessage,
     StoreUnavailable,
     UnknownSession,
@@ -501,7 +502,8 @@ class SQLiteStore(SessionStore):
             return exc
         if isinstance(exc, (sqlite3.Error, OSError)):
             self._incidents.failed(operation, exc)
-            unavailable = StoreUnavailable(f"sqlite store {self.path}: {operation} failed: {exc}")
+            kind = StoreBusy if _busy(exc) else StoreUnavailable
+            unavailable = kind(f"sqlite store {self.path}: {operation} failed: {exc}")
             unavailable.__cause__ = exc
             return unavailable
         return exc
@@ -799,6 +801,16 @@ class _Job(Generic[_T]):
     future: asyncio.Future[_T] | None
     group: _Group | None = None
     index: int = 0  # in the group's writes
+
+
+#: Primary result codes of a lock held by another connection past ``busy_timeout``.
+_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
+
+
+def _busy(exc: BaseException) -> bool:
+    """Whether ``exc`` is SQLite's "database is locked": contention, not a failure."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
 
 
 def _rollback(db: sqlite3.Connection) -> None:
