@@ -229,6 +229,27 @@ async def test_restart_closes_the_oldest_connection_first(
     assert order == [0, 1, 2, 3, 4]
 
 
+async def test_a_drain_stops_pinging_the_connections_it_will_close(
+    start: Callable[..., Awaitable[Server]],
+) -> None:
+    """Once the drain begins, no connection is pinged: each is closed within the window."""
+    server = await start(heartbeat=tether.Heartbeat(interval=0.1, timeout=0.1), drain_window=1.0)
+    clients = [await _client(server) for _ in range(3)]
+    records = await eventually(
+        lambda: list(server._connections.values()) if len(server._connections) == 3 else None
+    )
+    timers = [record.heartbeat for record in records]
+    assert all(timer is not None and timer._handle is not None for timer in timers)  # armed
+    drain = asyncio.ensure_future(server.restart())
+    await eventually(lambda: server.state is ServerState.DRAINING)
+    await asyncio.sleep(0)  # (the drain lists the connections before its first await)
+    # Every timer disarmed, the last connection's too, which closes ~1 s from now.
+    assert [timer._handle for timer in timers if timer is not None] == [None, None, None]
+    assert clients[-1].state.name == "OPEN"
+    await asyncio.wait_for(drain, 10)
+    assert [(await _closed(ws))[0] for ws in clients] == [1012] * 3
+
+
 async def test_health_and_upgrades_get_503_during_drain(
     start: Callable[..., Awaitable[Server]],
 ) -> None:
