@@ -551,13 +551,13 @@ class Server:
             # kernel sends every new connection to it instead of to a 503 here.
             self._ws_server.server.close()
         records = [r for r in self._connections.values() if r.transport.closed is None]
-        for record in records:
+        for listed in records:
             # No more pings: every connection is closed within the window, and a dead
             # link among them fails its close within close_timeout (window + 10 s,
             # inside the heartbeat's own interval + timeout). A 10,000-connection drain
             # spent 5 % of its CPU on pings (docs/benchmarks.md, twentieth session).
-            if record.heartbeat is not None:
-                record.heartbeat.stop()
+            if listed.heartbeat is not None:
+                listed.heartbeat.stop()
         logger.info(
             "draining %d connection(s) with %d over %.1f s",
             len(records),
