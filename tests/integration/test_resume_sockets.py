@@ -15,6 +15,7 @@ import json
 import logging
 import random
 import signal
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -41,7 +42,15 @@ from tether.asyncio.resume_server import TetherV1ServerLayer
 from tether.asyncio.session import Session
 from tether.asyncio.websockets_client import fast_writer
 from tether.backoff import BackoffConfig
-from tether.events import Connected, Disconnected, GaveUp, Resumed, SessionLost, State
+from tether.events import (
+    Connected,
+    Disconnected,
+    GaveUp,
+    Reconnecting,
+    Resumed,
+    SessionLost,
+    State,
+)
 from tether.protocol import Hello, Welcome, decode, encode
 from tether.ratelimit import ResumeLimit
 from tether.resume import ResumeConfig
@@ -572,6 +581,41 @@ async def connected_pair(
     )
     async with running(server, conn) as run:
         yield run
+
+
+@pytest.mark.timeout(30)
+async def test_a_resume_that_finds_the_store_locked_is_told_1013_and_resumes_later(
+    tmp_path: Path,
+) -> None:
+    """Another process holds the SQLite store's write lock past busy_timeout when the
+    client resumes: 1013 (not a new session), and the next attempt resumes it."""
+    path = tmp_path / "sessions.db"
+    handler = Echo()
+    server = await start_server(handler, SQLiteStore(path, busy_timeout=0.05))
+    backoff = BackoffConfig(
+        base=0.05, cap=0.2, restart_window=(0.05, 0.2), stability_period=0.5, try_again_floor=0.3
+    )
+    async with running(server, await client(server.port, backoff=backoff)) as run:
+        await echoes(run.conn, 1)
+        other = sqlite3.connect(path, isolation_level=None)  # the other process of a handover
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            transport = run.conn._transport
+            assert transport is not None
+            transport.abort()  # the link dies; the client resumes at once, into the lock
+            _, retry = await run.events.next(Reconnecting, timeout=10)
+            while retry.cause_code != 1013:  # (first the 1006 of the abort)
+                _, retry = await run.events.next(Reconnecting, timeout=10)
+            assert retry.delay >= 0.3  # 1013's floor, not the 1006 backoff
+        finally:
+            other.execute("COMMIT")
+            other.close()
+        await run.events.wait_for(Resumed, timeout=10)
+        await echoes(run.conn, 2)
+        assert run.events.of(SessionLost) == []
+        assert [c.resumed for c in run.events.of(Connected)][-1] is True
+        assert handler.got == [1, 2]
+        assert len(handler.sessions) == 1  # one session throughout
 
 
 @pytest.mark.timeout(20)
