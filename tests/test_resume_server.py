@@ -1311,7 +1311,7 @@ async def test_a_clients_ack_rides_with_the_next_write() -> None:
     assert len(store.writes) == writes + 1
     assert store.writes[-1]["acked"] == 1
     assert [m.payload for m in await store.messages(session.id, after=0)] == ["m2"]
-    assert layer._states[session].ack_timer is None
+    assert not layer._states[session].ack_armed
 
 
 def test_a_clients_ack_is_written_after_the_lazy_delay_at_the_latest() -> None:
@@ -1328,6 +1328,53 @@ async def _ack_written_after_the_lazy_delay() -> None:
     assert await store.messages(session.id, after=0) == []
 
 
+class TimedWritesStore(CountingStore):
+    """Records each write's session, ack and (loop) time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.timed: list[tuple[str, int | None, float]] = []
+
+    async def write(self, *args: Any, **kwargs: Any) -> SessionRecord:
+        self.timed.append((args[0], kwargs.get("acked"), asyncio.get_running_loop().time()))
+        return await super().write(*args, **kwargs)
+
+
+def test_one_timer_writes_each_sessions_lazy_ack_at_its_own_deadline() -> None:
+    run_virtual(_lazy_acks_share_one_timer())
+
+
+async def _lazy_acks_share_one_timer() -> None:
+    loop = asyncio.get_running_loop()
+    store = TimedWritesStore()
+    layer = TetherV1ServerLayer(store=store)
+    sessions: list[Session] = []
+    acked_at: dict[str, float] = {}
+    for _ in range(3):  # three sessions whose acks arrive 1 s apart
+        session, transport, _ = await new_session(layer)
+        session.read_ahead(keep=True)
+        await session.send("m1")
+        await eventually(lambda t=transport: t.sent[-1:] == ["d1:0:m1"], 2.0)  # type: ignore[misc]
+        transport.feed(encode(Ack(1)))
+        await eventually(lambda s=session: layer._states[s].endpoint.peer_acked == 1, 2.0)  # type: ignore[misc]
+        acked_at[session.id] = loop.time()
+        sessions.append(session)
+        await asyncio.sleep(1.0)
+    assert list(layer._lazy_acks) == [layer._states[s] for s in sessions]
+    scheduled = [h for h in loop._scheduled if not h.cancelled()]  # type: ignore[attr-defined]
+    assert sum(h._callback == layer._lazy_acks_due for h in scheduled) == 1  # one for the three
+    await sessions[1].send("m2")  # its write takes the ack along: no lazy write for it
+    await eventually(lambda: len([t for t in store.timed if t[1] == 1]) == 3, 30.0)
+    await asyncio.sleep(LAZY_ACK_WRITE_S)  # and nothing more comes
+    acks = [(sid, at) for sid, acked, at in store.timed if acked == 1]
+    first, second, third = (s.id for s in sessions)
+    assert [sid for sid, _ in acks] == [second, first, third]  # the write's, then the timer's
+    for sid, at in acks[1:]:  # the two lazy ones, each LAZY_ACK_WRITE_S after its own ack
+        assert LAZY_ACK_WRITE_S - 0.1 <= at - acked_at[sid] <= LAZY_ACK_WRITE_S + 0.1
+    assert not layer._lazy_acks
+    assert layer._lazy_timer is None
+
+
 async def test_a_connection_that_ends_leaves_the_ack_to_the_resume() -> None:
     """Connection lost: only the detach is written; the resume's hello.rx trims the rest.
 
@@ -1340,7 +1387,7 @@ async def test_a_connection_that_ends_leaves_the_ack_to_the_resume() -> None:
     await eventually(lambda: store.detached == 1, 2.0)
     assert len(store.writes) == writes
     assert [m.payload for m in await store.messages(session.id, after=0)] == ["m1"]
-    assert layer._states[session].ack_timer is None
+    assert not layer._states[session].ack_armed
 
 
 async def test_a_resume_elsewhere_does_not_replay_what_the_client_acked() -> None:
@@ -1583,7 +1630,7 @@ async def test_a_clients_ack_is_written_when_the_handler_returns() -> None:
     await layer.finish(session)
     assert store.writes[-1]["acked"] == 1
     assert await store.messages(session.id, after=0) == []
-    assert state.ack_timer is None
+    assert not state.ack_armed
 
 
 # -- detach races ------------------------------------------------------------------------------
@@ -1657,9 +1704,12 @@ async def test_a_stopped_layer_leaves_no_ack_timer() -> None:
     store = CountingStore()
     layer, session, _ = await acked_session(store)
     state = layer._states[session]
-    assert state.ack_timer is not None
+    assert state.ack_armed
+    assert layer._lazy_timer is not None
     await layer.stop()
-    assert state.ack_timer is None
+    assert not state.ack_armed
+    assert layer._lazy_timer is None
+    assert not layer._lazy_acks
 
 
 class _RenewingStore(MemoryStore):

@@ -142,6 +142,9 @@ _RENEW_MARGIN_SWEEPS = 2
 #: Until written, the store keeps messages the client already has: a resume then
 #: drops them by ``hello.rx``, so the delay costs storage, never a duplicate.
 LAZY_ACK_WRITE_S = 10.0
+#: How early the lazy-ack timer may write an ack due (a timer runs up to the loop's
+#: clock resolution early; without slack it would re-arm for the same instant).
+_LAZY_ACK_SLACK_S = 0.001
 
 #: Unacknowledged messages after which a session whose handler does not read gets a
 #: reader task (for good): the client's acks must be read to free the replay buffer.
@@ -181,9 +184,10 @@ class _V1:
     pending: list[StoredMessage] = field(default_factory=list)
     acked: int | None = None
     #: The client's ack, not written yet and not urgent (see LAZY_ACK_WRITE_S); the
-    #: timer writes it if no other write took it first.
+    #: layer's lazy-ack timer writes it if no other write took it first.
     lazy_acked: int | None = None
-    ack_timer: asyncio.TimerHandle | None = None
+    #: Due to that timer (an entry in TetherV1ServerLayer._lazy_acks); False: disarmed.
+    ack_armed: bool = False
     detach: bool = False
     #: This disconnect's detach is in the store (its expiry clock runs): the
     #: handler's return need not write it again.
@@ -344,6 +348,14 @@ class TetherV1ServerLayer(ServerLayer):
         #: Longest a taken message's rx waits for a reply to carry it into the store.
         self._commit_delay = (config.ack_delay or 0.2) / 4
         self._sweeper: asyncio.Task[None] | None = None
+        # The sessions whose lazy ack is due (LAZY_ACK_WRITE_S), in the order they
+        # were armed, which is the order of their deadlines: one loop timer for all,
+        # at the first deadline, instead of a TimerHandle per session and ack. On a
+        # ticker of 10,000 sessions each message's ack armed one (a heap push of ~15
+        # Python comparisons, and an object kept 5-10 s, into the full collections),
+        # cancelled by the next message's write (docs/benchmarks.md, twentieth session).
+        self._lazy_acks: collections.OrderedDict[_V1, float] = collections.OrderedDict()
+        self._lazy_timer: asyncio.TimerHandle | None = None
         self._background: set[asyncio.Task[Any]] = set()
         #: Sessions whose batch the writer takes at the end of this loop turn (I/O
         #: stores; a dict as an ordered set), and the writes it has in flight.
@@ -377,7 +389,7 @@ class TetherV1ServerLayer(ServerLayer):
         await self._finish_writes()
         for state in self._states.values():
             self._disarm(state)
-            state.ack_timer = _cancel(state.ack_timer)
+            state.ack_armed = False
             state.retry_timer = _cancel(
                 state.retry_timer
             )  # (a retry firing below would start a task after the stop)
@@ -393,8 +405,10 @@ class TetherV1ServerLayer(ServerLayer):
                 logger.warning("%d session task(s) did not stop; leaving them", len(stuck))
         for state in self._states.values():
             self._disarm(state)  # (a cancelled task re-arms on its way out)
-            state.ack_timer = _cancel(state.ack_timer)  # a stopped layer writes nothing more
+            state.ack_armed = False  # a stopped layer writes nothing more
             state.retry_timer = _cancel(state.retry_timer)
+        self._lazy_timer = _cancel(self._lazy_timer)
+        self._lazy_acks.clear()
         self._sweeper = None
         # Sessions that ended just before the drain are still being deleted (and
         # detached): a store closed under them leaves them in it, and this node's
@@ -821,8 +835,8 @@ class TetherV1ServerLayer(ServerLayer):
         # A detach not written yet is void: this connection's claim made the session
         # attached again (and a detach left pending would keep it from ever settling).
         state.detach = state.detached = False
-        if state.lazy_acked is not None and state.ack_timer is None:
-            self._arm_ack_timer(state)  # (cancelled when the old connection ended)
+        if state.lazy_acked is not None and not state.ack_armed:
+            self._arm_ack_timer(state)  # (disarmed when the old connection ended)
         self._collect(state)
         if (
             state.task is not None
@@ -1412,16 +1426,38 @@ class TetherV1ServerLayer(ServerLayer):
             return
         # A store that needs I/O: no write for the ack alone (see the module doc).
         state.lazy_acked = seq
-        if state.ack_timer is None and state.transport is not None:
+        if not state.ack_armed and state.transport is not None:
             self._arm_ack_timer(state)
 
     def _arm_ack_timer(self, state: _V1) -> None:
-        state.ack_timer = asyncio.get_running_loop().call_later(
-            LAZY_ACK_WRITE_S, self._lazy_ack_due, state
-        )
+        """Have the session's lazy ack written LAZY_ACK_WRITE_S from now at the latest."""
+        loop = asyncio.get_running_loop()
+        due = loop.time() + LAZY_ACK_WRITE_S
+        lazy = self._lazy_acks
+        lazy.pop(state, None)  # (an entry left by a disarm: its deadline was earlier)
+        lazy[state] = due
+        state.ack_armed = True
+        if self._lazy_timer is None:
+            self._lazy_timer = loop.call_at(due, self._lazy_acks_due)
+
+    def _lazy_acks_due(self) -> None:
+        """The layer's lazy-ack timer: write every lazy ack now due, re-arm for the next."""
+        self._lazy_timer = None
+        loop = asyncio.get_running_loop()
+        # (A timer may run up to the loop's clock resolution early: a little slack.)
+        now = loop.time() + _LAZY_ACK_SLACK_S
+        lazy = self._lazy_acks
+        while lazy:
+            state, due = next(iter(lazy.items()))
+            if due > now:
+                self._lazy_timer = loop.call_at(due, self._lazy_acks_due)
+                return
+            del lazy[state]
+            if state.ack_armed:  # (else disarmed since: its write took the ack)
+                state.ack_armed = False
+                self._lazy_ack_due(state)
 
     def _lazy_ack_due(self, state: _V1) -> None:
-        state.ack_timer = None
         if self._states.get(state.session) is not state or state.ended:
             return  # finished, or the layer stopped: it writes nothing more
         if state.lazy_acked is not None and state.transport is not None:
@@ -1723,7 +1759,7 @@ class TetherV1ServerLayer(ServerLayer):
             return True
         # The lazy ack stays unwritten: written after the close, it would race the
         # client's resume on another node (fenced); that resume trims it anyway.
-        state.ack_timer = _cancel(state.ack_timer)
+        state.ack_armed = False
         self._request_detach(state)
         self._rearm(state)  # the expiry
         return False
@@ -1892,7 +1928,7 @@ class TetherV1ServerLayer(ServerLayer):
                 _promote_lazy_ack(state)  # on an open connection: settled with the rest
             await self._settle(state, timeout=2.0)
         state.commit_timer = _cancel(state.commit_timer)
-        state.ack_timer = _cancel(state.ack_timer)
+        state.ack_armed = False
         state.retry_timer = _cancel(state.retry_timer)
         self._disarm(state)
         self._forget(state)
@@ -1915,7 +1951,7 @@ class TetherV1ServerLayer(ServerLayer):
         self._disarm(state)
         state.retry_timer = _cancel(state.retry_timer)
         state.commit_timer = _cancel(state.commit_timer)
-        state.ack_timer = _cancel(state.ack_timer)
+        state.ack_armed = False
         self._forget(state)
         if delete and state.durable:
             self._spawn(self._delete(state.session.id, state.generation))
@@ -2058,7 +2094,7 @@ def _promote_lazy_ack(state: _V1) -> None:
     lazy = state.lazy_acked
     assert lazy is not None
     state.lazy_acked = None
-    state.ack_timer = _cancel(state.ack_timer)
+    state.ack_armed = False
     if state.acked is None or lazy > state.acked:
         state.acked = lazy
 
