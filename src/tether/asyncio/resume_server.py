@@ -1455,7 +1455,10 @@ class TetherV1ServerLayer(ServerLayer):
             del lazy[state]
             if state.ack_armed:  # (else disarmed since: its write took the ack)
                 state.ack_armed = False
-                self._lazy_ack_due(state)
+                try:
+                    self._lazy_ack_due(state)
+                except Exception as exc:  # that session's bug, not the other sessions'
+                    self._internal_error(state, exc)
 
     def _lazy_ack_due(self, state: _V1) -> None:
         if self._states.get(state.session) is not state or state.ended:
