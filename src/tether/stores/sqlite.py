@@ -955,6 +955,14 @@ def _write_refused(
 ) -> None:
     """Why a guarded UPDATE matched no row: raise what :func:`_write_with_record` would."""
     _, tx, old_acked, _ = _owned_counters(db, sid, generation)
+    _checked_counters(sid, append, acked, tx, old_acked)
+    raise AssertionError(f"session {sid}: a write matched no row, for no reason found")
+
+
+def _checked_counters(
+    sid: str, append: Sequence[StoredMessage], acked: int | None, tx: int, old_acked: int
+) -> tuple[int, int]:
+    """The write's new ``tx`` and ``acked`` from the stored ones; StoreError if it does not fit."""
     if append:
         if append[0].seq != tx + 1:
             raise StoreError(f"session {sid}: appended seq {append[0].seq}, expected {tx + 1}")
@@ -962,7 +970,7 @@ def _write_refused(
     new_acked = old_acked if acked is None else max(old_acked, acked)
     if new_acked > tx:
         raise StoreError(f"session {sid}: ack {new_acked} is beyond tx {tx}")
-    raise AssertionError(f"session {sid}: a write matched no row, for no reason found")
+    return tx, new_acked
 
 
 def _write_with_record(
@@ -977,14 +985,8 @@ def _write_with_record(
 ) -> SessionRecord:
     """:func:`_write_work` answering the record as the write left it."""
     row = _owned_row(db, sid, generation)
-    tx, old_acked, old_rx = row[7], row[8], row[9]
-    if append:
-        if append[0].seq != tx + 1:
-            raise StoreError(f"session {sid}: appended seq {append[0].seq}, expected {tx + 1}")
-        tx = append[-1].seq
-    new_acked = old_acked if acked is None else max(old_acked, acked)
-    if new_acked > tx:
-        raise StoreError(f"session {sid}: ack {new_acked} is beyond tx {tx}")
+    old_acked, old_rx = row[8], row[9]
+    tx, new_acked = _checked_counters(sid, append, acked, row[7], old_acked)
     new_rx = old_rx if rx is None else max(old_rx, rx)
     if rows:
         db.executemany(
