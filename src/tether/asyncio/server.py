@@ -553,9 +553,10 @@ class Server:
         records = [r for r in self._connections.values() if r.transport.closed is None]
         for listed in records:
             # No more pings: every connection is closed within the window, and a dead
-            # link among them fails its close within close_timeout (window + 10 s,
-            # inside the heartbeat's own interval + timeout). A 10,000-connection drain
-            # spent 5 % of its CPU on pings (docs/benchmarks.md, twentieth session).
+            # link among them fails its close within close_timeout (with the defaults
+            # 5 + 10 s, sooner than the heartbeat's interval + timeout of 15 + 10 s).
+            # A 10,000-connection drain spent 5 % of its CPU on pings
+            # (docs/benchmarks.md, twentieth session).
             if listed.heartbeat is not None:
                 listed.heartbeat.stop()
         logger.info(
