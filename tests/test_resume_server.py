@@ -1362,7 +1362,9 @@ async def _lazy_acks_share_one_timer() -> None:
         await asyncio.sleep(1.0)
     assert list(layer._lazy_acks) == [layer._states[s] for s in sessions]
     scheduled = [h for h in loop._scheduled if not h.cancelled()]  # type: ignore[attr-defined]
-    assert sum(h._callback == layer._lazy_acks_due for h in scheduled) == 1  # one for the three
+    assert (
+        sum(h._callback == layer._lazy_ack_timer_rang for h in scheduled) == 1
+    )  # one for the three
     await sessions[1].send("m2")  # its write takes the ack along: no lazy write for it
     await eventually(lambda: len([t for t in store.timed if t[1] == 1]) == 3, 30.0)
     await asyncio.sleep(LAZY_ACK_WRITE_S)  # and nothing more comes

@@ -1438,9 +1438,9 @@ class TetherV1ServerLayer(ServerLayer):
         lazy[state] = due
         state.ack_armed = True
         if self._lazy_timer is None:
-            self._lazy_timer = loop.call_at(due, self._lazy_acks_due)
+            self._lazy_timer = loop.call_at(due, self._lazy_ack_timer_rang)
 
-    def _lazy_acks_due(self) -> None:
+    def _lazy_ack_timer_rang(self) -> None:
         """The layer's lazy-ack timer: write every lazy ack now due, re-arm for the next."""
         self._lazy_timer = None
         loop = asyncio.get_running_loop()
@@ -1450,7 +1450,7 @@ class TetherV1ServerLayer(ServerLayer):
         while lazy:
             state, due = next(iter(lazy.items()))
             if due > now:
-                self._lazy_timer = loop.call_at(due, self._lazy_acks_due)
+                self._lazy_timer = loop.call_at(due, self._lazy_ack_timer_rang)
                 return
             del lazy[state]
             if state.ack_armed:  # (else disarmed since: its write took the ack)

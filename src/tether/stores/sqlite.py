@@ -895,6 +895,10 @@ def _write_work(
     return functools.partial(apply, sid, generation, append, rows, acked, rx, detach_at)
 
 
+#: Both kinds of write: append a batch's messages; drop the acknowledged ones.
+_INSERT_MESSAGES = "INSERT INTO messages (sid, seq, is_text, payload) VALUES (?, ?, ?, ?)"
+_TRIM_MESSAGES = "DELETE FROM messages WHERE sid = ? AND seq <= ?"
+
 #: One write that answers no record, checked by the UPDATE itself: the session is there,
 #: ``generation`` still owns it, the first appended ``seq`` continues ``tx`` and the ack is
 #: not beyond the new ``tx``. Nothing changed when no row matched (then _write_refused
@@ -937,13 +941,11 @@ def _write_counters(
     if not matched:
         _write_refused(db, sid, generation, append, acked)
     if rows:
-        db.executemany(
-            "INSERT INTO messages (sid, seq, is_text, payload) VALUES (?, ?, ?, ?)", rows
-        )
+        db.executemany(_INSERT_MESSAGES, rows)
     if acked is not None:
         # (Unconditional: an ack that did not move deletes nothing, and finding that
         # out first would take the read this path does without.)
-        db.execute("DELETE FROM messages WHERE sid = ? AND seq <= ?", (sid, acked))
+        db.execute(_TRIM_MESSAGES, (sid, acked))
 
 
 def _write_refused(
@@ -989,11 +991,9 @@ def _write_with_record(
     tx, new_acked = _checked_counters(sid, append, acked, row[7], old_acked)
     new_rx = old_rx if rx is None else max(old_rx, rx)
     if rows:
-        db.executemany(
-            "INSERT INTO messages (sid, seq, is_text, payload) VALUES (?, ?, ?, ?)", rows
-        )
+        db.executemany(_INSERT_MESSAGES, rows)
     if new_acked > old_acked:
-        db.execute("DELETE FROM messages WHERE sid = ? AND seq <= ?", (sid, new_acked))
+        db.execute(_TRIM_MESSAGES, (sid, new_acked))
     db.execute(
         "UPDATE sessions SET tx = ?, acked = ?, rx = ?, expires_at = COALESCE(?, expires_at)"
         " WHERE sid = ?",
