@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -79,14 +80,27 @@ def opened_client(config: ResumeConfig = CONFIG, *, report_acks: bool = True) ->
 
 
 def test_config_defaults() -> None:
-    """Defaults are the documented ones: 120 s, 10,000 msgs, 8 MiB, 32 msgs/64 KiB/200 ms, 10 s."""
+    """Defaults are the documented ones: 120 s, 10,000 msgs, 8 MiB, 32 msgs/64 KiB/auto, 10 s."""
     assert (CONFIG.resume_window, CONFIG.max_messages, CONFIG.max_bytes) == (
         120.0,
         10_000,
         8 * 1024 * 1024,
     )
-    assert (CONFIG.ack_messages, CONFIG.ack_bytes, CONFIG.ack_delay) == (32, 64 * 1024, 0.2)
+    assert (CONFIG.ack_messages, CONFIG.ack_bytes, CONFIG.ack_delay) == (32, 64 * 1024, "auto")
     assert CONFIG.welcome_timeout == 10.0
+
+
+def test_auto_ack_delay_is_prompt_on_a_server_and_lazy_on_a_client() -> None:
+    """ "auto": 0.2 s on a server; 10 s on a client, at most a quarter of the server's window."""
+    assert CONFIG.ack_delay_s(client=False) == 0.2
+    assert CONFIG.ack_delay_s(client=True) == 10.0
+    assert CONFIG.ack_delay_s(client=True, window=8.0) == 2.0  # the window told in welcome
+    assert ResumeConfig(resume_window=20.0).ack_delay_s(client=True) == 5.0
+    assert ResumeConfig(resume_window=20.0).ack_delay_s(client=False) == 0.2
+    explicit = ResumeConfig(ack_delay=0.5)
+    assert explicit.ack_delay_s(client=True, window=1.0) == 0.5  # as asked, on both sides
+    assert explicit.ack_delay_s(client=False) == 0.5
+    assert ResumeConfig(ack_delay=None).ack_delay_s(client=True) is None
 
 
 @pytest.mark.parametrize(
@@ -96,11 +110,14 @@ def test_config_defaults() -> None:
         {"max_messages": 0},
         {"ack_bytes": -1},
         {"ack_delay": 0},
+        {"ack_delay": math.inf},
+        {"ack_delay": "soon"},
+        {"ack_delay": True},
         {"ack_messages": None, "ack_bytes": None, "ack_delay": None},
     ],
 )
 def test_config_rejects_bad_values(kwargs: dict[str, object]) -> None:
-    """Non-positive bounds, or no ack trigger at all, are configuration errors."""
+    """Non-positive or non-finite values, or no ack trigger at all, are configuration errors."""
     with pytest.raises(ConfigurationError):
         ResumeConfig(**kwargs)  # type: ignore[arg-type]
 
@@ -360,7 +377,7 @@ def test_standalone_ack_after_bytes() -> None:
     """After 64 KiB received a standalone ack is due at once."""
     client = opened_client()
     client.receive_message(encode(Data(1, 0, b"x" * 65_535)), 0.0)
-    assert client.next_deadline() == pytest.approx(0.2)
+    assert client.next_deadline() == pytest.approx(10.0)  # the client's timer ("auto")
     client.receive_message(encode(Data(2, 0, b"x")), 0.0)
     assert client.next_deadline() == 0.0
     client.handle_timer(0.0)
@@ -368,15 +385,42 @@ def test_standalone_ack_after_bytes() -> None:
 
 
 def test_standalone_ack_after_delay() -> None:
-    """A lone message is acked by the 200 ms timer."""
+    """A lone message is acked by the client's 10 s timer, which covers what follows."""
     client = opened_client()
     client.receive_message(encode(Data(1, 0, "x")), 10.0)
-    assert client.next_deadline() == pytest.approx(10.2)
-    client.handle_timer(10.1)
-    assert client.data_to_send() == []
+    assert client.next_deadline() == pytest.approx(20.0)
     client.handle_timer(10.2)
-    assert [decode(m) for m in client.data_to_send()] == [Ack(1)]
+    assert client.data_to_send() == []  # not after a server's 0.2 s
+    client.receive_message(encode(Data(2, 0, "y")), 15.0)  # a sparse stream's next message
+    assert client.next_deadline() == pytest.approx(20.0)  # the first one's timer stands
+    client.handle_timer(19.9)
+    assert client.data_to_send() == []
+    client.handle_timer(20.0)
+    assert [decode(m) for m in client.data_to_send()] == [Ack(2)]  # one ack for both
     assert client.next_deadline() is None  # nothing left to ack, nothing unacked
+
+
+def test_client_ack_timer_follows_a_short_server_window() -> None:
+    """A server window of 8 s (welcome.window_ms): the client acks 2 s after a message."""
+    client = opened_client(ResumeConfig(resume_window=8.0))
+    client.receive_message(encode(Data(1, 0, "x")), 1.0)
+    assert client.next_deadline() == pytest.approx(3.0)
+    other = ClientEndpoint()  # its own window is 120 s; the server's welcome says 8 s
+    other.connection_made(0.0)
+    other.receive_message(welcome(window_ms=8_000), 0.0)
+    other.receive_message(encode(Data(1, 0, "x")), 1.0)
+    assert other.next_deadline() == pytest.approx(3.0)
+
+
+def test_server_acks_a_lone_message_after_200_ms() -> None:
+    """The server's timer stays short: its acks tell the client what is safe."""
+    server = ServerEndpoint("c2lk", "ZXA")
+    server.attach(0.0, token="dG9r", resumed=False)
+    server.data_to_send()
+    server.receive_message(encode(Data(1, 0, "q")), 10.0)
+    assert server.next_deadline() == pytest.approx(10.2)
+    server.handle_timer(10.2)
+    assert [decode(m) for m in server.data_to_send()] == [Ack(1)]
 
 
 def test_piggyback_cancels_ack_timer() -> None:
@@ -385,7 +429,7 @@ def test_piggyback_cancels_ack_timer() -> None:
     client.receive_message(encode(Data(1, 0, "x")), 0.0)
     client.send("y", 0.05)
     client.data_to_send()
-    client.handle_timer(0.3)
+    client.handle_timer(10.5)  # past the timer the message armed
     assert client.data_to_send() == []
 
 
@@ -974,10 +1018,12 @@ def test_spec_documents_defaults() -> None:
     assert f"| `resume_window` | {CONFIG.resume_window:.0f} s |" in SPEC
     assert f"| replay buffer count | {CONFIG.max_messages:,} messages |" in SPEC
     assert f"| replay buffer bytes | {CONFIG.max_bytes // 2**20} MiB |" in SPEC
-    delay_ms = round(CONFIG.ack_delay * 1000)  # type: ignore[operator]
+    server_ms = round(CONFIG.ack_delay_s(client=False) * 1000)  # type: ignore[operator]
+    client_s = CONFIG.ack_delay_s(client=True)
     assert (
         f"| standalone ack after | {CONFIG.ack_messages} messages / "
-        f"{CONFIG.ack_bytes // 1024} KiB / {delay_ms} ms |"  # type: ignore[operator]
+        f"{CONFIG.ack_bytes // 1024} KiB / {server_ms} ms (server), "  # type: ignore[operator]
+        f"{client_s:.0f} s (client, at most a quarter of `window_ms`) |"
     ) in SPEC
     assert f"| client's wait for `welcome` | {CONFIG.welcome_timeout:.0f} s |" in SPEC
 

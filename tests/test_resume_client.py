@@ -84,7 +84,7 @@ async def test_ack_due_by_the_timer_is_pending_until_taken() -> None:
     assert layer.incoming(encode_data(1, 0, "x"), 1.0) == ["x"]
     assert layer.pending() is False  # only a deadline so far: nothing to send yet
     deadline = layer.next_deadline()
-    assert deadline == pytest.approx(1.2)  # ack_delay 0.2 s
+    assert deadline == pytest.approx(11.0)  # a client's ack_delay: 10 s ("auto")
     layer.handle_timer(deadline)
     assert layer.pending() is True
     assert layer.control_to_send() == ['{"type":"ack","rx":1}']

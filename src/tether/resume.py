@@ -32,6 +32,7 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar, Literal
 
 from .closecodes import CloseCode
 from .events import Resumed, SessionLost
@@ -55,6 +56,8 @@ from .protocol import (
 from .replay import ReplayBuffer
 
 __all__ = [
+    "CLIENT_ACK_DELAY_S",
+    "SERVER_ACK_DELAY_S",
     "ClientEndpoint",
     "CloseConnection",
     "CoreEvent",
@@ -73,6 +76,11 @@ __all__ = [
 #: Longest resume window in seconds: its milliseconds still fit welcome's window_ms.
 _MAX_RESUME_WINDOW_S = MAX_SEQ // 1000
 
+#: The standalone-ack timer of ``ack_delay="auto"`` on a server (docs/protocol.md §4.3).
+SERVER_ACK_DELAY_S = 0.2
+#: ... and on a client, which uses at most a quarter of the server's window.
+CLIENT_ACK_DELAY_S = 10.0
+
 
 @dataclass(frozen=True, kw_only=True)
 class ResumeConfig:
@@ -88,7 +96,14 @@ class ResumeConfig:
             unless a data frame carries it first); None disables the count trigger.
         ack_bytes: ... after this many received payload bytes; None disables it.
         ack_delay: ... at the latest this many seconds after the first
-            unacknowledged message; None disables the timer.
+            unacknowledged message; None disables the timer. ``"auto"`` (the
+            default) is 0.2 s on a server and 10 s on a client (at most a quarter
+            of the server's window). A server acks promptly because its acks tell
+            the client which of its messages are safe (what :class:`SessionLost`
+            hands back). A client's acks only let the server drop what it keeps
+            for a resume, which the count and byte triggers already bound; acking
+            every message of a slow stream (a ticker) after 0.2 s doubled the
+            frames its server handles.
         welcome_timeout: client only: seconds an attempt waits for ``welcome``
             after its ``hello`` before it closes with 4203 and is retried
             (``docs/protocol.md`` §3). No heartbeat runs before the welcome, so
@@ -102,7 +117,7 @@ class ResumeConfig:
     max_bytes: int | None = 8 * 1024 * 1024
     ack_messages: int | None = 32
     ack_bytes: int | None = 64 * 1024
-    ack_delay: float | None = 0.2
+    ack_delay: float | Literal["auto"] | None = "auto"
     welcome_timeout: float = 10.0
 
     def __post_init__(self) -> None:
@@ -123,8 +138,19 @@ class ResumeConfig:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or value < 1):
                 raise ConfigurationError(f"{name} must be >= 1 or None")
-        if self.ack_delay is not None and not self.ack_delay > 0:
-            raise ConfigurationError("ack_delay must be > 0 seconds or None")
+        delay = self.ack_delay
+        if (
+            delay is not None
+            and delay != "auto"
+            and (
+                isinstance(delay, bool)
+                or not isinstance(delay, (int, float))
+                or not 0 < delay < math.inf
+            )
+        ):
+            raise ConfigurationError(
+                f'ack_delay must be a finite number of seconds > 0, "auto" or None, not {delay!r}'
+            )
         welcome = self.welcome_timeout
         if (
             isinstance(welcome, bool)
@@ -143,6 +169,23 @@ class ResumeConfig:
     def window_ms(self) -> int:
         """``resume_window`` in whole milliseconds, as sent in ``welcome``."""
         return int(self.resume_window * 1000)
+
+    def ack_delay_s(self, *, client: bool, window: float | None = None) -> float | None:
+        """The standalone-ack timer in seconds for one role, ``"auto"`` resolved.
+
+        Args:
+            client: for a client endpoint (else a server's).
+            window: the server's resume window in seconds, as a client learns it
+                from ``welcome`` (default: ``resume_window``); ``"auto"`` on a
+                client uses at most a quarter of it, so that an ack always comes
+                well before the server's stall check (a message unacknowledged
+                for the window, 4202).
+        """
+        if self.ack_delay != "auto":
+            return self.ack_delay
+        if not client:
+            return SERVER_ACK_DELAY_S
+        return min(CLIENT_ACK_DELAY_S, (self.resume_window if window is None else window) / 4)
 
 
 class Phase(str, enum.Enum):
@@ -251,8 +294,12 @@ class Endpoint:
             attribute for the same reason).
     """
 
+    #: Which role this endpoint plays (the defaults of some settings differ).
+    is_client: ClassVar[bool] = False
+
     # One per session on a server, most of them idle: no per-instance __dict__.
     __slots__ = (
+        "_ack_delay",
         "_ack_due",
         "_ackable",
         "_acked_sent",
@@ -291,6 +338,8 @@ class Endpoint:
         #: Seconds a disconnected session is kept (and the longest a message may stay
         #: unacknowledged): the config's; on a client, the server's welcome.window_ms.
         self._window = config.resume_window
+        #: The standalone-ack timer, ``config.ack_delay`` with ``"auto"`` resolved.
+        self._ack_delay = config.ack_delay_s(client=self.is_client)
 
     @property
     def window(self) -> float:
@@ -617,8 +666,8 @@ class Endpoint:
             # sent before then (a reply in the same turn) carries it instead (§4.3).
             if self._ack_due is None or self._ack_due > now:
                 self._ack_due = now
-        elif self._ack_due is None and cfg.ack_delay is not None:
-            self._ack_due = now + cfg.ack_delay
+        elif self._ack_due is None and self._ack_delay is not None:
+            self._ack_due = now + self._ack_delay
 
     def _require_open(self, what: str) -> None:
         if self.phase is not Phase.OPEN:
@@ -658,6 +707,8 @@ class ClientEndpoint(Endpoint):
     """
 
     __slots__ = ("_doomed", "_session")
+
+    is_client = True
 
     def __init__(self, config: ResumeConfig | None = None, *, report_acks: bool = True) -> None:
         super().__init__(config or ResumeConfig(), report_acks=report_acks)
@@ -752,6 +803,7 @@ class ClientEndpoint(Endpoint):
         # resuming later than the server keeps it is refused anyway.
         if welcome.window_ms > 0:
             self._window = welcome.window_ms / 1000.0
+            self._ack_delay = self.config.ack_delay_s(client=True, window=self._window)
         self._open(now)
         replayed_out = self._replay()
         self._events.append(SessionEstablished(welcome.sid, welcome.resumed, replayed_out))

@@ -25,7 +25,7 @@ the frames, so that write-through holds and order is kept:
 * ``rx`` is what the handler has *taken* (``recv`` returned it), committed in
   the same write as the replies it produced in that turn (a reply's frame then
   carries it as its ack), else at the end of the turn when an ack is due, else
-  a quarter of ``ack_delay`` later; acks follow only committed ``rx``
+  a quarter of the server's ``ack_delay`` later; acks follow only committed ``rx``
   (``hold_acks``), so an ack never promises more than the store holds; a
   client's acks are written with the next batch, when the handler returns on
   an open connection, or :data:`LAZY_ACK_WRITE_S` later at the latest (not
@@ -78,6 +78,7 @@ from ..exceptions import (
 from ..protocol import SUBPROTOCOL, Hello, LostReason, TetherCloseCode, decode
 from ..ratelimit import ResumeLimit, ResumeLimiter, address_key
 from ..resume import (
+    SERVER_ACK_DELAY_S,
     CloseConnection,
     ResumeConfig,
     ServerEndpoint,
@@ -346,7 +347,7 @@ class TetherV1ServerLayer(ServerLayer):
         #: The store writes without awaiting: senders flush inline (see the module doc).
         self._inline = type(self.store).write_nowait is not SessionStore.write_nowait
         #: Longest a taken message's rx waits for a reply to carry it into the store.
-        self._commit_delay = (config.ack_delay or 0.2) / 4
+        self._commit_delay = (config.ack_delay_s(client=False) or SERVER_ACK_DELAY_S) / 4
         self._sweeper: asyncio.Task[None] | None = None
         # The sessions whose lazy ack is due (LAZY_ACK_WRITE_S), in the order they
         # were armed, which is the order of their deadlines: one loop timer for all,
