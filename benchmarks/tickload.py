@@ -69,6 +69,11 @@ class Snapshot:
     context_switches: int
     received: int
     client_cpu_s: float
+    #: The collector's seconds and collections by generation (0, 1, 2): a collection
+    #: of generation n walks the objects of generations 0..n, so an older one costs
+    #: more, a full one (2) as much as every object the process keeps.
+    gc_by_generation_s: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    gc_by_generation: tuple[int, int, int] = (0, 0, 0)
 
 
 def per_message(before: Snapshot, after: Snapshot) -> dict[str, float]:
@@ -89,6 +94,16 @@ def per_message(before: Snapshot, after: Snapshot) -> dict[str, float]:
         "system_us": system * 1e6 / messages,
         "gc_us": (after.gc_s - before.gc_s) * 1e6 / messages,
         "gc_collections_per_1000": (after.gc_collections - before.gc_collections) * 1000 / messages,
+        **{
+            f"gc{n}_us": (after.gc_by_generation_s[n] - before.gc_by_generation_s[n])
+            * 1e6
+            / messages
+            for n in range(3)
+        },
+        **{
+            f"gc{n}_collections": float(after.gc_by_generation[n] - before.gc_by_generation[n])
+            for n in range(3)
+        },
         "context_switches": (after.context_switches - before.context_switches) / messages,
         "client_us": (after.client_cpu_s - before.client_cpu_s) * 1e6 / messages,
     }
@@ -96,12 +111,22 @@ def per_message(before: Snapshot, after: Snapshot) -> dict[str, float]:
 
 def read_gc_stats(path: str) -> tuple[float, int]:
     """(seconds collecting, collections) the wrapper last wrote; (0, 0) before it did."""
+    seconds, collections = read_gc_generations(path)
+    return float(sum(seconds)), int(sum(collections))
+
+
+def read_gc_generations(
+    path: str,
+) -> tuple[tuple[float, float, float], tuple[int, int, int]]:
+    """(seconds, collections) per generation (0, 1, 2) the wrapper last wrote; zeros before."""
     try:
         with open(path) as f:
             data = json.load(f)
     except FileNotFoundError:
-        return 0.0, 0
-    return float(sum(data["seconds"])), int(sum(data["collections"]))
+        return (0.0, 0.0, 0.0), (0, 0, 0)
+    s0, s1, s2 = (float(v) for v in data["seconds"])
+    c0, c1, c2 = (int(v) for v in data["collections"])
+    return (s0, s1, s2), (c0, c1, c2)
 
 
 def _context_switches(pid: int) -> int:
@@ -126,7 +151,7 @@ def _snapshot(
         if time.monotonic() > deadline:
             raise RuntimeError("the server did not report its collector's figures within 5 s")
         time.sleep(0.01)
-    gc_s, collections = read_gc_stats(stats)
+    gc_seconds, gc_collections = read_gc_generations(stats)
     times = cpu_times(server.pid)
     if times is None:
         raise RuntimeError("the server exited during the measurement")
@@ -141,7 +166,15 @@ def _snapshot(
         received += int(count)
         client_cpu += float(cpu)
     return Snapshot(
-        user, system, gc_s, collections, _context_switches(server.pid), received, client_cpu
+        user,
+        system,
+        sum(gc_seconds),
+        sum(gc_collections),
+        _context_switches(server.pid),
+        received,
+        client_cpu,
+        gc_by_generation_s=gc_seconds,
+        gc_by_generation=gc_collections,
     )
 
 
@@ -226,6 +259,8 @@ _COLUMNS = (
     ("system", "system_us"),
     ("cyclic GC", "gc_us"),
     ("GC runs /1000 msgs", "gc_collections_per_1000"),
+    ("GC gen 0 / 1 / 2, µs/msg", ("gc0_us", "gc1_us", "gc2_us")),
+    ("GC gen 0 / 1 / 2, runs", ("gc0_collections", "gc1_collections", "gc2_collections")),
     ("ctx switches/msg", "context_switches"),
     ("clients' CPU, µs/msg", "client_us"),
 )
@@ -237,6 +272,9 @@ def report(result: dict[str, Any]) -> str:
     for row, runs in result["rounds"].items():
         cells = [row]
         for _, key in _COLUMNS:
+            if isinstance(key, tuple):  # one figure per generation: medians only
+                cells.append(" / ".join(fmt(Summary.of([r[k] for r in runs]).median) for k in key))
+                continue
             summary = Summary.of([r[key] for r in runs])
             cells.append(f"{fmt(summary.median)} ({fmt(summary.low)}–{fmt(summary.high)})")
         rows.append(cells)

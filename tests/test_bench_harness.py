@@ -255,8 +255,14 @@ def test_replacement_pid_is_read_from_the_server_log(tmp_path: Path) -> None:
 
 def test_tickload_figures_are_per_message_received_in_the_window() -> None:
     """CPU, collector time and switches between two snapshots, divided by messages."""
-    before = tickload.Snapshot(1.0, 0.5, 0.1, 10, 100, received=1_000, client_cpu_s=2.0)
-    after = tickload.Snapshot(3.0, 1.0, 0.3, 30, 600, received=11_000, client_cpu_s=4.0)
+    before = tickload.Snapshot(
+        1.0, 0.5, 0.1, 10, 100, received=1_000, client_cpu_s=2.0,
+        gc_by_generation_s=(0.04, 0.01, 0.05), gc_by_generation=(8, 1, 1),
+    )  # fmt: skip
+    after = tickload.Snapshot(
+        3.0, 1.0, 0.3, 30, 600, received=11_000, client_cpu_s=4.0,
+        gc_by_generation_s=(0.08, 0.06, 0.15), gc_by_generation=(24, 3, 3),
+    )  # fmt: skip
     figures = tickload.per_message(before, after)
     assert figures["messages"] == 10_000
     assert figures["server_us"] == pytest.approx(250.0)  # 2.5 s / 10,000
@@ -264,6 +270,9 @@ def test_tickload_figures_are_per_message_received_in_the_window() -> None:
     assert figures["system_us"] == pytest.approx(50.0)
     assert figures["gc_us"] == pytest.approx(20.0)
     assert figures["gc_collections_per_1000"] == pytest.approx(2.0)
+    # By generation: 0.04 / 0.05 / 0.1 s over 10,000 messages; 16 / 2 / 2 collections.
+    assert [figures[f"gc{n}_us"] for n in range(3)] == pytest.approx([4.0, 5.0, 10.0])
+    assert [figures[f"gc{n}_collections"] for n in range(3)] == [16, 2, 2]
     assert figures["context_switches"] == pytest.approx(0.05)
     assert figures["client_us"] == pytest.approx(200.0)
 
@@ -298,6 +307,8 @@ def test_tickload_server_wrapper_reports_its_collector(tmp_path: Path) -> None:
         seconds, collections = tickload.read_gc_stats(str(stats))
         assert collections >= 1
         assert seconds > 0
+        by_generation = tickload.read_gc_generations(str(stats))
+        assert (sum(by_generation[0]), sum(by_generation[1])) == (seconds, collections)
     finally:
         server.kill()
         server.wait(10)
