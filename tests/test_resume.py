@@ -26,6 +26,7 @@ from tether.protocol import (
     encode,
 )
 from tether.resume import (
+    LONE_MESSAGE_BYTES,
     ClientEndpoint,
     CloseConnection,
     GoAwayReceived,
@@ -90,17 +91,18 @@ def test_config_defaults() -> None:
     assert CONFIG.welcome_timeout == 10.0
 
 
-def test_auto_ack_delay_is_prompt_on_a_server_and_lazy_on_a_client() -> None:
-    """ "auto": 0.2 s on a server; 10 s on a client, at most a quarter of the server's window."""
-    assert CONFIG.ack_delay_s(client=False) == 0.2
-    assert CONFIG.ack_delay_s(client=True) == 10.0
-    assert CONFIG.ack_delay_s(client=True, window=8.0) == 2.0  # the window told in welcome
-    assert ResumeConfig(resume_window=20.0).ack_delay_s(client=True) == 5.0
-    assert ResumeConfig(resume_window=20.0).ack_delay_s(client=False) == 0.2
+def test_auto_ack_delay_is_lazy_only_for_a_client_and_a_lone_message() -> None:
+    """ "auto": 0.2 s; a client's lone message 10 s, at most a quarter of the server's window."""
+    assert CONFIG.ack_delay_s() == 0.2
+    assert CONFIG.lone_ack_delay_s(client=False) is None  # a server's acks are prompt
+    assert CONFIG.lone_ack_delay_s(client=True) == 10.0
+    assert CONFIG.lone_ack_delay_s(client=True, window=8.0) == 2.0  # told in welcome
+    assert ResumeConfig(resume_window=20.0).lone_ack_delay_s(client=True) == 5.0
     explicit = ResumeConfig(ack_delay=0.5)
-    assert explicit.ack_delay_s(client=True, window=1.0) == 0.5  # as asked, on both sides
-    assert explicit.ack_delay_s(client=False) == 0.5
-    assert ResumeConfig(ack_delay=None).ack_delay_s(client=True) is None
+    assert explicit.ack_delay_s() == 0.5
+    assert explicit.lone_ack_delay_s(client=True) is None  # as asked, on both sides
+    assert ResumeConfig(ack_delay=None).ack_delay_s() is None
+    assert ResumeConfig(ack_delay=None).lone_ack_delay_s(client=True) is None
 
 
 @pytest.mark.parametrize(
@@ -377,7 +379,7 @@ def test_standalone_ack_after_bytes() -> None:
     """After 64 KiB received a standalone ack is due at once."""
     client = opened_client()
     client.receive_message(encode(Data(1, 0, b"x" * 65_535)), 0.0)
-    assert client.next_deadline() == pytest.approx(10.0)  # the client's timer ("auto")
+    assert client.next_deadline() == pytest.approx(0.2)  # a lone message, but 64 KiB: 200 ms
     client.receive_message(encode(Data(2, 0, b"x")), 0.0)
     assert client.next_deadline() == 0.0
     client.handle_timer(0.0)
@@ -385,19 +387,43 @@ def test_standalone_ack_after_bytes() -> None:
 
 
 def test_standalone_ack_after_delay() -> None:
-    """A lone message is acked by the client's 10 s timer, which covers what follows."""
+    """A lone message is acked by the client's 10 s timer; a sparse stream's next one
+    brings the ack forward, so one ack covers two messages."""
     client = opened_client()
     client.receive_message(encode(Data(1, 0, "x")), 10.0)
     assert client.next_deadline() == pytest.approx(20.0)
     client.handle_timer(10.2)
     assert client.data_to_send() == []  # not after a server's 0.2 s
-    client.receive_message(encode(Data(2, 0, "y")), 15.0)  # a sparse stream's next message
-    assert client.next_deadline() == pytest.approx(20.0)  # the first one's timer stands
-    client.handle_timer(19.9)
+    client.receive_message(encode(Data(2, 0, "y")), 15.0)  # the sparse stream's next message
+    assert client.next_deadline() == pytest.approx(15.2)
+    client.handle_timer(15.1)
     assert client.data_to_send() == []
-    client.handle_timer(20.0)
+    client.handle_timer(15.2)
     assert [decode(m) for m in client.data_to_send()] == [Ack(2)]  # one ack for both
     assert client.next_deadline() is None  # nothing left to ack, nothing unacked
+    client.receive_message(encode(Data(3, 0, "z")), 20.0)
+    client.handle_timer(30.0)  # a lone message again: its own 10 s
+    assert [decode(m) for m in client.data_to_send()] == [Ack(3)]
+
+
+def test_client_acks_a_second_message_promptly() -> None:
+    """A second unacked message, or a lone one of 16 KiB, brings a client's 10 s timer to 200 ms.
+
+    (A server whose replay buffer holds few messages must not wait 10 s for room.)
+    """
+    client = opened_client()
+    client.receive_message(encode(Data(1, 0, "x")), 1.0)
+    assert client.next_deadline() == pytest.approx(11.0)  # a lone message: the lazy timer
+    client.receive_message(encode(Data(2, 0, "x")), 1.3)
+    assert client.next_deadline() == pytest.approx(1.5)
+    client.handle_timer(1.5)
+    assert [decode(m) for m in client.data_to_send()] == [Ack(2)]
+    client.receive_message(encode(Data(3, 0, b"x" * (16 * 1024))), 2.0)
+    assert client.next_deadline() == pytest.approx(2.2)  # one message, but 16 KiB
+    explicit = opened_client(ResumeConfig(ack_delay=3.0))  # a number: never lazy
+    for seq in range(1, 4):
+        explicit.receive_message(encode(Data(seq, 0, "x")), float(seq))
+    assert explicit.next_deadline() == pytest.approx(4.0)  # the first message's + 3 s
 
 
 def test_client_ack_timer_follows_a_short_server_window() -> None:
@@ -1018,12 +1044,13 @@ def test_spec_documents_defaults() -> None:
     assert f"| `resume_window` | {CONFIG.resume_window:.0f} s |" in SPEC
     assert f"| replay buffer count | {CONFIG.max_messages:,} messages |" in SPEC
     assert f"| replay buffer bytes | {CONFIG.max_bytes // 2**20} MiB |" in SPEC
-    server_ms = round(CONFIG.ack_delay_s(client=False) * 1000)  # type: ignore[operator]
-    client_s = CONFIG.ack_delay_s(client=True)
+    delay_ms = round(CONFIG.ack_delay_s() * 1000)  # type: ignore[operator]
+    lone_s = CONFIG.lone_ack_delay_s(client=True)
     assert (
         f"| standalone ack after | {CONFIG.ack_messages} messages / "
-        f"{CONFIG.ack_bytes // 1024} KiB / {server_ms} ms (server), "  # type: ignore[operator]
-        f"{client_s:.0f} s (client, at most a quarter of `window_ms`) |"
+        f"{CONFIG.ack_bytes // 1024} KiB / {delay_ms} ms; a client's lone message "  # type: ignore[operator]
+        f"under {LONE_MESSAGE_BYTES // 1024} KiB: {lone_s:.0f} s (at most a quarter of "
+        f"`window_ms`) |"
     ) in SPEC
     assert f"| client's wait for `welcome` | {CONFIG.welcome_timeout:.0f} s |" in SPEC
 

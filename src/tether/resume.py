@@ -56,8 +56,9 @@ from .protocol import (
 from .replay import ReplayBuffer
 
 __all__ = [
-    "CLIENT_ACK_DELAY_S",
-    "SERVER_ACK_DELAY_S",
+    "ACK_DELAY_S",
+    "LONE_ACK_DELAY_S",
+    "LONE_MESSAGE_BYTES",
     "ClientEndpoint",
     "CloseConnection",
     "CoreEvent",
@@ -76,10 +77,12 @@ __all__ = [
 #: Longest resume window in seconds: its milliseconds still fit welcome's window_ms.
 _MAX_RESUME_WINDOW_S = MAX_SEQ // 1000
 
-#: The standalone-ack timer of ``ack_delay="auto"`` on a server (docs/protocol.md §4.3).
-SERVER_ACK_DELAY_S = 0.2
-#: ... and on a client, which uses at most a quarter of the server's window.
-CLIENT_ACK_DELAY_S = 10.0
+#: The standalone-ack timer of ``ack_delay="auto"`` (docs/protocol.md §4.3).
+ACK_DELAY_S = 0.2
+#: ... on a client while one message, under LONE_MESSAGE_BYTES, is all it has not
+#: acknowledged: at most a quarter of the server's window.
+LONE_ACK_DELAY_S = 10.0
+LONE_MESSAGE_BYTES = 16 * 1024
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -97,13 +100,14 @@ class ResumeConfig:
         ack_bytes: ... after this many received payload bytes; None disables it.
         ack_delay: ... at the latest this many seconds after the first
             unacknowledged message; None disables the timer. ``"auto"`` (the
-            default) is 0.2 s on a server and 10 s on a client (at most a quarter
-            of the server's window). A server acks promptly because its acks tell
-            the client which of its messages are safe (what :class:`SessionLost`
-            hands back). A client's acks only let the server drop what it keeps
-            for a resume, which the count and byte triggers already bound; acking
-            every message of a slow stream (a ticker) after 0.2 s doubled the
-            frames its server handles.
+            default) is 0.2 s, except on a client while a single message (under
+            16 KiB) is unacknowledged: then 10 s, at most a quarter of the
+            server's window. A client's acks only let the server drop what it
+            keeps for a resume; acking every message of a sparse stream (a
+            ticker) after 0.2 s doubled the frames its server handles. From the
+            second message on the client acks within 0.2 s, so that a server with
+            a small replay buffer is not kept waiting for room. A server always
+            acks promptly: its acks decide what :class:`SessionLost` hands back.
         welcome_timeout: client only: seconds an attempt waits for ``welcome``
             after its ``hello`` before it closes with 4203 and is retried
             (``docs/protocol.md`` §3). No heartbeat runs before the welcome, so
@@ -170,22 +174,23 @@ class ResumeConfig:
         """``resume_window`` in whole milliseconds, as sent in ``welcome``."""
         return int(self.resume_window * 1000)
 
-    def ack_delay_s(self, *, client: bool, window: float | None = None) -> float | None:
-        """The standalone-ack timer in seconds for one role, ``"auto"`` resolved.
+    def ack_delay_s(self) -> float | None:
+        """The standalone-ack timer in seconds, ``"auto"`` resolved (0.2 s)."""
+        return ACK_DELAY_S if self.ack_delay == "auto" else self.ack_delay
+
+    def lone_ack_delay_s(self, *, client: bool, window: float | None = None) -> float | None:
+        """The timer while one message is unacknowledged, or None if it is ``ack_delay``'s.
 
         Args:
-            client: for a client endpoint (else a server's).
+            client: for a client endpoint; a server's acks are never lazy.
             window: the server's resume window in seconds, as a client learns it
-                from ``welcome`` (default: ``resume_window``); ``"auto"`` on a
-                client uses at most a quarter of it, so that an ack always comes
-                well before the server's stall check (a message unacknowledged
-                for the window, 4202).
+                from ``welcome`` (default: ``resume_window``); the timer is at most
+                a quarter of it, so that an ack always comes well before the
+                server's stall check (a message unacknowledged for the window, 4202).
         """
-        if self.ack_delay != "auto":
-            return self.ack_delay
-        if not client:
-            return SERVER_ACK_DELAY_S
-        return min(CLIENT_ACK_DELAY_S, (self.resume_window if window is None else window) / 4)
+        if not client or self.ack_delay != "auto":
+            return None
+        return min(LONE_ACK_DELAY_S, (self.resume_window if window is None else window) / 4)
 
 
 class Phase(str, enum.Enum):
@@ -308,6 +313,7 @@ class Endpoint:
         "_highest_sent",
         "_in_bytes",
         "_in_count",
+        "_lone_delay",
         "_opened_at",
         "_out",
         "_window",
@@ -338,8 +344,10 @@ class Endpoint:
         #: Seconds a disconnected session is kept (and the longest a message may stay
         #: unacknowledged): the config's; on a client, the server's welcome.window_ms.
         self._window = config.resume_window
-        #: The standalone-ack timer, ``config.ack_delay`` with ``"auto"`` resolved.
-        self._ack_delay = config.ack_delay_s(client=self.is_client)
+        #: The standalone-ack timer, ``config.ack_delay`` with ``"auto"`` resolved, and
+        #: the one while a lone message is unacknowledged (None: the same).
+        self._ack_delay = config.ack_delay_s()
+        self._lone_delay = config.lone_ack_delay_s(client=self.is_client)
 
     @property
     def window(self) -> float:
@@ -666,8 +674,19 @@ class Endpoint:
             # sent before then (a reply in the same turn) carries it instead (§4.3).
             if self._ack_due is None or self._ack_due > now:
                 self._ack_due = now
-        elif self._ack_due is None and self._ack_delay is not None:
-            self._ack_due = now + self._ack_delay
+        elif (
+            self._lone_delay is not None
+            and self._in_count == 1
+            and self._in_bytes < LONE_MESSAGE_BYTES
+        ):
+            if self._ack_due is None:
+                self._ack_due = now + self._lone_delay
+        elif self._ack_delay is not None:
+            # (From a second message on a lazy deadline comes forward; otherwise the first
+            # message's deadline stands.)
+            due = now + self._ack_delay
+            if self._ack_due is None or self._ack_due > due:
+                self._ack_due = due
 
     def _require_open(self, what: str) -> None:
         if self.phase is not Phase.OPEN:
@@ -803,7 +822,7 @@ class ClientEndpoint(Endpoint):
         # resuming later than the server keeps it is refused anyway.
         if welcome.window_ms > 0:
             self._window = welcome.window_ms / 1000.0
-            self._ack_delay = self.config.ack_delay_s(client=True, window=self._window)
+            self._lone_delay = self.config.lone_ack_delay_s(client=True, window=self._window)
         self._open(now)
         replayed_out = self._replay()
         self._events.append(SessionEstablished(welcome.sid, welcome.resumed, replayed_out))

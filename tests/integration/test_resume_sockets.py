@@ -722,6 +722,35 @@ async def test_overflow_while_away_is_refused_not_partial() -> None:
         assert run.conn.state is tether.State.OPEN
 
 
+@pytest.mark.timeout(30)
+async def test_a_default_client_frees_a_small_server_buffer_within_its_short_ack_delay() -> None:
+    """A server that keeps 2 messages sends 6 in a row to a default client.
+
+    The client's ack of a lone message may wait 10 s, but a second message brings it
+    forward to 0.2 s, so the server waits for room about that long per pair, not 10 s.
+    """
+    took: list[float] = []
+
+    async def handler(session: Session) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for n in range(6):
+            await session.send(f"s{n}")
+        took.append(loop.time() - started)
+        await session.recv()  # (the session stays open until the client goes)
+
+    server = await start_server(
+        handler, MemoryStore(), config=ResumeConfig(max_messages=2), send_timeout=30.0
+    )
+    async with running(server, await client(server.port)) as run:
+        got = [await asyncio.wait_for(run.conn.recv(), 5) for _ in range(6)]
+        assert got == [f"s{n}" for n in range(6)]
+        await eventually(lambda: bool(took), 5)
+        # Two waits for room (s2, s4), each for an ack due 0.2 s after the pair's
+        # second message: well under a second in all; 20 s with 10 s acks.
+        assert took[0] < 2.0
+
+
 @pytest.mark.timeout(20)
 async def test_forged_token_is_refused_with_token_invalid() -> None:
     """A resume with a token the server never issued: SessionLost('token_invalid')."""

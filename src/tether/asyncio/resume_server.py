@@ -78,7 +78,7 @@ from ..exceptions import (
 from ..protocol import SUBPROTOCOL, Hello, LostReason, TetherCloseCode, decode
 from ..ratelimit import ResumeLimit, ResumeLimiter, address_key
 from ..resume import (
-    SERVER_ACK_DELAY_S,
+    ACK_DELAY_S,
     CloseConnection,
     ResumeConfig,
     ServerEndpoint,
@@ -347,7 +347,7 @@ class TetherV1ServerLayer(ServerLayer):
         #: The store writes without awaiting: senders flush inline (see the module doc).
         self._inline = type(self.store).write_nowait is not SessionStore.write_nowait
         #: Longest a taken message's rx waits for a reply to carry it into the store.
-        self._commit_delay = (config.ack_delay_s(client=False) or SERVER_ACK_DELAY_S) / 4
+        self._commit_delay = (config.ack_delay_s() or ACK_DELAY_S) / 4
         self._sweeper: asyncio.Task[None] | None = None
         # The sessions whose lazy ack is due (LAZY_ACK_WRITE_S), in the order they
         # were armed, which is the order of their deadlines: one loop timer for all,
