@@ -143,26 +143,14 @@ class ResumeConfig:
             if value is not None and (isinstance(value, bool) or value < 1):
                 raise ConfigurationError(f"{name} must be >= 1 or None")
         delay = self.ack_delay
-        if (
-            delay is not None
-            and delay != "auto"
-            and (
-                isinstance(delay, bool)
-                or not isinstance(delay, (int, float))
-                or not 0 < delay < math.inf
-            )
-        ):
+        if delay is not None and delay != "auto" and not _finite_seconds(delay):
             raise ConfigurationError(
                 f'ack_delay must be a finite number of seconds > 0, "auto" or None, not {delay!r}'
             )
-        welcome = self.welcome_timeout
-        if (
-            isinstance(welcome, bool)
-            or not isinstance(welcome, (int, float))
-            or not 0 < welcome < math.inf
-        ):
+        if not _finite_seconds(self.welcome_timeout):
             raise ConfigurationError(
-                f"welcome_timeout must be a finite number of seconds > 0, not {welcome!r}"
+                "welcome_timeout must be a finite number of seconds > 0,"
+                f" not {self.welcome_timeout!r}"
             )
         if self.ack_messages is None and self.ack_bytes is None and self.ack_delay is None:
             raise ConfigurationError(
@@ -191,6 +179,11 @@ class ResumeConfig:
         if not client or self.ack_delay != "auto":
             return None
         return min(LONE_ACK_DELAY_S, (self.resume_window if window is None else window) / 4)
+
+
+def _finite_seconds(value: object) -> bool:
+    """Whether ``value`` is a finite number of seconds > 0 (a bool is not a number here)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf
 
 
 class Phase(str, enum.Enum):
