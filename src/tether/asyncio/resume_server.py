@@ -63,7 +63,7 @@ import inspect
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -1170,11 +1170,16 @@ class TetherV1ServerLayer(ServerLayer):
         outq.extend([(need, frame) for frame in frames])
 
     @staticmethod
-    async def _wait_progress(state: _V1) -> None:
-        """Wait for the next flush round (or the session's end)."""
+    def _wait_progress(state: _V1) -> Coroutine[Any, Any, None]:
+        """Wait for the next flush round (or the session's end): ``await`` the result.
+
+        A plain function handing back :func:`wait_on`'s coroutine: a sender waiting
+        for its store write holds one coroutine less (thousands of them wait at once
+        in a broadcast's burst, and each is walked by every collection meanwhile).
+        """
         if state.progress is None:
             state.progress = []  # made when somebody waits: an idle session holds none
-        await wait_on(state.progress)
+        return wait_on(state.progress)
 
     @staticmethod
     def _wake_progress(state: _V1) -> None:
