@@ -355,7 +355,8 @@ class TetherV1ServerLayer(ServerLayer):
         # ticker of 10,000 sessions each message's ack armed one (a heap push of ~15
         # Python comparisons, and an object kept 5-10 s, into the full collections),
         # cancelled by the next message's write (docs/benchmarks.md, twentieth session).
-        self._lazy_acks: collections.OrderedDict[_V1, float] = collections.OrderedDict()
+        # (A dict keeps insertion order, and a pop then re-insert moves an entry last.)
+        self._lazy_acks: dict[_V1, float] = {}
         self._lazy_timer: asyncio.TimerHandle | None = None
         self._background: set[asyncio.Task[Any]] = set()
         #: Sessions whose batch the writer takes at the end of this loop turn (I/O
