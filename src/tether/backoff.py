@@ -27,6 +27,7 @@ import math
 import random
 from dataclasses import dataclass
 
+from ._numbers import is_finite_number
 from .exceptions import ConfigurationError
 from .policy import DelayRule
 
@@ -105,7 +106,7 @@ class BackoffConfig:
 
 
 def _check_finite(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if not is_finite_number(value):
         raise ConfigurationError(f"{name} must be a finite number of seconds, not {value!r}")
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ._numbers import is_finite_number
 from .exceptions import ConfigurationError
 
 __all__ = ["DEFAULT_BATCH_INTERVAL", "DrainBatch", "DrainSchedule", "check_window", "plan_drain"]
@@ -43,7 +44,7 @@ def check_window(window: float, name: str = "drain window") -> float:
     Also for callers that must refuse a window before a drain starts (a window the
     drain's schedule refused would leave a server draining for good).
     """
-    if isinstance(window, bool) or not (window >= 0 and math.isfinite(window)):
+    if not (is_finite_number(window) and window >= 0):
         raise ConfigurationError(f"{name} must be a finite number of seconds >= 0, not {window!r}")
     return window
 

@@ -21,6 +21,7 @@ import math
 import random
 from dataclasses import dataclass
 
+from ._numbers import is_finite_number
 from .exceptions import ConfigurationError
 
 __all__ = [
@@ -58,10 +59,15 @@ class Fault:
     reason: str
 
 
-def _check_seconds(name: str, value: float | None, *, allow_zero: bool = False) -> None:
+def _check_amount(name: str, value: float | None, *, allow_zero: bool = False) -> None:
+    """Refuse a setting (seconds, milliseconds, kbit/s) that is not None or a finite number.
+
+    It must be > 0, or >= 0 with ``allow_zero``. A string or a bool is refused with
+    this error, not a TypeError from the comparison.
+    """
     if value is None:
         return
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+    if not (is_finite_number(value) and (value > 0 or (value == 0 and allow_zero))):
         bound = ">= 0" if allow_zero else "> 0"
         raise ConfigurationError(f"{name} must be a finite number {bound} or None, got {value!r}")
 
@@ -93,13 +99,15 @@ class FaultPlan:
     bandwidth_kbps: float | None = None
 
     def __post_init__(self) -> None:
-        _check_seconds("kill_after", self.kill_after, allow_zero=True)
-        _check_seconds("blackhole_after", self.blackhole_after, allow_zero=True)
-        _check_seconds("idle_timeout", self.idle_timeout)
-        _check_seconds("bandwidth_kbps", self.bandwidth_kbps)
-        _check_seconds("latency_ms", self.latency_ms, allow_zero=True)
-        _check_seconds("jitter_ms", self.jitter_ms, allow_zero=True)
-        if self.kill_random is not None and not 0.0 <= self.kill_random <= 1.0:
+        _check_amount("kill_after", self.kill_after, allow_zero=True)
+        _check_amount("blackhole_after", self.blackhole_after, allow_zero=True)
+        _check_amount("idle_timeout", self.idle_timeout)
+        _check_amount("bandwidth_kbps", self.bandwidth_kbps)
+        _check_amount("latency_ms", self.latency_ms, allow_zero=True)
+        _check_amount("jitter_ms", self.jitter_ms, allow_zero=True)
+        if self.kill_random is not None and not (
+            is_finite_number(self.kill_random) and 0.0 <= self.kill_random <= 1.0
+        ):
             raise ConfigurationError(
                 f"kill_random is a probability per second, 0-1, got {self.kill_random!r}"
             )

@@ -18,10 +18,10 @@ on its reading delays the verdict by the time it needs to catch up).
 from __future__ import annotations
 
 import enum
-import math
 import struct
 from dataclasses import dataclass
 
+from ._numbers import is_finite_number
 from .exceptions import ConfigurationError
 
 __all__ = ["Heartbeat", "HeartbeatMachine", "Reading", "TimerAction", "TimerResult", "Transfer"]
@@ -46,12 +46,7 @@ class Heartbeat:
             value = getattr(self, name)
             if value is None:
                 continue
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, (int, float))
-                or not math.isfinite(value)
-                or value <= 0
-            ):
+            if not (is_finite_number(value) and value > 0):
                 raise ConfigurationError(
                     f"heartbeat {name} must be a finite number of seconds > 0, or None; "
                     f"not {value!r}"

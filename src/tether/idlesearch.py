@@ -32,6 +32,7 @@ import enum
 import math
 from dataclasses import dataclass, field
 
+from ._numbers import is_finite_number
 from .exceptions import ConfigurationError
 
 __all__ = [
@@ -104,14 +105,14 @@ class IdleSearchConfig:
     def __post_init__(self) -> None:
         for name in ("max_idle", "resolution", "first_hold"):
             value = getattr(self, name)
-            if not math.isfinite(value) or value <= 0:
+            if not (is_finite_number(value) and value > 0):
                 raise ConfigurationError(
                     f"{name} must be a finite number of seconds > 0, got {value!r}"
                 )
-        if self.parallel < 1:
-            raise ConfigurationError(f"parallel must be >= 1, got {self.parallel!r}")
-        if self.max_batches < 1:
-            raise ConfigurationError(f"max_batches must be >= 1, got {self.max_batches!r}")
+        for name in ("parallel", "max_batches"):
+            count = getattr(self, name)
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                raise ConfigurationError(f"{name} must be an integer >= 1, got {count!r}")
 
 
 @dataclass(frozen=True)

@@ -30,10 +30,10 @@ confirmed, so an ack never promises more than the store holds.
 from __future__ import annotations
 
 import enum
-import math
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
+from ._numbers import is_finite_number
 from .closecodes import CloseCode
 from .events import Resumed, SessionLost
 from .exceptions import ConfigurationError, ConnectionClosedError, ProtocolError
@@ -183,7 +183,7 @@ class ResumeConfig:
 
 def _finite_seconds(value: object) -> bool:
     """Whether ``value`` is a finite number of seconds > 0 (a bool is not a number here)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf
+    return is_finite_number(value) and value > 0
 
 
 class Phase(str, enum.Enum):

@@ -1,0 +1,23 @@
+"""The one test behind every "a finite number of seconds" check of tether's settings.
+
+Each setting words its own error (its name, its bound, what else it accepts) and
+its tests match that wording; what "a number" means is decided here, once:
+an ``int`` or ``float`` that is finite, and not a ``bool`` (``True`` is an int to
+Python, but ``timeout=True`` is a mistake, not one second). A string, None or
+another object is not a number, so a check built on this refuses it with its own
+ConfigurationError instead of failing on the comparison with a TypeError.
+
+Pure code: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TypeGuard
+
+__all__ = ["is_finite_number"]
+
+
+def is_finite_number(value: object) -> TypeGuard[int | float]:
+    """Whether ``value`` is a finite ``int`` or ``float`` (a ``bool`` is not)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
