@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from tether._numbers import is_finite_number
+from tether.asyncio.server import _check_close_timeout
 from tether.backoff import BackoffConfig
 from tether.drain import check_window, plan_drain
 from tether.exceptions import ConfigurationError
@@ -22,6 +23,7 @@ from tether.faults import FaultPlan
 from tether.heartbeat import Heartbeat
 from tether.idlesearch import IdleSearchConfig
 from tether.resume import ResumeConfig
+from tether.stores._checks import check_seconds
 
 
 @pytest.mark.parametrize("value", [0, 1, -1, 0.0, 2.5, -3.25, 10**30, 1e308])
@@ -56,6 +58,12 @@ CHECKS: list[tuple[str, BadSetting, str]] = [
     ("heartbeat", lambda v: Heartbeat(interval=v), "heartbeat interval must be a finite"),
     ("backoff", lambda v: BackoffConfig(base=v), "base must be a finite number of seconds"),
     ("resume", lambda v: ResumeConfig(welcome_timeout=v), "welcome_timeout must be a finite"),
+    (
+        "store timeout",
+        lambda v: check_seconds(v, "timeout", positive=True),
+        "timeout must be a number of seconds",
+    ),
+    ("close_timeout", _check_close_timeout, "close_timeout must be a finite number of seconds"),
 ]
 
 

@@ -1,4 +1,4 @@
-"""The one test behind every "a finite number of seconds" check of tether's settings.
+"""The one test behind the library's "a finite number of seconds" settings checks.
 
 Each setting words its own error (its name, its bound, what else it accepts) and
 its tests match that wording; what "a number" means is decided here, once:

@@ -30,7 +30,6 @@ import functools
 import http
 import json
 import logging
-import math
 import os
 import re
 import signal
@@ -45,6 +44,7 @@ from websockets.asyncio.server import serve as ws_serve
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
+from .._numbers import is_finite_number
 from ..closecodes import CloseCode, check_reason, may_send, validate_send
 from ..drain import DrainSchedule, check_window
 from ..exceptions import ConfigurationError, ConnectionClosed, ProtocolError
@@ -1068,7 +1068,7 @@ def _check_close_timeout(close_timeout: object) -> None:
             f"close_timeout must be a finite number of seconds > 0 (a drain is bounded),"
             f" not {close_timeout!r}"
         )
-    if not (close_timeout > 0 and math.isfinite(close_timeout)):
+    if not (is_finite_number(close_timeout) and close_timeout > 0):
         raise ConfigurationError(
             f"close_timeout must be a finite number of seconds > 0, not {close_timeout!r}"
         )

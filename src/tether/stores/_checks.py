@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Sequence
 
+from .._numbers import is_finite_number
 from ..exceptions import ConfigurationError, StoreError
 from .base import StoredMessage
 
@@ -20,8 +20,7 @@ def check_seconds(value: object, name: str, *, positive: bool) -> float:
     """
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigurationError(f"{name} must be a number of seconds, not {value!r}")
-    low_ok = value > 0 if positive else value >= 0
-    if not (low_ok and math.isfinite(value)):
+    if not (is_finite_number(value) and (value > 0 if positive else value >= 0)):
         bound = "> 0" if positive else ">= 0"
         raise ConfigurationError(
             f"{name} must be a finite number of seconds {bound}, not {value!r}"
