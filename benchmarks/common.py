@@ -337,3 +337,68 @@ def machine() -> dict[str, Any]:
             for name in ("tether", "websockets", "picows", "aiohttp", "py-spy", "uvloop")
         },
     }
+
+
+def _redis_prefix_of(url: str) -> str | None:
+    """The ``prefix=`` of a tether Redis store URL, or None when it has none."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    prefixes = [value for name, value in parse_qsl(urlsplit(url).query) if name == "prefix"]
+    return prefixes[-1] if prefixes else None
+
+
+@contextlib.contextmanager
+def redis_run_prefix(url: str, tag: str) -> Iterator[str]:
+    """``url`` with a key prefix of this run's own, whose keys are deleted afterwards.
+
+    A tether Redis store URL without ``prefix=`` puts its keys under the store's
+    default prefix (``tether:``): that of a real deployment on the same server, and
+    the servers of a benchmark are stopped before they sweep, so its index keys
+    (``<prefix>detached`` with one entry per session, ``<prefix>nodes``,
+    ``<prefix>epoch``) stayed behind for good. A URL that names a prefix, or is not
+    a Redis URL, is used as it is and nothing is deleted: its keys are the caller's.
+    """
+    from urllib.parse import urlencode, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss") or _redis_prefix_of(url) is not None:
+        yield url
+        return
+    prefix = f"tether-bench-{tag}-{os.getpid()}-{os.urandom(4).hex()}:"
+    query = f"{parts.query}&" if parts.query else ""
+    try:
+        yield urlunsplit(parts._replace(query=query + urlencode({"prefix": prefix})))
+    finally:
+        delete_redis_keys(url, prefix)
+
+
+def delete_redis_keys(url: str, prefix: str) -> int:
+    """Delete every key under ``prefix`` on the Redis server of ``url``; how many went.
+
+    ``url`` is a store URL without ``prefix=`` (the Redis client takes no such
+    parameter). An unreachable server is said on stderr, not raised: this runs
+    after a benchmark, whose own outcome it must not mask.
+    """
+    import redis
+    from redis.exceptions import RedisError
+
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    except (RedisError, ValueError) as exc:
+        print(f"benchmark: keys under {prefix!r} not deleted: {exc}", file=sys.stderr)
+        return 0
+    deleted = 0
+    try:
+        batch: list[bytes] = []
+        for key in client.scan_iter(match=f"{prefix}*", count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                deleted += int(client.delete(*batch))
+                batch.clear()
+        if batch:
+            deleted += int(client.delete(*batch))
+    except (RedisError, OSError) as exc:
+        print(f"benchmark: keys under {prefix!r} not all deleted: {exc}", file=sys.stderr)
+    finally:
+        client.close()
+    return deleted

@@ -24,11 +24,9 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import socket
 import sys
 import tempfile
-from collections.abc import Iterator
 from typing import Any
 
 from .common import (
@@ -37,6 +35,7 @@ from .common import (
     Unavailable,
     python_command,
     read_line,
+    redis_run_prefix,
     run_child_json,
     run_loop,
     spawn,
@@ -64,28 +63,6 @@ def _redis_up() -> bool:
         return False
 
 
-@contextlib.contextmanager
-def _removed(prefix: str) -> Iterator[None]:
-    """Delete the run's keys from the machine's Redis afterwards (epoch, renewals, sessions)."""
-    try:
-        yield
-    finally:
-        if _redis_up():
-            asyncio.run(_delete_prefix(prefix))
-
-
-async def _delete_prefix(prefix: str) -> None:
-    import redis.asyncio as aioredis
-
-    client = aioredis.Redis.from_url("redis://127.0.0.1:6379/0", socket_timeout=5)
-    try:
-        keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=1000)]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
-
-
 def run(*, quick: bool, progress: Progress, runs: int = 5) -> tuple[dict[str, Any], str, bool]:
     if not (tether_has("connect") and tether_has("serve")):
         raise Unavailable("tether.connect / tether.serve (the asyncio adapter) are not here")
@@ -95,13 +72,11 @@ def run(*, quick: bool, progress: Progress, runs: int = 5) -> tuple[dict[str, An
     rounds = 1 if quick else runs
     results: dict[str, Any] = {}
     missing: dict[str, str] = {}
-    redis_prefix = f"tether-bench-{os.getpid()}:"
-    with tempfile.TemporaryDirectory(prefix="tether-bench-") as tmp, _removed(redis_prefix):
-        stores = {
-            "memory": "memory",
-            "sqlite": f"sqlite:///{tmp}/resume.db",
-            "redis": f"redis://127.0.0.1:6379/0?prefix={redis_prefix}",
-        }
+    with (
+        tempfile.TemporaryDirectory(prefix="tether-bench-") as tmp,
+        redis_run_prefix("redis://127.0.0.1:6379/0", "resume") as redis_url,
+    ):
+        stores = {"memory": "memory", "sqlite": f"sqlite:///{tmp}/resume.db", "redis": redis_url}
         for name, url in stores.items():
             if name == "redis" and not _redis_up():
                 missing[name] = "no Redis answers on 127.0.0.1:6379"

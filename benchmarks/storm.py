@@ -83,6 +83,7 @@ from .common import (
     cpu_times,
     python_command,
     read_line,
+    redis_run_prefix,
     run_loop,
     spawn,
     stop,
@@ -299,9 +300,14 @@ def run(
 
 @contextlib.contextmanager
 def _store_url(store: str) -> Iterator[str]:
-    """The ``tether serve --store`` URL: ``sqlite`` means a fresh file, removed afterwards."""
+    """The ``tether serve --store`` URL: ``sqlite`` means a fresh file, removed afterwards.
+
+    A Redis URL without ``prefix=`` gets a prefix of the run, whose keys are deleted
+    afterwards (:func:`redis_run_prefix`).
+    """
     if store != DEFAULT_STORE:
-        yield store
+        with redis_run_prefix(store, "storm") as url:
+            yield url
         return
     with tempfile.TemporaryDirectory(prefix="tether-bench-storm-") as tmp:
         # An absolute path after sqlite:/// (docs/stores.md); both processes open it.

@@ -471,3 +471,57 @@ def test_slowest_probe_samples_say_when_and_where_in_the_tick() -> None:
     assert [s["monotonic_s"] for s in slowest] == [13.0, 11.0, 10.5]
     # Wall clock 1013.25, 1011.25, 1010.75: 3.25, 1.25 and 0.75 s after a 5 s tick.
     assert [s["tick_phase_s"] for s in slowest] == [3.25, 1.25, 0.75]
+
+
+# -- a Redis store given to a benchmark: a prefix of the run, its keys deleted after ----------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite:////tmp/x.db",
+        "memory",
+        "redis://127.0.0.1:6379/0?prefix=mine:",  # the caller's keys: left to the caller
+        "redis://127.0.0.1:6379/0?socket_timeout=5&prefix=a:&prefix=mine:",
+    ],
+)
+def test_a_url_that_names_its_prefix_or_is_not_redis_is_used_as_it_is(url: str) -> None:
+    from benchmarks.common import redis_run_prefix
+
+    with redis_run_prefix(url, "storm") as used:
+        assert used == url
+
+
+def test_a_redis_url_without_a_prefix_gets_one_of_the_run_that_the_store_takes() -> None:
+    from benchmarks.common import _redis_prefix_of, redis_run_prefix
+
+    from tether.stores import open_store
+
+    url = "redis://127.0.0.1:1/3?socket_timeout=5"  # (nothing listens: cleanup says so)
+    with redis_run_prefix(url, "storm") as used:
+        prefix = _redis_prefix_of(used)
+        assert prefix is not None
+        assert prefix.startswith(f"tether-bench-storm-{os.getpid()}-")
+        assert used.startswith("redis://127.0.0.1:1/3?socket_timeout=5&prefix=")
+        store = open_store(used)  # tether's own parser takes it: the prefix goes to the store
+        assert store.prefix == prefix  # type: ignore[attr-defined]
+
+
+async def test_the_run_s_keys_are_deleted_afterwards_and_nothing_else(redis_server: Any) -> None:
+    import redis
+    from benchmarks.common import _redis_prefix_of
+
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        client.set("tether:epoch", "a deployment's own")
+        with storm._store_url(redis_server.url) as used:
+            prefix = _redis_prefix_of(used)
+            assert prefix is not None
+            for index in range(2500):  # more than one batch of deletes
+                client.zadd(f"{prefix}detached", {f"s{index}": index})
+                client.set(f"{prefix}{{s{index}}}:meta", "x")
+            client.set(f"{prefix}epoch", "the run's")
+        assert list(client.scan_iter(match=f"{prefix}*")) == []
+        assert client.get("tether:epoch") == b"a deployment's own"
+    finally:
+        client.close()
