@@ -339,11 +339,16 @@ def machine() -> dict[str, Any]:
     }
 
 
+#: The URL schemes ``tether.stores.open_store`` opens as a Redis store.
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
 def _redis_prefix_of(url: str) -> str | None:
     """The ``prefix=`` of a tether Redis store URL, or None when it has none."""
     from urllib.parse import parse_qsl, urlsplit
 
-    prefixes = [value for name, value in parse_qsl(urlsplit(url).query) if name == "prefix"]
+    query = parse_qsl(urlsplit(url).query, keep_blank_values=True)  # as open_store reads it
+    prefixes = [value for name, value in query if name == "prefix"]
     return prefixes[-1] if prefixes else None
 
 
@@ -358,16 +363,18 @@ def redis_run_prefix(url: str, tag: str) -> Iterator[str]:
     ``<prefix>epoch``) stayed behind for good. A URL that names a prefix, or is not
     a Redis URL, is used as it is and nothing is deleted: its keys are the caller's.
     """
-    from urllib.parse import urlencode, urlsplit, urlunsplit
+    from urllib.parse import urlencode, urlsplit
 
-    parts = urlsplit(url)
-    if parts.scheme not in ("redis", "rediss") or _redis_prefix_of(url) is not None:
+    if urlsplit(url).scheme not in REDIS_SCHEMES or _redis_prefix_of(url) is not None:
         yield url
         return
     prefix = f"tether-bench-{tag}-{os.getpid()}-{os.urandom(4).hex()}:"
-    query = f"{parts.query}&" if parts.query else ""
+    # Appended to the text, not rebuilt by urlunsplit: that drops the "//" of
+    # unix:///path.sock, a scheme urllib does not know to have a netloc.
+    base, hash_, fragment = url.partition("#")
+    joined = f"{base}{'&' if '?' in base else '?'}{urlencode({'prefix': prefix})}"
     try:
-        yield urlunsplit(parts._replace(query=query + urlencode({"prefix": prefix})))
+        yield joined + hash_ + fragment
     finally:
         delete_redis_keys(url, prefix)
 
@@ -379,18 +386,23 @@ def delete_redis_keys(url: str, prefix: str) -> int:
     parameter). An unreachable server is said on stderr, not raised: this runs
     after a benchmark, whose own outcome it must not mask.
     """
-    import redis
-    from redis.exceptions import RedisError
-
+    try:
+        import redis
+        from redis.exceptions import RedisError
+    except ImportError as exc:  # (no store could have been opened without it either)
+        print(f"benchmark: keys under {prefix!r} not deleted: {exc}", file=sys.stderr)
+        return 0
     try:
         client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
     except (RedisError, ValueError) as exc:
         print(f"benchmark: keys under {prefix!r} not deleted: {exc}", file=sys.stderr)
         return 0
+    # SCAN's MATCH is a glob: the prefix's own * ? [ ] \ must match only themselves.
+    pattern = "".join("\\" + c if c in "*?[]\\" else c for c in prefix) + "*"
     deleted = 0
     try:
         batch: list[bytes] = []
-        for key in client.scan_iter(match=f"{prefix}*", count=1000):
+        for key in client.scan_iter(match=pattern, count=1000):
             batch.append(key)
             if len(batch) >= 1000:
                 deleted += int(client.delete(*batch))

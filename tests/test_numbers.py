@@ -33,8 +33,11 @@ def test_finite_ints_and_floats_are_numbers(value: float) -> None:
 
 @pytest.mark.parametrize(
     "value",
-    [True, False, math.inf, -math.inf, math.nan, "1", b"1", None, [1], Fraction(1, 2), 1j],
-)
+    [
+        True, False, math.inf, -math.inf, math.nan, "1", b"1", None, [1], Fraction(1, 2), 1j,
+        10**400,  # too large for a float: not finite, and no OverflowError out of the check
+    ],
+)  # fmt: skip
 def test_everything_else_is_not(value: object) -> None:
     assert not is_finite_number(value)
 
@@ -61,13 +64,15 @@ CHECKS: list[tuple[str, BadSetting, str]] = [
     (
         "store timeout",
         lambda v: check_seconds(v, "timeout", positive=True),
-        "timeout must be a number of seconds",
+        "timeout must be a (finite )?number of seconds",
     ),
     ("close_timeout", _check_close_timeout, "close_timeout must be a finite number of seconds"),
 ]
 
 
-@pytest.mark.parametrize("value", ["1", True, b"1", [1]], ids=["str", "bool", "bytes", "list"])
+@pytest.mark.parametrize(
+    "value", ["1", True, b"1", [1], 10**400], ids=["str", "bool", "bytes", "list", "huge"]
+)
 @pytest.mark.parametrize(("setting", "build", "says"), CHECKS, ids=[c[0] for c in CHECKS])
 def test_a_setting_that_is_not_a_number_is_refused_in_its_own_words(
     setting: str, build: BadSetting, says: str, value: object

@@ -19,5 +19,16 @@ __all__ = ["is_finite_number"]
 
 
 def is_finite_number(value: object) -> TypeGuard[int | float]:
-    """Whether ``value`` is a finite ``int`` or ``float`` (a ``bool`` is not)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """Whether ``value`` is a finite ``int`` or ``float`` (a ``bool`` is not).
+
+    Only those two types (and their subclasses, ``numpy.float64`` among them): a
+    ``Fraction``, a ``Decimal`` or a numpy integer is refused, as the settings that
+    had a type check always did. An int too large for a float (``10**400``) is not
+    finite here, rather than an OverflowError out of the check.
+    """
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
