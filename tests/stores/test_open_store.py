@@ -54,6 +54,21 @@ async def test_redis_url() -> None:
     await store.close()
 
 
+async def test_a_unix_socket_url_keeps_its_slashes_for_redis_py() -> None:
+    """``unix:///path.sock``: the URL redis-py gets still names the socket's path.
+
+    (Rebuilt by urlunsplit it was ``unix:/path.sock``, which redis-py refuses at the
+    store's first operation: "must specify one of the following schemes".)
+    """
+    from redis.connection import parse_url
+
+    store = open_store("unix:///tmp/redis.sock?db=2&prefix=p:")
+    assert isinstance(store, RedisStore)
+    assert (store.url, store.prefix) == ("unix:///tmp/redis.sock?db=2", "p:")
+    assert parse_url(store.url)["path"] == "/tmp/redis.sock"
+    await store.close()
+
+
 async def test_redis_prefix_parameter() -> None:
     """``?prefix=`` sets the key prefix and is not passed on to redis-py."""
     store = open_store("redis://127.0.0.1:6379/0?prefix=app1:&socket_timeout=2")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from ..exceptions import ConfigurationError
 
@@ -46,6 +46,8 @@ def __getattr__(name: str) -> object:
 
 
 _FORMS = "memory, sqlite:///path or redis://host:port/db"
+#: The URL schemes :func:`open_store` opens as a Redis store.
+REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
 def open_store(url: str) -> SessionStore:
@@ -79,7 +81,7 @@ def open_store(url: str) -> SessionStore:
         raise ConfigurationError(f"bad store URL {url!r}: use {_FORMS}")
     if scheme == "sqlite":
         return _open_sqlite(url, rest)
-    if scheme in ("redis", "rediss", "unix"):
+    if scheme in REDIS_SCHEMES:
         return _open_redis(url)
     raise ConfigurationError(f"bad store URL {url!r}: unknown scheme {scheme!r}; use {_FORMS}")
 
@@ -114,16 +116,28 @@ def _open_redis(url: str) -> SessionStore:
         raise ConfigurationError(f"bad store URL {url!r}: no host (redis://host:port/db)")
     if parts.scheme != "unix" and parts.path.strip("/") and not parts.path.strip("/").isdigit():
         raise ConfigurationError(f"bad store URL {url!r}: the database must be a number")
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    prefixes = [value for name, value in query if name == "prefix"]
-    rest = [(name, value) for name, value in query if name != "prefix"]
+    client_url, prefix = split_redis_url(url)
     try:
         from .redis import DEFAULT_PREFIX, RedisStore
     except ImportError as exc:
         raise ConfigurationError(
             f"store URL {url!r} needs redis-py: pip install 'tether[redis]'"
         ) from exc
-    return RedisStore(
-        urlunsplit(parts._replace(query=urlencode(rest))),
-        prefix=prefixes[-1] if prefixes else DEFAULT_PREFIX,
-    )
+    return RedisStore(client_url, prefix=DEFAULT_PREFIX if prefix is None else prefix)
+
+
+def split_redis_url(url: str) -> tuple[str, str | None]:
+    """A Redis store URL as (the URL for redis-py, the ``prefix=`` it names or None).
+
+    The last ``prefix=`` counts (an empty one too); the other query parameters are
+    redis-py's and stay. The rest of the URL is kept as written: rebuilt by
+    ``urlunsplit``, ``unix:///path.sock`` lost its ``//`` (urllib does not know that
+    scheme to have a host part), and redis-py refuses ``unix:/path.sock``.
+    """
+    base, hash_mark, fragment = url.partition("#")
+    address, _, query = base.partition("?")
+    pairs = parse_qsl(query, keep_blank_values=True)
+    prefixes = [value for name, value in pairs if name == "prefix"]
+    rest = [(name, value) for name, value in pairs if name != "prefix"]
+    client_url = address + (f"?{urlencode(rest)}" if rest else "") + hash_mark + fragment
+    return client_url, prefixes[-1] if prefixes else None
