@@ -339,17 +339,11 @@ def machine() -> dict[str, Any]:
     }
 
 
-#: The URL schemes ``tether.stores.open_store`` opens as a Redis store.
-REDIS_SCHEMES = ("redis", "rediss", "unix")
-
-
 def _redis_prefix_of(url: str) -> str | None:
-    """The ``prefix=`` of a tether Redis store URL, or None when it has none."""
-    from urllib.parse import parse_qsl, urlsplit
+    """The ``prefix=`` of a tether Redis store URL, or None: as ``open_store`` reads it."""
+    from tether.stores import split_redis_url
 
-    query = parse_qsl(urlsplit(url).query, keep_blank_values=True)  # as open_store reads it
-    prefixes = [value for name, value in query if name == "prefix"]
-    return prefixes[-1] if prefixes else None
+    return split_redis_url(url)[1]
 
 
 @contextlib.contextmanager
@@ -363,9 +357,11 @@ def redis_run_prefix(url: str, tag: str) -> Iterator[str]:
     ``<prefix>epoch``) stayed behind for good. A URL that names a prefix, or is not
     a Redis URL, is used as it is and nothing is deleted: its keys are the caller's.
     """
-    from urllib.parse import urlencode, urlsplit
+    from urllib.parse import urlencode
 
-    if urlsplit(url).scheme not in REDIS_SCHEMES or _redis_prefix_of(url) is not None:
+    from tether.stores import REDIS_SCHEMES
+
+    if url.partition("://")[0] not in REDIS_SCHEMES or _redis_prefix_of(url) is not None:
         yield url
         return
     prefix = f"tether-bench-{tag}-{os.getpid()}-{os.urandom(4).hex()}:"
