@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import pytest
 
 from tether.exceptions import ConfigurationError, StoreError
+from tether.stores import sqlite as sqlite_module
 from tether.stores.base import (
     Fenced,
     SessionRecord,
@@ -52,6 +53,25 @@ class TestSQLiteStore(StoreConformance, SharedStoreConformance):
         other = SQLiteStore(store.path)
         yield other
         await other.close()
+
+
+class TestSQLiteStoreWritingInBulk(TestSQLiteStore):
+    """The same conformance with every write_many write run as bulk statements.
+
+    (By default only runs of four writes or more of a commit group take that path.)
+    """
+
+    @pytest.fixture(autouse=True)
+    def every_write_in_bulk(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(sqlite_module, "_BULK_MIN", 1)
+
+
+class TestSQLiteStoreWithoutBulk(TestSQLiteStore):
+    """The same conformance on an SQLite without what bulk statements need (before 3.33)."""
+
+    @pytest.fixture(autouse=True)
+    def no_bulk(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(sqlite_module, "_bulk_supported", lambda db: False)
 
 
 async def test_reopen_keeps_everything(tmp_path: Path) -> None:
@@ -886,3 +906,213 @@ def test_a_bad_busy_timeout_is_refused(tmp_path: Path, busy_timeout: object) -> 
     """NaN, inf, negatives and non-numbers: ConfigurationError naming busy_timeout."""
     with pytest.raises(ConfigurationError, match="busy_timeout"):
         SQLiteStore(tmp_path / "s.db", busy_timeout=busy_timeout)  # type: ignore[arg-type]
+
+
+# -- a commit group's writes as bulk statements (_thread_bulk_writes) -----------------------
+
+
+def spy_bulk(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, bool]]:
+    """(writes, written) per bulk attempt from now on."""
+    attempts: list[tuple[int, bool]] = []
+    original = sqlite_module._thread_bulk_writes
+
+    def spying(db: sqlite3.Connection, jobs: list[_Job[Any]], start: int, end: int) -> bool:
+        written = original(db, jobs, start, end)
+        attempts.append((end - start, written))
+        return written
+
+    monkeypatch.setattr(sqlite_module, "_thread_bulk_writes", spying)
+    return attempts
+
+
+def mixed_writes(sids: list[str]) -> list[Write]:
+    """Writes of every kind write_many takes: text (some with quotes, non-ASCII, NUL),
+    binary, acks that trim some of what the same write appends, rx, detaches."""
+    writes = []
+    for number, sid in enumerate(sids):
+        kind = number % 5
+        if kind == 0:
+            append = [StoredMessage(1, f'tick "{number}" é ✓\n'), StoredMessage(2, "two")]
+            writes.append(Write(sid, 1, append, acked=1, rx=number))
+        elif kind == 1:
+            writes.append(Write(sid, 1, [StoredMessage(1, bytes([number % 256, 0, 255]))]))
+        elif kind == 2:
+            writes.append(Write(sid, 1, [StoredMessage(1, "nul\x00inside")], rx=3, detach_at=99.25))
+        elif kind == 3:
+            writes.append(Write(sid, 1, (), rx=7, detach_at=1764300000.123456))
+        else:
+            writes.append(Write(sid, 1, batch(1, 3), acked=3))
+    return writes
+
+
+async def stored(store: SQLiteStore, sids: list[str]) -> list[object]:
+    """Every session's record and held messages."""
+    return [(await store.load(sid), await store.messages(sid, after=0)) for sid in sids]
+
+
+async def test_a_groups_writes_run_as_three_statements(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """200 sessions' text writes: one UPDATE, one INSERT, one DELETE, not one of each per write.
+
+    What the store holds afterwards is what the same writes leave one by one.
+    """
+    sids = [f"s{number}" for number in range(200)]
+    writes = [
+        Write(sid, 1, [StoredMessage(1, f"one {sid}"), StoredMessage(2, "two")], acked=1, rx=4)
+        for sid in sids
+    ]
+    results = {}
+    for name, supported in (("bulk", True), ("one by one", False)):
+        monkeypatch.setattr(sqlite_module, "_bulk_supported", lambda db, s=supported: s)
+        store = SQLiteStore(tmp_path / f"{name}.db")
+        try:
+            for sid in sids:
+                await store.create(sid, token_hash=HASH, principal=None, now=0.0)
+            statements = trace_statements(store)
+            assert await store.write_many(writes) == [None] * 200
+            ran = len(statements)
+            results[name] = (await stored(store, sids), ran)
+        finally:
+            await store.close()
+    assert results["bulk"][0] == results["one by one"][0]
+    held = results["bulk"][0][0]
+    assert isinstance(held, tuple)
+    assert held[1] == [StoredMessage(2, "two")]  # what the ack left
+    # BEGIN, SAVEPOINT, UPDATE, INSERT, DELETE, RELEASE, COMMIT; one by one, per write:
+    # an UPDATE, an INSERT per message and a DELETE.
+    assert (results["bulk"][1], results["one by one"][1]) == (7, 2 + 4 * 200)
+
+
+async def test_bulk_writes_keep_every_kind_of_write_exact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Text with quotes, non-ASCII and NUL, binary, trims, rx, detach times: bulk == one by one."""
+    sids = [f"s{number}" for number in range(50)]
+    results = {}
+    for name, supported in (("bulk", True), ("one by one", False)):
+        monkeypatch.setattr(sqlite_module, "_bulk_supported", lambda db, s=supported: s)
+        attempts = spy_bulk(monkeypatch)
+        store = SQLiteStore(tmp_path / f"{name}.db")
+        try:
+            for sid in sids:
+                await store.create(sid, token_hash=HASH, principal=None, now=0.0)
+            assert await store.write_many(mixed_writes(sids)) == [None] * 50
+            results[name] = await stored(store, sids)
+        finally:
+            await store.close()
+        assert attempts == ([(50, True)] if supported else [])
+    assert results["bulk"] == results["one by one"]
+    nul_record, nul_messages = results["bulk"][2]  # type: ignore[misc]
+    assert nul_messages == [StoredMessage(1, "nul\x00inside")]
+    assert nul_record.expires_at == 99.25
+    detached, _ = results["bulk"][3]  # type: ignore[misc]
+    assert detached.expires_at == 1764300000.123456
+
+
+async def test_a_refused_write_among_bulk_writes_gets_its_own_answer(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fenced write and one whose seq does not continue tx: each refused alone, the rest land.
+
+    The bulk UPDATE matches fewer sessions than it was given: it is undone and the
+    writes run one by one, in the same transaction.
+    """
+    sids = [f"s{number}" for number in range(10)]
+    for sid in sids:
+        await store.create(sid, token_hash=HASH, principal=None, now=0.0)
+    await store.claim("s3", 1, token_hash="b" * 64, previous_token_hash=HASH)  # now gen 2
+    attempts = spy_bulk(monkeypatch)
+    before = store.transactions
+    writes = [Write(sid, 1, [StoredMessage(1, "one")], rx=1) for sid in sids]
+    writes[7] = Write("s7", 1, [StoredMessage(2, "skips tx 1")])
+    results = await store.write_many(writes)
+    assert isinstance(results[3], Fenced)
+    assert isinstance(results[7], StoreError)
+    assert not isinstance(results[7], Fenced)
+    assert [r for i, r in enumerate(results) if i not in (3, 7)] == [None] * 8
+    assert attempts == [(10, False)]
+    assert store.transactions - before == 1
+    for number, sid in enumerate(sids):
+        record = await store.load(sid)
+        assert record is not None
+        refused = number in (3, 7)
+        assert (record.tx, record.rx) == ((0, 0) if refused else (1, 1))
+        assert await store.messages(sid, after=0) == ([] if refused else [StoredMessage(1, "one")])
+
+
+async def test_a_write_that_cannot_be_sent_fails_alone_in_bulk(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session id that is not UTF-8 (a lone surrogate): that write fails, the others land.
+
+    The bulk statements cannot be sent. Run one by one, that write fails with
+    something other than a StoreError, which puts the group in doubt, as any such
+    failure does: the group runs again without it, in bulk.
+    """
+    sids = [f"s{number}" for number in range(6)]
+    for sid in sids:
+        await store.create(sid, token_hash=HASH, principal=None, now=0.0)
+    attempts = spy_bulk(monkeypatch)
+    writes = [Write(sid, 1, [StoredMessage(1, "one")]) for sid in sids]
+    writes.insert(2, Write("bad\ud800", 1, (), rx=1))
+    results = await store.write_many(writes)
+    assert isinstance(results[2], UnicodeEncodeError)
+    assert results[:2] + results[3:] == [None] * 6
+    assert attempts == [(7, False), (6, True)]
+    for sid in sids:
+        assert await store.messages(sid, after=0) == [StoredMessage(1, "one")]
+
+
+async def test_two_writes_of_a_session_in_one_group_stay_in_order(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two write_many calls queued into one group, the second continuing the first's seqs.
+
+    A bulk UPDATE takes one row per session: the run ends where a session comes
+    again, and the second call's writes run as a run of their own, after it.
+    """
+    sids = [f"s{number}" for number in range(5)]
+    for sid in sids:
+        await store.create(sid, token_hash=HASH, principal=None, now=0.0)
+    attempts = spy_bulk(monkeypatch)
+    release = hold_thread(store)
+    calls = asyncio.gather(
+        store.write_many([Write(sid, 1, [StoredMessage(1, "one")]) for sid in sids]),
+        store.write_many([Write(sid, 1, [StoredMessage(2, "two")], acked=1) for sid in sids]),
+    )
+    await asyncio.sleep(0)
+    assert len(store._pending) == 10  # one group
+    release.set()
+    assert await calls == [[None] * 5, [None] * 5]
+    assert attempts == [(5, True), (5, True)]
+    for sid in sids:
+        record = await store.load(sid)
+        assert record is not None
+        assert (record.tx, record.acked) == (2, 1)
+        assert await store.messages(sid, after=0) == [StoredMessage(2, "two")]
+
+
+async def test_short_runs_and_other_operations_keep_one_statement_each(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three writes (under _BULK_MIN) between two other operations: no bulk attempt."""
+    sids = [f"s{number}" for number in range(3)]
+    for sid in sids:
+        await store.create(sid, token_hash=HASH, principal=None, now=0.0)
+    attempts = spy_bulk(monkeypatch)
+    release = hold_thread(store)
+    calls = asyncio.gather(
+        store.load("s0"),
+        store.write_many([Write(sid, 1, [StoredMessage(1, "one")]) for sid in sids]),
+        store.detach("s0", 1, expires_at=5.0),
+    )
+    await asyncio.sleep(0)
+    release.set()
+    loaded, results, _ = await calls
+    assert loaded is not None
+    assert results == [None] * 3
+    assert attempts == []
+    record = await store.load("s0")
+    assert record is not None
+    assert (record.tx, record.expires_at) == (1, 5.0)
