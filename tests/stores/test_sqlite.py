@@ -10,6 +10,7 @@ import gc
 import logging
 import math
 import os
+import random
 import signal
 import sqlite3
 import sys
@@ -916,13 +917,30 @@ def spy_bulk(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, bool]]:
     attempts: list[tuple[int, bool]] = []
     original = sqlite_module._thread_bulk_writes
 
-    def spying(db: sqlite3.Connection, jobs: list[_Job[Any]], start: int, end: int) -> bool:
-        written = original(db, jobs, start, end)
-        attempts.append((end - start, written))
+    def spying(db: sqlite3.Connection, rows: Any) -> bool:
+        written = original(db, rows)
+        attempts.append((len(rows.updates), written))
         return written
 
     monkeypatch.setattr(sqlite_module, "_thread_bulk_writes", spying)
     return attempts
+
+
+def dump(path: str) -> list[tuple[Any, ...]]:
+    """Every row of both tables as SQLite holds it, each value with its storage class."""
+    db = sqlite3.connect(path)
+    try:
+        sessions = db.execute(
+            "SELECT sid, generation, typeof(generation), tx, typeof(tx), acked, typeof(acked),"
+            " rx, typeof(rx), expires_at, typeof(expires_at) FROM sessions ORDER BY sid"
+        ).fetchall()
+        messages = db.execute(
+            "SELECT sid, seq, typeof(seq), is_text, payload, typeof(payload) FROM messages"
+            " ORDER BY sid, seq"
+        ).fetchall()
+    finally:
+        db.close()
+    return sessions + messages
 
 
 def mixed_writes(sids: list[str]) -> list[Write]:
@@ -1116,3 +1134,225 @@ async def test_short_runs_and_other_operations_keep_one_statement_each(
     record = await store.load("s0")
     assert record is not None
     assert (record.tx, record.expires_at) == (1, 5.0)
+    # One more write in the run and it does go in bulk (so the above is the threshold's).
+    await store.create("s3", token_hash=HASH, principal=None, now=0.0)
+    writes = [Write(f"s{number}", 1, [StoredMessage(2, "two")]) for number in range(4)]
+    writes[3] = Write("s3", 1, [StoredMessage(1, "one")])
+    assert await store.write_many(writes) == [None] * 4
+    assert attempts == [(4, True)]
+
+
+def random_writes(rng: random.Random, sids: list[str], tx: dict[str, int]) -> list[Write]:
+    """A write_many call's writes: mostly valid, on sessions with counters already set;
+    now and then a refused one (wrong generation, a seq that skips, an ack beyond tx)
+    or a session twice. ``tx`` is what each session's tx will be if all land."""
+    writes = []
+    for sid in rng.sample(sids, rng.randint(4, len(sids))):
+        refused = rng.random() < 0.08
+        first = tx[sid] + 1 + (1 if refused and rng.random() < 0.5 else 0)
+        count = rng.choice((0, 0, 1, 1, 2, 3))
+        append = [
+            StoredMessage(seq, rng.choice((f"t{seq} é", f'q"{seq}\\', b"\x00b", "n\x00ul")))
+            for seq in range(first, first + count)
+        ]
+        top = tx[sid] + count
+        acked = rng.choice((None, None, rng.randint(0, top), top, top + (3 if refused else 0)))
+        writes.append(
+            Write(
+                sid,
+                2 if refused and rng.random() < 0.5 else 1,
+                append,
+                acked=acked,
+                rx=rng.choice((None, rng.randint(0, 50))),
+                detach_at=rng.choice((None, None, rng.uniform(0, 2e9))),
+            )
+        )
+        if rng.random() < 0.05:
+            writes.append(Write(sid, 1, (), rx=rng.randint(0, 50)))  # the session again
+    return writes
+
+
+async def test_bulk_writes_leave_what_one_by_one_leaves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """40 rounds of random write_many calls on two stores, bulk and one by one: the same
+    answers, and the same rows with the same storage classes, after every round.
+
+    The sessions carry counters and expiry times from earlier rounds, so the bulk
+    UPDATE's max() and coalesce() meet values above and below the writes' own.
+    """
+    rng = random.Random(7)
+    sids = [f"s{number}" for number in range(12)]
+    stores: dict[bool, SQLiteStore] = {}
+    for bulk in (True, False):
+        monkeypatch.setattr(sqlite_module, "_bulk_supported", lambda db, b=bulk: b)
+        stores[bulk] = SQLiteStore(tmp_path / f"{bulk}.db")
+        for sid in sids:
+            await stores[bulk].create(sid, token_hash=HASH, principal=None, now=0.0)
+        await stores[bulk].epoch()  # (connected: _bulk_supported asked)
+    attempts = spy_bulk(monkeypatch)
+    tx = dict.fromkeys(sids, 0)
+    try:
+        for _ in range(40):
+            writes = random_writes(rng, sids, tx)
+            answers = {}
+            for bulk, store in stores.items():
+                answers[bulk] = [type(a) for a in await store.write_many(writes)]
+            assert answers[True] == answers[False]
+            assert dump(stores[True].path) == dump(stores[False].path)
+            for sid in sids:
+                record = await stores[True].load(sid)
+                assert record is not None
+                tx[sid] = record.tx
+    finally:
+        for store in stores.values():
+            await store.close()
+    assert sum(1 for _, written in attempts if written) >= 10  # the bulk path did run
+    assert any(not written for _, written in attempts)  # and so did its fallback
+
+
+async def test_a_session_id_with_nul_is_not_taken_for_its_prefix(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite's JSON ends a string at NUL: "x\\x00evil" would have become "x". Such a
+    write ends the run and goes one by one; "x" stays as it was."""
+    sids = ["x", "x\x00evil", "b", "c", "d", "e"]
+    for sid in sids:
+        await store.create(sid, token_hash=HASH, principal=None, now=0.0)
+    attempts = spy_bulk(monkeypatch)
+    writes = [Write(sid, 1, [StoredMessage(1, "m")]) for sid in ("b", "c", "d", "e")]
+    writes.append(Write("x\x00evil", 1, [StoredMessage(1, "hi")], acked=1, rx=5))
+    assert await store.write_many(writes) == [None] * 5
+    assert attempts == [(4, True)]
+    untouched = await store.load("x")
+    written = await store.load("x\x00evil")
+    assert untouched is not None
+    assert written is not None
+    assert (untouched.tx, untouched.rx) == (0, 0)
+    assert (written.tx, written.acked, written.rx) == (1, 1, 5)
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        {"detach_at": math.inf},
+        {"detach_at": math.nan},
+        {"detach_at": 10**400},
+        {"detach_at": "123.5"},
+        {"rx": 2**63},
+        {"rx": -(2**63) - 1},
+        {"detach_at": 10**20},
+        {"append": [StoredMessage(None, "no seq")]},  # type: ignore[arg-type]
+    ],
+    ids=["inf", "nan", "10**400", "str", "2**63", "-2**63-1", "10**20", "seq None"],
+)
+async def test_an_odd_value_fails_or_lands_as_one_by_one_and_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, odd: dict[str, Any]
+) -> None:
+    """A value JSON cannot carry exactly (or at all) among good writes: the good ones land
+    in bulk, the odd one gets what it gets one by one, the stores end up the same.
+
+    (One that fails other than with a StoreError puts the group in doubt: it runs
+    again without it, in bulk again.)"""
+    sids = [f"s{number}" for number in range(5)]
+    seen: dict[bool, tuple[list[Any], list[tuple[Any, ...]], list[tuple[int, bool]]]] = {}
+    for bulk in (True, False):
+        monkeypatch.setattr(sqlite_module, "_bulk_supported", lambda db, b=bulk: b)
+        attempts = spy_bulk(monkeypatch)
+        store = SQLiteStore(tmp_path / f"{bulk}.db")
+        try:
+            for sid in sids:
+                await store.create(sid, token_hash=HASH, principal=None, now=0.0)
+            writes = [Write(sid, 1, [StoredMessage(1, "m")]) for sid in sids[:4]]
+            fields: dict[str, Any] = {"append": (), **odd}
+            writes.append(Write("s4", 1, **fields))
+            results = await store.write_many(writes)
+            seen[bulk] = ([type(r) for r in results], dump(store.path), attempts)
+        finally:
+            await store.close()
+    assert seen[True][0] == seen[False][0]
+    assert seen[True][0][:4] == [type(None)] * 4
+    assert seen[True][1] == seen[False][1]
+    assert seen[True][2] in ([(4, True)], [(4, True), (4, True)])
+
+
+def test_bulk_statements_need_sqlite_3_33_and_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This machine's SQLite has them; one that says 3.32.3 is not asked to."""
+    db = sqlite3.connect(":memory:")
+    try:
+        assert sqlite3.sqlite_version_info >= (3, 33, 0)
+        assert sqlite_module._bulk_supported(db) is True
+        monkeypatch.setattr(sqlite_module.sqlite3, "sqlite_version_info", (3, 32, 3))
+        assert sqlite_module._bulk_supported(db) is False
+    finally:
+        db.close()
+
+
+async def test_json_too_long_to_bind_goes_one_by_one(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A limit on bound strings (SQLITE_LIMIT_LENGTH) the group's JSON exceeds: no failure,
+    the writes go one by one, each within it."""
+    sids = [f"s{number}" for number in range(4)]
+    for sid in sids:
+        await store.create(sid, token_hash=HASH, principal=None, now=0.0)
+    connection = store._connection
+    assert connection is not None
+    on_store_thread(store, lambda: connection.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 1000)).result(
+        5.0
+    )
+    attempts = spy_bulk(monkeypatch)
+    writes = [Write(sid, 1, [StoredMessage(1, "é" * 400)]) for sid in sids]
+    assert await store.write_many(writes) == [None] * 4
+    assert attempts == [(4, False)]
+    for sid in sids:
+        assert await store.messages(sid, after=0) == [StoredMessage(1, "é" * 400)]
+
+
+async def test_a_run_stops_at_its_share_of_text(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With at most 250 characters of text per run, eight writes of 100 go as runs of 2:
+    under _BULK_MIN, one by one; a long text keeps an INSERT of its own, in bulk."""
+    monkeypatch.setattr(sqlite_module, "_BULK_MAX_CHARS", 250)
+    monkeypatch.setattr(sqlite_module, "_BULK_TEXT_MAX", 150)
+    sids = [f"s{number}" for number in range(8)]
+    for sid in sids:
+        await store.create(sid, token_hash=HASH, principal=None, now=0.0)
+    attempts = spy_bulk(monkeypatch)
+    assert (
+        await store.write_many([Write(sid, 1, [StoredMessage(1, "a" * 100)]) for sid in sids])
+        == [None] * 8
+    )
+    assert attempts == []
+    long = [Write(sid, 1, [StoredMessage(2, "b" * 200)]) for sid in sids]
+    assert await store.write_many(long) == [None] * 8
+    assert attempts == [(8, True)]
+    for sid in sids:
+        assert await store.messages(sid, after=0) == [
+            StoredMessage(1, "a" * 100),
+            StoredMessage(2, "b" * 200),
+        ]
+
+
+@pytest.mark.parametrize("messages", [0, 2], ids=["counters only", "with messages"])
+async def test_an_ack_beyond_tx_is_refused_in_a_bulk_run(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch, messages: int
+) -> None:
+    """The guard of the bulk UPDATE refuses an ack beyond the session's tx (after the
+    write's own messages) as one by one does: that write alone, the others land."""
+    sids = [f"s{number}" for number in range(5)]
+    for sid in sids:
+        await store.create(sid, token_hash=HASH, principal=None, now=0.0)
+    attempts = spy_bulk(monkeypatch)
+    writes = [Write(sid, 1, [StoredMessage(1, "m")], acked=1) for sid in sids]
+    writes[2] = Write(
+        "s2", 1, [StoredMessage(seq, "m") for seq in range(1, messages + 1)], acked=messages + 1
+    )
+    results = await store.write_many(writes)
+    assert isinstance(results[2], StoreError)
+    assert results[:2] + results[3:] == [None] * 4
+    assert attempts == [(5, False)]
+    record = await store.load("s2")
+    assert record is not None
+    assert (record.tx, record.acked) == (0, 0)

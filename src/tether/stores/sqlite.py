@@ -656,8 +656,12 @@ class SQLiteStore(SessionStore):
         try:
             position, count = 0, len(jobs)
             while position < count:
-                end = _bulk_run_end(jobs, position) if self._bulk else position
-                if end - position >= _BULK_MIN and _thread_bulk_writes(db, jobs, position, end):
+                end, rows = _bulk_run(jobs, position) if self._bulk else (position, None)
+                if (
+                    end - position >= _BULK_MIN
+                    and rows is not None
+                    and _thread_bulk_writes(db, rows)
+                ):
                     outcomes.extend([_WRITTEN] * (end - position))
                     position = end
                     continue
@@ -797,8 +801,16 @@ def _thread_job(db: sqlite3.Connection, job: _Job[Any], position: int) -> tuple[
 
 #: Fewest consecutive writes of a group that run as bulk statements (_thread_bulk_writes).
 _BULK_MIN = 4
+#: Most writes, and most characters of text messages, in one run of bulk statements
+#: (far below SQLite's 1 GB limit on a bound string, JSON's escapes included).
+_BULK_MAX_WRITES = 20_000
+_BULK_MAX_CHARS = 16 * 1024 * 1024
+#: Text messages longer than this keep an INSERT of their own (bytes, no JSON escaping).
+_BULK_TEXT_MAX = 64 * 1024
 #: A write_many write's outcome when it committed (it answers no record).
 _WRITTEN: tuple[bool, Any] = (True, None)
+#: SQLite's integers: what JSON carries as an integer (beyond, it would be a REAL).
+_INT64_MIN, _INT64_END = -(2**63), 2**63
 
 # The bulk statements' rows come as one JSON array (json_each): a write's counters
 # [sid, generation, tx before its messages or null, tx after them, ack, rx, detach_at],
@@ -838,31 +850,89 @@ def _bulk_supported(db: sqlite3.Connection) -> bool:
     return True
 
 
-def _bulk_run_end(jobs: list[_Job[Any]], start: int) -> int:
-    """Where the run of writes from ``start`` that bulk statements can carry ends.
+@dataclasses.dataclass(slots=True)
+class _BulkRows:
+    """What the bulk statements of one run of writes send (see _bulk_run)."""
+
+    updates: list[tuple[str, int, int | None, int | None, int, int, float | int | None]] = (
+        dataclasses.field(default_factory=list)
+    )
+    texts: list[tuple[str, int, str]] = dataclasses.field(default_factory=list)
+    others: list[tuple[str, int, int, bytes]] = dataclasses.field(default_factory=list)
+    trims: list[tuple[str, int]] = dataclasses.field(default_factory=list)
+
+
+def _integer(value: object) -> bool:
+    """Whether JSON carries ``value`` to SQLite as the integer it binds as (not a REAL)."""
+    return type(value) is int and _INT64_MIN <= value < _INT64_END
+
+
+def _bulk_run(jobs: list[_Job[Any]], start: int) -> tuple[int, _BulkRows]:
+    """The run of writes from ``start`` that bulk statements can carry: its end, its rows.
 
     Such a write is one of :meth:`SQLiteStore.write_many` (no record asked), of a
     session no earlier write of the run has (one row per session in the UPDATE),
-    whose detach time is finite (JSON has no infinity).
+    whose values JSON carries exactly: a session id without NUL (SQLite's JSON ends
+    a string there), integer counters and seqs of 64 bits, a finite detach time.
+    Anything else (a caller's mistake, mostly) ends the run: one by one, such a
+    write gets the answer it always got, alone.
     """
+    rows = _BulkRows()
     seen: set[str] = set()
+    chars = 0
     end = start
-    for job in itertools.islice(jobs, start, None):
+    for job in itertools.islice(jobs, start, start + _BULK_MAX_WRITES):
         work = job.work
         if not isinstance(work, functools.partial) or work.func is not _write_counters:
             break
-        sid, detach_at = work.args[0], work.args[6]
-        if sid in seen or (detach_at is not None and not math.isfinite(detach_at)):
+        sid, generation, append, prebuilt, acked, rx, detach_at = work.args
+        ack = 0 if acked is None else acked
+        received = 0 if rx is None else rx
+        if (
+            type(sid) is not str
+            or sid in seen
+            or "\x00" in sid
+            or not (_integer(generation) and _integer(ack) and _integer(received))
+            or not (
+                detach_at is None
+                or _integer(detach_at)
+                or (type(detach_at) is float and math.isfinite(detach_at))
+            )
+        ):
             break
+        if append:
+            first, last = append[0].seq, append[-1].seq
+            if not (_integer(first) and _integer(last)):
+                break
+            texts: list[tuple[str, int, str]] = []
+            others: list[tuple[str, int, int, bytes]] = []
+            for message, row in zip(append, prebuilt, strict=True):
+                payload = message.payload
+                if (
+                    isinstance(payload, str)
+                    and len(payload) <= _BULK_TEXT_MAX
+                    and "\x00" not in payload
+                ):
+                    texts.append((sid, message.seq, payload))
+                    chars += len(payload)
+                else:
+                    others.append(row)
+            if chars > _BULK_MAX_CHARS and end > start:
+                break  # this write opens the next run
+            rows.texts += texts
+            rows.others += others
+            rows.updates.append((sid, generation, first - 1, last, ack, received, detach_at))
+        else:
+            rows.updates.append((sid, generation, None, None, ack, received, detach_at))
+        if acked is not None:
+            rows.trims.append((sid, acked))
         seen.add(sid)
         end += 1
-    return end
+    return end, rows
 
 
-def _thread_bulk_writes(
-    db: sqlite3.Connection, jobs: list[_Job[Any]], start: int, end: int
-) -> bool:
-    """Run the writes ``jobs[start:end]`` (see _bulk_run_end) as a few statements.
+def _thread_bulk_writes(db: sqlite3.Connection, rows: _BulkRows) -> bool:
+    """Run a run of writes (see _bulk_run) as a few statements.
 
     Why: Python's sqlite3 lets go of the GIL around every statement it steps, and
     the store's thread must take it back after each. Behind a busy event loop every
@@ -871,8 +941,9 @@ def _thread_bulk_writes(
     thread 0.6-0.7 s against 0.07 s with the loop idle, and the resumes queued
     behind it waited as long. Here the rows travel as JSON: one UPDATE of every
     session's counters, one INSERT of the text messages, one DELETE of every trim.
-    Binary messages, and text with a NUL (SQLite's JSON ends a string there), keep
-    a statement per message.
+    Binary messages, and long texts or texts with a NUL (SQLite's JSON ends a
+    string there), keep an INSERT each; a run stops at _BULK_MAX_WRITES writes or
+    _BULK_MAX_CHARS characters of text, and the next one goes on from there.
 
     Returns:
         True when all of them are written. False, with nothing of them left in the
@@ -880,39 +951,20 @@ def _thread_bulk_writes(
         or refused write among them: run one by one, each gets its own answer) or a
         row could not be sent (a string that is not UTF-8, say: the same).
     """
-    updates: list[tuple[str, int, int | None, int | None, int, int, float | None]] = []
-    texts: list[tuple[str, int, str]] = []
-    others: list[tuple[str, int, int, bytes]] = []
-    trims: list[tuple[str, int]] = []
-    for index in range(start, end):
-        sid, generation, append, rows, acked, rx, detach_at = jobs[index].work.args  # type: ignore[attr-defined]
-        ack = 0 if acked is None else acked
-        received = 0 if rx is None else rx
-        if append:
-            first, last = append[0].seq, append[-1].seq
-            updates.append((sid, generation, first - 1, last, ack, received, detach_at))
-            for message, row in zip(append, rows, strict=True):
-                payload = message.payload
-                if isinstance(payload, str) and "\x00" not in payload:
-                    texts.append((sid, message.seq, payload))
-                else:
-                    others.append(row)
-        else:
-            updates.append((sid, generation, None, None, ack, received, detach_at))
-        if acked is not None:
-            trims.append((sid, acked))
     db.execute("SAVEPOINT bulk")
     try:
-        matched = db.execute(_BULK_UPDATE, (json.dumps(updates, ensure_ascii=False),)).rowcount
-        if matched == len(updates):
-            if texts:
-                db.execute(_BULK_INSERT, (json.dumps(texts, ensure_ascii=False),))
-            if others:
-                db.executemany(_INSERT_MESSAGES, others)
-            if trims:
-                db.execute(_BULK_TRIM, (json.dumps(trims, ensure_ascii=False),))
+        updates = json.dumps(rows.updates, ensure_ascii=False)
+        if db.execute(_BULK_UPDATE, (updates,)).rowcount == len(rows.updates):
+            if rows.texts:
+                db.execute(_BULK_INSERT, (json.dumps(rows.texts, ensure_ascii=False),))
+            if rows.others:
+                db.executemany(_INSERT_MESSAGES, rows.others)
+            if rows.trims:
+                db.execute(_BULK_TRIM, (json.dumps(rows.trims, ensure_ascii=False),))
             db.execute("RELEASE bulk")
             return True
+    except sqlite3.DataError:
+        pass  # (a string too long to bind: one by one, each is shorter)
     except sqlite3.Error:
         raise  # the group fails, as it would one by one (its transaction is rolled back)
     except Exception:  # one by one, the job that cannot be sent says why
