@@ -22,10 +22,19 @@ round) of the resumes' latency percentiles, from the call to its answer. A run t
 does not finish within ``--limit`` seconds is reported as such. ``--switch-interval``
 sets the interpreter's switch interval for the whole run.
 
+``--burst`` measures a ticker's burst instead: one ``write_many`` of every session
+(one text message each, acknowledging the one before, as the storm's ticker writes),
+``BURSTS`` times in a row, in two ways:
+
+* ``one by one``: a guarded UPDATE, an INSERT and a DELETE per write (the store
+  without its bulk statements, as on an SQLite older than 3.33);
+* ``bulk``: the same writes as one UPDATE, one INSERT and one DELETE for the group
+  (JSON rows).
+
 Usage::
 
     python -m benchmarks.storelat [--sessions 2000] [--busy 0,0.5,0.9] [--rounds 3]
-                                  [--switch-interval S] [--limit 60] [--json]
+                                  [--switch-interval S] [--limit 60] [--burst] [--json]
 """
 
 from __future__ import annotations
@@ -41,12 +50,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tether.stores.base import SessionStore, StoredMessage
+from tether.stores import sqlite as sqlite_module
+from tether.stores.base import SessionStore, StoredMessage, Write
 from tether.stores.sqlite import SQLiteStore
 
 from .common import fmt, table
 
 PATHS = ("three calls", "resume()")
+BURST_PATHS = ("one by one", "bulk")
+#: write_many calls of every session per --burst run, one after the other.
+BURSTS = 5
 HASH = "a" * 64
 #: Arrivals: this many resumes every ARRIVAL_PERIOD_S (2,000/s).
 ARRIVAL_BATCH = 100
@@ -143,8 +156,63 @@ async def _run(path: str, sessions: int, busy: float, limit: float) -> dict[str,
                 task.result()  # an error in a resume is the benchmark's error
         finally:
             await store.close()
-    latencies.sort()
-    finished = not pending
+    return _figures(path, busy, not pending, latencies, wall, store.transactions - before)
+
+
+async def _run_burst(path: str, sessions: int, busy: float, limit: float) -> dict[str, Any]:
+    """BURSTS write_many calls of every session, one after the other, the loop busy."""
+    bulk_supported = sqlite_module._bulk_supported
+    if path == BURST_PATHS[0]:
+        setattr(sqlite_module, "_bulk_supported", lambda db: False)  # noqa: B010 (a private hook)
+    try:
+        with tempfile.TemporaryDirectory(prefix="tether-bench-storelat-") as directory:
+            store = SQLiteStore(os.path.join(directory, "sessions.db"))
+            try:
+                sids = await _prepare(store, sessions)
+                loop = asyncio.get_running_loop()
+                latencies: list[float] = []
+
+                async def bursts() -> None:
+                    for number in range(BURSTS):
+                        seq = 5 + number  # _prepare held 1..4, acknowledged 1
+                        payload = f'{{"seq": {seq}, "tick": 88311922, "node": "4242"}}'
+                        writes = [
+                            Write(sid, 1, [StoredMessage(seq, payload)], acked=seq - 1)
+                            for sid in sids
+                        ]
+                        started = loop.time()
+                        errors = await store.write_many(writes)
+                        latencies.append(loop.time() - started)
+                        assert errors == [None] * sessions, errors[:3]
+
+                before = store.transactions
+                stop_busy = _keep_busy(loop, busy)
+                started = time.perf_counter()
+                try:
+                    finished = True
+                    try:
+                        await asyncio.wait_for(bursts(), limit)
+                    except asyncio.TimeoutError:
+                        finished = False
+                finally:
+                    stop_busy()
+                wall = time.perf_counter() - started
+            finally:
+                await store.close()
+    finally:
+        setattr(sqlite_module, "_bulk_supported", bulk_supported)  # noqa: B010
+    return _figures(path, busy, finished, latencies, wall, store.transactions - before)
+
+
+def _figures(
+    path: str,
+    busy: float,
+    finished: bool,
+    latencies: list[float],
+    wall: float,
+    transactions: int,
+) -> dict[str, Any]:
+    latencies = sorted(latencies)
 
     def pct(q: float) -> float | None:
         if not finished:
@@ -161,7 +229,7 @@ async def _run(path: str, sessions: int, busy: float, limit: float) -> dict[str,
         "p90_s": pct(0.90),
         "p99_s": pct(0.99),
         "max_s": latencies[-1] if finished and latencies else None,
-        "transactions": store.transactions - before,
+        "transactions": transactions,
     }
 
 
@@ -178,8 +246,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--switch-interval", type=float, default=None)
     parser.add_argument("--limit", type=float, default=60.0, help="seconds per run at most")
+    parser.add_argument(
+        "--burst", action="store_true", help="a ticker's write_many bursts, not resumes"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    paths, run = (BURST_PATHS, _run_burst) if args.burst else (PATHS, _run)
     busy_levels = [float(value) for value in args.busy.split(",")]
     if any(not 0 <= level <= 1 for level in busy_levels) or args.sessions < 1 or args.rounds < 1:
         parser.error("--busy takes fractions in [0, 1]; --sessions and --rounds at least 1")
@@ -189,17 +261,21 @@ def main(argv: list[str] | None = None) -> int:
     for busy in busy_levels:
         for round_number in range(args.rounds):
             # Alternate which path goes first, so that drift moves both alike.
-            order = PATHS if round_number % 2 == 0 else PATHS[::-1]
+            order = paths if round_number % 2 == 0 else paths[::-1]
             for path in order:
-                runs.append(asyncio.run(_run(path, args.sessions, busy, args.limit)))
+                runs.append(asyncio.run(run(path, args.sessions, busy, args.limit)))
                 print(
                     f"  busy {busy:.0%} {path}: {runs[-1]['wall_s']:.1f} s",
                     file=sys.stderr,
                     flush=True,
                 )
+    what = (
+        f"{BURSTS} write_many calls of {args.sessions} sessions each (one message each)"
+        if args.burst
+        else f"{args.sessions} resumes, {ARRIVAL_BATCH} every {ARRIVAL_PERIOD_S * 1000:.0f} ms"
+    )
     header = (
-        f"storelat: {args.sessions} resumes from a SQLite store, {ARRIVAL_BATCH} every "
-        f"{ARRIVAL_PERIOD_S * 1000:.0f} ms, the loop busy for the given share of each "
+        f"storelat: {what}, a SQLite store, the loop busy for the given share of each "
         f"millisecond; switch interval {sys.getswitchinterval() * 1000:g} ms; "
         f"median of {args.rounds} round(s)"
     )
@@ -208,14 +284,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     rows = []
     for busy in busy_levels:
-        for path in PATHS:
-            mine = [run for run in runs if run["busy"] == busy and run["path"] == path]
+        for path in paths:
+            mine = [one for one in runs if one["busy"] == busy and one["path"] == path]
 
             def ms(key: str, mine: list[dict[str, Any]] = mine) -> str:
-                value = _median([run[key] for run in mine])
+                value = _median([one[key] for one in mine])
                 return "did not finish" if value is None else fmt(value * 1000)
 
-            transactions = statistics.median(run["transactions"] for run in mine)
+            transactions = statistics.median(one["transactions"] for one in mine)
             rows.append(
                 [
                     f"{busy:.0%}",
@@ -223,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
                     ms("p50_s"),
                     ms("p90_s"),
                     ms("p99_s"),
-                    fmt(statistics.median(run["wall_s"] for run in mine)),
+                    fmt(statistics.median(one["wall_s"] for one in mine)),
                     fmt(transactions),
                 ]
             )

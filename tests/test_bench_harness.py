@@ -324,6 +324,31 @@ def test_storelat_resumes_every_session_and_counts_its_transactions(path: str) -
     assert run["transactions"] >= (3 if path == "three calls" else 1)
 
 
+@pytest.mark.parametrize("path", storelat.BURST_PATHS)
+def test_storelat_burst_writes_every_session_each_time_one_way_or_the_other(
+    path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--burst: BURSTS write_many calls, each of every session in one transaction; the
+    "one by one" path never takes the bulk statements, "bulk" takes them every time;
+    the store's own check is back afterwards."""
+    from tether.stores import sqlite as sqlite_module
+
+    bulk_calls: list[int] = []
+    original = sqlite_module._thread_bulk_writes
+
+    def counting(db: Any, rows: Any) -> bool:
+        bulk_calls.append(len(rows.updates))
+        return original(db, rows)
+
+    monkeypatch.setattr(sqlite_module, "_thread_bulk_writes", counting)
+    supported = sqlite_module._bulk_supported
+    run = asyncio.run(storelat._run_burst(path, 20, busy=0.5, limit=10.0))
+    assert (run["finished"], run["resumed"], run["transactions"]) == (True, 5, 5)
+    assert 0 < run["p50_s"] <= run["max_s"]
+    assert bulk_calls == ([] if path == "one by one" else [20] * storelat.BURSTS)
+    assert sqlite_module._bulk_supported is supported
+
+
 def test_storelat_median_of_a_run_that_did_not_finish_is_none() -> None:
     assert storelat._median([0.2, None, 0.1]) is None
     assert storelat._median([0.3, 0.1, 0.2]) == 0.2
