@@ -21,6 +21,10 @@ on the same host (``tether serve`` uses it by default). Choices, and why:
   in one transaction, so the fsync per commit
   limits commits per second, not sessions: a hundred sessions writing in the
   same loop turn share one fsync.
+* **Bulk statements** for a group's writes: a run of ``write_many`` writes of
+  distinct sessions goes as one UPDATE, one INSERT and one DELETE whose rows travel
+  as JSON, since each statement costs the thread a GIL hand-off, which waits while
+  the event loop is busy (see :func:`_thread_bulk_writes`).
 * **BEGIN IMMEDIATE** for writes: the write lock is taken up front, so two
   processes sharing the file (an old and a new server during a
   ``--reuse-port`` restart) serialize instead of failing at commit; they wait
