@@ -912,6 +912,29 @@ def test_a_bad_busy_timeout_is_refused(tmp_path: Path, busy_timeout: object) -> 
 # -- a commit group's writes as bulk statements (_thread_bulk_writes) -----------------------
 
 
+@contextlib.asynccontextmanager
+async def bulk_or_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bulk: bool, count: int
+) -> AsyncIterator[tuple[SQLiteStore, list[str], list[tuple[int, bool]]]]:
+    """A store on a new file, with or without bulk statements, its ``count`` sessions
+    (see :func:`sessions`) and its bulk attempts (see :func:`spy_bulk`)."""
+    monkeypatch.setattr(sqlite_module, "_bulk_supported", lambda db: bulk)
+    attempts = spy_bulk(monkeypatch)
+    store = SQLiteStore(tmp_path / ("bulk.db" if bulk else "one-by-one.db"))
+    try:
+        yield store, await sessions(store, count), attempts
+    finally:
+        await store.close()
+
+
+async def sessions(store: SQLiteStore, count: int) -> list[str]:
+    """``count`` new sessions "s0", "s1", ... at generation 1, nothing written yet."""
+    sids = [f"s{number}" for number in range(count)]
+    for sid in sids:
+        await store.create(sid, token_hash=HASH, principal=None, now=0.0)
+    return sids
+
+
 def spy_bulk(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, bool]]:
     """(writes, written) per bulk attempt from now on."""
     attempts: list[tuple[int, bool]] = []
@@ -975,24 +998,23 @@ async def test_a_groups_writes_run_as_three_statements(
 
     What the store holds afterwards is what the same writes leave one by one.
     """
-    sids = [f"s{number}" for number in range(200)]
     writes = [
-        Write(sid, 1, [StoredMessage(1, f"one {sid}"), StoredMessage(2, "two")], acked=1, rx=4)
-        for sid in sids
+        Write(
+            f"s{number}",
+            1,
+            [StoredMessage(1, f"one s{number}"), StoredMessage(2, "two")],
+            acked=1,
+            rx=4,
+        )
+        for number in range(200)
     ]
     results = {}
-    for name, supported in (("bulk", True), ("one by one", False)):
-        monkeypatch.setattr(sqlite_module, "_bulk_supported", lambda db, s=supported: s)
-        store = SQLiteStore(tmp_path / f"{name}.db")
-        try:
-            for sid in sids:
-                await store.create(sid, token_hash=HASH, principal=None, now=0.0)
+    for name, bulk in (("bulk", True), ("one by one", False)):
+        async with bulk_or_not(tmp_path, monkeypatch, bulk, 200) as (store, sids, _):
             statements = trace_statements(store)
             assert await store.write_many(writes) == [None] * 200
             ran = len(statements)
             results[name] = (await stored(store, sids), ran)
-        finally:
-            await store.close()
     assert results["bulk"][0] == results["one by one"][0]
     held = results["bulk"][0][0]
     assert isinstance(held, tuple)
@@ -1006,20 +1028,12 @@ async def test_bulk_writes_keep_every_kind_of_write_exact(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Text with quotes, non-ASCII and NUL, binary, trims, rx, detach times: bulk == one by one."""
-    sids = [f"s{number}" for number in range(50)]
     results = {}
-    for name, supported in (("bulk", True), ("one by one", False)):
-        monkeypatch.setattr(sqlite_module, "_bulk_supported", lambda db, s=supported: s)
-        attempts = spy_bulk(monkeypatch)
-        store = SQLiteStore(tmp_path / f"{name}.db")
-        try:
-            for sid in sids:
-                await store.create(sid, token_hash=HASH, principal=None, now=0.0)
+    for name, bulk in (("bulk", True), ("one by one", False)):
+        async with bulk_or_not(tmp_path, monkeypatch, bulk, 50) as (store, sids, attempts):
             assert await store.write_many(mixed_writes(sids)) == [None] * 50
             results[name] = await stored(store, sids)
-        finally:
-            await store.close()
-        assert attempts == ([(50, True)] if supported else [])
+        assert attempts == ([(50, True)] if bulk else [])
     assert results["bulk"] == results["one by one"]
     nul_record, nul_messages = results["bulk"][2]  # type: ignore[misc]
     assert nul_messages == [StoredMessage(1, "nul\x00inside")]
@@ -1036,9 +1050,7 @@ async def test_a_refused_write_among_bulk_writes_gets_its_own_answer(
     The bulk UPDATE matches fewer sessions than it was given: it is undone and the
     writes run one by one, in the same transaction.
     """
-    sids = [f"s{number}" for number in range(10)]
-    for sid in sids:
-        await store.create(sid, token_hash=HASH, principal=None, now=0.0)
+    sids = await sessions(store, 10)
     await store.claim("s3", 1, token_hash="b" * 64, previous_token_hash=HASH)  # now gen 2
     attempts = spy_bulk(monkeypatch)
     before = store.transactions
@@ -1068,9 +1080,7 @@ async def test_a_write_that_cannot_be_sent_fails_alone_in_bulk(
     something other than a StoreError, which puts the group in doubt, as any such
     failure does: the group runs again without it, in bulk.
     """
-    sids = [f"s{number}" for number in range(6)]
-    for sid in sids:
-        await store.create(sid, token_hash=HASH, principal=None, now=0.0)
+    sids = await sessions(store, 6)
     attempts = spy_bulk(monkeypatch)
     writes = [Write(sid, 1, [StoredMessage(1, "one")]) for sid in sids]
     writes.insert(2, Write("bad\ud800", 1, (), rx=1))
@@ -1090,9 +1100,7 @@ async def test_two_writes_of_a_session_in_one_group_stay_in_order(
     A bulk UPDATE takes one row per session: the run ends where a session comes
     again, and the second call's writes run as a run of their own, after it.
     """
-    sids = [f"s{number}" for number in range(5)]
-    for sid in sids:
-        await store.create(sid, token_hash=HASH, principal=None, now=0.0)
+    sids = await sessions(store, 5)
     attempts = spy_bulk(monkeypatch)
     release = hold_thread(store)
     calls = asyncio.gather(
@@ -1115,9 +1123,7 @@ async def test_short_runs_and_other_operations_keep_one_statement_each(
     store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Three writes (under _BULK_MIN) between two other operations: no bulk attempt."""
-    sids = [f"s{number}" for number in range(3)]
-    for sid in sids:
-        await store.create(sid, token_hash=HASH, principal=None, now=0.0)
+    sids = await sessions(store, 3)
     attempts = spy_bulk(monkeypatch)
     release = hold_thread(store)
     calls = asyncio.gather(
@@ -1254,22 +1260,14 @@ async def test_an_odd_value_fails_or_lands_as_one_by_one_and_alone(
 
     (One that fails other than with a StoreError puts the group in doubt: it runs
     again without it, in bulk again.)"""
-    sids = [f"s{number}" for number in range(5)]
     seen: dict[bool, tuple[list[Any], list[tuple[Any, ...]], list[tuple[int, bool]]]] = {}
     for bulk in (True, False):
-        monkeypatch.setattr(sqlite_module, "_bulk_supported", lambda db, b=bulk: b)
-        attempts = spy_bulk(monkeypatch)
-        store = SQLiteStore(tmp_path / f"{bulk}.db")
-        try:
-            for sid in sids:
-                await store.create(sid, token_hash=HASH, principal=None, now=0.0)
+        async with bulk_or_not(tmp_path, monkeypatch, bulk, 5) as (store, sids, attempts):
             writes = [Write(sid, 1, [StoredMessage(1, "m")]) for sid in sids[:4]]
             fields: dict[str, Any] = {"append": (), **odd}
             writes.append(Write("s4", 1, **fields))
             results = await store.write_many(writes)
             seen[bulk] = ([type(r) for r in results], dump(store.path), attempts)
-        finally:
-            await store.close()
     assert seen[True][0] == seen[False][0]
     assert seen[True][0][:4] == [type(None)] * 4
     assert seen[True][1] == seen[False][1]
@@ -1293,9 +1291,7 @@ async def test_json_too_long_to_bind_goes_one_by_one(
 ) -> None:
     """A limit on bound strings (SQLITE_LIMIT_LENGTH) the group's JSON exceeds: no failure,
     the writes go one by one, each within it."""
-    sids = [f"s{number}" for number in range(4)]
-    for sid in sids:
-        await store.create(sid, token_hash=HASH, principal=None, now=0.0)
+    sids = await sessions(store, 4)
     connection = store._connection
     assert connection is not None
     on_store_thread(store, lambda: connection.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 1000)).result(
@@ -1316,9 +1312,7 @@ async def test_a_run_stops_at_its_share_of_text(
     under _BULK_MIN, one by one; a long text keeps an INSERT of its own, in bulk."""
     monkeypatch.setattr(sqlite_module, "_BULK_MAX_CHARS", 250)
     monkeypatch.setattr(sqlite_module, "_BULK_TEXT_MAX", 150)
-    sids = [f"s{number}" for number in range(8)]
-    for sid in sids:
-        await store.create(sid, token_hash=HASH, principal=None, now=0.0)
+    sids = await sessions(store, 8)
     attempts = spy_bulk(monkeypatch)
     assert (
         await store.write_many([Write(sid, 1, [StoredMessage(1, "a" * 100)]) for sid in sids])
@@ -1341,9 +1335,7 @@ async def test_an_ack_beyond_tx_is_refused_in_a_bulk_run(
 ) -> None:
     """The guard of the bulk UPDATE refuses an ack beyond the session's tx (after the
     write's own messages) as one by one does: that write alone, the others land."""
-    sids = [f"s{number}" for number in range(5)]
-    for sid in sids:
-        await store.create(sid, token_hash=HASH, principal=None, now=0.0)
+    sids = await sessions(store, 5)
     attempts = spy_bulk(monkeypatch)
     writes = [Write(sid, 1, [StoredMessage(1, "m")], acked=1) for sid in sids]
     writes[2] = Write(
