@@ -5,7 +5,8 @@ During a restart storm the replacement's event loop is busy nearly all the time
 store works on a thread of its own, and that thread needs the GIL between any two
 SQLite calls (Python's sqlite3 releases it around each one): while the loop thread
 holds the GIL, each such hand-off waits up to the interpreter's switch interval
-(``sys.getswitchinterval()``, 5 ms by default). A store operation is a few of them, so
+(``sys.getswitchinterval()``, 5 ms by default), or longer when the loop turns over
+faster than that (see docs/stores.md). A store operation is a few of them, so
 its latency grows with how busy the loop is, and a resume made of three operations
 waits three times.
 
