@@ -944,8 +944,8 @@ def _thread_bulk_writes(db: sqlite3.Connection, rows: _BulkRows) -> bool:
     callbacks, and far longer when it turns over faster than that (each turn's
     select() lets go of the GIL and takes it back before the waiting thread wakes,
     and that resets the thread's claim: 0.1-0.4 s measured). In a storm of 10,000,
-    a ticker's burst of 9,000 writes (some 27,000 statements) took the store's
-    thread 0.6-0.7 s against 0.07 s with the loop idle, and the resumes queued
+    a ticker's burst of 9,000 writes (some 27,000 statements) took 0.6-0.7 s
+    from call to answer against 0.07 s with the loop idle, and the resumes queued
     behind it waited as long. Here the rows travel as JSON: one UPDATE of every
     session's counters, one INSERT of the text messages, one DELETE of every trim.
     Binary messages, and long texts or texts with a NUL (SQLite's JSON ends a
