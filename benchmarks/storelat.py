@@ -42,14 +42,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
+from unittest import mock
 
 from tether.stores import sqlite as sqlite_module
 from tether.stores.base import SessionStore, StoredMessage, Write
@@ -120,88 +122,87 @@ def _keep_busy(loop: asyncio.AbstractEventLoop, busy: float) -> Callable[[], Non
     return stop
 
 
-async def _run(path: str, sessions: int, busy: float, limit: float) -> dict[str, Any]:
+@contextlib.asynccontextmanager
+async def _prepared(sessions: int) -> AsyncIterator[tuple[SQLiteStore, list[str]]]:
+    """A store on a temporary file with ``sessions`` sessions (see _prepare), closed after."""
     with tempfile.TemporaryDirectory(prefix="tether-bench-storelat-") as directory:
         store = SQLiteStore(os.path.join(directory, "sessions.db"))
         try:
-            sids = await _prepare(store, sessions)
-            loop = asyncio.get_running_loop()
-            resume = _three_calls if path == PATHS[0] else _one_call
-            latencies: list[float] = []
-
-            async def one(sid: str) -> None:
-                started = loop.time()
-                replayed = await resume(store, sid)
-                assert replayed == 3
-                latencies.append(loop.time() - started)
-
-            before = store.transactions
-            stop_busy = _keep_busy(loop, busy)
-            started = time.perf_counter()
-            tasks: list[asyncio.Task[None]] = []
-            try:
-                for start in range(0, sessions, ARRIVAL_BATCH):
-                    tasks += [
-                        asyncio.ensure_future(one(sid))
-                        for sid in sids[start : start + ARRIVAL_BATCH]
-                    ]
-                    await asyncio.sleep(ARRIVAL_PERIOD_S)
-                done, pending = await asyncio.wait(tasks, timeout=limit)
-            finally:
-                stop_busy()
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-            wall = time.perf_counter() - started
-            for task in done:
-                task.result()  # an error in a resume is the benchmark's error
+            yield store, await _prepare(store, sessions)
         finally:
             await store.close()
+
+
+async def _run(path: str, sessions: int, busy: float, limit: float) -> dict[str, Any]:
+    async with _prepared(sessions) as (store, sids):
+        loop = asyncio.get_running_loop()
+        resume = _three_calls if path == PATHS[0] else _one_call
+        latencies: list[float] = []
+
+        async def one(sid: str) -> None:
+            started = loop.time()
+            replayed = await resume(store, sid)
+            assert replayed == 3
+            latencies.append(loop.time() - started)
+
+        before = store.transactions
+        stop_busy = _keep_busy(loop, busy)
+        started = time.perf_counter()
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            for start in range(0, sessions, ARRIVAL_BATCH):
+                tasks += [
+                    asyncio.ensure_future(one(sid)) for sid in sids[start : start + ARRIVAL_BATCH]
+                ]
+                await asyncio.sleep(ARRIVAL_PERIOD_S)
+            done, pending = await asyncio.wait(tasks, timeout=limit)
+        finally:
+            stop_busy()
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        wall = time.perf_counter() - started
+        for task in done:
+            task.result()  # an error in a resume is the benchmark's error
     return _figures(path, busy, not pending, latencies, wall, store.transactions - before)
 
 
 async def _run_burst(path: str, sessions: int, busy: float, limit: float) -> dict[str, Any]:
     """BURSTS write_many calls of every session, one after the other, the loop busy."""
-    bulk_supported = sqlite_module._bulk_supported
-    if path == BURST_PATHS[0]:
-        setattr(sqlite_module, "_bulk_supported", lambda db: False)  # noqa: B010 (a private hook)
-    try:
-        with tempfile.TemporaryDirectory(prefix="tether-bench-storelat-") as directory:
-            store = SQLiteStore(os.path.join(directory, "sessions.db"))
+    one_by_one = (
+        # (A private hook: the store's check of what its SQLite supports.)
+        mock.patch.object(sqlite_module, "_bulk_supported", return_value=False)
+        if path == BURST_PATHS[0]
+        else contextlib.nullcontext()
+    )
+    with one_by_one:
+        async with _prepared(sessions) as (store, sids):
+            loop = asyncio.get_running_loop()
+            latencies: list[float] = []
+
+            async def bursts() -> None:
+                for number in range(BURSTS):
+                    seq = 5 + number  # _prepare held 1..4, acknowledged 1
+                    payload = f'{{"seq": {seq}, "tick": 88311922, "node": "4242"}}'
+                    writes = [
+                        Write(sid, 1, [StoredMessage(seq, payload)], acked=seq - 1) for sid in sids
+                    ]
+                    started = loop.time()
+                    errors = await store.write_many(writes)
+                    latencies.append(loop.time() - started)
+                    assert errors == [None] * sessions, errors[:3]
+
+            before = store.transactions
+            stop_busy = _keep_busy(loop, busy)
+            started = time.perf_counter()
+            finished = True
             try:
-                sids = await _prepare(store, sessions)
-                loop = asyncio.get_running_loop()
-                latencies: list[float] = []
-
-                async def bursts() -> None:
-                    for number in range(BURSTS):
-                        seq = 5 + number  # _prepare held 1..4, acknowledged 1
-                        payload = f'{{"seq": {seq}, "tick": 88311922, "node": "4242"}}'
-                        writes = [
-                            Write(sid, 1, [StoredMessage(seq, payload)], acked=seq - 1)
-                            for sid in sids
-                        ]
-                        started = loop.time()
-                        errors = await store.write_many(writes)
-                        latencies.append(loop.time() - started)
-                        assert errors == [None] * sessions, errors[:3]
-
-                before = store.transactions
-                stop_busy = _keep_busy(loop, busy)
-                started = time.perf_counter()
-                try:
-                    finished = True
-                    try:
-                        await asyncio.wait_for(bursts(), limit)
-                    except asyncio.TimeoutError:
-                        finished = False
-                finally:
-                    stop_busy()
-                wall = time.perf_counter() - started
+                await asyncio.wait_for(bursts(), limit)
+            except asyncio.TimeoutError:
+                finished = False
             finally:
-                await store.close()
-    finally:
-        setattr(sqlite_module, "_bulk_supported", bulk_supported)  # noqa: B010
+                stop_busy()
+            wall = time.perf_counter() - started
     return _figures(path, busy, finished, latencies, wall, store.transactions - before)
 
 

@@ -662,8 +662,8 @@ class SQLiteStore(SessionStore):
             while position < count:
                 end, rows = _bulk_run(jobs, position) if self._bulk else (position, None)
                 if (
-                    end - position >= _BULK_MIN
-                    and rows is not None
+                    rows is not None
+                    and end - position >= _BULK_MIN
                     and _thread_bulk_writes(db, rows)
                 ):
                     outcomes.extend([_WRITTEN] * (end - position))
@@ -871,8 +871,11 @@ def _integer(value: object) -> bool:
     return type(value) is int and _INT64_MIN <= value < _INT64_END
 
 
-def _bulk_run(jobs: list[_Job[Any]], start: int) -> tuple[int, _BulkRows]:
+def _bulk_run(jobs: list[_Job[Any]], start: int) -> tuple[int, _BulkRows | None]:
     """The run of writes from ``start`` that bulk statements can carry: its end, its rows.
+
+    None, and nothing built, when the job at ``start`` is of another kind (a resume,
+    a load, a detach: most of a storm's groups are made of those).
 
     Such a write is one of :meth:`SQLiteStore.write_many` (no record asked), of a
     session no earlier write of the run has (one row per session in the UPDATE),
@@ -881,6 +884,9 @@ def _bulk_run(jobs: list[_Job[Any]], start: int) -> tuple[int, _BulkRows]:
     Anything else (a caller's mistake, mostly) ends the run: one by one, such a
     write gets the answer it always got, alone.
     """
+    first_work = jobs[start].work
+    if not isinstance(first_work, functools.partial) or first_work.func is not _write_counters:
+        return start, None
     rows = _BulkRows()
     seen: set[str] = set()
     chars = 0
