@@ -1,7 +1,7 @@
 """Instructions per message, counted by callgrind: a deterministic cost for A/B work.
 
     python -m benchmarks.instructions [--impl websockets,tether,tether-v1]
-                                      [--test echo,stream_up,stream_down]
+                                      [--test echo,stream_up,stream_down,reconnect,echo_1k,echo_64k]
                                       [--side both,server,client] [--src DIR]
                                       [--counts 1000,5000] [--store memory,sqlite]
                                       [--json]
@@ -30,6 +30,10 @@ busy machine does more of their work per message (on the ninth session's machine
 1,000-message runs under contention counted up to 2.5 % more per echo). Run the two
 sides of an A/B at the same time (two commands in parallel), not one after the
 other on a machine whose load changes.
+
+``--test echo_1k`` and ``echo_64k`` are the echo with 1 KiB and 64 KiB messages, the
+throughput scenario's larger echoes (asked for by name; ``--counts 200,1000`` is enough
+for 64 KiB).
 
 ``--test reconnect`` counts a reconnection instead of a message: the client's link is
 cut (its socket aborted, as a 1006), it reconnects at once (tether.v1: and resumes),
@@ -67,7 +71,11 @@ from .common import LOOPS, REPO_ROOT, read_line, run_loop, table, use_loop
 from .peers import _SERVERS, _serve_tether
 
 IMPLS = ("websockets", "tether", "tether-v1")
-TESTS = ("echo", "stream_up", "stream_down", "reconnect")
+TESTS = ("echo", "stream_up", "stream_down", "reconnect", "echo_1k", "echo_64k")
+#: ``--test``'s default: the larger echoes are asked for by name.
+DEFAULT_TESTS = ("echo", "stream_up", "stream_down", "reconnect")
+#: Bytes per message of each echo test (the throughput scenario's three echoes).
+ECHO_SIZES = {"echo": 64, "echo_1k": 1024, "echo_64k": 65536}
 #: Warm-up round trips before the counted messages (both runs do them: they cancel out).
 WARMUP = 300
 #: Warm-up reconnections before the counted ones, and the default counts of ``reconnect``.
@@ -144,11 +152,11 @@ async def _client(impl: str, test: str, count: int, port: int) -> None:
     async with await _connect(impl, f"ws://127.0.0.1:{port}/") as conn:
         if impl == "tether-v1" and conn.subprotocol != "tether.v1":
             raise RuntimeError(f"expected tether.v1, negotiated {conn.subprotocol!r}")
-        echo = b"e" * 64
+        echo = b"e" * ECHO_SIZES.get(test, 64)
         for _ in range(WARMUP):
             await conn.send(echo)
             await conn.recv()
-        if test == "echo":
+        if test in ECHO_SIZES:
             for _ in range(count):
                 await conn.send(echo)
                 await conn.recv()
@@ -338,7 +346,10 @@ def main(argv: list[str] | None = None) -> int:
         "--impl", default=",".join(IMPLS), help="comma-separated, of " + ", ".join(IMPLS)
     )
     parser.add_argument(
-        "--test", default=",".join(TESTS), help="comma-separated, of " + ", ".join(TESTS)
+        "--test",
+        default=",".join(DEFAULT_TESTS),
+        help="comma-separated, of " + ", ".join(TESTS) + " (echo_1k, echo_64k: 1 KiB and 64 KiB"
+        " echoes; default: " + ",".join(DEFAULT_TESTS) + ")",
     )
     parser.add_argument(
         "--side",

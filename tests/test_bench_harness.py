@@ -587,3 +587,49 @@ async def test_a_prefix_s_glob_characters_match_only_themselves(redis_server: An
         assert client.get("run1x:b") is not None
     finally:
         client.close()
+
+
+@pytest.mark.parametrize(("test", "size"), [("echo", 64), ("echo_1k", 1024), ("echo_64k", 65536)])
+def test_instruction_echoes_send_the_size_their_test_names(
+    test: str, size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``benchmarks.instructions --test echo_64k`` (and echo_1k) echoes messages of that
+    size, warm-up and counted ones alike, as the throughput scenario's echoes do."""
+    from benchmarks import instructions
+
+    sent: list[bytes] = []
+
+    class Recording:
+        subprotocol = None
+
+        async def __aenter__(self) -> Recording:
+            return self
+
+        async def __aexit__(self, *exc: object) -> None:
+            return None
+
+        async def send(self, message: bytes) -> None:
+            sent.append(message)
+
+        async def recv(self) -> bytes:
+            return sent[-1]
+
+    async def connect(impl: str, url: str) -> Recording:
+        return Recording()
+
+    monkeypatch.setattr(instructions, "_connect", connect)
+    asyncio.run(instructions._client("websockets", test, 7, 1))
+    assert len(sent) == instructions.WARMUP + 7
+    assert {len(message) for message in sent} == {size}
+
+
+def test_instruction_tests_default_to_the_small_echo_and_refuse_unknown_ones(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from benchmarks import instructions
+
+    assert "echo_64k" in instructions.TESTS
+    assert "echo_64k" not in instructions.DEFAULT_TESTS
+    with pytest.raises(SystemExit):
+        instructions.main(["--test", "echo_2k"])
+    assert "unknown: echo_2k" in capsys.readouterr().err
