@@ -7,7 +7,7 @@
 
 A restart storm of 10,000 clients over a 5 s drain, with clients waiting 1–5 s
 before they come back, sends the replacement up to 2,000 reconnections per second
-(docs/benchmarks.md, "storm"). Whether *any* server on one core can answer those
+(docs/benchmarks.md, the storm method). Whether *any* server on one core can answer those
 within the target's p99 of 100 ms is a property of the engine and of tether's
 layer on it, and this measures it without the storm's other costs: the old
 process's drain and the clients' own CPU.

@@ -8,7 +8,7 @@ application. The commands own their process, so they offer it as an option:
   'tether[uvloop]'``; not on Windows). Its transports and accept path are C: a
   tether.v1 reconnection costs 27 % fewer instructions on the server and 29 % fewer
   on the client. A 10,000-client restart storm on two overloaded cores did not end
-  sooner for it (docs/benchmarks.md, seventeenth session).
+  sooner for it (docs/benchmarks-history.md, seventeenth session).
 * ``auto``: uvloop when it is installed, else asyncio.
 
 A handover's replacement is started with the same arguments, so it runs on the

@@ -39,7 +39,7 @@ DEFAULT_RESUME_WINDOW_S = 120.0
 #: such objects (tasks, futures, frames, websockets' state), so a burst of handshakes
 #: ran a collection every few connections. 10,000 keeps a young collection under a
 #: millisecond and took connection set-up from 0.33 to 0.25 ms of CPU (4,000
-#: handshakes, with gc.freeze; docs/benchmarks.md, "What limits tether" point 4).
+#: handshakes, with gc.freeze; docs/benchmarks-history.md, "What limits tether" point 4).
 GC_YOUNG_THRESHOLD = 10_000
 
 
@@ -373,11 +373,11 @@ def _stop_collecting_for_exit() -> None:
     """Turn the cyclic garbage collector off: this process drains, then exits.
 
     In a 10,000-client handover the old process spent 1-1.5 s of CPU in the collector
-    while it had to keep the drain's schedule (docs/benchmarks.md, "What limits
-    tether" point 4). Only called in ``--reuse-port`` mode, where the drain closes
-    the listener first: no new connection can arrive, so what stays uncollected is
-    bounded by the connections being closed, and goes with the process. Reference
-    counting still frees everything that is not in a cycle.
+    while it had to keep the drain's schedule (docs/benchmarks-history.md, "What
+    limits tether" point 4). Only called in ``--reuse-port`` mode, where the drain
+    closes the listener first: no new connection can arrive, so what stays
+    uncollected is bounded by the connections being closed, and goes with the
+    process. Reference counting still frees everything that is not in a cycle.
     """
     gc.disable()
 

@@ -354,7 +354,7 @@ class TetherV1ServerLayer(ServerLayer):
         # at the first deadline, instead of a TimerHandle per session and ack. On a
         # ticker of 10,000 sessions each message's ack armed one (a heap push of ~15
         # Python comparisons, and an object kept 5-10 s, into the full collections),
-        # cancelled by the next message's write (docs/benchmarks.md, twentieth session).
+        # cancelled by the next message's write (docs/benchmarks-history.md, twentieth session).
         # (A dict keeps insertion order, and a pop then re-insert moves an entry last.)
         self._lazy_acks: dict[_V1, float] = {}
         self._lazy_timer: asyncio.TimerHandle | None = None

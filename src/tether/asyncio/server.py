@@ -556,7 +556,7 @@ class Server:
             # link among them fails its close within close_timeout (with the defaults
             # 5 + 10 s, sooner than the heartbeat's interval + timeout of 15 + 10 s).
             # A 10,000-connection drain spent 5 % of its CPU on pings
-            # (docs/benchmarks.md, twentieth session).
+            # (docs/benchmarks-history.md, twentieth session).
             if listed.heartbeat is not None:
                 listed.heartbeat.stop()
         logger.info(
