@@ -313,6 +313,107 @@ def tether_has(name: str) -> bool:
     return True
 
 
+#: The calibration's peer: connects to the port given, echoes each byte until the end.
+_ECHO_BYTES = (
+    "import socket, sys\n"
+    "c = socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=5)\n"
+    "c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)\n"
+    "while (b := c.recv(1)):\n"
+    "    c.sendall(b)\n"
+)
+#: Round trips of the wake-up calibration (after as many warm-up ones as a tenth).
+WAKEUP_ROUNDS = 2000
+#: Seconds the calibration waits for its peer at any step before giving the figure up.
+_CALIBRATION_TIMEOUT_S = 5.0
+
+
+def wakeup_round_trip_us(rounds: int = WAKEUP_ROUNDS) -> float | None:
+    """Median µs for one byte to go to another process and back over loopback TCP.
+
+    Each round trip is two wake-ups of a process blocked in ``recv``, four system
+    calls and two trips through the kernel's TCP stack: the smallest piece of what
+    every loopback benchmark here does, without Python's event loop or a WebSocket.
+    The machines these benchmarks ran on differed more in this than in Python speed
+    (docs/benchmarks.md, "Where tether stands"), and a restart storm is made of such
+    wake-ups, so every run records it. None if the peer does not answer in time.
+    """
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    listener.settimeout(_CALIBRATION_TIMEOUT_S)
+    port = listener.getsockname()[1]
+    peer = subprocess.Popen(
+        [sys.executable, "-c", _ECHO_BYTES, str(port)], stdin=subprocess.DEVNULL
+    )
+    samples: list[float] = []
+    try:
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return None
+        with conn:
+            conn.settimeout(_CALIBRATION_TIMEOUT_S)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for i in range(rounds + rounds // 10):
+                started = time.perf_counter()
+                try:
+                    conn.sendall(b"x")
+                    if conn.recv(1) != b"x":
+                        return None
+                except OSError:  # the timeout included
+                    return None
+                if i >= rounds // 10:
+                    samples.append(time.perf_counter() - started)
+    finally:
+        listener.close()  # (the connection is closed above: the peer reads the end)
+        try:
+            peer.wait(timeout=_CALIBRATION_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            peer.kill()
+            peer.wait()
+    return statistics.median(samples) * 1e6
+
+
+def python_loop_ms() -> float:
+    """Median ms of a fixed pure-Python loop (200,000 iterations of an addition and a
+    mask): the interpreter's speed on this machine, the other half of the calibration."""
+
+    def work() -> int:
+        total = 0
+        for i in range(200_000):
+            total += i & 7
+        return total
+
+    samples = []
+    for _ in range(5):
+        started = time.perf_counter()
+        work()
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples) * 1e3
+
+
+def calibration() -> dict[str, float | None]:
+    """How fast this machine wakes a process up and runs Python, measured now."""
+    wakeup = wakeup_round_trip_us()
+    return {
+        "wakeup_round_trip_us": None if wakeup is None else round(wakeup, 1),
+        "python_loop_ms": round(python_loop_ms(), 2),
+    }
+
+
+def calibration_line(figures: dict[str, float | None]) -> str:
+    """The calibration as a report's header line says it."""
+    wakeup = figures.get("wakeup_round_trip_us")
+    told = "no answer" if wakeup is None else f"{wakeup:.1f} µs"
+    return (
+        f"calibration: a loopback TCP round trip between two processes {told} (median of"
+        f" {WAKEUP_ROUNDS:,}); {figures.get('python_loop_ms')} ms for 200,000 Python"
+        " additions (median of 5)"
+    )
+
+
 def machine() -> dict[str, Any]:
     """Facts about where the figures were measured."""
     cpu = platform.processor() or "unknown"
@@ -330,6 +431,7 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),
         "loadavg_1m_at_start": round(load[0], 2),
+        "calibration": calibration(),
         # The event loop of the measured servers and clients (--loop).
         "loop": bench_loop(),
         "packages": {

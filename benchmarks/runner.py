@@ -13,7 +13,7 @@ import time
 import traceback
 from typing import Any
 
-from .common import Progress, Unavailable, machine, use_loop
+from .common import Progress, Unavailable, calibration, calibration_line, machine, use_loop
 
 SCENARIOS = ("throughput", "storm", "detect", "memory", "resume")
 
@@ -120,8 +120,9 @@ def run(
         )
         print(
             f"# {versions}; {m['loop']} event loop; load average at start"
-            f" {m['loadavg_1m_at_start']}\n"
+            f" {m['loadavg_1m_at_start']}"
         )
+        print(f"# {calibration_line(m['calibration'])}\n")
     for name in scenarios:
         started = time.monotonic()
         try:
@@ -142,6 +143,10 @@ def run(
         failed = failed or entry["status"] != "ok"
         if not as_json:
             print(f"## {name} ({entry['elapsed_s']:.0f} s)\n{text}\n", flush=True)
+    # Again at the end: a shared machine's speed can change within a run.
+    report["machine"]["calibration_at_end"] = calibration()
+    if not as_json:
+        print(f"# at the end, {calibration_line(report['machine']['calibration_at_end'])}")
     if as_json:
         json.dump(report, sys.stdout, indent=2)
         print()

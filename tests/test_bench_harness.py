@@ -633,3 +633,70 @@ def test_instruction_tests_default_to_the_small_echo_and_refuse_unknown_ones(
     with pytest.raises(SystemExit):
         instructions.main(["--test", "echo_2k"])
     assert "unknown: echo_2k" in capsys.readouterr().err
+
+
+def _children() -> set[int]:
+    """PIDs of this process's children still alive (zombies included)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid():
+                found.add(int(entry.name))
+    return found
+
+
+def test_calibration_times_a_loopback_round_trip_and_leaves_no_process() -> None:
+    from benchmarks import common
+
+    before = _children()
+    figure = common.wakeup_round_trip_us(rounds=50)
+    assert figure is not None
+    assert 0 < figure < 1e6
+    assert _children() == before
+    assert common.python_loop_ms() > 0
+
+
+def test_calibration_gives_up_on_a_peer_that_does_not_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A peer that connects but never echoes: no figure (None), after the timeout, and
+    the peer is gone afterwards."""
+    from benchmarks import common
+
+    silent = (
+        "import socket, sys\n"
+        "c = socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=5)\n"
+        "while c.recv(1):\n"
+        "    pass\n"
+    )
+    monkeypatch.setattr(common, "_ECHO_BYTES", silent)
+    monkeypatch.setattr(common, "_CALIBRATION_TIMEOUT_S", 0.3)
+    before = _children()
+    assert common.wakeup_round_trip_us(rounds=10) is None
+    assert _children() == before
+
+
+def test_a_report_says_the_calibration_at_its_start_and_end(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    figures = iter(
+        [
+            {"wakeup_round_trip_us": 21.5, "python_loop_ms": 10.9},
+            {"wakeup_round_trip_us": None, "python_loop_ms": 25.1},
+        ]
+    )
+    monkeypatch.setattr(runner, "calibration", lambda: next(figures))
+    monkeypatch.setattr("benchmarks.common.calibration", runner.calibration)
+    assert runner.run([], quick=True, as_json=False, runs=1, connections=None) == 0
+    out = capsys.readouterr().out
+    assert "# calibration: a loopback TCP round trip between two processes 21.5 µs" in out
+    assert "10.9 ms for 200,000 Python additions" in out
+    assert (
+        "# at the end, calibration: a loopback TCP round trip between two processes no answer"
+        in out
+    )
+    assert "25.1 ms" in out
