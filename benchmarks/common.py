@@ -323,8 +323,10 @@ _ECHO_BYTES = (
 )
 #: Round trips of the wake-up calibration (after as many warm-up ones as a tenth).
 WAKEUP_ROUNDS = 2000
-#: Seconds the calibration waits for its peer at any step before giving the figure up.
-_CALIBRATION_TIMEOUT_S = 5.0
+#: Seconds the calibration waits for its peer to start and connect (a new Python
+#: process on a loaded machine), and for each answer, before giving the figure up.
+_PEER_START_TIMEOUT_S = 10.0
+_ANSWER_TIMEOUT_S = 5.0
 
 
 def wakeup_round_trip_us(rounds: int = WAKEUP_ROUNDS) -> float | None:
@@ -335,44 +337,48 @@ def wakeup_round_trip_us(rounds: int = WAKEUP_ROUNDS) -> float | None:
     every loopback benchmark here does, without Python's event loop or a WebSocket.
     The machines these benchmarks ran on differed more in this than in Python speed
     (docs/benchmarks.md, "Where tether stands"), and a restart storm is made of such
-    wake-ups, so every run records it. None if the peer does not answer in time.
+    wake-ups, so every run records it. None if the peer does not connect or answer in
+    time. The peer is gone when this returns, however it returns.
     """
     import socket
 
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
-    listener.settimeout(_CALIBRATION_TIMEOUT_S)
-    port = listener.getsockname()[1]
-    peer = subprocess.Popen(
-        [sys.executable, "-c", _ECHO_BYTES, str(port)], stdin=subprocess.DEVNULL
-    )
     samples: list[float] = []
-    try:
+    peer: subprocess.Popen[bytes] | None = None
+    with socket.socket() as listener:
         try:
-            conn, _ = listener.accept()
-        except OSError:
-            return None
-        with conn:
-            conn.settimeout(_CALIBRATION_TIMEOUT_S)
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            for i in range(rounds + rounds // 10):
-                started = time.perf_counter()
-                try:
-                    conn.sendall(b"x")
-                    if conn.recv(1) != b"x":
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(1)
+            listener.settimeout(_PEER_START_TIMEOUT_S)
+            peer = subprocess.Popen(
+                [sys.executable, "-c", _ECHO_BYTES, str(listener.getsockname()[1])],
+                stdin=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return None
+            with conn:  # closed before the wait below: the peer reads the end and exits
+                conn.settimeout(_ANSWER_TIMEOUT_S)
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                for i in range(rounds + rounds // 10):
+                    started = time.perf_counter()
+                    try:
+                        conn.sendall(b"x")
+                        if conn.recv(1) != b"x":
+                            return None
+                    except OSError:  # the timeout included
                         return None
-                except OSError:  # the timeout included
-                    return None
-                if i >= rounds // 10:
-                    samples.append(time.perf_counter() - started)
-    finally:
-        listener.close()  # (the connection is closed above: the peer reads the end)
-        try:
-            peer.wait(timeout=_CALIBRATION_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            peer.kill()
-            peer.wait()
+                    if i >= rounds // 10:
+                        samples.append(time.perf_counter() - started)
+        finally:
+            if peer is not None:
+                try:
+                    peer.wait(timeout=_ANSWER_TIMEOUT_S)
+                finally:
+                    if peer.poll() is None:
+                        peer.kill()
+                        peer.wait()
     return statistics.median(samples) * 1e6
 
 

@@ -6,7 +6,8 @@
                                       [--counts 1000,5000] [--store memory,sqlite]
                                       [--json]
 
-Times on a shared 2-core machine move by ±20 % within minutes (docs/benchmarks.md),
+Times on a shared 2-core machine move by ±20 % within minutes (docs/benchmarks.md,
+"Where tether stands"),
 more than a change to the per-message path is worth. ``valgrind --tool=callgrind``
 counts the instructions the CPU retires instead: the same code gives the same count
 within a few tenths of a percent under the same load (see below). Each figure is the

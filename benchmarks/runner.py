@@ -143,10 +143,20 @@ def run(
         failed = failed or entry["status"] != "ok"
         if not as_json:
             print(f"## {name} ({entry['elapsed_s']:.0f} s)\n{text}\n", flush=True)
-    # Again at the end: a shared machine's speed can change within a run.
-    report["machine"]["calibration_at_end"] = calibration()
+    # Again at the end: a shared machine's speed can change within a run. (Never at
+    # the cost of the figures above: they are saved whatever happens here.)
+    try:
+        at_end: dict[str, Any] = dict(calibration())
+    except Exception as exc:
+        at_end = {"error": f"{type(exc).__name__}: {exc}"}
+    report["machine"]["calibration_at_end"] = at_end
     if not as_json:
-        print(f"# at the end, {calibration_line(report['machine']['calibration_at_end'])}")
+        told = (
+            f"calibration failed: {at_end['error']}"
+            if "error" in at_end
+            else calibration_line(at_end)
+        )
+        print(f"# at the end, {told}")
     if as_json:
         json.dump(report, sys.stdout, indent=2)
         print()

@@ -624,9 +624,11 @@ def test_instruction_echoes_send_the_size_their_test_names(
 
 
 def test_instruction_tests_default_to_the_small_echo_and_refuse_unknown_ones(
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from benchmarks import instructions
+
+    monkeypatch.setenv(LOOP_ENV, "asyncio")  # (main() sets it for its children)
 
     assert "echo_64k" in instructions.TESTS
     assert "echo_64k" not in instructions.DEFAULT_TESTS
@@ -661,28 +663,35 @@ def test_calibration_times_a_loopback_round_trip_and_leaves_no_process() -> None
 
 
 def test_calibration_gives_up_on_a_peer_that_does_not_answer(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """A peer that connects but never echoes: no figure (None), after the timeout, and
-    the peer is gone afterwards."""
+    """A peer that connects but never echoes: no figure (None) once an answer is
+    overdue, and the peer is gone afterwards."""
     from benchmarks import common
 
+    connected = tmp_path / "connected"
     silent = (
-        "import socket, sys\n"
-        "c = socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=5)\n"
+        "import pathlib, socket, sys\n"
+        "c = socket.create_connection(('127.0.0.1', int(sys.argv[1])))\n"
+        f"pathlib.Path({str(connected)!r}).touch()\n"
         "while c.recv(1):\n"
         "    pass\n"
     )
     monkeypatch.setattr(common, "_ECHO_BYTES", silent)
-    monkeypatch.setattr(common, "_CALIBRATION_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(common, "_ANSWER_TIMEOUT_S", 0.3)
     before = _children()
+    started = time.monotonic()
     assert common.wakeup_round_trip_us(rounds=10) is None
+    # (Bounded by the answer's timeout, not by the peer: it would wait forever.)
+    assert time.monotonic() - started < 5
+    assert connected.exists()
     assert _children() == before
 
 
 def test_a_report_says_the_calibration_at_its_start_and_end(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    monkeypatch.setenv(LOOP_ENV, "asyncio")
     figures = iter(
         [
             {"wakeup_round_trip_us": 21.5, "python_loop_ms": 10.9},
@@ -691,7 +700,8 @@ def test_a_report_says_the_calibration_at_its_start_and_end(
     )
     monkeypatch.setattr(runner, "calibration", lambda: next(figures))
     monkeypatch.setattr("benchmarks.common.calibration", runner.calibration)
-    assert runner.run([], quick=True, as_json=False, runs=1, connections=None) == 0
+    saved = tmp_path / "report.json"
+    assert runner.run([], quick=True, as_json=False, runs=1, connections=None, save=str(saved)) == 0
     out = capsys.readouterr().out
     assert "# calibration: a loopback TCP round trip between two processes 21.5 µs" in out
     assert "10.9 ms for 200,000 Python additions" in out
@@ -700,3 +710,27 @@ def test_a_report_says_the_calibration_at_its_start_and_end(
         in out
     )
     assert "25.1 ms" in out
+    report = json.loads(saved.read_text())
+    assert report["machine"]["calibration"]["wakeup_round_trip_us"] == 21.5
+    assert report["machine"]["calibration_at_end"] == {
+        "wakeup_round_trip_us": None,
+        "python_loop_ms": 25.1,
+    }
+
+
+def test_a_calibration_that_fails_at_the_end_costs_the_run_nothing(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv(LOOP_ENV, "asyncio")
+    figures = {"wakeup_round_trip_us": 21.5, "python_loop_ms": 10.9}
+    monkeypatch.setattr("benchmarks.common.calibration", lambda: figures)
+
+    def fails() -> dict[str, float | None]:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(runner, "calibration", fails)
+    saved = tmp_path / "report.json"
+    assert runner.run([], quick=True, as_json=False, runs=1, connections=None, save=str(saved)) == 0
+    assert "# at the end, calibration failed: OSError" in capsys.readouterr().out
+    at_end = json.loads(saved.read_text())["machine"]["calibration_at_end"]
+    assert at_end["error"].startswith("OSError")
