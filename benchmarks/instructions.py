@@ -10,9 +10,9 @@ Times on a shared 2-core machine move by ±20 % within minutes (docs/benchmarks.
 "Where tether stands"), more than a change to the per-message path is worth.
 ``valgrind --tool=callgrind`` counts the instructions the CPU retires instead: the same
 code gives the same count within a few tenths of a percent under the same load (see
-below). Each figure is the
-difference between two runs of the same process with ``N1`` and ``N2`` messages,
-divided by ``N2 - N1``: start-up, handshakes and warm-up cancel out.
+below). Each figure is the difference between two runs of the same process with ``N1``
+and ``N2`` messages, divided by ``N2 - N1``: start-up, handshakes and warm-up cancel
+out.
 
 Server and client of one implementation run in one process (``benchmarks.peers``'
 servers and clients, on loopback): a figure is the cost of a message on **both**
