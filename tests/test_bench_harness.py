@@ -30,6 +30,7 @@ from benchmarks.common import (
     use_loop,
 )
 from benchmarks.peers import V1_HELLO, _v1_hello, free_port
+from tests.support.procs import children_of
 
 
 @pytest.mark.parametrize(
@@ -639,16 +640,7 @@ def test_instruction_tests_default_to_the_small_echo_and_refuse_unknown_ones(
 
 def _children() -> set[int]:
     """PIDs of this process's children still alive (zombies included)."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid():
-                found.add(int(entry.name))
-    return found
+    return set(children_of(os.getpid()))
 
 
 def test_calibration_times_a_loopback_round_trip_and_leaves_no_process() -> None:

@@ -88,17 +88,7 @@ def test_sigterm_stops_the_run_and_its_peer_processes() -> None:
     import time
     from pathlib import Path
 
-    def children(pid: int) -> list[int]:
-        found = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    stat = (entry / "stat").read_text()
-                except OSError:
-                    continue
-                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                    found.append(int(entry.name))
-        return found
+    from tests.support.procs import children_of
 
     bench = subprocess.Popen(
         [sys.executable, "-m", "tether", "bench", "throughput", "--only", "tether", "--runs", "1"],
@@ -108,7 +98,7 @@ def test_sigterm_stops_the_run_and_its_peer_processes() -> None:
     )
     try:
         deadline = time.monotonic() + 30
-        while not (peers := children(bench.pid)) and time.monotonic() < deadline:
+        while not (peers := children_of(bench.pid)) and time.monotonic() < deadline:
             time.sleep(0.05)  # (polling another process: no event to wait on)
         assert peers, "the benchmark started no peer process"
         bench.send_signal(signal.SIGTERM)

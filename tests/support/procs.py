@@ -404,3 +404,18 @@ def is_tether_process(pid: int) -> bool:
         return b"tether" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
+
+
+def children_of(pid: int) -> list[int]:
+    """PIDs whose parent is ``pid`` right now, zombies included (read from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue  # gone meanwhile
+            # (After the command's closing parenthesis: state, then the parent's PID.)
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
