@@ -871,6 +871,15 @@ def _integer(value: object) -> bool:
     return type(value) is int and _INT64_MIN <= value < _INT64_END
 
 
+def _write_args(job: _Job[Any]) -> tuple[Any, ...] | None:
+    """The arguments of ``job`` if it is one write of :meth:`SQLiteStore.write_many`
+    (see _write_work), else None."""
+    work = job.work
+    if isinstance(work, functools.partial) and work.func is _write_counters:
+        return work.args
+    return None
+
+
 def _bulk_run(jobs: list[_Job[Any]], start: int) -> tuple[int, _BulkRows | None]:
     """The run of writes from ``start`` that bulk statements can carry: its end, its rows.
 
@@ -884,18 +893,17 @@ def _bulk_run(jobs: list[_Job[Any]], start: int) -> tuple[int, _BulkRows | None]
     Anything else (a caller's mistake, mostly) ends the run: one by one, such a
     write gets the answer it always got, alone.
     """
-    first_work = jobs[start].work
-    if not isinstance(first_work, functools.partial) or first_work.func is not _write_counters:
+    if _write_args(jobs[start]) is None:
         return start, None
     rows = _BulkRows()
     seen: set[str] = set()
     chars = 0
     end = start
     for job in itertools.islice(jobs, start, start + _BULK_MAX_WRITES):
-        work = job.work
-        if not isinstance(work, functools.partial) or work.func is not _write_counters:
+        args = _write_args(job)
+        if args is None:
             break
-        sid, generation, append, prebuilt, acked, rx, detach_at = work.args
+        sid, generation, append, prebuilt, acked, rx, detach_at = args
         ack = 0 if acked is None else acked
         received = 0 if rx is None else rx
         if (
