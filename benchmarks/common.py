@@ -343,22 +343,18 @@ def wakeup_round_trip_us(rounds: int = WAKEUP_ROUNDS) -> float | None:
     import socket
 
     samples: list[float] = []
-    peer: subprocess.Popen[bytes] | None = None
+    peer: subprocess.Popen[str] | None = None
     with socket.socket() as listener:
         try:
             listener.bind(("127.0.0.1", 0))
             listener.listen(1)
             listener.settimeout(_PEER_START_TIMEOUT_S)
-            peer = subprocess.Popen(
-                [sys.executable, "-c", _ECHO_BYTES, str(listener.getsockname()[1])],
-                stdin=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+            peer = spawn([sys.executable, "-c", _ECHO_BYTES, str(listener.getsockname()[1])])
             try:
                 conn, _ = listener.accept()
             except OSError:
                 return None
-            with conn:  # closed before the wait below: the peer reads the end and exits
+            with conn:  # (closed before the peer is stopped)
                 conn.settimeout(_ANSWER_TIMEOUT_S)
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 for i in range(rounds + rounds // 10):
@@ -373,12 +369,7 @@ def wakeup_round_trip_us(rounds: int = WAKEUP_ROUNDS) -> float | None:
                         samples.append(time.perf_counter() - started)
         finally:
             if peer is not None:
-                try:
-                    peer.wait(timeout=_ANSWER_TIMEOUT_S)
-                finally:
-                    if peer.poll() is None:
-                        peer.kill()
-                        peer.wait()
+                stop(peer, timeout=_ANSWER_TIMEOUT_S)
     return statistics.median(samples) * 1e6
 
 
