@@ -469,6 +469,77 @@ def test_receive_returns_the_delivered_payload() -> None:
     assert client.events_received() == []
 
 
+def _endpoint_state(endpoint: ClientEndpoint | ServerEndpoint) -> tuple[object, ...]:
+    """Everything receive() can change, as one comparable value (drains both lists)."""
+    return (
+        endpoint.phase,
+        endpoint.rx,
+        endpoint.durable_rx,
+        endpoint.peer_acked,
+        endpoint.duplicates,
+        [(entry.seq, entry.payload) for entry in endpoint.buffer],
+        endpoint.next_deadline(),
+        endpoint.wants_ack(),
+        [decode(frame) if isinstance(frame, str) else frame for frame in endpoint.data_to_send()],
+        endpoint.events_received(),
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    role=st.sampled_from(["client", "client-reporting", "server"]),
+    sent=st.integers(min_value=0, max_value=4),
+    frames=st.lists(
+        st.tuples(
+            st.integers(min_value=0, max_value=6),  # seq (0 and gaps included)
+            st.integers(min_value=0, max_value=6),  # ack (beyond what was sent included)
+            st.binary(max_size=3),
+            st.floats(min_value=0.0, max_value=1.0),  # seconds since the previous frame
+        ),
+        max_size=8,
+    ),
+    short=st.booleans(),
+)
+def test_the_fast_path_for_binary_data_leaves_what_the_full_path_leaves(
+    role: str,
+    sent: int,
+    frames: list[tuple[int, int, bytes, float]],
+    short: bool,
+) -> None:
+    """receive() of ``bytes`` skips parse_data()/_on_data() for the usual frame: same outcome.
+
+    The same frames, as ``bytes`` (the inlined path) and as ``bytearray`` (which only
+    the full path takes), leave two endpoints in the same state after each frame:
+    delivered payloads, rx, acks, replay buffer, deadlines, frames and events, for
+    duplicates, gaps, acks of messages never sent and truncated headers alike.
+    """
+    config = ResumeConfig(ack_messages=3, ack_bytes=5)
+    pair: list[ClientEndpoint | ServerEndpoint] = []
+    for _ in range(2):
+        endpoint: ClientEndpoint | ServerEndpoint
+        if role == "server":
+            endpoint = ServerEndpoint("c2lk", "ZXA", config, hold_acks=True, report_acks=False)
+            endpoint.attach(0.0, token="dG9r", resumed=False)
+        else:
+            endpoint = opened_client(config, report_acks=role == "client-reporting")
+        for index in range(sent):
+            endpoint.send(b"s%d" % index, 0.0)
+        _endpoint_state(endpoint)
+        pair.append(endpoint)
+    fast, full = pair
+    now = 0.0
+    for seq, ack, payload, step in frames:
+        now += step
+        wire = bytes([0x64]) + seq.to_bytes(8, "big") + ack.to_bytes(8, "big") + payload
+        if short:
+            wire = wire[:10]
+        assert fast.receive(wire, now) == full.receive(bytearray(wire), now)
+        assert _endpoint_state(fast) == _endpoint_state(full)
+        if role == "server" and fast.rx > fast.durable_rx:
+            fast.rx_persisted(fast.rx, now)
+            full.rx_persisted(full.rx, now)
+
+
 def test_message_before_bad_ack_is_still_delivered_first() -> None:
     """A frame in order whose ack covers nothing sent: delivered, then the connection fails."""
     client = opened_client()

@@ -32,6 +32,7 @@ from .exceptions import ProtocolError
 
 __all__ = [
     "BINARY_DATA_HEADER",
+    "DATA_TAG",
     "MAX_CONTROL_CHARS",
     "MAX_SEQ",
     "SUBPROTOCOL",
@@ -49,6 +50,7 @@ __all__ = [
     "encode_ack",
     "encode_data",
     "parse_data",
+    "unpack_binary_header",
 ]
 
 #: The ``Sec-WebSocket-Protocol`` value that turns tether.v1 on (RFC 6455 §4.1, §11.3.4).
@@ -64,8 +66,13 @@ MAX_CONTROL_CHARS = 4096
 #: Size of the binary data header: type byte, seq (u64), ack (u64).
 BINARY_DATA_HEADER = 17
 
-_DATA_TAG = 0x64  # "d"
+#: The type byte of a binary data frame (``"d"``).
+DATA_TAG = 0x64
 _HEADER = struct.Struct("!BQQ")
+#: ``(type, seq, ack)`` of a binary frame's header, unchecked; ``struct.error`` if the
+#: message is shorter than :data:`BINARY_DATA_HEADER` (an endpoint's per-message path
+#: reads it without a call of its own; :func:`parse_data` checks it).
+unpack_binary_header = _HEADER.unpack_from
 _MAX_DIGITS = len(str(MAX_SEQ))
 # Canonical decimal: "0" or no leading zero; bounded length so matching is cheap.
 _DECIMAL = re.compile(rf"(?:0|[1-9][0-9]{{0,{_MAX_DIGITS - 1}}})")
@@ -228,7 +235,7 @@ def encode_data(seq: int, ack: int, payload: Payload) -> Payload:
     """Encode a data frame, in the message type of ``payload``."""
     if type(payload) is not bytes and isinstance(payload, str):  # no call for bytes
         return f"d{seq}:{ack}:{payload}"
-    return _HEADER.pack(_DATA_TAG, seq, ack) + payload
+    return _HEADER.pack(DATA_TAG, seq, ack) + payload
 
 
 def encode_ack(rx: int) -> str:
@@ -331,7 +338,7 @@ def parse_data(message: Payload) -> tuple[int, int, Payload] | None:
             tag, seq, ack = _HEADER.unpack_from(message)
         except struct.error:
             return _parse_binary(message)  # raises: shorter than its header
-        if tag == _DATA_TAG and 1 <= seq <= MAX_SEQ and ack <= MAX_SEQ:
+        if tag == DATA_TAG and 1 <= seq <= MAX_SEQ and ack <= MAX_SEQ:
             return seq, ack, message[BINARY_DATA_HEADER:]
         return _parse_binary(message)  # raises the precise error
     if type(message) is str and message.startswith("d"):
@@ -343,7 +350,7 @@ def _parse_binary(message: bytes) -> tuple[int, int, bytes]:
     if len(message) < BINARY_DATA_HEADER:
         raise ProtocolError(f"binary frame of {len(message)} bytes is shorter than its header")
     tag, seq, ack = _HEADER.unpack_from(message)
-    if tag != _DATA_TAG:
+    if tag != DATA_TAG:
         raise ProtocolError(f"binary frame type 0x{tag:02x} is not data (0x64)")
     if not 1 <= seq <= MAX_SEQ or ack > MAX_SEQ:
         _check_seq(seq, "seq", low=1)

@@ -30,6 +30,7 @@ confirmed, so an ack never promises more than the store holds.
 from __future__ import annotations
 
 import enum
+import struct
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
@@ -38,6 +39,8 @@ from .closecodes import CloseCode
 from .events import Resumed, SessionLost
 from .exceptions import ConfigurationError, ConnectionClosedError, ProtocolError
 from .protocol import (
+    BINARY_DATA_HEADER,
+    DATA_TAG,
     MAX_SEQ,
     Ack,
     Data,
@@ -52,6 +55,7 @@ from .protocol import (
     encode_ack,
     encode_data,
     parse_data,
+    unpack_binary_header,
 )
 from .replay import ReplayBuffer
 
@@ -465,6 +469,35 @@ class Endpoint:
             # DISCONNECTED, CLOSED: the connection is being failed or is gone:
             # nothing more is trusted.
             return None
+        if type(message) is bytes:
+            # parse_data() and _on_data() of the usual frame, inlined: this runs for every
+            # message received. The usual frame is binary data, the next in order, with an
+            # ack that is not news or that trims without an event. Any other takes the full
+            # path, which judges it afresh (the checks here only select, never refuse).
+            try:
+                tag, seq, ack = unpack_binary_header(message)
+            except struct.error:
+                tag = seq = ack = 0
+            if (
+                tag == DATA_TAG
+                and seq == self.rx + 1
+                and seq <= MAX_SEQ
+                and (ack <= self.peer_acked or (ack <= self._highest_sent and not self.report_acks))
+            ):
+                self.rx = seq
+                if not self.hold_acks:
+                    self._ackable = seq
+                delivered = message[BINARY_DATA_HEADER:]
+                self._in_count += 1
+                self._in_bytes += len(delivered)
+                if ack > self.peer_acked:
+                    self.peer_acked = ack
+                    self.buffer.trim(ack)
+                if self._ackable > self._acked_sent:
+                    self._maybe_ack(now)
+                else:
+                    self._ack_due = None  # what _maybe_ack() does with nothing to ack
+                return delivered
         try:
             data = parse_data(message)
             if data is None:
