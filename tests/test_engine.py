@@ -11,7 +11,7 @@ import pytest
 
 from tether.asyncio.engine import ClosedInfo, Message, PongHandler, Transport, TransportClosed
 from tether.asyncio.websockets_client import translate
-from tether.asyncio.websockets_engine import WebsocketsTransport
+from tether.asyncio.websockets_engine import WebsocketsTransport, data_frame
 from tether.reconnect import FailureKind
 
 pytestmark = pytest.mark.timeout(10)
@@ -170,3 +170,125 @@ def test_a_refused_tls_handshake_is_told_from_a_cut_connection(
     failure = translate(exc)
     assert failure is not None
     assert failure.kind is kind
+
+
+# -- write_now() frames data messages itself ------------------------------------------------
+
+#: Payload lengths on both sides of each of RFC 6455's three length encodings.
+FRAME_LENGTHS = [0, 1, 125, 126, 127, 65535, 65536, 70000]
+
+
+@pytest.mark.parametrize("length", FRAME_LENGTHS)
+@pytest.mark.parametrize(("first", "opcode"), [(0x81, 1), (0x82, 2)])
+def test_an_unmasked_data_frame_is_byte_for_byte_what_websockets_writes(
+    length: int, first: int, opcode: int
+) -> None:
+    """A server's frame: the very bytes of ``Frame.serialize(mask=False)``."""
+    from websockets.frames import Frame, Opcode
+
+    data = bytes(range(256)) * (length // 256) + bytes(range(length % 256))
+    expected = Frame(Opcode(opcode), data).serialize(mask=False)
+    assert data_frame(first, data, mask=False) == expected
+
+
+@pytest.mark.parametrize("length", FRAME_LENGTHS)
+@pytest.mark.parametrize(("first", "opcode"), [(0x81, 1), (0x82, 2)])
+def test_a_masked_data_frame_parses_back_to_its_payload(
+    length: int, first: int, opcode: int
+) -> None:
+    """A client's frame: websockets' server-side parser reads back FIN, opcode and payload."""
+    from websockets.frames import Frame, Opcode
+    from websockets.streams import StreamReader
+
+    data = b"m" * length
+    wire = data_frame(first, data, mask=True)
+    assert wire[1] & 0x80, "the MASK bit is set"
+    reader = StreamReader()
+    reader.feed_data(wire)
+    reader.feed_eof()
+    parser = Frame.parse(reader.read_exact, mask=True, max_size=None)
+    with pytest.raises(StopIteration) as done:
+        next(parser)
+    frame = done.value.value
+    assert (frame.fin, frame.opcode, frame.data) == (True, Opcode(opcode), data)
+    assert (frame.rsv1, frame.rsv2, frame.rsv3) == (False, False, False)
+
+
+def test_each_masked_frame_has_a_fresh_key() -> None:
+    """RFC 6455 §5.3: a new unpredictable key per frame, so the same payload differs."""
+    frames = {data_frame(0x82, b"same payload", mask=True) for _ in range(50)}
+    assert len(frames) == 50
+
+
+@pytest.mark.parametrize("side", ["client", "server"])
+async def test_write_now_frames_messages_without_websockets_framing(
+    side: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The common write skips send_binary/send_text; the peer still gets every message.
+
+    Both roles: the client's frames are masked (a server refuses an unmasked one
+    with 1002), the server's are not.
+    """
+    from websockets.asyncio.client import connect as ws_connect
+    from websockets.asyncio.server import ServerConnection, serve
+    from websockets.protocol import Protocol
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("websockets framed a message that write_now() should have")
+
+    got: asyncio.Queue[Message] = asyncio.Queue()
+    server_side: asyncio.Future[WebsocketsTransport] = asyncio.get_running_loop().create_future()
+
+    async def handler(connection: ServerConnection) -> None:
+        transport = WebsocketsTransport(connection)
+        server_side.set_result(transport)
+        with contextlib.suppress(TransportClosed):
+            while True:
+                await got.put(await transport.recv())
+
+    monkeypatch.setattr(Protocol, "send_binary", refuse)
+    monkeypatch.setattr(Protocol, "send_text", refuse)
+    async with serve(handler, "127.0.0.1", 0, compression=None) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with ws_connect(f"ws://127.0.0.1:{port}", compression=None) as connection:
+            client = WebsocketsTransport(connection)
+            messages: list[Message] = ["text é", b"\x00" * 200, b"b" * 70000, "", b""]
+            if side == "client":
+                for message in messages:
+                    assert client.write_now(message)
+                received = [await got.get() for _ in messages]
+            else:
+                server_transport = await server_side
+                for message in messages:
+                    assert server_transport.write_now(message)
+                received = [await client.recv() for _ in messages]
+            assert received == messages
+            assert client.closed is None
+
+
+async def test_write_now_leaves_framing_to_websockets_when_it_compresses() -> None:
+    """With permessage-deflate each frame is transformed: websockets frames it (and it arrives)."""
+    from websockets.asyncio.client import connect as ws_connect
+    from websockets.asyncio.server import ServerConnection, serve
+
+    async def echo(connection: ServerConnection) -> None:
+        async for message in connection:
+            await connection.send(message)
+
+    async with serve(echo, "127.0.0.1", 0, compression="deflate") as server:
+        port = server.sockets[0].getsockname()[1]
+        async with ws_connect(f"ws://127.0.0.1:{port}", compression="deflate") as connection:
+            transport = WebsocketsTransport(connection)
+            protocol = connection.protocol
+            assert protocol.extensions, "deflate was negotiated"
+            framed: list[int] = []
+            send_binary = protocol.send_binary
+
+            def counting(data: bytes, fin: bool = True) -> None:
+                framed.append(len(data))
+                send_binary(data, fin)
+
+            protocol.send_binary = counting  # type: ignore[method-assign]
+            assert transport.write_now(b"z" * 5000)
+            assert await transport.recv() == b"z" * 5000
+            assert framed == [5000]

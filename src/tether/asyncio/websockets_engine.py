@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import socket
 import struct
 import sys
@@ -17,13 +18,18 @@ from typing import Any
 from websockets.asyncio.connection import Connection
 from websockets.exceptions import ConnectionClosed as WsConnectionClosed
 from websockets.exceptions import ProtocolError as WsProtocolError
-from websockets.protocol import CLOSED, OPEN
+from websockets.protocol import CLIENT, CLOSED, OPEN
+
+try:  # websockets' C masking, as it uses itself; its pure-Python one where not built
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - websockets always builds it on CPython/Linux
+    from websockets.utils import apply_mask
 
 from ..closecodes import CloseCode
 from ..heartbeat import Transfer
 from .engine import ClosedInfo, CloseHandler, Message, PongHandler, Transport, TransportClosed
 
-__all__ = ["WebsocketsTransport", "closed_info"]
+__all__ = ["WebsocketsTransport", "closed_info", "data_frame"]
 
 # struct tcp_info (linux/tcp.h): tcpi_bytes_acked and tcpi_bytes_received, two u64 at
 # offset 120 (Linux >= 4.1). Elsewhere no counts: the heartbeat gives no such grace.
@@ -31,6 +37,36 @@ _TCP_INFO: int | None = getattr(socket, "TCP_INFO", None) if sys.platform == "li
 _BYTE_COUNTS = struct.Struct("=QQ")
 _BYTE_COUNTS_OFFSET = 120
 _TCP_INFO_BYTES = _BYTE_COUNTS_OFFSET + _BYTE_COUNTS.size
+
+# RFC 6455 §5.2: the first two bytes of a frame's header, with a 16-bit or 64-bit
+# extended payload length when the length does not fit in 7 bits.
+_HEAD = struct.Struct("!BB")
+_HEAD_16 = struct.Struct("!BBH")
+_HEAD_64 = struct.Struct("!BBQ")
+_FIN_TEXT = 0x81  # FIN, opcode 1
+_FIN_BINARY = 0x82  # FIN, opcode 2
+_MASKED = 0x80
+
+
+def data_frame(first: int, data: bytes, *, mask: bool) -> bytes:
+    """One whole unfragmented data frame as websockets' ``Frame.serialize`` writes it.
+
+    ``first`` is the first byte (FIN and opcode). A client's frame is masked with a
+    fresh key from ``os.urandom`` (RFC 6455 §5.3: unpredictable; websockets takes
+    it from the same source through ``secrets.token_bytes``).
+    """
+    length = len(data)
+    second = _MASKED if mask else 0
+    if length < 126:
+        head = _HEAD.pack(first, second | length)
+    elif length < 65536:
+        head = _HEAD_16.pack(first, second | 126, length)
+    else:
+        head = _HEAD_64.pack(first, second | 127, length)
+    if mask:
+        key = os.urandom(4)
+        return b"".join((head, key, apply_mask(data, key)))
+    return head + data
 
 
 def closed_info(connection: Connection) -> ClosedInfo:
@@ -77,7 +113,9 @@ class WebsocketsTransport(Transport):
     # only copied when asked for (a server never asks).
     __slots__ = (
         "_closed_info",
+        "_frames_here",
         "_headers",
+        "_masked",
         "_on_close",
         "_pong_handler",
         "_recv_ended",
@@ -94,6 +132,11 @@ class WebsocketsTransport(Transport):
         self._on_close: CloseHandler | None = None
         self._closed_info: ClosedInfo | None = None
         self.subprotocol = connection.subprotocol
+        protocol = connection.protocol
+        # write_now() frames data messages itself unless websockets must: an extension
+        # (permessage-deflate) transforms each frame, and a debug logger logs each one.
+        self._frames_here = not protocol.extensions and not protocol.debug
+        self._masked = protocol.side is CLIENT
         address: Any = connection.remote_address
         self.remote_address = tuple(address) if address is not None else None
 
@@ -151,6 +194,20 @@ class WebsocketsTransport(Transport):
             or ws.transport.is_closing()
         ):
             return False
+        if self._frames_here and not protocol.writes and not protocol.expect_continuation_frame:
+            # The frame websockets would write (send_binary/send_text: Frame, check,
+            # serialize, data_to_send), built in one call: no frame object, no
+            # BytesIO. websockets keeps no state of the data frames it sends; what it
+            # checks (OPEN, no fragmented message begun, nothing of its own queued to
+            # go first) was checked above.
+            if type(message) is bytes:
+                frame = data_frame(_FIN_BINARY, message, mask=self._masked)
+            elif isinstance(message, str):
+                frame = data_frame(_FIN_TEXT, message.encode(), mask=self._masked)
+            else:
+                frame = data_frame(_FIN_BINARY, bytes(message), mask=self._masked)
+            ws.transport.write(frame)
+            return True
         if isinstance(message, str):
             protocol.send_text(message.encode())
         else:
