@@ -26,9 +26,11 @@ from tether.protocol import (
     LostReason,
     TetherCloseCode,
     Welcome,
+    binary_data_header,
     decode,
     encode,
     encode_ack,
+    encode_data,
     parse_data,
 )
 
@@ -483,3 +485,18 @@ def test_acks_decode_as_the_json_path_decodes_them(message: str) -> None:
         return Ack(_int(body, "rx"))
 
     assert _outcome(decode, message) == _outcome(through_json, message)
+
+
+@given(
+    seq=st.integers(min_value=1, max_value=MAX_SEQ),
+    ack=st.integers(min_value=0, max_value=MAX_SEQ),
+    payload=st.binary(max_size=64),
+)
+def test_a_binary_data_header_then_its_payload_is_the_encoded_frame(
+    seq: int, ack: int, payload: bytes
+) -> None:
+    """binary_data_header() is encode_data()'s frame without the payload; it decodes back."""
+    frame = binary_data_header(seq, ack) + payload
+    assert frame == encode_data(seq, ack, payload)
+    assert len(binary_data_header(seq, ack)) == BINARY_DATA_HEADER
+    assert decode(frame) == Data(seq, ack, payload)

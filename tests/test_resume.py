@@ -540,6 +540,50 @@ def test_the_fast_path_for_binary_data_leaves_what_the_full_path_leaves(
             full.rx_persisted(full.rx, now)
 
 
+@pytest.mark.parametrize("role", ["client", "server"])
+def test_send_header_numbers_and_keeps_a_message_as_send_does(role: str) -> None:
+    """send_header(): the same sequence, ack, buffer and timers as send(); the frame is
+    its header followed by the payload instead of a queued frame."""
+    pair: list[ClientEndpoint | ServerEndpoint] = []
+    for _ in range(2):
+        endpoint: ClientEndpoint | ServerEndpoint
+        if role == "server":
+            endpoint = ServerEndpoint("c2lk", "ZXA", CONFIG, hold_acks=True, report_acks=False)
+            endpoint.attach(0.0, token="dG9r", resumed=False)
+            endpoint.data_to_send()
+        else:
+            endpoint = opened_client(CONFIG, report_acks=False)
+        endpoint.receive(encode(Data(1, 0, b"in")), 0.0)
+        pair.append(endpoint)
+    whole, split = pair
+    for index, payload in enumerate([b"a", b"", b"c" * 100]):
+        persisted = 1 if index == 1 else None
+        seq = whole.send(payload, 0.5, persisted_rx=persisted)
+        numbered = split.send_header(payload, 0.5, persisted_rx=persisted)
+        assert numbered is not None
+        assert numbered[0] == seq
+        [frame] = whole.data_to_send()
+        assert numbered[1] + payload == frame
+        assert split.data_to_send() == []
+        assert _endpoint_state(split) == _endpoint_state(whole)
+    # What the frames acknowledged is acknowledged: a duplicate asks for no ack on either.
+    for endpoint in pair:
+        assert endpoint.receive(encode(Data(1, 0, b"in")), 1.0) is None
+    assert _endpoint_state(split) == _endpoint_state(whole)
+
+
+def test_send_header_declines_when_a_frame_must_go_first_or_the_session_is_not_open() -> None:
+    """None, and nothing numbered: a frame already queued (it must go first), or not OPEN."""
+    client = opened_client(CONFIG, report_acks=False)
+    client.send(b"queued", 0.0)
+    assert client.send_header(b"x", 0.0) is None
+    assert [entry.payload for entry in client.buffer] == [b"queued"]
+    client.data_to_send()
+    client.connection_lost(1.0)
+    assert client.send_header(b"x", 1.0) is None
+    assert [entry.payload for entry in client.buffer] == [b"queued"]
+
+
 def test_message_before_bad_ack_is_still_delivered_first() -> None:
     """A frame in order whose ack covers nothing sent: delivered, then the connection fails."""
     client = opened_client()

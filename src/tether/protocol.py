@@ -45,6 +45,7 @@ __all__ = [
     "Payload",
     "TetherCloseCode",
     "Welcome",
+    "binary_data_header",
     "decode",
     "encode",
     "encode_ack",
@@ -236,6 +237,15 @@ def encode_data(seq: int, ack: int, payload: Payload) -> Payload:
     if type(payload) is not bytes and isinstance(payload, str):  # no call for bytes
         return f"d{seq}:{ack}:{payload}"
     return _HEADER.pack(DATA_TAG, seq, ack) + payload
+
+
+def binary_data_header(seq: int, ack: int) -> bytes:
+    """The first :data:`BINARY_DATA_HEADER` bytes of a binary data frame; its payload follows.
+
+    ``binary_data_header(seq, ack) + payload == encode_data(seq, ack, payload)`` for
+    ``bytes``: for a sender that joins the two only where it frames the message.
+    """
+    return _HEADER.pack(DATA_TAG, seq, ack)
 
 
 def encode_ack(rx: int) -> str:

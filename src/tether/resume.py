@@ -50,6 +50,7 @@ from .protocol import (
     Payload,
     TetherCloseCode,
     Welcome,
+    binary_data_header,
     decode,
     encode,
     encode_ack,
@@ -434,6 +435,38 @@ class Endpoint:
             self._in_bytes = 0
             self._ack_due = None
         return seq
+
+    def send_header(
+        self, payload: bytes, now: float, *, persisted_rx: int | None = None
+    ) -> tuple[int, bytes] | None:
+        """:meth:`send` of a binary message, its data frame handed back in two parts.
+
+        When the session is OPEN and nothing waits in :meth:`data_to_send`, the
+        message is numbered and kept exactly as by :meth:`send`, but its frame is
+        not queued: the frame is the returned header followed by ``payload``, for
+        the caller to send as one binary message at once (an engine that frames
+        messages itself joins them there: a large payload is copied once instead
+        of twice). Otherwise nothing is done and None is returned: call :meth:`send`.
+
+        Returns:
+            ``(seq, header)``, or None.
+
+        Raises:
+            QueueFull: as :meth:`send`.
+        """
+        if self.phase is not Phase.OPEN or self._out:
+            return None
+        seq = self.buffer.push(payload, now).seq
+        if persisted_rx is not None and persisted_rx > self._ackable:
+            self._ackable = min(persisted_rx, self.rx)
+        # _transmit() without the frame.
+        if seq > self._highest_sent:
+            self._highest_sent = seq
+        ack = self._acked_sent = self._ackable
+        self._in_count = 0
+        self._in_bytes = 0
+        self._ack_due = None
+        return seq, binary_data_header(seq, ack)
 
     def has_room(self, payload: Payload) -> bool:
         """Whether :meth:`send` would accept ``payload`` now."""
