@@ -214,6 +214,28 @@ def test_a_masked_data_frame_parses_back_to_its_payload(
     assert (frame.rsv1, frame.rsv2, frame.rsv3) == (False, False, False)
 
 
+@pytest.mark.parametrize("prefix_length", [1, 2, 3, 4, 5, 17])
+@pytest.mark.parametrize("length", [0, 108, 109, 65535, 70000])
+def test_a_prefix_is_part_of_the_frame_payload_masked_or_not(
+    prefix_length: int, length: int
+) -> None:
+    """prefix + data frame as the joined payload would: byte for byte unmasked, parsed back
+    masked (the key runs on from the prefix into the data, whatever the prefix's length)."""
+    from websockets.frames import Frame, Opcode
+    from websockets.streams import StreamReader
+
+    prefix = bytes(range(100, 100 + prefix_length))
+    data = bytes(range(256)) * (length // 256) + bytes(range(length % 256))
+    expected = Frame(Opcode.BINARY, prefix + data).serialize(mask=False)
+    assert data_frame(0x82, data, mask=False, prefix=prefix) == expected
+    reader = StreamReader()
+    reader.feed_data(data_frame(0x82, data, mask=True, prefix=prefix))
+    reader.feed_eof()
+    with pytest.raises(StopIteration) as done:
+        next(Frame.parse(reader.read_exact, mask=True, max_size=None))
+    assert done.value.value.data == prefix + data
+
+
 def test_each_masked_frame_has_a_fresh_key() -> None:
     """RFC 6455 §5.3: a new unpredictable key per frame, so the same payload differs."""
     frames = {data_frame(0x82, b"same payload", mask=True) for _ in range(50)}
@@ -253,16 +275,19 @@ async def test_write_now_frames_messages_without_websockets_framing(
         async with ws_connect(f"ws://127.0.0.1:{port}", compression=None) as connection:
             client = WebsocketsTransport(connection)
             messages: list[Message] = ["text é", b"\x00" * 200, b"b" * 70000, "", b""]
+            # With a header: the binary message is header + message.
+            parts: list[tuple[bytes, bytes]] = [(b"h" * 17, b"p" * 300), (b"hdr", b"")]
+            writer = client if side == "client" else await server_side
+            for message in messages:
+                assert writer.write_now(message)
+            for header, payload in parts:
+                assert writer.write_now(payload, header)
+            expected = messages + [header + payload for header, payload in parts]
             if side == "client":
-                for message in messages:
-                    assert client.write_now(message)
-                received = [await got.get() for _ in messages]
+                received = [await got.get() for _ in expected]
             else:
-                server_transport = await server_side
-                for message in messages:
-                    assert server_transport.write_now(message)
-                received = [await client.recv() for _ in messages]
-            assert received == messages
+                received = [await client.recv() for _ in expected]
+            assert received == expected
             assert client.closed is None
 
 
@@ -291,4 +316,6 @@ async def test_write_now_leaves_framing_to_websockets_when_it_compresses() -> No
             protocol.send_binary = counting  # type: ignore[method-assign]
             assert transport.write_now(b"z" * 5000)
             assert await transport.recv() == b"z" * 5000
-            assert framed == [5000]
+            assert transport.write_now(b"z" * 5000, b"header")
+            assert await transport.recv() == b"header" + b"z" * 5000
+            assert framed == [5000, 5006]

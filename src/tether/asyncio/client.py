@@ -63,7 +63,7 @@ from ..reconnect import ConnectFailure, FailureKind, Outcome, Reconnector
 from ..resume import ResumeConfig
 from .checks import check_count, check_duration
 from .clock import loop_clock, timer_now
-from .engine import ClosedInfo, Message, Transport, TransportClosed
+from .engine import ClosedInfo, Message, Transport, TransportClosed, Writer
 from .layer import ClientLayer, LayerOpened, PlainLayer
 from .sendqueue import QueueClosed, SendQueue
 from .waiters import bounded, wait_on, wake_all
@@ -1167,8 +1167,14 @@ class ClientConnection:
         ):
             return False
         assert self._clock is not None
+        now = self._clock()
+        header = None
         try:
-            wires = layer.outgoing(message, self._clock())
+            if type(message) is bytes:
+                # A header apart from the message: the engine joins the two in the
+                # frame it writes (a large message copied once less).
+                header = layer.outgoing_header(message, now)
+            wires = layer.outgoing(message, now) if header is None else ()
         except Exception:
             # Not taken: it waits in the queue for the next connection, as when this
             # fails in _pump (which is not run again on the link being dropped).
@@ -1176,6 +1182,11 @@ class ClientConnection:
             self._queue.append(message)
             return True
         try:
+            if header is not None:
+                assert isinstance(message, bytes)
+                if not write_now(message, header):
+                    self._start_writer(link, [header + message], pop_after=False)
+                    return True
             for index, wire in enumerate(wires):
                 if not write_now(wire):
                     self._start_writer(link, wires[index:], pop_after=False)
@@ -1539,7 +1550,7 @@ class _Link:
         machine: HeartbeatMachine,
         is_open: Callable[[], bool] | None,
         closing: Callable[[], bool] | None,
-        write_now: Callable[[Message], bool] | None,
+        write_now: Writer | None,
         keep_reader: bool,
     ) -> None:
         self.transport = transport

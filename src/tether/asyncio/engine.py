@@ -13,10 +13,19 @@ import abc
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from ..heartbeat import Transfer
 
-__all__ = ["CloseHandler", "ClosedInfo", "Message", "PongHandler", "Transport", "TransportClosed"]
+__all__ = [
+    "CloseHandler",
+    "ClosedInfo",
+    "Message",
+    "PongHandler",
+    "Transport",
+    "TransportClosed",
+    "Writer",
+]
 
 Message = str | bytes
 
@@ -25,6 +34,18 @@ PongHandler = Callable[[bytes, float], None]
 
 #: Called with how the connection ended, once it has.
 CloseHandler = Callable[["ClosedInfo"], None]
+
+
+class Writer(Protocol):
+    """A synchronous write of one whole message, if the engine can take it at once.
+
+    True: written (accepted by the transport, as after ``send`` returned); False:
+    nothing written, await ``send``. With ``header``, ``message`` is ``bytes`` and
+    the binary message is ``header + message``, joined by the engine where it frames it.
+    """
+
+    def __call__(self, message: Message, header: bytes = ...) -> bool: ...
+
 
 #: Tasks of the default :meth:`Transport.add_close_callback` (the loop holds tasks weakly).
 _close_watchers: set[asyncio.Task[None]] = set()

@@ -99,6 +99,17 @@ class ClientLayer:
         """The wire messages to send, in order, for one application message."""
         return (message,)
 
+    def outgoing_header(self, message: bytes, now: float) -> bytes | None:
+        """:meth:`outgoing` of one binary message whose wire message is a header before it.
+
+        For a layer whose wire message is ``header + message``: take the message
+        as :meth:`outgoing` would and return the header alone; the client writes
+        the two as one message (the engine joins them in the frame: a large
+        message is copied once less). None: nothing was taken; call
+        :meth:`outgoing`. The default is None.
+        """
+        return None
+
     def incoming(self, message: Message, now: float) -> Sequence[Message]:
         """The application messages carried by one wire message (none for control messages)."""
         return (message,)

@@ -288,6 +288,13 @@ class TetherV1ClientLayer(ClientLayer):
         self.endpoint.send(message, now)
         return self.endpoint.data_to_send()
 
+    def outgoing_header(self, message: bytes, now: float) -> bytes | None:
+        """Number and keep a binary message; return its data frame's header (see ClientLayer)."""
+        if not self._v1:
+            return None
+        numbered = self.endpoint.send_header(message, now)
+        return None if numbered is None else numbered[1]
+
     def incoming(self, message: Message, now: float) -> Sequence[Message]:
         """Deliver data frames exactly once and in order; control frames stay here."""
         if not self._v1:

@@ -97,7 +97,7 @@ from ..stores.base import (
 from ..stores.memory import MemoryStore
 from ..tokens import hash_token, is_late, judge_resume, lost_reason, new_session_id, new_token
 from .clock import loop_clock, timer_now
-from .engine import ClosedInfo, Message, Transport, TransportClosed
+from .engine import ClosedInfo, Message, Transport, TransportClosed, Writer
 from .session import (
     DEFAULT_MAX_QUEUE_BYTES,
     RequestInfo,
@@ -164,7 +164,7 @@ class _V1:
     clock: Callable[[], float]
     transport: Transport | None = None
     #: fast_writer(transport), set with it: looked up once per connection, not per message.
-    write_now: Callable[[Message], bool] | None = None
+    write_now: Writer | None = None
     #: A drain started on ``transport``: data arriving on it is not taken any more.
     closing: bool = False
     #: How a drain (restart, shutdown) closed the session's connection: the session
@@ -983,17 +983,36 @@ class TetherV1ServerLayer(ServerLayer):
         ):
             # Nothing before this message is unwritten or unsent: write it and send
             # its frame here, without the session's queues.
-            seq = endpoint.send(message, now, persisted_rx=rx)
+            write = state.write_now
+            numbered = None
+            if write is not None and type(message) is bytes:
+                # The frame's header apart: the engine joins it to the payload in the
+                # frame it writes (a large message copied once less).
+                numbered = endpoint.send_header(message, now, persisted_rx=rx)
+            header = None
+            if numbered is None:
+                seq = endpoint.send(message, now, persisted_rx=rx)
+            else:
+                seq, header = numbered
             if state.alarm is None:
                 self._rearm(state)  # the first unacked message: a stall deadline
             # StoredMessage(seq, message) without the named tuple's Python-level __new__.
             stored = tuple.__new__(StoredMessage, (seq, message))
             # (Plain functions, not coroutines: nothing is awaited unless the socket's
             # buffer is full.)
-            frames = self._store_now(state, stored, rx)
+            frames = self._store_now(state, stored, rx, header)
             if frames is not None:
-                if not self._sent_at_once(state, frames):
-                    await self._send_stored(state, frames)
+                if header is None:
+                    if self._sent_at_once(state, frames):
+                        return
+                elif write is not None and type(message) is bytes and not frames:
+                    # (_sent_at_once() for a frame in two parts.)
+                    if state.transport is None or write(message, header):
+                        return
+                    frames = [header + message]
+                else:
+                    frames = _joined(frames, header, stored)
+                await self._send_stored(state, frames)
                 return
         else:
             seq = endpoint.send(message, now, persisted_rx=rx)
@@ -1012,12 +1031,17 @@ class TetherV1ServerLayer(ServerLayer):
         if state.written_tx < seq:
             raise _ended(state)  # ended before its write: never stored (fenced, given up)
 
-    def _store_now(self, state: _V1, stored: StoredMessage, rx: int | None) -> list[Message] | None:
+    def _store_now(
+        self, state: _V1, stored: StoredMessage, rx: int | None, header: bytes | None = None
+    ) -> list[Message] | None:
         """Write one message to an in-process store: the frames to send now (maybe none).
 
         The per-message path of :meth:`send` (a plain function: no coroutine per
         message). None: the store declined; the message and its frames were left
-        to the session's flush.
+        to the session's flush. With ``header`` (:meth:`ServerEndpoint.send_header`),
+        the message's frame is ``header`` and the message, not queued in the
+        endpoint: an empty list means "send it"; if the store declined, the joined
+        frame went to the flush with the rest.
 
         Raises:
             ConnectionClosedError: the session was claimed elsewhere (it ends with 4901).
@@ -1037,11 +1061,11 @@ class TetherV1ServerLayer(ServerLayer):
         except StoreError as exc:
             written = self._write_failed(state, exc, (stored,), acked)
             if not written:  # kept for the retry, with its frames
-                self._queue_frames(state, endpoint.tx, frames)
+                self._queue_frames(state, endpoint.tx, _joined(frames, header, stored))
                 return None
         if not written:
             state.pending.append(stored)
-            self._queue_frames(state, endpoint.tx, frames)
+            self._queue_frames(state, endpoint.tx, _joined(frames, header, stored))
             self._kick(state)
             return None
         state.acked = None
@@ -2085,6 +2109,15 @@ def _busy_refusal(exc: StoreBusy) -> ProtocolError:
     """
     logger.warning("session store busy for a resume; closing with 1013: %s", exc)
     return ProtocolError("session store busy: resume later", close_code=CloseCode.TRY_AGAIN_LATER)
+
+
+def _joined(frames: list[Message], header: bytes | None, stored: StoredMessage) -> list[Message]:
+    """``frames``, and after them the stored message's own frame if it was kept apart."""
+    if header is None:
+        return frames
+    payload = stored.payload
+    assert isinstance(payload, bytes)  # (send_header() numbers binary messages only)
+    return [*frames, header + payload]
 
 
 def _cancel(timer: asyncio.TimerHandle | None) -> asyncio.TimerHandle | None:

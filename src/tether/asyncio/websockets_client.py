@@ -37,7 +37,7 @@ from websockets.uri import parse_uri
 
 from ..exceptions import ConfigurationError
 from ..reconnect import ConnectFailure, FailureKind
-from .engine import Message, Transport
+from .engine import Transport, Writer
 from .websockets_engine import WebsocketsTransport
 
 __all__ = [
@@ -259,7 +259,7 @@ def open_probe(transport: Transport) -> tuple[Callable[[], bool], Callable[[], b
     return (lambda: protocol.state is open_state), connection.transport.is_closing
 
 
-def fast_writer(transport: Transport) -> Callable[[Message], bool] | None:
+def fast_writer(transport: Transport) -> Writer | None:
     """A synchronous write of one whole message to ``transport``; None if it is not ours.
 
     :meth:`WebsocketsTransport.write_now`: True when written at once, False when

@@ -48,14 +48,16 @@ _FIN_BINARY = 0x82  # FIN, opcode 2
 _MASKED = 0x80
 
 
-def data_frame(first: int, data: bytes, *, mask: bool) -> bytes:
+def data_frame(first: int, data: bytes, *, mask: bool, prefix: bytes = b"") -> bytes:
     """One whole unfragmented data frame as websockets' ``Frame.serialize`` writes it.
 
-    ``first`` is the first byte (FIN and opcode). A client's frame is masked with a
-    fresh key from ``os.urandom`` (RFC 6455 §5.3: unpredictable; websockets takes
-    it from the same source through ``secrets.token_bytes``).
+    ``first`` is the first byte (FIN and opcode); the frame's payload is ``prefix``
+    followed by ``data``, joined into the frame itself (a large ``data`` is copied
+    once, not first into a message and then into a frame). A client's frame is
+    masked with a fresh key from ``os.urandom`` (RFC 6455 §5.3: unpredictable;
+    websockets takes it from the same source through ``secrets.token_bytes``).
     """
-    length = len(data)
+    length = len(prefix) + len(data)
     second = _MASKED if mask else 0
     if length < 126:
         head = _HEAD.pack(first, second | length)
@@ -63,10 +65,16 @@ def data_frame(first: int, data: bytes, *, mask: bool) -> bytes:
         head = _HEAD_16.pack(first, second | 126, length)
     else:
         head = _HEAD_64.pack(first, second | 127, length)
-    if mask:
-        key = os.urandom(4)
+    if not mask:
+        return b"".join((head, prefix, data)) if prefix else head + data
+    key = os.urandom(4)
+    if not prefix:
         return b"".join((head, key, apply_mask(data, key)))
-    return head + data
+    # The mask runs on over the payload: data starts len(prefix) bytes into the key.
+    shift = len(prefix) % 4
+    return b"".join(
+        (head, key, apply_mask(prefix, key), apply_mask(data, key[shift:] + key[:shift]))
+    )
 
 
 def closed_info(connection: Connection) -> ClosedInfo:
@@ -174,7 +182,7 @@ class WebsocketsTransport(Transport):
         """The wrapped websockets connection."""
         return self._ws
 
-    def write_now(self, message: Message) -> bool:
+    def write_now(self, message: Message, header: bytes = b"") -> bool:
         """Write one whole message at once if ``websockets`` would not wait; else False.
 
         True when the connection is OPEN, no fragmented send is in progress and
@@ -184,6 +192,10 @@ class WebsocketsTransport(Transport):
         asyncio transport), through an async context manager that costs more than
         the write. Otherwise it writes nothing: the caller awaits :meth:`send`,
         which waits for the buffer to drain or reports the close.
+
+        With ``header``, ``message`` is ``bytes`` and the binary message sent is
+        ``header + message``, joined only inside the frame (tether.v1: a numbered
+        frame's header before the application's payload).
         """
         ws = self._ws
         protocol = ws.protocol
@@ -201,17 +213,17 @@ class WebsocketsTransport(Transport):
             # checks (OPEN, no fragmented message begun, nothing of its own queued to
             # go first) was checked above.
             if type(message) is bytes:
-                frame = data_frame(_FIN_BINARY, message, mask=self._masked)
+                frame = data_frame(_FIN_BINARY, message, mask=self._masked, prefix=header)
             elif isinstance(message, str):
                 frame = data_frame(_FIN_TEXT, message.encode(), mask=self._masked)
             else:
-                frame = data_frame(_FIN_BINARY, bytes(message), mask=self._masked)
+                frame = data_frame(_FIN_BINARY, bytes(message), mask=self._masked, prefix=header)
             ws.transport.write(frame)
             return True
         if isinstance(message, str):
             protocol.send_text(message.encode())
         else:
-            protocol.send_binary(message)
+            protocol.send_binary(header + message if header else message)
         socket = ws.transport
         for data in protocol.data_to_send():
             socket.write(data)  # a data frame never asks for EOF (only a close does)
