@@ -1187,10 +1187,11 @@ class ClientConnection:
                 if not write_now(message, header):
                     self._start_writer(link, [header + message], pop_after=False)
                     return True
-            for index, wire in enumerate(wires):
-                if not write_now(wire):
-                    self._start_writer(link, wires[index:], pop_after=False)
-                    return True
+            else:
+                for index, wire in enumerate(wires):
+                    if not write_now(wire):
+                        self._start_writer(link, wires[index:], pop_after=False)
+                        return True
             self._after_layer(link)
         except TransportClosed:
             pass  # the supervisor sees the end; the layer replays the message

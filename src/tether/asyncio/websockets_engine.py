@@ -46,6 +46,9 @@ _HEAD_64 = struct.Struct("!BBQ")
 _FIN_TEXT = 0x81  # FIN, opcode 1
 _FIN_BINARY = 0x82  # FIN, opcode 2
 _MASKED = 0x80
+#: From this size on, a prefix and the data after it are masked apart (no joined copy of a
+#: large payload); below it, joining them first costs less than a second mask and a key.
+_MASK_APART = 1024
 
 
 def data_frame(first: int, data: bytes, *, mask: bool, prefix: bytes = b"") -> bytes:
@@ -68,8 +71,8 @@ def data_frame(first: int, data: bytes, *, mask: bool, prefix: bytes = b"") -> b
     if not mask:
         return b"".join((head, prefix, data)) if prefix else head + data
     key = os.urandom(4)
-    if not prefix:
-        return b"".join((head, key, apply_mask(data, key)))
+    if len(data) < _MASK_APART:
+        return b"".join((head, key, apply_mask(prefix + data if prefix else data, key)))
     # The mask runs on over the payload: data starts len(prefix) bytes into the key.
     shift = len(prefix) % 4
     return b"".join(
