@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from resume_link import Link
@@ -469,6 +469,21 @@ def test_receive_returns_the_delivered_payload() -> None:
     assert client.events_received() == []
 
 
+def _open_pair_of(role: str, config: ResumeConfig) -> list[ClientEndpoint | ServerEndpoint]:
+    """Two endpoints in the same open state: a client ("client-reporting": reporting acks)
+    or a server holding acks until persisted, as the adapters make them."""
+    pair: list[ClientEndpoint | ServerEndpoint] = []
+    for _ in range(2):
+        endpoint: ClientEndpoint | ServerEndpoint
+        if role == "server":
+            endpoint = ServerEndpoint("c2lk", "ZXA", config, hold_acks=True, report_acks=False)
+            endpoint.attach(0.0, token="dG9r", resumed=False)
+        else:
+            endpoint = opened_client(config, report_acks=role == "client-reporting")
+        pair.append(endpoint)
+    return pair
+
+
 def _endpoint_state(endpoint: ClientEndpoint | ServerEndpoint) -> tuple[object, ...]:
     """Everything receive() can change, as one comparable value (drains both lists)."""
     return (
@@ -500,6 +515,19 @@ def _endpoint_state(endpoint: ClientEndpoint | ServerEndpoint) -> tuple[object, 
     ),
     short=st.booleans(),
 )
+# Always tried: the count trigger alone (empty payloads), a silent trim, an ack of more
+# than was sent, a duplicate then a gap.
+@example(role="client", sent=0, frames=[(n, 0, b"", 0.0) for n in (1, 2, 3, 4)], short=False)
+@example(role="server", sent=0, frames=[(n, 0, b"", 0.0) for n in (1, 2, 3, 4)], short=False)
+@example(role="client", sent=3, frames=[(1, 2, b"x", 0.1), (2, 3, b"", 0.1)], short=False)
+@example(role="client-reporting", sent=3, frames=[(1, 2, b"x", 0.1)], short=False)
+@example(role="server", sent=1, frames=[(1, 2, b"x", 0.0)], short=False)
+@example(
+    role="client",
+    sent=0,
+    frames=[(1, 0, b"a", 0.0), (1, 0, b"a", 0.0), (3, 0, b"", 0.0)],
+    short=False,
+)
 def test_the_fast_path_for_binary_data_leaves_what_the_full_path_leaves(
     role: str,
     sent: int,
@@ -513,19 +541,11 @@ def test_the_fast_path_for_binary_data_leaves_what_the_full_path_leaves(
     delivered payloads, rx, acks, replay buffer, deadlines, frames and events, for
     duplicates, gaps, acks of messages never sent and truncated headers alike.
     """
-    config = ResumeConfig(ack_messages=3, ack_bytes=5)
-    pair: list[ClientEndpoint | ServerEndpoint] = []
-    for _ in range(2):
-        endpoint: ClientEndpoint | ServerEndpoint
-        if role == "server":
-            endpoint = ServerEndpoint("c2lk", "ZXA", config, hold_acks=True, report_acks=False)
-            endpoint.attach(0.0, token="dG9r", resumed=False)
-        else:
-            endpoint = opened_client(config, report_acks=role == "client-reporting")
+    pair = _open_pair_of(role, ResumeConfig(ack_messages=3, ack_bytes=5))
+    for endpoint in pair:
         for index in range(sent):
             endpoint.send(b"s%d" % index, 0.0)
         _endpoint_state(endpoint)
-        pair.append(endpoint)
     fast, full = pair
     now = 0.0
     for seq, ack, payload, step in frames:
@@ -544,17 +564,10 @@ def test_the_fast_path_for_binary_data_leaves_what_the_full_path_leaves(
 def test_send_header_numbers_and_keeps_a_message_as_send_does(role: str) -> None:
     """send_header(): the same sequence, ack, buffer and timers as send(); the frame is
     its header followed by the payload instead of a queued frame."""
-    pair: list[ClientEndpoint | ServerEndpoint] = []
-    for _ in range(2):
-        endpoint: ClientEndpoint | ServerEndpoint
-        if role == "server":
-            endpoint = ServerEndpoint("c2lk", "ZXA", CONFIG, hold_acks=True, report_acks=False)
-            endpoint.attach(0.0, token="dG9r", resumed=False)
-            endpoint.data_to_send()
-        else:
-            endpoint = opened_client(CONFIG, report_acks=False)
+    pair = _open_pair_of(role, CONFIG)
+    for endpoint in pair:
+        endpoint.data_to_send()
         endpoint.receive(encode(Data(1, 0, b"in")), 0.0)
-        pair.append(endpoint)
     whole, split = pair
     for index, payload in enumerate([b"a", b"", b"c" * 100]):
         persisted = 1 if index == 1 else None
