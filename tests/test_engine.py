@@ -275,14 +275,23 @@ async def test_write_now_frames_messages_without_websockets_framing(
         async with ws_connect(f"ws://127.0.0.1:{port}", compression=None) as connection:
             client = WebsocketsTransport(connection)
             messages: list[Message] = ["text é", b"\x00" * 200, b"b" * 70000, "", b""]
-            # With a header: the binary message is header + message.
-            parts: list[tuple[bytes, bytes]] = [(b"h" * 17, b"p" * 300), (b"hdr", b"")]
+            # With a header: the message is header + message; with text, the bytes are
+            # a text message's UTF-8 (and the header ASCII).
+            parts: list[tuple[bytes, bytes, bool]] = [
+                (b"h" * 17, b"p" * 300, False),
+                (b"hdr", b"", False),
+                (b"d1:0:", "\u65e5\u672c".encode() * 400, True),
+                (b"", "caf\u00e9".encode(), True),
+            ]
             writer = client if side == "client" else await server_side
             for message in messages:
                 assert writer.write_now(message)
-            for header, payload in parts:
-                assert writer.write_now(payload, header)
-            expected = messages + [header + payload for header, payload in parts]
+            for header, payload, text in parts:
+                assert writer.write_now(payload, header, text)
+            expected = messages + [
+                (header + payload).decode() if text else header + payload
+                for header, payload, text in parts
+            ]
             if side == "client":
                 received = [await got.get() for _ in expected]
             else:
@@ -319,3 +328,54 @@ async def test_write_now_leaves_framing_to_websockets_when_it_compresses() -> No
             assert transport.write_now(b"z" * 5000, b"header")
             assert await transport.recv() == b"header" + b"z" * 5000
             assert framed == [5000, 5006]
+            assert transport.write_now("\u00e9".encode() * 100, b"d7:0:", text=True)
+            assert await transport.recv() == "d7:0:" + "\u00e9" * 100
+            assert transport.write_now("\u00e9" * 3)
+            assert await transport.recv() == "\u00e9" * 3
+            assert framed == [5000, 5006]  # (text went through send_text)
+
+
+async def test_write_now_writes_nothing_once_a_close_is_under_way() -> None:
+    """CLOSING (our Close queued, not yet flushed): no data frame may follow it: False."""
+    async with echo_pair() as transport:
+        protocol = transport.connection.protocol
+        protocol.send_close(1000, "bye")
+        assert not transport.write_now(b"late")
+        assert not transport.write_now("late", b"d1:0:")
+        [close] = protocol.data_to_send()  # only the Close is queued
+        assert close[:1] == b"\x88"
+        transport.connection.transport.write(close)  # (the closing handshake completes)
+        info = await transport.wait_closed()
+        assert (info.code, info.sent_code) == (1000, 1000)
+
+
+async def test_write_now_sends_websockets_own_queued_frames_first() -> None:
+    """A ping websockets queued and has not flushed goes out before the message."""
+    async with echo_pair() as transport:
+        connection = transport.connection
+        written: list[bytes] = []
+        write = connection.transport.write
+
+        def recording(data: bytes) -> None:
+            written.append(bytes(data))
+            write(data)
+
+        connection.transport.write = recording  # type: ignore[method-assign]
+        connection.protocol.send_ping(b"first")
+        assert transport.write_now(b"second")
+        assert [frame[0] & 0x0F for frame in written] == [0x9, 0x2]  # ping, then binary
+        assert await transport.recv() == b"second"
+
+
+async def test_write_now_refuses_a_message_inside_a_fragmented_one() -> None:
+    """A fragmented message begun: websockets refuses another message, as it always did."""
+    from websockets.exceptions import ProtocolError as WsProtocolError
+
+    async with echo_pair() as transport:
+        connection = transport.connection
+        connection.protocol.send_binary(b"part", fin=False)
+        connection.send_data()  # (the first fragment is on the wire: nothing else queued)
+        with pytest.raises(WsProtocolError):
+            transport.write_now(b"other")
+        connection.protocol.send_continuation(b"", fin=True)  # (ended: the close is clean)
+        connection.send_data()

@@ -32,6 +32,7 @@ from tether.protocol import (
     encode_ack,
     encode_data,
     parse_data,
+    text_data_header,
 )
 
 WELCOME = Welcome(
@@ -499,4 +500,22 @@ def test_a_binary_data_header_then_its_payload_is_the_encoded_frame(
     frame = binary_data_header(seq, ack) + payload
     assert frame == encode_data(seq, ack, payload)
     assert len(binary_data_header(seq, ack)) == BINARY_DATA_HEADER
+    assert decode(frame) == Data(seq, ack, payload)
+
+
+@given(
+    seq=st.integers(min_value=1, max_value=MAX_SEQ),
+    ack=st.integers(min_value=0, max_value=MAX_SEQ),
+    # (No lone surrogates: text UTF-8 cannot encode is refused before it is numbered.)
+    payload=st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=32),
+)
+def test_a_text_data_header_then_its_payloads_utf8_is_the_encoded_frame(
+    seq: int, ack: int, payload: str
+) -> None:
+    """text_data_header() is ASCII, and with the payload's UTF-8 after it the frame's UTF-8."""
+    encoded = payload.encode()
+    frame = encode_data(seq, ack, payload)
+    assert isinstance(frame, str)
+    assert text_data_header(seq, ack).isascii()
+    assert text_data_header(seq, ack) + encoded == frame.encode()
     assert decode(frame) == Data(seq, ack, payload)

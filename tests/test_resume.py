@@ -561,6 +561,20 @@ def test_the_fast_path_for_binary_data_leaves_what_the_full_path_leaves(
 
 
 @pytest.mark.parametrize("role", ["client", "server"])
+def test_the_fast_path_leaves_a_sequence_number_past_max_seq_to_the_full_path(role: str) -> None:
+    """At rx == MAX_SEQ the next frame's seq is out of range: refused as the full path does."""
+    pair = _open_pair_of(role, CONFIG)
+    for endpoint in pair:
+        endpoint.rx = MAX_SEQ  # (a session that got that far)
+        _endpoint_state(endpoint)
+    fast, full = pair
+    wire = bytes([0x64]) + (MAX_SEQ + 1).to_bytes(8, "big") + (0).to_bytes(8, "big") + b"x"
+    assert fast.receive(wire, 0.0) == full.receive(bytearray(wire), 0.0) == None  # noqa: E711
+    assert _endpoint_state(fast) == _endpoint_state(full)
+    assert fast.phase is not Phase.OPEN  # failed: seq beyond MAX_SEQ
+
+
+@pytest.mark.parametrize("role", ["client", "server"])
 def test_send_header_numbers_and_keeps_a_message_as_send_does(role: str) -> None:
     """send_header(): the same sequence, ack, buffer and timers as send(); the frame is
     its header followed by the payload instead of a queued frame."""
@@ -569,14 +583,20 @@ def test_send_header_numbers_and_keeps_a_message_as_send_does(role: str) -> None
         endpoint.data_to_send()
         endpoint.receive(encode(Data(1, 0, b"in")), 0.0)
     whole, split = pair
-    for index, payload in enumerate([b"a", b"", b"c" * 100]):
+    payloads: list[bytes | str] = [b"a", "\u00e9t\u00e9 \u65e5\u672c", b"", "", "c" * 100]
+    for index, payload in enumerate(payloads):
         persisted = 1 if index == 1 else None
         seq = whole.send(payload, 0.5, persisted_rx=persisted)
         numbered = split.send_header(payload, 0.5, persisted_rx=persisted)
         assert numbered is not None
         assert numbered[0] == seq
         [frame] = whole.data_to_send()
-        assert numbered[1] + payload == frame
+        if isinstance(payload, str):
+            # A text frame's header is ASCII; its payload goes as UTF-8 after it.
+            assert isinstance(frame, str)
+            assert numbered[1] + payload.encode() == frame.encode()
+        else:
+            assert numbered[1] + payload == frame
         assert split.data_to_send() == []
         assert _endpoint_state(split) == _endpoint_state(whole)
     # What the frames acknowledged is acknowledged: a duplicate asks for no ack on either.

@@ -2588,3 +2588,26 @@ def test_server_timers_run_before_their_deadline_are_not_set_again_for_it() -> N
     # (A deadline can be set twice: once more when it is re-armed after it passed.)
     assert max(alarms.count(when) for when in alarms) <= 2, alarms
     assert max(pings.count(when) for when in pings) <= 2, pings
+
+
+@pytest.mark.parametrize("durable", [True, False], ids=["memory", "io"])
+async def test_text_utf8_cannot_encode_is_refused_before_it_is_numbered_or_stored(
+    durable: bool,
+) -> None:
+    """A lone surrogate: send() raises UnicodeEncodeError and keeps nothing (kept, its
+    frame would fail at every replay); the next message is number 1 and goes out."""
+
+    class IOStore(MemoryStore):
+        write_nowait = SessionStore.write_nowait  # (the awaited path: SQLite, Redis)
+
+    store = MemoryStore() if durable else IOStore()
+    layer = TetherV1ServerLayer(store=store)
+    session, transport, _ = await new_session(layer)
+    with pytest.raises(UnicodeEncodeError):
+        await session.send("lone \ud800")
+    await session.send("caf\u00e9")
+    await settle(transport, 2)
+    assert transport.sent[1:] == ["d1:0:caf\u00e9"]
+    assert [m.payload for m in await store.messages(session.id, after=0)] == ["caf\u00e9"]
+    assert [entry.payload for entry in layer._states[session].endpoint.buffer] == ["caf\u00e9"]
+    await layer.stop()

@@ -51,6 +51,7 @@ __all__ = [
     "encode_ack",
     "encode_data",
     "parse_data",
+    "text_data_header",
     "unpack_binary_header",
 ]
 
@@ -237,6 +238,14 @@ def encode_data(seq: int, ack: int, payload: Payload) -> Payload:
     if type(payload) is not bytes and isinstance(payload, str):  # no call for bytes
         return f"d{seq}:{ack}:{payload}"
     return _HEADER.pack(DATA_TAG, seq, ack) + payload
+
+
+def text_data_header(seq: int, ack: int) -> bytes:
+    """The ASCII bytes before a text data frame's payload, for a sender that joins them to
+    the payload's UTF-8 only where it frames the message:
+    ``text_data_header(seq, ack) + payload.encode() == encode_data(seq, ack, payload).encode()``.
+    """
+    return b"d%d:%d:" % (seq, ack)
 
 
 def binary_data_header(seq: int, ack: int) -> bytes:

@@ -56,6 +56,7 @@ from .protocol import (
     encode_ack,
     encode_data,
     parse_data,
+    text_data_header,
     unpack_binary_header,
 )
 from .replay import ReplayBuffer
@@ -437,16 +438,18 @@ class Endpoint:
         return seq
 
     def send_header(
-        self, payload: bytes, now: float, *, persisted_rx: int | None = None
+        self, payload: Payload, now: float, *, persisted_rx: int | None = None
     ) -> tuple[int, bytes] | None:
-        """:meth:`send` of a binary message, its data frame handed back in two parts.
+        """:meth:`send`, the message's data frame handed back in two parts.
 
         When the session is OPEN and nothing waits in :meth:`data_to_send`, the
         message is numbered and kept exactly as by :meth:`send`, but its frame is
-        not queued: the frame is the returned header followed by ``payload``, for
-        the caller to send as one binary message at once (an engine that frames
-        messages itself joins them there: a large payload is copied once instead
-        of twice). Otherwise nothing is done and None is returned: call :meth:`send`.
+        not queued: the frame is the returned header followed by the payload (its
+        UTF-8 for text: the header is ASCII), for the caller to send at once as one
+        message of the payload's type (an engine that frames messages itself joins
+        them there: a large payload is copied once instead of twice, and text is
+        encoded once). Otherwise nothing is done and None is returned: call
+        :meth:`send`.
 
         Returns:
             ``(seq, header)``, or None.
@@ -466,6 +469,8 @@ class Endpoint:
         self._in_count = 0
         self._in_bytes = 0
         self._ack_due = None
+        if isinstance(payload, str):
+            return seq, text_data_header(seq, ack)
         return seq, binary_data_header(seq, ack)
 
     def has_room(self, payload: Payload) -> bool:

@@ -36,7 +36,7 @@ from websockets.asyncio.client import connect as ws_connect
 import tether
 import tether.asyncio.client as client_module
 import tether.asyncio.resume_server as resume_server_module
-from tether.asyncio.engine import Message, Transport
+from tether.asyncio.engine import Message, Transport, Writer
 from tether.asyncio.resume_client import READ_AHEAD_MESSAGES, TetherV1ClientLayer
 from tether.asyncio.resume_server import TetherV1ServerLayer
 from tether.asyncio.session import Session
@@ -228,6 +228,18 @@ def binary_message(n: int) -> bytes:
     return n.to_bytes(8, "big") + bytes([n % 251]) * size
 
 
+def text_message(n: int) -> str:
+    """Message ``n`` as text: its number in 8 digits, then two-byte and three-byte
+    characters whose UTF-8 crosses the same frame length encodings."""
+    size = 35_000 if n % 97 == 0 else (0, 1, 54, 55, 56, 150, 500)[n % 7]
+    return f"{n:08d}" + "\u00e9" * size + "\u65e5" * (n % 3)
+
+
+def message_number(message: Message) -> int:
+    """The number :func:`binary_message` or :func:`text_message` put first."""
+    return int.from_bytes(message[:8], "big") if isinstance(message, bytes) else int(message[:8])
+
+
 class RefusingStore(MemoryStore):
     """A memory store whose per-message write declines now and then, or fails once.
 
@@ -254,46 +266,51 @@ class RefusingStore(MemoryStore):
 
 
 @pytest.mark.timeout(60)
-async def test_binary_messages_of_every_frame_size_each_way_through_aborts_and_refused_writes(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize("kind", ["binary", "text"])
+async def test_messages_of_every_frame_size_each_way_through_aborts_and_refused_writes(
+    kind: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Binary messages each way (a numbered frame's header is written apart from the payload):
-    every frame length encoding, store writes declined and failed, three 1006 on the way;
-    every message arrives once, intact and in order, both ways."""
+    """Binary or non-ASCII text messages each way (a numbered frame's header is written
+    apart from the payload, text encoded once): every frame length encoding, store writes
+    declined and failed, three 1006 on the way; every message arrives once, intact and in
+    order, both ways."""
     count = 1_500
+    make: Callable[[int], Message] = binary_message if kind == "binary" else text_message
     store = RefusingStore()
-    got: list[bytes] = []
-    split_writes = {True: 0, False: 0}  # by side: client (True), server
+    got: list[Message] = []
+    # Writes with the header apart, by side (client: True), and how text arrived there.
+    split_writes = {True: 0, False: 0}
+    text_as: set[tuple[str, bool]] = set()
     write_now = WebsocketsTransport.write_now
 
-    def counting(self: WebsocketsTransport, message: Message, header: bytes = b"") -> bool:
+    def counting(
+        self: WebsocketsTransport, message: Message, header: bytes = b"", text: bool = False
+    ) -> bool:
         if header:
             split_writes[self.connection.protocol.side.name == "CLIENT"] += 1
-        return write_now(self, message, header)
+            if text or isinstance(message, str):
+                text_as.add((type(message).__name__, text))
+        return write_now(self, message, header, text)
 
     monkeypatch.setattr(WebsocketsTransport, "write_now", counting)
 
     async def handler(session: Session) -> None:
         async for message in session:
-            assert isinstance(message, bytes)
             got.append(message)
-            n = int.from_bytes(message[:8], "big")
-            await session.send(binary_message(n + count))
+            await session.send(make(message_number(message) + count))
 
     server = await start_server(handler, store)
-    received: list[bytes] = []
+    received: list[Message] = []
     async with running(server, await client(server.port)) as run:
 
         async def receive_all() -> None:
             while len(received) < count:
-                message = await run.conn.recv()
-                assert isinstance(message, bytes)
-                received.append(message)
+                received.append(await run.conn.recv())
 
         receiving = asyncio.ensure_future(receive_all())
         try:
             for n in range(1, count + 1):
-                await run.conn.send(binary_message(n))
+                await run.conn.send(make(n))
                 if n % 400 == 0:
                     transport = run.conn._transport
                     assert transport is not None
@@ -302,25 +319,28 @@ async def test_binary_messages_of_every_frame_size_each_way_through_aborts_and_r
             await asyncio.wait_for(receiving, 30)
         finally:
             receiving.cancel()
-    assert got == [binary_message(n) for n in range(1, count + 1)]
-    assert received == [binary_message(n + count) for n in range(1, count + 1)]
+    assert got == [make(n) for n in range(1, count + 1)]
+    assert received == [make(n + count) for n in range(1, count + 1)]
     assert len(run.events.of(Resumed)) == 3
     assert store.declined > 100
     assert store.failed >= 5
     # Most messages of either side went out with their header apart (the rest: replays,
-    # and the server's messages that followed a declined write through its flush).
+    # and the server's messages that followed a declined write through its flush), text
+    # as the UTF-8 encoded once before it was numbered.
     assert split_writes[True] > count // 2
     assert split_writes[False] > count // 2
+    assert text_as == (set() if kind == "binary" else {("bytes", True)})
 
 
 @pytest.mark.timeout(20)
+@pytest.mark.parametrize("kind", ["binary", "text"])
 @pytest.mark.parametrize("side", ["server", "client"])
-async def test_a_binary_message_the_socket_cannot_take_at_once_is_sent_joined_later(
-    side: str,
+async def test_a_message_the_socket_cannot_take_at_once_is_sent_joined_later(
+    side: str, kind: str
 ) -> None:
-    """The write buffer is over its limit when a binary message is numbered with its header
+    """The write buffer is over its limit when a message is numbered with its header
     apart: the frame goes out once it drains, on the same connection (no gap, no resume)."""
-    big = bytes(range(256)) * 300
+    big: Message = bytes(range(256)) * 300 if kind == "binary" else "\u65e5\u00e9x" * 20_000
     handler_got: asyncio.Queue[Message] = asyncio.Queue()
     sessions: list[Session] = []
 
@@ -356,6 +376,47 @@ async def test_a_binary_message_the_socket_cannot_take_at_once_is_sent_joined_la
         assert run.conn._transport is link
 
 
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("resume", [False, True], ids=["plain", "tether.v1"])
+async def test_non_ascii_text_is_encoded_once_by_the_client(
+    resume: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """send() encodes non-ASCII text to refuse what UTF-8 cannot encode; the write at once
+    gets those bytes as text (no second encoding), plain or numbered, and they arrive."""
+    seen: list[tuple[str, bool]] = []
+    write_now = WebsocketsTransport.write_now
+
+    def recording(
+        self: WebsocketsTransport, message: Message, header: bytes = b"", text: bool = False
+    ) -> bool:
+        wire = message if isinstance(message, bytes) else message.encode()
+        if self.connection.protocol.side.name == "CLIENT" and "caf\u00e9".encode() in wire:
+            seen.append((type(message).__name__, text))  # (not the hello, nor the warm-up)
+        return write_now(self, message, header, text)
+
+    monkeypatch.setattr(WebsocketsTransport, "write_now", recording)
+    got: list[Message] = []
+    subprotocols: list[str | None] = []
+
+    async def echo(session: Session) -> None:
+        subprotocols.append(session.request.subprotocol)
+        async for message in session:
+            got.append(message)
+            await session.send(message)
+
+    server = await start_server(echo, MemoryStore())
+    async with running(server, await client(server.port, resume=resume)) as run:
+        await run.conn.send(b"warm-up")
+        assert await asyncio.wait_for(run.conn.recv(), 5) == b"warm-up"
+        await run.conn.send("caf\u00e9 \u65e5\u672c")
+        with pytest.raises(UnicodeEncodeError):
+            await run.conn.send("lone \ud800")  # refused at the call, nothing sent
+        assert await asyncio.wait_for(run.conn.recv(), 5) == "caf\u00e9 \u65e5\u672c"
+    assert got == [b"warm-up", "caf\u00e9 \u65e5\u672c"]
+    assert subprotocols == ["tether.v1" if resume else None]
+    assert seen == [("bytes", True)]
+
+
 @pytest.mark.timeout(60)
 async def test_order_is_kept_when_writes_wait_the_replay_buffer_fills_and_links_drop(
     monkeypatch: pytest.MonkeyPatch,
@@ -368,16 +429,16 @@ async def test_order_is_kept_when_writes_wait_the_replay_buffer_fills_and_links_
     writes = itertools.count()
     declined = 0
 
-    def declining_writer(transport: Transport) -> Callable[[Message], bool] | None:
+    def declining_writer(transport: Transport) -> Writer | None:
         write_now = fast_writer(transport)
         assert write_now is not None
 
-        def write(message: Message) -> bool:
+        def write(message: Message, header: bytes = b"", text: bool = False) -> bool:
             nonlocal declined
             if next(writes) % 11 == 10:
                 declined += 1
                 return False  # as when the socket's buffer is over its limit
-            return write_now(message)
+            return write_now(message, header, text)
 
         return write
 
@@ -1228,8 +1289,8 @@ async def test_a_replay_buffer_full_for_send_timeout_closes_with_4202_and_resume
 async def test_a_message_the_layer_fails_to_take_goes_out_once_on_the_next_connection(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """An error in the layer's outgoing() drops the connection (logged once) and leaves
-    the message queued: it goes out once, after the resume."""
+    """An error in the layer's outgoing() or outgoing_header() drops the connection (logged
+    once) and leaves the message queued: it goes out once, after the resume."""
     handler = Echo()
     server = await start_server(handler, MemoryStore())
     async with running(server, await client(server.port)) as run:
@@ -1237,13 +1298,20 @@ async def test_a_message_the_layer_fails_to_take_goes_out_once_on_the_next_conne
         layer = run.conn._layer
         doomed = run.conn._transport
         real_outgoing = layer.outgoing
+        real_outgoing_header = layer.outgoing_header
 
         def outgoing(message: Message, now: float) -> Sequence[Message]:
             if run.conn._transport is doomed:
                 raise RuntimeError("a bug in the layer")
             return real_outgoing(message, now)
 
+        def outgoing_header(message: Message, now: float) -> bytes | None:
+            if run.conn._transport is doomed:
+                raise RuntimeError("a bug in the layer")
+            return real_outgoing_header(message, now)
+
         layer.outgoing = outgoing  # type: ignore[method-assign]
+        layer.outgoing_header = outgoing_header  # type: ignore[method-assign]
         with caplog.at_level(logging.ERROR, logger="tether.client"):
             await run.conn.send("c2")
             await run.events.wait_for(Resumed, timeout=5)
@@ -1266,6 +1334,7 @@ async def test_a_send_right_after_a_failed_one_waits_behind_it() -> None:
         await echoes(run.conn, 1)
         layer = run.conn._layer
         real_outgoing = layer.outgoing
+        real_outgoing_header = layer.outgoing_header
         failed: list[Message] = []
 
         def outgoing(message: Message, now: float) -> Sequence[Message]:
@@ -1274,7 +1343,14 @@ async def test_a_send_right_after_a_failed_one_waits_behind_it() -> None:
                 raise RuntimeError("a bug in the layer, once")
             return real_outgoing(message, now)
 
+        def outgoing_header(message: Message, now: float) -> bytes | None:
+            if not failed:
+                failed.append(message)
+                raise RuntimeError("a bug in the layer, once")
+            return real_outgoing_header(message, now)
+
         layer.outgoing = outgoing  # type: ignore[method-assign]
+        layer.outgoing_header = outgoing_header  # type: ignore[method-assign]
         await run.conn.send("c2")  # fails in the direct path: queued, the link aborted
         await run.conn.send("c3")  # before the abort took effect
         await run.events.wait_for(Resumed, timeout=5)

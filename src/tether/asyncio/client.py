@@ -567,12 +567,14 @@ class ClientConnection:
                 was queued.
             RuntimeError: called from another event loop than the one it started in.
         """
+        encoded = None
         if isinstance(message, str):
             if not message.isascii():
-                # Encoded once here only to refuse it at call time: a message that
-                # failed later, in the write, was taken for a broken link, kept at the
-                # head of the queue and failed every reconnect. (ASCII always encodes.)
-                message.encode()
+                # Encoded here to refuse it at call time: a message that failed later, in
+                # the write, was taken for a broken link, kept at the head of the queue
+                # and failed every reconnect. (ASCII always encodes.) A write at once
+                # sends these bytes: encoded once.
+                encoded = message.encode()
         elif not isinstance(message, bytes):
             if not isinstance(message, (bytearray, memoryview)):
                 raise TypeError(f"a message is str or bytes, not {type(message).__name__}")
@@ -594,11 +596,15 @@ class ClientConnection:
             if self._plain:
                 if link.write_now is not None:
                     try:
-                        if link.write_now(message):
+                        if (
+                            link.write_now(message)
+                            if encoded is None
+                            else link.write_now(encoded, text=True)
+                        ):
                             return
                     except Exception:
                         self._fail(link)
-            elif self._send_now(link, message):
+            elif self._send_now(link, message, encoded):
                 return
         if queue.must_wait or queue.closed:
             try:
@@ -1146,14 +1152,15 @@ class ClientConnection:
         except Exception:
             self._fail(link)
 
-    def _send_now(self, link: _Link, message: Message) -> bool:
+    def _send_now(self, link: _Link, message: Message, encoded: bytes | None = None) -> bool:
         """What :meth:`_pump` does for one message, without queueing it; False: queue it.
 
         For a layer that keeps what it sent (tether.v1's replay buffer) on an OPEN
         transport that we can write synchronously, when the layer has room: once
         the layer took the message it is never queued, so a wire message the
         transport cannot take at once goes to a writer task, as in :meth:`_pump`.
-        The caller checked that nothing is queued or being written.
+        The caller checked that nothing is queued or being written. ``encoded``:
+        the text's UTF-8, if the caller has it.
         """
         layer = self._layer
         write_now = link.write_now
@@ -1168,12 +1175,10 @@ class ClientConnection:
             return False
         assert self._clock is not None
         now = self._clock()
-        header = None
         try:
-            if type(message) is bytes:
-                # A header apart from the message: the engine joins the two in the
-                # frame it writes (a large message copied once less).
-                header = layer.outgoing_header(message, now)
+            # A header apart from the message: the engine joins the two in the frame it
+            # writes (a large message copied once less, text encoded once).
+            header = layer.outgoing_header(message, now)
             wires = layer.outgoing(message, now) if header is None else ()
         except Exception:
             # Not taken: it waits in the queue for the next connection, as when this
@@ -1183,8 +1188,12 @@ class ClientConnection:
             return True
         try:
             if header is not None:
-                assert isinstance(message, bytes)
-                if not write_now(message, header):
+                if isinstance(message, str):
+                    data = message.encode() if encoded is None else encoded
+                    if not write_now(data, header, text=True):
+                        self._start_writer(link, [header.decode() + message], pop_after=False)
+                        return True
+                elif not write_now(message, header):
                     self._start_writer(link, [header + message], pop_after=False)
                     return True
             else:

@@ -40,11 +40,13 @@ class Writer(Protocol):
     """A synchronous write of one whole message, if the engine can take it at once.
 
     True: written (accepted by the transport, as after ``send`` returned); False:
-    nothing written, await ``send``. With ``header``, ``message`` is ``bytes`` and
-    the binary message is ``header + message``, joined by the engine where it frames it.
+    nothing written, await ``send``. A ``str`` is sent as text, ``bytes`` as binary,
+    or as text when ``text`` is True (``message`` is then the text's UTF-8, encoded by
+    the caller). With ``header``, the message is ``header + message``, joined by the
+    engine where it frames it (a text message's header is ASCII).
     """
 
-    def __call__(self, message: Message, header: bytes = ...) -> bool: ...
+    def __call__(self, message: Message, header: bytes = ..., text: bool = ...) -> bool: ...
 
 
 #: Tasks of the default :meth:`Transport.add_close_callback` (the loop holds tasks weakly).

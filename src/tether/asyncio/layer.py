@@ -99,13 +99,14 @@ class ClientLayer:
         """The wire messages to send, in order, for one application message."""
         return (message,)
 
-    def outgoing_header(self, message: bytes, now: float) -> bytes | None:
-        """:meth:`outgoing` of one binary message whose wire message is a header before it.
+    def outgoing_header(self, message: Message, now: float) -> bytes | None:
+        """:meth:`outgoing` of one message whose wire message is a header before it.
 
-        For a layer whose wire message is ``header + message``: take the message
-        as :meth:`outgoing` would and return the header alone; the client writes
-        the two as one message (the engine joins them in the frame: a large
-        message is copied once less). None: nothing was taken; call
+        For a layer whose wire message is ``header + message`` (of the message's
+        type; a text message's header is ASCII): take the message as
+        :meth:`outgoing` would and return the header alone; the client writes the
+        two as one message (the engine joins them in the frame: a large message is
+        copied once less, text encoded once). None: nothing was taken; call
         :meth:`outgoing`. The default is None.
         """
         return None

@@ -288,8 +288,8 @@ class TetherV1ClientLayer(ClientLayer):
         self.endpoint.send(message, now)
         return self.endpoint.data_to_send()
 
-    def outgoing_header(self, message: bytes, now: float) -> bytes | None:
-        """Number and keep a binary message; return its data frame's header (see ClientLayer)."""
+    def outgoing_header(self, message: Message, now: float) -> bytes | None:
+        """Number and keep a message; return its data frame's header (see ClientLayer)."""
         if not self._v1:
             return None
         numbered = self.endpoint.send_header(message, now)

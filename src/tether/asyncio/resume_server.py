@@ -969,6 +969,13 @@ class TetherV1ServerLayer(ServerLayer):
         # standalone ack for the request it answers).
         # (_rx_to_write() and state.locked(), inlined: this runs for every message.)
         rx = state.consumed_rx if state.consumed_rx > state.written_rx else None
+        data: Message = message
+        text = isinstance(message, str)
+        if isinstance(message, str):
+            # Encoded once, here, for the write below. Text UTF-8 cannot encode (a lone
+            # surrogate) is refused here, before anything is numbered or kept (the
+            # replay buffer's measure of it would refuse it too).
+            data = message.encode()
         now = state.clock()
         lock = state.store_lock
         if (
@@ -985,9 +992,9 @@ class TetherV1ServerLayer(ServerLayer):
             # its frame here, without the session's queues.
             write = state.write_now
             numbered = None
-            if write is not None and type(message) is bytes:
+            if write is not None:
                 # The frame's header apart: the engine joins it to the payload in the
-                # frame it writes (a large message copied once less).
+                # frame it writes (a large message copied once less, text encoded once).
                 numbered = endpoint.send_header(message, now, persisted_rx=rx)
             header = None
             if numbered is None:
@@ -1005,12 +1012,14 @@ class TetherV1ServerLayer(ServerLayer):
                 if header is None:
                     if self._sent_at_once(state, frames):
                         return
-                elif write is not None and type(message) is bytes and not frames:
-                    # (_sent_at_once() for a frame in two parts.)
-                    if state.transport is None or write(message, header):
-                        return
-                    frames = [header + message]
                 else:
+                    # (_sent_at_once() for a frame in two parts.)
+                    if (
+                        write is not None
+                        and not frames
+                        and (state.transport is None or write(data, header, text))
+                    ):
+                        return
                     frames = _joined(frames, header, stored)
                 await self._send_stored(state, frames)
                 return
@@ -2116,7 +2125,8 @@ def _joined(frames: list[Message], header: bytes | None, stored: StoredMessage) 
     if header is None:
         return frames
     payload = stored.payload
-    assert isinstance(payload, bytes)  # (send_header() numbers binary messages only)
+    if isinstance(payload, str):
+        return [*frames, header.decode("ascii") + payload]
     return [*frames, header + payload]
 
 

@@ -265,6 +265,8 @@ class Session:
         Raises:
             ConnectionClosed: the session has ended (or has no connection).
             TypeError: ``message`` is neither text nor bytes-like.
+            UnicodeEncodeError: ``message`` is text that UTF-8 cannot encode (a lone
+                surrogate); nothing was sent or kept.
         """
         if not isinstance(message, (str, bytes)):
             if not isinstance(message, (bytearray, memoryview)):

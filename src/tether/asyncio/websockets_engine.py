@@ -185,7 +185,7 @@ class WebsocketsTransport(Transport):
         """The wrapped websockets connection."""
         return self._ws
 
-    def write_now(self, message: Message, header: bytes = b"") -> bool:
+    def write_now(self, message: Message, header: bytes = b"", text: bool = False) -> bool:
         """Write one whole message at once if ``websockets`` would not wait; else False.
 
         True when the connection is OPEN, no fragmented send is in progress and
@@ -196,9 +196,11 @@ class WebsocketsTransport(Transport):
         the write. Otherwise it writes nothing: the caller awaits :meth:`send`,
         which waits for the buffer to drain or reports the close.
 
-        With ``header``, ``message`` is ``bytes`` and the binary message sent is
-        ``header + message``, joined only inside the frame (tether.v1: a numbered
-        frame's header before the application's payload).
+        ``bytes`` with ``text`` are a text message's UTF-8, encoded by the caller
+        (the client encodes non-ASCII text anyway, to refuse what UTF-8 cannot
+        encode before it is queued). With ``header`` the message sent is ``header``
+        followed by the message, joined only inside the frame (tether.v1: a
+        numbered frame's header before the application's payload).
         """
         ws = self._ws
         protocol = ws.protocol
@@ -209,27 +211,32 @@ class WebsocketsTransport(Transport):
             or ws.transport.is_closing()
         ):
             return False
+        if type(message) is bytes:
+            data = message
+            first = _FIN_TEXT if text else _FIN_BINARY
+        elif isinstance(message, str):
+            data = message.encode()
+            first = _FIN_TEXT
+        else:
+            data = bytes(message)
+            first = _FIN_TEXT if text else _FIN_BINARY
         if self._frames_here and not protocol.writes and not protocol.expect_continuation_frame:
             # The frame websockets would write (send_binary/send_text: Frame, check,
             # serialize, data_to_send), built in one call: no frame object, no
             # BytesIO. websockets keeps no state of the data frames it sends; what it
             # checks (OPEN, no fragmented message begun, nothing of its own queued to
             # go first) was checked above.
-            if type(message) is bytes:
-                frame = data_frame(_FIN_BINARY, message, mask=self._masked, prefix=header)
-            elif isinstance(message, str):
-                frame = data_frame(_FIN_TEXT, message.encode(), mask=self._masked)
-            else:
-                frame = data_frame(_FIN_BINARY, bytes(message), mask=self._masked, prefix=header)
-            ws.transport.write(frame)
+            ws.transport.write(data_frame(first, data, mask=self._masked, prefix=header))
             return True
-        if isinstance(message, str):
-            protocol.send_text(message.encode())
+        if header:
+            data = header + data
+        if first == _FIN_TEXT:
+            protocol.send_text(data)
         else:
-            protocol.send_binary(header + message if header else message)
+            protocol.send_binary(data)
         socket = ws.transport
-        for data in protocol.data_to_send():
-            socket.write(data)  # a data frame never asks for EOF (only a close does)
+        for chunk in protocol.data_to_send():
+            socket.write(chunk)  # a data frame never asks for EOF (only a close does)
         return True
 
     async def send(self, message: Message) -> None:
