@@ -969,13 +969,11 @@ class TetherV1ServerLayer(ServerLayer):
         # standalone ack for the request it answers).
         # (_rx_to_write() and state.locked(), inlined: this runs for every message.)
         rx = state.consumed_rx if state.consumed_rx > state.written_rx else None
-        data: Message = message
+        # Text is encoded once, here, for the write below. Text UTF-8 cannot encode (a
+        # lone surrogate) is refused here, before anything is numbered or kept (the
+        # replay buffer's measure of it would refuse it too).
         text = isinstance(message, str)
-        if isinstance(message, str):
-            # Encoded once, here, for the write below. Text UTF-8 cannot encode (a lone
-            # surrogate) is refused here, before anything is numbered or kept (the
-            # replay buffer's measure of it would refuse it too).
-            data = message.encode()
+        data = message.encode() if isinstance(message, str) else message
         now = state.clock()
         lock = state.store_lock
         if (
