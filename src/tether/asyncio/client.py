@@ -63,7 +63,7 @@ from ..reconnect import ConnectFailure, FailureKind, Outcome, Reconnector
 from ..resume import ResumeConfig
 from .checks import check_count, check_duration
 from .clock import loop_clock, timer_now
-from .engine import ClosedInfo, Message, Transport, TransportClosed, Writer
+from .engine import ClosedInfo, Message, Transport, TransportClosed, Writer, joined_message
 from .layer import ClientLayer, LayerOpened, PlainLayer
 from .sendqueue import QueueClosed, SendQueue
 from .waiters import bounded, wait_on, wake_all
@@ -1188,13 +1188,11 @@ class ClientConnection:
             return True
         try:
             if header is not None:
+                data = message
                 if isinstance(message, str):
                     data = message.encode() if encoded is None else encoded
-                    if not write_now(data, header, text=True):
-                        self._start_writer(link, [header.decode() + message], pop_after=False)
-                        return True
-                elif not write_now(message, header):
-                    self._start_writer(link, [header + message], pop_after=False)
+                if not write_now(data, header, isinstance(message, str)):
+                    self._start_writer(link, [joined_message(header, message)], pop_after=False)
                     return True
             else:
                 for index, wire in enumerate(wires):

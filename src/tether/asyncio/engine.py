@@ -25,6 +25,7 @@ __all__ = [
     "Transport",
     "TransportClosed",
     "Writer",
+    "joined_message",
 ]
 
 Message = str | bytes
@@ -47,6 +48,17 @@ class Writer(Protocol):
     """
 
     def __call__(self, message: Message, header: bytes = ..., text: bool = ...) -> bool: ...
+
+
+def joined_message(header: bytes, message: Message) -> Message:
+    """The one message a :class:`Writer` sends for ``message`` with ``header``, joined.
+
+    For a message whose header was kept apart that must go the usual way after all
+    (``Transport.send``): ``header + message``, as text (the header is ASCII) or binary.
+    """
+    if isinstance(message, str):
+        return header.decode("ascii") + message
+    return header + message
 
 
 #: Tasks of the default :meth:`Transport.add_close_callback` (the loop holds tasks weakly).

@@ -97,7 +97,7 @@ from ..stores.base import (
 from ..stores.memory import MemoryStore
 from ..tokens import hash_token, is_late, judge_resume, lost_reason, new_session_id, new_token
 from .clock import loop_clock, timer_now
-from .engine import ClosedInfo, Message, Transport, TransportClosed, Writer
+from .engine import ClosedInfo, Message, Transport, TransportClosed, Writer, joined_message
 from .session import (
     DEFAULT_MAX_QUEUE_BYTES,
     RequestInfo,
@@ -969,11 +969,6 @@ class TetherV1ServerLayer(ServerLayer):
         # standalone ack for the request it answers).
         # (_rx_to_write() and state.locked(), inlined: this runs for every message.)
         rx = state.consumed_rx if state.consumed_rx > state.written_rx else None
-        # Text is encoded once, here, for the write below. Text UTF-8 cannot encode (a
-        # lone surrogate) is refused here, before anything is numbered or kept (the
-        # replay buffer's measure of it would refuse it too).
-        text = isinstance(message, str)
-        data = message.encode() if isinstance(message, str) else message
         now = state.clock()
         lock = state.store_lock
         if (
@@ -990,7 +985,12 @@ class TetherV1ServerLayer(ServerLayer):
             # its frame here, without the session's queues.
             write = state.write_now
             numbered = None
+            data = message
             if write is not None:
+                if isinstance(message, str):
+                    # Encoded once, for the write below; text UTF-8 cannot encode (a lone
+                    # surrogate) is refused here, before it is numbered or kept.
+                    data = message.encode()
                 # The frame's header apart: the engine joins it to the payload in the
                 # frame it writes (a large message copied once less, text encoded once).
                 numbered = endpoint.send_header(message, now, persisted_rx=rx)
@@ -1012,6 +1012,7 @@ class TetherV1ServerLayer(ServerLayer):
                         return
                 else:
                     # (_sent_at_once() for a frame in two parts.)
+                    text = isinstance(message, str)
                     if (
                         write is not None
                         and not frames
@@ -2122,10 +2123,7 @@ def _joined(frames: list[Message], header: bytes | None, stored: StoredMessage) 
     """``frames``, and after them the stored message's own frame if it was kept apart."""
     if header is None:
         return frames
-    payload = stored.payload
-    if isinstance(payload, str):
-        return [*frames, header.decode("ascii") + payload]
-    return [*frames, header + payload]
+    return [*frames, joined_message(header, stored.payload)]
 
 
 def _cancel(timer: asyncio.TimerHandle | None) -> asyncio.TimerHandle | None:

@@ -211,14 +211,11 @@ class WebsocketsTransport(Transport):
             or ws.transport.is_closing()
         ):
             return False
-        if type(message) is bytes:
-            data = message
-            first = _FIN_TEXT if text else _FIN_BINARY
-        elif isinstance(message, str):
+        if isinstance(message, str):
             data = message.encode()
             first = _FIN_TEXT
         else:
-            data = bytes(message)
+            data = message if type(message) is bytes else bytes(message)
             first = _FIN_TEXT if text else _FIN_BINARY
         if self._frames_here and not protocol.writes and not protocol.expect_continuation_frame:
             # The frame websockets would write (send_binary/send_text: Frame, check,
