@@ -379,3 +379,141 @@ async def test_write_now_refuses_a_message_inside_a_fragmented_one() -> None:
             transport.write_now(b"other")
         connection.protocol.send_continuation(b"", fin=True)  # (ended: the close is clean)
         connection.send_data()
+
+
+async def _held(transport: WebsocketsTransport, count: int) -> None:
+    """Wait (bounded by the test's timeout) until websockets holds ``count`` frames parsed."""
+    assembler = transport.connection.recv_messages
+    if len(assembler.frames) >= count:
+        return
+    arrived = asyncio.Event()
+    put = assembler.put
+
+    def counting(frame: object) -> None:
+        put(frame)  # type: ignore[arg-type]
+        if len(assembler.frames) >= count:
+            arrived.set()
+
+    assembler.put = counting  # type: ignore[method-assign]
+    try:
+        await arrived.wait()
+    finally:
+        del assembler.put  # (websockets' own again)
+
+
+async def test_recv_takes_messages_websockets_parsed_already_without_its_recv(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Whole messages websockets holds are returned as its recv() would, without calling it."""
+    async with echo_pair() as transport:
+        messages: list[Message] = [b"\x00bin", "text \u00e9\u65e5", b"", "", b"b" * 70000]
+        for message in messages:
+            assert transport.write_now(message)
+        await _held(transport, len(messages))
+
+        async def refuse(*_args: object) -> Message:
+            raise AssertionError("websockets' recv() was used for a message it already held")
+
+        monkeypatch.setattr(transport.connection, "recv", refuse)
+        received = [await transport.recv() for _ in messages]
+        assert received == messages
+        assert [type(m) for m in received] == [type(m) for m in messages]
+
+
+async def test_recv_leaves_a_fragmented_message_to_websockets() -> None:
+    """Frames of an unfinished message are websockets' to reassemble (its recv() is used)."""
+    from websockets.asyncio.client import connect as ws_connect
+    from websockets.asyncio.server import ServerConnection, serve
+
+    async def fragments(connection: ServerConnection) -> None:
+        await connection.send([b"a" * 10, b"b" * 10, b"c" * 10])
+        await connection.send(b"whole")
+        await connection.wait_closed()
+
+    async with serve(fragments, "127.0.0.1", 0, compression=None) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with ws_connect(f"ws://127.0.0.1:{port}", compression=None) as connection:
+            transport = WebsocketsTransport(connection)
+            await _held(transport, 4)
+            calls: list[None] = []
+            ws_recv = connection.recv
+
+            async def counted(*args: bool | None) -> Message:
+                calls.append(None)
+                return await ws_recv(*args)
+
+            connection.recv = counted  # type: ignore[method-assign]
+            assert await transport.recv() == b"a" * 10 + b"b" * 10 + b"c" * 10
+            assert len(calls) == 1
+            assert await transport.recv() == b"whole"
+            assert len(calls) == 1  # (a whole message again: taken as held)
+
+
+async def test_recv_leaves_text_that_is_not_utf8_to_websockets_which_fails_with_1007() -> None:
+    """Invalid UTF-8 in a text frame: the connection fails as websockets fails it (1007)."""
+    from websockets.asyncio.client import connect as ws_connect
+    from websockets.asyncio.server import ServerConnection, serve
+
+    async def broken(connection: ServerConnection) -> None:
+        connection.protocol.send_text(b"ok \xff\xfe")  # (websockets does not check what it sends)
+        connection.send_data()
+        await connection.wait_closed()
+
+    async with serve(broken, "127.0.0.1", 0, compression=None) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with ws_connect(f"ws://127.0.0.1:{port}", compression=None) as connection:
+            transport = WebsocketsTransport(connection)
+            await _held(transport, 1)
+            with pytest.raises(TransportClosed) as ended:
+                await transport.recv()
+            assert ended.value.info.sent_code == 1007
+
+
+async def test_recv_of_held_messages_resumes_reading_websockets_paused() -> None:
+    """Taking held frames lets websockets' flow control resume reading the socket.
+
+    With a queue of 4 frames websockets pauses reading while it holds more; a
+    fast path that emptied the queue without telling it would leave reading
+    paused for good, and the next recv() would wait for ever (the test's timeout).
+    """
+    from websockets.asyncio.client import connect as ws_connect
+    from websockets.asyncio.server import ServerConnection, serve
+
+    count = 2000
+
+    async def stream(connection: ServerConnection) -> None:
+        for index in range(count):
+            await connection.send(index.to_bytes(4, "big") + b"x" * 200)
+        await connection.wait_closed()
+
+    async with serve(stream, "127.0.0.1", 0, compression=None) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with ws_connect(
+            f"ws://127.0.0.1:{port}", compression=None, max_queue=4
+        ) as connection:
+            transport = WebsocketsTransport(connection)
+            await _held(transport, 5)
+            assert connection.recv_messages.paused  # (over its high-water mark of 4)
+            received = [await transport.recv() for _ in range(count)]
+            assert [int.from_bytes(m[:4], "big") for m in received] == list(range(count))
+
+
+def test_the_frame_queue_is_found_only_where_it_is_the_known_one() -> None:
+    """Another websockets' internals (or none) leave recv() on websockets' own path."""
+    from types import SimpleNamespace
+
+    from tether.asyncio.websockets_engine import _frame_queue
+
+    assert _frame_queue(SimpleNamespace()) == (None, None)  # type: ignore[arg-type]
+    odd = SimpleNamespace(recv_messages=SimpleNamespace(frames=SimpleNamespace(queue=[])))
+    assert _frame_queue(odd) == (None, None)  # type: ignore[arg-type]
+
+
+async def test_the_installed_websockets_has_the_frame_queue_recv_reads() -> None:
+    """So that a websockets release that moves it is noticed here, not as a slower recv()."""
+    import collections
+
+    async with echo_pair() as transport:
+        assembler, frames = transport._assembler, transport._frames_in
+        assert assembler is transport.connection.recv_messages
+        assert isinstance(frames, collections.deque)

@@ -8,6 +8,7 @@ are translated here and chained with ``from``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import os
 import socket
@@ -18,6 +19,7 @@ from typing import Any
 from websockets.asyncio.connection import Connection
 from websockets.exceptions import ConnectionClosed as WsConnectionClosed
 from websockets.exceptions import ProtocolError as WsProtocolError
+from websockets.frames import Opcode
 from websockets.protocol import CLIENT, CLOSED, OPEN
 
 try:  # websockets' C masking, as it uses itself; its pure-Python one where not built
@@ -107,6 +109,23 @@ def closed_info(connection: Connection) -> ClosedInfo:
     return ClosedInfo(int(rcvd.code), rcvd.reason, clean=True, sent_code=sent_code)
 
 
+def _frame_queue(connection: Connection) -> tuple[Any, Any]:
+    """websockets' assembler of received messages and its deque of frames, or (None, None).
+
+    Internals of websockets (14 to 17): checked here once per connection, so that a
+    release that changes them leaves recv() on websockets' own path.
+    """
+    assembler = getattr(connection, "recv_messages", None)
+    frames = getattr(getattr(assembler, "frames", None), "queue", None)
+    if (
+        isinstance(frames, collections.deque)
+        and isinstance(getattr(assembler, "get_in_progress", None), bool)
+        and callable(getattr(assembler, "maybe_resume", None))
+    ):
+        return assembler, frames
+    return None, None
+
+
 def _invalid_close_code(exc: BaseException | None) -> bool:
     """Whether websockets refused a Close frame for its code (``Close.check()``)."""
     return isinstance(exc, WsProtocolError) and "status code" in str(exc)
@@ -123,8 +142,10 @@ class WebsocketsTransport(Transport):
     # One per connection on a server: no __dict__, and the response headers are
     # only copied when asked for (a server never asks).
     __slots__ = (
+        "_assembler",
         "_closed_info",
         "_frames_here",
+        "_frames_in",
         "_headers",
         "_masked",
         "_on_close",
@@ -148,6 +169,9 @@ class WebsocketsTransport(Transport):
         # (permessage-deflate) transforms each frame, and a debug logger logs each one.
         self._frames_here = not protocol.extensions and not protocol.debug
         self._masked = protocol.side is CLIENT
+        # recv() takes a whole message websockets has already parsed straight from its
+        # queue of frames (see _buffered); None where that queue is not the one known.
+        self._assembler, self._frames_in = _frame_queue(connection)
         address: Any = connection.remote_address
         self.remote_address = tuple(address) if address is not None else None
 
@@ -253,11 +277,47 @@ class WebsocketsTransport(Transport):
         # websockets' Assembler) instead of reporting the close.
         if self._recv_ended:
             raise TransportClosed(self._info())
+        if self._frames_in:  # (a deque's truth: a message may be waiting)
+            message = self._buffered()
+            if message is not None:
+                return message
         try:
             return await self._ws.recv()
         except WsConnectionClosed as exc:
             self._recv_ended = True
             raise TransportClosed(self._info()) from exc
+
+    def _buffered(self) -> Message | None:
+        """The next message, if websockets already holds all of it in one frame; else None.
+
+        What websockets' ``recv()`` would return, taken without its three coroutines
+        (``Connection.recv``, ``Assembler.get``, its queue's ``get``): on a stream most
+        messages arrive several to a read, parsed and checked by websockets already (its
+        ``max_size``, masking and opcode rules apply when it parses a frame; text is
+        decoded here as its ``recv()`` decodes it). A fragmented message, text that is
+        not UTF-8 (websockets fails the connection with 1007 on its own path), and
+        another reader under way are left to websockets' ``recv()``.
+        """
+        assembler = self._assembler
+        frames = self._frames_in
+        if assembler.get_in_progress or not frames:
+            return None
+        frame = frames[0]
+        if not frame.fin:
+            return None
+        data = frame.data
+        if frame.opcode is Opcode.BINARY:
+            message: Message = data if type(data) is bytes else bytes(data)
+        elif frame.opcode is Opcode.TEXT:
+            try:
+                message = str(data, "utf-8")
+            except UnicodeDecodeError:
+                return None
+        else:  # (never: websockets queues data frames only)
+            return None
+        frames.popleft()
+        assembler.maybe_resume()  # websockets' flow control, as its get() does
+        return message
 
     async def ping(self, payload: bytes) -> None:
         try:
