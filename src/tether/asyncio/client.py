@@ -657,17 +657,20 @@ class ClientConnection:
             # link.unread, inlined: this runs for every message received.
             if link is not None and link.reader is None and not link.reading and not link.eof:
                 # No reader task: read the transport here, one task hop fewer. (Inline,
-                # not a helper coroutine: one coroutine less per message.)
-                link.reading = True
-                try:
-                    wire = await link.transport.recv()
-                except TransportClosed:
-                    link.eof = True  # the supervisor takes it from here
-                    continue
-                finally:
-                    link.reading = False
-                    if link.read_done is not None or inbox.getters:
-                        self._read_handed_back(link)
+                # not a helper coroutine: one coroutine less per message.) A message
+                # the engine holds already is taken without awaiting at all.
+                wire = link.transport.recv_ready()
+                if wire is None:
+                    link.reading = True
+                    try:
+                        wire = await link.transport.recv()
+                    except TransportClosed:
+                        link.eof = True  # the supervisor takes it from here
+                        continue
+                    finally:
+                        link.reading = False
+                        if link.read_done is not None or inbox.getters:
+                            self._read_handed_back(link)
                 if self._plain:
                     return wire
                 message = self._took(link, wire)
@@ -1366,7 +1369,9 @@ class ClientConnection:
                     link.read_done = loop.create_future()
                 await link.read_done
             while True:
-                wire = await transport.recv()
+                wire = transport.recv_ready()
+                if wire is None:
+                    wire = await transport.recv()
                 waiting = bool(inbox.getters)
                 messages = self._layer.incoming(wire, clock())
                 self._after_layer(link)

@@ -115,6 +115,15 @@ class Transport(abc.ABC):
     async def recv(self) -> Message:
         """Return the next whole message; raise :class:`TransportClosed` when closed."""
 
+    def recv_ready(self) -> Message | None:
+        """The next whole message if the engine holds it already, taken at once; else None.
+
+        The receive loops' way round :meth:`recv`'s coroutine for a message that has
+        arrived: None only means "await :meth:`recv`" (nothing held, the end, or
+        anything the engine leaves to ``recv``). This default holds nothing.
+        """
+        return None
+
     @abc.abstractmethod
     async def ping(self, payload: bytes) -> None:
         """Send a ping frame; its pong is reported to the pong handler."""

@@ -309,6 +309,9 @@ class Session:
                 # Plain: read the connection in this task (no pump, no inbox). Inline, not
                 # a helper coroutine: one frame less per message and per idle connection.
                 self._check_plain_open()
+                message = plain.recv_ready()  # (held already: no await at all)
+                if message is not None:
+                    return message
                 try:
                     return await plain.recv()
                 except TransportClosed as exc:
@@ -328,18 +331,20 @@ class Session:
                     # (Inline, not a helper coroutine: one frame less per idle session.)
                     ended = self._link_end
                     assert ended is not None
-                    self._reading_on = transport
-                    try:
-                        raw = await transport.recv()
-                    except TransportClosed as exc:
-                        self._link_ended(transport, ended, exc.info)
-                        continue
-                    finally:
-                        self._reading_on = None
-                        done = self._read_done
-                        if done is not None:
-                            self._read_done = None
-                            _wake(done)
+                    raw = transport.recv_ready()  # (held already: no await at all)
+                    if raw is None:
+                        self._reading_on = transport
+                        try:
+                            raw = await transport.recv()
+                        except TransportClosed as exc:
+                            self._link_ended(transport, ended, exc.info)
+                            continue
+                        finally:
+                            self._reading_on = None
+                            done = self._read_done
+                            if done is not None:
+                                self._read_done = None
+                                _wake(done)
                     if transport.closed is not None and self._reader_task is None:
                         # Closed behind this message: the rest must be read to the end
                         # even if the handler reads no more.
@@ -551,7 +556,9 @@ class Session:
                     self._read_done = loop.create_future()
                 await self._read_done
             while not ended.done():
-                raw = await transport.recv()
+                raw = transport.recv_ready()
+                if raw is None:
+                    raw = await transport.recv()
                 waiting = self._reader is not None
                 for message in self._layer.received(self, transport, raw):
                     await self._deliver(message)
@@ -622,11 +629,13 @@ class Session:
     async def _pump(self, transport: Transport) -> ClosedInfo:
         try:
             while True:
-                try:
-                    raw = await transport.recv()
-                except TransportClosed as exc:
-                    info = exc.info
-                    break
+                raw = transport.recv_ready()
+                if raw is None:
+                    try:
+                        raw = await transport.recv()
+                    except TransportClosed as exc:
+                        info = exc.info
+                        break
                 for message in self._layer.received(self, transport, raw):
                     await self._deliver(message)
         finally:

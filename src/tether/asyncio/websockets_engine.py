@@ -287,6 +287,11 @@ class WebsocketsTransport(Transport):
             self._recv_ended = True
             raise TransportClosed(self._info()) from exc
 
+    def recv_ready(self) -> Message | None:
+        if self._recv_ended or not self._frames_in:
+            return None
+        return self._buffered()
+
     def _buffered(self) -> Message | None:
         """The next message, if websockets already holds all of it in one frame; else None.
 
