@@ -673,10 +673,22 @@ class ClientConnection:
                             self._read_handed_back(link)
                 if self._plain:
                     return wire
-                message = self._took(link, wire)
-                if message is not None:
-                    return message
-                continue
+                # Through the layer (tether.v1: exactly once, in order): the first
+                # message it yields is returned, any others wait in the inbox. (Inline,
+                # not a helper: this runs for every message received.)
+                assert self._clock is not None
+                try:
+                    messages = self._layer.incoming(wire, self._clock())
+                    self._after_layer(link)
+                except Exception:
+                    self._fail(link)
+                    continue
+                if not messages:
+                    continue
+                if len(messages) > 1:
+                    for message in messages[1:]:
+                        inbox.append(message)
+                return messages[0]
             await inbox.wait_changed()
 
     def events(self) -> AsyncIterator[Event]:
@@ -1328,22 +1340,6 @@ class ClientConnection:
                 done.set_result(None)
         if self._inbox.getters:
             self._inbox.notify()  # another recv() waiting takes over the reading
-
-    def _took(self, link: _Link, wire: Message) -> Message | None:
-        """Pass a message recv() read itself through the layer: the one to return, or None.
-
-        Any others it yields wait in the inbox.
-        """
-        assert self._clock is not None
-        try:
-            messages = self._layer.incoming(wire, self._clock())
-            self._after_layer(link)
-        except Exception:
-            self._fail(link)
-            return None
-        for message in messages[1:]:
-            self._inbox.append(message)
-        return messages[0] if messages else None
 
     def _ensure_reader(self, link: _Link) -> asyncio.Task[None]:
         if link.reader is None:

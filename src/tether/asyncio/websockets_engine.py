@@ -170,7 +170,7 @@ class WebsocketsTransport(Transport):
         self._frames_here = not protocol.extensions and not protocol.debug
         self._masked = protocol.side is CLIENT
         # recv() takes a whole message websockets has already parsed straight from its
-        # queue of frames (see _buffered); None where that queue is not the one known.
+        # queue of frames (see recv_ready); None where that queue is not the one known.
         self._assembler, self._frames_in = _frame_queue(connection)
         address: Any = connection.remote_address
         self.remote_address = tuple(address) if address is not None else None
@@ -278,7 +278,7 @@ class WebsocketsTransport(Transport):
         if self._recv_ended:
             raise TransportClosed(self._info())
         if self._frames_in:  # (a deque's truth: a message may be waiting)
-            message = self._buffered()
+            message = self.recv_ready()
             if message is not None:
                 return message
         try:
@@ -288,11 +288,6 @@ class WebsocketsTransport(Transport):
             raise TransportClosed(self._info()) from exc
 
     def recv_ready(self) -> Message | None:
-        if self._recv_ended or not self._frames_in:
-            return None
-        return self._buffered()
-
-    def _buffered(self) -> Message | None:
         """The next message, if websockets already holds all of it in one frame; else None.
 
         What websockets' ``recv()`` would return, taken without its three coroutines
@@ -300,12 +295,14 @@ class WebsocketsTransport(Transport):
         messages arrive several to a read, parsed and checked by websockets already (its
         ``max_size``, masking and opcode rules apply when it parses a frame; text is
         decoded here as its ``recv()`` decodes it). A fragmented message, text that is
-        not UTF-8 (websockets fails the connection with 1007 on its own path), and
-        another reader under way are left to websockets' ``recv()``.
+        not UTF-8 (websockets fails the connection with 1007 on its own path), another
+        reader under way, and the end once reported are left to ``recv()``.
         """
-        assembler = self._assembler
         frames = self._frames_in
-        if assembler.get_in_progress or not frames:
+        if not frames or self._recv_ended:
+            return None
+        assembler = self._assembler
+        if assembler.get_in_progress:
             return None
         frame = frames[0]
         if not frame.fin:
