@@ -517,3 +517,92 @@ async def test_the_installed_websockets_has_the_frame_queue_recv_reads() -> None
         assembler, frames = transport._assembler, transport._frames_in
         assert assembler is transport.connection.recv_messages
         assert isinstance(frames, collections.deque)
+
+
+async def test_recv_ready_holds_nothing_once_recv_reported_the_end() -> None:
+    """After text that is not UTF-8 (1007), a whole message queued behind it stays put.
+
+    websockets took the bad frame off its queue before it failed the connection, so
+    the next frame is a whole message. The receive loops ask recv_ready() before
+    recv(): it must report nothing once recv() reported the end, as recv() does.
+    """
+    from websockets.asyncio.client import connect as ws_connect
+    from websockets.asyncio.server import ServerConnection, serve
+
+    async def broken_then_whole(connection: ServerConnection) -> None:
+        connection.protocol.send_text(b"bad \xff")  # (websockets does not check what it sends)
+        connection.protocol.send_binary(b"behind")
+        connection.send_data()
+        await connection.wait_closed()
+
+    async with serve(broken_then_whole, "127.0.0.1", 0, compression=None) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with ws_connect(
+            f"ws://127.0.0.1:{port}", compression=None, close_timeout=0.5
+        ) as connection:
+            transport = WebsocketsTransport(connection)
+            await _held(transport, 2)
+            with pytest.raises(TransportClosed) as ended:
+                await transport.recv()
+            assert ended.value.info.sent_code == 1007
+            [behind] = connection.recv_messages.frames.queue  # (still queued, whole)
+            assert behind.data == b"behind"
+            assert transport.recv_ready() is None
+            with pytest.raises(TransportClosed):
+                await transport.recv()
+
+
+async def test_recv_ready_leaves_a_frame_to_the_get_websockets_has_under_way() -> None:
+    """A frame put for a recv() waiting in websockets is that recv()'s, not recv_ready()'s.
+
+    Between websockets' put() and its waiting get() resuming, the frame is queued
+    while the get is under way: taking it there would leave that get an empty queue.
+    """
+    async with echo_pair() as transport:
+        assembler = transport.connection.recv_messages
+        seen: list[Message | None] = []
+        put = assembler.put
+
+        def put_then_look(frame: object) -> None:
+            put(frame)  # type: ignore[arg-type]
+            seen.append(transport.recv_ready())
+
+        waiting = asyncio.ensure_future(transport.recv())
+        for _ in range(3):
+            await asyncio.sleep(0)  # (its get() waits on an empty queue)
+        assert assembler.get_in_progress
+        assembler.put = put_then_look  # type: ignore[method-assign]
+        try:
+            assert transport.write_now(b"one")
+            assert await asyncio.wait_for(waiting, 5) == b"one"
+        finally:
+            del assembler.put
+        assert seen == [None]
+
+
+async def test_recv_takes_held_messages_of_a_compressed_connection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With permessage-deflate, websockets decompresses as it parses: held is plain data."""
+    from websockets.asyncio.client import connect as ws_connect
+    from websockets.asyncio.server import ServerConnection, serve
+
+    async def echo(connection: ServerConnection) -> None:
+        async for message in connection:
+            await connection.send(message)
+
+    async with serve(echo, "127.0.0.1", 0, compression="deflate") as server:
+        port = server.sockets[0].getsockname()[1]
+        async with ws_connect(f"ws://127.0.0.1:{port}", compression="deflate") as connection:
+            transport = WebsocketsTransport(connection)
+            assert connection.protocol.extensions, "deflate was negotiated"
+            messages: list[Message] = [b"z" * 5000, "\u00e9t\u00e9 " * 300, b"", "x"]
+            for message in messages:
+                assert transport.write_now(message)
+            await _held(transport, len(messages))
+
+            async def refuse(*_args: object) -> Message:
+                raise AssertionError("websockets' recv() was used for a message it already held")
+
+            monkeypatch.setattr(connection, "recv", refuse)
+            assert [await transport.recv() for _ in messages] == messages

@@ -73,7 +73,7 @@ async def test_a_client_reads_a_burst_without_awaiting_recv_per_message(
             await conn.send(b"go")
             received = [await conn.recv() for _ in range(COUNT)]
             assert received == [_numbered(index) for index in range(COUNT)]
-            # (The server's session reads nothing meanwhile: these are the client's.)
+            # (Mostly the client's: the server's session reads only the client's acks.)
             assert len(calls) < COUNT // 2, f"{len(calls)} awaits of recv() for {COUNT}"
             await conn.send(b"done")
     finally:
@@ -105,7 +105,7 @@ async def test_a_server_session_reads_a_burst_without_awaiting_recv_per_message(
             received = await asyncio.wait_for(got, 15)
             assert received == [_numbered(index) for index in range(COUNT)]
             [calls] = counted
-            # (The client reads nothing meanwhile: these are the server's.)
+            # (Mostly the server's: the client reads only the server's acks.)
             assert len(calls) < COUNT // 2, f"{len(calls)} awaits of recv() for {COUNT}"
     finally:
         await server.shutdown()

@@ -120,7 +120,9 @@ class Transport(abc.ABC):
 
         The receive loops' way round :meth:`recv`'s coroutine for a message that has
         arrived: None only means "await :meth:`recv`" (nothing held, the end, or
-        anything the engine leaves to ``recv``). This default holds nothing.
+        anything the engine leaves to ``recv``). A message it returns must be what
+        :meth:`recv` would have returned: a transport that overrides ``recv`` (to filter
+        or fail messages) overrides this too. This default holds nothing.
         """
         return None
 
