@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 
@@ -99,19 +100,32 @@ async def test_websockets_transport_keeps_reporting_the_end_after_a_refused_mess
             assert second.value.info.sent_code == 1009
 
 
+async def _echo(connection: Any) -> None:
+    """A websockets server handler that sends every message back."""
+    async for message in connection:
+        await connection.send(message)
+
+
 @contextlib.asynccontextmanager
 async def echo_pair() -> AsyncIterator[WebsocketsTransport]:
     """A websockets echo server on loopback and a WebsocketsTransport connected to it."""
+    async with _client_of(_echo) as transport:
+        yield transport
+
+
+@contextlib.asynccontextmanager
+async def _client_of(
+    handler: Callable[[Any], Awaitable[None]], *, compression: str | None = None, **options: Any
+) -> AsyncIterator[WebsocketsTransport]:
+    """A websockets server running ``handler`` on loopback and a WebsocketsTransport to it."""
     from websockets.asyncio.client import connect as ws_connect
-    from websockets.asyncio.server import ServerConnection, serve
+    from websockets.asyncio.server import serve
 
-    async def echo(connection: ServerConnection) -> None:
-        async for message in connection:
-            await connection.send(message)
-
-    async with serve(echo, "127.0.0.1", 0, compression=None) as server:
+    async with serve(handler, "127.0.0.1", 0, compression=compression) as server:
         port = server.sockets[0].getsockname()[1]
-        async with ws_connect(f"ws://127.0.0.1:{port}", compression=None) as connection:
+        async with ws_connect(
+            f"ws://127.0.0.1:{port}", compression=compression, **options
+        ) as connection:
             yield WebsocketsTransport(connection)
 
 
@@ -401,11 +415,16 @@ async def _held(transport: WebsocketsTransport, count: int) -> None:
         del assembler.put  # (websockets' own again)
 
 
+@pytest.mark.parametrize("compression", [None, "deflate"])
 async def test_recv_takes_messages_websockets_parsed_already_without_its_recv(
-    monkeypatch: pytest.MonkeyPatch,
+    compression: str | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Whole messages websockets holds are returned as its recv() would, without calling it."""
-    async with echo_pair() as transport:
+    """Whole messages websockets holds are returned as its recv() would, without calling it.
+
+    With permessage-deflate websockets decompresses as it parses: held is plain data.
+    """
+    async with _client_of(_echo, compression=compression) as transport:
+        assert bool(transport.connection.protocol.extensions) is (compression is not None)
         messages: list[Message] = [b"\x00bin", "text \u00e9\u65e5", b"", "", b"b" * 70000]
         for message in messages:
             assert transport.write_now(message)
@@ -422,51 +441,44 @@ async def test_recv_takes_messages_websockets_parsed_already_without_its_recv(
 
 async def test_recv_leaves_a_fragmented_message_to_websockets() -> None:
     """Frames of an unfinished message are websockets' to reassemble (its recv() is used)."""
-    from websockets.asyncio.client import connect as ws_connect
-    from websockets.asyncio.server import ServerConnection, serve
+    from websockets.asyncio.server import ServerConnection
 
     async def fragments(connection: ServerConnection) -> None:
         await connection.send([b"a" * 10, b"b" * 10, b"c" * 10])
         await connection.send(b"whole")
         await connection.wait_closed()
 
-    async with serve(fragments, "127.0.0.1", 0, compression=None) as server:
-        port = server.sockets[0].getsockname()[1]
-        async with ws_connect(f"ws://127.0.0.1:{port}", compression=None) as connection:
-            transport = WebsocketsTransport(connection)
-            await _held(transport, 4)
-            calls: list[None] = []
-            ws_recv = connection.recv
+    async with _client_of(fragments) as transport:
+        connection = transport.connection
+        await _held(transport, 4)
+        calls: list[None] = []
+        ws_recv = connection.recv
 
-            async def counted(*args: bool | None) -> Message:
-                calls.append(None)
-                return await ws_recv(*args)
+        async def counted(*args: bool | None) -> Message:
+            calls.append(None)
+            return await ws_recv(*args)
 
-            connection.recv = counted  # type: ignore[method-assign]
-            assert await transport.recv() == b"a" * 10 + b"b" * 10 + b"c" * 10
-            assert len(calls) == 1
-            assert await transport.recv() == b"whole"
-            assert len(calls) == 1  # (a whole message again: taken as held)
+        connection.recv = counted  # type: ignore[method-assign]
+        assert await transport.recv() == b"a" * 10 + b"b" * 10 + b"c" * 10
+        assert len(calls) == 1
+        assert await transport.recv() == b"whole"
+        assert len(calls) == 1  # (a whole message again: taken as held)
 
 
 async def test_recv_leaves_text_that_is_not_utf8_to_websockets_which_fails_with_1007() -> None:
     """Invalid UTF-8 in a text frame: the connection fails as websockets fails it (1007)."""
-    from websockets.asyncio.client import connect as ws_connect
-    from websockets.asyncio.server import ServerConnection, serve
+    from websockets.asyncio.server import ServerConnection
 
     async def broken(connection: ServerConnection) -> None:
         connection.protocol.send_text(b"ok \xff\xfe")  # (websockets does not check what it sends)
         connection.send_data()
         await connection.wait_closed()
 
-    async with serve(broken, "127.0.0.1", 0, compression=None) as server:
-        port = server.sockets[0].getsockname()[1]
-        async with ws_connect(f"ws://127.0.0.1:{port}", compression=None) as connection:
-            transport = WebsocketsTransport(connection)
-            await _held(transport, 1)
-            with pytest.raises(TransportClosed) as ended:
-                await transport.recv()
-            assert ended.value.info.sent_code == 1007
+    async with _client_of(broken) as transport:
+        await _held(transport, 1)
+        with pytest.raises(TransportClosed) as ended:
+            await transport.recv()
+        assert ended.value.info.sent_code == 1007
 
 
 async def test_recv_of_held_messages_resumes_reading_websockets_paused() -> None:
@@ -476,8 +488,7 @@ async def test_recv_of_held_messages_resumes_reading_websockets_paused() -> None
     fast path that emptied the queue without telling it would leave reading
     paused for good, and the next recv() would wait for ever (the test's timeout).
     """
-    from websockets.asyncio.client import connect as ws_connect
-    from websockets.asyncio.server import ServerConnection, serve
+    from websockets.asyncio.server import ServerConnection
 
     count = 2000
 
@@ -486,16 +497,11 @@ async def test_recv_of_held_messages_resumes_reading_websockets_paused() -> None
             await connection.send(index.to_bytes(4, "big") + b"x" * 200)
         await connection.wait_closed()
 
-    async with serve(stream, "127.0.0.1", 0, compression=None) as server:
-        port = server.sockets[0].getsockname()[1]
-        async with ws_connect(
-            f"ws://127.0.0.1:{port}", compression=None, max_queue=4
-        ) as connection:
-            transport = WebsocketsTransport(connection)
-            await _held(transport, 5)
-            assert connection.recv_messages.paused  # (over its high-water mark of 4)
-            received = [await transport.recv() for _ in range(count)]
-            assert [int.from_bytes(m[:4], "big") for m in received] == list(range(count))
+    async with _client_of(stream, max_queue=4) as transport:
+        await _held(transport, 5)
+        assert transport.connection.recv_messages.paused  # (over its high-water mark of 4)
+        received = [await transport.recv() for _ in range(count)]
+        assert [int.from_bytes(m[:4], "big") for m in received] == list(range(count))
 
 
 def test_the_frame_queue_is_found_only_where_it_is_the_known_one() -> None:
@@ -526,8 +532,7 @@ async def test_recv_ready_holds_nothing_once_recv_reported_the_end() -> None:
     the next frame is a whole message. The receive loops ask recv_ready() before
     recv(): it must report nothing once recv() reported the end, as recv() does.
     """
-    from websockets.asyncio.client import connect as ws_connect
-    from websockets.asyncio.server import ServerConnection, serve
+    from websockets.asyncio.server import ServerConnection
 
     async def broken_then_whole(connection: ServerConnection) -> None:
         connection.protocol.send_text(b"bad \xff")  # (websockets does not check what it sends)
@@ -535,21 +540,16 @@ async def test_recv_ready_holds_nothing_once_recv_reported_the_end() -> None:
         connection.send_data()
         await connection.wait_closed()
 
-    async with serve(broken_then_whole, "127.0.0.1", 0, compression=None) as server:
-        port = server.sockets[0].getsockname()[1]
-        async with ws_connect(
-            f"ws://127.0.0.1:{port}", compression=None, close_timeout=0.5
-        ) as connection:
-            transport = WebsocketsTransport(connection)
-            await _held(transport, 2)
-            with pytest.raises(TransportClosed) as ended:
-                await transport.recv()
-            assert ended.value.info.sent_code == 1007
-            [behind] = connection.recv_messages.frames.queue  # (still queued, whole)
-            assert behind.data == b"behind"
-            assert transport.recv_ready() is None
-            with pytest.raises(TransportClosed):
-                await transport.recv()
+    async with _client_of(broken_then_whole, close_timeout=0.5) as transport:
+        await _held(transport, 2)
+        with pytest.raises(TransportClosed) as ended:
+            await transport.recv()
+        assert ended.value.info.sent_code == 1007
+        [behind] = transport.connection.recv_messages.frames.queue  # (still queued, whole)
+        assert behind.data == b"behind"
+        assert transport.recv_ready() is None
+        with pytest.raises(TransportClosed):
+            await transport.recv()
 
 
 async def test_recv_ready_leaves_a_frame_to_the_get_websockets_has_under_way() -> None:
@@ -578,31 +578,3 @@ async def test_recv_ready_leaves_a_frame_to_the_get_websockets_has_under_way() -
         finally:
             del assembler.put
         assert seen == [None]
-
-
-async def test_recv_takes_held_messages_of_a_compressed_connection(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """With permessage-deflate, websockets decompresses as it parses: held is plain data."""
-    from websockets.asyncio.client import connect as ws_connect
-    from websockets.asyncio.server import ServerConnection, serve
-
-    async def echo(connection: ServerConnection) -> None:
-        async for message in connection:
-            await connection.send(message)
-
-    async with serve(echo, "127.0.0.1", 0, compression="deflate") as server:
-        port = server.sockets[0].getsockname()[1]
-        async with ws_connect(f"ws://127.0.0.1:{port}", compression="deflate") as connection:
-            transport = WebsocketsTransport(connection)
-            assert connection.protocol.extensions, "deflate was negotiated"
-            messages: list[Message] = [b"z" * 5000, "\u00e9t\u00e9 " * 300, b"", "x"]
-            for message in messages:
-                assert transport.write_now(message)
-            await _held(transport, len(messages))
-
-            async def refuse(*_args: object) -> Message:
-                raise AssertionError("websockets' recv() was used for a message it already held")
-
-            monkeypatch.setattr(connection, "recv", refuse)
-            assert [await transport.recv() for _ in messages] == messages
