@@ -15,9 +15,10 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
+from tests.test_session import FakeTransport
 
 import tether
-from tether.asyncio.engine import Message, Transport
+from tether.asyncio.engine import Message
 from tether.asyncio.session import Session
 from tether.asyncio.websockets_engine import WebsocketsTransport
 
@@ -43,14 +44,12 @@ def _counting_recv(monkeypatch: pytest.MonkeyPatch) -> list[None]:
     return calls
 
 
-def test_a_transport_holds_nothing_unless_its_engine_says_so() -> None:
+async def test_a_transport_holds_nothing_unless_its_engine_says_so() -> None:
     """The interface's default: None (await recv())."""
-
-    class Bare(Transport):
-        send = recv = ping = on_pong = close = abort = wait_closed = None  # type: ignore[assignment]
-        closed = None  # type: ignore[assignment]
-
-    assert Bare.recv_ready(Bare()) is None  # type: ignore[abstract]
+    transport = FakeTransport()  # (an engine without a recv_ready of its own)
+    transport.feed(b"queued")
+    assert transport.recv_ready() is None
+    assert await transport.recv() == b"queued"
 
 
 @pytest.mark.parametrize("resume", [False, True], ids=["plain", "tether.v1"])
@@ -193,53 +192,29 @@ async def test_a_session_reader_task_takes_held_messages_without_awaiting_recv(
         await server.shutdown()
 
 
-class _Holding(Transport):
-    """An engine that holds what the test puts in and counts the awaits of recv()."""
+class _Holding(FakeTransport):
+    """test_session's fake connection with an engine that holds messages.
+
+    Of the messages the test puts in, the first arrives as ``recv()`` gets it and the
+    rest are held (``recv_ready``); the awaits of ``recv()`` are counted.
+    """
 
     def __init__(self) -> None:
-        self.subprotocol = None
-        self.remote_address = ("127.0.0.1", 5555)
-        self.headers = {}
+        super().__init__()
         self.held: list[Message] = []
         self.awaits = 0
-        self._arrived: asyncio.Future[None] | None = None
 
     def put(self, messages: list[Message]) -> None:
-        self.held.extend(messages)
-        if self._arrived is not None and not self._arrived.done():
-            self._arrived.set_result(None)
+        first, *rest = messages
+        self.held.extend(rest)
+        self.feed(first)
 
     def recv_ready(self) -> Message | None:
         return self.held.pop(0) if self.held else None
 
     async def recv(self) -> Message:
         self.awaits += 1
-        while not self.held:
-            self._arrived = asyncio.get_running_loop().create_future()
-            await self._arrived
-        return self.held.pop(0)
-
-    async def send(self, message: Message) -> None:
-        raise AssertionError("not used")
-
-    async def ping(self, payload: bytes) -> None:
-        raise AssertionError("not used")
-
-    def on_pong(self, handler: Any) -> None:
-        raise AssertionError("not used")
-
-    async def close(self, code: int, reason: str = "") -> Any:
-        raise AssertionError("not used")
-
-    def abort(self) -> None:
-        raise AssertionError("not used")
-
-    async def wait_closed(self) -> Any:
-        await asyncio.Event().wait()
-
-    @property
-    def closed(self) -> Any:
-        return None
+        return await super().recv()
 
 
 async def test_a_session_pump_takes_held_messages_without_awaiting_recv() -> None:
